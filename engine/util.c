@@ -1,0 +1,171 @@
+/* Shared helpers: error messages, checked allocation, atomic writes, small file I/O. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int saefw_errf(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int saefw_err_prefix(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return -1;
+    char old[1024];
+    snprintf(old, sizeof old, "%s", err);
+    char pre[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    snprintf(err, errlen, "%s: %s", pre, old);
+    return -1;
+}
+
+void *saefw_malloc(size_t n, char *err, size_t errlen) {
+    void *p = malloc(n ? n : 1);
+    if (!p) saefw_errf(err, errlen, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *saefw_calloc(size_t count, size_t size, char *err, size_t errlen) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) saefw_errf(err, errlen, "out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+char *saefw_strdup(const char *s, char *err, size_t errlen) {
+    size_t n = strlen(s) + 1;
+    char *p = saefw_malloc(n, err, errlen);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+static int fsync_dir_of(const char *path) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    int fd = open(dirname(tmp), O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+FILE *saefw_atomic_open(const char *path, char *tmp_path, size_t tmp_len, char *err, size_t errlen) {
+    int n = snprintf(tmp_path, tmp_len, "%s.tmp.%ld", path, (long)getpid());
+    if (n < 0 || (size_t)n >= tmp_len) {
+        saefw_errf(err, errlen, "%s: path too long", path);
+        return NULL;
+    }
+    FILE *f = fopen(tmp_path, "wb");
+    if (!f) saefw_errf(err, errlen, "%s: cannot create: %s", tmp_path, strerror(errno));
+    return f;
+}
+
+int saefw_atomic_commit(FILE *f, const char *tmp_path, const char *path, char *err, size_t errlen) {
+    int bad = 0;
+    if (fflush(f) != 0) bad = errno;
+    if (!bad && fsync(fileno(f)) != 0) bad = errno;
+    if (fclose(f) != 0 && !bad) bad = errno;
+    if (bad) {
+        unlink(tmp_path);
+        return saefw_errf(err, errlen, "%s: write failed: %s", path, strerror(bad));
+    }
+    if (rename(tmp_path, path) != 0) {
+        int e = errno;
+        unlink(tmp_path);
+        return saefw_errf(err, errlen, "%s: rename failed: %s", path, strerror(e));
+    }
+    fsync_dir_of(path);
+    return 0;
+}
+
+void saefw_atomic_abort(FILE *f, const char *tmp_path) {
+    if (f) fclose(f);
+    unlink(tmp_path);
+}
+
+int saefw_write_file_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen) {
+    char tmp[4096];
+    FILE *f = saefw_atomic_open(path, tmp, sizeof tmp, err, errlen);
+    if (!f) return -1;
+    if (len && fwrite(data, 1, len, f) != len) {
+        int e = errno;
+        saefw_atomic_abort(f, tmp);
+        return saefw_errf(err, errlen, "%s: write failed: %s", path, strerror(e));
+    }
+    return saefw_atomic_commit(f, tmp, path, err, errlen);
+}
+
+int saefw_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return saefw_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = saefw_malloc(cap, err, errlen);
+    if (!buf) {
+        fclose(f);
+        return -1;
+    }
+    for (;;) {
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return saefw_errf(err, errlen, "%s: out of memory", path);
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        return saefw_errf(err, errlen, "%s: read error", path);
+    }
+    buf[n] = 0;
+    *out = buf;
+    if (len) *len = n;
+    return 0;
+}
+
+int saefw_mkdirs(const char *path, char *err, size_t errlen) {
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof tmp, "%s", path);
+    if (n <= 0 || (size_t)n >= sizeof tmp) return saefw_errf(err, errlen, "%s: bad path", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+            return saefw_errf(err, errlen, "%s: cannot create folder: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+        return saefw_errf(err, errlen, "%s: cannot create folder: %s", tmp, strerror(errno));
+    struct stat st;
+    if (stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode))
+        return saefw_errf(err, errlen, "%s: exists and is not a folder", tmp);
+    return 0;
+}
+
+double saefw_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

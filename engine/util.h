@@ -1,0 +1,46 @@
+/* Small shared helpers for the engine: error reporting, checked allocation, atomic file writes. */
+#ifndef SAEFW_UTIL_H
+#define SAEFW_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define SAEFW_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define SAEFW_PRINTF(a, b)
+#endif
+
+/* Format a one-line message into err (may be NULL) and return -1, so callers can write
+ * `return saefw_errf(err, errlen, "...")`. */
+int saefw_errf(char *err, size_t errlen, const char *fmt, ...) SAEFW_PRINTF(3, 4);
+
+/* Prefix an existing message in err with "prefix: " (truncating if needed); returns -1. */
+int saefw_err_prefix(char *err, size_t errlen, const char *fmt, ...) SAEFW_PRINTF(3, 4);
+
+/* Allocation that reports failure into err; returns NULL on failure. */
+void *saefw_malloc(size_t n, char *err, size_t errlen);
+void *saefw_calloc(size_t count, size_t size, char *err, size_t errlen);
+char *saefw_strdup(const char *s, char *err, size_t errlen);
+
+/* Write `len` bytes to `path` atomically: write `path.tmp.<pid>` in the same folder, fsync,
+ * rename over `path`, fsync the folder. On failure the old file (if any) is untouched. */
+int saefw_write_file_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen);
+
+/* Open a temporary file beside `path` for an atomic write; finish with saefw_atomic_commit
+ * (fsync + rename) or saefw_atomic_abort (unlink). tmp_path must hold at least 4096 bytes. */
+FILE *saefw_atomic_open(const char *path, char *tmp_path, size_t tmp_len, char *err, size_t errlen);
+int saefw_atomic_commit(FILE *f, const char *tmp_path, const char *path, char *err, size_t errlen);
+void saefw_atomic_abort(FILE *f, const char *tmp_path);
+
+/* Read a whole (small) file into a NUL-terminated malloc'd buffer. */
+int saefw_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen);
+
+/* mkdir -p; succeeds if it already exists as a folder. */
+int saefw_mkdirs(const char *path, char *err, size_t errlen);
+
+/* Wall-clock seconds (monotonic). */
+double saefw_now(void);
+
+#endif
