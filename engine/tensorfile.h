@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef enum {
     SAEFW_DT_F32 = 0,
@@ -35,7 +36,9 @@ typedef struct {
     int ndim;
     int64_t shape[SAEFW_MAX_DIMS];
     int64_t numel;
-    const void *data;              /* C-contiguous, points into the mapping; valid until close */
+    const void *data;              /* C-contiguous, points into the mapping; valid until close.
+                                    * Aligned to the item size, except a misaligned tensor of more
+                                    * than 64 MiB (small ones are copied to aligned memory). */
     size_t nbytes;
 } saefw_tensor_info;
 
@@ -87,5 +90,10 @@ int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, i
 /* Write a .npy file (C order) atomically. */
 int saefw_npy_write(const char *path, saefw_dtype dtype, int ndim, const int64_t *shape,
                     const void *data, char *err, size_t errlen);
+
+/* `saefw info FILE`: open path and print its format, one line per tensor (name, dtype, shape such as
+ * [16, 64]) and the metadata keys, if any, to out. Returns -1 with err filled if the file does not
+ * open or out cannot be written. */
+int saefw_tf_print_info(const char *path, FILE *out, char *err, size_t errlen);
 
 #endif

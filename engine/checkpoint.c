@@ -1,0 +1,263 @@
+/* Checkpoint folders (sae_weights.safetensors + cfg.json) and the seed's .pt checkpoints. */
+#include "checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tensorfile.h"
+#include "util.h"
+
+static int remove_tree(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return unlink(path);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        remove_tree(p);
+    }
+    closedir(d);
+    return rmdir(path);
+}
+
+static int fsync_path(const char *path, int dir) {
+    int fd = open(path, dir ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cfg, char *err, size_t errlen) {
+    for (int i = 0; i < SAEFW_N_PARAMS; i++)
+        for (int64_t k = 0; k < sae->numel[i]; k++)
+            if (!isfinite(sae->p[i][k]))
+                return saefw_errf(err, errlen, "%s: refusing to write a checkpoint with non-finite %s", dir,
+                                  saefw_param_name(i));
+    char tmp[PATH_MAX], path[PATH_MAX];
+    if (strlen(dir) > PATH_MAX - 64) return saefw_errf(err, errlen, "%s: path too long", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
+    remove_tree(tmp);
+    if (mkdir(tmp, 0755) != 0) return saefw_errf(err, errlen, "%s: cannot create folder: %s", tmp, strerror(errno));
+
+    saefw_tensor_ref refs[SAEFW_N_PARAMS];
+    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
+        refs[i].name = saefw_param_name(i);
+        refs[i].dtype = SAEFW_DT_F32;
+        refs[i].ndim = sae->ndim[i];
+        refs[i].shape = sae->shape[i];
+        refs[i].data = sae->p[i];
+    }
+    const char *meta[][2] = {{"format", "pt"}};
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", tmp);
+    if (saefw_safetensors_write(path, refs, SAEFW_N_PARAMS, meta, 1, err, errlen) != 0) goto fail;
+
+    cJSON *c = cfg ? cJSON_Duplicate(cfg, 1) : cJSON_CreateObject();
+    if (!c) {
+        saefw_errf(err, errlen, "%s: out of memory", dir);
+        goto fail;
+    }
+    cJSON_DeleteItemFromObject(c, "d_in");
+    cJSON_DeleteItemFromObject(c, "d_sae");
+    cJSON_DeleteItemFromObject(c, "dtype");
+    cJSON_AddNumberToObject(c, "d_in", (double)sae->d_in);
+    cJSON_AddNumberToObject(c, "d_sae", (double)sae->d_sae);
+    cJSON_AddStringToObject(c, "dtype", "float32");
+    if (!cJSON_GetObjectItemCaseSensitive(c, "l1_coeff")) cJSON_AddNumberToObject(c, "l1_coeff", sae->l1_coeff);
+    char *text = cJSON_Print(c);
+    cJSON_Delete(c);
+    if (!text) {
+        saefw_errf(err, errlen, "%s: out of memory", dir);
+        goto fail;
+    }
+    snprintf(path, sizeof path, "%s/cfg.json", tmp);
+    int rc = saefw_write_file_atomic(path, text, strlen(text), err, errlen);
+    free(text);
+    if (rc != 0) goto fail;
+    fsync_path(tmp, 1);
+
+    /* Replace an existing checkpoint of the same name (e.g. `final`) only once the new one is complete. */
+    char old[PATH_MAX];
+    snprintf(old, sizeof old, "%s.old.%ld", dir, (long)getpid());
+    struct stat st;
+    int had_old = stat(dir, &st) == 0;
+    if (had_old && rename(dir, old) != 0) {
+        saefw_errf(err, errlen, "%s: cannot move the previous checkpoint aside: %s", dir, strerror(errno));
+        goto fail;
+    }
+    if (rename(tmp, dir) != 0) {
+        saefw_errf(err, errlen, "%s: cannot rename the new checkpoint into place: %s", dir, strerror(errno));
+        if (had_old) rename(old, dir);
+        goto fail;
+    }
+    if (had_old) remove_tree(old);
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash) {
+        *slash = 0;
+        fsync_path(parent[0] ? parent : "/", 1);
+    } else {
+        fsync_path(".", 1);
+    }
+    return 0;
+fail:
+    remove_tree(tmp);
+    return -1;
+}
+
+static int get_int(const cJSON *cfg, const char *file, const char *key, int64_t *out, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    if (!v) return saefw_errf(err, errlen, "%s: missing key '%s'", file, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble <= 0)
+        return saefw_errf(err, errlen, "%s: key '%s' must be a positive integer", file, key);
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
+static int read_cfg(const char *path, cJSON **out, char *err, size_t errlen) {
+    char *text = NULL;
+    if (saefw_read_file(path, &text, NULL, err, errlen) != 0) return -1;
+    const char *end = NULL;
+    cJSON *c = cJSON_ParseWithOpts(text, &end, 1);
+    free(text);
+    if (!c || !cJSON_IsObject(c)) {
+        cJSON_Delete(c);
+        return saefw_errf(err, errlen, "%s: not a JSON object", path);
+    }
+    *out = c;
+    return 0;
+}
+
+static double cfg_number(const cJSON *cfg, const char *key, double def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+/* Copy the four tensors from an open file into a freshly allocated sae, checking names and shapes. */
+static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_t d_sae, float l1, saefw_sae *sae,
+                    char *err, size_t errlen) {
+    const saefw_tensor_info *w = saefw_tf_find(tf, "W_enc");
+    if (d_in <= 0 || d_sae <= 0) {
+        if (!w || w->ndim != 2) return saefw_errf(err, errlen, "%s: missing tensor 'W_enc' [d_in, d_sae]", path);
+        d_in = w->shape[0];
+        d_sae = w->shape[1];
+    }
+    if (saefw_sae_alloc(sae, d_in, d_sae, l1, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", path);
+    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
+        const char *name = saefw_param_name(i);
+        const saefw_tensor_info *t = saefw_tf_find(tf, name);
+        if (!t) {
+            saefw_sae_free(sae);
+            return saefw_errf(err, errlen, "%s: missing tensor '%s'", path, name);
+        }
+        int ok = t->ndim == sae->ndim[i] && t->shape[0] == sae->shape[i][0] &&
+                 (sae->ndim[i] == 1 || t->shape[1] == sae->shape[i][1]);
+        if (!ok) {
+            char got[128] = "", want[64];
+            for (int k = 0; k < t->ndim && k < 4; k++) {
+                size_t u = strlen(got);
+                snprintf(got + u, sizeof got - u, "%s%lld", k ? ", " : "", (long long)t->shape[k]);
+            }
+            if (sae->ndim[i] == 2)
+                snprintf(want, sizeof want, "%lld, %lld", (long long)sae->shape[i][0], (long long)sae->shape[i][1]);
+            else
+                snprintf(want, sizeof want, "%lld", (long long)sae->shape[i][0]);
+            saefw_sae_free(sae);
+            return saefw_errf(err, errlen, "%s: tensor '%s' has shape [%s], expected [%s]", path, name, got, want);
+        }
+        if (saefw_tensor_to_f32(t, sae->p[i], err, errlen) != 0) {
+            saefw_sae_free(sae);
+            return saefw_err_prefix(err, errlen, "%s: tensor '%s'", path, name);
+        }
+    }
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, char *err, size_t errlen) {
+    memset(sae, 0, sizeof *sae);
+    if (cfg_out) *cfg_out = NULL;
+    struct stat st;
+    if (stat(path, &st) != 0) return saefw_errf(err, errlen, "%s: no such file or folder", path);
+    char weights[PATH_MAX], cfgp[PATH_MAX];
+    int seed_pt = 0;
+    if (S_ISDIR(st.st_mode)) {
+        snprintf(weights, sizeof weights, "%s/sae_weights.safetensors", path);
+        snprintf(cfgp, sizeof cfgp, "%s/cfg.json", path);
+    } else if (ends_with(path, ".pt") || ends_with(path, ".pth")) {
+        /* The seed writes N.pt next to N_cfg.json. */
+        seed_pt = 1;
+        snprintf(weights, sizeof weights, "%s", path);
+        size_t n = strlen(path) - (ends_with(path, ".pt") ? 3 : 4);
+        snprintf(cfgp, sizeof cfgp, "%.*s_cfg.json", (int)n, path);
+    } else {
+        snprintf(weights, sizeof weights, "%s", path);
+        snprintf(cfgp, sizeof cfgp, "%s", path);
+        char *slash = strrchr(cfgp, '/');
+        snprintf(slash ? slash + 1 : cfgp, sizeof cfgp - (size_t)(slash ? slash + 1 - cfgp : 0), "cfg.json");
+    }
+    cJSON *cfg = NULL;
+    int64_t d_in = 0, d_sae = 0;
+    float l1 = 0;
+    if (seed_pt) {
+        if (access(cfgp, F_OK) == 0) {
+            if (read_cfg(cfgp, &cfg, err, errlen) != 0) return -1;
+            l1 = (float)cfg_number(cfg, "l1_coeff", 0);
+            if (cJSON_GetObjectItemCaseSensitive(cfg, "act_size") &&
+                (get_int(cfg, cfgp, "act_size", &d_in, err, errlen) != 0 ||
+                 get_int(cfg, cfgp, "dict_size", &d_sae, err, errlen) != 0)) {
+                cJSON_Delete(cfg);
+                return -1;
+            }
+        }
+    } else {
+        if (read_cfg(cfgp, &cfg, err, errlen) != 0) return -1;
+        if (get_int(cfg, cfgp, "d_in", &d_in, err, errlen) != 0 || get_int(cfg, cfgp, "d_sae", &d_sae, err, errlen) != 0) {
+            cJSON_Delete(cfg);
+            return -1;
+        }
+        l1 = (float)cfg_number(cfg, "l1_coeff", cfg_number(cfg, "l1_coefficient", 0));
+    }
+    saefw_tensorfile *tf = NULL;
+    if (saefw_tf_open(weights, &tf, err, errlen) != 0) {
+        cJSON_Delete(cfg);
+        return -1;
+    }
+    int rc = fill_sae(weights, tf, d_in, d_sae, l1, sae, err, errlen);
+    saefw_tf_close(tf);
+    if (rc != 0) {
+        cJSON_Delete(cfg);
+        return -1;
+    }
+    if (cfg_out) *cfg_out = cfg;
+    else cJSON_Delete(cfg);
+    return 0;
+}
+
+int saefw_checkpoint_next_version(const char *run_dir) {
+    DIR *d = opendir(run_dir);
+    if (!d) return 0;
+    long best = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        errno = 0;
+        long v = strtol(e->d_name, &end, 10);
+        if (*end == 0 && end != e->d_name && errno == 0 && v >= 0 && v < INT_MAX && v > best) best = v;
+    }
+    closedir(d);
+    return (int)(best + 1);
+}

@@ -1,0 +1,255 @@
+/* The saefw command line: run Lua experiments, list plugins, inspect tensor files, talk to the Hub. */
+#include <dirent.h>
+#include <lauxlib.h>
+#include <limits.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lua_saefw.h"
+#include "plugin_loader.h"
+#include "tensorfile.h"
+#include "train.h"
+
+#ifdef SAEFW_HAVE_HF
+#include "hf.h"
+#endif
+
+static const char USAGE[] =
+    "usage: saefw <command> [arguments]\n"
+    "\n"
+    "commands:\n"
+    "  run SCRIPT.lua [--key value | --key=value ...]\n"
+    "                      run an experiment; --key overrides that key of the script's saefw.config{}\n"
+    "  plugins             list the plugins found, their kind and options\n"
+    "  info FILE           list the tensors of a safetensors, .npy or PyTorch .pt file\n"
+#ifdef SAEFW_HAVE_HF
+    "  upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision REV]\n"
+    "                      upload a checkpoint folder to the Hugging Face Hub\n"
+    "  download REPO [FILE...] [--revision REV]\n"
+    "                      download a repo's files into the Hugging Face cache\n"
+#endif
+    "  version             print the version\n"
+    "  help                print this help\n"
+    "\n"
+    "environment:\n"
+    "  SAEFW_PLUGIN_PATH   extra folders (colon-separated) searched for plugins first\n"
+    "  SAEFW_LUA_PATH      folder of the saefw Lua library (default: next to the binary)\n"
+    "  SAEFW_TRACEBACK=1   print a Lua traceback with script errors\n"
+    "  OPENBLAS_NUM_THREADS  threads for the matrix products (default: all cores)\n";
+
+static int lua_dir(char *out, size_t n) {
+    const char *env = getenv("SAEFW_LUA_PATH");
+    if (env && *env) {
+        snprintf(out, n, "%s", env);
+        return 0;
+    }
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return -1;
+    exe[len] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return -1;
+    *slash = 0;
+    char joined[PATH_MAX + 64];
+    snprintf(joined, sizeof joined, "%s/../%s", exe, SAEFW_LUA_SUBDIR);
+    if (!realpath(joined, out)) return -1;
+    return 0;
+}
+
+static int msgh(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) msg = luaL_tolstring(L, 1, NULL);
+    if (getenv("SAEFW_TRACEBACK")) luaL_traceback(L, L, msg, 1);
+    else lua_pushstring(L, msg);
+    return 1;
+}
+
+static int cmd_run(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "saefw run: missing SCRIPT.lua\n");
+        return 2;
+    }
+    const char *script = argv[1];
+    if (access(script, R_OK) != 0) {
+        fprintf(stderr, "saefw run: %s: cannot read the script\n", script);
+        return 2;
+    }
+    /* --key value / --key=value pairs; a bare --flag means true. */
+    char **kv = calloc((size_t)argc * 2, sizeof(char *));
+    char **owned = calloc((size_t)argc, sizeof(char *));
+    if (!kv || !owned) {
+        fprintf(stderr, "saefw: out of memory\n");
+        return 1;
+    }
+    int n = 0, n_owned = 0, rc = 1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0 || !a[2]) {
+            fprintf(stderr, "saefw run: unexpected argument '%s' (overrides are --key value or --key=value)\n", a);
+            rc = 2;
+            goto out;
+        }
+        const char *eq = strchr(a + 2, '=');
+        if (eq) {
+            char *k = strndup(a + 2, (size_t)(eq - a - 2));
+            if (!k) goto out;
+            owned[n_owned++] = k;
+            kv[2 * n] = k;
+            kv[2 * n + 1] = (char *)eq + 1;
+        } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
+            kv[2 * n] = (char *)a + 2;
+            kv[2 * n + 1] = argv[++i];
+        } else {
+            kv[2 * n] = (char *)a + 2;
+            kv[2 * n + 1] = "true";
+        }
+        n++;
+    }
+
+    char dir[PATH_MAX];
+    if (lua_dir(dir, sizeof dir) != 0) {
+        fprintf(stderr, "saefw: cannot find the saefw Lua library (set SAEFW_LUA_PATH)\n");
+        goto out;
+    }
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        fprintf(stderr, "saefw: cannot create a Lua state\n");
+        goto out;
+    }
+    luaL_openlibs(L);
+    saefw_lua_set_libdir(L, dir);
+    saefw_lua_set_overrides(L, kv, n);
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_saefw_core);
+    lua_setfield(L, -2, "saefw.core");
+#ifdef SAEFW_HAVE_HF
+    lua_pushcfunction(L, luaopen_saefw_hf);
+    lua_setfield(L, -2, "saefw.hf");
+#endif
+    lua_pop(L, 2);
+    /* arg, as the standalone lua interpreter sets it. */
+    lua_createtable(L, argc, 1);
+    for (int i = 1; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - 1);
+    }
+    lua_setglobal(L, "arg");
+
+    lua_pushcfunction(L, msgh);
+    int h = lua_gettop(L);
+    int st = luaL_loadfile(L, script);
+    if (st == LUA_OK) st = lua_pcall(L, 0, 0, h);
+    if (st != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        fprintf(stderr, "%s\n", msg ? msg : "(error object is not a string)");
+        rc = 1;
+    } else {
+        lua_getfield(L, LUA_REGISTRYINDEX, "saefw.config_called");
+        int called = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (n > 0 && !called) {
+            fprintf(stderr, "saefw run: %s never calls saefw.config{}, so --%s cannot be applied\n", script, kv[0]);
+            rc = 2;
+        } else {
+            rc = 0;
+        }
+    }
+    lua_close(L);
+out:
+    for (int i = 0; i < n_owned; i++) free(owned[i]);
+    free(owned);
+    free(kv);
+    return rc;
+}
+
+static int cmd_plugins(void) {
+    char *dirs[32];
+    int nd = saefw_plugin_dirs(dirs, 32);
+    int found = 0;
+    for (int i = 0; i < nd; i++) {
+        DIR *d = opendir(dirs[i]);
+        if (!d) continue;
+        char real[PATH_MAX];
+        printf("%s:\n", realpath(dirs[i], real) ? real : dirs[i]);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            size_t len = strlen(e->d_name);
+            if (len < 4 || strcmp(e->d_name + len - 3, ".so") != 0) continue;
+            char path[PATH_MAX];
+            snprintf(path, sizeof path, "%s/%s", dirs[i], e->d_name);
+            saefw_loaded_plugin *lp = NULL;
+            char err[1024];
+            if (saefw_plugin_load(path, saefw_host_table(), &lp, err, sizeof err) != 0) {
+                printf("  %-20s (cannot load: %s)\n", e->d_name, err);
+                continue;
+            }
+            found++;
+            printf("  %-20s %-10s %s\n", lp->p.name, saefw_plugin_kind_name(lp->p.kind),
+                   lp->p.description ? lp->p.description : "");
+            for (const saefw_option *o = lp->p.options; o && o->name; o++) {
+                if (o->type == SAEFW_OPT_STRING)
+                    printf("      %-18s string  default %-10s %s\n", o->name, o->def_string ? o->def_string : "(required)",
+                           o->help ? o->help : "");
+                else if (o->type == SAEFW_OPT_BOOL)
+                    printf("      %-18s bool    default %-10s %s\n", o->name, o->def_number != 0 ? "true" : "false",
+                           o->help ? o->help : "");
+                else
+                    printf("      %-18s %-7s default %-10g %s\n", o->name, o->type == SAEFW_OPT_INTEGER ? "integer" : "number",
+                           o->def_number, o->help ? o->help : "");
+            }
+            saefw_plugin_unload(lp);
+        }
+        closedir(d);
+    }
+    saefw_plugin_dirs_free(dirs, nd);
+    if (!found) {
+        fprintf(stderr, "saefw plugins: no plugins found (set SAEFW_PLUGIN_PATH)\n");
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_info(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: saefw info FILE\n");
+        return 2;
+    }
+    char err[1024];
+    if (saefw_tf_print_info(argv[1], stdout, err, sizeof err) != 0) {
+        fprintf(stderr, "saefw info: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "plugins")) return cmd_plugins();
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("saefw %s (plugin ABI %u)\n", SAEFW_VERSION, SAEFW_ABI_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+#ifdef SAEFW_HAVE_HF
+    if (!strcmp(cmd, "upload") || !strcmp(cmd, "download")) return saefw_hf_cli(argc - 1, argv + 1);
+#endif
+    fprintf(stderr, "saefw: unknown command '%s' (see saefw --help)\n", cmd);
+    return 2;
+}

@@ -1,0 +1,336 @@
+/* Plugin loader: dlopen with RTLD_NOW|RTLD_LOCAL, one entry point, ABI checks, typed options. */
+#include "plugin_loader.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+const char *saefw_plugin_kind_name(saefw_plugin_kind k) {
+    switch (k) {
+    case SAEFW_KIND_OPTIMIZER: return "optimizer";
+    case SAEFW_KIND_RESAMPLER: return "resampler";
+    case SAEFW_KIND_EXPERIMENT: return "experiment";
+    }
+    return "unknown";
+}
+
+static char *exe_dir(void) {
+    char buf[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) return NULL;
+    buf[n] = 0;
+    char *slash = strrchr(buf, '/');
+    if (!slash) return NULL;
+    *slash = 0;
+    return strdup(buf);
+}
+
+int saefw_plugin_dirs(char **dirs, int max) {
+    int n = 0;
+    const char *env = getenv("SAEFW_PLUGIN_PATH");
+    if (env && *env) {
+        const char *p = env;
+        while (*p && n < max) {
+            const char *e = strchr(p, ':');
+            size_t len = e ? (size_t)(e - p) : strlen(p);
+            if (len > 0) {
+                char *d = malloc(len + 1);
+                if (d) {
+                    memcpy(d, p, len);
+                    d[len] = 0;
+                    dirs[n++] = d;
+                }
+            }
+            p += len + (e ? 1 : 0);
+        }
+    }
+    char *ed = exe_dir();
+    if (ed && n < max) {
+        size_t len = strlen(ed) + strlen(SAEFW_PLUGIN_SUBDIR) + 8;
+        char *d = malloc(len);
+        if (d) {
+            snprintf(d, len, "%s/../%s", ed, SAEFW_PLUGIN_SUBDIR);
+            dirs[n++] = d;
+        }
+    }
+    free(ed);
+    return n;
+}
+
+void saefw_plugin_dirs_free(char **dirs, int n) {
+    for (int i = 0; i < n; i++) free(dirs[i]);
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int is_path(const char *s) {
+    size_t n = strlen(s);
+    return strchr(s, '/') != NULL || (n > 3 && strcmp(s + n - 3, ".so") == 0);
+}
+
+static int valid_name(const char *s) {
+    if (!*s) return 0;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+            return 0;
+    return 1;
+}
+
+/* Resolve name_or_path to an existing file; on failure, err lists where we looked. */
+static char *resolve(const char *name, char *err, size_t errlen) {
+    if (is_path(name)) {
+        if (!file_exists(name)) {
+            saefw_errf(err, errlen, "plugin %s: file not found", name);
+            return NULL;
+        }
+        return saefw_strdup(name, err, errlen);
+    }
+    if (!valid_name(name)) {
+        saefw_errf(err, errlen, "plugin '%s': not a plugin name (letters, digits, '_' and '-') nor a path", name);
+        return NULL;
+    }
+    char *dirs[32];
+    int nd = saefw_plugin_dirs(dirs, 32);
+    char where[1024] = "";
+    char *found = NULL;
+    for (int i = 0; i < nd && !found; i++) {
+        char cand[PATH_MAX];
+        snprintf(cand, sizeof cand, "%s/%s.so", dirs[i], name);
+        if (file_exists(cand)) {
+            found = saefw_strdup(cand, err, errlen);
+            if (!found) break;
+        }
+        size_t used = strlen(where);
+        snprintf(where + used, sizeof where - used, "%s%s", used ? ", " : "", dirs[i]);
+    }
+    saefw_plugin_dirs_free(dirs, nd);
+    if (!found && !(err && *err))
+        saefw_errf(err, errlen, "plugin %s: file not found: no %s.so in %s (set SAEFW_PLUGIN_PATH or give a path)",
+                   name, name, where[0] ? where : "(no plugin folders)");
+    return found;
+}
+
+int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_loaded_plugin **out, char *err,
+                      size_t errlen) {
+    *out = NULL;
+    if (err && errlen) err[0] = 0;
+    char *path = resolve(name_or_path, err, errlen);
+    if (!path) return -1;
+    /* dlopen's own message for a bad file is long and varies; the first bytes tell us precisely. */
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        free(path);
+        return saefw_errf(err, errlen, "plugin %s: cannot open: %s", name_or_path, strerror(e));
+    }
+    unsigned char magic[4] = {0};
+    size_t got = fread(magic, 1, 4, f);
+    fclose(f);
+    if (got != 4 || memcmp(magic, "\x7f" "ELF", 4) != 0) {
+        free(path);
+        return saefw_errf(err, errlen, "plugin %s: not a shared object (no ELF header)", name_or_path);
+    }
+    /* dlopen needs a slash to take the path literally rather than searching LD_LIBRARY_PATH. */
+    char full[PATH_MAX];
+    snprintf(full, sizeof full, "%s%s", strchr(path, '/') ? "" : "./", path);
+    void *dl = dlopen(full, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        const char *m = dlerror();
+        free(path);
+        return saefw_errf(err, errlen, "plugin %s: not a loadable shared object: %s", name_or_path, m ? m : "?");
+    }
+    saefw_plugin_init_fn init;
+    *(void **)&init = dlsym(dl, SAEFW_PLUGIN_ENTRY);
+    if (!init) {
+        dlclose(dl);
+        free(path);
+        return saefw_errf(err, errlen, "plugin %s: missing entry point %s()", name_or_path, SAEFW_PLUGIN_ENTRY);
+    }
+    saefw_loaded_plugin *lp = saefw_calloc(1, sizeof *lp, err, errlen);
+    if (!lp) {
+        dlclose(dl);
+        free(path);
+        return -1;
+    }
+    lp->dl = dl;
+    lp->path = path;
+    lp->p.abi_version = SAEFW_ABI_VERSION;
+    lp->p.struct_size = sizeof(saefw_plugin);
+    char perr[512] = "";
+    int rc = init(host, &lp->p, perr, sizeof perr);
+    if (rc != 0) {
+        saefw_errf(err, errlen, "plugin %s: init failed: %s", name_or_path, perr[0] ? perr : "(no message)");
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    if (lp->p.abi_version != SAEFW_ABI_VERSION) {
+        saefw_errf(err, errlen, "plugin %s: ABI mismatch: built for ABI version %u, this saefw speaks %u (rebuild it against this saefw's plugin.h)",
+                   name_or_path, lp->p.abi_version, SAEFW_ABI_VERSION);
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    if (lp->p.struct_size < offsetof(saefw_plugin, step) || lp->p.struct_size > sizeof(saefw_plugin)) {
+        saefw_errf(err, errlen, "plugin %s: ABI mismatch: struct_size %u is not a valid saefw_plugin size",
+                   name_or_path, lp->p.struct_size);
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    /* Fields past the plugin's struct size stay zero (the plugin may have been built against an older header). */
+    memset((char *)&lp->p + lp->p.struct_size, 0, sizeof(saefw_plugin) - lp->p.struct_size);
+    if (!lp->p.name || !*lp->p.name) {
+        saefw_errf(err, errlen, "plugin %s: init failed: the plugin gave no name", name_or_path);
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    if (lp->p.kind != SAEFW_KIND_OPTIMIZER && lp->p.kind != SAEFW_KIND_RESAMPLER && lp->p.kind != SAEFW_KIND_EXPERIMENT) {
+        saefw_errf(err, errlen, "plugin %s: init failed: unknown kind %d", name_or_path, (int)lp->p.kind);
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    if (lp->p.kind == SAEFW_KIND_OPTIMIZER && !lp->p.step) {
+        saefw_errf(err, errlen, "plugin %s: init failed: an optimizer must provide step()", name_or_path);
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    *out = lp;
+    return 0;
+}
+
+void saefw_plugin_unload(saefw_loaded_plugin *lp) {
+    if (!lp) return;
+    if (lp->dl) dlclose(lp->dl);
+    free(lp->path);
+    free(lp);
+}
+
+/* ---- options ---- */
+
+static int opt_index(const saefw_opts *o, const char *name) {
+    for (int i = 0; i < o->n; i++)
+        if (strcmp(o->spec[i].name, name) == 0) return i;
+    return -1;
+}
+
+static int unknown_option(const saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, char *err,
+                          size_t errlen) {
+    char list[512] = "";
+    for (int i = 0; i < o->n; i++) {
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", o->spec[i].name);
+    }
+    return saefw_errf(err, errlen, "plugin %s: unknown option '%s' (it takes: %s)", lp->p.name, name,
+                      o->n ? list : "no options");
+}
+
+int saefw_opts_new(const saefw_loaded_plugin *lp, saefw_opts **out, char *err, size_t errlen) {
+    *out = NULL;
+    saefw_opts *o = saefw_calloc(1, sizeof *o, err, errlen);
+    if (!o) return -1;
+    o->spec = lp->p.options;
+    if (o->spec)
+        while (o->spec[o->n].name) o->n++;
+    o->num = saefw_calloc((size_t)o->n, sizeof(double), err, errlen);
+    o->str = o->num ? saefw_calloc((size_t)o->n, sizeof(char *), err, errlen) : NULL;
+    o->given = o->str ? saefw_calloc((size_t)o->n, 1, err, errlen) : NULL;
+    if (!o->given) {
+        saefw_opts_free(o);
+        return -1;
+    }
+    for (int i = 0; i < o->n; i++) {
+        o->num[i] = o->spec[i].def_number;
+        if (o->spec[i].def_string && !(o->str[i] = saefw_strdup(o->spec[i].def_string, err, errlen))) {
+            saefw_opts_free(o);
+            return -1;
+        }
+    }
+    *out = o;
+    return 0;
+}
+
+static const char *type_name(saefw_opt_type t) {
+    switch (t) {
+    case SAEFW_OPT_NUMBER: return "a number";
+    case SAEFW_OPT_INTEGER: return "an integer";
+    case SAEFW_OPT_BOOL: return "a boolean";
+    case SAEFW_OPT_STRING: return "a string";
+    }
+    return "?";
+}
+
+int saefw_opts_set_number(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, double v, char *err,
+                          size_t errlen) {
+    int i = opt_index(o, name);
+    if (i < 0) return unknown_option(o, lp, name, err, errlen);
+    saefw_opt_type t = o->spec[i].type;
+    if (t == SAEFW_OPT_NUMBER || (t == SAEFW_OPT_INTEGER && v == floor(v) && fabs(v) < 9.007199254740992e15)) {
+        if (!isfinite(v)) return saefw_errf(err, errlen, "plugin %s: option '%s' must be finite", lp->p.name, name);
+        o->num[i] = v;
+        o->given[i] = 1;
+        return 0;
+    }
+    return saefw_errf(err, errlen, "plugin %s: option '%s' must be %s, got %g", lp->p.name, name, type_name(t), v);
+}
+
+int saefw_opts_set_bool(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, int v, char *err,
+                        size_t errlen) {
+    int i = opt_index(o, name);
+    if (i < 0) return unknown_option(o, lp, name, err, errlen);
+    if (o->spec[i].type != SAEFW_OPT_BOOL)
+        return saefw_errf(err, errlen, "plugin %s: option '%s' must be %s, got a boolean", lp->p.name, name,
+                          type_name(o->spec[i].type));
+    o->num[i] = v ? 1.0 : 0.0;
+    o->given[i] = 1;
+    return 0;
+}
+
+int saefw_opts_set_string(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, const char *v,
+                          char *err, size_t errlen) {
+    int i = opt_index(o, name);
+    if (i < 0) return unknown_option(o, lp, name, err, errlen);
+    if (o->spec[i].type != SAEFW_OPT_STRING)
+        return saefw_errf(err, errlen, "plugin %s: option '%s' must be %s, got a string", lp->p.name, name,
+                          type_name(o->spec[i].type));
+    char *s = saefw_strdup(v, err, errlen);
+    if (!s) return -1;
+    free(o->str[i]);
+    o->str[i] = s;
+    o->given[i] = 1;
+    return 0;
+}
+
+int saefw_opts_check(const saefw_opts *o, const saefw_loaded_plugin *lp, char *err, size_t errlen) {
+    for (int i = 0; i < o->n; i++)
+        if (o->spec[i].type == SAEFW_OPT_STRING && !o->str[i])
+            return saefw_errf(err, errlen, "plugin %s: option '%s' is required", lp->p.name, o->spec[i].name);
+    return 0;
+}
+
+void saefw_opts_free(saefw_opts *o) {
+    if (!o) return;
+    if (o->str)
+        for (int i = 0; i < o->n; i++) free(o->str[i]);
+    free(o->str);
+    free(o->num);
+    free(o->given);
+    free(o);
+}
+
+double saefw_opts_number(const saefw_opts *o, const char *name) {
+    int i = opt_index(o, name);
+    return i < 0 ? 0.0 : o->num[i];
+}
+
+const char *saefw_opts_string(const saefw_opts *o, const char *name) {
+    int i = opt_index(o, name);
+    return i < 0 ? NULL : o->str[i];
+}

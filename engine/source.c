@@ -1,0 +1,336 @@
+/* Activation sources (synthetic ground truth, memory-mapped files) and the seed's shuffling buffer. */
+#include "source.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensorfile.h"
+#include "util.h"
+
+void saefw_source_free(saefw_source *s) {
+    if (s && s->destroy) s->destroy(s);
+}
+
+static void source_log(saefw_source *s, const char *msg) {
+    if (s->log) s->log(s->log_ud, msg);
+}
+
+/* ---- synthetic ---- */
+
+typedef struct {
+    saefw_synthetic_opts o;
+    float *features; /* [n_features, d_in] unit rows */
+    saefw_rng train_rng, eval_rng;
+} synthetic;
+
+static void synth_rows(synthetic *sy, saefw_rng *rng, float *out, int64_t n) {
+    const int64_t d = sy->o.d_in, F = sy->o.n_features;
+    for (int64_t r = 0; r < n; r++) {
+        float *row = out + r * d;
+        memset(row, 0, sizeof(float) * (size_t)d);
+        for (int64_t f = 0; f < F; f++) {
+            if (saefw_rng_uniform(rng) >= sy->o.p_active) continue;
+            float mag = (float)(saefw_rng_uniform(rng) * sy->o.max_magnitude);
+            const float *v = sy->features + f * d;
+            for (int64_t i = 0; i < d; i++) row[i] += mag * v[i];
+        }
+    }
+}
+
+static int synth_next(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    synthetic *sy = s->impl;
+    synth_rows(sy, &sy->train_rng, out, n);
+    return 0;
+}
+
+static int synth_sample(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    synthetic *sy = s->impl;
+    synth_rows(sy, &sy->eval_rng, out, n);
+    return 0;
+}
+
+static void synth_destroy(saefw_source *s) {
+    synthetic *sy = s->impl;
+    if (sy) free(sy->features);
+    free(sy);
+    free(s);
+}
+
+int saefw_source_synthetic(const saefw_synthetic_opts *o, saefw_source **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (o->d_in <= 0 || o->n_features <= 0)
+        return saefw_errf(err, errlen, "synthetic: d_in and n_features must be positive");
+    if (!(o->p_active > 0 && o->p_active <= 1))
+        return saefw_errf(err, errlen, "synthetic: p_active must be in (0, 1], got %g", o->p_active);
+    if (!(o->max_magnitude > 0 && isfinite(o->max_magnitude)))
+        return saefw_errf(err, errlen, "synthetic: max_magnitude must be positive, got %g", o->max_magnitude);
+    saefw_source *s = saefw_calloc(1, sizeof *s, err, errlen);
+    synthetic *sy = saefw_calloc(1, sizeof *sy, err, errlen);
+    float *feat = sy && s ? saefw_malloc(sizeof(float) * (size_t)(o->d_in * o->n_features), err, errlen) : NULL;
+    if (!s || !sy || !feat) {
+        free(s);
+        free(sy);
+        return -1;
+    }
+    sy->o = *o;
+    sy->features = feat;
+    saefw_rng rng;
+    saefw_rng_seed(&rng, o->seed);
+    for (int64_t f = 0; f < o->n_features; f++) {
+        float *v = feat + f * o->d_in;
+        double ss = 0;
+        for (int64_t i = 0; i < o->d_in; i++) {
+            v[i] = (float)saefw_rng_normal(&rng);
+            ss += (double)v[i] * v[i];
+        }
+        float inv = (float)(1.0 / sqrt(ss));
+        for (int64_t i = 0; i < o->d_in; i++) v[i] *= inv;
+    }
+    saefw_rng_seed(&sy->train_rng, o->seed ^ 0x747261696eULL);
+    saefw_rng_seed(&sy->eval_rng, o->seed ^ 0x6576616cULL);
+    s->kind = "synthetic";
+    s->d_act = o->d_in;
+    s->next = synth_next;
+    s->sample = synth_sample;
+    s->destroy = synth_destroy;
+    s->impl = sy;
+    *out = s;
+    return 0;
+}
+
+const float *saefw_synthetic_features(const saefw_source *s, int64_t *n_features) {
+    if (!s || !s->kind || strcmp(s->kind, "synthetic") != 0) return NULL;
+    const synthetic *sy = s->impl;
+    if (n_features) *n_features = sy->o.n_features;
+    return sy->features;
+}
+
+double saefw_mmcs(const float *truth, int64_t n_truth, const float *D, int64_t n_rows, int64_t d) {
+    double *inv = malloc(sizeof(double) * (size_t)n_rows);
+    if (!inv) return NAN;
+    for (int64_t r = 0; r < n_rows; r++) {
+        double ss = 0;
+        for (int64_t i = 0; i < d; i++) ss += (double)D[r * d + i] * D[r * d + i];
+        inv[r] = ss > 0 ? 1.0 / sqrt(ss) : 0.0;
+    }
+    double total = 0;
+    for (int64_t t = 0; t < n_truth; t++) {
+        const float *g = truth + t * d;
+        double gn = 0;
+        for (int64_t i = 0; i < d; i++) gn += (double)g[i] * g[i];
+        gn = gn > 0 ? 1.0 / sqrt(gn) : 0.0;
+        double best = -1;
+        for (int64_t r = 0; r < n_rows; r++) {
+            double dot = 0;
+            for (int64_t i = 0; i < d; i++) dot += (double)g[i] * D[r * d + i];
+            dot *= inv[r] * gn;
+            if (dot > best) best = dot;
+        }
+        total += best;
+    }
+    free(inv);
+    return total / (double)n_truth;
+}
+
+/* ---- file ---- */
+
+typedef struct {
+    saefw_tensorfile *tf;
+    const saefw_tensor_info *t;
+    char *path;
+    int64_t rows, cursor, wraps;
+    saefw_rng eval_rng;
+} file_source;
+
+static int file_rows(saefw_source *s, file_source *fs, int64_t row, int64_t n, float *out, char *err, size_t errlen) {
+    if (saefw_tensor_slice_f32(fs->t, row * s->d_act, n * s->d_act, out, err, errlen) != 0)
+        return saefw_err_prefix(err, errlen, "%s", fs->path);
+    return 0;
+}
+
+static int file_next(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    file_source *fs = s->impl;
+    while (n > 0) {
+        int64_t take = fs->rows - fs->cursor < n ? fs->rows - fs->cursor : n;
+        if (file_rows(s, fs, fs->cursor, take, out, err, errlen) != 0) return -1;
+        out += take * s->d_act;
+        n -= take;
+        fs->cursor += take;
+        if (fs->cursor == fs->rows) {
+            fs->cursor = 0;
+            fs->wraps++;
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s: reached the end of %lld rows; starting pass %lld", fs->path,
+                     (long long)fs->rows, (long long)fs->wraps + 1);
+            source_log(s, msg);
+        }
+    }
+    return 0;
+}
+
+static int file_sample(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    file_source *fs = s->impl;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t row = (int64_t)saefw_rng_below(&fs->eval_rng, (uint64_t)fs->rows);
+        if (file_rows(s, fs, row, 1, out + r * s->d_act, err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
+static void file_destroy(saefw_source *s) {
+    file_source *fs = s->impl;
+    if (fs) {
+        saefw_tf_close(fs->tf);
+        free(fs->path);
+    }
+    free(fs);
+    free(s);
+}
+
+int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint64_t seed, saefw_source **out,
+                      char *err, size_t errlen) {
+    *out = NULL;
+    saefw_tensorfile *tf = NULL;
+    if (saefw_tf_open(path, &tf, err, errlen) != 0) return -1;
+    const saefw_tensor_info *t = NULL;
+    if (name) {
+        t = saefw_tf_find(tf, name);
+        if (!t) {
+            saefw_tf_close(tf);
+            return saefw_errf(err, errlen, "%s: no tensor named '%s'", path, name);
+        }
+    } else if (saefw_tf_count(tf) == 1) {
+        t = saefw_tf_get(tf, 0);
+    } else {
+        int n = saefw_tf_count(tf);
+        saefw_tf_close(tf);
+        return saefw_errf(err, errlen, "%s: holds %d tensors; say which one holds the activations (tensor = ...)",
+                          path, n);
+    }
+    if (t->ndim != 2 || t->shape[0] <= 0 || t->shape[1] <= 0) {
+        saefw_tf_close(tf);
+        return saefw_errf(err, errlen, "%s: activations must be a non-empty 2-D tensor [rows, d_in], got %d dims",
+                          path, t->ndim);
+    }
+    if (t->dtype != SAEFW_DT_F32 && t->dtype != SAEFW_DT_BF16 && t->dtype != SAEFW_DT_F16) {
+        saefw_tf_close(tf);
+        return saefw_errf(err, errlen, "%s: activations must be F32, BF16 or F16, got %s", path,
+                          saefw_dtype_name(t->dtype));
+    }
+    if (expect_d > 0 && t->shape[1] != expect_d) {
+        saefw_tf_close(tf);
+        return saefw_errf(err, errlen, "%s: activation width is %lld, expected d_in = %lld", path,
+                          (long long)t->shape[1], (long long)expect_d);
+    }
+    saefw_source *s = saefw_calloc(1, sizeof *s, err, errlen);
+    file_source *fs = s ? saefw_calloc(1, sizeof *fs, err, errlen) : NULL;
+    char *p = fs ? saefw_strdup(path, err, errlen) : NULL;
+    if (!p) {
+        free(fs);
+        free(s);
+        saefw_tf_close(tf);
+        return -1;
+    }
+    fs->tf = tf;
+    fs->t = t;
+    fs->path = p;
+    fs->rows = t->shape[0];
+    saefw_rng_seed(&fs->eval_rng, seed ^ 0x6576616cULL);
+    s->kind = "file";
+    s->d_act = t->shape[1];
+    s->next = file_next;
+    s->sample = file_sample;
+    s->destroy = file_destroy;
+    s->impl = fs;
+    *out = s;
+    return 0;
+}
+
+/* ---- buffer ---- */
+
+size_t saefw_buffer_bytes(const saefw_buffer *b) {
+    return (size_t)(b->rows * b->d) * (b->dtype == SAEFW_BUF_BF16 ? 2 : 4);
+}
+
+/* Fill logical rows [from, to) from the source, in chunks of stage_rows. */
+static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, char *err, size_t errlen) {
+    for (int64_t r = from; r < to;) {
+        int64_t n = to - r < b->stage_rows ? to - r : b->stage_rows;
+        if (b->src->next(b->src, b->stage, n, err, errlen) != 0) return -1;
+        for (int64_t k = 0; k < n; k++) {
+            int64_t phys = b->perm[r + k];
+            const float *src = b->stage + k * b->d;
+            if (b->dtype == SAEFW_BUF_BF16) {
+                uint16_t *dst = (uint16_t *)b->data + phys * b->d;
+                for (int64_t i = 0; i < b->d; i++) dst[i] = saefw_f32_to_bf16(src[i]);
+            } else {
+                memcpy((float *)b->data + phys * b->d, src, sizeof(float) * (size_t)b->d);
+            }
+        }
+        r += n;
+    }
+    return 0;
+}
+
+static int buffer_refresh(saefw_buffer *b, char *err, size_t errlen) {
+    int64_t upto = b->first ? b->rows : b->rows / 2;
+    b->first = 0;
+    if (buffer_fill(b, 0, upto, err, errlen) != 0) return -1;
+    saefw_rng_shuffle(&b->rng, b->perm, b->rows);
+    b->pointer = 0;
+    b->refills++;
+    return 0;
+}
+
+int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t batch, saefw_buffer_dtype dtype,
+                      uint64_t seed, char *err, size_t errlen) {
+    memset(b, 0, sizeof *b);
+    if (batch <= 0) return saefw_errf(err, errlen, "buffer: batch_size must be positive");
+    if (rows < 4 * batch)
+        return saefw_errf(err, errlen, "buffer: %lld rows is too small for batch_size %lld (need at least 4 batches)",
+                          (long long)rows, (long long)batch);
+    b->src = src;
+    b->rows = rows;
+    b->d = src->d_act;
+    b->batch = batch;
+    b->dtype = dtype;
+    b->first = 1;
+    b->stage_rows = src->chunk_rows > 0 ? src->chunk_rows : batch;
+    saefw_rng_seed(&b->rng, seed ^ 0x627566666572ULL);
+    b->data = saefw_malloc(saefw_buffer_bytes(b), err, errlen);
+    b->perm = b->data ? saefw_malloc(sizeof(int64_t) * (size_t)rows, err, errlen) : NULL;
+    b->stage = b->perm ? saefw_malloc(sizeof(float) * (size_t)(b->stage_rows * b->d), err, errlen) : NULL;
+    if (!b->stage) {
+        saefw_buffer_free(b);
+        return -1;
+    }
+    for (int64_t i = 0; i < rows; i++) b->perm[i] = i;
+    if (buffer_refresh(b, err, errlen) != 0) {
+        saefw_buffer_free(b);
+        return -1;
+    }
+    return 0;
+}
+
+int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen) {
+    for (int64_t k = 0; k < b->batch; k++) {
+        int64_t phys = b->perm[b->pointer + k];
+        if (b->dtype == SAEFW_BUF_BF16) {
+            const uint16_t *src = (const uint16_t *)b->data + phys * b->d;
+            for (int64_t i = 0; i < b->d; i++) out[k * b->d + i] = saefw_bf16_to_f32(src[i]);
+        } else {
+            memcpy(out + k * b->d, (const float *)b->data + phys * b->d, sizeof(float) * (size_t)b->d);
+        }
+    }
+    b->pointer += b->batch;
+    if (b->pointer > b->rows / 2 - b->batch) return buffer_refresh(b, err, errlen);
+    return 0;
+}
+
+void saefw_buffer_free(saefw_buffer *b) {
+    free(b->data);
+    free(b->perm);
+    free(b->stage);
+    memset(b, 0, sizeof *b);
+}

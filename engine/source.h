@@ -1,0 +1,76 @@
+/* Activation sources and the shuffling activation buffer. A source produces rows of activations
+ * [n, d_act]; the model host (tokens -> transformer -> hook site) is one more source. */
+#ifndef SAEFW_SOURCE_H
+#define SAEFW_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rng.h"
+
+typedef struct saefw_source saefw_source;
+struct saefw_source {
+    const char *kind; /* "synthetic", "file", ... */
+    int64_t d_act;
+    /* Sequential training stream: write the next n rows into out [n, d_act]. */
+    int (*next)(saefw_source *s, float *out, int64_t n, char *err, size_t errlen);
+    /* Independent evaluation draw of n rows (does not move the training stream). */
+    int (*sample)(saefw_source *s, float *out, int64_t n, char *err, size_t errlen);
+    /* Rows per natural chunk of work (a model forward); the buffer refills in whole chunks. 0: any. */
+    int64_t chunk_rows;
+    void (*destroy)(saefw_source *s);
+    void (*log)(void *ud, const char *msg); /* optional: where a source reports events (wrap-around) */
+    void *log_ud;
+    void *impl;
+};
+
+void saefw_source_free(saefw_source *s);
+
+/* Synthetic data with known ground truth (Sharkey et al.): n_features random unit directions in
+ * d_in dims; each row sums the features that are on, each on independently with probability p and
+ * a magnitude uniform in [0, max_magnitude). */
+typedef struct {
+    int64_t d_in, n_features;
+    double p_active, max_magnitude;
+    uint64_t seed;
+} saefw_synthetic_opts;
+
+int saefw_source_synthetic(const saefw_synthetic_opts *o, saefw_source **out, char *err, size_t errlen);
+/* The true features [n_features, d_in] of a synthetic source, or NULL for other sources. */
+const float *saefw_synthetic_features(const saefw_source *s, int64_t *n_features);
+/* Mean over true features of the max cosine similarity with any row of D [n_rows, d]. */
+double saefw_mmcs(const float *truth, int64_t n_truth, const float *D, int64_t n_rows, int64_t d);
+
+/* Activations from a file: a 2-D tensor [N, d_act] of F32, BF16 or F16 in .npy or safetensors
+ * (tensor `name`, or the file's only tensor when name is NULL), memory-mapped. Rows are read in
+ * order and wrap around at the end with a log line. */
+int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint64_t seed, saefw_source **out,
+                      char *err, size_t errlen);
+
+typedef enum { SAEFW_BUF_F32 = 0, SAEFW_BUF_BF16 = 1 } saefw_buffer_dtype;
+
+/* The seed's buffer: `rows` rows, filled completely at first; each batch is read in order; once
+ * more than half minus a batch is used, the first half is refilled from the source and the whole
+ * buffer is reshuffled. */
+typedef struct {
+    saefw_source *src;
+    int64_t rows, d, batch;
+    saefw_buffer_dtype dtype;
+    void *data;     /* [rows, d] in dtype */
+    int64_t *perm;  /* logical row -> physical row */
+    float *stage;   /* [chunk, d] staging for refills */
+    int64_t stage_rows;
+    int64_t pointer;
+    int first;
+    saefw_rng rng;
+    int64_t refills;
+} saefw_buffer;
+
+int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t batch, saefw_buffer_dtype dtype,
+                      uint64_t seed, char *err, size_t errlen);
+/* Next batch [batch, d] as float32. */
+int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen);
+void saefw_buffer_free(saefw_buffer *b);
+size_t saefw_buffer_bytes(const saefw_buffer *b);
+
+#endif

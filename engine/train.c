@@ -1,0 +1,506 @@
+/* The training loop of the seed recipe, the plugin host table, progress display and metrics.jsonl. */
+#include "train.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "util.h"
+
+struct saefw_run {
+    const saefw_train_opts *o;
+    saefw_sae *sae;
+    saefw_sae_work work;
+    saefw_source *eval_src;
+    float *batch;     /* [batch, d_in] */
+    saefw_rng rng;
+    int64_t step, tokens;
+    void *opt_self;
+    void **plug_self;
+    const char *current; /* name of the plugin whose callback runs */
+    int n_extra;
+    char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
+    double extra_value[SAEFW_MAX_EXTRA_METRICS];
+};
+
+/* ---- host table ---- */
+
+static void host_log(saefw_run *run, int level, const char *msg) {
+    const char *lv = level >= SAEFW_LOG_WARN ? "warning: " : "";
+    if (level == SAEFW_LOG_DEBUG && !getenv("SAEFW_DEBUG")) return;
+    fprintf(stderr, "[%s] %s%s\n", run && run->current ? run->current : "plugin", lv, msg);
+}
+
+static double host_opt_number(const saefw_opts *o, const char *name) { return saefw_opts_number(o, name); }
+static const char *host_opt_string(const saefw_opts *o, const char *name) { return saefw_opts_string(o, name); }
+static int host_param_count(saefw_run *run) { return SAEFW_N_PARAMS; }
+
+static int host_param_get(saefw_run *run, int i, saefw_param *out) {
+    if (i < 0 || i >= SAEFW_N_PARAMS) return -1;
+    saefw_sae_param_view(run->sae, i, out);
+    return 0;
+}
+
+static int host_param_find(saefw_run *run, const char *name, saefw_param *out, int *index) {
+    for (int i = 0; i < SAEFW_N_PARAMS; i++)
+        if (name && strcmp(saefw_param_name(i), name) == 0) {
+            if (out) saefw_sae_param_view(run->sae, i, out);
+            if (index) *index = i;
+            return 0;
+        }
+    return -1;
+}
+
+static int64_t host_d_in(saefw_run *run) { return run->sae->d_in; }
+static int64_t host_d_sae(saefw_run *run) { return run->sae->d_sae; }
+
+static int host_reset_opt(saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
+                          size_t errlen) {
+    const saefw_plugin *op = &run->o->optimizer.plugin->p;
+    if (!op->reset_state) return 0;
+    return op->reset_state(run->opt_self, run, param, axis, idx, n, err, errlen);
+}
+
+static uint64_t host_rng_u64(saefw_run *run) { return saefw_rng_u64(&run->rng); }
+static double host_rng_uniform(saefw_run *run) { return saefw_rng_uniform(&run->rng); }
+static double host_rng_normal(saefw_run *run) { return saefw_rng_normal(&run->rng); }
+static int64_t host_step(saefw_run *run) { return run->step; }
+static int64_t host_tokens(saefw_run *run) { return run->tokens; }
+static double host_lr(saefw_run *run) { return saefw_opts_number(run->o->optimizer.opts, "lr"); }
+
+static void host_metric(saefw_run *run, const char *name, double value) {
+    for (int i = 0; i < run->n_extra; i++)
+        if (strcmp(run->extra_name[i], name) == 0) {
+            run->extra_value[i] = value;
+            return;
+        }
+    if (run->n_extra >= SAEFW_MAX_EXTRA_METRICS) return;
+    snprintf(run->extra_name[run->n_extra], sizeof run->extra_name[0], "%s", name);
+    run->extra_value[run->n_extra++] = value;
+}
+
+static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen) {
+    const int64_t cap = run->work.cap, d = run->sae->d_in;
+    for (int64_t r = 0; r < n; r += cap) {
+        int64_t k = n - r < cap ? n - r : cap;
+        if (run->eval_src->sample(run->eval_src, x + r * d, k, err, errlen) != 0) return -1;
+        if (loss) {
+            saefw_sae_forward(run->sae, &run->work, x + r * d, k, NULL);
+            saefw_sae_row_loss(run->sae, &run->work, x + r * d, k, loss + r);
+        }
+    }
+    return 0;
+}
+
+int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t batch, int64_t n_batches,
+                              float *freq, char *err, size_t errlen) {
+    saefw_sae_work w;
+    if (saefw_sae_work_alloc(&w, sae, batch, err, errlen) != 0) return -1;
+    float *x = saefw_malloc(sizeof(float) * (size_t)(batch * sae->d_in), err, errlen);
+    int64_t *count = x ? saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen) : NULL;
+    int rc = count ? 0 : -1;
+    for (int64_t b = 0; rc == 0 && b < n_batches; b++) {
+        if (src->sample(src, x, batch, err, errlen) != 0) {
+            rc = -1;
+            break;
+        }
+        saefw_sae_forward(sae, &w, x, batch, NULL);
+        for (int64_t r = 0; r < batch; r++) {
+            const float *a = w.acts + r * sae->d_sae;
+            for (int64_t j = 0; j < sae->d_sae; j++) count[j] += a[j] > 0.0f;
+        }
+    }
+    if (rc == 0) {
+        double total = (double)(batch * n_batches);
+        for (int64_t j = 0; j < sae->d_sae; j++) freq[j] = (float)((double)count[j] / total);
+    }
+    free(count);
+    free(x);
+    saefw_sae_work_free(&w);
+    return rc;
+}
+
+static int host_freqs(saefw_run *run, int64_t n_batches, float *freq, char *err, size_t errlen) {
+    return saefw_feature_frequencies(run->sae, run->eval_src, run->work.cap, n_batches, freq, err, errlen);
+}
+
+static const saefw_host HOST = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_host),
+    .log = host_log,
+    .opt_number = host_opt_number,
+    .opt_string = host_opt_string,
+    .param_count = host_param_count,
+    .param_get = host_param_get,
+    .param_find = host_param_find,
+    .d_in = host_d_in,
+    .d_sae = host_d_sae,
+    .reset_optimizer_state = host_reset_opt,
+    .rng_u64 = host_rng_u64,
+    .rng_uniform = host_rng_uniform,
+    .rng_normal = host_rng_normal,
+    .step = host_step,
+    .tokens_seen = host_tokens,
+    .learning_rate = host_lr,
+    .metric = host_metric,
+    .sample_activations = host_sample,
+    .feature_frequencies = host_freqs,
+};
+
+const saefw_host *saefw_host_table(void) { return &HOST; }
+
+/* ---- signals ---- */
+
+static volatile sig_atomic_t g_stop_signal = 0;
+static void on_signal(int sig) { g_stop_signal = sig; }
+
+/* ---- output ---- */
+
+static void fmt_duration(double s, char *buf, size_t n) {
+    if (!isfinite(s) || s < 0) {
+        snprintf(buf, n, "?");
+        return;
+    }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60) snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(buf, n, "%lds", t);
+}
+
+static void fmt_rate(double r, char *buf, size_t n) {
+    if (r >= 1e6) snprintf(buf, n, "%.2fM", r / 1e6);
+    else if (r >= 1e3) snprintf(buf, n, "%.1fk", r / 1e3);
+    else snprintf(buf, n, "%.0f", r);
+}
+
+static void progress_line(const saefw_metrics *m, int tty) {
+    char rate[32], eta[32];
+    fmt_rate(m->tokens_per_s, rate, sizeof rate);
+    double left = m->tokens_per_s > 0 ? (double)(m->steps - m->step - 1) * ((double)m->tokens / (double)(m->step + 1)) / m->tokens_per_s : NAN;
+    fmt_duration(left, eta, sizeof eta);
+    fprintf(stderr, "%sstep %lld/%lld (%.0f%%) | %s tok/s | loss %.5g l2 %.5g l1 %.5g | L0 %.1f | EV %.3f | ETA %s%s",
+            tty ? "\r\033[K" : "", (long long)m->step, (long long)m->steps,
+            100.0 * (double)(m->step + 1) / (double)m->steps, rate, m->loss, m->l2, m->l1, m->l0,
+            m->explained_variance, eta, tty ? "" : "\n");
+    fflush(stderr);
+}
+
+static void json_num(FILE *f, const char *key, double v) {
+    if (isfinite(v)) fprintf(f, ",\"%s\":%.9g", key, v);
+    else fprintf(f, ",\"%s\":null", key);
+}
+
+static int write_metrics_line(FILE *f, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+    if (!f) return 0;
+    fprintf(f, "{\"event\":\"%s\",\"step\":%lld,\"tokens\":%lld", event, (long long)m->step, (long long)m->tokens);
+    if (strcmp(event, "eval") != 0) {
+        json_num(f, "loss", m->loss);
+        json_num(f, "l2_loss", m->l2);
+        json_num(f, "l1_loss", m->l1);
+        json_num(f, "l0", m->l0);
+        json_num(f, "explained_variance", m->explained_variance);
+        json_num(f, "tokens_per_s", m->tokens_per_s);
+        json_num(f, "elapsed_s", m->elapsed_s);
+    }
+    if (m->has_eval) {
+        json_num(f, "dead", m->frac_dead);
+        json_num(f, "below_1e-6", m->frac_below_1e6);
+        json_num(f, "below_1e-5", m->frac_below_1e5);
+        if (isfinite(m->mmcs)) json_num(f, "mmcs", m->mmcs);
+    }
+    for (int i = 0; i < m->n_extra; i++) json_num(f, m->extra_name[i], m->extra_value[i]);
+    fputs("}\n", f);
+    if (fflush(f) != 0 || ferror(f)) return saefw_errf(err, errlen, "metrics.jsonl: write failed: %s", strerror(errno));
+    return 0;
+}
+
+static cJSON *checkpoint_cfg(const saefw_train_opts *o, const saefw_metrics *m) {
+    cJSON *c = o->cfg ? cJSON_Duplicate(o->cfg, 1) : cJSON_CreateObject();
+    if (!c) return NULL;
+    cJSON_DeleteItemFromObject(c, "step");
+    cJSON_DeleteItemFromObject(c, "tokens_seen");
+    cJSON_DeleteItemFromObject(c, "final_metrics");
+    cJSON_AddNumberToObject(c, "step", (double)m->step);
+    cJSON_AddNumberToObject(c, "tokens_seen", (double)m->tokens);
+    cJSON *fm = cJSON_AddObjectToObject(c, "final_metrics");
+    if (fm) {
+        if (isfinite(m->loss)) cJSON_AddNumberToObject(fm, "loss", m->loss);
+        if (isfinite(m->l2)) cJSON_AddNumberToObject(fm, "l2_loss", m->l2);
+        if (isfinite(m->l1)) cJSON_AddNumberToObject(fm, "l1_loss", m->l1);
+        if (isfinite(m->l0)) cJSON_AddNumberToObject(fm, "l0", m->l0);
+        if (isfinite(m->explained_variance)) cJSON_AddNumberToObject(fm, "explained_variance", m->explained_variance);
+        if (m->has_eval) {
+            cJSON_AddNumberToObject(fm, "dead", m->frac_dead);
+            cJSON_AddNumberToObject(fm, "below_1e-5", m->frac_below_1e5);
+            if (isfinite(m->mmcs)) cJSON_AddNumberToObject(fm, "mmcs", m->mmcs);
+        }
+    }
+    return c;
+}
+
+static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics *m, saefw_train_result *res,
+                           char *err, size_t errlen) {
+    const saefw_train_opts *o = run->o;
+    if (!o->run_dir) return 0;
+    char dir[PATH_MAX];
+    if (name) snprintf(dir, sizeof dir, "%s/%s", o->run_dir, name);
+    else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
+    cJSON *cfg = checkpoint_cfg(o, m);
+    if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
+    int rc = saefw_checkpoint_save(dir, run->sae, cfg, err, errlen);
+    cJSON_Delete(cfg);
+    if (rc == 0) snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);
+    return rc;
+}
+
+static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) {
+    const saefw_sae *sae = run->sae;
+    float *freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen);
+    if (!freq) return -1;
+    int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
+    if (saefw_feature_frequencies(sae, run->eval_src, run->work.cap, nb, freq, err, errlen) != 0) {
+        free(freq);
+        return -1;
+    }
+    int64_t dead = 0, b6 = 0, b5 = 0;
+    for (int64_t j = 0; j < sae->d_sae; j++) {
+        dead += freq[j] == 0.0f;
+        b6 += freq[j] < 1e-6f;
+        b5 += freq[j] < 1e-5f;
+    }
+    free(freq);
+    m->has_eval = 1;
+    m->frac_dead = (double)dead / (double)sae->d_sae;
+    m->frac_below_1e6 = (double)b6 / (double)sae->d_sae;
+    m->frac_below_1e5 = (double)b5 / (double)sae->d_sae;
+    int64_t n_truth = 0;
+    const float *truth = saefw_synthetic_features(run->eval_src, &n_truth);
+    m->mmcs = truth ? saefw_mmcs(truth, n_truth, sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_in) : NAN;
+    return 0;
+}
+
+static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
+    const saefw_train_opts *o = run->o;
+    for (int i = 0; i < o->n_plugins; i++) {
+        const saefw_plugin *p = &o->plugins[i].plugin->p;
+        saefw_callback cb = *(const saefw_callback *)((const char *)p + offset);
+        if (!cb) continue;
+        run->current = p->name;
+        char perr[512] = "";
+        int rc = cb(run->plug_self[i], run, perr, sizeof perr);
+        run->current = NULL;
+        if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, perr[0] ? perr : "callback failed");
+    }
+    return 0;
+}
+
+static int emit(saefw_run *run, FILE *mf, const char *event, saefw_metrics *m, char *err, size_t errlen) {
+    m->n_extra = run->n_extra;
+    memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
+    memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
+    if (write_metrics_line(mf, event, m, err, errlen) != 0) return -1;
+    if (run->o->on_event && run->o->on_event(run->o->event_ud, event, m, err, errlen) != 0) return -1;
+    return 0;
+}
+
+int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, size_t errlen) {
+    memset(res, 0, sizeof *res);
+    saefw_sae *sae = o->sae;
+    saefw_buffer *buf = o->buffer;
+    if (!sae || !(buf || o->next_batch) || !o->optimizer.plugin)
+        return saefw_errf(err, errlen, "train: sae, buffer and optimizer are required");
+    if (!buf && (!o->eval_source || o->batch_size <= 0))
+        return saefw_errf(err, errlen, "train: next_batch needs batch_size and eval_source");
+    const int64_t d_act = buf ? buf->d : o->eval_source->d_act;
+    if (d_act != sae->d_in)
+        return saefw_errf(err, errlen, "train: activations have width %lld, but the SAE expects d_in = %lld",
+                          (long long)d_act, (long long)sae->d_in);
+    if (o->eval_source && o->eval_source->d_act != sae->d_in)
+        return saefw_errf(err, errlen, "train: eval_source has width %lld, but the SAE expects d_in = %lld",
+                          (long long)o->eval_source->d_act, (long long)sae->d_in);
+    if (o->optimizer.plugin->p.kind != SAEFW_KIND_OPTIMIZER)
+        return saefw_errf(err, errlen, "train: plugin %s is a %s, not an optimizer", o->optimizer.plugin->p.name,
+                          saefw_plugin_kind_name(o->optimizer.plugin->p.kind));
+    if (o->steps <= 0) return saefw_errf(err, errlen, "train: the number of steps must be positive (num_tokens >= batch_size)");
+
+    saefw_run run;
+    memset(&run, 0, sizeof run);
+    run.o = o;
+    run.sae = sae;
+    run.eval_src = o->eval_source ? o->eval_source : buf->src;
+    saefw_rng_seed(&run.rng, o->seed ^ 0x706c7567696e73ULL);
+    const int64_t B = buf ? buf->batch : o->batch_size, d = sae->d_in;
+    FILE *mf = NULL;
+    int rc = -1;
+    int opt_created = 0, n_created = 0;
+    struct sigaction old_int, old_term;
+    int signals_set = 0;
+
+    if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
+    run.batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
+    run.plug_self = run.batch ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
+    if (!run.plug_self) goto done;
+
+    if (o->run_dir) {
+        if (saefw_mkdirs(o->run_dir, err, errlen) != 0) goto done;
+        char mp[PATH_MAX];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
+        mf = fopen(mp, "a");
+        if (!mf) {
+            saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
+            goto done;
+        }
+    }
+
+    /* Instances: the optimizer first, then the hooks in the order given. */
+    {
+        const saefw_plugin *op = &o->optimizer.plugin->p;
+        char perr[512] = "";
+        run.current = op->name;
+        if (op->create && op->create(&HOST, &run, o->optimizer.opts, &run.opt_self, perr, sizeof perr) != 0) {
+            saefw_errf(err, errlen, "plugin %s: %s", op->name, perr[0] ? perr : "create failed");
+            goto done;
+        }
+        opt_created = 1;
+        for (int i = 0; i < o->n_plugins; i++) {
+            const saefw_plugin *p = &o->plugins[i].plugin->p;
+            run.current = p->name;
+            if (p->create && p->create(&HOST, &run, o->plugins[i].opts, &run.plug_self[i], perr, sizeof perr) != 0) {
+                saefw_errf(err, errlen, "plugin %s: %s", p->name, perr[0] ? perr : "create failed");
+                goto done;
+            }
+            n_created = i + 1;
+        }
+        run.current = NULL;
+    }
+
+    g_stop_signal = 0;
+    {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+        signals_set = 1;
+    }
+
+    const int tty = o->progress < 0 && isatty(STDERR_FILENO);
+    const int plain = o->progress < 0 && !tty;
+    const double t0 = saefw_now();
+    double last_draw = 0;
+    saefw_metrics m;
+    memset(&m, 0, sizeof m);
+    m.steps = o->steps;
+    m.mmcs = NAN;
+
+    for (int64_t i = 0; i < o->steps; i++) {
+        if (g_stop_signal) break;
+        run.step = i;
+        run.n_extra = 0;
+        int got = buf ? saefw_buffer_next(buf, run.batch, err, errlen)
+                      : o->next_batch(o->next_batch_ud, run.batch, B, err, errlen);
+        if (got != 0) goto done;
+        saefw_sae_stats st;
+        saefw_sae_forward(sae, &run.work, run.batch, B, &st);
+        if (!isfinite(st.loss)) {
+            saefw_errf(err, errlen, "step %lld: the loss is %s; training stopped (last good checkpoint: %s)",
+                       (long long)i, isnan(st.loss) ? "NaN" : "infinite",
+                       res->last_checkpoint[0] ? res->last_checkpoint : "none yet");
+            goto done;
+        }
+        saefw_sae_backward(sae, &run.work, run.batch, B);
+        saefw_sae_project_decoder(sae);
+        if (call_hooks(&run, offsetof(saefw_plugin, after_backward), err, errlen) != 0) goto done;
+        {
+            const saefw_plugin *op = &o->optimizer.plugin->p;
+            char perr[512] = "";
+            run.current = op->name;
+            int src = op->step(run.opt_self, &run, perr, sizeof perr);
+            run.current = NULL;
+            if (src != 0) {
+                saefw_errf(err, errlen, "plugin %s: %s", op->name, perr[0] ? perr : "step failed");
+                goto done;
+            }
+        }
+        if (call_hooks(&run, offsetof(saefw_plugin, after_step), err, errlen) != 0) goto done;
+        run.tokens += B;
+
+        double now = saefw_now();
+        m.step = i;
+        m.tokens = run.tokens;
+        m.loss = st.loss;
+        m.l2 = st.l2;
+        m.l1 = st.l1;
+        m.l0 = st.l0;
+        m.explained_variance = st.explained_variance;
+        m.elapsed_s = now - t0;
+        m.tokens_per_s = m.elapsed_s > 0 ? (double)run.tokens / m.elapsed_s : 0;
+        m.has_eval = 0;
+        res->steps_done = i + 1;
+
+        if (o->log_every > 0 && i % o->log_every == 0) {
+            if (emit(&run, mf, "log", &m, err, errlen) != 0) goto done;
+            if (plain) progress_line(&m, 0);
+        }
+        if (tty && (now - last_draw > 0.2 || i + 1 == o->steps)) {
+            progress_line(&m, 1);
+            last_draw = now;
+        }
+        if (o->eval_every > 0 && i % o->eval_every == 0) {
+            if (run_eval(&run, &m, err, errlen) != 0) goto done;
+            if (call_hooks(&run, offsetof(saefw_plugin, on_eval), err, errlen) != 0) goto done;
+            if (emit(&run, mf, "eval", &m, err, errlen) != 0) goto done;
+            if (tty) fputs("\r\033[K", stderr);
+            if (o->progress != 0)
+                fprintf(stderr, "eval step %lld: dead %.4f, below 1e-6 %.4f, below 1e-5 %.4f%s%.4f\n", (long long)i,
+                        m.frac_dead, m.frac_below_1e6, m.frac_below_1e5, isfinite(m.mmcs) ? ", MMCS " : "",
+                        isfinite(m.mmcs) ? m.mmcs : 0.0);
+        }
+        if (o->checkpoint_every > 0 && (i + 1) % o->checkpoint_every == 0 && i + 1 < o->steps) {
+            if (save_checkpoint(&run, NULL, &m, res, err, errlen) != 0) goto done;
+        }
+    }
+    if (tty) fputc('\n', stderr);
+
+    if (g_stop_signal) {
+        res->interrupted = g_stop_signal;
+        char cerr[512] = "";
+        if (save_checkpoint(&run, NULL, &m, res, cerr, sizeof cerr) != 0)
+            saefw_errf(err, errlen, "interrupted by signal %d at step %lld; saving a checkpoint failed: %s",
+                       (int)g_stop_signal, (long long)res->steps_done, cerr);
+        else
+            saefw_errf(err, errlen, "interrupted by %s after %lld steps; checkpoint saved to %s",
+                       g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)res->steps_done,
+                       o->run_dir ? res->last_checkpoint : "(no run folder)");
+        goto done;
+    }
+
+    /* Final evaluation, hooks and checkpoint. */
+    if (run_eval(&run, &m, err, errlen) != 0) goto done;
+    if (call_hooks(&run, offsetof(saefw_plugin, on_end), err, errlen) != 0) goto done;
+    if (save_checkpoint(&run, "final", &m, res, err, errlen) != 0) goto done;
+    if (emit(&run, mf, "end", &m, err, errlen) != 0) goto done;
+    res->last = m;
+    rc = 0;
+
+done:
+    if (signals_set) {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+    }
+    for (int i = 0; i < n_created; i++)
+        if (o->plugins[i].plugin->p.destroy && run.plug_self[i]) o->plugins[i].plugin->p.destroy(run.plug_self[i]);
+    if (opt_created && o->optimizer.plugin->p.destroy && run.opt_self) o->optimizer.plugin->p.destroy(run.opt_self);
+    if (mf && fclose(mf) != 0 && rc == 0) rc = saefw_errf(err, errlen, "metrics.jsonl: write failed");
+    free(run.plug_self);
+    free(run.batch);
+    saefw_sae_work_free(&run.work);
+    return rc;
+}

@@ -1,0 +1,78 @@
+/* The training loop: batch -> forward -> backward -> decoder projection + renorm -> after_backward
+ * hooks -> optimizer step -> after_step hooks -> metrics -> eval / checkpoint, with the plugin host. */
+#ifndef SAEFW_TRAIN_H
+#define SAEFW_TRAIN_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "plugin_loader.h"
+#include "sae.h"
+#include "source.h"
+
+#define SAEFW_MAX_EXTRA_METRICS 32
+
+/* What the loop reports at its events. Eval fields are set only when has_eval. */
+typedef struct {
+    int64_t step, steps, tokens;
+    double loss, l2, l1, l0, explained_variance;
+    double tokens_per_s, elapsed_s;
+    int has_eval;
+    double frac_dead, frac_below_1e6, frac_below_1e5, mmcs; /* mmcs is NaN without ground truth */
+    int n_extra;
+    char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
+    double extra_value[SAEFW_MAX_EXTRA_METRICS];
+} saefw_metrics;
+
+/* Event callback: event is "log" (every log_every), "eval" (every eval_every), or "end". Return
+ * non-zero (with err filled) to stop the run with that error. */
+typedef int (*saefw_train_event_fn)(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen);
+
+typedef struct {
+    saefw_loaded_plugin *plugin;
+    saefw_opts *opts;
+} saefw_plugin_use;
+
+typedef struct {
+    saefw_sae *sae;
+    saefw_buffer *buffer;       /* training batches */
+    /* Instead of a buffer: a function that writes the next batch [batch_size, d_in] (for callers
+     * that feed batches themselves, e.g. tests replaying fixed batches). */
+    int (*next_batch)(void *ud, float *out, int64_t batch_size, char *err, size_t errlen);
+    void *next_batch_ud;
+    int64_t batch_size;         /* with next_batch only */
+    saefw_source *eval_source;  /* evaluation draws; NULL: the buffer's source (required with next_batch) */
+    int64_t steps;              /* optimizer steps to take */
+    saefw_plugin_use optimizer;
+    const saefw_plugin_use *plugins;
+    int n_plugins;
+    int64_t log_every, eval_every, checkpoint_every; /* 0 disables */
+    int64_t freq_batches;       /* eval batches for feature frequencies (the seed uses 5) */
+    const char *run_dir;        /* checkpoints and metrics.jsonl; NULL: none */
+    const cJSON *cfg;           /* fields written into every cfg.json (may be NULL) */
+    uint64_t seed;
+    int progress;               /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
+    saefw_train_event_fn on_event;
+    void *event_ud;
+} saefw_train_opts;
+
+typedef struct {
+    int64_t steps_done;
+    saefw_metrics last;
+    char last_checkpoint[4096];
+    int interrupted; /* signal number that stopped the run, or 0 */
+} saefw_train_result;
+
+/* Run the loop. Returns 0 when all steps ran; -1 with err on any failure (a NaN loss, a plugin
+ * error, I/O). SIGINT/SIGTERM save a checkpoint and return -1 with result->interrupted set. */
+int saefw_train(const saefw_train_opts *o, saefw_train_result *result, char *err, size_t errlen);
+
+/* Feature frequencies over n_batches batches of `batch` rows drawn from src [d_sae]. */
+int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t batch, int64_t n_batches,
+                              float *freq, char *err, size_t errlen);
+
+/* The host table every plugin receives. */
+const saefw_host *saefw_host_table(void);
+
+#endif

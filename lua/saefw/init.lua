@@ -1,0 +1,127 @@
+-- saefw: the Lua library experiments use (require "saefw"). It wraps the engine's C core with
+-- defaults, config merging with command-line overrides, and argument checks that name the field.
+local core = require "saefw.core"
+
+local M = {}
+M.version = core.version
+
+local function fail(msg)
+  error(core.where() .. msg, 0)
+end
+
+local function sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do ks[#ks + 1] = tostring(k) end
+  table.sort(ks)
+  return ks
+end
+
+local TRUE = { ["true"] = true, ["1"] = true, yes = true, on = true }
+local FALSE = { ["false"] = true, ["0"] = true, no = true, off = true }
+
+-- Parse a command-line string into the type of the default, like the seed's argument parser.
+local function parse_override(key, text, default)
+  local ty = math.type(default) or type(default)
+  if ty == "integer" then
+    local v = tonumber(text)
+    local i = v and math.tointeger(v)
+    if not i then fail(string.format("--%s: expected an integer, got '%s'", key, text)) end
+    return i
+  elseif ty == "float" then
+    local v = tonumber(text)
+    if not v then fail(string.format("--%s: expected a number, got '%s'", key, text)) end
+    return v + 0.0
+  elseif ty == "boolean" then
+    local t = text:lower()
+    if TRUE[t] then return true end
+    if FALSE[t] then return false end
+    fail(string.format("--%s: expected true or false, got '%s'", key, text))
+  elseif ty == "string" then
+    return text
+  end
+  fail(string.format("--%s: the key holds a %s, which cannot be set from the command line", key, ty))
+end
+
+--- saefw.config{defaults}: a copy of the defaults with the command line's --key value applied.
+-- An unknown key is an error listing the valid keys; a value of the wrong type names the key.
+function M.config(defaults)
+  if type(defaults) ~= "table" then fail("saefw.config: expected a table of defaults") end
+  local cfg = {}
+  for k, v in pairs(defaults) do cfg[k] = v end
+  for _, kv in ipairs(core.overrides()) do
+    local key, text = kv[1], kv[2]
+    if defaults[key] == nil then
+      fail(string.format("unknown config key '--%s' (valid keys: %s)", key, table.concat(sorted_keys(defaults), ", ")))
+    end
+    cfg[key] = parse_override(key, text, defaults[key])
+  end
+  debug.getregistry()["saefw.config_called"] = true
+  return cfg
+end
+
+M.sae = core.sae
+M.load_sae = core.load_sae
+M.plugin = core.plugin
+M.synthetic = core.synthetic
+M.activations = core.activations
+M.buffer = core.buffer
+M.frequencies = core.frequencies
+M.mmcs = core.mmcs
+M.evaluate = core.evaluate
+M.info = core.info
+M.plugin_dirs = core.plugin_dirs
+
+local TRAIN_KEYS = {
+  sae = true, buffer = true, source = true, eval_source = true, steps = true, num_tokens = true,
+  batch_size = true, buffer_size = true, buffer_dtype = true, optimizer = true, plugins = true,
+  log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
+  config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
+}
+
+local function script_name()
+  local s = arg and arg[0] or "run"
+  return (s:match("([^/]+)%.lua$") or s:match("([^/]+)$") or "run")
+end
+
+--- saefw.default_run_dir(): runs/<script>-<date>-<time>, unique per second.
+function M.default_run_dir()
+  return string.format("runs/%s-%s", script_name(), os.date("%Y%m%d-%H%M%S"))
+end
+
+--- saefw.train{...}: run the training loop in C.
+-- sae, optimizer (a plugin), and either buffer or source (then batch_size, buffer_size) are needed;
+-- steps or num_tokens sets the length. Returns the final metrics (with .checkpoint).
+function M.train(t)
+  if type(t) ~= "table" then fail("saefw.train: expected a table of options") end
+  for k in pairs(t) do
+    if not TRAIN_KEYS[k] then
+      fail(string.format("saefw.train: unknown option '%s' (valid: %s)", tostring(k), table.concat(sorted_keys(TRAIN_KEYS), ", ")))
+    end
+  end
+  local buffer = t.buffer
+  if not buffer then
+    if not t.source then fail("saefw.train: give 'buffer' or 'source'") end
+    if not t.batch_size then fail("saefw.train: 'batch_size' is required with 'source'") end
+    buffer = core.buffer { source = t.source, batch_size = t.batch_size,
+                           size = t.buffer_size or t.batch_size * 16, dtype = t.buffer_dtype, seed = t.seed }
+  end
+  local steps = t.steps
+  if not steps then
+    if not t.num_tokens then fail("saefw.train: give 'steps' or 'num_tokens'") end
+    if type(t.num_tokens) ~= "number" then fail("saefw.train: field 'num_tokens' must be a number") end
+    steps = math.floor(t.num_tokens / buffer.batch_size)
+    if steps < 1 then fail(string.format("saefw.train: num_tokens %g is less than one batch of %d", t.num_tokens, buffer.batch_size)) end
+  end
+  local run_dir = t.run_dir
+  if run_dir == nil then run_dir = M.default_run_dir() end
+  if run_dir == false then run_dir = nil end
+  return core.train {
+    sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = steps, optimizer = t.optimizer,
+    plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
+    checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = run_dir,
+    config = t.config, seed = t.seed, progress = t.progress,
+    on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
+  }
+end
+
+return M

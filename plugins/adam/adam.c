@@ -1,0 +1,148 @@
+/* adam: the optimizer of the seed recipe, computing exactly what torch.optim.Adam computes
+ * (single-tensor path: float32 moments, bias correction in double, eps added after the sqrt). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <saefw/plugin.h>
+
+static const saefw_option OPTIONS[] = {
+    {"lr", SAEFW_OPT_NUMBER, 1e-4, NULL, "learning rate"},
+    {"beta1", SAEFW_OPT_NUMBER, 0.9, NULL, "decay of the first moment"},
+    {"beta2", SAEFW_OPT_NUMBER, 0.999, NULL, "decay of the second moment"},
+    {"eps", SAEFW_OPT_NUMBER, 1e-8, NULL, "added to the denominator"},
+    {"weight_decay", SAEFW_OPT_NUMBER, 0.0, NULL, "L2 penalty added to the gradient (torch's Adam, not AdamW)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+typedef struct {
+    const saefw_host *host;
+    double lr, beta1, beta2, eps, wd;
+    int n;
+    int64_t t;       /* steps taken */
+    float **m, **v;  /* per tensor, same shape as the tensor */
+    int64_t *numel, *cols;
+} adam;
+
+static void adam_destroy(void *self) {
+    adam *a = self;
+    if (!a) return;
+    for (int i = 0; i < a->n; i++) {
+        if (a->m) free(a->m[i]);
+        if (a->v) free(a->v[i]);
+    }
+    free(a->m);
+    free(a->v);
+    free(a->numel);
+    free(a->cols);
+    free(a);
+}
+
+static int fail(char *err, size_t errlen, const char *msg) {
+    if (err && errlen) {
+        strncpy(err, msg, errlen - 1);
+        err[errlen - 1] = 0;
+    }
+    return -1;
+}
+
+static int adam_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
+                       size_t errlen) {
+    adam *a = calloc(1, sizeof *a);
+    if (!a) return fail(err, errlen, "out of memory");
+    a->host = host;
+    a->lr = host->opt_number(opts, "lr");
+    a->beta1 = host->opt_number(opts, "beta1");
+    a->beta2 = host->opt_number(opts, "beta2");
+    a->eps = host->opt_number(opts, "eps");
+    a->wd = host->opt_number(opts, "weight_decay");
+    if (!(a->lr >= 0)) return adam_destroy(a), fail(err, errlen, "option 'lr' must be >= 0");
+    if (!(a->beta1 >= 0 && a->beta1 < 1)) return adam_destroy(a), fail(err, errlen, "option 'beta1' must be in [0, 1)");
+    if (!(a->beta2 >= 0 && a->beta2 < 1)) return adam_destroy(a), fail(err, errlen, "option 'beta2' must be in [0, 1)");
+    if (!(a->eps >= 0)) return adam_destroy(a), fail(err, errlen, "option 'eps' must be >= 0");
+    if (!(a->wd >= 0)) return adam_destroy(a), fail(err, errlen, "option 'weight_decay' must be >= 0");
+    a->n = host->param_count(run);
+    a->m = calloc((size_t)a->n, sizeof(float *));
+    a->v = calloc((size_t)a->n, sizeof(float *));
+    a->numel = calloc((size_t)a->n, sizeof(int64_t));
+    a->cols = calloc((size_t)a->n, sizeof(int64_t));
+    if (!a->m || !a->v || !a->numel || !a->cols) return adam_destroy(a), fail(err, errlen, "out of memory");
+    for (int i = 0; i < a->n; i++) {
+        saefw_param p;
+        if (host->param_get(run, i, &p) != 0) return adam_destroy(a), fail(err, errlen, "cannot read parameters");
+        a->numel[i] = p.numel;
+        a->cols[i] = p.ndim == 2 ? p.shape[1] : 1;
+        a->m[i] = calloc((size_t)p.numel, sizeof(float));
+        a->v[i] = calloc((size_t)p.numel, sizeof(float));
+        if (!a->m[i] || !a->v[i]) return adam_destroy(a), fail(err, errlen, "out of memory for Adam state");
+    }
+    *self = a;
+    return 0;
+}
+
+static int adam_step(void *self, saefw_run *run, char *err, size_t errlen) {
+    adam *a = self;
+    a->t++;
+    const float b1 = (float)a->beta1, b2 = (float)a->beta2;
+    const float one_m_b1 = (float)(1.0 - a->beta1), one_m_b2 = (float)(1.0 - a->beta2);
+    const double bc1 = 1.0 - pow(a->beta1, (double)a->t);
+    const double bc2 = 1.0 - pow(a->beta2, (double)a->t);
+    const float neg_step = (float)(-(a->lr / bc1));
+    const float bc2_sqrt = (float)sqrt(bc2);
+    const float eps = (float)a->eps, wd = (float)a->wd;
+    for (int i = 0; i < a->n; i++) {
+        saefw_param p;
+        if (a->host->param_get(run, i, &p) != 0) return fail(err, errlen, "cannot read parameters");
+        float *w = p.data, *m = a->m[i], *v = a->v[i];
+        const float *g = p.grad;
+        for (int64_t k = 0; k < p.numel; k++) {
+            float gk = wd != 0.0f ? g[k] + wd * w[k] : g[k];
+            /* Each line is one torch op, rounded to float32 as torch rounds it. */
+            float mk = m[k] * b1;
+            mk = mk + one_m_b1 * gk;
+            float vk = v[k] * b2;
+            vk = vk + one_m_b2 * gk * gk;
+            float denom = sqrtf(vk) / bc2_sqrt + eps;
+            w[k] = w[k] + neg_step * mk / denom;
+            m[k] = mk;
+            v[k] = vk;
+        }
+    }
+    return 0;
+}
+
+static int adam_reset(void *self, saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
+                      size_t errlen) {
+    adam *a = self;
+    if (param < 0 || param >= a->n) return fail(err, errlen, "reset_state: no such tensor");
+    int64_t cols = a->cols[param], rows = a->numel[param] / cols;
+    float *m = a->m[param], *v = a->v[param];
+    for (int64_t k = 0; k < n; k++) {
+        int64_t j = idx[k];
+        if (axis == 0) {
+            if (j < 0 || j >= rows) return fail(err, errlen, "reset_state: row index out of range");
+            memset(m + j * cols, 0, sizeof(float) * (size_t)cols);
+            memset(v + j * cols, 0, sizeof(float) * (size_t)cols);
+        } else if (axis == 1 && cols > 1) {
+            if (j < 0 || j >= cols) return fail(err, errlen, "reset_state: column index out of range");
+            for (int64_t r = 0; r < rows; r++) m[r * cols + j] = v[r * cols + j] = 0.0f;
+        } else {
+            return fail(err, errlen, "reset_state: bad axis");
+        }
+    }
+    return 0;
+}
+
+SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
+    out->abi_version = SAEFW_ABI_VERSION;
+    out->struct_size = sizeof(saefw_plugin);
+    out->name = "adam";
+    out->kind = SAEFW_KIND_OPTIMIZER;
+    out->description = "Adam as torch.optim.Adam computes it (bias correction, eps outside the sqrt)";
+    out->options = OPTIONS;
+    out->create = adam_create;
+    out->destroy = adam_destroy;
+    out->step = adam_step;
+    out->reset_state = adam_reset;
+    return 0;
+}

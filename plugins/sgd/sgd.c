@@ -1,0 +1,129 @@
+/* sgd: stochastic gradient descent with optional momentum, as torch.optim.SGD computes it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <saefw/plugin.h>
+
+static const saefw_option OPTIONS[] = {
+    {"lr", SAEFW_OPT_NUMBER, 1e-3, NULL, "learning rate"},
+    {"momentum", SAEFW_OPT_NUMBER, 0.0, NULL, "momentum factor (0: plain SGD)"},
+    {"nesterov", SAEFW_OPT_BOOL, 0, NULL, "Nesterov momentum"},
+    {"weight_decay", SAEFW_OPT_NUMBER, 0.0, NULL, "L2 penalty added to the gradient"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+typedef struct {
+    const saefw_host *host;
+    float lr, momentum, wd;
+    int nesterov, n, started;
+    float **buf; /* momentum buffers, NULL without momentum */
+    int64_t *numel, *cols;
+} sgd;
+
+static int fail(char *err, size_t errlen, const char *msg) {
+    if (err && errlen) {
+        strncpy(err, msg, errlen - 1);
+        err[errlen - 1] = 0;
+    }
+    return -1;
+}
+
+static void sgd_destroy(void *self) {
+    sgd *s = self;
+    if (!s) return;
+    if (s->buf)
+        for (int i = 0; i < s->n; i++) free(s->buf[i]);
+    free(s->buf);
+    free(s->numel);
+    free(s->cols);
+    free(s);
+}
+
+static int sgd_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
+                      size_t errlen) {
+    sgd *s = calloc(1, sizeof *s);
+    if (!s) return fail(err, errlen, "out of memory");
+    s->host = host;
+    double lr = host->opt_number(opts, "lr"), mom = host->opt_number(opts, "momentum");
+    double wd = host->opt_number(opts, "weight_decay");
+    s->nesterov = host->opt_number(opts, "nesterov") != 0;
+    if (!(lr >= 0)) return sgd_destroy(s), fail(err, errlen, "option 'lr' must be >= 0");
+    if (!(mom >= 0 && mom < 1)) return sgd_destroy(s), fail(err, errlen, "option 'momentum' must be in [0, 1)");
+    if (!(wd >= 0)) return sgd_destroy(s), fail(err, errlen, "option 'weight_decay' must be >= 0");
+    if (s->nesterov && mom == 0) return sgd_destroy(s), fail(err, errlen, "option 'nesterov' needs momentum > 0");
+    s->lr = (float)lr;
+    s->momentum = (float)mom;
+    s->wd = (float)wd;
+    s->n = host->param_count(run);
+    s->numel = calloc((size_t)s->n, sizeof(int64_t));
+    s->cols = calloc((size_t)s->n, sizeof(int64_t));
+    if (!s->numel || !s->cols) return sgd_destroy(s), fail(err, errlen, "out of memory");
+    for (int i = 0; i < s->n; i++) {
+        saefw_param p;
+        if (host->param_get(run, i, &p) != 0) return sgd_destroy(s), fail(err, errlen, "cannot read parameters");
+        s->numel[i] = p.numel;
+        s->cols[i] = p.ndim == 2 ? p.shape[1] : 1;
+    }
+    if (mom > 0) {
+        s->buf = calloc((size_t)s->n, sizeof(float *));
+        if (!s->buf) return sgd_destroy(s), fail(err, errlen, "out of memory");
+        for (int i = 0; i < s->n; i++)
+            if (!(s->buf[i] = calloc((size_t)s->numel[i], sizeof(float))))
+                return sgd_destroy(s), fail(err, errlen, "out of memory for momentum");
+    }
+    *self = s;
+    return 0;
+}
+
+static int sgd_step(void *self, saefw_run *run, char *err, size_t errlen) {
+    sgd *s = self;
+    for (int i = 0; i < s->n; i++) {
+        saefw_param p;
+        if (s->host->param_get(run, i, &p) != 0) return fail(err, errlen, "cannot read parameters");
+        float *w = p.data;
+        const float *g = p.grad;
+        for (int64_t k = 0; k < p.numel; k++) {
+            float d = s->wd != 0.0f ? g[k] + s->wd * w[k] : g[k];
+            if (s->buf) {
+                float *b = s->buf[i];
+                /* torch starts the buffer at the first gradient, without dampening. */
+                b[k] = s->started ? b[k] * s->momentum + d : d;
+                d = s->nesterov ? d + s->momentum * b[k] : b[k];
+            }
+            w[k] = w[k] - s->lr * d;
+        }
+    }
+    s->started = 1;
+    return 0;
+}
+
+static int sgd_reset(void *self, saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
+                     size_t errlen) {
+    sgd *s = self;
+    if (param < 0 || param >= s->n) return fail(err, errlen, "reset_state: no such tensor");
+    if (!s->buf) return 0;
+    int64_t cols = s->cols[param], rows = s->numel[param] / cols;
+    float *b = s->buf[param];
+    for (int64_t k = 0; k < n; k++) {
+        int64_t j = idx[k];
+        if (axis == 0 && j >= 0 && j < rows) memset(b + j * cols, 0, sizeof(float) * (size_t)cols);
+        else if (axis == 1 && cols > 1 && j >= 0 && j < cols)
+            for (int64_t r = 0; r < rows; r++) b[r * cols + j] = 0.0f;
+        else return fail(err, errlen, "reset_state: index or axis out of range");
+    }
+    return 0;
+}
+
+SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
+    out->abi_version = SAEFW_ABI_VERSION;
+    out->struct_size = sizeof(saefw_plugin);
+    out->name = "sgd";
+    out->kind = SAEFW_KIND_OPTIMIZER;
+    out->description = "SGD with optional (Nesterov) momentum, as torch.optim.SGD";
+    out->options = OPTIONS;
+    out->create = sgd_create;
+    out->destroy = sgd_destroy;
+    out->step = sgd_step;
+    out->reset_state = sgd_reset;
+    return 0;
+}
