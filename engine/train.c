@@ -458,10 +458,12 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             if (call_hooks(&run, offsetof(saefw_plugin, on_eval), err, errlen) != 0) goto done;
             if (emit(&run, mf, "eval", &m, err, errlen) != 0) goto done;
             if (tty) fputs("\r\033[K", stderr);
-            if (o->progress != 0)
-                fprintf(stderr, "eval step %lld: dead %.4f, below 1e-6 %.4f, below 1e-5 %.4f%s%.4f\n", (long long)i,
-                        m.frac_dead, m.frac_below_1e6, m.frac_below_1e5, isfinite(m.mmcs) ? ", MMCS " : "",
-                        isfinite(m.mmcs) ? m.mmcs : 0.0);
+            if (o->progress != 0) {
+                char mm[48] = "";
+                if (isfinite(m.mmcs)) snprintf(mm, sizeof mm, ", MMCS %.4f", m.mmcs);
+                fprintf(stderr, "eval step %lld: dead %.4f, below 1e-6 %.4f, below 1e-5 %.4f%s\n", (long long)i,
+                        m.frac_dead, m.frac_below_1e6, m.frac_below_1e5, mm);
+            }
         }
         if (o->checkpoint_every > 0 && (i + 1) % o->checkpoint_every == 0 && i + 1 < o->steps) {
             if (save_checkpoint(&run, NULL, &m, res, err, errlen) != 0) goto done;

@@ -393,6 +393,35 @@ def check(files):
     return ok
 
 
+def write_seed_checkpoint(tensors, meta):
+    """The seed's own checkpoint files: torch.save(encoder.state_dict(), "3.pt") next to
+    "3_cfg.json", holding the base fwd_bwd case's tensors (so the C test knows the values)."""
+    import json
+
+    class AutoEncoder(torch.nn.Module):
+        def __init__(self, W_enc, W_dec, b_enc, b_dec):
+            super().__init__()
+            self.W_enc = torch.nn.Parameter(W_enc.clone())
+            self.W_dec = torch.nn.Parameter(W_dec.clone())
+            self.b_enc = torch.nn.Parameter(b_enc.clone())
+            self.b_dec = torch.nn.Parameter(b_dec.clone())
+
+    enc = AutoEncoder(*(torch.from_numpy(tensors[k].copy()) if isinstance(tensors[k], np.ndarray) else tensors[k]
+                        for k in ("W_enc", "W_dec", "b_enc", "b_dec")))
+    folder = os.path.join(OUT_DIR, "seed_ckpt")
+    os.makedirs(folder, exist_ok=True)
+    torch.save(enc.state_dict(), os.path.join(folder, "3.pt"))
+    d_in, d_sae = enc.W_enc.shape
+    cfg = {"seed": 49, "batch_size": 4096, "buffer_mult": 384, "lr": 1e-4, "num_tokens": 2000000000,
+           "l1_coeff": float(meta["l1_coeff"]), "beta1": 0.9, "beta2": 0.99, "dict_mult": d_sae // d_in,
+           "seq_len": 128, "enc_dtype": "fp32", "remove_rare_dir": False, "model_name": "gelu-1l",
+           "site": "post", "layer": 0, "device": "cuda:0", "act_name": "blocks.0.mlp.hook_post",
+           "act_size": int(d_in), "dict_size": int(d_sae), "name": "gelu-1l_0_%d_post" % d_sae}
+    with open(os.path.join(folder, "3_cfg.json"), "w") as f:
+        json.dump(cfg, f)
+    print("wrote %s (seed-style checkpoint)" % os.path.relpath(folder))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true",
@@ -405,6 +434,7 @@ def main():
         "train20.safetensors": make_train20(),
         "adam.safetensors": make_adam(),
     }
+    write_seed_checkpoint(*files["fwd_bwd.safetensors"])
     total = 0
     for fname, (tensors, meta) in files.items():
         path = os.path.join(OUT_DIR, fname)

@@ -1,0 +1,152 @@
+/* The saefw command line, end to end: version/help/plugins/info, config overrides and their errors,
+ * Lua errors with file:line, a short training run with checkpoints and metrics, an activation file
+ * of the wrong width, a NaN loss that keeps the last good checkpoint, and SIGINT saving a checkpoint. */
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static const char *BIN;
+static char out[65536];
+
+/* Run a shell command with stderr merged into out; returns the exit status (or 128+signal). */
+static int run(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[4200];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    REQUIRE(p, "popen");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+#define EXPECT(rc_cond, phrase, ...)                                                                    \
+    do {                                                                                                \
+        int rc_ = run(__VA_ARGS__);                                                                     \
+        int ok_ = (rc_cond) && strstr(out, phrase) != NULL;                                             \
+        CHECK(ok_, "command exited %d; output lacks '%s' or status wrong:\n%s", rc_, phrase, out);      \
+        if (ok_) printf("  ok (exit %d): %s\n", rc_, phrase);                                         \
+    } while (0)
+
+static int exists(const char *fmt, const char *a) {
+    char p[2048];
+    snprintf(p, sizeof p, fmt, a);
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+int main(void) {
+    BIN = getenv("SAEFW_BIN");
+    REQUIRE(BIN && *BIN, "SAEFW_BIN is not set (run under ctest)");
+    const char *tmp = t_tmpdir("test_cli");
+    char dir[2048];
+
+    EXPECT(rc_ == 0, "plugin ABI", "%s version", BIN);
+    EXPECT(rc_ == 0, "run SCRIPT.lua", "%s --help", BIN);
+    EXPECT(rc_ != 0, "unknown command 'frobnicate'", "%s frobnicate", BIN);
+    EXPECT(rc_ == 0, "weight_decay", "%s plugins", BIN);
+    CHECK(strstr(out, "adam") && strstr(out, "sgd") && strstr(out, "optimizer"), "plugins listing:\n%s", out);
+
+    /* Overrides reach the config, with the default's type. */
+    EXPECT(rc_ == 0, "lr=0.0002 (float)", "%s run lua/print_config.lua --lr 2e-4", BIN);
+    EXPECT(rc_ == 0, "batch_size=128 (integer)", "%s run lua/print_config.lua --batch_size=128 --name x", BIN);
+    CHECK(strstr(out, "name=x (string)"), "name override: %s", out);
+    EXPECT(rc_ == 0, "remove_rare_dir=true (boolean)", "%s run lua/print_config.lua --remove_rare_dir true", BIN);
+    EXPECT(rc_ != 0, "unknown config key '--nonexistent' (valid keys: batch_size, lr, name, remove_rare_dir)",
+           "%s run lua/print_config.lua --nonexistent 1", BIN);
+    EXPECT(rc_ != 0, "lua/print_config.lua:3: --lr: expected a number, got 'abc'", "%s run lua/print_config.lua --lr abc", BIN);
+    EXPECT(rc_ != 0, "--batch_size: expected an integer, got '1.5'", "%s run lua/print_config.lua --batch_size 1.5", BIN);
+    EXPECT(rc_ != 0, "--remove_rare_dir: expected true or false", "%s run lua/print_config.lua --remove_rare_dir maybe", BIN);
+    EXPECT(rc_ != 0, "unexpected argument 'stray'", "%s run lua/print_config.lua stray", BIN);
+
+    /* Lua errors name the file and line. */
+    EXPECT(rc_ != 0, "lua/syntax_error.lua:3:", "%s run lua/syntax_error.lua", BIN);
+    EXPECT(rc_ != 0, "lua/runtime_error.lua:4: saefw.sae: field 'd_in' must be a number, got string",
+           "%s run lua/runtime_error.lua", BIN);
+    EXPECT(rc_ != 0, "cannot read the script", "%s run lua/no_such_script.lua", BIN);
+
+    /* A short run: progress lines, checkpoints, metrics, and the checkpoint loads back. */
+    snprintf(dir, sizeof dir, "%s/run1", tmp);
+    EXPECT(rc_ == 0, "done steps=200 logs=4", "%s run lua/train_small.lua --run_dir %s --checkpoint_every 100 --lr 2e-3",
+           BIN, dir);
+    CHECK(strstr(out, "reloaded d_in=16 d_sae=64 lr=0.002"), "reload: %s", out);
+    CHECK(strstr(out, "step 150/200") && strstr(out, "tok/s") && strstr(out, "ETA"), "no progress lines:\n%s", out);
+    CHECK(exists("%s/0/cfg.json", dir) && exists("%s/final/sae_weights.safetensors", dir), "checkpoints missing in %s", dir);
+    CHECK(!exists("%s/1", dir), "a checkpoint at the last step should be 'final' only");
+    char mpath[2100];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
+    char *m = NULL;
+    FILE *mf = fopen(mpath, "r");
+    if (mf) {
+        m = calloc(1, 1 << 16);
+        size_t n = fread(m, 1, (1 << 16) - 1, mf);
+        m[n] = 0;
+        fclose(mf);
+    }
+    CHECK(m && strstr(m, "\"l2_loss\"") && strstr(m, "\"explained_variance\"") && strstr(m, "\"below_1e-5\"") &&
+              strstr(m, "\"event\":\"end\""), "metrics.jsonl incomplete:\n%s", m ? m : "(missing)");
+    free(m);
+    EXPECT(rc_ == 0, "W_enc", "%s info %s/final/sae_weights.safetensors", BIN, dir);
+    CHECK(strstr(out, "[16, 64]"), "info lacks the shape:\n%s", out);
+    EXPECT(rc_ != 0, "no_such_file", "%s info %s/no_such_file.safetensors", BIN, tmp);
+
+    /* Activation files: width mismatch, and NaN activations stopping the run. */
+    char npy[2100];
+    snprintf(npy, sizeof npy, "%s/acts8.npy", tmp);
+    {
+        static float a[2000 * 8];
+        for (int i = 0; i < 2000 * 8; i++) a[i] = (float)((i * 7919) % 13) / 13.0f;
+        int64_t shape[2] = {2000, 8};
+        char err[512];
+        REQUIRE(saefw_npy_write(npy, SAEFW_DT_F32, 2, shape, a, err, sizeof err) == 0, "%s", err);
+    }
+    EXPECT(rc_ != 0, "activation width is 8, expected d_in = 16", "%s run lua/train_small.lua --activations %s --run_dir %s/w",
+           BIN, npy, tmp);
+    snprintf(npy, sizeof npy, "%s/acts_nan.npy", tmp);
+    {
+        static float a[4000 * 16];
+        for (int i = 0; i < 4000 * 16; i++) a[i] = i >= 1024 * 16 ? NAN : (float)((i * 7919) % 17) / 17.0f - 0.5f;
+        int64_t shape[2] = {4000, 16};
+        char err[512];
+        REQUIRE(saefw_npy_write(npy, SAEFW_DT_F32, 2, shape, a, err, sizeof err) == 0, "%s", err);
+    }
+    snprintf(dir, sizeof dir, "%s/run_nan", tmp);
+    EXPECT(rc_ != 0, "the loss is NaN; training stopped (last good checkpoint: ",
+           "%s run lua/train_small.lua --activations %s --run_dir %s --checkpoint_every 4", BIN, npy, dir);
+    CHECK(exists("%s/0/sae_weights.safetensors", dir) && !exists("%s/final", dir), "NaN run checkpoints wrong in %s", dir);
+
+    /* SIGINT during training saves a checkpoint and exits non-zero. */
+    snprintf(dir, sizeof dir, "%s/run_int", tmp);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0, "fork");
+    if (pid == 0) {
+        char logp[2100];
+        snprintf(logp, sizeof logp, "%s/int.log", tmp);
+        REQUIRE(freopen(logp, "w", stderr) && freopen(logp, "a", stdout), "redirect");
+        execl(BIN, BIN, "run", "lua/train_small.lua", "--steps", "100000000", "--run_dir", dir, (char *)NULL);
+        _exit(127);
+    }
+    /* Wait until training is under way (metrics.jsonl appears), at most 20 s. */
+    char probe[2100];
+    snprintf(probe, sizeof probe, "%s/metrics.jsonl", dir);
+    for (int i = 0; i < 200 && access(probe, F_OK) != 0; i++) usleep(100000);
+    usleep(300000);
+    kill(pid, SIGINT);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0, "SIGINT: exit status %d", st);
+    CHECK(exists("%s/0/sae_weights.safetensors", dir), "SIGINT: no checkpoint in %s", dir);
+    run("cat %s/int.log", tmp);
+    CHECK(strstr(out, "interrupted by SIGINT") && strstr(out, "checkpoint saved to"), "SIGINT message:\n%s", out);
+    printf("  SIGINT: exit %d, checkpoint %s/0\n", WEXITSTATUS(st), dir);
+    return t_finish("test_cli");
+}
