@@ -208,20 +208,19 @@ int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint
         return saefw_errf(err, errlen, "%s: holds %d tensors; say which one holds the activations (tensor = ...)",
                           path, n);
     }
-    if (t->ndim != 2 || t->shape[0] <= 0 || t->shape[1] <= 0) {
-        saefw_tf_close(tf);
-        return saefw_errf(err, errlen, "%s: activations must be a non-empty 2-D tensor [rows, d_in], got %d dims",
-                          path, t->ndim);
-    }
-    if (t->dtype != SAEFW_DT_F32 && t->dtype != SAEFW_DT_BF16 && t->dtype != SAEFW_DT_F16) {
-        saefw_tf_close(tf);
-        return saefw_errf(err, errlen, "%s: activations must be F32, BF16 or F16, got %s", path,
-                          saefw_dtype_name(t->dtype));
-    }
-    if (expect_d > 0 && t->shape[1] != expect_d) {
-        saefw_tf_close(tf);
-        return saefw_errf(err, errlen, "%s: activation width is %lld, expected d_in = %lld", path,
-                          (long long)t->shape[1], (long long)expect_d);
+    int bad = 0;
+    if (t->ndim != 2 || t->shape[0] <= 0 || t->shape[1] <= 0)
+        bad = saefw_errf(err, errlen, "%s: activations must be a non-empty 2-D tensor [rows, d_in], got %d dims",
+                         path, t->ndim);
+    else if (t->dtype != SAEFW_DT_F32 && t->dtype != SAEFW_DT_BF16 && t->dtype != SAEFW_DT_F16)
+        bad = saefw_errf(err, errlen, "%s: activations must be F32, BF16 or F16, got %s", path,
+                         saefw_dtype_name(t->dtype));
+    else if (expect_d > 0 && t->shape[1] != expect_d)
+        bad = saefw_errf(err, errlen, "%s: activation width is %lld, expected d_in = %lld", path,
+                         (long long)t->shape[1], (long long)expect_d);
+    if (bad) {
+        saefw_tf_close(tf); /* t points into tf: close only after the message is written */
+        return -1;
     }
     saefw_source *s = saefw_calloc(1, sizeof *s, err, errlen);
     file_source *fs = s ? saefw_calloc(1, sizeof *fs, err, errlen) : NULL;
