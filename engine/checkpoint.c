@@ -65,13 +65,22 @@ int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cf
         saefw_errf(err, errlen, "%s: out of memory", dir);
         goto fail;
     }
-    cJSON_DeleteItemFromObject(c, "d_in");
-    cJSON_DeleteItemFromObject(c, "d_sae");
-    cJSON_DeleteItemFromObject(c, "dtype");
+    /* The shape fields always describe the tensors; SAELens's names first, then the seed's. */
+    static const char *const shape_keys[] = {"d_in", "d_sae", "dtype", "act_size", "dict_size"};
+    for (size_t k = 0; k < sizeof shape_keys / sizeof *shape_keys; k++) cJSON_DeleteItemFromObject(c, shape_keys[k]);
     cJSON_AddNumberToObject(c, "d_in", (double)sae->d_in);
     cJSON_AddNumberToObject(c, "d_sae", (double)sae->d_sae);
     cJSON_AddStringToObject(c, "dtype", "float32");
+    cJSON_AddNumberToObject(c, "act_size", (double)sae->d_in);
+    cJSON_AddNumberToObject(c, "dict_size", (double)sae->d_sae);
     if (!cJSON_GetObjectItemCaseSensitive(c, "l1_coeff")) cJSON_AddNumberToObject(c, "l1_coeff", sae->l1_coeff);
+    /* SAELens reads these to build the right SAE class; ours is its "standard" one. */
+    if (!cJSON_GetObjectItemCaseSensitive(c, "architecture")) cJSON_AddStringToObject(c, "architecture", "standard");
+    if (!cJSON_GetObjectItemCaseSensitive(c, "activation_fn_str")) cJSON_AddStringToObject(c, "activation_fn_str", "relu");
+    if (!cJSON_GetObjectItemCaseSensitive(c, "apply_b_dec_to_input")) cJSON_AddBoolToObject(c, "apply_b_dec_to_input", 1);
+    if (!cJSON_GetObjectItemCaseSensitive(c, "normalize_activations")) cJSON_AddStringToObject(c, "normalize_activations", "none");
+    if (!cJSON_GetObjectItemCaseSensitive(c, "device")) cJSON_AddStringToObject(c, "device", "cpu");
+    if (!cJSON_GetObjectItemCaseSensitive(c, "hook_name")) cJSON_AddStringToObject(c, "hook_name", "");
     char *text = cJSON_Print(c);
     cJSON_Delete(c);
     if (!text) {

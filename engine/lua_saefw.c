@@ -236,14 +236,32 @@ static cJSON *lua_to_json(lua_State *L, int idx, int depth) {
             }
             return out;
         }
+        /* Keys sorted, so cfg.json reads the same from run to run. */
+        lua_newtable(L);
+        int keys = lua_gettop(L), nk = 0;
         lua_pushnil(L);
         while (lua_next(L, idx)) {
-            if (lua_type(L, -2) == LUA_TSTRING) {
-                cJSON *v = lua_to_json(L, -1, depth + 1);
-                if (v) cJSON_AddItemToObject(out, lua_tostring(L, -2), v);
+            lua_pop(L, 1);
+            if (lua_type(L, -1) == LUA_TSTRING) {
+                lua_pushvalue(L, -1);
+                lua_rawseti(L, keys, ++nk);
             }
+        }
+        lua_getglobal(L, "table");
+        lua_getfield(L, -1, "sort");
+        lua_pushvalue(L, keys);
+        lua_call(L, 1, 0);
+        lua_pop(L, 1);
+        for (int i = 1; i <= nk; i++) {
+            lua_rawgeti(L, keys, i);
+            lua_gettable(L, idx);
+            cJSON *v = lua_to_json(L, -1, depth + 1);
+            lua_pop(L, 1);
+            lua_rawgeti(L, keys, i);
+            if (v) cJSON_AddItemToObject(out, lua_tostring(L, -1), v);
             lua_pop(L, 1);
         }
+        lua_pop(L, 1);
         return out;
     }
     default: return NULL; /* functions and userdata have no JSON form */
