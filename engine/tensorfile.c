@@ -812,7 +812,7 @@ int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, i
     cJSON_free(json);
     for (int i = 0; i < n && !bad; i++) {
         int64_t numel;
-        size_t nbytes;
+        size_t nbytes = 0;
         saefw_tfi_shape_size(tensors[i].ndim, tensors[i].shape, dtype_table[tensors[i].dtype].size, &numel,
                              &nbytes);
         bad = put_bytes(f, tensors[i].data, nbytes);

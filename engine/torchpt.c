@@ -288,7 +288,7 @@ static val *make_str(vm *m, const uint8_t *p, size_t n) {
 }
 
 static int op_string(vm *m, int lenbytes, int is_signed) {
-    const uint8_t *q;
+    const uint8_t *q = NULL;
     if (take(m, (size_t)lenbytes, &q) != 0) return -1;
     uint64_t n = le(q, lenbytes);
     if (is_signed && (n & 0x80000000u)) return vm_err(m, "negative string length");
@@ -450,8 +450,8 @@ static int op_appends(vm *m, size_t from, size_t n) {
 }
 
 static int vm_step(vm *m, uint8_t op, val **result) {
-    const uint8_t *q;
-    size_t from, n;
+    const uint8_t *q = NULL;
+    size_t from = 0, n = 0;
     val *v;
     switch (op) {
     case 0x80: /* PROTO */

@@ -1,0 +1,137 @@
+/* Model card (README.md) for an uploaded SAE checkpoint, written from whatever its cfg.json says:
+ * model, hook site, sizes, training tokens, hyperparameters and final metrics. */
+#include "hf_internal.h"
+
+#include "../engine/util.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const cJSON *first_of(const cJSON *cfg, const char *const *keys) {
+    for (; *keys; keys++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, *keys);
+        if (v && !cJSON_IsNull(v)) return v;
+    }
+    return NULL;
+}
+
+/* A JSON scalar as table-safe text: integers in full, other numbers in %g, strings with '|' and
+ * line breaks replaced. Returns 0 when v is not a scalar. */
+static int scalar_text(const cJSON *v, char *out, size_t n) {
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (isfinite(d) && d == floor(d) && fabs(d) < 1e15)
+            snprintf(out, n, "%.0f", d);
+        else
+            snprintf(out, n, "%.6g", d);
+        return 1;
+    }
+    if (cJSON_IsBool(v)) {
+        snprintf(out, n, "%s", cJSON_IsTrue(v) ? "true" : "false");
+        return 1;
+    }
+    if (cJSON_IsString(v)) {
+        snprintf(out, n, "%.200s", v->valuestring);
+        for (char *p = out; *p; p++)
+            if (*p == '|' || *p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
+        return 1;
+    }
+    return 0;
+}
+
+/* "post" -> "blocks.L.mlp.hook_post": the engine's short site names to TransformerLens names. */
+static void hook_from_site(const char *site, const cJSON *layer, char *out, size_t n) {
+    static const struct {
+        const char *shortname, *full;
+    } sites[] = {{"post", "mlp.hook_post"},       {"pre", "mlp.hook_pre"},
+                 {"mlp_out", "hook_mlp_out"},     {"resid_pre", "hook_resid_pre"},
+                 {"resid_mid", "hook_resid_mid"}, {"resid_post", "hook_resid_post"},
+                 {"attn_out", "hook_attn_out"}};
+    int l = cJSON_IsNumber(layer) ? layer->valueint : 0;
+    for (size_t i = 0; i < sizeof sites / sizeof sites[0]; i++) {
+        if (!strcmp(site, sites[i].shortname)) {
+            snprintf(out, n, "blocks.%d.%s", l, sites[i].full);
+            return;
+        }
+    }
+    snprintf(out, n, "%.200s", site);
+}
+
+int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err, size_t errlen) {
+    *out = NULL;
+    cJSON *cfg = cJSON_Parse(cfg_json);
+    if (!cJSON_IsObject(cfg)) {
+        cJSON_Delete(cfg);
+        return saefw_errf(err, errlen, "cfg.json is not a JSON object");
+    }
+    static const char *const k_model[] = {"model_name", "model", "model_id", NULL};
+    static const char *const k_hook[] = {"hook_name", "hook_point", NULL};
+    static const char *const k_layer[] = {"hook_layer", "layer", "hook_point_layer", NULL};
+    static const char *const k_dsae[] = {"d_sae", "dict_size", NULL};
+    static const char *const k_tokens[] = {"training_tokens", "total_training_tokens", "num_tokens", NULL};
+    static const char *const k_metrics[] = {"final_metrics", "metrics", NULL};
+    const cJSON *model = first_of(cfg, k_model), *hook = first_of(cfg, k_hook), *layer = first_of(cfg, k_layer);
+    const cJSON *d_in = cJSON_GetObjectItemCaseSensitive(cfg, "d_in"), *d_sae = first_of(cfg, k_dsae);
+    const cJSON *tokens = first_of(cfg, k_tokens), *metrics = first_of(cfg, k_metrics);
+    const cJSON *site = cJSON_GetObjectItemCaseSensitive(cfg, "site");
+    const cJSON *mult = cJSON_GetObjectItemCaseSensitive(cfg, "dict_mult");
+
+    char model_s[256] = "", hook_s[256] = "", v[256];
+    if (model) scalar_text(model, model_s, sizeof model_s);
+    if (hook) scalar_text(hook, hook_s, sizeof hook_s);
+    else if (cJSON_IsString(site)) hook_from_site(site->valuestring, layer, hook_s, sizeof hook_s);
+
+    hf_buf b = {0};
+    hf_buf_puts(&b, "---\nlibrary_name: saefw\ntags:\n- sparse-autoencoder\n- saefw\n---\n\n");
+    hf_buf_printf(&b, "# Sparse autoencoder%s%s%s%s\n\n", model_s[0] ? " for " : "", model_s,
+                  hook_s[0] ? ", " : "", hook_s[0] ? hook_s : "");
+    hf_buf_puts(&b, "A sparse autoencoder (SAE) trained with saefw on the activations of ");
+    if (model_s[0]) hf_buf_printf(&b, "`%s`", model_s);
+    else hf_buf_puts(&b, "a transformer");
+    if (hook_s[0]) hf_buf_printf(&b, " at the hook site `%s`", hook_s);
+    hf_buf_puts(&b, ".\n\n");
+    hf_buf_puts(&b, "| | |\n|---|---|\n");
+    if (model_s[0]) hf_buf_printf(&b, "| Model | %s |\n", model_s);
+    if (hook_s[0]) hf_buf_printf(&b, "| Hook site | %s |\n", hook_s);
+    if (scalar_text(d_in, v, sizeof v)) hf_buf_printf(&b, "| Input width (d_in) | %s |\n", v);
+    if (scalar_text(d_sae, v, sizeof v))
+        hf_buf_printf(&b, "| Dictionary size (d_sae) | %s |\n", v);
+    else if (cJSON_IsNumber(d_in) && cJSON_IsNumber(mult))
+        hf_buf_printf(&b, "| Dictionary size (d_sae) | %.0f |\n", d_in->valuedouble * mult->valuedouble);
+    if (scalar_text(tokens, v, sizeof v)) hf_buf_printf(&b, "| Training tokens | %s |\n", v);
+
+    static const struct {
+        const char *key, *label;
+    } hyper[] = {{"architecture", "Architecture"}, {"dtype", "dtype"},       {"l1_coeff", "L1 coefficient"},
+                 {"lr", "Learning rate"},          {"batch_size", "Batch size"}, {"seed", "Seed"},
+                 {"context_size", "Context size"}, {"seq_len", "Sequence length"},
+                 {"dataset_path", "Dataset"},      {"dataset", "Dataset"}};
+    for (size_t i = 0; i < sizeof hyper / sizeof hyper[0]; i++)
+        if (scalar_text(cJSON_GetObjectItemCaseSensitive(cfg, hyper[i].key), v, sizeof v))
+            hf_buf_printf(&b, "| %s | %s |\n", hyper[i].label, v);
+
+    if (cJSON_IsObject(metrics) && metrics->child) {
+        hf_buf_puts(&b, "\n## Final metrics\n\n| Metric | Value |\n|---|---|\n");
+        const cJSON *m;
+        cJSON_ArrayForEach(m, metrics) {
+            char name[128];
+            if (!m->string || !scalar_text(m, v, sizeof v)) continue;
+            snprintf(name, sizeof name, "%.100s", m->string);
+            for (char *p = name; *p; p++)
+                if (*p == '|' || *p == '\n') *p = ' ';
+            hf_buf_printf(&b, "| %s | %s |\n", name, v);
+        }
+    }
+    hf_buf_printf(&b, "\n## Use\n\n```sh\nsaefw download %s\n```\n\nor, in Python, "
+                      "`huggingface_hub.snapshot_download(\"%s\")`; both fill the same cache.\n",
+                  repo, repo);
+    cJSON_Delete(cfg);
+    if (b.oom) {
+        hf_buf_free(&b);
+        return saefw_errf(err, errlen, "out of memory writing the model card");
+    }
+    *out = b.p;
+    return 0;
+}

@@ -1,0 +1,563 @@
+"""hub_* tests: drive the saefw binary against the local Hub imitation (hub_server.py).
+
+  python3 test_hub.py CASE --bin path/to/saefw --tmp scratch/folder
+
+Each case starts its own Hub on 127.0.0.1 (a free port), runs the client in subprocesses with a
+private HF_HOME, checks what the Hub and the cache hold, greps every output and file for the
+token, stops the Hub, and exits non-zero on the first failure.
+"""
+
+import argparse
+import hashlib
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True  # nothing may be written into the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hub_server import Hub, git_sha1  # noqa: E402
+
+MB = 1024 * 1024
+BIG = 10 * MB + 123457  # the LFS file: over 10 MB and not a multiple of any chunk size
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failure(what)
+
+
+class Ctx:
+    def __init__(self, args):
+        self.bin = os.path.abspath(args.bin)
+        self.tmp = os.path.abspath(args.tmp)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.makedirs(self.tmp)
+        self.token = "hf_" + secrets.token_hex(20)
+        self.read_token = "hf_" + secrets.token_hex(20)
+        self.hf_home = os.path.join(self.tmp, "hfhome")
+        self.outputs = []
+        self.hubs = []
+        self.token_files = set()  # files the tests wrote the token into on purpose
+
+    def hub(self, **kw):
+        hub = Hub(**kw).start(0)
+        hub.add_token(self.token, "alice", write=True)
+        hub.add_token(self.read_token, "alice", write=False)
+        self.hubs.append(hub)
+        return hub
+
+    def env(self, hub, **over):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("HF_", "HUGGING_FACE", "HUGGINGFACE", "SAEFW_HF_"))}
+        env.update({"HF_ENDPOINT": hub.base if hub else "http://127.0.0.1:9", "HF_TOKEN": self.token,
+                    "HF_HOME": self.hf_home, "SAEFW_HF_RETRY_BASE_MS": "20", "NO_PROXY": "*"})
+        for k, v in over.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def run(self, argv, env, rc=0, timeout=60):
+        t0 = time.monotonic()
+        p = subprocess.run([self.bin] + argv, env=env, capture_output=True, timeout=timeout)
+        p.elapsed = time.monotonic() - t0
+        p.out, p.err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+        self.outputs += [p.stdout, p.stderr]
+        for secret in (self.token, self.read_token):
+            check(secret.encode() not in p.stdout + p.stderr, f"token leaked in the output of {argv[:2]}")
+        # Under -DSAEFW_SANITIZE=ON a report exits 1, which an expected failure would hide.
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            check(marker not in p.err, f"sanitizer report from {' '.join(argv[:4])}:\n{p.err}")
+        if rc is not None and p.returncode != rc:
+            raise Failure(f"{' '.join(argv[:4])}: exit {p.returncode}, expected {rc}\n--- stdout\n{p.out}--- stderr\n{p.err}")
+        return p
+
+    def error_line(self, p, cmd):
+        """The one `saefw <cmd>: ...` line a failure prints, and that it is the last line."""
+        lines = [ln for ln in p.err.splitlines() if ln.startswith(f"saefw {cmd}:")]
+        check(len(lines) == 1, f"expected one 'saefw {cmd}:' line, got {lines!r}\n{p.err}")
+        check(p.err.rstrip("\n").splitlines()[-1] == lines[0], f"the error is not the last line:\n{p.err}")
+        return lines[0]
+
+    def checkpoint(self, name, big=BIG, cfg=True, extra=None):
+        d = os.path.join(self.tmp, name)
+        os.makedirs(d, exist_ok=True)
+        if cfg:
+            write(os.path.join(d, "cfg.json"),
+                  b'{"model_name": "gelu-1l", "hook_name": "blocks.0.mlp.hook_post", "d_in": 2048, '
+                  b'"d_sae": 16384, "training_tokens": 2000000000, "l1_coeff": 0.0003, "lr": 0.0001, '
+                  b'"seed": 49, "final_metrics": {"l0": 12.5, "explained_variance": 0.91, "dead_features": 3}}\n')
+        write(os.path.join(d, "notes.txt"), b"trained on the seed recipe\n")
+        if big:
+            write(os.path.join(d, "sae_weights.safetensors"), random.Random(name).randbytes(big))
+        for rel, data in (extra or {}).items():
+            write(os.path.join(d, rel), data)
+        return d
+
+    def finish(self):
+        """No file under the scratch folder and nothing the Hubs store contains a token."""
+        secrets_ = (self.token.encode(), self.read_token.encode())
+        for root, _dirs, files in os.walk(self.tmp):
+            for f in files:
+                path = os.path.join(root, f)
+                if os.path.islink(path) or path in self.token_files:
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                for s in secrets_:
+                    check(s not in data, f"token found in {path}")
+        for hub in self.hubs:
+            for chunk in hub.stored_bytes():
+                for s in secrets_:
+                    check(s not in chunk, "token found in what the Hub stores")
+
+    def stop(self):
+        for hub in self.hubs:
+            hub.stop()
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def folder_files(d):
+    out = {}
+    for root, dirs, files in os.walk(d):
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        for f in files:
+            if f.startswith(".") or ".tmp." in f:
+                continue
+            out[os.path.relpath(os.path.join(root, f), d)] = read(os.path.join(root, f))
+    return out
+
+
+def upload_order(hub, start):
+    """Kinds of requests made since log index start, in order."""
+    kinds = []
+    for r in hub.log[start:]:
+        p = r["path"]
+        kind = ("whoami" if "whoami" in p else "create" if p.endswith("/repos/create") else
+                "preupload" if "/preupload/" in p else "batch" if p.endswith("/objects/batch") else
+                "put" if p.startswith("/_storage/basic/") else "part" if p.startswith("/_storage/part/") else
+                "complete" if p.startswith("/_storage/complete/") else "verify" if p.endswith("/objects/verify") else
+                "commit" if "/commit/" in p else "other:" + p)
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    return kinds
+
+
+def check_uploaded(hub, repo, ckpt, readme_generated=True):
+    files = hub.files(repo)
+    local = folder_files(ckpt)
+    for rel, data in local.items():
+        check(rel in files, f"{rel} missing on the Hub")
+        check(files[rel] == data, f"{rel} differs on the Hub")
+    check("sae_weights.safetensors" in hub.lfs_paths(repo), "the weights were not stored through LFS")
+    check("cfg.json" not in hub.lfs_paths(repo), "cfg.json should be a regular file")
+    if readme_generated:
+        card = files.get("README.md", b"").decode()
+        for needle in ("gelu-1l", "blocks.0.mlp.hook_post", "2048", "16384", "2000000000", "explained_variance",
+                       "0.91", "dead_features"):
+            check(needle in card, f"model card lacks {needle!r}:\n{card}")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------
+def case_upload_basic(c):
+    hub = c.hub()
+    ckpt = c.checkpoint("ckpt")
+    p = c.run(["upload", ckpt, "--repo", "alice/sae-basic", "--create", "--message", "first upload"], c.env(hub))
+    head = hub.head("alice/sae-basic")
+    check(p.out.strip() == f"{hub.base}/alice/sae-basic/commit/{head}", f"stdout is not the commit URL: {p.out!r}")
+    check(hub.commit_info("alice/sae-basic", head)["summary"] == "first upload", "commit message lost")
+    check_uploaded(hub, "alice/sae-basic", ckpt)
+    order = upload_order(hub, 0)
+    check(order == ["create", "preupload", "batch", "put", "verify", "commit"], f"request order {order}")
+    puts = hub.requests("PUT")
+    check(len(puts) == 1 and not puts[0]["auth"], "the storage PUT must be one request without the token")
+    check(not hub.requests(path="/_storage/part/"), "basic transfer used multipart")
+    check(hub.commit_count("alice/sae-basic") == 2, "expected the initial commit plus one")
+    check("sae_weights.safetensors" in p.err, "no progress line for the LFS file")
+
+    # Again, without --create: the object is already stored, so no PUT, but a new commit.
+    n = len(hub.log)
+    write(os.path.join(ckpt, "notes.txt"), b"second version\n")
+    c.run(["upload", ckpt, "--repo", "alice/sae-basic"], c.env(hub))
+    check(upload_order(hub, n) == ["preupload", "batch", "commit"], f"re-upload order {upload_order(hub, n)}")
+    check(hub.files("alice/sae-basic")["notes.txt"] == b"second version\n", "second commit content")
+    check(hub.commit_count("alice/sae-basic") == 3, "second commit missing")
+
+    # --create on an existing repo: the 409 is fine. A bare name goes to the token owner's namespace.
+    p = c.run(["upload", ckpt, "--repo", "sae-basic", "--create"], c.env(hub))
+    check("already exists" in p.err, "409 on create not reported as a note")
+    check(hub.commit_count("alice/sae-basic") == 4, "bare-name upload did not land in alice/")
+
+    # A seed-style cfg.json (short site name, dict_mult, num_tokens) still gives a full card.
+    seed = c.checkpoint("seedckpt", big=2000)
+    write(os.path.join(seed, "cfg.json"), b'{"model": "gelu-1l", "site": "post", "layer": 0, "d_in": 2048, '
+                                          b'"dict_mult": 8, "num_tokens": 2e9, "l1_coeff": 3e-4}')
+    c.run(["upload", seed, "--repo", "alice/seed-sae", "--create"], c.env(hub))
+    card = hub.files("alice/seed-sae")["README.md"].decode()
+    for needle in ("gelu-1l", "blocks.0.mlp.hook_post", "| 16384 |", "| 2000000000 |", "0.0003"):
+        check(needle in card, f"seed-style model card lacks {needle!r}:\n{card}")
+
+    # The token may come from the token file instead of the environment.
+    write(os.path.join(c.hf_home, "token"), (c.token + "\n").encode())
+    c.token_files.add(os.path.join(c.hf_home, "token"))
+    c.run(["upload", ckpt, "--repo", "alice/sae-basic"], c.env(hub, HF_TOKEN=None))
+    alt = os.path.join(c.tmp, "elsewhere", "tok")
+    write(alt, c.token.encode())
+    c.token_files.add(alt)
+    os.remove(os.path.join(c.hf_home, "token"))
+    c.run(["upload", ckpt, "--repo", "alice/sae-basic"], c.env(hub, HF_TOKEN=None, HF_TOKEN_PATH=alt))
+    c.run(["upload", ckpt, "--repo", "alice/sae-basic"], c.env(hub, HF_TOKEN=None, HUGGING_FACE_HUB_TOKEN=c.token))
+    check(hub.commit_count("alice/sae-basic") == 7, "token file / HF_TOKEN_PATH / HUGGING_FACE_HUB_TOKEN uploads")
+
+
+def case_upload_multipart(c):
+    hub = c.hub(multipart_threshold=1 * MB, chunk_size=4 * MB)
+    ckpt = c.checkpoint("ckpt", extra={"sub/extra.txt": b"nested\n", ".hidden": b"skip me\n",
+                                       "sae_weights.safetensors.tmp.123": b"half-written\n",
+                                       "README.md": b"# my own card\n"})
+    p = c.run(["upload", ckpt + "/", "--repo", "alice/sae-mp", "--create", "--private"], c.env(hub))
+    summary = hub.commit_info("alice/sae-mp", hub.head("alice/sae-mp"))["summary"]
+    check(summary == "Upload ckpt with saefw", f"default commit message {summary!r}")
+    check(p.out.strip().startswith(f"{hub.base}/alice/sae-mp/commit/"), f"stdout {p.out!r}")
+    check(hub.repos["alice/sae-mp"].private, "--private ignored")
+    files = check_uploaded(hub, "alice/sae-mp", ckpt, readme_generated=False)
+    check(files["README.md"] == b"# my own card\n", "an existing README.md was replaced")
+    check(".hidden" not in files and "sae_weights.safetensors.tmp.123" not in files, "hidden/temporary files uploaded")
+    check(files["sub/extra.txt"] == b"nested\n", "nested file")
+    parts = hub.requests("PUT", "/_storage/part/")
+    check(len(parts) == 3, f"expected 3 parts (4 MB chunks of {BIG} bytes), got {len(parts)}")
+    check(all(not r["auth"] for r in parts), "part PUTs must not carry the token")
+    order = upload_order(hub, 0)
+    check(order == ["create", "preupload", "batch", "part", "complete", "verify", "commit"], f"order {order}")
+    check(not hub.requests("PUT", "/_storage/basic/"), "multipart upload used the basic PUT")
+
+    # A small LFS file below the multipart threshold goes through basic in the same commit.
+    write(os.path.join(ckpt, "small.safetensors"), random.Random(7).randbytes(4096))
+    c.run(["upload", ckpt, "--repo", "alice/sae-mp"], c.env(hub))
+    check("small.safetensors" in hub.lfs_paths("alice/sae-mp"), "small LFS file")
+    check(len(hub.requests("PUT", "/_storage/basic/")) == 1, "small LFS file should use one basic PUT")
+
+
+def seed_repo(c, hub, repo="alice/sae", private=False):
+    hub.create_repo(repo, private=private)
+    files = {"cfg.json": b'{"d_in": 2048}\n', "sub/notes.txt": b"nested notes\n",
+             "sae_weights.safetensors": random.Random(repo).randbytes(BIG)}
+    head = hub.put_commit(repo, files, lfs={"sae_weights.safetensors"})
+    return head, files
+
+
+def check_cache(c, repo, head, files, ref="main"):
+    """The huggingface_hub layout: refs, relative symlinks into blobs named by ETag, no leftovers."""
+    root = os.path.join(c.hf_home, "hub", "models--" + repo.replace("/", "--"))
+    if ref:
+        check(read(os.path.join(root, "refs", ref)).decode() == head, f"refs/{ref} does not hold {head}")
+    snap = os.path.join(root, "snapshots", head)
+    for rel, data in files.items():
+        p = os.path.join(snap, rel)
+        check(os.path.islink(p), f"{rel} in the snapshot is not a symlink")
+        target = os.readlink(p)
+        etag = hashlib.sha256(data).hexdigest() if rel.endswith(".safetensors") else git_sha1(data)
+        want = "../" * (2 + rel.count("/")) + "blobs/" + etag
+        check(target == want, f"{rel} links to {target}, expected {want}")
+        check(read(p) == data, f"{rel} differs after download")
+    blobs = os.listdir(os.path.join(root, "blobs"))
+    check(not [b for b in blobs if b.endswith(".incomplete")], f"leftover .incomplete files: {blobs}")
+    check(os.path.isdir(os.path.join(c.hf_home, "hub", ".locks", os.path.basename(root))), "no .locks folder")
+    return snap
+
+
+def case_download(c):
+    hub = c.hub()
+    head, files = seed_repo(c, hub)
+    hub_files = dict(files, **{".gitattributes": hub.files("alice/sae")[".gitattributes"]})
+
+    p = c.run(["download", "alice/sae"], c.env(hub))
+    snap = check_cache(c, "alice/sae", head, files)
+    check(p.out.strip() == snap, f"stdout {p.out!r} is not the snapshot folder {snap}")
+    listed = sorted(os.path.relpath(os.path.join(r, f), snap) for r, _d, fs in os.walk(snap) for f in fs)
+    check(listed == sorted(hub_files), f"snapshot file list {listed}")
+    cdn = hub.requests("GET", "/_cdn/")
+    check(len(cdn) == 1 and not cdn[0]["auth"], "LFS bytes must come through the CDN redirect without the token")
+    check(len(hub.requests("GET", "/_storage/object/")) == 1, "the CDN redirect was not followed")
+    check(all(r["auth"] for r in hub.requests("HEAD")), "resolve HEADs should carry the token")
+
+    # One file: stdout is its path; nothing is fetched again.
+    n = len(hub.log)
+    p = c.run(["download", "alice/sae", "sae_weights.safetensors"], c.env(hub))
+    check(p.out.strip() == os.path.join(snap, "sae_weights.safetensors"), f"stdout {p.out!r}")
+    check(not [r for r in hub.log[n:] if r["method"] == "GET"], "a cached file was downloaded again")
+
+    # Offline: from the cache, no request at all; a missing file is a clear error.
+    n = len(hub.log)
+    p = c.run(["download", "alice/sae", "cfg.json"], c.env(hub, HF_HUB_OFFLINE="1"))
+    check(p.out.strip() == os.path.join(snap, "cfg.json"), "offline lookup")
+    c.run(["download", "alice/sae"], c.env(hub, HF_HUB_OFFLINE="1"))
+    p = c.run(["download", "alice/sae", "missing.bin"], c.env(hub, HF_HUB_OFFLINE="1"), rc=1)
+    check("HF_HUB_OFFLINE" in c.error_line(p, "download"), "offline miss message")
+    check(len(hub.log) == n, "offline mode made requests")
+
+    # Resume: a partial .incomplete blob is continued with a Range request.
+    shutil.rmtree(os.path.join(c.hf_home, "hub"))
+    sha = hashlib.sha256(files["sae_weights.safetensors"]).hexdigest()
+    blobs = os.path.join(c.hf_home, "hub", "models--alice--sae", "blobs")
+    write(os.path.join(blobs, sha + ".incomplete"), files["sae_weights.safetensors"][:3 * MB])
+    n = len(hub.log)
+    c.run(["download", "alice/sae", "sae_weights.safetensors"], c.env(hub))
+    gets = [r for r in hub.log[n:] if r["path"].startswith("/_storage/object/")]
+    check([r["range"] for r in gets] == [f"bytes={3 * MB}-"], f"resume ranges {[r['range'] for r in gets]}")
+    check(read(os.path.join(blobs, sha)) == files["sae_weights.safetensors"], "resumed blob differs")
+
+    # A connection dropped mid-download is resumed where it stopped.
+    shutil.rmtree(os.path.join(c.hf_home, "hub"))
+    hub.fault("GET", r"^/_storage/object/", drop_after=2 * MB)
+    n = len(hub.log)
+    c.run(["download", "alice/sae"], c.env(hub))
+    ranges = [r["range"] for r in hub.log[n:] if r["path"].startswith("/_storage/object/")]
+    check(len(ranges) == 2 and ranges[0] is None and ranges[1] is not None and int(ranges[1][6:-1]) > 0,
+          f"drop then resume, got ranges {ranges}")
+    check_cache(c, "alice/sae", head, files)
+
+    # A commit hash as revision: no ref is written for it; a new commit moves refs/main.
+    c.run(["download", "alice/sae", "cfg.json", "--revision", head], c.env(hub))
+    check(not os.path.exists(os.path.join(c.hf_home, "hub", "models--alice--sae", "refs", head)), "ref for a hash")
+    new_head = hub.put_commit("alice/sae", {"cfg.json": b'{"d_in": 512}\n'})
+    n = len(hub.log)
+    c.run(["download", "alice/sae"], c.env(hub))
+    check_cache(c, "alice/sae", new_head, dict(files, **{"cfg.json": b'{"d_in": 512}\n'}))
+    check(not [r for r in hub.log[n:] if r["path"].startswith(("/_cdn/", "/_storage/object/"))],
+          "an unchanged LFS blob was fetched again")
+
+    # Private repos need the token; a renamed repo is followed through its relative redirect.
+    phead, pfiles = seed_repo(c, hub, "alice/private-sae", private=True)
+    p = c.run(["download", "alice/private-sae", "cfg.json"], c.env(hub, HF_TOKEN=None), rc=1)
+    line = c.error_line(p, "download")
+    check("401" in line and "private" in line, f"private repo message: {line}")
+    c.run(["download", "alice/private-sae", "cfg.json"], c.env(hub))
+    hub.renamed["alice/old-name"] = "alice/sae"
+    p = c.run(["download", "alice/old-name", "cfg.json"], c.env(hub))
+    check(read(p.out.strip()) == b'{"d_in": 512}\n', "renamed repo download")
+
+    # Unreachable endpoint with the file cached: the cache answers, with a note.
+    p = c.run(["download", "alice/sae", "cfg.json"], c.env(None, HF_ENDPOINT=closed_port_url(),
+                                                          SAEFW_HF_MAX_RETRIES="1"))
+    check(read(p.out.strip()) == b'{"d_in": 512}\n' and "unreachable" in p.err, "cache fallback when unreachable")
+
+    # Missing file and missing repo: one-line 404s.
+    p = c.run(["download", "alice/sae", "nope.bin"], c.env(hub), rc=1)
+    line = c.error_line(p, "download")
+    check("404" in line and "nope.bin" in line, f"404 file message: {line}")
+    p = c.run(["download", "alice/nothing-here"], c.env(hub), rc=1)
+    line = c.error_line(p, "download")
+    check("404" in line and "alice/nothing-here" in line, f"404 repo message: {line}")
+
+
+def closed_port_url():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def case_faults_retry(c):
+    hub = c.hub()
+    ckpt = c.checkpoint("ckpt")
+    hub.create_repo("alice/sae")
+
+    hub.fault("POST", "/preupload/", status=429, headers={"Retry-After": "1"})
+    hub.fault("PUT", "^/_storage/basic/", status=503, times=2)
+    p = c.run(["upload", ckpt, "--repo", "alice/sae"], c.env(hub))
+    check(p.elapsed >= 1.0, f"Retry-After: 1 not honoured (took {p.elapsed:.2f} s)")
+    check(len(hub.requests("POST", "/preupload/")) == 2, "429 not retried exactly once")
+    check(len(hub.requests("PUT")) == 3, "503 on the PUT not retried twice")
+    check("429" in p.err and "503" in p.err, "retries not reported on stderr")
+    check(hub.commit_count("alice/sae") == 2, "one commit expected")
+    check_uploaded(hub, "alice/sae", ckpt)
+
+    # The connection drops after 1 MB of the PUT: the PUT is sent again, whole.
+    ckpt2 = c.checkpoint("ckpt2")
+    hub.fault("PUT", "^/_storage/basic/", drop_after=1 * MB)
+    n = len(hub.log)
+    c.run(["upload", ckpt2, "--repo", "alice/sae"], c.env(hub))
+    check(len([r for r in hub.log[n:] if r["method"] == "PUT"]) == 2, "dropped PUT not retried")
+    check_uploaded(hub, "alice/sae", ckpt2)
+    check(hub.commit_count("alice/sae") == 3, "one more commit expected")
+
+    # Multipart: a part answered 503, the completion 502, the batch 500 and the commit 504 once each.
+    hub.multipart_threshold, hub.chunk_size = 1 * MB, 4 * MB
+    ckpt3 = c.checkpoint("ckpt3")
+    hub.fault("PUT", "^/_storage/part/", status=503)
+    hub.fault("PUT", "^/_storage/part/", drop_after=100000)
+    hub.fault("POST", "^/_storage/complete/", status=502)
+    hub.fault("POST", "/objects/batch$", status=500)
+    hub.fault("POST", "/commit/", status=504)
+    n = len(hub.log)
+    c.run(["upload", ckpt3, "--repo", "alice/sae"], c.env(hub))
+    check(hub.commit_count("alice/sae") == 4, "exactly one commit after retried 504")
+    check(len([r for r in hub.log[n:] if r["path"].startswith("/_storage/part/")]) == 5, "3 parts + 2 retries")
+    check_uploaded(hub, "alice/sae", ckpt3)
+
+    # Download: 429 on the HEAD, 503 on the bytes.
+    hub.fault("HEAD", "/resolve/", status=429, headers={"Retry-After": "0"})
+    hub.fault("GET", "^/_storage/object/", status=503)
+    p = c.run(["download", "alice/sae", "sae_weights.safetensors"], c.env(hub))
+    check(read(p.out.strip()) == read(os.path.join(ckpt3, "sae_weights.safetensors")), "download after retries")
+
+    # A fault that does not go away: bounded retries, then one line, and no commit.
+    hub.clear_faults()
+    hub.fault("POST", "/preupload/", status=503, times=100)
+    before = hub.commit_count("alice/sae")
+    p = c.run(["upload", ckpt, "--repo", "alice/sae"], c.env(hub, SAEFW_HF_MAX_RETRIES="2"), rc=1)
+    line = c.error_line(p, "upload")
+    check("503" in line and "3 attempts" in line, f"persistent 503 message: {line}")
+    check(len(hub.requests("POST", "/preupload/")) >= 3, "retries")
+    check(hub.commit_count("alice/sae") == before, "a failed upload left a commit")
+
+
+def case_faults_errors(c):
+    hub = c.hub()
+    ckpt = c.checkpoint("ckpt")
+    hub.create_repo("alice/sae")
+
+    def fails(env, expect, argv=None, fault=None, folder=ckpt):
+        if fault:
+            hub.clear_faults()
+            hub.fault(*fault[0], **fault[1])
+        before = hub.commit_count("alice/sae")
+        p = c.run(argv or ["upload", folder, "--repo", "alice/sae"], env, rc=1)
+        line = c.error_line(p, "upload")
+        for e in expect:
+            check(e in line, f"expected {e!r} in: {line}")
+        check(hub.commit_count("alice/sae") == before, f"a failed upload left a commit ({line})")
+        hub.clear_faults()
+        return line
+
+    fails(c.env(hub, HF_TOKEN="hf_" + "0" * 40), ["401", "token was rejected"])
+    fails(c.env(hub, HF_TOKEN=c.read_token), ["403", "write access"])
+    fails(c.env(hub, HF_TOKEN=None), ["no Hugging Face token", "HF_TOKEN"])
+    fails(c.env(hub), ["404", "alice/missing", "--create"], argv=["upload", ckpt, "--repo", "alice/missing"])
+    fails(c.env(hub), ["403", "bob/sae"], argv=["upload", ckpt, "--repo", "bob/sae", "--create"])
+    fails(c.env(hub), ["404", "revision"], argv=["upload", ckpt, "--repo", "alice/sae", "--revision", "nobranch"])
+    fails(c.env(hub), ["409", "conflict", "A commit has happened since"],
+          fault=(("POST", "/commit/"), {"status": 409, "message": "A commit has happened since. Please refresh."}))
+    # The 409 attempt stored ckpt's LFS object already; a fresh one makes the 413 land on its PUT.
+    fails(c.env(hub), ["413", "too large", "EntityTooLarge"], folder=c.checkpoint("ckpt413"),
+          fault=(("PUT", "^/_storage/basic/"), {"status": 413, "message": "EntityTooLarge"}))
+    fails(c.env(hub), ["401", "lfs batch"], folder=c.checkpoint("ckpt401"),
+          fault=(("POST", "/objects/batch$"), {"status": 401, "message": "Invalid credentials"}))
+    # The commit's connection drops: its fate is unknown, so it is not resent; the Hub holds no commit.
+    sent = len(hub.requests("POST", "/commit/"))
+    fails(c.env(hub), ["commit", "connection"], fault=(("POST", "/commit/"), {"drop_after": 10}))
+    check(len(hub.requests("POST", "/commit/")) == sent + 1, "a dropped commit must not be resent")
+    hub.commit_max_bytes = 100
+    fails(c.env(hub), ["413", "commit"])
+    hub.commit_max_bytes = None
+    # The LFS object of the previous attempts is stored, yet still no commit was made; now it works.
+    c.run(["upload", ckpt, "--repo", "alice/sae"], c.env(hub))
+    check(hub.commit_count("alice/sae") == 2, "upload after the failures")
+    # Download errors are one line too.
+    p = c.run(["download", "alice/sae", "nope.txt"], c.env(hub), rc=1)
+    check("404" in c.error_line(p, "download"), "download 404")
+    p = c.run(["download", "alice/sae", "cfg.json"], c.env(hub, HF_TOKEN="hf_" + "1" * 40), rc=1)
+    check("401" in c.error_line(p, "download"), "download with a bad token")
+
+
+def case_bad_input(c):
+    hub = c.hub()
+    ckpt = c.checkpoint("ckpt", big=1000)
+    for bad in ("a/b/c", "bad-", "a--b", "x" * 100, "a/", "/b", "a b", "../x", "org/na..me"):
+        p = c.run(["upload", ckpt, "--repo", bad], c.env(hub), rc=1)
+        check("bad repo id" in c.error_line(p, "upload"), f"repo id {bad!r} not refused")
+        p = c.run(["download", bad], c.env(hub), rc=1)
+        check("bad repo id" in c.error_line(p, "download"), f"repo id {bad!r} not refused by download")
+    empty = os.path.join(c.tmp, "empty")
+    write(os.path.join(empty, "notes.txt"), b"no checkpoint here\n")
+    p = c.run(["upload", empty, "--repo", "alice/x"], c.env(hub), rc=1)
+    check("no checkpoint" in c.error_line(p, "upload"), "folder without a checkpoint")
+    p = c.run(["upload", os.path.join(c.tmp, "nowhere"), "--repo", "alice/x"], c.env(hub), rc=1)
+    c.error_line(p, "upload")
+    p = c.run(["download", "alice/x", "../etc/passwd"], c.env(hub), rc=1)
+    check("bad file name" in c.error_line(p, "download"), "unsafe file name")
+    leaky = c.checkpoint("leaky", big=0, extra={"log.txt": ("token=" + c.token).encode()})
+    p = c.run(["upload", leaky, "--repo", "alice/x"], c.env(hub), rc=1)
+    check("contains the Hugging Face token" in c.error_line(p, "upload"), "a file holding the token was not refused")
+    os.remove(os.path.join(leaky, "log.txt"))
+    p = c.run(["upload", ckpt, "--repo", "alice/x"], c.env(hub, HF_HUB_OFFLINE="1"), rc=1)
+    check("HF_HUB_OFFLINE" in c.error_line(p, "upload"), "offline upload")
+    p = c.run(["upload", ckpt, "--repo", "alice/x"], c.env(hub, HF_ENDPOINT="ftp://example"), rc=1)
+    check("HF_ENDPOINT" in c.error_line(p, "upload"), "bad endpoint")
+    check(hub.log == [], f"requests were made for bad input: {hub.log[:3]}")
+
+    # Unreachable endpoint: bounded retries, then one line saying what to check.
+    p = c.run(["upload", ckpt, "--repo", "alice/x"], c.env(None, HF_ENDPOINT=closed_port_url(),
+                                                          SAEFW_HF_MAX_RETRIES="1"), rc=1)
+    line = c.error_line(p, "upload")
+    check("cannot reach" in line and "HF_ENDPOINT" in line, f"unreachable message: {line}")
+
+    # Usage errors exit 2.
+    for argv in (["upload", ckpt], ["upload", "--repo", "alice/x"], ["upload", ckpt, "--repo"],
+                 ["upload", ckpt, "--repo", "alice/x", "--bogus"], ["upload", ckpt, "--repo", "alice/x", "--private"],
+                 ["download"], ["fly"]):
+        p = c.run(argv, c.env(hub), rc=2)
+        check(p.err.strip(), f"no usage message for {argv}")
+    p = c.run(["upload", "--help"], c.env(hub))
+    check("usage: saefw upload" in p.out, "--help")
+
+
+def case_lua(c):
+    hub = c.hub()
+    ckpt = c.checkpoint("ckpt", big=300000)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_lua_test.lua")
+    p = c.run(["run", script, "--ckpt", ckpt], c.env(hub))
+    check("lua ok" in p.out, f"Lua test did not finish:\n{p.out}\n{p.err}")
+    repo = "alice/lua-sae"
+    check(hub.commit_info(repo, hub.head(repo))["summary"] == "from lua", "Lua commit message")
+    check_uploaded(hub, repo, ckpt)
+
+
+CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("case", choices=sorted(CASES))
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--tmp", required=True)
+    args = ap.parse_args()
+    c = Ctx(args)
+    t0 = time.monotonic()
+    try:
+        CASES[args.case](c)
+        c.finish()
+    except (Failure, subprocess.TimeoutExpired) as e:
+        print(f"FAIL hub_{args.case}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        c.stop()
+    print(f"ok hub_{args.case} ({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
