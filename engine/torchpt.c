@@ -774,11 +774,9 @@ typedef struct {
     uint64_t comp_size, size, local_off;
 } cd_entry;
 
-static uint64_t rd(const uint8_t *p, int n) { return le(p, n); }
-
 static int zip64_extra(const uint8_t *x, size_t xl, uint64_t *usize, uint64_t *csize, uint64_t *loff) {
     while (xl >= 4) {
-        size_t id = (size_t)rd(x, 2), l = (size_t)rd(x + 2, 2);
+        size_t id = (size_t)le(x, 2), l = (size_t)le(x + 2, 2);
         if (l > xl - 4) return -1;
         if (id == 1) {
             const uint8_t *q = x + 4;
@@ -787,7 +785,7 @@ static int zip64_extra(const uint8_t *x, size_t xl, uint64_t *usize, uint64_t *c
             for (int i = 0; i < 3; i++) {
                 if (*fields[i] != 0xffffffffu) continue;
                 if (left < 8) return -1;
-                *fields[i] = rd(q, 8);
+                *fields[i] = le(q, 8);
                 q += 8;
                 left -= 8;
             }
@@ -805,25 +803,25 @@ static int cd_parse(const uint8_t *m, size_t size, cd_entry **out, size_t *n_out
     if (size < 22) return saefw_errf(err, errlen, "truncated zip archive (no end of central directory)");
     size_t lo = size - 22 > 65535 ? size - 22 - 65535 : 0, eocd = SIZE_MAX;
     for (size_t p = size - 22;; p--) {
-        if (rd(m + p, 4) == 0x06054b50u && p + 22 + rd(m + p + 20, 2) <= size) {
+        if (le(m + p, 4) == 0x06054b50u && p + 22 + le(m + p + 20, 2) <= size) {
             eocd = p;
             break;
         }
         if (p == lo) break;
     }
     if (eocd == SIZE_MAX) return saefw_errf(err, errlen, "truncated zip archive (no end of central directory)");
-    uint64_t n_ent = rd(m + eocd + 10, 2), cd_size = rd(m + eocd + 12, 4), cd_off = rd(m + eocd + 16, 4);
-    if (rd(m + eocd + 4, 2) != 0 || rd(m + eocd + 6, 2) != 0 || rd(m + eocd + 8, 2) != n_ent)
+    uint64_t n_ent = le(m + eocd + 10, 2), cd_size = le(m + eocd + 12, 4), cd_off = le(m + eocd + 16, 4);
+    if (le(m + eocd + 4, 2) != 0 || le(m + eocd + 6, 2) != 0 || le(m + eocd + 8, 2) != n_ent)
         return saefw_errf(err, errlen, "multi-disk zip archives are not supported");
     if (n_ent == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) {
-        if (eocd < 20 || rd(m + eocd - 20, 4) != 0x07064b50u)
+        if (eocd < 20 || le(m + eocd - 20, 4) != 0x07064b50u)
             return saefw_errf(err, errlen, "bad zip archive: zip64 end of central directory locator missing");
-        uint64_t z = rd(m + eocd - 20 + 8, 8);
-        if (z > eocd - 20 || eocd - 20 - z < 56 || rd(m + z, 4) != 0x06064b50u)
+        uint64_t z = le(m + eocd - 20 + 8, 8);
+        if (z > eocd - 20 || eocd - 20 - z < 56 || le(m + z, 4) != 0x06064b50u)
             return saefw_errf(err, errlen, "bad zip archive: zip64 end of central directory record out of range");
-        n_ent = rd(m + z + 32, 8);
-        cd_size = rd(m + z + 40, 8);
-        cd_off = rd(m + z + 48, 8);
+        n_ent = le(m + z + 32, 8);
+        cd_size = le(m + z + 40, 8);
+        cd_off = le(m + z + 48, 8);
     }
     if (cd_off > size || cd_size > size - cd_off)
         return saefw_errf(err, errlen, "bad zip archive: central directory out of range (truncated?)");
@@ -833,21 +831,21 @@ static int cd_parse(const uint8_t *m, size_t size, cd_entry **out, size_t *n_out
     if (!e) return -1;
     const uint8_t *p = m + cd_off, *end = m + cd_off + cd_size;
     for (uint64_t i = 0; i < n_ent; i++) {
-        if (end - p < 46 || rd(p, 4) != 0x02014b50u) {
+        if (end - p < 46 || le(p, 4) != 0x02014b50u) {
             free(e);
             return saefw_errf(err, errlen, "bad zip archive: central directory entry %" PRIu64 " is corrupt", i);
         }
-        size_t nl = (size_t)rd(p + 28, 2), xl = (size_t)rd(p + 30, 2), cl = (size_t)rd(p + 32, 2);
+        size_t nl = (size_t)le(p + 28, 2), xl = (size_t)le(p + 30, 2), cl = (size_t)le(p + 32, 2);
         if ((size_t)(end - p) - 46 < nl + xl + cl) {
             free(e);
             return saefw_errf(err, errlen, "bad zip archive: central directory entry %" PRIu64 " is truncated", i);
         }
         e[i].name = (const char *)p + 46;
         e[i].name_len = nl;
-        e[i].method = (uint16_t)rd(p + 10, 2);
-        e[i].comp_size = rd(p + 20, 4);
-        e[i].size = rd(p + 24, 4);
-        e[i].local_off = rd(p + 42, 4);
+        e[i].method = (uint16_t)le(p + 10, 2);
+        e[i].comp_size = le(p + 20, 4);
+        e[i].size = le(p + 24, 4);
+        e[i].local_off = le(p + 42, 4);
         if ((e[i].size == 0xffffffffu || e[i].comp_size == 0xffffffffu || e[i].local_off == 0xffffffffu) &&
             zip64_extra(p + 46 + nl, xl, &e[i].size, &e[i].comp_size, &e[i].local_off) != 0) {
             free(e);
@@ -896,9 +894,9 @@ static int entry_find(archive *ar, const char *name, const char *what, size_t *i
         return saefw_errf(err, errlen, "bad zip archive: libzip and the central directory disagree about %s", name);
     const uint8_t *m = ar->tf->map;
     size_t size = ar->tf->size;
-    if (e->local_off > size || size - e->local_off < 30 || rd(m + e->local_off, 4) != 0x04034b50u)
+    if (e->local_off > size || size - e->local_off < 30 || le(m + e->local_off, 4) != 0x04034b50u)
         return saefw_errf(err, errlen, "bad zip archive: local header of %s out of range or corrupt", name);
-    size_t nl = (size_t)rd(m + e->local_off + 26, 2), xl = (size_t)rd(m + e->local_off + 28, 2);
+    size_t nl = (size_t)le(m + e->local_off + 26, 2), xl = (size_t)le(m + e->local_off + 28, 2);
     uint64_t d = e->local_off + 30 + nl + xl;
     if (nl != e->name_len || d > size || memcmp(m + e->local_off + 30, e->name, nl) != 0)
         return saefw_errf(err, errlen, "bad zip archive: local header of %s disagrees with the central directory",

@@ -47,7 +47,7 @@ static inline const char *t_tmpdir(const char *name) {
     static char buf[1024];
     const char *base = getenv("SAEFW_TEST_TMP");
     snprintf(buf, sizeof buf, "%s/%s", base && *base ? base : "/tmp", name);
-    char cmd[1200];
+    char cmd[2200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", buf, buf);
     REQUIRE(system(cmd) == 0, "cannot create %s", buf);
     return buf;
