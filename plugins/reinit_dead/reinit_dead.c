@@ -1,0 +1,111 @@
+/* reinit_dead: the seed recipe's resampler. Every `every` steps it measures feature frequencies over
+ * `batches` evaluation batches and gives each feature rarer than `threshold` a fresh kaiming-uniform
+ * encoder column and decoder row and a zero encoder bias, leaving the optimizer state alone. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <saefw/plugin.h>
+
+static const saefw_option OPTIONS[] = {
+    {"every", SAEFW_OPT_INTEGER, 30000, NULL, "re-initialise after every this many steps (the seed: 30000)"},
+    {"threshold", SAEFW_OPT_NUMBER, 3.1622776601683795e-06, NULL,
+     "features firing on a smaller fraction of tokens are re-initialised (the seed: 10^-5.5)"},
+    {"batches", SAEFW_OPT_INTEGER, 50, NULL, "evaluation batches for the frequency estimate (the seed: 50)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+typedef struct {
+    const saefw_host *host;
+    int64_t every, batches;
+    double threshold;
+    float *freq; /* [d_sae] */
+} reinit;
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static void reinit_destroy(void *self) {
+    reinit *r = self;
+    if (!r) return;
+    free(r->freq);
+    free(r);
+}
+
+static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
+                         size_t errlen) {
+    double every = host->opt_number(opts, "every"), threshold = host->opt_number(opts, "threshold");
+    double batches = host->opt_number(opts, "batches");
+    if (!(every >= 1)) return fail(err, errlen, "option 'every' must be >= 1, got %g", every);
+    if (!(threshold >= 0)) return fail(err, errlen, "option 'threshold' must be >= 0, got %g", threshold);
+    if (!(batches >= 1)) return fail(err, errlen, "option 'batches' must be >= 1, got %g", batches);
+    reinit *r = calloc(1, sizeof *r);
+    if (!r) return fail(err, errlen, "out of memory");
+    r->host = host;
+    r->every = (int64_t)every;
+    r->batches = (int64_t)batches;
+    r->threshold = threshold;
+    r->freq = malloc(sizeof(float) * (size_t)host->d_sae(run));
+    if (!r->freq) return reinit_destroy(r), fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
+    *self = r;
+    return 0;
+}
+
+/* A draw from PyTorch's kaiming_uniform_ default: uniform in [-bound, bound). */
+static float kaiming(const saefw_host *host, saefw_run *run, double bound) {
+    return (float)((2.0 * host->rng_uniform(run) - 1.0) * bound);
+}
+
+static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
+    reinit *r = self;
+    const saefw_host *h = r->host;
+    if ((h->step(run) + 1) % r->every != 0) return 0;
+    saefw_param we, wd, be;
+    if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
+        h->param_find(run, "b_enc", &be, NULL) != 0)
+        return fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
+    const int64_t d_in = we.shape[0], d_sae = we.shape[1];
+    if (h->feature_frequencies(run, r->batches, r->freq, err, errlen) != 0) return -1;
+    /* Bounds of kaiming_uniform_ on the full tensors: sqrt(6 / size(1)). */
+    const double bound_enc = sqrt(6.0 / (double)d_sae), bound_dec = sqrt(6.0 / (double)d_in);
+    int64_t count = 0;
+    for (int64_t j = 0; j < d_sae; j++) {
+        if (!((double)r->freq[j] < r->threshold)) continue;
+        for (int64_t i = 0; i < d_in; i++) we.data[i * d_sae + j] = kaiming(h, run, bound_enc);
+        /* Left unnormalised, as in the seed: the next step's decoder renorm (after its forward and
+         * backward) scales the row to unit norm. Normalising here would change that next forward. */
+        for (int64_t i = 0; i < d_in; i++) wd.data[j * d_in + i] = kaiming(h, run, bound_dec);
+        be.data[j] = 0.0f;
+        count++;
+    }
+    h->metric(run, "reinit_count", (double)count);
+    char msg[160];
+    snprintf(msg, sizeof msg, "step %lld: re-initialised %lld of %lld features (frequency < %g over %lld batches)",
+             (long long)h->step(run), (long long)count, (long long)d_sae, r->threshold, (long long)r->batches);
+    h->log(run, SAEFW_LOG_INFO, msg);
+    return 0;
+}
+
+SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
+    if (host->struct_size < offsetof(saefw_host, feature_frequencies) + sizeof host->feature_frequencies)
+        return fail(err, errlen, "the engine is too old: its host table lacks feature_frequencies");
+    out->abi_version = SAEFW_ABI_VERSION;
+    out->struct_size = sizeof(saefw_plugin);
+    out->name = "reinit_dead";
+    out->kind = SAEFW_KIND_RESAMPLER;
+    out->description = "the seed's re-init: kaiming-uniform weights for features rarer than a threshold";
+    out->options = OPTIONS;
+    out->create = reinit_create;
+    out->destroy = reinit_destroy;
+    out->after_step = reinit_after_step;
+    return 0;
+}
