@@ -8,8 +8,14 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
+#include "lua_util.h"
+#include "model.h"
+#include "model_resolve.h"
+#include "model_source.h"
+#include "tokens.h"
 #include "plugin_loader.h"
 #include "sae.h"
 #include "source.h"
@@ -21,152 +27,8 @@
 #define MT_SOURCE "saefw.Source"
 #define MT_BUFFER "saefw.Buffer"
 #define MT_PLUGIN "saefw.Plugin"
-#define REG_LIBDIR "saefw.libdir"
-#define REG_OVERRIDES "saefw.overrides"
-
-/* ---- errors at the user's line ---- */
-
-/* Push "file:line: " of the innermost Lua frame outside the saefw library (or "" if none). */
-static void push_user_where(lua_State *L) {
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_LIBDIR);
-    const char *lib = lua_tostring(L, -1);
-    size_t liblen = lib ? strlen(lib) : 0;
-    lua_Debug ar;
-    for (int level = 1; lua_getstack(L, level, &ar); level++) {
-        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0) continue;
-        if (lib && ar.source[0] == '@' && strncmp(ar.source + 1, lib, liblen) == 0) continue;
-        lua_pop(L, 1);
-        lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
-        return;
-    }
-    lua_pop(L, 1);
-    lua_pushliteral(L, "");
-}
-
-static int uerror(lua_State *L, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    push_user_where(L);
-    lua_pushstring(L, msg);
-    lua_concat(L, 2);
-    return lua_error(L);
-}
-
-static int l_where(lua_State *L) {
-    push_user_where(L);
-    return 1;
-}
-
-void saefw_lua_set_libdir(lua_State *L, const char *dir) {
-    lua_pushstring(L, dir);
-    lua_setfield(L, LUA_REGISTRYINDEX, REG_LIBDIR);
-}
-
-void saefw_lua_set_overrides(lua_State *L, char **kv, int n) {
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
-        lua_createtable(L, 2, 0);
-        lua_pushstring(L, kv[2 * i]);
-        lua_rawseti(L, -2, 1);
-        lua_pushstring(L, kv[2 * i + 1]);
-        lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
-}
-
-static int l_overrides(lua_State *L) {
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-    }
-    return 1;
-}
-
-/* ---- table fields ---- */
-
-static int has_field(lua_State *L, int t, const char *k) {
-    int ty = lua_getfield(L, t, k);
-    lua_pop(L, 1);
-    return ty != LUA_TNIL;
-}
-
-static double opt_number(lua_State *L, int t, const char *fn, const char *k, double def) {
-    int ty = lua_getfield(L, t, k);
-    if (ty == LUA_TNIL) {
-        lua_pop(L, 1);
-        return def;
-    }
-    if (ty != LUA_TNUMBER) uerror(L, "%s: field '%s' must be a number, got %s", fn, k, luaL_typename(L, -1));
-    double v = lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    if (!isfinite(v)) uerror(L, "%s: field '%s' must be finite", fn, k);
-    return v;
-}
-
-static int64_t opt_int(lua_State *L, int t, const char *fn, const char *k, int64_t def, int64_t lo) {
-    double v = opt_number(L, t, fn, k, (double)def);
-    if (v != floor(v) || v < (double)lo || v > 9.0e15)
-        uerror(L, "%s: field '%s' must be an integer >= %lld, got %g", fn, k, (long long)lo, v);
-    return (int64_t)v;
-}
-
-static int64_t req_int(lua_State *L, int t, const char *fn, const char *k, int64_t lo) {
-    if (!has_field(L, t, k)) uerror(L, "%s: field '%s' is required", fn, k);
-    return opt_int(L, t, fn, k, 0, lo);
-}
-
-static const char *opt_string(lua_State *L, int t, const char *fn, const char *k, const char *def) {
-    int ty = lua_getfield(L, t, k);
-    if (ty == LUA_TNIL) {
-        lua_pop(L, 1);
-        return def;
-    }
-    if (ty != LUA_TSTRING) uerror(L, "%s: field '%s' must be a string, got %s", fn, k, luaL_typename(L, -1));
-    const char *s = lua_tostring(L, -1);
-    lua_pop(L, 1); /* the string stays alive: it is referenced by the table */
-    return s;
-}
-
-static int opt_bool(lua_State *L, int t, const char *fn, const char *k, int def) {
-    int ty = lua_getfield(L, t, k);
-    if (ty == LUA_TNIL) {
-        lua_pop(L, 1);
-        return def;
-    }
-    if (ty != LUA_TBOOLEAN) uerror(L, "%s: field '%s' must be a boolean, got %s", fn, k, luaL_typename(L, -1));
-    int v = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static void check_table(lua_State *L, int idx, const char *fn) {
-    if (lua_type(L, idx) != LUA_TTABLE) uerror(L, "%s: expected a table of options, got %s", fn, luaL_typename(L, idx));
-}
-
-/* Reject keys a function does not take (a typo must not silently fall back to a default). */
-static void check_keys(lua_State *L, int t, const char *fn, const char *const *allowed) {
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING) uerror(L, "%s: option keys must be strings", fn);
-        const char *k = lua_tostring(L, -1);
-        int ok = 0;
-        for (int i = 0; allowed[i]; i++) ok |= strcmp(allowed[i], k) == 0;
-        if (!ok) {
-            char list[512] = "";
-            for (int i = 0; allowed[i]; i++) {
-                size_t u = strlen(list);
-                snprintf(list + u, sizeof list - u, "%s%s", i ? ", " : "", allowed[i]);
-            }
-            uerror(L, "%s: unknown option '%s' (valid: %s)", fn, k, list);
-        }
-    }
-}
+#define MT_MODEL "saefw.Model"
+#define MT_TOKENS "saefw.Tokens"
 
 /* ---- SAE ---- */
 
@@ -366,6 +228,10 @@ static int sae_index(lua_State *L) {
 
 typedef struct {
     saefw_source *src;
+    /* For sources on the model host (uservalues 1 and 2 hold the Model and Tokens userdata). */
+    int on_model;
+    saefw_hook hook;
+    int64_t model_batch;
 } lsource;
 
 static saefw_source *check_source(lua_State *L, int idx) {
@@ -378,8 +244,8 @@ static saefw_source *check_source(lua_State *L, int idx) {
 static void source_log(void *ud, const char *msg) { fprintf(stderr, "%s\n", msg); }
 
 static lsource *new_source(lua_State *L) {
-    lsource *s = lua_newuserdatauv(L, sizeof *s, 0);
-    s->src = NULL;
+    lsource *s = lua_newuserdatauv(L, sizeof *s, 2);
+    memset(s, 0, sizeof *s);
     luaL_setmetatable(L, MT_SOURCE);
     return s;
 }
@@ -527,7 +393,10 @@ static int buffer_index(lua_State *L) {
 typedef struct {
     saefw_loaded_plugin *lp;
     saefw_opts *opts;
+    int is_lua; /* a saefw.lua_plugin: an llua_plugin, with no shared object to unload */
 } lplugin;
+
+static void lua_plugin_release(lua_State *L, lplugin *p);
 
 static int l_plugin(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
@@ -568,6 +437,10 @@ static lplugin *check_plugin(lua_State *L, int idx) {
 
 static int plugin_gc(lua_State *L) {
     lplugin *p = luaL_checkudata(L, 1, MT_PLUGIN);
+    if (p->is_lua) {
+        lua_plugin_release(L, p);
+        return 0;
+    }
     saefw_opts_free(p->opts);
     saefw_plugin_unload(p->lp);
     p->opts = NULL;
@@ -580,7 +453,7 @@ static int plugin_index(lua_State *L) {
     const char *k = luaL_checkstring(L, 2);
     if (!strcmp(k, "name")) lua_pushstring(L, p->lp->p.name);
     else if (!strcmp(k, "kind")) lua_pushstring(L, saefw_plugin_kind_name(p->lp->p.kind));
-    else if (!strcmp(k, "path")) lua_pushstring(L, p->lp->path);
+    else if (!strcmp(k, "path")) lua_pushstring(L, p->lp->path ? p->lp->path : "(lua)");
     else if (!strcmp(k, "description")) lua_pushstring(L, p->lp->p.description ? p->lp->p.description : "");
     else if (!strcmp(k, "options")) {
         lua_newtable(L);
@@ -598,6 +471,627 @@ static int plugin_index(lua_State *L) {
         }
     } else lua_pushnil(L);
     return 1;
+}
+
+
+
+/* ---- plugins written in Lua ---- */
+
+static int traceback_handler(lua_State *L);
+
+/* A Lua table of callbacks run as a plugin: each callback gets a context object (step, parameters
+ * as tensor views, metrics, the run's RNG). For prototyping: port it to C when it is hot. */
+
+#define MT_LUA_PLUGIN_CTX "saefw.PluginContext"
+#define MT_TENSOR_VIEW "saefw.TensorView"
+
+enum { LP_AFTER_BACKWARD, LP_AFTER_STEP, LP_ON_EVAL, LP_ON_END, LP_STEP, LP_N };
+static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval", "on_end", "step"};
+
+typedef struct {
+    lua_State *L;
+    int fn_ref[LP_N];
+    int ctx_ref;
+    char name[64];
+} lua_plugin_state;
+
+typedef struct {
+    saefw_run *run; /* set only while a callback runs */
+    unsigned long generation;
+} lplugin_ctx;
+
+typedef struct {
+    saefw_param p;
+    unsigned long generation; /* views die when the callback that made them returns */
+} ltensor_view;
+
+static unsigned long g_view_generation = 1;
+
+static lplugin_ctx *check_ctx(lua_State *L, int idx) {
+    lplugin_ctx *c = luaL_checkudata(L, idx, MT_LUA_PLUGIN_CTX);
+    if (!c->run) uerror(L, "the plugin context is only valid inside its callback");
+    return c;
+}
+
+static ltensor_view *check_view(lua_State *L, int idx) {
+    ltensor_view *v = luaL_checkudata(L, idx, MT_TENSOR_VIEW);
+    if (v->generation != g_view_generation) uerror(L, "tensor view used after its callback returned");
+    return v;
+}
+
+/* Flat 0-based offset from 1-based (i) or (i, j) at stack positions first, first+1. */
+static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int *next) {
+    lua_Integer i = luaL_checkinteger(L, first);
+    int64_t off;
+    if (v->p.ndim == 2) {
+        lua_Integer j = luaL_checkinteger(L, first + 1);
+        if (i < 1 || i > v->p.shape[0] || j < 1 || j > v->p.shape[1])
+            uerror(L, "%s[%lld, %lld] is out of range [%lld, %lld]", v->p.name, (long long)i, (long long)j,
+                   (long long)v->p.shape[0], (long long)v->p.shape[1]);
+        off = (int64_t)(i - 1) * v->p.shape[1] + (j - 1);
+        *next = first + 2;
+    } else {
+        if (i < 1 || i > v->p.shape[0])
+            uerror(L, "%s[%lld] is out of range [%lld]", v->p.name, (long long)i, (long long)v->p.shape[0]);
+        off = i - 1;
+        *next = first + 1;
+    }
+    return off;
+}
+
+static int view_get(lua_State *L) {
+    ltensor_view *v = check_view(L, 1);
+    int next;
+    lua_pushnumber(L, v->p.data[view_offset(L, v, 2, &next)]);
+    return 1;
+}
+
+static int view_set(lua_State *L) {
+    ltensor_view *v = check_view(L, 1);
+    int next;
+    int64_t off = view_offset(L, v, 2, &next);
+    v->p.data[off] = (float)luaL_checknumber(L, next);
+    return 0;
+}
+
+static int view_grad(lua_State *L) {
+    ltensor_view *v = check_view(L, 1);
+    int next;
+    lua_pushnumber(L, v->p.grad[view_offset(L, v, 2, &next)]);
+    return 1;
+}
+
+static int view_set_grad(lua_State *L) {
+    ltensor_view *v = check_view(L, 1);
+    int next;
+    int64_t off = view_offset(L, v, 2, &next);
+    v->p.grad[off] = (float)luaL_checknumber(L, next);
+    return 0;
+}
+
+static int view_index(lua_State *L) {
+    ltensor_view *v = check_view(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (!strcmp(k, "name")) lua_pushstring(L, v->p.name);
+    else if (!strcmp(k, "rows")) lua_pushinteger(L, v->p.shape[0]);
+    else if (!strcmp(k, "cols")) lua_pushinteger(L, v->p.ndim == 2 ? v->p.shape[1] : 1);
+    else if (!strcmp(k, "numel")) lua_pushinteger(L, v->p.numel);
+    else {
+        luaL_getmetafield(L, 1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+static int view_gc(lua_State *L) { return 0; }
+
+static int ctx_param(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    ltensor_view *v = lua_newuserdatauv(L, sizeof *v, 0);
+    if (saefw_host_table()->param_find(c->run, name, &v->p, NULL) != 0)
+        return uerror(L, "ctx:param: no tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
+    v->generation = g_view_generation;
+    luaL_setmetatable(L, MT_TENSOR_VIEW);
+    return 1;
+}
+
+static int ctx_metric(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    saefw_host_table()->metric(c->run, luaL_checkstring(L, 2), luaL_checknumber(L, 3));
+    return 0;
+}
+
+static int ctx_log(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    saefw_host_table()->log(c->run, SAEFW_LOG_INFO, luaL_checkstring(L, 2));
+    return 0;
+}
+
+static int ctx_uniform(lua_State *L) {
+    lua_pushnumber(L, saefw_host_table()->rng_uniform(check_ctx(L, 1)->run));
+    return 1;
+}
+
+static int ctx_normal(lua_State *L) {
+    lua_pushnumber(L, saefw_host_table()->rng_normal(check_ctx(L, 1)->run));
+    return 1;
+}
+
+static int ctx_index(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    const saefw_host *h = saefw_host_table();
+    if (!strcmp(k, "step")) lua_pushinteger(L, h->step(c->run));
+    else if (!strcmp(k, "tokens")) lua_pushinteger(L, h->tokens_seen(c->run));
+    else if (!strcmp(k, "d_in")) lua_pushinteger(L, h->d_in(c->run));
+    else if (!strcmp(k, "d_sae")) lua_pushinteger(L, h->d_sae(c->run));
+    else if (!strcmp(k, "lr")) lua_pushnumber(L, h->learning_rate(c->run));
+    else {
+        luaL_getmetafield(L, 1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+static int ctx_gc(lua_State *L) { return 0; }
+
+static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, size_t errlen) {
+    lua_plugin_state *st = self;
+    if (st->fn_ref[which] == LUA_NOREF) return 0;
+    lua_State *L = st->L;
+    lua_pushcfunction(L, traceback_handler);
+    int h = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, st->fn_ref[which]);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, st->ctx_ref);
+    lplugin_ctx *c = lua_touserdata(L, -1);
+    c->run = run;
+    int rc = lua_pcall(L, 1, 0, h);
+    c->run = NULL;
+    g_view_generation++;
+    if (rc != LUA_OK) {
+        saefw_errf(err, errlen, "%s", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return -1;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int lp_after_backward(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_BACKWARD, e, n); }
+static int lp_after_step(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_STEP, e, n); }
+static int lp_on_eval(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_ON_EVAL, e, n); }
+static int lp_on_end(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_ON_END, e, n); }
+static int lp_step(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_STEP, e, n); }
+
+typedef struct {
+    lplugin base;               /* so check_plugin accepts it: lp points at `loaded` */
+    saefw_loaded_plugin loaded;
+    lua_plugin_state st;
+} llua_plugin;
+
+static void lua_plugin_release(lua_State *L, lplugin *base) {
+    llua_plugin *p = (llua_plugin *)base;
+    for (int i = 0; i < LP_N; i++) luaL_unref(L, LUA_REGISTRYINDEX, p->st.fn_ref[i]);
+    luaL_unref(L, LUA_REGISTRYINDEX, p->st.ctx_ref);
+    for (int i = 0; i < LP_N; i++) p->st.fn_ref[i] = LUA_NOREF;
+    p->st.ctx_ref = LUA_NOREF;
+    saefw_opts_free(p->base.opts);
+    p->base.lp = NULL;
+    p->base.opts = NULL;
+}
+
+/* saefw.lua_plugin{name=, kind="experiment"|"resampler"|"optimizer", after_backward=fn, after_step=fn,
+ * on_eval=fn, on_end=fn, step=fn (optimizers)} -> a plugin to pass to saefw.train. */
+static int l_lua_plugin(lua_State *L) {
+    static const char *const keys[] = {"name", "kind", "after_backward", "after_step", "on_eval", "on_end", "step",
+                                       "description", NULL};
+    const char *fn = "saefw.lua_plugin";
+    check_table(L, 1, fn);
+    check_keys(L, 1, fn, keys);
+    const char *name = opt_string(L, 1, fn, "name", NULL);
+    if (!name || !*name) return uerror(L, "%s: field 'name' is required", fn);
+    const char *kind = opt_string(L, 1, fn, "kind", "experiment");
+    saefw_plugin_kind k;
+    if (!strcmp(kind, "experiment")) k = SAEFW_KIND_EXPERIMENT;
+    else if (!strcmp(kind, "resampler")) k = SAEFW_KIND_RESAMPLER;
+    else if (!strcmp(kind, "optimizer")) k = SAEFW_KIND_OPTIMIZER;
+    else return uerror(L, "%s: field 'kind' must be \"experiment\", \"resampler\" or \"optimizer\", got \"%s\"", fn, kind);
+    const char *desc = opt_string(L, 1, fn, "description", "a plugin written in Lua");
+    llua_plugin *p = lua_newuserdatauv(L, sizeof *p, 1);
+    memset(p, 0, sizeof *p);
+    for (int i = 0; i < LP_N; i++) p->st.fn_ref[i] = LUA_NOREF;
+    p->st.ctx_ref = LUA_NOREF;
+    p->base.is_lua = 1;
+    luaL_setmetatable(L, MT_PLUGIN);
+    int ud = lua_gettop(L);
+    /* Keep the name and description strings alive with the plugin. */
+    lua_newtable(L);
+    lua_pushstring(L, name);
+    lua_rawseti(L, -2, 1);
+    lua_pushstring(L, desc);
+    lua_rawseti(L, -2, 2);
+    lua_rawgeti(L, -1, 1);
+    const char *kept_name = lua_tostring(L, -1);
+    lua_rawgeti(L, -2, 2);
+    const char *kept_desc = lua_tostring(L, -1);
+    lua_pop(L, 2);
+    lua_setiuservalue(L, ud, 1);
+
+    p->st.L = L;
+    snprintf(p->st.name, sizeof p->st.name, "%s", name);
+    int any = 0;
+    for (int i = 0; i < LP_N; i++) {
+        int ty = lua_getfield(L, 1, LP_NAMES[i]);
+        if (ty == LUA_TNIL) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (ty != LUA_TFUNCTION) return uerror(L, "%s: field '%s' must be a function", fn, LP_NAMES[i]);
+        p->st.fn_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+        any = 1;
+    }
+    if (!any) return uerror(L, "%s: give at least one callback (after_backward, after_step, on_eval, on_end, step)", fn);
+    if (k == SAEFW_KIND_OPTIMIZER && p->st.fn_ref[LP_STEP] == LUA_NOREF)
+        return uerror(L, "%s: an optimizer needs a 'step' callback", fn);
+    lplugin_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    luaL_setmetatable(L, MT_LUA_PLUGIN_CTX);
+    p->st.ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    saefw_plugin *pl = &p->loaded.p;
+    pl->abi_version = SAEFW_ABI_VERSION;
+    pl->struct_size = sizeof *pl;
+    pl->name = kept_name;
+    pl->kind = k;
+    pl->description = kept_desc;
+    /* No create(): the run borrows this state as the instance (saefw_plugin_use.self). */
+    pl->after_backward = p->st.fn_ref[LP_AFTER_BACKWARD] != LUA_NOREF ? lp_after_backward : NULL;
+    pl->after_step = p->st.fn_ref[LP_AFTER_STEP] != LUA_NOREF ? lp_after_step : NULL;
+    pl->on_eval = p->st.fn_ref[LP_ON_EVAL] != LUA_NOREF ? lp_on_eval : NULL;
+    pl->on_end = p->st.fn_ref[LP_ON_END] != LUA_NOREF ? lp_on_end : NULL;
+    pl->step = p->st.fn_ref[LP_STEP] != LUA_NOREF ? lp_step : NULL;
+    p->loaded.path = NULL;
+    p->base.lp = &p->loaded;
+    char err[256];
+    if (saefw_opts_new(&p->loaded, &p->base.opts, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+    lua_settop(L, ud);
+    return 1;
+}
+
+/* ---- the model host ---- */
+
+typedef struct {
+    saefw_model *m;
+    char name[256];
+} lmodel;
+
+typedef struct {
+    saefw_tokens *t;
+} ltokens;
+
+static lmodel *check_model(lua_State *L, int idx) {
+    lmodel *m = luaL_testudata(L, idx, MT_MODEL);
+    if (!m || !m->m) uerror(L, "expected a model (saefw.model), got %s", luaL_typename(L, idx));
+    return m;
+}
+
+static ltokens *check_tokens(lua_State *L, int idx) {
+    ltokens *t = luaL_testudata(L, idx, MT_TOKENS);
+    if (!t || !t->t) uerror(L, "expected tokens (saefw.tokens), got %s", luaL_typename(L, idx));
+    return t;
+}
+
+static int model_gc(lua_State *L) {
+    lmodel *m = luaL_checkudata(L, 1, MT_MODEL);
+    saefw_model_free(m->m);
+    m->m = NULL;
+    return 0;
+}
+
+static int tokens_gc(lua_State *L) {
+    ltokens *t = luaL_checkudata(L, 1, MT_TOKENS);
+    saefw_tokens_free(t->t);
+    t->t = NULL;
+    return 0;
+}
+
+/* saefw.model(name_or_path): gelu-1l (and the rest of the family) from the Hugging Face cache, the
+ * bundled tiny-1l, a repo id, a folder or a weights file. */
+static int l_model(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    char weights[4096], config[4096], err[2048];
+    if (saefw_model_resolve(name, weights, sizeof weights, config, sizeof config, err, sizeof err) != 0)
+        return uerror(L, "saefw.model: %s", err);
+    saefw_model_cfg cfg, *cfgp = NULL;
+    if (config[0]) {
+        char *text = NULL;
+        if (saefw_read_file(config, &text, NULL, err, sizeof err) != 0) return uerror(L, "saefw.model: %s", err);
+        int rc = saefw_model_cfg_from_json(text, config, &cfg, err, sizeof err);
+        free(text);
+        if (rc != 0) return uerror(L, "saefw.model: %s", err);
+        cfgp = &cfg;
+    }
+    lmodel *m = lua_newuserdatauv(L, sizeof *m, 0);
+    memset(m, 0, sizeof *m);
+    luaL_setmetatable(L, MT_MODEL);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    if (saefw_model_load(weights, cfgp, &m->m, err, sizeof err) != 0) return uerror(L, "saefw.model: %s", err);
+    return 1;
+}
+
+static int model_index(lua_State *L) {
+    lmodel *m = check_model(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    const saefw_model_cfg *c = saefw_model_config(m->m);
+    if (!strcmp(k, "name")) lua_pushstring(L, m->name);
+    else if (!strcmp(k, "n_layers")) lua_pushinteger(L, c->n_layers);
+    else if (!strcmp(k, "d_model")) lua_pushinteger(L, c->d_model);
+    else if (!strcmp(k, "d_mlp")) lua_pushinteger(L, c->d_mlp);
+    else if (!strcmp(k, "d_head")) lua_pushinteger(L, c->d_head);
+    else if (!strcmp(k, "n_heads")) lua_pushinteger(L, c->n_heads);
+    else if (!strcmp(k, "n_ctx")) lua_pushinteger(L, c->n_ctx);
+    else if (!strcmp(k, "d_vocab")) lua_pushinteger(L, c->d_vocab);
+    else if (!strcmp(k, "param_bytes")) lua_pushinteger(L, (lua_Integer)saefw_model_param_bytes(m->m));
+    else lua_pushnil(L);
+    return 1;
+}
+
+/* saefw.tokens(path, {seq_len=, bos=, shuffle=, dtype=, tensor=, seed=}) */
+static int l_tokens(lua_State *L) {
+    static const char *const keys[] = {"seq_len", "bos", "shuffle", "dtype", "tensor", "seed", NULL};
+    const char *fn = "saefw.tokens";
+    const char *path = luaL_checkstring(L, 1);
+    if (lua_isnoneornil(L, 2)) lua_newtable(L);
+    else check_table(L, 2, fn);
+    check_keys(L, 2, fn, keys);
+    saefw_tokens_opts o;
+    memset(&o, 0, sizeof o);
+    o.path = path;
+    o.seq_len = opt_int(L, 2, fn, "seq_len", 128, 2);
+    o.bos = has_field(L, 2, "bos") ? opt_int(L, 2, fn, "bos", 0, 0) : -1;
+    o.shuffle = opt_bool(L, 2, fn, "shuffle", 1);
+    o.dtype = opt_string(L, 2, fn, "dtype", NULL);
+    o.tensor = opt_string(L, 2, fn, "tensor", NULL);
+    o.seed = (uint64_t)opt_int(L, 2, fn, "seed", 49, 0);
+    ltokens *t = lua_newuserdatauv(L, sizeof *t, 0);
+    t->t = NULL;
+    luaL_setmetatable(L, MT_TOKENS);
+    char err[1024];
+    if (saefw_tokens_open(&o, &t->t, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+    return 1;
+}
+
+static int tokens_index(lua_State *L) {
+    ltokens *t = check_tokens(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (!strcmp(k, "rows")) lua_pushinteger(L, saefw_tokens_rows(t->t));
+    else if (!strcmp(k, "seq_len")) lua_pushinteger(L, saefw_tokens_seq_len(t->t));
+    else if (!strcmp(k, "pass")) lua_pushinteger(L, saefw_tokens_pass(t->t));
+    else lua_pushnil(L);
+    return 1;
+}
+
+static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_model *m) {
+    const char *site = opt_string(L, t, fn, "site", NULL);
+    if (!site) uerror(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")", fn);
+    int64_t layer = opt_int(L, t, fn, "layer", 0, 0);
+    saefw_hook h;
+    char err[512];
+    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) uerror(L, "%s: %s", fn, err);
+    if (saefw_model_hook_width(m, h) <= 0)
+        uerror(L, "%s: layer %d is out of range: the model has %d layer(s)", fn, h.layer, saefw_model_config(m)->n_layers);
+    return h;
+}
+
+/* saefw.model_source{model=, tokens=, site=, layer=, model_batch_size=, seed=}: activations at a hook. */
+static int l_model_source(lua_State *L) {
+    static const char *const keys[] = {"model", "tokens", "site", "layer", "model_batch_size", "seed", NULL};
+    const char *fn = "saefw.model_source";
+    check_table(L, 1, fn);
+    check_keys(L, 1, fn, keys);
+    lua_getfield(L, 1, "model");
+    lmodel *m = check_model(L, -1);
+    int mi = lua_gettop(L);
+    lua_getfield(L, 1, "tokens");
+    ltokens *t = check_tokens(L, -1);
+    int ti = lua_gettop(L);
+    saefw_model_source_opts o;
+    memset(&o, 0, sizeof o);
+    o.model = m->m;
+    o.tokens = t->t;
+    o.hook = read_hook(L, 1, fn, m->m);
+    o.model_batch = opt_int(L, 1, fn, "model_batch_size", 32, 1);
+    o.seed = (uint64_t)opt_int(L, 1, fn, "seed", 49, 0);
+    lsource *s = new_source(L);
+    lua_pushvalue(L, mi);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, ti);
+    lua_setiuservalue(L, -2, 2);
+    char err[1024];
+    if (saefw_source_model(&o, &s->src, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+    s->src->log = source_log;
+    s->on_model = 1;
+    s->hook = o.hook;
+    s->model_batch = o.model_batch;
+    return 1;
+}
+
+static void push_recons(lua_State *L, const saefw_recons *r) {
+    lua_newtable(L);
+    lua_pushnumber(L, r->score);
+    lua_setfield(L, -2, "score");
+    lua_pushnumber(L, r->loss_clean);
+    lua_setfield(L, -2, "loss_clean");
+    lua_pushnumber(L, r->loss_recons);
+    lua_setfield(L, -2, "loss_recons");
+    lua_pushnumber(L, r->loss_zero);
+    lua_setfield(L, -2, "loss_zero");
+}
+
+/* saefw.recons_score(model, tokens, sae, {site=, layer=, batches=5, model_batch_size=32, seed=}) */
+static int l_recons_score(lua_State *L) {
+    static const char *const keys[] = {"site", "layer", "batches", "model_batch_size", "seed", NULL};
+    const char *fn = "saefw.recons_score";
+    lmodel *m = check_model(L, 1);
+    ltokens *t = check_tokens(L, 2);
+    lsae *s = check_sae(L, 3);
+    check_table(L, 4, fn);
+    check_keys(L, 4, fn, keys);
+    saefw_hook h = read_hook(L, 4, fn, m->m);
+    int64_t batches = opt_int(L, 4, fn, "batches", 5, 1), mb = opt_int(L, 4, fn, "model_batch_size", 32, 1);
+    saefw_rng rng;
+    saefw_rng_seed(&rng, (uint64_t)opt_int(L, 4, fn, "seed", 49, 0));
+    saefw_recons r;
+    char err[1024];
+    if (saefw_recons_score(m->m, t->t, h, &s->sae, batches, mb, &rng, &r, err, sizeof err) != 0)
+        return uerror(L, "%s: %s", fn, err);
+    push_recons(L, &r);
+    return 1;
+}
+
+/* saefw.model_loss(model, tokens, {batches=, model_batch_size=, seed=, ablate="zero"|"mean", site=, layer=}) */
+static int l_model_loss(lua_State *L) {
+    static const char *const keys[] = {"site", "layer", "batches", "model_batch_size", "seed", "ablate", NULL};
+    const char *fn = "saefw.model_loss";
+    lmodel *m = check_model(L, 1);
+    ltokens *t = check_tokens(L, 2);
+    if (lua_isnoneornil(L, 3)) lua_newtable(L);
+    check_table(L, 3, fn);
+    check_keys(L, 3, fn, keys);
+    int64_t batches = opt_int(L, 3, fn, "batches", 5, 1), mb = opt_int(L, 3, fn, "model_batch_size", 32, 1);
+    uint64_t seed = (uint64_t)opt_int(L, 3, fn, "seed", 49, 0);
+    const char *ablate = opt_string(L, 3, fn, "ablate", NULL);
+    saefw_intervention iv;
+    memset(&iv, 0, sizeof iv);
+    float *mean = NULL;
+    char err[1024];
+    saefw_rng rng;
+    if (ablate) {
+        iv.hook = read_hook(L, 3, fn, m->m);
+        if (!strcmp(ablate, "zero")) {
+            iv.mode = SAEFW_INTERVENE_ZERO;
+        } else if (!strcmp(ablate, "mean")) {
+            iv.mode = SAEFW_INTERVENE_MEAN;
+            mean = malloc(sizeof(float) * (size_t)saefw_model_hook_width(m->m, iv.hook));
+            if (!mean) return uerror(L, "%s: out of memory", fn);
+            saefw_rng_seed(&rng, seed ^ 0x6d65616eULL);
+            if (saefw_hook_mean(m->m, t->t, iv.hook, batches, mb, &rng, mean, err, sizeof err) != 0) {
+                free(mean);
+                return uerror(L, "%s: %s", fn, err);
+            }
+            iv.mean = mean;
+        } else {
+            return uerror(L, "%s: field 'ablate' must be \"zero\" or \"mean\", got \"%s\"", fn, ablate);
+        }
+    }
+    saefw_rng_seed(&rng, seed);
+    double loss = 0;
+    int rc = saefw_model_loss(m->m, t->t, ablate ? &iv : NULL, batches, mb, &rng, &loss, err, sizeof err);
+    free(mean);
+    if (rc != 0) return uerror(L, "%s: %s", fn, err);
+    lua_pushnumber(L, loss);
+    return 1;
+}
+
+/* saefw.save_tensor(path, values, shape): a float32 tensor from a flat Lua array, as .npy or (any
+ * other name) safetensors with one tensor named "tensor"; written atomically. */
+static int l_save_tensor(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int64_t n = (int64_t)lua_rawlen(L, 2);
+    int64_t shape[SAEFW_MAX_DIMS];
+    int ndim = 1;
+    shape[0] = n;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        ndim = (int)lua_rawlen(L, 3);
+        if (ndim < 1 || ndim > SAEFW_MAX_DIMS) return uerror(L, "saefw.save_tensor: shape must have 1 to %d dims", SAEFW_MAX_DIMS);
+        int64_t total = 1;
+        for (int i = 0; i < ndim; i++) {
+            lua_rawgeti(L, 3, i + 1);
+            lua_Integer v = lua_tointeger(L, -1);
+            lua_pop(L, 1);
+            if (v <= 0) return uerror(L, "saefw.save_tensor: shape entries must be positive integers");
+            shape[i] = v;
+            total *= v;
+        }
+        if (total != n) return uerror(L, "saefw.save_tensor: shape holds %lld values, the array %lld", (long long)total, (long long)n);
+    }
+    if (n <= 0) return uerror(L, "saefw.save_tensor: the array is empty");
+    float *data = malloc(sizeof(float) * (size_t)n);
+    if (!data) return uerror(L, "saefw.save_tensor: out of memory");
+    for (int64_t k = 0; k < n; k++) {
+        lua_rawgeti(L, 2, (lua_Integer)k + 1);
+        int ok;
+        data[k] = (float)lua_tonumberx(L, -1, &ok);
+        lua_pop(L, 1);
+        if (!ok) {
+            free(data);
+            return uerror(L, "saefw.save_tensor: entry %lld is not a number", (long long)k + 1);
+        }
+    }
+    char err[1024];
+    size_t len = strlen(path);
+    int rc;
+    if (len > 4 && !strcmp(path + len - 4, ".npy")) {
+        rc = saefw_npy_write(path, SAEFW_DT_F32, ndim, shape, data, err, sizeof err);
+    } else {
+        saefw_tensor_ref ref = {"tensor", SAEFW_DT_F32, ndim, shape, data};
+        rc = saefw_safetensors_write(path, &ref, 1, NULL, 0, err, sizeof err);
+    }
+    free(data);
+    if (rc != 0) return uerror(L, "saefw.save_tensor: %s", err);
+    return 0;
+}
+
+/* saefw.data_dir() -> the folder of saefw's bundled data (share/saefw next to the binary). */
+static int l_data_dir(lua_State *L) {
+    char exe[4096], real[4096];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return uerror(L, "saefw.data_dir: cannot find the saefw binary");
+    exe[len] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    char joined[4200];
+    snprintf(joined, sizeof joined, "%s/../%s", exe, SAEFW_DATA_SUBDIR);
+    lua_pushstring(L, realpath(joined, real) ? real : joined);
+    return 1;
+}
+
+/* saefw.hook_name(site, layer) -> the TransformerLens name ("blocks.0.mlp.hook_post"). */
+static int l_hook_name(lua_State *L) {
+    const char *site = luaL_checkstring(L, 1);
+    lua_Integer layer = luaL_optinteger(L, 2, 0);
+    saefw_hook h;
+    char err[512], name[128];
+    if (layer < 0 || layer > 100000) return uerror(L, "saefw.hook_name: bad layer %lld", (long long)layer);
+    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) return uerror(L, "saefw.hook_name: %s", err);
+    saefw_hook_name(h, name, sizeof name);
+    lua_pushstring(L, name);
+    return 1;
+}
+
+/* The reconstruction score at every eval of a run on the model host. */
+typedef struct {
+    const saefw_model *m;
+    const saefw_tokens *t;
+    saefw_hook hook;
+    int64_t batches, model_batch;
+    saefw_rng rng;
+} recons_eval_ud;
+
+static int recons_eval(void *vud, saefw_run *run, const saefw_sae *sae, char *err, size_t errlen) {
+    recons_eval_ud *ud = vud;
+    saefw_recons r;
+    if (saefw_recons_score(ud->m, ud->t, ud->hook, sae, ud->batches, ud->model_batch, &ud->rng, &r, err, errlen) != 0)
+        return -1;
+    const saefw_host *h = saefw_host_table();
+    h->metric(run, "recons_score", r.score);
+    h->metric(run, "loss_clean", r.loss_clean);
+    h->metric(run, "loss_recons", r.loss_recons);
+    h->metric(run, "loss_zero_abl", r.loss_zero);
+    return 0;
 }
 
 /* ---- training ---- */
@@ -667,7 +1161,7 @@ static int on_event(void *vud, const char *event, const saefw_metrics *m, char *
 static int l_train(lua_State *L) {
     static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
                                        "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
-                                       "progress", "on_log", "on_eval", "on_end", NULL};
+                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", NULL};
     const char *fn = "saefw.train";
     check_table(L, 1, fn);
     check_keys(L, 1, fn, keys);
@@ -677,12 +1171,31 @@ static int l_train(lua_State *L) {
     o.sae = &check_sae(L, -1)->sae;
     lua_getfield(L, 1, "buffer");
     o.buffer = check_buffer(L, -1);
+    /* On the model host, every eval also measures the reconstruction score. */
+    recons_eval_ud rud;
+    memset(&rud, 0, sizeof rud);
+    lua_getiuservalue(L, -1, 1);
+    lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
+    int64_t recons_batches = opt_int(L, 1, fn, "recons_batches", 5, 0);
+    if (bsrc && bsrc->on_model && recons_batches > 0) {
+        lua_getiuservalue(L, -1, 1);
+        rud.m = check_model(L, -1)->m;
+        lua_getiuservalue(L, -2, 2);
+        rud.t = check_tokens(L, -1)->t;
+        rud.hook = bsrc->hook;
+        rud.batches = recons_batches;
+        rud.model_batch = bsrc->model_batch;
+        saefw_rng_seed(&rud.rng, (uint64_t)opt_int(L, 1, fn, "seed", 49, 0) ^ 0x7265636f6e73ULL);
+        o.extra_eval = recons_eval;
+        o.extra_eval_ud = &rud;
+    }
     if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) o.eval_source = check_source(L, -1);
     o.steps = req_int(L, 1, fn, "steps", 1);
     if (lua_getfield(L, 1, "optimizer") == LUA_TNIL) return uerror(L, "%s: field 'optimizer' is required", fn);
     lplugin *op = check_plugin(L, -1);
     o.optimizer.plugin = op->lp;
     o.optimizer.opts = op->opts;
+    o.optimizer.self = op->is_lua ? &((llua_plugin *)op)->st : NULL;
     int n_plugins = 0;
     saefw_plugin_use *uses = NULL;
     if (lua_getfield(L, 1, "plugins") != LUA_TNIL) {
@@ -697,6 +1210,7 @@ static int l_train(lua_State *L) {
                 return uerror(L, "%s: plugins[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, i + 1, p->lp->p.name);
             uses[i].plugin = p->lp;
             uses[i].opts = p->opts;
+            uses[i].self = p->is_lua ? &((llua_plugin *)p)->st : NULL;
             lua_pop(L, 1);
         }
     }
@@ -766,7 +1280,8 @@ static int l_frequencies(lua_State *L) {
     float *f = malloc(sizeof(float) * (size_t)s->sae.d_sae);
     if (!f) return uerror(L, "out of memory");
     char err[512];
-    if (saefw_feature_frequencies(&s->sae, src, batch, batches, f, err, sizeof err) != 0) {
+    int64_t rows = (int64_t)batches * saefw_eval_batch_rows(src, batch);
+    if (saefw_feature_frequencies(&s->sae, src, rows, batch, f, err, sizeof err) != 0) {
         free(f);
         return uerror(L, "saefw.frequencies: %s", err);
     }
@@ -858,22 +1373,6 @@ static int l_plugin_dirs(lua_State *L) {
     return 1;
 }
 
-static void new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index, const luaL_Reg *methods) {
-    luaL_newmetatable(L, name);
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, index);
-    lua_setfield(L, -2, "__index");
-    lua_newtable(L);
-    if (methods) luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "methods");
-    lua_pushstring(L, name);
-    lua_setfield(L, -2, "__name");
-    lua_pop(L, 1);
-}
-
 int luaopen_saefw_core(lua_State *L) {
     static const luaL_Reg sae_methods[] = {{"save", sae_save}, {"tensor", sae_tensor}, {NULL, NULL}};
     static const luaL_Reg source_methods[] = {{"sample", source_sample}, {NULL, NULL}};
@@ -881,6 +1380,14 @@ int luaopen_saefw_core(lua_State *L) {
     new_class(L, MT_SOURCE, source_gc, source_index, source_methods);
     new_class(L, MT_BUFFER, buffer_gc, buffer_index, NULL);
     new_class(L, MT_PLUGIN, plugin_gc, plugin_index, NULL);
+    new_class(L, MT_MODEL, model_gc, model_index, NULL);
+    static const luaL_Reg ctx_methods[] = {{"param", ctx_param}, {"metric", ctx_metric}, {"log", ctx_log},
+                                           {"uniform", ctx_uniform}, {"normal", ctx_normal}, {NULL, NULL}};
+    static const luaL_Reg view_methods[] = {{"get", view_get}, {"set", view_set}, {"grad", view_grad},
+                                            {"set_grad", view_set_grad}, {NULL, NULL}};
+    new_class(L, MT_LUA_PLUGIN_CTX, ctx_gc, ctx_index, ctx_methods);
+    new_class(L, MT_TENSOR_VIEW, view_gc, view_index, view_methods);
+    new_class(L, MT_TOKENS, tokens_gc, tokens_index, NULL);
     static const luaL_Reg fns[] = {
         {"sae", l_sae},
         {"load_sae", l_load_sae},
@@ -894,6 +1401,15 @@ int luaopen_saefw_core(lua_State *L) {
         {"evaluate", l_evaluate},
         {"info", l_info},
         {"plugin_dirs", l_plugin_dirs},
+        {"lua_plugin", l_lua_plugin},
+        {"model", l_model},
+        {"tokens", l_tokens},
+        {"model_source", l_model_source},
+        {"recons_score", l_recons_score},
+        {"model_loss", l_model_loss},
+        {"hook_name", l_hook_name},
+        {"data_dir", l_data_dir},
+        {"save_tensor", l_save_tensor},
         {"where", l_where},
         {"overrides", l_overrides},
         {NULL, NULL},

@@ -25,6 +25,9 @@ static const char USAGE[] =
     "                      run an experiment; --key overrides that key of the script's saefw.config{}\n"
     "  plugins             list the plugins found, their kind and options\n"
     "  info FILE           list the tensors of a safetensors, .npy or PyTorch .pt file\n"
+    "  analyze CHECKPOINT [--batches N] [--activations FILE | --model NAME --data TOKENS] [--svg PATH]\n"
+    "                      feature frequencies (log10 histogram, also as SVG), dead and rare\n"
+    "                      fractions, the rare-feature direction\n"
 #ifdef SAEFW_HAVE_HF
     "  upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision REV]\n"
     "                      upload a checkpoint folder to the Hugging Face Hub\n"
@@ -67,57 +70,18 @@ static int msgh(lua_State *L) {
     return 1;
 }
 
-static int cmd_run(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "saefw run: missing SCRIPT.lua\n");
-        return 2;
-    }
-    const char *script = argv[1];
-    if (access(script, R_OK) != 0) {
-        fprintf(stderr, "saefw run: %s: cannot read the script\n", script);
-        return 2;
-    }
-    /* --key value / --key=value pairs; a bare --flag means true. */
-    char **kv = calloc((size_t)argc * 2, sizeof(char *));
-    char **owned = calloc((size_t)argc, sizeof(char *));
-    if (!kv || !owned) {
-        fprintf(stderr, "saefw: out of memory\n");
-        return 1;
-    }
-    int n = 0, n_owned = 0, rc = 1;
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2) != 0 || !a[2]) {
-            fprintf(stderr, "saefw run: unexpected argument '%s' (overrides are --key value or --key=value)\n", a);
-            rc = 2;
-            goto out;
-        }
-        const char *eq = strchr(a + 2, '=');
-        if (eq) {
-            char *k = strndup(a + 2, (size_t)(eq - a - 2));
-            if (!k) goto out;
-            owned[n_owned++] = k;
-            kv[2 * n] = k;
-            kv[2 * n + 1] = (char *)eq + 1;
-        } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
-            kv[2 * n] = (char *)a + 2;
-            kv[2 * n + 1] = argv[++i];
-        } else {
-            kv[2 * n] = (char *)a + 2;
-            kv[2 * n + 1] = "true";
-        }
-        n++;
-    }
-
+/* A Lua state with the standard libraries, the saefw library on package.path, the C core and the
+ * Hub client preloaded, the overrides stored, and `arg` as the standalone interpreter sets it. */
+static lua_State *make_lua(int argc, char **argv, char **kv, int n) {
     char dir[PATH_MAX];
     if (lua_dir(dir, sizeof dir) != 0) {
         fprintf(stderr, "saefw: cannot find the saefw Lua library (set SAEFW_LUA_PATH)\n");
-        goto out;
+        return NULL;
     }
     lua_State *L = luaL_newstate();
     if (!L) {
         fprintf(stderr, "saefw: cannot create a Lua state\n");
-        goto out;
+        return NULL;
     }
     luaL_openlibs(L);
     saefw_lua_set_libdir(L, dir);
@@ -135,14 +99,68 @@ static int cmd_run(int argc, char **argv) {
     lua_setfield(L, -2, "saefw.hf");
 #endif
     lua_pop(L, 2);
-    /* arg, as the standalone lua interpreter sets it. */
     lua_createtable(L, argc, 1);
     for (int i = 1; i < argc; i++) {
         lua_pushstring(L, argv[i]);
         lua_rawseti(L, -2, i - 1);
     }
     lua_setglobal(L, "arg");
+    return L;
+}
 
+/* Split --key value / --key=value pairs (a bare --flag is "true") from positional arguments. */
+static int split_args(int argc, char **argv, int first, char **kv, char **owned, int *n_owned, char **pos, int *n_pos) {
+    int n = 0;
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0 || !a[2]) {
+            pos[(*n_pos)++] = argv[i];
+            continue;
+        }
+        const char *eq = strchr(a + 2, '=');
+        if (eq) {
+            char *k = strndup(a + 2, (size_t)(eq - a - 2));
+            if (!k) return -1;
+            owned[(*n_owned)++] = k;
+            kv[2 * n] = k;
+            kv[2 * n + 1] = (char *)eq + 1;
+        } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
+            kv[2 * n] = (char *)a + 2;
+            kv[2 * n + 1] = argv[++i];
+        } else {
+            kv[2 * n] = (char *)a + 2;
+            kv[2 * n + 1] = "true";
+        }
+        n++;
+    }
+    return n;
+}
+
+static int cmd_run(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "saefw run: missing SCRIPT.lua\n");
+        return 2;
+    }
+    const char *script = argv[1];
+    if (access(script, R_OK) != 0) {
+        fprintf(stderr, "saefw run: %s: cannot read the script\n", script);
+        return 2;
+    }
+    char **kv = calloc((size_t)argc * 2, sizeof(char *));
+    char **owned = calloc((size_t)argc, sizeof(char *));
+    char **pos = calloc((size_t)argc, sizeof(char *));
+    int n = 0, n_owned = 0, n_pos = 0, rc = 1;
+    if (!kv || !owned || !pos || (n = split_args(argc, argv, 2, kv, owned, &n_owned, pos, &n_pos)) < 0) {
+        fprintf(stderr, "saefw: out of memory\n");
+        goto out;
+    }
+    if (n_pos > 0) {
+        fprintf(stderr, "saefw run: unexpected argument '%s' (overrides are --key value or --key=value)\n", pos[0]);
+        rc = 2;
+        goto out;
+    }
+    lua_State *L = make_lua(argc, argv, kv, n);
+    if (!L) goto out;
     lua_pushcfunction(L, msgh);
     int h = lua_gettop(L);
     int st = luaL_loadfile(L, script);
@@ -167,6 +185,54 @@ out:
     for (int i = 0; i < n_owned; i++) free(owned[i]);
     free(owned);
     free(kv);
+    free(pos);
+    return rc;
+}
+
+/* saefw analyze CHECKPOINT [--key value ...]: runs saefw.cli.analyze from the Lua library. */
+static int cmd_analyze(int argc, char **argv) {
+    char **kv = calloc((size_t)argc * 2 + 2, sizeof(char *));
+    char **owned = calloc((size_t)argc + 1, sizeof(char *));
+    char **pos = calloc((size_t)argc + 1, sizeof(char *));
+    int n = 0, n_owned = 0, n_pos = 0, rc = 1;
+    if (!kv || !owned || !pos || (n = split_args(argc, argv, 1, kv, owned, &n_owned, pos, &n_pos)) < 0) {
+        fprintf(stderr, "saefw: out of memory\n");
+        goto out;
+    }
+    lua_State *L = make_lua(argc, argv, NULL, 0);
+    if (!L) goto out;
+    lua_pushcfunction(L, msgh);
+    int h = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "saefw.cli");
+    int st = lua_pcall(L, 1, 1, h);
+    if (st == LUA_OK) {
+        lua_getfield(L, -1, "analyze");
+        lua_createtable(L, n_pos, 1);
+        for (int i = 0; i < n_pos; i++) {
+            lua_pushstring(L, pos[i]);
+            lua_rawseti(L, -2, i + 1);
+        }
+        lua_newtable(L);
+        for (int i = 0; i < n; i++) {
+            lua_pushstring(L, kv[2 * i + 1]);
+            lua_setfield(L, -2, kv[2 * i]);
+        }
+        lua_setfield(L, -2, "options");
+        st = lua_pcall(L, 1, 0, h);
+    }
+    if (st != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        fprintf(stderr, "%s\n", msg ? msg : "(error object is not a string)");
+    } else {
+        rc = 0;
+    }
+    lua_close(L);
+out:
+    for (int i = 0; i < n_owned; i++) free(owned[i]);
+    free(owned);
+    free(kv);
+    free(pos);
     return rc;
 }
 
@@ -239,6 +305,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "plugins")) return cmd_plugins();
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("saefw %s (plugin ABI %u)\n", SAEFW_VERSION, SAEFW_ABI_VERSION);
         return 0;

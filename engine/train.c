@@ -11,14 +11,17 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "tensorfile.h"
 #include "util.h"
 
 struct saefw_run {
     const saefw_train_opts *o;
     saefw_sae *sae;
     saefw_sae_work work;
+    saefw_sae_work sample_work; /* for sample_activations, allocated on first use */
     saefw_source *eval_src;
     float *batch;     /* [batch, d_in] */
+    int64_t batch_rows; /* rows of batch and work.acts valid for plugins (0 outside a step) */
     saefw_rng rng;
     int64_t step, tokens;
     void *opt_self;
@@ -86,40 +89,49 @@ static void host_metric(saefw_run *run, const char *name, double value) {
 }
 
 static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen) {
-    const int64_t cap = run->work.cap, d = run->sae->d_in;
+    const int64_t d = run->sae->d_in;
+    /* Its own scratch space, made on first use, so the current batch's activations stay valid. */
+    if (loss && !run->sample_work.cap && saefw_sae_work_alloc(&run->sample_work, run->sae, run->work.cap, err, errlen) != 0)
+        return -1;
+    const int64_t cap = run->work.cap;
     for (int64_t r = 0; r < n; r += cap) {
         int64_t k = n - r < cap ? n - r : cap;
         if (run->eval_src->sample(run->eval_src, x + r * d, k, err, errlen) != 0) return -1;
         if (loss) {
-            saefw_sae_forward(run->sae, &run->work, x + r * d, k, NULL);
-            saefw_sae_row_loss(run->sae, &run->work, x + r * d, k, loss + r);
+            saefw_sae_forward(run->sae, &run->sample_work, x + r * d, k, NULL);
+            saefw_sae_row_loss(run->sae, &run->sample_work, x + r * d, k, loss + r);
         }
     }
     return 0;
 }
 
-int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t batch, int64_t n_batches,
-                              float *freq, char *err, size_t errlen) {
+int64_t saefw_eval_batch_rows(const saefw_source *src, int64_t batch) {
+    return src->chunk_rows > 0 ? src->chunk_rows : batch;
+}
+
+int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t rows, int64_t chunk, float *freq,
+                              char *err, size_t errlen) {
+    if (rows <= 0 || chunk <= 0) return saefw_errf(err, errlen, "feature frequencies: rows must be positive");
+    if (chunk > rows) chunk = rows;
     saefw_sae_work w;
-    if (saefw_sae_work_alloc(&w, sae, batch, err, errlen) != 0) return -1;
-    float *x = saefw_malloc(sizeof(float) * (size_t)(batch * sae->d_in), err, errlen);
+    if (saefw_sae_work_alloc(&w, sae, chunk, err, errlen) != 0) return -1;
+    float *x = saefw_malloc(sizeof(float) * (size_t)(chunk * sae->d_in), err, errlen);
     int64_t *count = x ? saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen) : NULL;
     int rc = count ? 0 : -1;
-    for (int64_t b = 0; rc == 0 && b < n_batches; b++) {
-        if (src->sample(src, x, batch, err, errlen) != 0) {
+    for (int64_t done = 0; rc == 0 && done < rows; done += chunk) {
+        int64_t k = rows - done < chunk ? rows - done : chunk;
+        if (src->sample(src, x, k, err, errlen) != 0) {
             rc = -1;
             break;
         }
-        saefw_sae_forward(sae, &w, x, batch, NULL);
-        for (int64_t r = 0; r < batch; r++) {
+        saefw_sae_forward(sae, &w, x, k, NULL);
+        for (int64_t r = 0; r < k; r++) {
             const float *a = w.acts + r * sae->d_sae;
             for (int64_t j = 0; j < sae->d_sae; j++) count[j] += a[j] > 0.0f;
         }
     }
-    if (rc == 0) {
-        double total = (double)(batch * n_batches);
-        for (int64_t j = 0; j < sae->d_sae; j++) freq[j] = (float)((double)count[j] / total);
-    }
+    if (rc == 0)
+        for (int64_t j = 0; j < sae->d_sae; j++) freq[j] = (float)((double)count[j] / (double)rows);
     free(count);
     free(x);
     saefw_sae_work_free(&w);
@@ -127,7 +139,47 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t b
 }
 
 static int host_freqs(saefw_run *run, int64_t n_batches, float *freq, char *err, size_t errlen) {
-    return saefw_feature_frequencies(run->sae, run->eval_src, run->work.cap, n_batches, freq, err, errlen);
+    if (n_batches <= 0) return saefw_errf(err, errlen, "feature_frequencies: n_batches must be positive");
+    int64_t rows = n_batches * saefw_eval_batch_rows(run->eval_src, run->work.cap);
+    return saefw_feature_frequencies(run->sae, run->eval_src, rows, run->work.cap, freq, err, errlen);
+}
+
+static const float *host_batch_inputs(saefw_run *run, int64_t *rows) {
+    if (rows) *rows = run->batch_rows;
+    return run->batch_rows ? run->batch : NULL;
+}
+
+static const float *host_batch_acts(saefw_run *run, int64_t *rows) {
+    if (rows) *rows = run->batch_rows;
+    return run->batch_rows ? run->work.acts : NULL;
+}
+
+static int host_read_tensor(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel,
+                            int *ndim, int64_t shape[4], char *err, size_t errlen) {
+    *data = NULL;
+    saefw_tensorfile *tf = NULL;
+    if (!path || saefw_tf_open(path, &tf, err, errlen) != 0) return path ? -1 : saefw_errf(err, errlen, "no path given");
+    const saefw_tensor_info *t = NULL;
+    if (name) t = saefw_tf_find(tf, name);
+    else if (saefw_tf_count(tf) == 1) t = saefw_tf_get(tf, 0);
+    int rc = -1;
+    if (!t && name) saefw_errf(err, errlen, "%s: no tensor named '%s'", path, name);
+    else if (!t) saefw_errf(err, errlen, "%s: holds %d tensors; name the one to read", path, saefw_tf_count(tf));
+    else if (t->ndim > 4) saefw_errf(err, errlen, "%s: tensor %s has %d dimensions (at most 4)", path, t->name, t->ndim);
+    else if ((*data = saefw_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1), err, errlen)) != NULL) {
+        if (saefw_tensor_to_f32(t, *data, err, errlen) != 0) {
+            saefw_err_prefix(err, errlen, "%s", path);
+            free(*data);
+            *data = NULL;
+        } else {
+            if (numel) *numel = t->numel;
+            if (ndim) *ndim = t->ndim;
+            for (int i = 0; shape && i < 4; i++) shape[i] = i < t->ndim ? t->shape[i] : 0;
+            rc = 0;
+        }
+    }
+    saefw_tf_close(tf);
+    return rc;
 }
 
 static const saefw_host HOST = {
@@ -151,6 +203,9 @@ static const saefw_host HOST = {
     .metric = host_metric,
     .sample_activations = host_sample,
     .feature_frequencies = host_freqs,
+    .batch_inputs = host_batch_inputs,
+    .batch_acts = host_batch_acts,
+    .read_tensor = host_read_tensor,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }
@@ -264,7 +319,8 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     float *freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen);
     if (!freq) return -1;
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
-    if (saefw_feature_frequencies(sae, run->eval_src, run->work.cap, nb, freq, err, errlen) != 0) {
+    int64_t rows = nb * saefw_eval_batch_rows(run->eval_src, run->work.cap);
+    if (saefw_feature_frequencies(sae, run->eval_src, rows, run->work.cap, freq, err, errlen) != 0) {
         free(freq);
         return -1;
     }
@@ -282,6 +338,7 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     int64_t n_truth = 0;
     const float *truth = saefw_synthetic_features(run->eval_src, &n_truth);
     m->mmcs = truth ? saefw_mmcs(truth, n_truth, sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_in) : NAN;
+    if (run->o->extra_eval && run->o->extra_eval(run->o->extra_eval_ud, run, sae, err, errlen) != 0) return -1;
     return 0;
 }
 
@@ -363,6 +420,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         const saefw_plugin *op = &o->optimizer.plugin->p;
         char perr[512] = "";
         run.current = op->name;
+        run.opt_self = o->optimizer.self;
         if (op->create && op->create(&HOST, &run, o->optimizer.opts, &run.opt_self, perr, sizeof perr) != 0) {
             saefw_errf(err, errlen, "plugin %s: %s", op->name, perr[0] ? perr : "create failed");
             goto done;
@@ -371,6 +429,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         for (int i = 0; i < o->n_plugins; i++) {
             const saefw_plugin *p = &o->plugins[i].plugin->p;
             run.current = p->name;
+            run.plug_self[i] = o->plugins[i].self;
             if (p->create && p->create(&HOST, &run, o->plugins[i].opts, &run.plug_self[i], perr, sizeof perr) != 0) {
                 saefw_errf(err, errlen, "plugin %s: %s", p->name, perr[0] ? perr : "create failed");
                 goto done;
@@ -417,6 +476,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         }
         saefw_sae_backward(sae, &run.work, run.batch, B);
         saefw_sae_project_decoder(sae);
+        run.batch_rows = B;
         if (call_hooks(&run, offsetof(saefw_plugin, after_backward), err, errlen) != 0) goto done;
         {
             const saefw_plugin *op = &o->optimizer.plugin->p;
@@ -430,6 +490,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             }
         }
         if (call_hooks(&run, offsetof(saefw_plugin, after_step), err, errlen) != 0) goto done;
+        run.batch_rows = 0; /* evaluation below reuses the scratch space */
         run.tokens += B;
 
         double now = saefw_now();
@@ -504,5 +565,6 @@ done:
     free(run.plug_self);
     free(run.batch);
     saefw_sae_work_free(&run.work);
+    saefw_sae_work_free(&run.sample_work);
     return rc;
 }

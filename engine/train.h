@@ -32,6 +32,7 @@ typedef int (*saefw_train_event_fn)(void *ud, const char *event, const saefw_met
 typedef struct {
     saefw_loaded_plugin *plugin;
     saefw_opts *opts;
+    void *self; /* the instance, for plugins without create() (plugins written in Lua) */
 } saefw_plugin_use;
 
 typedef struct {
@@ -55,6 +56,10 @@ typedef struct {
     int progress;               /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
     saefw_train_event_fn on_event;
     void *event_ud;
+    /* Extra evaluation at every eval (e.g. the reconstruction score on the model); it records its
+     * figures with saefw_host_table()->metric(run, name, value). */
+    int (*extra_eval)(void *ud, saefw_run *run, const saefw_sae *sae, char *err, size_t errlen);
+    void *extra_eval_ud;
 } saefw_train_opts;
 
 typedef struct {
@@ -68,9 +73,11 @@ typedef struct {
  * error, I/O). SIGINT/SIGTERM save a checkpoint and return -1 with result->interrupted set. */
 int saefw_train(const saefw_train_opts *o, saefw_train_result *result, char *err, size_t errlen);
 
-/* Feature frequencies over n_batches batches of `batch` rows drawn from src [d_sae]. */
-int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t batch, int64_t n_batches,
-                              float *freq, char *err, size_t errlen);
+/* Feature frequencies over `rows` rows drawn from src [d_sae], run through the SAE `chunk` rows at a time. */
+int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t rows, int64_t chunk, float *freq,
+                              char *err, size_t errlen);
+/* Rows in one evaluation batch of src: a model batch for sources with natural chunks, else `batch`. */
+int64_t saefw_eval_batch_rows(const saefw_source *src, int64_t batch);
 
 /* The host table every plugin receives. */
 const saefw_host *saefw_host_table(void);

@@ -124,6 +124,27 @@ int main(void) {
            "%s run lua/train_small.lua --activations %s --run_dir %s --checkpoint_every 4", BIN, npy, dir);
     CHECK(exists("%s/0/sae_weights.safetensors", dir) && !exists("%s/final", dir), "NaN run checkpoints wrong in %s", dir);
 
+    /* saefw analyze: frequencies from the synthetic source named in cfg.json, histograms, SVG. */
+    snprintf(dir, sizeof dir, "%s/toy", tmp);
+    EXPECT(rc_ == 0, "MMCS", "%s run ../experiments/toy.lua --steps 300 --run_dir %s", BIN, dir);
+    EXPECT(rc_ == 0, "activations from the synthetic source of its config", "%s analyze %s/final --batches 4", BIN, dir);
+    CHECK(strstr(out, "log10 feature frequency") && strstr(out, "below 1e-5") && strstr(out, "histograms written to"),
+          "analyze output:\n%s", out);
+    CHECK(exists("%s/final/freq_hist.svg", dir), "no SVG written");
+    EXPECT(rc_ != 0, "unknown option --bogus", "%s analyze %s/final --bogus 1", BIN, dir);
+    EXPECT(rc_ != 0, "no such file or folder", "%s analyze %s/nothing_here", BIN, dir);
+
+    /* Plugins written in Lua: the shipped example keeps W_enc orthogonal to its direction; a failing
+     * callback stops the run with its file and line. */
+    EXPECT(rc_ == 0, "max |d . W_enc column| = ", "%s run ../experiments/lua_plugin.lua --steps 200", BIN);
+    {
+        const char *at = strstr(out, "max |d . W_enc column| = ");
+        double v = at ? atof(at + strlen("max |d . W_enc column| = ")) : 1.0;
+        CHECK(v < 1e-6, "Lua plugin left |d . column| = %g", v);
+    }
+    EXPECT(rc_ != 0, "plugin bad_lua: lua/lua_plugin_error.lua:7: deliberate failure at step 3",
+           "%s run lua/lua_plugin_error.lua", BIN);
+
     /* SIGINT during training saves a checkpoint and exits non-zero. */
     snprintf(dir, sizeof dir, "%s/run_int", tmp);
     pid_t pid = fork();

@@ -64,18 +64,55 @@ M.load_sae = core.load_sae
 M.plugin = core.plugin
 M.synthetic = core.synthetic
 M.activations = core.activations
-M.buffer = core.buffer
 M.frequencies = core.frequencies
 M.mmcs = core.mmcs
 M.evaluate = core.evaluate
 M.info = core.info
 M.plugin_dirs = core.plugin_dirs
+M.lua_plugin = core.lua_plugin
+M.model = core.model
+M.tokens = core.tokens
+M.model_source = core.model_source
+M.recons_score = core.recons_score
+M.model_loss = core.model_loss
+M.hook_name = core.hook_name
+M.data_dir = core.data_dir
+M.save_tensor = core.save_tensor
+
+-- What a buffer reads from, for cfg.json (SAELens's model_name, hook_name, ...).
+local buffer_info = setmetatable({}, { __mode = "k" })
+
+--- saefw.buffer{...}: the seed's shuffling activation buffer, over a source or over the model host:
+--   saefw.buffer { source = src, size = rows, batch_size = 4096, dtype = "bf16" }
+--   saefw.buffer { model = m, tokens = t, site = "post", layer = 0, size = rows, batch_size = 4096,
+--                  model_batch_size = batch_size // seq_len * 16 (the seed's), dtype = "bf16" }
+function M.buffer(t)
+  if type(t) ~= "table" then fail("saefw.buffer: expected a table of options") end
+  if t.model == nil then return core.buffer(t) end
+  for k in pairs(t) do
+    if not ({ model = 1, tokens = 1, site = 1, layer = 1, size = 1, batch_size = 1, model_batch_size = 1,
+              dtype = 1, seed = 1 })[k] then
+      fail(string.format("saefw.buffer: unknown option '%s'", tostring(k)))
+    end
+  end
+  if t.tokens == nil then fail("saefw.buffer: field 'tokens' is required with 'model'") end
+  if type(t.batch_size) ~= "number" then fail("saefw.buffer: field 'batch_size' is required") end
+  local seq_len = t.tokens.seq_len
+  local mbs = t.model_batch_size or math.max(1, t.batch_size // seq_len * 16)
+  local src = core.model_source { model = t.model, tokens = t.tokens, site = t.site, layer = t.layer,
+                                  model_batch_size = mbs, seed = t.seed }
+  local buf = core.buffer { source = src, size = t.size, batch_size = t.batch_size, dtype = t.dtype, seed = t.seed }
+  buffer_info[buf] = { model_name = t.model.name, hook_name = core.hook_name(t.site, t.layer or 0),
+                       hook_layer = t.layer or 0, context_size = seq_len, model_batch_size = mbs }
+  return buf
+end
 
 local TRAIN_KEYS = {
   sae = true, buffer = true, source = true, eval_source = true, steps = true, num_tokens = true,
   batch_size = true, buffer_size = true, buffer_dtype = true, optimizer = true, plugins = true,
   log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
+  recons_batches = true,
 }
 
 local function script_name()
@@ -102,7 +139,7 @@ function M.train(t)
   if not buffer then
     if not t.source then fail("saefw.train: give 'buffer' or 'source'") end
     if not t.batch_size then fail("saefw.train: 'batch_size' is required with 'source'") end
-    buffer = core.buffer { source = t.source, batch_size = t.batch_size,
+    buffer = M.buffer { source = t.source, batch_size = t.batch_size,
                            size = t.buffer_size or t.batch_size * 16, dtype = t.buffer_dtype, seed = t.seed }
   end
   local steps = t.steps
@@ -112,6 +149,13 @@ function M.train(t)
     steps = math.floor(t.num_tokens / buffer.batch_size)
     if steps < 1 then fail(string.format("saefw.train: num_tokens %g is less than one batch of %d", t.num_tokens, buffer.batch_size)) end
   end
+  local config = t.config
+  local info = buffer_info[buffer]
+  if info then
+    config = {}
+    for k, v in pairs(t.config or {}) do config[k] = v end
+    for k, v in pairs(info) do if config[k] == nil then config[k] = v end end
+  end
   local run_dir = t.run_dir
   if run_dir == nil then run_dir = M.default_run_dir() end
   if run_dir == false then run_dir = nil end
@@ -119,7 +163,7 @@ function M.train(t)
     sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = steps, optimizer = t.optimizer,
     plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
     checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = run_dir,
-    config = t.config, seed = t.seed, progress = t.progress,
+    config = config, seed = t.seed, progress = t.progress, recons_batches = t.recons_batches,
     on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
   }
 end

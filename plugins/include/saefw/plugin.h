@@ -98,8 +98,21 @@ typedef struct saefw_host {
      * if loss is not NULL, each row's SAE loss (l2 + l1 of that row) [n]. */
     int (*sample_activations)(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen);
 
-    /* Fraction of tokens on which each feature fired, over n_batches evaluation batches [d_sae]. */
+    /* Fraction of tokens on which each feature fired, over n_batches evaluation batches [d_sae]. An
+     * evaluation batch is one model batch on the model host (the seed's get_freqs), else one training
+     * batch. */
     int (*feature_frequencies)(saefw_run *run, int64_t n_batches, float *freq, char *err, size_t errlen);
+
+    /* The current training batch, valid from after_backward to the end of the step: its inputs
+     * [rows, d_in] and the SAE's activations on them [rows, d_sae]. */
+    const float *(*batch_inputs)(saefw_run *run, int64_t *rows);
+    const float *(*batch_acts)(saefw_run *run, int64_t *rows);
+
+    /* Read a floating tensor from a file (safetensors, .npy, or a torch .pt tensor or state dict) as
+     * float32: *data is malloc'd (the plugin frees it with free()). name may be NULL for a file that
+     * holds one tensor. shape gets up to 4 dims. Errors name the file. */
+    int (*read_tensor)(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel, int *ndim,
+                       int64_t shape[4], char *err, size_t errlen);
 } saefw_host;
 
 typedef int (*saefw_callback)(void *self, saefw_run *run, char *err, size_t errlen);

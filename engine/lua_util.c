@@ -1,0 +1,174 @@
+/* Helpers shared by the Lua bindings: errors at the user's script line, typed table fields,
+ * userdata classes. */
+#include "lua_util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "lua_saefw.h"
+
+#define REG_LIBDIR "saefw.libdir"
+#define REG_OVERRIDES "saefw.overrides"
+
+/* ---- errors at the user's line ---- */
+
+/* Push "file:line: " of the innermost Lua frame outside the saefw library (or "" if none). */
+void push_user_where(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_LIBDIR);
+    const char *lib = lua_tostring(L, -1);
+    size_t liblen = lib ? strlen(lib) : 0;
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0) continue;
+        if (lib && ar.source[0] == '@' && strncmp(ar.source + 1, lib, liblen) == 0) continue;
+        lua_pop(L, 1);
+        lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_pushliteral(L, "");
+}
+
+int uerror(lua_State *L, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    push_user_where(L);
+    lua_pushstring(L, msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+int l_where(lua_State *L) {
+    push_user_where(L);
+    return 1;
+}
+
+void saefw_lua_set_libdir(lua_State *L, const char *dir) {
+    lua_pushstring(L, dir);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_LIBDIR);
+}
+
+void saefw_lua_set_overrides(lua_State *L, char **kv, int n) {
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_createtable(L, 2, 0);
+        lua_pushstring(L, kv[2 * i]);
+        lua_rawseti(L, -2, 1);
+        lua_pushstring(L, kv[2 * i + 1]);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
+}
+
+int l_overrides(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+    }
+    return 1;
+}
+
+/* ---- table fields ---- */
+
+int has_field(lua_State *L, int t, const char *k) {
+    int ty = lua_getfield(L, t, k);
+    lua_pop(L, 1);
+    return ty != LUA_TNIL;
+}
+
+double opt_number(lua_State *L, int t, const char *fn, const char *k, double def) {
+    int ty = lua_getfield(L, t, k);
+    if (ty == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    if (ty != LUA_TNUMBER) uerror(L, "%s: field '%s' must be a number, got %s", fn, k, luaL_typename(L, -1));
+    double v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (!isfinite(v)) uerror(L, "%s: field '%s' must be finite", fn, k);
+    return v;
+}
+
+int64_t opt_int(lua_State *L, int t, const char *fn, const char *k, int64_t def, int64_t lo) {
+    double v = opt_number(L, t, fn, k, (double)def);
+    if (v != floor(v) || v < (double)lo || v > 9.0e15)
+        uerror(L, "%s: field '%s' must be an integer >= %lld, got %g", fn, k, (long long)lo, v);
+    return (int64_t)v;
+}
+
+int64_t req_int(lua_State *L, int t, const char *fn, const char *k, int64_t lo) {
+    if (!has_field(L, t, k)) uerror(L, "%s: field '%s' is required", fn, k);
+    return opt_int(L, t, fn, k, 0, lo);
+}
+
+const char *opt_string(lua_State *L, int t, const char *fn, const char *k, const char *def) {
+    int ty = lua_getfield(L, t, k);
+    if (ty == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    if (ty != LUA_TSTRING) uerror(L, "%s: field '%s' must be a string, got %s", fn, k, luaL_typename(L, -1));
+    const char *s = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the string stays alive: it is referenced by the table */
+    return s;
+}
+
+int opt_bool(lua_State *L, int t, const char *fn, const char *k, int def) {
+    int ty = lua_getfield(L, t, k);
+    if (ty == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    if (ty != LUA_TBOOLEAN) uerror(L, "%s: field '%s' must be a boolean, got %s", fn, k, luaL_typename(L, -1));
+    int v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+void check_table(lua_State *L, int idx, const char *fn) {
+    if (lua_type(L, idx) != LUA_TTABLE) uerror(L, "%s: expected a table of options, got %s", fn, luaL_typename(L, idx));
+}
+
+/* Reject keys a function does not take (a typo must not silently fall back to a default). */
+void check_keys(lua_State *L, int t, const char *fn, const char *const *allowed) {
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) uerror(L, "%s: option keys must be strings", fn);
+        const char *k = lua_tostring(L, -1);
+        int ok = 0;
+        for (int i = 0; allowed[i]; i++) ok |= strcmp(allowed[i], k) == 0;
+        if (!ok) {
+            char list[512] = "";
+            for (int i = 0; allowed[i]; i++) {
+                size_t u = strlen(list);
+                snprintf(list + u, sizeof list - u, "%s%s", i ? ", " : "", allowed[i]);
+            }
+            uerror(L, "%s: unknown option '%s' (valid: %s)", fn, k, list);
+        }
+    }
+}
+
+void new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index, const luaL_Reg *methods) {
+    luaL_newmetatable(L, name);
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, index);
+    lua_setfield(L, -2, "__index");
+    lua_newtable(L);
+    if (methods) luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "methods");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+}
+

@@ -1,0 +1,848 @@
+/* The model host: config parsing, weight loading and the fp32 forward pass of the "neel" family of
+ * transformers with TransformerLens semantics, with capture and intervention at hook sites. */
+#include "model.h"
+
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensorfile.h"
+#include "util.h"
+
+/* Largest accepted dimension: keeps every product of two dimensions far inside int64 and every
+ * sgemm size inside int. */
+#define DIM_MAX (1 << 24)
+/* Tokens per forward chunk and floats per logits chunk (gelu-1l: ~170 rows of 48262). */
+#define CHUNK_TOKENS 2048
+#define LOGIT_CHUNK_FLOATS (8 << 20)
+
+/* ------------------------------------------------------------------------------------------------
+ * Hook names */
+
+static const struct {
+    saefw_hook_kind kind;
+    const char *full; /* suffix after "blocks.L." */
+    const char *shorts[4];
+} hook_names[] = {
+    {SAEFW_HOOK_RESID_PRE, "hook_resid_pre", {"resid_pre", "hook_resid_pre"}},
+    {SAEFW_HOOK_RESID_MID, "hook_resid_mid", {"resid_mid", "hook_resid_mid"}},
+    {SAEFW_HOOK_MLP_POST, "mlp.hook_post", {"post", "mlp_post", "hook_post", "mlp.hook_post"}},
+    {SAEFW_HOOK_MLP_OUT, "hook_mlp_out", {"mlp_out", "hook_mlp_out"}},
+    {SAEFW_HOOK_RESID_POST, "hook_resid_post", {"resid_post", "hook_resid_post"}},
+};
+#define N_HOOK_KINDS ((int)(sizeof hook_names / sizeof hook_names[0]))
+
+static int bad_hook(const char *name, char *err, size_t errlen) {
+    return saefw_errf(err, errlen,
+                      "unknown hook site '%.200s' (expected blocks.L.hook_resid_pre, blocks.L.hook_resid_mid, "
+                      "blocks.L.mlp.hook_post, blocks.L.hook_mlp_out, blocks.L.hook_resid_post, or a short name: "
+                      "resid_pre, resid_mid, post, mlp_out, resid_post)",
+                      name);
+}
+
+int saefw_hook_parse(const char *name, int layer, saefw_hook *out, char *err, size_t errlen) {
+    if (!name) return saefw_errf(err, errlen, "hook site name is NULL");
+    if (strncmp(name, "blocks.", 7) == 0) {
+        const char *p = name + 7;
+        long L = 0;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 8) {
+            L = L * 10 + (*p++ - '0');
+            digits++;
+        }
+        if (digits == 0 || digits == 8 || *p != '.') return bad_hook(name, err, errlen);
+        p++;
+        for (int i = 0; i < N_HOOK_KINDS; i++) {
+            if (strcmp(p, hook_names[i].full) != 0) continue;
+            if (layer >= 0 && layer != L)
+                return saefw_errf(err, errlen, "hook site '%.200s' names layer %ld but layer %d was given", name, L,
+                                  layer);
+            out->kind = hook_names[i].kind;
+            out->layer = (int)L;
+            return 0;
+        }
+        return bad_hook(name, err, errlen);
+    }
+    for (int i = 0; i < N_HOOK_KINDS; i++) {
+        for (int j = 0; j < 4 && hook_names[i].shorts[j]; j++) {
+            if (strcmp(name, hook_names[i].shorts[j]) != 0) continue;
+            if (layer < 0) return saefw_errf(err, errlen, "hook site '%.200s' needs a layer (got %d)", name, layer);
+            out->kind = hook_names[i].kind;
+            out->layer = layer;
+            return 0;
+        }
+    }
+    return bad_hook(name, err, errlen);
+}
+
+void saefw_hook_name(saefw_hook h, char *buf, size_t n) {
+    const char *suffix = "?";
+    for (int i = 0; i < N_HOOK_KINDS; i++)
+        if (hook_names[i].kind == h.kind) suffix = hook_names[i].full;
+    snprintf(buf, n, "blocks.%d.%s", h.layer, suffix);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Config */
+
+/* An integer key: a JSON number with an integral value, or a string holding one (safetensors
+ * metadata values are strings). */
+static int cfg_int(const cJSON *root, const char *what, const char *key, int *out, char *err, size_t errlen) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!it) return saefw_errf(err, errlen, "%s: missing key %s", what, key);
+    double v;
+    if (cJSON_IsNumber(it)) {
+        v = it->valuedouble;
+    } else if (cJSON_IsString(it) && it->valuestring[0]) {
+        char *end;
+        v = strtod(it->valuestring, &end);
+        if (*end) return saefw_errf(err, errlen, "%s: key %s is \"%.40s\", not an integer", what, key, it->valuestring);
+    } else {
+        return saefw_errf(err, errlen, "%s: key %s is not an integer", what, key);
+    }
+    if (!(v >= 1 && v <= DIM_MAX) || v != floor(v))
+        return saefw_errf(err, errlen, "%s: key %s = %g is not an integer in [1, %d]", what, key, v, DIM_MAX);
+    *out = (int)v;
+    return 0;
+}
+
+/* A string key; NULL when absent. */
+static int cfg_str(const cJSON *root, const char *what, const char *key, const char **out, char *err, size_t errlen) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    *out = NULL;
+    if (!it || cJSON_IsNull(it)) return 0;
+    if (!cJSON_IsString(it)) return saefw_errf(err, errlen, "%s: key %s is not a string", what, key);
+    *out = it->valuestring;
+    return 0;
+}
+
+/* A boolean flag as JSON bool or the strings "true"/"false"/"True"/"False"; dflt when absent. */
+static int cfg_flag(const cJSON *root, const char *key, int dflt) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!it || cJSON_IsNull(it)) return dflt;
+    if (cJSON_IsBool(it)) return cJSON_IsTrue(it);
+    if (cJSON_IsString(it)) return strcmp(it->valuestring, "true") == 0 || strcmp(it->valuestring, "True") == 0;
+    if (cJSON_IsNumber(it)) return it->valuedouble != 0;
+    return dflt;
+}
+
+/* Range and support checks of a config however it was made. */
+static int cfg_check(const saefw_model_cfg *c, const char *what, char *err, size_t errlen) {
+    const struct {
+        const char *key;
+        int v;
+    } dims[] = {{"n_layers", c->n_layers}, {"d_model", c->d_model}, {"d_mlp", c->d_mlp},    {"d_head", c->d_head},
+                {"n_heads", c->n_heads},   {"n_ctx", c->n_ctx},     {"d_vocab", c->d_vocab}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].v < 1 || dims[i].v > DIM_MAX)
+            return saefw_errf(err, errlen, "%s: %s = %d is outside [1, %d]", what, dims[i].key, dims[i].v, DIM_MAX);
+    if ((int64_t)c->n_heads * c->d_head > DIM_MAX)
+        return saefw_errf(err, errlen, "%s: n_heads * d_head = %" PRId64 " is too large", what,
+                          (int64_t)c->n_heads * c->d_head);
+    if (strncmp(c->act_fn, "gelu", sizeof c->act_fn) != 0)
+        return saefw_errf(err, errlen, "%s: act_fn \"%.15s\" is not supported (only \"gelu\", the exact erf GELU)",
+                          what, c->act_fn);
+    if (strncmp(c->normalization, "LN", sizeof c->normalization) != 0)
+        return saefw_errf(err, errlen, "%s: normalization \"%.15s\" is not supported (only \"LN\")", what,
+                          c->normalization);
+    if (!(c->ln_eps > 0 && c->ln_eps < 1))
+        return saefw_errf(err, errlen, "%s: ln_eps %g outside (0, 1)", what, (double)c->ln_eps);
+    return 0;
+}
+
+static int cfg_from_cjson(const cJSON *root, const char *what, saefw_model_cfg *cfg, char *err, size_t errlen) {
+    if (!cJSON_IsObject(root)) return saefw_errf(err, errlen, "%s: not a JSON object", what);
+    saefw_model_cfg c;
+    memset(&c, 0, sizeof c);
+    if (cfg_int(root, what, "n_layers", &c.n_layers, err, errlen) ||
+        cfg_int(root, what, "d_model", &c.d_model, err, errlen) ||
+        cfg_int(root, what, "d_mlp", &c.d_mlp, err, errlen) || cfg_int(root, what, "d_head", &c.d_head, err, errlen) ||
+        cfg_int(root, what, "n_heads", &c.n_heads, err, errlen) ||
+        cfg_int(root, what, "n_ctx", &c.n_ctx, err, errlen) || cfg_int(root, what, "d_vocab", &c.d_vocab, err, errlen))
+        return -1;
+
+    const char *act, *norm, *norm_type, *pos;
+    if (cfg_str(root, what, "act_fn", &act, err, errlen) || cfg_str(root, what, "normalization", &norm, err, errlen) ||
+        cfg_str(root, what, "normalization_type", &norm_type, err, errlen) ||
+        cfg_str(root, what, "positional_embedding_type", &pos, err, errlen))
+        return -1;
+    if (!act) return saefw_errf(err, errlen, "%s: missing key act_fn", what);
+    if (strcmp(act, "gelu") != 0)
+        return saefw_errf(err, errlen, "%s: act_fn \"%.40s\" is not supported (only \"gelu\", the exact erf GELU)",
+                          what, act);
+    if (norm && norm_type && strcmp(norm, norm_type) != 0)
+        return saefw_errf(err, errlen, "%s: normalization \"%.40s\" and normalization_type \"%.40s\" disagree", what,
+                          norm, norm_type);
+    if (!norm) norm = norm_type;
+    if (!norm) return saefw_errf(err, errlen, "%s: missing key normalization (or normalization_type)", what);
+    if (strcmp(norm, "LN") != 0)
+        return saefw_errf(err, errlen, "%s: normalization \"%.40s\" is not supported (only \"LN\")", what, norm);
+    if (pos && strcmp(pos, "standard") != 0)
+        return saefw_errf(err, errlen, "%s: positional_embedding_type \"%.40s\" is not supported (only \"standard\")",
+                          what, pos);
+    static const char *const must_be_false[] = {"attn_only", "shortformer_pos", "gated_mlp", "parallel_attn_mlp",
+                                                "final_rms"};
+    for (size_t i = 0; i < sizeof must_be_false / sizeof must_be_false[0]; i++)
+        if (cfg_flag(root, must_be_false[i], 0))
+            return saefw_errf(err, errlen, "%s: %s = true is not supported (only gelu-1l's architecture is)", what,
+                              must_be_false[i]);
+    if (!cfg_flag(root, "use_attn_scale", 1))
+        return saefw_errf(err, errlen, "%s: use_attn_scale = false is not supported", what);
+
+    c.ln_eps = 1e-5f;
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "ln_eps");
+    if (eps && !cJSON_IsNull(eps)) {
+        double e = -1;
+        if (cJSON_IsNumber(eps))
+            e = eps->valuedouble;
+        else if (cJSON_IsString(eps)) {
+            char *end;
+            e = strtod(eps->valuestring, &end);
+            if (*end || end == eps->valuestring) e = -1;
+        }
+        if (!(e > 0 && e < 1)) return saefw_errf(err, errlen, "%s: ln_eps is not a number in (0, 1)", what);
+        c.ln_eps = (float)e;
+    }
+    snprintf(c.act_fn, sizeof c.act_fn, "%s", act);
+    snprintf(c.normalization, sizeof c.normalization, "%s", norm);
+    if (cfg_check(&c, what, err, errlen) != 0) return -1;
+    *cfg = c;
+    return 0;
+}
+
+int saefw_model_cfg_from_json(const char *json_text, const char *what, saefw_model_cfg *cfg, char *err, size_t errlen) {
+    if (!what) what = "config";
+    if (!json_text || !cfg) return saefw_errf(err, errlen, "%s: no JSON text", what);
+    cJSON *root = cJSON_Parse(json_text);
+    if (!root) return saefw_errf(err, errlen, "%s: not valid JSON", what);
+    int rc = cfg_from_cjson(root, what, cfg, err, errlen);
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* The safetensors metadata as a JSON object of strings, so it goes through the same parser. */
+static int cfg_from_metadata(const saefw_tensorfile *tf, const char *path, saefw_model_cfg *cfg, char *err,
+                             size_t errlen) {
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return saefw_errf(err, errlen, "out of memory");
+    int n = saefw_tf_metadata_count(tf);
+    for (int i = 0; i < n; i++) {
+        const char *k, *v;
+        if (saefw_tf_metadata_at(tf, i, &k, &v) != 0) continue;
+        if (!cJSON_AddStringToObject(root, k, v)) {
+            cJSON_Delete(root);
+            return saefw_errf(err, errlen, "out of memory");
+        }
+    }
+    char what[600];
+    snprintf(what, sizeof what, "%.500s metadata", path);
+    int rc = cfg_from_cjson(root, what, cfg, err, errlen);
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* config.json in the folder of path. Returns 1 if there is none. */
+static int cfg_from_sibling(const char *path, saefw_model_cfg *cfg, char *err, size_t errlen) {
+    char cpath[4096];
+    const char *slash = strrchr(path, '/');
+    int dir_len = slash ? (int)(slash - path) + 1 : 0;
+    if (snprintf(cpath, sizeof cpath, "%.*sconfig.json", dir_len, path) >= (int)sizeof cpath)
+        return saefw_errf(err, errlen, "%s: path too long", path);
+    FILE *f = fopen(cpath, "rb");
+    if (!f) return 1;
+    fclose(f);
+    char *text;
+    size_t len;
+    if (saefw_read_file(cpath, &text, &len, err, errlen) != 0) return -1;
+    int rc = saefw_model_cfg_from_json(text, cpath, cfg, err, errlen);
+    free(text);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Weights: one contiguous block carved into named tensors. W_Q, W_K and W_V ([n_heads, d_model,
+ * d_head] in the file) are laid out as the column blocks of one W_qkv [d_model, 3*n_heads*d_head],
+ * so one sgemm computes every head's queries, keys and values. */
+
+typedef struct {
+    float *ln1_w, *ln1_b; /* [d_model] */
+    float *W_qkv;         /* [d_model, 3*H*Dh]: column (s*H + h)*Dh + d is head h's Q/K/V (s = 0/1/2) */
+    float *b_qkv;         /* [3*H*Dh] */
+    float *W_O;           /* [H*Dh, d_model] (the file's [H, Dh, d_model]) */
+    float *b_O;           /* [d_model] */
+    float *ln2_w, *ln2_b; /* [d_model] */
+    float *W_in;          /* [d_model, d_mlp] */
+    float *b_in;          /* [d_mlp] */
+    float *W_out;         /* [d_mlp, d_model] */
+    float *b_out;         /* [d_model] */
+} layer_weights;
+
+struct saefw_model {
+    saefw_model_cfg cfg;
+    float *params; /* [n_params], owns every tensor below */
+    size_t n_params;
+    float *W_E;            /* [d_vocab, d_model] */
+    float *W_pos;          /* [n_ctx, d_model] */
+    float *lnf_w, *lnf_b;  /* [d_model] */
+    float *W_U;            /* [d_model, d_vocab] */
+    float *b_U;            /* [d_vocab] */
+    layer_weights *layers; /* [n_layers] */
+};
+
+/* How one file tensor lands in the block. */
+typedef struct {
+    char name[64];
+    int ndim;
+    int64_t shape[3];
+    float *dst;
+    int qkv; /* 1: scatter [H, d_model, Dh] into the columns of W_qkv starting at col */
+    int64_t col;
+    int optional; /* zeros when absent */
+} param_spec;
+
+static size_t count_params(const saefw_model_cfg *c) {
+    size_t dm = (size_t)c->d_model, hd = (size_t)c->n_heads * (size_t)c->d_head, mlp = (size_t)c->d_mlp;
+    size_t V = (size_t)c->d_vocab;
+    size_t layer = 2 * dm + dm * 3 * hd + 3 * hd + hd * dm + dm + 2 * dm + dm * mlp + mlp + mlp * dm + dm;
+    return V * dm + (size_t)c->n_ctx * dm + 2 * dm + dm * V + V + (size_t)c->n_layers * layer;
+}
+
+static float *carve(float **cursor, size_t n) {
+    float *p = *cursor;
+    *cursor += n;
+    return p;
+}
+
+static void add_spec(param_spec *s, int *n, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                     float *dst) {
+    param_spec *p = &s[(*n)++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->shape[2] = d2;
+    p->dst = dst;
+}
+
+/* Carve the block and list what each file tensor fills; specs holds 6 + 16 * n_layers entries.
+ * Returns the number of specs, or -1 if the carving does not use exactly count_params floats. */
+static int layout(saefw_model *m, param_spec *specs) {
+    const saefw_model_cfg *c = &m->cfg;
+    int64_t dm = c->d_model, H = c->n_heads, Dh = c->d_head, hd = H * Dh, mlp = c->d_mlp, V = c->d_vocab;
+    float *cur = m->params;
+    int n = 0;
+    char nm[64];
+    m->W_E = carve(&cur, (size_t)(V * dm));
+    m->W_pos = carve(&cur, (size_t)(c->n_ctx * dm));
+    add_spec(specs, &n, "embed.W_E", 2, V, dm, 0, m->W_E);
+    add_spec(specs, &n, "pos_embed.W_pos", 2, c->n_ctx, dm, 0, m->W_pos);
+    for (int L = 0; L < c->n_layers; L++) {
+        layer_weights *lw = &m->layers[L];
+        lw->ln1_w = carve(&cur, (size_t)dm);
+        lw->ln1_b = carve(&cur, (size_t)dm);
+        lw->W_qkv = carve(&cur, (size_t)(dm * 3 * hd));
+        lw->b_qkv = carve(&cur, (size_t)(3 * hd));
+        lw->W_O = carve(&cur, (size_t)(hd * dm));
+        lw->b_O = carve(&cur, (size_t)dm);
+        lw->ln2_w = carve(&cur, (size_t)dm);
+        lw->ln2_b = carve(&cur, (size_t)dm);
+        lw->W_in = carve(&cur, (size_t)(dm * mlp));
+        lw->b_in = carve(&cur, (size_t)mlp);
+        lw->W_out = carve(&cur, (size_t)(mlp * dm));
+        lw->b_out = carve(&cur, (size_t)dm);
+#define SPEC(suffix, ndim, a, b, cc, dst)                                                                              \
+    do {                                                                                                               \
+        snprintf(nm, sizeof nm, "blocks.%d.%s", L, suffix);                                                            \
+        add_spec(specs, &n, nm, ndim, a, b, cc, dst);                                                                  \
+    } while (0)
+        SPEC("ln1.w", 1, dm, 0, 0, lw->ln1_w);
+        SPEC("ln1.b", 1, dm, 0, 0, lw->ln1_b);
+        static const char *const qkv_w[3] = {"attn.W_Q", "attn.W_K", "attn.W_V"};
+        static const char *const qkv_b[3] = {"attn.b_Q", "attn.b_K", "attn.b_V"};
+        for (int s = 0; s < 3; s++) {
+            SPEC(qkv_w[s], 3, H, dm, Dh, lw->W_qkv);
+            specs[n - 1].qkv = 1;
+            specs[n - 1].col = s * hd;
+            SPEC(qkv_b[s], 2, H, Dh, 0, lw->b_qkv + s * hd);
+        }
+        SPEC("attn.W_O", 3, H, Dh, dm, lw->W_O);
+        SPEC("attn.b_O", 1, dm, 0, 0, lw->b_O);
+        SPEC("ln2.w", 1, dm, 0, 0, lw->ln2_w);
+        SPEC("ln2.b", 1, dm, 0, 0, lw->ln2_b);
+        SPEC("mlp.W_in", 2, dm, mlp, 0, lw->W_in);
+        SPEC("mlp.b_in", 1, mlp, 0, 0, lw->b_in);
+        SPEC("mlp.W_out", 2, mlp, dm, 0, lw->W_out);
+        SPEC("mlp.b_out", 1, dm, 0, 0, lw->b_out);
+#undef SPEC
+    }
+    m->lnf_w = carve(&cur, (size_t)dm);
+    m->lnf_b = carve(&cur, (size_t)dm);
+    m->W_U = carve(&cur, (size_t)(dm * V));
+    m->b_U = carve(&cur, (size_t)V);
+    add_spec(specs, &n, "ln_final.w", 1, dm, 0, 0, m->lnf_w);
+    add_spec(specs, &n, "ln_final.b", 1, dm, 0, 0, m->lnf_b);
+    add_spec(specs, &n, "unembed.W_U", 2, dm, V, 0, m->W_U);
+    add_spec(specs, &n, "unembed.b_U", 1, V, 0, 0, m->b_U);
+    specs[n - 1].optional = 1;
+    return cur == m->params + m->n_params ? n : -1;
+}
+
+static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%" PRId64, i ? ", " : "", shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+static int load_tensor(const saefw_tensorfile *tf, const char *path, const param_spec *s, float *tmp, int64_t dm,
+                       int64_t hd3, char *err, size_t errlen) {
+    const saefw_tensor_info *t = saefw_tf_find(tf, s->name);
+    if (!t) {
+        if (s->optional) return 0; /* the block is zeroed */
+        return saefw_errf(err, errlen, "%s: missing tensor %s", path, s->name);
+    }
+    if (t->dtype != SAEFW_DT_F32 && t->dtype != SAEFW_DT_F16 && t->dtype != SAEFW_DT_BF16 && t->dtype != SAEFW_DT_F64)
+        return saefw_errf(err, errlen, "%s: tensor %s has dtype %s, expected a floating dtype", path, s->name,
+                          saefw_dtype_name(t->dtype));
+    int same = t->ndim == s->ndim;
+    for (int i = 0; same && i < s->ndim; i++)
+        same = t->shape[i] == s->shape[i];
+    if (!same) {
+        char got[160], want[160];
+        fmt_shape(got, sizeof got, t->ndim, t->shape);
+        fmt_shape(want, sizeof want, s->ndim, s->shape);
+        return saefw_errf(err, errlen, "%s: tensor %s has shape %s, expected %s", path, s->name, got, want);
+    }
+    char e2[512];
+    if (!s->qkv) {
+        if (saefw_tensor_to_f32(t, s->dst, e2, sizeof e2) != 0)
+            return saefw_errf(err, errlen, "%s: tensor %s: %s", path, s->name, e2);
+        return 0;
+    }
+    if (saefw_tensor_to_f32(t, tmp, e2, sizeof e2) != 0)
+        return saefw_errf(err, errlen, "%s: tensor %s: %s", path, s->name, e2);
+    int64_t H = s->shape[0], Dh = s->shape[2];
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < dm; i++)
+            memcpy(s->dst + i * hd3 + s->col + h * Dh, tmp + (h * dm + i) * Dh, sizeof(float) * (size_t)Dh);
+    return 0;
+}
+
+/* A "blocks.N." tensor with N >= n_layers means the config does not describe this file. */
+static int check_extra_layers(const saefw_tensorfile *tf, const char *path, int n_layers, char *err, size_t errlen) {
+    int n = saefw_tf_count(tf);
+    for (int i = 0; i < n; i++) {
+        const char *nm = saefw_tf_get(tf, i)->name;
+        if (strncmp(nm, "blocks.", 7) != 0) continue;
+        char *end;
+        long L = strtol(nm + 7, &end, 10);
+        if (end != nm + 7 && *end == '.' && L >= n_layers)
+            return saefw_errf(err, errlen, "%s: tensor %.200s is for layer %ld, but the config has n_layers = %d", path,
+                              nm, L, n_layers);
+    }
+    return 0;
+}
+
+int saefw_model_load(const char *weights_path, const saefw_model_cfg *cfg, saefw_model **out, char *err,
+                     size_t errlen) {
+    *out = NULL;
+    if (!weights_path) return saefw_errf(err, errlen, "model weights path is NULL");
+    saefw_tensorfile *tf = NULL;
+    saefw_model *m = NULL;
+    param_spec *specs = NULL;
+    float *tmp = NULL;
+    if (saefw_tf_open(weights_path, &tf, err, errlen) != 0) return -1;
+
+    saefw_model_cfg c;
+    if (cfg) {
+        c = *cfg;
+        if (cfg_check(&c, "model config", err, errlen) != 0) goto fail;
+    } else if (saefw_tf_metadata(tf, "n_layers")) {
+        if (cfg_from_metadata(tf, weights_path, &c, err, errlen) != 0) goto fail;
+    } else {
+        int rc = cfg_from_sibling(weights_path, &c, err, errlen);
+        if (rc < 0) goto fail;
+        if (rc > 0) {
+            saefw_errf(err, errlen,
+                       "%s: no model config: the file has no config keys in its metadata and there is no "
+                       "config.json beside it",
+                       weights_path);
+            goto fail;
+        }
+    }
+
+    m = saefw_calloc(1, sizeof *m, err, errlen);
+    if (!m) goto fail;
+    m->cfg = c;
+    m->n_params = count_params(&c);
+    m->params = saefw_calloc(m->n_params, sizeof(float), err, errlen);
+    m->layers = saefw_calloc((size_t)c.n_layers, sizeof *m->layers, err, errlen);
+    specs = saefw_calloc(6 + 16 * (size_t)c.n_layers, sizeof *specs, err, errlen);
+    int64_t dm = c.d_model, hd3 = 3 * (int64_t)c.n_heads * c.d_head;
+    tmp = saefw_malloc(sizeof(float) * (size_t)(dm * c.n_heads * c.d_head), err, errlen);
+    if (!m->params || !m->layers || !specs || !tmp) goto fail;
+    int n = layout(m, specs);
+    if (n < 0) {
+        saefw_errf(err, errlen, "%s: internal error: parameter layout does not match its size", weights_path);
+        goto fail;
+    }
+    for (int i = 0; i < n; i++)
+        if (load_tensor(tf, weights_path, &specs[i], tmp, dm, hd3, err, errlen) != 0) goto fail;
+    if (check_extra_layers(tf, weights_path, c.n_layers, err, errlen) != 0) goto fail;
+    free(tmp);
+    free(specs);
+    saefw_tf_close(tf);
+    *out = m;
+    return 0;
+fail:
+    free(tmp);
+    free(specs);
+    saefw_model_free(m);
+    saefw_tf_close(tf);
+    return -1;
+}
+
+void saefw_model_free(saefw_model *m) {
+    if (!m) return;
+    free(m->params);
+    free(m->layers);
+    free(m);
+}
+
+const saefw_model_cfg *saefw_model_config(const saefw_model *m) { return &m->cfg; }
+
+int saefw_model_hook_width(const saefw_model *m, saefw_hook h) {
+    if (h.layer < 0 || h.layer >= m->cfg.n_layers) return -1;
+    return h.kind == SAEFW_HOOK_MLP_POST ? m->cfg.d_mlp : m->cfg.d_model;
+}
+
+static int check_hook(const saefw_model *m, saefw_hook h, char *err, size_t errlen) {
+    char nm[96];
+    saefw_hook_name(h, nm, sizeof nm);
+    if ((int)h.kind < 0 || (int)h.kind >= N_HOOK_KINDS)
+        return saefw_errf(err, errlen, "unknown hook kind %d", (int)h.kind);
+    if (h.layer < 0 || h.layer >= m->cfg.n_layers)
+        return saefw_errf(err, errlen, "hook site %s: layer %d out of range: the model has %d layer%s", nm, h.layer,
+                          m->cfg.n_layers, m->cfg.n_layers == 1 ? "" : "s");
+    return 0;
+}
+
+int saefw_model_hook_resolve(const saefw_model *m, const char *name, int layer, saefw_hook *out, char *err,
+                             size_t errlen) {
+    saefw_hook h;
+    if (saefw_hook_parse(name, layer, &h, err, errlen) != 0) return -1;
+    if (check_hook(m, h, err, errlen) != 0) return -1;
+    *out = h;
+    return 0;
+}
+
+size_t saefw_model_param_bytes(const saefw_model *m) { return m->n_params * sizeof(float); }
+
+const float *saefw_model_params(const saefw_model *m, size_t *count) {
+    if (count) *count = m->n_params;
+    return m->params;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Work space */
+
+struct saefw_model_work {
+    saefw_model_cfg cfg; /* the model it was sized for */
+    int64_t max_seq;
+    int64_t chunk_seqs; /* sequences per forward chunk */
+    int64_t logit_rows; /* rows per logits chunk when the caller takes no logits */
+    float *resid;       /* [R, d_model], R = chunk_seqs * max_seq: the residual stream */
+    float *ln;          /* [R, d_model]: LayerNorm output */
+    float *qkv;         /* [R, 3*H*Dh] */
+    float *z;           /* [R, H*Dh] */
+    float *att;         /* [max_seq, max_seq]: one head's pattern */
+    float *out;         /* [R, d_model]: attention or MLP output */
+    float *mlp;         /* [R, d_mlp] */
+    float *logits;      /* [logit_rows, d_vocab] */
+};
+
+void saefw_model_work_free(saefw_model_work *w) {
+    if (!w) return;
+    free(w->resid);
+    free(w->ln);
+    free(w->qkv);
+    free(w->z);
+    free(w->att);
+    free(w->out);
+    free(w->mlp);
+    free(w->logits);
+    free(w);
+}
+
+int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_seq, saefw_model_work **out, char *err,
+                           size_t errlen) {
+    *out = NULL;
+    const saefw_model_cfg *c = &m->cfg;
+    if (max_batch < 1) return saefw_errf(err, errlen, "model work: max_batch %" PRId64 " < 1", max_batch);
+    if (max_seq < 1 || max_seq > c->n_ctx)
+        return saefw_errf(err, errlen, "model work: max_seq %" PRId64 " outside [1, n_ctx = %d]", max_seq, c->n_ctx);
+    saefw_model_work *w = saefw_calloc(1, sizeof *w, err, errlen);
+    if (!w) return -1;
+    w->cfg = *c;
+    w->max_seq = max_seq;
+    w->chunk_seqs = CHUNK_TOKENS / max_seq;
+    if (w->chunk_seqs < 1) w->chunk_seqs = 1;
+    if (w->chunk_seqs > max_batch) w->chunk_seqs = max_batch;
+    size_t R = (size_t)(w->chunk_seqs * max_seq);
+    w->logit_rows = LOGIT_CHUNK_FLOATS / c->d_vocab;
+    if (w->logit_rows < 1) w->logit_rows = 1;
+    if (w->logit_rows > (int64_t)R) w->logit_rows = (int64_t)R;
+    size_t dm = (size_t)c->d_model, hd = (size_t)c->n_heads * (size_t)c->d_head;
+    w->resid = saefw_malloc(sizeof(float) * R * dm, err, errlen);
+    w->ln = w->resid ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
+    w->qkv = w->ln ? saefw_malloc(sizeof(float) * R * 3 * hd, err, errlen) : NULL;
+    w->z = w->qkv ? saefw_malloc(sizeof(float) * R * hd, err, errlen) : NULL;
+    w->att = w->z ? saefw_malloc(sizeof(float) * (size_t)(max_seq * max_seq), err, errlen) : NULL;
+    w->out = w->att ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
+    w->mlp = w->out ? saefw_malloc(sizeof(float) * R * (size_t)c->d_mlp, err, errlen) : NULL;
+    w->logits = w->mlp ? saefw_malloc(sizeof(float) * (size_t)w->logit_rows * (size_t)c->d_vocab, err, errlen) : NULL;
+    if (!w->logits) {
+        saefw_model_work_free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Layers: plain functions over flat arrays, outputs first, dimensions last. */
+
+/* out [n, k_out] = in [n, k_in] @ W [k_in, k_out] + bias [k_out] (bias may be NULL); out's rows are
+ * ld_out apart. */
+static void linear(float *out, const float *in, const float *W, const float *bias, int64_t n, int64_t k_in,
+                   int64_t k_out, int64_t ld_out) {
+    if (bias)
+        for (int64_t r = 0; r < n; r++)
+            memcpy(out + r * ld_out, bias, sizeof(float) * (size_t)k_out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k_out, (int)k_in, 1.0f, in, (int)k_in, W,
+                (int)k_out, bias ? 1.0f : 0.0f, out, (int)ld_out);
+}
+
+/* out [n, d] = (in - mean) / sqrt(biased var + eps) * w + b, row by row (statistics in double). */
+static void layernorm(float *out, const float *in, const float *w, const float *b, int64_t n, int64_t d, float eps) {
+    for (int64_t r = 0; r < n; r++) {
+        const float *x = in + r * d;
+        float *y = out + r * d;
+        double s = 0;
+        for (int64_t i = 0; i < d; i++)
+            s += x[i];
+        double mean = s / (double)d, v = 0;
+        for (int64_t i = 0; i < d; i++)
+            v += ((double)x[i] - mean) * ((double)x[i] - mean);
+        double inv = 1.0 / sqrt(v / (double)d + (double)eps);
+        for (int64_t i = 0; i < d; i++)
+            y[i] = (float)(((double)x[i] - mean) * inv) * w[i] + b[i];
+    }
+}
+
+/* z [bs*T, H*Dh] = causal softmax(q k^T / sqrt(Dh)) v per sequence and head, from qkv [bs*T, 3*H*Dh];
+ * att [T, T] is scratch. */
+static void attention(float *z, float *att, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh) {
+    int64_t hd = H * Dh, ld = 3 * hd;
+    float scale = (float)(1.0 / sqrt((double)Dh));
+    for (int64_t b = 0; b < bs; b++) {
+        const float *base = qkv + b * T * ld;
+        for (int64_t h = 0; h < H; h++) {
+            const float *q = base + h * Dh, *k = base + hd + h * Dh, *v = base + 2 * hd + h * Dh;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, q, (int)ld, k, (int)ld,
+                        0.0f, att, (int)T);
+            for (int64_t i = 0; i < T; i++) {
+                float *a = att + i * T;
+                float mx = a[0];
+                for (int64_t j = 1; j <= i; j++)
+                    mx = a[j] > mx ? a[j] : mx;
+                double sum = 0;
+                for (int64_t j = 0; j <= i; j++) {
+                    a[j] = expf(a[j] - mx);
+                    sum += a[j];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int64_t j = 0; j <= i; j++)
+                    a[j] *= inv;
+                for (int64_t j = i + 1; j < T; j++)
+                    a[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, att, (int)T, v,
+                        (int)ld, 0.0f, z + b * T * hd + h * Dh, (int)hd);
+        }
+    }
+}
+
+/* x [n] = 0.5 x (1 + erf(x / sqrt 2)), in place. */
+static void gelu(float *x, int64_t n) {
+    const float r2 = 0.70710678118654752f;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * r2));
+}
+
+static void add_inplace(float *y, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+/* Sum over rows [n, V] of -log_softmax(row)[target], skipping rows whose position (row0 + r) % T is
+ * T-1; targets are the next tokens of tokens (the whole batch, flat). */
+static double nll_sum(const float *logits, int64_t n, int64_t V, int64_t row0, int64_t T, const int32_t *tokens) {
+    double total = 0;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t g = row0 + r;
+        if (g % T == T - 1) continue;
+        const float *x = logits + r * V;
+        float mx = x[0];
+        for (int64_t i = 1; i < V; i++)
+            mx = x[i] > mx ? x[i] : mx;
+        double s = 0;
+        for (int64_t i = 0; i < V; i++)
+            s += expf(x[i] - mx);
+        total += log(s) + (double)mx - (double)x[tokens[g + 1]];
+    }
+    return total;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Forward */
+
+typedef struct {
+    const saefw_forward_opts *o;
+    int64_t row0; /* first row of this chunk in the batch */
+    int64_t rows;
+    char *err;
+    size_t errlen;
+} hook_ctx;
+
+/* Capture, then intervene, at hook (kind, layer) on acts [rows, width]. Returns 1 to stop the
+ * chunk here, 0 to go on, -1 on error. */
+static int at_hook(const hook_ctx *c, saefw_hook_kind kind, int layer, float *acts, int64_t width) {
+    const saefw_forward_opts *o = c->o;
+    if (o->capture && o->capture->kind == kind && o->capture->layer == layer) {
+        memcpy(o->capture_out + c->row0 * width, acts, sizeof(float) * (size_t)(c->rows * width));
+        if (o->stop_after_capture) return 1;
+    }
+    const saefw_intervention *iv = o->intervention;
+    if (!iv || iv->mode == SAEFW_INTERVENE_NONE || iv->hook.kind != kind || iv->hook.layer != layer) return 0;
+    switch (iv->mode) {
+    case SAEFW_INTERVENE_ZERO:
+        memset(acts, 0, sizeof(float) * (size_t)(c->rows * width));
+        break;
+    case SAEFW_INTERVENE_MEAN:
+        for (int64_t r = 0; r < c->rows; r++)
+            memcpy(acts + r * width, iv->mean, sizeof(float) * (size_t)width);
+        break;
+    case SAEFW_INTERVENE_REPLACE:
+        if (iv->fn(iv->ud, acts, c->rows, width, c->err, c->errlen) != 0) {
+            char nm[96];
+            saefw_hook_name(iv->hook, nm, sizeof nm);
+            return saefw_err_prefix(c->err, c->errlen, "intervention at %s", nm);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int check_opts(const saefw_model *m, const saefw_forward_opts *o, int64_t T, char *err, size_t errlen) {
+    if (o->capture) {
+        if (check_hook(m, *o->capture, err, errlen) != 0) return -1;
+        if (!o->capture_out) return saefw_errf(err, errlen, "forward: capture hook given without capture_out");
+    }
+    if (o->stop_after_capture) {
+        if (!o->capture) return saefw_errf(err, errlen, "forward: stop_after_capture without a capture hook");
+        if (o->logits_out || o->loss_out)
+            return saefw_errf(err, errlen, "forward: stop_after_capture leaves no logits or loss to return");
+    }
+    const saefw_intervention *iv = o->intervention;
+    if (iv && iv->mode != SAEFW_INTERVENE_NONE) {
+        if (check_hook(m, iv->hook, err, errlen) != 0) return -1;
+        if (iv->mode == SAEFW_INTERVENE_MEAN && !iv->mean)
+            return saefw_errf(err, errlen, "forward: mean ablation without a mean vector");
+        if (iv->mode == SAEFW_INTERVENE_REPLACE && !iv->fn)
+            return saefw_errf(err, errlen, "forward: replace intervention without a function");
+        if (iv->mode != SAEFW_INTERVENE_ZERO && iv->mode != SAEFW_INTERVENE_MEAN && iv->mode != SAEFW_INTERVENE_REPLACE)
+            return saefw_errf(err, errlen, "forward: unknown intervention mode %d", (int)iv->mode);
+    }
+    if (o->loss_out && T < 2)
+        return saefw_errf(err, errlen, "forward: the loss needs at least 2 positions (T = %" PRId64 ")", T);
+    return 0;
+}
+
+int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t *tokens, int64_t B, int64_t T,
+                        const saefw_forward_opts *o, char *err, size_t errlen) {
+    static const saefw_forward_opts none;
+    if (!o) o = &none;
+    if (!m || !w || !tokens) return saefw_errf(err, errlen, "forward: NULL model, work or tokens");
+    const saefw_model_cfg *c = &m->cfg;
+    if (w->cfg.n_layers != c->n_layers || w->cfg.d_model != c->d_model || w->cfg.d_mlp != c->d_mlp ||
+        w->cfg.d_head != c->d_head || w->cfg.n_heads != c->n_heads || w->cfg.d_vocab != c->d_vocab)
+        return saefw_errf(err, errlen, "forward: the work space was sized for a different model");
+    if (B < 1 || T < 1) return saefw_errf(err, errlen, "forward: empty batch [%" PRId64 ", %" PRId64 "]", B, T);
+    if (T > c->n_ctx) return saefw_errf(err, errlen, "forward: sequence length %" PRId64 " > n_ctx %d", T, c->n_ctx);
+    if (T > w->max_seq)
+        return saefw_errf(err, errlen, "forward: sequence length %" PRId64 " > the work space's max_seq %" PRId64, T,
+                          w->max_seq);
+    for (int64_t i = 0; i < B * T; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->d_vocab)
+            return saefw_errf(err, errlen,
+                              "forward: token %" PRId32 " at [%" PRId64 ", %" PRId64 "] is outside [0, d_vocab = %d)",
+                              tokens[i], i / T, i % T, c->d_vocab);
+    if (check_opts(m, o, T, err, errlen) != 0) return -1;
+
+    const int64_t dm = c->d_model, H = c->n_heads, Dh = c->d_head, hd = H * Dh, dmlp = c->d_mlp, V = c->d_vocab;
+    const int need_logits = o->logits_out || o->loss_out;
+    double nll = 0;
+    for (int64_t b0 = 0; b0 < B; b0 += w->chunk_seqs) {
+        int64_t bs = B - b0 < w->chunk_seqs ? B - b0 : w->chunk_seqs;
+        int64_t n = bs * T, row0 = b0 * T;
+        hook_ctx hc = {o, row0, n, err, errlen};
+        for (int64_t r = 0; r < n; r++) {
+            const float *e = m->W_E + (int64_t)tokens[row0 + r] * dm, *p = m->W_pos + (r % T) * dm;
+            float *x = w->resid + r * dm;
+            for (int64_t i = 0; i < dm; i++)
+                x[i] = e[i] + p[i];
+        }
+        int rc = 0;
+        for (int L = 0; L < c->n_layers && rc == 0; L++) {
+            const layer_weights *lw = &m->layers[L];
+            if ((rc = at_hook(&hc, SAEFW_HOOK_RESID_PRE, L, w->resid, dm)) != 0) break;
+            layernorm(w->ln, w->resid, lw->ln1_w, lw->ln1_b, n, dm, c->ln_eps);
+            linear(w->qkv, w->ln, lw->W_qkv, lw->b_qkv, n, dm, 3 * hd, 3 * hd);
+            attention(w->z, w->att, w->qkv, bs, T, H, Dh);
+            linear(w->out, w->z, lw->W_O, lw->b_O, n, hd, dm, dm);
+            add_inplace(w->resid, w->out, n * dm);
+            if ((rc = at_hook(&hc, SAEFW_HOOK_RESID_MID, L, w->resid, dm)) != 0) break;
+            layernorm(w->ln, w->resid, lw->ln2_w, lw->ln2_b, n, dm, c->ln_eps);
+            linear(w->mlp, w->ln, lw->W_in, lw->b_in, n, dm, dmlp, dmlp);
+            gelu(w->mlp, n * dmlp);
+            if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_POST, L, w->mlp, dmlp)) != 0) break;
+            linear(w->out, w->mlp, lw->W_out, lw->b_out, n, dmlp, dm, dm);
+            if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_OUT, L, w->out, dm)) != 0) break;
+            add_inplace(w->resid, w->out, n * dm);
+            rc = at_hook(&hc, SAEFW_HOOK_RESID_POST, L, w->resid, dm);
+        }
+        if (rc < 0) return -1;
+        if (rc > 0 || !need_logits) continue;
+        layernorm(w->ln, w->resid, m->lnf_w, m->lnf_b, n, dm, c->ln_eps);
+        if (o->logits_out) {
+            float *lg = o->logits_out + row0 * V;
+            linear(lg, w->ln, m->W_U, m->b_U, n, dm, V, V);
+            if (o->loss_out) nll += nll_sum(lg, n, V, row0, T, tokens);
+        } else {
+            for (int64_t r0 = 0; r0 < n; r0 += w->logit_rows) {
+                int64_t nr = n - r0 < w->logit_rows ? n - r0 : w->logit_rows;
+                linear(w->logits, w->ln + r0 * dm, m->W_U, m->b_U, nr, dm, V, V);
+                nll += nll_sum(w->logits, nr, V, row0 + r0, T, tokens);
+            }
+        }
+    }
+    if (o->loss_out) *o->loss_out = nll / (double)(B * (T - 1));
+    return 0;
+}

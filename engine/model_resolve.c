@@ -1,0 +1,192 @@
+/* Model name resolution through the Hugging Face cache layout (models--org--name/refs, snapshots). */
+#include "model_resolve.h"
+
+#include <dirent.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+typedef struct {
+    const char *name, *repo, *weights;
+} known_model;
+
+/* The "neel" family of TransformerLens, and the model bundled with saefw. */
+static const known_model KNOWN[] = {
+    {"gelu-1l", "NeelNanda/GELU_1L512W_C4_Code", "model_final.pth"},
+    {"gelu-2l", "NeelNanda/GELU_2L512W_C4_Code", "model_final.pth"},
+    {"gelu-3l", "NeelNanda/GELU_3L512W_C4_Code", "model_final.pth"},
+    {"gelu-4l", "NeelNanda/GELU_4L512W_C4_Code", "model_final.pth"},
+};
+#define BUNDLED "tiny-1l"
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+int saefw_hf_cache_dir(char *out, size_t n) {
+    const char *v = getenv("HF_HUB_CACHE");
+    if (v && *v) return snprintf(out, n, "%s", v) < (int)n ? 0 : -1;
+    v = getenv("HF_HOME");
+    if (v && *v) return snprintf(out, n, "%s/hub", v) < (int)n ? 0 : -1;
+    v = getenv("HOME");
+    if (!v || !*v) return -1;
+    return snprintf(out, n, "%s/.cache/huggingface/hub", v) < (int)n ? 0 : -1;
+}
+
+/* In a folder: config.json beside the weights (the known file name first, else the first
+ * *.safetensors, else the first *.pth / *.pt). */
+static int from_folder(const char *dir, const char *want, char *weights, size_t wn, char *config, size_t cn) {
+    char p[PATH_MAX];
+    weights[0] = 0;
+    if (want) {
+        snprintf(p, sizeof p, "%s/%s", dir, want);
+        if (is_file(p)) snprintf(weights, wn, "%s", p);
+    }
+    static const char *const prefer[] = {"model.safetensors", "model_final.pth"};
+    for (size_t i = 0; !weights[0] && i < sizeof prefer / sizeof *prefer; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, prefer[i]);
+        if (is_file(p)) snprintf(weights, wn, "%s", p);
+    }
+    for (int pass = 0; pass < 2 && !weights[0]; pass++) {
+        DIR *d = opendir(dir);
+        if (!d) return -1;
+        struct dirent *e;
+        char best[NAME_MAX + 1] = "";
+        while ((e = readdir(d))) {
+            int ok = pass == 0 ? ends_with(e->d_name, ".safetensors")
+                               : (ends_with(e->d_name, ".pth") || ends_with(e->d_name, ".pt"));
+            if (ok && (!best[0] || strcmp(e->d_name, best) < 0)) snprintf(best, sizeof best, "%s", e->d_name);
+        }
+        closedir(d);
+        if (best[0]) snprintf(weights, wn, "%s/%s", dir, best);
+    }
+    if (!weights[0]) return -1;
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    if (is_file(p)) snprintf(config, cn, "%s", p);
+    else config[0] = 0;
+    return 0;
+}
+
+/* The snapshot folder of repo in the cache: refs/main's commit, else any snapshot holding `want`. */
+static int from_cache(const char *repo, const char *want, char *weights, size_t wn, char *config, size_t cn,
+                      char *where, size_t whn) {
+    char hub[PATH_MAX];
+    if (saefw_hf_cache_dir(hub, sizeof hub) != 0) return -1;
+    char folder[PATH_MAX];
+    snprintf(folder, sizeof folder, "%s/models--", hub);
+    size_t k = strlen(folder);
+    for (const char *c = repo; *c && k + 3 < sizeof folder; c++) {
+        if (*c == '/') {
+            folder[k++] = '-';
+            folder[k++] = '-';
+        } else {
+            folder[k++] = *c;
+        }
+    }
+    folder[k] = 0;
+    snprintf(where, whn, "%s/snapshots/<revision>/", folder);
+    char p[PATH_MAX], rev[128] = "";
+    snprintf(p, sizeof p, "%s/refs/main", folder);
+    FILE *f = fopen(p, "r");
+    if (f) {
+        if (!fgets(rev, sizeof rev, f)) rev[0] = 0;
+        fclose(f);
+        rev[strcspn(rev, "\r\n")] = 0;
+    }
+    if (rev[0] && strchr(rev, '/') == NULL) {
+        snprintf(p, sizeof p, "%s/snapshots/%s", folder, rev);
+        if (from_folder(p, want, weights, wn, config, cn) == 0 && (!want || ends_with(weights, want))) return 0;
+    }
+    snprintf(p, sizeof p, "%s/snapshots", folder);
+    DIR *d = opendir(p);
+    if (!d) return -1;
+    struct dirent *e;
+    int found = -1;
+    while (found != 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char snap[PATH_MAX];
+        snprintf(snap, sizeof snap, "%s/%s", p, e->d_name);
+        if (is_dir(snap) && from_folder(snap, want, weights, wn, config, cn) == 0 && (!want || ends_with(weights, want)))
+            found = 0;
+    }
+    closedir(d);
+    return found;
+}
+
+static int bundled_dir(char *out, size_t n) {
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return -1;
+    exe[len] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return -1;
+    *slash = 0;
+    return snprintf(out, n, "%s/../%s/models/" BUNDLED, exe, SAEFW_DATA_SUBDIR) < (int)n ? 0 : -1;
+}
+
+int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config, size_t cn, char *err,
+                        size_t errlen) {
+    weights[0] = config[0] = 0;
+    if (is_dir(name)) {
+        if (from_folder(name, NULL, weights, wn, config, cn) != 0)
+            return saefw_errf(err, errlen, "model %s: the folder holds no weights (*.safetensors, *.pth or *.pt)", name);
+        return 0;
+    }
+    if (is_file(name)) {
+        snprintf(weights, wn, "%s", name);
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", name);
+        char *slash = strrchr(dir, '/');
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/config.json", slash ? (*slash = 0, dir) : ".");
+        if (is_file(p)) snprintf(config, cn, "%s", p);
+        return 0;
+    }
+    if (strcmp(name, BUNDLED) == 0) {
+        char dir[PATH_MAX];
+        if (bundled_dir(dir, sizeof dir) != 0 || from_folder(dir, NULL, weights, wn, config, cn) != 0)
+            return saefw_errf(err, errlen, "model %s: the bundled model is missing from %s (reinstall saefw)", name,
+                              dir);
+        return 0;
+    }
+    const char *repo = NULL, *want = NULL;
+    for (size_t i = 0; i < sizeof KNOWN / sizeof *KNOWN; i++)
+        if (strcmp(name, KNOWN[i].name) == 0) {
+            repo = KNOWN[i].repo;
+            want = KNOWN[i].weights;
+        }
+    if (!repo && strchr(name, '/') && !strchr(strchr(name, '/') + 1, '/') && name[0] != '/' && name[0] != '.') repo = name;
+    if (!repo) {
+        char list[256] = "";
+        for (size_t i = 0; i < sizeof KNOWN / sizeof *KNOWN; i++) {
+            size_t u = strlen(list);
+            snprintf(list + u, sizeof list - u, "%s, ", KNOWN[i].name);
+        }
+        return saefw_errf(err, errlen, "model %s: not a known model (%s" BUNDLED "), a Hugging Face repo id, a folder or a file",
+                          name, list);
+    }
+    char where[PATH_MAX];
+    if (from_cache(repo, want, weights, wn, config, cn, where, sizeof where) == 0) return 0;
+    weights[0] = config[0] = 0;
+    return saefw_errf(err, errlen,
+                      "model %s: weights not found: need config.json and %s from the Hugging Face repo %s in %s "
+                      "(run: saefw download %s config.json %s), or pass a local folder or file",
+                      name, want ? want : "the weights (*.safetensors or *.pth)", repo, where, repo,
+                      want ? want : "model.safetensors");
+}

@@ -1,0 +1,262 @@
+/* The model host as an activation source, and the seed's reconstruction score. */
+#include "model_source.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+typedef struct {
+    saefw_model_source_opts o;
+    saefw_model_work *work;
+    int64_t seq_len, width, chunk_seqs;
+    int32_t *toks;   /* [chunk_seqs, seq_len] */
+    float *acts;     /* [chunk_seqs * seq_len, width] */
+    int64_t have, used; /* rows of acts produced and already handed out */
+    saefw_rng eval_rng;
+} model_src;
+
+static void tokens_log(void *ud, const char *msg) {
+    saefw_source *s = ud;
+    if (s->log) s->log(s->log_ud, msg);
+}
+
+static int run_chunk(model_src *ms, int64_t n_seqs, char *err, size_t errlen) {
+    saefw_forward_opts fo;
+    memset(&fo, 0, sizeof fo);
+    fo.capture = &ms->o.hook;
+    fo.capture_out = ms->acts;
+    fo.stop_after_capture = 1;
+    if (saefw_model_forward(ms->o.model, ms->work, ms->toks, n_seqs, ms->seq_len, &fo, err, errlen) != 0) return -1;
+    ms->have = n_seqs * ms->seq_len;
+    ms->used = 0;
+    return 0;
+}
+
+static int model_next(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    model_src *ms = s->impl;
+    const int64_t vocab = saefw_model_config(ms->o.model)->d_vocab;
+    while (n > 0) {
+        if (ms->used == ms->have) {
+            if (saefw_tokens_next(ms->o.tokens, ms->toks, ms->chunk_seqs, vocab, err, errlen) != 0) return -1;
+            if (run_chunk(ms, ms->chunk_seqs, err, errlen) != 0) return -1;
+        }
+        int64_t k = ms->have - ms->used < n ? ms->have - ms->used : n;
+        memcpy(out, ms->acts + ms->used * ms->width, sizeof(float) * (size_t)(k * ms->width));
+        out += k * ms->width;
+        ms->used += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Evaluation rows: every position of freshly drawn random sequences, as the seed's get_freqs. */
+static int model_sample(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    model_src *ms = s->impl;
+    const int64_t vocab = saefw_model_config(ms->o.model)->d_vocab;
+    /* The training stream's leftover rows stay valid: evaluation uses its own chunk afterwards. */
+    float *keep = NULL;
+    int64_t left = ms->have - ms->used;
+    if (left > 0) {
+        keep = saefw_malloc(sizeof(float) * (size_t)(left * ms->width), err, errlen);
+        if (!keep) return -1;
+        memcpy(keep, ms->acts + ms->used * ms->width, sizeof(float) * (size_t)(left * ms->width));
+    }
+    int rc = 0;
+    while (n > 0 && rc == 0) {
+        int64_t seqs = (n + ms->seq_len - 1) / ms->seq_len;
+        if (seqs > ms->chunk_seqs) seqs = ms->chunk_seqs;
+        rc = saefw_tokens_sample(ms->o.tokens, &ms->eval_rng, ms->toks, seqs, vocab, err, errlen);
+        if (rc == 0) rc = run_chunk(ms, seqs, err, errlen);
+        if (rc == 0) {
+            int64_t k = seqs * ms->seq_len < n ? seqs * ms->seq_len : n;
+            memcpy(out, ms->acts, sizeof(float) * (size_t)(k * ms->width));
+            out += k * ms->width;
+            n -= k;
+        }
+    }
+    if (left > 0) memcpy(ms->acts, keep, sizeof(float) * (size_t)(left * ms->width));
+    ms->have = left > 0 ? left : 0;
+    ms->used = 0;
+    free(keep);
+    return rc;
+}
+
+static void model_destroy(saefw_source *s) {
+    model_src *ms = s->impl;
+    if (ms) {
+        saefw_model_work_free(ms->work);
+        free(ms->toks);
+        free(ms->acts);
+    }
+    free(ms);
+    free(s);
+}
+
+int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, char *err, size_t errlen) {
+    *out = NULL;
+    int width = saefw_model_hook_width(o->model, o->hook);
+    if (width <= 0) return saefw_errf(err, errlen, "model source: layer %d is out of range", o->hook.layer);
+    const saefw_model_cfg *cfg = saefw_model_config(o->model);
+    int64_t seq_len = saefw_tokens_seq_len(o->tokens);
+    if (seq_len > cfg->n_ctx)
+        return saefw_errf(err, errlen, "model source: seq_len %lld exceeds the model's context n_ctx %d",
+                          (long long)seq_len, cfg->n_ctx);
+    if (o->model_batch <= 0) return saefw_errf(err, errlen, "model source: model_batch must be positive");
+    saefw_source *s = saefw_calloc(1, sizeof *s, err, errlen);
+    model_src *ms = s ? saefw_calloc(1, sizeof *ms, err, errlen) : NULL;
+    if (!ms) {
+        free(s);
+        return -1;
+    }
+    s->impl = ms;
+    s->destroy = model_destroy;
+    ms->o = *o;
+    ms->seq_len = seq_len;
+    ms->width = width;
+    ms->chunk_seqs = o->model_batch < SAEFW_FORWARD_CHUNK ? o->model_batch : SAEFW_FORWARD_CHUNK;
+    ms->toks = saefw_malloc(sizeof(int32_t) * (size_t)(ms->chunk_seqs * seq_len), err, errlen);
+    ms->acts = ms->toks ? saefw_malloc(sizeof(float) * (size_t)(ms->chunk_seqs * seq_len * width), err, errlen) : NULL;
+    if (!ms->acts || saefw_model_work_alloc(o->model, ms->chunk_seqs, seq_len, &ms->work, err, errlen) != 0) {
+        model_destroy(s);
+        return -1;
+    }
+    saefw_rng_seed(&ms->eval_rng, o->seed ^ 0x6d6f64656cULL);
+    s->kind = "model";
+    s->d_act = width;
+    s->next = model_next;
+    s->sample = model_sample;
+    s->chunk_rows = o->model_batch * seq_len;
+    saefw_tokens_set_log(o->tokens, tokens_log, s);
+    *out = s;
+    return 0;
+}
+
+/* ---- losses and the reconstruction score ---- */
+
+typedef struct {
+    const saefw_sae *sae;
+    saefw_sae_work work;
+} recon_ud;
+
+/* Replace activations by the SAE's reconstruction, in pieces that fit the SAE's scratch space. */
+static int replace_with_sae(void *vud, float *acts, int64_t rows, int64_t width, char *err, size_t errlen) {
+    recon_ud *ud = vud;
+    for (int64_t r = 0; r < rows; r += ud->work.cap) {
+        int64_t k = rows - r < ud->work.cap ? rows - r : ud->work.cap;
+        saefw_sae_forward(ud->sae, &ud->work, acts + r * width, k, NULL);
+        memcpy(acts + r * width, ud->work.x_hat, sizeof(float) * (size_t)(k * width));
+    }
+    return 0;
+}
+
+/* Loss of each of the n_iv interventions on the same n_batches random batches. */
+static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *const *ivs, int n_iv,
+                        int64_t n_batches, int64_t model_batch, saefw_rng *rng, double *loss, char *err,
+                        size_t errlen) {
+    const saefw_model_cfg *cfg = saefw_model_config(m);
+    const int64_t T = saefw_tokens_seq_len(tok);
+    if (T > cfg->n_ctx)
+        return saefw_errf(err, errlen, "seq_len %lld exceeds the model's context n_ctx %d", (long long)T, cfg->n_ctx);
+    if (n_batches <= 0 || model_batch <= 0) return saefw_errf(err, errlen, "loss: batches must be positive");
+    const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
+    saefw_model_work *w = NULL;
+    if (saefw_model_work_alloc(m, chunk, T, &w, err, errlen) != 0) return -1;
+    int32_t *toks = saefw_malloc(sizeof(int32_t) * (size_t)(model_batch * T), err, errlen);
+    if (!toks) {
+        saefw_model_work_free(w);
+        return -1;
+    }
+    for (int i = 0; i < n_iv; i++) loss[i] = 0;
+    int rc = 0;
+    for (int64_t b = 0; b < n_batches && rc == 0; b++) {
+        rc = saefw_tokens_sample(tok, rng, toks, model_batch, cfg->d_vocab, err, errlen);
+        for (int i = 0; i < n_iv && rc == 0; i++) {
+            double sum = 0;
+            for (int64_t s = 0; s < model_batch && rc == 0; s += chunk) {
+                int64_t k = model_batch - s < chunk ? model_batch - s : chunk;
+                double l = 0;
+                saefw_forward_opts fo;
+                memset(&fo, 0, sizeof fo);
+                fo.intervention = ivs[i];
+                fo.loss_out = &l;
+                rc = saefw_model_forward(m, w, toks + s * T, k, T, &fo, err, errlen);
+                sum += l * (double)k; /* each piece's mean is over k rows of equal length */
+            }
+            loss[i] += sum / (double)model_batch;
+        }
+    }
+    for (int i = 0; i < n_iv; i++) loss[i] /= (double)n_batches;
+    free(toks);
+    saefw_model_work_free(w);
+    return rc;
+}
+
+int saefw_model_loss(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *iv, int64_t n_batches,
+                     int64_t model_batch, saefw_rng *rng, double *loss, char *err, size_t errlen) {
+    const saefw_intervention *ivs[1] = {iv};
+    return batch_losses(m, tok, ivs, 1, n_batches, model_batch, rng, loss, err, errlen);
+}
+
+int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
+                       int64_t n_batches, int64_t model_batch, saefw_rng *rng, saefw_recons *out, char *err,
+                       size_t errlen) {
+    int width = saefw_model_hook_width(m, hook);
+    if (width <= 0) return saefw_errf(err, errlen, "reconstruction score: layer %d is out of range", hook.layer);
+    if (width != sae->d_in)
+        return saefw_errf(err, errlen, "reconstruction score: the hook has width %d but the SAE's d_in is %lld", width,
+                          (long long)sae->d_in);
+    recon_ud ud = {sae, {0}};
+    const int64_t T = saefw_tokens_seq_len(tok);
+    const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
+    if (saefw_sae_work_alloc(&ud.work, sae, chunk * T, err, errlen) != 0) return -1;
+    saefw_intervention recons = {hook, SAEFW_INTERVENE_REPLACE, NULL, replace_with_sae, &ud};
+    saefw_intervention zero = {hook, SAEFW_INTERVENE_ZERO, NULL, NULL, NULL};
+    const saefw_intervention *ivs[3] = {NULL, &recons, &zero};
+    double l[3];
+    int rc = batch_losses(m, tok, ivs, 3, n_batches, model_batch, rng, l, err, errlen);
+    saefw_sae_work_free(&ud.work);
+    if (rc != 0) return -1;
+    out->loss_clean = l[0];
+    out->loss_recons = l[1];
+    out->loss_zero = l[2];
+    out->score = (l[2] - l[1]) / (l[2] - l[0]);
+    return 0;
+}
+
+int saefw_hook_mean(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, int64_t n_batches,
+                    int64_t model_batch, saefw_rng *rng, float *mean, char *err, size_t errlen) {
+    int width = saefw_model_hook_width(m, hook);
+    if (width <= 0) return saefw_errf(err, errlen, "mean activation: layer %d is out of range", hook.layer);
+    const int64_t T = saefw_tokens_seq_len(tok);
+    const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
+    saefw_model_work *w = NULL;
+    if (saefw_model_work_alloc(m, chunk, T, &w, err, errlen) != 0) return -1;
+    int32_t *toks = saefw_malloc(sizeof(int32_t) * (size_t)(chunk * T), err, errlen);
+    float *acts = toks ? saefw_malloc(sizeof(float) * (size_t)(chunk * T * width), err, errlen) : NULL;
+    double *sum = acts ? saefw_calloc((size_t)width, sizeof(double), err, errlen) : NULL;
+    int rc = sum ? 0 : -1;
+    int64_t rows = 0;
+    for (int64_t b = 0; b < n_batches && rc == 0; b++)
+        for (int64_t s = 0; s < model_batch && rc == 0; s += chunk) {
+            int64_t k = model_batch - s < chunk ? model_batch - s : chunk;
+            rc = saefw_tokens_sample(tok, rng, toks, k, saefw_model_config(m)->d_vocab, err, errlen);
+            saefw_forward_opts fo;
+            memset(&fo, 0, sizeof fo);
+            fo.capture = &hook;
+            fo.capture_out = acts;
+            fo.stop_after_capture = 1;
+            if (rc == 0) rc = saefw_model_forward(m, w, toks, k, T, &fo, err, errlen);
+            for (int64_t r = 0; rc == 0 && r < k * T; r++)
+                for (int i = 0; i < width; i++) sum[i] += acts[r * width + i];
+            rows += k * T;
+        }
+    if (rc == 0)
+        for (int i = 0; i < width; i++) mean[i] = (float)(sum[i] / (double)rows);
+    free(sum);
+    free(acts);
+    free(toks);
+    saefw_model_work_free(w);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/* Activations from the model host as a source for the buffer, and the reconstruction score. */
+#ifndef SAEFW_MODEL_SOURCE_H
+#define SAEFW_MODEL_SOURCE_H
+
+#include "model.h"
+#include "sae.h"
+#include "source.h"
+#include "tokens.h"
+
+/* Sequences per forward inside the engine: larger model batches are run in pieces of this size so
+ * memory stays bounded; means over equal pieces equal the mean over the whole batch. */
+#define SAEFW_FORWARD_CHUNK 32
+
+typedef struct {
+    const saefw_model *model; /* borrowed: must outlive the source */
+    saefw_tokens *tokens;     /* borrowed: must outlive the source */
+    saefw_hook hook;
+    int64_t model_batch;      /* sequences per model batch (the seed: batch_size / seq_len * 16) */
+    uint64_t seed;            /* evaluation draws */
+} saefw_model_source_opts;
+
+/* The training stream runs the model over the token stream, model_batch sequences at a time, and
+ * yields the activations at the hook ([sequences * seq_len, width], every position), stopping the
+ * forward after the hook's layer. chunk_rows is one model batch of rows. */
+int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, char *err, size_t errlen);
+
+typedef struct {
+    double score;        /* (loss_zero - loss_recons) / (loss_zero - loss_clean) */
+    double loss_clean, loss_recons, loss_zero;
+} saefw_recons;
+
+/* The seed's reconstruction score: n_batches batches of model_batch random sequences; each batch's
+ * next-token loss clean, with the hook replaced by the SAE's reconstruction, and zero-ablated;
+ * the three means over batches give the score. */
+int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
+                       int64_t n_batches, int64_t model_batch, saefw_rng *rng, saefw_recons *out, char *err,
+                       size_t errlen);
+
+/* Mean next-token loss over n_batches random batches with an intervention (NULL: clean). */
+int saefw_model_loss(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *iv, int64_t n_batches,
+                     int64_t model_batch, saefw_rng *rng, double *loss, char *err, size_t errlen);
+
+/* Mean activation at the hook [width] over n_batches random batches (for mean-ablation). */
+int saefw_hook_mean(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, int64_t n_batches,
+                    int64_t model_batch, saefw_rng *rng, float *mean, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,242 @@
+/* Token files as rows of seq_len tokens, shuffled by a keyed permutation (no index array, so a
+ * 2-billion-token file costs no memory beyond its mapping). */
+#include "tokens.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tensorfile.h"
+#include "util.h"
+
+struct saefw_tokens {
+    char *path;
+    saefw_tensorfile *tf;     /* for .npy, safetensors, .pt */
+    void *map;                /* for raw .bin */
+    size_t map_len;
+    const void *data;
+    saefw_dtype dtype;
+    int64_t file_rows, file_cols; /* 1-D files: one row of N tokens */
+    int64_t pieces;           /* rows of seq_len per file row */
+    int64_t seq_len, rows, bos;
+    int shuffle;
+    uint64_t seed, key;
+    int64_t cursor, pass;
+    int bits;                 /* Feistel domain is 2^bits >= rows */
+    void (*log)(void *ud, const char *msg);
+    void *log_ud;
+};
+
+/* ---- keyed permutation of [0, rows): a 4-round Feistel network with cycle walking ---- */
+
+static uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static int64_t permute(const saefw_tokens *t, int64_t i) {
+    if (!t->shuffle || t->rows <= 1) return i;
+    const int half = t->bits / 2;
+    const uint64_t mask = (1ULL << half) - 1;
+    uint64_t x = (uint64_t)i;
+    do {
+        uint64_t l = x >> half, r = x & mask;
+        for (int round = 0; round < 4; round++) {
+            uint64_t f = mix(r ^ (t->key + 0x9e3779b97f4a7c15ULL * (uint64_t)(round + 1))) & mask;
+            uint64_t nl = r;
+            r = l ^ f;
+            l = nl;
+        }
+        x = (l << half) | r;
+    } while (x >= (uint64_t)t->rows); /* the domain is < 4 * rows, so this ends quickly */
+    return (int64_t)x;
+}
+
+static void new_key(saefw_tokens *t) { t->key = mix(t->seed ^ mix((uint64_t)t->pass + 0x746f6b656e73ULL)); }
+
+/* ---- opening ---- */
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+static int open_bin(saefw_tokens *t, const char *dtype, char *err, size_t errlen) {
+    if (!dtype) return saefw_errf(err, errlen, "%s: a raw .bin token file needs its dtype (uint16, int32 or int64)", t->path);
+    if (!strcmp(dtype, "uint16")) t->dtype = SAEFW_DT_U16;
+    else if (!strcmp(dtype, "int32")) t->dtype = SAEFW_DT_I32;
+    else if (!strcmp(dtype, "int64")) t->dtype = SAEFW_DT_I64;
+    else return saefw_errf(err, errlen, "%s: token dtype must be uint16, int32 or int64, got '%s'", t->path, dtype);
+    int fd = open(t->path, O_RDONLY);
+    if (fd < 0) return saefw_errf(err, errlen, "%s: cannot open: %s", t->path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return saefw_errf(err, errlen, "%s: cannot stat: %s", t->path, strerror(errno));
+    }
+    size_t isz = saefw_dtype_size(t->dtype);
+    if (st.st_size <= 0 || (size_t)st.st_size % isz != 0) {
+        close(fd);
+        return saefw_errf(err, errlen, "%s: size %lld is not a whole number of %s tokens", t->path,
+                          (long long)st.st_size, dtype);
+    }
+    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) return saefw_errf(err, errlen, "%s: cannot map: %s", t->path, strerror(errno));
+    t->map = m;
+    t->map_len = (size_t)st.st_size;
+    t->data = m;
+    t->file_rows = 1;
+    t->file_cols = (int64_t)((size_t)st.st_size / isz);
+    return 0;
+}
+
+static int open_tensor(saefw_tokens *t, const char *name, char *err, size_t errlen) {
+    if (saefw_tf_open(t->path, &t->tf, err, errlen) != 0) return -1;
+    const saefw_tensor_info *ti = NULL;
+    if (name) {
+        ti = saefw_tf_find(t->tf, name);
+        if (!ti) return saefw_errf(err, errlen, "%s: no tensor named '%s'", t->path, name);
+    } else if (saefw_tf_count(t->tf) == 1) {
+        ti = saefw_tf_get(t->tf, 0);
+    } else if ((ti = saefw_tf_find(t->tf, "tokens")) == NULL) {
+        return saefw_errf(err, errlen, "%s: holds %d tensors and none is named 'tokens'; name it with tensor = ...",
+                          t->path, saefw_tf_count(t->tf));
+    }
+    if (ti->dtype != SAEFW_DT_I32 && ti->dtype != SAEFW_DT_I64 && ti->dtype != SAEFW_DT_U16)
+        return saefw_errf(err, errlen, "%s: tokens must be int32, int64 or uint16, got %s", t->path,
+                          saefw_dtype_name(ti->dtype));
+    if (ti->ndim == 1) {
+        t->file_rows = 1;
+        t->file_cols = ti->shape[0];
+    } else if (ti->ndim == 2) {
+        t->file_rows = ti->shape[0];
+        t->file_cols = ti->shape[1];
+    } else {
+        return saefw_errf(err, errlen, "%s: tokens must be 1-D [N] or 2-D [rows, length], got %d dimensions", t->path,
+                          ti->ndim);
+    }
+    t->data = ti->data;
+    t->dtype = ti->dtype;
+    return 0;
+}
+
+int saefw_tokens_open(const saefw_tokens_opts *o, saefw_tokens **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (!o->path) return saefw_errf(err, errlen, "tokens: no path given");
+    if (o->seq_len <= 1) return saefw_errf(err, errlen, "%s: seq_len must be at least 2, got %lld", o->path, (long long)o->seq_len);
+    saefw_tokens *t = saefw_calloc(1, sizeof *t, err, errlen);
+    if (!t) return -1;
+    t->path = saefw_strdup(o->path, err, errlen);
+    if (!t->path) {
+        free(t);
+        return -1;
+    }
+    int rc = ends_with(o->path, ".bin") ? open_bin(t, o->dtype, err, errlen) : open_tensor(t, o->tensor, err, errlen);
+    if (rc != 0) {
+        saefw_tokens_free(t);
+        return -1;
+    }
+    t->seq_len = o->seq_len;
+    t->pieces = t->file_cols / o->seq_len;
+    t->rows = t->file_rows * t->pieces;
+    if (t->rows <= 0) {
+        saefw_errf(err, errlen, "%s: rows of %lld tokens are shorter than seq_len %lld", o->path,
+                   (long long)t->file_cols, (long long)o->seq_len);
+        saefw_tokens_free(t);
+        return -1;
+    }
+    t->bos = o->bos;
+    t->shuffle = o->shuffle;
+    t->seed = o->seed;
+    t->bits = 2;
+    while ((1LL << t->bits) < t->rows) t->bits += 2;
+    new_key(t);
+    *out = t;
+    return 0;
+}
+
+void saefw_tokens_free(saefw_tokens *t) {
+    if (!t) return;
+    if (t->map) munmap(t->map, t->map_len);
+    saefw_tf_close(t->tf);
+    free(t->path);
+    free(t);
+}
+
+int64_t saefw_tokens_rows(const saefw_tokens *t) { return t->rows; }
+int64_t saefw_tokens_seq_len(const saefw_tokens *t) { return t->seq_len; }
+int64_t saefw_tokens_pass(const saefw_tokens *t) { return t->pass; }
+int64_t saefw_tokens_cursor(const saefw_tokens *t) { return t->cursor; }
+
+void saefw_tokens_set_log(saefw_tokens *t, void (*log)(void *ud, const char *msg), void *ud) {
+    t->log = log;
+    t->log_ud = ud;
+}
+
+int saefw_tokens_row(const saefw_tokens *t, int64_t r, int32_t *out, int64_t max_id, char *err, size_t errlen) {
+    if (r < 0 || r >= t->rows) return saefw_errf(err, errlen, "%s: row %lld out of range", t->path, (long long)r);
+    int64_t frow = r / t->pieces, off = frow * t->file_cols + (r % t->pieces) * t->seq_len;
+    for (int64_t i = 0; i < t->seq_len; i++) {
+        /* memcpy: a large tensor inside a torch zip may sit at an unaligned offset of the mapping. */
+        int64_t v;
+        const char *at = (const char *)t->data;
+        switch (t->dtype) {
+        case SAEFW_DT_U16: {
+            uint16_t u;
+            memcpy(&u, at + (off + i) * 2, 2);
+            v = u;
+            break;
+        }
+        case SAEFW_DT_I32: {
+            int32_t u;
+            memcpy(&u, at + (off + i) * 4, 4);
+            v = u;
+            break;
+        }
+        default: memcpy(&v, at + (off + i) * 8, 8); break;
+        }
+        if (i == 0 && t->bos >= 0) v = t->bos;
+        if (v < 0 || (max_id > 0 && v >= max_id) || v > INT32_MAX)
+            return saefw_errf(err, errlen, "%s: token id %lld at position %lld is outside the vocabulary (d_vocab %lld)",
+                              t->path, (long long)v, (long long)(off + i), (long long)max_id);
+        out[i] = (int32_t)v;
+    }
+    return 0;
+}
+
+int saefw_tokens_next(saefw_tokens *t, int32_t *out, int64_t n, int64_t max_id, char *err, size_t errlen) {
+    for (int64_t k = 0; k < n; k++) {
+        if (t->cursor == t->rows) {
+            t->cursor = 0;
+            t->pass++;
+            new_key(t);
+            if (t->log) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "%s: used all %lld rows; starting pass %lld%s", t->path, (long long)t->rows,
+                         (long long)t->pass + 1, t->shuffle ? " with a fresh shuffle" : "");
+                t->log(t->log_ud, msg);
+            }
+        }
+        if (saefw_tokens_row(t, permute(t, t->cursor), out + k * t->seq_len, max_id, err, errlen) != 0) return -1;
+        t->cursor++;
+    }
+    return 0;
+}
+
+int saefw_tokens_sample(const saefw_tokens *t, saefw_rng *rng, int32_t *out, int64_t n, int64_t max_id, char *err,
+                        size_t errlen) {
+    for (int64_t k = 0; k < n; k++) {
+        int64_t r = (int64_t)saefw_rng_below(rng, (uint64_t)t->rows);
+        if (saefw_tokens_row(t, r, out + k * t->seq_len, max_id, err, errlen) != 0) return -1;
+    }
+    return 0;
+}
