@@ -539,35 +539,24 @@ static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int *next) 
     return off;
 }
 
-static int view_get(lua_State *L) {
-    ltensor_view *v = check_view(L, 1);
-    int next;
-    lua_pushnumber(L, v->p.data[view_offset(L, v, 2, &next)]);
-    return 1;
-}
-
-static int view_set(lua_State *L) {
+/* t:get(i[, j]), t:set(i[, j], v), and the same on the gradient: grad(), set_grad(). */
+static int view_access(lua_State *L, int grad, int set) {
     ltensor_view *v = check_view(L, 1);
     int next;
     int64_t off = view_offset(L, v, 2, &next);
-    v->p.data[off] = (float)luaL_checknumber(L, next);
+    float *a = grad ? v->p.grad : v->p.data;
+    if (!set) {
+        lua_pushnumber(L, a[off]);
+        return 1;
+    }
+    a[off] = (float)luaL_checknumber(L, next);
     return 0;
 }
 
-static int view_grad(lua_State *L) {
-    ltensor_view *v = check_view(L, 1);
-    int next;
-    lua_pushnumber(L, v->p.grad[view_offset(L, v, 2, &next)]);
-    return 1;
-}
-
-static int view_set_grad(lua_State *L) {
-    ltensor_view *v = check_view(L, 1);
-    int next;
-    int64_t off = view_offset(L, v, 2, &next);
-    v->p.grad[off] = (float)luaL_checknumber(L, next);
-    return 0;
-}
+static int view_get(lua_State *L) { return view_access(L, 0, 0); }
+static int view_set(lua_State *L) { return view_access(L, 0, 1); }
+static int view_grad(lua_State *L) { return view_access(L, 1, 0); }
+static int view_set_grad(lua_State *L) { return view_access(L, 1, 1); }
 
 static int view_index(lua_State *L) {
     ltensor_view *v = check_view(L, 1);

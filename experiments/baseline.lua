@@ -1,7 +1,7 @@
 -- The seed recipe on gelu-1l: an SAE with 8x the MLP width on blocks.0.mlp.hook_post, trained on
 -- 2B tokens with Adam, L2 + L1 loss, unit-norm decoder, the shuffled bf16 buffer, reconstruction
 -- score and feature frequencies every 1000 steps, dead features re-initialised every 30000 steps
--- (when the reinit_dead plugin is installed), and a checkpoint every 30000 steps.
+-- (the reinit_dead plugin), and a checkpoint every 30000 steps.
 --
 --   saefw download NeelNanda/GELU_1L512W_C4_Code config.json model_final.pth
 --   saefw run experiments/baseline.lua --data path/to/c4_code_2b_tokens_reshaped.pt
@@ -32,10 +32,7 @@ local buffer = saefw.buffer { model = model, tokens = tokens, site = cfg.site, l
 local sae = saefw.sae { d_in = buffer.d_act, d_sae = buffer.d_act * cfg.dict_mult,
                         l1_coeff = cfg.l1_coeff, seed = cfg.seed }
 
--- Resampling is a plugin; the run goes on without it (with a warning) where it is not installed.
-local plugins = {}
-local ok, reinit = pcall(saefw.plugin, "reinit_dead", { every = cfg.reinit_every, threshold = cfg.reinit_threshold })
-if ok then plugins[#plugins + 1] = reinit else io.stderr:write("warning: " .. tostring(reinit) .. "\n") end
+local plugins = { saefw.plugin("reinit_dead", { every = cfg.reinit_every, threshold = cfg.reinit_threshold }) }
 
 local result = saefw.train {
   sae = sae, buffer = buffer, num_tokens = cfg.num_tokens, seed = cfg.seed,

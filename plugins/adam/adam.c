@@ -38,43 +38,35 @@ static void adam_destroy(void *self) {
     free(a);
 }
 
-static int fail(char *err, size_t errlen, const char *msg) {
-    if (err && errlen) {
-        strncpy(err, msg, errlen - 1);
-        err[errlen - 1] = 0;
-    }
-    return -1;
-}
-
 static int adam_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                        size_t errlen) {
     adam *a = calloc(1, sizeof *a);
-    if (!a) return fail(err, errlen, "out of memory");
+    if (!a) return saefw_fail(err, errlen, "out of memory");
     a->host = host;
     a->lr = host->opt_number(opts, "lr");
     a->beta1 = host->opt_number(opts, "beta1");
     a->beta2 = host->opt_number(opts, "beta2");
     a->eps = host->opt_number(opts, "eps");
     a->wd = host->opt_number(opts, "weight_decay");
-    if (!(a->lr >= 0)) return adam_destroy(a), fail(err, errlen, "option 'lr' must be >= 0");
-    if (!(a->beta1 >= 0 && a->beta1 < 1)) return adam_destroy(a), fail(err, errlen, "option 'beta1' must be in [0, 1)");
-    if (!(a->beta2 >= 0 && a->beta2 < 1)) return adam_destroy(a), fail(err, errlen, "option 'beta2' must be in [0, 1)");
-    if (!(a->eps >= 0)) return adam_destroy(a), fail(err, errlen, "option 'eps' must be >= 0");
-    if (!(a->wd >= 0)) return adam_destroy(a), fail(err, errlen, "option 'weight_decay' must be >= 0");
+    if (!(a->lr >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'lr' must be >= 0");
+    if (!(a->beta1 >= 0 && a->beta1 < 1)) return adam_destroy(a), saefw_fail(err, errlen, "option 'beta1' must be in [0, 1)");
+    if (!(a->beta2 >= 0 && a->beta2 < 1)) return adam_destroy(a), saefw_fail(err, errlen, "option 'beta2' must be in [0, 1)");
+    if (!(a->eps >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'eps' must be >= 0");
+    if (!(a->wd >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'weight_decay' must be >= 0");
     a->n = host->param_count(run);
     a->m = calloc((size_t)a->n, sizeof(float *));
     a->v = calloc((size_t)a->n, sizeof(float *));
     a->numel = calloc((size_t)a->n, sizeof(int64_t));
     a->cols = calloc((size_t)a->n, sizeof(int64_t));
-    if (!a->m || !a->v || !a->numel || !a->cols) return adam_destroy(a), fail(err, errlen, "out of memory");
+    if (!a->m || !a->v || !a->numel || !a->cols) return adam_destroy(a), saefw_fail(err, errlen, "out of memory");
     for (int i = 0; i < a->n; i++) {
         saefw_param p;
-        if (host->param_get(run, i, &p) != 0) return adam_destroy(a), fail(err, errlen, "cannot read parameters");
+        if (host->param_get(run, i, &p) != 0) return adam_destroy(a), saefw_fail(err, errlen, "cannot read parameters");
         a->numel[i] = p.numel;
         a->cols[i] = p.ndim == 2 ? p.shape[1] : 1;
         a->m[i] = calloc((size_t)p.numel, sizeof(float));
         a->v[i] = calloc((size_t)p.numel, sizeof(float));
-        if (!a->m[i] || !a->v[i]) return adam_destroy(a), fail(err, errlen, "out of memory for Adam state");
+        if (!a->m[i] || !a->v[i]) return adam_destroy(a), saefw_fail(err, errlen, "out of memory for Adam state");
     }
     *self = a;
     return 0;
@@ -92,7 +84,7 @@ static int adam_step(void *self, saefw_run *run, char *err, size_t errlen) {
     const float eps = (float)a->eps, wd = (float)a->wd;
     for (int i = 0; i < a->n; i++) {
         saefw_param p;
-        if (a->host->param_get(run, i, &p) != 0) return fail(err, errlen, "cannot read parameters");
+        if (a->host->param_get(run, i, &p) != 0) return saefw_fail(err, errlen, "cannot read parameters");
         float *w = p.data, *m = a->m[i], *v = a->v[i];
         const float *g = p.grad;
         for (int64_t k = 0; k < p.numel; k++) {
@@ -114,20 +106,20 @@ static int adam_step(void *self, saefw_run *run, char *err, size_t errlen) {
 static int adam_reset(void *self, saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
                       size_t errlen) {
     adam *a = self;
-    if (param < 0 || param >= a->n) return fail(err, errlen, "reset_state: no such tensor");
+    if (param < 0 || param >= a->n) return saefw_fail(err, errlen, "reset_state: no such tensor");
     int64_t cols = a->cols[param], rows = a->numel[param] / cols;
     float *m = a->m[param], *v = a->v[param];
     for (int64_t k = 0; k < n; k++) {
         int64_t j = idx[k];
         if (axis == 0) {
-            if (j < 0 || j >= rows) return fail(err, errlen, "reset_state: row index out of range");
+            if (j < 0 || j >= rows) return saefw_fail(err, errlen, "reset_state: row index out of range");
             memset(m + j * cols, 0, sizeof(float) * (size_t)cols);
             memset(v + j * cols, 0, sizeof(float) * (size_t)cols);
         } else if (axis == 1 && cols > 1) {
-            if (j < 0 || j >= cols) return fail(err, errlen, "reset_state: column index out of range");
+            if (j < 0 || j >= cols) return saefw_fail(err, errlen, "reset_state: column index out of range");
             for (int64_t r = 0; r < rows; r++) m[r * cols + j] = v[r * cols + j] = 0.0f;
         } else {
-            return fail(err, errlen, "reset_state: bad axis");
+            return saefw_fail(err, errlen, "reset_state: bad axis");
         }
     }
     return 0;

@@ -4,7 +4,6 @@
  * column the same direction scaled to encoder_scale times the mean norm of the live encoder columns,
  * its encoder bias 0, and the optimizer state of exactly those slices is reset. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,16 +37,6 @@ typedef struct {
     double *cum;         /* [chunk]: running sums of squared losses inside a chunk */
 } resampler;
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static void rs_destroy(void *self) {
     resampler *r = self;
     if (!r) return;
@@ -63,21 +52,21 @@ static void rs_destroy(void *self) {
 static int rs_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                      size_t errlen) {
     if (host->struct_size < offsetof(saefw_host, batch_acts) + sizeof host->batch_acts)
-        return fail(err, errlen, "the engine is too old: its host table lacks batch_acts");
+        return saefw_fail(err, errlen, "the engine is too old: its host table lacks batch_acts");
     double every = host->opt_number(opts, "every"), start = host->opt_number(opts, "start");
     double times = host->opt_number(opts, "times"), window = host->opt_number(opts, "window");
     double samples = host->opt_number(opts, "samples"), chunk = host->opt_number(opts, "chunk");
     double scale = host->opt_number(opts, "encoder_scale");
-    if (!(every >= 1)) return fail(err, errlen, "option 'every' must be >= 1, got %g", every);
-    if (!(start >= 0)) return fail(err, errlen, "option 'start' must be >= 0 (0: the same as every), got %g", start);
-    if (!(times >= 0)) return fail(err, errlen, "option 'times' must be >= 0 (0: no limit), got %g", times);
-    if (!(window >= 0)) return fail(err, errlen, "option 'window' must be >= 0 (0: the same as every), got %g", window);
-    if (!(samples >= 1)) return fail(err, errlen, "option 'samples' must be >= 1, got %g", samples);
-    if (!(chunk >= 1)) return fail(err, errlen, "option 'chunk' must be >= 1, got %g", chunk);
-    if (!(scale > 0)) return fail(err, errlen, "option 'encoder_scale' must be > 0, got %g", scale);
+    if (!(every >= 1)) return saefw_fail(err, errlen, "option 'every' must be >= 1, got %g", every);
+    if (!(start >= 0)) return saefw_fail(err, errlen, "option 'start' must be >= 0 (0: the same as every), got %g", start);
+    if (!(times >= 0)) return saefw_fail(err, errlen, "option 'times' must be >= 0 (0: no limit), got %g", times);
+    if (!(window >= 0)) return saefw_fail(err, errlen, "option 'window' must be >= 0 (0: the same as every), got %g", window);
+    if (!(samples >= 1)) return saefw_fail(err, errlen, "option 'samples' must be >= 1, got %g", samples);
+    if (!(chunk >= 1)) return saefw_fail(err, errlen, "option 'chunk' must be >= 1, got %g", chunk);
+    if (!(scale > 0)) return saefw_fail(err, errlen, "option 'encoder_scale' must be > 0, got %g", scale);
 
     resampler *r = calloc(1, sizeof *r);
-    if (!r) return fail(err, errlen, "out of memory");
+    if (!r) return saefw_fail(err, errlen, "out of memory");
     r->host = host;
     r->every = (int64_t)every;
     r->start = start > 0 ? (int64_t)start : r->every;
@@ -96,7 +85,7 @@ static int rs_create(const saefw_host *host, saefw_run *run, const saefw_opts *o
     r->loss = malloc(sizeof(float) * ch);
     r->cum = malloc(sizeof(double) * ch);
     if (!r->last_fired || !r->dead || !r->chosen || !r->x || !r->loss || !r->cum)
-        return rs_destroy(r), fail(err, errlen, "out of memory (option 'chunk' = %zu rows of %zu)", ch, d_in);
+        return rs_destroy(r), saefw_fail(err, errlen, "out of memory (option 'chunk' = %zu rows of %zu)", ch, d_in);
     for (size_t j = 0; j < d_sae; j++) r->last_fired[j] = -1;
     *self = r;
     return 0;
@@ -145,7 +134,7 @@ static int draw_inputs(resampler *r, saefw_run *run, int64_t n, char *err, size_
 static int reset_slices(resampler *r, saefw_run *run, const char *name, int axis, int64_t n, char *err,
                         size_t errlen) {
     int index;
-    if (r->host->param_find(run, name, NULL, &index) != 0) return fail(err, errlen, "the SAE has no %s", name);
+    if (r->host->param_find(run, name, NULL, &index) != 0) return saefw_fail(err, errlen, "the SAE has no %s", name);
     if (r->host->reset_optimizer_state(run, index, axis, r->dead, n, err, errlen) != 0) return -1;
     return 0;
 }
@@ -156,7 +145,7 @@ static int resample(resampler *r, saefw_run *run, char *err, size_t errlen) {
     saefw_param we, wd, be;
     if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
         h->param_find(run, "b_enc", &be, NULL) != 0)
-        return fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
+        return saefw_fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
 
     /* Fired on none of the steps step - window + 1 .. step. last_fired starts at -1, so until
      * `window` steps have been seen no feature counts as dead. */
@@ -238,7 +227,7 @@ static int rs_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     const int64_t step = h->step(run);
     int64_t rows = 0;
     const float *acts = h->batch_acts(run, &rows);
-    if (!acts && rows) return fail(err, errlen, "no activations for the current batch");
+    if (!acts && rows) return saefw_fail(err, errlen, "no activations for the current batch");
     for (int64_t b = 0; b < rows; b++) {
         const float *a = acts + b * r->d_sae;
         for (int64_t j = 0; j < r->d_sae; j++)

@@ -2,7 +2,6 @@
  * `batches` evaluation batches and gives each feature rarer than `threshold` a fresh kaiming-uniform
  * encoder column and decoder row and a zero encoder bias, leaving the optimizer state alone. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,16 +23,6 @@ typedef struct {
     float *freq; /* [d_sae] */
 } reinit;
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static void reinit_destroy(void *self) {
     reinit *r = self;
     if (!r) return;
@@ -45,17 +34,17 @@ static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opt
                          size_t errlen) {
     double every = host->opt_number(opts, "every"), threshold = host->opt_number(opts, "threshold");
     double batches = host->opt_number(opts, "batches");
-    if (!(every >= 1)) return fail(err, errlen, "option 'every' must be >= 1, got %g", every);
-    if (!(threshold >= 0)) return fail(err, errlen, "option 'threshold' must be >= 0, got %g", threshold);
-    if (!(batches >= 1)) return fail(err, errlen, "option 'batches' must be >= 1, got %g", batches);
+    if (!(every >= 1)) return saefw_fail(err, errlen, "option 'every' must be >= 1, got %g", every);
+    if (!(threshold >= 0)) return saefw_fail(err, errlen, "option 'threshold' must be >= 0, got %g", threshold);
+    if (!(batches >= 1)) return saefw_fail(err, errlen, "option 'batches' must be >= 1, got %g", batches);
     reinit *r = calloc(1, sizeof *r);
-    if (!r) return fail(err, errlen, "out of memory");
+    if (!r) return saefw_fail(err, errlen, "out of memory");
     r->host = host;
     r->every = (int64_t)every;
     r->batches = (int64_t)batches;
     r->threshold = threshold;
     r->freq = malloc(sizeof(float) * (size_t)host->d_sae(run));
-    if (!r->freq) return reinit_destroy(r), fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
+    if (!r->freq) return reinit_destroy(r), saefw_fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
     *self = r;
     return 0;
 }
@@ -72,7 +61,7 @@ static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errle
     saefw_param we, wd, be;
     if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
         h->param_find(run, "b_enc", &be, NULL) != 0)
-        return fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
+        return saefw_fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
     const int64_t d_in = we.shape[0], d_sae = we.shape[1];
     if (h->feature_frequencies(run, r->batches, r->freq, err, errlen) != 0) return -1;
     /* Bounds of kaiming_uniform_ on the full tensors: sqrt(6 / size(1)). */
@@ -97,7 +86,7 @@ static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errle
 
 SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
     if (host->struct_size < offsetof(saefw_host, feature_frequencies) + sizeof host->feature_frequencies)
-        return fail(err, errlen, "the engine is too old: its host table lacks feature_frequencies");
+        return saefw_fail(err, errlen, "the engine is too old: its host table lacks feature_frequencies");
     out->abi_version = SAEFW_ABI_VERSION;
     out->struct_size = sizeof(saefw_plugin);
     out->name = "reinit_dead";

@@ -2,7 +2,6 @@
  * direction d in activation space: after the backward pass W_enc.grad -= d (d . W_enc.grad), after
  * the optimizer step W_enc -= d (d . W_enc), column by column. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,16 +22,6 @@ typedef struct {
     double *proj;  /* [d_sae]: d . column, per column */
 } remover;
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static void rm_destroy(void *self) {
     remover *r = self;
     if (!r) return;
@@ -44,32 +33,32 @@ static void rm_destroy(void *self) {
 static int rm_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                      size_t errlen) {
     if (host->struct_size < offsetof(saefw_host, read_tensor) + sizeof host->read_tensor)
-        return fail(err, errlen, "the engine is too old: its host table lacks read_tensor");
+        return saefw_fail(err, errlen, "the engine is too old: its host table lacks read_tensor");
     const char *path = host->opt_string(opts, "direction"), *name = host->opt_string(opts, "tensor");
-    if (!path || !*path) return fail(err, errlen, "option 'direction' is required (a file holding the direction)");
+    if (!path || !*path) return saefw_fail(err, errlen, "option 'direction' is required (a file holding the direction)");
     if (name && !*name) name = NULL;
     remover *r = calloc(1, sizeof *r);
-    if (!r) return fail(err, errlen, "out of memory");
+    if (!r) return saefw_fail(err, errlen, "out of memory");
     r->host = host;
     r->d_in = host->d_in(run);
     r->d_sae = host->d_sae(run);
     r->proj = malloc(sizeof(double) * (size_t)r->d_sae);
-    if (!r->proj) return rm_destroy(r), fail(err, errlen, "out of memory");
+    if (!r->proj) return rm_destroy(r), saefw_fail(err, errlen, "out of memory");
 
     char terr[400] = "";
     int64_t numel = 0, shape[4];
     int ndim = 0;
     if (host->read_tensor(run, path, name, &r->d, &numel, &ndim, shape, terr, sizeof terr) != 0)
-        return rm_destroy(r), fail(err, errlen, "option 'direction': %s", terr);
+        return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s", terr);
     /* Any shape with d_in entries ([d_in], [1, d_in]) is the same direction. */
     const int64_t d_in = r->d_in;
     if (numel != d_in)
-        return rm_destroy(r), fail(err, errlen, "option 'direction': %s: direction has %lld entries, expected d_in = %lld",
+        return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has %lld entries, expected d_in = %lld",
                                    path, (long long)numel, (long long)d_in);
     double ss = 0;
     for (int64_t i = 0; i < r->d_in; i++) ss += (double)r->d[i] * r->d[i];
-    if (!isfinite(ss)) return rm_destroy(r), fail(err, errlen, "option 'direction': %s: direction has a non-finite entry", path);
-    if (!(ss > 0)) return rm_destroy(r), fail(err, errlen, "option 'direction': %s: direction has zero norm", path);
+    if (!isfinite(ss)) return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has a non-finite entry", path);
+    if (!(ss > 0)) return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has zero norm", path);
     const double norm = sqrt(ss);
     for (int64_t i = 0; i < r->d_in; i++) r->d[i] = (float)(r->d[i] / norm);
     if (fabs(norm - 1.0) > 1e-5) {
@@ -98,9 +87,9 @@ static void project_out(remover *r, float *m) {
 }
 
 static int w_enc(remover *r, saefw_run *run, saefw_param *p, char *err, size_t errlen) {
-    if (r->host->param_find(run, "W_enc", p, NULL) != 0) return fail(err, errlen, "the SAE has no W_enc");
+    if (r->host->param_find(run, "W_enc", p, NULL) != 0) return saefw_fail(err, errlen, "the SAE has no W_enc");
     if (p->ndim != 2 || p->shape[0] != r->d_in || p->shape[1] != r->d_sae)
-        return fail(err, errlen, "W_enc is not [d_in, d_sae]");
+        return saefw_fail(err, errlen, "W_enc is not [d_in, d_sae]");
     return 0;
 }
 

@@ -20,14 +20,6 @@ typedef struct {
     int64_t *numel, *cols;
 } sgd;
 
-static int fail(char *err, size_t errlen, const char *msg) {
-    if (err && errlen) {
-        strncpy(err, msg, errlen - 1);
-        err[errlen - 1] = 0;
-    }
-    return -1;
-}
-
 static void sgd_destroy(void *self) {
     sgd *s = self;
     if (!s) return;
@@ -42,34 +34,34 @@ static void sgd_destroy(void *self) {
 static int sgd_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                       size_t errlen) {
     sgd *s = calloc(1, sizeof *s);
-    if (!s) return fail(err, errlen, "out of memory");
+    if (!s) return saefw_fail(err, errlen, "out of memory");
     s->host = host;
     double lr = host->opt_number(opts, "lr"), mom = host->opt_number(opts, "momentum");
     double wd = host->opt_number(opts, "weight_decay");
     s->nesterov = host->opt_number(opts, "nesterov") != 0;
-    if (!(lr >= 0)) return sgd_destroy(s), fail(err, errlen, "option 'lr' must be >= 0");
-    if (!(mom >= 0 && mom < 1)) return sgd_destroy(s), fail(err, errlen, "option 'momentum' must be in [0, 1)");
-    if (!(wd >= 0)) return sgd_destroy(s), fail(err, errlen, "option 'weight_decay' must be >= 0");
-    if (s->nesterov && mom == 0) return sgd_destroy(s), fail(err, errlen, "option 'nesterov' needs momentum > 0");
+    if (!(lr >= 0)) return sgd_destroy(s), saefw_fail(err, errlen, "option 'lr' must be >= 0");
+    if (!(mom >= 0 && mom < 1)) return sgd_destroy(s), saefw_fail(err, errlen, "option 'momentum' must be in [0, 1)");
+    if (!(wd >= 0)) return sgd_destroy(s), saefw_fail(err, errlen, "option 'weight_decay' must be >= 0");
+    if (s->nesterov && mom == 0) return sgd_destroy(s), saefw_fail(err, errlen, "option 'nesterov' needs momentum > 0");
     s->lr = (float)lr;
     s->momentum = (float)mom;
     s->wd = (float)wd;
     s->n = host->param_count(run);
     s->numel = calloc((size_t)s->n, sizeof(int64_t));
     s->cols = calloc((size_t)s->n, sizeof(int64_t));
-    if (!s->numel || !s->cols) return sgd_destroy(s), fail(err, errlen, "out of memory");
+    if (!s->numel || !s->cols) return sgd_destroy(s), saefw_fail(err, errlen, "out of memory");
     for (int i = 0; i < s->n; i++) {
         saefw_param p;
-        if (host->param_get(run, i, &p) != 0) return sgd_destroy(s), fail(err, errlen, "cannot read parameters");
+        if (host->param_get(run, i, &p) != 0) return sgd_destroy(s), saefw_fail(err, errlen, "cannot read parameters");
         s->numel[i] = p.numel;
         s->cols[i] = p.ndim == 2 ? p.shape[1] : 1;
     }
     if (mom > 0) {
         s->buf = calloc((size_t)s->n, sizeof(float *));
-        if (!s->buf) return sgd_destroy(s), fail(err, errlen, "out of memory");
+        if (!s->buf) return sgd_destroy(s), saefw_fail(err, errlen, "out of memory");
         for (int i = 0; i < s->n; i++)
             if (!(s->buf[i] = calloc((size_t)s->numel[i], sizeof(float))))
-                return sgd_destroy(s), fail(err, errlen, "out of memory for momentum");
+                return sgd_destroy(s), saefw_fail(err, errlen, "out of memory for momentum");
     }
     *self = s;
     return 0;
@@ -79,7 +71,7 @@ static int sgd_step(void *self, saefw_run *run, char *err, size_t errlen) {
     sgd *s = self;
     for (int i = 0; i < s->n; i++) {
         saefw_param p;
-        if (s->host->param_get(run, i, &p) != 0) return fail(err, errlen, "cannot read parameters");
+        if (s->host->param_get(run, i, &p) != 0) return saefw_fail(err, errlen, "cannot read parameters");
         float *w = p.data;
         const float *g = p.grad;
         for (int64_t k = 0; k < p.numel; k++) {
@@ -100,7 +92,7 @@ static int sgd_step(void *self, saefw_run *run, char *err, size_t errlen) {
 static int sgd_reset(void *self, saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
                      size_t errlen) {
     sgd *s = self;
-    if (param < 0 || param >= s->n) return fail(err, errlen, "reset_state: no such tensor");
+    if (param < 0 || param >= s->n) return saefw_fail(err, errlen, "reset_state: no such tensor");
     if (!s->buf) return 0;
     int64_t cols = s->cols[param], rows = s->numel[param] / cols;
     float *b = s->buf[param];
@@ -109,7 +101,7 @@ static int sgd_reset(void *self, saefw_run *run, int param, int axis, const int6
         if (axis == 0 && j >= 0 && j < rows) memset(b + j * cols, 0, sizeof(float) * (size_t)cols);
         else if (axis == 1 && cols > 1 && j >= 0 && j < cols)
             for (int64_t r = 0; r < rows; r++) b[r * cols + j] = 0.0f;
-        else return fail(err, errlen, "reset_state: index or axis out of range");
+        else return saefw_fail(err, errlen, "reset_state: index or axis out of range");
     }
     return 0;
 }

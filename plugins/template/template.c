@@ -26,9 +26,9 @@ static int create(const saefw_host *host, saefw_run *run, const saefw_opts *opts
     (void)run; /* not needed here; a plugin that keeps per-run state sizes it with host->d_sae(run) */
     double every = host->opt_number(opts, "every");
     /* Errors name the option; the engine prefixes "plugin <name>: ". */
-    if (!(every >= 1)) return snprintf(err, errlen, "option 'every' must be >= 1, got %g", every), -1;
+    if (!(every >= 1)) return saefw_fail(err, errlen, "option 'every' must be >= 1, got %g", every);
     state *s = calloc(1, sizeof *s);
-    if (!s) return snprintf(err, errlen, "out of memory"), -1;
+    if (!s) return saefw_fail(err, errlen, "out of memory");
     s->host = host;
     s->every = (long long)every;
     *self = s;
@@ -44,7 +44,7 @@ static int after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     if ((h->step(run) + 1) % s->every != 0) return 0;
     int64_t rows = 0;
     const float *acts = h->batch_acts(run, &rows); /* [rows, d_sae], valid until the step ends */
-    if (!acts) return snprintf(err, errlen, "no batch activations at step %lld", (long long)h->step(run)), -1;
+    if (!acts) return saefw_fail(err, errlen, "no batch activations at step %lld", (long long)h->step(run));
     const int64_t d_sae = h->d_sae(run);
     int64_t active = 0;
     for (int64_t k = 0; k < rows * d_sae; k++) active += acts[k] > 0.0f;
@@ -56,7 +56,7 @@ static int after_step(void *self, saefw_run *run, char *err, size_t errlen) {
 SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
     /* batch_acts was appended to the host table later: an older engine's table ends before it. */
     if (host->struct_size < offsetof(saefw_host, batch_acts) + sizeof host->batch_acts)
-        return snprintf(err, errlen, "the engine is too old (no batch_acts)"), -1;
+        return saefw_fail(err, errlen, "the engine is too old (no batch_acts)");
     out->abi_version = SAEFW_ABI_VERSION;
     out->struct_size = sizeof(saefw_plugin);
     out->name = "template"; /* must match the file name <name>.so for loading by name */

@@ -5,8 +5,10 @@
 #ifndef SAEFW_PLUGIN_H
 #define SAEFW_PLUGIN_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -150,6 +152,21 @@ typedef struct saefw_plugin {
 /* The entry point. `out` arrives zeroed with abi_version/struct_size describing the engine's struct;
  * fill it (never past out->struct_size bytes) and return 0, or write err and return non-zero. */
 typedef int (*saefw_plugin_init_fn)(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen);
+
+/* Write a formatted message into a callback's err buffer and return -1: `return saefw_fail(err, errlen, ...)`.
+ * Header-only, so a plugin still links to nothing of the engine. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static inline int saefw_fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
 
 #if defined(__GNUC__)
 #define SAEFW_EXPORT __attribute__((visibility("default")))
