@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "parallel.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -206,6 +207,7 @@ static const saefw_host HOST = {
     .batch_inputs = host_batch_inputs,
     .batch_acts = host_batch_acts,
     .read_tensor = host_read_tensor,
+    .parallel_for = saefw_parallel_for,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }

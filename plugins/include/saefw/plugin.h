@@ -115,6 +115,10 @@ typedef struct saefw_host {
      * holds one tensor. shape gets up to 4 dims. Errors name the file. */
     int (*read_tensor)(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel, int *ndim,
                        int64_t shape[4], char *err, size_t errlen);
+
+    /* The engine's threads: run fn(ctx, begin, end) over disjoint ranges covering [0, n), in parallel;
+     * returns when all are done. For memory-bound loops such as an optimizer's update. */
+    void (*parallel_for)(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
 } saefw_host;
 
 typedef int (*saefw_callback)(void *self, saefw_run *run, char *err, size_t errlen);
