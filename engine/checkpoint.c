@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "state.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -37,6 +38,11 @@ static int fsync_path(const char *path, int dir) {
 }
 
 int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cfg, char *err, size_t errlen) {
+    return saefw_checkpoint_save_ex(dir, sae, cfg, NULL, NULL, err, errlen);
+}
+
+int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON *cfg, saefw_checkpoint_extra_fn extra,
+                             void *ud, char *err, size_t errlen) {
     for (int i = 0; i < SAEFW_N_PARAMS; i++)
         for (int64_t k = 0; k < sae->numel[i]; k++)
             if (!isfinite(sae->p[i][k]))
@@ -58,7 +64,8 @@ int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cf
     }
     const char *meta[][2] = {{"format", "pt"}};
     snprintf(path, sizeof path, "%s/sae_weights.safetensors", tmp);
-    if (saefw_safetensors_write(path, refs, SAEFW_N_PARAMS, meta, 1, err, errlen) != 0) goto fail;
+    if (saefw_write_checked(path, refs, SAEFW_N_PARAMS, meta, 1, err, errlen) != 0) goto fail;
+    if (extra && extra(ud, tmp, err, errlen) != 0) goto fail;
 
     cJSON *c = cfg ? cJSON_Duplicate(cfg, 1) : cJSON_CreateObject();
     if (!c) {
@@ -245,7 +252,8 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
         cJSON_Delete(cfg);
         return -1;
     }
-    int rc = fill_sae(weights, tf, d_in, d_sae, l1, sae, err, errlen);
+    int rc = saefw_checksum_verify(tf, weights, NULL, err, errlen);
+    if (rc == 0) rc = fill_sae(weights, tf, d_in, d_sae, l1, sae, err, errlen);
     saefw_tf_close(tf);
     if (rc != 0) {
         cJSON_Delete(cfg);
@@ -269,4 +277,93 @@ int saefw_checkpoint_next_version(const char *run_dir) {
     }
     closedir(d);
     return (int)(best + 1);
+}
+
+static int numbered(const char *name, long *v) {
+    char *end;
+    errno = 0;
+    long x = strtol(name, &end, 10);
+    if (*end != 0 || end == name || errno != 0 || x < 0 || x >= INT_MAX) return 0;
+    *v = x;
+    return 1;
+}
+
+static int desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+/* Versions of run_dir's numbered folders, newest first; *n gets the count. Caller frees. */
+static long *versions(const char *run_dir, int *n) {
+    *n = 0;
+    DIR *d = opendir(run_dir);
+    if (!d) return NULL;
+    int cap = 16;
+    long *v = malloc(sizeof(long) * (size_t)cap);
+    struct dirent *e;
+    while (v && (e = readdir(d))) {
+        long x;
+        if (!numbered(e->d_name, &x)) continue;
+        if (*n == cap) {
+            long *nv = realloc(v, sizeof(long) * (size_t)(cap *= 2));
+            if (!nv) {
+                free(v);
+                v = NULL;
+                break;
+            }
+            v = nv;
+        }
+        v[(*n)++] = x;
+    }
+    closedir(d);
+    if (v) qsort(v, (size_t)*n, sizeof(long), desc);
+    return v;
+}
+
+static int checkpoint_intact(const char *dir, char *err, size_t errlen) {
+    char p[PATH_MAX];
+    saefw_sae s;
+    if (saefw_checkpoint_load(dir, &s, NULL, err, errlen) != 0) return -1;
+    saefw_sae_free(&s);
+    snprintf(p, sizeof p, "%s/" SAEFW_TRAIN_STATE, dir);
+    saefw_state_in st;
+    if (saefw_state_open(p, &st, err, errlen) != 0) return -1;
+    saefw_state_close(&st);
+    return 0;
+}
+
+int saefw_checkpoint_find_resumable(const char *run_dir, char *out, size_t n, void (*log)(const char *msg), char *err,
+                                    size_t errlen) {
+    struct stat st;
+    if (stat(run_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return saefw_errf(err, errlen, "%s: no such run folder", run_dir);
+    int nv = 0;
+    long *v = versions(run_dir, &nv);
+    for (int i = 0; i < nv; i++) {
+        char dir[PATH_MAX], why[1024];
+        snprintf(dir, sizeof dir, "%s/%ld", run_dir, v[i]);
+        if (checkpoint_intact(dir, why, sizeof why) == 0) {
+            snprintf(out, n, "%s", dir);
+            free(v);
+            return 0;
+        }
+        if (log) {
+            char msg[1400];
+            snprintf(msg, sizeof msg, "resume: skipping checkpoint %s: %s", dir, why);
+            log(msg);
+        }
+    }
+    free(v);
+    return saefw_errf(err, errlen, "%s: no complete checkpoint with a training state to resume from", run_dir);
+}
+
+void saefw_checkpoint_prune_states(const char *run_dir, int keep) {
+    int nv = 0;
+    long *v = versions(run_dir, &nv);
+    for (int i = keep; i < nv; i++) {
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%ld/" SAEFW_TRAIN_STATE, run_dir, v[i]);
+        unlink(p);
+    }
+    free(v);
 }

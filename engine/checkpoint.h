@@ -13,6 +13,24 @@
  * one. cfg (may be NULL) is a JSON object of extra fields; d_in, d_sae, dtype are always written. */
 int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cfg, char *err, size_t errlen);
 
+/* The same, calling extra(ud, tmp_dir, ...) to add files (the training state) to the folder before
+ * it is renamed into place. sae_weights.safetensors carries a checksum of its tensors. */
+typedef int (*saefw_checkpoint_extra_fn)(void *ud, const char *tmp_dir, char *err, size_t errlen);
+int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON *cfg, saefw_checkpoint_extra_fn extra,
+                             void *ud, char *err, size_t errlen);
+
+/* File name of the resumable training state inside a checkpoint folder. */
+#define SAEFW_TRAIN_STATE "train_state.safetensors"
+
+/* The newest complete, uncorrupted checkpoint of run_dir that holds a training state (numbered
+ * folders, newest first; damaged ones are skipped with a line through log). Fills out with its path;
+ * returns -1 with err when there is none. */
+int saefw_checkpoint_find_resumable(const char *run_dir, char *out, size_t n, void (*log)(const char *msg), char *err,
+                                    size_t errlen);
+/* Remove the training state from every numbered checkpoint of run_dir but the newest `keep` (the
+ * weights stay); keeps the disk use of long runs bounded. */
+void saefw_checkpoint_prune_states(const char *run_dir, int keep);
+
 /* Load a checkpoint into a freshly allocated sae (free with saefw_sae_free): a checkpoint folder, a
  * sae_weights.safetensors file (cfg.json beside it), or a seed `N.pt` (N_cfg.json beside it, if any).
  * *cfg_out (may be NULL) receives the parsed cfg (caller frees with cJSON_Delete). */

@@ -674,7 +674,7 @@ static void lua_plugin_release(lua_State *L, lplugin *base) {
  * on_eval=fn, on_end=fn, step=fn (optimizers)} -> a plugin to pass to saefw.train. */
 static int l_lua_plugin(lua_State *L) {
     static const char *const keys[] = {"name", "kind", "after_backward", "after_step", "on_eval", "on_end", "step",
-                                       "description", NULL};
+                                       "description", "stateless", NULL};
     const char *fn = "saefw.lua_plugin";
     check_table(L, 1, fn);
     check_keys(L, 1, fn, keys);
@@ -734,6 +734,8 @@ static int l_lua_plugin(lua_State *L) {
     pl->name = kept_name;
     pl->kind = k;
     pl->description = kept_desc;
+    /* Lua-side state is not saved in checkpoints; a plugin keeping none says so to silence the warning. */
+    pl->stateless = opt_bool(L, 1, fn, "stateless", 0);
     /* No create(): the run borrows this state as the instance (saefw_plugin_use.self). */
     pl->after_backward = p->st.fn_ref[LP_AFTER_BACKWARD] != LUA_NOREF ? lp_after_backward : NULL;
     pl->after_step = p->st.fn_ref[LP_AFTER_STEP] != LUA_NOREF ? lp_after_step : NULL;
@@ -1034,6 +1036,24 @@ static int l_save_tensor(lua_State *L) {
     return 0;
 }
 
+static void stderr_line(const char *msg) { fprintf(stderr, "%s\n", msg); }
+
+/* saefw.find_resumable(run_dir) -> the newest intact checkpoint folder holding a training state. */
+static int l_find_resumable(lua_State *L) {
+    const char *dir = luaL_checkstring(L, 1);
+    char out[4096], err[1024];
+    if (saefw_checkpoint_find_resumable(dir, out, sizeof out, stderr_line, err, sizeof err) != 0)
+        return uerror(L, "resume: %s", err);
+    lua_pushstring(L, out);
+    return 1;
+}
+
+/* saefw.resume_dir() -> the run folder given with `saefw run ... --resume DIR`, or nil. */
+static int l_resume_dir(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "saefw.resume");
+    return 1;
+}
+
 /* saefw.data_dir() -> the folder of saefw's bundled data (share/saefw next to the binary). */
 static int l_data_dir(lua_State *L) {
     char exe[4096], real[4096];
@@ -1150,7 +1170,7 @@ static int on_event(void *vud, const char *event, const saefw_metrics *m, char *
 static int l_train(lua_State *L) {
     static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
                                        "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
-                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", NULL};
+                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", NULL};
     const char *fn = "saefw.train";
     check_table(L, 1, fn);
     check_keys(L, 1, fn, keys);
@@ -1177,6 +1197,8 @@ static int l_train(lua_State *L) {
         saefw_rng_seed(&rud.rng, (uint64_t)opt_int(L, 1, fn, "seed", 49, 0) ^ 0x7265636f6e73ULL);
         o.extra_eval = recons_eval;
         o.extra_eval_ud = &rud;
+        o.extra_rng[o.n_extra_rng] = &rud.rng;
+        o.extra_rng_name[o.n_extra_rng++] = "recons_rng";
     }
     if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) o.eval_source = check_source(L, -1);
     o.steps = req_int(L, 1, fn, "steps", 1);
@@ -1210,6 +1232,7 @@ static int l_train(lua_State *L) {
     o.checkpoint_every = opt_int(L, 1, fn, "checkpoint_every", 0, 0);
     o.freq_batches = opt_int(L, 1, fn, "freq_batches", 5, 1);
     o.run_dir = opt_string(L, 1, fn, "run_dir", NULL);
+    o.resume_from = opt_string(L, 1, fn, "resume_from", NULL);
     o.seed = (uint64_t)opt_int(L, 1, fn, "seed", 49, 0);
     int progress = opt_bool(L, 1, fn, "progress", 1);
     o.progress = progress ? -1 : 0;
@@ -1399,6 +1422,8 @@ int luaopen_saefw_core(lua_State *L) {
         {"hook_name", l_hook_name},
         {"data_dir", l_data_dir},
         {"save_tensor", l_save_tensor},
+        {"find_resumable", l_find_resumable},
+        {"resume_dir", l_resume_dir},
         {"where", l_where},
         {"overrides", l_overrides},
         {NULL, NULL},

@@ -11,4 +11,7 @@ void saefw_lua_set_libdir(lua_State *L, const char *dir);
 /* Store the command line's --key value overrides (pairs of strings) for saefw.config. */
 void saefw_lua_set_overrides(lua_State *L, char **kv, int n_pairs);
 
+/* Store the run folder given with --resume (NULL: none) for saefw.train. */
+void saefw_lua_set_resume(lua_State *L, const char *run_dir);
+
 #endif

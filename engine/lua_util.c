@@ -172,3 +172,9 @@ void new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction i
     lua_pop(L, 1);
 }
 
+
+void saefw_lua_set_resume(lua_State *L, const char *run_dir) {
+    if (run_dir) lua_pushstring(L, run_dir);
+    else lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "saefw.resume");
+}

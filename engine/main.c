@@ -21,8 +21,9 @@ static const char USAGE[] =
     "usage: saefw <command> [arguments]\n"
     "\n"
     "commands:\n"
-    "  run SCRIPT.lua [--key value | --key=value ...]\n"
-    "                      run an experiment; --key overrides that key of the script's saefw.config{}\n"
+    "  run SCRIPT.lua [--key value | --key=value ...] [--resume RUN_DIR]\n"
+    "                      run an experiment; --key overrides that key of the script's saefw.config{};\n"
+    "                      --resume continues an interrupted run from its newest intact checkpoint\n"
     "  plugins             list the plugins found, their kind and options\n"
     "  info FILE           list the tensors of a safetensors, .npy or PyTorch .pt file\n"
     "  analyze CHECKPOINT [--batches N] [--activations FILE | --model NAME --data TOKENS] [--svg PATH]\n"
@@ -159,8 +160,21 @@ static int cmd_run(int argc, char **argv) {
         rc = 2;
         goto out;
     }
+    /* --resume RUN_DIR is for the engine, not the script's config. */
+    const char *resume = NULL;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(kv[2 * i], "resume")) {
+            resume = kv[2 * i + 1];
+            for (int j = i; j + 1 < n; j++) {
+                kv[2 * j] = kv[2 * j + 2];
+                kv[2 * j + 1] = kv[2 * j + 3];
+            }
+            n--;
+            break;
+        }
     lua_State *L = make_lua(argc, argv, kv, n);
     if (!L) goto out;
+    saefw_lua_set_resume(L, resume);
     lua_pushcfunction(L, msgh);
     int h = lua_gettop(L);
     int st = luaL_loadfile(L, script);

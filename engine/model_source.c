@@ -83,6 +83,32 @@ static int model_sample(saefw_source *s, float *out, int64_t n, char *err, size_
     return rc;
 }
 
+static int model_save(saefw_source *s, saefw_state_out *st, char *err, size_t errlen) {
+    model_src *ms = s->impl;
+    int64_t shape[2] = {ms->have, ms->width};
+    if (saefw_tokens_save(ms->o.tokens, st, err, errlen) != 0 || saefw_state_put_i64(st, "have", ms->have, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "used", ms->used, err, errlen) != 0 ||
+        saefw_state_put_rng(st, "eval_rng", &ms->eval_rng, err, errlen) != 0)
+        return -1;
+    /* Rows of the last model batch not yet handed to the buffer. */
+    return ms->have > 0 ? saefw_state_put(st, "pending", SAEFW_DT_F32, 2, shape, ms->acts, err, errlen) : 0;
+}
+
+static int model_load(saefw_source *s, saefw_state_in *st, char *err, size_t errlen) {
+    model_src *ms = s->impl;
+    int64_t have = 0, used = 0;
+    if (saefw_tokens_load(ms->o.tokens, st, err, errlen) != 0 || saefw_state_get_i64(st, "have", &have, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "used", &used, err, errlen) != 0 ||
+        saefw_state_get_rng(st, "eval_rng", &ms->eval_rng, err, errlen) != 0)
+        return -1;
+    if (have < 0 || have > ms->chunk_seqs * ms->seq_len || used < 0 || used > have)
+        return saefw_errf(err, errlen, "training state: the model source was saved with other batch sizes");
+    if (have > 0 && saefw_state_get(st, "pending", SAEFW_DT_F32, have * ms->width, ms->acts, err, errlen) != 0) return -1;
+    ms->have = have;
+    ms->used = used;
+    return 0;
+}
+
 static void model_destroy(saefw_source *s) {
     model_src *ms = s->impl;
     if (ms) {
@@ -127,6 +153,8 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     s->d_act = width;
     s->next = model_next;
     s->sample = model_sample;
+    s->save_state = model_save;
+    s->load_state = model_load;
     s->chunk_rows = o->model_batch * seq_len;
     saefw_tokens_set_log(o->tokens, tokens_log, s);
     *out = s;

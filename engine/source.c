@@ -50,6 +50,18 @@ static int synth_sample(saefw_source *s, float *out, int64_t n, char *err, size_
     return 0;
 }
 
+static int synth_save(saefw_source *s, saefw_state_out *st, char *err, size_t errlen) {
+    synthetic *sy = s->impl;
+    if (saefw_state_put_rng(st, "train_rng", &sy->train_rng, err, errlen) != 0) return -1;
+    return saefw_state_put_rng(st, "eval_rng", &sy->eval_rng, err, errlen);
+}
+
+static int synth_load(saefw_source *s, saefw_state_in *st, char *err, size_t errlen) {
+    synthetic *sy = s->impl;
+    if (saefw_state_get_rng(st, "train_rng", &sy->train_rng, err, errlen) != 0) return -1;
+    return saefw_state_get_rng(st, "eval_rng", &sy->eval_rng, err, errlen);
+}
+
 static void synth_destroy(saefw_source *s) {
     synthetic *sy = s->impl;
     if (sy) free(sy->features);
@@ -94,6 +106,8 @@ int saefw_source_synthetic(const saefw_synthetic_opts *o, saefw_source **out, ch
     s->next = synth_next;
     s->sample = synth_sample;
     s->destroy = synth_destroy;
+    s->save_state = synth_save;
+    s->load_state = synth_load;
     s->impl = sy;
     *out = s;
     return 0;
@@ -178,6 +192,29 @@ static int file_sample(saefw_source *s, float *out, int64_t n, char *err, size_t
     return 0;
 }
 
+static int file_save(saefw_source *s, saefw_state_out *st, char *err, size_t errlen) {
+    file_source *fs = s->impl;
+    if (saefw_state_put_i64(st, "rows", fs->rows, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "cursor", fs->cursor, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "wraps", fs->wraps, err, errlen) != 0)
+        return -1;
+    return saefw_state_put_rng(st, "eval_rng", &fs->eval_rng, err, errlen);
+}
+
+static int file_load(saefw_source *s, saefw_state_in *st, char *err, size_t errlen) {
+    file_source *fs = s->impl;
+    int64_t rows = 0, cursor = 0, wraps = 0;
+    if (saefw_state_get_i64(st, "rows", &rows, err, errlen) != 0 || saefw_state_get_i64(st, "cursor", &cursor, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "wraps", &wraps, err, errlen) != 0)
+        return -1;
+    if (rows != fs->rows || cursor < 0 || cursor >= rows)
+        return saefw_errf(err, errlen, "%s: the run was saved with an activation file of %lld rows, this one has %lld",
+                          fs->path, (long long)rows, (long long)fs->rows);
+    fs->cursor = cursor;
+    fs->wraps = wraps;
+    return saefw_state_get_rng(st, "eval_rng", &fs->eval_rng, err, errlen);
+}
+
 static void file_destroy(saefw_source *s) {
     file_source *fs = s->impl;
     if (fs) {
@@ -241,6 +278,8 @@ int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint
     s->next = file_next;
     s->sample = file_sample;
     s->destroy = file_destroy;
+    s->save_state = file_save;
+    s->load_state = file_load;
     s->impl = fs;
     *out = s;
     return 0;
@@ -276,6 +315,7 @@ static int buffer_refresh(saefw_buffer *b, char *err, size_t errlen) {
     int64_t upto = b->first ? b->rows : b->rows / 2;
     b->first = 0;
     if (buffer_fill(b, 0, upto, err, errlen) != 0) return -1;
+    saefw_fault_point("refill");
     saefw_rng_shuffle(&b->rng, b->perm, b->rows);
     b->pointer = 0;
     b->refills++;
@@ -332,4 +372,40 @@ void saefw_buffer_free(saefw_buffer *b) {
     free(b->perm);
     free(b->stage);
     memset(b, 0, sizeof *b);
+}
+
+int saefw_buffer_save(const saefw_buffer *b, saefw_state_out *st, char *err, size_t errlen) {
+    int64_t dshape[2] = {b->rows, b->d}, pshape[1] = {b->rows};
+    if (saefw_state_put(st, "data", b->dtype == SAEFW_BUF_BF16 ? SAEFW_DT_BF16 : SAEFW_DT_F32, 2, dshape, b->data, err,
+                        errlen) != 0 ||
+        saefw_state_put(st, "perm", SAEFW_DT_I64, 1, pshape, b->perm, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "pointer", b->pointer, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "first", b->first, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "refills", b->refills, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "batch", b->batch, err, errlen) != 0)
+        return -1;
+    return saefw_state_put_rng(st, "rng", &b->rng, err, errlen);
+}
+
+int saefw_buffer_load(saefw_buffer *b, saefw_state_in *st, char *err, size_t errlen) {
+    int64_t pointer = 0, first = 0, refills = 0, batch = 0;
+    if (saefw_state_get_i64(st, "batch", &batch, err, errlen) != 0) return -1;
+    if (batch != b->batch)
+        return saefw_errf(err, errlen, "training state: the buffer was saved with batch_size %lld, this run uses %lld",
+                          (long long)batch, (long long)b->batch);
+    if (saefw_state_get(st, "data", b->dtype == SAEFW_BUF_BF16 ? SAEFW_DT_BF16 : SAEFW_DT_F32, b->rows * b->d, b->data,
+                        err, errlen) != 0 ||
+        saefw_state_get(st, "perm", SAEFW_DT_I64, b->rows, b->perm, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "pointer", &pointer, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "first", &first, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "refills", &refills, err, errlen) != 0 ||
+        saefw_state_get_rng(st, "rng", &b->rng, err, errlen) != 0)
+        return -1;
+    for (int64_t i = 0; i < b->rows; i++)
+        if (b->perm[i] < 0 || b->perm[i] >= b->rows) return saefw_errf(err, errlen, "training state: the buffer order is damaged");
+    if (pointer < 0 || pointer > b->rows) return saefw_errf(err, errlen, "training state: bad buffer position");
+    b->pointer = pointer;
+    b->first = (int)first;
+    b->refills = refills;
+    return 0;
 }

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "rng.h"
+#include "state.h"
 
 typedef struct saefw_source saefw_source;
 struct saefw_source {
@@ -19,6 +20,10 @@ struct saefw_source {
     /* Rows per natural chunk of work (a model forward); the buffer refills in whole chunks. 0: any. */
     int64_t chunk_rows;
     void (*destroy)(saefw_source *s);
+    /* Resumable state (stream position, random generators, pending rows); NULL when there is none.
+     * Names are relative: the caller sets the prefix. */
+    int (*save_state)(saefw_source *s, saefw_state_out *st, char *err, size_t errlen);
+    int (*load_state)(saefw_source *s, saefw_state_in *st, char *err, size_t errlen);
     void (*log)(void *ud, const char *msg); /* optional: where a source reports events (wrap-around) */
     void *log_ud;
     void *impl;
@@ -71,6 +76,9 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
 /* Next batch [batch, d] as float32. */
 int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen);
 void saefw_buffer_free(saefw_buffer *b);
+/* The buffer's position, order, generator and contents (by reference: write st before the next batch). */
+int saefw_buffer_save(const saefw_buffer *b, saefw_state_out *st, char *err, size_t errlen);
+int saefw_buffer_load(saefw_buffer *b, saefw_state_in *st, char *err, size_t errlen);
 size_t saefw_buffer_bytes(const saefw_buffer *b);
 
 #endif

@@ -240,3 +240,23 @@ int saefw_tokens_sample(const saefw_tokens *t, saefw_rng *rng, int32_t *out, int
     }
     return 0;
 }
+
+int saefw_tokens_save(const saefw_tokens *t, saefw_state_out *st, char *err, size_t errlen) {
+    if (saefw_state_put_i64(st, "rows", t->rows, err, errlen) != 0 || saefw_state_put_i64(st, "cursor", t->cursor, err, errlen) != 0)
+        return -1;
+    return saefw_state_put_i64(st, "pass", t->pass, err, errlen);
+}
+
+int saefw_tokens_load(saefw_tokens *t, saefw_state_in *st, char *err, size_t errlen) {
+    int64_t rows = 0, cursor = 0, pass = 0;
+    if (saefw_state_get_i64(st, "rows", &rows, err, errlen) != 0 || saefw_state_get_i64(st, "cursor", &cursor, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "pass", &pass, err, errlen) != 0)
+        return -1;
+    if (rows != t->rows || cursor < 0 || cursor > rows || pass < 0)
+        return saefw_errf(err, errlen, "%s: the run was saved with a token file of %lld rows, this one has %lld", t->path,
+                          (long long)rows, (long long)t->rows);
+    t->cursor = cursor;
+    t->pass = pass;
+    new_key(t);
+    return 0;
+}

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "rng.h"
+#include "state.h"
 
 typedef struct {
     const char *path;
@@ -39,6 +40,9 @@ int saefw_tokens_next(saefw_tokens *t, int32_t *out, int64_t n, int64_t max_id, 
 /* n rows drawn uniformly at random with rng (evaluation; does not move the stream). */
 int saefw_tokens_sample(const saefw_tokens *t, saefw_rng *rng, int32_t *out, int64_t n, int64_t max_id, char *err,
                         size_t errlen);
+/* The stream's position (pass and cursor; the shuffle follows from them and the seed). */
+int saefw_tokens_save(const saefw_tokens *t, saefw_state_out *st, char *err, size_t errlen);
+int saefw_tokens_load(saefw_tokens *t, saefw_state_in *st, char *err, size_t errlen);
 void saefw_tokens_set_log(saefw_tokens *t, void (*log)(void *ud, const char *msg), void *ud);
 
 #endif

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "state.h"
 #include "parallel.h"
 #include "tensorfile.h"
 #include "util.h"
@@ -31,6 +32,9 @@ struct saefw_run {
     int n_extra;
     char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
     double extra_value[SAEFW_MAX_EXTRA_METRICS];
+    FILE *metrics;    /* metrics.jsonl, or NULL */
+    double t0;        /* when this process started training */
+    double elapsed_before; /* seconds spent before a resume, for the reported rate */
 };
 
 /* ---- host table ---- */
@@ -183,6 +187,27 @@ static int host_read_tensor(saefw_run *run, const char *path, const char *name, 
     return rc;
 }
 
+/* The plugin ABI's state writer and reader are the engine's state, with the plugin's prefix set. */
+static int host_put_f32(saefw_state_writer *w, const char *name, const float *data, int64_t n, char *err, size_t errlen) {
+    return saefw_state_put_copy((saefw_state_out *)w, name, SAEFW_DT_F32, n, data, err, errlen);
+}
+static int host_put_i64(saefw_state_writer *w, const char *name, const int64_t *data, int64_t n, char *err,
+                        size_t errlen) {
+    return saefw_state_put_copy((saefw_state_out *)w, name, SAEFW_DT_I64, n, data, err, errlen);
+}
+static int host_put_number(saefw_state_writer *w, const char *name, double v, char *err, size_t errlen) {
+    return saefw_state_put_f64((saefw_state_out *)w, name, v, err, errlen);
+}
+static int host_get_f32(saefw_state_reader *r, const char *name, float *data, int64_t n, char *err, size_t errlen) {
+    return saefw_state_get((saefw_state_in *)r, name, SAEFW_DT_F32, n, data, err, errlen);
+}
+static int host_get_i64(saefw_state_reader *r, const char *name, int64_t *data, int64_t n, char *err, size_t errlen) {
+    return saefw_state_get((saefw_state_in *)r, name, SAEFW_DT_I64, n, data, err, errlen);
+}
+static int host_get_number(saefw_state_reader *r, const char *name, double *v, char *err, size_t errlen) {
+    return saefw_state_get_f64((saefw_state_in *)r, name, v, err, errlen);
+}
+
 static const saefw_host HOST = {
     .abi_version = SAEFW_ABI_VERSION,
     .struct_size = sizeof(saefw_host),
@@ -208,6 +233,12 @@ static const saefw_host HOST = {
     .batch_acts = host_batch_acts,
     .read_tensor = host_read_tensor,
     .parallel_for = saefw_parallel_for,
+    .state_put_f32 = host_put_f32,
+    .state_put_i64 = host_put_i64,
+    .state_put_number = host_put_number,
+    .state_get_f32 = host_get_f32,
+    .state_get_i64 = host_get_i64,
+    .state_get_number = host_get_number,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }
@@ -301,8 +332,186 @@ static cJSON *checkpoint_cfg(const saefw_train_opts *o, const saefw_metrics *m) 
     return c;
 }
 
-static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics *m, saefw_train_result *res,
-                           char *err, size_t errlen) {
+/* Every plugin of the run with its instance and its name in the training state. */
+typedef struct {
+    const saefw_plugin *p;
+    void *self;
+    char prefix[96];
+} plugin_slot;
+
+static int plugin_slots(saefw_run *run, plugin_slot *slots) {
+    const saefw_train_opts *o = run->o;
+    slots[0].p = &o->optimizer.plugin->p;
+    slots[0].self = run->opt_self;
+    snprintf(slots[0].prefix, sizeof slots[0].prefix, "optimizer.%s/", slots[0].p->name);
+    for (int i = 0; i < o->n_plugins; i++) {
+        slots[i + 1].p = &o->plugins[i].plugin->p;
+        slots[i + 1].self = run->plug_self[i];
+        snprintf(slots[i + 1].prefix, sizeof slots[i + 1].prefix, "plugin.%d.%s/", i, slots[i + 1].p->name);
+    }
+    return o->n_plugins + 1;
+}
+
+static int source_state(saefw_run *run, saefw_source *src, const char *prefix, saefw_state_out *out,
+                        saefw_state_in *in, char *err, size_t errlen) {
+    if (!src->save_state) return 0;
+    if (out) {
+        saefw_state_set_prefix(out, prefix);
+        return src->save_state(src, out, err, errlen);
+    }
+    saefw_state_in_prefix(in, prefix);
+    return src->load_state(src, in, err, errlen);
+}
+
+/* Everything a resumed run needs beyond the weights, as of the end of step `next - 1`. */
+static int write_train_state(saefw_run *run, const char *path, int64_t next, char *err, size_t errlen) {
+    const saefw_train_opts *o = run->o;
+    saefw_state_out st;
+    saefw_state_out_init(&st);
+    int rc = -1;
+    long offset = 0;
+    if (run->metrics) {
+        if (fflush(run->metrics) != 0) {
+            saefw_errf(err, errlen, "metrics.jsonl: write failed: %s", strerror(errno));
+            goto out;
+        }
+        offset = ftell(run->metrics);
+    }
+    saefw_state_set_prefix(&st, "run/");
+    if (saefw_state_put_i64(&st, "next_step", next, err, errlen) != 0 ||
+        saefw_state_put_i64(&st, "tokens", run->tokens, err, errlen) != 0 ||
+        saefw_state_put_i64(&st, "metrics_bytes", offset, err, errlen) != 0 ||
+        saefw_state_put_f64(&st, "elapsed_s", run->elapsed_before + (saefw_now() - run->t0), err, errlen) != 0 ||
+        saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0)
+        goto out;
+    for (int i = 0; i < o->n_extra_rng; i++)
+        if (saefw_state_put_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto out;
+    if (o->buffer) {
+        saefw_state_set_prefix(&st, "buffer/");
+        if (saefw_buffer_save(o->buffer, &st, err, errlen) != 0) goto out;
+        if (source_state(run, o->buffer->src, "source/", &st, NULL, err, errlen) != 0) goto out;
+    }
+    if (o->eval_source && (!o->buffer || o->eval_source != o->buffer->src) &&
+        source_state(run, o->eval_source, "eval_source/", &st, NULL, err, errlen) != 0)
+        goto out;
+    plugin_slot slots[64];
+    if (o->n_plugins + 1 > 64) {
+        saefw_errf(err, errlen, "training state: too many plugins");
+        goto out;
+    }
+    int ns = plugin_slots(run, slots);
+    for (int i = 0; i < ns; i++) {
+        if (!slots[i].p->save_state) continue;
+        saefw_state_set_prefix(&st, slots[i].prefix);
+        char perr[512] = "";
+        if (slots[i].p->save_state(slots[i].self, run, (saefw_state_writer *)&st, perr, sizeof perr) != 0) {
+            saefw_errf(err, errlen, "plugin %s: saving its state: %s", slots[i].p->name, perr);
+            goto out;
+        }
+    }
+    rc = saefw_state_write(&st, path, err, errlen);
+out:
+    saefw_state_out_free(&st);
+    return rc;
+}
+
+/* Restore a run from a checkpoint folder; returns the step to continue from, or -1. */
+static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size_t errlen) {
+    const saefw_train_opts *o = run->o;
+    char path[PATH_MAX];
+    saefw_sae saved;
+    if (saefw_checkpoint_load(dir, &saved, NULL, err, errlen) != 0) return -1;
+    if (saved.d_in != run->sae->d_in || saved.d_sae != run->sae->d_sae) {
+        saefw_errf(err, errlen, "%s: the checkpoint's SAE is %lld -> %lld, this run's %lld -> %lld", dir,
+                   (long long)saved.d_in, (long long)saved.d_sae, (long long)run->sae->d_in, (long long)run->sae->d_sae);
+        saefw_sae_free(&saved);
+        return -1;
+    }
+    memcpy(run->sae->params, saved.params, sizeof(float) * saved.n_total);
+    saefw_sae_free(&saved);
+
+    snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, dir);
+    saefw_state_in st;
+    if (saefw_state_open(path, &st, err, errlen) != 0) return -1;
+    int64_t next = -1, tokens = 0, offset = 0;
+    double elapsed = 0;
+    saefw_state_in_prefix(&st, "run/");
+    if (saefw_state_get_i64(&st, "next_step", &next, err, errlen) != 0 ||
+        saefw_state_get_i64(&st, "tokens", &tokens, err, errlen) != 0 ||
+        saefw_state_get_i64(&st, "metrics_bytes", &offset, err, errlen) != 0 ||
+        saefw_state_get_f64(&st, "elapsed_s", &elapsed, err, errlen) != 0 ||
+        saefw_state_get_rng(&st, "rng", &run->rng, err, errlen) != 0)
+        goto fail;
+    for (int i = 0; i < o->n_extra_rng; i++)
+        if (saefw_state_get_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto fail;
+    if (o->buffer) {
+        saefw_state_in_prefix(&st, "buffer/");
+        if (saefw_buffer_load(o->buffer, &st, err, errlen) != 0) goto fail;
+        if (source_state(run, o->buffer->src, "source/", NULL, &st, err, errlen) != 0) goto fail;
+    }
+    if (o->eval_source && (!o->buffer || o->eval_source != o->buffer->src) &&
+        source_state(run, o->eval_source, "eval_source/", NULL, &st, err, errlen) != 0)
+        goto fail;
+    plugin_slot slots[64];
+    if (o->n_plugins + 1 > 64) {
+        saefw_errf(err, errlen, "training state: too many plugins");
+        goto fail;
+    }
+    int ns = plugin_slots(run, slots);
+    for (int i = 0; i < ns; i++) {
+        const saefw_plugin *p = slots[i].p;
+        if (!p->load_state) {
+            if (!p->stateless) {
+                char msg[256];
+                snprintf(msg, sizeof msg, "plugin %s saves no state: the resumed run may differ from an uninterrupted one",
+                         p->name);
+                host_log(run, SAEFW_LOG_WARN, msg);
+            }
+            continue;
+        }
+        saefw_state_in_prefix(&st, slots[i].prefix);
+        char perr[512] = "";
+        if (p->load_state(slots[i].self, run, (saefw_state_reader *)&st, perr, sizeof perr) != 0) {
+            saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path, perr);
+            goto fail;
+        }
+    }
+    saefw_state_close(&st);
+    if (next < 0 || next > o->steps) {
+        saefw_errf(err, errlen, "%s: the checkpoint is at step %lld, past this run's %lld steps", dir, (long long)next,
+                   (long long)o->steps);
+        return -1;
+    }
+    /* Lines written after the checkpoint belong to steps that will run again. */
+    if (run->metrics) {
+        if (fflush(run->metrics) != 0 || ftruncate(fileno(run->metrics), (off_t)offset) != 0 ||
+            fseek(run->metrics, 0, SEEK_END) != 0)
+            return saefw_errf(err, errlen, "metrics.jsonl: cannot cut back to the checkpoint: %s", strerror(errno));
+    }
+    run->tokens = tokens;
+    run->elapsed_before = elapsed;
+    return next;
+fail:
+    saefw_state_close(&st);
+    return -1;
+}
+
+typedef struct {
+    saefw_run *run;
+    int64_t next;
+} state_writer_ud;
+
+static int add_state_file(void *vud, const char *tmp_dir, char *err, size_t errlen) {
+    state_writer_ud *ud = vud;
+    saefw_fault_point("checkpoint");
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, tmp_dir);
+    return write_train_state(ud->run, path, ud->next, err, errlen);
+}
+
+/* A checkpoint folder; with_state adds the training state as of the start of step `next`. */
+static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics *m, int64_t next, int with_state,
+                           saefw_train_result *res, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
     if (!o->run_dir) return 0;
     char dir[PATH_MAX];
@@ -310,9 +519,14 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
     cJSON *cfg = checkpoint_cfg(o, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
-    int rc = saefw_checkpoint_save(dir, run->sae, cfg, err, errlen);
+    state_writer_ud ud = {run, next};
+    int rc = saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state ? add_state_file : NULL, &ud, err, errlen);
     cJSON_Delete(cfg);
-    if (rc == 0) snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);
+    if (rc == 0) {
+        snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);
+        /* Training states hold the whole buffer: keep the newest two. */
+        if (with_state) saefw_checkpoint_prune_states(o->run_dir, 2);
+    }
     return rc;
 }
 
@@ -415,6 +629,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
             goto done;
         }
+        run.metrics = mf;
     }
 
     /* Instances: the optimizer first, then the hooks in the order given. */
@@ -441,6 +656,16 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         run.current = NULL;
     }
 
+    int64_t start = 0;
+    if (o->resume_from) {
+        start = read_train_state(&run, o->resume_from, err, errlen);
+        if (start < 0) goto done;
+        res->resumed_at = start;
+        res->steps_done = start;
+        if (o->progress != 0)
+            fprintf(stderr, "resuming from %s at step %lld of %lld\n", o->resume_from, (long long)start, (long long)o->steps);
+    }
+
     g_stop_signal = 0;
     {
         struct sigaction sa;
@@ -455,13 +680,15 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     const int tty = o->progress < 0 && isatty(STDERR_FILENO);
     const int plain = o->progress < 0 && !tty;
     const double t0 = saefw_now();
+    const int64_t tokens0 = run.tokens;
+    run.t0 = t0;
     double last_draw = 0;
     saefw_metrics m;
     memset(&m, 0, sizeof m);
     m.steps = o->steps;
     m.mmcs = NAN;
 
-    for (int64_t i = 0; i < o->steps; i++) {
+    for (int64_t i = start; i < o->steps; i++) {
         if (g_stop_signal) break;
         run.step = i;
         run.n_extra = 0;
@@ -478,6 +705,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         }
         saefw_sae_backward(sae, &run.work, run.batch, B);
         saefw_sae_project_decoder(sae);
+        saefw_fault_point("step");
         run.batch_rows = B;
         if (call_hooks(&run, offsetof(saefw_plugin, after_backward), err, errlen) != 0) goto done;
         {
@@ -503,8 +731,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         m.l1 = st.l1;
         m.l0 = st.l0;
         m.explained_variance = st.explained_variance;
-        m.elapsed_s = now - t0;
-        m.tokens_per_s = m.elapsed_s > 0 ? (double)run.tokens / m.elapsed_s : 0;
+        m.elapsed_s = run.elapsed_before + (now - t0);
+        m.tokens_per_s = now > t0 ? (double)(run.tokens - tokens0) / (now - t0) : 0;
         m.has_eval = 0;
         res->steps_done = i + 1;
 
@@ -529,7 +757,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             }
         }
         if (o->checkpoint_every > 0 && (i + 1) % o->checkpoint_every == 0 && i + 1 < o->steps) {
-            if (save_checkpoint(&run, NULL, &m, res, err, errlen) != 0) goto done;
+            if (save_checkpoint(&run, NULL, &m, i + 1, 1, res, err, errlen) != 0) goto done;
         }
     }
     if (tty) fputc('\n', stderr);
@@ -537,7 +765,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     if (g_stop_signal) {
         res->interrupted = g_stop_signal;
         char cerr[512] = "";
-        if (save_checkpoint(&run, NULL, &m, res, cerr, sizeof cerr) != 0)
+        if (save_checkpoint(&run, NULL, &m, res->steps_done, 1, res, cerr, sizeof cerr) != 0)
             saefw_errf(err, errlen, "interrupted by signal %d at step %lld; saving a checkpoint failed: %s",
                        (int)g_stop_signal, (long long)res->steps_done, cerr);
         else
@@ -550,7 +778,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     /* Final evaluation, hooks and checkpoint. */
     if (run_eval(&run, &m, err, errlen) != 0) goto done;
     if (call_hooks(&run, offsetof(saefw_plugin, on_end), err, errlen) != 0) goto done;
-    if (save_checkpoint(&run, "final", &m, res, err, errlen) != 0) goto done;
+    if (save_checkpoint(&run, "final", &m, o->steps, 0, res, err, errlen) != 0) goto done;
     if (emit(&run, mf, "end", &m, err, errlen) != 0) goto done;
     res->last = m;
     rc = 0;

@@ -60,6 +60,15 @@ typedef struct {
      * figures with saefw_host_table()->metric(run, name, value). */
     int (*extra_eval)(void *ud, saefw_run *run, const saefw_sae *sae, char *err, size_t errlen);
     void *extra_eval_ud;
+    /* Random generators outside the engine's view that a resumed run must restore (e.g. the
+     * reconstruction score's), with unique names. */
+    saefw_rng *extra_rng[4];
+    const char *extra_rng_name[4];
+    int n_extra_rng;
+    /* Continue from this checkpoint folder (one holding train_state.safetensors): weights, optimizer
+     * and plugin state, counters, generators, token position and buffer are restored, metrics.jsonl is
+     * cut back to that step, and training goes on as if never interrupted. */
+    const char *resume_from;
 } saefw_train_opts;
 
 typedef struct {
@@ -67,6 +76,7 @@ typedef struct {
     saefw_metrics last;
     char last_checkpoint[4096];
     int interrupted; /* signal number that stopped the run, or 0 */
+    int64_t resumed_at; /* the step a resumed run started from (0 for a fresh run) */
 } saefw_train_result;
 
 /* Run the loop. Returns 0 when all steps ran; -1 with err on any failure (a NaN loss, a plugin

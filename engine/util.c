@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,4 +169,18 @@ double saefw_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void saefw_fault_point(const char *name) {
+    static const char *spec = NULL;
+    static int checked = 0;
+    static long count = 0;
+    if (!checked) {
+        spec = getenv("SAEFW_FAULT");
+        checked = 1;
+    }
+    if (!spec) return;
+    size_t n = strlen(name);
+    if (strncmp(spec, name, n) != 0 || spec[n] != ':') return;
+    if (++count == atol(spec + n + 1)) raise(SIGKILL);
 }

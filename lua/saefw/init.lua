@@ -112,7 +112,7 @@ local TRAIN_KEYS = {
   batch_size = true, buffer_size = true, buffer_dtype = true, optimizer = true, plugins = true,
   log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
-  recons_batches = true,
+  recons_batches = true, resume = true,
 }
 
 local function script_name()
@@ -159,11 +159,20 @@ function M.train(t)
   local run_dir = t.run_dir
   if run_dir == nil then run_dir = M.default_run_dir() end
   if run_dir == false then run_dir = nil end
+  -- Resuming (saefw run ... --resume DIR, or resume = DIR): the same run folder, from its newest
+  -- intact checkpoint.
+  local resume = t.resume or core.resume_dir()
+  local resume_from
+  if resume then
+    run_dir = resume
+    resume_from = core.find_resumable(resume)
+  end
   return core.train {
     sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = steps, optimizer = t.optimizer,
     plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
     checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = run_dir,
     config = config, seed = t.seed, progress = t.progress, recons_batches = t.recons_batches,
+    resume_from = resume_from,
     on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
   }
 end

@@ -1,6 +1,7 @@
 /* adam: the optimizer of the seed recipe, computing exactly what torch.optim.Adam computes
  * (single-tensor path: float32 moments, bias correction in double, eps added after the sqrt). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,6 +126,35 @@ static int adam_reset(void *self, saefw_run *run, int param, int axis, const int
     return 0;
 }
 
+/* Resume: the step count and both moments of every tensor. */
+static int adam_save(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen) {
+    adam *a = self;
+    if (a->host->state_put_number(w, "t", (double)a->t, err, errlen) != 0) return -1;
+    for (int i = 0; i < a->n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "m%d", i);
+        if (a->host->state_put_f32(w, name, a->m[i], a->numel[i], err, errlen) != 0) return -1;
+        snprintf(name, sizeof name, "v%d", i);
+        if (a->host->state_put_f32(w, name, a->v[i], a->numel[i], err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
+static int adam_load(void *self, saefw_run *run, saefw_state_reader *r, char *err, size_t errlen) {
+    adam *a = self;
+    double t = 0;
+    if (a->host->state_get_number(r, "t", &t, err, errlen) != 0) return -1;
+    a->t = (int64_t)t;
+    for (int i = 0; i < a->n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "m%d", i);
+        if (a->host->state_get_f32(r, name, a->m[i], a->numel[i], err, errlen) != 0) return -1;
+        snprintf(name, sizeof name, "v%d", i);
+        if (a->host->state_get_f32(r, name, a->v[i], a->numel[i], err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
 SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
     out->abi_version = SAEFW_ABI_VERSION;
     out->struct_size = sizeof(saefw_plugin);
@@ -136,5 +166,7 @@ SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, ch
     out->destroy = adam_destroy;
     out->step = adam_step;
     out->reset_state = adam_reset;
+    out->save_state = adam_save;
+    out->load_state = adam_load;
     return 0;
 }

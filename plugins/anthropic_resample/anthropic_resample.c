@@ -240,6 +240,22 @@ static int rs_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     return resample(r, run, err, errlen);
 }
 
+/* Resume: when each feature last fired, and how many resamplings were done. */
+static int rs_save(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen) {
+    resampler *r = self;
+    if (r->host->state_put_i64(w, "last_fired", r->last_fired, r->d_sae, err, errlen) != 0) return -1;
+    return r->host->state_put_number(w, "done", (double)r->done, err, errlen);
+}
+
+static int rs_load(void *self, saefw_run *run, saefw_state_reader *rd, char *err, size_t errlen) {
+    resampler *r = self;
+    double done = 0;
+    if (r->host->state_get_i64(rd, "last_fired", r->last_fired, r->d_sae, err, errlen) != 0) return -1;
+    if (r->host->state_get_number(rd, "done", &done, err, errlen) != 0) return -1;
+    r->done = (int64_t)done;
+    return 0;
+}
+
 SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
     out->abi_version = SAEFW_ABI_VERSION;
     out->struct_size = sizeof(saefw_plugin);
@@ -250,5 +266,7 @@ SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, ch
     out->create = rs_create;
     out->destroy = rs_destroy;
     out->after_step = rs_after_step;
+    out->save_state = rs_save;
+    out->load_state = rs_load;
     return 0;
 }

@@ -96,5 +96,6 @@ SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, ch
     out->create = reinit_create;
     out->destroy = reinit_destroy;
     out->after_step = reinit_after_step;
+    out->stateless = 1; /* its randomness is the engine's generator, which the engine saves */
     return 0;
 }

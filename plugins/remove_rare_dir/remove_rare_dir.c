@@ -136,5 +136,6 @@ SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, ch
     out->after_step = rm_after_step;
     out->on_eval = rm_report;
     out->on_end = rm_report;
+    out->stateless = 1; /* the direction comes from its file again on resume */
     return 0;
 }

@@ -1,4 +1,5 @@
 /* sgd: stochastic gradient descent with optional momentum, as torch.optim.SGD computes it. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,6 +107,31 @@ static int sgd_reset(void *self, saefw_run *run, int param, int axis, const int6
     return 0;
 }
 
+/* Resume: whether the momentum buffers started, and the buffers. */
+static int sgd_save(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen) {
+    sgd *s = self;
+    if (s->host->state_put_number(w, "started", s->started, err, errlen) != 0) return -1;
+    for (int i = 0; s->buf && i < s->n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "momentum%d", i);
+        if (s->host->state_put_f32(w, name, s->buf[i], s->numel[i], err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
+static int sgd_load(void *self, saefw_run *run, saefw_state_reader *r, char *err, size_t errlen) {
+    sgd *s = self;
+    double started = 0;
+    if (s->host->state_get_number(r, "started", &started, err, errlen) != 0) return -1;
+    s->started = started != 0;
+    for (int i = 0; s->buf && i < s->n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "momentum%d", i);
+        if (s->host->state_get_f32(r, name, s->buf[i], s->numel[i], err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
 SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
     out->abi_version = SAEFW_ABI_VERSION;
     out->struct_size = sizeof(saefw_plugin);
@@ -117,5 +143,7 @@ SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, ch
     out->destroy = sgd_destroy;
     out->step = sgd_step;
     out->reset_state = sgd_reset;
+    out->save_state = sgd_save;
+    out->load_state = sgd_load;
     return 0;
 }

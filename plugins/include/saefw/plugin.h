@@ -22,6 +22,8 @@ extern "C" {
 
 typedef struct saefw_run saefw_run;   /* the engine's training run (opaque) */
 typedef struct saefw_opts saefw_opts; /* the plugin's options, validated and defaulted (opaque) */
+typedef struct saefw_state_writer saefw_state_writer; /* a checkpoint being written (opaque) */
+typedef struct saefw_state_reader saefw_state_reader; /* a checkpoint being read on resume (opaque) */
 
 typedef enum {
     SAEFW_KIND_OPTIMIZER = 1,  /* updates the parameters from their gradients in `step` */
@@ -119,6 +121,16 @@ typedef struct saefw_host {
     /* The engine's threads: run fn(ctx, begin, end) over disjoint ranges covering [0, n), in parallel;
      * returns when all are done. For memory-bound loops such as an optimizer's update. */
     void (*parallel_for)(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
+
+    /* Resumable state, inside save_state / load_state: named arrays and numbers, private to the
+     * plugin instance. A get fails (with err filled) when the entry is missing or of another size. */
+    int (*state_put_f32)(saefw_state_writer *w, const char *name, const float *data, int64_t n, char *err, size_t errlen);
+    int (*state_put_i64)(saefw_state_writer *w, const char *name, const int64_t *data, int64_t n, char *err,
+                         size_t errlen);
+    int (*state_put_number)(saefw_state_writer *w, const char *name, double v, char *err, size_t errlen);
+    int (*state_get_f32)(saefw_state_reader *r, const char *name, float *data, int64_t n, char *err, size_t errlen);
+    int (*state_get_i64)(saefw_state_reader *r, const char *name, int64_t *data, int64_t n, char *err, size_t errlen);
+    int (*state_get_number)(saefw_state_reader *r, const char *name, double *v, char *err, size_t errlen);
 } saefw_host;
 
 typedef int (*saefw_callback)(void *self, saefw_run *run, char *err, size_t errlen);
@@ -151,6 +163,14 @@ typedef struct saefw_plugin {
     saefw_callback after_step;
     saefw_callback on_eval;
     saefw_callback on_end;
+
+    /* Resume: save everything that a run continued from a checkpoint needs to go on exactly as if
+     * uninterrupted (moments, counters, ...), and load it back after create(). A plugin with state
+     * and no save_state makes resumed runs differ; the engine warns. */
+    int (*save_state)(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen);
+    int (*load_state)(void *self, saefw_run *run, saefw_state_reader *r, char *err, size_t errlen);
+    /* Set to 1 when the plugin keeps no state between callbacks (nothing to save). */
+    int stateless;
 } saefw_plugin;
 
 /* The entry point. `out` arrives zeroed with abi_version/struct_size describing the engine's struct;
