@@ -147,6 +147,7 @@ int main(void) {
 
     /* SIGINT during training saves a checkpoint and exits non-zero. */
     snprintf(dir, sizeof dir, "%s/run_int", tmp);
+    fflush(stdout); /* the child must not repeat buffered output */
     pid_t pid = fork();
     REQUIRE(pid >= 0, "fork");
     if (pid == 0) {
