@@ -78,6 +78,7 @@ M.model_loss = core.model_loss
 M.hook_name = core.hook_name
 M.data_dir = core.data_dir
 M.save_tensor = core.save_tensor
+M.find_resumable = core.find_resumable
 
 -- What a buffer reads from, for cfg.json (SAELens's model_name, hook_name, ...).
 local buffer_info = setmetatable({}, { __mode = "k" })
