@@ -750,8 +750,12 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             if (emit(&run, mf, "eval", &m, err, errlen) != 0) goto done;
             if (tty) fputs("\r\033[K", stderr);
             if (o->progress != 0) {
-                char mm[48] = "";
+                char mm[512] = "";
                 if (isfinite(m.mmcs)) snprintf(mm, sizeof mm, ", MMCS %.4f", m.mmcs);
+                for (int k = 0; k < run.n_extra; k++) {
+                    size_t u = strlen(mm);
+                    snprintf(mm + u, sizeof mm - u, ", %s %.4g", run.extra_name[k], run.extra_value[k]);
+                }
                 fprintf(stderr, "eval step %lld: dead %.4f, below 1e-6 %.4f, below 1e-5 %.4f%s\n", (long long)i,
                         m.frac_dead, m.frac_below_1e6, m.frac_below_1e5, mm);
             }

@@ -134,6 +134,56 @@ int main(void) {
     EXPECT(rc_ != 0, "unknown option --bogus", "%s analyze %s/final --bogus 1", BIN, dir);
     EXPECT(rc_ != 0, "no such file or folder", "%s analyze %s/nothing_here", BIN, dir);
 
+    /* experiments/baseline.lua end to end, with gelu-1l resolved through a Hugging Face cache that
+     * holds a small stand-in model of the family (tests/fixtures/model: 2 layers, d_vocab 50). */
+    {
+        char hub[2048], snap[2300], cmd[8192], toks[2100];
+        snprintf(hub, sizeof hub, "%s/hfhome/hub/models--NeelNanda--GELU_1L512W_C4_Code", tmp);
+        snprintf(snap, sizeof snap, "%s/snapshots/0123abcd", hub);
+        snprintf(cmd, sizeof cmd,
+                 "mkdir -p '%s/refs' '%s' && printf 0123abcd > '%s/refs/main' && cp fixtures/model/config.json '%s/' && "
+                 "cp fixtures/model/model.pth '%s/model_final.pth'",
+                 hub, snap, hub, snap, snap);
+        REQUIRE(system(cmd) == 0, "fake cache");
+        static int32_t t[4000];
+        for (int i = 0; i < 4000; i++) t[i] = (i * 7 + i / 13) % 50;
+        int64_t shape[1] = {4000};
+        char err[512];
+        snprintf(toks, sizeof toks, "%s/tokens.npy", tmp);
+        REQUIRE(saefw_npy_write(toks, SAEFW_DT_I32, 1, shape, t, err, sizeof err) == 0, "%s", err);
+        snprintf(dir, sizeof dir, "%s/baseline", tmp);
+        EXPECT(rc_ != 0, "saefw download NeelNanda/GELU_1L512W_C4_Code config.json model_final.pth",
+               "HF_HOME=%s/nowhere %s run ../experiments/baseline.lua --data %s", tmp, BIN, toks);
+        EXPECT(rc_ != 0, "give the token file with --data", "HF_HOME=%s/hfhome %s run ../experiments/baseline.lua", tmp, BIN);
+        EXPECT(rc_ == 0, "final: loss",
+               "HF_HOME=%s/hfhome %s run ../experiments/baseline.lua --data %s --seq_len 16 --batch_size 64 "
+               "--buffer_mult 8 --num_tokens 3200 --dict_mult 2 --reinit_every 20 --eval_every 25 "
+               "--checkpoint_every 25 --recons_batches 1 --run_dir %s",
+               tmp, BIN, toks, dir);
+        CHECK(strstr(out, "reconstruction score") && strstr(out, "[reinit_dead]"), "baseline output:\n%s", out);
+        char cfgp[2200];
+        snprintf(cfgp, sizeof cfgp, "%s/final/cfg.json", dir);
+        char *c = NULL;
+        FILE *cf = fopen(cfgp, "r");
+        if (cf) {
+            c = calloc(1, 1 << 16);
+            size_t n = c ? fread(c, 1, (1 << 16) - 1, cf) : 0;
+            if (c) c[n] = 0;
+            fclose(cf);
+        }
+        CHECK(c && strstr(c, "\"hook_name\":\t\"blocks.0.mlp.hook_post\"") && strstr(c, "\"model_name\":\t\"gelu-1l\"") &&
+                  strstr(c, "\"d_in\":\t96"),
+              "baseline cfg.json:\n%s", c ? c : "(missing)");
+        free(c);
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
+        FILE *bm = fopen(mpath, "r");
+        char line[4096];
+        int recons = 0;
+        while (bm && fgets(line, sizeof line, bm)) recons += strstr(line, "\"recons_score\"") != NULL;
+        if (bm) fclose(bm);
+        CHECK(recons >= 2, "metrics.jsonl has %d lines with recons_score", recons);
+    }
+
     /* Plugins written in Lua: the shipped example keeps W_enc orthogonal to its direction; a failing
      * callback stops the run with its file and line. */
     EXPECT(rc_ == 0, "max |d . W_enc column| = ", "%s run ../experiments/lua_plugin.lua --steps 200", BIN);
