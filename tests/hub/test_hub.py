@@ -266,7 +266,7 @@ def seed_repo(c, hub, repo="alice/sae", private=False):
     return head, files
 
 
-def check_cache(c, repo, head, files, ref="main"):
+def check_cache(c, repo, head, files, ref="main", lfs_suffixes=(".safetensors",)):
     """The huggingface_hub layout: refs, relative symlinks into blobs named by ETag, no leftovers."""
     root = os.path.join(c.hf_home, "hub", "models--" + repo.replace("/", "--"))
     if ref:
@@ -276,7 +276,7 @@ def check_cache(c, repo, head, files, ref="main"):
         p = os.path.join(snap, rel)
         check(os.path.islink(p), f"{rel} in the snapshot is not a symlink")
         target = os.readlink(p)
-        etag = hashlib.sha256(data).hexdigest() if rel.endswith(".safetensors") else git_sha1(data)
+        etag = hashlib.sha256(data).hexdigest() if rel.endswith(lfs_suffixes) else git_sha1(data)
         want = "../" * (2 + rel.count("/")) + "blobs/" + etag
         check(target == want, f"{rel} links to {target}, expected {want}")
         check(read(p) == data, f"{rel} differs after download")
@@ -534,6 +534,29 @@ def case_lua(c):
     repo = "alice/lua-sae"
     check(hub.commit_info(repo, hub.head(repo))["summary"] == "from lua", "Lua commit message")
     check_uploaded(hub, repo, ckpt)
+
+
+def case_download_model(c):
+    """saefw download puts a model where saefw.model finds it: gelu-1l's repo on the imitation holds
+    a small model of the same family (tests/fixtures/model), downloaded, then loaded by name."""
+    hub = c.hub()
+    repo = "NeelNanda/GELU_1L512W_C4_Code"
+    hub.add_token(c.token, "NeelNanda")
+    hub.create_repo(repo)
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "model")
+    files = {"config.json": read(os.path.join(fixtures, "config.json")),
+             "model_final.pth": read(os.path.join(fixtures, "model.pth"))}
+    head = hub.put_commit(repo, files, lfs={"model_final.pth"})
+    script = os.path.join(c.tmp, "load_gelu.lua")
+    write(script, b'local m = require("saefw").model("gelu-1l")\n'
+                  b'print(string.format("layers %d d_mlp %d d_vocab %d", m.n_layers, m.d_mlp, m.d_vocab))\n')
+    p = c.run(["run", script], c.env(hub), rc=1)
+    check("saefw download NeelNanda/GELU_1L512W_C4_Code config.json model_final.pth" in p.err,
+          f"the missing-model message does not say how to download it:\n{p.err}")
+    c.run(["download", repo, "config.json", "model_final.pth"], c.env(hub))
+    check_cache(c, repo, head, files, lfs_suffixes=(".pth",))
+    p = c.run(["run", script], c.env(hub, HF_HUB_OFFLINE="1"))
+    check("layers 2 d_mlp 96 d_vocab 50" in p.out, f"saefw.model did not load the downloaded model:\n{p.out}\n{p.err}")
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
