@@ -133,8 +133,9 @@ fail:
 static int get_int(const cJSON *cfg, const char *file, const char *key, int64_t *out, char *err, size_t errlen) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
     if (!v) return saefw_errf(err, errlen, "%s: missing key '%s'", file, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble <= 0)
-        return saefw_errf(err, errlen, "%s: key '%s' must be a positive integer", file, key);
+    /* Range first: casting an out-of-range double to an integer is undefined. */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble > 0 && v->valuedouble <= 1e9) || v->valuedouble != floor(v->valuedouble))
+        return saefw_errf(err, errlen, "%s: key '%s' must be a positive integer (at most 1e9)", file, key);
     *out = (int64_t)v->valuedouble;
     return 0;
 }
@@ -158,6 +159,14 @@ static double cfg_number(const cJSON *cfg, const char *key, double def) {
     return cJSON_IsNumber(v) ? v->valuedouble : def;
 }
 
+/* The L1 coefficient as a float; a value no float holds is an error rather than a bad cast. */
+static int cfg_l1(const cJSON *cfg, const char *file, float *out, char *err, size_t errlen) {
+    double v = cfg_number(cfg, "l1_coeff", cfg_number(cfg, "l1_coefficient", 0));
+    if (!(v >= 0 && v <= 1e30)) return saefw_errf(err, errlen, "%s: l1_coeff must be a number from 0 to 1e30", file);
+    *out = (float)v;
+    return 0;
+}
+
 /* Copy the four tensors from an open file into a freshly allocated sae, checking names and shapes. */
 static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_t d_sae, float l1, saefw_sae *sae,
                     char *err, size_t errlen) {
@@ -167,29 +176,29 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
         d_in = w->shape[0];
         d_sae = w->shape[1];
     }
-    if (saefw_sae_alloc(sae, d_in, d_sae, l1, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", path);
+    /* Every shape is checked against the config before anything is allocated, so a config with
+     * absurd sizes is an error, not an out-of-memory. */
+    const int64_t want_shape[SAEFW_N_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_in}, {d_sae, 0}, {d_in, 0}};
     for (int i = 0; i < SAEFW_N_PARAMS; i++) {
         const char *name = saefw_param_name(i);
         const saefw_tensor_info *t = saefw_tf_find(tf, name);
-        if (!t) {
-            saefw_sae_free(sae);
-            return saefw_errf(err, errlen, "%s: missing tensor '%s'", path, name);
-        }
-        int ok = t->ndim == sae->ndim[i] && t->shape[0] == sae->shape[i][0] &&
-                 (sae->ndim[i] == 1 || t->shape[1] == sae->shape[i][1]);
-        if (!ok) {
+        if (!t) return saefw_errf(err, errlen, "%s: missing tensor '%s'", path, name);
+        int nd = want_shape[i][1] ? 2 : 1;
+        if (t->ndim != nd || t->shape[0] != want_shape[i][0] || (nd == 2 && t->shape[1] != want_shape[i][1])) {
             char got[128] = "", want[64];
             for (int k = 0; k < t->ndim && k < 4; k++) {
                 size_t u = strlen(got);
                 snprintf(got + u, sizeof got - u, "%s%lld", k ? ", " : "", (long long)t->shape[k]);
             }
-            if (sae->ndim[i] == 2)
-                snprintf(want, sizeof want, "%lld, %lld", (long long)sae->shape[i][0], (long long)sae->shape[i][1]);
-            else
-                snprintf(want, sizeof want, "%lld", (long long)sae->shape[i][0]);
-            saefw_sae_free(sae);
+            if (nd == 2) snprintf(want, sizeof want, "%lld, %lld", (long long)want_shape[i][0], (long long)want_shape[i][1]);
+            else snprintf(want, sizeof want, "%lld", (long long)want_shape[i][0]);
             return saefw_errf(err, errlen, "%s: tensor '%s' has shape [%s], expected [%s]", path, name, got, want);
         }
+    }
+    if (saefw_sae_alloc(sae, d_in, d_sae, l1, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", path);
+    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
+        const char *name = saefw_param_name(i);
+        const saefw_tensor_info *t = saefw_tf_find(tf, name);
         if (saefw_tensor_to_f32(t, sae->p[i], err, errlen) != 0) {
             saefw_sae_free(sae);
             return saefw_err_prefix(err, errlen, "%s: tensor '%s'", path, name);
@@ -231,7 +240,10 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
     if (seed_pt) {
         if (access(cfgp, F_OK) == 0) {
             if (read_cfg(cfgp, &cfg, err, errlen) != 0) return -1;
-            l1 = (float)cfg_number(cfg, "l1_coeff", 0);
+            if (cfg_l1(cfg, cfgp, &l1, err, errlen) != 0) {
+                cJSON_Delete(cfg);
+                return -1;
+            }
             if (cJSON_GetObjectItemCaseSensitive(cfg, "act_size") &&
                 (get_int(cfg, cfgp, "act_size", &d_in, err, errlen) != 0 ||
                  get_int(cfg, cfgp, "dict_size", &d_sae, err, errlen) != 0)) {
@@ -245,7 +257,10 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
             cJSON_Delete(cfg);
             return -1;
         }
-        l1 = (float)cfg_number(cfg, "l1_coeff", cfg_number(cfg, "l1_coefficient", 0));
+        if (cfg_l1(cfg, cfgp, &l1, err, errlen) != 0) {
+            cJSON_Delete(cfg);
+            return -1;
+        }
     }
     saefw_tensorfile *tf = NULL;
     if (saefw_tf_open(weights, &tf, err, errlen) != 0) {
