@@ -866,7 +866,8 @@ static int tokens_index(lua_State *L) {
 static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_model *m) {
     const char *site = opt_string(L, t, fn, "site", NULL);
     if (!site) uerror(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")", fn);
-    int64_t layer = opt_int(L, t, fn, "layer", 0, 0);
+    /* A full name ("blocks.1.mlp.hook_post") carries its layer; a short one defaults to layer 0. */
+    int64_t layer = has_field(L, t, "layer") ? opt_int(L, t, fn, "layer", 0, 0) : (strncmp(site, "blocks.", 7) ? 0 : -1);
     saefw_hook h;
     char err[512];
     if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) uerror(L, "%s: %s", fn, err);
@@ -1039,11 +1040,16 @@ static int l_save_tensor(lua_State *L) {
 static void stderr_line(const char *msg) { fprintf(stderr, "%s\n", msg); }
 
 /* saefw.find_resumable(run_dir) -> the newest intact checkpoint folder holding a training state. */
+/* saefw.find_resumable(run_dir) -> the newest intact checkpoint folder holding a training state, or
+ * nil and the reason when there is none. */
 static int l_find_resumable(lua_State *L) {
     const char *dir = luaL_checkstring(L, 1);
     char out[4096], err[1024];
-    if (saefw_checkpoint_find_resumable(dir, out, sizeof out, stderr_line, err, sizeof err) != 0)
-        return uerror(L, "resume: %s", err);
+    if (saefw_checkpoint_find_resumable(dir, out, sizeof out, stderr_line, err, sizeof err) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
     lua_pushstring(L, out);
     return 1;
 }
@@ -1071,10 +1077,10 @@ static int l_data_dir(lua_State *L) {
 /* saefw.hook_name(site, layer) -> the TransformerLens name ("blocks.0.mlp.hook_post"). */
 static int l_hook_name(lua_State *L) {
     const char *site = luaL_checkstring(L, 1);
-    lua_Integer layer = luaL_optinteger(L, 2, 0);
+    lua_Integer layer = luaL_optinteger(L, 2, strncmp(site, "blocks.", 7) ? 0 : -1);
     saefw_hook h;
     char err[512], name[128];
-    if (layer < 0 || layer > 100000) return uerror(L, "saefw.hook_name: bad layer %lld", (long long)layer);
+    if (layer < -1 || layer > 100000) return uerror(L, "saefw.hook_name: bad layer %lld", (long long)layer);
     if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) return uerror(L, "saefw.hook_name: %s", err);
     saefw_hook_name(h, name, sizeof name);
     lua_pushstring(L, name);
@@ -1170,7 +1176,7 @@ static int on_event(void *vud, const char *event, const saefw_metrics *m, char *
 static int l_train(lua_State *L) {
     static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
                                        "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
-                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", NULL};
+                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "restart", NULL};
     const char *fn = "saefw.train";
     check_table(L, 1, fn);
     check_keys(L, 1, fn, keys);
@@ -1233,6 +1239,7 @@ static int l_train(lua_State *L) {
     o.freq_batches = opt_int(L, 1, fn, "freq_batches", 5, 1);
     o.run_dir = opt_string(L, 1, fn, "run_dir", NULL);
     o.resume_from = opt_string(L, 1, fn, "resume_from", NULL);
+    o.restart = opt_bool(L, 1, fn, "restart", 0);
     o.seed = (uint64_t)opt_int(L, 1, fn, "seed", 49, 0);
     int progress = opt_bool(L, 1, fn, "progress", 1);
     o.progress = progress ? -1 : 0;

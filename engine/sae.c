@@ -1,16 +1,40 @@
-/* SAE numerics of the seed recipe on OpenBLAS: dense forward and backward. */
+/* SAE numerics of the seed recipe: parameters, the encoder product on OpenBLAS, the ReLU pass that
+ * records the active entries and picks the path, the dense path of the rest of the step, statistics
+ * and the decoder projection. The sparse path's kernels are in sae_sparse.c. Loops over big arrays
+ * run on saefw_parallel_for; every output element and every partial sum is computed by one thread
+ * over a split that does not depend on the thread count, so results do not either. */
 #include "sae.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
+#include "parallel.h"
+#include "sae_kernels.h"
 #include "util.h"
 
 static const char *const PARAM_NAMES[SAEFW_N_PARAMS] = {"W_enc", "W_dec", "b_enc", "b_dec"};
 
 const char *saefw_param_name(int i) { return (i >= 0 && i < SAEFW_N_PARAMS) ? PARAM_NAMES[i] : NULL; }
+
+/* Arrays of 2 MiB and more are aligned to 2 MiB and asked to use transparent huge pages: the sparse
+ * kernels read rows scattered over hundreds of MiB and would otherwise miss the TLB on almost every
+ * row. Free with free(). */
+static void *alloc_big(size_t bytes, int zero, char *err, size_t errlen) {
+    const size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (posix_memalign(&p, bytes >= huge ? huge : 64, bytes ? bytes : 1) != 0) {
+        saefw_errf(err, errlen, "out of memory (%zu bytes)", bytes);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    if (bytes >= huge) madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+#endif
+    if (zero) memset(p, 0, bytes);
+    return p;
+}
 
 int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, char *err, size_t errlen) {
     memset(sae, 0, sizeof *sae);
@@ -31,8 +55,8 @@ int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff,
         total += (size_t)sae->numel[i];
     }
     sae->n_total = total;
-    sae->params = saefw_calloc(total, sizeof(float), err, errlen);
-    sae->grads = saefw_calloc(total, sizeof(float), err, errlen);
+    sae->params = alloc_big(total * sizeof(float), 1, err, errlen);
+    sae->grads = sae->params ? alloc_big(total * sizeof(float), 1, err, errlen) : NULL;
     if (!sae->params || !sae->grads) {
         saefw_sae_free(sae);
         return -1;
@@ -84,16 +108,75 @@ void saefw_sae_param_view(saefw_sae *sae, int i, saefw_param *out) {
     out->numel = sae->numel[i];
 }
 
+
+/* ---- work areas and the choice of path ---- */
+
+/* Rows per chunk of the ReLU pass: the unit of its parallel split and of the entry lists. */
+#define CHUNK_ROWS 64
+
+static saefw_sae_path g_path = SAEFW_SAE_AUTO;
+
+void saefw_sae_set_path(saefw_sae_path path) { g_path = path; }
+
+static int requested_path(saefw_sae_path *out, char *err, size_t errlen) {
+    *out = g_path;
+    if (g_path != SAEFW_SAE_AUTO) return 0;
+    const char *env = getenv("SAEFW_SAE_PATH");
+    if (!env || !*env || strcmp(env, "auto") == 0) return 0;
+    if (strcmp(env, "dense") == 0) *out = SAEFW_SAE_DENSE;
+    else if (strcmp(env, "sparse") == 0) *out = SAEFW_SAE_SPARSE;
+    else return saefw_errf(err, errlen, "SAEFW_SAE_PATH must be auto, dense or sparse (got '%s')", env);
+    return 0;
+}
+
+static void *alloc_n(int64_t n, size_t size, int *failed, char *err, size_t errlen) {
+    if (*failed) return NULL;
+    void *p = alloc_big((size_t)(n > 0 ? n : 1) * size, 0, err, errlen);
+    if (!p) *failed = 1;
+    return p;
+}
+
 int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
     memset(w, 0, sizeof *w);
+    if (cap <= 0) return saefw_errf(err, errlen, "sae: a batch needs at least one row (got %lld)", (long long)cap);
+    if (requested_path(&w->path, err, errlen) != 0) return -1;
+    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
     w->cap = cap;
-    size_t in = (size_t)(cap * sae->d_in), hid = (size_t)(cap * sae->d_sae);
-    w->x_cent = saefw_malloc(in * sizeof(float), err, errlen);
-    w->acts = saefw_malloc(hid * sizeof(float), err, errlen);
-    w->x_hat = saefw_malloc(in * sizeof(float), err, errlen);
-    w->dxh = saefw_malloc(in * sizeof(float), err, errlen);
-    w->dpre = saefw_malloc(hid * sizeof(float), err, errlen);
-    if (!w->x_cent || !w->acts || !w->x_hat || !w->dxh || !w->dpre) {
+    w->chunk_rows = cap < CHUNK_ROWS ? cap : CHUNK_ROWS;
+    w->n_chunks = (cap + w->chunk_rows - 1) / w->chunk_rows;
+    /* AUTO keeps room for the allowed fraction of the batch, and lets a chunk hold twice its share so
+     * that one busy chunk alone does not force the dense path. Pages never written cost no memory. */
+    const double frac = SAEFW_SAE_SPARSE_MAX_FRACTION;
+    if (w->path == SAEFW_SAE_SPARSE) {
+        w->chunk_cap = w->chunk_rows * d_sae;
+        w->feat_cap = cap * d_sae;
+    } else if (w->path == SAEFW_SAE_AUTO) {
+        w->chunk_cap = (int64_t)ceil(fmin(1.0, 2.0 * frac) * (double)(w->chunk_rows * d_sae));
+        w->feat_cap = (int64_t)(frac * (double)(cap * d_sae));
+    }
+    int failed = 0;
+    w->x_cent = alloc_n(cap * d_in, sizeof(float), &failed, err, errlen);
+    w->acts = alloc_n(cap * d_sae, sizeof(float), &failed, err, errlen);
+    w->x_hat = alloc_n(cap * d_in, sizeof(float), &failed, err, errlen);
+    w->dxh = alloc_n(cap * d_in, sizeof(float), &failed, err, errlen);
+    w->dpre = alloc_n(cap * d_sae, sizeof(float), &failed, err, errlen);
+    w->row_start = alloc_n(cap, sizeof(int64_t), &failed, err, errlen);
+    w->row_len = alloc_n(cap, sizeof(int32_t), &failed, err, errlen);
+    w->act_feat = alloc_n(w->n_chunks * w->chunk_cap, sizeof(int32_t), &failed, err, errlen);
+    w->act_val = alloc_n(w->n_chunks * w->chunk_cap, sizeof(float), &failed, err, errlen);
+    w->chunk_active = alloc_n(w->n_chunks, sizeof(int64_t), &failed, err, errlen);
+    w->chunk_kept = alloc_n(w->n_chunks, sizeof(int64_t), &failed, err, errlen);
+    w->chunk_l1 = alloc_n(w->n_chunks, sizeof(double), &failed, err, errlen);
+    w->feat_start = alloc_n(d_sae + 1, sizeof(int64_t), &failed, err, errlen);
+    w->feat_next = alloc_n(d_sae, sizeof(int64_t), &failed, err, errlen);
+    w->feat_row = alloc_n(w->feat_cap, sizeof(int32_t), &failed, err, errlen);
+    w->feat_act = alloc_n(w->feat_cap, sizeof(float), &failed, err, errlen);
+    w->feat_grad = alloc_n(w->feat_cap, sizeof(float), &failed, err, errlen);
+    const int64_t slab_floats = w->path == SAEFW_SAE_DENSE ? 0 : cap * SAEFW_SPARSE_GROUP * ((d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP);
+    w->slab_d = alloc_n(slab_floats, sizeof(float), &failed, err, errlen);
+    w->slab_x = alloc_n(slab_floats, sizeof(float), &failed, err, errlen);
+    w->col_stat = alloc_n(3 * d_in, sizeof(double), &failed, err, errlen);
+    if (failed) {
         saefw_sae_work_free(w);
         return -1;
     }
@@ -106,51 +189,226 @@ void saefw_sae_work_free(saefw_sae_work *w) {
     free(w->x_hat);
     free(w->dxh);
     free(w->dpre);
+    free(w->row_start);
+    free(w->row_len);
+    free(w->act_feat);
+    free(w->act_val);
+    free(w->chunk_active);
+    free(w->chunk_kept);
+    free(w->chunk_l1);
+    free(w->feat_start);
+    free(w->feat_next);
+    free(w->feat_row);
+    free(w->feat_act);
+    free(w->feat_grad);
+    free(w->slab_d);
+    free(w->slab_x);
+    free(w->col_stat);
     memset(w, 0, sizeof *w);
+}
+
+/* ---- dense products ---- */
+
+/* Blocks of C in a dense product: enough for a few threads, few enough that repacking the shared
+ * operand once per block stays cheap. */
+#define GEMM_PARTS 8
+
+typedef struct {
+    CBLAS_TRANSPOSE ta, tb;
+    int64_t M, N, K, parts;
+    const float *A; /* op(A) [M, K] */
+    const float *B; /* op(B) [K, N] */
+    int64_t lda, ldb, ldc;
+    float beta;
+    float *C; /* [M, N] */
+    int split_rows;
+} gemm_job;
+
+static void gemm_blocks(void *vctx, int64_t q0, int64_t q1) {
+    const gemm_job *g = vctx;
+    for (int64_t q = q0; q < q1; q++) {
+        if (g->split_rows) {
+            const int64_t m0 = g->M * q / g->parts, m1 = g->M * (q + 1) / g->parts;
+            const float *A = g->ta == CblasNoTrans ? g->A + m0 * g->lda : g->A + m0;
+            cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)(m1 - m0), (int)g->N, (int)g->K, 1.0f, A, (int)g->lda, g->B,
+                        (int)g->ldb, g->beta, g->C + m0 * g->ldc, (int)g->ldc);
+        } else {
+            const int64_t n0 = g->N * q / g->parts, n1 = g->N * (q + 1) / g->parts;
+            const float *B = g->tb == CblasNoTrans ? g->B + n0 : g->B + n0 * g->ldb;
+            cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)g->M, (int)(n1 - n0), (int)g->K, 1.0f, g->A, (int)g->lda, B,
+                        (int)g->ldb, g->beta, g->C + n0, (int)g->ldc);
+        }
+    }
+}
+
+/* C = op(A) op(B) + beta C (row-major) as a fixed grid of single-threaded OpenBLAS calls on the pool.
+ * OpenBLAS's own threads split the work by their number, and its results change with it; these
+ * blocks depend on the shape only. Splitting C's rows repacks all of op(B) in every block, splitting
+ * its columns all of op(A): the split repacks the smaller. */
+static void sgemm_fixed(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,
+                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    gemm_job g = {ta, tb, M, N, K, 0, A, B, lda, ldb, ldc, beta, C, N < M};
+    const int64_t dim = g.split_rows ? M : N;
+    g.parts = dim < GEMM_PARTS ? dim : GEMM_PARTS;
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    saefw_parallel_for(g.parts, gemm_blocks, &g);
+    openblas_set_num_threads(prev);
+}
+
+/* ---- forward ---- */
+
+typedef struct {
+    const saefw_sae *sae;
+    saefw_sae_work *w;
+    const float *x; /* [B, d_in] */
+    int64_t B;
+} step_ctx;
+
+static void center_rows(void *vctx, int64_t b0, int64_t b1) {
+    const step_ctx *c = vctx;
+    const int64_t d_in = c->sae->d_in;
+    const float *b_dec = c->sae->p[SAEFW_B_DEC];
+    for (int64_t b = b0; b < b1; b++) {
+        const float *x = c->x + b * d_in;
+        float *xc = c->w->x_cent + b * d_in;
+        for (int64_t i = 0; i < d_in; i++) xc[i] = x[i] - b_dec[i];
+    }
+}
+
+/* One row of pre-activations a [d] becomes relu(a + bias) in place; the active entries are appended to
+ * feat/val while room lasts. Returns the number of active entries; *l1 gets their sum. */
+SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bias, int64_t d, int32_t *restrict feat,
+                                     float *restrict val, int64_t room, double *l1) {
+    double lane[8] = {0};
+    int64_t n = 0, kept = 0, j = 0;
+    /* Blocks of 16, counted with vector compares; only blocks with an active entry are scanned for
+     * them, and none once the room is used up. */
+    for (; j + 16 <= d; j += 16) {
+        int count = 0;
+        for (int k = 0; k < 16; k++) {
+            float v = a[j + k] + bias[j + k];
+            v = v > 0.0f ? v : 0.0f;
+            a[j + k] = v;
+            lane[k & 7] += v;
+            count += v > 0.0f;
+        }
+        n += count;
+        if (count == 0 || kept >= room) continue;
+        for (int k = 0; k < 16 && kept < room; k++)
+            if (a[j + k] > 0.0f) {
+                feat[kept] = (int32_t)(j + k);
+                val[kept++] = a[j + k];
+            }
+    }
+    for (; j < d; j++) {
+        float v = a[j] + bias[j];
+        v = v > 0.0f ? v : 0.0f;
+        a[j] = v;
+        lane[0] += v;
+        if (v > 0.0f) {
+            if (kept < room) {
+                feat[kept] = (int32_t)j;
+                val[kept++] = v;
+            }
+            n++;
+        }
+    }
+    *l1 = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    return n;
+}
+
+static void relu_chunks(void *vctx, int64_t c0, int64_t c1) {
+    const step_ctx *c = vctx;
+    saefw_sae_work *w = c->w;
+    const int64_t d_sae = c->sae->d_sae;
+    for (int64_t ch = c0; ch < c1; ch++) {
+        const int64_t base = ch * w->chunk_cap, r0 = ch * w->chunk_rows;
+        const int64_t r1 = r0 + w->chunk_rows < c->B ? r0 + w->chunk_rows : c->B;
+        int64_t kept = 0, active = 0;
+        double l1 = 0;
+        for (int64_t b = r0; b < r1; b++) {
+            double row_l1;
+            int64_t n = relu_row(w->acts + b * d_sae, c->sae->p[SAEFW_B_ENC], d_sae, w->act_feat + base + kept,
+                                 w->act_val + base + kept, w->chunk_cap - kept, &row_l1);
+            int64_t k = n < w->chunk_cap - kept ? n : w->chunk_cap - kept;
+            w->row_start[b] = base + kept;
+            w->row_len[b] = (int32_t)k;
+            kept += k;
+            active += n;
+            l1 += row_l1;
+        }
+        w->chunk_active[ch] = active;
+        w->chunk_kept[ch] = kept;
+        w->chunk_l1[ch] = l1;
+    }
+}
+
+static void fill_bias_rows(void *vctx, int64_t b0, int64_t b1) {
+    const step_ctx *c = vctx;
+    const int64_t d_in = c->sae->d_in;
+    for (int64_t b = b0; b < b1; b++)
+        memcpy(c->w->x_hat + b * d_in, c->sae->p[SAEFW_B_DEC], sizeof(float) * (size_t)d_in);
+}
+
+/* Per column i of a range: sum over rows of (x_hat - x)^2, of x, then of (x - mean)^2, in double. */
+SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
+    const step_ctx *c = vctx;
+    const int64_t d_in = c->sae->d_in, B = c->B;
+    double *l2 = c->w->col_stat, *mean = l2 + d_in, *var = mean + d_in;
+    for (int64_t i = i0; i < i1; i++) l2[i] = mean[i] = var[i] = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = c->x + b * d_in, *xh = c->w->x_hat + b * d_in;
+        for (int64_t i = i0; i < i1; i++) {
+            double e = (double)xh[i] - (double)x[i];
+            l2[i] += e * e;
+            mean[i] += x[i];
+        }
+    }
+    for (int64_t i = i0; i < i1; i++) mean[i] /= (double)B;
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = c->x + b * d_in;
+        for (int64_t i = i0; i < i1; i++) {
+            double e = (double)x[i] - mean[i];
+            var[i] += e * e;
+        }
+    }
 }
 
 void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, saefw_sae_stats *stats) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
-    const float *W_enc = sae->p[SAEFW_W_ENC], *W_dec = sae->p[SAEFW_W_DEC];
-    const float *b_enc = sae->p[SAEFW_B_ENC], *b_dec = sae->p[SAEFW_B_DEC];
-    float *x_cent = w->x_cent, *acts = w->acts, *x_hat = w->x_hat; /* [B,d_in], [B,d_sae], [B,d_in] */
+    step_ctx c = {sae, w, x, B};
 
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < d_in; i++) x_cent[b * d_in + i] = x[b * d_in + i] - b_dec[i];
-    /* pre = x_cent @ W_enc, written into acts, then + b_enc and ReLU in place. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, x_cent, (int)d_in,
-                W_enc, (int)d_sae, 0.0f, acts, (int)d_sae);
-    int64_t active = 0;
+    saefw_parallel_for(B, center_rows, &c);
+    /* pre = x_cent @ W_enc, written into acts; the ReLU pass then adds b_enc in place. */
+    sgemm_fixed(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, w->x_cent, d_in, sae->p[SAEFW_W_ENC], d_sae, 0.0f, w->acts,
+                d_sae);
+    const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
+    saefw_parallel_for(n_chunks, relu_chunks, &c);
+    int64_t active = 0, kept = 0;
     double l1 = 0;
-    for (int64_t b = 0; b < B; b++) {
-        float *a = acts + b * d_sae;
-        float row_l1 = 0;
-        for (int64_t j = 0; j < d_sae; j++) {
-            float v = a[j] + b_enc[j];
-            v = v > 0.0f ? v : 0.0f;
-            a[j] = v;
-            row_l1 += v;
-            active += v > 0.0f;
-        }
-        l1 += row_l1;
+    for (int64_t ch = 0; ch < n_chunks; ch++) {
+        active += w->chunk_active[ch];
+        kept += w->chunk_kept[ch];
+        l1 += w->chunk_l1[ch];
     }
-    for (int64_t b = 0; b < B; b++) memcpy(x_hat + b * d_in, b_dec, sizeof(float) * (size_t)d_in);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_in, (int)d_sae, 1.0f, acts, (int)d_sae,
-                W_dec, (int)d_in, 1.0f, x_hat, (int)d_in);
+    w->nnz = active;
+    w->used_sparse = w->path != SAEFW_SAE_DENSE && kept == active && active <= w->feat_cap &&
+                     (w->path == SAEFW_SAE_SPARSE || (double)active <= SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae));
+    if (w->used_sparse) {
+        saefw_sparse_index(w, d_sae, B);
+        saefw_sparse_decode(sae, w, B);
+    } else {
+        saefw_parallel_for(B, fill_bias_rows, &c);
+        sgemm_fixed(CblasNoTrans, CblasNoTrans, B, d_in, d_sae, w->acts, d_sae, sae->p[SAEFW_W_DEC], d_in, 1.0f,
+                    w->x_hat, d_in);
+    }
     if (!stats) return;
+    saefw_parallel_for(d_in, stat_columns, &c);
     double l2 = 0, var = 0;
     for (int64_t i = 0; i < d_in; i++) {
-        double mean = 0;
-        for (int64_t b = 0; b < B; b++) mean += x[b * d_in + i];
-        mean /= (double)B;
-        for (int64_t b = 0; b < B; b++) {
-            double d = (double)x[b * d_in + i] - mean;
-            var += d * d;
-        }
-    }
-    for (int64_t k = 0; k < B * d_in; k++) {
-        double d = (double)x_hat[k] - (double)x[k];
-        l2 += d * d;
+        l2 += w->col_stat[i];
+        var += w->col_stat[2 * d_in + i];
     }
     stats->l2 = l2 / (double)B;
     stats->l1 = (double)sae->l1_coeff * l1;
@@ -172,54 +430,115 @@ void saefw_sae_row_loss(const saefw_sae *sae, const saefw_sae_work *w, const flo
     }
 }
 
-void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
-    const float *W_enc = sae->p[SAEFW_W_ENC], *W_dec = sae->p[SAEFW_W_DEC];
-    float *gW_enc = sae->g[SAEFW_W_ENC], *gW_dec = sae->g[SAEFW_W_DEC];
-    float *gb_enc = sae->g[SAEFW_B_ENC], *gb_dec = sae->g[SAEFW_B_DEC];
-    const float *acts = w->acts, *x_cent = w->x_cent; /* [B,d_sae], [B,d_in] */
-    float *dxh = w->dxh, *dpre = w->dpre;               /* [B,d_in], [B,d_sae] */
-    const float c2 = 2.0f / (float)B, l1c = sae->l1_coeff;
+/* ---- backward ---- */
 
-    /* l2 = mean_b sum_i (x_hat - x)^2  =>  dL/dx_hat = 2/B (x_hat - x). */
-    for (int64_t k = 0; k < B * d_in; k++) dxh[k] = c2 * (w->x_hat[k] - x[k]);
-    /* b_dec gets the x_hat term here and the x_cent term below. */
-    for (int64_t i = 0; i < d_in; i++) gb_dec[i] = 0.0f;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < d_in; i++) gb_dec[i] += dxh[b * d_in + i];
-    /* dW_dec = acts^T @ dxh */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d_sae, (int)d_in, (int)B, 1.0f, acts, (int)d_sae, dxh,
-                (int)d_in, 0.0f, gW_dec, (int)d_in);
-    /* dacts = dxh @ W_dec^T; the L1 term adds l1_coeff * sign(acts); ReLU passes where acts > 0. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, dxh, (int)d_in, W_dec,
-                (int)d_in, 0.0f, dpre, (int)d_sae);
-    for (int64_t k = 0; k < B * d_sae; k++) dpre[k] = acts[k] > 0.0f ? dpre[k] + l1c : 0.0f;
-    for (int64_t j = 0; j < d_sae; j++) gb_enc[j] = 0.0f;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t j = 0; j < d_sae; j++) gb_enc[j] += dpre[b * d_sae + j];
-    /* dW_enc = x_cent^T @ dpre */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d_in, (int)d_sae, (int)B, 1.0f, x_cent, (int)d_in, dpre,
-                (int)d_sae, 0.0f, gW_enc, (int)d_sae);
-    /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)d_in, (int)d_sae, -1.0f, W_enc, (int)d_sae, gb_enc, 1, 1.0f, gb_dec,
-                1);
+/* Columns of a range: dxh = 2/B (x_hat - x), and b_dec's gradient from the x_hat term, summed over
+ * rows in order. */
+SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
+    const step_ctx *c = vctx;
+    const int64_t d_in = c->sae->d_in;
+    const float c2 = 2.0f / (float)c->B;
+    float *gb_dec = c->sae->g[SAEFW_B_DEC];
+    for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0f;
+    for (int64_t b = 0; b < c->B; b++) {
+        const float *x = c->x + b * d_in, *xh = c->w->x_hat + b * d_in;
+        float *d = c->w->dxh + b * d_in;
+        for (int64_t i = i0; i < i1; i++) {
+            d[i] = c2 * (xh[i] - x[i]);
+            gb_dec[i] += d[i];
+        }
+    }
 }
 
-void saefw_sae_project_decoder(saefw_sae *sae) {
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
-    float *W = sae->p[SAEFW_W_DEC], *G = sae->g[SAEFW_W_DEC]; /* [d_sae, d_in] */
-    for (int64_t r = 0; r < d_sae; r++) {
-        float *w = W + r * d_in, *g = G + r * d_in;
-        double ss = 0;
-        for (int64_t c = 0; c < d_in; c++) ss += (double)w[c] * w[c];
-        float inv = (float)(1.0 / sqrt(ss));
-        double dot = 0;
-        for (int64_t c = 0; c < d_in; c++) dot += (double)g[c] * (w[c] * inv);
-        float fdot = (float)dot;
-        for (int64_t c = 0; c < d_in; c++) {
+/* Dense path: the L1 term adds l1_coeff where acts > 0, and the ReLU passes only there. */
+SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
+    const step_ctx *c = vctx;
+    const int64_t d_sae = c->sae->d_sae;
+    const float l1c = c->sae->l1_coeff;
+    for (int64_t k = b0 * d_sae; k < b1 * d_sae; k++)
+        c->w->dpre[k] = c->w->acts[k] > 0.0f ? c->w->dpre[k] + l1c : 0.0f;
+}
+
+/* Dense path: b_enc's gradient, each column summed over rows in order. */
+SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
+    const step_ctx *c = vctx;
+    const int64_t d_sae = c->sae->d_sae;
+    float *gb_enc = c->sae->g[SAEFW_B_ENC];
+    for (int64_t j = j0; j < j1; j++) gb_enc[j] = 0.0f;
+    for (int64_t b = 0; b < c->B; b++) {
+        const float *d = c->w->dpre + b * d_sae;
+        for (int64_t j = j0; j < j1; j++) gb_enc[j] += d[j];
+    }
+}
+
+static void dense_backward(saefw_sae *sae, saefw_sae_work *w, step_ctx *c) {
+    const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
+    /* dW_dec = acts^T @ dxh */
+    sgemm_fixed(CblasTrans, CblasNoTrans, d_sae, d_in, B, w->acts, d_sae, w->dxh, d_in, 0.0f, sae->g[SAEFW_W_DEC], d_in);
+    /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
+    sgemm_fixed(CblasNoTrans, CblasTrans, B, d_sae, d_in, w->dxh, d_in, sae->p[SAEFW_W_DEC], d_in, 0.0f, w->dpre, d_sae);
+    saefw_parallel_for(B, mask_rows, c);
+    saefw_parallel_for(d_sae, bias_enc_columns, c);
+    /* dW_enc = x_cent^T @ dpre */
+    sgemm_fixed(CblasTrans, CblasNoTrans, d_in, d_sae, B, w->x_cent, d_in, w->dpre, d_sae, 0.0f, sae->g[SAEFW_W_ENC],
+                d_sae);
+}
+
+/* Rows of W_enc in a range: b_dec's gradient -= W_enc row . gb_enc (x_cent = x - b_dec). */
+SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
+    saefw_sae *sae = vctx;
+    const int64_t d_sae = sae->d_sae;
+    const float *gb_enc = sae->g[SAEFW_B_ENC];
+    for (int64_t i = i0; i < i1; i++) {
+        const float *w = sae->p[SAEFW_W_ENC] + i * d_sae;
+        float lane[8] = {0};
+        int64_t j = 0;
+        for (; j + 8 <= d_sae; j += 8)
+            for (int k = 0; k < 8; k++) lane[k] += w[j + k] * gb_enc[j + k];
+        for (; j < d_sae; j++) lane[0] += w[j] * gb_enc[j];
+        sae->g[SAEFW_B_DEC][i] -= ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    }
+}
+
+void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
+    const int64_t d_in = sae->d_in;
+    step_ctx c = {sae, w, x, B};
+    /* l2 = mean_b sum_i (x_hat - x)^2  =>  dL/dx_hat = 2/B (x_hat - x); b_dec gets this term there. */
+    if (w->used_sparse) {
+        saefw_sparse_backward(sae, w, x, B);
+    } else {
+        saefw_parallel_for(d_in, dxh_columns, &c);
+        dense_backward(sae, w, &c);
+    }
+    /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
+    saefw_parallel_for(d_in, bias_dec_rows, sae);
+}
+
+/* ---- decoder projection ---- */
+
+/* Rows of a range: n = w / ||w||, g -= (g . n) n, w = n; the norms and dots in double, over eight
+ * fixed lanes so that the loop vectorises. */
+SAEFW_KERNEL static void project_rows(void *vctx, int64_t r0, int64_t r1) {
+    saefw_sae *sae = vctx;
+    const int64_t d_in = sae->d_in;
+    for (int64_t r = r0; r < r1; r++) {
+        float *w = sae->p[SAEFW_W_DEC] + r * d_in, *g = sae->g[SAEFW_W_DEC] + r * d_in;
+        double ss[8] = {0}, dot[8] = {0};
+        int64_t c = 0;
+        for (; c + 8 <= d_in; c += 8)
+            for (int k = 0; k < 8; k++) ss[k] += (double)w[c + k] * (double)w[c + k];
+        for (; c < d_in; c++) ss[0] += (double)w[c] * (double)w[c];
+        const float inv = (float)(1.0 / sqrt(((ss[0] + ss[1]) + (ss[2] + ss[3])) + ((ss[4] + ss[5]) + (ss[6] + ss[7]))));
+        for (c = 0; c + 8 <= d_in; c += 8)
+            for (int k = 0; k < 8; k++) dot[k] += (double)g[c + k] * (double)(w[c + k] * inv);
+        for (; c < d_in; c++) dot[0] += (double)g[c] * (double)(w[c] * inv);
+        const float fdot = (float)(((dot[0] + dot[1]) + (dot[2] + dot[3])) + ((dot[4] + dot[5]) + (dot[6] + dot[7])));
+        for (c = 0; c < d_in; c++) {
             float n = w[c] * inv;
             g[c] -= fdot * n;
             w[c] = n;
         }
     }
 }
+
+void saefw_sae_project_decoder(saefw_sae *sae) { saefw_parallel_for(sae->d_sae, project_rows, sae); }

@@ -1,5 +1,8 @@
 /* The sparse autoencoder of the seed recipe: parameters in one block, forward, backward,
- * decoder-gradient projection and decoder renormalisation, over flat float32 arrays. */
+ * decoder-gradient projection and decoder renormalisation, over flat float32 arrays. After the dense
+ * encoder product a step takes a dense path (OpenBLAS) or a sparse one (only the active entries of the
+ * activations), chosen per batch by the fraction of active entries; both give the same results up to
+ * float rounding. */
 #ifndef SAEFW_SAE_H
 #define SAEFW_SAE_H
 
@@ -37,6 +40,21 @@ void saefw_sae_init_params(saefw_sae *sae, saefw_rng *rng);
 /* Fill a view of tensor i as the plugin ABI describes it. */
 void saefw_sae_param_view(saefw_sae *sae, int i, saefw_param *out);
 
+/* Which kernels run after the encoder product. */
+typedef enum {
+    SAEFW_SAE_AUTO = 0,   /* sparse when at most SAEFW_SAE_SPARSE_MAX_FRACTION of acts is active */
+    SAEFW_SAE_DENSE = 1,  /* always the dense products */
+    SAEFW_SAE_SPARSE = 2, /* always the sparse kernels (work areas then hold every entry: tests) */
+} saefw_sae_path;
+
+/* Fraction of active entries of a batch (L0 / d_sae) up to which AUTO takes the sparse path: above
+ * it the dense products on OpenBLAS are faster (measured: BENCHMARKS.md). */
+#define SAEFW_SAE_SPARSE_MAX_FRACTION 0.10
+
+/* Path for work areas allocated from now on; SAEFW_SAE_AUTO, the default, defers to the
+ * environment variable SAEFW_SAE_PATH (auto, dense or sparse) when it is set. */
+void saefw_sae_set_path(saefw_sae_path path);
+
 /* Per-batch scratch space, allocated once for the largest batch. */
 typedef struct {
     int64_t cap;   /* rows */
@@ -44,9 +62,37 @@ typedef struct {
     float *acts;   /* [cap, d_sae]: post-ReLU activations */
     float *x_hat;  /* [cap, d_in] */
     float *dxh;    /* [cap, d_in]: dLoss/dx_hat */
-    float *dpre;   /* [cap, d_sae]: dLoss/d(pre-activation) */
+    float *dpre;   /* [cap, d_sae]: dLoss/d(pre-activation), dense path only */
+
+    /* Active entries of acts after a forward pass, for the sparse path. Rows come in chunks of
+     * chunk_rows; chunk c's entries live at [c * chunk_cap, (c + 1) * chunk_cap) of act_feat/act_val. */
+    saefw_sae_path path;   /* the path asked for at allocation */
+    int used_sparse;       /* the last forward pass took the sparse path (backward follows it) */
+    int64_t nnz;           /* active entries of the last forward pass */
+    int64_t chunk_rows, n_chunks, chunk_cap;
+    int64_t *row_start;    /* [cap]: offset of row b's entries */
+    int32_t *row_len;      /* [cap]: entries recorded for row b */
+    int32_t *act_feat;     /* [n_chunks * chunk_cap]: feature of each entry, ascending within a row */
+    float *act_val;        /* [n_chunks * chunk_cap]: its activation */
+    int64_t *chunk_active; /* [n_chunks]: active entries (recorded or not: a chunk may overflow) */
+    int64_t *chunk_kept;   /* [n_chunks]: entries recorded */
+    double *chunk_l1;      /* [n_chunks]: sum of acts */
+    /* The same entries by feature (built in the backward pass): feature j's are
+     * [feat_start[j], feat_start[j + 1]), rows ascending. */
+    int64_t feat_cap;
+    int64_t *feat_start;   /* [d_sae + 1] */
+    int64_t *feat_next;    /* [d_sae]: fill cursor */
+    int32_t *feat_row;     /* [feat_cap] */
+    float *feat_act;       /* [feat_cap]: activation */
+    float *feat_grad;      /* [feat_cap]: dLoss/d(pre-activation) */
+    /* x_hat, then dxh, and x_cent, in column groups: group q holds columns [q G, q G + G) of all rows
+     * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP in sae_kernels.h). */
+    float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
+    double *col_stat;      /* [3 * d_in]: per-column sums of the statistics */
 } saefw_sae_work;
 
+/* Allocate scratch space for batches of up to cap rows, sized for the path saefw_sae_set_path (or
+ * SAEFW_SAE_PATH) asks for; an unknown SAEFW_SAE_PATH value is an error. Free with saefw_sae_work_free. */
 int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char *err, size_t errlen);
 void saefw_sae_work_free(saefw_sae_work *w);
 
@@ -56,11 +102,13 @@ typedef struct {
     double explained_variance; /* 1 - sum (x - x_hat)^2 / sum (x - mean(x))^2, over the batch */
 } saefw_sae_stats;
 
-/* Forward pass of B rows x [B, d_in] into w->acts and w->x_hat; stats may be NULL. B <= w->cap. */
+/* Forward pass of B rows x [B, d_in] into w->acts and w->x_hat (and, when the batch is sparse enough,
+ * the active entries); stats may be NULL. B <= w->cap. */
 void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, saefw_sae_stats *stats);
 /* Per-row loss (l2 + l1 of that row) after a forward pass [B]. */
 void saefw_sae_row_loss(const saefw_sae *sae, const saefw_sae_work *w, const float *x, int64_t B, float *loss);
-/* Backward pass after saefw_sae_forward on the same x: overwrites sae->grads. */
+/* Backward pass after saefw_sae_forward on the same x: overwrites sae->grads (all four tensors, in
+ * their documented layouts, on either path); w->acts keeps the dense activations. */
 void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B);
 /* Remove from W_dec's gradient its component along each normalised W_dec row, then set W_dec to
  * the normalised rows (the seed's make_decoder_weights_and_grad_unit_norm). */

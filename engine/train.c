@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
@@ -624,7 +625,14 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         if (saefw_mkdirs(o->run_dir, err, errlen) != 0) goto done;
         char mp[PATH_MAX];
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
-        mf = fopen(mp, "a");
+        struct stat st;
+        int used = (stat(mp, &st) == 0 && st.st_size > 0) || saefw_checkpoint_next_version(o->run_dir) > 0;
+        if (used && !o->resume_from && !o->restart) {
+            saefw_errf(err, errlen, "%s already holds a run; continue it with --resume %s, or choose another run_dir",
+                       o->run_dir, o->run_dir);
+            goto done;
+        }
+        mf = fopen(mp, o->restart && !o->resume_from ? "w" : "a");
         if (!mf) {
             saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
             goto done;

@@ -69,6 +69,10 @@ typedef struct {
      * and plugin state, counters, generators, token position and buffer are restored, metrics.jsonl is
      * cut back to that step, and training goes on as if never interrupted. */
     const char *resume_from;
+    /* Start over in a run folder that holds an earlier attempt with nothing to resume from:
+     * metrics.jsonl is emptied. Without it (and without resume_from), a run folder that already
+     * holds a run is refused, so two runs never mix. */
+    int restart;
 } saefw_train_opts;
 
 typedef struct {

@@ -139,12 +139,9 @@ int main(void) {
     snprintf(log, sizeof log, "%s/random.log", tmp);
     int kills = 0, resumed = 0;
     for (int attempt = 0; attempt < 40; attempt++) {
-        char probe[2100];
-        snprintf(probe, sizeof probe, "%s/0", dir);
-        struct stat sb;
-        int have_ckpt = stat(probe, &sb) == 0;
-        st = run_saefw(dir, have_ckpt, NULL, attempt < 6 ? 150 + rand() % 600 : 0, log);
-        resumed += have_ckpt;
+        /* After the first attempt always --resume: a run killed before its first checkpoint starts over. */
+        st = run_saefw(dir, attempt > 0, NULL, attempt < 6 ? 150 + rand() % 600 : 0, log);
+        resumed += attempt > 0;
         if (killed(st)) {
             kills++;
             continue;

@@ -21,9 +21,11 @@ local function source_for(cfg, o, d_in)
     local model = saefw.model(model_name)
     local tokens = saefw.tokens(data, { seq_len = tonumber(o.seq_len) or cfg.context_size or cfg.seq_len or 128,
                                         seed = tonumber(o.seed) or 1 })
-    local src = saefw.model_source { model = model, tokens = tokens, site = hook, layer = tonumber(o.layer) or cfg.layer or 0,
+    -- A full hook name carries its layer; a short one takes --layer or the config's.
+    local layer = tonumber(o.layer) or (not hook:match("^blocks%.") and (cfg.layer or 0)) or nil
+    local src = saefw.model_source { model = model, tokens = tokens, site = hook, layer = layer,
                                      model_batch_size = cfg.model_batch_size or 32, seed = tonumber(o.seed) or 1 }
-    return src, string.format("%s at %s on %s", model_name, saefw.hook_name(hook, tonumber(o.layer) or cfg.layer or 0), data)
+    return src, string.format("%s at %s on %s", model_name, saefw.hook_name(hook, layer), data)
   end
   if cfg.n_features and cfg.p_active then
     return saefw.synthetic { d_in = d_in, n_features = cfg.n_features, p_active = cfg.p_active,

@@ -103,8 +103,9 @@ function M.buffer(t)
   local src = core.model_source { model = t.model, tokens = t.tokens, site = t.site, layer = t.layer,
                                   model_batch_size = mbs, seed = t.seed }
   local buf = core.buffer { source = src, size = t.size, batch_size = t.batch_size, dtype = t.dtype, seed = t.seed }
-  buffer_info[buf] = { model_name = t.model.name, hook_name = core.hook_name(t.site, t.layer or 0),
-                       hook_layer = t.layer or 0, context_size = seq_len, model_batch_size = mbs }
+  local hook_name = core.hook_name(t.site, t.layer)
+  buffer_info[buf] = { model_name = t.model.name, hook_name = hook_name,
+                       hook_layer = math.tointeger(tonumber(hook_name:match("^blocks%.(%d+)%."))), context_size = seq_len, model_batch_size = mbs }
   return buf
 end
 
@@ -123,7 +124,15 @@ end
 
 --- saefw.default_run_dir(): runs/<script>-<date>-<time>, unique per second.
 function M.default_run_dir()
-  return string.format("runs/%s-%s", script_name(), os.date("%Y%m%d-%H%M%S"))
+  local base = string.format("runs/%s-%s", script_name(), os.date("%Y%m%d-%H%M%S"))
+  local dir, n = base, 1
+  while true do
+    local f = io.open(dir .. "/metrics.jsonl", "r")
+    if not f then return dir end
+    f:close()
+    n = n + 1
+    dir = string.format("%s-%d", base, n)
+  end
 end
 
 --- saefw.train{...}: run the training loop in C.
@@ -163,17 +172,23 @@ function M.train(t)
   -- Resuming (saefw run ... --resume DIR, or resume = DIR): the same run folder, from its newest
   -- intact checkpoint.
   local resume = t.resume or core.resume_dir()
-  local resume_from
+  local resume_from, restart
   if resume then
     run_dir = resume
-    resume_from = core.find_resumable(resume)
+    local why
+    resume_from, why = core.find_resumable(resume)
+    if not resume_from then
+      -- Killed before its first checkpoint: nothing to continue, so the run starts over there.
+      io.stderr:write(string.format("resume: %s; starting from the beginning\n", why))
+      restart = true
+    end
   end
   return core.train {
     sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = steps, optimizer = t.optimizer,
     plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
     checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = run_dir,
     config = config, seed = t.seed, progress = t.progress, recons_batches = t.recons_batches,
-    resume_from = resume_from,
+    resume_from = resume_from, restart = restart,
     on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
   }
 end

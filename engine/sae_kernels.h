@@ -1,0 +1,31 @@
+/* Internal to the SAE: the sparse-path kernels of sae_sparse.c, called by sae.c, and the attribute that
+ * builds a hot loop for both the baseline x86-64 and AVX2+FMA, picked at load time. */
+#ifndef SAEFW_SAE_KERNELS_H
+#define SAEFW_SAE_KERNELS_H
+
+#include "sae.h"
+
+/* Clones selected by the CPU at load time (ifunc); the build itself targets baseline x86-64. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define SAEFW_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SAEFW_KERNEL
+#endif
+
+/* Columns of d_in handled together by the sparse kernels: the batch-side slab of one group
+ * ([B, GROUP] floats, 512 KiB at batch 4096) stays in the core's cache. */
+#ifndef SAEFW_SPARSE_GROUP
+#define SAEFW_SPARSE_GROUP 32
+#endif
+
+/* The recorded entries (by row) regrouped by feature: feat_start, feat_row, feat_act. */
+void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B);
+
+/* x_hat [B, d_in] = b_dec + the active entries of acts times W_dec, after saefw_sparse_index. */
+void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, int64_t B);
+
+/* After saefw_sparse_decode on x [B, d_in]: W_dec's and W_enc's gradients (every element written),
+ * b_enc's, and b_dec's x_hat term (the caller subtracts W_enc @ gb_enc). */
+void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B);
+
+#endif

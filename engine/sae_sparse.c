@@ -1,0 +1,260 @@
+/* The sparse path of the SAE step: the decoder product and the gradients of W_dec, W_enc and b_enc
+ * computed from the active entries of the activations only, writing the same dense layouts as the
+ * dense path (W_enc's gradient [d_in, d_sae], W_dec's [d_sae, d_in]).
+ *
+ * Every kernel walks the active entries by feature, one group of GROUP columns of d_in at a time.
+ * The batch-side operand of a group (x_hat, dxh or x_cent restricted to those columns, [B, GROUP])
+ * is first copied into a contiguous slab that stays in the core's cache (in place, rows 8 KiB apart
+ * would all fall into the same few cache sets); the feature-side rows (W_dec and the gradients)
+ * stream through once. The decoder product splits the column groups between threads, the gradients
+ * split the features; each output element is computed by one thread in a fixed order, so results do
+ * not depend on the thread count. */
+#include <string.h>
+
+#include "parallel.h"
+#include "sae_kernels.h"
+
+#define GROUP SAEFW_SPARSE_GROUP
+/* Features per block of the backward pass: W_enc's gradient is written 16 columns (64 bytes) at a time. */
+#define FEAT_BLOCK 16
+
+/* Eight floats; slab rows are GROUP floats from a 2 MiB-aligned base, so whole vectors of them are
+ * aligned. Feature-side rows may not be: they are read through v8u. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+#define NV (GROUP / 8)
+
+/* A piece of n_cols <= GROUP floats as NV vectors, zero-padded. */
+static inline void load_piece(v8 *dst, const float *src, int64_t n_cols) {
+    if (n_cols == GROUP) {
+        for (int v = 0; v < NV; v++) dst[v] = *(const v8u *)(src + 8 * v);
+        return;
+    }
+    float tmp[GROUP] = {0};
+    for (int64_t c = 0; c < n_cols; c++) tmp[c] = src[c];
+    for (int v = 0; v < NV; v++) dst[v] = *(const v8u *)(tmp + 8 * v);
+}
+
+static inline void store_piece(float *dst, const v8 *src, int64_t n_cols) {
+    if (n_cols == GROUP) {
+        for (int v = 0; v < NV; v++) *(v8u *)(dst + 8 * v) = src[v];
+        return;
+    }
+    float tmp[GROUP];
+    for (int v = 0; v < NV; v++) *(v8u *)(tmp + 8 * v) = src[v];
+    for (int64_t c = 0; c < n_cols; c++) dst[c] = tmp[c];
+}
+
+static inline float hsum(const v8 *v) {
+    const float *t = (const float *)v;
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
+
+typedef struct {
+    saefw_sae *sae;
+    saefw_sae_work *w;
+    const float *x; /* [B, d_in] */
+    int64_t B;
+} sparse_ctx;
+
+static int64_t group_cols(int64_t d_in, int64_t q) { return d_in - q * GROUP < GROUP ? d_in - q * GROUP : GROUP; }
+
+/* ---- the entries by feature ---- */
+
+/* Each thread owns a range of features and walks all entries in row order, so rows stay ascending
+ * within a feature. First the counts (into feat_next)... */
+static void count_features(void *vctx, int64_t f0, int64_t f1) {
+    const sparse_ctx *c = vctx;
+    saefw_sae_work *w = c->w;
+    const uint64_t span = (uint64_t)(f1 - f0);
+    int64_t *count = w->feat_next;
+    for (int64_t j = f0; j < f1; j++) count[j] = 0;
+    for (int64_t b = 0; b < c->B; b++) {
+        const int32_t *f = w->act_feat + w->row_start[b];
+        for (int32_t e = 0; e < w->row_len[b]; e++)
+            if ((uint64_t)(f[e] - f0) < span) count[f[e]]++;
+    }
+}
+
+/* ...then, with feat_next set to each feature's start, the entries themselves. */
+static void scatter_features(void *vctx, int64_t f0, int64_t f1) {
+    const sparse_ctx *c = vctx;
+    saefw_sae_work *w = c->w;
+    const uint64_t span = (uint64_t)(f1 - f0);
+    for (int64_t b = 0; b < c->B; b++) {
+        const int32_t *f = w->act_feat + w->row_start[b];
+        const float *v = w->act_val + w->row_start[b];
+        for (int32_t e = 0; e < w->row_len[b]; e++)
+            if ((uint64_t)(f[e] - f0) < span) {
+                int64_t p = w->feat_next[f[e]]++;
+                w->feat_row[p] = (int32_t)b;
+                w->feat_act[p] = v[e];
+            }
+    }
+}
+
+void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B) {
+    sparse_ctx c = {NULL, w, NULL, B};
+    saefw_parallel_for(d_sae, count_features, &c);
+    w->feat_start[0] = 0;
+    for (int64_t j = 0; j < d_sae; j++) {
+        w->feat_start[j + 1] = w->feat_start[j] + w->feat_next[j];
+        w->feat_next[j] = w->feat_start[j];
+    }
+    saefw_parallel_for(d_sae, scatter_features, &c);
+}
+
+/* ---- decoder product ---- */
+
+/* slab [B, GROUP] += act * W_dec piece for every entry, features in ascending order (wp: W_dec at the
+ * group's first column, rows ld apart; n_cols <= GROUP of them used). */
+SAEFW_KERNEL static void decode_slab(float *restrict slab, const float *restrict wp, int64_t ld, int64_t d_sae,
+                                     const int64_t *restrict start, const int32_t *restrict rows,
+                                     const float *restrict act, int64_t n_cols) {
+    for (int64_t j = 0; j < d_sae; j++) {
+        v8 wv[NV];
+        load_piece(wv, wp + j * ld, n_cols);
+        for (int64_t e = start[j]; e < start[j + 1]; e++) {
+            v8 *o = (v8 *)(slab + (int64_t)rows[e] * GROUP);
+            const float a = act[e];
+            for (int v = 0; v < NV; v++) o[v] += a * wv[v];
+        }
+    }
+}
+
+static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
+    const sparse_ctx *c = vctx;
+    const saefw_sae *sae = c->sae;
+    const saefw_sae_work *w = c->w;
+    const int64_t d_in = sae->d_in, B = c->B;
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
+        float *slab = w->slab_d + q * B * GROUP;
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(slab + b * GROUP, sae->p[SAEFW_B_DEC] + g0, sizeof(float) * (size_t)n_cols);
+            memset(slab + b * GROUP + n_cols, 0, sizeof(float) * (size_t)(GROUP - n_cols));
+        }
+        decode_slab(slab, sae->p[SAEFW_W_DEC] + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act, n_cols);
+        for (int64_t b = 0; b < B; b++) memcpy(w->x_hat + b * d_in + g0, slab + b * GROUP, sizeof(float) * (size_t)n_cols);
+    }
+}
+
+void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, int64_t B) {
+    sparse_ctx c = {(saefw_sae *)sae, w, NULL, B};
+    saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, decode_groups, &c);
+}
+
+/* ---- gradients ---- */
+
+/* Column groups of a range: dxh = 2/B (x_hat - x) and x_cent into their slabs, and b_dec's gradient
+ * from the x_hat term, each column summed over rows in order (as the dense path does). */
+SAEFW_KERNEL static void fill_slabs(void *vctx, int64_t q0, int64_t q1) {
+    const sparse_ctx *c = vctx;
+    const int64_t d_in = c->sae->d_in, B = c->B;
+    const float c2 = 2.0f / (float)B;
+    float *gb_dec = c->sae->g[SAEFW_B_DEC];
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
+        float *sd = c->w->slab_d + q * B * GROUP, *sx = c->w->slab_x + q * B * GROUP;
+        for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0f;
+        for (int64_t b = 0; b < B; b++) {
+            const float *x = c->x + b * d_in + g0, *xh = c->w->x_hat + b * d_in + g0;
+            float *d = sd + b * GROUP;
+            for (int64_t i = 0; i < n_cols; i++) {
+                d[i] = c2 * (xh[i] - x[i]);
+                gb_dec[g0 + i] += d[i];
+            }
+            memcpy(sx + b * GROUP, c->w->x_cent + b * d_in + g0, sizeof(float) * (size_t)n_cols);
+            /* The kernels read whole slab rows; a last, narrower group is padded with zeros. */
+            for (int64_t i = n_cols; i < GROUP; i++) d[i] = sx[b * GROUP + i] = 0.0f;
+        }
+    }
+}
+
+/* Features [j0, j1), one column group: each feature's W_dec-gradient piece, sum_e act[e] dxh[rows[e]],
+ * and each entry's share of dL/dacts, dot[e] += dxh[rows[e]] . the feature's W_dec piece; both read the
+ * entry's dxh piece once. gW and W point at the group's first column, rows ld apart. */
+SAEFW_KERNEL static void grad_dec_group(float *restrict gW, const float *restrict W, int64_t ld,
+                                        const float *restrict slab, const int64_t *restrict start,
+                                        const int32_t *restrict rows, const float *restrict act, float *restrict dot,
+                                        int64_t j0, int64_t j1, int64_t n_cols) {
+    for (int64_t j = j0; j < j1; j++) {
+        v8 acc[NV] = {{0}}, wv[NV];
+        load_piece(wv, W + j * ld, n_cols);
+        for (int64_t e = start[j]; e < start[j + 1]; e++) {
+            const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
+            const float a = act[e];
+            v8 t = {0};
+            for (int v = 0; v < NV; v++) {
+                acc[v] += a * m[v];
+                t += m[v] * wv[v];
+            }
+            dot[e] += hsum(&t);
+        }
+        store_piece(gW + j * ld, acc, n_cols);
+    }
+}
+
+/* Features [j0, j1), one column group of W_enc's gradient: column j gets sum_e coef[e] x_cent[rows[e]],
+ * built FEAT_BLOCK features at a time as a tile and stored transposed, 64 bytes per row. gW points at
+ * the group's first row of the gradient, rows ld apart. */
+SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const float *restrict slab,
+                                        const int64_t *restrict start, const int32_t *restrict rows,
+                                        const float *restrict coef, int64_t j0, int64_t j1, int64_t n_cols) {
+    v8 tile[FEAT_BLOCK][NV];
+    for (int64_t jb = j0; jb < j1; jb += FEAT_BLOCK) {
+        const int64_t nf = j1 - jb < FEAT_BLOCK ? j1 - jb : FEAT_BLOCK;
+        for (int64_t f = 0; f < nf; f++) {
+            v8 acc[NV] = {{0}};
+            for (int64_t e = start[jb + f]; e < start[jb + f + 1]; e++) {
+                const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
+                const float a = coef[e];
+                for (int v = 0; v < NV; v++) acc[v] += a * m[v];
+            }
+            for (int v = 0; v < NV; v++) tile[f][v] = acc[v];
+        }
+        for (int64_t i = 0; i < n_cols; i++) {
+            float *dst = gW + i * ld + jb;
+            for (int64_t f = 0; f < nf; f++) dst[f] = tile[f][i / 8][i % 8];
+        }
+    }
+}
+
+/* Feature blocks of a range: W_dec's gradient rows and each entry's dL/dacts (one sweep over the
+ * column groups), then dL/dpre and b_enc's gradient, then W_enc's gradient columns (a second sweep,
+ * which needs the complete dL/dpre). */
+static void backward_features(void *vctx, int64_t k0, int64_t k1) {
+    const sparse_ctx *c = vctx;
+    saefw_sae *sae = c->sae;
+    saefw_sae_work *w = c->w;
+    const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
+    const int64_t n_groups = (d_in + GROUP - 1) / GROUP;
+    const int64_t j0 = k0 * FEAT_BLOCK, j1 = k1 * FEAT_BLOCK < d_sae ? k1 * FEAT_BLOCK : d_sae;
+    const int64_t *start = w->feat_start;
+    const float l1c = sae->l1_coeff;
+
+    for (int64_t e = start[j0]; e < start[j1]; e++) w->feat_grad[e] = 0.0f;
+    for (int64_t q = 0; q < n_groups; q++)
+        grad_dec_group(sae->g[SAEFW_W_DEC] + q * GROUP, sae->p[SAEFW_W_DEC] + q * GROUP, d_in,
+                       w->slab_d + q * B * GROUP, start, w->feat_row, w->feat_act, w->feat_grad, j0, j1,
+                       group_cols(d_in, q));
+    /* dL/dpre = dL/dacts + l1_coeff at active entries; b_enc's gradient sums it over rows in order. */
+    for (int64_t j = j0; j < j1; j++) {
+        float sum = 0.0f;
+        for (int64_t e = start[j]; e < start[j + 1]; e++) {
+            float g = w->feat_grad[e] + l1c;
+            w->feat_grad[e] = g;
+            sum += g;
+        }
+        sae->g[SAEFW_B_ENC][j] = sum;
+    }
+    for (int64_t q = 0; q < n_groups; q++)
+        grad_enc_group(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, w->slab_x + q * B * GROUP, start, w->feat_row,
+                       w->feat_grad, j0, j1, group_cols(d_in, q));
+}
+
+void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
+    sparse_ctx c = {sae, w, x, B};
+    saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, fill_slabs, &c);
+    saefw_parallel_for((sae->d_sae + FEAT_BLOCK - 1) / FEAT_BLOCK, backward_features, &c);
+}
