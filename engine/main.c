@@ -109,32 +109,58 @@ static lua_State *make_lua(int argc, char **argv, char **kv, int n) {
     return L;
 }
 
-/* Split --key value / --key=value pairs (a bare --flag is "true") from positional arguments. */
-static int split_args(int argc, char **argv, int first, char **kv, char **owned, int *n_owned, char **pos, int *n_pos) {
-    int n = 0;
+/* The command line after the subcommand: --key value / --key=value pairs (a bare --flag is "true")
+ * and positional arguments. */
+typedef struct {
+    char **kv;    /* n pairs: key, value */
+    char **owned; /* keys split off "--key=value", freed by args_free */
+    char **pos;
+    int n, n_owned, n_pos;
+} cli_args;
+
+static void args_free(cli_args *a) {
+    for (int i = 0; i < a->n_owned; i++) free(a->owned[i]);
+    free(a->owned);
+    free(a->kv);
+    free(a->pos);
+}
+
+static int args_parse(int argc, char **argv, int first, cli_args *a) {
+    memset(a, 0, sizeof *a);
+    a->kv = calloc((size_t)argc * 2 + 2, sizeof(char *));
+    a->owned = calloc((size_t)argc + 1, sizeof(char *));
+    a->pos = calloc((size_t)argc + 1, sizeof(char *));
+    if (!a->kv || !a->owned || !a->pos) return -1;
     for (int i = first; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2) != 0 || !a[2]) {
-            pos[(*n_pos)++] = argv[i];
+        const char *s = argv[i];
+        if (strncmp(s, "--", 2) != 0 || !s[2]) {
+            a->pos[a->n_pos++] = argv[i];
             continue;
         }
-        const char *eq = strchr(a + 2, '=');
+        const char *eq = strchr(s + 2, '=');
         if (eq) {
-            char *k = strndup(a + 2, (size_t)(eq - a - 2));
+            char *k = strndup(s + 2, (size_t)(eq - s - 2));
             if (!k) return -1;
-            owned[(*n_owned)++] = k;
-            kv[2 * n] = k;
-            kv[2 * n + 1] = (char *)eq + 1;
+            a->owned[a->n_owned++] = k;
+            a->kv[2 * a->n] = k;
+            a->kv[2 * a->n + 1] = (char *)eq + 1;
         } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
-            kv[2 * n] = (char *)a + 2;
-            kv[2 * n + 1] = argv[++i];
+            a->kv[2 * a->n] = (char *)s + 2;
+            a->kv[2 * a->n + 1] = argv[++i];
         } else {
-            kv[2 * n] = (char *)a + 2;
-            kv[2 * n + 1] = "true";
+            a->kv[2 * a->n] = (char *)s + 2;
+            a->kv[2 * a->n + 1] = "true";
         }
-        n++;
+        a->n++;
     }
-    return n;
+    return 0;
+}
+
+/* Print a Lua error (already located at the script's line) and return the exit status. */
+static int lua_failure(lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "%s\n", msg ? msg : "(error object is not a string)");
+    return 1;
 }
 
 static int cmd_run(int argc, char **argv) {
@@ -147,106 +173,87 @@ static int cmd_run(int argc, char **argv) {
         fprintf(stderr, "saefw run: %s: cannot read the script\n", script);
         return 2;
     }
-    char **kv = calloc((size_t)argc * 2, sizeof(char *));
-    char **owned = calloc((size_t)argc, sizeof(char *));
-    char **pos = calloc((size_t)argc, sizeof(char *));
-    int n = 0, n_owned = 0, n_pos = 0, rc = 1;
-    if (!kv || !owned || !pos || (n = split_args(argc, argv, 2, kv, owned, &n_owned, pos, &n_pos)) < 0) {
+    cli_args a;
+    int rc = 1;
+    if (args_parse(argc, argv, 2, &a) != 0) {
         fprintf(stderr, "saefw: out of memory\n");
-        goto out;
+        args_free(&a);
+        return 1;
     }
-    if (n_pos > 0) {
-        fprintf(stderr, "saefw run: unexpected argument '%s' (overrides are --key value or --key=value)\n", pos[0]);
-        rc = 2;
-        goto out;
+    if (a.n_pos > 0) {
+        fprintf(stderr, "saefw run: unexpected argument '%s' (overrides are --key value or --key=value)\n", a.pos[0]);
+        args_free(&a);
+        return 2;
     }
     /* --resume RUN_DIR is for the engine, not the script's config. */
     const char *resume = NULL;
-    for (int i = 0; i < n; i++)
-        if (!strcmp(kv[2 * i], "resume")) {
-            resume = kv[2 * i + 1];
-            for (int j = i; j + 1 < n; j++) {
-                kv[2 * j] = kv[2 * j + 2];
-                kv[2 * j + 1] = kv[2 * j + 3];
-            }
-            n--;
+    for (int i = 0; i < a.n; i++)
+        if (!strcmp(a.kv[2 * i], "resume")) {
+            resume = a.kv[2 * i + 1];
+            memmove(a.kv + 2 * i, a.kv + 2 * i + 2, sizeof(char *) * (size_t)(2 * (a.n - i - 1)));
+            a.n--;
             break;
         }
-    lua_State *L = make_lua(argc, argv, kv, n);
-    if (!L) goto out;
-    saefw_lua_set_resume(L, resume);
-    lua_pushcfunction(L, msgh);
-    int h = lua_gettop(L);
-    int st = luaL_loadfile(L, script);
-    if (st == LUA_OK) st = lua_pcall(L, 0, 0, h);
-    if (st != LUA_OK) {
-        const char *msg = lua_tostring(L, -1);
-        fprintf(stderr, "%s\n", msg ? msg : "(error object is not a string)");
-        rc = 1;
-    } else {
-        lua_getfield(L, LUA_REGISTRYINDEX, "saefw.config_called");
-        int called = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-        if (n > 0 && !called) {
-            fprintf(stderr, "saefw run: %s never calls saefw.config{}, so --%s cannot be applied\n", script, kv[0]);
-            rc = 2;
+    lua_State *L = make_lua(argc, argv, a.kv, a.n);
+    if (L) {
+        saefw_lua_set_resume(L, resume);
+        lua_pushcfunction(L, msgh);
+        int h = lua_gettop(L);
+        int st = luaL_loadfile(L, script);
+        if (st == LUA_OK) st = lua_pcall(L, 0, 0, h);
+        if (st != LUA_OK) {
+            rc = lua_failure(L);
         } else {
+            lua_getfield(L, LUA_REGISTRYINDEX, "saefw.config_called");
+            int called = lua_toboolean(L, -1);
+            lua_pop(L, 1);
             rc = 0;
+            if (a.n > 0 && !called) {
+                fprintf(stderr, "saefw run: %s never calls saefw.config{}, so --%s cannot be applied\n", script, a.kv[0]);
+                rc = 2;
+            }
         }
+        lua_close(L);
     }
-    lua_close(L);
-out:
-    for (int i = 0; i < n_owned; i++) free(owned[i]);
-    free(owned);
-    free(kv);
-    free(pos);
+    args_free(&a);
     return rc;
 }
 
 /* saefw analyze CHECKPOINT [--key value ...]: runs saefw.cli.analyze from the Lua library. */
 static int cmd_analyze(int argc, char **argv) {
-    char **kv = calloc((size_t)argc * 2 + 2, sizeof(char *));
-    char **owned = calloc((size_t)argc + 1, sizeof(char *));
-    char **pos = calloc((size_t)argc + 1, sizeof(char *));
-    int n = 0, n_owned = 0, n_pos = 0, rc = 1;
-    if (!kv || !owned || !pos || (n = split_args(argc, argv, 1, kv, owned, &n_owned, pos, &n_pos)) < 0) {
+    cli_args a;
+    int rc = 1;
+    if (args_parse(argc, argv, 1, &a) != 0) {
         fprintf(stderr, "saefw: out of memory\n");
-        goto out;
+        args_free(&a);
+        return 1;
     }
     lua_State *L = make_lua(argc, argv, NULL, 0);
-    if (!L) goto out;
-    lua_pushcfunction(L, msgh);
-    int h = lua_gettop(L);
-    lua_getglobal(L, "require");
-    lua_pushstring(L, "saefw.cli");
-    int st = lua_pcall(L, 1, 1, h);
-    if (st == LUA_OK) {
-        lua_getfield(L, -1, "analyze");
-        lua_createtable(L, n_pos, 1);
-        for (int i = 0; i < n_pos; i++) {
-            lua_pushstring(L, pos[i]);
-            lua_rawseti(L, -2, i + 1);
+    if (L) {
+        lua_pushcfunction(L, msgh);
+        int h = lua_gettop(L);
+        lua_getglobal(L, "require");
+        lua_pushstring(L, "saefw.cli");
+        int st = lua_pcall(L, 1, 1, h);
+        if (st == LUA_OK) {
+            lua_getfield(L, -1, "analyze");
+            lua_createtable(L, a.n_pos, 1);
+            for (int i = 0; i < a.n_pos; i++) {
+                lua_pushstring(L, a.pos[i]);
+                lua_rawseti(L, -2, i + 1);
+            }
+            lua_newtable(L);
+            for (int i = 0; i < a.n; i++) {
+                lua_pushstring(L, a.kv[2 * i + 1]);
+                lua_setfield(L, -2, a.kv[2 * i]);
+            }
+            lua_setfield(L, -2, "options");
+            st = lua_pcall(L, 1, 0, h);
         }
-        lua_newtable(L);
-        for (int i = 0; i < n; i++) {
-            lua_pushstring(L, kv[2 * i + 1]);
-            lua_setfield(L, -2, kv[2 * i]);
-        }
-        lua_setfield(L, -2, "options");
-        st = lua_pcall(L, 1, 0, h);
+        rc = st == LUA_OK ? 0 : lua_failure(L);
+        lua_close(L);
     }
-    if (st != LUA_OK) {
-        const char *msg = lua_tostring(L, -1);
-        fprintf(stderr, "%s\n", msg ? msg : "(error object is not a string)");
-    } else {
-        rc = 0;
-    }
-    lua_close(L);
-out:
-    for (int i = 0; i < n_owned; i++) free(owned[i]);
-    free(owned);
-    free(kv);
-    free(pos);
+    args_free(&a);
     return rc;
 }
 
