@@ -82,6 +82,7 @@ typedef struct {
 
 struct val {
     int kind;
+    int collected; /* a dict already flattened: reaching it again means shared dicts */
     union {
         int64_t i;                                       /* V_BOOL, V_INT */
         double f;                                        /* V_FLOAT */
@@ -483,7 +484,8 @@ static int vm_step(vm *m, uint8_t op, val **result) {
         return push(m, make_tuple(m, NULL, 0));
     case 't':
         if (pop_mark(m, &from, &n) != 0) return -1;
-        return push(m, make_tuple(m, m->stack + from, n));
+        /* No elements after the mark: no pointer arithmetic on a possibly empty stack. */
+        return push(m, make_tuple(m, n ? m->stack + from : NULL, n));
     case 0x85:
     case 0x86:
     case 0x87:
@@ -643,13 +645,20 @@ static int collect_add(collector *c, const char *name, size_t len, const tensor_
     return 0;
 }
 
-static int collect_dict(collector *c, const val *d, char *buf, size_t len, int depth) {
+static int collect_dict(collector *c, val *d, char *buf, size_t len, int depth) {
     char nm[128];
     if (depth > DICT_DEPTH_MAX)
         return saefw_errf(c->err, c->errlen, "state dict nested more than %d deep (at %s)", DICT_DEPTH_MAX,
                           saefw_tfi_printable(nm, sizeof nm, buf, len));
+    /* torch.save never shares a dict between keys; memo references to one dict would multiply its
+     * tensors exponentially with depth. */
+    if (d->collected)
+        return saefw_errf(c->err, c->errlen, "state dict reuses one nested dict under several keys (at %s)",
+                          saefw_tfi_printable(nm, sizeof nm, buf, len));
+    d->collected = 1;
     for (size_t i = 0; i + 1 < d->u.seq.n; i += 2) {
-        const val *k = d->u.seq.v[i], *v = d->u.seq.v[i + 1];
+        const val *k = d->u.seq.v[i];
+        val *v = d->u.seq.v[i + 1];
         if (++c->visited > DICT_ENTRIES_MAX)
             return saefw_errf(c->err, c->errlen, "state dict has more than %zu entries", DICT_ENTRIES_MAX);
         if (k->kind != V_STR && len)
@@ -685,7 +694,7 @@ static int collect_dict(collector *c, const val *d, char *buf, size_t len, int d
     return 0;
 }
 
-static int collect(const val *root, arena *a, named_tensor **out, size_t *n, char *err, size_t errlen) {
+static int collect(val *root, arena *a, named_tensor **out, size_t *n, char *err, size_t errlen) {
     collector c = {NULL, 0, 0, 0, a, err, errlen};
     char buf[NAME_LEN_MAX + 1];
     int rc;
