@@ -5,7 +5,7 @@
 local saefw = require "saefw"
 
 local cfg = saefw.config {
-  seed = 49, batch_size = 1024, buffer_mult = 64, lr = 1e-3, num_tokens = 4e6, l1_coeff = 1e-3,
+  seed = 49, batch_size = 1024, buffer_mult = 64, lr = 1e-3, num_tokens = 1.5e6, l1_coeff = 4e-4,
   beta1 = 0.9, beta2 = 0.99, dict_mult = 8, seq_len = 128, buffer_dtype = "bf16",
   model_name = "tiny-1l", site = "post", layer = 0, data = "", bos = 256,
   log_every = 100, eval_every = 1000, checkpoint_every = 2000, recons_batches = 5, run_dir = "",

@@ -9,7 +9,7 @@ local saefw = require "saefw"
 local analysis = require "saefw.analysis"
 
 local cfg = saefw.config {
-  seed = 49, batch_size = 1024, buffer_mult = 64, lr = 1e-3, num_tokens = 2e6, l1_coeff = 1e-3,
+  seed = 49, batch_size = 1024, buffer_mult = 64, lr = 1e-3, num_tokens = 1e6, l1_coeff = 1e-3,
   beta1 = 0.9, beta2 = 0.99, dict_mult = 8, seq_len = 128, model_name = "tiny-1l", site = "post",
   layer = 0, data = "", bos = 256, rare_threshold = 1e-4, freq_batches = 20, baseline = "", run_dir = "",
 }
