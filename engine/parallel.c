@@ -41,7 +41,8 @@ typedef struct {
     uint64_t start_gen; /* gen when the current workers were started */
 } pool;
 
-static pool g_pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+static pool g_pool = {
+    .mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
 /* Held for a whole parallel_for: a second caller (another thread) runs its loop serially instead. */
 static pthread_mutex_t g_call = PTHREAD_MUTEX_INITIALIZER;
 /* Set on threads inside a parallel region, so a nested parallel_for runs serially instead of waiting

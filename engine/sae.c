@@ -19,18 +19,18 @@ static const char *const PARAM_NAMES[SAEFW_N_PARAMS] = {"W_enc", "W_dec", "b_enc
 
 const char *saefw_param_name(int i) { return (i >= 0 && i < SAEFW_N_PARAMS) ? PARAM_NAMES[i] : NULL; }
 
-/* Arrays of 2 MiB and more are aligned to 2 MiB and asked to use transparent huge pages: the sparse
- * kernels read rows scattered over hundreds of MiB and would otherwise miss the TLB on almost every
- * row. Free with free(). */
-static void *alloc_big(size_t bytes, int zero, char *err, size_t errlen) {
-    const size_t huge = (size_t)2 << 20;
+/* Arrays of 2 MiB and more are aligned to 2 MiB and, when `huge`, asked to use transparent huge
+ * pages: the kernels read rows scattered over hundreds of MiB and would otherwise miss the TLB on
+ * almost every row. Free with free(). */
+static void *alloc_big(size_t bytes, int zero, int huge, char *err, size_t errlen) {
+    const size_t page2m = (size_t)2 << 20;
     void *p = NULL;
-    if (posix_memalign(&p, bytes >= huge ? huge : 64, bytes ? bytes : 1) != 0) {
+    if (posix_memalign(&p, bytes >= page2m ? page2m : 64, bytes ? bytes : 1) != 0) {
         saefw_errf(err, errlen, "out of memory (%zu bytes)", bytes);
         return NULL;
     }
 #ifdef MADV_HUGEPAGE
-    if (bytes >= huge) madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+    if (huge && bytes >= page2m) madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure changes nothing */
 #endif
     if (zero) memset(p, 0, bytes);
     return p;
@@ -55,8 +55,8 @@ int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff,
         total += (size_t)sae->numel[i];
     }
     sae->n_total = total;
-    sae->params = alloc_big(total * sizeof(float), 1, err, errlen);
-    sae->grads = sae->params ? alloc_big(total * sizeof(float), 1, err, errlen) : NULL;
+    sae->params = alloc_big(total * sizeof(float), 1, 1, err, errlen);
+    sae->grads = sae->params ? alloc_big(total * sizeof(float), 1, 1, err, errlen) : NULL;
     if (!sae->params || !sae->grads) {
         saefw_sae_free(sae);
         return -1;
@@ -129,9 +129,9 @@ static int requested_path(saefw_sae_path *out, char *err, size_t errlen) {
     return 0;
 }
 
-static void *alloc_n(int64_t n, size_t size, int *failed, char *err, size_t errlen) {
+static void *alloc_n(int64_t n, size_t size, int huge, int *failed, char *err, size_t errlen) {
     if (*failed) return NULL;
-    void *p = alloc_big((size_t)(n > 0 ? n : 1) * size, 0, err, errlen);
+    void *p = alloc_big((size_t)(n > 0 ? n : 1) * size, 0, huge, err, errlen);
     if (!p) *failed = 1;
     return p;
 }
@@ -155,27 +155,30 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
         w->feat_cap = (int64_t)(frac * (double)(cap * d_sae));
     }
     int failed = 0;
-    w->x_cent = alloc_n(cap * d_in, sizeof(float), &failed, err, errlen);
-    w->acts = alloc_n(cap * d_sae, sizeof(float), &failed, err, errlen);
-    w->x_hat = alloc_n(cap * d_in, sizeof(float), &failed, err, errlen);
-    w->dxh = alloc_n(cap * d_in, sizeof(float), &failed, err, errlen);
-    w->dpre = alloc_n(cap * d_sae, sizeof(float), &failed, err, errlen);
-    w->row_start = alloc_n(cap, sizeof(int64_t), &failed, err, errlen);
-    w->row_len = alloc_n(cap, sizeof(int32_t), &failed, err, errlen);
-    w->act_feat = alloc_n(w->n_chunks * w->chunk_cap, sizeof(int32_t), &failed, err, errlen);
-    w->act_val = alloc_n(w->n_chunks * w->chunk_cap, sizeof(float), &failed, err, errlen);
-    w->chunk_active = alloc_n(w->n_chunks, sizeof(int64_t), &failed, err, errlen);
-    w->chunk_kept = alloc_n(w->n_chunks, sizeof(int64_t), &failed, err, errlen);
-    w->chunk_l1 = alloc_n(w->n_chunks, sizeof(double), &failed, err, errlen);
-    w->feat_start = alloc_n(d_sae + 1, sizeof(int64_t), &failed, err, errlen);
-    w->feat_next = alloc_n(d_sae, sizeof(int64_t), &failed, err, errlen);
-    w->feat_row = alloc_n(w->feat_cap, sizeof(int32_t), &failed, err, errlen);
-    w->feat_act = alloc_n(w->feat_cap, sizeof(float), &failed, err, errlen);
-    w->feat_grad = alloc_n(w->feat_cap, sizeof(float), &failed, err, errlen);
-    const int64_t slab_floats = w->path == SAEFW_SAE_DENSE ? 0 : cap * SAEFW_SPARSE_GROUP * ((d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP);
-    w->slab_d = alloc_n(slab_floats, sizeof(float), &failed, err, errlen);
-    w->slab_x = alloc_n(slab_floats, sizeof(float), &failed, err, errlen);
-    w->col_stat = alloc_n(3 * d_in, sizeof(double), &failed, err, errlen);
+    w->x_cent = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
+    w->acts = alloc_n(cap * d_sae, sizeof(float), 1, &failed, err, errlen);
+    w->x_hat = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
+    w->dxh = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
+    w->dpre = alloc_n(cap * d_sae, sizeof(float), 1, &failed, err, errlen);
+    w->row_start = alloc_n(cap, sizeof(int64_t), 1, &failed, err, errlen);
+    w->row_len = alloc_n(cap, sizeof(int32_t), 1, &failed, err, errlen);
+    /* The entries by row are written chunk by chunk at spread-out offsets and read in order: normal
+     * pages, so that the unused room of each chunk costs no memory. */
+    w->act_feat = alloc_n(w->n_chunks * w->chunk_cap, sizeof(int32_t), 0, &failed, err, errlen);
+    w->act_val = alloc_n(w->n_chunks * w->chunk_cap, sizeof(float), 0, &failed, err, errlen);
+    w->chunk_active = alloc_n(w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
+    w->chunk_kept = alloc_n(w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
+    w->chunk_l1 = alloc_n(w->n_chunks, sizeof(double), 1, &failed, err, errlen);
+    w->feat_start = alloc_n(d_sae + 1, sizeof(int64_t), 1, &failed, err, errlen);
+    w->feat_next = alloc_n(d_sae, sizeof(int64_t), 1, &failed, err, errlen);
+    w->feat_row = alloc_n(w->feat_cap, sizeof(int32_t), 1, &failed, err, errlen);
+    w->feat_act = alloc_n(w->feat_cap, sizeof(float), 1, &failed, err, errlen);
+    w->feat_grad = alloc_n(w->feat_cap, sizeof(float), 1, &failed, err, errlen);
+    const int64_t n_groups = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
+    const int64_t slab_floats = w->path == SAEFW_SAE_DENSE ? 0 : cap * n_groups * SAEFW_SPARSE_GROUP;
+    w->slab_d = alloc_n(slab_floats, sizeof(float), 1, &failed, err, errlen);
+    w->slab_x = alloc_n(slab_floats, sizeof(float), 1, &failed, err, errlen);
+    w->col_stat = alloc_n(3 * d_in, sizeof(double), 1, &failed, err, errlen);
     if (failed) {
         saefw_sae_work_free(w);
         return -1;
@@ -205,6 +208,14 @@ void saefw_sae_work_free(saefw_sae_work *w) {
     free(w->slab_x);
     free(w->col_stat);
     memset(w, 0, sizeof *w);
+}
+
+/* Sums of eight lanes in a fixed order. */
+static inline double sum8d(const double *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+static inline float sum8f(const float *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
 /* ---- dense products ---- */
@@ -314,7 +325,7 @@ SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bi
             n++;
         }
     }
-    *l1 = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    *l1 = sum8d(lane);
     return n;
 }
 
@@ -393,8 +404,9 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
         l1 += w->chunk_l1[ch];
     }
     w->nnz = active;
+    const double allowed = SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae);
     w->used_sparse = w->path != SAEFW_SAE_DENSE && kept == active && active <= w->feat_cap &&
-                     (w->path == SAEFW_SAE_SPARSE || (double)active <= SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae));
+                     (w->path == SAEFW_SAE_SPARSE || (double)active <= allowed);
     if (w->used_sparse) {
         saefw_sparse_index(w, d_sae, B);
         saefw_sparse_decode(sae, w, B);
@@ -474,9 +486,11 @@ SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
 static void dense_backward(saefw_sae *sae, saefw_sae_work *w, step_ctx *c) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
     /* dW_dec = acts^T @ dxh */
-    sgemm_fixed(CblasTrans, CblasNoTrans, d_sae, d_in, B, w->acts, d_sae, w->dxh, d_in, 0.0f, sae->g[SAEFW_W_DEC], d_in);
+    sgemm_fixed(CblasTrans, CblasNoTrans, d_sae, d_in, B, w->acts, d_sae, w->dxh, d_in, 0.0f, sae->g[SAEFW_W_DEC],
+                d_in);
     /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
-    sgemm_fixed(CblasNoTrans, CblasTrans, B, d_sae, d_in, w->dxh, d_in, sae->p[SAEFW_W_DEC], d_in, 0.0f, w->dpre, d_sae);
+    sgemm_fixed(CblasNoTrans, CblasTrans, B, d_sae, d_in, w->dxh, d_in, sae->p[SAEFW_W_DEC], d_in, 0.0f, w->dpre,
+                d_sae);
     saefw_parallel_for(B, mask_rows, c);
     saefw_parallel_for(d_sae, bias_enc_columns, c);
     /* dW_enc = x_cent^T @ dpre */
@@ -496,7 +510,7 @@ SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
         for (; j + 8 <= d_sae; j += 8)
             for (int k = 0; k < 8; k++) lane[k] += w[j + k] * gb_enc[j + k];
         for (; j < d_sae; j++) lane[0] += w[j] * gb_enc[j];
-        sae->g[SAEFW_B_DEC][i] -= ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+        sae->g[SAEFW_B_DEC][i] -= sum8f(lane);
     }
 }
 
@@ -528,11 +542,11 @@ SAEFW_KERNEL static void project_rows(void *vctx, int64_t r0, int64_t r1) {
         for (; c + 8 <= d_in; c += 8)
             for (int k = 0; k < 8; k++) ss[k] += (double)w[c + k] * (double)w[c + k];
         for (; c < d_in; c++) ss[0] += (double)w[c] * (double)w[c];
-        const float inv = (float)(1.0 / sqrt(((ss[0] + ss[1]) + (ss[2] + ss[3])) + ((ss[4] + ss[5]) + (ss[6] + ss[7]))));
+        const float inv = (float)(1.0 / sqrt(sum8d(ss)));
         for (c = 0; c + 8 <= d_in; c += 8)
             for (int k = 0; k < 8; k++) dot[k] += (double)g[c + k] * (double)(w[c + k] * inv);
         for (; c < d_in; c++) dot[0] += (double)g[c] * (double)(w[c] * inv);
-        const float fdot = (float)(((dot[0] + dot[1]) + (dot[2] + dot[3])) + ((dot[4] + dot[5]) + (dot[6] + dot[7])));
+        const float fdot = (float)sum8d(dot);
         for (c = 0; c < d_in; c++) {
             float n = w[c] * inv;
             g[c] -= fdot * n;

@@ -23,6 +23,8 @@
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
 #define NV (GROUP / 8)
+/* Entries ahead whose slab row is fetched early: the rows are scattered over the slab. */
+#define PREFETCH 8
 
 /* A piece of n_cols <= GROUP floats as NV vectors, zero-padded. */
 static inline void load_piece(v8 *dst, const float *src, int64_t n_cols) {
@@ -111,10 +113,12 @@ void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B) {
 SAEFW_KERNEL static void decode_slab(float *restrict slab, const float *restrict wp, int64_t ld, int64_t d_sae,
                                      const int64_t *restrict start, const int32_t *restrict rows,
                                      const float *restrict act, int64_t n_cols) {
+    const int64_t end = start[d_sae];
     for (int64_t j = 0; j < d_sae; j++) {
         v8 wv[NV];
         load_piece(wv, wp + j * ld, n_cols);
         for (int64_t e = start[j]; e < start[j + 1]; e++) {
+            if (e + PREFETCH < end) __builtin_prefetch(slab + (int64_t)rows[e + PREFETCH] * GROUP);
             v8 *o = (v8 *)(slab + (int64_t)rows[e] * GROUP);
             const float a = act[e];
             for (int v = 0; v < NV; v++) o[v] += a * wv[v];
@@ -135,7 +139,8 @@ static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
             memset(slab + b * GROUP + n_cols, 0, sizeof(float) * (size_t)(GROUP - n_cols));
         }
         decode_slab(slab, sae->p[SAEFW_W_DEC] + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act, n_cols);
-        for (int64_t b = 0; b < B; b++) memcpy(w->x_hat + b * d_in + g0, slab + b * GROUP, sizeof(float) * (size_t)n_cols);
+        for (int64_t b = 0; b < B; b++)
+            memcpy(w->x_hat + b * d_in + g0, slab + b * GROUP, sizeof(float) * (size_t)n_cols);
     }
 }
 
@@ -178,10 +183,12 @@ SAEFW_KERNEL static void grad_dec_group(float *restrict gW, const float *restric
                                         const float *restrict slab, const int64_t *restrict start,
                                         const int32_t *restrict rows, const float *restrict act, float *restrict dot,
                                         int64_t j0, int64_t j1, int64_t n_cols) {
+    const int64_t end = start[j1];
     for (int64_t j = j0; j < j1; j++) {
         v8 acc[NV] = {{0}}, wv[NV];
         load_piece(wv, W + j * ld, n_cols);
         for (int64_t e = start[j]; e < start[j + 1]; e++) {
+            if (e + PREFETCH < end) __builtin_prefetch(slab + (int64_t)rows[e + PREFETCH] * GROUP);
             const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
             const float a = act[e];
             v8 t = {0};
@@ -202,11 +209,13 @@ SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const fl
                                         const int64_t *restrict start, const int32_t *restrict rows,
                                         const float *restrict coef, int64_t j0, int64_t j1, int64_t n_cols) {
     v8 tile[FEAT_BLOCK][NV];
+    const int64_t end = start[j1];
     for (int64_t jb = j0; jb < j1; jb += FEAT_BLOCK) {
         const int64_t nf = j1 - jb < FEAT_BLOCK ? j1 - jb : FEAT_BLOCK;
         for (int64_t f = 0; f < nf; f++) {
             v8 acc[NV] = {{0}};
             for (int64_t e = start[jb + f]; e < start[jb + f + 1]; e++) {
+                if (e + PREFETCH < end) __builtin_prefetch(slab + (int64_t)rows[e + PREFETCH] * GROUP);
                 const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
                 const float a = coef[e];
                 for (int v = 0; v < NV; v++) acc[v] += a * m[v];

@@ -1,9 +1,13 @@
 /* adam: the optimizer of the seed recipe, computing exactly what torch.optim.Adam computes
  * (single-tensor path: float32 moments, bias correction in double, eps added after the sqrt). */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <saefw/plugin.h>
 
@@ -73,33 +77,78 @@ static int adam_create(const saefw_host *host, saefw_run *run, const saefw_opts 
     return 0;
 }
 
+/* One tensor's update, its constants in float32 as torch uses them. */
+typedef struct {
+    float *w, *m, *v;
+    const float *g;
+    float b1, b2, one_m_b1, one_m_b2, bc2_sqrt, eps, neg_step, wd;
+} adam_job;
+
+/* Elements [k0, k1) of one tensor. Each element goes through the same float32 operations in the same
+ * order whether four at a time or alone (SSE is IEEE per lane, sqrt and division included), so the
+ * result is torch's and does not depend on how the range is split between threads. */
+static void adam_range(void *ctx, int64_t k0, int64_t k1) {
+    const adam_job *j = ctx;
+    float *w = j->w, *m = j->m, *v = j->v;
+    const float *g = j->g;
+    int64_t k = k0;
+#if defined(__SSE2__)
+    /* Four at a time: sqrtf would not vectorise, as it may set errno. */
+    const __m128 b1 = _mm_set1_ps(j->b1), b2 = _mm_set1_ps(j->b2), omb1 = _mm_set1_ps(j->one_m_b1),
+                 omb2 = _mm_set1_ps(j->one_m_b2), bc2 = _mm_set1_ps(j->bc2_sqrt), eps = _mm_set1_ps(j->eps),
+                 step = _mm_set1_ps(j->neg_step), wd = _mm_set1_ps(j->wd);
+    for (; k + 4 <= k1; k += 4) {
+        __m128 wk = _mm_loadu_ps(w + k), gk = _mm_loadu_ps(g + k);
+        if (j->wd != 0.0f) gk = _mm_add_ps(gk, _mm_mul_ps(wd, wk));
+        __m128 mk = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(m + k), b1), _mm_mul_ps(omb1, gk));
+        __m128 vk = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + k), b2), _mm_mul_ps(_mm_mul_ps(omb2, gk), gk));
+        __m128 denom = _mm_add_ps(_mm_div_ps(_mm_sqrt_ps(vk), bc2), eps);
+        _mm_storeu_ps(w + k, _mm_add_ps(wk, _mm_div_ps(_mm_mul_ps(step, mk), denom)));
+        _mm_storeu_ps(m + k, mk);
+        _mm_storeu_ps(v + k, vk);
+    }
+#endif
+    for (; k < k1; k++) {
+        float gk = j->wd != 0.0f ? g[k] + j->wd * w[k] : g[k];
+        /* Each line is one torch op, rounded to float32 as torch rounds it. */
+        float mk = m[k] * j->b1;
+        mk = mk + j->one_m_b1 * gk;
+        float vk = v[k] * j->b2;
+        vk = vk + j->one_m_b2 * gk * gk;
+        float denom = sqrtf(vk) / j->bc2_sqrt + j->eps;
+        w[k] = w[k] + j->neg_step * mk / denom;
+        m[k] = mk;
+        v[k] = vk;
+    }
+}
+
 static int adam_step(void *self, saefw_run *run, char *err, size_t errlen) {
     adam *a = self;
     a->t++;
-    const float b1 = (float)a->beta1, b2 = (float)a->beta2;
-    const float one_m_b1 = (float)(1.0 - a->beta1), one_m_b2 = (float)(1.0 - a->beta2);
     const double bc1 = 1.0 - pow(a->beta1, (double)a->t);
     const double bc2 = 1.0 - pow(a->beta2, (double)a->t);
-    const float neg_step = (float)(-(a->lr / bc1));
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float eps = (float)a->eps, wd = (float)a->wd;
+    adam_job job = {
+        .b1 = (float)a->beta1,
+        .b2 = (float)a->beta2,
+        .one_m_b1 = (float)(1.0 - a->beta1),
+        .one_m_b2 = (float)(1.0 - a->beta2),
+        .bc2_sqrt = (float)sqrt(bc2),
+        .eps = (float)a->eps,
+        .neg_step = (float)(-(a->lr / bc1)),
+        .wd = (float)a->wd,
+    };
+    /* The engine's threads when the host offers them (the update is memory-bound). */
+    const int threads = a->host->struct_size >= offsetof(saefw_host, parallel_for) + sizeof a->host->parallel_for &&
+                        a->host->parallel_for;
     for (int i = 0; i < a->n; i++) {
         saefw_param p;
         if (a->host->param_get(run, i, &p) != 0) return saefw_fail(err, errlen, "cannot read parameters");
-        float *w = p.data, *m = a->m[i], *v = a->v[i];
-        const float *g = p.grad;
-        for (int64_t k = 0; k < p.numel; k++) {
-            float gk = wd != 0.0f ? g[k] + wd * w[k] : g[k];
-            /* Each line is one torch op, rounded to float32 as torch rounds it. */
-            float mk = m[k] * b1;
-            mk = mk + one_m_b1 * gk;
-            float vk = v[k] * b2;
-            vk = vk + one_m_b2 * gk * gk;
-            float denom = sqrtf(vk) / bc2_sqrt + eps;
-            w[k] = w[k] + neg_step * mk / denom;
-            m[k] = mk;
-            v[k] = vk;
-        }
+        job.w = p.data;
+        job.g = p.grad;
+        job.m = a->m[i];
+        job.v = a->v[i];
+        if (threads) a->host->parallel_for(p.numel, adam_range, &job);
+        else adam_range(&job, 0, p.numel);
     }
     return 0;
 }

@@ -1,4 +1,5 @@
 /* sgd: stochastic gradient descent with optional momentum, as torch.optim.SGD computes it. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,23 +69,41 @@ static int sgd_create(const saefw_host *host, saefw_run *run, const saefw_opts *
     return 0;
 }
 
+/* One tensor's update. */
+typedef struct {
+    const sgd *s;
+    float *w, *buf; /* buf: the momentum buffer, NULL without momentum */
+    const float *g;
+} sgd_job;
+
+/* Elements [k0, k1) of one tensor; each element is updated alone, so any split gives the same result. */
+static void sgd_range(void *ctx, int64_t k0, int64_t k1) {
+    const sgd_job *j = ctx;
+    const sgd *s = j->s;
+    float *w = j->w, *b = j->buf;
+    const float *g = j->g;
+    for (int64_t k = k0; k < k1; k++) {
+        float d = s->wd != 0.0f ? g[k] + s->wd * w[k] : g[k];
+        if (b) {
+            /* torch starts the buffer at the first gradient, without dampening. */
+            b[k] = s->started ? b[k] * s->momentum + d : d;
+            d = s->nesterov ? d + s->momentum * b[k] : b[k];
+        }
+        w[k] = w[k] - s->lr * d;
+    }
+}
+
 static int sgd_step(void *self, saefw_run *run, char *err, size_t errlen) {
     sgd *s = self;
+    /* The engine's threads when the host offers them (the update is memory-bound). */
+    const int threads = s->host->struct_size >= offsetof(saefw_host, parallel_for) + sizeof s->host->parallel_for &&
+                        s->host->parallel_for;
     for (int i = 0; i < s->n; i++) {
         saefw_param p;
         if (s->host->param_get(run, i, &p) != 0) return saefw_fail(err, errlen, "cannot read parameters");
-        float *w = p.data;
-        const float *g = p.grad;
-        for (int64_t k = 0; k < p.numel; k++) {
-            float d = s->wd != 0.0f ? g[k] + s->wd * w[k] : g[k];
-            if (s->buf) {
-                float *b = s->buf[i];
-                /* torch starts the buffer at the first gradient, without dampening. */
-                b[k] = s->started ? b[k] * s->momentum + d : d;
-                d = s->nesterov ? d + s->momentum * b[k] : b[k];
-            }
-            w[k] = w[k] - s->lr * d;
-        }
+        sgd_job job = {s, p.data, s->buf ? s->buf[i] : NULL, p.grad};
+        if (threads) s->host->parallel_for(p.numel, sgd_range, &job);
+        else sgd_range(&job, 0, p.numel);
     }
     s->started = 1;
     return 0;

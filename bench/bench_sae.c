@@ -1,0 +1,307 @@
+/* bench_sae: the cost of one SAE training step against the one dense product it cannot avoid. For
+ * each shape (the seed's d_in 2048, d_sae 16384, batch 4096, and a small one) and each L0 (about 32,
+ * 128 and d_sae / 2, set through b_enc), prints the time of the step's parts called directly, the time
+ * of a full step through the real training loop with the adam plugin loaded like any run loads it,
+ * tokens/s, the time of one OpenBLAS sgemm of the encoder's shape and the ratio of the two, then the
+ * peak RSS against 4 x the SAE's parameter bytes. Each time is the fastest of the timed repetitions,
+ * since other programs on the machine only ever add time; CPU seconds are printed beside, as they
+ * change less when other programs compete for the cores. RESULT lines are for bench/compare.sh.
+ *
+ *   bench_sae [--small] [--reps N] [--threads N] [--path auto|dense|sparse] [--l0 a,b,...]
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "parallel.h"
+#include "plugin_loader.h"
+#include "rng.h"
+#include "sae.h"
+#include "source.h"
+#include "train.h"
+#include "util.h"
+
+typedef struct {
+    const char *name;
+    int64_t d_in, d_sae, B;
+} shape;
+
+#define MAX_L0 8
+#define MAX_STEPS 64
+
+typedef struct {
+    int small_only;
+    int reps;          /* timed repetitions of each measurement (after one warm-up); 0: 3 small, 1 full */
+    int threads;       /* 0: the default (OPENBLAS_NUM_THREADS, else all cores) */
+    saefw_sae_path path;
+    double l0[MAX_L0]; /* targets; <= 0 means d_sae / 2 */
+    int n_l0;
+} bench_opts;
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* A value that about a fraction p of the n entries of pre exceed, from a random sample of them. */
+static float upper_quantile(const float *pre, int64_t n, double p, saefw_rng *rng, float *sample, int64_t n_sample) {
+    for (int64_t k = 0; k < n_sample; k++) sample[k] = pre[saefw_rng_below(rng, (uint64_t)n)];
+    qsort(sample, (size_t)n_sample, sizeof(float), cmp_float);
+    int64_t at = (int64_t)((1.0 - p) * (double)n_sample);
+    if (at >= n_sample) at = n_sample - 1;
+    return sample[at];
+}
+
+/* CPU seconds of all the process's threads: unlike wall time, little changed by other programs
+ * competing for the cores. */
+static double cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double peak_rss_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss * 1024.0;
+}
+
+/* The training loop is fed the same batch each step and timed at each step's log event. */
+typedef struct {
+    const float *x;
+    int64_t B, d;
+    int n, total;
+    double t[MAX_STEPS], cpu[MAX_STEPS], l0[MAX_STEPS];
+} feed;
+
+static int feed_batch(void *ud, float *out, int64_t B, char *err, size_t errlen) {
+    feed *f = ud;
+    memcpy(out, f->x, sizeof(float) * (size_t)(B * f->d));
+    return 0;
+}
+
+#define BENCH_DONE "bench: steps done"
+
+/* Stops the run after the last timed step, before its final evaluation and checkpoint. */
+static int feed_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+    feed *f = ud;
+    if (strcmp(event, "log") != 0 || f->n >= MAX_STEPS) return 0;
+    f->t[f->n] = saefw_now();
+    f->cpu[f->n] = cpu_now();
+    f->l0[f->n] = m->l0;
+    if (++f->n < f->total) return 0;
+    snprintf(err, errlen, "%s", BENCH_DONE);
+    return -1;
+}
+
+/* Wall and CPU seconds of the fastest of steps 1..n-1 (step 0 also touches the optimizer's fresh
+ * state); the fastest, as other programs on the machine only ever add time. */
+static int train_steps(saefw_sae *sae, const float *x, int64_t B, saefw_loaded_plugin *adam, saefw_opts *opts,
+                       saefw_source *eval, int reps, double *step_s, double *step_cpu, double *l0, char *err,
+                       size_t errlen) {
+    feed f = {x, B, sae->d_in, 0, 1 + reps, {0}, {0}, {0}};
+    saefw_train_opts o;
+    memset(&o, 0, sizeof o);
+    o.sae = sae;
+    o.next_batch = feed_batch;
+    o.next_batch_ud = &f;
+    o.batch_size = B;
+    o.eval_source = eval;
+    o.steps = f.total + 1;
+    o.optimizer.plugin = adam;
+    o.optimizer.opts = opts;
+    o.log_every = 1;
+    o.progress = 0;
+    o.on_event = feed_event;
+    o.event_ud = &f;
+    saefw_train_result res;
+    int rc = saefw_train(&o, &res, err, errlen);
+    if (f.n < f.total) {
+        if (rc == 0) snprintf(err, errlen, "the training loop stopped after %d steps", f.n);
+        return -1;
+    }
+    *step_s = INFINITY;
+    for (int k = 1; k < f.n; k++)
+        if (f.t[k] - f.t[k - 1] < *step_s) {
+            *step_s = f.t[k] - f.t[k - 1];
+            *step_cpu = f.cpu[k] - f.cpu[k - 1];
+        }
+    *l0 = f.l0[f.n - 1];
+    return 0;
+}
+
+/* The fastest of reps calls (after one that also faults C's pages in), and its CPU seconds. */
+static double time_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae, int reps,
+                         double *cpu) {
+    double best = INFINITY;
+    for (int r = 0; r < reps + 1; r++) {
+        double t = saefw_now(), c = cpu_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, A, (int)d_in, W,
+                    (int)d_sae, 0.0f, C, (int)d_sae);
+        t = saefw_now() - t;
+        c = cpu_now() - c;
+        if (r > 0 && t < best) {
+            best = t;
+            *cpu = c;
+        }
+    }
+    return best;
+}
+
+static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loaded_plugin *adam, saefw_opts *opts,
+                     char *err, size_t errlen) {
+    const int64_t d_in = s->d_in, d_sae = s->d_sae, B = s->B;
+    saefw_sae sae;
+    saefw_sae_work w;
+    memset(&w, 0, sizeof w);
+    float *x = NULL, *sample = NULL;
+    saefw_source *eval = NULL;
+    int rc = -1;
+    if (saefw_sae_alloc(&sae, d_in, d_sae, 3e-4f, err, errlen) != 0) return -1;
+    saefw_rng rng;
+    saefw_rng_seed(&rng, 49);
+    saefw_sae_init_params(&sae, &rng);
+    const int64_t n_sample = 1 << 20;
+    x = saefw_malloc(sizeof(float) * (size_t)(B * d_in), err, errlen);
+    sample = x ? saefw_malloc(sizeof(float) * (size_t)n_sample, err, errlen) : NULL;
+    if (!sample) goto done;
+    for (int64_t k = 0; k < B * d_in; k++) x[k] = (float)saefw_rng_normal(&rng);
+    saefw_synthetic_opts so = {d_in, 8, 0.1, 1.0, 1};
+    if (saefw_source_synthetic(&so, &eval, err, errlen) != 0) goto done;
+
+    printf("\n== shape %s: d_in %lld, d_sae %lld, batch %lld; %d threads; %d timed reps\n", s->name, (long long)d_in,
+           (long long)d_sae, (long long)B, saefw_threads(), reps);
+    /* The encoder product alone, on the step's own buffers; its output also sets the L0 targets. */
+    if (saefw_sae_work_alloc(&w, &sae, B, err, errlen) != 0) goto done;
+    double c_gemm = 0;
+    const double t_gemm = time_sgemm(x, sae.p[SAEFW_W_ENC], w.acts, B, d_in, d_sae, reps, &c_gemm);
+    const double gflop = 2.0 * (double)B * (double)d_in * (double)d_sae * 1e-9;
+    printf("encoder sgemm %lld x %lld x %lld: %.3f s (%.1f GFLOP/s), %.3f CPU-s\n", (long long)B, (long long)d_in,
+           (long long)d_sae, t_gemm, gflop / t_gemm, c_gemm);
+    printf("RESULT shape=%s gemm_s=%.4f gemm_cpu_s=%.4f\n", s->name, t_gemm, c_gemm);
+    float thresh[MAX_L0];
+    double target[MAX_L0];
+    for (int i = 0; i < bo->n_l0; i++) {
+        target[i] = bo->l0[i] > 0 ? bo->l0[i] : (double)d_sae / 2;
+        thresh[i] = upper_quantile(w.acts, B * d_sae, target[i] / (double)d_sae, &rng, sample, n_sample);
+    }
+    saefw_sae_work_free(&w);
+
+    printf("%8s %8s %6s | %8s %8s %8s | %8s %9s | %9s %10s | %9s\n", "L0 want", "L0", "path", "fwd s", "bwd s",
+           "proj s", "step s", "tokens/s", "step/gemm", "efficiency", "CPU ratio");
+    for (int i = 0; i < bo->n_l0; i++) {
+        for (int64_t j = 0; j < d_sae; j++) sae.p[SAEFW_B_ENC][j] = -thresh[i];
+        /* The step's parts, called directly. */
+        if (saefw_sae_work_alloc(&w, &sae, B, err, errlen) != 0) goto done;
+        double tf = INFINITY, tb = INFINITY, tp = INFINITY;
+        saefw_sae_stats st;
+        for (int r = 0; r < reps + 1; r++) {
+            double t0 = saefw_now();
+            saefw_sae_forward(&sae, &w, x, B, &st);
+            double t1 = saefw_now();
+            saefw_sae_backward(&sae, &w, x, B);
+            double t2 = saefw_now();
+            saefw_sae_project_decoder(&sae);
+            double t3 = saefw_now();
+            if (r == 0) continue; /* warm-up: first touch of the scratch pages */
+            tf = fmin(tf, t1 - t0);
+            tb = fmin(tb, t2 - t1);
+            tp = fmin(tp, t3 - t2);
+        }
+        const char *path = w.used_sparse ? "sparse" : "dense";
+        saefw_sae_work_free(&w);
+        /* A full step through the training loop: batch copy, forward, backward, projection, Adam, metrics. */
+        double step_s = 0, step_cpu = 0, l0 = 0;
+        if (train_steps(&sae, x, B, adam, opts, eval, reps, &step_s, &step_cpu, &l0, err, errlen) != 0) goto done;
+        const double tps = (double)B / step_s;
+        printf("%8.0f %8.1f %6s | %8.3f %8.3f %8.3f | %8.3f %9.0f | %9.3f %10.3f | %9.3f\n", target[i], st.l0, path, tf,
+               tb, tp, step_s, tps, step_s / t_gemm, t_gemm / step_s, step_cpu / c_gemm);
+        printf("RESULT shape=%s l0_target=%.0f l0=%.1f path=%s step_s=%.4f tokens_per_s=%.1f gemm_s=%.4f "
+               "step_cpu_s=%.4f gemm_cpu_s=%.4f\n",
+               s->name, target[i], l0, path, step_s, tps, t_gemm, step_cpu, c_gemm);
+        printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n", step_s - (tf + tb + tp),
+               peak_rss_bytes() / (1 << 30));
+        fflush(stdout);
+    }
+    const double param_bytes = (double)sae.n_total * sizeof(float);
+    printf("peak RSS %.2f GiB; 4 x parameter bytes %.2f GiB (ratio %.2f)\n", peak_rss_bytes() / (1 << 30),
+           4 * param_bytes / (1 << 30), peak_rss_bytes() / (4 * param_bytes));
+    rc = 0;
+done:
+    saefw_sae_work_free(&w);
+    saefw_source_free(eval);
+    free(sample);
+    free(x);
+    saefw_sae_free(&sae);
+    return rc;
+}
+
+static int parse_args(int argc, char **argv, bench_opts *bo) {
+    bo->n_l0 = 3;
+    bo->l0[0] = 32;
+    bo->l0[1] = 128;
+    bo->l0[2] = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--small") == 0) bo->small_only = 1;
+        else if (strcmp(a, "--reps") == 0 && v) bo->reps = atoi(argv[++i]);
+        else if (strcmp(a, "--threads") == 0 && v) bo->threads = atoi(argv[++i]);
+        else if (strcmp(a, "--path") == 0 && v) {
+            i++;
+            if (strcmp(v, "auto") == 0) bo->path = SAEFW_SAE_AUTO;
+            else if (strcmp(v, "dense") == 0) bo->path = SAEFW_SAE_DENSE;
+            else if (strcmp(v, "sparse") == 0) bo->path = SAEFW_SAE_SPARSE;
+            else return fprintf(stderr, "bench_sae: --path takes auto, dense or sparse\n"), -1;
+        } else if (strcmp(a, "--l0") == 0 && v) {
+            i++;
+            bo->n_l0 = 0;
+            for (char *p = argv[i]; *p && bo->n_l0 < MAX_L0;) {
+                char *end;
+                bo->l0[bo->n_l0++] = strtod(p, &end);
+                if (end == p) return fprintf(stderr, "bench_sae: --l0 takes numbers separated by commas\n"), -1;
+                p = *end == ',' ? end + 1 : end;
+            }
+        } else {
+            fprintf(stderr, "usage: bench_sae [--small] [--reps N] [--threads N] [--path auto|dense|sparse] "
+                            "[--l0 a,b,...]\n");
+            return -1;
+        }
+    }
+    if (bo->reps < 0 || bo->reps > MAX_STEPS - 2)
+        return fprintf(stderr, "bench_sae: --reps must be in 1..%d\n", MAX_STEPS - 2), -1;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    bench_opts bo;
+    memset(&bo, 0, sizeof bo);
+    if (parse_args(argc, argv, &bo) != 0) return 2;
+    if (bo.threads > 0) saefw_set_threads(bo.threads);
+    saefw_sae_set_path(bo.path);
+    char err[1024];
+    saefw_loaded_plugin *adam = NULL;
+    saefw_opts *opts = NULL;
+    if (saefw_plugin_load("adam", saefw_host_table(), &adam, err, sizeof err) != 0 ||
+        saefw_opts_new(adam, &opts, err, sizeof err) != 0 ||
+        /* A tiny learning rate keeps L0 where b_enc put it across the timed steps. */
+        saefw_opts_set_number(opts, adam, "lr", 1e-7, err, sizeof err) != 0) {
+        fprintf(stderr, "bench_sae: %s\n", err);
+        return 1;
+    }
+    printf("saefw bench_sae: %d threads, OpenBLAS %s, SAE path %s\n", saefw_threads(), openblas_get_config(),
+           bo.path == SAEFW_SAE_DENSE ? "forced dense" : bo.path == SAEFW_SAE_SPARSE ? "forced sparse" : "auto");
+    static const shape SHAPES[2] = {{"small", 512, 4096, 1024}, {"full", 2048, 16384, 4096}};
+    int rc = 0;
+    for (int k = 0; k < (bo.small_only ? 1 : 2) && rc == 0; k++)
+        if (run_shape(&SHAPES[k], &bo, bo.reps > 0 ? bo.reps : k == 0 ? 3 : 1, adam, opts, err, sizeof err) != 0) {
+            fprintf(stderr, "bench_sae: %s: %s\n", SHAPES[k].name, err);
+            rc = 1;
+        }
+    saefw_opts_free(opts);
+    saefw_plugin_unload(adam);
+    return rc;
+}
