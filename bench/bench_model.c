@@ -2,7 +2,7 @@
  * blocks.0.mlp.hook_post and the full forward with the loss; the share of a training step that the
  * buffer refill costs at the seed's shape (batch 4096 = 32 sequences of 128 per step); and, with
  * --rss, the peak RSS of a real run at the seed's shape against buffer + 4 x SAE parameter bytes.
- *   build/bench/bench_model [--rss]                 (figures printed, nothing asserted) */
+ *   build/bin/bench_model [--rss]                 (figures printed, nothing asserted) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
