@@ -21,6 +21,7 @@
 #include "plugin_loader.h"
 #include "rng.h"
 #include "sae.h"
+#include "sae_kernels.h"
 #include "source.h"
 #include "train.h"
 #include "util.h"
@@ -134,14 +135,18 @@ static int train_steps(saefw_sae *sae, const float *x, int64_t B, saefw_loaded_p
     return 0;
 }
 
-/* The fastest of reps calls (after one that also faults C's pages in), and its CPU seconds. */
+/* The fastest of reps calls (after one that also faults C's pages in), and its CPU seconds: one
+ * cblas_sgemm on OpenBLAS's threads, or (blocks) the step's own product, fixed blocks on the pool. */
 static double time_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae, int reps,
-                         double *cpu) {
+                         int blocks, double *cpu) {
     double best = INFINITY;
     for (int r = 0; r < reps + 1; r++) {
         double t = saefw_now(), c = cpu_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, A, (int)d_in, W,
-                    (int)d_sae, 0.0f, C, (int)d_sae);
+        if (blocks)
+            saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, A, d_in, W, d_sae, 0.0f, C, d_sae);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, A, (int)d_in,
+                        W, (int)d_sae, 0.0f, C, (int)d_sae);
         t = saefw_now() - t;
         c = cpu_now() - c;
         if (r > 0 && t < best) {
@@ -177,12 +182,15 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
            (long long)d_sae, (long long)B, saefw_threads(), reps);
     /* The encoder product alone, on the step's own buffers; its output also sets the L0 targets. */
     if (saefw_sae_work_alloc(&w, &sae, B, err, errlen) != 0) goto done;
-    double c_gemm = 0;
-    const double t_gemm = time_sgemm(x, sae.p[SAEFW_W_ENC], w.acts, B, d_in, d_sae, reps, &c_gemm);
+    double c_gemm = 0, c_blocks = 0;
+    const double t_gemm = time_sgemm(x, sae.p[SAEFW_W_ENC], w.acts, B, d_in, d_sae, reps, 0, &c_gemm);
+    const double t_blocks = time_sgemm(x, sae.p[SAEFW_W_ENC], w.acts, B, d_in, d_sae, reps, 1, &c_blocks);
     const double gflop = 2.0 * (double)B * (double)d_in * (double)d_sae * 1e-9;
     printf("encoder sgemm %lld x %lld x %lld: %.3f s (%.1f GFLOP/s), %.3f CPU-s\n", (long long)B, (long long)d_in,
            (long long)d_sae, t_gemm, gflop / t_gemm, c_gemm);
-    printf("RESULT shape=%s gemm_s=%.4f gemm_cpu_s=%.4f\n", s->name, t_gemm, c_gemm);
+    printf("the same product as the step runs it (fixed blocks on the pool): %.3f s (%.1f GFLOP/s), %.3f CPU-s\n",
+           t_blocks, gflop / t_blocks, c_blocks);
+    printf("RESULT shape=%s gemm_s=%.4f gemm_cpu_s=%.4f blocks_s=%.4f\n", s->name, t_gemm, c_gemm, t_blocks);
     float thresh[MAX_L0];
     double target[MAX_L0];
     for (int i = 0; i < bo->n_l0; i++) {

@@ -252,11 +252,9 @@ static void gemm_blocks(void *vctx, int64_t q0, int64_t q1) {
     }
 }
 
-/* C = op(A) op(B) + beta C (row-major) as a fixed grid of single-threaded OpenBLAS calls on the pool.
- * OpenBLAS's own threads split the work by their number, and its results change with it; these
- * blocks depend on the shape only. Splitting C's rows repacks all of op(B) in every block, splitting
- * its columns all of op(A): the split repacks the smaller. */
-static void sgemm_fixed(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,
+/* Splitting C's rows repacks all of op(B) in every block, splitting its columns all of op(A): the
+ * split repacks the smaller. */
+void saefw_sgemm_blocks(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,
                         int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     gemm_job g = {ta, tb, M, N, K, 0, A, B, lda, ldb, ldc, beta, C, N < M};
     const int64_t dim = g.split_rows ? M : N;
@@ -281,8 +279,8 @@ static void center_rows(void *vctx, int64_t b0, int64_t b1) {
     const int64_t d_in = c->sae->d_in;
     const float *b_dec = c->sae->p[SAEFW_B_DEC];
     for (int64_t b = b0; b < b1; b++) {
-        const float *x = c->x + b * d_in;
-        float *xc = c->w->x_cent + b * d_in;
+        const float *restrict x = c->x + b * d_in;
+        float *restrict xc = c->w->x_cent + b * d_in;
         for (int64_t i = 0; i < d_in; i++) xc[i] = x[i] - b_dec[i];
     }
 }
@@ -291,26 +289,42 @@ static void center_rows(void *vctx, int64_t b0, int64_t b1) {
  * feat/val while room lasts. Returns the number of active entries; *l1 gets their sum. */
 SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bias, int64_t d, int32_t *restrict feat,
                                      float *restrict val, int64_t room, double *l1) {
-    double lane[8] = {0};
+    /* The sum goes through 16 float lanes, emptied into double lanes every 256 entries. */
+    double wide[16] = {0};
+    float lane[16] = {0};
     int64_t n = 0, kept = 0, j = 0;
-    /* Blocks of 16, counted with vector compares; only blocks with an active entry are scanned for
-     * them, and none once the room is used up. */
     for (; j + 16 <= d; j += 16) {
         int count = 0;
         for (int k = 0; k < 16; k++) {
             float v = a[j + k] + bias[j + k];
             v = v > 0.0f ? v : 0.0f;
             a[j + k] = v;
-            lane[k & 7] += v;
+            lane[k] += v;
             count += v > 0.0f;
         }
-        n += count;
-        if (count == 0 || kept >= room) continue;
-        for (int k = 0; k < 16 && kept < room; k++)
-            if (a[j + k] > 0.0f) {
-                feat[kept] = (int32_t)(j + k);
-                val[kept++] = a[j + k];
+        if ((j & 255) == 240)
+            for (int k = 0; k < 16; k++) {
+                wide[k] += lane[k];
+                lane[k] = 0.0f;
             }
+        n += count;
+        /* Blocks without an active entry, most of them at low L0, are not scanned. */
+        if (count == 0 || kept >= room) continue;
+        if (kept + 16 <= room) {
+            /* Without branches, which dense blocks would mispredict: every slot is written, the
+             * cursor moves past the active ones only. */
+            for (int k = 0; k < 16; k++) {
+                feat[kept] = (int32_t)(j + k);
+                val[kept] = a[j + k];
+                kept += a[j + k] > 0.0f;
+            }
+        } else {
+            for (int k = 0; k < 16 && kept < room; k++)
+                if (a[j + k] > 0.0f) {
+                    feat[kept] = (int32_t)(j + k);
+                    val[kept++] = a[j + k];
+                }
+        }
     }
     for (; j < d; j++) {
         float v = a[j] + bias[j];
@@ -325,7 +339,8 @@ SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bi
             n++;
         }
     }
-    *l1 = sum8d(lane);
+    for (int k = 0; k < 16; k++) wide[k] += lane[k];
+    *l1 = sum8d(wide) + sum8d(wide + 8);
     return n;
 }
 
@@ -366,10 +381,10 @@ static void fill_bias_rows(void *vctx, int64_t b0, int64_t b1) {
 SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
     const step_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in, B = c->B;
-    double *l2 = c->w->col_stat, *mean = l2 + d_in, *var = mean + d_in;
+    double *restrict l2 = c->w->col_stat, *restrict mean = l2 + d_in, *restrict var = mean + d_in;
     for (int64_t i = i0; i < i1; i++) l2[i] = mean[i] = var[i] = 0.0;
     for (int64_t b = 0; b < B; b++) {
-        const float *x = c->x + b * d_in, *xh = c->w->x_hat + b * d_in;
+        const float *restrict x = c->x + b * d_in, *restrict xh = c->w->x_hat + b * d_in;
         for (int64_t i = i0; i < i1; i++) {
             double e = (double)xh[i] - (double)x[i];
             l2[i] += e * e;
@@ -378,7 +393,7 @@ SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
     }
     for (int64_t i = i0; i < i1; i++) mean[i] /= (double)B;
     for (int64_t b = 0; b < B; b++) {
-        const float *x = c->x + b * d_in;
+        const float *restrict x = c->x + b * d_in;
         for (int64_t i = i0; i < i1; i++) {
             double e = (double)x[i] - mean[i];
             var[i] += e * e;
@@ -392,8 +407,8 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
 
     saefw_parallel_for(B, center_rows, &c);
     /* pre = x_cent @ W_enc, written into acts; the ReLU pass then adds b_enc in place. */
-    sgemm_fixed(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, w->x_cent, d_in, sae->p[SAEFW_W_ENC], d_sae, 0.0f, w->acts,
-                d_sae);
+    saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, w->x_cent, d_in, sae->p[SAEFW_W_ENC], d_sae, 0.0f,
+                       w->acts, d_sae);
     const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
     saefw_parallel_for(n_chunks, relu_chunks, &c);
     int64_t active = 0, kept = 0;
@@ -412,8 +427,8 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
         saefw_sparse_decode(sae, w, B);
     } else {
         saefw_parallel_for(B, fill_bias_rows, &c);
-        sgemm_fixed(CblasNoTrans, CblasNoTrans, B, d_in, d_sae, w->acts, d_sae, sae->p[SAEFW_W_DEC], d_in, 1.0f,
-                    w->x_hat, d_in);
+        saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_in, d_sae, w->acts, d_sae, sae->p[SAEFW_W_DEC], d_in,
+                           1.0f, w->x_hat, d_in);
     }
     if (!stats) return;
     saefw_parallel_for(d_in, stat_columns, &c);
@@ -450,11 +465,11 @@ SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
     const step_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in;
     const float c2 = 2.0f / (float)c->B;
-    float *gb_dec = c->sae->g[SAEFW_B_DEC];
+    float *restrict gb_dec = c->sae->g[SAEFW_B_DEC];
     for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0f;
     for (int64_t b = 0; b < c->B; b++) {
-        const float *x = c->x + b * d_in, *xh = c->w->x_hat + b * d_in;
-        float *d = c->w->dxh + b * d_in;
+        const float *restrict x = c->x + b * d_in, *restrict xh = c->w->x_hat + b * d_in;
+        float *restrict d = c->w->dxh + b * d_in;
         for (int64_t i = i0; i < i1; i++) {
             d[i] = c2 * (xh[i] - x[i]);
             gb_dec[i] += d[i];
@@ -467,18 +482,26 @@ SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
     const step_ctx *c = vctx;
     const int64_t d_sae = c->sae->d_sae;
     const float l1c = c->sae->l1_coeff;
-    for (int64_t k = b0 * d_sae; k < b1 * d_sae; k++)
-        c->w->dpre[k] = c->w->acts[k] > 0.0f ? c->w->dpre[k] + l1c : 0.0f;
+    const float *restrict acts = c->w->acts;
+    float *restrict dpre = c->w->dpre;
+    int64_t k = b0 * d_sae;
+    /* Masked with bit operations: a conditional here keeps the compiler from vectorising. */
+    for (; k + 8 <= b1 * d_sae; k += 8) {
+        const v8i on = *(const v8u *)(acts + k) > 0.0f;
+        const v8 g = *(const v8u *)(dpre + k) + l1c;
+        *(v8iu *)(dpre + k) = (v8i)g & on;
+    }
+    for (; k < b1 * d_sae; k++) dpre[k] = acts[k] > 0.0f ? dpre[k] + l1c : 0.0f;
 }
 
 /* Dense path: b_enc's gradient, each column summed over rows in order. */
 SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
     const step_ctx *c = vctx;
     const int64_t d_sae = c->sae->d_sae;
-    float *gb_enc = c->sae->g[SAEFW_B_ENC];
+    float *restrict gb_enc = c->sae->g[SAEFW_B_ENC];
     for (int64_t j = j0; j < j1; j++) gb_enc[j] = 0.0f;
     for (int64_t b = 0; b < c->B; b++) {
-        const float *d = c->w->dpre + b * d_sae;
+        const float *restrict d = c->w->dpre + b * d_sae;
         for (int64_t j = j0; j < j1; j++) gb_enc[j] += d[j];
     }
 }
@@ -486,25 +509,25 @@ SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
 static void dense_backward(saefw_sae *sae, saefw_sae_work *w, step_ctx *c) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
     /* dW_dec = acts^T @ dxh */
-    sgemm_fixed(CblasTrans, CblasNoTrans, d_sae, d_in, B, w->acts, d_sae, w->dxh, d_in, 0.0f, sae->g[SAEFW_W_DEC],
-                d_in);
+    saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_sae, d_in, B, w->acts, d_sae, w->dxh, d_in, 0.0f,
+                       sae->g[SAEFW_W_DEC], d_in);
     /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
-    sgemm_fixed(CblasNoTrans, CblasTrans, B, d_sae, d_in, w->dxh, d_in, sae->p[SAEFW_W_DEC], d_in, 0.0f, w->dpre,
-                d_sae);
+    saefw_sgemm_blocks(CblasNoTrans, CblasTrans, B, d_sae, d_in, w->dxh, d_in, sae->p[SAEFW_W_DEC], d_in, 0.0f,
+                       w->dpre, d_sae);
     saefw_parallel_for(B, mask_rows, c);
     saefw_parallel_for(d_sae, bias_enc_columns, c);
     /* dW_enc = x_cent^T @ dpre */
-    sgemm_fixed(CblasTrans, CblasNoTrans, d_in, d_sae, B, w->x_cent, d_in, w->dpre, d_sae, 0.0f, sae->g[SAEFW_W_ENC],
-                d_sae);
+    saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_in, d_sae, B, w->x_cent, d_in, w->dpre, d_sae, 0.0f,
+                       sae->g[SAEFW_W_ENC], d_sae);
 }
 
 /* Rows of W_enc in a range: b_dec's gradient -= W_enc row . gb_enc (x_cent = x - b_dec). */
 SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
     saefw_sae *sae = vctx;
     const int64_t d_sae = sae->d_sae;
-    const float *gb_enc = sae->g[SAEFW_B_ENC];
+    const float *restrict gb_enc = sae->g[SAEFW_B_ENC];
     for (int64_t i = i0; i < i1; i++) {
-        const float *w = sae->p[SAEFW_W_ENC] + i * d_sae;
+        const float *restrict w = sae->p[SAEFW_W_ENC] + i * d_sae;
         float lane[8] = {0};
         int64_t j = 0;
         for (; j + 8 <= d_sae; j += 8)
@@ -536,7 +559,7 @@ SAEFW_KERNEL static void project_rows(void *vctx, int64_t r0, int64_t r1) {
     saefw_sae *sae = vctx;
     const int64_t d_in = sae->d_in;
     for (int64_t r = r0; r < r1; r++) {
-        float *w = sae->p[SAEFW_W_DEC] + r * d_in, *g = sae->g[SAEFW_W_DEC] + r * d_in;
+        float *restrict w = sae->p[SAEFW_W_DEC] + r * d_in, *restrict g = sae->g[SAEFW_W_DEC] + r * d_in;
         double ss[8] = {0}, dot[8] = {0};
         int64_t c = 0;
         for (; c + 8 <= d_in; c += 8)

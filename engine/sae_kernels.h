@@ -1,22 +1,40 @@
-/* Internal to the SAE: the sparse-path kernels of sae_sparse.c, called by sae.c, and the attribute that
- * builds a hot loop for both the baseline x86-64 and AVX2+FMA, picked at load time. */
+/* Internal to the SAE: the dense products and the sparse-path kernels (sae_sparse.c) that sae.c calls,
+ * and the attribute that builds a hot loop for both the baseline x86-64 and AVX2+FMA, picked at load
+ * time. */
 #ifndef SAEFW_SAE_KERNELS_H
 #define SAEFW_SAE_KERNELS_H
 
+#include <cblas.h>
+
 #include "sae.h"
 
-/* Clones selected by the CPU at load time (ifunc); the build itself targets baseline x86-64. */
+/* Clones selected by the CPU at load time (ifunc); the build itself targets baseline x86-64.
+ * -DSAEFW_KERNEL= builds the baseline code alone (to test it on a machine with AVX2). */
+#ifndef SAEFW_KERNEL
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define SAEFW_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SAEFW_KERNEL
 #endif
+#endif
+
+/* Eight floats, and the same read or written at any float's alignment. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef int32_t v8iu __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* Columns of d_in handled together by the sparse kernels: the batch-side slab of one group
  * ([B, GROUP] floats, 512 KiB at batch 4096) stays in the core's cache. */
 #ifndef SAEFW_SPARSE_GROUP
 #define SAEFW_SPARSE_GROUP 32
 #endif
+
+/* C = op(A) op(B) + beta C (row-major) as a fixed grid of single-threaded OpenBLAS calls on
+ * saefw_parallel_for: OpenBLAS's own threads split the work by their number, and its results change
+ * with it; these blocks depend on the shape only, so the results do not depend on the thread count. */
+void saefw_sgemm_blocks(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,
+                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* The recorded entries (by row) regrouped by feature: feat_start, feat_row, feat_act. */
 void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B);

@@ -18,10 +18,8 @@
 /* Features per block of the backward pass: W_enc's gradient is written 16 columns (64 bytes) at a time. */
 #define FEAT_BLOCK 16
 
-/* Eight floats; slab rows are GROUP floats from a 2 MiB-aligned base, so whole vectors of them are
- * aligned. Feature-side rows may not be: they are read through v8u. */
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+/* Slab rows are GROUP floats from a 2 MiB-aligned base, so whole v8 of them are aligned; feature-side
+ * rows may not be: they are read through v8u. */
 #define NV (GROUP / 8)
 /* Entries ahead whose slab row is fetched early: the rows are scattered over the slab. */
 #define PREFETCH 8
@@ -45,6 +43,14 @@ static inline void store_piece(float *dst, const v8 *src, int64_t n_cols) {
     float tmp[GROUP];
     for (int v = 0; v < NV; v++) *(v8u *)(tmp + 8 * v) = src[v];
     for (int64_t c = 0; c < n_cols; c++) dst[c] = tmp[c];
+}
+
+/* The feature-side pieces are rows apart: no hardware prefetcher follows them. */
+static inline void prefetch_piece(const float *p, int for_write) {
+    for (int c = 0; c < GROUP; c += 16) {
+        if (for_write) __builtin_prefetch(p + c, 1);
+        else __builtin_prefetch(p + c, 0);
+    }
 }
 
 static inline float hsum(const v8 *v) {
@@ -116,6 +122,7 @@ SAEFW_KERNEL static void decode_slab(float *restrict slab, const float *restrict
     const int64_t end = start[d_sae];
     for (int64_t j = 0; j < d_sae; j++) {
         v8 wv[NV];
+        if (j + PREFETCH < d_sae) prefetch_piece(wp + (j + PREFETCH) * ld, 0);
         load_piece(wv, wp + j * ld, n_cols);
         for (int64_t e = start[j]; e < start[j + 1]; e++) {
             if (e + PREFETCH < end) __builtin_prefetch(slab + (int64_t)rows[e + PREFETCH] * GROUP);
@@ -186,6 +193,10 @@ SAEFW_KERNEL static void grad_dec_group(float *restrict gW, const float *restric
     const int64_t end = start[j1];
     for (int64_t j = j0; j < j1; j++) {
         v8 acc[NV] = {{0}}, wv[NV];
+        if (j + PREFETCH < j1) {
+            prefetch_piece(W + (j + PREFETCH) * ld, 0);
+            prefetch_piece(gW + (j + PREFETCH) * ld, 1);
+        }
         load_piece(wv, W + j * ld, n_cols);
         for (int64_t e = start[j]; e < start[j + 1]; e++) {
             if (e + PREFETCH < end) __builtin_prefetch(slab + (int64_t)rows[e + PREFETCH] * GROUP);
@@ -212,6 +223,9 @@ SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const fl
     const int64_t end = start[j1];
     for (int64_t jb = j0; jb < j1; jb += FEAT_BLOCK) {
         const int64_t nf = j1 - jb < FEAT_BLOCK ? j1 - jb : FEAT_BLOCK;
+        /* The next block's destination: n_cols lines, rows apart. */
+        if (jb + 2 * FEAT_BLOCK <= j1)
+            for (int64_t i = 0; i < n_cols; i++) __builtin_prefetch(gW + i * ld + jb + FEAT_BLOCK, 1);
         for (int64_t f = 0; f < nf; f++) {
             v8 acc[NV] = {{0}};
             for (int64_t e = start[jb + f]; e < start[jb + f + 1]; e++) {
