@@ -207,11 +207,6 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
     return 0;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
 int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, char *err, size_t errlen) {
     memset(sae, 0, sizeof *sae);
     if (cfg_out) *cfg_out = NULL;
@@ -222,11 +217,11 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
     if (S_ISDIR(st.st_mode)) {
         snprintf(weights, sizeof weights, "%s/sae_weights.safetensors", path);
         snprintf(cfgp, sizeof cfgp, "%s/cfg.json", path);
-    } else if (ends_with(path, ".pt") || ends_with(path, ".pth")) {
+    } else if (saefw_ends_with(path, ".pt") || saefw_ends_with(path, ".pth")) {
         /* The seed writes N.pt next to N_cfg.json. */
         seed_pt = 1;
         snprintf(weights, sizeof weights, "%s", path);
-        size_t n = strlen(path) - (ends_with(path, ".pt") ? 3 : 4);
+        size_t n = strlen(path) - (saefw_ends_with(path, ".pt") ? 3 : 4);
         snprintf(cfgp, sizeof cfgp, "%.*s_cfg.json", (int)n, path);
     } else {
         snprintf(weights, sizeof weights, "%s", path);
@@ -279,20 +274,6 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
     return 0;
 }
 
-int saefw_checkpoint_next_version(const char *run_dir) {
-    DIR *d = opendir(run_dir);
-    if (!d) return 0;
-    long best = -1;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        char *end;
-        errno = 0;
-        long v = strtol(e->d_name, &end, 10);
-        if (*end == 0 && end != e->d_name && errno == 0 && v >= 0 && v < INT_MAX && v > best) best = v;
-    }
-    closedir(d);
-    return (int)(best + 1);
-}
 
 static int numbered(const char *name, long *v) {
     char *end;
@@ -370,6 +351,14 @@ int saefw_checkpoint_find_resumable(const char *run_dir, char *out, size_t n, vo
     }
     free(v);
     return saefw_errf(err, errlen, "%s: no complete checkpoint with a training state to resume from", run_dir);
+}
+
+int saefw_checkpoint_next_version(const char *run_dir) {
+    int nv = 0;
+    long *v = versions(run_dir, &nv);
+    int next = v && nv > 0 ? (int)v[0] + 1 : 0;
+    free(v);
+    return next;
 }
 
 void saefw_checkpoint_prune_states(const char *run_dir, int keep) {

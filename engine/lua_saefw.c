@@ -1062,15 +1062,10 @@ static int l_resume_dir(lua_State *L) {
 
 /* saefw.data_dir() -> the folder of saefw's bundled data (share/saefw next to the binary). */
 static int l_data_dir(lua_State *L) {
-    char exe[4096], real[4096];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0) return uerror(L, "saefw.data_dir: cannot find the saefw binary");
-    exe[len] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash) *slash = 0;
-    char joined[4200];
-    snprintf(joined, sizeof joined, "%s/../%s", exe, SAEFW_DATA_SUBDIR);
-    lua_pushstring(L, realpath(joined, real) ? real : joined);
+    char dir[4096];
+    if (saefw_exe_relative(SAEFW_DATA_SUBDIR, dir, sizeof dir) != 0)
+        return uerror(L, "saefw.data_dir: cannot find the saefw binary");
+    lua_pushstring(L, dir);
     return 1;
 }
 

@@ -12,6 +12,7 @@
 #include "plugin_loader.h"
 #include "tensorfile.h"
 #include "train.h"
+#include "util.h"
 
 #ifdef SAEFW_HAVE_HF
 #include "hf.h"
@@ -50,17 +51,7 @@ static int lua_dir(char *out, size_t n) {
         snprintf(out, n, "%s", env);
         return 0;
     }
-    char exe[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0) return -1;
-    exe[len] = 0;
-    char *slash = strrchr(exe, '/');
-    if (!slash) return -1;
-    *slash = 0;
-    char joined[PATH_MAX + 64];
-    snprintf(joined, sizeof joined, "%s/../%s", exe, SAEFW_LUA_SUBDIR);
-    if (!realpath(joined, out)) return -1;
-    return 0;
+    return saefw_exe_relative(SAEFW_LUA_SUBDIR, out, n);
 }
 
 static int msgh(lua_State *L) {

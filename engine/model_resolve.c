@@ -34,11 +34,6 @@ static int is_dir(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
 int saefw_hf_cache_dir(char *out, size_t n) {
     const char *v = getenv("HF_HUB_CACHE");
     if (v && *v) return snprintf(out, n, "%s", v) < (int)n ? 0 : -1;
@@ -69,8 +64,8 @@ static int from_folder(const char *dir, const char *want, char *weights, size_t 
         struct dirent *e;
         char best[NAME_MAX + 1] = "";
         while ((e = readdir(d))) {
-            int ok = pass == 0 ? ends_with(e->d_name, ".safetensors")
-                               : (ends_with(e->d_name, ".pth") || ends_with(e->d_name, ".pt"));
+            int ok = pass == 0 ? saefw_ends_with(e->d_name, ".safetensors")
+                               : (saefw_ends_with(e->d_name, ".pth") || saefw_ends_with(e->d_name, ".pt"));
             if (ok && (!best[0] || strcmp(e->d_name, best) < 0)) snprintf(best, sizeof best, "%s", e->d_name);
         }
         closedir(d);
@@ -111,7 +106,7 @@ static int from_cache(const char *repo, const char *want, char *weights, size_t 
     }
     if (rev[0] && strchr(rev, '/') == NULL) {
         snprintf(p, sizeof p, "%s/snapshots/%s", folder, rev);
-        if (from_folder(p, want, weights, wn, config, cn) == 0 && (!want || ends_with(weights, want))) return 0;
+        if (from_folder(p, want, weights, wn, config, cn) == 0 && (!want || saefw_ends_with(weights, want))) return 0;
     }
     snprintf(p, sizeof p, "%s/snapshots", folder);
     DIR *d = opendir(p);
@@ -122,7 +117,7 @@ static int from_cache(const char *repo, const char *want, char *weights, size_t 
         if (e->d_name[0] == '.') continue;
         char snap[PATH_MAX];
         snprintf(snap, sizeof snap, "%s/%s", p, e->d_name);
-        if (is_dir(snap) && from_folder(snap, want, weights, wn, config, cn) == 0 && (!want || ends_with(weights, want)))
+        if (is_dir(snap) && from_folder(snap, want, weights, wn, config, cn) == 0 && (!want || saefw_ends_with(weights, want)))
             found = 0;
     }
     closedir(d);
@@ -130,14 +125,7 @@ static int from_cache(const char *repo, const char *want, char *weights, size_t 
 }
 
 static int bundled_dir(char *out, size_t n) {
-    char exe[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0) return -1;
-    exe[len] = 0;
-    char *slash = strrchr(exe, '/');
-    if (!slash) return -1;
-    *slash = 0;
-    return snprintf(out, n, "%s/../%s/models/" BUNDLED, exe, SAEFW_DATA_SUBDIR) < (int)n ? 0 : -1;
+    return saefw_exe_relative(SAEFW_DATA_SUBDIR "/models/" BUNDLED, out, n);
 }
 
 int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config, size_t cn, char *err,

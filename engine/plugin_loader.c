@@ -21,17 +21,6 @@ const char *saefw_plugin_kind_name(saefw_plugin_kind k) {
     return "unknown";
 }
 
-static char *exe_dir(void) {
-    char buf[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n <= 0) return NULL;
-    buf[n] = 0;
-    char *slash = strrchr(buf, '/');
-    if (!slash) return NULL;
-    *slash = 0;
-    return strdup(buf);
-}
-
 int saefw_plugin_dirs(char **dirs, int max) {
     int n = 0;
     const char *env = getenv("SAEFW_PLUGIN_PATH");
@@ -51,16 +40,9 @@ int saefw_plugin_dirs(char **dirs, int max) {
             p += len + (e ? 1 : 0);
         }
     }
-    char *ed = exe_dir();
-    if (ed && n < max) {
-        size_t len = strlen(ed) + strlen(SAEFW_PLUGIN_SUBDIR) + 8;
-        char *d = malloc(len);
-        if (d) {
-            snprintf(d, len, "%s/../%s", ed, SAEFW_PLUGIN_SUBDIR);
-            dirs[n++] = d;
-        }
-    }
-    free(ed);
+    char here[4096];
+    if (n < max && saefw_exe_relative(SAEFW_PLUGIN_SUBDIR, here, sizeof here) == 0 && (dirs[n] = strdup(here)))
+        n++;
     return n;
 }
 

@@ -64,11 +64,6 @@ static void new_key(saefw_tokens *t) { t->key = mix(t->seed ^ mix((uint64_t)t->p
 
 /* ---- opening ---- */
 
-static int ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
 static int open_bin(saefw_tokens *t, const char *dtype, char *err, size_t errlen) {
     if (!dtype) return saefw_errf(err, errlen, "%s: a raw .bin token file needs its dtype (uint16, int32 or int64)", t->path);
     if (!strcmp(dtype, "uint16")) t->dtype = SAEFW_DT_U16;
@@ -140,7 +135,7 @@ int saefw_tokens_open(const saefw_tokens_opts *o, saefw_tokens **out, char *err,
         free(t);
         return -1;
     }
-    int rc = ends_with(o->path, ".bin") ? open_bin(t, o->dtype, err, errlen) : open_tensor(t, o->tensor, err, errlen);
+    int rc = saefw_ends_with(o->path, ".bin") ? open_bin(t, o->dtype, err, errlen) : open_tensor(t, o->tensor, err, errlen);
     if (rc != 0) {
         saefw_tokens_free(t);
         return -1;

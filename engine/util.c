@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -163,6 +164,26 @@ int saefw_mkdirs(const char *path, char *err, size_t errlen) {
     if (stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode))
         return saefw_errf(err, errlen, "%s: exists and is not a folder", tmp);
     return 0;
+}
+
+int saefw_exe_relative(const char *subdir, char *out, size_t n) {
+    char exe[4096];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return -1;
+    exe[len] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return -1;
+    *slash = 0;
+    char joined[8192];
+    snprintf(joined, sizeof joined, "%s/../%s", exe, subdir);
+    char real[PATH_MAX];
+    const char *use = realpath(joined, real) ? real : joined;
+    return snprintf(out, n, "%s", use) < (int)n ? 0 : -1;
+}
+
+int saefw_ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
 double saefw_now(void) {

@@ -44,6 +44,13 @@ int saefw_read_file(const char *path, char **out, size_t *len, char *err, size_t
 /* mkdir -p; succeeds if it already exists as a folder. */
 int saefw_mkdirs(const char *path, char *err, size_t errlen);
 
+/* "<folder of the running binary>/../<subdir>", resolved with realpath when it exists; the build
+ * tree mirrors the install tree, so this finds plugins, the Lua library and bundled data in both. */
+int saefw_exe_relative(const char *subdir, char *out, size_t n);
+
+/* Whether s ends with suffix. */
+int saefw_ends_with(const char *s, const char *suffix);
+
 /* Wall-clock seconds (monotonic). */
 double saefw_now(void);
 
