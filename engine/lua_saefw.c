@@ -15,6 +15,7 @@
 #include "model.h"
 #include "model_resolve.h"
 #include "model_source.h"
+#include "parallel.h"
 #include "tokens.h"
 #include "plugin_loader.h"
 #include "sae.h"
@@ -1060,6 +1061,21 @@ static int l_resume_dir(lua_State *L) {
     return 1;
 }
 
+/* saefw.threads([n]) -> the threads of the training step and the model's products, after setting them
+ * to n when given (0: the default, OPENBLAS_NUM_THREADS, else all cores). */
+static int l_threads(lua_State *L) {
+    if (!lua_isnoneornil(L, 1)) {
+        int ok = 0;
+        lua_Integer n = lua_tointegerx(L, 1, &ok);
+        if (!ok || n < 0 || n > 4096)
+            return uerror(L, "saefw.threads: expected a whole number from 0 (the default) to 4096, got %s",
+                          luaL_tolstring(L, 1, NULL));
+        saefw_set_threads((int)n);
+    }
+    lua_pushinteger(L, saefw_threads());
+    return 1;
+}
+
 /* saefw.data_dir() -> the folder of saefw's bundled data (share/saefw next to the binary). */
 static int l_data_dir(lua_State *L) {
     char dir[4096];
@@ -1426,6 +1442,7 @@ int luaopen_saefw_core(lua_State *L) {
         {"save_tensor", l_save_tensor},
         {"find_resumable", l_find_resumable},
         {"resume_dir", l_resume_dir},
+        {"threads", l_threads},
         {"where", l_where},
         {"overrides", l_overrides},
         {NULL, NULL},

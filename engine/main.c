@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "lua_saefw.h"
+#include "parallel.h"
 #include "plugin_loader.h"
 #include "tensorfile.h"
 #include "train.h"
@@ -22,12 +23,14 @@ static const char USAGE[] =
     "usage: saefw <command> [arguments]\n"
     "\n"
     "commands:\n"
-    "  run SCRIPT.lua [--key value | --key=value ...] [--resume RUN_DIR]\n"
+    "  run SCRIPT.lua [--key value | --key=value ...] [--resume RUN_DIR] [--threads N]\n"
     "                      run an experiment; --key overrides that key of the script's saefw.config{};\n"
-    "                      --resume continues an interrupted run from its newest intact checkpoint\n"
+    "                      --resume continues an interrupted run from its newest intact checkpoint;\n"
+    "                      --threads sets the threads of the step and the model (default: all cores)\n"
     "  plugins             list the plugins found, their kind and options\n"
     "  info FILE           list the tensors of a safetensors, .npy or PyTorch .pt file\n"
     "  analyze CHECKPOINT [--batches N] [--activations FILE | --model NAME --data TOKENS] [--svg PATH]\n"
+    "          [--threads N]\n"
     "                      feature frequencies (log10 histogram, also as SVG), dead and rare\n"
     "                      fractions, the rare-feature direction\n"
 #ifdef SAEFW_HAVE_HF
@@ -43,7 +46,7 @@ static const char USAGE[] =
     "  SAEFW_PLUGIN_PATH   extra folders (colon-separated) searched for plugins first\n"
     "  SAEFW_LUA_PATH      folder of the saefw Lua library (default: next to the binary)\n"
     "  SAEFW_TRACEBACK=1   print a Lua traceback with script errors\n"
-    "  OPENBLAS_NUM_THREADS  threads for the matrix products (default: all cores)\n";
+    "  OPENBLAS_NUM_THREADS  threads when --threads is not given (default: all cores)\n";
 
 static int lua_dir(char *out, size_t n) {
     const char *env = getenv("SAEFW_LUA_PATH");
@@ -147,6 +150,31 @@ static int args_parse(int argc, char **argv, int first, cli_args *a) {
     return 0;
 }
 
+/* Remove the engine-level option --key from the parsed pairs; its value, or NULL when absent. */
+static const char *take_option(cli_args *a, const char *key) {
+    for (int i = 0; i < a->n; i++)
+        if (!strcmp(a->kv[2 * i], key)) {
+            const char *v = a->kv[2 * i + 1];
+            memmove(a->kv + 2 * i, a->kv + 2 * i + 2, sizeof(char *) * (size_t)(2 * (a->n - i - 1)));
+            a->n--;
+            return v;
+        }
+    return NULL;
+}
+
+/* --threads N: a whole number from 1 to 4096, applied before anything runs. */
+static int apply_threads(const char *cmd, const char *v) {
+    if (!v) return 0;
+    char *end = NULL;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || n < 1 || n > 4096) {
+        fprintf(stderr, "saefw %s: --threads: expected a whole number from 1 to 4096, got '%s'\n", cmd, v);
+        return -1;
+    }
+    saefw_set_threads((int)n);
+    return 0;
+}
+
 /* Print a Lua error (already located at the script's line) and return the exit status. */
 static int lua_failure(lua_State *L) {
     const char *msg = lua_tostring(L, -1);
@@ -176,15 +204,12 @@ static int cmd_run(int argc, char **argv) {
         args_free(&a);
         return 2;
     }
-    /* --resume RUN_DIR is for the engine, not the script's config. */
-    const char *resume = NULL;
-    for (int i = 0; i < a.n; i++)
-        if (!strcmp(a.kv[2 * i], "resume")) {
-            resume = a.kv[2 * i + 1];
-            memmove(a.kv + 2 * i, a.kv + 2 * i + 2, sizeof(char *) * (size_t)(2 * (a.n - i - 1)));
-            a.n--;
-            break;
-        }
+    /* --resume RUN_DIR and --threads N are for the engine, not the script's config. */
+    const char *resume = take_option(&a, "resume");
+    if (apply_threads("run", take_option(&a, "threads")) != 0) {
+        args_free(&a);
+        return 2;
+    }
     lua_State *L = make_lua(argc, argv, a.kv, a.n);
     if (L) {
         saefw_lua_set_resume(L, resume);
@@ -218,6 +243,10 @@ static int cmd_analyze(int argc, char **argv) {
         fprintf(stderr, "saefw: out of memory\n");
         args_free(&a);
         return 1;
+    }
+    if (apply_threads("analyze", take_option(&a, "threads")) != 0) {
+        args_free(&a);
+        return 2;
     }
     lua_State *L = make_lua(argc, argv, NULL, 0);
     if (L) {

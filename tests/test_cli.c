@@ -100,6 +100,24 @@ int main(void) {
     CHECK(strstr(out, "[16, 64]"), "info lacks the shape:\n%s", out);
     EXPECT(rc_ != 0, "no_such_file", "%s info %s/no_such_file.safetensors", BIN, tmp);
 
+    /* --threads: reaches the engine, and the run's result does not depend on it. */
+    EXPECT(rc_ != 0, "saefw run: --threads: expected a whole number from 1 to 4096, got '0'",
+           "%s run lua/train_small.lua --threads 0 --run_dir %s/t0", BIN, tmp);
+    EXPECT(rc_ != 0, "--threads: expected a whole number from 1 to 4096, got 'many'",
+           "%s run lua/train_small.lua --threads many --run_dir %s/t0", BIN, tmp);
+    EXPECT(rc_ != 0, "saefw.threads: expected a whole number from 0 (the default) to 4096, got -2",
+           "%s run lua/print_config.lua --threads 1 && echo 'require(\"saefw\").threads(-2)' > %s/th.lua && %s run %s/th.lua",
+           BIN, tmp, BIN, tmp);
+    char loss1[128] = "", loss3[128] = "";
+    EXPECT(rc_ == 0, "threads=1 final loss", "%s run lua/train_small.lua --threads 1 --run_dir %s/t1", BIN, tmp);
+    const char *l = strstr(out, "final loss");
+    if (l) sscanf(l, "final loss %127s", loss1);
+    EXPECT(rc_ == 0, "threads=3 final loss", "%s run lua/train_small.lua --threads=3 --run_dir %s/t3", BIN, tmp);
+    l = strstr(out, "final loss");
+    if (l) sscanf(l, "final loss %127s", loss3);
+    CHECK(loss1[0] && !strcmp(loss1, loss3), "final loss with 1 thread '%s', with 3 '%s'", loss1, loss3);
+    printf("  final loss with 1 and 3 threads: %s, %s\n", loss1, loss3);
+
     /* Activation files: width mismatch, and NaN activations stopping the run. */
     char npy[2100];
     snprintf(npy, sizeof npy, "%s/acts8.npy", tmp);

@@ -79,6 +79,7 @@ M.hook_name = core.hook_name
 M.data_dir = core.data_dir
 M.save_tensor = core.save_tensor
 M.find_resumable = core.find_resumable
+M.threads = core.threads
 
 -- What a buffer reads from, for cfg.json (SAELens's model_name, hook_name, ...).
 local buffer_info = setmetatable({}, { __mode = "k" })
@@ -114,7 +115,7 @@ local TRAIN_KEYS = {
   batch_size = true, buffer_size = true, buffer_dtype = true, optimizer = true, plugins = true,
   log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
-  recons_batches = true, resume = true,
+  recons_batches = true, resume = true, threads = true,
 }
 
 local function script_name()
@@ -145,6 +146,8 @@ function M.train(t)
       fail(string.format("saefw.train: unknown option '%s' (valid: %s)", tostring(k), table.concat(sorted_keys(TRAIN_KEYS), ", ")))
     end
   end
+  -- threads: for this run and after it, as saefw.threads(n) (0: the default, all cores).
+  if t.threads ~= nil then core.threads(t.threads) end
   local buffer = t.buffer
   if not buffer then
     if not t.source then fail("saefw.train: give 'buffer' or 'source'") end

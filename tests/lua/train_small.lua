@@ -17,5 +17,6 @@ local r = saefw.train {
   on_log = function(m) logs = logs + 1 end,
 }
 print(string.format("done steps=%d logs=%d loss=%.4f", r.steps_done, logs, r.loss))
+print(string.format("threads=%d final loss %.9g", saefw.threads(), r.loss))
 local back, bcfg = saefw.load_sae(r.checkpoint)
 print(string.format("reloaded d_in=%d d_sae=%d lr=%s", back.d_in, back.d_sae, tostring(bcfg.lr)))
