@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -559,10 +560,10 @@ struct saefw_model_work {
     float *ln;          /* [R, d_model]: LayerNorm output */
     float *qkv;         /* [R, 3*H*Dh] */
     float *z;           /* [R, H*Dh] */
-    float *att;         /* [max_seq, max_seq]: one head's pattern */
     float *out;         /* [R, d_model]: attention or MLP output */
     float *mlp;         /* [R, d_mlp] */
     float *logits;      /* [logit_rows, d_vocab] */
+    double *nll;        /* [R]: each row's loss term */
 };
 
 void saefw_model_work_free(saefw_model_work *w) {
@@ -571,10 +572,10 @@ void saefw_model_work_free(saefw_model_work *w) {
     free(w->ln);
     free(w->qkv);
     free(w->z);
-    free(w->att);
     free(w->out);
     free(w->mlp);
     free(w->logits);
+    free(w->nll);
     free(w);
 }
 
@@ -601,11 +602,11 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
     w->ln = w->resid ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
     w->qkv = w->ln ? saefw_malloc(sizeof(float) * R * 3 * hd, err, errlen) : NULL;
     w->z = w->qkv ? saefw_malloc(sizeof(float) * R * hd, err, errlen) : NULL;
-    w->att = w->z ? saefw_malloc(sizeof(float) * (size_t)(max_seq * max_seq), err, errlen) : NULL;
-    w->out = w->att ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
+    w->out = w->z ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
     w->mlp = w->out ? saefw_malloc(sizeof(float) * R * (size_t)c->d_mlp, err, errlen) : NULL;
     w->logits = w->mlp ? saefw_malloc(sizeof(float) * (size_t)w->logit_rows * (size_t)c->d_vocab, err, errlen) : NULL;
-    if (!w->logits) {
+    w->nll = w->logits ? saefw_malloc(sizeof(double) * R, err, errlen) : NULL;
+    if (!w->nll) {
         saefw_model_work_free(w);
         return -1;
     }
@@ -616,95 +617,188 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
 /* ------------------------------------------------------------------------------------------------
  * Layers: plain functions over flat arrays, outputs first, dimensions last. */
 
+/* Every layer runs on saefw_parallel_for over fixed splits, and the products on fixed grids of
+ * single-threaded OpenBLAS calls (saefw_linear_blocks): the activations do not depend on the thread
+ * count, and no OpenBLAS thread spins between layers. */
+
 /* out [n, k_out] = in [n, k_in] @ W [k_in, k_out] + bias [k_out] (bias may be NULL); out's rows are
  * ld_out apart. */
 static void linear(float *out, const float *in, const float *W, const float *bias, int64_t n, int64_t k_in,
                    int64_t k_out, int64_t ld_out) {
-    if (bias)
-        for (int64_t r = 0; r < n; r++)
-            memcpy(out + r * ld_out, bias, sizeof(float) * (size_t)k_out);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k_out, (int)k_in, 1.0f, in, (int)k_in, W,
-                (int)k_out, bias ? 1.0f : 0.0f, out, (int)ld_out);
+    saefw_linear_blocks(n, k_out, k_in, in, k_in, W, k_out, bias, out, ld_out);
 }
 
-/* out [n, d] = (in - mean) / sqrt(biased var + eps) * w + b, row by row (statistics in double). */
-static void layernorm(float *out, const float *in, const float *w, const float *b, int64_t n, int64_t d, float eps) {
-    for (int64_t r = 0; r < n; r++) {
-        const float *x = in + r * d;
-        float *y = out + r * d;
+typedef struct {
+    float *out;
+    const float *in, *w, *b;
+    int64_t d;
+    float eps;
+} ln_job;
+
+/* Rows [r0, r1): out = (in - mean) / sqrt(biased var + eps) * w + b (statistics in double). */
+static void layernorm_rows(void *ctx, int64_t r0, int64_t r1) {
+    const ln_job *j = ctx;
+    const int64_t d = j->d;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *x = j->in + r * d;
+        float *y = j->out + r * d;
         double s = 0;
         for (int64_t i = 0; i < d; i++)
             s += x[i];
         double mean = s / (double)d, v = 0;
         for (int64_t i = 0; i < d; i++)
             v += ((double)x[i] - mean) * ((double)x[i] - mean);
-        double inv = 1.0 / sqrt(v / (double)d + (double)eps);
+        double inv = 1.0 / sqrt(v / (double)d + (double)j->eps);
         for (int64_t i = 0; i < d; i++)
-            y[i] = (float)(((double)x[i] - mean) * inv) * w[i] + b[i];
+            y[i] = (float)(((double)x[i] - mean) * inv) * j->w[i] + j->b[i];
     }
 }
 
-/* z [bs*T, H*Dh] = causal softmax(q k^T / sqrt(Dh)) v per sequence and head, from qkv [bs*T, 3*H*Dh];
- * att [T, T] is scratch. */
-static void attention(float *z, float *att, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh) {
-    int64_t hd = H * Dh, ld = 3 * hd;
-    float scale = (float)(1.0 / sqrt((double)Dh));
-    for (int64_t b = 0; b < bs; b++) {
-        const float *base = qkv + b * T * ld;
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = base + h * Dh, *k = base + hd + h * Dh, *v = base + 2 * hd + h * Dh;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, q, (int)ld, k, (int)ld,
-                        0.0f, att, (int)T);
-            for (int64_t i = 0; i < T; i++) {
-                float *a = att + i * T;
-                float mx = a[0];
-                for (int64_t j = 1; j <= i; j++)
-                    mx = a[j] > mx ? a[j] : mx;
-                double sum = 0;
-                for (int64_t j = 0; j <= i; j++) {
-                    a[j] = expf(a[j] - mx);
-                    sum += a[j];
-                }
-                float inv = (float)(1.0 / sum);
-                for (int64_t j = 0; j <= i; j++)
-                    a[j] *= inv;
-                for (int64_t j = i + 1; j < T; j++)
-                    a[j] = 0.0f;
+static void layernorm(float *out, const float *in, const float *w, const float *b, int64_t n, int64_t d, float eps) {
+    ln_job j = {out, in, w, b, d, eps};
+    saefw_parallel_for(n, layernorm_rows, &j);
+}
+
+typedef struct {
+    float *z;
+    const float *qkv;
+    int64_t T, H, Dh, max_seq;
+    int failed; /* a part could not allocate its scratch */
+} att_job;
+
+/* Sequence-heads [p0, p1) (p = b * H + h): z = causal softmax(q k^T / sqrt(Dh)) v. */
+static void attention_heads(void *ctx, int64_t p0, int64_t p1) {
+    att_job *j = ctx;
+    const int64_t T = j->T, H = j->H, Dh = j->Dh, hd = H * Dh, ld = 3 * hd;
+    const float scale = (float)(1.0 / sqrt((double)Dh));
+    float *att = malloc(sizeof(float) * (size_t)(T * T));
+    if (!att) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t b = p / H, h = p % H;
+        const float *base = j->qkv + b * T * ld;
+        const float *q = base + h * Dh, *k = base + hd + h * Dh, *v = base + 2 * hd + h * Dh;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, q, (int)ld, k, (int)ld, 0.0f,
+                    att, (int)T);
+        for (int64_t i = 0; i < T; i++) {
+            float *a = att + i * T;
+            float mx = a[0];
+            for (int64_t c = 1; c <= i; c++)
+                mx = a[c] > mx ? a[c] : mx;
+            double sum = 0;
+            for (int64_t c = 0; c <= i; c++) {
+                a[c] = expf(a[c] - mx);
+                sum += a[c];
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, att, (int)T, v,
-                        (int)ld, 0.0f, z + b * T * hd + h * Dh, (int)hd);
+            float inv = (float)(1.0 / sum);
+            for (int64_t c = 0; c <= i; c++)
+                a[c] *= inv;
+            for (int64_t c = i + 1; c < T; c++)
+                a[c] = 0.0f;
         }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, att, (int)T, v, (int)ld,
+                    0.0f, j->z + b * T * hd + h * Dh, (int)hd);
     }
+    free(att);
 }
 
-/* x [n] = 0.5 x (1 + erf(x / sqrt 2)), in place. */
-static void gelu(float *x, int64_t n) {
+/* z [bs*T, H*Dh] from qkv [bs*T, 3*H*Dh], one (sequence, head) at a time on the pool, each on
+ * single-threaded OpenBLAS. Returns -1 when out of memory. */
+static int attention(float *z, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh, char *err,
+                     size_t errlen) {
+    att_job j = {z, qkv, T, H, Dh, T, 0};
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    saefw_parallel_for(bs * H, attention_heads, &j);
+    openblas_set_num_threads(prev);
+    return j.failed ? saefw_errf(err, errlen, "forward: out of memory for the attention pattern") : 0;
+}
+
+typedef struct {
+    float *y;
+    const float *x;
+} vec_job;
+
+/* x = 0.5 x (1 + erf(x / sqrt 2)), in place. */
+static void gelu_range(void *ctx, int64_t i0, int64_t i1) {
+    float *x = ((vec_job *)ctx)->y;
     const float r2 = 0.70710678118654752f;
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = i0; i < i1; i++)
         x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * r2));
 }
 
-static void add_inplace(float *y, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        y[i] += x[i];
+static void gelu(float *x, int64_t n) {
+    vec_job j = {x, NULL};
+    saefw_parallel_for(n, gelu_range, &j);
 }
 
-/* Sum over rows [n, V] of -log_softmax(row)[target], skipping rows whose position (row0 + r) % T is
- * T-1; targets are the next tokens of tokens (the whole batch, flat). */
-static double nll_sum(const float *logits, int64_t n, int64_t V, int64_t row0, int64_t T, const int32_t *tokens) {
-    double total = 0;
-    for (int64_t r = 0; r < n; r++) {
-        int64_t g = row0 + r;
-        if (g % T == T - 1) continue;
-        const float *x = logits + r * V;
+static void add_range(void *ctx, int64_t i0, int64_t i1) {
+    const vec_job *j = ctx;
+    for (int64_t i = i0; i < i1; i++)
+        j->y[i] += j->x[i];
+}
+
+static void add_inplace(float *y, const float *x, int64_t n) {
+    vec_job j = {y, x};
+    saefw_parallel_for(n, add_range, &j);
+}
+
+typedef struct {
+    float *resid;
+    const float *W_E, *W_pos;
+    const int32_t *tokens; /* the chunk's first token */
+    int64_t T, dm;
+} embed_job;
+
+static void embed_rows(void *ctx, int64_t r0, int64_t r1) {
+    const embed_job *j = ctx;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *e = j->W_E + (int64_t)j->tokens[r] * j->dm, *p = j->W_pos + (r % j->T) * j->dm;
+        float *x = j->resid + r * j->dm;
+        for (int64_t i = 0; i < j->dm; i++)
+            x[i] = e[i] + p[i];
+    }
+}
+
+typedef struct {
+    double *nll;
+    const float *logits;
+    int64_t V, row0, T;
+    const int32_t *tokens;
+} nll_job;
+
+/* Rows [r0, r1) of logits [n, V]: -log_softmax(row)[next token], or 0 for a sequence's last position. */
+static void nll_rows(void *ctx, int64_t r0, int64_t r1) {
+    const nll_job *j = ctx;
+    const int64_t V = j->V;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t g = j->row0 + r;
+        if (g % j->T == j->T - 1) {
+            j->nll[r] = 0;
+            continue;
+        }
+        const float *x = j->logits + r * V;
         float mx = x[0];
         for (int64_t i = 1; i < V; i++)
             mx = x[i] > mx ? x[i] : mx;
         double s = 0;
         for (int64_t i = 0; i < V; i++)
             s += expf(x[i] - mx);
-        total += log(s) + (double)mx - (double)x[tokens[g + 1]];
+        j->nll[r] = log(s) + (double)mx - (double)x[j->tokens[g + 1]];
     }
+}
+
+/* Sum over rows [n, V] of -log_softmax(row)[target], skipping rows whose position (row0 + r) % T is
+ * T-1; targets are the next tokens of tokens (the whole batch, flat). Rows in parallel, summed in order. */
+static double nll_sum(double *scratch, const float *logits, int64_t n, int64_t V, int64_t row0, int64_t T,
+                      const int32_t *tokens) {
+    nll_job j = {scratch, logits, V, row0, T, tokens};
+    saefw_parallel_for(n, nll_rows, &j);
+    double total = 0;
+    for (int64_t r = 0; r < n; r++)
+        total += scratch[r];
     return total;
 }
 
@@ -803,19 +897,15 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
         int64_t bs = B - b0 < w->chunk_seqs ? B - b0 : w->chunk_seqs;
         int64_t n = bs * T, row0 = b0 * T;
         hook_ctx hc = {o, row0, n, err, errlen};
-        for (int64_t r = 0; r < n; r++) {
-            const float *e = m->W_E + (int64_t)tokens[row0 + r] * dm, *p = m->W_pos + (r % T) * dm;
-            float *x = w->resid + r * dm;
-            for (int64_t i = 0; i < dm; i++)
-                x[i] = e[i] + p[i];
-        }
+        embed_job ej = {w->resid, m->W_E, m->W_pos, tokens + row0, T, dm};
+        saefw_parallel_for(n, embed_rows, &ej);
         int rc = 0;
         for (int L = 0; L < c->n_layers && rc == 0; L++) {
             const layer_weights *lw = &m->layers[L];
             if ((rc = at_hook(&hc, SAEFW_HOOK_RESID_PRE, L, w->resid, dm)) != 0) break;
             layernorm(w->ln, w->resid, lw->ln1_w, lw->ln1_b, n, dm, c->ln_eps);
             linear(w->qkv, w->ln, lw->W_qkv, lw->b_qkv, n, dm, 3 * hd, 3 * hd);
-            attention(w->z, w->att, w->qkv, bs, T, H, Dh);
+            if (attention(w->z, w->qkv, bs, T, H, Dh, err, errlen) != 0) return -1;
             linear(w->out, w->z, lw->W_O, lw->b_O, n, hd, dm, dm);
             add_inplace(w->resid, w->out, n * dm);
             if ((rc = at_hook(&hc, SAEFW_HOOK_RESID_MID, L, w->resid, dm)) != 0) break;
@@ -834,12 +924,12 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
         if (o->logits_out) {
             float *lg = o->logits_out + row0 * V;
             linear(lg, w->ln, m->W_U, m->b_U, n, dm, V, V);
-            if (o->loss_out) nll += nll_sum(lg, n, V, row0, T, tokens);
+            if (o->loss_out) nll += nll_sum(w->nll, lg, n, V, row0, T, tokens);
         } else {
             for (int64_t r0 = 0; r0 < n; r0 += w->logit_rows) {
                 int64_t nr = n - r0 < w->logit_rows ? n - r0 : w->logit_rows;
                 linear(w->logits, w->ln + r0 * dm, m->W_U, m->b_U, nr, dm, V, V);
-                nll += nll_sum(w->logits, nr, V, row0 + r0, T, tokens);
+                nll += nll_sum(w->nll, w->logits, nr, V, row0 + r0, T, tokens);
             }
         }
     }

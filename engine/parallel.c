@@ -1,10 +1,12 @@
-/* The parallel-for of the training step: a persistent pool of saefw_threads() - 1 worker threads that
- * sleep between calls, plus the calling thread, each running one contiguous range of the index space. */
+/* The parallel-for of the training step and the model: a persistent pool of saefw_threads() - 1 worker
+ * threads that sleep between calls, plus the calling thread, each running one contiguous range of the
+ * index space; and matrix products as fixed grids of single-threaded OpenBLAS calls on it. */
 #include "parallel.h"
 
 #include <cblas.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 static int g_threads = 0;
@@ -134,4 +136,68 @@ void saefw_parallel_for(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t 
     while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
     pthread_mutex_unlock(&g_call);
+}
+
+/* ---- blocked products ---- */
+
+#define GEMM_PARTS 8
+
+typedef struct {
+    CBLAS_TRANSPOSE ta, tb;
+    int64_t M, N, K, parts;
+    const float *A; /* op(A) [M, K] */
+    const float *B; /* op(B) [K, N] */
+    int64_t lda, ldb, ldc;
+    float beta;
+    const float *bias; /* [N] or NULL */
+    float *C;          /* [M, N] */
+    int split_rows;
+} gemm_job;
+
+static void fill_bias(float *C, int64_t ldc, int64_t rows, const float *bias, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) memcpy(C + r * ldc, bias, sizeof(float) * (size_t)n);
+}
+
+static void gemm_blocks(void *vctx, int64_t q0, int64_t q1) {
+    const gemm_job *g = vctx;
+    const float beta = g->bias ? 1.0f : g->beta;
+    for (int64_t q = q0; q < q1; q++) {
+        if (g->split_rows) {
+            const int64_t m0 = g->M * q / g->parts, m1 = g->M * (q + 1) / g->parts;
+            const float *A = g->ta == CblasNoTrans ? g->A + m0 * g->lda : g->A + m0;
+            if (g->bias) fill_bias(g->C + m0 * g->ldc, g->ldc, m1 - m0, g->bias, g->N);
+            cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)(m1 - m0), (int)g->N, (int)g->K, 1.0f, A, (int)g->lda, g->B,
+                        (int)g->ldb, beta, g->C + m0 * g->ldc, (int)g->ldc);
+        } else {
+            const int64_t n0 = g->N * q / g->parts, n1 = g->N * (q + 1) / g->parts;
+            const float *B = g->tb == CblasNoTrans ? g->B + n0 : g->B + n0 * g->ldb;
+            if (g->bias) fill_bias(g->C + n0, g->ldc, g->M, g->bias + n0, n1 - n0);
+            cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)g->M, (int)(n1 - n0), (int)g->K, 1.0f, g->A, (int)g->lda, B,
+                        (int)g->ldb, beta, g->C + n0, (int)g->ldc);
+        }
+    }
+}
+
+static void run_gemm(gemm_job *g) {
+    /* Splitting C's rows repacks all of op(B) in every block, splitting its columns all of op(A): the
+     * split repacks the smaller. */
+    g->split_rows = g->N < g->M;
+    const int64_t dim = g->split_rows ? g->M : g->N;
+    g->parts = dim < GEMM_PARTS ? dim : GEMM_PARTS;
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    saefw_parallel_for(g->parts, gemm_blocks, g);
+    openblas_set_num_threads(prev);
+}
+
+void saefw_sgemm_blocks(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,
+                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    gemm_job g = {ta, tb, M, N, K, 0, A, B, lda, ldb, ldc, beta, NULL, C, 0};
+    run_gemm(&g);
+}
+
+void saefw_linear_blocks(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W, int64_t ldw,
+                         const float *bias, float *C, int64_t ldc) {
+    gemm_job g = {CblasNoTrans, CblasNoTrans, M, N, K, 0, A, W, lda, ldw, ldc, 0.0f, bias, C, 0};
+    run_gemm(&g);
 }

@@ -222,49 +222,6 @@ static inline float sum8f(const float *l) {
 
 /* Blocks of C in a dense product: enough for a few threads, few enough that repacking the shared
  * operand once per block stays cheap. */
-#define GEMM_PARTS 8
-
-typedef struct {
-    CBLAS_TRANSPOSE ta, tb;
-    int64_t M, N, K, parts;
-    const float *A; /* op(A) [M, K] */
-    const float *B; /* op(B) [K, N] */
-    int64_t lda, ldb, ldc;
-    float beta;
-    float *C; /* [M, N] */
-    int split_rows;
-} gemm_job;
-
-static void gemm_blocks(void *vctx, int64_t q0, int64_t q1) {
-    const gemm_job *g = vctx;
-    for (int64_t q = q0; q < q1; q++) {
-        if (g->split_rows) {
-            const int64_t m0 = g->M * q / g->parts, m1 = g->M * (q + 1) / g->parts;
-            const float *A = g->ta == CblasNoTrans ? g->A + m0 * g->lda : g->A + m0;
-            cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)(m1 - m0), (int)g->N, (int)g->K, 1.0f, A, (int)g->lda, g->B,
-                        (int)g->ldb, g->beta, g->C + m0 * g->ldc, (int)g->ldc);
-        } else {
-            const int64_t n0 = g->N * q / g->parts, n1 = g->N * (q + 1) / g->parts;
-            const float *B = g->tb == CblasNoTrans ? g->B + n0 : g->B + n0 * g->ldb;
-            cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)g->M, (int)(n1 - n0), (int)g->K, 1.0f, g->A, (int)g->lda, B,
-                        (int)g->ldb, g->beta, g->C + n0, (int)g->ldc);
-        }
-    }
-}
-
-/* Splitting C's rows repacks all of op(B) in every block, splitting its columns all of op(A): the
- * split repacks the smaller. */
-void saefw_sgemm_blocks(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,
-                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
-    gemm_job g = {ta, tb, M, N, K, 0, A, B, lda, ldb, ldc, beta, C, N < M};
-    const int64_t dim = g.split_rows ? M : N;
-    g.parts = dim < GEMM_PARTS ? dim : GEMM_PARTS;
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    saefw_parallel_for(g.parts, gemm_blocks, &g);
-    openblas_set_num_threads(prev);
-}
-
 /* ---- forward ---- */
 
 typedef struct {

@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 
+#include "parallel.h"
 #include "sae.h"
 
 /* Clones selected by the CPU at load time (ifunc); the build itself targets baseline x86-64.
@@ -29,12 +30,6 @@ typedef int32_t v8iu __attribute__((vector_size(32), aligned(4), may_alias));
 #ifndef SAEFW_SPARSE_GROUP
 #define SAEFW_SPARSE_GROUP 32
 #endif
-
-/* C = op(A) op(B) + beta C (row-major) as a fixed grid of single-threaded OpenBLAS calls on
- * saefw_parallel_for: OpenBLAS's own threads split the work by their number, and its results change
- * with it; these blocks depend on the shape only, so the results do not depend on the thread count. */
-void saefw_sgemm_blocks(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,
-                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* The recorded entries (by row) regrouped by feature: feat_start, feat_row, feat_act. */
 void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B);

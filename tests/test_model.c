@@ -7,6 +7,7 @@
 
 #include "model.h"
 #include "tensorfile.h"
+#include "parallel.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -453,6 +454,35 @@ static void test_tiny(void) {
     saefw_model_free(m);
 }
 
+/* Logits, loss and a hook's activations do not depend on the thread count: every layer runs on
+ * fixed splits. */
+static void test_threads(fixture *f) {
+    printf("threads\n");
+    const saefw_model_cfg *c = saefw_model_config(f->m);
+    const int64_t n = f->B * f->T;
+    char err[512];
+    float *lg[2], *post[2];
+    double loss[2];
+    saefw_hook h = {SAEFW_HOOK_MLP_POST, 0};
+    for (int k = 0; k < 2; k++) {
+        saefw_set_threads(k == 0 ? 1 : 3);
+        lg[k] = malloc(sizeof(float) * (size_t)(n * c->d_vocab));
+        post[k] = malloc(sizeof(float) * (size_t)(n * c->d_mlp));
+        REQUIRE(lg[k] && post[k], "out of memory");
+        saefw_forward_opts o = {.capture = &h, .capture_out = post[k], .logits_out = lg[k], .loss_out = &loss[k]};
+        CHECK(saefw_model_forward(f->m, f->w, f->tok, f->B, f->T, &o, err, sizeof err) == 0, "forward: %s", err);
+    }
+    saefw_set_threads(0);
+    int same = memcmp(lg[0], lg[1], sizeof(float) * (size_t)(n * c->d_vocab)) == 0 &&
+               memcmp(post[0], post[1], sizeof(float) * (size_t)(n * c->d_mlp)) == 0 && loss[0] == loss[1];
+    CHECK(same, "1 and 3 threads differ (loss %.17g vs %.17g)", loss[0], loss[1]);
+    printf("  logits, blocks.0.mlp.hook_post and loss with 1 and 3 threads: %s\n", same ? "bit-identical" : "DIFFERENT");
+    for (int k = 0; k < 2; k++) {
+        free(lg[k]);
+        free(post[k]);
+    }
+}
+
 int main(void) {
     char err[512];
     test_load_same();
@@ -470,6 +500,7 @@ int main(void) {
     test_forward(&f, "3 chunks of 1 sequence");
     saefw_model_work_free(f.w);
     f.w = big;
+    test_threads(&f);
     test_bad_forward_args(&f);
     test_hook_names(f.m);
     saefw_model_work_free(f.w);
