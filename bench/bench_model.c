@@ -1,8 +1,9 @@
 /* Benchmark of the model host at gelu-1l's shape (random weights): forward tokens/s stopping at
  * blocks.0.mlp.hook_post and the full forward with the loss; the share of a training step that the
- * buffer refill costs at the seed's shape (batch 4096 = 32 sequences of 128 per step); and, with
- * --rss, the peak RSS of a real run at the seed's shape against buffer + 4 x SAE parameter bytes.
- *   build/bin/bench_model [--rss]                 (figures printed, nothing asserted) */
+ * buffer refill costs in a real training run at the seed's shape (batch 4096, SAE 2048 -> 16384, L0
+ * about 128); with --rss, a run with the seed's whole buffer and its peak RSS against buffer + 4 x the
+ * SAE's parameter bytes + 10%.
+ *   build/bin/bench_model [--reps N] [--forward-only] [--rss]   (figures printed, nothing asserted) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,54 +111,148 @@ static double peak_rss_bytes(void) {
     return (double)ru.ru_maxrss * 1024.0;
 }
 
-/* One training step of the seed's SAE at L0 about `l0`, timed (forward, backward, projection, and an
- * Adam-shaped memory pass over the parameters). */
-static double sae_step_seconds(int64_t B, int64_t d_in, int64_t d_sae, double l0, int reps) {
-    char err[512];
+/* Resident set size now (from /proc/self/statm), or 0 where unavailable. */
+static double rss_now_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages_total = 0, pages_res = 0;
+    if (!f) return 0;
+    int ok = fscanf(f, "%ld %ld", &pages_total, &pages_res) == 2;
+    fclose(f);
+    return ok ? (double)pages_res * (double)sysconf(_SC_PAGESIZE) : 0;
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Times of the training loop's log events (one per step), and the step after which b_enc is set. */
+typedef struct {
+    saefw_sae *sae;
+    const saefw_buffer *buf;
+    float bias;          /* b_enc for L0 about the target */
+    int64_t dense_steps; /* steps at the seed's initialisation before b_enc is set */
+    int n;
+    double t[4096];
+    double l0[4096];
+    double refill[4096]; /* the buffer's refill seconds so far */
+    double rss_max;      /* largest RSS seen at a step's end */
+} run_log;
+
+static int on_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+    run_log *r = ud;
+    if (strcmp(event, "log") != 0 || r->n >= 4096) return 0;
+    r->t[r->n] = saefw_now();
+    r->l0[r->n] = m->l0;
+    r->refill[r->n] = r->buf->refill_seconds;
+    const double rss = rss_now_bytes();
+    if (rss > r->rss_max) r->rss_max = rss;
+    if (++r->n == r->dense_steps)
+        for (int64_t j = 0; j < r->sae->d_sae; j++) r->sae->p[SAEFW_B_ENC][j] = r->bias;
+    return 0;
+}
+
+/* A real training run at the seed's shape on the model's activations: a bf16 buffer of `rows` rows
+ * filled and refilled by the model, SAE 2048 -> 16384, Adam loaded as a plugin, the training loop.
+ * The first dense_steps steps run at the seed's initialisation (b_enc = 0, about half the features
+ * active: the dense path, as at the start of training); then b_enc is set so that about l0 features
+ * are active (the sparse path, as for most of training). Prints the step time, the refill share and
+ * the peak RSS against the issue's budget. */
+static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int64_t rows, int64_t steps,
+                         int64_t dense_steps, double l0) {
+    char err[1024];
+    const int64_t batch = 4096, T = saefw_tokens_seq_len(tok);
+    saefw_model_source_opts so = {m, tok, hook, batch / T * 16, 1};
+    saefw_source *src = NULL;
+    if (saefw_source_model(&so, &src, err, sizeof err) != 0) die("source", err);
+    saefw_buffer buf;
+    if (saefw_buffer_init(&buf, src, rows, batch, SAEFW_BUF_BF16, 1, err, sizeof err) != 0) die("buffer", err);
     saefw_sae sae;
-    if (saefw_sae_alloc(&sae, d_in, d_sae, 3e-4f, err, sizeof err) != 0) die("sae", err);
+    if (saefw_sae_alloc(&sae, D_MLP, 8 * D_MLP, 3e-4f, err, sizeof err) != 0) die("sae", err);
     saefw_rng rng;
-    saefw_rng_seed(&rng, 3);
+    saefw_rng_seed(&rng, 49);
     saefw_sae_init_params(&sae, &rng);
-    saefw_sae_work w;
-    if (saefw_sae_work_alloc(&w, &sae, B, err, sizeof err) != 0) die("sae work", err);
-    float *x = randn(&rng, (size_t)(B * d_in), 1.0f);
-    /* With x ~ N(0, 1) and kaiming W_enc (variance 2 / d_sae), pre-activations are about
-     * N(0, 2 d_in / d_sae): a bias of -sigma z_p leaves a fraction p active. */
-    const double sigma = sqrt(2.0 * (double)d_in / (double)d_sae);
-    double p = l0 / (double)d_sae, lo = -6, hi = 6;
-    for (int it = 0; it < 60; it++) {
-        double mid = 0.5 * (lo + hi), q = 0.5 * erfc(mid / sqrt(2.0));
-        if (q > p) lo = mid;
-        else hi = mid;
+    /* b_enc for the wanted L0: minus the value that a fraction l0 / d_sae of one batch's
+     * pre-activations exceed (a batch taken from a copy of the buffer's stream would cost a second
+     * buffer; one batch of this buffer is used instead). */
+    float bias = 0.0f;
+    {
+        float *x = malloc(sizeof(float) * (size_t)(batch * D_MLP));
+        saefw_sae_work w;
+        if (!x || saefw_sae_work_alloc(&w, &sae, 512, err, sizeof err) != 0) die("allocation", "out of memory");
+        if (saefw_buffer_next(&buf, x, err, sizeof err) != 0) die("buffer", err);
+        saefw_sae_forward(&sae, &w, x, 512, NULL);
+        const int64_t n = 512 * sae.d_sae;
+        float *v = malloc(sizeof(float) * (size_t)n);
+        if (!v) die("allocation", "out of memory");
+        memcpy(v, w.acts, sizeof(float) * (size_t)n);
+        qsort(v, (size_t)n, sizeof(float), cmp_float);
+        bias = -v[(int64_t)((1.0 - l0 / (double)sae.d_sae) * (double)n)];
+        free(v);
+        free(x);
+        saefw_sae_work_free(&w);
     }
-    for (int64_t j = 0; j < d_sae; j++) sae.p[SAEFW_B_ENC][j] = (float)(-sigma * lo);
-    float *m = calloc(sae.n_total, sizeof(float)), *v = calloc(sae.n_total, sizeof(float));
-    if (!m || !v) die("allocation", "out of memory");
-    double best = 1e30;
-    saefw_sae_stats st = {0};
-    for (int r = 0; r < reps; r++) {
-        double t0 = saefw_now();
-        saefw_sae_forward(&sae, &w, x, B, &st);
-        saefw_sae_backward(&sae, &w, x, B);
-        saefw_sae_project_decoder(&sae);
-        for (size_t k = 0; k < sae.n_total; k++) {
-            float g = sae.grads[k];
-            m[k] = 0.9f * m[k] + 0.1f * g;
-            v[k] = 0.99f * v[k] + 0.01f * g * g;
-            sae.params[k] -= 1e-4f * m[k] / (sqrtf(v[k]) + 1e-8f);
+    saefw_loaded_plugin *adam = NULL;
+    saefw_opts *opts = NULL;
+    if (saefw_plugin_load("adam", saefw_host_table(), &adam, err, sizeof err) != 0 ||
+        saefw_opts_new(adam, &opts, err, sizeof err) != 0)
+        die("adam", err);
+    if (saefw_opts_set_number(opts, adam, "lr", 1e-7, err, sizeof err) != 0) die("adam", err); /* L0 stays put */
+    static run_log rl;
+    memset(&rl, 0, sizeof rl);
+    rl.sae = &sae;
+    rl.buf = &buf;
+    rl.bias = bias;
+    rl.dense_steps = dense_steps;
+    const double rss_before = rss_now_bytes();
+    if (dense_steps == 0)
+        for (int64_t j = 0; j < sae.d_sae; j++) sae.p[SAEFW_B_ENC][j] = bias;
+    saefw_train_opts o = {0};
+    o.sae = &sae;
+    o.buffer = &buf;
+    o.steps = steps;
+    o.optimizer.plugin = adam;
+    o.optimizer.opts = opts;
+    o.freq_batches = 1;
+    o.log_every = 1;
+    o.progress = 0;
+    o.on_event = on_event;
+    o.event_ud = &rl;
+    saefw_train_result res;
+    if (saefw_train(&o, &res, err, sizeof err) != 0) die("train", err);
+    /* The share over the steps after the first (which also touches the optimizer's fresh state), up to
+     * the last: the end-of-run evaluation is not training. */
+    if (rl.n < 2) die("train", "too few steps to time");
+    const double train_s = rl.t[rl.n - 1] - rl.t[0], refill_s = rl.refill[rl.n - 1] - rl.refill[0];
+    /* Sparse steps: the fastest interval between log events after the switch (refills excluded). */
+    double step = 1e30, l0_seen = 0;
+    for (int k = (int)dense_steps + 1; k < rl.n; k++)
+        if (rl.t[k] - rl.t[k - 1] < step) {
+            step = rl.t[k] - rl.t[k - 1];
+            l0_seen = rl.l0[k];
         }
-        double t = saefw_now() - t0;
-        if (t < best) best = t;
-    }
-    printf("  SAE step at batch %lld, %lld -> %lld, L0 %.1f: %.3f s\n", (long long)B, (long long)d_in, (long long)d_sae,
-           st.l0, best);
-    free(m);
-    free(v);
-    free(x);
-    saefw_sae_work_free(&w);
+    printf("  training run: buffer %lld rows (bf16), first fill %.1f s (%.0f tokens/s); %lld steps (%lld at the "
+           "seed's initialisation, dense), %lld refills during the run\n",
+           (long long)rows, buf.fill_seconds, (double)rows / buf.fill_seconds, (long long)steps, (long long)dense_steps,
+           (long long)(buf.refills - 1));
+    if (step < 1e30) printf("  sparse step at L0 %.1f: %.3f s (%.0f tokens/s)\n", l0_seen, step, (double)batch / step);
+    printf("  refill share: %.1f s of refills in %.1f s of training (steps 2 to %d) = %.1f%% of training time "
+           "(target <= 15%%)\n",
+           refill_s, train_s, rl.n, 100.0 * refill_s / train_s);
+    printf("  RSS: %.2f GB before training (model, tokens, buffer, SAE parameters), at most %.2f GB at the end of a "
+           "step\n",
+           rss_before / 1e9, rl.rss_max / 1e9);
+    double buffer_bytes = (double)saefw_buffer_bytes(&buf), params = (double)sae.n_total * 4;
+    double budget = (buffer_bytes + 4 * params) * 1.10, peak = peak_rss_bytes();
+    printf("  peak RSS %.2f GB; buffer %.2f GB + 4 x SAE parameters %.2f GB (+ model %.2f GB); "
+           "target (buffer + 4 params) x 1.10 = %.2f GB: %s\n",
+           peak / 1e9, buffer_bytes / 1e9, 4 * params / 1e9, (double)saefw_model_param_bytes(m) / 1e9, budget / 1e9,
+           peak <= budget ? "within" : "OVER");
+    saefw_opts_free(opts);
+    saefw_plugin_unload(adam);
     saefw_sae_free(&sae);
-    return best;
+    saefw_buffer_free(&buf);
+    saefw_source_free(src);
 }
 
 int main(int argc, char **argv) {
@@ -180,7 +275,7 @@ int main(int argc, char **argv) {
            D_MODEL, D_MLP, N_HEADS, D_VOCAB, saefw_threads());
     write_model(mpath);
     const int64_t T = 128, B = 32; /* one model batch chunk: the engine forwards 32 sequences at a time */
-    write_tokens(tpath, rss ? 4096LL * 384 * 2 : B * T * 8);
+    write_tokens(tpath, rss ? 4096LL * 384 * 2 : 4096LL * 64);
     saefw_model *m = NULL;
     if (saefw_model_load(mpath, NULL, &m, err, sizeof err) != 0) die("loading", err);
     saefw_model_work *w = NULL;
@@ -213,52 +308,17 @@ int main(int argc, char **argv) {
     printf("  forward, full with the loss (unembedding over %d tokens):            %.3f s = %.0f tokens/s (loss %.3f)\n",
            D_VOCAB, best_full, (double)(B * T) / best_full, loss);
 
-    /* The seed's shape: each step consumes batch_size = 4096 rows = 32 sequences of 128. */
-    double step = sae_step_seconds(4096, D_MLP, 8 * D_MLP, 128, 2);
-    printf("  buffer refill per step (32 sequences) %.3f s vs SAE step %.3f s: refill share %.1f%% of training time\n",
-           best_stop, step, 100.0 * best_stop / (best_stop + step));
-
     if (rss) {
-        /* A real run at the seed's shape: bf16 buffer of 4096 x 384 rows of d_mlp, SAE 2048 -> 16384. */
-        saefw_model_source_opts so = {m, tok, hook, 4096 / 128 * 16, 1};
-        saefw_source *src = NULL;
-        if (saefw_source_model(&so, &src, err, sizeof err) != 0) die("source", err);
-        saefw_buffer buf;
-        double t0 = saefw_now();
-        if (saefw_buffer_init(&buf, src, 4096LL * 384, 4096, SAEFW_BUF_BF16, 1, err, sizeof err) != 0) die("buffer", err);
-        printf("  first buffer fill (%lld rows): %.1f s\n", (long long)buf.rows, saefw_now() - t0);
-        saefw_sae sae;
-        if (saefw_sae_alloc(&sae, D_MLP, 8 * D_MLP, 3e-4f, err, sizeof err) != 0) die("sae", err);
-        saefw_rng rng;
-        saefw_rng_seed(&rng, 49);
-        saefw_sae_init_params(&sae, &rng);
-        saefw_loaded_plugin *adam = NULL;
-        saefw_opts *opts = NULL;
-        if (saefw_plugin_load("adam", saefw_host_table(), &adam, err, sizeof err) != 0 ||
-            saefw_opts_new(adam, &opts, err, sizeof err) != 0)
-            die("adam", err);
-        saefw_train_opts o = {0};
-        o.sae = &sae;
-        o.buffer = &buf;
-        o.steps = 3;
-        o.optimizer.plugin = adam;
-        o.optimizer.opts = opts;
-        o.freq_batches = 1;
-        o.progress = 0;
-        saefw_train_result res;
-        if (saefw_train(&o, &res, err, sizeof err) != 0) die("train", err);
-        double buffer_bytes = (double)saefw_buffer_bytes(&buf), params = (double)sae.n_total * 4;
-        double budget = (buffer_bytes + 4 * params) * 1.10, peak = peak_rss_bytes();
-        printf("  peak RSS %.2f GB; buffer %.2f GB + 4 x SAE parameters %.2f GB (+ model %.2f GB); "
-               "target (buffer + 4 params) x 1.10 = %.2f GB: %s\n",
-               peak / 1e9, buffer_bytes / 1e9, 4 * params / 1e9, (double)saefw_model_param_bytes(m) / 1e9, budget / 1e9,
-               peak <= budget ? "within" : "OVER");
-        saefw_opts_free(opts);
-        saefw_plugin_unload(adam);
-        saefw_sae_free(&sae);
-        saefw_buffer_free(&buf);
-        saefw_source_free(src);
+        /* The seed's buffer (4096 x 384 rows): peak RSS; 2 dense steps, then 3 sparse ones. */
+        printf("the seed's buffer, for the peak RSS:\n");
+        training_run(m, tok, hook, 4096LL * 384, 5, 2, 128);
+    } else {
+        /* A buffer of 16 batches refills every 8 steps: the refill share of the seed's run (a
+         * bigger buffer refills more rows less often: the same share). */
+        printf("a training run refilling every 8 steps, for the refill share:\n");
+        training_run(m, tok, hook, 4096LL * 16, 33, 0, 128);
     }
+
 cleanup:
     free(ids);
     free(acts);

@@ -238,7 +238,8 @@ int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook
     recon_ud ud = {sae, {0}};
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
-    if (saefw_sae_work_alloc(&ud.work, sae, chunk * T, err, errlen) != 0) return -1;
+    if (saefw_sae_work_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) != 0)
+        return -1;
     saefw_intervention recons = {hook, SAEFW_INTERVENE_REPLACE, NULL, replace_with_sae, &ud};
     saefw_intervention zero = {hook, SAEFW_INTERVENE_ZERO, NULL, NULL, NULL};
     const saefw_intervention *ivs[3] = {NULL, &recons, &zero};

@@ -159,7 +159,7 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
     w->acts = alloc_n(cap * d_sae, sizeof(float), 1, &failed, err, errlen);
     w->x_hat = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
     w->dxh = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
-    w->dpre = alloc_n(cap * d_sae, sizeof(float), 1, &failed, err, errlen);
+    w->dpre = alloc_n((cap < SAEFW_DENSE_PIECE ? cap : SAEFW_DENSE_PIECE) * d_sae, sizeof(float), 1, &failed, err, errlen);
     w->row_start = alloc_n(cap, sizeof(int64_t), 1, &failed, err, errlen);
     w->row_len = alloc_n(cap, sizeof(int32_t), 1, &failed, err, errlen);
     /* The entries by row are written chunk by chunk at spread-out offsets and read in order: normal
@@ -434,13 +434,22 @@ SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
     }
 }
 
+/* The dense backward's rows [r0, r0 + k): dpre holds those rows of dL/d(pre-activation). */
+typedef struct {
+    const saefw_sae *sae;
+    const float *acts; /* row r0 of acts */
+    float *dpre;       /* [k, d_sae] */
+    int64_t k;
+    float *gb_enc;
+} piece_ctx;
+
 /* Dense path: the L1 term adds l1_coeff where acts > 0, and the ReLU passes only there. */
 SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
-    const step_ctx *c = vctx;
+    const piece_ctx *c = vctx;
     const int64_t d_sae = c->sae->d_sae;
     const float l1c = c->sae->l1_coeff;
-    const float *restrict acts = c->w->acts;
-    float *restrict dpre = c->w->dpre;
+    const float *restrict acts = c->acts;
+    float *restrict dpre = c->dpre;
     int64_t k = b0 * d_sae;
     /* Masked with bit operations: a conditional here keeps the compiler from vectorising. */
     for (; k + 8 <= b1 * d_sae; k += 8) {
@@ -451,31 +460,37 @@ SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
     for (; k < b1 * d_sae; k++) dpre[k] = acts[k] > 0.0f ? dpre[k] + l1c : 0.0f;
 }
 
-/* Dense path: b_enc's gradient, each column summed over rows in order. */
+/* Dense path: adds the piece's rows to b_enc's gradient, each column in row order. */
 SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
-    const step_ctx *c = vctx;
+    const piece_ctx *c = vctx;
     const int64_t d_sae = c->sae->d_sae;
-    float *restrict gb_enc = c->sae->g[SAEFW_B_ENC];
-    for (int64_t j = j0; j < j1; j++) gb_enc[j] = 0.0f;
-    for (int64_t b = 0; b < c->B; b++) {
-        const float *restrict d = c->w->dpre + b * d_sae;
+    float *restrict gb_enc = c->gb_enc;
+    for (int64_t b = 0; b < c->k; b++) {
+        const float *restrict d = c->dpre + b * d_sae;
         for (int64_t j = j0; j < j1; j++) gb_enc[j] += d[j];
     }
 }
 
+/* dL/d(pre-activation) is made SAEFW_DENSE_PIECE rows at a time, so that the dense path needs no
+ * [batch, d_sae] array besides acts; W_enc's gradient accumulates over the pieces in order. */
 static void dense_backward(saefw_sae *sae, saefw_sae_work *w, step_ctx *c) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
     /* dW_dec = acts^T @ dxh */
     saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_sae, d_in, B, w->acts, d_sae, w->dxh, d_in, 0.0f,
                        sae->g[SAEFW_W_DEC], d_in);
-    /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
-    saefw_sgemm_blocks(CblasNoTrans, CblasTrans, B, d_sae, d_in, w->dxh, d_in, sae->p[SAEFW_W_DEC], d_in, 0.0f,
-                       w->dpre, d_sae);
-    saefw_parallel_for(B, mask_rows, c);
-    saefw_parallel_for(d_sae, bias_enc_columns, c);
-    /* dW_enc = x_cent^T @ dpre */
-    saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_in, d_sae, B, w->x_cent, d_in, w->dpre, d_sae, 0.0f,
-                       sae->g[SAEFW_W_ENC], d_sae);
+    memset(sae->g[SAEFW_B_ENC], 0, sizeof(float) * (size_t)d_sae);
+    for (int64_t r0 = 0; r0 < B; r0 += SAEFW_DENSE_PIECE) {
+        const int64_t k = B - r0 < SAEFW_DENSE_PIECE ? B - r0 : SAEFW_DENSE_PIECE;
+        piece_ctx pc = {sae, w->acts + r0 * d_sae, w->dpre, k, sae->g[SAEFW_B_ENC]};
+        /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
+        saefw_sgemm_blocks(CblasNoTrans, CblasTrans, k, d_sae, d_in, w->dxh + r0 * d_in, d_in, sae->p[SAEFW_W_DEC],
+                           d_in, 0.0f, w->dpre, d_sae);
+        saefw_parallel_for(k, mask_rows, &pc);
+        saefw_parallel_for(d_sae, bias_enc_columns, &pc);
+        /* dW_enc += x_cent^T @ dpre */
+        saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_in, d_sae, k, w->x_cent + r0 * d_in, d_in, w->dpre, d_sae,
+                           r0 == 0 ? 0.0f : 1.0f, sae->g[SAEFW_W_ENC], d_sae);
+    }
 }
 
 /* Rows of W_enc in a range: b_dec's gradient -= W_enc row . gb_enc (x_cent = x - b_dec). */

@@ -55,6 +55,13 @@ typedef enum {
  * environment variable SAEFW_SAE_PATH (auto, dense or sparse) when it is set. */
 void saefw_sae_set_path(saefw_sae_path path);
 
+/* Rows of dLoss/d(pre-activation) the dense backward makes at a time. */
+#define SAEFW_DENSE_PIECE 512
+
+/* Rows of evaluation batches (feature frequencies, the reconstruction score) run through the SAE at a
+ * time: their scratch space stays small next to the training step's. */
+#define SAEFW_EVAL_PIECE 512
+
 /* Per-batch scratch space, allocated once for the largest batch. */
 typedef struct {
     int64_t cap;   /* rows */
@@ -62,7 +69,7 @@ typedef struct {
     float *acts;   /* [cap, d_sae]: post-ReLU activations */
     float *x_hat;  /* [cap, d_in] */
     float *dxh;    /* [cap, d_in]: dLoss/dx_hat */
-    float *dpre;   /* [cap, d_sae]: dLoss/d(pre-activation), dense path only */
+    float *dpre;   /* [min(cap, SAEFW_DENSE_PIECE), d_sae]: dLoss/d(pre-activation), dense path only */
 
     /* Active entries of acts after a forward pass, for the sparse path. Rows come in chunks of
      * chunk_rows; chunk c's entries live at [c * chunk_cap, (c + 1) * chunk_cap) of act_feat/act_val. */

@@ -312,13 +312,16 @@ static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, char *err, siz
 }
 
 static int buffer_refresh(saefw_buffer *b, char *err, size_t errlen) {
-    int64_t upto = b->first ? b->rows : b->rows / 2;
+    const double t0 = saefw_now();
+    const int first = b->first;
+    int64_t upto = first ? b->rows : b->rows / 2;
     b->first = 0;
     if (buffer_fill(b, 0, upto, err, errlen) != 0) return -1;
     saefw_fault_point("refill");
     saefw_rng_shuffle(&b->rng, b->perm, b->rows);
     b->pointer = 0;
     b->refills++;
+    *(first ? &b->fill_seconds : &b->refill_seconds) += saefw_now() - t0;
     return 0;
 }
 
@@ -335,7 +338,9 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
     b->batch = batch;
     b->dtype = dtype;
     b->first = 1;
-    b->stage_rows = src->chunk_rows > 0 ? src->chunk_rows : batch;
+    /* Staging in pieces of at most a batch: the rows written do not depend on the piece size, and a
+     * model batch of the seed's size (65536 rows) would otherwise stage 512 MiB. */
+    b->stage_rows = src->chunk_rows > 0 && src->chunk_rows < batch ? src->chunk_rows : batch;
     saefw_rng_seed(&b->rng, seed ^ 0x627566666572ULL);
     b->data = saefw_malloc(saefw_buffer_bytes(b), err, errlen);
     b->perm = b->data ? saefw_malloc(sizeof(int64_t) * (size_t)rows, err, errlen) : NULL;

@@ -69,6 +69,8 @@ typedef struct {
     int first;
     saefw_rng rng;
     int64_t refills;
+    double fill_seconds;   /* wall time of the first fill */
+    double refill_seconds; /* wall time of the refills after it (model forwards included) */
 } saefw_buffer;
 
 int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t batch, saefw_buffer_dtype dtype,

@@ -97,15 +97,16 @@ static void host_metric(saefw_run *run, const char *name, double value) {
 static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen) {
     const int64_t d = run->sae->d_in;
     /* Its own scratch space, made on first use, so the current batch's activations stay valid. */
-    if (loss && !run->sample_work.cap && saefw_sae_work_alloc(&run->sample_work, run->sae, run->work.cap, err, errlen) != 0)
+    const int64_t cap = run->work.cap, piece = cap < SAEFW_EVAL_PIECE ? cap : SAEFW_EVAL_PIECE;
+    if (loss && !run->sample_work.cap && saefw_sae_work_alloc(&run->sample_work, run->sae, piece, err, errlen) != 0)
         return -1;
-    const int64_t cap = run->work.cap;
     for (int64_t r = 0; r < n; r += cap) {
         int64_t k = n - r < cap ? n - r : cap;
         if (run->eval_src->sample(run->eval_src, x + r * d, k, err, errlen) != 0) return -1;
-        if (loss) {
-            saefw_sae_forward(run->sae, &run->sample_work, x + r * d, k, NULL);
-            saefw_sae_row_loss(run->sae, &run->sample_work, x + r * d, k, loss + r);
+        for (int64_t p0 = r; loss && p0 < r + k; p0 += piece) {
+            const int64_t np = r + k - p0 < piece ? r + k - p0 : piece;
+            saefw_sae_forward(run->sae, &run->sample_work, x + p0 * d, np, NULL);
+            saefw_sae_row_loss(run->sae, &run->sample_work, x + p0 * d, np, loss + p0);
         }
     }
     return 0;
@@ -119,8 +120,10 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
                               char *err, size_t errlen) {
     if (rows <= 0 || chunk <= 0) return saefw_errf(err, errlen, "feature frequencies: rows must be positive");
     if (chunk > rows) chunk = rows;
+    /* Rows are drawn `chunk` at a time and run through the SAE in smaller pieces. */
+    const int64_t piece = chunk < SAEFW_EVAL_PIECE ? chunk : SAEFW_EVAL_PIECE;
     saefw_sae_work w;
-    if (saefw_sae_work_alloc(&w, sae, chunk, err, errlen) != 0) return -1;
+    if (saefw_sae_work_alloc(&w, sae, piece, err, errlen) != 0) return -1;
     float *x = saefw_malloc(sizeof(float) * (size_t)(chunk * sae->d_in), err, errlen);
     int64_t *count = x ? saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen) : NULL;
     int rc = count ? 0 : -1;
@@ -130,10 +133,13 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
             rc = -1;
             break;
         }
-        saefw_sae_forward(sae, &w, x, k, NULL);
-        for (int64_t r = 0; r < k; r++) {
-            const float *a = w.acts + r * sae->d_sae;
-            for (int64_t j = 0; j < sae->d_sae; j++) count[j] += a[j] > 0.0f;
+        for (int64_t p0 = 0; p0 < k; p0 += piece) {
+            const int64_t np = k - p0 < piece ? k - p0 : piece;
+            saefw_sae_forward(sae, &w, x + p0 * sae->d_in, np, NULL);
+            for (int64_t r = 0; r < np; r++) {
+                const float *a = w.acts + r * sae->d_sae;
+                for (int64_t j = 0; j < sae->d_sae; j++) count[j] += a[j] > 0.0f;
+            }
         }
     }
     if (rc == 0)

@@ -13,8 +13,8 @@
 #include "sae.h"
 #include "testutil.h"
 
-/* Shapes that leave partial column groups, feature blocks and row chunks. */
-enum { B = 70, D_IN = 100, D_SAE = 300 };
+/* Shapes that leave partial column groups, feature blocks, row chunks and dense-backward pieces. */
+enum { B = 2 * SAEFW_DENSE_PIECE + 76, D_IN = 100, D_SAE = 300 };
 
 typedef struct {
     float *x_hat, *acts, *grads;
