@@ -184,8 +184,9 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
         saefw_sae_forward(&sae, &w, x, 512, NULL);
         const int64_t n = 512 * sae.d_sae;
         float *v = malloc(sizeof(float) * (size_t)n);
-        if (!v) die("allocation", "out of memory");
-        memcpy(v, w.acts, sizeof(float) * (size_t)n);
+        const float *acts = saefw_sae_acts(&sae, &w, x, 512, err, sizeof err);
+        if (!v || !acts) die("allocation", "out of memory");
+        memcpy(v, acts, sizeof(float) * (size_t)n);
         qsort(v, (size_t)n, sizeof(float), cmp_float);
         bias = -v[(int64_t)((1.0 - l0 / (double)sae.d_sae) * (double)n)];
         free(v);

@@ -136,6 +136,10 @@ static void *alloc_n(int64_t n, size_t size, int huge, int *failed, char *err, s
     return p;
 }
 
+/* Feature tiles of the sparse path's encoder product: as many as the blocks of a dense product, so that
+ * the shared operand (x_cent) is repacked as often. */
+#define N_TILES 8
+
 int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
     memset(w, 0, sizeof *w);
     if (cap <= 0) return saefw_errf(err, errlen, "sae: a batch needs at least one row (got %lld)", (long long)cap);
@@ -144,40 +148,50 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
     w->cap = cap;
     w->chunk_rows = cap < CHUNK_ROWS ? cap : CHUNK_ROWS;
     w->n_chunks = (cap + w->chunk_rows - 1) / w->chunk_rows;
+    w->n_tiles = d_sae < N_TILES ? d_sae : N_TILES;
+    w->tile_w = (d_sae + w->n_tiles - 1) / w->n_tiles;
+    w->n_tiles = (d_sae + w->tile_w - 1) / w->tile_w;
+    int64_t slots = saefw_threads();
+    w->n_slots = slots < w->n_tiles ? slots : w->n_tiles;
+    if (w->path == SAEFW_SAE_DENSE) w->n_slots = 0;
     /* AUTO keeps room for the allowed fraction of the batch, and lets a chunk hold twice its share so
      * that one busy chunk alone does not force the dense path. Pages never written cost no memory. */
     const double frac = SAEFW_SAE_SPARSE_MAX_FRACTION;
     if (w->path == SAEFW_SAE_SPARSE) {
-        w->chunk_cap = w->chunk_rows * d_sae;
+        w->chunk_cap = w->chunk_rows * w->tile_w;
         w->feat_cap = cap * d_sae;
     } else if (w->path == SAEFW_SAE_AUTO) {
-        w->chunk_cap = (int64_t)ceil(fmin(1.0, 2.0 * frac) * (double)(w->chunk_rows * d_sae));
+        w->chunk_cap = (int64_t)ceil(fmin(1.0, 2.0 * frac) * (double)(w->chunk_rows * w->tile_w));
         w->feat_cap = (int64_t)(frac * (double)(cap * d_sae));
     }
+    const int64_t piece = cap < SAEFW_DENSE_PIECE ? cap : SAEFW_DENSE_PIECE;
+    int64_t scratch = w->n_slots * cap * w->tile_w;
+    if (scratch < 2 * piece * d_sae) scratch = 2 * piece * d_sae;
+    const int64_t n_groups = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
+    int64_t slab_floats = cap * n_groups * SAEFW_SPARSE_GROUP;
     int failed = 0;
     w->x_cent = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
-    w->acts = alloc_n(cap * d_sae, sizeof(float), 1, &failed, err, errlen);
     w->x_hat = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
-    w->dxh = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
-    w->dpre = alloc_n((cap < SAEFW_DENSE_PIECE ? cap : SAEFW_DENSE_PIECE) * d_sae, sizeof(float), 1, &failed, err, errlen);
-    w->row_start = alloc_n(cap, sizeof(int64_t), 1, &failed, err, errlen);
-    w->row_len = alloc_n(cap, sizeof(int32_t), 1, &failed, err, errlen);
+    w->scratch = alloc_n(scratch, sizeof(float), 1, &failed, err, errlen);
+    w->row_l1 = alloc_n(cap, sizeof(double), 1, &failed, err, errlen);
+    w->row_start = alloc_n(w->n_tiles * cap, sizeof(int64_t), 1, &failed, err, errlen);
+    w->row_len = alloc_n(w->n_tiles * cap, sizeof(int32_t), 1, &failed, err, errlen);
     /* The entries by row are written chunk by chunk at spread-out offsets and read in order: normal
      * pages, so that the unused room of each chunk costs no memory. */
-    w->act_feat = alloc_n(w->n_chunks * w->chunk_cap, sizeof(int32_t), 0, &failed, err, errlen);
-    w->act_val = alloc_n(w->n_chunks * w->chunk_cap, sizeof(float), 0, &failed, err, errlen);
-    w->chunk_active = alloc_n(w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
-    w->chunk_kept = alloc_n(w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
-    w->chunk_l1 = alloc_n(w->n_chunks, sizeof(double), 1, &failed, err, errlen);
+    w->act_feat = alloc_n(w->n_tiles * w->n_chunks * w->chunk_cap, sizeof(int32_t), 0, &failed, err, errlen);
+    w->act_val = alloc_n(w->n_tiles * w->n_chunks * w->chunk_cap, sizeof(float), 0, &failed, err, errlen);
+    w->chunk_active = alloc_n(w->n_tiles * w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
+    w->chunk_kept = alloc_n(w->n_tiles * w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
+    w->chunk_l1 = alloc_n(w->n_tiles * w->n_chunks, sizeof(double), 1, &failed, err, errlen);
     w->feat_start = alloc_n(d_sae + 1, sizeof(int64_t), 1, &failed, err, errlen);
     w->feat_next = alloc_n(d_sae, sizeof(int64_t), 1, &failed, err, errlen);
     w->feat_row = alloc_n(w->feat_cap, sizeof(int32_t), 1, &failed, err, errlen);
     w->feat_act = alloc_n(w->feat_cap, sizeof(float), 1, &failed, err, errlen);
     w->feat_grad = alloc_n(w->feat_cap, sizeof(float), 1, &failed, err, errlen);
-    const int64_t n_groups = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
-    const int64_t slab_floats = w->path == SAEFW_SAE_DENSE ? 0 : cap * n_groups * SAEFW_SPARSE_GROUP;
+    /* dxh (dense path) and slab_d (sparse path) are never needed in the same step. */
     w->slab_d = alloc_n(slab_floats, sizeof(float), 1, &failed, err, errlen);
-    w->slab_x = alloc_n(slab_floats, sizeof(float), 1, &failed, err, errlen);
+    w->dxh = w->slab_d;
+    w->slab_x = alloc_n(w->path == SAEFW_SAE_DENSE ? 0 : slab_floats, sizeof(float), 1, &failed, err, errlen);
     w->col_stat = alloc_n(3 * d_in, sizeof(double), 1, &failed, err, errlen);
     if (failed) {
         saefw_sae_work_free(w);
@@ -188,10 +202,10 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
 
 void saefw_sae_work_free(saefw_sae_work *w) {
     free(w->x_cent);
-    free(w->acts);
     free(w->x_hat);
-    free(w->dxh);
-    free(w->dpre);
+    free(w->scratch);
+    free(w->acts);
+    free(w->row_l1);
     free(w->row_start);
     free(w->row_len);
     free(w->act_feat);
@@ -301,38 +315,220 @@ SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bi
     return n;
 }
 
-static void relu_chunks(void *vctx, int64_t c0, int64_t c1) {
-    const step_ctx *c = vctx;
+/* ---- sparse attempt: the encoder product in feature tiles ---- */
+
+typedef struct {
+    const saefw_sae *sae;
+    saefw_sae_work *w;
+    int64_t B;
+} tile_ctx;
+
+/* One tile: its pre-activations [B, tw] into the worker's scratch (single-threaded OpenBLAS), then the
+ * ReLU pass recording the active entries chunk by chunk. A chunk out of room marks the batch dense,
+ * and the tiles not started yet are skipped. */
+static void run_tile(const tile_ctx *c, int64_t t, float *S) {
     saefw_sae_work *w = c->w;
-    const int64_t d_sae = c->sae->d_sae;
-    for (int64_t ch = c0; ch < c1; ch++) {
-        const int64_t base = ch * w->chunk_cap, r0 = ch * w->chunk_rows;
-        const int64_t r1 = r0 + w->chunk_rows < c->B ? r0 + w->chunk_rows : c->B;
+    const int64_t d_in = c->sae->d_in, d_sae = c->sae->d_sae, B = c->B;
+    const int64_t j0 = t * w->tile_w, tw = d_sae - j0 < w->tile_w ? d_sae - j0 : w->tile_w;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)tw, (int)d_in, 1.0f, w->x_cent, (int)d_in,
+                c->sae->p[SAEFW_W_ENC] + j0, (int)d_sae, 0.0f, S, (int)tw);
+    const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
+    for (int64_t ch = 0; ch < n_chunks; ch++) {
+        const int64_t slot = t * w->n_chunks + ch, base = slot * w->chunk_cap, r0 = ch * w->chunk_rows;
+        const int64_t r1 = r0 + w->chunk_rows < B ? r0 + w->chunk_rows : B;
         int64_t kept = 0, active = 0;
         double l1 = 0;
+        const int stop = __atomic_load_n(&w->overflow, __ATOMIC_RELAXED);
         for (int64_t b = r0; b < r1; b++) {
             double row_l1;
-            int64_t n = relu_row(w->acts + b * d_sae, c->sae->p[SAEFW_B_ENC], d_sae, w->act_feat + base + kept,
-                                 w->act_val + base + kept, w->chunk_cap - kept, &row_l1);
-            int64_t k = n < w->chunk_cap - kept ? n : w->chunk_cap - kept;
-            w->row_start[b] = base + kept;
-            w->row_len[b] = (int32_t)k;
+            const int64_t room = stop ? 0 : w->chunk_cap - kept;
+            int64_t n = relu_row(S + b * tw, c->sae->p[SAEFW_B_ENC] + j0, tw, w->act_feat + base + kept,
+                                 w->act_val + base + kept, room, &row_l1);
+            int64_t k = n < room ? n : room;
+            w->row_start[t * w->cap + b] = base + kept;
+            w->row_len[t * w->cap + b] = (int32_t)k;
             kept += k;
             active += n;
             l1 += row_l1;
         }
-        w->chunk_active[ch] = active;
-        w->chunk_kept[ch] = kept;
-        w->chunk_l1[ch] = l1;
+        w->chunk_active[slot] = active;
+        w->chunk_kept[slot] = kept;
+        w->chunk_l1[slot] = l1;
+        if (kept < active) __atomic_store_n(&w->overflow, 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* Worker k of n_slots takes tiles k, k + n_slots, ... with scratch slot k: which tiles a thread runs
+ * changes nothing in the results. */
+static void tile_workers(void *vctx, int64_t k0, int64_t k1) {
+    const tile_ctx *c = vctx;
+    saefw_sae_work *w = c->w;
+    for (int64_t k = k0; k < k1; k++) {
+        float *S = w->scratch + k * w->cap * w->tile_w;
+        for (int64_t t = k; t < w->n_tiles; t += w->n_slots) {
+            if (__atomic_load_n(&w->overflow, __ATOMIC_RELAXED)) return;
+            run_tile(c, t, S);
+        }
+    }
+}
+
+/* Runs the tiles; 1 when the batch is sparse enough for the sparse path (*active and *l1 then set). */
+static int sparse_attempt(const saefw_sae *sae, saefw_sae_work *w, int64_t B, int64_t *active, double *l1) {
+    tile_ctx c = {sae, w, B};
+    w->overflow = 0;
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    saefw_parallel_for(w->n_slots, tile_workers, &c);
+    openblas_set_num_threads(prev);
+    if (w->overflow) return 0;
+    const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
+    int64_t a = 0;
+    double s = 0;
+    for (int64_t t = 0; t < w->n_tiles; t++)
+        for (int64_t ch = 0; ch < n_chunks; ch++) {
+            a += w->chunk_active[t * w->n_chunks + ch];
+            s += w->chunk_l1[t * w->n_chunks + ch];
+        }
+    const double allowed = SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * sae->d_sae);
+    if (a > w->feat_cap || (w->path != SAEFW_SAE_SPARSE && (double)a > allowed)) return 0;
+    *active = a;
+    *l1 = s;
+    return 1;
+}
+
+/* ---- dense path: pieces of SAEFW_DENSE_PIECE rows ---- */
+
+typedef struct {
+    const saefw_sae *sae;
+    saefw_sae_work *w;
+    const float *x;
+    float *acts;   /* the piece's activations [k, d_sae] (pre-activations until the ReLU) */
+    float *dpre;   /* [k, d_sae] */
+    int64_t r0, k, B;
+} piece_ctx;
+
+/* Rows of a piece: ReLU with b_enc, each row's count of active entries and sum. */
+static void relu_piece_rows(void *vctx, int64_t b0, int64_t b1) {
+    const piece_ctx *c = vctx;
+    const int64_t d_sae = c->sae->d_sae;
+    for (int64_t b = b0; b < b1; b++) {
+        double row_l1;
+        c->w->row_len[c->r0 + b] =
+            (int32_t)relu_row(c->acts + b * d_sae, c->sae->p[SAEFW_B_ENC], d_sae, NULL, NULL, 0, &row_l1);
+        c->w->row_l1[c->r0 + b] = row_l1;
     }
 }
 
 static void fill_bias_rows(void *vctx, int64_t b0, int64_t b1) {
-    const step_ctx *c = vctx;
+    const piece_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in;
     for (int64_t b = b0; b < b1; b++)
-        memcpy(c->w->x_hat + b * d_in, c->sae->p[SAEFW_B_DEC], sizeof(float) * (size_t)d_in);
+        memcpy(c->w->x_hat + (c->r0 + b) * d_in, c->sae->p[SAEFW_B_DEC], sizeof(float) * (size_t)d_in);
 }
+
+/* Tiles of a piece's encoder product, in the sparse attempt's columns, so that both paths see the same
+ * pre-activations (an entry at the threshold is active on both or on neither). */
+static void piece_tiles(void *vctx, int64_t t0, int64_t t1) {
+    const piece_ctx *c = vctx;
+    const saefw_sae_work *w = c->w;
+    const int64_t d_in = c->sae->d_in, d_sae = c->sae->d_sae;
+    for (int64_t t = t0; t < t1; t++) {
+        const int64_t j0 = t * w->tile_w, tw = d_sae - j0 < w->tile_w ? d_sae - j0 : w->tile_w;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->k, (int)tw, (int)d_in, 1.0f,
+                    w->x_cent + c->r0 * d_in, (int)d_in, c->sae->p[SAEFW_W_ENC] + j0, (int)d_sae, 0.0f, c->acts + j0,
+                    (int)d_sae);
+    }
+}
+
+/* A piece's activations from x_cent: the encoder product and the ReLU. */
+static void piece_acts(piece_ctx *pc) {
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    saefw_parallel_for(pc->w->n_tiles, piece_tiles, pc);
+    openblas_set_num_threads(prev);
+    saefw_parallel_for(pc->k, relu_piece_rows, pc);
+}
+
+/* Columns of a range, over a piece's rows: dxh = 2/B (x_hat - x) and b_dec's gradient from the x_hat
+ * term, rows summed in order across pieces. */
+SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
+    const piece_ctx *c = vctx;
+    const int64_t d_in = c->sae->d_in;
+    const float c2 = 2.0f / (float)c->B;
+    float *restrict gb_dec = c->sae->g[SAEFW_B_DEC];
+    if (c->r0 == 0)
+        for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0f;
+    for (int64_t b = c->r0; b < c->r0 + c->k; b++) {
+        const float *restrict x = c->x + b * d_in, *restrict xh = c->w->x_hat + b * d_in;
+        float *restrict d = c->w->dxh + b * d_in;
+        for (int64_t i = i0; i < i1; i++) {
+            d[i] = c2 * (xh[i] - x[i]);
+            gb_dec[i] += d[i];
+        }
+    }
+}
+
+/* The L1 term adds l1_coeff where acts > 0, and the ReLU passes only there. */
+SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
+    const piece_ctx *c = vctx;
+    const int64_t d_sae = c->sae->d_sae;
+    const float l1c = c->sae->l1_coeff;
+    const float *restrict acts = c->acts;
+    float *restrict dpre = c->dpre;
+    int64_t k = b0 * d_sae;
+    /* Masked with bit operations: a conditional here keeps the compiler from vectorising. */
+    for (; k + 8 <= b1 * d_sae; k += 8) {
+        const v8i on = *(const v8u *)(acts + k) > 0.0f;
+        const v8 g = *(const v8u *)(dpre + k) + l1c;
+        *(v8iu *)(dpre + k) = (v8i)g & on;
+    }
+    for (; k < b1 * d_sae; k++) dpre[k] = acts[k] > 0.0f ? dpre[k] + l1c : 0.0f;
+}
+
+/* Adds the piece's rows to b_enc's gradient, each column in row order. */
+SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
+    const piece_ctx *c = vctx;
+    const int64_t d_sae = c->sae->d_sae;
+    float *restrict gb_enc = c->sae->g[SAEFW_B_ENC];
+    if (c->r0 == 0)
+        for (int64_t j = j0; j < j1; j++) gb_enc[j] = 0.0f;
+    for (int64_t b = 0; b < c->k; b++) {
+        const float *restrict d = c->dpre + b * d_sae;
+        for (int64_t j = j0; j < j1; j++) gb_enc[j] += d[j];
+    }
+}
+
+/* The dense path, piece by piece: activations, x_hat and, with grads, everything the backward pass
+ * needs from that piece (x_hat's rows are complete once its piece is done), so that no [B, d_sae]
+ * array is needed: dW_dec, dW_enc and b_enc's gradient accumulate over the pieces in order. */
+static void dense_pieces(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, int grads) {
+    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
+    const int64_t P = w->cap < SAEFW_DENSE_PIECE ? w->cap : SAEFW_DENSE_PIECE;
+    for (int64_t r0 = 0; r0 < B; r0 += P) {
+        const int64_t k = B - r0 < P ? B - r0 : P;
+        piece_ctx pc = {sae, w, x, w->scratch, w->scratch + P * d_sae, r0, k, B};
+        piece_acts(&pc);
+        saefw_parallel_for(k, fill_bias_rows, &pc);
+        saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, k, d_in, d_sae, pc.acts, d_sae, sae->p[SAEFW_W_DEC], d_in, 1.0f,
+                           w->x_hat + r0 * d_in, d_in);
+        if (!grads) continue;
+        const float beta = r0 == 0 ? 0.0f : 1.0f;
+        saefw_parallel_for(d_in, dxh_columns, &pc);
+        /* dW_dec += acts^T @ dxh */
+        saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_sae, d_in, k, pc.acts, d_sae, w->dxh + r0 * d_in, d_in, beta,
+                           sae->g[SAEFW_W_DEC], d_in);
+        /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
+        saefw_sgemm_blocks(CblasNoTrans, CblasTrans, k, d_sae, d_in, w->dxh + r0 * d_in, d_in, sae->p[SAEFW_W_DEC],
+                           d_in, 0.0f, pc.dpre, d_sae);
+        saefw_parallel_for(k, mask_rows, &pc);
+        saefw_parallel_for(d_sae, bias_enc_columns, &pc);
+        /* dW_enc += x_cent^T @ dpre */
+        saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_in, d_sae, k, w->x_cent + r0 * d_in, d_in, pc.dpre, d_sae, beta,
+                           sae->g[SAEFW_W_ENC], d_sae);
+    }
+}
+
+/* ---- forward ---- */
 
 /* Per column i of a range: sum over rows of (x_hat - x)^2, of x, then of (x - mean)^2, in double. */
 SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
@@ -361,32 +557,30 @@ SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
 void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, saefw_sae_stats *stats) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
     step_ctx c = {sae, w, x, B};
-
+    w->acts_valid = 0;
+    w->grads_ready = 0;
     saefw_parallel_for(B, center_rows, &c);
-    /* pre = x_cent @ W_enc, written into acts; the ReLU pass then adds b_enc in place. */
-    saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, w->x_cent, d_in, sae->p[SAEFW_W_ENC], d_sae, 0.0f,
-                       w->acts, d_sae);
-    const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
-    saefw_parallel_for(n_chunks, relu_chunks, &c);
-    int64_t active = 0, kept = 0;
+    int64_t active = 0;
     double l1 = 0;
-    for (int64_t ch = 0; ch < n_chunks; ch++) {
-        active += w->chunk_active[ch];
-        kept += w->chunk_kept[ch];
-        l1 += w->chunk_l1[ch];
-    }
-    w->nnz = active;
-    const double allowed = SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae);
-    w->used_sparse = w->path != SAEFW_SAE_DENSE && kept == active && active <= w->feat_cap &&
-                     (w->path == SAEFW_SAE_SPARSE || (double)active <= allowed);
+    /* The sparse path unless it is ruled out or the last batch was too dense (then straight to the
+     * dense path, without computing tiles that would be thrown away). */
+    int try_sparse = w->path == SAEFW_SAE_SPARSE || (w->path == SAEFW_SAE_AUTO && !w->predict_dense);
+    w->used_sparse = try_sparse && sparse_attempt(sae, w, B, &active, &l1);
     if (w->used_sparse) {
         saefw_sparse_index(w, d_sae, B);
         saefw_sparse_decode(sae, w, B);
     } else {
-        saefw_parallel_for(B, fill_bias_rows, &c);
-        saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_in, d_sae, w->acts, d_sae, sae->p[SAEFW_W_DEC], d_in,
-                           1.0f, w->x_hat, d_in);
+        /* A fused call also makes the gradients here: the pieces' activations are at hand. */
+        dense_pieces((saefw_sae *)sae, w, x, B, w->fused);
+        w->grads_ready = w->fused;
+        for (int64_t b = 0; b < B; b++) {
+            active += w->row_len[b];
+            l1 += w->row_l1[b];
+        }
     }
+    w->nnz = active;
+    if (w->path == SAEFW_SAE_AUTO)
+        w->predict_dense = (double)active > SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae);
     if (!stats) return;
     saefw_parallel_for(d_in, stat_columns, &c);
     double l2 = 0, var = 0;
@@ -401,97 +595,59 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     stats->explained_variance = var > 0 ? 1.0 - l2 / var : 0.0;
 }
 
-void saefw_sae_row_loss(const saefw_sae *sae, const saefw_sae_work *w, const float *x, int64_t B, float *loss) {
+/* Rows of a range of acts: zero, then the recorded entries (sparse path). */
+static void scatter_rows(void *vctx, int64_t b0, int64_t b1) {
+    const step_ctx *c = vctx;
+    const saefw_sae_work *w = c->w;
+    const int64_t d_sae = c->sae->d_sae;
+    for (int64_t b = b0; b < b1; b++) {
+        float *a = w->acts + b * d_sae;
+        memset(a, 0, sizeof(float) * (size_t)d_sae);
+        for (int64_t t = 0; t < w->n_tiles; t++) {
+            const int64_t s = w->row_start[t * w->cap + b], j0 = t * w->tile_w;
+            for (int32_t e = 0; e < w->row_len[t * w->cap + b]; e++) a[j0 + w->act_feat[s + e]] = w->act_val[s + e];
+        }
+    }
+}
+
+const float *saefw_sae_acts(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, char *err,
+                            size_t errlen) {
+    if (w->acts_valid) return w->acts;
+    if (!w->acts && !(w->acts = alloc_big(sizeof(float) * (size_t)(w->cap * sae->d_sae), 0, 1, err, errlen)))
+        return NULL;
+    if (w->used_sparse) {
+        step_ctx c = {sae, w, x, B};
+        saefw_parallel_for(B, scatter_rows, &c);
+    } else {
+        /* The dense path keeps no activations: the encoder product again, with the same blocks. */
+        const int64_t P = w->cap < SAEFW_DENSE_PIECE ? w->cap : SAEFW_DENSE_PIECE;
+        for (int64_t r0 = 0; r0 < B; r0 += P) {
+            piece_ctx pc = {sae, w, x, w->acts + r0 * sae->d_sae, NULL, r0, B - r0 < P ? B - r0 : P, B};
+            piece_acts(&pc);
+        }
+    }
+    w->acts_valid = 1;
+    return w->acts;
+}
+
+int saefw_sae_row_loss(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, float *loss, char *err,
+                       size_t errlen) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
+    const float *acts = saefw_sae_acts(sae, w, x, B, err, errlen);
+    if (!acts) return -1;
     for (int64_t b = 0; b < B; b++) {
         double l2 = 0, l1 = 0;
         for (int64_t i = 0; i < d_in; i++) {
             double d = (double)w->x_hat[b * d_in + i] - x[b * d_in + i];
             l2 += d * d;
         }
-        for (int64_t j = 0; j < d_sae; j++) l1 += w->acts[b * d_sae + j];
+        for (int64_t j = 0; j < d_sae; j++) l1 += acts[b * d_sae + j];
         loss[b] = (float)(l2 + sae->l1_coeff * l1);
     }
+    return 0;
 }
 
 /* ---- backward ---- */
-
-/* Columns of a range: dxh = 2/B (x_hat - x), and b_dec's gradient from the x_hat term, summed over
- * rows in order. */
-SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
-    const step_ctx *c = vctx;
-    const int64_t d_in = c->sae->d_in;
-    const float c2 = 2.0f / (float)c->B;
-    float *restrict gb_dec = c->sae->g[SAEFW_B_DEC];
-    for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0f;
-    for (int64_t b = 0; b < c->B; b++) {
-        const float *restrict x = c->x + b * d_in, *restrict xh = c->w->x_hat + b * d_in;
-        float *restrict d = c->w->dxh + b * d_in;
-        for (int64_t i = i0; i < i1; i++) {
-            d[i] = c2 * (xh[i] - x[i]);
-            gb_dec[i] += d[i];
-        }
-    }
-}
-
-/* The dense backward's rows [r0, r0 + k): dpre holds those rows of dL/d(pre-activation). */
-typedef struct {
-    const saefw_sae *sae;
-    const float *acts; /* row r0 of acts */
-    float *dpre;       /* [k, d_sae] */
-    int64_t k;
-    float *gb_enc;
-} piece_ctx;
-
-/* Dense path: the L1 term adds l1_coeff where acts > 0, and the ReLU passes only there. */
-SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
-    const piece_ctx *c = vctx;
-    const int64_t d_sae = c->sae->d_sae;
-    const float l1c = c->sae->l1_coeff;
-    const float *restrict acts = c->acts;
-    float *restrict dpre = c->dpre;
-    int64_t k = b0 * d_sae;
-    /* Masked with bit operations: a conditional here keeps the compiler from vectorising. */
-    for (; k + 8 <= b1 * d_sae; k += 8) {
-        const v8i on = *(const v8u *)(acts + k) > 0.0f;
-        const v8 g = *(const v8u *)(dpre + k) + l1c;
-        *(v8iu *)(dpre + k) = (v8i)g & on;
-    }
-    for (; k < b1 * d_sae; k++) dpre[k] = acts[k] > 0.0f ? dpre[k] + l1c : 0.0f;
-}
-
-/* Dense path: adds the piece's rows to b_enc's gradient, each column in row order. */
-SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
-    const piece_ctx *c = vctx;
-    const int64_t d_sae = c->sae->d_sae;
-    float *restrict gb_enc = c->gb_enc;
-    for (int64_t b = 0; b < c->k; b++) {
-        const float *restrict d = c->dpre + b * d_sae;
-        for (int64_t j = j0; j < j1; j++) gb_enc[j] += d[j];
-    }
-}
-
-/* dL/d(pre-activation) is made SAEFW_DENSE_PIECE rows at a time, so that the dense path needs no
- * [batch, d_sae] array besides acts; W_enc's gradient accumulates over the pieces in order. */
-static void dense_backward(saefw_sae *sae, saefw_sae_work *w, step_ctx *c) {
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
-    /* dW_dec = acts^T @ dxh */
-    saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_sae, d_in, B, w->acts, d_sae, w->dxh, d_in, 0.0f,
-                       sae->g[SAEFW_W_DEC], d_in);
-    memset(sae->g[SAEFW_B_ENC], 0, sizeof(float) * (size_t)d_sae);
-    for (int64_t r0 = 0; r0 < B; r0 += SAEFW_DENSE_PIECE) {
-        const int64_t k = B - r0 < SAEFW_DENSE_PIECE ? B - r0 : SAEFW_DENSE_PIECE;
-        piece_ctx pc = {sae, w->acts + r0 * d_sae, w->dpre, k, sae->g[SAEFW_B_ENC]};
-        /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
-        saefw_sgemm_blocks(CblasNoTrans, CblasTrans, k, d_sae, d_in, w->dxh + r0 * d_in, d_in, sae->p[SAEFW_W_DEC],
-                           d_in, 0.0f, w->dpre, d_sae);
-        saefw_parallel_for(k, mask_rows, &pc);
-        saefw_parallel_for(d_sae, bias_enc_columns, &pc);
-        /* dW_enc += x_cent^T @ dpre */
-        saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_in, d_sae, k, w->x_cent + r0 * d_in, d_in, w->dpre, d_sae,
-                           r0 == 0 ? 0.0f : 1.0f, sae->g[SAEFW_W_ENC], d_sae);
-    }
-}
 
 /* Rows of W_enc in a range: b_dec's gradient -= W_enc row . gb_enc (x_cent = x - b_dec). */
 SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
@@ -511,14 +667,9 @@ SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
 
 void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
     const int64_t d_in = sae->d_in;
-    step_ctx c = {sae, w, x, B};
     /* l2 = mean_b sum_i (x_hat - x)^2  =>  dL/dx_hat = 2/B (x_hat - x); b_dec gets this term there. */
-    if (w->used_sparse) {
-        saefw_sparse_backward(sae, w, x, B);
-    } else {
-        saefw_parallel_for(d_in, dxh_columns, &c);
-        dense_backward(sae, w, &c);
-    }
+    if (w->used_sparse) saefw_sparse_backward(sae, w, x, B);
+    else if (!w->grads_ready) dense_pieces(sae, w, x, B, 1); /* the pieces again, with their gradients */
     /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
     saefw_parallel_for(d_in, bias_dec_rows, sae);
 }

@@ -62,29 +62,43 @@ void saefw_sae_set_path(saefw_sae_path path);
  * time: their scratch space stays small next to the training step's. */
 #define SAEFW_EVAL_PIECE 512
 
-/* Per-batch scratch space, allocated once for the largest batch. */
+/* Per-batch scratch space, allocated once for the largest batch. No [batch, d_sae] array is kept:
+ * the sparse path computes the encoder product in feature tiles, each tile's pre-activations living
+ * only in a worker's scratch until its active entries are recorded; the dense path works in pieces of
+ * SAEFW_DENSE_PIECE rows. The dense activations are made on request (saefw_sae_acts). */
 typedef struct {
     int64_t cap;   /* rows */
     float *x_cent; /* [cap, d_in] */
-    float *acts;   /* [cap, d_sae]: post-ReLU activations */
     float *x_hat;  /* [cap, d_in] */
-    float *dxh;    /* [cap, d_in]: dLoss/dx_hat */
-    float *dpre;   /* [min(cap, SAEFW_DENSE_PIECE), d_sae]: dLoss/d(pre-activation), dense path only */
+    float *dxh;    /* [cap, d_in]: dLoss/dx_hat (dense path; shares memory with slab_d) */
+    /* Workers' tiles [cap, tile_w] on the sparse path; on the dense path the first two pieces'
+     * worth hold a piece's activations and its dLoss/d(pre-activation), [piece, d_sae] each. */
+    float *scratch;
+    int64_t n_slots;       /* tiles computed at once */
+    int64_t n_tiles, tile_w;
+    float *acts;           /* [cap, d_sae]: made by saefw_sae_acts on first request */
+    int acts_valid;        /* acts holds the last forward pass's activations */
+    double *row_l1;        /* [cap]: dense path, sum of each row's activations */
 
-    /* Active entries of acts after a forward pass, for the sparse path. Rows come in chunks of
-     * chunk_rows; chunk c's entries live at [c * chunk_cap, (c + 1) * chunk_cap) of act_feat/act_val. */
+    /* Active entries of the last forward pass on the sparse path, by tile and row. Rows come in chunks
+     * of chunk_rows; tile t's chunk c keeps its entries at [(t n_chunks + c) chunk_cap, + chunk_cap) of
+     * act_feat/act_val (features relative to the tile). */
     saefw_sae_path path;   /* the path asked for at allocation */
     int used_sparse;       /* the last forward pass took the sparse path (backward follows it) */
+    int predict_dense;     /* the last batch was too dense: the next one goes straight to the dense path */
+    int grads_ready;       /* the last forward pass also made the dense path's gradients (fused) */
+    int fused;             /* set by the caller: a dense forward pass also makes the gradients */
     int64_t nnz;           /* active entries of the last forward pass */
     int64_t chunk_rows, n_chunks, chunk_cap;
-    int64_t *row_start;    /* [cap]: offset of row b's entries */
-    int32_t *row_len;      /* [cap]: entries recorded for row b */
-    int32_t *act_feat;     /* [n_chunks * chunk_cap]: feature of each entry, ascending within a row */
-    float *act_val;        /* [n_chunks * chunk_cap]: its activation */
-    int64_t *chunk_active; /* [n_chunks]: active entries (recorded or not: a chunk may overflow) */
-    int64_t *chunk_kept;   /* [n_chunks]: entries recorded */
-    double *chunk_l1;      /* [n_chunks]: sum of acts */
-    /* The same entries by feature (built in the backward pass): feature j's are
+    int64_t *row_start;    /* [n_tiles, cap]: offset of the entries of row b in tile t */
+    int32_t *row_len;      /* [n_tiles, cap]: entries recorded for them */
+    int32_t *act_feat;     /* [n_tiles * n_chunks * chunk_cap]: feature in the tile, ascending within a row */
+    float *act_val;        /* the same: its activation */
+    int64_t *chunk_active; /* [n_tiles, n_chunks]: active entries (recorded or not: a chunk may overflow) */
+    int64_t *chunk_kept;   /* [n_tiles, n_chunks]: entries recorded */
+    double *chunk_l1;      /* [n_tiles, n_chunks]: sum of acts */
+    int overflow;          /* a chunk ran out of room: the batch goes to the dense path */
+    /* The same entries by feature (built for the backward pass): feature j's are
      * [feat_start[j], feat_start[j + 1]), rows ascending. */
     int64_t feat_cap;
     int64_t *feat_start;   /* [d_sae + 1] */
@@ -112,10 +126,15 @@ typedef struct {
 /* Forward pass of B rows x [B, d_in] into w->acts and w->x_hat (and, when the batch is sparse enough,
  * the active entries); stats may be NULL. B <= w->cap. */
 void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, saefw_sae_stats *stats);
-/* Per-row loss (l2 + l1 of that row) after a forward pass [B]. */
-void saefw_sae_row_loss(const saefw_sae *sae, const saefw_sae_work *w, const float *x, int64_t B, float *loss);
+/* The activations [B, d_sae] of the last forward pass (x is its input), made on the first request after
+ * it: the first request allocates w->acts. NULL with err when out of memory. */
+const float *saefw_sae_acts(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, char *err,
+                            size_t errlen);
+/* Per-row loss (l2 + l1 of that row) after a forward pass [B]; -1 with err when out of memory. */
+int saefw_sae_row_loss(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, float *loss, char *err,
+                       size_t errlen);
 /* Backward pass after saefw_sae_forward on the same x: overwrites sae->grads (all four tensors, in
- * their documented layouts, on either path); w->acts keeps the dense activations. */
+ * their documented layouts, on either path). */
 void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B);
 /* Remove from W_dec's gradient its component along each normalised W_dec row, then set W_dec to
  * the normalised rows (the seed's make_decoder_weights_and_grad_unit_norm). */

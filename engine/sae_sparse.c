@@ -69,18 +69,21 @@ static int64_t group_cols(int64_t d_in, int64_t q) { return d_in - q * GROUP < G
 
 /* ---- the entries by feature ---- */
 
-/* Each thread owns a range of features and walks all entries in row order, so rows stay ascending
- * within a feature. First the counts (into feat_next)... */
+/* Each thread owns a range of features and walks the entries of the tiles that hold them in row
+ * order, so rows stay ascending within a feature. First the counts (into feat_next)... */
 static void count_features(void *vctx, int64_t f0, int64_t f1) {
     const sparse_ctx *c = vctx;
     saefw_sae_work *w = c->w;
-    const uint64_t span = (uint64_t)(f1 - f0);
     int64_t *count = w->feat_next;
     for (int64_t j = f0; j < f1; j++) count[j] = 0;
-    for (int64_t b = 0; b < c->B; b++) {
-        const int32_t *f = w->act_feat + w->row_start[b];
-        for (int32_t e = 0; e < w->row_len[b]; e++)
-            if ((uint64_t)(f[e] - f0) < span) count[f[e]]++;
+    for (int64_t t = f0 / w->tile_w; t <= (f1 - 1) / w->tile_w; t++) {
+        const int64_t j0 = t * w->tile_w;
+        const uint64_t lo = (uint64_t)(f0 > j0 ? f0 - j0 : 0), span = (uint64_t)(f1 - j0) - lo;
+        for (int64_t b = 0; b < c->B; b++) {
+            const int32_t *f = w->act_feat + w->row_start[t * w->cap + b];
+            for (int32_t e = 0; e < w->row_len[t * w->cap + b]; e++)
+                if ((uint64_t)f[e] - lo < span) count[j0 + f[e]]++;
+        }
     }
 }
 
@@ -88,16 +91,20 @@ static void count_features(void *vctx, int64_t f0, int64_t f1) {
 static void scatter_features(void *vctx, int64_t f0, int64_t f1) {
     const sparse_ctx *c = vctx;
     saefw_sae_work *w = c->w;
-    const uint64_t span = (uint64_t)(f1 - f0);
-    for (int64_t b = 0; b < c->B; b++) {
-        const int32_t *f = w->act_feat + w->row_start[b];
-        const float *v = w->act_val + w->row_start[b];
-        for (int32_t e = 0; e < w->row_len[b]; e++)
-            if ((uint64_t)(f[e] - f0) < span) {
-                int64_t p = w->feat_next[f[e]]++;
-                w->feat_row[p] = (int32_t)b;
-                w->feat_act[p] = v[e];
-            }
+    for (int64_t t = f0 / w->tile_w; t <= (f1 - 1) / w->tile_w; t++) {
+        const int64_t j0 = t * w->tile_w;
+        const uint64_t lo = (uint64_t)(f0 > j0 ? f0 - j0 : 0), span = (uint64_t)(f1 - j0) - lo;
+        for (int64_t b = 0; b < c->B; b++) {
+            const int64_t s = w->row_start[t * w->cap + b];
+            const int32_t *f = w->act_feat + s;
+            const float *v = w->act_val + s;
+            for (int32_t e = 0; e < w->row_len[t * w->cap + b]; e++)
+                if ((uint64_t)f[e] - lo < span) {
+                    int64_t p = w->feat_next[j0 + f[e]]++;
+                    w->feat_row[p] = (int32_t)b;
+                    w->feat_act[p] = v[e];
+                }
+        }
     }
 }
 

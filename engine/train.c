@@ -106,7 +106,7 @@ static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *e
         for (int64_t p0 = r; loss && p0 < r + k; p0 += piece) {
             const int64_t np = r + k - p0 < piece ? r + k - p0 : piece;
             saefw_sae_forward(run->sae, &run->sample_work, x + p0 * d, np, NULL);
-            saefw_sae_row_loss(run->sae, &run->sample_work, x + p0 * d, np, loss + p0);
+            if (saefw_sae_row_loss(run->sae, &run->sample_work, x + p0 * d, np, loss + p0, err, errlen) != 0) return -1;
         }
     }
     return 0;
@@ -133,11 +133,16 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
             rc = -1;
             break;
         }
-        for (int64_t p0 = 0; p0 < k; p0 += piece) {
+        for (int64_t p0 = 0; rc == 0 && p0 < k; p0 += piece) {
             const int64_t np = k - p0 < piece ? k - p0 : piece;
             saefw_sae_forward(sae, &w, x + p0 * sae->d_in, np, NULL);
+            const float *acts = saefw_sae_acts(sae, &w, x + p0 * sae->d_in, np, err, errlen);
+            if (!acts) {
+                rc = -1;
+                break;
+            }
             for (int64_t r = 0; r < np; r++) {
-                const float *a = w.acts + r * sae->d_sae;
+                const float *a = acts + r * sae->d_sae;
                 for (int64_t j = 0; j < sae->d_sae; j++) count[j] += a[j] > 0.0f;
             }
         }
@@ -161,9 +166,14 @@ static const float *host_batch_inputs(saefw_run *run, int64_t *rows) {
     return run->batch_rows ? run->batch : NULL;
 }
 
+/* Made on the first request of a step (the step itself keeps only the active entries). */
 static const float *host_batch_acts(saefw_run *run, int64_t *rows) {
     if (rows) *rows = run->batch_rows;
-    return run->batch_rows ? run->work.acts : NULL;
+    if (!run->batch_rows) return NULL;
+    char err[256];
+    const float *a = saefw_sae_acts(run->sae, &run->work, run->batch, run->batch_rows, err, sizeof err);
+    if (!a) host_log(run, SAEFW_LOG_WARN, err);
+    return a;
 }
 
 static int host_read_tensor(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel,
@@ -623,6 +633,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     int signals_set = 0;
 
     if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
+    run.work.fused = 1; /* every forward pass of the step is followed by its backward pass */
     run.batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
     run.plug_self = run.batch ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
     if (!run.plug_self) goto done;

@@ -37,13 +37,15 @@ static result run_path(saefw_sae *sae, const float *x, saefw_sae_path path) {
     result r;
     saefw_sae_forward(sae, &w, x, B, &r.st);
     saefw_sae_backward(sae, &w, x, B);
+    const float *acts = saefw_sae_acts(sae, &w, x, B, err, sizeof err);
+    REQUIRE(acts, "%s", err);
     r.used_sparse = w.used_sparse;
     r.x_hat = malloc(sizeof(float) * B * D_IN);
     r.acts = malloc(sizeof(float) * B * D_SAE);
     r.grads = malloc(sizeof(float) * sae->n_total);
     REQUIRE(r.x_hat && r.acts && r.grads, "out of memory");
     memcpy(r.x_hat, w.x_hat, sizeof(float) * B * D_IN);
-    memcpy(r.acts, w.acts, sizeof(float) * B * D_SAE);
+    memcpy(r.acts, acts, sizeof(float) * B * D_SAE);
     memcpy(r.grads, sae->grads, sizeof(float) * sae->n_total);
     saefw_sae_work_free(&w);
     return r;
@@ -74,7 +76,11 @@ static void compare_paths(saefw_sae *sae, const float *x, double l0_target, cons
             pre[b * D_SAE + j] = (float)s;
         }
     qsort(pre, B * D_SAE, sizeof(float), cmp_float);
-    const float t = pre[(int)((1.0 - l0_target / D_SAE) * (B * D_SAE - 1))];
+    /* Halfway between two neighbours: the paths compute the encoder product in different blocks, and
+     * a pre-activation within rounding of the threshold (the ReLU's kink) could be active on one path
+     * only. */
+    const int at = (int)((1.0 - l0_target / D_SAE) * (B * D_SAE - 1));
+    const float t = 0.5f * (pre[at] + pre[at + 1]);
     free(pre);
     for (int j = 0; j < D_SAE; j++) sae->p[SAEFW_B_ENC][j] = -t;
 
