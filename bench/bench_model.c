@@ -309,6 +309,11 @@ int main(int argc, char **argv) {
     printf("  forward, full with the loss (unembedding over %d tokens):            %.3f s = %.0f tokens/s (loss %.3f)\n",
            D_VOCAB, best_full, (double)(B * T) / best_full, loss);
 
+    /* The timing's own arrays are not part of a run. */
+    free(ids);
+    free(acts);
+    ids = NULL;
+    acts = NULL;
     if (rss) {
         /* The seed's buffer (4096 x 384 rows): peak RSS; 2 dense steps, then 3 sparse ones. */
         printf("the seed's buffer, for the peak RSS:\n");

@@ -338,9 +338,10 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
     b->batch = batch;
     b->dtype = dtype;
     b->first = 1;
-    /* Staging in pieces of at most a batch: the rows written do not depend on the piece size, and a
-     * model batch of the seed's size (65536 rows) would otherwise stage 512 MiB. */
+    /* Staging in small pieces: the rows written do not depend on the piece size, and a model batch of
+     * the seed's size (65536 rows) would otherwise stage 512 MiB. */
     b->stage_rows = src->chunk_rows > 0 && src->chunk_rows < batch ? src->chunk_rows : batch;
+    if (b->stage_rows > 512) b->stage_rows = 512;
     saefw_rng_seed(&b->rng, seed ^ 0x627566666572ULL);
     b->data = saefw_malloc(saefw_buffer_bytes(b), err, errlen);
     b->perm = b->data ? saefw_malloc(sizeof(int64_t) * (size_t)rows, err, errlen) : NULL;

@@ -136,6 +136,11 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
         for (int64_t p0 = 0; rc == 0 && p0 < k; p0 += piece) {
             const int64_t np = k - p0 < piece ? k - p0 : piece;
             saefw_sae_forward(sae, &w, x + p0 * sae->d_in, np, NULL);
+            if (w.used_sparse) {
+                /* The entries by feature: each is one row where the feature fired. */
+                for (int64_t j = 0; j < sae->d_sae; j++) count[j] += w.feat_start[j + 1] - w.feat_start[j];
+                continue;
+            }
             const float *acts = saefw_sae_acts(sae, &w, x + p0 * sae->d_in, np, err, errlen);
             if (!acts) {
                 rc = -1;
