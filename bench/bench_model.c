@@ -152,6 +152,23 @@ static int on_event(void *ud, const char *event, const saefw_metrics *m, char *e
     return 0;
 }
 
+/* The reconstruction score as the seed's runs compute it at every evaluation, on one model batch of
+ * 32 sequences (the memory it needs does not grow with more batches). */
+typedef struct {
+    saefw_model *m;
+    saefw_tokens *tok;
+    saefw_hook hook;
+    saefw_rng rng;
+} recons_ud;
+
+static int recons_eval(void *vud, saefw_run *run, const saefw_sae *sae, char *err, size_t errlen) {
+    recons_ud *u = vud;
+    saefw_recons r;
+    if (saefw_recons_score(u->m, u->tok, u->hook, sae, 1, 32, &u->rng, &r, err, errlen) != 0) return -1;
+    saefw_host_table()->metric(run, "recons_score", r.score);
+    return 0;
+}
+
 /* A real training run at the seed's shape on the model's activations: a bf16 buffer of `rows` rows
  * filled and refilled by the model, SAE 2048 -> 16384, Adam loaded as a plugin, the training loop.
  * The first dense_steps steps run at the seed's initialisation (b_enc = 0, about half the features
@@ -159,7 +176,7 @@ static int on_event(void *ud, const char *event, const saefw_metrics *m, char *e
  * are active (the sparse path, as for most of training). Prints the step time, the refill share and
  * the peak RSS against the issue's budget. */
 static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int64_t rows, int64_t steps,
-                         int64_t dense_steps, double l0) {
+                         int64_t dense_steps, double l0, int64_t eval_every) {
     char err[1024];
     const int64_t batch = 4096, T = saefw_tokens_seq_len(tok);
     saefw_model_source_opts so = {m, tok, hook, batch / T * 16, 1};
@@ -219,6 +236,16 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
     o.progress = 0;
     o.on_event = on_event;
     o.event_ud = &rl;
+    /* Evaluations (feature frequencies and the reconstruction score) as a seed run makes them. */
+    recons_ud ru;
+    memset(&ru, 0, sizeof ru);
+    ru.m = m;
+    ru.tok = tok;
+    ru.hook = hook;
+    saefw_rng_seed(&ru.rng, 7);
+    o.eval_every = eval_every;
+    o.extra_eval = recons_eval;
+    o.extra_eval_ud = &ru;
     saefw_train_result res;
     if (saefw_train(&o, &res, err, sizeof err) != 0) die("train", err);
     /* The share over the steps after the first (which also touches the optimizer's fresh state), up to
@@ -315,14 +342,15 @@ int main(int argc, char **argv) {
     ids = NULL;
     acts = NULL;
     if (rss) {
-        /* The seed's buffer (4096 x 384 rows): peak RSS; 2 dense steps, then 3 sparse ones. */
+        /* The seed's buffer (4096 x 384 rows): peak RSS; 2 dense steps, then 3 sparse ones, with
+         * evaluations after steps 0 and 3 and at the end. */
         printf("the seed's buffer, for the peak RSS:\n");
-        training_run(m, tok, hook, 4096LL * 384, 5, 2, 128);
+        training_run(m, tok, hook, 4096LL * 384, 5, 2, 128, 3);
     } else {
         /* A buffer of 16 batches refills every 8 steps: the refill share of the seed's run (a
          * bigger buffer refills more rows less often: the same share). */
         printf("a training run refilling every 8 steps, for the refill share:\n");
-        training_run(m, tok, hook, 4096LL * 16, 33, 0, 128);
+        training_run(m, tok, hook, 4096LL * 16, 33, 0, 128, 0);
     }
 
 cleanup:

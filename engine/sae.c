@@ -129,11 +129,25 @@ static int requested_path(saefw_sae_path *out, char *err, size_t errlen) {
     return 0;
 }
 
-static void *alloc_n(int64_t n, size_t size, int huge, int *failed, char *err, size_t errlen) {
+static void *alloc_n(saefw_sae_work *w, int64_t n, size_t size, int huge, int *failed, char *err, size_t errlen) {
     if (*failed) return NULL;
-    void *p = alloc_big((size_t)(n > 0 ? n : 1) * size, 0, huge, err, errlen);
+    const size_t bytes = (size_t)(n > 0 ? n : 1) * size;
+    void *p = alloc_big(bytes, 0, huge, err, errlen);
     if (!p) *failed = 1;
+    /* Whole 2 MiB-aligned arrays, which saefw_sae_work_release may hand back. */
+    if (p && bytes >= ((size_t)2 << 20) && w->n_big < (int)(sizeof w->big / sizeof w->big[0])) {
+        w->big[w->n_big] = p;
+        w->big_bytes[w->n_big++] = bytes;
+    }
     return p;
+}
+
+void saefw_sae_work_release(saefw_sae_work *w) {
+    w->acts_valid = 0;
+#ifdef MADV_DONTNEED
+    for (int i = 0; i < w->n_big; i++) madvise(w->big[i], w->big_bytes[i], MADV_DONTNEED); /* advice: may fail */
+    if (w->acts) madvise(w->acts, w->acts_bytes, MADV_DONTNEED);
+#endif
 }
 
 /* Feature tiles of the sparse path's encoder product: as many as the blocks of a dense product, so that
@@ -170,29 +184,29 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
     const int64_t n_groups = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
     int64_t slab_floats = cap * n_groups * SAEFW_SPARSE_GROUP;
     int failed = 0;
-    w->x_cent = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
-    w->x_hat = alloc_n(cap * d_in, sizeof(float), 1, &failed, err, errlen);
-    w->scratch = alloc_n(scratch, sizeof(float), 1, &failed, err, errlen);
-    w->row_l1 = alloc_n(cap, sizeof(double), 1, &failed, err, errlen);
-    w->row_start = alloc_n(w->n_tiles * cap, sizeof(int64_t), 1, &failed, err, errlen);
-    w->row_len = alloc_n(w->n_tiles * cap, sizeof(int32_t), 1, &failed, err, errlen);
+    w->x_cent = alloc_n(w, cap * d_in, sizeof(float), 1, &failed, err, errlen);
+    w->x_hat = alloc_n(w, cap * d_in, sizeof(float), 1, &failed, err, errlen);
+    w->scratch = alloc_n(w, scratch, sizeof(float), 1, &failed, err, errlen);
+    w->row_l1 = alloc_n(w, cap, sizeof(double), 1, &failed, err, errlen);
+    w->row_start = alloc_n(w, w->n_tiles * cap, sizeof(int64_t), 1, &failed, err, errlen);
+    w->row_len = alloc_n(w, w->n_tiles * cap, sizeof(int32_t), 1, &failed, err, errlen);
     /* The entries by row are written chunk by chunk at spread-out offsets and read in order: normal
      * pages, so that the unused room of each chunk costs no memory. */
-    w->act_feat = alloc_n(w->n_tiles * w->n_chunks * w->chunk_cap, sizeof(int32_t), 0, &failed, err, errlen);
-    w->act_val = alloc_n(w->n_tiles * w->n_chunks * w->chunk_cap, sizeof(float), 0, &failed, err, errlen);
-    w->chunk_active = alloc_n(w->n_tiles * w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
-    w->chunk_kept = alloc_n(w->n_tiles * w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
-    w->chunk_l1 = alloc_n(w->n_tiles * w->n_chunks, sizeof(double), 1, &failed, err, errlen);
-    w->feat_start = alloc_n(d_sae + 1, sizeof(int64_t), 1, &failed, err, errlen);
-    w->feat_next = alloc_n(d_sae, sizeof(int64_t), 1, &failed, err, errlen);
-    w->feat_row = alloc_n(w->feat_cap, sizeof(int32_t), 1, &failed, err, errlen);
-    w->feat_act = alloc_n(w->feat_cap, sizeof(float), 1, &failed, err, errlen);
-    w->feat_grad = alloc_n(w->feat_cap, sizeof(float), 1, &failed, err, errlen);
+    w->act_feat = alloc_n(w, w->n_tiles * w->n_chunks * w->chunk_cap, sizeof(int32_t), 0, &failed, err, errlen);
+    w->act_val = alloc_n(w, w->n_tiles * w->n_chunks * w->chunk_cap, sizeof(float), 0, &failed, err, errlen);
+    w->chunk_active = alloc_n(w, w->n_tiles * w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
+    w->chunk_kept = alloc_n(w, w->n_tiles * w->n_chunks, sizeof(int64_t), 1, &failed, err, errlen);
+    w->chunk_l1 = alloc_n(w, w->n_tiles * w->n_chunks, sizeof(double), 1, &failed, err, errlen);
+    w->feat_start = alloc_n(w, d_sae + 1, sizeof(int64_t), 1, &failed, err, errlen);
+    w->feat_next = alloc_n(w, d_sae, sizeof(int64_t), 1, &failed, err, errlen);
+    w->feat_row = alloc_n(w, w->feat_cap, sizeof(int32_t), 1, &failed, err, errlen);
+    w->feat_act = alloc_n(w, w->feat_cap, sizeof(float), 1, &failed, err, errlen);
+    w->feat_grad = alloc_n(w, w->feat_cap, sizeof(float), 1, &failed, err, errlen);
     /* dxh (dense path) and slab_d (sparse path) are never needed in the same step. */
-    w->slab_d = alloc_n(slab_floats, sizeof(float), 1, &failed, err, errlen);
+    w->slab_d = alloc_n(w, slab_floats, sizeof(float), 1, &failed, err, errlen);
     w->dxh = w->slab_d;
-    w->slab_x = alloc_n(w->path == SAEFW_SAE_DENSE ? 0 : slab_floats, sizeof(float), 1, &failed, err, errlen);
-    w->col_stat = alloc_n(3 * d_in, sizeof(double), 1, &failed, err, errlen);
+    w->slab_x = alloc_n(w, w->path == SAEFW_SAE_DENSE ? 0 : slab_floats, sizeof(float), 1, &failed, err, errlen);
+    w->col_stat = alloc_n(w, 3 * d_in, sizeof(double), 1, &failed, err, errlen);
     if (failed) {
         saefw_sae_work_free(w);
         return -1;
@@ -613,8 +627,10 @@ static void scatter_rows(void *vctx, int64_t b0, int64_t b1) {
 const float *saefw_sae_acts(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, char *err,
                             size_t errlen) {
     if (w->acts_valid) return w->acts;
-    if (!w->acts && !(w->acts = alloc_big(sizeof(float) * (size_t)(w->cap * sae->d_sae), 0, 1, err, errlen)))
-        return NULL;
+    if (!w->acts) {
+        w->acts_bytes = sizeof(float) * (size_t)(w->cap * sae->d_sae);
+        if (!(w->acts = alloc_big(w->acts_bytes, 0, 1, err, errlen))) return NULL;
+    }
     if (w->used_sparse) {
         step_ctx c = {sae, w, x, B};
         saefw_parallel_for(B, scatter_rows, &c);

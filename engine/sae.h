@@ -110,12 +110,19 @@ typedef struct {
      * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP in sae_kernels.h). */
     float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
     double *col_stat;      /* [3 * d_in]: per-column sums of the statistics */
+    size_t acts_bytes;
+    void *big[24];         /* the arrays saefw_sae_work_release hands back */
+    size_t big_bytes[24];
+    int n_big;
 } saefw_sae_work;
 
 /* Allocate scratch space for batches of up to cap rows, sized for the path saefw_sae_set_path (or
  * SAEFW_SAE_PATH) asks for; an unknown SAEFW_SAE_PATH value is an error. Free with saefw_sae_work_free. */
 int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char *err, size_t errlen);
 void saefw_sae_work_free(saefw_sae_work *w);
+/* Hand the pages of the work area's large arrays back to the system between steps (e.g. while an
+ * evaluation needs memory of its own); they read as zeros afterwards and nothing in them is kept. */
+void saefw_sae_work_release(saefw_sae_work *w);
 
 typedef struct {
     double loss, l2, l1;       /* l2: mean over rows of sum over d_in; l1: l1_coeff * sum of |acts| */

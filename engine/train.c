@@ -554,6 +554,9 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
 
 static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) {
     const saefw_sae *sae = run->sae;
+    /* The step's scratch holds nothing between steps: its pages go back while the evaluation's own
+     * scratch is in use, so that peak memory is one of the two, not both. */
+    saefw_sae_work_release(&run->work);
     float *freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen);
     if (!freq) return -1;
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
