@@ -697,6 +697,7 @@ static int collect_dict(collector *c, val *d, char *buf, size_t len, int depth) 
 static int collect(val *root, arena *a, named_tensor **out, size_t *n, char *err, size_t errlen) {
     collector c = {NULL, 0, 0, 0, a, err, errlen};
     char buf[NAME_LEN_MAX + 1];
+    buf[0] = 0; /* read as an empty name at the top level (and GCC -O3 cannot tell) */
     int rc;
     if (root->kind == V_TENSOR)
         rc = collect_add(&c, "tensor", 6, root->u.t);
