@@ -572,6 +572,11 @@ static int check_unique(const saefw_tensorfile *tf, char *err, size_t errlen) {
     return rc;
 }
 
+int64_t saefw_tf_offset(const saefw_tensorfile *tf, const void *p, size_t n) {
+    const uintptr_t a = (uintptr_t)p, lo = (uintptr_t)tf->map;
+    return tf->map && a >= lo && n <= tf->size && a - lo <= tf->size - n ? (int64_t)(a - lo) : -1;
+}
+
 static int align_small(saefw_tensorfile *tf, char *err, size_t errlen) {
     for (int i = 0; i < tf->n_tensors; i++) {
         saefw_tensor_info *t = &tf->tensors[i];

@@ -57,6 +57,9 @@ int saefw_tf_count(const saefw_tensorfile *tf);
 const saefw_tensor_info *saefw_tf_get(const saefw_tensorfile *tf, int i);
 /* NULL when absent. */
 const saefw_tensor_info *saefw_tf_find(const saefw_tensorfile *tf, const char *name);
+/* The file offset of [p, p + n) when it lies in the file's read-only mapping (not in a copy made when
+ * opening), else -1. */
+int64_t saefw_tf_offset(const saefw_tensorfile *tf, const void *p, size_t n);
 /* Safetensors __metadata__ value for key, or NULL. */
 const char *saefw_tf_metadata(const saefw_tensorfile *tf, const char *key);
 int saefw_tf_metadata_count(const saefw_tensorfile *tf);

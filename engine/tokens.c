@@ -1,23 +1,25 @@
-/* Token files as rows of seq_len tokens, shuffled by a keyed permutation (no index array, so a
- * 2-billion-token file costs no memory beyond its mapping). */
+/* Token files as rows of seq_len tokens, shuffled by a keyed permutation (no index array). Rows are
+ * read with pread: a 2-billion-token file (16 GB) read at random through a mapping would leave every
+ * page it touched counted in the process's resident memory; read this way they stay in the page
+ * cache only. */
 #include "tokens.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "tensorfile.h"
 #include "util.h"
 
+/* Tokens read at a time (one row is usually 128). */
+#define ROW_PIECE 512
+
 struct saefw_tokens {
     char *path;
     saefw_tensorfile *tf;     /* for .npy, safetensors, .pt */
-    void *map;                /* for raw .bin */
-    size_t map_len;
     const void *data;
     saefw_dtype dtype;
     int64_t file_rows, file_cols; /* 1-D files: one row of N tokens */
@@ -27,6 +29,8 @@ struct saefw_tokens {
     uint64_t seed, key;
     int64_t cursor, pass;
     int bits;                 /* Feistel domain is 2^bits >= rows */
+    int fd;                   /* rows are read from here at file_off, or from data when -1 */
+    int64_t file_off;
     void (*log)(void *ud, const char *msg);
     void *log_ud;
 };
@@ -83,12 +87,8 @@ static int open_bin(saefw_tokens *t, const char *dtype, char *err, size_t errlen
         return saefw_errf(err, errlen, "%s: size %lld is not a whole number of %s tokens", t->path,
                           (long long)st.st_size, dtype);
     }
-    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) return saefw_errf(err, errlen, "%s: cannot map: %s", t->path, strerror(errno));
-    t->map = m;
-    t->map_len = (size_t)st.st_size;
-    t->data = m;
+    t->fd = fd;
+    t->file_off = 0;
     t->file_rows = 1;
     t->file_cols = (int64_t)((size_t)st.st_size / isz);
     return 0;
@@ -121,6 +121,15 @@ static int open_tensor(saefw_tokens *t, const char *name, char *err, size_t errl
     }
     t->data = ti->data;
     t->dtype = ti->dtype;
+    /* Read from the file itself unless opening converted or copied the tensor. */
+    const size_t bytes = (size_t)(t->file_rows * t->file_cols) * saefw_dtype_size(t->dtype);
+    const int64_t off = saefw_tf_offset(t->tf, t->data, bytes);
+    if (off >= 0) {
+        int fd = open(t->path, O_RDONLY);
+        if (fd < 0) return saefw_errf(err, errlen, "%s: cannot open: %s", t->path, strerror(errno));
+        t->fd = fd;
+        t->file_off = off;
+    }
     return 0;
 }
 
@@ -130,6 +139,7 @@ int saefw_tokens_open(const saefw_tokens_opts *o, saefw_tokens **out, char *err,
     if (o->seq_len <= 1) return saefw_errf(err, errlen, "%s: seq_len must be at least 2, got %lld", o->path, (long long)o->seq_len);
     saefw_tokens *t = saefw_calloc(1, sizeof *t, err, errlen);
     if (!t) return -1;
+    t->fd = -1;
     t->path = saefw_strdup(o->path, err, errlen);
     if (!t->path) {
         free(t);
@@ -161,7 +171,7 @@ int saefw_tokens_open(const saefw_tokens_opts *o, saefw_tokens **out, char *err,
 
 void saefw_tokens_free(saefw_tokens *t) {
     if (!t) return;
-    if (t->map) munmap(t->map, t->map_len);
+    if (t->fd >= 0) close(t->fd);
     saefw_tf_close(t->tf);
     free(t->path);
     free(t);
@@ -177,33 +187,61 @@ void saefw_tokens_set_log(saefw_tokens *t, void (*log)(void *ud, const char *msg
     t->log_ud = ud;
 }
 
-int saefw_tokens_row(const saefw_tokens *t, int64_t r, int32_t *out, int64_t max_id, char *err, size_t errlen) {
-    if (r < 0 || r >= t->rows) return saefw_errf(err, errlen, "%s: row %lld out of range", t->path, (long long)r);
-    int64_t frow = r / t->pieces, off = frow * t->file_cols + (r % t->pieces) * t->seq_len;
-    for (int64_t i = 0; i < t->seq_len; i++) {
-        /* memcpy: a large tensor inside a torch zip may sit at an unaligned offset of the mapping. */
-        int64_t v;
-        const char *at = (const char *)t->data;
+/* Tokens [off, off + n) as int64, from the file or from memory. */
+static int read_tokens(const saefw_tokens *t, int64_t off, int64_t n, int64_t *v, char *err, size_t errlen) {
+    const size_t isz = saefw_dtype_size(t->dtype);
+    unsigned char raw[ROW_PIECE * 8];
+    const unsigned char *at = raw;
+    if (t->fd >= 0) {
+        const size_t want = (size_t)n * isz;
+        size_t got = 0;
+        while (got < want) {
+            ssize_t k = pread(t->fd, raw + got, want - got, (off_t)(t->file_off + off * (int64_t)isz + (int64_t)got));
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0)
+                return saefw_errf(err, errlen, "%s: cannot read tokens at offset %lld: %s", t->path,
+                                  (long long)(off * (int64_t)isz), k < 0 ? strerror(errno) : "the file is shorter than when opened");
+            got += (size_t)k;
+        }
+    } else {
+        at = (const unsigned char *)t->data + off * (int64_t)isz;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        /* memcpy: the bytes may sit at any alignment. */
         switch (t->dtype) {
         case SAEFW_DT_U16: {
             uint16_t u;
-            memcpy(&u, at + (off + i) * 2, 2);
-            v = u;
+            memcpy(&u, at + i * 2, 2);
+            v[i] = u;
             break;
         }
         case SAEFW_DT_I32: {
             int32_t u;
-            memcpy(&u, at + (off + i) * 4, 4);
-            v = u;
+            memcpy(&u, at + i * 4, 4);
+            v[i] = u;
             break;
         }
-        default: memcpy(&v, at + (off + i) * 8, 8); break;
+        default: memcpy(&v[i], at + i * 8, 8); break;
         }
-        if (i == 0 && t->bos >= 0) v = t->bos;
-        if (v < 0 || (max_id > 0 && v >= max_id) || v > INT32_MAX)
-            return saefw_errf(err, errlen, "%s: token id %lld at position %lld is outside the vocabulary (d_vocab %lld)",
-                              t->path, (long long)v, (long long)(off + i), (long long)max_id);
-        out[i] = (int32_t)v;
+    }
+    return 0;
+}
+
+int saefw_tokens_row(const saefw_tokens *t, int64_t r, int32_t *out, int64_t max_id, char *err, size_t errlen) {
+    if (r < 0 || r >= t->rows) return saefw_errf(err, errlen, "%s: row %lld out of range", t->path, (long long)r);
+    int64_t frow = r / t->pieces, off = frow * t->file_cols + (r % t->pieces) * t->seq_len;
+    int64_t v[ROW_PIECE];
+    for (int64_t i0 = 0; i0 < t->seq_len; i0 += ROW_PIECE) {
+        const int64_t n = t->seq_len - i0 < ROW_PIECE ? t->seq_len - i0 : ROW_PIECE;
+        if (read_tokens(t, off + i0, n, v, err, errlen) != 0) return -1;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t x = v[i];
+            if (i0 + i == 0 && t->bos >= 0) x = t->bos;
+            if (x < 0 || (max_id > 0 && x >= max_id) || x > INT32_MAX)
+                return saefw_errf(err, errlen, "%s: token id %lld at position %lld is outside the vocabulary (d_vocab %lld)",
+                                  t->path, (long long)x, (long long)(off + i0 + i), (long long)max_id);
+            out[i0 + i] = (int32_t)x;
+        }
     }
     return 0;
 }

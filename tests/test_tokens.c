@@ -135,5 +135,19 @@ int main(void) {
     REQUIRE(saefw_tokens_sample(t, &rng, s2, 5, 0, err, sizeof err) == 0, "%s", err);
     CHECK(memcmp(s1, s2, sizeof s1) == 0, "sampling is not reproducible");
     saefw_tokens_free(t);
+
+    /* A token file cut short while a run reads it: a one-line error naming it, not a crash. */
+    snprintf(path, sizeof path, "%s/cut.npy", tmp);
+    REQUIRE(saefw_npy_write(path, SAEFW_DT_I32, 1, shape1, stream, err, sizeof err) == 0, "%s", err);
+    t = open_t(path, 100, -1, 0, NULL);
+    REQUIRE(truncate(path, 4096) == 0, "truncate");
+    REQUIRE(saefw_tokens_row(t, 5, row, 0, err, sizeof err) == 0, "%s", err); /* still inside the file */
+    CHECK(row[0] == 500, "row 5 of the cut file starts with %d", row[0]);
+    err[0] = 0;
+    CHECK(saefw_tokens_row(t, 90, row, 0, err, sizeof err) != 0 && strstr(err, "cut.npy") &&
+              strstr(err, "shorter than when opened"),
+          "reading past the cut: '%s'", err);
+    printf("  file cut while open: %s\n", err);
+    saefw_tokens_free(t);
     return t_finish("test_tokens");
 }
