@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "parallel.h"
+#include "sae_kernels.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -555,15 +556,18 @@ struct saefw_model_work {
     saefw_model_cfg cfg; /* the model it was sized for */
     int64_t max_seq;
     int64_t chunk_seqs; /* sequences per forward chunk */
-    int64_t logit_rows; /* rows per logits chunk when the caller takes no logits */
+    int64_t vocab_block; /* logits columns per block when the caller takes no logits */
     float *resid;       /* [R, d_model], R = chunk_seqs * max_seq: the residual stream */
     float *ln;          /* [R, d_model]: LayerNorm output */
     float *qkv;         /* [R, 3*H*Dh] */
     float *z;           /* [R, H*Dh] */
     float *out;         /* [R, d_model]: attention or MLP output */
     float *mlp;         /* [R, d_mlp] */
-    float *logits;      /* [logit_rows, d_vocab] */
+    float *logits;      /* [R, vocab_block] */
     double *nll;        /* [R]: each row's loss term */
+    float *lse_max;     /* [R]: running max of each row's logits over the vocabulary blocks so far */
+    double *lse_sum;    /* [R]: running sum of exp(logit - lse_max) */
+    float *lse_tgt;     /* [R]: the target's logit, once its block has come */
 };
 
 void saefw_model_work_free(saefw_model_work *w) {
@@ -576,6 +580,9 @@ void saefw_model_work_free(saefw_model_work *w) {
     free(w->mlp);
     free(w->logits);
     free(w->nll);
+    free(w->lse_max);
+    free(w->lse_sum);
+    free(w->lse_tgt);
     free(w);
 }
 
@@ -594,9 +601,11 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
     if (w->chunk_seqs < 1) w->chunk_seqs = 1;
     if (w->chunk_seqs > max_batch) w->chunk_seqs = max_batch;
     size_t R = (size_t)(w->chunk_seqs * max_seq);
-    w->logit_rows = LOGIT_CHUNK_FLOATS / c->d_vocab;
-    if (w->logit_rows < 1) w->logit_rows = 1;
-    if (w->logit_rows > (int64_t)R) w->logit_rows = (int64_t)R;
+    /* The loss alone goes through the vocabulary in blocks of vocab_block columns for all R rows (so
+     * that W_U streams through once per chunk), keeping a running log-sum-exp per row. */
+    w->vocab_block = LOGIT_CHUNK_FLOATS / (int64_t)R;
+    if (w->vocab_block < 1) w->vocab_block = 1;
+    if (w->vocab_block > c->d_vocab) w->vocab_block = c->d_vocab;
     size_t dm = (size_t)c->d_model, hd = (size_t)c->n_heads * (size_t)c->d_head;
     w->resid = saefw_malloc(sizeof(float) * R * dm, err, errlen);
     w->ln = w->resid ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
@@ -604,9 +613,12 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
     w->z = w->qkv ? saefw_malloc(sizeof(float) * R * hd, err, errlen) : NULL;
     w->out = w->z ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
     w->mlp = w->out ? saefw_malloc(sizeof(float) * R * (size_t)c->d_mlp, err, errlen) : NULL;
-    w->logits = w->mlp ? saefw_malloc(sizeof(float) * (size_t)w->logit_rows * (size_t)c->d_vocab, err, errlen) : NULL;
+    w->logits = w->mlp ? saefw_malloc(sizeof(float) * R * (size_t)w->vocab_block, err, errlen) : NULL;
     w->nll = w->logits ? saefw_malloc(sizeof(double) * R, err, errlen) : NULL;
-    if (!w->nll) {
+    w->lse_max = w->nll ? saefw_malloc(sizeof(float) * R, err, errlen) : NULL;
+    w->lse_sum = w->lse_max ? saefw_malloc(sizeof(double) * R, err, errlen) : NULL;
+    w->lse_tgt = w->lse_sum ? saefw_malloc(sizeof(float) * R, err, errlen) : NULL;
+    if (!w->lse_tgt) {
         saefw_model_work_free(w);
         return -1;
     }
@@ -762,43 +774,85 @@ static void embed_rows(void *ctx, int64_t r0, int64_t r1) {
     }
 }
 
-typedef struct {
-    double *nll;
-    const float *logits;
-    int64_t V, row0, T;
-    const int32_t *tokens;
-} nll_job;
+/* Folds logits x [n] into a row's running log-sum-exp (*mx, *sum): the sum goes through eight float
+ * lanes, emptied into doubles every 256 entries, in a fixed order. exp(x - max) is computed eight at a
+ * time as 2^k e^r with r in [-ln2/2, ln2/2] and e^r by its Taylor series to r^6 (relative error below
+ * 2e-7), and is 0 below -87 (where float32's exp leaves the normal range). */
+SAEFW_KERNEL static void lse_fold(float *restrict x, const float *restrict bias, int64_t n, float *mx, double *sum) {
+    float m = *mx;
+    if (bias)
+        for (int64_t i = 0; i < n; i++)
+            x[i] += bias[i];
+    for (int64_t i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    double s = *sum;
+    if (m > *mx && *mx > -INFINITY) s *= exp((double)*mx - (double)m);
+    double wide[8] = {0};
+    v8 lane = {0};
+    int64_t i = 0;
+    const v8 mv = (v8){0} + m;
+    const v8 shifter = (v8){0} + 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    const v8 floor_v = (v8){0} - 87.0f;
+    for (; i + 8 <= n; i += 8) {
+        v8 d = *(const v8u *)(x + i) - mv;
+        const v8i under = d < -87.0f;
+        d = (v8)(((v8i)d & ~under) | ((v8i)floor_v & under));
+        const v8 kf = (d * 1.44269504f + shifter) - shifter;
+        const v8 r = (d - kf * 0.693359375f) - kf * -2.12194440e-4f;
+        v8 p = (v8){0} + (1.0f / 720.0f);
+        p = p * r + (1.0f / 120.0f);
+        p = p * r + (1.0f / 24.0f);
+        p = p * r + (1.0f / 6.0f);
+        p = p * r + 0.5f;
+        p = p * r + 1.0f;
+        p = p * r + 1.0f;
+        const v8i bits = (__builtin_convertvector(kf, v8i) + 127) << 23;
+        lane += (v8)((v8i)(p * (v8)bits) & ~under);
+        if ((i & 255) == 248) {
+            for (int k = 0; k < 8; k++) wide[k] += lane[k];
+            lane = (v8){0};
+        }
+    }
+    for (int k = 0; k < 8; k++) wide[k] += lane[k];
+    double tail = 0;
+    for (; i < n; i++) tail += exp((double)x[i] - (double)m);
+    s += (((wide[0] + wide[1]) + (wide[2] + wide[3])) + ((wide[4] + wide[5]) + (wide[6] + wide[7]))) + tail;
+    *mx = m;
+    *sum = s;
+}
 
-/* Rows [r0, r1) of logits [n, V]: -log_softmax(row)[next token], or 0 for a sequence's last position. */
-static void nll_rows(void *ctx, int64_t r0, int64_t r1) {
-    const nll_job *j = ctx;
-    const int64_t V = j->V;
+typedef struct {
+    saefw_model_work *w;
+    float *logits;       /* [n, ld], columns [v0, v0 + nb) of the vocabulary */
+    const float *bias;   /* b_U from column v0, added here (NULL: already in the logits) */
+    int64_t ld, v0, nb, V, row0, T;
+    const int32_t *tokens;
+} lse_job;
+
+/* Rows [r0, r1): fold one block of columns into the running log-sum-exp; keep the target's logit. A
+ * sequence's last position has no target and is skipped. */
+static void lse_rows(void *ctx, int64_t r0, int64_t r1) {
+    const lse_job *j = ctx;
     for (int64_t r = r0; r < r1; r++) {
         const int64_t g = j->row0 + r;
-        if (g % j->T == j->T - 1) {
-            j->nll[r] = 0;
-            continue;
+        if (g % j->T == j->T - 1) continue;
+        if (j->v0 == 0) {
+            j->w->lse_max[r] = -INFINITY;
+            j->w->lse_sum[r] = 0;
         }
-        const float *x = j->logits + r * V;
-        float mx = x[0];
-        for (int64_t i = 1; i < V; i++)
-            mx = x[i] > mx ? x[i] : mx;
-        double s = 0;
-        for (int64_t i = 0; i < V; i++)
-            s += expf(x[i] - mx);
-        j->nll[r] = log(s) + (double)mx - (double)x[j->tokens[g + 1]];
+        float *x = j->logits + r * j->ld;
+        lse_fold(x, j->bias, j->nb, &j->w->lse_max[r], &j->w->lse_sum[r]);
+        const int64_t tg = j->tokens[g + 1];
+        if (tg >= j->v0 && tg < j->v0 + j->nb) j->w->lse_tgt[r] = x[tg - j->v0];
     }
 }
 
-/* Sum over rows [n, V] of -log_softmax(row)[target], skipping rows whose position (row0 + r) % T is
- * T-1; targets are the next tokens of tokens (the whole batch, flat). Rows in parallel, summed in order. */
-static double nll_sum(double *scratch, const float *logits, int64_t n, int64_t V, int64_t row0, int64_t T,
-                      const int32_t *tokens) {
-    nll_job j = {scratch, logits, V, row0, T, tokens};
-    saefw_parallel_for(n, nll_rows, &j);
+/* Sum over the chunk's n rows of -log_softmax(row)[next token], skipping each sequence's last
+ * position, from the running log-sum-exps; rows summed in order. */
+static double nll_total(const saefw_model_work *w, int64_t n, int64_t row0, int64_t T) {
     double total = 0;
     for (int64_t r = 0; r < n; r++)
-        total += scratch[r];
+        if ((row0 + r) % T != T - 1) total += log(w->lse_sum[r]) + (double)w->lse_max[r] - (double)w->lse_tgt[r];
     return total;
 }
 
@@ -924,13 +978,20 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
         if (o->logits_out) {
             float *lg = o->logits_out + row0 * V;
             linear(lg, w->ln, m->W_U, m->b_U, n, dm, V, V);
-            if (o->loss_out) nll += nll_sum(w->nll, lg, n, V, row0, T, tokens);
-        } else {
-            for (int64_t r0 = 0; r0 < n; r0 += w->logit_rows) {
-                int64_t nr = n - r0 < w->logit_rows ? n - r0 : w->logit_rows;
-                linear(w->logits, w->ln + r0 * dm, m->W_U, m->b_U, nr, dm, V, V);
-                nll += nll_sum(w->nll, w->logits, nr, V, row0 + r0, T, tokens);
+            if (o->loss_out) {
+                lse_job j = {w, lg, NULL, V, 0, V, V, row0, T, tokens};
+                saefw_parallel_for(n, lse_rows, &j);
+                nll += nll_total(w, n, row0, T);
             }
+        } else {
+            for (int64_t v0 = 0; v0 < V; v0 += w->vocab_block) {
+                const int64_t nb = V - v0 < w->vocab_block ? V - v0 : w->vocab_block;
+                /* b_U is added in the log-sum-exp pass rather than written first under the product. */
+                saefw_linear_blocks(n, nb, dm, w->ln, dm, m->W_U + v0, V, NULL, w->logits, nb);
+                lse_job j = {w, w->logits, m->b_U + v0, nb, v0, nb, V, row0, T, tokens};
+                saefw_parallel_for(n, lse_rows, &j);
+            }
+            nll += nll_total(w, n, row0, T);
         }
     }
     if (o->loss_out) *o->loss_out = nll / (double)(B * (T - 1));
