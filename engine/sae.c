@@ -270,20 +270,25 @@ static void center_rows(void *vctx, int64_t b0, int64_t b1) {
     }
 }
 
-/* One row of pre-activations a [d] becomes relu(a + bias) in place; the active entries are appended to
- * feat/val while room lasts. Returns the number of active entries; *l1 gets their sum. */
-SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bias, int64_t d, int32_t *restrict feat,
-                                     float *restrict val, int64_t room, double *l1) {
+/* One row of pre-activations a [d]: relu(a + bias), written back in place when `store`; the active
+ * entries are appended to feat/val while room lasts. Returns the number of active entries; *l1 gets
+ * their sum. */
+static inline __attribute__((always_inline)) int64_t relu_impl(float *restrict a, const float *restrict bias,
+                                                               int64_t d, int32_t *restrict feat,
+                                                               float *restrict val, int64_t room, double *l1,
+                                                               const int store) {
     /* The sum goes through 16 float lanes, emptied into double lanes every 256 entries. */
     double wide[16] = {0};
     float lane[16] = {0};
     int64_t n = 0, kept = 0, j = 0;
     for (; j + 16 <= d; j += 16) {
+        float v16[16];
         int count = 0;
         for (int k = 0; k < 16; k++) {
             float v = a[j + k] + bias[j + k];
             v = v > 0.0f ? v : 0.0f;
-            a[j + k] = v;
+            v16[k] = v;
+            if (store) a[j + k] = v;
             lane[k] += v;
             count += v > 0.0f;
         }
@@ -300,21 +305,21 @@ SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bi
              * cursor moves past the active ones only. */
             for (int k = 0; k < 16; k++) {
                 feat[kept] = (int32_t)(j + k);
-                val[kept] = a[j + k];
-                kept += a[j + k] > 0.0f;
+                val[kept] = v16[k];
+                kept += v16[k] > 0.0f;
             }
         } else {
             for (int k = 0; k < 16 && kept < room; k++)
-                if (a[j + k] > 0.0f) {
+                if (v16[k] > 0.0f) {
                     feat[kept] = (int32_t)(j + k);
-                    val[kept++] = a[j + k];
+                    val[kept++] = v16[k];
                 }
         }
     }
     for (; j < d; j++) {
         float v = a[j] + bias[j];
         v = v > 0.0f ? v : 0.0f;
-        a[j] = v;
+        if (store) a[j] = v;
         lane[0] += v;
         if (v > 0.0f) {
             if (kept < room) {
@@ -327,6 +332,18 @@ SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bi
     for (int k = 0; k < 16; k++) wide[k] += lane[k];
     *l1 = sum8d(wide) + sum8d(wide + 8);
     return n;
+}
+
+/* In place (the dense path keeps the activations). */
+SAEFW_KERNEL static int64_t relu_row(float *restrict a, const float *restrict bias, int64_t d, int32_t *restrict feat,
+                                     float *restrict val, int64_t room, double *l1) {
+    return relu_impl(a, bias, d, feat, val, room, l1, 1);
+}
+
+/* Entries only (a tile's pre-activations are dropped once its entries are recorded). */
+SAEFW_KERNEL static int64_t relu_record(const float *restrict a, const float *restrict bias, int64_t d,
+                                        int32_t *restrict feat, float *restrict val, int64_t room, double *l1) {
+    return relu_impl((float *)a, bias, d, feat, val, room, l1, 0);
 }
 
 /* ---- sparse attempt: the encoder product in feature tiles ---- */
@@ -356,7 +373,7 @@ static void run_tile(const tile_ctx *c, int64_t t, float *S) {
         for (int64_t b = r0; b < r1; b++) {
             double row_l1;
             const int64_t room = stop ? 0 : w->chunk_cap - kept;
-            int64_t n = relu_row(S + b * tw, c->sae->p[SAEFW_B_ENC] + j0, tw, w->act_feat + base + kept,
+            int64_t n = relu_record(S + b * tw, c->sae->p[SAEFW_B_ENC] + j0, tw, w->act_feat + base + kept,
                                  w->act_val + base + kept, room, &row_l1);
             int64_t k = n < room ? n : room;
             w->row_start[t * w->cap + b] = base + kept;
