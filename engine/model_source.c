@@ -22,7 +22,32 @@ static void tokens_log(void *ud, const char *msg) {
     if (s->log) s->log(s->log_ud, msg);
 }
 
+/* The forward's scratch, made again after model_idle handed it back. */
+static int ensure_scratch(model_src *ms, char *err, size_t errlen) {
+    if (!ms->acts && !(ms->acts = saefw_malloc(sizeof(float) * (size_t)(ms->chunk_seqs * ms->seq_len * ms->width), err,
+                                               errlen)))
+        return -1;
+    if (!ms->work && saefw_model_work_alloc(ms->o.model, ms->chunk_seqs, ms->seq_len, &ms->work, err, errlen) != 0)
+        return -1;
+    return 0;
+}
+
+/* Between buffer fills (every half buffer: 192 steps at the seed's shape) the forward's scratch and,
+ * when no rows are pending, the activation chunk go back to the system: tens of MB that the training
+ * step can use meanwhile. */
+static void model_idle(saefw_source *s) {
+    model_src *ms = s->impl;
+    saefw_model_work_free(ms->work);
+    ms->work = NULL;
+    if (ms->used == ms->have) {
+        ms->have = ms->used = 0;
+        free(ms->acts);
+        ms->acts = NULL;
+    }
+}
+
 static int run_chunk(model_src *ms, int64_t n_seqs, char *err, size_t errlen) {
+    if (ensure_scratch(ms, err, errlen) != 0) return -1;
     saefw_forward_opts fo;
     memset(&fo, 0, sizeof fo);
     fo.capture = &ms->o.hook;
@@ -103,7 +128,9 @@ static int model_load(saefw_source *s, saefw_state_in *st, char *err, size_t err
         return -1;
     if (have < 0 || have > ms->chunk_seqs * ms->seq_len || used < 0 || used > have)
         return saefw_errf(err, errlen, "training state: the model source was saved with other batch sizes");
-    if (have > 0 && saefw_state_get(st, "pending", SAEFW_DT_F32, have * ms->width, ms->acts, err, errlen) != 0) return -1;
+    if (have > 0 && (ensure_scratch(ms, err, errlen) != 0 ||
+                     saefw_state_get(st, "pending", SAEFW_DT_F32, have * ms->width, ms->acts, err, errlen) != 0))
+        return -1;
     ms->have = have;
     ms->used = used;
     return 0;
@@ -155,6 +182,7 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     s->sample = model_sample;
     s->save_state = model_save;
     s->load_state = model_load;
+    s->idle = model_idle;
     s->chunk_rows = o->model_batch * seq_len;
     saefw_tokens_set_log(o->tokens, tokens_log, s);
     *out = s;

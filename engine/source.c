@@ -317,6 +317,7 @@ static int buffer_refresh(saefw_buffer *b, char *err, size_t errlen) {
     int64_t upto = first ? b->rows : b->rows / 2;
     b->first = 0;
     if (buffer_fill(b, 0, upto, err, errlen) != 0) return -1;
+    if (b->src->idle) b->src->idle(b->src);
     saefw_fault_point("refill");
     saefw_rng_shuffle(&b->rng, b->perm, b->rows);
     b->pointer = 0;

@@ -24,6 +24,8 @@ struct saefw_source {
      * Names are relative: the caller sets the prefix. */
     int (*save_state)(saefw_source *s, saefw_state_out *st, char *err, size_t errlen);
     int (*load_state)(saefw_source *s, saefw_state_in *st, char *err, size_t errlen);
+    /* Optional: the buffer has finished filling; scratch memory may be handed back until the next call. */
+    void (*idle)(saefw_source *s);
     void (*log)(void *ud, const char *msg); /* optional: where a source reports events (wrap-around) */
     void *log_ud;
     void *impl;
