@@ -4,6 +4,7 @@
  * about 128); with --rss, a run with the seed's whole buffer and its peak RSS against buffer + 4 x the
  * SAE's parameter bytes + 10%.
  *   build/bin/bench_model [--reps N] [--forward-only] [--rss]   (figures printed, nothing asserted) */
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,6 +286,7 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
 }
 
 int main(int argc, char **argv) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 20); /* as the saefw command does */
     int rss = 0, reps = 3, forward_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rss")) rss = 1;

@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <lauxlib.h>
 #include <limits.h>
+#include <malloc.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,6 +339,10 @@ static int cmd_info(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    /* Large scratch arrays (model and evaluation work areas, made and freed around evaluations) go
+     * straight back to the system when freed: glibc's adaptive threshold would otherwise move them
+     * onto the heap after the first free, where freed memory stays resident. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     if (argc < 2) {
         fputs(USAGE, stderr);
         return 2;

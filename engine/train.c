@@ -580,6 +580,7 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     const float *truth = saefw_synthetic_features(run->eval_src, &n_truth);
     m->mmcs = truth ? saefw_mmcs(truth, n_truth, sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_in) : NAN;
     if (run->o->extra_eval && run->o->extra_eval(run->o->extra_eval_ud, run, sae, err, errlen) != 0) return -1;
+    if (run->eval_src->idle) run->eval_src->idle(run->eval_src); /* its scratch is not needed until the next use */
     return 0;
 }
 
