@@ -265,9 +265,10 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
            (long long)rows, buf.fill_seconds, (double)rows / buf.fill_seconds, (long long)steps, (long long)dense_steps,
            (long long)(buf.refills - 1));
     if (step < 1e30) printf("  sparse step at L0 %.1f: %.3f s (%.0f tokens/s)\n", l0_seen, step, (double)batch / step);
-    printf("  refill share: %.1f s of refills in %.1f s of training (steps 2 to %d) = %.1f%% of training time "
-           "(target <= 15%%)\n",
-           refill_s, train_s, rl.n, 100.0 * refill_s / train_s);
+    if (buf.refills > 1)
+        printf("  refill share: %.1f s of refills in %.1f s of training (steps 2 to %d) = %.1f%% of training time "
+               "(target <= 15%%)\n",
+               refill_s, train_s, rl.n, 100.0 * refill_s / train_s);
     printf("  RSS: %.2f GB before training (model, tokens, buffer, SAE parameters), at most %.2f GB at the end of a "
            "step\n",
            rss_before / 1e9, rl.rss_max / 1e9);
