@@ -564,7 +564,6 @@ struct saefw_model_work {
     float *out;         /* [R, d_model]: attention or MLP output */
     float *mlp;         /* [R, d_mlp] */
     float *logits;      /* [R, vocab_block] */
-    double *nll;        /* [R]: each row's loss term */
     float *lse_max;     /* [R]: running max of each row's logits over the vocabulary blocks so far */
     double *lse_sum;    /* [R]: running sum of exp(logit - lse_max) */
     float *lse_tgt;     /* [R]: the target's logit, once its block has come */
@@ -579,7 +578,6 @@ void saefw_model_work_free(saefw_model_work *w) {
     free(w->out);
     free(w->mlp);
     free(w->logits);
-    free(w->nll);
     free(w->lse_max);
     free(w->lse_sum);
     free(w->lse_tgt);
@@ -614,8 +612,7 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
     w->out = w->z ? saefw_malloc(sizeof(float) * R * dm, err, errlen) : NULL;
     w->mlp = w->out ? saefw_malloc(sizeof(float) * R * (size_t)c->d_mlp, err, errlen) : NULL;
     w->logits = w->mlp ? saefw_malloc(sizeof(float) * R * (size_t)w->vocab_block, err, errlen) : NULL;
-    w->nll = w->logits ? saefw_malloc(sizeof(double) * R, err, errlen) : NULL;
-    w->lse_max = w->nll ? saefw_malloc(sizeof(float) * R, err, errlen) : NULL;
+    w->lse_max = w->logits ? saefw_malloc(sizeof(float) * R, err, errlen) : NULL;
     w->lse_sum = w->lse_max ? saefw_malloc(sizeof(double) * R, err, errlen) : NULL;
     w->lse_tgt = w->lse_sum ? saefw_malloc(sizeof(float) * R, err, errlen) : NULL;
     if (!w->lse_tgt) {
