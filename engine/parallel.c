@@ -140,6 +140,8 @@ void saefw_parallel_for(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t 
 
 /* ---- blocked products ---- */
 
+/* Blocks of C in a dense product: enough for a few threads, few enough that repacking the shared
+ * operand once per block stays cheap. */
 #define GEMM_PARTS 8
 
 typedef struct {

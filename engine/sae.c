@@ -246,10 +246,6 @@ static inline float sum8f(const float *l) {
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
-/* ---- dense products ---- */
-
-/* Blocks of C in a dense product: enough for a few threads, few enough that repacking the shared
- * operand once per block stays cheap. */
 /* ---- forward ---- */
 
 typedef struct {
