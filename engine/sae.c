@@ -1,6 +1,6 @@
-/* SAE numerics of the seed recipe: parameters, the encoder product on OpenBLAS, the ReLU pass that
- * records the active entries and picks the path, the dense path of the rest of the step, statistics
- * and the decoder projection. The sparse path's kernels are in sae_sparse.c. Loops over big arrays
+/* SAE numerics of the seed recipe: parameters, the encoder product on OpenBLAS (in feature tiles whose
+ * ReLU pass records the active entries, for the sparse path; in row pieces for the dense path, which
+ * also makes a piece's gradients while its activations exist), statistics and the decoder projection. The sparse path's kernels are in sae_sparse.c. Loops over big arrays
  * run on saefw_parallel_for; every output element and every partial sum is computed by one thread
  * over a split that does not depend on the thread count, so results do not either. */
 #include "sae.h"
