@@ -25,6 +25,8 @@ struct saefw_run {
     saefw_source *eval_src;
     float *batch;     /* [batch, d_in] */
     int64_t batch_rows; /* rows of batch and work.acts valid for plugins (0 outside a step) */
+    int64_t *feat_counts; /* [d_sae]: batch_feature_counts, made on the first request of a step */
+    int64_t counts_step;  /* the step they were made for, or -1 */
     saefw_rng rng;
     int64_t step, tokens;
     void *opt_self;
@@ -181,6 +183,25 @@ static const float *host_batch_acts(saefw_run *run, int64_t *rows) {
     return a;
 }
 
+static const int64_t *host_batch_feature_counts(saefw_run *run) {
+    if (!run->batch_rows) return NULL;
+    if (run->counts_step == run->step) return run->feat_counts;
+    const saefw_sae_work *w = &run->work;
+    const int64_t d_sae = run->sae->d_sae;
+    if (w->used_sparse) {
+        /* Each recorded entry is one row on which its feature fired. */
+        for (int64_t j = 0; j < d_sae; j++) run->feat_counts[j] = w->feat_start[j + 1] - w->feat_start[j];
+    } else {
+        const float *acts = host_batch_acts(run, NULL);
+        if (!acts) return NULL;
+        memset(run->feat_counts, 0, sizeof(int64_t) * (size_t)d_sae);
+        for (int64_t b = 0; b < run->batch_rows; b++)
+            for (int64_t j = 0; j < d_sae; j++) run->feat_counts[j] += acts[b * d_sae + j] > 0.0f;
+    }
+    run->counts_step = run->step;
+    return run->feat_counts;
+}
+
 static int host_read_tensor(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel,
                             int *ndim, int64_t shape[4], char *err, size_t errlen) {
     *data = NULL;
@@ -261,6 +282,7 @@ static const saefw_host HOST = {
     .state_get_f32 = host_get_f32,
     .state_get_i64 = host_get_i64,
     .state_get_number = host_get_number,
+    .batch_feature_counts = host_batch_feature_counts,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }
@@ -644,7 +666,9 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
     run.work.fused = 1; /* every forward pass of the step is followed by its backward pass */
     run.batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
-    run.plug_self = run.batch ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
+    run.feat_counts = run.batch ? saefw_malloc(sizeof(int64_t) * (size_t)sae->d_sae, err, errlen) : NULL;
+    run.counts_step = -1;
+    run.plug_self = run.feat_counts ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
     if (!run.plug_self) goto done;
 
     if (o->run_dir) {
@@ -832,6 +856,7 @@ done:
     if (mf && fclose(mf) != 0 && rc == 0) rc = saefw_errf(err, errlen, "metrics.jsonl: write failed");
     free(run.plug_self);
     free(run.batch);
+    free(run.feat_counts);
     saefw_sae_work_free(&run.work);
     saefw_sae_work_free(&run.sample_work);
     return rc;

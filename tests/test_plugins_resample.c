@@ -3,7 +3,8 @@
  * features bit-identical to a run without it); anthropic_resample revives features killed mid-run,
  * resets the Adam state of exactly the slices it wrote (seen through Adam's next update, which must be
  * the one from zero moments) and leaves every other slice bit-identical; remove_rare_dir keeps every
- * encoder column orthogonal to its direction; bad options fail naming the plugin and the option. */
+ * encoder column orthogonal to its direction; bad options fail naming the plugin and the option;
+ * batch_feature_counts agrees with batch_acts on both paths. */
 #include "plugin_loader.h"
 #include "sae.h"
 #include "testutil.h"
@@ -175,6 +176,32 @@ static int killer_after_step(void *self, saefw_run *run, char *err, size_t errle
     if (g_killer_host->param_find(run, "b_enc", &b, NULL) != 0) return snprintf(err, errlen, "no b_enc"), -1;
     for (int64_t j = 0; j < b.numel; j++)
         if (killed(j)) b.data[j] = KILL_BIAS;
+    return 0;
+}
+
+/* An experiment that checks batch_feature_counts against batch_acts at every step. */
+static const saefw_host *g_counter_host;
+static int64_t g_count_steps, g_count_mismatches;
+
+static int counter_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
+                          size_t errlen) {
+    g_counter_host = host;
+    *self = NULL;
+    return 0;
+}
+
+static int counter_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
+    const saefw_host *h = g_counter_host;
+    const int64_t *counts = h->batch_feature_counts(run);
+    int64_t rows = 0;
+    const float *acts = h->batch_acts(run, &rows);
+    if (!counts || !acts) return snprintf(err, errlen, "no counts or activations"), -1;
+    for (int64_t j = 0; j < D_SAE; j++) {
+        int64_t n = 0;
+        for (int64_t b = 0; b < rows; b++) n += acts[b * D_SAE + j] > 0.0f;
+        g_count_mismatches += n != counts[j];
+    }
+    g_count_steps++;
     return 0;
 }
 
@@ -570,6 +597,35 @@ static void test_bad_input(saefw_loaded_plugin *adam, saefw_opts *adam_opts, con
     saefw_plugin_unload(rr);
 }
 
+/* batch_feature_counts agrees with the activations on either path. */
+static void test_feature_counts(saefw_loaded_plugin *adam, saefw_opts *adam_opts) {
+    printf("batch_feature_counts\n");
+    saefw_loaded_plugin counter = {0};
+    counter.p.abi_version = SAEFW_ABI_VERSION;
+    counter.p.struct_size = sizeof(saefw_plugin);
+    counter.p.name = "counter";
+    counter.p.kind = SAEFW_KIND_EXPERIMENT;
+    counter.p.create = counter_create;
+    counter.p.after_step = counter_after_step;
+    saefw_plugin_use opt = {.plugin = adam, .opts = adam_opts}, uses[1] = {{.plugin = &counter}};
+    static const saefw_sae_path paths[2] = {SAEFW_SAE_DENSE, SAEFW_SAE_SPARSE};
+    for (int k = 0; k < 2; k++) {
+        world w;
+        world_init(&w);
+        char err[1024];
+        g_count_steps = g_count_mismatches = 0;
+        saefw_sae_set_path(paths[k]);
+        int rc = train(&w, opt, uses, 1, 20, 0, NULL, err, sizeof err);
+        saefw_sae_set_path(SAEFW_SAE_AUTO);
+        CHECK(rc == 0, "%s", err);
+        CHECK(g_count_steps == 20 && g_count_mismatches == 0, "%s path: %lld steps, %lld counts differ",
+              k ? "sparse" : "dense", (long long)g_count_steps, (long long)g_count_mismatches);
+        printf("  %s path: %lld steps, %lld feature counts differing from the activations'\n", k ? "sparse" : "dense",
+               (long long)g_count_steps, (long long)g_count_mismatches);
+        world_free(&w);
+    }
+}
+
 int main(void) {
     const char *tmp = t_tmpdir("plugins_resample");
     g_probe.adam = load("adam");
@@ -583,6 +639,7 @@ int main(void) {
     test_anthropic(adam_opts);
     test_remove_rare_dir(g_probe.adam, adam_opts, tmp);
     test_bad_input(g_probe.adam, adam_opts, tmp);
+    test_feature_counts(g_probe.adam, adam_opts);
 
     saefw_opts_free(adam_opts);
     saefw_plugin_unload(g_probe.adam);

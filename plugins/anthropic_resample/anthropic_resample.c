@@ -51,8 +51,8 @@ static void rs_destroy(void *self) {
 
 static int rs_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                      size_t errlen) {
-    if (host->struct_size < offsetof(saefw_host, batch_acts) + sizeof host->batch_acts)
-        return saefw_fail(err, errlen, "the engine is too old: its host table lacks batch_acts");
+    if (host->struct_size < offsetof(saefw_host, batch_feature_counts) + sizeof host->batch_feature_counts)
+        return saefw_fail(err, errlen, "the engine is too old: its host table lacks batch_feature_counts");
     double every = host->opt_number(opts, "every"), start = host->opt_number(opts, "start");
     double times = host->opt_number(opts, "times"), window = host->opt_number(opts, "window");
     double samples = host->opt_number(opts, "samples"), chunk = host->opt_number(opts, "chunk");
@@ -225,14 +225,11 @@ static int rs_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     resampler *r = self;
     const saefw_host *h = r->host;
     const int64_t step = h->step(run);
-    int64_t rows = 0;
-    const float *acts = h->batch_acts(run, &rows);
-    if (!acts && rows) return saefw_fail(err, errlen, "no activations for the current batch");
-    for (int64_t b = 0; b < rows; b++) {
-        const float *a = acts + b * r->d_sae;
-        for (int64_t j = 0; j < r->d_sae; j++)
-            if (a[j] > 0.0f) r->last_fired[j] = step;
-    }
+    /* The counts, not the activations: on the sparse path they cost no [rows, d_sae] array. */
+    const int64_t *fired = h->batch_feature_counts(run);
+    if (!fired) return saefw_fail(err, errlen, "no feature counts for the current batch");
+    for (int64_t j = 0; j < r->d_sae; j++)
+        if (fired[j] > 0) r->last_fired[j] = step;
     const int64_t completed = step + 1;
     if (completed < r->start || (completed - r->start) % r->every != 0) return 0;
     if (r->times > 0 && r->done >= r->times) return 0;

@@ -131,6 +131,12 @@ typedef struct saefw_host {
     int (*state_get_f32)(saefw_state_reader *r, const char *name, float *data, int64_t n, char *err, size_t errlen);
     int (*state_get_i64)(saefw_state_reader *r, const char *name, int64_t *data, int64_t n, char *err, size_t errlen);
     int (*state_get_number)(saefw_state_reader *r, const char *name, double *v, char *err, size_t errlen);
+
+    /* Appended after the first release (check struct_size before use): on how many rows of the
+     * current training batch each feature fired [d_sae], valid in the same window as batch_acts. On the
+     * sparse path it costs d_sae subtractions and no [rows, d_sae] array, unlike batch_acts. NULL
+     * outside the window, or (with a logged message) when out of memory. */
+    const int64_t *(*batch_feature_counts)(saefw_run *run);
 } saefw_host;
 
 typedef int (*saefw_callback)(void *self, saefw_run *run, char *err, size_t errlen);
