@@ -718,10 +718,7 @@ static void attention_heads(void *ctx, int64_t p0, int64_t p1) {
 static int attention(float *z, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh, char *err,
                      size_t errlen) {
     att_job j = {z, qkv, T, H, Dh, T, 0};
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    saefw_parallel_for(bs * H, attention_heads, &j);
-    openblas_set_num_threads(prev);
+    saefw_parallel_for_blas1(bs * H, attention_heads, &j);
     return j.failed ? saefw_errf(err, errlen, "forward: out of memory for the attention pattern") : 0;
 }
 

@@ -140,6 +140,13 @@ void saefw_parallel_for(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t 
 
 /* ---- blocked products ---- */
 
+void saefw_parallel_for_blas1(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx) {
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    saefw_parallel_for(n, fn, ctx);
+    openblas_set_num_threads(prev);
+}
+
 /* Blocks of C in a dense product: enough for a few threads, few enough that repacking the shared
  * operand once per block stays cheap. */
 #define GEMM_PARTS 8
@@ -186,10 +193,7 @@ static void run_gemm(gemm_job *g) {
     g->split_rows = g->N < g->M;
     const int64_t dim = g->split_rows ? g->M : g->N;
     g->parts = dim < GEMM_PARTS ? dim : GEMM_PARTS;
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    saefw_parallel_for(g->parts, gemm_blocks, g);
-    openblas_set_num_threads(prev);
+    saefw_parallel_for_blas1(g->parts, gemm_blocks, g);
 }
 
 void saefw_sgemm_blocks(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const float *A,

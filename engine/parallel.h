@@ -10,6 +10,10 @@
  * are done. Ranges never overlap, so fn may write its own range without locks. */
 void saefw_parallel_for(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
 
+/* saefw_parallel_for whose ranges call OpenBLAS single-threaded: each range's products then depend on
+ * the range alone, not on OpenBLAS's thread count. */
+void saefw_parallel_for_blas1(int64_t n, void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
+
 /* Threads used by saefw_parallel_for and OpenBLAS; n <= 0 restores the default. */
 void saefw_set_threads(int n);
 int saefw_threads(void);

@@ -403,10 +403,7 @@ static void tile_workers(void *vctx, int64_t k0, int64_t k1) {
 static int sparse_attempt(const saefw_sae *sae, saefw_sae_work *w, int64_t B, int64_t *active, double *l1) {
     tile_ctx c = {sae, w, B};
     w->overflow = 0;
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    saefw_parallel_for(w->n_slots, tile_workers, &c);
-    openblas_set_num_threads(prev);
+    saefw_parallel_for_blas1(w->n_slots, tile_workers, &c);
     if (w->overflow) return 0;
     const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
     int64_t a = 0;
@@ -469,10 +466,7 @@ static void piece_tiles(void *vctx, int64_t t0, int64_t t1) {
 
 /* A piece's activations from x_cent: the encoder product and the ReLU. */
 static void piece_acts(piece_ctx *pc) {
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    saefw_parallel_for(pc->w->n_tiles, piece_tiles, pc);
-    openblas_set_num_threads(prev);
+    saefw_parallel_for_blas1(pc->w->n_tiles, piece_tiles, pc);
     saefw_parallel_for(pc->k, relu_piece_rows, pc);
 }
 
