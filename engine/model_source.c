@@ -170,8 +170,8 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     ms->width = width;
     ms->chunk_seqs = o->model_batch < SAEFW_FORWARD_CHUNK ? o->model_batch : SAEFW_FORWARD_CHUNK;
     ms->toks = saefw_malloc(sizeof(int32_t) * (size_t)(ms->chunk_seqs * seq_len), err, errlen);
-    ms->acts = ms->toks ? saefw_malloc(sizeof(float) * (size_t)(ms->chunk_seqs * seq_len * width), err, errlen) : NULL;
-    if (!ms->acts || saefw_model_work_alloc(o->model, ms->chunk_seqs, seq_len, &ms->work, err, errlen) != 0) {
+    /* The scratch is made now too, so that a source that cannot have it fails here. */
+    if (!ms->toks || ensure_scratch(ms, err, errlen) != 0) {
         model_destroy(s);
         return -1;
     }
