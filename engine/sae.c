@@ -653,6 +653,21 @@ const float *saefw_sae_acts(const saefw_sae *sae, saefw_sae_work *w, const float
     return w->acts;
 }
 
+int saefw_sae_count_active(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, int64_t *count,
+                           char *err, size_t errlen) {
+    const int64_t d_sae = sae->d_sae;
+    if (w->used_sparse) {
+        /* Each recorded entry is one row on which its feature fired. */
+        for (int64_t j = 0; j < d_sae; j++) count[j] += w->feat_start[j + 1] - w->feat_start[j];
+        return 0;
+    }
+    const float *acts = saefw_sae_acts(sae, w, x, B, err, errlen);
+    if (!acts) return -1;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < d_sae; j++) count[j] += acts[b * d_sae + j] > 0.0f;
+    return 0;
+}
+
 int saefw_sae_row_loss(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, float *loss, char *err,
                        size_t errlen) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae;

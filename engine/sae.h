@@ -137,6 +137,11 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
  * it: the first request allocates w->acts. NULL with err when out of memory. */
 const float *saefw_sae_acts(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, char *err,
                             size_t errlen);
+/* Adds to count [d_sae] the rows of the last forward pass (x, B) on which each feature fired: from the
+ * recorded entries on the sparse path, from saefw_sae_acts on the dense one. -1 with err when out of
+ * memory. */
+int saefw_sae_count_active(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, int64_t *count,
+                           char *err, size_t errlen);
 /* Per-row loss (l2 + l1 of that row) after a forward pass [B]; -1 with err when out of memory. */
 int saefw_sae_row_loss(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, float *loss, char *err,
                        size_t errlen);

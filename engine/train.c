@@ -138,20 +138,7 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
         for (int64_t p0 = 0; rc == 0 && p0 < k; p0 += piece) {
             const int64_t np = k - p0 < piece ? k - p0 : piece;
             saefw_sae_forward(sae, &w, x + p0 * sae->d_in, np, NULL);
-            if (w.used_sparse) {
-                /* The entries by feature: each is one row where the feature fired. */
-                for (int64_t j = 0; j < sae->d_sae; j++) count[j] += w.feat_start[j + 1] - w.feat_start[j];
-                continue;
-            }
-            const float *acts = saefw_sae_acts(sae, &w, x + p0 * sae->d_in, np, err, errlen);
-            if (!acts) {
-                rc = -1;
-                break;
-            }
-            for (int64_t r = 0; r < np; r++) {
-                const float *a = acts + r * sae->d_sae;
-                for (int64_t j = 0; j < sae->d_sae; j++) count[j] += a[j] > 0.0f;
-            }
+            rc = saefw_sae_count_active(sae, &w, x + p0 * sae->d_in, np, count, err, errlen);
         }
     }
     if (rc == 0)
@@ -186,17 +173,11 @@ static const float *host_batch_acts(saefw_run *run, int64_t *rows) {
 static const int64_t *host_batch_feature_counts(saefw_run *run) {
     if (!run->batch_rows) return NULL;
     if (run->counts_step == run->step) return run->feat_counts;
-    const saefw_sae_work *w = &run->work;
-    const int64_t d_sae = run->sae->d_sae;
-    if (w->used_sparse) {
-        /* Each recorded entry is one row on which its feature fired. */
-        for (int64_t j = 0; j < d_sae; j++) run->feat_counts[j] = w->feat_start[j + 1] - w->feat_start[j];
-    } else {
-        const float *acts = host_batch_acts(run, NULL);
-        if (!acts) return NULL;
-        memset(run->feat_counts, 0, sizeof(int64_t) * (size_t)d_sae);
-        for (int64_t b = 0; b < run->batch_rows; b++)
-            for (int64_t j = 0; j < d_sae; j++) run->feat_counts[j] += acts[b * d_sae + j] > 0.0f;
+    memset(run->feat_counts, 0, sizeof(int64_t) * (size_t)run->sae->d_sae);
+    char err[256];
+    if (saefw_sae_count_active(run->sae, &run->work, run->batch, run->batch_rows, run->feat_counts, err, sizeof err) != 0) {
+        host_log(run, SAEFW_LOG_WARN, err);
+        return NULL;
     }
     run->counts_step = run->step;
     return run->feat_counts;
