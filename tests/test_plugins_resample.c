@@ -159,6 +159,21 @@ static void probe_clear(void) {
     g_probe.snapped = 0;
 }
 
+/* An in-process experiment plugin with these callbacks. */
+static saefw_loaded_plugin experiment(const char *name,
+                                      int (*create)(const saefw_host *, saefw_run *, const saefw_opts *, void **,
+                                                    char *, size_t),
+                                      saefw_callback after_step) {
+    saefw_loaded_plugin lp = {0};
+    lp.p.abi_version = SAEFW_ABI_VERSION;
+    lp.p.struct_size = sizeof(saefw_plugin);
+    lp.p.name = name;
+    lp.p.kind = SAEFW_KIND_EXPERIMENT;
+    lp.p.create = create;
+    lp.p.after_step = after_step;
+    return lp;
+}
+
 /* An experiment that kills the chosen features (encoder bias KILL_BIAS) after step g_kill_step. */
 static int64_t g_kill_step;
 static const saefw_host *g_killer_host;
@@ -329,12 +344,7 @@ static void test_anthropic(saefw_opts *adam_opts) {
     probe.p.destroy = probe_destroy;
     probe.p.step = probe_step;
     probe.p.reset_state = probe_reset;
-    killer.p.abi_version = SAEFW_ABI_VERSION;
-    killer.p.struct_size = sizeof(saefw_plugin);
-    killer.p.name = "killer";
-    killer.p.kind = SAEFW_KIND_EXPERIMENT;
-    killer.p.create = killer_create;
-    killer.p.after_step = killer_after_step;
+    killer = experiment("killer", killer_create, killer_after_step);
     /* Killed after step 89: alive long enough to have Adam moments, silent for the 60-step window
      * before the resampling after step 149. */
     g_kill_step = every - window - 1;
@@ -600,13 +610,7 @@ static void test_bad_input(saefw_loaded_plugin *adam, saefw_opts *adam_opts, con
 /* batch_feature_counts agrees with the activations on either path. */
 static void test_feature_counts(saefw_loaded_plugin *adam, saefw_opts *adam_opts) {
     printf("batch_feature_counts\n");
-    saefw_loaded_plugin counter = {0};
-    counter.p.abi_version = SAEFW_ABI_VERSION;
-    counter.p.struct_size = sizeof(saefw_plugin);
-    counter.p.name = "counter";
-    counter.p.kind = SAEFW_KIND_EXPERIMENT;
-    counter.p.create = counter_create;
-    counter.p.after_step = counter_after_step;
+    saefw_loaded_plugin counter = experiment("counter", counter_create, counter_after_step);
     saefw_plugin_use opt = {.plugin = adam, .opts = adam_opts}, uses[1] = {{.plugin = &counter}};
     static const saefw_sae_path paths[2] = {SAEFW_SAE_DENSE, SAEFW_SAE_SPARSE};
     for (int k = 0; k < 2; k++) {
