@@ -3,9 +3,11 @@
  * 128 and d_sae / 2, set through b_enc), prints the time of the step's parts called directly, the time
  * of a full step through the real training loop with the adam plugin loaded like any run loads it,
  * tokens/s, the time of one OpenBLAS sgemm of the encoder's shape and the ratio of the two, then the
- * peak RSS against 4 x the SAE's parameter bytes. Each time is the fastest of the timed repetitions,
- * since other programs on the machine only ever add time; CPU seconds are printed beside, as they
- * change less when other programs compete for the cores. RESULT lines are for bench/compare.sh.
+ * peak RSS against 4 x the SAE's parameter bytes. The sgemm runs between the training steps, and each
+ * step is compared with the sgemms just before and after it (the median of those ratios is printed).
+ * Each time is the fastest of the timed repetitions, since other programs on the machine only ever add
+ * time; CPU seconds are printed beside, as they change less when other programs compete for the cores.
+ * RESULT lines are for bench/compare.sh.
  *
  *   bench_sae [--small] [--reps N] [--threads N] [--path auto|dense|sparse] [--l0 a,b,...]
  */
@@ -71,13 +73,23 @@ static double peak_rss_bytes(void) {
     return (double)ru.ru_maxrss * 1024.0;
 }
 
-/* The training loop is fed the same batch each step and timed at each step's log event. */
+/* The training loop is fed the same batch each step and timed at each step's log event. Between two
+ * steps, the reference sgemm of the encoder's shape runs and is timed too, so that each step is
+ * compared with the products timed just before and after it: the host's speed drifts by 30% over
+ * minutes, and a ratio of two figures taken minutes apart drifts with it. */
 typedef struct {
     const float *x;
-    int64_t B, d;
+    int64_t B, d, d_sae;
+    const float *W; /* the SAE's W_enc, read between steps */
+    float *C;       /* the reference product's output [B, d_sae] */
     int n, total;
     double t[MAX_STEPS], cpu[MAX_STEPS], l0[MAX_STEPS];
+    double start[MAX_STEPS], start_cpu[MAX_STEPS]; /* when each step began: after the previous sgemm */
+    double gemm[MAX_STEPS], gemm_cpu[MAX_STEPS];   /* the sgemm after each step */
 } feed;
+
+static double cpu_now(void);
+static void reference_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae);
 
 static int feed_batch(void *ud, float *out, int64_t B, char *err, size_t errlen) {
     feed *f = ud;
@@ -91,20 +103,50 @@ static int feed_batch(void *ud, float *out, int64_t B, char *err, size_t errlen)
 static int feed_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
     feed *f = ud;
     if (strcmp(event, "log") != 0 || f->n >= MAX_STEPS) return 0;
-    f->t[f->n] = saefw_now();
-    f->cpu[f->n] = cpu_now();
-    f->l0[f->n] = m->l0;
+    const int n = f->n;
+    f->t[n] = saefw_now();
+    f->cpu[n] = cpu_now();
+    f->l0[n] = m->l0;
+    reference_sgemm(f->x, f->W, f->C, f->B, f->d, f->d_sae);
+    f->start[n + 1] = saefw_now();
+    f->start_cpu[n + 1] = cpu_now();
+    f->gemm[n] = f->start[n + 1] - f->t[n];
+    f->gemm_cpu[n] = f->start_cpu[n + 1] - f->cpu[n];
     if (++f->n < f->total) return 0;
     snprintf(err, errlen, "%s", BENCH_DONE);
     return -1;
 }
 
-/* Wall and CPU seconds of the fastest of steps 1..n-1 (step 0 also touches the optimizer's fresh
- * state); the fastest, as other programs on the machine only ever add time. */
-static int train_steps(saefw_sae *sae, const float *x, int64_t B, saefw_loaded_plugin *adam, saefw_opts *opts,
-                       saefw_source *eval, int reps, double *step_s, double *step_cpu, double *l0, char *err,
-                       size_t errlen) {
-    feed f = {x, B, sae->d_in, 0, 1 + reps, {0}, {0}, {0}};
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* What train_steps measured over steps 1..n-1 (step 0 also touches the optimizer's fresh state). */
+typedef struct {
+    double step_s, step_cpu; /* the fastest step, as other programs only ever add time */
+    double gemm_s;           /* the fastest of the sgemms run between the steps */
+    double ratio, ratio_lo, ratio_hi; /* step / the mean of the sgemms just before and after it: median, range */
+    double cpu_ratio;        /* the same in CPU seconds: median */
+    double l0;
+} step_figures;
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int train_steps(saefw_sae *sae, const float *x, float *C, int64_t B, saefw_loaded_plugin *adam,
+                       saefw_opts *opts, saefw_source *eval, int reps, step_figures *out, char *err, size_t errlen) {
+    static feed f;
+    memset(&f, 0, sizeof f);
+    f.x = x;
+    f.B = B;
+    f.d = sae->d_in;
+    f.d_sae = sae->d_sae;
+    f.W = sae->p[SAEFW_W_ENC];
+    f.C = C;
+    f.total = 1 + reps;
     saefw_train_opts o;
     memset(&o, 0, sizeof o);
     o.sae = sae;
@@ -125,18 +167,36 @@ static int train_steps(saefw_sae *sae, const float *x, int64_t B, saefw_loaded_p
         if (rc == 0) snprintf(err, errlen, "the training loop stopped after %d steps", f.n);
         return -1;
     }
-    *step_s = INFINITY;
-    for (int k = 1; k < f.n; k++)
-        if (f.t[k] - f.t[k - 1] < *step_s) {
-            *step_s = f.t[k] - f.t[k - 1];
-            *step_cpu = f.cpu[k] - f.cpu[k - 1];
+    out->step_s = out->gemm_s = INFINITY;
+    out->step_cpu = 0;
+    double ratio[MAX_STEPS], cpu_ratio[MAX_STEPS];
+    int nr = 0;
+    for (int k = 1; k < f.n; k++) {
+        const double s = f.t[k] - f.start[k], c = f.cpu[k] - f.start_cpu[k];
+        if (s < out->step_s) {
+            out->step_s = s;
+            out->step_cpu = c;
         }
-    *l0 = f.l0[f.n - 1];
+        out->gemm_s = fmin(out->gemm_s, f.gemm[k]);
+        ratio[nr] = s / (0.5 * (f.gemm[k - 1] + f.gemm[k]));
+        cpu_ratio[nr++] = c / (0.5 * (f.gemm_cpu[k - 1] + f.gemm_cpu[k]));
+    }
+    out->ratio = median(ratio, nr);
+    out->ratio_lo = ratio[0];
+    out->ratio_hi = ratio[nr - 1];
+    out->cpu_ratio = median(cpu_ratio, nr);
+    out->l0 = f.l0[f.n - 1];
     return 0;
 }
 
-/* The fastest of reps calls (after one that also faults C's pages in), and its CPU seconds: one
- * cblas_sgemm on OpenBLAS's threads, or (blocks) the step's own product, fixed blocks on the pool. */
+/* The reference: one cblas_sgemm of the encoder's shape on OpenBLAS's own threads. */
+static void reference_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, A, (int)d_in, W,
+                (int)d_sae, 0.0f, C, (int)d_sae);
+}
+
+/* The fastest of reps calls (after one that also faults C's pages in), and its CPU seconds: the
+ * reference sgemm, or (blocks) the step's own product, fixed blocks on the pool. */
 static double time_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae, int reps,
                          int blocks, double *cpu) {
     double best = INFINITY;
@@ -145,8 +205,7 @@ static double time_sgemm(const float *A, const float *W, float *C, int64_t B, in
         if (blocks)
             saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, A, d_in, W, d_sae, 0.0f, C, d_sae);
         else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, A, (int)d_in,
-                        W, (int)d_sae, 0.0f, C, (int)d_sae);
+            reference_sgemm(A, W, C, B, d_in, d_sae);
         t = saefw_now() - t;
         c = cpu_now() - c;
         if (r > 0 && t < best) {
@@ -163,7 +222,7 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     saefw_sae sae;
     saefw_sae_work w;
     memset(&w, 0, sizeof w);
-    float *x = NULL, *sample = NULL;
+    float *x = NULL, *sample = NULL, *C = NULL;
     saefw_source *eval = NULL;
     int rc = -1;
     if (saefw_sae_alloc(&sae, d_in, d_sae, 3e-4f, err, errlen) != 0) return -1;
@@ -180,9 +239,9 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
 
     printf("\n== shape %s: d_in %lld, d_sae %lld, batch %lld; %d threads; %d timed reps\n", s->name, (long long)d_in,
            (long long)d_sae, (long long)B, saefw_threads(), reps);
-    /* The encoder product alone, on the step's own buffers; its output also sets the L0 targets. */
-    /* Its output, [B, d_sae], is the bench's own: the step keeps no array of that size. */
-    float *C = saefw_malloc(sizeof(float) * (size_t)(B * d_sae), err, errlen);
+    /* The encoder product alone, on the step's own buffers; its output also sets the L0 targets. Its
+     * output, [B, d_sae], is the bench's own (the step keeps no array of that size). */
+    C = saefw_malloc(sizeof(float) * (size_t)(B * d_sae), err, errlen);
     if (!C) goto done;
     double c_gemm = 0, c_blocks = 0;
     const double t_gemm = time_sgemm(x, sae.p[SAEFW_W_ENC], C, B, d_in, d_sae, reps, 0, &c_gemm);
@@ -199,10 +258,10 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
         target[i] = bo->l0[i] > 0 ? bo->l0[i] : (double)d_sae / 2;
         thresh[i] = upper_quantile(C, B * d_sae, target[i] / (double)d_sae, &rng, sample, n_sample);
     }
-    free(C);
 
-    printf("%8s %8s %6s | %8s %8s %8s | %8s %9s | %9s %10s | %9s\n", "L0 want", "L0", "path", "fwd s", "bwd s",
-           "proj s", "step s", "tokens/s", "step/gemm", "efficiency", "CPU ratio");
+    printf("step/gemm: each step over the mean of the sgemms timed just before and after it; median (range)\n");
+    printf("%8s %8s %6s | %8s %8s %8s | %8s %9s %8s | %21s %10s | %9s\n", "L0 want", "L0", "path", "fwd s", "bwd s",
+           "proj s", "step s", "tokens/s", "gemm s", "step/gemm", "efficiency", "CPU ratio");
     for (int i = 0; i < bo->n_l0; i++) {
         for (int64_t j = 0; j < d_sae; j++) sae.p[SAEFW_B_ENC][j] = -thresh[i];
         /* The step's parts, called directly. */
@@ -226,16 +285,18 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
         const char *path = w.used_sparse ? "sparse" : "dense";
         saefw_sae_work_free(&w);
         /* A full step through the training loop: batch copy, forward, backward, projection, Adam, metrics. */
-        double step_s = 0, step_cpu = 0, l0 = 0;
-        if (train_steps(&sae, x, B, adam, opts, eval, reps, &step_s, &step_cpu, &l0, err, errlen) != 0) goto done;
-        const double tps = (double)B / step_s;
-        printf("%8.0f %8.1f %6s | %8.3f %8.3f %8.3f | %8.3f %9.0f | %9.3f %10.3f | %9.3f\n", target[i], st.l0, path, tf,
-               tb, tp, step_s, tps, step_s / t_gemm, t_gemm / step_s, step_cpu / c_gemm);
+        step_figures sf;
+        if (train_steps(&sae, x, C, B, adam, opts, eval, reps, &sf, err, errlen) != 0) goto done;
+        const double tps = (double)B / sf.step_s;
+        printf("%8.0f %8.1f %6s | %8.3f %8.3f %8.3f | %8.3f %9.0f %8.3f | %7.3f (%.3f-%.3f) %10.3f | %9.3f\n",
+               target[i], st.l0, path, tf, tb, tp, sf.step_s, tps, sf.gemm_s, sf.ratio, sf.ratio_lo, sf.ratio_hi,
+               1.0 / sf.ratio, sf.cpu_ratio);
         printf("RESULT shape=%s l0_target=%.0f l0=%.1f path=%s step_s=%.4f tokens_per_s=%.1f gemm_s=%.4f "
-               "step_cpu_s=%.4f gemm_cpu_s=%.4f\n",
-               s->name, target[i], l0, path, step_s, tps, t_gemm, step_cpu, c_gemm);
-        printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n", step_s - (tf + tb + tp),
-               peak_rss_bytes() / (1 << 30));
+               "step_cpu_s=%.4f ratio=%.4f ratio_lo=%.4f ratio_hi=%.4f cpu_ratio=%.4f\n",
+               s->name, target[i], sf.l0, path, sf.step_s, tps, sf.gemm_s, sf.step_cpu, sf.ratio, sf.ratio_lo,
+               sf.ratio_hi, sf.cpu_ratio);
+        printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n",
+               sf.step_s - (tf + tb + tp), peak_rss_bytes() / (1 << 30));
         fflush(stdout);
     }
     const double param_bytes = (double)sae.n_total * sizeof(float);
@@ -243,6 +304,7 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
            4 * param_bytes / (1 << 30), peak_rss_bytes() / (4 * param_bytes));
     rc = 0;
 done:
+    free(C);
     saefw_sae_work_free(&w);
     saefw_source_free(eval);
     free(sample);
