@@ -1,5 +1,8 @@
 /* adam: the optimizer of the seed recipe, computing exactly what torch.optim.Adam computes
  * (single-tensor path: float32 moments, bias correction in double, eps added after the sqrt). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* madvise */
+#endif
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -7,6 +10,9 @@
 #include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 #include <saefw/plugin.h>
@@ -28,6 +34,23 @@ typedef struct {
     float **m, **v;  /* per tensor, same shape as the tensor */
     int64_t *numel, *cols;
 } adam;
+
+/* A zeroed moment. Large ones go on huge pages where the system offers them: every step streams all
+ * of them, and with 4 KiB pages that stream ran about 8% slower at the seed's shape. */
+static float *alloc_moment(int64_t n) {
+    const size_t bytes = (size_t)n * sizeof(float);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= huge) {
+        void *p = NULL;
+        if (posix_memalign(&p, huge, bytes) != 0) return NULL;
+        madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+        memset(p, 0, bytes);
+        return p;
+    }
+#endif
+    return calloc(bytes ? (size_t)n : 1, sizeof(float));
+}
 
 static void adam_destroy(void *self) {
     adam *a = self;
@@ -69,8 +92,8 @@ static int adam_create(const saefw_host *host, saefw_run *run, const saefw_opts 
         if (host->param_get(run, i, &p) != 0) return adam_destroy(a), saefw_fail(err, errlen, "cannot read parameters");
         a->numel[i] = p.numel;
         a->cols[i] = p.ndim == 2 ? p.shape[1] : 1;
-        a->m[i] = calloc((size_t)p.numel, sizeof(float));
-        a->v[i] = calloc((size_t)p.numel, sizeof(float));
+        a->m[i] = alloc_moment(p.numel);
+        a->v[i] = alloc_moment(p.numel);
         if (!a->m[i] || !a->v[i]) return adam_destroy(a), saefw_fail(err, errlen, "out of memory for Adam state");
     }
     *self = a;
