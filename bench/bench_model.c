@@ -288,6 +288,7 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
 
 int main(int argc, char **argv) {
     mallopt(M_MMAP_THRESHOLD, 1 << 20); /* as the saefw command does */
+    setvbuf(stdout, NULL, _IOLBF, 0);    /* each figure as soon as it is measured, also through a pipe */
     int rss = 0, reps = 3, forward_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rss")) rss = 1;
