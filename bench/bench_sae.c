@@ -73,6 +73,12 @@ static double peak_rss_bytes(void) {
     return (double)ru.ru_maxrss * 1024.0;
 }
 
+/* The reference: one cblas_sgemm of the encoder's shape on OpenBLAS's own threads. */
+static void reference_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, A, (int)d_in, W,
+                (int)d_sae, 0.0f, C, (int)d_sae);
+}
+
 /* The training loop is fed the same batch each step and timed at each step's log event. Between two
  * steps, the reference sgemm of the encoder's shape runs and is timed too, so that each step is
  * compared with the products timed just before and after it: the host's speed drifts by 30% over
@@ -88,8 +94,6 @@ typedef struct {
     double gemm[MAX_STEPS], gemm_cpu[MAX_STEPS];   /* the sgemm after each step */
 } feed;
 
-static double cpu_now(void);
-static void reference_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae);
 
 static int feed_batch(void *ud, float *out, int64_t B, char *err, size_t errlen) {
     feed *f = ud;
@@ -138,15 +142,7 @@ static double median(double *v, int n) {
 
 static int train_steps(saefw_sae *sae, const float *x, float *C, int64_t B, saefw_loaded_plugin *adam,
                        saefw_opts *opts, saefw_source *eval, int reps, step_figures *out, char *err, size_t errlen) {
-    static feed f;
-    memset(&f, 0, sizeof f);
-    f.x = x;
-    f.B = B;
-    f.d = sae->d_in;
-    f.d_sae = sae->d_sae;
-    f.W = sae->p[SAEFW_W_ENC];
-    f.C = C;
-    f.total = 1 + reps;
+    feed f = {.x = x, .B = B, .d = sae->d_in, .d_sae = sae->d_sae, .W = sae->p[SAEFW_W_ENC], .C = C, .total = 1 + reps};
     saefw_train_opts o;
     memset(&o, 0, sizeof o);
     o.sae = sae;
@@ -187,12 +183,6 @@ static int train_steps(saefw_sae *sae, const float *x, float *C, int64_t B, saef
     out->cpu_ratio = median(cpu_ratio, nr);
     out->l0 = f.l0[f.n - 1];
     return 0;
-}
-
-/* The reference: one cblas_sgemm of the encoder's shape on OpenBLAS's own threads. */
-static void reference_sgemm(const float *A, const float *W, float *C, int64_t B, int64_t d_in, int64_t d_sae) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)d_sae, (int)d_in, 1.0f, A, (int)d_in, W,
-                (int)d_sae, 0.0f, C, (int)d_sae);
 }
 
 /* The fastest of reps calls (after one that also faults C's pages in), and its CPU seconds: the
