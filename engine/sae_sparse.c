@@ -208,6 +208,21 @@ SAEFW_KERNEL static void fill_slabs(void *vctx, int64_t q0, int64_t q1) {
     }
 }
 
+/* Entry e of a feature: acc += act[e] dxh[rows[e]] (the gradient piece), *t += dxh[rows[e]] * the
+ * feature's W_dec piece (its dot, lane by lane). */
+static inline __attribute__((always_inline)) void grad_dec_entry(v8 *restrict acc, v8 *restrict t,
+                                                                 const v8 *restrict wv, const float *restrict slab,
+                                                                 const int32_t *restrict rows,
+                                                                 const float *restrict act, int64_t e, int64_t end) {
+    prefetch_slab_row(slab, rows, e, end);
+    const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
+    const float a = act[e];
+    for (int v = 0; v < NV; v++) {
+        acc[v] += a * m[v];
+        *t += m[v] * wv[v];
+    }
+}
+
 /* Features [j0, j1), one column group: each feature's W_dec-gradient piece, sum_e act[e] dxh[rows[e]],
  * and each entry's share of dL/dacts, dot[e] += dxh[rows[e]] . the feature's W_dec piece; both read the
  * entry's dxh piece once. gW and W point at the group's first column, rows ld apart. */
@@ -227,29 +242,15 @@ SAEFW_KERNEL static void grad_dec_group(float *restrict gW, const float *restric
         /* Four entries at a time, their dots summed together: a quarter of the horizontal sums. */
         for (; e + 4 <= start[j + 1]; e += 4) {
             v8 t[4] = {{0}};
-            for (int k = 0; k < 4; k++) {
-                prefetch_slab_row(slab, rows, e + k, end);
-                const v8 *m = (const v8 *)(slab + (int64_t)rows[e + k] * GROUP);
-                const float a = act[e + k];
-                for (int v = 0; v < NV; v++) {
-                    acc[v] += a * m[v];
-                    t[k] += m[v] * wv[v];
-                }
-            }
+            for (int k = 0; k < 4; k++) grad_dec_entry(acc, &t[k], wv, slab, rows, act, e + k, end);
             v4 d;
             memcpy(&d, dot + e, sizeof d);
             d += hsum4(t);
             memcpy(dot + e, &d, sizeof d);
         }
         for (; e < start[j + 1]; e++) {
-            prefetch_slab_row(slab, rows, e, end);
-            const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
-            const float a = act[e];
             v8 t = {0};
-            for (int v = 0; v < NV; v++) {
-                acc[v] += a * m[v];
-                t += m[v] * wv[v];
-            }
+            grad_dec_entry(acc, &t, wv, slab, rows, act, e, end);
             dot[e] += hsum(&t);
         }
         store_piece(gW + j * ld, acc, n_cols);
