@@ -94,7 +94,6 @@ typedef struct {
     double gemm[MAX_STEPS], gemm_cpu[MAX_STEPS];   /* the sgemm after each step */
 } feed;
 
-
 static int feed_batch(void *ud, float *out, int64_t B, char *err, size_t errlen) {
     feed *f = ud;
     memcpy(out, f->x, sizeof(float) * (size_t)(B * f->d));
@@ -163,8 +162,8 @@ static int train_steps(saefw_sae *sae, const float *x, float *C, int64_t B, saef
         if (rc == 0) snprintf(err, errlen, "the training loop stopped after %d steps", f.n);
         return -1;
     }
-    out->step_s = out->gemm_s = INFINITY;
-    out->step_cpu = 0;
+    out->step_s = out->gemm_s = out->ratio_lo = INFINITY;
+    out->step_cpu = out->ratio_hi = 0;
     double ratio[MAX_STEPS], cpu_ratio[MAX_STEPS];
     int nr = 0;
     for (int k = 1; k < f.n; k++) {
@@ -175,11 +174,11 @@ static int train_steps(saefw_sae *sae, const float *x, float *C, int64_t B, saef
         }
         out->gemm_s = fmin(out->gemm_s, f.gemm[k]);
         ratio[nr] = s / (0.5 * (f.gemm[k - 1] + f.gemm[k]));
+        out->ratio_lo = fmin(out->ratio_lo, ratio[nr]);
+        out->ratio_hi = fmax(out->ratio_hi, ratio[nr]);
         cpu_ratio[nr++] = c / (0.5 * (f.gemm_cpu[k - 1] + f.gemm_cpu[k]));
     }
     out->ratio = median(ratio, nr);
-    out->ratio_lo = ratio[0];
-    out->ratio_hi = ratio[nr - 1];
     out->cpu_ratio = median(cpu_ratio, nr);
     out->l0 = f.l0[f.n - 1];
     return 0;

@@ -49,7 +49,7 @@ static float *alloc_moment(int64_t n) {
         return p;
     }
 #endif
-    return calloc(bytes ? (size_t)n : 1, sizeof(float));
+    return calloc((size_t)n, sizeof(float));
 }
 
 static void adam_destroy(void *self) {
