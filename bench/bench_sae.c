@@ -9,7 +9,7 @@
  * time; CPU seconds are printed beside, as they change less when other programs compete for the cores.
  * RESULT lines are for bench/compare.sh.
  *
- *   bench_sae [--small] [--reps N] [--threads N] [--path auto|dense|sparse] [--l0 a,b,...]
+ *   bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] [--l0 a,b,...]
  */
 #include <cblas.h>
 #include <math.h>
@@ -38,6 +38,7 @@ typedef struct {
 
 typedef struct {
     int small_only;
+    int full_only;
     int reps;          /* timed repetitions of each measurement (after one warm-up); 0: 3 small, 1 full */
     int threads;       /* 0: the default (OPENBLAS_NUM_THREADS, else all cores) */
     saefw_sae_path path;
@@ -310,6 +311,7 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--small") == 0) bo->small_only = 1;
+        else if (strcmp(a, "--full") == 0) bo->full_only = 1;
         else if (strcmp(a, "--reps") == 0 && v) bo->reps = atoi(argv[++i]);
         else if (strcmp(a, "--threads") == 0 && v) bo->threads = atoi(argv[++i]);
         else if (strcmp(a, "--path") == 0 && v) {
@@ -328,11 +330,12 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
                 p = *end == ',' ? end + 1 : end;
             }
         } else {
-            fprintf(stderr, "usage: bench_sae [--small] [--reps N] [--threads N] [--path auto|dense|sparse] "
+            fprintf(stderr, "usage: bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] "
                             "[--l0 a,b,...]\n");
             return -1;
         }
     }
+    if (bo->small_only && bo->full_only) return fprintf(stderr, "bench_sae: --small and --full exclude each other\n"), -1;
     if (bo->reps < 0 || bo->reps > MAX_STEPS - 2)
         return fprintf(stderr, "bench_sae: --reps must be in 1..%d\n", MAX_STEPS - 2), -1;
     return 0;
@@ -358,7 +361,7 @@ int main(int argc, char **argv) {
            bo.path == SAEFW_SAE_DENSE ? "forced dense" : bo.path == SAEFW_SAE_SPARSE ? "forced sparse" : "auto");
     static const shape SHAPES[2] = {{"small", 512, 4096, 1024}, {"full", 2048, 16384, 4096}};
     int rc = 0;
-    for (int k = 0; k < (bo.small_only ? 1 : 2) && rc == 0; k++)
+    for (int k = bo.full_only ? 1 : 0; k < (bo.small_only ? 1 : 2) && rc == 0; k++)
         if (run_shape(&SHAPES[k], &bo, bo.reps > 0 ? bo.reps : k == 0 ? 3 : 1, adam, opts, err, sizeof err) != 0) {
             fprintf(stderr, "bench_sae: %s: %s\n", SHAPES[k].name, err);
             rc = 1;
