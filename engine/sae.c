@@ -350,26 +350,52 @@ typedef struct {
     int64_t B;
 } tile_ctx;
 
-/* One tile: its pre-activations [B, tw] into the worker's scratch (single-threaded OpenBLAS), then the
- * ReLU pass recording the active entries chunk by chunk. A chunk out of room marks the batch dense,
- * and the tiles not started yet are skipped. */
-static void run_tile(const tile_ctx *c, int64_t t, float *S) {
+/* The product's work items: whole tiles, then the last TAIL_TILES tiles in TAIL_PIECES row pieces each,
+ * so that the workers, which take the items in order as they come free, finish together. A whole tile
+ * is too coarse a unit for that, and splitting every tile would repack W_enc's tiles as many times. */
+#define TAIL_TILES 2
+#define TAIL_PIECES 4
+
+/* Item i of the product's list, which depends on the shapes only: tile *t, rows [*r0, *r1) (whole
+ * chunks). Returns 0 past the end. */
+static int tile_item(const saefw_sae_work *w, int64_t B, int64_t i, int64_t *t, int64_t *r0, int64_t *r1) {
+    const int64_t tail = w->n_tiles < TAIL_TILES ? w->n_tiles : TAIL_TILES, n_whole = w->n_tiles - tail;
+    if (i < n_whole) {
+        *t = i;
+        *r0 = 0;
+        *r1 = B;
+        return 1;
+    }
+    i -= n_whole;
+    if (i >= tail * TAIL_PIECES) return 0;
+    const int64_t chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
+    const int64_t per = (chunks + TAIL_PIECES - 1) / TAIL_PIECES * w->chunk_rows, p = i % TAIL_PIECES;
+    *t = n_whole + i / TAIL_PIECES;
+    *r0 = p * per < B ? p * per : B;
+    *r1 = (p + 1) * per < B ? (p + 1) * per : B;
+    return 1;
+}
+
+/* One item: its pre-activations [r1 - r0, tw] into the worker's scratch (single-threaded OpenBLAS), then
+ * the ReLU pass recording the active entries chunk by chunk. A chunk out of room marks the batch dense,
+ * and the items not started yet are skipped. */
+static void run_tile(const tile_ctx *c, int64_t t, int64_t r0, int64_t r1, float *S) {
     saefw_sae_work *w = c->w;
-    const int64_t d_in = c->sae->d_in, d_sae = c->sae->d_sae, B = c->B;
+    const int64_t d_in = c->sae->d_in, d_sae = c->sae->d_sae;
     const int64_t j0 = t * w->tile_w, tw = d_sae - j0 < w->tile_w ? d_sae - j0 : w->tile_w;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)tw, (int)d_in, 1.0f, w->x_cent, (int)d_in,
-                c->sae->p[SAEFW_W_ENC] + j0, (int)d_sae, 0.0f, S, (int)tw);
-    const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
-    for (int64_t ch = 0; ch < n_chunks; ch++) {
-        const int64_t slot = t * w->n_chunks + ch, base = slot * w->chunk_cap, r0 = ch * w->chunk_rows;
-        const int64_t r1 = r0 + w->chunk_rows < B ? r0 + w->chunk_rows : B;
+    if (r0 >= r1) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)tw, (int)d_in, 1.0f,
+                w->x_cent + r0 * d_in, (int)d_in, c->sae->p[SAEFW_W_ENC] + j0, (int)d_sae, 0.0f, S, (int)tw);
+    for (int64_t ch = r0 / w->chunk_rows; ch * w->chunk_rows < r1; ch++) {
+        const int64_t slot = t * w->n_chunks + ch, base = slot * w->chunk_cap, b0 = ch * w->chunk_rows;
+        const int64_t b1 = b0 + w->chunk_rows < r1 ? b0 + w->chunk_rows : r1;
         int64_t kept = 0, active = 0;
         double l1 = 0;
         const int stop = __atomic_load_n(&w->overflow, __ATOMIC_RELAXED);
-        for (int64_t b = r0; b < r1; b++) {
+        for (int64_t b = b0; b < b1; b++) {
             double row_l1;
             const int64_t room = stop ? 0 : w->chunk_cap - kept;
-            int64_t n = relu_record(S + b * tw, c->sae->p[SAEFW_B_ENC] + j0, tw, w->act_feat + base + kept,
+            int64_t n = relu_record(S + (b - r0) * tw, c->sae->p[SAEFW_B_ENC] + j0, tw, w->act_feat + base + kept,
                                  w->act_val + base + kept, room, &row_l1);
             int64_t k = n < room ? n : room;
             w->row_start[t * w->cap + b] = base + kept;
@@ -385,17 +411,17 @@ static void run_tile(const tile_ctx *c, int64_t t, float *S) {
     }
 }
 
-/* Worker k of n_slots takes tiles k, k + n_slots, ... with scratch slot k: which tiles a thread runs
- * changes nothing in the results. */
+/* Worker k takes the next item of the list whenever it is free, with scratch slot k: which items a
+ * thread runs changes nothing in the results. */
 static void tile_workers(void *vctx, int64_t k0, int64_t k1) {
     const tile_ctx *c = vctx;
     saefw_sae_work *w = c->w;
     for (int64_t k = k0; k < k1; k++) {
         float *S = w->scratch + k * w->cap * w->tile_w;
-        for (int64_t t = k; t < w->n_tiles; t += w->n_slots) {
-            if (__atomic_load_n(&w->overflow, __ATOMIC_RELAXED)) return;
-            run_tile(c, t, S);
-        }
+        int64_t t, r0, r1;
+        while (!__atomic_load_n(&w->overflow, __ATOMIC_RELAXED) &&
+               tile_item(w, c->B, __atomic_fetch_add(&w->next_item, 1, __ATOMIC_RELAXED), &t, &r0, &r1))
+            run_tile(c, t, r0, r1, S);
     }
 }
 
@@ -403,6 +429,7 @@ static void tile_workers(void *vctx, int64_t k0, int64_t k1) {
 static int sparse_attempt(const saefw_sae *sae, saefw_sae_work *w, int64_t B, int64_t *active, double *l1) {
     tile_ctx c = {sae, w, B};
     w->overflow = 0;
+    w->next_item = 0;
     saefw_parallel_for_blas1(w->n_slots, tile_workers, &c);
     if (w->overflow) return 0;
     const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;

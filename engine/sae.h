@@ -98,6 +98,7 @@ typedef struct {
     int64_t *chunk_kept;   /* [n_tiles, n_chunks]: entries recorded */
     double *chunk_l1;      /* [n_tiles, n_chunks]: sum of acts */
     int overflow;          /* a chunk ran out of room: the batch goes to the dense path */
+    int64_t next_item;     /* the next item of the tile product's list to take */
     /* The same entries by feature (built for the backward pass): feature j's are
      * [feat_start[j], feat_start[j + 1]), rows ascending. */
     int64_t feat_cap;
