@@ -144,6 +144,7 @@ static void *alloc_n(saefw_sae_work *w, int64_t n, size_t size, int huge, int *f
 
 void saefw_sae_work_release(saefw_sae_work *w) {
     w->acts_valid = 0;
+    w->slabs_ready = 0;
 #ifdef MADV_DONTNEED
     for (int i = 0; i < w->n_big; i++) madvise(w->big[i], w->big_bytes[i], MADV_DONTNEED); /* advice: may fail */
     if (w->acts) madvise(w->acts, w->acts_bytes, MADV_DONTNEED);
@@ -578,28 +579,13 @@ static void dense_pieces(saefw_sae *sae, saefw_sae_work *w, const float *x, int6
 
 /* ---- forward ---- */
 
-/* Per column i of a range: sum over rows of (x_hat - x)^2, of x, then of (x - mean)^2, in double. */
+/* Columns of a range: the statistics' sums (saefw_column_stats). */
 SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
     const step_ctx *c = vctx;
-    const int64_t d_in = c->sae->d_in, B = c->B;
-    double *restrict l2 = c->w->col_stat, *restrict mean = l2 + d_in, *restrict var = mean + d_in;
-    for (int64_t i = i0; i < i1; i++) l2[i] = mean[i] = var[i] = 0.0;
-    for (int64_t b = 0; b < B; b++) {
-        const float *restrict x = c->x + b * d_in, *restrict xh = c->w->x_hat + b * d_in;
-        for (int64_t i = i0; i < i1; i++) {
-            double e = (double)xh[i] - (double)x[i];
-            l2[i] += e * e;
-            mean[i] += x[i];
-        }
-    }
-    for (int64_t i = i0; i < i1; i++) mean[i] /= (double)B;
-    for (int64_t b = 0; b < B; b++) {
-        const float *restrict x = c->x + b * d_in;
-        for (int64_t i = i0; i < i1; i++) {
-            double e = (double)x[i] - mean[i];
-            var[i] += e * e;
-        }
-    }
+    const int64_t d_in = c->sae->d_in;
+    double *col = c->w->col_stat;
+    saefw_column_stats(c->w->x_hat + i0, d_in, c->x + i0, d_in, c->B, i1 - i0, col + i0, col + d_in + i0,
+                       col + 2 * d_in + i0);
 }
 
 void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, saefw_sae_stats *stats) {
@@ -607,6 +593,7 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     step_ctx c = {sae, w, x, B};
     w->acts_valid = 0;
     w->grads_ready = 0;
+    w->slabs_ready = 0;
     saefw_parallel_for(B, center_rows, &c);
     int64_t active = 0;
     double l1 = 0;
@@ -616,7 +603,7 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     w->used_sparse = try_sparse && sparse_attempt(sae, w, B, &active, &l1);
     if (w->used_sparse) {
         saefw_sparse_index(w, d_sae, B);
-        saefw_sparse_decode(sae, w, B);
+        saefw_sparse_decode(sae, w, w->fused ? x : NULL, B);
     } else {
         /* A fused call also makes the gradients here: the pieces' activations are at hand. */
         dense_pieces((saefw_sae *)sae, w, x, B, w->fused);
@@ -630,7 +617,7 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     if (w->path == SAEFW_SAE_AUTO)
         w->predict_dense = (double)active > SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae);
     if (!stats) return;
-    saefw_parallel_for(d_in, stat_columns, &c);
+    if (!w->slabs_ready) saefw_parallel_for(d_in, stat_columns, &c);
     double l2 = 0, var = 0;
     for (int64_t i = 0; i < d_in; i++) {
         l2 += w->col_stat[i];

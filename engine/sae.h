@@ -111,6 +111,7 @@ typedef struct {
      * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP in sae_kernels.h). */
     float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
     double *col_stat;      /* [3 * d_in]: per-column sums of the statistics */
+    int slabs_ready;       /* the sparse forward pass made col_stat and the backward pass's slabs */
     size_t acts_bytes;
     void *big[24];         /* the arrays saefw_sae_work_release hands back */
     size_t big_bytes[24];

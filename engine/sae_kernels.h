@@ -34,8 +34,33 @@ typedef int32_t v8iu __attribute__((vector_size(32), aligned(4), may_alias));
 /* The recorded entries (by row) regrouped by feature: feat_start, feat_row, feat_act. */
 void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B);
 
-/* x_hat [B, d_in] = b_dec + the active entries of acts times W_dec, after saefw_sparse_index. */
-void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, int64_t B);
+/* Per column i < n: the sums over B rows of (x_hat - x)^2 and of x, then of (x - mean)^2, in double, into
+ * l2[i], mean[i] (divided by B) and var[i]; rows of xh and x are ldh and ldx apart. */
+static inline void saefw_column_stats(const float *restrict xh, int64_t ldh, const float *restrict x, int64_t ldx,
+                                      int64_t B, int64_t n, double *restrict l2, double *restrict mean,
+                                      double *restrict var) {
+    for (int64_t i = 0; i < n; i++) l2[i] = mean[i] = var[i] = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *restrict xr = x + b * ldx, *restrict hr = xh + b * ldh;
+        for (int64_t i = 0; i < n; i++) {
+            double e = (double)hr[i] - (double)xr[i];
+            l2[i] += e * e;
+            mean[i] += xr[i];
+        }
+    }
+    for (int64_t i = 0; i < n; i++) mean[i] /= (double)B;
+    for (int64_t b = 0; b < B; b++) {
+        const float *restrict xr = x + b * ldx;
+        for (int64_t i = 0; i < n; i++) {
+            double e = (double)xr[i] - mean[i];
+            var[i] += e * e;
+        }
+    }
+}
+
+/* x_hat [B, d_in] = b_dec + the active entries of acts times W_dec, after saefw_sparse_index. With x
+ * (a fused call: the backward pass follows), also w->col_stat for x and the backward pass's slabs. */
+void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B);
 
 /* After saefw_sparse_decode on x [B, d_in]: W_dec's and W_enc's gradients (every element written),
  * b_enc's, and b_dec's x_hat term (the caller subtracts W_enc @ gb_enc). */

@@ -158,10 +158,33 @@ SAEFW_KERNEL static void decode_slab(float *restrict slab, const float *restrict
     }
 }
 
-static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
+/* dxh = 2/B (x_hat - x) into sd and x_cent into sx, [B, GROUP] slabs, for the columns [g0, g0 + n_cols);
+ * b_dec's gradient from the x_hat term, each column summed over rows in order (as the dense path does).
+ * xh (rows ld apart) may be sd itself. */
+static inline void backward_slabs(const float *xh, int64_t ld, const float *x, const float *x_cent, int64_t d_in,
+                                  int64_t B, int64_t g0, int64_t n_cols, float *sd, float *sx, float *gb_dec) {
+    const float c2 = 2.0f / (float)B;
+    for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0f;
+    for (int64_t b = 0; b < B; b++) {
+        const float *xr = x + b * d_in + g0, *h = xh + b * ld;
+        float *d = sd + b * GROUP;
+        for (int64_t i = 0; i < n_cols; i++) {
+            d[i] = c2 * (h[i] - xr[i]);
+            gb_dec[g0 + i] += d[i];
+        }
+        memcpy(sx + b * GROUP, x_cent + b * d_in + g0, sizeof(float) * (size_t)n_cols);
+        /* The kernels read whole slab rows; a last, narrower group is padded with zeros. */
+        for (int64_t i = n_cols; i < GROUP; i++) d[i] = sx[b * GROUP + i] = 0.0f;
+    }
+}
+
+/* Column groups of a range: the group's x_hat accumulated in its slab and copied out. On a fused call
+ * (x given), while the slab is at hand, also the group's columns of the statistics and its backward
+ * slabs (dxh in place of x_hat), so that neither pass reads x_hat back. */
+SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
     const sparse_ctx *c = vctx;
     const saefw_sae *sae = c->sae;
-    const saefw_sae_work *w = c->w;
+    saefw_sae_work *w = c->w;
     const int64_t d_in = sae->d_in, B = c->B;
     for (int64_t q = q0; q < q1; q++) {
         const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
@@ -173,39 +196,29 @@ static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
         decode_slab(slab, sae->p[SAEFW_W_DEC] + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act, n_cols);
         for (int64_t b = 0; b < B; b++)
             memcpy(w->x_hat + b * d_in + g0, slab + b * GROUP, sizeof(float) * (size_t)n_cols);
+        if (!c->x) continue;
+        saefw_column_stats(slab, GROUP, c->x + g0, d_in, B, n_cols, w->col_stat + g0, w->col_stat + d_in + g0,
+                           w->col_stat + 2 * d_in + g0);
+        backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP,
+                       sae->g[SAEFW_B_DEC]);
     }
 }
 
-void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, int64_t B) {
-    sparse_ctx c = {(saefw_sae *)sae, w, NULL, B};
+void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
+    sparse_ctx c = {(saefw_sae *)sae, w, x, B};
     saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, decode_groups, &c);
+    w->slabs_ready = x != NULL;
 }
 
 /* ---- gradients ---- */
 
-/* Column groups of a range: dxh = 2/B (x_hat - x) and x_cent into their slabs, and b_dec's gradient
- * from the x_hat term, each column summed over rows in order (as the dense path does). */
+/* Column groups of a range: the backward slabs from x_hat (when the forward pass did not make them). */
 SAEFW_KERNEL static void fill_slabs(void *vctx, int64_t q0, int64_t q1) {
     const sparse_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in, B = c->B;
-    const float c2 = 2.0f / (float)B;
-    float *gb_dec = c->sae->g[SAEFW_B_DEC];
-    for (int64_t q = q0; q < q1; q++) {
-        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
-        float *sd = c->w->slab_d + q * B * GROUP, *sx = c->w->slab_x + q * B * GROUP;
-        for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0f;
-        for (int64_t b = 0; b < B; b++) {
-            const float *x = c->x + b * d_in + g0, *xh = c->w->x_hat + b * d_in + g0;
-            float *d = sd + b * GROUP;
-            for (int64_t i = 0; i < n_cols; i++) {
-                d[i] = c2 * (xh[i] - x[i]);
-                gb_dec[g0 + i] += d[i];
-            }
-            memcpy(sx + b * GROUP, c->w->x_cent + b * d_in + g0, sizeof(float) * (size_t)n_cols);
-            /* The kernels read whole slab rows; a last, narrower group is padded with zeros. */
-            for (int64_t i = n_cols; i < GROUP; i++) d[i] = sx[b * GROUP + i] = 0.0f;
-        }
-    }
+    for (int64_t q = q0; q < q1; q++)
+        backward_slabs(c->w->x_hat + q * GROUP, d_in, c->x, c->w->x_cent, d_in, B, q * GROUP, group_cols(d_in, q),
+                       c->w->slab_d + q * B * GROUP, c->w->slab_x + q * B * GROUP, c->sae->g[SAEFW_B_DEC]);
 }
 
 /* Entry e of a feature: acc += act[e] dxh[rows[e]] (the gradient piece), *t += dxh[rows[e]] * the
@@ -322,6 +335,6 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
 
 void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
     sparse_ctx c = {sae, w, x, B};
-    saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, fill_slabs, &c);
+    if (!w->slabs_ready) saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, fill_slabs, &c);
     saefw_parallel_for((sae->d_sae + FEAT_BLOCK - 1) / FEAT_BLOCK, backward_features, &c);
 }

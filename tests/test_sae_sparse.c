@@ -27,13 +27,15 @@ static int cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* One forward and backward pass with the given path; a copy of everything they produce. */
-static result run_path(saefw_sae *sae, const float *x, saefw_sae_path path) {
+/* One forward and backward pass with the given path, the forward pass told (fused) or not that the
+ * backward pass follows; a copy of everything they produce. */
+static result run_path_fused(saefw_sae *sae, const float *x, saefw_sae_path path, int fused) {
     char err[256];
     saefw_sae_set_path(path);
     saefw_sae_work w;
     REQUIRE(saefw_sae_work_alloc(&w, sae, B, err, sizeof err) == 0, "%s", err);
     saefw_sae_set_path(SAEFW_SAE_AUTO);
+    w.fused = fused;
     result r;
     saefw_sae_forward(sae, &w, x, B, &r.st);
     saefw_sae_backward(sae, &w, x, B);
@@ -49,6 +51,10 @@ static result run_path(saefw_sae *sae, const float *x, saefw_sae_path path) {
     memcpy(r.grads, sae->grads, sizeof(float) * sae->n_total);
     saefw_sae_work_free(&w);
     return r;
+}
+
+static result run_path(saefw_sae *sae, const float *x, saefw_sae_path path) {
+    return run_path_fused(sae, x, path, 0);
 }
 
 static void free_result(result *r) {
@@ -105,19 +111,24 @@ static void compare_paths(saefw_sae *sae, const float *x, double l0_target, cons
         off += (size_t)sae->numel[i];
     }
 
-    /* Each path with 1 and with 3 threads (uneven splits), bit for bit. */
+    /* Each path with 1 and with 3 threads (uneven splits), bit for bit; and a fused forward pass (the
+     * training loop's, which prepares or makes the gradients) gives the same bits as separate passes. */
     static const saefw_sae_path paths[2] = {SAEFW_SAE_DENSE, SAEFW_SAE_SPARSE};
     for (int p = 0; p < 2; p++) {
         saefw_set_threads(1);
         result one = run_path(sae, x, paths[p]);
         saefw_set_threads(3);
         result three = run_path(sae, x, paths[p]);
+        result fused = run_path_fused(sae, x, paths[p], 1);
         saefw_set_threads(0);
-        int same = same_bits(&one, &three, sae->n_total);
-        printf("  %-28s 1 vs 3 threads: %s\n", p ? "sparse path" : "dense path", same ? "bit-identical" : "DIFFERENT");
+        int same = same_bits(&one, &three, sae->n_total), same_fused = same_bits(&three, &fused, sae->n_total);
+        printf("  %-28s 1 vs 3 threads: %s; fused forward: %s\n", p ? "sparse path" : "dense path",
+               same ? "bit-identical" : "DIFFERENT", same_fused ? "bit-identical" : "DIFFERENT");
         CHECK(same, "%s: %s path results depend on the thread count", level, p ? "sparse" : "dense");
+        CHECK(same_fused, "%s: %s path results differ with a fused forward pass", level, p ? "sparse" : "dense");
         free_result(&one);
         free_result(&three);
+        free_result(&fused);
     }
     free_result(&d);
     free_result(&s);
