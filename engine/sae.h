@@ -87,7 +87,9 @@ typedef struct {
     int used_sparse;       /* the last forward pass took the sparse path (backward follows it) */
     int predict_dense;     /* the last batch was too dense: the next one goes straight to the dense path */
     int grads_ready;       /* the last forward pass also made the dense path's gradients (fused) */
-    int fused;             /* set by the caller: a dense forward pass also makes the gradients */
+    int fused;             /* set by the caller when a backward pass follows every forward pass: a dense
+                            * forward pass then also makes the gradients, a sparse one the backward
+                            * pass's slabs and b_dec's x_hat term */
     int64_t nnz;           /* active entries of the last forward pass */
     int64_t chunk_rows, n_chunks, chunk_cap;
     int64_t *row_start;    /* [n_tiles, cap]: offset of the entries of row b in tile t */
