@@ -144,7 +144,6 @@ static void *alloc_n(saefw_sae_work *w, int64_t n, size_t size, int huge, int *f
 
 void saefw_sae_work_release(saefw_sae_work *w) {
     w->acts_valid = 0;
-    w->slabs_ready = 0;
 #ifdef MADV_DONTNEED
     for (int i = 0; i < w->n_big; i++) madvise(w->big[i], w->big_bytes[i], MADV_DONTNEED); /* advice: may fail */
     if (w->acts) madvise(w->acts, w->acts_bytes, MADV_DONTNEED);
