@@ -591,8 +591,7 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
     step_ctx c = {sae, w, x, B};
     w->acts_valid = 0;
-    w->grads_ready = 0;
-    w->slabs_ready = 0;
+    w->fused_pass = w->fused;
     saefw_parallel_for(B, center_rows, &c);
     int64_t active = 0;
     double l1 = 0;
@@ -602,11 +601,10 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     w->used_sparse = try_sparse && sparse_attempt(sae, w, B, &active, &l1);
     if (w->used_sparse) {
         saefw_sparse_index(w, d_sae, B);
-        saefw_sparse_decode(sae, w, w->fused ? x : NULL, B);
+        saefw_sparse_decode(sae, w, w->fused_pass ? x : NULL, B);
     } else {
         /* A fused call also makes the gradients here: the pieces' activations are at hand. */
-        dense_pieces((saefw_sae *)sae, w, x, B, w->fused);
-        w->grads_ready = w->fused;
+        dense_pieces((saefw_sae *)sae, w, x, B, w->fused_pass);
         for (int64_t b = 0; b < B; b++) {
             active += w->row_len[b];
             l1 += w->row_l1[b];
@@ -616,7 +614,7 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     if (w->path == SAEFW_SAE_AUTO)
         w->predict_dense = (double)active > SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae);
     if (!stats) return;
-    if (!w->slabs_ready) saefw_parallel_for(d_in, stat_columns, &c);
+    if (!(w->used_sparse && w->fused_pass)) saefw_parallel_for(d_in, stat_columns, &c);
     double l2 = 0, var = 0;
     for (int64_t i = 0; i < d_in; i++) {
         l2 += w->col_stat[i];
@@ -720,7 +718,7 @@ void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64
     const int64_t d_in = sae->d_in;
     /* l2 = mean_b sum_i (x_hat - x)^2  =>  dL/dx_hat = 2/B (x_hat - x); b_dec gets this term there. */
     if (w->used_sparse) saefw_sparse_backward(sae, w, x, B);
-    else if (!w->grads_ready) dense_pieces(sae, w, x, B, 1); /* the pieces again, with their gradients */
+    else if (!w->fused_pass) dense_pieces(sae, w, x, B, 1); /* the pieces again, with their gradients */
     /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
     saefw_parallel_for(d_in, bias_dec_rows, sae);
 }

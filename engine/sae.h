@@ -86,7 +86,8 @@ typedef struct {
     saefw_sae_path path;   /* the path asked for at allocation */
     int used_sparse;       /* the last forward pass took the sparse path (backward follows it) */
     int predict_dense;     /* the last batch was too dense: the next one goes straight to the dense path */
-    int grads_ready;       /* the last forward pass also made the dense path's gradients (fused) */
+    int fused_pass;        /* the last forward pass was fused: on the dense path it made the gradients,
+                            * on the sparse path col_stat, the backward slabs and b_dec's x_hat term */
     int fused;             /* set by the caller when a backward pass follows every forward pass: a dense
                             * forward pass then also makes the gradients, a sparse one the backward
                             * pass's slabs and b_dec's x_hat term */
@@ -113,7 +114,6 @@ typedef struct {
      * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP in sae_kernels.h). */
     float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
     double *col_stat;      /* [3 * d_in]: per-column sums of the statistics */
-    int slabs_ready;       /* the sparse forward pass made col_stat and the backward pass's slabs */
     size_t acts_bytes;
     void *big[24];         /* the arrays saefw_sae_work_release hands back */
     size_t big_bytes[24];

@@ -207,7 +207,6 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
 void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
     sparse_ctx c = {(saefw_sae *)sae, w, x, B};
     saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, decode_groups, &c);
-    w->slabs_ready = x != NULL;
 }
 
 /* ---- gradients ---- */
@@ -335,6 +334,6 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
 
 void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
     sparse_ctx c = {sae, w, x, B};
-    if (!w->slabs_ready) saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, fill_slabs, &c);
+    if (!w->fused_pass) saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, fill_slabs, &c);
     saefw_parallel_for((sae->d_sae + FEAT_BLOCK - 1) / FEAT_BLOCK, backward_features, &c);
 }
