@@ -16,6 +16,7 @@
 #include "model_resolve.h"
 #include "model_source.h"
 #include "parallel.h"
+#include "token_dataset.h"
 #include "tokens.h"
 #include "plugin_loader.h"
 #include "sae.h"
@@ -829,9 +830,11 @@ static int model_index(lua_State *L) {
     return 1;
 }
 
-/* saefw.tokens(path, {seq_len=, bos=, shuffle=, dtype=, tensor=, seed=}) */
+/* saefw.tokens(path_or_dataset, {seq_len=, bos=, shuffle=, dtype=, tensor=, seed=, column=}): a token
+ * file, or a Parquet token dataset (hf://datasets/ORG/NAME, a folder, a glob), read through its token
+ * cache (converted on first use). */
 static int l_tokens(lua_State *L) {
-    static const char *const keys[] = {"seq_len", "bos", "shuffle", "dtype", "tensor", "seed", NULL};
+    static const char *const keys[] = {"seq_len", "bos", "shuffle", "dtype", "tensor", "seed", "column", NULL};
     const char *fn = "saefw.tokens";
     const char *path = luaL_checkstring(L, 1);
     if (lua_isnoneornil(L, 2)) lua_newtable(L);
@@ -846,10 +849,17 @@ static int l_tokens(lua_State *L) {
     o.dtype = opt_string(L, 2, fn, "dtype", NULL);
     o.tensor = opt_string(L, 2, fn, "tensor", NULL);
     o.seed = (uint64_t)opt_int(L, 2, fn, "seed", 49, 0);
+    const char *column = opt_string(L, 2, fn, "column", NULL);
+    char err[1024];
+    char cache[PATH_MAX];
+    if (saefw_token_dataset_spec(path)) {
+        if (saefw_token_dataset_prepare(path, column, -1, cache, sizeof cache, err, sizeof err) != 0)
+            return uerror(L, "%s: %s", fn, err);
+        o.path = cache;
+    }
     ltokens *t = lua_newuserdatauv(L, sizeof *t, 0);
     t->t = NULL;
     luaL_setmetatable(L, MT_TOKENS);
-    char err[1024];
     if (saefw_tokens_open(&o, &t->t, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
     return 1;
 }

@@ -4,25 +4,25 @@
 -- (the reinit_dead plugin), and a checkpoint every 30000 steps.
 --
 --   saefw download NeelNanda/GELU_1L512W_C4_Code config.json model_final.pth
---   saefw run experiments/baseline.lua --data path/to/c4_code_2b_tokens_reshaped.pt
+--   saefw download --dataset NeelNanda/c4-code-tokenized-2b
+--   saefw run experiments/baseline.lua
 --
--- The token file may be the seed's own c4_code_2b_tokens_reshaped.pt ([rows, 128] int64, already
--- cut, BOS-prefixed and shuffled), or any .npy / raw .bin / safetensors / .pt token file: rows are
--- cut into seq_len pieces; set --bos to the tokenizer's BOS id to overwrite position 0 as the seed did.
+-- The data default is the seed's own tokens, the Hub dataset NeelNanda/c4-code-tokenized-2b (Parquet
+-- shards, rows of 1024 tokens), read from the huggingface_hub cache and converted once into a flat
+-- token cache (`saefw tokens convert` does that step alone). Each row is cut into 8 rows of 128 with
+-- position 0 set to BOS, as the seed did. --data also takes a folder or glob of Parquet shards, or a
+-- token file (.npy, raw .bin, safetensors, .pt such as the seed's c4_code_2b_tokens_reshaped.pt).
 local saefw = require "saefw"
 
 local cfg = saefw.config {
   seed = 49, batch_size = 4096, buffer_mult = 384, lr = 1e-4, num_tokens = 2e9, l1_coeff = 3e-4,
   beta1 = 0.9, beta2 = 0.99, dict_mult = 8, seq_len = 128, enc_dtype = "fp32", buffer_dtype = "bf16",
-  remove_rare_dir = false, model_name = "gelu-1l", site = "post", layer = 0, data = "", bos = -1,
+  remove_rare_dir = false, model_name = "gelu-1l", site = "post", layer = 0,
+  -- bos 0: <|endoftext|>, the BOS of gelu-1l's tokenizer (NeelNanda/gpt-neox-tokenizer-digits)
+  data = "hf://datasets/NeelNanda/c4-code-tokenized-2b", bos = 0,
   log_every = 100, eval_every = 1000, checkpoint_every = 30000, reinit_every = 30000,
   reinit_threshold = 10 ^ -5.5, recons_batches = 5, run_dir = "",
 }
-if cfg.data == "" then
-  error("baseline: give the token file with --data PATH (.npy, .bin, .safetensors or .pt; the seed used "
-        .. "c4_code_2b_tokens_reshaped.pt, the tokens of NeelNanda/c4-code-tokenized-2b)", 0)
-end
-
 local model = saefw.model(cfg.model_name)
 local tokens = saefw.tokens(cfg.data, { seq_len = cfg.seq_len, seed = cfg.seed,
                                         bos = cfg.bos >= 0 and cfg.bos or nil })
