@@ -23,7 +23,7 @@
 #define SCHEMA_DEPTH_MAX 64
 /* pyarrow writes pages of about 1 MB; a page claiming more than this is damage. */
 #define PAGE_BYTES_MAX (1 << 30)
-#define MAX_VALUES_DEFAULT (INT64_C(1) << 31)
+#define MAX_VALUES_DEFAULT (INT64_C(1) << 28)
 
 /* Physical types, repetitions, converted types, codecs, encodings and page types of parquet.thrift. */
 enum { T_BOOLEAN, T_INT32, T_INT64, T_INT96, T_FLOAT, T_DOUBLE, T_BYTE_ARRAY, T_FIXED };
@@ -814,6 +814,12 @@ static int reserve(void *bufp, size_t *cap, size_t n, size_t sz, char *err, size
 
 /* ---- decoding: RLE / bit-packed hybrid, delta, plain ---- */
 
+/* 8 little-endian bytes; compilers turn this into one load on little-endian machines. */
+static inline uint64_t load_le64(const uint8_t *p) {
+    return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 | (uint64_t)p[4] << 32 |
+           (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+}
+
 /* Bits [pos, pos + bw) of a little-endian bit stream, bw <= 64; the caller checked the bytes exist. */
 static uint64_t getbits(const uint8_t *b, uint64_t pos, int bw) {
     if (bw == 0) return 0;
@@ -877,7 +883,16 @@ static int rle_get(rle_dec *d, uint32_t *out, int64_t n, const char *what, char 
         if (d->packed) {
             if ((uint64_t)take * (uint64_t)d->bw > d->bitend - d->bitpos)
                 return saefw_errf(err, errlen, "%s: bit-packed run truncated", what);
-            for (int64_t i = 0; i < take; i++) {
+            /* Whole 8-byte loads while they stay inside the run (the hot loop of levels and
+             * dictionary indices), byte by byte at its end. */
+            const uint64_t mask = d->bw == 32 ? UINT32_MAX : (UINT64_C(1) << d->bw) - 1;
+            const uint64_t nbytes = d->bitend / 8;
+            int64_t i = 0;
+            for (; i < take && (d->bitpos >> 3) + 8 <= nbytes; i++) {
+                out[i] = (uint32_t)((load_le64(d->bits + (d->bitpos >> 3)) >> (d->bitpos & 7)) & mask);
+                d->bitpos += (uint64_t)d->bw;
+            }
+            for (; i < take; i++) {
                 out[i] = (uint32_t)getbits(d->bits, d->bitpos, d->bw);
                 d->bitpos += (uint64_t)d->bw;
             }
@@ -1169,7 +1184,7 @@ static int decode_values(chunk_ctx *x, int encoding, const uint8_t *d, const uin
         if ((uint64_t)nn > n / (size_t)sz) return saefw_errf(x->err, x->errlen, "PLAIN values truncated");
         int64_t *out = b->values + b->n;
         if (c->phys == T_INT64) {
-            for (int64_t i = 0; i < nn; i++) out[i] = (int64_t)load_le(d + 8 * i, 8);
+            for (int64_t i = 0; i < nn; i++) out[i] = (int64_t)load_le64(d + 8 * i);
         } else {
             for (int64_t i = 0; i < nn; i++) out[i] = widen(c, load_le(d + 4 * i, 4));
         }

@@ -86,8 +86,9 @@ typedef struct {
     int64_t *offsets;
     char *bytes;
     int64_t nulls_skipped;  /* null strings left out */
-    int64_t max_values;     /* refuse a column chunk of more values or rows than this (0: 2^31); a cap
-                               for hostile files, whose RLE runs can claim billions of values in a few bytes */
+    int64_t max_values;     /* refuse a column chunk of more values or rows than this (0: 2^28, 2 GiB of
+                               values; a dataset's row groups hold about 1M tokens). Outputs grow with what
+                               was decoded, but RLE runs can claim billions of values in a few bytes. */
     /* scratch, private to the reader */
     size_t values_cap, offsets_cap, bytes_cap;
     uint8_t *chunk;
