@@ -208,6 +208,96 @@ for (const dict of [true, false]) {
     emit(`seedlike_${dict ? "dict" : "plain"}.parquet`, columns, { codec: "SNAPPY", v2: false, dict, rowGroup: 2 }, {});
 }
 
+// The list forms parquet-wasm does not write, by hand from the parquet-format spec (a Thrift compact
+// writer of a few lines): `legacy`, the legacy 2-level list (optional group (LIST) { repeated int32
+// element }), and `bare`, a repeated int64 field with no LIST group; one uncompressed PLAIN v1 page
+// each, levels as RLE runs of one.
+{
+    const bytes = [];
+    const u8 = (...b) => bytes.push(...b);
+    const varint = (v) => {
+        v = BigInt(v);
+        while (v >= 0x80n) { u8(Number(v & 0x7fn) | 0x80); v >>= 7n; }
+        u8(Number(v));
+    };
+    const zz = (v) => { v = BigInt(v); return v >= 0n ? v << 1n : ((-v) << 1n) - 1n; };
+    const u32 = (v, to = bytes) => to.push(v & 255, (v >>> 8) & 255, (v >>> 16) & 255, v >>> 24);
+    // Thrift compact: field header (delta << 4 | type), i32/i64 zigzag varints, binary, list, struct.
+    const T = { I32: 5, I64: 6, BIN: 8, LIST: 9, STRUCT: 12 };
+    let last = [0];
+    const field = (id, t) => { u8(((id - last[last.length - 1]) << 4) | t); last[last.length - 1] = id; };
+    const i32 = (id, v) => { field(id, T.I32); varint(zz(v)); };
+    const i64 = (id, v) => { field(id, T.I64); varint(zz(v)); };
+    const str = (id, s) => { field(id, T.BIN); const b = Buffer.from(s); varint(b.length); u8(...b); };
+    const list = (id, t, n) => { field(id, T.LIST); u8((n << 4) | t); };
+    const begin = (id) => { if (id) field(id, T.STRUCT); last.push(0); };
+    const end = () => { u8(0); last.pop(); };
+
+    const cols = [
+        { name: "legacy", type: 1, size: 4, rows: [[1, 2, 3], [], [7]], defs: [2, 2, 2, 1, 2], reps: [0, 1, 1, 0, 0],
+            path: ["legacy", "element"] },
+        { name: "bare", type: 2, size: 8, rows: [[5], [6, -7], []], defs: [1, 1, 1, 0], reps: [0, 0, 1, 0], path: ["bare"] },
+    ];
+    u8(...Buffer.from("PAR1"));
+    for (const c of cols) {
+        const body = [];
+        const rle = (levels) => { const r = []; for (const l of levels) r.push(2, l); return r; };
+        const reps = rle(c.reps), defs = rle(c.defs);
+        u32(reps.length, body); body.push(...reps);
+        u32(defs.length, body); body.push(...defs);
+        for (const v of c.rows.flat()) {
+            const b = Buffer.alloc(c.size);
+            if (c.size === 4) b.writeInt32LE(v); else b.writeBigInt64LE(BigInt(v));
+            body.push(...b);
+        }
+        c.offset = bytes.length;
+        last = [0];
+        i32(1, 0); i32(2, body.length); i32(3, body.length);
+        begin(5); i32(1, c.defs.length); i32(2, 0); i32(3, 3); i32(4, 3); end();
+        u8(0);
+        u8(...body);
+        c.total = bytes.length - c.offset;
+    }
+    const footer = bytes.length;
+    last = [0];
+    i32(1, 1);
+    list(2, T.STRUCT, 4);
+    begin(0); str(4, "schema"); i32(5, 2); end();
+    begin(0); i32(3, 1); str(4, "legacy"); i32(5, 1); i32(6, 3); end();
+    begin(0); i32(1, 1); i32(3, 2); str(4, "element"); end();
+    begin(0); i32(1, 2); i32(3, 2); str(4, "bare"); end();
+    i64(3, 3);
+    list(4, T.STRUCT, 1);
+    begin(0);
+    list(1, T.STRUCT, 2);
+    for (const c of cols) {
+        begin(0);
+        i64(2, c.offset);
+        begin(3);
+        i32(1, c.type);
+        list(2, T.I32, 2); varint(zz(0)); varint(zz(3));
+        list(3, T.BIN, c.path.length);
+        for (const p of c.path) { varint(p.length); u8(...Buffer.from(p)); }
+        i32(4, 0); i64(5, c.defs.length); i64(6, c.total); i64(7, c.total); i64(9, c.offset);
+        end();
+        end();
+    }
+    i64(2, cols[0].total + cols[1].total);
+    i64(3, 3);
+    end();
+    end();
+    u32(bytes.length - footer);
+    u8(...Buffer.from("PAR1"));
+    fs.writeFileSync(path.join(out, "legacy_lists.parquet"), Buffer.from(bytes));
+    expected.push({
+        file: "legacy_lists.parquet", rows: 3, row_groups: 1, codec: "UNCOMPRESSED", page_version: 1, dictionary: false,
+        writer: "by hand in this script",
+        columns: [{ name: "legacy", kind: "list<int32>", values: cols[0].rows },
+            { name: "bare", kind: "list<int64>", values: cols[1].rows }],
+    });
+    console.log(`legacy_lists.parquet: ${bytes.length} bytes, written by hand`);
+}
+
 fs.writeFileSync(path.join(out, "expected.json"), JSON.stringify({
     generator: "tests/reference/make_parquet_fixtures.mjs", writer: "parquet-wasm 0.8.0, apache-arrow 21.2.0",
     files: expected,
