@@ -44,6 +44,7 @@ void hf_term_event(void *ud, const hf_event *ev) {
         snprintf(t->name, sizeof t->name, "%s", ev->name);
         t->t0 = now;
         t->last = 0;
+        t->base = ev->done; /* a resumed transfer starts past 0: the rate counts this run's bytes */
     }
     char done[32], total[32];
     human(ev->done, done, sizeof done);
@@ -61,8 +62,8 @@ void hf_term_event(void *ud, const hf_event *ev) {
     if (!t->tty && t->last == 0 && now - t->t0 < t->every) return;
     t->last = now;
     char speed[48] = "", eta[48] = "";
-    if (secs >= 0.5 && ev->done > 0) {
-        double rate = (double)ev->done / secs;
+    if (secs >= 0.5 && ev->done > t->base) {
+        double rate = (double)(ev->done - t->base) / secs;
         human((uint64_t)rate, speed + 2, sizeof speed - 4);
         speed[0] = ',';
         speed[1] = ' ';

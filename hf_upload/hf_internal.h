@@ -118,6 +118,7 @@ typedef struct {
     char name[256];     /* transfer being drawn */
     double t0, last;    /* its start, and the last redraw */
     double every;       /* seconds between plain progress lines when not a terminal */
+    uint64_t base;      /* bytes already there when the transfer was first seen (resume) */
 } hf_term;
 
 void hf_term_init(hf_term *t, const char *prefix);
