@@ -155,6 +155,20 @@ static int link_pointer(dl *d, const char *pointer, const char *file, const char
     return rc;
 }
 
+/* <cache>/CACHEDIR.TAG (the Cache Directory Tagging Standard), as huggingface_hub leaves it so
+ * that backup tools skip the cache. Best effort: a failure is no reason to stop a download. */
+static void tag_cache_dir(dl *d) {
+    char *tag = hf_join(d->cfg->cache_dir, "CACHEDIR.TAG");
+    if (tag && !exists(tag)) {
+        static const char text[] = "Signature: 8a477f597d28d172789f06886806bc55\n"
+                                   "# Cache directory tag written by saefw (huggingface_hub's cache layout).\n"
+                                   "# See https://bford.info/cachedir/\n";
+        char e2[256];
+        saefw_write_file_atomic(tag, text, sizeof text - 1, e2, sizeof e2);
+    }
+    free(tag);
+}
+
 /* Record, as huggingface_hub does after a 404 EntryNotFound, that file is absent at commit: an
  * empty .no_exist/<commit>/<file>, and refs/<revision>. Best effort: a read-only cache only loses
  * the record, as in huggingface_hub, so failures leave err untouched. */
@@ -447,6 +461,7 @@ static int download_one(dl *d, const char *revision, const char *file, char **po
     }
     if (!exists(blob)) {
         if (saefw_mkdirs(d->lock_dir, d->err, d->errlen) != 0 || hf_mkdirs_for(blob, d->err, d->errlen) != 0) goto out;
+        tag_cache_dir(d);
         lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (lock_fd < 0) {
             saefw_errf(d->err, d->errlen, "%s: cannot create lock: %s", lock, strerror(errno));

@@ -284,6 +284,8 @@ def check_cache(c, repo, head, files, ref="main", lfs_suffixes=(".safetensors",)
     blobs = os.listdir(os.path.join(root, "blobs"))
     check(not [b for b in blobs if b.endswith(".incomplete")], f"leftover .incomplete files: {blobs}")
     check(os.path.isdir(os.path.join(hub_dir, ".locks", os.path.basename(root))), "no .locks folder")
+    check(read(os.path.join(hub_dir, "CACHEDIR.TAG")).startswith(b"Signature: 8a477f597d28d172789f06886806bc55\n"),
+          "no CACHEDIR.TAG in the cache")
     return snap
 
 
