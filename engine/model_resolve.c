@@ -226,7 +226,10 @@ static int from_folder(const char *dir, const char *want, char *weights, size_t 
 static int from_cache(const char *repo, const char *want, char *weights, size_t wn, char *config, size_t cn,
                       char *where, size_t whn) {
     char folder[PATH_MAX];
-    if (saefw_hf_repo_dir("model", repo, folder, sizeof folder) != 0) return -1;
+    if (saefw_hf_repo_dir("model", repo, folder, sizeof folder) != 0) {
+        snprintf(where, whn, "the Hugging Face cache (its path from HF_HUB_CACHE/HF_HOME/XDG_CACHE_HOME is too long)");
+        return -1;
+    }
     snprintf(where, whn, "%s/snapshots/<revision>/", folder);
     char p[PATH_MAX], rev[128] = "";
     snprintf(p, sizeof p, "%s/refs/main", folder);

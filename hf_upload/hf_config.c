@@ -96,8 +96,12 @@ int hf_config_from_env(hf_config *cfg, char *err, size_t errlen) {
 
     /* The folders come from the core, so `saefw download` writes where saefw.model() looks. */
     char dir[PATH_MAX];
+    if (saefw_hf_home_dir(dir, sizeof dir) != 0 || saefw_hf_cache_dir(dir, sizeof dir) != 0) {
+        hf_config_free(cfg);
+        return saefw_errf(err, errlen, "the Hugging Face cache path (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME) is too long");
+    }
+    if (!(cfg->cache_dir = hf_strdup(dir))) goto oom;
     if (saefw_hf_home_dir(dir, sizeof dir) != 0 || !(cfg->hf_home = hf_strdup(dir))) goto oom;
-    if (saefw_hf_cache_dir(dir, sizeof dir) != 0 || !(cfg->cache_dir = hf_strdup(dir))) goto oom;
 
     /* huggingface_hub: HF_HUB_OFFLINE when set to anything, else TRANSFORMERS_OFFLINE. */
     const char *off = getenv("HF_HUB_OFFLINE");
