@@ -36,8 +36,7 @@ int saefw_dataset_resolve(const char *spec, const char *pattern, saefw_shards *o
 
 void saefw_shards_free(saefw_shards *s);
 
-/* Whether path matches glob under the rules above (exported for the tests and the tokenizer's
- * text datasets). */
+/* Whether path (relative, '/'-separated) matches glob under the rules above. */
 int saefw_glob_match(const char *glob, const char *path);
 
 #endif

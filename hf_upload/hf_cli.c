@@ -9,13 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static void human(uint64_t n, char *out, size_t len) {
-    if (n >= (1u << 30)) snprintf(out, len, "%.2f GB", (double)n / (1 << 30));
-    else if (n >= (1u << 20)) snprintf(out, len, "%.1f MB", (double)n / (1 << 20));
-    else if (n >= 1024) snprintf(out, len, "%.1f kB", (double)n / 1024);
-    else snprintf(out, len, "%llu B", (unsigned long long)n);
-}
-
 void hf_term_init(hf_term *t, const char *prefix) {
     memset(t, 0, sizeof *t);
     t->prefix = prefix;
@@ -47,8 +40,8 @@ void hf_term_event(void *ud, const hf_event *ev) {
         t->base = ev->done; /* a resumed transfer starts past 0: the rate counts this run's bytes */
     }
     char done[32], total[32];
-    human(ev->done, done, sizeof done);
-    human(ev->total, total, sizeof total);
+    hf_human_size(ev->done, done, sizeof done);
+    hf_human_size(ev->total, total, sizeof total);
     double secs = now - t->t0;
     if (ev->kind == HF_EV_DONE) {
         clear_live(t);
@@ -64,7 +57,7 @@ void hf_term_event(void *ud, const hf_event *ev) {
     char speed[48] = "", eta[48] = "";
     if (secs >= 0.5 && ev->done > t->base) {
         double rate = (double)(ev->done - t->base) / secs;
-        human((uint64_t)rate, speed + 2, sizeof speed - 4);
+        hf_human_size((uint64_t)rate, speed + 2, sizeof speed - 4);
         speed[0] = ',';
         speed[1] = ' ';
         strcat(speed, "/s");

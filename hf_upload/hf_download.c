@@ -667,13 +667,6 @@ static int matches_any(const hf_download_opts *o, const char *path) {
     return 0;
 }
 
-static void human_size(uint64_t n, char *out, size_t len) {
-    if (n >= (1u << 30)) snprintf(out, len, "%.2f GB", (double)n / (1 << 30));
-    else if (n >= (1u << 20)) snprintf(out, len, "%.1f MB", (double)n / (1 << 20));
-    else if (n >= 1024) snprintf(out, len, "%.1f kB", (double)n / 1024);
-    else snprintf(out, len, "%llu B", (unsigned long long)n);
-}
-
 /* The whole repo, or the files matching o->include, at revision. */
 static int download_listed(dl *d, const hf_download_opts *o, const char *revision, char **path_out) {
     const hf_config *cfg = d->cfg;
@@ -717,7 +710,7 @@ static int download_listed(dl *d, const hf_download_opts *o, const char *revisio
     }
     if (rc == 0) {
         char tot[32];
-        human_size(total, tot, sizeof tot);
+        hf_human_size(total, tot, sizeof tot);
         hf_step(cfg, "download %zu file%s (%s) of %s %s@%s", names.n, names.n == 1 ? "" : "s", tot, d->what, d->repo,
                 revision);
     }
@@ -725,7 +718,7 @@ static int download_listed(dl *d, const hf_download_opts *o, const char *revisio
         char *p = NULL, c2[64];
         if (names.n > 1) {
             char sz[32];
-            human_size(names.size[i], sz, sizeof sz);
+            hf_human_size(names.size[i], sz, sizeof sz);
             hf_step(cfg, "[%zu/%zu] %s (%s)", i + 1, names.n, names.v[i], sz);
         }
         rc = download_one(d, commit, names.v[i], &p, c2);

@@ -110,6 +110,8 @@ int hf_safe_relpath(const char *p);
 int hf_mkdirs_for(const char *path, char *err, size_t errlen);
 char *hf_strdup(const char *s);
 char *hf_join(const char *a, const char *b); /* a "/" b, malloc'd */
+/* A byte count for people: "812 B", "3.4 kB", "12.0 MB", "1.86 GB". */
+void hf_human_size(uint64_t n, char *out, size_t len);
 
 /* ---- progress on a terminal (stderr): a live line on a tty, plain lines otherwise ---- */
 typedef struct {
