@@ -43,6 +43,8 @@ static const char USAGE[] =
     "                      upload a checkpoint folder to the Hugging Face Hub\n"
     "  download REPO [FILE...] [--revision REV]\n"
     "                      download a repo's files into the Hugging Face cache\n"
+    "  download --dataset ORG/NAME [FILE... | --include GLOB ...] [--revision REV]\n"
+    "                      the same for a dataset repo (no FILE or GLOB: all of it)\n"
 #endif
     "  version             print the version\n"
     "  help                print this help\n"

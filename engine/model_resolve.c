@@ -1,8 +1,10 @@
 /* Model name resolution through the Hugging Face cache layout (models--org--name/refs, snapshots). */
 #include "model_resolve.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,14 +36,156 @@ static int is_dir(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* Growing a path in a fixed buffer; `over` sticks once the text did not fit. */
+typedef struct {
+    char *p;
+    size_t n, len;
+    int over;
+} pathbuf;
+
+static void pb_putn(pathbuf *b, const char *s, size_t k) {
+    if (b->over || b->len + k >= b->n) {
+        b->over = 1;
+        return;
+    }
+    memcpy(b->p + b->len, s, k);
+    b->len += k;
+    b->p[b->len] = 0;
+}
+
+static void pb_puts(pathbuf *b, const char *s) { pb_putn(b, s, strlen(s)); }
+
+static const char *env_set(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+/* Python's os.path.expanduser: "~" and "~/..." take $HOME (the password database when HOME is
+ * unset), "~user/..." that user's home; anything else is unchanged. */
+static void expand_user(const char *in, pathbuf *b) {
+    if (in[0] != '~') {
+        pb_puts(b, in);
+        return;
+    }
+    size_t i = strcspn(in, "/");
+    const char *home = NULL;
+    if (i == 1) {
+        home = getenv("HOME");
+        if (!home) {
+            struct passwd *pw = getpwuid(getuid());
+            home = pw ? pw->pw_dir : NULL;
+        }
+    } else {
+        char user[256];
+        if (i - 1 < sizeof user) {
+            memcpy(user, in + 1, i - 1);
+            user[i - 1] = 0;
+            struct passwd *pw = getpwnam(user);
+            home = pw ? pw->pw_dir : NULL;
+        }
+    }
+    if (!home) {
+        pb_puts(b, in);
+        return;
+    }
+    size_t hl = strlen(home);
+    while (hl > 0 && home[hl - 1] == '/') hl--;
+    pb_putn(b, home, hl);
+    pb_puts(b, in + i);
+    if (b->len == 0) pb_puts(b, "/");
+}
+
+/* Python's os.path.expandvars: $NAME and ${NAME} of set variables are replaced, others kept. */
+static void expand_vars(const char *in, pathbuf *b) {
+    for (const char *p = in; *p;) {
+        if (*p != '$') {
+            pb_putn(b, p++, 1);
+            continue;
+        }
+        const char *name = p + 1, *end;
+        size_t k;
+        if (*name == '{') {
+            end = strchr(name, '}');
+            if (!end) {
+                pb_putn(b, p++, 1);
+                continue;
+            }
+            name++;
+            k = (size_t)(end - name);
+            end++;
+        } else {
+            k = 0;
+            while (isalnum((unsigned char)name[k]) || name[k] == '_') k++;
+            end = name + k;
+            if (k == 0) {
+                pb_putn(b, p++, 1);
+                continue;
+            }
+        }
+        char var[256];
+        const char *val = NULL;
+        if (k < sizeof var) {
+            memcpy(var, name, k);
+            var[k] = 0;
+            val = getenv(var);
+        }
+        if (val) pb_puts(b, val);
+        else pb_putn(b, p, (size_t)(end - p));
+        p = end;
+    }
+}
+
+/* expandvars(expanduser(in)), then "/" tail appended as os.path.join does. */
+static int expand_path(const char *in, const char *tail, char *out, size_t n) {
+    char tmp[PATH_MAX];
+    pathbuf u = {tmp, sizeof tmp, 0, 0}, b = {out, n, 0, 0};
+    tmp[0] = 0;
+    if (n) out[0] = 0;
+    expand_user(in, &u);
+    if (u.over) return -1;
+    expand_vars(tmp, &b);
+    if (tail) {
+        if (b.len > 0 && out[b.len - 1] != '/') pb_puts(&b, "/");
+        pb_puts(&b, tail);
+    }
+    return b.over ? -1 : 0;
+}
+
+int saefw_hf_expand_path(const char *path, char *out, size_t n) { return expand_path(path, NULL, out, n); }
+
+int saefw_hf_home_dir(char *out, size_t n) {
+    const char *v = env_set("HF_HOME");
+    if (v) return expand_path(v, NULL, out, n);
+    v = env_set("XDG_CACHE_HOME");
+    if (v) return expand_path(v, "huggingface", out, n);
+    return expand_path("~/.cache", "huggingface", out, n);
+}
+
 int saefw_hf_cache_dir(char *out, size_t n) {
-    const char *v = getenv("HF_HUB_CACHE");
-    if (v && *v) return snprintf(out, n, "%s", v) < (int)n ? 0 : -1;
-    v = getenv("HF_HOME");
-    if (v && *v) return snprintf(out, n, "%s/hub", v) < (int)n ? 0 : -1;
-    v = getenv("HOME");
-    if (!v || !*v) return -1;
-    return snprintf(out, n, "%s/.cache/huggingface/hub", v) < (int)n ? 0 : -1;
+    const char *v = env_set("HF_HUB_CACHE");
+    if (!v) v = env_set("HUGGINGFACE_HUB_CACHE");
+    if (v) return expand_path(v, NULL, out, n);
+    char home[PATH_MAX];
+    if (saefw_hf_home_dir(home, sizeof home) != 0) return -1;
+    return expand_path(home, "hub", out, n);
+}
+
+int saefw_hf_repo_folder(const char *repo_type, const char *repo, char *out, size_t n) {
+    if (strcmp(repo_type, "model") != 0 && strcmp(repo_type, "dataset") != 0 && strcmp(repo_type, "space") != 0)
+        return -1;
+    pathbuf b = {out, n, 0, 0};
+    if (n) out[0] = 0;
+    pb_puts(&b, repo_type);
+    pb_puts(&b, "s--");
+    for (const char *c = repo; *c; c++) pb_puts(&b, *c == '/' ? "--" : (char[2]){*c, 0});
+    return b.over ? -1 : 0;
+}
+
+int saefw_hf_repo_dir(const char *repo_type, const char *repo, char *out, size_t n) {
+    char hub[PATH_MAX], folder[PATH_MAX];
+    if (saefw_hf_cache_dir(hub, sizeof hub) != 0 || saefw_hf_repo_folder(repo_type, repo, folder, sizeof folder) != 0)
+        return -1;
+    return snprintf(out, n, "%s/%s", hub, folder) < (int)n ? 0 : -1;
 }
 
 /* In a folder: config.json beside the weights (the known file name first, else the first
@@ -81,20 +225,11 @@ static int from_folder(const char *dir, const char *want, char *weights, size_t 
 /* The snapshot folder of repo in the cache: refs/main's commit, else any snapshot holding `want`. */
 static int from_cache(const char *repo, const char *want, char *weights, size_t wn, char *config, size_t cn,
                       char *where, size_t whn) {
-    char hub[PATH_MAX];
-    if (saefw_hf_cache_dir(hub, sizeof hub) != 0) return -1;
     char folder[PATH_MAX];
-    snprintf(folder, sizeof folder, "%s/models--", hub);
-    size_t k = strlen(folder);
-    for (const char *c = repo; *c && k + 3 < sizeof folder; c++) {
-        if (*c == '/') {
-            folder[k++] = '-';
-            folder[k++] = '-';
-        } else {
-            folder[k++] = *c;
-        }
+    if (saefw_hf_repo_dir("model", repo, folder, sizeof folder) != 0) {
+        snprintf(where, whn, "the Hugging Face cache (its path from HF_HUB_CACHE/HF_HOME/XDG_CACHE_HOME is too long)");
+        return -1;
     }
-    folder[k] = 0;
     snprintf(where, whn, "%s/snapshots/<revision>/", folder);
     char p[PATH_MAX], rev[128] = "";
     snprintf(p, sizeof p, "%s/refs/main", folder);

@@ -28,7 +28,7 @@ typedef struct {
     char *endpoint;    /* "https://huggingface.co", no trailing slash */
     char *token;       /* NULL when none was found; never printed, never uploaded */
     char *hf_home;     /* $HF_HOME or ~/.cache/huggingface */
-    char *cache_dir;   /* hub cache: $HF_HUB_CACHE, else $HF_HOME/hub */
+    char *cache_dir;   /* hub cache: saefw_hf_cache_dir() of the core */
     int offline;       /* HF_HUB_OFFLINE: never touch the network */
     long retry_base_ms;/* first backoff delay, doubled per retry (SAEFW_HF_RETRY_BASE_MS, default 1000) */
     int max_retries;   /* retries after the first attempt (SAEFW_HF_MAX_RETRIES, default 5) */
@@ -39,7 +39,8 @@ typedef struct {
 
 /* Fill cfg from the environment the way huggingface_hub reads it: token from HF_TOKEN, then
  * HUGGING_FACE_HUB_TOKEN, then the file $HF_TOKEN_PATH, else $HF_HOME/token; endpoint from
- * HF_ENDPOINT; HF_HUB_OFFLINE; cache from HF_HUB_CACHE, else $HF_HOME/hub. A missing token is not
+ * HF_ENDPOINT; HF_HUB_OFFLINE (else TRANSFORMERS_OFFLINE); home and cache folders from the core
+ * (saefw_hf_home_dir, saefw_hf_cache_dir in engine/model_resolve.h). A missing token is not
  * an error here (downloads of public repos need none). Free with hf_config_free. */
 int hf_config_from_env(hf_config *cfg, char *err, size_t errlen);
 void hf_config_free(hf_config *cfg);
@@ -65,11 +66,28 @@ typedef struct {
 int hf_upload_folder(const hf_config *cfg, const hf_upload_opts *opts, char **commit_url, char *err,
                      size_t errlen);
 
-/* Download `files` (nfiles of them; nfiles == 0: the whole repo at that revision) of model repo
- * `repo` at `revision` (NULL = "main") into the huggingface_hub cache layout. *path_out gets a
- * malloc'd path: the file when exactly one file was asked for, else the snapshot folder. Honours
- * HF_HUB_OFFLINE (cache only) and falls back to the cache when the endpoint cannot be reached.
- * Returns 0, or -1 with a one-line message in err. */
+typedef struct {
+    const char *repo_type;        /* "model" (also when NULL) or "dataset" */
+    const char *repo;             /* "org/name" */
+    const char *revision;         /* branch, tag or commit hash; NULL = "main" */
+    const char *const *files;     /* paths in the repo ... */
+    size_t nfiles;
+    const char *const *include;   /* ... or globs matched as huggingface_hub's allow_patterns
+                                   * (fnmatch on the whole path, '*' crosses '/') */
+    size_t ninclude;              /* neither files nor include: the whole repo */
+} hf_download_opts;
+
+/* Download files of a model or dataset repo into the huggingface_hub cache layout
+ * (<cache>/<type>s--org--name/{blobs,refs,snapshots}; .no_exist/<commit>/<file> after a 404).
+ * Whole repos and include globs are listed through the API's paginated tree endpoint. *path_out
+ * gets a malloc'd path: the file when exactly one file was asked for, else the snapshot folder.
+ * Partial blobs (<blob>.incomplete) are resumed with HTTP Range. Honours HF_HUB_OFFLINE (cache
+ * only) and falls back to the cache when the endpoint cannot be reached. Returns 0, or -1 with a
+ * one-line message in err. */
+int hf_download_repo(const hf_config *cfg, const hf_download_opts *opts, char **path_out, char *err,
+                     size_t errlen);
+
+/* hf_download_repo of a model repo: `files` (nfiles of them; 0: the whole repo) at `revision`. */
 int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files,
                 size_t nfiles, char **path_out, char *err, size_t errlen);
 
@@ -84,7 +102,8 @@ int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err,
 int saefw_hf_cli(int argc, char **argv);
 
 /* Lua module `saefw.hf`: upload{dir=, repo=, create=, private=, message=, revision=} returns the
- * commit URL; download{repo=, files=, revision=} returns the local path. Errors are raised as Lua
+ * commit URL; download{repo=, repo_type= "model"|"dataset", files= | include=, revision=} (files
+ * and include: a string or a list) returns the local path. Errors are raised as Lua
  * errors naming the bad argument or carrying the Hub's one-line message. */
 struct lua_State;
 int luaopen_saefw_hf(struct lua_State *L);

@@ -9,17 +9,15 @@
 #include <string.h>
 #include <unistd.h>
 
-static void human(uint64_t n, char *out, size_t len) {
-    if (n >= (1u << 30)) snprintf(out, len, "%.2f GB", (double)n / (1 << 30));
-    else if (n >= (1u << 20)) snprintf(out, len, "%.1f MB", (double)n / (1 << 20));
-    else if (n >= 1024) snprintf(out, len, "%.1f kB", (double)n / 1024);
-    else snprintf(out, len, "%llu B", (unsigned long long)n);
-}
-
 void hf_term_init(hf_term *t, const char *prefix) {
     memset(t, 0, sizeof *t);
     t->prefix = prefix;
     t->tty = isatty(STDERR_FILENO);
+    /* SAEFW_HF_PROGRESS_EVERY_S: seconds between plain progress lines when stderr is no terminal. */
+    const char *v = getenv("SAEFW_HF_PROGRESS_EVERY_S");
+    char *end = NULL;
+    double every = v && *v ? strtod(v, &end) : 10.0;
+    t->every = end && *end == 0 && every >= 0 ? every : 10.0;
 }
 
 static void clear_live(hf_term *t) {
@@ -39,10 +37,11 @@ void hf_term_event(void *ud, const hf_event *ev) {
         snprintf(t->name, sizeof t->name, "%s", ev->name);
         t->t0 = now;
         t->last = 0;
+        t->base = ev->done; /* a resumed transfer starts past 0: the rate counts this run's bytes */
     }
     char done[32], total[32];
-    human(ev->done, done, sizeof done);
-    human(ev->total, total, sizeof total);
+    hf_human_size(ev->done, done, sizeof done);
+    hf_human_size(ev->total, total, sizeof total);
     double secs = now - t->t0;
     if (ev->kind == HF_EV_DONE) {
         clear_live(t);
@@ -50,29 +49,47 @@ void hf_term_event(void *ud, const hf_event *ev) {
         t->name[0] = 0;
         return;
     }
-    /* Live line only on a terminal, redrawn at most ten times a second; logs get the DONE line. */
-    if (!t->tty || now - t->last < 0.1) return;
+    /* A live line on a terminal, redrawn at most ten times a second; elsewhere (logs) a plain line
+     * every t->every seconds, so a multi-GB shard shows it is moving. */
+    if (t->tty ? now - t->last < 0.1 : now - t->last < t->every) return;
+    if (!t->tty && t->last == 0 && now - t->t0 < t->every) return;
     t->last = now;
-    char speed[48] = "";
-    if (secs >= 0.5) {
-        human((uint64_t)((double)ev->done / secs), speed + 2, sizeof speed - 4);
-        speed[0] = speed[1] = ' ';
+    char speed[48] = "", eta[48] = "";
+    if (secs >= 0.5 && ev->done > t->base) {
+        double rate = (double)(ev->done - t->base) / secs;
+        hf_human_size((uint64_t)rate, speed + 2, sizeof speed - 4);
+        speed[0] = ',';
+        speed[1] = ' ';
         strcat(speed, "/s");
+        if (ev->total > ev->done) {
+            double left = (double)(ev->total - ev->done) / rate;
+            long s = (long)(left + 0.5);
+            if (s >= 3600) snprintf(eta, sizeof eta, ", ETA %ldh%02ldm", s / 3600, s / 60 % 60);
+            else if (s >= 60) snprintf(eta, sizeof eta, ", ETA %ldm%02lds", s / 60, s % 60);
+            else snprintf(eta, sizeof eta, ", ETA %lds", s);
+        }
     }
+    char pct[16] = "";
+    if (ev->total) snprintf(pct, sizeof pct, " %3.0f%%", 100.0 * (double)ev->done / (double)ev->total);
     if (ev->total)
-        fprintf(stderr, "\r\033[K%s: %s %3.0f%% %s / %s%s", t->prefix, ev->name, 100.0 * (double)ev->done / (double)ev->total,
-                done, total, speed);
+        fprintf(stderr, "%s%s: %s%s %s / %s%s%s%s", t->tty ? "\r\033[K" : "", t->prefix, ev->name, pct, done, total,
+                speed, eta, t->tty ? "" : "\n");
     else
-        fprintf(stderr, "\r\033[K%s: %s %s%s", t->prefix, ev->name, done, speed);
+        fprintf(stderr, "%s%s: %s %s%s%s", t->tty ? "\r\033[K" : "", t->prefix, ev->name, done, speed,
+                t->tty ? "" : "\n");
     fflush(stderr);
-    t->live = 1;
+    t->live = t->tty;
 }
 
 void hf_term_finish(hf_term *t) { clear_live(t); }
 
 static const char *USAGE_UPLOAD =
     "usage: saefw upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision BRANCH]\n";
-static const char *USAGE_DOWNLOAD = "usage: saefw download REPO [FILE...] [--revision REV]\n";
+static const char *USAGE_DOWNLOAD =
+    "usage: saefw download REPO [FILE...] [--revision REV]\n"
+    "       saefw download --dataset ORG/NAME [FILE... | --include GLOB ...] [--revision REV]\n"
+    "  no FILE and no --include: the whole repo; --include (repeatable) takes huggingface_hub's\n"
+    "  allow_patterns, e.g. --include 'data/*.parquet'\n";
 
 static int usage(const char *cmd, const char *usage_text, const char *fmt, ...) HF_PRINTF(3, 4);
 
@@ -161,13 +178,16 @@ static int cli_upload(int argc, char **argv) {
 }
 
 static int cli_download(int argc, char **argv) {
-    const char *repo = NULL, *revision = NULL;
+    const char *repo = NULL, *revision = NULL, *repo_type = NULL;
     const char **files = calloc((size_t)argc, sizeof *files);
-    if (!files) {
+    const char **include = calloc((size_t)argc, sizeof *include);
+    if (!files || !include) {
         fprintf(stderr, "saefw download: out of memory\n");
+        free(files);
+        free(include);
         return 1;
     }
-    size_t nfiles = 0;
+    size_t nfiles = 0, ninclude = 0;
     int rc = -1;
     for (int i = 1; i < argc && rc == -1; i++) {
         int missing = 0;
@@ -177,6 +197,16 @@ static int cli_download(int argc, char **argv) {
             rc = 0;
         } else if ((v = opt_value(argc, argv, &i, "--revision", &missing))) {
             revision = v;
+        } else if (!missing && (v = opt_value(argc, argv, &i, "--include", &missing))) {
+            include[ninclude++] = v;
+        } else if (!missing && (v = opt_value(argc, argv, &i, "--repo-type", &missing))) {
+            if (strcmp(v, "model") != 0 && strcmp(v, "dataset") != 0)
+                rc = usage("download", USAGE_DOWNLOAD, "--repo-type is model or dataset, not '%s'", v);
+            repo_type = v;
+        } else if (!missing && (v = opt_value(argc, argv, &i, "--dataset", &missing))) {
+            if (repo) rc = usage("download", USAGE_DOWNLOAD, "one repo per download (%s and %s)", repo, v);
+            repo = v;
+            repo_type = "dataset";
         } else if (missing) {
             rc = usage("download", USAGE_DOWNLOAD, "%s needs a value", argv[i]);
         } else if (argv[i][0] == '-' && argv[i][1]) {
@@ -187,9 +217,12 @@ static int cli_download(int argc, char **argv) {
             files[nfiles++] = argv[i];
         }
     }
-    if (rc == -1 && !repo) rc = usage("download", USAGE_DOWNLOAD, "which repo? pass ORG/NAME");
+    if (rc == -1 && !repo) rc = usage("download", USAGE_DOWNLOAD, "which repo? pass ORG/NAME (or --dataset ORG/NAME)");
+    if (rc == -1 && nfiles && ninclude)
+        rc = usage("download", USAGE_DOWNLOAD, "pass file names or --include patterns, not both");
     if (rc != -1) {
         free(files);
+        free(include);
         return rc;
     }
     char err[1024] = "";
@@ -197,6 +230,7 @@ static int cli_download(int argc, char **argv) {
     if (hf_config_from_env(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "saefw download: %s\n", err);
         free(files);
+        free(include);
         return 1;
     }
     hf_term term;
@@ -204,8 +238,11 @@ static int cli_download(int argc, char **argv) {
     cfg.progress = hf_term_event;
     cfg.progress_ud = &term;
     char *path = NULL;
-    rc = hf_download(&cfg, repo, revision, files, nfiles, &path, err, sizeof err);
+    hf_download_opts o = {.repo_type = repo_type, .repo = repo, .revision = revision, .files = files,
+                          .nfiles = nfiles, .include = include, .ninclude = ninclude};
+    rc = hf_download_repo(&cfg, &o, &path, err, sizeof err);
     free(files);
+    free(include);
     return finish("download", &cfg, &term, rc, path, err);
 }
 

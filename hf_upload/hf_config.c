@@ -2,13 +2,14 @@
  * endpoint, offline mode, cache folders), and repo id validation. */
 #include "hf_internal.h"
 
+#include "../engine/model_resolve.h"
 #include "../engine/util.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -30,20 +31,10 @@ static int env_true(const char *name) {
     return !strcasecmp(v, "1") || !strcasecmp(v, "on") || !strcasecmp(v, "yes") || !strcasecmp(v, "true");
 }
 
-/* "~/x" -> "$HOME/x"; anything else copied. */
+/* A path variable expanded as huggingface_hub expands it (the core's rules), malloc'd. */
 static char *expand_home(const char *p) {
-    if (p[0] != '~' || (p[1] && p[1] != '/')) return hf_strdup(p);
-    const char *home = env_nonempty("HOME");
-    if (!home) {
-        struct passwd *pw = getpwuid(getuid());
-        home = pw && pw->pw_dir ? pw->pw_dir : "/";
-    }
-    size_t nh = strlen(home), np = strlen(p + 1);
-    char *out = malloc(nh + np + 1);
-    if (!out) return NULL;
-    memcpy(out, home, nh);
-    memcpy(out + nh, p + 1, np + 1);
-    return out;
+    char buf[PATH_MAX];
+    return saefw_hf_expand_path(p, buf, sizeof buf) == 0 ? hf_strdup(buf) : NULL;
 }
 
 /* Trim surrounding whitespace in place; huggingface_hub strips tokens the same way. */
@@ -103,23 +94,18 @@ int hf_config_from_env(hf_config *cfg, char *err, size_t errlen) {
         return saefw_errf(err, errlen, "HF_ENDPOINT must start with http:// or https://");
     }
 
-    const char *home = env_nonempty("HF_HOME");
-    if (home) {
-        cfg->hf_home = expand_home(home);
-    } else {
-        const char *xdg = env_nonempty("XDG_CACHE_HOME");
-        char *base = expand_home(xdg ? xdg : "~/.cache");
-        cfg->hf_home = base ? hf_join(base, "huggingface") : NULL;
-        free(base);
+    /* The folders come from the core, so `saefw download` writes where saefw.model() looks. */
+    char dir[PATH_MAX];
+    if (saefw_hf_home_dir(dir, sizeof dir) != 0 || saefw_hf_cache_dir(dir, sizeof dir) != 0) {
+        hf_config_free(cfg);
+        return saefw_errf(err, errlen, "the Hugging Face cache path (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME) is too long");
     }
-    if (!cfg->hf_home) goto oom;
+    if (!(cfg->cache_dir = hf_strdup(dir))) goto oom;
+    if (saefw_hf_home_dir(dir, sizeof dir) != 0 || !(cfg->hf_home = hf_strdup(dir))) goto oom;
 
-    const char *cache = env_nonempty("HF_HUB_CACHE");
-    if (!cache) cache = env_nonempty("HUGGINGFACE_HUB_CACHE");
-    cfg->cache_dir = cache ? expand_home(cache) : hf_join(cfg->hf_home, "hub");
-    if (!cfg->cache_dir) goto oom;
-
-    cfg->offline = env_true("HF_HUB_OFFLINE");
+    /* huggingface_hub: HF_HUB_OFFLINE when set to anything, else TRANSFORMERS_OFFLINE. */
+    const char *off = getenv("HF_HUB_OFFLINE");
+    cfg->offline = off && *off ? env_true("HF_HUB_OFFLINE") : env_true("TRANSFORMERS_OFFLINE");
     cfg->retry_base_ms = env_long("SAEFW_HF_RETRY_BASE_MS", 1000, 0, 60000);
     cfg->max_retries = (int)env_long("SAEFW_HF_MAX_RETRIES", 5, 0, 20);
     cfg->connect_timeout_s = env_long("HF_HUB_ETAG_TIMEOUT", 10, 1, 600);

@@ -1,17 +1,23 @@
-/* Download Hub files into huggingface_hub's cache layout, so Python and saefw share one cache:
- *   <cache>/models--org--name/blobs/<etag>               file bytes (.incomplete while arriving)
- *   <cache>/models--org--name/refs/<revision>            commit hash the revision pointed at
- *   <cache>/models--org--name/snapshots/<commit>/<path>  relative symlink to ../../blobs/<etag>
- *   <cache>/.locks/models--org--name/<etag>.lock         flock while a blob is written
- * Metadata comes from a HEAD on the resolve URL (X-Repo-Commit, X-Linked-Etag/ETag, sizes);
- * interrupted transfers resume with Range. */
+/* Download Hub files of model and dataset repos into huggingface_hub's cache layout, so Python
+ * and saefw share one cache (<kind> is "models" or "datasets"):
+ *   <cache>/<kind>--org--name/blobs/<etag>               file bytes (.incomplete while arriving)
+ *   <cache>/<kind>--org--name/refs/<revision>            commit hash the revision pointed at
+ *   <cache>/<kind>--org--name/snapshots/<commit>/<path>  relative symlink to ../../blobs/<etag>
+ *   <cache>/<kind>--org--name/.no_exist/<commit>/<path>  empty: the Hub said 404 EntryNotFound
+ *   <cache>/.locks/<kind>--org--name/<etag>.lock         flock while a blob is written
+ * Metadata comes from a HEAD on the resolve URL (X-Repo-Commit, X-Linked-Etag/ETag, sizes); a whole
+ * repo is listed with the repo info (commit) and the paginated tree endpoint; interrupted
+ * transfers resume with Range from the .incomplete file. */
 #include "hf_internal.h"
 
+#include "../engine/model_resolve.h"
 #include "../engine/util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -21,8 +27,11 @@
 typedef struct {
     const hf_config *cfg;
     const char *repo;
-    char *repo_dir;  /* <cache>/models--org--name */
-    char *lock_dir;  /* <cache>/.locks/models--org--name */
+    const char *url_prefix; /* "" for models, "datasets/" in resolve URLs */
+    const char *api_kind;   /* "models", "datasets" in API URLs */
+    const char *what;       /* "model", "dataset": for messages */
+    char *repo_dir;  /* <cache>/<kind>--org--name */
+    char *lock_dir;  /* <cache>/.locks/<kind>--org--name */
     char *err;
     size_t errlen;
 } dl;
@@ -146,6 +155,54 @@ static int link_pointer(dl *d, const char *pointer, const char *file, const char
     return rc;
 }
 
+/* <cache>/CACHEDIR.TAG (the Cache Directory Tagging Standard), as huggingface_hub leaves it so
+ * that backup tools skip the cache. Best effort: a failure is no reason to stop a download. */
+static void tag_cache_dir(dl *d) {
+    char *tag = hf_join(d->cfg->cache_dir, "CACHEDIR.TAG");
+    if (tag && !exists(tag)) {
+        static const char text[] = "Signature: 8a477f597d28d172789f06886806bc55\n"
+                                   "# Cache directory tag written by saefw (huggingface_hub's cache layout).\n"
+                                   "# See https://bford.info/cachedir/\n";
+        char e2[256];
+        saefw_write_file_atomic(tag, text, sizeof text - 1, e2, sizeof e2);
+    }
+    free(tag);
+}
+
+/* Record, as huggingface_hub does after a 404 EntryNotFound, that file is absent at commit: an
+ * empty .no_exist/<commit>/<file>, and refs/<revision>. Best effort: a read-only cache only loses
+ * the record, as in huggingface_hub, so failures leave err untouched. */
+static void mark_no_exist(dl *d, const char *revision, const char *commit, const char *file) {
+    char *dir = path3(d->repo_dir, ".no_exist", commit);
+    char *p = dir ? hf_join(dir, file) : NULL;
+    char e2[256];
+    char *saved_err = d->err;
+    size_t saved_len = d->errlen;
+    d->err = e2;
+    d->errlen = sizeof e2;
+    if (p && !exists(p) && hf_mkdirs_for(p, e2, sizeof e2) == 0) {
+        int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd >= 0) close(fd);
+    }
+    write_ref(d, revision, commit);
+    d->err = saved_err;
+    d->errlen = saved_len;
+    free(dir);
+    free(p);
+}
+
+/* Whether the cache records file as absent at the commit revision resolves to. */
+static int no_exist_cached(dl *d, const char *revision, const char *file) {
+    char commit[64];
+    if (cached_commit(d, revision, commit) != 0) return 0;
+    char *dir = path3(d->repo_dir, ".no_exist", commit);
+    char *p = dir ? hf_join(dir, file) : NULL;
+    int yes = p && exists(p);
+    free(dir);
+    free(p);
+    return yes;
+}
+
 typedef struct {
     char commit[64];
     char etag[256];
@@ -174,7 +231,7 @@ static char *origin_of(const char *url) {
 static int head_file(dl *d, const char *revision, const char *file, meta *m) {
     char *rev = hf_escape(revision, 0), *fe = hf_escape(file, 1);
     hf_buf url = {0};
-    if (rev && fe) hf_buf_printf(&url, "%s/%s/resolve/%s/%s", d->cfg->endpoint, d->repo, rev, fe);
+    if (rev && fe) hf_buf_printf(&url, "%s/%s%s/resolve/%s/%s", d->cfg->endpoint, d->url_prefix, d->repo, rev, fe);
     free(rev);
     free(fe);
     if (!url.p || url.oom) {
@@ -212,6 +269,9 @@ static int head_file(dl *d, const char *revision, const char *file, meta *m) {
         if (resp.status != 200 && !redirect) {
             char subject[512];
             const char *code = resp.error_code ? resp.error_code : "";
+            if (resp.status == 404 && !strcmp(code, "EntryNotFound") && resp.repo_commit &&
+                hf_is_hex(resp.repo_commit, 40))
+                mark_no_exist(d, revision, resp.repo_commit, file);
             if (!strcmp(code, "RepoNotFound") || !strcmp(code, "RevisionNotFound"))
                 snprintf(subject, sizeof subject, "repository %s", d->repo);
             else
@@ -363,6 +423,9 @@ static int download_one(dl *d, const char *revision, const char *file, char **po
     if (d->cfg->offline) {
         *pointer = cache_lookup(d, revision, file);
         if (*pointer) return cached_commit(d, revision, commit_out);
+        if (no_exist_cached(d, revision, file))
+            return saefw_errf(d->err, d->errlen, "%s does not exist in %s %s at revision %s (the Hub said so earlier; "
+                              "recorded in %s/.no_exist)", file, d->what, d->repo, revision, d->repo_dir);
         return saefw_errf(d->err, d->errlen, "HF_HUB_OFFLINE is set and %s of %s at revision %s is not in the cache "
                           "(%s); unset HF_HUB_OFFLINE to download it", file, d->repo, revision, d->repo_dir);
     }
@@ -398,6 +461,7 @@ static int download_one(dl *d, const char *revision, const char *file, char **po
     }
     if (!exists(blob)) {
         if (saefw_mkdirs(d->lock_dir, d->err, d->errlen) != 0 || hf_mkdirs_for(blob, d->err, d->errlen) != 0) goto out;
+        tag_cache_dir(d);
         lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (lock_fd < 0) {
             saefw_errf(d->err, d->errlen, "%s: cannot create lock: %s", lock, strerror(errno));
@@ -429,108 +493,262 @@ out:
 
 typedef struct {
     char **v;
-    size_t n;
+    uint64_t *size; /* bytes per file from the tree listing */
+    size_t n, cap;
 } strlist;
 
 static void strlist_free(strlist *l) {
     for (size_t i = 0; i < l->n; i++) free(l->v[i]);
     free(l->v);
+    free(l->size);
+    memset(l, 0, sizeof *l);
 }
 
-/* Commit hash and file list of the repo at revision, from /api/models/{repo}/revision/{rev}.
+static int strlist_add(strlist *l, const char *s, uint64_t size) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        char **v = realloc(l->v, cap * sizeof *v);
+        if (!v) return -1;
+        l->v = v;
+        uint64_t *sz = realloc(l->size, cap * sizeof *sz);
+        if (!sz) return -1;
+        l->size = sz;
+        l->cap = cap;
+    }
+    if (!(l->v[l->n] = hf_strdup(s))) return -1;
+    l->size[l->n++] = size;
+    return 0;
+}
+
+/* The URL of rel="next" in an RFC 8288 Link header (the Hub's pagination), malloc'd, or NULL. */
+static char *link_next(const char *link) {
+    for (const char *p = link ? strchr(link, '<') : NULL; p; p = strchr(p + 1, '<')) {
+        const char *e = strchr(p, '>');
+        if (!e) break;
+        size_t seg = strcspn(e, ",");
+        int next = 0;
+        for (const char *q = e; q + 8 <= e + seg && !next; q++)
+            next = !strncmp(q, "rel=\"next\"", 10) || !strncmp(q, "rel=next", 8);
+        if (next) {
+            char *u = malloc((size_t)(e - p));
+            if (u) {
+                memcpy(u, p + 1, (size_t)(e - p - 1));
+                u[e - p - 1] = 0;
+            }
+            return u;
+        }
+    }
+    return NULL;
+}
+
+/* GET an API URL and parse its JSON answer into *j; *next gets the next page's URL (NULL when
+ * none). The token goes only to the endpoint itself. Returns 0, 1 when the server could not be
+ * reached, -1 on an error answer (message in err). */
+static int api_get(dl *d, const char *url, const char *what, cJSON **j, char **next) {
+    *j = NULL;
+    if (next) *next = NULL;
+    size_t el = strlen(d->cfg->endpoint);
+    hf_req req;
+    hf_req_init(&req, "GET", url, what);
+    req.auth = d->cfg->token != NULL && !strncmp(url, d->cfg->endpoint, el) && url[el] == '/';
+    req.idempotent = 1;
+    hf_resp resp = {0};
+    int rc = hf_http(d->cfg, &req, &resp, d->err, d->errlen) != 0 ? 1 : 0;
+    char subject[256];
+    snprintf(subject, sizeof subject, "%s repository %s", d->what, d->repo);
+    if (rc == 0 && resp.status != 200)
+        rc = hf_http_fail(d->cfg, &req, &resp, subject,
+                          resp.status == 403 || resp.status == 401
+                              ? "private and gated repos need a token with read access (HF_TOKEN)" : NULL,
+                          d->err, d->errlen);
+    if (rc == 0) {
+        *j = cJSON_ParseWithLength(resp.body.p ? resp.body.p : "", resp.body.len);
+        if (!*j) rc = saefw_errf(d->err, d->errlen, "%s: the server's answer is not JSON", what);
+    }
+    if (rc == 0 && next && resp.link) {
+        *next = link_next(resp.link);
+        /* A relative next page is on the same server. */
+        if (*next && (*next)[0] == '/') {
+            hf_buf abs = {0};
+            hf_buf_printf(&abs, "%s%s", d->cfg->endpoint, *next);
+            free(*next);
+            *next = abs.oom ? (hf_buf_free(&abs), NULL) : abs.p;
+            if (!*next) rc = saefw_errf(d->err, d->errlen, "out of memory");
+        }
+    }
+    hf_resp_free(&resp);
+    if (rc != 0) {
+        cJSON_Delete(*j);
+        *j = NULL;
+    }
+    return rc;
+}
+
+/* Commit hash of the repo at revision (/api/<kind>/{repo}/revision/{rev}), then every file of that
+ * commit from the tree endpoint, recursively, following its pages, as snapshot_download does.
  * Returns 1 when the server could not be reached. */
 static int list_files(dl *d, const char *revision, char commit[64], strlist *out) {
     char *rev = hf_escape(revision, 0);
     hf_buf url = {0};
-    if (rev) hf_buf_printf(&url, "%s/api/models/%s/revision/%s", d->cfg->endpoint, d->repo, rev);
+    if (rev) hf_buf_printf(&url, "%s/api/%s/%s/revision/%s", d->cfg->endpoint, d->api_kind, d->repo, rev);
     free(rev);
     if (!url.p || url.oom) {
         hf_buf_free(&url);
         return saefw_errf(d->err, d->errlen, "out of memory");
     }
-    hf_req req;
-    hf_req_init(&req, "GET", url.p, "repo info");
-    req.auth = d->cfg->token != NULL;
-    req.idempotent = 1;
-    hf_resp resp = {0};
-    int rc = hf_http(d->cfg, &req, &resp, d->err, d->errlen) != 0 ? 1 : 0;
-    char subject[256];
-    snprintf(subject, sizeof subject, "repository %s", d->repo);
-    if (rc == 0 && resp.status != 200)
-        rc = hf_http_fail(d->cfg, &req, &resp, subject,
-                          resp.status == 403 ? "private and gated repos need a token with read access" : NULL,
-                          d->err, d->errlen);
-    cJSON *j = rc == 0 ? cJSON_ParseWithLength(resp.body.p ? resp.body.p : "", resp.body.len) : NULL;
-    hf_resp_free(&resp);
+    cJSON *j = NULL;
+    int rc = api_get(d, url.p, "repo info", &j, NULL);
     hf_buf_free(&url);
     if (rc != 0) return rc;
     const cJSON *sha = cJSON_GetObjectItemCaseSensitive(j, "sha");
-    const cJSON *sib = cJSON_GetObjectItemCaseSensitive(j, "siblings"), *it;
-    if (!cJSON_IsString(sha) || !hf_is_hex(sha->valuestring, 40) || !cJSON_IsArray(sib)) {
+    if (!cJSON_IsString(sha) || !hf_is_hex(sha->valuestring, 40)) {
         cJSON_Delete(j);
-        return saefw_errf(d->err, d->errlen, "repo info: the server's answer has no commit hash or file list");
+        return saefw_errf(d->err, d->errlen, "repo info: the server's answer has no commit hash");
     }
     snprintf(commit, 64, "%s", sha->valuestring);
-    size_t n = (size_t)cJSON_GetArraySize(sib);
-    out->v = calloc(n ? n : 1, sizeof *out->v);
-    if (!out->v) rc = saefw_errf(d->err, d->errlen, "out of memory");
-    cJSON_ArrayForEach(it, sib) {
-        if (rc != 0) break;
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "rfilename");
-        if (!cJSON_IsString(name) || !hf_safe_relpath(name->valuestring))
-            rc = saefw_errf(d->err, d->errlen, "repo info: the server listed an unsafe file name");
-        else if (!(out->v[out->n++] = hf_strdup(name->valuestring)))
-            rc = saefw_errf(d->err, d->errlen, "out of memory");
-    }
     cJSON_Delete(j);
+
+    hf_buf_printf(&url, "%s/api/%s/%s/tree/%s?recursive=true&expand=false", d->cfg->endpoint, d->api_kind, d->repo,
+                  commit);
+    if (url.oom) {
+        hf_buf_free(&url);
+        return saefw_errf(d->err, d->errlen, "out of memory");
+    }
+    char *page = url.p;
+    url.p = NULL;
+    /* Bounded, so a server that keeps sending the same next link cannot hold us forever. */
+    for (int npage = 0; page && rc == 0; npage++) {
+        if (npage == 100000) {
+            rc = saefw_errf(d->err, d->errlen, "repo tree: more than 100000 pages; giving up");
+            break;
+        }
+        char *next = NULL;
+        rc = api_get(d, page, "repo tree", &j, &next);
+        free(page);
+        page = next;
+        if (rc != 0) break;
+        if (!cJSON_IsArray(j)) rc = saefw_errf(d->err, d->errlen, "repo tree: the server's answer is not a list");
+        const cJSON *it;
+        cJSON_ArrayForEach(it, j) {
+            if (rc != 0) break;
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(it, "type");
+            const cJSON *path = cJSON_GetObjectItemCaseSensitive(it, "path");
+            const cJSON *size = cJSON_GetObjectItemCaseSensitive(it, "size");
+            if (!cJSON_IsString(type) || strcmp(type->valuestring, "file") != 0) continue;
+            if (!cJSON_IsString(path) || !hf_safe_relpath(path->valuestring))
+                rc = saefw_errf(d->err, d->errlen, "repo tree: the server listed an unsafe file name");
+            else if (strlist_add(out, path->valuestring,
+                                 cJSON_IsNumber(size) && size->valuedouble > 0 ? (uint64_t)size->valuedouble : 0) != 0)
+                rc = saefw_errf(d->err, d->errlen, "out of memory");
+        }
+        cJSON_Delete(j);
+        j = NULL;
+    }
+    free(page);
     return rc;
 }
 
-static int run_download(dl *d, const char *revision, const char *const *files, size_t nfiles, char **path_out) {
+/* huggingface_hub's allow_patterns: fnmatchcase on the whole path ('*' crosses '/'), backslashes
+ * as '/', and a pattern ending in '/' means everything under that folder. */
+static int pattern_match(const char *pattern, const char *path) {
+    char pat[1024];
+    size_t n = strlen(pattern);
+    if (n + 2 > sizeof pat) return 0;
+    memcpy(pat, pattern, n + 1);
+    for (char *c = pat; *c; c++)
+        if (*c == '\\') *c = '/';
+    if (n && pat[n - 1] == '/') memcpy(pat + n, "*", 2);
+    return fnmatch(pat, path, FNM_NOESCAPE) == 0;
+}
+
+static int matches_any(const hf_download_opts *o, const char *path) {
+    for (size_t i = 0; i < o->ninclude; i++)
+        if (pattern_match(o->include[i], path)) return 1;
+    return 0;
+}
+
+/* The whole repo, or the files matching o->include, at revision. */
+static int download_listed(dl *d, const hf_download_opts *o, const char *revision, char **path_out) {
     const hf_config *cfg = d->cfg;
-    for (size_t i = 0; i < nfiles; i++)
-        if (!hf_safe_relpath(files[i]))
-            return saefw_errf(d->err, d->errlen, "bad file name '%.200s': use a path inside the repo such as cfg.json", files[i]);
-    char commit[64] = "";
-    if (nfiles == 0) {
-        if (cfg->offline) {
-            *path_out = cache_lookup(d, revision, NULL);
-            if (*path_out) return 0;
-            return saefw_errf(d->err, d->errlen, "HF_HUB_OFFLINE is set and %s at revision %s is not in the cache (%s); "
-                              "unset HF_HUB_OFFLINE to download it", d->repo, revision, d->repo_dir);
-        }
-        strlist names = {0};
-        int lr = list_files(d, revision, commit, &names);
-        if (lr == 1) {
-            *path_out = cache_lookup(d, revision, NULL);
-            if (*path_out) {
-                hf_note(cfg, "%s unreachable; using the cached snapshot", cfg->endpoint);
-                strlist_free(&names);
-                return 0;
-            }
-        }
-        if (lr != 0) {
-            strlist_free(&names);
-            return -1;
-        }
-        hf_step(cfg, "download %zu file%s of %s@%s", names.n, names.n == 1 ? "" : "s", d->repo, revision);
-        int rc = 0;
-        for (size_t i = 0; i < names.n && rc == 0; i++) {
-            char *p = NULL, c2[64];
-            rc = download_one(d, commit, names.v[i], &p, c2);
-            free(p);
-        }
-        strlist_free(&names);
-        if (rc != 0 || write_ref(d, revision, commit) != 0) return -1;
-        if (!(*path_out = snapshot_path(d, commit, NULL))) return saefw_errf(d->err, d->errlen, "out of memory");
-        /* An empty repo still gets its (empty) snapshot folder. */
-        return saefw_mkdirs(*path_out, d->err, d->errlen);
+    if (cfg->offline) {
+        *path_out = cache_lookup(d, revision, NULL);
+        if (*path_out) return 0;
+        return saefw_errf(d->err, d->errlen, "HF_HUB_OFFLINE is set and %s %s at revision %s is not in the cache (%s); "
+                          "unset HF_HUB_OFFLINE to download it", d->what, d->repo, revision, d->repo_dir);
     }
-    hf_step(cfg, "download %zu file%s of %s@%s", nfiles, nfiles == 1 ? "" : "s", d->repo, revision);
-    for (size_t i = 0; i < nfiles; i++) {
+    char commit[64] = "";
+    strlist all = {0};
+    int lr = list_files(d, revision, commit, &all);
+    if (lr == 1) {
+        strlist_free(&all);
+        *path_out = cache_lookup(d, revision, NULL);
+        if (*path_out) {
+            hf_note(cfg, "%s unreachable; using the cached snapshot", cfg->endpoint);
+            return 0;
+        }
+        return -1;
+    }
+    if (lr != 0) {
+        strlist_free(&all);
+        return -1;
+    }
+    strlist names = {0};
+    uint64_t total = 0;
+    int rc = 0;
+    for (size_t i = 0; i < all.n && rc == 0; i++) {
+        if (o->ninclude && !matches_any(o, all.v[i])) continue;
+        if (strlist_add(&names, all.v[i], all.size[i]) != 0) rc = saefw_errf(d->err, d->errlen, "out of memory");
+        total += all.size[i];
+    }
+    strlist_free(&all);
+    if (rc == 0 && o->ninclude && names.n == 0) {
+        hf_buf pats = {0};
+        for (size_t i = 0; i < o->ninclude; i++) hf_buf_printf(&pats, "%s'%s'", i ? ", " : "", o->include[i]);
+        rc = saefw_errf(d->err, d->errlen, "no file of %s %s at revision %s matches --include %s", d->what, d->repo,
+                        revision, pats.p ? pats.p : "");
+        hf_buf_free(&pats);
+    }
+    if (rc == 0) {
+        char tot[32];
+        hf_human_size(total, tot, sizeof tot);
+        hf_step(cfg, "download %zu file%s (%s) of %s %s@%s", names.n, names.n == 1 ? "" : "s", tot, d->what, d->repo,
+                revision);
+    }
+    for (size_t i = 0; i < names.n && rc == 0; i++) {
+        char *p = NULL, c2[64];
+        if (names.n > 1) {
+            char sz[32];
+            hf_human_size(names.size[i], sz, sizeof sz);
+            hf_step(cfg, "[%zu/%zu] %s (%s)", i + 1, names.n, names.v[i], sz);
+        }
+        rc = download_one(d, commit, names.v[i], &p, c2);
+        free(p);
+    }
+    strlist_free(&names);
+    if (rc != 0 || write_ref(d, revision, commit) != 0) return -1;
+    if (!(*path_out = snapshot_path(d, commit, NULL))) return saefw_errf(d->err, d->errlen, "out of memory");
+    /* An empty repo still gets its (empty) snapshot folder. */
+    return saefw_mkdirs(*path_out, d->err, d->errlen);
+}
+
+static int run_download(dl *d, const hf_download_opts *o, const char *revision, char **path_out) {
+    const hf_config *cfg = d->cfg;
+    for (size_t i = 0; i < o->nfiles; i++)
+        if (!hf_safe_relpath(o->files[i]))
+            return saefw_errf(d->err, d->errlen, "bad file name '%.200s': use a path inside the repo such as %s",
+                              o->files[i], strcmp(d->what, "dataset") ? "cfg.json" : "data/train-00000.parquet");
+    for (size_t i = 0; i < o->ninclude; i++)
+        if (!o->include[i] || !*o->include[i])
+            return saefw_errf(d->err, d->errlen, "empty --include pattern: use a glob such as '*.parquet'");
+    if (o->nfiles && o->ninclude)
+        return saefw_errf(d->err, d->errlen, "pass file names or --include patterns, not both");
+    if (o->nfiles == 0) return download_listed(d, o, revision, path_out);
+    char commit[64] = "";
+    hf_step(cfg, "download %zu file%s of %s %s@%s", o->nfiles, o->nfiles == 1 ? "" : "s", d->what, d->repo, revision);
+    for (size_t i = 0; i < o->nfiles; i++) {
         char *p = NULL;
-        if (download_one(d, revision, files[i], &p, commit) != 0) return -1;
-        if (nfiles == 1) {
+        if (download_one(d, revision, o->files[i], &p, commit) != 0) return -1;
+        if (o->nfiles == 1) {
             *path_out = p;
             return 0;
         }
@@ -540,33 +758,47 @@ static int run_download(dl *d, const char *revision, const char *const *files, s
     return 0;
 }
 
-int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files,
-                size_t nfiles, char **path_out, char *err, size_t errlen) {
+int hf_download_repo(const hf_config *cfg, const hf_download_opts *o, char **path_out, char *err, size_t errlen) {
     *path_out = NULL;
-    if (hf_validate_repo_id(repo, err, errlen) != 0) return -1;
-    if (!revision || !*revision) revision = "main";
-    if (strlen(revision) > 200) return saefw_errf(err, errlen, "revision name too long");
-    dl d = {.cfg = cfg, .repo = repo, .err = err, .errlen = errlen};
-    /* models--org--name, the folder name huggingface_hub uses for a model repo. */
-    hf_buf folder = {0};
-    hf_buf_puts(&folder, "models--");
-    for (const char *p = repo; *p; p++) hf_buf_puts(&folder, *p == '/' ? "--" : (char[2]){*p, 0});
-    int rc = -1;
-    if (!folder.oom) {
-        d.repo_dir = hf_join(cfg->cache_dir, folder.p);
-        d.lock_dir = path3(cfg->cache_dir, ".locks", folder.p);
+    const char *type = o->repo_type ? o->repo_type : "model";
+    dl d = {.cfg = cfg, .repo = o->repo, .err = err, .errlen = errlen};
+    if (!strcmp(type, "model")) {
+        d.url_prefix = "";
+        d.api_kind = "models";
+        d.what = "model";
+    } else if (!strcmp(type, "dataset")) {
+        d.url_prefix = "datasets/";
+        d.api_kind = "datasets";
+        d.what = "dataset";
+    } else {
+        return saefw_errf(err, errlen, "repo type '%.40s' is not supported: use \"model\" or \"dataset\"", type);
     }
+    if (hf_validate_repo_id(o->repo, err, errlen) != 0) return -1;
+    const char *revision = o->revision && *o->revision ? o->revision : "main";
+    if (strlen(revision) > 200) return saefw_errf(err, errlen, "revision name too long");
+    /* The folder name comes from the core, the same one saefw.model() and dataset resolution read. */
+    char folder[PATH_MAX];
+    if (saefw_hf_repo_folder(type, o->repo, folder, sizeof folder) != 0)
+        return saefw_errf(err, errlen, "repo id too long for a cache folder name");
+    int rc = -1;
+    d.repo_dir = hf_join(cfg->cache_dir, folder);
+    d.lock_dir = path3(cfg->cache_dir, ".locks", folder);
     if (!d.repo_dir || !d.lock_dir)
         saefw_errf(err, errlen, "out of memory");
     else
-        rc = run_download(&d, revision, files, nfiles, path_out);
+        rc = run_download(&d, o, revision, path_out);
     if (rc != 0) {
         free(*path_out);
         *path_out = NULL;
         hf_scrub(cfg, err);
     }
-    hf_buf_free(&folder);
     free(d.repo_dir);
     free(d.lock_dir);
     return rc;
+}
+
+int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files,
+                size_t nfiles, char **path_out, char *err, size_t errlen) {
+    hf_download_opts o = {.repo_type = "model", .repo = repo, .revision = revision, .files = files, .nfiles = nfiles};
+    return hf_download_repo(cfg, &o, path_out, err, errlen);
 }

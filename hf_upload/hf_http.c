@@ -41,7 +41,7 @@ void hf_req_init(hf_req *req, const char *method, const char *url, const char *w
 static void clear_headers(hf_resp *r) {
     char **fields[] = {&r->etag, &r->location, &r->repo_commit, &r->linked_etag, &r->linked_size,
                        &r->content_length, &r->retry_after, &r->error_code, &r->error_message,
-                       &r->content_range};
+                       &r->content_range, &r->link};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         free(*fields[i]);
         *fields[i] = NULL;
@@ -84,6 +84,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud) {
         {"x-error-code", offsetof(hf_resp, error_code)},
         {"x-error-message", offsetof(hf_resp, error_message)},
         {"content-range", offsetof(hf_resp, content_range)},
+        {"link", offsetof(hf_resp, link)},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
         if (strlen(known[i].name) != klen || strncasecmp(line, known[i].name, klen) != 0) continue;

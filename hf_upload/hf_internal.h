@@ -13,18 +13,6 @@
 #define HF_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define HF_PRINTF(a, b)
-/* ---- progress on a terminal (stderr): a live line on a tty, plain lines otherwise ---- */
-typedef struct {
-    const char *prefix; /* "upload", "download" */
-    int tty, live;      /* live: a \r line is showing and needs clearing */
-    char name[256];     /* transfer being drawn */
-    double t0, last;    /* its start, and the last redraw */
-} hf_term;
-
-void hf_term_init(hf_term *t, const char *prefix);
-void hf_term_event(void *ud, const hf_event *ev); /* an hf_progress_fn; ud is the hf_term */
-void hf_term_finish(hf_term *t);
-
 #endif
 
 /* ---- growable byte buffer: NUL-terminated, `oom` sticks once an append failed ---- */
@@ -80,7 +68,7 @@ typedef struct {
     long status;
     hf_buf body; /* the body when not sunk to a file (API answers, error bodies), capped */
     char *etag, *location, *repo_commit, *linked_etag, *linked_size, *content_length,
-        *retry_after, *error_code, *error_message, *content_range;
+        *retry_after, *error_code, *error_message, *content_range, *link;
     int attempts;         /* how many times the request was sent */
     int sink_error;       /* errno of a failed write to sink_fd */
     uint64_t sink_written; /* bytes written to sink_fd by the last attempt */
@@ -122,6 +110,8 @@ int hf_safe_relpath(const char *p);
 int hf_mkdirs_for(const char *path, char *err, size_t errlen);
 char *hf_strdup(const char *s);
 char *hf_join(const char *a, const char *b); /* a "/" b, malloc'd */
+/* A byte count for people: "812 B", "3.4 kB", "12.0 MB", "1.86 GB". */
+void hf_human_size(uint64_t n, char *out, size_t len);
 
 /* ---- progress on a terminal (stderr): a live line on a tty, plain lines otherwise ---- */
 typedef struct {
@@ -129,6 +119,8 @@ typedef struct {
     int tty, live;      /* live: a \r line is showing and needs clearing */
     char name[256];     /* transfer being drawn */
     double t0, last;    /* its start, and the last redraw */
+    double every;       /* seconds between plain progress lines when not a terminal */
+    uint64_t base;      /* bytes already there when the transfer was first seen (resume) */
 } hf_term;
 
 void hf_term_init(hf_term *t, const char *prefix);

@@ -73,39 +73,52 @@ static int l_upload(lua_State *L) {
     return 1;
 }
 
-static int l_download(lua_State *L) {
-    static const char *const known[] = {"repo", "files", "revision", NULL};
-    luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, "download", known);
-    const char *repo = field_string(L, "download", "repo", 1);
-    const char *revision = field_string(L, "download", "revision", 0);
-    /* files: one name or a list of names; the strings stay referenced by the table at index 1. */
-    int t = lua_getfield(L, 1, "files");
-    int files_idx = lua_gettop(L);
-    size_t n = 0;
+/* t[name]: one string or a list of strings, as a userdata-held array (the strings stay referenced
+ * by the argument table); *n gets the count. */
+static const char **field_strings(lua_State *L, const char *fn, const char *name, size_t *n) {
+    int t = lua_getfield(L, 1, name);
+    int idx = lua_gettop(L);
+    *n = 0;
     if (t == LUA_TSTRING) {
-        n = 1;
+        *n = 1;
     } else if (t == LUA_TTABLE) {
-        n = (size_t)luaL_len(L, files_idx);
-        for (size_t i = 1; i <= n; i++) {
-            if (lua_geti(L, files_idx, (lua_Integer)i) != LUA_TSTRING)
-                luaL_error(L, "saefw.hf.download: argument 'files' must be a list of strings (item %d is a %s)", (int)i,
+        *n = (size_t)luaL_len(L, idx);
+        for (size_t i = 1; i <= *n; i++) {
+            if (lua_geti(L, idx, (lua_Integer)i) != LUA_TSTRING)
+                luaL_error(L, "saefw.hf.%s: argument '%s' must be a list of strings (item %d is a %s)", fn, name, (int)i,
                            luaL_typename(L, -1));
             lua_pop(L, 1);
         }
     } else if (t != LUA_TNIL) {
-        luaL_error(L, "saefw.hf.download: argument 'files' must be a string or a list of strings, got %s", luaL_typename(L, -1));
+        luaL_error(L, "saefw.hf.%s: argument '%s' must be a string or a list of strings, got %s", fn, name,
+                   luaL_typename(L, -1));
     }
-    const char **files = lua_newuserdatauv(L, (n ? n : 1) * sizeof *files, 0);
+    const char **v = lua_newuserdatauv(L, (*n ? *n : 1) * sizeof *v, 0);
     if (t == LUA_TSTRING) {
-        files[0] = lua_tostring(L, files_idx);
+        v[0] = lua_tostring(L, idx);
     } else {
-        for (size_t i = 1; i <= n; i++) {
-            lua_geti(L, files_idx, (lua_Integer)i);
-            files[i - 1] = lua_tostring(L, -1); /* still referenced by the list */
+        for (size_t i = 1; i <= *n; i++) {
+            lua_geti(L, idx, (lua_Integer)i);
+            v[i - 1] = lua_tostring(L, -1); /* still referenced by the list */
             lua_pop(L, 1);
         }
     }
+    return v;
+}
+
+static int l_download(lua_State *L) {
+    static const char *const known[] = {"repo", "files", "revision", "repo_type", "include", NULL};
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, "download", known);
+    hf_download_opts o = {0};
+    o.repo = field_string(L, "download", "repo", 1);
+    o.revision = field_string(L, "download", "revision", 0);
+    o.repo_type = field_string(L, "download", "repo_type", 0);
+    if (o.repo_type && strcmp(o.repo_type, "model") != 0 && strcmp(o.repo_type, "dataset") != 0)
+        luaL_error(L, "saefw.hf.download: argument 'repo_type' must be \"model\" or \"dataset\", got \"%s\"", o.repo_type);
+    o.files = field_strings(L, "download", "files", &o.nfiles);
+    o.include = field_strings(L, "download", "include", &o.ninclude);
+    if (o.nfiles && o.ninclude) luaL_error(L, "saefw.hf.download: arguments 'files' and 'include' exclude each other");
     char err[1024] = "";
     hf_config cfg;
     char *path = NULL;
@@ -115,7 +128,7 @@ static int l_download(lua_State *L) {
         hf_term_init(&term, "download");
         cfg.progress = hf_term_event;
         cfg.progress_ud = &term;
-        rc = hf_download(&cfg, repo, revision, files, n, &path, err, sizeof err);
+        rc = hf_download_repo(&cfg, &o, &path, err, sizeof err);
         hf_term_finish(&term);
         hf_config_free(&cfg);
     }

@@ -263,3 +263,10 @@ char *hf_join(const char *a, const char *b) {
     memcpy(p + na + 1, b, nb + 1);
     return p;
 }
+
+void hf_human_size(uint64_t n, char *out, size_t len) {
+    if (n >= (1u << 30)) snprintf(out, len, "%.2f GB", (double)n / (1 << 30));
+    else if (n >= (1u << 20)) snprintf(out, len, "%.1f MB", (double)n / (1 << 20));
+    else if (n >= 1024) snprintf(out, len, "%.1f kB", (double)n / 1024);
+    else snprintf(out, len, "%llu B", (unsigned long long)n);
+}

@@ -218,6 +218,19 @@ def tokens_seeds():
     put("tokens", "torch_i64", tok(0, 4, 2, 0, open(pt, "rb").read()))
 
 
+# ---- Parquet files (fuzz_parquet.c) ----
+
+def parquet_seeds():
+    for n, data in fixtures("parquet", ".parquet"):
+        put("parquet", n[:-len(".parquet")], data)
+    put("parquet", "magic_only", b"PAR1PAR1")
+    put("parquet", "footer_too_long", b"PAR1" + struct.pack("<I", 1 << 30) + b"PAR1")
+    put("parquet", "encrypted", b"PAR1" + b"\x00" * 8 + struct.pack("<I", 4) + b"PARE")
+    # Metadata of a struct nested as deep as Thrift allows and beyond: the parser's depth bound.
+    deep = b"\x1c" * 64 + b"\x00" * 64
+    put("parquet", "deep_structs", b"PAR1" + deep + struct.pack("<I", len(deep)) + b"PAR1")
+
+
 # ---- Hub answers (fuzz_hub.c) ----
 
 SEP = "\n===\n"
@@ -297,6 +310,7 @@ def main():
     torch_seeds()
     cfg_seeds()
     tokens_seeds()
+    parquet_seeds()
     hub_seeds()
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(OUT) for f in fs)
     print("corpus: %d bytes in %s" % (total, OUT))

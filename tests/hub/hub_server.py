@@ -11,11 +11,18 @@ It speaks the endpoints huggingface_hub uses, faithfully enough to catch protoco
   POST /{repo}.git/info/lfs/objects/verify
   POST /api/models/{repo}/commit/{rev}                 (NDJSON: header line, file, lfsFile, deletedFile)
   GET  /api/models/{repo}/revision/{rev}               (sha + siblings)
+  GET  /api/models/{repo}/tree/{rev}[/{path}]          (?recursive=; pages of tree_page_size entries
+                                                        chained by a Link rel="next" header)
   HEAD/GET /{repo}/resolve/{rev}/{path}                (X-Repo-Commit, ETag, X-Linked-Etag/Size; LFS
                                                         files redirect to /_cdn, which redirects to
-                                                        /_storage/object; Range everywhere)
+                                                        /_storage/object; Range everywhere; a missing
+                                                        file is 404 EntryNotFound with X-Repo-Commit)
+  GET  /api/datasets/{repo}/revision/{rev}, GET /api/datasets/{repo}/tree/{rev}[/{path}],
+  HEAD/GET /datasets/{repo}/resolve/{rev}/{path}       (the same for dataset repos; a gated repo
+                                                        answers 403 GatedRepo to users not granted)
 Storage URLs refuse an Authorization header, as presigned S3 URLs do. Tests inject faults (a
-status with headers, or a connection dropped after N body bytes) with Hub.fault(...).
+status with headers, a connection dropped after N body bytes, or a body that stalls after N bytes
+until the client goes away) with Hub.fault(...); Hub.throttle slows file bodies to bytes per second.
 
 Run alone:  python3 hub_server.py [--port 0] [--token T]   (prints the port, serves until killed)
 """
@@ -29,11 +36,12 @@ import secrets
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LFS_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".npy", ".npz", ".ckpt", ".zip", ".h5",
-                  ".msgpack", ".onnx", ".gguf", ".tar", ".gz")
+                  ".msgpack", ".onnx", ".gguf", ".tar", ".gz", ".parquet")
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n"
 LFS_JSON = "application/vnd.git-lfs+json"
 NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -57,16 +65,24 @@ class HubError(Exception):
 class Fault:
     """One injected fault: the next `times` requests matching method and path regex get it."""
 
-    def __init__(self, method, path, status=None, headers=None, times=1, drop_after=None, message=None):
+    def __init__(self, method, path, status=None, headers=None, times=1, drop_after=None, message=None,
+                 stall_after=None):
         self.method, self.path = method, re.compile(path)
         self.status, self.headers, self.times = status, headers or {}, times
         self.drop_after, self.message = drop_after, message or "injected fault"
+        self.stall_after = stall_after
         self.hits = 0
 
 
+def repo_key(repo_id, repo_type="model"):
+    """Hub.repos is keyed by id for models and by "datasets/<id>" for datasets."""
+    return repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+
+
 class Repo:
-    def __init__(self, repo_id, owner, private):
+    def __init__(self, repo_id, owner, private, repo_type="model", gated=False):
         self.id, self.owner, self.private = repo_id, owner, private
+        self.type, self.gated, self.granted = repo_type, gated, set()
         initial = {".gitattributes": {"data": GITATTRIBUTES, "lfs": None, "size": len(GITATTRIBUTES)}}
         oid = hashlib.sha1(f"initial {repo_id}".encode()).hexdigest()
         self.commits = {oid: {"parent": None, "files": initial, "summary": "initial commit"}}
@@ -82,7 +98,9 @@ class Hub:
         self.lfs_threshold, self.multipart_threshold = lfs_threshold, multipart_threshold
         self.chunk_size, self.offer_verify, self.commit_max_bytes = chunk_size, offer_verify, commit_max_bytes
         self.tokens = {}        # token -> {"user": name, "write": bool}
-        self.repos = {}         # repo id -> Repo
+        self.repos = {}         # repo_key(id, type) -> Repo
+        self.tree_page_size = 1000
+        self.throttle = None    # bytes per second for file bodies, None = as fast as possible
         self.renamed = {}       # old repo id -> new repo id
         self.objects = {}       # sha256 -> bytes
         self.pending = {}       # sha256 -> announced size
@@ -116,10 +134,11 @@ class Hub:
     def add_token(self, token, user, write=True):
         self.tokens[token] = {"user": user, "write": write}
 
-    def create_repo(self, repo_id, private=False):
+    def create_repo(self, repo_id, private=False, repo_type="model", gated=False):
         with self.lock:
-            self.repos[repo_id] = Repo(repo_id, repo_id.split("/")[0], private)
-            return self.repos[repo_id]
+            key = repo_key(repo_id, repo_type)
+            self.repos[key] = Repo(repo_id, repo_id.split("/")[0], private, repo_type, gated)
+            return self.repos[key]
 
     def fault(self, method, path, **kw):
         f = Fault(method, path, **kw)
@@ -131,8 +150,8 @@ class Hub:
         with self.lock:
             self.faults = []
 
-    def head(self, repo_id, branch="main"):
-        return self.repos[repo_id].branches[branch]
+    def head(self, repo_id, branch="main", repo_type="model"):
+        return self.repos[repo_key(repo_id, repo_type)].branches[branch]
 
     def commit_count(self, repo_id):
         return len(self.repos[repo_id].order) if repo_id in self.repos else 0
@@ -151,7 +170,7 @@ class Hub:
         files = repo.commits[repo.branches.get(rev, rev)]["files"]
         return {p for p, e in files.items() if e["lfs"]}
 
-    def put_commit(self, repo_id, files, summary="seed", lfs=()):
+    def put_commit(self, repo_id, files, summary="seed", lfs=(), repo_type="model"):
         """Commit directly (test setup): files path -> bytes; paths in lfs become LFS files."""
         with self.lock:
             changes = {}
@@ -162,7 +181,7 @@ class Hub:
                     changes[path] = {"data": None, "lfs": oid, "size": len(data)}
                 else:
                     changes[path] = {"data": data, "lfs": None, "size": len(data)}
-            return self._new_commit(self.repos[repo_id], "main", changes, [], summary)
+            return self._new_commit(self.repos[repo_key(repo_id, repo_type)], "main", changes, [], summary)
 
     def requests(self, method=None, path=None):
         with self.lock:
@@ -250,14 +269,16 @@ class _Handler(BaseHTTPRequestHandler):
                       "range": self.headers.get("Range"), "status": None}
         with hub.lock:
             hub.log.append(self.entry)
-        self.drop_after = None
+        self.drop_after = self.stall_after = None
         self._drained = False
         fault = hub._take_fault(method, path)
         try:
             if fault is not None and fault.drop_after is not None and method in ("PUT", "POST"):
                 self._drop_mid_body(fault.drop_after)
                 return
-            if fault is not None and fault.drop_after is not None:
+            if fault is not None and fault.stall_after is not None:
+                self.stall_after = fault.stall_after
+            elif fault is not None and fault.drop_after is not None:
                 self.drop_after = fault.drop_after
             elif fault is not None:
                 self._drain()
@@ -353,6 +374,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if self.stall_after is not None:
+            # Send some bytes, then hold the connection open until the client goes away (killed).
+            self.wfile.write(body[:self.stall_after])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.settimeout(0.1)
+            for _ in range(600):
+                try:
+                    if self.connection.recv(1) == b"":
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+            return
+        throttle = self.hub.throttle
+        if throttle:
+            chunk = max(1, throttle // 20)
+            for i in range(0, len(body), chunk):
+                self.wfile.write(body[i:i + chunk])
+                self.wfile.flush()
+                time.sleep(0.05)
+            return
         self.wfile.write(body)
 
     # ---- auth ----
@@ -376,13 +420,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(403, f"You don't have the rights to write under the namespace {namespace}")
         return tok
 
-    def _repo(self, repo_id, write=False):
+    def _repo(self, repo_id, write=False, repo_type="model"):
         hub = self.hub
+        tok = None
         if write:
             self._need_write(repo_id.split("/")[0] if "/" in repo_id else "")
         else:
             tok = self._token()
-        repo = hub.repos.get(repo_id)
+        repo = hub.repos.get(repo_key(repo_id, repo_type))
         if repo is None:
             # Like the Hub: without a token an unknown repo looks like a private one.
             if not write and tok is None:
@@ -390,6 +435,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(404, "Repository not found", "RepoNotFound")
         if repo.private and not write and (tok is None or tok["user"] != repo.owner):
             raise HubError(401, "Repository not found", "RepoNotFound")
+        if repo.gated and not write and (tok is None or tok["user"] not in repo.granted):
+            raise HubError(403 if tok else 401, f"Access to {repo_type} {repo_id} is restricted. You must have access "
+                                                "to it and be authenticated to access it. Please log in.", "GatedRepo")
         return repo
 
     @staticmethod
@@ -409,6 +457,11 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", rf"/api/models/(?P<repo>{REPO})/preupload/(?P<rev>[^/]+)", self._preupload),
             ("POST", rf"/api/models/(?P<repo>{REPO})/commit/(?P<rev>[^/]+)", self._commit),
             ("GET", rf"/api/models/(?P<repo>{REPO})/revision/(?P<rev>[^/]+)", self._revision),
+            ("GET", rf"/api/datasets/(?P<repo>{REPO})/revision/(?P<rev>[^/]+)", self._revision_dataset),
+            ("GET", rf"/api/models/(?P<repo>{REPO})/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", self._tree),
+            ("GET", rf"/api/datasets/(?P<repo>{REPO})/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", self._tree_dataset),
+            ("GET", rf"/datasets/(?P<repo>{REPO})/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve_dataset),
+            ("HEAD", rf"/datasets/(?P<repo>{REPO})/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve_dataset),
             ("POST", rf"/(?P<repo>{REPO})\.git/info/lfs/objects/batch", self._batch),
             ("POST", rf"/(?P<repo>{REPO})\.git/info/lfs/objects/verify", self._verify),
             ("PUT", r"/_storage/basic/(?P<oid>[0-9a-f]{64})", self._put_basic),
@@ -664,19 +717,68 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"success": True, "commitOid": oid, "commitUrl": f"{self.hub.base}/{repo}/commit/{oid}",
                          "hookOutput": "", "pullRequestUrl": None})
 
-    def _revision(self, repo, rev):
-        r = self._repo(repo)
+    def _revision(self, repo, rev, repo_type="model"):
+        r = self._repo(repo, repo_type=repo_type)
         oid = self._commit_of(r, rev)
         files = sorted(r.commits[oid]["files"])
-        self._send_json({"_id": oid[:24], "id": r.id, "modelId": r.id, "sha": oid, "private": r.private,
-                         "siblings": [{"rfilename": p} for p in files]})
+        info = {"_id": oid[:24], "id": r.id, "sha": oid, "private": r.private, "gated": r.gated,
+                "siblings": [{"rfilename": p} for p in files]}
+        if repo_type == "model":
+            info["modelId"] = r.id
+        self._send_json(info)
 
-    def _resolve(self, repo, rev, file):
+    def _revision_dataset(self, repo, rev):
+        self._revision(repo, rev, "dataset")
+
+    def _tree(self, repo, rev, sub=None, repo_type="model"):
+        """Files and folders under sub (recursive or one level), in pages linked by Link: rel="next"."""
+        r = self._repo(repo, repo_type=repo_type)
+        oid = self._commit_of(r, rev)
+        recursive = (self.query.get("recursive") or ["false"])[0].lower() in ("1", "true")
+        prefix = urllib.parse.unquote(sub).strip("/") + "/" if sub else ""
+        entries = {}
+        for path, e in r.commits[oid]["files"].items():
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix):].split("/")
+            depth = len(rest) if recursive else 1
+            for i in range(1, min(depth, len(rest) - 1) + 1):
+                d = prefix + "/".join(rest[:i])
+                entries[d] = {"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
+            if recursive or len(rest) == 1:
+                item = {"type": "file", "oid": git_sha1(lfs_pointer(e["lfs"], e["size"]) if e["lfs"] else e["data"]),
+                        "size": e["size"], "path": path}
+                if e["lfs"]:
+                    item["lfs"] = {"oid": e["lfs"], "size": e["size"],
+                                   "pointerSize": len(lfs_pointer(e["lfs"], e["size"]))}
+                entries[path] = item
+        if sub and not entries:
+            raise HubError(404, f"Entry not found: {prefix}", "EntryNotFound")
+        listing = [entries[k] for k in sorted(entries)]
+        start = int((self.query.get("cursor") or ["0"])[0])
+        page = listing[start:start + self.hub.tree_page_size]
+        headers = {}
+        if start + self.hub.tree_page_size < len(listing):
+            kind = "datasets" if repo_type == "dataset" else "models"
+            tail = f"/{sub}" if sub else ""
+            nxt = (f"{self.hub.base}/api/{kind}/{repo}/tree/{rev}{tail}?recursive={str(recursive).lower()}"
+                   f"&expand=false&cursor={start + self.hub.tree_page_size}")
+            headers["Link"] = f'<{nxt}>; rel="next"'
+        self._send(200, json.dumps(page).encode(), "application/json", headers)
+
+    def _tree_dataset(self, repo, rev, sub=None):
+        self._tree(repo, rev, sub, "dataset")
+
+    def _resolve_dataset(self, repo, rev, file):
+        self._resolve(repo, rev, file, "dataset")
+
+    def _resolve(self, repo, rev, file, repo_type="model"):
         hub = self.hub
-        if repo in hub.renamed and repo not in hub.repos:
+        prefix = "datasets/" if repo_type == "dataset" else ""
+        if repo in hub.renamed and repo_key(repo, repo_type) not in hub.repos:
             # A renamed repo answers with a relative redirect, as the Hub does.
-            raise HubError(307, "moved", headers={"Location": f"/{hub.renamed[repo]}/resolve/{rev}/{file}"})
-        r = self._repo(repo)
+            raise HubError(307, "moved", headers={"Location": f"/{prefix}{hub.renamed[repo]}/resolve/{rev}/{file}"})
+        r = self._repo(repo, repo_type=repo_type)
         oid = self._commit_of(r, rev)
         file = urllib.parse.unquote(file)
         entry = r.commits[oid]["files"].get(file)

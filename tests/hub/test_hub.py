@@ -266,9 +266,10 @@ def seed_repo(c, hub, repo="alice/sae", private=False):
     return head, files
 
 
-def check_cache(c, repo, head, files, ref="main", lfs_suffixes=(".safetensors",)):
+def check_cache(c, repo, head, files, ref="main", lfs_suffixes=(".safetensors",), kind="models", hub_dir=None):
     """The huggingface_hub layout: refs, relative symlinks into blobs named by ETag, no leftovers."""
-    root = os.path.join(c.hf_home, "hub", "models--" + repo.replace("/", "--"))
+    hub_dir = hub_dir or os.path.join(c.hf_home, "hub")
+    root = os.path.join(hub_dir, kind + "--" + repo.replace("/", "--"))
     if ref:
         check(read(os.path.join(root, "refs", ref)).decode() == head, f"refs/{ref} does not hold {head}")
     snap = os.path.join(root, "snapshots", head)
@@ -282,7 +283,9 @@ def check_cache(c, repo, head, files, ref="main", lfs_suffixes=(".safetensors",)
         check(read(p) == data, f"{rel} differs after download")
     blobs = os.listdir(os.path.join(root, "blobs"))
     check(not [b for b in blobs if b.endswith(".incomplete")], f"leftover .incomplete files: {blobs}")
-    check(os.path.isdir(os.path.join(c.hf_home, "hub", ".locks", os.path.basename(root))), "no .locks folder")
+    check(os.path.isdir(os.path.join(hub_dir, ".locks", os.path.basename(root))), "no .locks folder")
+    check(read(os.path.join(hub_dir, "CACHEDIR.TAG")).startswith(b"Signature: 8a477f597d28d172789f06886806bc55\n"),
+          "no CACHEDIR.TAG in the cache")
     return snap
 
 
@@ -557,6 +560,218 @@ def case_download_model(c):
     check_cache(c, repo, head, files, lfs_suffixes=(".pth",))
     p = c.run(["run", script], c.env(hub, HF_HUB_OFFLINE="1"))
     check("layers 2 d_mlp 96 d_vocab 50" in p.out, f"saefw.model did not load the downloaded model:\n{p.out}\n{p.err}")
+
+
+DS = "NeelNanda/c4-tiny-tokenized"
+SHARD = 6 * MB + 4321  # the shard that is resumed after a kill: several MB, not a multiple of anything
+
+
+def seed_dataset(hub, repo=DS, **kw):
+    """A dataset repo shaped like the seed's: a README, Parquet shards under data/ (LFS), a JSON file."""
+    hub.create_repo(repo, repo_type="dataset", **kw)
+    rnd = random.Random(repo)
+    files = {"README.md": b"---\nlicense: mit\n---\n# tokens\n", "data/info.json": b'{"rows": 3}\n',
+             "data/train-00000-of-00003.parquet": b"PAR1" + rnd.randbytes(200000) + b"PAR1",
+             "data/train-00001-of-00003.parquet": b"PAR1" + rnd.randbytes(SHARD) + b"PAR1",
+             "data/train-00002-of-00003.parquet": b"PAR1" + rnd.randbytes(1000) + b"PAR1"}
+    lfs = {p for p in files if p.endswith(".parquet")}
+    head = hub.put_commit(repo, files, lfs=lfs, repo_type="dataset")
+    files[".gitattributes"] = hub.files("datasets/" + repo)[".gitattributes"]
+    return head, files
+
+
+def dataset_cache(c, hub_dir=None):
+    return os.path.join(hub_dir or os.path.join(c.hf_home, "hub"), "datasets--" + DS.replace("/", "--"))
+
+
+def case_download_dataset(c):
+    hub = c.hub()
+    hub.tree_page_size = 2  # 7 tree entries (6 files, 1 folder): four pages linked by Link headers
+    head, files = seed_dataset(hub)
+    parquet = {p: d for p, d in files.items() if p.endswith(".parquet")}
+
+    # The whole repo.
+    p = c.run(["download", "--dataset", DS], c.env(hub))
+    snap = check_cache(c, DS, head, files, lfs_suffixes=(".parquet",), kind="datasets")
+    check(p.out.strip() == snap, f"stdout {p.out!r} is not the snapshot folder {snap}")
+    listed = sorted(os.path.relpath(os.path.join(r, f), snap) for r, _d, fs in os.walk(snap) for f in fs)
+    check(listed == sorted(files), f"snapshot file list {listed}")
+    trees = hub.requests("GET", "/api/datasets/" + DS + "/tree/")
+    check(len(trees) == 4, f"expected 4 tree pages, got {[r['path'] for r in trees]}")
+    check(all(r["auth"] for r in trees), "tree pages on the endpoint should carry the token")
+    check(hub.requests("GET", "/api/datasets/" + DS + "/revision/main"), "no repo info request")
+    check(not hub.requests(path="^/api/models/"), "a dataset download asked the model API")
+    check(all(r["path"].startswith("/datasets/") for r in hub.requests("HEAD")), "resolve URLs lack /datasets/")
+    check("[4/6] data/train-00000-of-00003.parquet (195.3 kB)" in p.err, f"no per-file step lines:\n{p.err}")
+
+    # Files by name: stdout is the file for one, the snapshot for several; nothing fetched twice.
+    shutil.rmtree(os.path.join(c.hf_home, "hub"))
+    one = "data/train-00002-of-00003.parquet"
+    p = c.run(["download", "--dataset", DS, one], c.env(hub))
+    check(p.out.strip() == os.path.join(snap, one) and read(p.out.strip()) == files[one], f"one file: {p.out!r}")
+    p = c.run(["download", "--dataset=" + DS, one, "README.md", "--revision", "main"], c.env(hub))
+    check(p.out.strip() == snap, "two files: stdout is the snapshot")
+    check(sorted(os.listdir(os.path.join(snap, "data"))) == [one[5:]], "more than the named files arrived")
+    n = len(hub.log)
+    c.run(["download", "--repo-type", "dataset", DS, one], c.env(hub))
+    check(not [r for r in hub.log[n:] if r["method"] == "GET"], "a cached file was downloaded again")
+
+    # --include globs, as huggingface_hub's allow_patterns ('*' crosses '/').
+    shutil.rmtree(os.path.join(c.hf_home, "hub"))
+    p = c.run(["download", "--dataset", DS, "--include", "*.parquet"], c.env(hub))
+    check(p.out.strip() == snap, "include: stdout is the snapshot")
+    check_cache(c, DS, head, parquet, lfs_suffixes=(".parquet",), kind="datasets")
+    got = sorted(os.path.relpath(os.path.join(r, f), snap) for r, _d, fs in os.walk(snap) for f in fs)
+    check(got == sorted(parquet), f"--include '*.parquet' fetched {got}")
+    c.run(["download", "--dataset", DS, "--include", "data/*.json", "--include", "READ?E.md"], c.env(hub))
+    got = sorted(os.path.relpath(os.path.join(r, f), snap) for r, _d, fs in os.walk(snap) for f in fs)
+    check(got == sorted(list(parquet) + ["README.md", "data/info.json"]), f"two --include: {got}")
+    p = c.run(["download", "--dataset", DS, "--include", "*.arrow"], c.env(hub), rc=1)
+    check("no file" in c.error_line(p, "download") and "*.arrow" in p.err, "include matching nothing")
+    p = c.run(["download", "--dataset", DS, "README.md", "--include", "*.md"], c.env(hub), rc=2)
+
+    # A 404 file: one line, and .no_exist/<commit>/<file> as huggingface_hub records it.
+    p = c.run(["download", "--dataset", DS, "data/train-00009-of-00003.parquet"], c.env(hub), rc=1)
+    line = c.error_line(p, "download")
+    check("404" in line and "train-00009" in line, f"404 message: {line}")
+    marker = os.path.join(dataset_cache(c), ".no_exist", head, "data", "train-00009-of-00003.parquet")
+    check(os.path.isfile(marker) and os.path.getsize(marker) == 0, f"no .no_exist entry at {marker}")
+    check(read(os.path.join(dataset_cache(c), "refs", "main")).decode() == head, "refs/main after the 404")
+    n = len(hub.log)
+    p = c.run(["download", "--dataset", DS, "data/train-00009-of-00003.parquet"], c.env(hub, HF_HUB_OFFLINE="1"), rc=1)
+    check("does not exist" in c.error_line(p, "download") and ".no_exist" in p.err, f"offline .no_exist: {p.err}")
+    check(len(hub.log) == n, "offline mode made requests")
+
+    # Offline: what is cached answers, with no request; TRANSFORMERS_OFFLINE counts too.
+    p = c.run(["download", "--dataset", DS], c.env(hub, HF_HUB_OFFLINE="1"))
+    check(p.out.strip() == snap, "offline whole repo")
+    p = c.run(["download", "--dataset", DS, one], c.env(hub, TRANSFORMERS_OFFLINE="1"))
+    check(p.out.strip() == os.path.join(snap, one), "TRANSFORMERS_OFFLINE lookup")
+    p = c.run(["download", "--dataset", DS, "nope.parquet"], c.env(hub, HF_HUB_OFFLINE="yes"), rc=1)
+    check("HF_HUB_OFFLINE" in c.error_line(p, "download"), "offline miss message")
+    p = c.run(["download", "--dataset", "org/never-fetched"], c.env(hub, HF_HUB_OFFLINE="1"), rc=1)
+    check("HF_HUB_OFFLINE" in c.error_line(p, "download"), "offline repo miss")
+    check(len(hub.log) == n, "offline mode made requests")
+    # The model API knows no such model: a dataset is not found as a model.
+    p = c.run(["download", DS, "README.md"], c.env(hub), rc=1)
+    check("404" in c.error_line(p, "download"), "dataset id asked as a model")
+
+    # Resume after a kill: the bytes stall after 3 MB, the process is killed, a rerun asks for the rest.
+    shutil.rmtree(os.path.join(c.hf_home, "hub"))
+    big = "data/train-00001-of-00003.parquet"
+    sha = hashlib.sha256(files[big]).hexdigest()
+    incomplete = os.path.join(dataset_cache(c), "blobs", sha + ".incomplete")
+    hub.fault("GET", "^/_storage/object/", stall_after=3 * MB)
+    proc = subprocess.Popen([c.bin, "download", "--dataset", DS, big], env=c.env(hub), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (os.path.exists(incomplete) and os.path.getsize(incomplete) >= 3 * MB):
+        time.sleep(0.02)
+    proc.kill()
+    out, err = proc.communicate()
+    c.outputs += [out, err]
+    check(os.path.getsize(incomplete) == 3 * MB, f"partial file holds {os.path.getsize(incomplete)} bytes")
+    n = len(hub.log)
+    hub.throttle = 4 * MB  # about 1 s for the remaining 3 MB, so the rate and ETA have something to show
+    p = c.run(["download", "--dataset", DS, big], c.env(hub, SAEFW_HF_PROGRESS_EVERY_S="0.2"))
+    hub.throttle = None
+    gets = [r["range"] for r in hub.log[n:] if r["path"].startswith("/_storage/object/")]
+    check(gets == [f"bytes={3 * MB}-"], f"resume ranges {gets}")
+    check(read(p.out.strip()) == files[big], "resumed shard differs")
+    check(f"resuming {big} at byte {3 * MB}" in p.err, f"no resume note:\n{p.err}")
+    check_cache(c, DS, head, {big: files[big]}, lfs_suffixes=(".parquet",), kind="datasets")
+    # Off a terminal the progress is plain periodic lines: done / total, rate and ETA.
+    lines = [ln for ln in p.err.splitlines() if ln.startswith("download: " + big + " ") and "%" in ln]
+    check(lines and "\r" not in p.err and "\033" not in p.err, f"plain progress lines expected:\n{p.err}")
+    check(any("MB/s" in ln and "ETA" in ln and " / 6.0 MB" in ln for ln in lines), f"progress lines lack rate/ETA: {lines}")
+
+    # A gated dataset: 401 without a token, 403 for a user not granted, fine once granted.
+    hub.create_repo("org/gated-ds", repo_type="dataset", gated=True)
+    hub.put_commit("org/gated-ds", {"a.parquet": b"PAR1gatedPAR1"}, lfs={"a.parquet"}, repo_type="dataset")
+    p = c.run(["download", "--dataset", "org/gated-ds", "a.parquet"], c.env(hub, HF_TOKEN=None), rc=1)
+    check("401" in c.error_line(p, "download"), f"gated without a token: {p.err}")
+    p = c.run(["download", "--dataset", "org/gated-ds"], c.env(hub), rc=1)
+    line = c.error_line(p, "download")
+    check("403" in line and "token" in line, f"gated, not granted: {line}")
+    check(not os.path.exists(os.path.join(c.hf_home, "hub", "datasets--org--gated-ds", ".no_exist")),
+          "a gated answer must not be recorded as absent")
+    hub.repos["datasets/org/gated-ds"].granted.add("alice")
+    p = c.run(["download", "--dataset", "org/gated-ds"], c.env(hub))
+    check(read(os.path.join(p.out.strip(), "a.parquet")) == b"PAR1gatedPAR1", "gated after the grant")
+
+    # From Lua: repo_type and include.
+    script = os.path.join(c.tmp, "ds.lua")
+    write(script, (
+        'local hf = require "saefw.hf"\n'
+        f'local snap = hf.download {{ repo = "{DS}", repo_type = "dataset", include = {{ "data/*.parquet" }} }}\n'
+        'local f = assert(io.open(snap .. "/data/train-00000-of-00003.parquet", "rb")); f:close()\n'
+        f'local one = hf.download {{ repo = "{DS}", repo_type = "dataset", files = "README.md" }}\n'
+        'assert(one == snap .. "/README.md", one)\n'
+        f'local ok, err = pcall(hf.download, {{ repo = "{DS}", repo_type = "space" }})\n'
+        'assert(not ok and tostring(err):find("repo_type", 1, true), tostring(err))\n'
+        f'ok, err = pcall(hf.download, {{ repo = "{DS}", repo_type = "dataset", files = "a", include = "b" }})\n'
+        'assert(not ok and tostring(err):find("exclude", 1, true), tostring(err))\n'
+        'print("lua dataset ok " .. snap)\n').encode())
+    p = c.run(["run", script], c.env(hub))
+    check("lua dataset ok " + snap in p.out, f"Lua dataset download:\n{p.out}\n{p.err}")
+
+
+def case_cache_vars(c):
+    """Every cache variable huggingface_hub honours, in its precedence, for `saefw download` (models
+    and datasets) and for saefw.model(): a downloaded model is found under every combination."""
+    hub = c.hub()
+    repo = "NeelNanda/GELU_1L512W_C4_Code"
+    hub.add_token(c.token, "NeelNanda")
+    hub.create_repo(repo)
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "model")
+    files = {"config.json": read(os.path.join(fixtures, "config.json")),
+             "model_final.pth": read(os.path.join(fixtures, "model.pth"))}
+    head = hub.put_commit(repo, files, lfs={"model_final.pth"})
+    dhead, dfiles = seed_dataset(hub)
+    script = os.path.join(c.tmp, "load_gelu.lua")
+    write(script, b'local m = require("saefw").model("gelu-1l")\nprint("layers " .. m.n_layers)\n')
+    home = os.path.join(c.tmp, "home")
+    values = {"HF_HUB_CACHE": os.path.join(c.tmp, "v_hub_cache"),
+              "HUGGINGFACE_HUB_CACHE": os.path.join(c.tmp, "v_legacy"),
+              "HF_HOME": os.path.join(c.tmp, "v_hf_home"),
+              "XDG_CACHE_HOME": os.path.join(c.tmp, "v_xdg")}
+    names = list(values)
+    for mask in range(16):
+        env_set = {k: values[k] for i, k in enumerate(names) if mask >> i & 1}
+        if "HF_HUB_CACHE" in env_set:
+            want = env_set["HF_HUB_CACHE"]
+        elif "HUGGINGFACE_HUB_CACHE" in env_set:
+            want = env_set["HUGGINGFACE_HUB_CACHE"]
+        elif "HF_HOME" in env_set:
+            want = os.path.join(env_set["HF_HOME"], "hub")
+        elif "XDG_CACHE_HOME" in env_set:
+            want = os.path.join(env_set["XDG_CACHE_HOME"], "huggingface", "hub")
+        else:
+            want = os.path.join(home, ".cache", "huggingface", "hub")
+        env = c.env(hub, HOME=home, **{k: env_set.get(k) for k in names})
+        for d in list(values.values()) + [home]:
+            shutil.rmtree(d, ignore_errors=True)
+        p = c.run(["run", script], dict(env, HF_HUB_OFFLINE="1"), rc=1)
+        check(os.path.join(want, "models--NeelNanda--GELU_1L512W_C4_Code") in p.err,
+              f"{sorted(env_set)}: the missing-model message does not name {want}:\n{p.err}")
+        c.run(["download", repo, "config.json", "model_final.pth"], env)
+        check_cache(c, repo, head, files, lfs_suffixes=(".pth",), hub_dir=want)
+        p = c.run(["run", script], dict(env, HF_HUB_OFFLINE="1"))
+        check("layers 2" in p.out, f"{sorted(env_set)}: saefw.model did not find the download in {want}:\n{p.err}")
+        p = c.run(["download", "--dataset", DS, "--include", "data/*.json"], env)
+        check(p.out.strip() == os.path.join(want, "datasets--" + DS.replace("/", "--"), "snapshots", dhead),
+              f"{sorted(env_set)}: dataset snapshot {p.out.strip()} not under {want}")
+        leftovers = [d for d in list(values.values()) + [home] if os.path.exists(d) and not want.startswith(d)]
+        check(not leftovers, f"{sorted(env_set)}: something was written to {leftovers}")
+    # "~" and "$VAR" in the variables are expanded as huggingface_hub expands them.
+    env = c.env(hub, HOME=home, HF_HOME="~/tilde-home", HF_HUB_CACHE=None)
+    c.run(["download", repo, "config.json", "model_final.pth"], env)
+    check_cache(c, repo, head, files, lfs_suffixes=(".pth",), hub_dir=os.path.join(home, "tilde-home", "hub"))
+    check("layers 2" in c.run(["run", script], dict(env, HF_HUB_OFFLINE="1")).out, "~ in HF_HOME for saefw.model")
+    env = c.env(hub, HOME=home, SAEFW_T_ROOT=c.tmp, HF_HUB_CACHE="${SAEFW_T_ROOT}/var-cache")
+    c.run(["download", repo, "config.json", "model_final.pth"], env)
+    check_cache(c, repo, head, files, lfs_suffixes=(".pth",), hub_dir=os.path.join(c.tmp, "var-cache"))
+    check("layers 2" in c.run(["run", script], dict(env, HF_HUB_OFFLINE="1")).out, "$VAR in HF_HUB_CACHE for saefw.model")
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
