@@ -11,3 +11,10 @@ add_test(NAME experiment_remove_rare_dir
           ${CMAKE_SOURCE_DIR}/experiments/remove_rare_dir.lua --num_tokens 2e4 --batch_size 256 --buffer_mult 16
           --freq_batches 2 --rare_threshold 0.05)
 set_tests_properties(experiment_quickstart experiment_remove_rare_dir PROPERTIES ENVIRONMENT "OPENBLAS_NUM_THREADS=2")
+
+# The quickstart on a Hub dataset in a private huggingface_hub cache: the bundled corpus as Parquet
+# shards, converted into the token cache on first use.
+add_test(NAME experiment_quickstart_dataset
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/run_dataset_experiment.sh $<TARGET_FILE:saefw>
+          ${CMAKE_BINARY_DIR}/test_tmp/exp_dataset ${CMAKE_SOURCE_DIR})
+set_tests_properties(experiment_quickstart_dataset PROPERTIES ENVIRONMENT "OPENBLAS_NUM_THREADS=2")

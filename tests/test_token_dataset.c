@@ -233,6 +233,44 @@ int main(void) {
         printf("  %-28s -> %s\n", "empty folder", err);
         CHECK(rc != 0 && strstr(err, "no file matches"), "an empty folder: '%s'", err);
     }
+    /* A Hub dataset in the huggingface_hub cache (the bundled corpus written as Parquet shards by an
+     * independent writer): hf://datasets/ORG/NAME gives the seed's rows of the original tokens. */
+    {
+        char hub[1024], snap[1200], cmd[4096], cache[4096];
+        const char *commit = "0123456789abcdef0123456789abcdef01234567";
+        snprintf(hub, sizeof hub, "%s/hub", tmp);
+        snprintf(snap, sizeof snap, "%s/datasets--saefw--tiny-tokens/snapshots/%s", hub, commit);
+        snprintf(cmd, sizeof cmd,
+                 "mkdir -p '%s/data' '%s/datasets--saefw--tiny-tokens/refs' && cp fixtures/dataset/data/*.parquet '%s/data/' "
+                 "&& printf %s > '%s/datasets--saefw--tiny-tokens/refs/main'",
+                 snap, hub, snap, commit, hub);
+        REQUIRE(system(cmd) == 0, "%s", cmd);
+        setenv("HF_HUB_CACHE", hub, 1);
+        REQUIRE(saefw_token_dataset_prepare("hf://datasets/saefw/tiny-tokens", NULL, 0, cache, sizeof cache, err,
+                                            sizeof err) == 0, "%s", err);
+        CHECK(strstr(cache, "saefw--tiny-tokens-") != NULL, "cache name %s lacks the dataset's name", cache);
+        saefw_tokens_opts o = {.path = cache, .seq_len = 128, .bos = 256, .shuffle = 0};
+        saefw_tokens_opts ref = {.path = "../models/tiny-1l/tokens.npy", .seq_len = 128, .bos = 256, .shuffle = 0};
+        saefw_tokens *t = NULL, *r = NULL;
+        REQUIRE(saefw_tokens_open(&o, &t, err, sizeof err) == 0, "%s", err);
+        REQUIRE(saefw_tokens_open(&ref, &r, err, sizeof err) == 0, "%s", err);
+        int32_t a[128], b[128];
+        int bad = 0;
+        for (int64_t i = 0; i < saefw_tokens_rows(t); i++) {
+            REQUIRE(saefw_tokens_row(t, i, a, 257, err, sizeof err) == 0, "%s", err);
+            REQUIRE(saefw_tokens_row(r, i, b, 257, err, sizeof err) == 0, "%s", err);
+            bad += memcmp(a, b, sizeof a) != 0;
+        }
+        printf("  hub dataset: %lld rows of 128 from %s, %d differ from tokens.npy\n", (long long)saefw_tokens_rows(t),
+               cache, bad);
+        CHECK(saefw_tokens_rows(t) == 160 * 8 && bad == 0, "hub dataset: %lld rows, %d differ",
+              (long long)saefw_tokens_rows(t), bad);
+        saefw_tokens_free(t);
+        saefw_tokens_free(r);
+        int rc = saefw_token_dataset_prepare("hf://datasets/saefw/absent", NULL, 0, cache, sizeof cache, err, sizeof err);
+        printf("  %-28s -> %s\n", "absent dataset", err);
+        CHECK(rc != 0 && strstr(err, "saefw download --dataset saefw/absent"), "absent dataset: '%s'", err);
+    }
     cJSON_Delete(expected);
     return t_finish("test_token_dataset");
 }
