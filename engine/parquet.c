@@ -1080,7 +1080,7 @@ static int decompress(chunk_ctx *x, const uint8_t *src, size_t n, size_t want, c
         /* Several gzip members are one stream, as gzip itself reads them. */
         while ((rc = inflate(&zs, Z_FINISH)) == Z_STREAM_END && zs.avail_in > 0)
             if (inflateReset(&zs) != Z_OK) break;
-        size_t got = zs.total_out;
+        size_t got = want - zs.avail_out; /* total_out restarts at each member */
         inflateEnd(&zs);
         if (rc != Z_STREAM_END || zs.avail_in != 0 || got != want)
             return saefw_errf(x->err, x->errlen, "gzip data damaged (page claims %zu bytes)", want);
