@@ -12,6 +12,7 @@
 #include "lua_saefw.h"
 #include "parallel.h"
 #include "plugin_loader.h"
+#include "sae_resolve.h"
 #include "tensorfile.h"
 #include "train.h"
 #include "util.h"
@@ -348,6 +349,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = argv[1];
+#ifdef SAEFW_HAVE_HF
+    saefw_sae_set_hub_fetch(saefw_hf_fetch); /* saefw.load_sae and analyze fetch Hub paths */
+#endif
     if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "plugins")) return cmd_plugins();
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);

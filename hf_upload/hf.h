@@ -73,6 +73,11 @@ int hf_upload_folder(const hf_config *cfg, const hf_upload_opts *opts, char **co
 int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files,
                 size_t nfiles, char **path_out, char *err, size_t errlen);
 
+/* A saefw_hub_fetch_fn (engine/sae_resolve.h) over hf_download: fetch `files` of model repo `repo`
+ * (main) into the cache with progress on stderr; *snapshot gets the malloc'd snapshot folder. */
+int saefw_hf_fetch(const char *repo, const char *const *files, size_t nfiles, char **snapshot, char *err,
+                   size_t errlen);
+
 /* Build a model card (README.md text, malloc'd into *out) from the text of a cfg.json. Unknown or
  * missing keys are left out; returns -1 only when cfg_json is not a JSON object or memory runs out. */
 int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err, size_t errlen);

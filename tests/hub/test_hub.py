@@ -66,9 +66,9 @@ class Ctx:
                 env[k] = v
         return env
 
-    def run(self, argv, env, rc=0, timeout=60):
+    def run(self, argv, env, rc=0, timeout=60, cwd=None):
         t0 = time.monotonic()
-        p = subprocess.run([self.bin] + argv, env=env, capture_output=True, timeout=timeout)
+        p = subprocess.run([self.bin] + argv, env=env, capture_output=True, timeout=timeout, cwd=cwd)
         p.elapsed = time.monotonic() - t0
         p.out, p.err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
         self.outputs += [p.stdout, p.stderr]
@@ -557,6 +557,82 @@ def case_download_model(c):
     check_cache(c, repo, head, files, lfs_suffixes=(".pth",))
     p = c.run(["run", script], c.env(hub, HF_HUB_OFFLINE="1"))
     check("layers 2 d_mlp 96 d_vocab 50" in p.out, f"saefw.model did not load the downloaded model:\n{p.out}\n{p.err}")
+
+
+def npy_f32(rows):
+    """A float32 .npy file of the given rows (no numpy needed)."""
+    import struct
+    n, d = len(rows), len(rows[0])
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (n, d)
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    body = b"".join(struct.pack("<%df" % d, *r) for r in rows)
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + body
+
+
+def case_sae_from_hub(c):
+    """saefw.load_sae and saefw analyze take the seed's published SAEs by Hub path: a stand-in
+    NeelNanda/sparse_autoencoder on the imitation holds 25.pt + 25_cfg.json in the seed's format
+    (the committed seed-format fixture tests/fixtures/sae/seed_ckpt/3.pt, 16 -> 64)."""
+    hub = c.hub()
+    repo = "NeelNanda/sparse_autoencoder"
+    hub.add_token(c.token, "NeelNanda")
+    hub.create_repo(repo)
+    seed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "sae", "seed_ckpt")
+    files = {"25.pt": read(os.path.join(seed, "3.pt")), "25_cfg.json": read(os.path.join(seed, "3_cfg.json"))}
+    head = hub.put_commit(repo, files, lfs={"25.pt"})
+    script = os.path.join(c.tmp, "load_hub_sae.lua")
+    write(script, ("""
+local saefw = require "saefw"
+local spec = saefw.config { spec = "" }.spec
+local sae, cfg, where = saefw.load_sae(spec)
+local ref, ref_cfg = saefw.load_sae("%s/3.pt")
+assert(sae.d_in == 16 and sae.d_sae == 64, "shape " .. sae.d_in .. " -> " .. sae.d_sae)
+assert(cfg.act_name == "blocks.0.mlp.hook_post" and cfg.l1_coeff == ref_cfg.l1_coeff, "cfg")
+for _, name in ipairs { "W_enc", "W_dec", "b_enc", "b_dec" } do
+  local a, b = sae:tensor(name), ref:tensor(name)
+  assert(#a == #b, name)
+  for i = 1, #a do assert(a[i] == b[i], name .. " differs at " .. i) end
+end
+print("loaded from " .. where)
+print("lua ok")
+""" % seed).encode())
+    # Not in the cache and offline: one line naming the download command.
+    p = c.run(["run", script, "--spec", "NeelNanda/sparse_autoencoder/25.pt"], c.env(hub, HF_HUB_OFFLINE="1"), rc=1)
+    check("saefw download NeelNanda/sparse_autoencoder 25.pt 25_cfg.json" in p.err,
+          f"the missing-SAE message does not say how to download it:\n{p.err}")
+    check(hub.log == [], "an offline load made requests")
+    # Online: both files are fetched into the cache, then loaded.
+    p = c.run(["run", script, "--spec", "NeelNanda/sparse_autoencoder/25.pt"], c.env(hub))
+    check("lua ok" in p.out, f"load_sae from the Hub failed:\n{p.out}\n{p.err}")
+    check_cache(c, repo, head, files, lfs_suffixes=(".pt",))
+    snap = os.path.join(c.hf_home, "hub", "models--NeelNanda--sparse_autoencoder", "snapshots", head)
+    check(f"loaded from {snap}/25.pt" in p.out, f"not loaded from the cache snapshot:\n{p.out}")
+    # From the cache: offline works, and hf:// names the same file; no request is made.
+    n = len(hub.log)
+    p = c.run(["run", script, "--spec", "hf://NeelNanda/sparse_autoencoder/25.pt"], c.env(hub, HF_HUB_OFFLINE="1"))
+    check("lua ok" in p.out, f"hf:// from the cache failed:\n{p.out}\n{p.err}")
+    p = c.run(["run", script, "--spec", "NeelNanda/sparse_autoencoder/25.pt"], c.env(hub))
+    check("lua ok" in p.out and len(hub.log) == n, "a cached SAE was fetched again")
+
+    # saefw analyze on the Hub path, over activations of the SAE's width; the SVG lands in the
+    # working folder, not in the cache.
+    acts = os.path.join(c.tmp, "acts.npy")
+    rng = random.Random(5)
+    write(acts, npy_f32([[max(0.0, rng.gauss(0, 1)) for _ in range(16)] for _ in range(512)]))
+    work = os.path.join(c.tmp, "work")
+    os.makedirs(work)
+    p = c.run(["analyze", "NeelNanda/sparse_autoencoder/25.pt", "--activations", acts, "--batches", "2",
+               "--batch_size", "128"], c.env(hub, HF_HUB_OFFLINE="1"), cwd=work)
+    check("d_in 16, d_sae 64" in p.out and "dead" in p.out, f"analyze output:\n{p.out}\n{p.err}")
+    check(os.path.isfile(os.path.join(work, "25.freq_hist.svg")), f"no SVG in the working folder: {os.listdir(work)}")
+    check(not [f for f in os.listdir(snap) if f.endswith(".svg")], "analyze wrote into the cache")
+
+    # A file the repo does not hold, and malformed Hub paths: one line each.
+    p = c.run(["analyze", "NeelNanda/sparse_autoencoder/26.pt", "--activations", acts], c.env(hub), rc=1)
+    check("404" in p.err and "26.pt" in p.err and len(p.err.strip().splitlines()) <= 2, f"missing file:\n{p.err}")
+    for bad in ("hf://NeelNanda/sparse_autoencoder", "hf://NeelNanda/../x/25.pt", "NeelNanda/sparse_autoencoder/../25.pt"):
+        p = c.run(["analyze", bad, "--activations", acts], c.env(hub), rc=1)
+        check(bad in p.err and "Traceback" not in p.err, f"bad Hub path {bad!r}:\n{p.err}")
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
