@@ -36,8 +36,9 @@ static const char USAGE[] =
     "                      feature frequencies (log10 histogram, also as SVG), dead and rare\n"
     "                      fractions, the rare-feature direction\n"
 #ifdef SAEFW_HAVE_HF
-    "  upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision REV]\n"
-    "                      upload a checkpoint folder to the Hugging Face Hub\n"
+    "  upload DIR --repo ORG/NAME [--path-in-repo SAE_ID] [--create] [--private] [--message MSG] [--revision REV]\n"
+    "                      upload a checkpoint folder to the Hugging Face Hub (into folder SAE_ID, as\n"
+    "                      SAELens releases are laid out, with a repo card listing the SAEs)\n"
     "  download REPO [FILE...] [--revision REV]\n"
     "                      download a repo's files into the Hugging Face cache\n"
 #endif

@@ -635,6 +635,101 @@ print("lua ok")
         check(bad in p.err and "Traceback" not in p.err, f"bad Hub path {bad!r}:\n{p.err}")
 
 
+def train_toy(c, name, seed):
+    """A real saefw final checkpoint (cfg.json, weights, sparsity.safetensors) from a short toy run."""
+    run = os.path.join(c.tmp, name)
+    toy = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "experiments", "toy.lua")
+    c.run(["run", toy, "--steps", "40", "--d_in", "8", "--n_features", "16", "--batch_size", "64",
+           "--buffer_mult", "4", "--eval_every", "20", "--checkpoint_every", "0", "--seed", str(seed),
+           "--run_dir", run, "--log_every", "0"], c.env(None), timeout=120)
+    final = os.path.join(run, "final")
+    check(os.path.isfile(os.path.join(final, "sparsity.safetensors")), f"no sparsity file in {final}")
+    return final
+
+
+def case_upload_saes(c):
+    """saefw upload --path-in-repo SAE_ID puts a checkpoint in the sub-folder SAE_ID, as SAELens
+    releases are laid out, with one README.md at the root listing every SAE of the repo: merged into
+    saefw's own card, rebuilt from the repo's */cfg.json when there is none, left alone when it is
+    someone else's. The folder then loads back by Hub path."""
+    hub = c.hub()
+    a, b = train_toy(c, "run_a", 1), train_toy(c, "run_b", 2)
+    repo = "alice/saes"
+    p = c.run(["upload", a, "--repo", repo, "--create", "--path-in-repo", "blocks.0.mlp.hook_post/"], c.env(hub))
+    files = hub.files(repo)
+    for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+        check(files.get("blocks.0.mlp.hook_post/" + f) == read(os.path.join(a, f)), f"{f} not in the SAE's folder")
+    check(not [f for f in files if f.startswith(("cfg.json", "sae_weights", "sparsity"))], "files at the repo root")
+    check("blocks.0.mlp.hook_post/README.md" not in files, "a card in the SAE's folder")
+    check(hub.commit_info(repo, hub.head(repo))["summary"] == "Upload SAE blocks.0.mlp.hook_post with saefw",
+          "commit summary")
+    card = files["README.md"].decode()
+    for want in ("library_name: saelens", "- `blocks.0.mlp.hook_post`", 'SAE.from_pretrained("alice/saes", '
+                 '"blocks.0.mlp.hook_post")', "SAE.load_from_disk(", 'saefw.load_sae("alice/saes/blocks.0.mlp.hook_post")'):
+        check(want in card, f"card lacks {want!r}:\n{card}")
+
+    # A second SAE, in a nested folder: the card lists both, the first one first.
+    c.run(["upload", b, "--repo", repo, "--path-in-repo", "layer1/v2"], c.env(hub))
+    card = hub.files(repo)["README.md"].decode()
+    check(card.index("- `blocks.0.mlp.hook_post`") < card.index("- `layer1/v2`"), f"two SAEs:\n{card}")
+    check("layer1/v2/cfg.json" in hub.files(repo), "nested folder")
+
+    # Someone edits the card (a paragraph, a description on a line): both survive a re-upload,
+    # and the re-uploaded SAE keeps one line.
+    edited = card.replace("## SAEs in this repository", "Trained for the dictionary-size sweep.\n\n## SAEs in "
+                          "this repository").replace("- `blocks.0.mlp.hook_post`", "- `blocks.0.mlp.hook_post` (the "
+                          "baseline)").encode()
+    hub.put_commit(repo, {"README.md": edited})
+    c.run(["upload", b, "--repo", repo, "--path-in-repo", "layer1/v2"], c.env(hub))
+    card = hub.files(repo)["README.md"].decode()
+    check("Trained for the dictionary-size sweep." in card and "- `blocks.0.mlp.hook_post` (the baseline)" in card,
+          f"edits lost:\n{card}")
+    check(card.count("- `layer1/v2`") == 1, f"re-uploaded SAE listed twice:\n{card}")
+
+    # No card yet, SAEs already there: the list is rebuilt from the repo's */cfg.json.
+    hub.create_repo("alice/older")
+    hub.put_commit("alice/older", {"old_sae/cfg.json": read(os.path.join(a, "cfg.json")),
+                                   "old_sae/sae_weights.safetensors": read(os.path.join(a, "sae_weights.safetensors"))})
+    c.run(["upload", a, "--repo", "alice/older", "--path-in-repo", "new_sae"], c.env(hub))
+    card = hub.files("alice/older")["README.md"].decode()
+    check("- `old_sae`" in card and "- `new_sae`" in card, f"listing not merged:\n{card}")
+
+    # Someone else's card is theirs.
+    hub.create_repo("alice/own-card")
+    hub.put_commit("alice/own-card", {"README.md": b"# My card\n"})
+    p = c.run(["upload", a, "--repo", "alice/own-card", "--path-in-repo", "s1"], c.env(hub))
+    check(hub.files("alice/own-card")["README.md"] == b"# My card\n" and "left as it is" in p.err, "foreign card")
+
+    # Bad sub-folders: one line, no request.
+    n = len(hub.log)
+    for bad in ("../x", "/abs", "a//b", ".", "a/./b", ".git", ".git/x", "a/../b", "/"):
+        p = c.run(["upload", a, "--repo", repo, "--path-in-repo", bad], c.env(hub), rc=1)
+        check("path-in-repo" in c.error_line(p, "upload"), f"--path-in-repo {bad!r} not refused")
+    check(len(hub.log) == n, "requests made for a bad --path-in-repo")
+    c.run(["upload", a, "--repo", repo, "--path-in-repo"], c.env(hub), rc=2)
+
+    # From Lua, the same; then the folder loads back by Hub path (weights equal the local ones).
+    script = os.path.join(c.tmp, "upload_saes.lua")
+    write(script, ("""
+local saefw, hf = require "saefw", require "saefw.hf"
+local url = hf.upload { dir = "%s", repo = "alice/saes", path_in_repo = "from_lua" }
+assert(url:find("/alice/saes/commit/"), url)
+local ok, err = pcall(hf.upload, { dir = "%s", repo = "alice/saes", path_in_repo = 5 })
+assert(not ok and tostring(err):find("path_in_repo", 1, true), tostring(err))
+local sae, cfg, where = saefw.load_sae("alice/saes/from_lua")
+local ref = saefw.load_sae("%s")
+local x, y = sae:tensor("W_dec"), ref:tensor("W_dec")
+assert(#x == #y and cfg.architecture == "standard", "shape")
+for i = 1, #x do assert(x[i] == y[i], "W_dec differs") end
+print("from " .. where)
+print("lua ok")
+""" % (a, a, a)).encode())
+    p = c.run(["run", script], c.env(hub))
+    check("lua ok" in p.out and "/snapshots/" in p.out, f"Lua upload/load:\n{p.out}\n{p.err}")
+    check("from_lua/sparsity.safetensors" in hub.files(repo), "Lua upload into the folder")
+    check("- `from_lua`: 8 -> 32 features\n" in hub.files(repo)["README.md"].decode(), "Lua upload not in the card")
+
+
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 
