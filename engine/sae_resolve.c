@@ -125,6 +125,12 @@ int saefw_sae_resolve(const char *spec, char *out, size_t n, int *from_hub, char
     }
     char repo[200], file[600];
     snprintf(repo, sizeof repo, "%.*s", (int)(s2 - s), s);
+    /* "runs/x/final" with a typo is a missing local path, not a Hub repo named runs/x. */
+    char org[128];
+    snprintf(org, sizeof org, "%.*s", (int)(s1 - s), s);
+    if (!hf && stat(org, &st) == 0 && S_ISDIR(st.st_mode))
+        return saefw_errf(err, errlen, "%s: no such file or folder (write hf://%s for the Hub repo %s)", spec, spec,
+                          repo);
     snprintf(file, sizeof file, "%s", s2 + 1);
     char files[MAX_FILES][PATH_MAX];
     int nf = needed_files(file, files);

@@ -14,7 +14,8 @@ void saefw_sae_set_hub_fetch(saefw_hub_fetch_fn fn);
 
 /* Resolve spec to a path saefw_checkpoint_load takes; *from_hub is set to 1 when it came from the
  * Hub (may be NULL). An existing local file or folder is itself (unless spec starts with hf://).
- * Otherwise `[hf://]ORG/NAME/FILE` names FILE in the model repo ORG/NAME: a seed checkpoint N.pt
+ * Otherwise `[hf://]ORG/NAME/FILE` names FILE in the model repo ORG/NAME (without hf://, only when no
+ * local folder ORG exists, so a mistyped local path is not sent to the Hub): a seed checkpoint N.pt
  * (with N_cfg.json beside it), a *.safetensors file (with cfg.json beside it), or a folder in the
  * SAELens layout (cfg.json + sae_weights.safetensors). Those files are looked up in the hub cache
  * (saefw_hf_cache_dir: refs/main's snapshot first, then any snapshot holding them all), downloaded

@@ -75,6 +75,11 @@ int main(void) {
     printf("  %s\n", err);
     sh("mv '%s/25_cfg.json.away' '%s/25_cfg.json'", snap, snap);
 
+    /* A missing path under an existing local folder is a local mistake, not a Hub repo. */
+    CHECK(saefw_sae_resolve("fixtures/sae/nosuch.pt", out, sizeof out, &hub, err, sizeof err) != 0 &&
+              strstr(err, "no such file or folder") && strstr(err, "hf://fixtures/sae/nosuch.pt"),
+          "typo'd local path: %s", err);
+
     /* Absent repo, absent file, malformed paths: errors, never a crash. */
     CHECK(saefw_sae_resolve("alice/none/1.pt", out, sizeof out, &hub, err, sizeof err) != 0 &&
               strstr(err, "saefw download alice/none 1.pt 1_cfg.json"),
