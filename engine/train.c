@@ -528,7 +528,8 @@ typedef struct {
     int with_state, sparsity;
 } state_writer_ud;
 
-static int add_state_file(void *vud, const char *tmp_dir, char *err, size_t errlen) {
+/* The checkpoint's files beside the weights: sparsity.safetensors (final), the training state. */
+static int add_files(void *vud, const char *tmp_dir, char *err, size_t errlen) {
     state_writer_ud *ud = vud;
     if (ud->sparsity &&
         saefw_checkpoint_write_sparsity(tmp_dir, ud->run->freq, ud->run->sae->d_sae, err, errlen) != 0)
@@ -552,7 +553,7 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
     state_writer_ud ud = {run, next, with_state, name && run->freq};
-    int rc = saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state || ud.sparsity ? add_state_file : NULL, &ud, err,
+    int rc = saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state || ud.sparsity ? add_files : NULL, &ud, err,
                                       errlen);
     cJSON_Delete(cfg);
     if (rc == 0) {
