@@ -127,6 +127,11 @@ int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err,
     hf_buf_printf(&b, "\n## Use\n\n```sh\nsaefw download %s\n```\n\nor, in Python, "
                       "`huggingface_hub.snapshot_download(\"%s\")`; both fill the same cache.\n",
                   repo, repo);
+    /* A saefw checkpoint folder is in SAELens's layout (docs/saelens.md). */
+    if (cJSON_GetObjectItemCaseSensitive(cfg, "d_in") && cJSON_GetObjectItemCaseSensitive(cfg, "architecture"))
+        hf_buf_printf(&b, "\nWith SAELens:\n\n```python\nfrom huggingface_hub import snapshot_download\nfrom sae_lens "
+                          "import SAE\n\nsae = SAE.load_from_disk(snapshot_download(\"%s\"))\n```\n",
+                      repo);
     cJSON_Delete(cfg);
     if (b.oom) {
         hf_buf_free(&b);

@@ -694,6 +694,11 @@ def case_upload_saes(c):
     card = hub.files("alice/older")["README.md"].decode()
     check("- `old_sae`" in card and "- `new_sae`" in card, f"listing not merged:\n{card}")
 
+    # Without --path-in-repo a saefw checkpoint's own card says how SAELens loads it.
+    c.run(["upload", a, "--repo", "alice/one-sae", "--create"], c.env(hub))
+    card = hub.files("alice/one-sae")["README.md"].decode()
+    check('SAE.load_from_disk(snapshot_download("alice/one-sae"))' in card, f"single-SAE card:\n{card}")
+
     # Someone else's card is theirs.
     hub.create_repo("alice/own-card")
     hub.put_commit("alice/own-card", {"README.md": b"# My card\n"})
