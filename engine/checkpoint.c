@@ -37,6 +37,79 @@ static int fsync_path(const char *path, int dir) {
     return rc;
 }
 
+/* A field added only when the cfg does not set it; item is consumed. Returns -1 when out of memory. */
+static int set_default(cJSON *c, const char *key, cJSON *item) {
+    if (!item) return -1;
+    if (cJSON_GetObjectItemCaseSensitive(c, key)) {
+        cJSON_Delete(item);
+        return 0;
+    }
+    return cJSON_AddItemToObject(c, key, item) ? 0 : (cJSON_Delete(item), -1);
+}
+
+/* The fields SAELens 5.x (top level) and 6.x (the metadata object) need to load the folder
+ * unedited, as SAELens's "standard" SAE: relu(W_enc^T (x - b_dec) + b_enc), no normalisation, no
+ * scaling factor. Values the cfg already holds are kept; the rest are derived from the seed's own
+ * fields (seq_len, bos, data) or get SAELens's neutral values. docs/saelens.md has the table. */
+static int saelens_fields(cJSON *c) {
+    const cJSON *hook = cJSON_GetObjectItemCaseSensitive(c, "hook_name");
+    const char *hook_s = cJSON_IsString(hook) ? hook->valuestring : "";
+    int layer = 0;
+    if (sscanf(hook_s, "blocks.%d.", &layer) != 1 || layer < 0) layer = 0;
+    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(c, "seq_len");
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(c, "bos");
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(c, "data");
+    int rc = 0;
+    rc |= set_default(c, "architecture", cJSON_CreateString("standard"));
+    rc |= set_default(c, "device", cJSON_CreateString("cpu"));
+    rc |= set_default(c, "model_name", cJSON_CreateString(""));
+    rc |= set_default(c, "hook_name", cJSON_CreateString(""));
+    rc |= set_default(c, "hook_layer", cJSON_CreateNumber(layer));
+    rc |= set_default(c, "hook_head_index", cJSON_CreateNull());
+    rc |= set_default(c, "activation_fn_str", cJSON_CreateString("relu"));
+    rc |= set_default(c, "activation_fn", cJSON_CreateString("relu"));
+    rc |= set_default(c, "activation_fn_kwargs", cJSON_CreateObject());
+    rc |= set_default(c, "apply_b_dec_to_input", cJSON_CreateTrue());
+    rc |= set_default(c, "finetuning_scaling_factor", cJSON_CreateFalse());
+    rc |= set_default(c, "normalize_activations", cJSON_CreateString("none"));
+    rc |= set_default(c, "reshape_activations", cJSON_CreateString("none"));
+    rc |= set_default(c, "context_size", cJSON_CreateNumber(cJSON_IsNumber(seq) ? seq->valuedouble : 0));
+    /* The seed's preprocessing puts BOS at position 0 of every row; "bos" < 0 turns it off. */
+    rc |= set_default(c, "prepend_bos", cJSON_CreateBool(!cJSON_IsNumber(bos) || bos->valuedouble >= 0));
+    rc |= set_default(c, "dataset_path",
+                      cJSON_CreateString(cJSON_IsString(data) ? data->valuestring : ""));
+    rc |= set_default(c, "dataset_trust_remote_code", cJSON_CreateFalse());
+    rc |= set_default(c, "sae_lens_training_version", cJSON_CreateNull());
+    rc |= set_default(c, "model_from_pretrained_kwargs", cJSON_CreateObject());
+    rc |= set_default(c, "neuronpedia_id", cJSON_CreateNull());
+    cJSON *slice = cJSON_CreateArray();
+    if (slice && !cJSON_AddItemToArray(slice, cJSON_CreateNull())) {
+        cJSON_Delete(slice);
+        slice = NULL;
+    }
+    rc |= set_default(c, "seqpos_slice", slice);
+    if (rc) return -1;
+    /* 6.x reads the model-side fields from "metadata"; a sae_lens_version of 6 or later there tells
+     * it the file is in its own layout (without one it converts the top-level 5.x fields). */
+    if (cJSON_GetObjectItemCaseSensitive(c, "metadata")) return 0;
+    cJSON *md = cJSON_AddObjectToObject(c, "metadata");
+    if (!md) return -1;
+    static const char *const copied[] = {"model_name", "hook_name", "hook_head_index", "context_size",
+                                         "prepend_bos", "dataset_path", "model_from_pretrained_kwargs",
+                                         "seqpos_slice", "neuronpedia_id", "sae_lens_training_version"};
+    if (!cJSON_AddStringToObject(md, "sae_lens_version", SAEFW_SAELENS_LAYOUT_VERSION) ||
+        !cJSON_AddStringToObject(md, "model_class_name", "HookedTransformer"))
+        return -1;
+    for (size_t k = 0; k < sizeof copied / sizeof *copied; k++) {
+        cJSON *v = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(c, copied[k]), 1);
+        if (!v || !cJSON_AddItemToObject(md, copied[k], v)) {
+            cJSON_Delete(v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cfg, char *err, size_t errlen) {
     return saefw_checkpoint_save_ex(dir, sae, cfg, NULL, NULL, err, errlen);
 }
@@ -81,13 +154,11 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
     cJSON_AddNumberToObject(c, "act_size", (double)sae->d_in);
     cJSON_AddNumberToObject(c, "dict_size", (double)sae->d_sae);
     if (!cJSON_GetObjectItemCaseSensitive(c, "l1_coeff")) cJSON_AddNumberToObject(c, "l1_coeff", sae->l1_coeff);
-    /* SAELens reads these to build the right SAE class; ours is its "standard" one. */
-    if (!cJSON_GetObjectItemCaseSensitive(c, "architecture")) cJSON_AddStringToObject(c, "architecture", "standard");
-    if (!cJSON_GetObjectItemCaseSensitive(c, "activation_fn_str")) cJSON_AddStringToObject(c, "activation_fn_str", "relu");
-    if (!cJSON_GetObjectItemCaseSensitive(c, "apply_b_dec_to_input")) cJSON_AddBoolToObject(c, "apply_b_dec_to_input", 1);
-    if (!cJSON_GetObjectItemCaseSensitive(c, "normalize_activations")) cJSON_AddStringToObject(c, "normalize_activations", "none");
-    if (!cJSON_GetObjectItemCaseSensitive(c, "device")) cJSON_AddStringToObject(c, "device", "cpu");
-    if (!cJSON_GetObjectItemCaseSensitive(c, "hook_name")) cJSON_AddStringToObject(c, "hook_name", "");
+    if (saelens_fields(c) != 0) {
+        cJSON_Delete(c);
+        saefw_errf(err, errlen, "%s: out of memory", dir);
+        goto fail;
+    }
     char *text = cJSON_Print(c);
     cJSON_Delete(c);
     if (!text) {
@@ -128,6 +199,21 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
 fail:
     remove_tree(tmp);
     return -1;
+}
+
+int saefw_checkpoint_write_sparsity(const char *dir, const float *freq, int64_t d_sae, char *err, size_t errlen) {
+    if (d_sae <= 0) return saefw_errf(err, errlen, "%s: sparsity: d_sae must be positive", dir);
+    float *lg = saefw_malloc(sizeof(float) * (size_t)d_sae, err, errlen);
+    if (!lg) return -1;
+    /* In float32, as SAELens computes torch.log10(feature_sparsity + 1e-10). */
+    for (int64_t j = 0; j < d_sae; j++) lg[j] = log10f(freq[j] + SAEFW_SPARSITY_EPS);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/" SAEFW_SPARSITY_FILE, dir);
+    saefw_tensor_ref ref = {.name = "sparsity", .dtype = SAEFW_DT_F32, .ndim = 1, .shape = &d_sae, .data = lg};
+    const char *meta[][2] = {{"format", "pt"}};
+    int rc = saefw_safetensors_write(path, &ref, 1, meta, 1, err, errlen);
+    free(lg);
+    return rc;
 }
 
 static int get_int(const cJSON *cfg, const char *file, const char *key, int64_t *out, char *err, size_t errlen) {

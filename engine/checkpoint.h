@@ -19,6 +19,19 @@ typedef int (*saefw_checkpoint_extra_fn)(void *ud, const char *tmp_dir, char *er
 int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON *cfg, saefw_checkpoint_extra_fn extra,
                              void *ud, char *err, size_t errlen);
 
+/* The SAELens cfg.json layout the checkpoint follows: its "metadata" carries this as sae_lens_version,
+ * which SAELens 6.x reads as "already in the 6.x layout" (5.x ignores the metadata object). */
+#define SAEFW_SAELENS_LAYOUT_VERSION "6.0.0"
+
+/* SAELens's per-feature log10 density file beside the weights: one float32 tensor "sparsity"
+ * [d_sae] = log10(frequency + 1e-10), as SAELens's trainer writes it. */
+#define SAEFW_SPARSITY_FILE "sparsity.safetensors"
+#define SAEFW_SPARSITY_EPS 1e-10f
+
+/* Write SAEFW_SPARSITY_FILE into folder dir from feature frequencies freq [d_sae] (fractions of
+ * tokens on which each feature is active). Returns 0, or -1 with err. */
+int saefw_checkpoint_write_sparsity(const char *dir, const float *freq, int64_t d_sae, char *err, size_t errlen);
+
 /* File name of the resumable training state inside a checkpoint folder. */
 #define SAEFW_TRAIN_STATE "train_state.safetensors"
 

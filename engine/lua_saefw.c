@@ -3,6 +3,7 @@
 #include "lua_saefw.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <lualib.h>
 #include <math.h>
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 #include "tokens.h"
 #include "plugin_loader.h"
 #include "sae.h"
+#include "sae_resolve.h"
 #include "source.h"
 #include "tensorfile.h"
 #include "train.h"
@@ -176,17 +178,21 @@ static int sae_save(lua_State *L) {
     return 0;
 }
 
+/* saefw.load_sae(path) -> sae, cfg table, the local path it was read from (path may be a Hub path). */
 static int l_load_sae(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
+    const char *spec = luaL_checkstring(L, 1);
+    char path[PATH_MAX], err[1024];
+    if (saefw_sae_resolve(spec, path, sizeof path, NULL, err, sizeof err) != 0)
+        return uerror(L, "saefw.load_sae: %s", err);
     lsae *s = new_sae(L);
     cJSON *cfg = NULL;
-    char err[1024];
     if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0) return uerror(L, "saefw.load_sae: %s", err);
     s->alive = 1;
     if (cfg) json_to_lua(L, cfg, 0);
     else lua_newtable(L);
     cJSON_Delete(cfg);
-    return 2;
+    lua_pushstring(L, path);
+    return 3;
 }
 
 static int param_index(lua_State *L, const char *name) {

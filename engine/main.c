@@ -12,6 +12,7 @@
 #include "lua_saefw.h"
 #include "parallel.h"
 #include "plugin_loader.h"
+#include "sae_resolve.h"
 #include "tensorfile.h"
 #include "tokens_cmd.h"
 #include "train.h"
@@ -39,8 +40,9 @@ static const char USAGE[] =
     "                      a Parquet token dataset (hf://datasets/ORG/NAME, folder, glob) into a flat\n"
     "                      token file; default: the token cache saefw.tokens() reads\n"
 #ifdef SAEFW_HAVE_HF
-    "  upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision REV]\n"
-    "                      upload a checkpoint folder to the Hugging Face Hub\n"
+    "  upload DIR --repo ORG/NAME [--path-in-repo SAE_ID] [--create] [--private] [--message MSG] [--revision REV]\n"
+    "                      upload a checkpoint folder to the Hugging Face Hub (into folder SAE_ID, as\n"
+    "                      SAELens releases are laid out, with a repo card listing the SAEs)\n"
     "  download REPO [FILE...] [--revision REV]\n"
     "                      download a repo's files into the Hugging Face cache\n"
     "  download --dataset ORG/NAME [FILE... | --include GLOB ...] [--revision REV]\n"
@@ -354,6 +356,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = argv[1];
+#ifdef SAEFW_HAVE_HF
+    saefw_sae_set_hub_fetch(saefw_hf_fetch); /* saefw.load_sae and analyze fetch Hub paths */
+#endif
     if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "plugins")) return cmd_plugins();
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);

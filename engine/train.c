@@ -27,6 +27,7 @@ struct saefw_run {
     int64_t batch_rows; /* rows of batch and work.acts valid for plugins (0 outside a step) */
     int64_t *feat_counts; /* [d_sae]: batch_feature_counts, made on the first request of a step */
     int64_t counts_step;  /* the step they were made for, or -1 */
+    float *freq;          /* [d_sae]: the latest eval's feature frequencies, for sparsity.safetensors */
     saefw_rng rng;
     int64_t step, tokens;
     void *opt_self;
@@ -524,10 +525,16 @@ fail:
 typedef struct {
     saefw_run *run;
     int64_t next;
+    int with_state, sparsity;
 } state_writer_ud;
 
-static int add_state_file(void *vud, const char *tmp_dir, char *err, size_t errlen) {
+/* The checkpoint's files beside the weights: sparsity.safetensors (final), the training state. */
+static int add_files(void *vud, const char *tmp_dir, char *err, size_t errlen) {
     state_writer_ud *ud = vud;
+    if (ud->sparsity &&
+        saefw_checkpoint_write_sparsity(tmp_dir, ud->run->freq, ud->run->sae->d_sae, err, errlen) != 0)
+        return -1;
+    if (!ud->with_state) return 0;
     saefw_fault_point("checkpoint");
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, tmp_dir);
@@ -544,8 +551,10 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
     cJSON *cfg = checkpoint_cfg(o, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
-    state_writer_ud ud = {run, next};
-    int rc = saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state ? add_state_file : NULL, &ud, err, errlen);
+    /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
+    state_writer_ud ud = {run, next, with_state, name && run->freq};
+    int rc = saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state || ud.sparsity ? add_files : NULL, &ud, err,
+                                      errlen);
     cJSON_Delete(cfg);
     if (rc == 0) {
         snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);
@@ -560,21 +569,17 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     /* The step's scratch holds nothing between steps: its pages go back while the evaluation's own
      * scratch is in use, so that peak memory is one of the two, not both. */
     saefw_sae_work_release(&run->work);
-    float *freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen);
-    if (!freq) return -1;
+    if (!run->freq && !(run->freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen))) return -1;
+    float *freq = run->freq;
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
     int64_t rows = nb * saefw_eval_batch_rows(run->eval_src, run->work.cap);
-    if (saefw_feature_frequencies(sae, run->eval_src, rows, run->work.cap, freq, err, errlen) != 0) {
-        free(freq);
-        return -1;
-    }
+    if (saefw_feature_frequencies(sae, run->eval_src, rows, run->work.cap, freq, err, errlen) != 0) return -1;
     int64_t dead = 0, b6 = 0, b5 = 0;
     for (int64_t j = 0; j < sae->d_sae; j++) {
         dead += freq[j] == 0.0f;
         b6 += freq[j] < 1e-6f;
         b5 += freq[j] < 1e-5f;
     }
-    free(freq);
     m->has_eval = 1;
     m->frac_dead = (double)dead / (double)sae->d_sae;
     m->frac_below_1e6 = (double)b6 / (double)sae->d_sae;
@@ -838,6 +843,7 @@ done:
     free(run.plug_self);
     free(run.batch);
     free(run.feat_counts);
+    free(run.freq);
     saefw_sae_work_free(&run.work);
     saefw_sae_work_free(&run.sample_work);
     return rc;

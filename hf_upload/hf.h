@@ -56,6 +56,8 @@ typedef struct {
     const char *message;  /* commit summary, NULL = "Upload <folder> with saefw" */
     int create;           /* create the repo first (409 "already exists" is fine) */
     int private_repo;     /* with create: make it private */
+    const char *path_in_repo; /* put the folder's files under this sub-folder (an SAE id, as SAELens
+                               * releases do) and write the repo-root card listing the SAEs; NULL: root */
 } hf_upload_opts;
 
 /* Upload every regular file under opts->dir (hidden files and atomic-write leftovers skipped) as
@@ -91,9 +93,24 @@ int hf_download_repo(const hf_config *cfg, const hf_download_opts *opts, char **
 int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files,
                 size_t nfiles, char **path_out, char *err, size_t errlen);
 
+/* A saefw_hub_fetch_fn (engine/sae_resolve.h) over hf_download: fetch `files` of model repo `repo`
+ * (main) into the cache with progress on stderr; *snapshot gets the malloc'd snapshot folder. */
+int saefw_hf_fetch(const char *repo, const char *const *files, size_t nfiles, char **snapshot, char *err,
+                   size_t errlen);
+
 /* Build a model card (README.md text, malloc'd into *out) from the text of a cfg.json. Unknown or
  * missing keys are left out; returns -1 only when cfg_json is not a JSON object or memory runs out. */
 int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err, size_t errlen);
+
+/* The repo-root model card of a repo holding SAEs in SAELens's layout, one folder per SAE id
+ * (`saefw upload --path-in-repo SAE_ID`): lists every SAE, with SAELens and saefw loading
+ * instructions. existing is the repo's current README.md (NULL if none): a card saefw wrote keeps
+ * everything but its SAE list, whose lines stay in order, the folders `ids` of the repo (nids of
+ * them) that it does not name are added, and sae_id's line is (re)written from cfg_json (may be
+ * NULL). A README without saefw's list is someone's own: *out stays NULL and it is left alone.
+ * Returns 0 (*out malloc'd or NULL), -1 when memory runs out. */
+int hf_repo_card(const char *existing, const char *repo, const char *const *ids, size_t nids, const char *sae_id,
+                 const char *cfg_json, char **out, char *err, size_t errlen);
 
 /* `saefw upload ...` / `saefw download ...`: argv[0] is "upload" or "download", the rest are the
  * command's arguments. Progress goes to stderr, the result (commit URL, local path) to stdout.
@@ -101,9 +118,9 @@ int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err,
  * 2 on a usage error. */
 int saefw_hf_cli(int argc, char **argv);
 
-/* Lua module `saefw.hf`: upload{dir=, repo=, create=, private=, message=, revision=} returns the
- * commit URL; download{repo=, repo_type= "model"|"dataset", files= | include=, revision=} (files
- * and include: a string or a list) returns the local path. Errors are raised as Lua
+/* Lua module `saefw.hf`: upload{dir=, repo=, create=, private=, message=, revision=, path_in_repo=}
+ * returns the commit URL; download{repo=, repo_type= "model"|"dataset", files= | include=, revision=}
+ * (files and include: a string or a list) returns the local path. Errors are raised as Lua
  * errors naming the bad argument or carrying the Hub's one-line message. */
 struct lua_State;
 int luaopen_saefw_hf(struct lua_State *L);

@@ -84,12 +84,19 @@ void hf_term_event(void *ud, const hf_event *ev) {
 void hf_term_finish(hf_term *t) { clear_live(t); }
 
 static const char *USAGE_UPLOAD =
-    "usage: saefw upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision BRANCH]\n";
+    "usage: saefw upload DIR --repo ORG/NAME [--path-in-repo SAE_ID] [--create] [--private] [--message MSG]
+"
+    "                         [--revision BRANCH]
+";
 static const char *USAGE_DOWNLOAD =
-    "usage: saefw download REPO [FILE...] [--revision REV]\n"
-    "       saefw download --dataset ORG/NAME [FILE... | --include GLOB ...] [--revision REV]\n"
-    "  no FILE and no --include: the whole repo; --include (repeatable) takes huggingface_hub's\n"
-    "  allow_patterns, e.g. --include 'data/*.parquet'\n";
+    "usage: saefw download REPO [FILE...] [--revision REV]
+"
+    "       saefw download --dataset ORG/NAME [FILE... | --include GLOB ...] [--revision REV]
+"
+    "  no FILE and no --include: the whole repo; --include (repeatable) takes huggingface_hub's
+"
+    "  allow_patterns, e.g. --include 'data/*.parquet'
+";
 
 static int usage(const char *cmd, const char *usage_text, const char *fmt, ...) HF_PRINTF(3, 4);
 
@@ -144,6 +151,8 @@ static int cli_upload(int argc, char **argv) {
             o.message = v;
         } else if ((v = opt_value(argc, argv, &i, "--revision", &missing))) {
             o.revision = v;
+        } else if ((v = opt_value(argc, argv, &i, "--path-in-repo", &missing))) {
+            o.path_in_repo = v; /* the SAE id: a sub-folder, as SAELens releases are laid out */
         } else if (missing) {
             return usage("upload", USAGE_UPLOAD, "%s needs a value", argv[i]);
         } else if (!strcmp(argv[i], "--create")) {

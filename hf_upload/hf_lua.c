@@ -43,7 +43,7 @@ static int field_bool(lua_State *L, const char *fn, const char *name) {
 /* Run the operation with C-side resources only, then raise or return once they are freed:
  * luaL_error does not return, so nothing may be pending when it is called. */
 static int l_upload(lua_State *L) {
-    static const char *const known[] = {"dir", "repo", "create", "private", "message", "revision", NULL};
+    static const char *const known[] = {"dir", "repo", "create", "private", "message", "revision", "path_in_repo", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     check_keys(L, "upload", known);
     hf_upload_opts o = {0};
@@ -51,6 +51,7 @@ static int l_upload(lua_State *L) {
     o.repo = field_string(L, "upload", "repo", 1);
     o.message = field_string(L, "upload", "message", 0);
     o.revision = field_string(L, "upload", "revision", 0);
+    o.path_in_repo = field_string(L, "upload", "path_in_repo", 0);
     o.create = field_bool(L, "upload", "create");
     o.private_repo = field_bool(L, "upload", "private");
     if (o.private_repo && !o.create) luaL_error(L, "saefw.hf.upload: argument 'private' only applies with create = true");

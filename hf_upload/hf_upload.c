@@ -713,12 +713,119 @@ static int add_model_card(upload *u) {
     return 0;
 }
 
+/* GET an endpoint URL with the token; *text gets the malloc'd body of a 200, NULL on a 404. */
+static int get_optional(upload *u, const char *url, const char *what, const char *subject, char **text) {
+    *text = NULL;
+    hf_req req;
+    hf_req_init(&req, "GET", url, what);
+    req.auth = 1;
+    req.follow = 1;
+    req.idempotent = 1;
+    hf_resp resp = {0};
+    int rc = hf_http(u->cfg, &req, &resp, u->err, u->errlen);
+    if (rc == 0 && resp.status == 200) {
+        if (!(*text = malloc(resp.body.len + 1))) rc = saefw_errf(u->err, u->errlen, "%s: out of memory", what);
+        else {
+            if (resp.body.len) memcpy(*text, resp.body.p, resp.body.len);
+            (*text)[resp.body.len] = 0;
+        }
+    } else if (rc == 0 && resp.status != 404) {
+        rc = hf_http_fail(u->cfg, &req, &resp, subject, NULL, u->err, u->errlen);
+    }
+    hf_resp_free(&resp);
+    return rc;
+}
+
+/* Put the folder's files under path_in_repo/ (before the root card is added). */
+static int prefix_files(upload *u, const char *prefix) {
+    for (size_t i = 0; i < u->files.n; i++) {
+        char *rel = hf_join(prefix, u->files.v[i].rel);
+        if (!rel) return saefw_errf(u->err, u->errlen, "out of memory");
+        free(u->files.v[i].rel);
+        u->files.v[i].rel = rel;
+    }
+    return 0;
+}
+
+/* The repo-root README listing the repo's SAEs: merged into the current card (fetched from the
+ * Hub) and completed from the repo's file listing (every folder with a cfg.json is an SAE). */
+static int add_repo_card(upload *u, const char *sae_id) {
+    char url[1024], subject[256];
+    snprintf(subject, sizeof subject, "repository %s", u->repo);
+    snprintf(url, sizeof url, "%s/%s/resolve/%s/README.md", u->cfg->endpoint, u->repo, u->rev_esc);
+    char *existing = NULL, *listing = NULL, *cfg_text = NULL, *card = NULL;
+    const char **ids = NULL;
+    size_t nids = 0;
+    cJSON *j = NULL;
+    int rc = -1;
+    hf_step(u->cfg, "model card: reading the repo's README.md and file list");
+    if (get_optional(u, url, "model card", subject, &existing) != 0) goto out;
+    snprintf(url, sizeof url, "%s/api/models/%s/revision/%s", u->cfg->endpoint, u->repo, u->rev_esc);
+    if (get_optional(u, url, "repo file list", subject, &listing) != 0) goto out;
+    const cJSON *sib = NULL, *it;
+    if (listing && (j = cJSON_Parse(listing))) sib = cJSON_GetObjectItemCaseSensitive(j, "siblings");
+    ids = calloc((size_t)cJSON_GetArraySize(sib) + 1, sizeof *ids);
+    if (!ids) {
+        saefw_errf(u->err, u->errlen, "out of memory");
+        goto out;
+    }
+    cJSON_ArrayForEach(it, sib) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "rfilename");
+        if (!cJSON_IsString(name) || !ends_with(name->valuestring, "/cfg.json")) continue;
+        *strrchr(name->valuestring, '/') = 0; /* the SAE id is its folder */
+        ids[nids++] = name->valuestring;
+    }
+    char cfg_rel[1100];
+    snprintf(cfg_rel, sizeof cfg_rel, "%s/cfg.json", sae_id);
+    upfile *cf = find_rel(&u->files, cfg_rel);
+    if (cf && saefw_read_file(cf->abs, &cfg_text, NULL, u->err, u->errlen) != 0) goto out;
+    if (hf_repo_card(existing, u->repo, ids, nids, sae_id, cfg_text, &card, u->err, u->errlen) != 0) goto out;
+    rc = 0;
+    if (!card) {
+        hf_note(u->cfg, "README.md at the repo root is not saefw's card: left as it is");
+        goto out;
+    }
+    upfile *f = files_add(&u->files);
+    if (!f || !(f->rel = hf_strdup("README.md"))) {
+        rc = saefw_errf(u->err, u->errlen, "out of memory");
+        goto out;
+    }
+    f->mem = card;
+    f->size = strlen(card);
+    card = NULL;
+    hf_note(u->cfg, "generated README.md at the repo root, listing the repo's SAEs");
+out:
+    free(existing);
+    free(listing);
+    free(cfg_text);
+    free(card);
+    free(ids);
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* An SAE id as a repo sub-folder: relative, no empty, "." or ".." part, no ".git"; trailing
+ * slashes dropped. */
+static int path_in_repo(upload *u, const char *p, char *out, size_t n) {
+    size_t len = strlen(p);
+    while (len > 0 && p[len - 1] == '/') len--;
+    if (len == 0 || len >= n) return saefw_errf(u->err, u->errlen, "bad --path-in-repo '%.200s': give a sub-folder such as blocks.0.mlp.hook_post", p);
+    snprintf(out, n, "%.*s", (int)len, p);
+    if (!hf_safe_relpath(out) || !strncmp(out, ".git/", 5) || !strcmp(out, ".git") || strstr(out, "/.git/") ||
+        strchr(out, '\\') || strpbrk(out, "\r\n"))
+        return saefw_errf(u->err, u->errlen, "bad --path-in-repo '%.200s': a relative sub-folder without '.', '..' or "
+                          "empty parts", p);
+    return 0;
+}
+
 static int run_upload(upload *u, const hf_upload_opts *o, char **commit_url) {
     const hf_config *cfg = u->cfg;
     if (!o->dir || !o->repo) return saefw_errf(u->err, u->errlen, "upload needs a folder and a repo id");
     if (hf_validate_repo_id(o->repo, u->err, u->errlen) != 0) return -1;
     if (u->revision[0] == 0 || strlen(u->revision) > 200)
         return saefw_errf(u->err, u->errlen, "bad revision '%.200s'", u->revision);
+    char sub[512] = "";
+    if (o->path_in_repo && path_in_repo(u, o->path_in_repo, sub, sizeof sub) != 0) return -1;
     if (cfg->offline)
         return saefw_errf(u->err, u->errlen, "HF_HUB_OFFLINE is set: uploading needs the network; unset HF_HUB_OFFLINE");
     if (!cfg->token)
@@ -735,7 +842,11 @@ static int run_upload(upload *u, const hf_upload_opts *o, char **commit_url) {
     if (!(u->rev_esc = hf_escape(u->revision, 0))) return saefw_errf(u->err, u->errlen, "out of memory");
 
     if (resolve_namespace(u, o->repo) != 0) return -1;
-    if (add_model_card(u) != 0) return -1;
+    if (sub[0]) {
+        if (prefix_files(u, sub) != 0 || add_repo_card(u, sub) != 0) return -1;
+    } else if (add_model_card(u) != 0) {
+        return -1;
+    }
     hf_step(cfg, "hashing %zu file%s", u->files.n, u->files.n == 1 ? "" : "s");
     if (hash_files(u) != 0) return -1;
     if (o->create && create_repo(u, o->private_repo) != 0) return -1;
@@ -751,7 +862,8 @@ static int run_upload(upload *u, const hf_upload_opts *o, char **commit_url) {
         while (end > 1 && o->dir[end - 1] == '/') end--;
         size_t start = end;
         while (start > 0 && o->dir[start - 1] != '/') start--;
-        snprintf(msg, sizeof msg, "Upload %.*s with saefw", (int)(end - start), o->dir + start);
+        if (sub[0]) snprintf(msg, sizeof msg, "Upload SAE %s with saefw", sub);
+        else snprintf(msg, sizeof msg, "Upload %.*s with saefw", (int)(end - start), o->dir + start);
     }
     return commit(u, msg, commit_url);
 }

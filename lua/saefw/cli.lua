@@ -52,7 +52,7 @@ function M.analyze(args)
     end
     o[k] = v
   end
-  local sae, cfg = saefw.load_sae(path)
+  local sae, cfg, where = saefw.load_sae(path)
   local src, what = source_for(cfg, o, sae.d_in)
   local batches = tonumber(o.batches) or 5
   local batch = tonumber(o.batch_size) or cfg.batch_size or 4096
@@ -75,7 +75,10 @@ function M.analyze(args)
     print(string.format("no live feature below frequency %g: no rare direction", threshold))
   end
   local svg = o.svg
-  if not svg then
+  if not svg and where ~= path then
+    -- From the Hub: beside the command, not inside the cache's snapshot.
+    svg = (path:match("([^/]+)/*$") or "sae"):gsub("%.pth?$", "") .. ".freq_hist.svg"
+  elseif not svg then
     local dir_ok = io.open(path .. "/cfg.json", "r")
     if dir_ok then dir_ok:close(); svg = path .. "/freq_hist.svg" else svg = path .. ".freq_hist.svg" end
   end

@@ -1,4 +1,5 @@
-/* Fuzz target: the model card the Hub client writes from a checkpoint's cfg.json (hf_model_card). */
+/* Fuzz target: the model card the Hub client writes from a checkpoint's cfg.json (hf_model_card),
+ * and the repo card's merge into an existing README.md (hf_repo_card), fed the same bytes. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     text[size] = 0;
     char *card = NULL, err[1024] = "";
     int rc = hf_model_card(text, "org/name", &card, err, sizeof err);
+    const char *ids[] = {"a", "b/c", "new"};
+    char *merged = NULL, merr[1024] = "";
+    int mrc = hf_repo_card(text, "org/name", ids, 3, "new", text, &merged, merr, sizeof merr);
+    FUZZ_CHECK(mrc == 0, "repo card merge failed: %s", merr);
+    if (merged) {
+        const char *list = strstr(merged, "<!-- saefw:saes -->");
+        FUZZ_CHECK(list && strstr(list, "- `new`") && strstr(list, "- `a`") && strstr(list, "<!-- /saefw:saes -->"),
+                   "the merged card lost its list or an SAE");
+        free(merged);
+    }
     free(text);
     fuzz_note("%s", rc == 0 ? "card written" : err);
     if (rc != 0) {

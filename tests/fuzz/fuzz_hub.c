@@ -355,7 +355,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc;
     if ((mode & MODE_OP) < 2) {
         hf_upload_opts o = {upload_dir, (mode & MODE_OP) ? "fuzzrepo" : "org/fuzzrepo", revision, NULL,
-                            (mode & MODE_CREATE) != 0, (mode & MODE_PRIVATE) != 0};
+                            (mode & MODE_CREATE) != 0, (mode & MODE_PRIVATE) != 0, NULL};
         rc = hf_upload_folder(&cfg, &o, &out, err, sizeof err);
         if (rc == 0) FUZZ_CHECK(out && out[0], "upload succeeded without a commit URL");
     } else {

@@ -66,9 +66,9 @@ class Ctx:
                 env[k] = v
         return env
 
-    def run(self, argv, env, rc=0, timeout=60):
+    def run(self, argv, env, rc=0, timeout=60, cwd=None):
         t0 = time.monotonic()
-        p = subprocess.run([self.bin] + argv, env=env, capture_output=True, timeout=timeout)
+        p = subprocess.run([self.bin] + argv, env=env, capture_output=True, timeout=timeout, cwd=cwd)
         p.elapsed = time.monotonic() - t0
         p.out, p.err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
         self.outputs += [p.stdout, p.stderr]
@@ -772,6 +772,180 @@ def case_cache_vars(c):
     c.run(["download", repo, "config.json", "model_final.pth"], env)
     check_cache(c, repo, head, files, lfs_suffixes=(".pth",), hub_dir=os.path.join(c.tmp, "var-cache"))
     check("layers 2" in c.run(["run", script], dict(env, HF_HUB_OFFLINE="1")).out, "$VAR in HF_HUB_CACHE for saefw.model")
+def npy_f32(rows):
+    """A float32 .npy file of the given rows (no numpy needed)."""
+    import struct
+    n, d = len(rows), len(rows[0])
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (n, d)
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    body = b"".join(struct.pack("<%df" % d, *r) for r in rows)
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + body
+
+
+def case_sae_from_hub(c):
+    """saefw.load_sae and saefw analyze take the seed's published SAEs by Hub path: a stand-in
+    NeelNanda/sparse_autoencoder on the imitation holds 25.pt + 25_cfg.json in the seed's format
+    (the committed seed-format fixture tests/fixtures/sae/seed_ckpt/3.pt, 16 -> 64)."""
+    hub = c.hub()
+    repo = "NeelNanda/sparse_autoencoder"
+    hub.add_token(c.token, "NeelNanda")
+    hub.create_repo(repo)
+    seed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "sae", "seed_ckpt")
+    files = {"25.pt": read(os.path.join(seed, "3.pt")), "25_cfg.json": read(os.path.join(seed, "3_cfg.json"))}
+    head = hub.put_commit(repo, files, lfs={"25.pt"})
+    script = os.path.join(c.tmp, "load_hub_sae.lua")
+    write(script, ("""
+local saefw = require "saefw"
+local spec = saefw.config { spec = "" }.spec
+local sae, cfg, where = saefw.load_sae(spec)
+local ref, ref_cfg = saefw.load_sae("%s/3.pt")
+assert(sae.d_in == 16 and sae.d_sae == 64, "shape " .. sae.d_in .. " -> " .. sae.d_sae)
+assert(cfg.act_name == "blocks.0.mlp.hook_post" and cfg.l1_coeff == ref_cfg.l1_coeff, "cfg")
+for _, name in ipairs { "W_enc", "W_dec", "b_enc", "b_dec" } do
+  local a, b = sae:tensor(name), ref:tensor(name)
+  assert(#a == #b, name)
+  for i = 1, #a do assert(a[i] == b[i], name .. " differs at " .. i) end
+end
+print("loaded from " .. where)
+print("lua ok")
+""" % seed).encode())
+    # Not in the cache and offline: one line naming the download command.
+    p = c.run(["run", script, "--spec", "NeelNanda/sparse_autoencoder/25.pt"], c.env(hub, HF_HUB_OFFLINE="1"), rc=1)
+    check("saefw download NeelNanda/sparse_autoencoder 25.pt 25_cfg.json" in p.err,
+          f"the missing-SAE message does not say how to download it:\n{p.err}")
+    check(hub.log == [], "an offline load made requests")
+    # Online: both files are fetched into the cache, then loaded.
+    p = c.run(["run", script, "--spec", "NeelNanda/sparse_autoencoder/25.pt"], c.env(hub))
+    check("lua ok" in p.out, f"load_sae from the Hub failed:\n{p.out}\n{p.err}")
+    check_cache(c, repo, head, files, lfs_suffixes=(".pt",))
+    snap = os.path.join(c.hf_home, "hub", "models--NeelNanda--sparse_autoencoder", "snapshots", head)
+    check(f"loaded from {snap}/25.pt" in p.out, f"not loaded from the cache snapshot:\n{p.out}")
+    # From the cache: offline works, and hf:// names the same file; no request is made.
+    n = len(hub.log)
+    p = c.run(["run", script, "--spec", "hf://NeelNanda/sparse_autoencoder/25.pt"], c.env(hub, HF_HUB_OFFLINE="1"))
+    check("lua ok" in p.out, f"hf:// from the cache failed:\n{p.out}\n{p.err}")
+    p = c.run(["run", script, "--spec", "NeelNanda/sparse_autoencoder/25.pt"], c.env(hub))
+    check("lua ok" in p.out and len(hub.log) == n, "a cached SAE was fetched again")
+
+    # saefw analyze on the Hub path, over activations of the SAE's width; the SVG lands in the
+    # working folder, not in the cache.
+    acts = os.path.join(c.tmp, "acts.npy")
+    rng = random.Random(5)
+    write(acts, npy_f32([[max(0.0, rng.gauss(0, 1)) for _ in range(16)] for _ in range(512)]))
+    work = os.path.join(c.tmp, "work")
+    os.makedirs(work)
+    p = c.run(["analyze", "NeelNanda/sparse_autoencoder/25.pt", "--activations", acts, "--batches", "2",
+               "--batch_size", "128"], c.env(hub, HF_HUB_OFFLINE="1"), cwd=work)
+    check("d_in 16, d_sae 64" in p.out and "dead" in p.out, f"analyze output:\n{p.out}\n{p.err}")
+    check(os.path.isfile(os.path.join(work, "25.freq_hist.svg")), f"no SVG in the working folder: {os.listdir(work)}")
+    check(not [f for f in os.listdir(snap) if f.endswith(".svg")], "analyze wrote into the cache")
+
+    # A file the repo does not hold, and malformed Hub paths: one line each.
+    p = c.run(["analyze", "NeelNanda/sparse_autoencoder/26.pt", "--activations", acts], c.env(hub), rc=1)
+    check("404" in p.err and "26.pt" in p.err and len(p.err.strip().splitlines()) <= 2, f"missing file:\n{p.err}")
+    for bad in ("hf://NeelNanda/sparse_autoencoder", "hf://NeelNanda/../x/25.pt", "NeelNanda/sparse_autoencoder/../25.pt"):
+        p = c.run(["analyze", bad, "--activations", acts], c.env(hub), rc=1)
+        check(bad in p.err and "Traceback" not in p.err, f"bad Hub path {bad!r}:\n{p.err}")
+
+
+def train_toy(c, name, seed):
+    """A real saefw final checkpoint (cfg.json, weights, sparsity.safetensors) from a short toy run."""
+    run = os.path.join(c.tmp, name)
+    toy = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "experiments", "toy.lua")
+    c.run(["run", toy, "--steps", "40", "--d_in", "8", "--n_features", "16", "--batch_size", "64",
+           "--buffer_mult", "4", "--eval_every", "20", "--checkpoint_every", "0", "--seed", str(seed),
+           "--run_dir", run, "--log_every", "0"], c.env(None), timeout=120)
+    final = os.path.join(run, "final")
+    check(os.path.isfile(os.path.join(final, "sparsity.safetensors")), f"no sparsity file in {final}")
+    return final
+
+
+def case_upload_saes(c):
+    """saefw upload --path-in-repo SAE_ID puts a checkpoint in the sub-folder SAE_ID, as SAELens
+    releases are laid out, with one README.md at the root listing every SAE of the repo: merged into
+    saefw's own card, rebuilt from the repo's */cfg.json when there is none, left alone when it is
+    someone else's. The folder then loads back by Hub path."""
+    hub = c.hub()
+    a, b = train_toy(c, "run_a", 1), train_toy(c, "run_b", 2)
+    repo = "alice/saes"
+    p = c.run(["upload", a, "--repo", repo, "--create", "--path-in-repo", "blocks.0.mlp.hook_post/"], c.env(hub))
+    files = hub.files(repo)
+    for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+        check(files.get("blocks.0.mlp.hook_post/" + f) == read(os.path.join(a, f)), f"{f} not in the SAE's folder")
+    check(not [f for f in files if f.startswith(("cfg.json", "sae_weights", "sparsity"))], "files at the repo root")
+    check("blocks.0.mlp.hook_post/README.md" not in files, "a card in the SAE's folder")
+    check(hub.commit_info(repo, hub.head(repo))["summary"] == "Upload SAE blocks.0.mlp.hook_post with saefw",
+          "commit summary")
+    card = files["README.md"].decode()
+    for want in ("library_name: saelens", "- `blocks.0.mlp.hook_post`", 'SAE.from_pretrained("alice/saes", '
+                 '"blocks.0.mlp.hook_post")', "SAE.load_from_disk(", 'saefw.load_sae("alice/saes/blocks.0.mlp.hook_post")'):
+        check(want in card, f"card lacks {want!r}:\n{card}")
+
+    # A second SAE, in a nested folder: the card lists both, the first one first.
+    c.run(["upload", b, "--repo", repo, "--path-in-repo", "layer1/v2"], c.env(hub))
+    card = hub.files(repo)["README.md"].decode()
+    check(card.index("- `blocks.0.mlp.hook_post`") < card.index("- `layer1/v2`"), f"two SAEs:\n{card}")
+    check("layer1/v2/cfg.json" in hub.files(repo), "nested folder")
+
+    # Someone edits the card (a paragraph, a description on a line): both survive a re-upload,
+    # and the re-uploaded SAE keeps one line.
+    edited = card.replace("## SAEs in this repository", "Trained for the dictionary-size sweep.\n\n## SAEs in "
+                          "this repository").replace("- `blocks.0.mlp.hook_post`", "- `blocks.0.mlp.hook_post` (the "
+                          "baseline)").encode()
+    hub.put_commit(repo, {"README.md": edited})
+    c.run(["upload", b, "--repo", repo, "--path-in-repo", "layer1/v2"], c.env(hub))
+    card = hub.files(repo)["README.md"].decode()
+    check("Trained for the dictionary-size sweep." in card and "- `blocks.0.mlp.hook_post` (the baseline)" in card,
+          f"edits lost:\n{card}")
+    check(card.count("- `layer1/v2`") == 1, f"re-uploaded SAE listed twice:\n{card}")
+
+    # No card yet, SAEs already there: the list is rebuilt from the repo's */cfg.json.
+    hub.create_repo("alice/older")
+    hub.put_commit("alice/older", {"old_sae/cfg.json": read(os.path.join(a, "cfg.json")),
+                                   "old_sae/sae_weights.safetensors": read(os.path.join(a, "sae_weights.safetensors"))})
+    c.run(["upload", a, "--repo", "alice/older", "--path-in-repo", "new_sae"], c.env(hub))
+    card = hub.files("alice/older")["README.md"].decode()
+    check("- `old_sae`" in card and "- `new_sae`" in card, f"listing not merged:\n{card}")
+
+    # Without --path-in-repo a saefw checkpoint's own card says how SAELens loads it.
+    c.run(["upload", a, "--repo", "alice/one-sae", "--create"], c.env(hub))
+    card = hub.files("alice/one-sae")["README.md"].decode()
+    check('SAE.load_from_disk(snapshot_download("alice/one-sae"))' in card, f"single-SAE card:\n{card}")
+
+    # Someone else's card is theirs.
+    hub.create_repo("alice/own-card")
+    hub.put_commit("alice/own-card", {"README.md": b"# My card\n"})
+    p = c.run(["upload", a, "--repo", "alice/own-card", "--path-in-repo", "s1"], c.env(hub))
+    check(hub.files("alice/own-card")["README.md"] == b"# My card\n" and "left as it is" in p.err, "foreign card")
+
+    # Bad sub-folders: one line, no request.
+    n = len(hub.log)
+    for bad in ("../x", "/abs", "a//b", ".", "a/./b", ".git", ".git/x", "a/../b", "/"):
+        p = c.run(["upload", a, "--repo", repo, "--path-in-repo", bad], c.env(hub), rc=1)
+        check("path-in-repo" in c.error_line(p, "upload"), f"--path-in-repo {bad!r} not refused")
+    check(len(hub.log) == n, "requests made for a bad --path-in-repo")
+    c.run(["upload", a, "--repo", repo, "--path-in-repo"], c.env(hub), rc=2)
+
+    # From Lua, the same; then the folder loads back by Hub path (weights equal the local ones).
+    script = os.path.join(c.tmp, "upload_saes.lua")
+    write(script, ("""
+local saefw, hf = require "saefw", require "saefw.hf"
+local url = hf.upload { dir = "%s", repo = "alice/saes", path_in_repo = "from_lua" }
+assert(url:find("/alice/saes/commit/"), url)
+local ok, err = pcall(hf.upload, { dir = "%s", repo = "alice/saes", path_in_repo = 5 })
+assert(not ok and tostring(err):find("path_in_repo", 1, true), tostring(err))
+local sae, cfg, where = saefw.load_sae("alice/saes/from_lua")
+local ref = saefw.load_sae("%s")
+local x, y = sae:tensor("W_dec"), ref:tensor("W_dec")
+assert(#x == #y and cfg.architecture == "standard", "shape")
+for i = 1, #x do assert(x[i] == y[i], "W_dec differs") end
+print("from " .. where)
+print("lua ok")
+""" % (a, a, a)).encode())
+    p = c.run(["run", script], c.env(hub))
+    check("lua ok" in p.out and "/snapshots/" in p.out, f"Lua upload/load:\n{p.out}\n{p.err}")
+    check("from_lua/sparsity.safetensors" in hub.files(repo), "Lua upload into the folder")
+    check("- `from_lua`: 8 -> 32 features\n" in hub.files(repo)["README.md"].decode(), "Lua upload not in the card")
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
