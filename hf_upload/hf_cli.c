@@ -84,19 +84,13 @@ void hf_term_event(void *ud, const hf_event *ev) {
 void hf_term_finish(hf_term *t) { clear_live(t); }
 
 static const char *USAGE_UPLOAD =
-    "usage: saefw upload DIR --repo ORG/NAME [--path-in-repo SAE_ID] [--create] [--private] [--message MSG]
-"
-    "                         [--revision BRANCH]
-";
+    "usage: saefw upload DIR --repo ORG/NAME [--path-in-repo SAE_ID] [--create] [--private] [--message MSG]\n"
+    "                         [--revision BRANCH]\n";
 static const char *USAGE_DOWNLOAD =
-    "usage: saefw download REPO [FILE...] [--revision REV]
-"
-    "       saefw download --dataset ORG/NAME [FILE... | --include GLOB ...] [--revision REV]
-"
-    "  no FILE and no --include: the whole repo; --include (repeatable) takes huggingface_hub's
-"
-    "  allow_patterns, e.g. --include 'data/*.parquet'
-";
+    "usage: saefw download REPO [FILE...] [--revision REV]\n"
+    "       saefw download --dataset ORG/NAME [FILE... | --include GLOB ...] [--revision REV]\n"
+    "  no FILE and no --include: the whole repo; --include (repeatable) takes huggingface_hub's\n"
+    "  allow_patterns, e.g. --include 'data/*.parquet'\n";
 
 static int usage(const char *cmd, const char *usage_text, const char *fmt, ...) HF_PRINTF(3, 4);
 

@@ -173,7 +173,8 @@ int main(void) {
         snprintf(dir, sizeof dir, "%s/baseline", tmp);
         EXPECT(rc_ != 0, "saefw download NeelNanda/GELU_1L512W_C4_Code config.json model_final.pth",
                "HF_HOME=%s/nowhere %s run ../experiments/baseline.lua --data %s", tmp, BIN, toks);
-        EXPECT(rc_ != 0, "give the token file with --data", "HF_HOME=%s/hfhome %s run ../experiments/baseline.lua", tmp, BIN);
+        EXPECT(rc_ != 0, "run: saefw download --dataset NeelNanda/c4-code-tokenized-2b",
+               "HF_HOME=%s/hfhome %s run ../experiments/baseline.lua", tmp, BIN);
         EXPECT(rc_ == 0, "final: loss",
                "HF_HOME=%s/hfhome %s run ../experiments/baseline.lua --data %s --seq_len 16 --batch_size 64 "
                "--buffer_mult 8 --num_tokens 3200 --dict_mult 2 --reinit_every 20 --eval_every 25 "
