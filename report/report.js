@@ -11,7 +11,9 @@
 
   var S = null;            // the summary object
   var F = null;            // per-feature columns of the summary, for sorting and filtering
-  var order = null;        // feature indices in the current sort order
+  var order = null;        // positions in S.features in the current sort order
+  var sorted = {};         // "key dir" -> that order, kept: a header clicked again costs nothing
+  var timing = {};         // ms taken by the last summary drawing and sort, for the tests
   var rows = [];           // the sorted indices that pass the filters
   var sortKey = 'i', sortDir = 1;
   var shards = {};         // shard number -> shard object
@@ -64,7 +66,10 @@
   // A token's characters as [text, kind] pieces: kind '' for plain text, 'ws' for whitespace shown
   // as a glyph, 'ctl' for a control or invisible character shown as an escape, 'byte' for a \xNN
   // the engine wrote for a byte that is not UTF-8 on its own.
+  var SPECIAL = /[\x00-\x20\x7f-\xa0\xad\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\\]/;
+
   function tokenPieces(s) {
+    if (!SPECIAL.test(s)) return s ? [[s, '']] : [];
     var out = [], plain = '';
     var flush = function () { if (plain) { out.push([plain, '']); plain = ''; } };
     for (var k = 0; k < s.length; k++) {
@@ -138,6 +143,7 @@
       fail('data/summary.js: unknown schema ' + JSON.stringify(obj.schema) + ' (this viewer reads saefw-features/1).');
       return;
     }
+    var t0 = performance.now();
     S = obj;
     if (!(S.shard_size > 0)) S.shard_size = Math.max(1, S.features.length);
     prepareColumns();
@@ -148,6 +154,7 @@
     $('loading').hidden = true;
     $('index-view').hidden = false;
     document.body.dataset.state = 'ready';
+    timing.summary_ms = performance.now() - t0;
     window.addEventListener('hashchange', route);
     document.addEventListener('keydown', onKey);
     route();
@@ -165,7 +172,7 @@
       F.search[k] = (top.join('\u0001') + '\u0001' + top.map(tokenText).join('\u0001')).toLowerCase();
       F.at[f.i] = k;
     });
-    order = new Int32Array(n);
+    order = new Array(n);
     for (var k = 0; k < n; k++) order[k] = k;
   }
 
@@ -323,17 +330,21 @@
     if (!F[key]) return;
     sortDir = dir || (key === sortKey ? -sortDir : (key === 'i' || key === 'top' ? 1 : -1));
     sortKey = key;
-    var col = F[key], d = sortDir, arr = Array.prototype.slice.call(order);
-    if (key === 'top') {
-      arr.sort(function (a, b) { var x = col[a], y = col[b]; return x < y ? -d : x > y ? d : F.i[a] - F.i[b]; });
-    } else {
-      arr.sort(function (a, b) { return (col[a] - col[b]) * d || F.i[a] - F.i[b]; });
+    var t0 = performance.now(), col = F[key], d = sortDir, id = key + ' ' + d;
+    if (!sorted[id]) {
+      // Ties in feature order: positions in S.features, which lists the features by index.
+      var arr = order.slice();
+      if (key === 'top') arr.sort(function (a, b) { var x = col[a], y = col[b]; return x < y ? -d : x > y ? d : a - b; });
+      else if (d > 0) arr.sort(function (a, b) { return col[a] - col[b] || a - b; });
+      else arr.sort(function (a, b) { return col[b] - col[a] || a - b; });
+      sorted[id] = arr;
     }
-    order = Int32Array.from(arr);
+    order = sorted[id];
     Array.prototype.forEach.call(document.querySelectorAll('#features th'), function (th) {
       th.setAttribute('aria-sort', th.dataset.key === key ? (d > 0 ? 'ascending' : 'descending') : 'none');
     });
     applyFilters();
+    timing.sort_ms = performance.now() - t0;
   }
 
   function parseNum(id) {
@@ -486,8 +497,14 @@
         view.dataset.state = 'error';
         return;
       }
-      drawFeature(view, f);
-      view.dataset.state = 'ready';
+      try {
+        drawFeature(view, f);
+        view.dataset.state = 'ready';
+      } catch (e) {
+        view.appendChild(el('p', { 'class': 'error-box', text: 'Could not draw feature ' + i + ': ' + e.message }));
+        view.dataset.state = 'error';
+        throw e;
+      }
     });
   }
 
@@ -593,5 +610,5 @@
          '`saefw features CHECKPOINT --out DIR` and open DIR/index.html.');
   }
 
-  window.saefwReport = { summary: summary, shard: shard, missing: missing, tokenText: tokenText };
+  window.saefwReport = { summary: summary, shard: shard, missing: missing, tokenText: tokenText, timing: timing };
 })();

@@ -270,6 +270,7 @@ def main():
         b.navigate(url_of(rep))
         state = b.wait("document.readyState === 'complete' && document.body.dataset.state !== 'loading' && document.body.dataset.state")
         load_ms = 1000 * (time.monotonic() - t0)
+        summary_ms = b.eval("saefwReport.timing.summary_ms") or -1
         c.check(state == "ready", "index drawn", "state %s, message %r" % (state, b.eval("document.getElementById('message').innerText")))
         rows = b.eval("+document.getElementById('features').dataset.rows")
         c.check(rows == len(live), "table rows (all pages) = live features", "%s != %d" % (rows, len(live)))
@@ -437,13 +438,14 @@ def main():
         c.errors(b, allowed=r"ERR_FILE_NOT_FOUND")
     except BrowserError as e:
         c.check(False, "browser session", str(e))
+        c.errors(b)
     finally:
         b.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print("%s: index ready in %.0f ms, sort %.1f ms, feature page in %.0f ms" %
-          (args.label, load_ms if "load_ms" in locals() else -1, sort_ms if "sort_ms" in locals() else -1,
-           open_ms if "open_ms" in locals() else -1))
+    got = locals()
+    print("%s: index ready in %.0f ms (summary drawn in %.0f ms), sort by density %.1f ms, feature page in %.0f ms" %
+          ((args.label,) + tuple(got.get(k, -1) for k in ("load_ms", "summary_ms", "sort_ms", "open_ms"))))
     print("%s: %d passed, %d failed; screenshots in %s" % (args.label, c.passed, len(c.failures), args.shots))
     return 1 if c.failures else 0
 
