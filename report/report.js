@@ -211,12 +211,13 @@
     var extra = opts.extra;                                 // {count, label, title, onclick}
     var slot = extra ? 34 : 0, gap = extra ? 22 : 0;
     var x0 = ml + slot + gap, x1 = W - mr, y0 = H - mb, y1 = mt;
-    var ymax = Math.max.apply(null, counts.concat(extra ? [extra.count] : []).concat([1]));
+    var top = Math.max.apply(null, counts.concat(extra ? [extra.count] : []).concat([1]));
+    var step = niceStep(top / 4), ticks = Math.ceil(top / step), ymax = step * ticks;
     var svg = sv('svg', { viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, 'class': 'chart', role: 'img',
                           'aria-label': opts.label || 'histogram' });
     var yOf = function (c) { return y0 - (y0 - y1) * c / ymax; };
-    for (var t = 0; t <= 4; t++) {
-      var c = ymax * t / 4, yy = yOf(c);
+    for (var t = 0; t <= ticks; t++) {
+      var c = step * t, yy = yOf(c);
       svg.appendChild(sv('line', { x1: ml - 4, x2: x1, y1: yy, y2: yy, 'class': t ? 'grid' : 'base' }));
       svg.appendChild(axisText(ml - 7, yy + 4, fmtCount(c), 'end'));
     }
@@ -251,6 +252,13 @@
     }
     if (opts.xlabel) svg.appendChild(axisText((x0 + x1) / 2, H - 4, opts.xlabel, 'middle', 'axis title'));
     return svg;
+  }
+
+  // The 1, 2 or 5 times a power of ten at or above x, at least 1: whole counts on the y axis.
+  function niceStep(x) {
+    if (!(x > 1)) return 1;
+    var p = Math.pow(10, Math.floor(Math.log10(x))), m = x / p;
+    return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * p;
   }
 
   function fmtCount(c) { return c >= 1e4 ? (c / 1000).toFixed(0) + 'k' : c >= 10 ? Math.round(c) : String(+c.toFixed(1)); }
