@@ -212,7 +212,7 @@
     var slot = extra ? 34 : 0, gap = extra ? 22 : 0;
     var x0 = ml + slot + gap, x1 = W - mr, y0 = H - mb, y1 = mt;
     var top = Math.max.apply(null, counts.concat(extra ? [extra.count] : []).concat([1]));
-    var step = niceStep(top / 4), ticks = Math.ceil(top / step), ymax = step * ticks;
+    var step = niceStep(top / 4, true), ticks = Math.ceil(top / step), ymax = step * ticks;
     var svg = sv('svg', { viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, 'class': 'chart', role: 'img',
                           'aria-label': opts.label || 'histogram' });
     var yOf = function (c) { return y0 - (y0 - y1) * c / ymax; };
@@ -254,11 +254,19 @@
     return svg;
   }
 
-  // The 1, 2 or 5 times a power of ten at or above x, at least 1: whole counts on the y axis.
-  function niceStep(x) {
-    if (!(x > 1)) return 1;
+  // The 1, 2 or 5 times a power of ten at or above x; at least 1 for whole counts on a y axis.
+  function niceStep(x, whole) {
+    if (whole && !(x > 1)) return 1;
+    if (!(x > 0)) return 1;
     var p = Math.pow(10, Math.floor(Math.log10(x))), m = x / p;
     return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * p;
+  }
+
+  // About four round values in [lo, hi] for an x axis.
+  function niceTicks(lo, hi) {
+    var step = niceStep((hi - lo) / 4), t = [];
+    for (var v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) t.push(+v.toPrecision(12));
+    return t;
   }
 
   function fmtCount(c) { return c >= 1e4 ? (c / 1000).toFixed(0) + 'k' : c >= 10 ? Math.round(c) : String(+c.toFixed(1)); }
@@ -552,7 +560,7 @@
       hist.appendChild(barChart({
         width: 440, height: 180, edges: h.edges, counts: h.counts, label: 'activation histogram', xlabel: 'activation (nonzero only)',
         barTitle: function (a, b, c) { return fmtInt(c) + ' activations in [' + fmt(a) + ', ' + fmt(b) + ')'; },
-        ticks: function (lo, hi) { return [lo, lo + (hi - lo) / 4, lo + (hi - lo) / 2, lo + 3 * (hi - lo) / 4, hi]; },
+        ticks: niceTicks,
         tickText: fmt }));
     } else {
       hist.appendChild(el('p', { 'class': 'note', text: 'No nonzero activations.' }));

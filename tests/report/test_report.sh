@@ -24,7 +24,7 @@ failed=0
 
 # check FOLDER LABEL: the browser checks, bounded in time whatever the browser does.
 check() {
-  timeout -k 5 120 python3 "$src/tests/report/check_report.py" --chromium "$chromium" \
+  timeout -k 5 60 python3 "$src/tests/report/check_report.py" --chromium "$chromium" \
     --report "$1" --shots "$work/shots" --label "$2" || { echo "FAIL: $2 ($1)"; failed=1; }
 }
 
