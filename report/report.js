@@ -165,7 +165,7 @@
     F = { i: new Float64Array(n), density: new Float64Array(n), max_act: new Float64Array(n),
           mean_act: new Float64Array(n), top: new Array(n), search: new Array(n), at: {} };
     S.features.forEach(function (f, k) {
-      var top = (f.top_logits || []).map(String);
+      var top = (f.top_logits || []).map(topStr);
       F.i[k] = f.i; F.density[k] = +f.density || 0; F.max_act[k] = +f.max_act || 0;
       F.mean_act[k] = +f.mean_act || 0;
       F.top[k] = top.length ? tokenText(top[0]).toLowerCase() : '';
@@ -175,6 +175,9 @@
     order = new Array(n);
     for (var k = 0; k < n; k++) order[k] = k;
   }
+
+  // A summary's top token: a string as the format says, or a shard-style {id, str} entry.
+  function topStr(t) { return t !== null && typeof t === 'object' ? String(t.str !== undefined ? t.str : t.id) : String(t); }
 
   function nLive() {
     var live = 0;
@@ -413,7 +416,7 @@
 
   function rowFor(k) {
     var f = S.features[k], dead = !(F.density[k] > 0);
-    var top = el('td', { 'class': 'top' }, (f.top_logits || []).map(function (t) { return tokenSpan(t, 'pill'); }));
+    var top = el('td', { 'class': 'top' }, (f.top_logits || []).map(function (t) { return tokenSpan(topStr(t), 'pill'); }));
     var dens = el('td', { 'class': 'num' }, [
       el('span', { 'class': 'dbar', style: 'width:' + densityWidth(F.density[k]) + 'px' }),
       dead ? el('span', { 'class': 'dead-tag', text: 'dead' }) : fmtDensity(F.density[k])]);

@@ -316,7 +316,7 @@ def main():
         for f in live:
             for t in f["top_logits"]:
                 v = visible(t)
-                if len(v) >= 2 and re.fullmatch(r"[A-Za-z]+", v) and not ids_only:
+                if re.fullmatch(r"[A-Za-z]+", v) and not ids_only:
                     needle = v.lower()
                     break
             if needle:
