@@ -46,7 +46,8 @@ fi
 
 # The real thing: a quickstart SAE on the bundled model and its report by `saefw features`.
 bin="${SAEFW_BIN:-}"
-if [ -n "$bin" ] && [ -x "$bin" ] && "$bin" help 2>&1 | grep -Eq '^[[:space:]]+features([[:space:]]|$)'; then
+model="$(dirname "${bin:-.}")/../share/saefw/models/tiny-1l"
+if [ -n "$bin" ] && [ -x "$bin" ] && [ -d "$model" ] && "$bin" help 2>&1 | grep -Eq '^[[:space:]]+features([[:space:]]|$)'; then
   out=$("$bin" run "$src/experiments/quickstart.lua" --num_tokens 2e5 --run_dir "$work/run" 2>&1)
   ckpt=$(printf '%s\n' "$out" | sed -n 's/^checkpoint: //p' | tail -n 1)
   if [ -z "$ckpt" ] || [ ! -d "$ckpt" ]; then
@@ -59,7 +60,7 @@ if [ -n "$bin" ] && [ -x "$bin" ] && "$bin" help 2>&1 | grep -Eq '^[[:space:]]+f
   fi
   check "$work/real" real
 else
-  echo "note: ${bin:-SAEFW_BIN unset}: no \`saefw features\` command yet, so only the sample report is checked"
+  echo "note: no real report checked (needs \$SAEFW_BIN with a \`saefw features\` command and the bundled tiny-1l model): ${bin:-SAEFW_BIN unset}"
 fi
 
 [ $failed -eq 0 ] || exit 1
