@@ -132,13 +132,16 @@ class Browser:
 
     def wait(self, expr, timeout=15):
         """Poll expr until it is truthy; returns its value, or raises after timeout seconds."""
-        deadline = time.monotonic() + timeout
+        deadline, last = time.monotonic() + timeout, ""
         while True:
-            v = self.eval(expr)
+            try:
+                v = self.eval(expr)
+            except BrowserError as e:           # e.g. no document.body yet while a page loads
+                v, last = None, " (last: %s)" % e
             if v:
                 return v
             if time.monotonic() > deadline:
-                raise BrowserError("timed out after %gs waiting for: %s" % (timeout, expr))
+                raise BrowserError("timed out after %gs waiting for: %s%s" % (timeout, expr, last))
             time.sleep(0.05)
 
     def navigate(self, url):
