@@ -231,7 +231,7 @@
         if (k + 1 >= edges.length) return;
         var xa = xOf(edges[k]), xb = xOf(edges[k + 1]);
         var r = sv('rect', { x: xa + 0.5, y: yOf(cnt), width: Math.max(xb - xa - 1, 0.5), height: y0 - yOf(cnt),
-                             'class': 'bar' + (opts.onbar ? ' clickable' : '') },
+                             'class': 'bar' + (opts.onbar ? ' clickable' : ''), 'data-lo': edges[k], 'data-hi': edges[k + 1] },
                    [sv('title', {}, [opts.barTitle(edges[k], edges[k + 1], cnt)])]);
         if (opts.onbar) r.addEventListener('click', function () { opts.onbar(edges[k], edges[k + 1]); });
         svg.appendChild(r);
@@ -395,7 +395,20 @@
     $('count').textContent = fmtInt(rows.length) + ' of ' + fmtInt(n) + ' features shown' +
       (hideDead && n > live ? ' · ' + fmtInt(n - live) + ' dead hidden' : '');
     $('table-scroll').scrollTop = 0;
+    markDensityBars(lo, hi, hideDead);
     drawRows();
+  }
+
+  // The density bars inside the table's density range are drawn as selected (1 % slack for the
+  // rounded figures a bar click writes into the inputs).
+  function markDensityBars(lo, hi, hideDead) {
+    Array.prototype.forEach.call(document.querySelectorAll('#density rect.bar'), function (r) {
+      var on;
+      if (r.classList.contains('dead')) on = !hideDead && hi !== null && hi <= 0;
+      else on = (lo !== null || hi !== null) && (lo === null || Math.pow(10, +r.dataset.lo) >= lo * 0.99) &&
+                (hi === null || Math.pow(10, +r.dataset.hi) <= hi * 1.01);
+      r.classList.toggle('sel', on);
+    });
   }
 
   function drawRows() {
