@@ -226,6 +226,24 @@ class Checker:
         self.check(not errs, "no JavaScript errors", "; ".join(errs)[:2000])
 
 
+def check_top_context(b, c, target, how):
+    """The open feature page shows target's top context: its tokens as text, the max token marked
+    and boxed, each token's activation on hover, the firing tokens highlighted."""
+    ex = target["examples"][0]
+    got = b.eval("[...document.querySelectorAll('#feature-view .examples.top .ex')[0].querySelectorAll('.ctx > .tok')].map(t => t.textContent)")
+    want = [visible(t) for t in ex["tokens"]]
+    c.check(got == want, how + "top context shows the right tokens", "%r != %r" % (got, want))
+    mx = b.eval("(() => { const toks = [...document.querySelectorAll('#feature-view .examples.top .ex')[0].querySelectorAll('.ctx > .tok')]; "
+                "const m = toks.filter(t => t.classList.contains('max')); "
+                "return [m.length, toks.indexOf(m[0]), m[0] && m[0].textContent, m[0] && m[0].title, "
+                "toks.map(t => t.style.backgroundColor !== ''), m[0] && getComputedStyle(m[0]).outlineStyle] })()")
+    c.check(mx[0] == 1 and mx[1] == ex["pos"] and mx[2] == visible(ex["tokens"][ex["pos"]]),
+            how + "the max token is marked at pos %d" % ex["pos"], str(mx[:3]))
+    c.check(bool(mx[3]) and mx[3].startswith("activation "), how + "hovering a token shows its activation", repr(mx[3]))
+    c.check(mx[4] == [float(a) > 0 for a in ex["acts"]], how + "tokens with activation > 0 are highlighted", str(mx[4]))
+    c.check(mx[5] not in (None, "none"), how + "the max token is boxed", str(mx[5]))
+
+
 def url_of(folder, frag=""):
     return "file://" + os.path.abspath(os.path.join(folder, "index.html")) + frag
 
@@ -356,19 +374,7 @@ def main():
                         "&& document.getElementById('feature-view').dataset.state" % fi)
             open_ms = 1000 * (time.monotonic() - t0)
             c.check(st == "ready", "clicking row #%d opens its page" % fi, "state %s: %s" % (st, b.eval("document.getElementById('feature-view').innerText")[:300]))
-            ex = target["examples"][0]
-            got = b.eval("[...document.querySelectorAll('#feature-view .examples.top .ex')[0].querySelectorAll('.ctx > .tok')].map(t => t.textContent)")
-            want = [visible(t) for t in ex["tokens"]]
-            c.check(got == want, "top context shows the right tokens", "%r != %r" % (got, want))
-            mx = b.eval("(() => { const toks = [...document.querySelectorAll('#feature-view .examples.top .ex')[0].querySelectorAll('.ctx > .tok')]; "
-                        "const m = toks.filter(t => t.classList.contains('max')); "
-                        "return [m.length, toks.indexOf(m[0]), m[0] && m[0].textContent, m[0] && m[0].title, "
-                        "toks.map(t => t.style.backgroundColor !== ''), m[0] && getComputedStyle(m[0]).outlineStyle] })()")
-            c.check(mx[0] == 1 and mx[1] == ex["pos"] and mx[2] == visible(ex["tokens"][ex["pos"]]),
-                    "the max token is marked at pos %d" % ex["pos"], str(mx[:3]))
-            c.check(bool(mx[3]) and mx[3].startswith("activation "), "hovering a token shows its activation", repr(mx[3]))
-            c.check(mx[4] == [float(a) > 0 for a in ex["acts"]], "tokens with activation > 0 are highlighted", str(mx[4]))
-            c.check(mx[5] not in (None, "none"), "the max token is boxed", str(mx[5]))
+            check_top_context(b, c, target, "")
             n_ex = b.eval("document.querySelectorAll('#feature-view .examples.top .ex').length")
             c.check(n_ex == len(target["examples"]), "all top contexts shown", "%s != %d" % (n_ex, len(target["examples"])))
             n_q = b.eval("document.querySelectorAll('#feature-view .examples.quantile').length")
@@ -378,7 +384,7 @@ def main():
             c.check((n_up, n_down) == (len(target["top_logits"]), len(target["bottom_logits"])), "logit tables", str((n_up, n_down)))
             hist = b.eval("document.querySelectorAll('#feature-view svg rect.bar').length")
             c.check(hist == len(target["act_hist"]["counts"]), "activation histogram bars", str(hist))
-            html_tok = [t for t in ex["tokens"] if "<" in str(t)]
+            html_tok = [t for t in target["examples"][0]["tokens"] if "<" in str(t)]
             xss = b.eval("[window.saefwXss === undefined, document.querySelectorAll('#feature-view script, #feature-view img, #feature-view iframe').length, "
                          "[...document.querySelectorAll('#feature-view .tok')].map(t => t.textContent).filter(t => t.includes('<')).length]")
             c.check(xss[0] and xss[1] == 0, "HTML in tokens is not run", str(xss))
@@ -416,6 +422,13 @@ def main():
                             "document.getElementById('feature-view').dataset.state" % dead[0]["i"])
                 c.check(st == "ready" and "never fired" in b.eval("document.getElementById('feature-view').innerText"),
                         "a dead feature's page says it never fired")
+            # The link itself: index.html#f=N opened in a fresh page.
+            b.navigate("about:blank")
+            b.navigate(url_of(rep, "#f=%d" % fi))
+            st = b.wait("document.readyState === 'complete' && document.getElementById('feature-view').dataset.state !== 'loading' "
+                        "&& document.getElementById('feature-view').dataset.state")
+            c.check(st == "ready", "index.html#f=%d opens the feature page" % fi, str(st))
+            check_top_context(b, c, target, "opened by its link: ")
             c.errors(b)
 
         # ---- broken folders: a message, never a blank page ----
