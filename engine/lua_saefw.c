@@ -579,6 +579,7 @@ static int ctx_param(lua_State *L) {
     lplugin_ctx *c = check_ctx(L, 1);
     const char *name = luaL_checkstring(L, 2);
     ltensor_view *v = lua_newuserdatauv(L, sizeof *v, 0);
+    v->p.struct_size = sizeof v->p;
     if (saefw_host_table()->param_find(c->run, name, &v->p, NULL) != 0)
         return uerror(L, "ctx:param: no tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
     v->generation = g_view_generation;

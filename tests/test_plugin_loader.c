@@ -1,5 +1,6 @@
 /* Each way a plugin can fail to load gives its own one-line error: file not found, not a shared
- * object, missing entry point, ABI mismatch, init failure, unknown option (and a wrongly typed one). */
+ * object, missing entry point, ABI mismatch (version, and a descriptor smaller than ABI 2.0's), init
+ * failure, unknown option (and a wrongly typed one). */
 #include "plugin_loader.h"
 #include "testutil.h"
 #include "train.h"
@@ -29,7 +30,9 @@ int main(void) {
     snprintf(p, sizeof p, "%s/broken_noentry.so", dir);
     expect_load_error("no entry point", p, "missing entry point saefw_plugin_init");
     snprintf(p, sizeof p, "%s/broken_abi.so", dir);
-    expect_load_error("ABI mismatch", p, "ABI mismatch");
+    expect_load_error("ABI mismatch", p, "ABI mismatch: built for ABI version 999");
+    snprintf(p, sizeof p, "%s/broken_size.so", dir);
+    expect_load_error("descriptor too small", p, "ABI mismatch: struct_size 8 is smaller than");
     snprintf(p, sizeof p, "%s/broken_init.so", dir);
     expect_load_error("init failure", p, "init failed: needs a GPU that is not there");
 

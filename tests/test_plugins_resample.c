@@ -124,7 +124,7 @@ static void probe_destroy(void *self) { g_probe.adam->p.destroy(self); }
 static void snapshot(saefw_run *run, float *data, float *grad) {
     size_t off = 0;
     for (int i = 0; i < g_probe.host->param_count(run); i++) {
-        saefw_param p;
+        saefw_param p = SAEFW_PARAM_INIT;
         REQUIRE(g_probe.host->param_get(run, i, &p) == 0, "param_get %d", i);
         memcpy(data + off, p.data, sizeof(float) * (size_t)p.numel);
         if (grad) memcpy(grad + off, p.grad, sizeof(float) * (size_t)p.numel);
@@ -149,7 +149,7 @@ static int probe_reset(void *self, saefw_run *run, int param, int axis, const in
     g_probe.reset_n[k] = n;
     g_probe.reset_idx[k] = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
     REQUIRE(g_probe.reset_idx[k], "out of memory");
-    memcpy(g_probe.reset_idx[k], idx, sizeof(int64_t) * (size_t)n);
+    if (idx) memcpy(g_probe.reset_idx[k], idx, sizeof(int64_t) * (size_t)n);
     return g_probe.adam->p.reset_state(self, run, param, axis, idx, n, err, errlen);
 }
 
@@ -187,7 +187,7 @@ static int killer_create(const saefw_host *host, saefw_run *run, const saefw_opt
 
 static int killer_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     if (g_killer_host->step(run) != g_kill_step) return 0;
-    saefw_param b;
+    saefw_param b = SAEFW_PARAM_INIT;
     if (g_killer_host->param_find(run, "b_enc", &b, NULL) != 0) return snprintf(err, errlen, "no b_enc"), -1;
     for (int64_t j = 0; j < b.numel; j++)
         if (killed(j)) b.data[j] = KILL_BIAS;
