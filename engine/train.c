@@ -59,9 +59,10 @@ static int param_out(saefw_run *run, int i, saefw_param *out) {
     if (out->struct_size < offsetof(saefw_param, numel) + sizeof out->numel) return -1;
     saefw_param v;
     saefw_sae_param_view(run->sae, i, &v);
-    const uint32_t size = out->struct_size;
+    /* struct_size becomes what was filled: fields of a newer header past it are left as they were. */
+    const uint32_t size = out->struct_size < sizeof v ? out->struct_size : (uint32_t)sizeof v;
     v.struct_size = size;
-    memcpy(out, &v, size < sizeof v ? size : sizeof v);
+    memcpy(out, &v, size);
     return 0;
 }
 

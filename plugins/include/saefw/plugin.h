@@ -61,11 +61,12 @@ typedef struct saefw_option {
 } saefw_option;
 
 /* A named SAE tensor and its gradient, filled by the host. The caller sets struct_size (use
- * SAEFW_PARAM_INIT) and the host writes no byte past it; a struct_size smaller than ABI 2.0's
- * saefw_param is refused. `data` and `grad` are row-major float32 owned by the engine; a plugin may
+ * SAEFW_PARAM_INIT) and the host writes no byte past it; on return struct_size is the number of
+ * bytes the host filled (less than the caller's when the engine is older). A struct_size smaller than
+ * ABI 2.0's saefw_param is refused. `data` and `grad` are row-major float32 owned by the engine; a plugin may
  * write both during its callbacks. */
 typedef struct saefw_param {
-    uint32_t struct_size; /* set by the caller: sizeof(saefw_param) */
+    uint32_t struct_size; /* in: sizeof(saefw_param) of the caller; out: the bytes filled */
     int ndim;             /* 1 .. SAEFW_PLUGIN_MAX_DIMS */
     const char *name;     /* e.g. "W_enc"; the list depends on the architecture */
     float *data;
