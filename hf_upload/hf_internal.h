@@ -13,18 +13,6 @@
 #define HF_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define HF_PRINTF(a, b)
-/* ---- progress on a terminal (stderr): a live line on a tty, plain lines otherwise ---- */
-typedef struct {
-    const char *prefix; /* "upload", "download" */
-    int tty, live;      /* live: a \r line is showing and needs clearing */
-    char name[256];     /* transfer being drawn */
-    double t0, last;    /* its start, and the last redraw */
-} hf_term;
-
-void hf_term_init(hf_term *t, const char *prefix);
-void hf_term_event(void *ud, const hf_event *ev); /* an hf_progress_fn; ud is the hf_term */
-void hf_term_finish(hf_term *t);
-
 #endif
 
 /* ---- growable byte buffer: NUL-terminated, `oom` sticks once an append failed ---- */
