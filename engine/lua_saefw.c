@@ -43,8 +43,8 @@ typedef struct {
 
 static lsae *check_sae(lua_State *L, int idx) {
     lsae *s = luaL_testudata(L, idx, MT_SAE);
-    if (!s) uerror(L, "expected an SAE (from saefw.sae or saefw.load_sae), got %s", luaL_typename(L, idx));
-    if (!s->alive) uerror(L, "this SAE was closed");
+    if (!s) saefw_lua_error(L, "expected an SAE (from saefw.sae or saefw.load_sae), got %s", luaL_typename(L, idx));
+    if (!s->alive) saefw_lua_error(L, "this SAE was closed");
     return s;
 }
 
@@ -57,16 +57,16 @@ static lsae *new_sae(lua_State *L) {
 
 static int l_sae(lua_State *L) {
     static const char *const keys[] = {"d_in", "d_sae", "l1_coeff", "seed", NULL};
-    check_table(L, 1, "saefw.sae");
-    check_keys(L, 1, "saefw.sae", keys);
-    int64_t d_in = req_int(L, 1, "saefw.sae", "d_in", 1);
-    int64_t d_sae = req_int(L, 1, "saefw.sae", "d_sae", 1);
-    double l1 = opt_number(L, 1, "saefw.sae", "l1_coeff", 3e-4);
-    if (l1 < 0) uerror(L, "saefw.sae: field 'l1_coeff' must be >= 0");
-    int64_t seed = opt_int(L, 1, "saefw.sae", "seed", 49, 0);
+    saefw_lua_check_table(L, 1, "saefw.sae");
+    saefw_lua_check_keys(L, 1, "saefw.sae", keys);
+    int64_t d_in = saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
+    int64_t d_sae = saefw_lua_req_int(L, 1, "saefw.sae", "d_sae", 1);
+    double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff", 3e-4);
+    if (l1 < 0) saefw_lua_error(L, "saefw.sae: field 'l1_coeff' must be >= 0");
+    int64_t seed = saefw_lua_opt_int(L, 1, "saefw.sae", "seed", 49, 0);
     lsae *s = new_sae(L);
     char err[512];
-    if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0) return uerror(L, "saefw.sae: %s", err);
+    if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.sae: %s", err);
     s->alive = 1;
     saefw_rng rng;
     saefw_rng_seed(&rng, (uint64_t)seed);
@@ -168,13 +168,13 @@ static int sae_save(lua_State *L) {
     const char *dir = luaL_checkstring(L, 2);
     cJSON *cfg = NULL;
     if (!lua_isnoneornil(L, 3)) {
-        if (!lua_istable(L, 3)) return uerror(L, "sae:save: argument 2 (cfg) must be a table");
+        if (!lua_istable(L, 3)) return saefw_lua_error(L, "sae:save: argument 2 (cfg) must be a table");
         cfg = lua_to_json(L, 3, 0);
     }
     char err[1024];
     int rc = saefw_checkpoint_save(dir, &s->sae, cfg, err, sizeof err);
     cJSON_Delete(cfg);
-    if (rc != 0) return uerror(L, "sae:save: %s", err);
+    if (rc != 0) return saefw_lua_error(L, "sae:save: %s", err);
     return 0;
 }
 
@@ -183,10 +183,10 @@ static int l_load_sae(lua_State *L) {
     const char *spec = luaL_checkstring(L, 1);
     char path[PATH_MAX], err[1024];
     if (saefw_sae_resolve(spec, path, sizeof path, NULL, err, sizeof err) != 0)
-        return uerror(L, "saefw.load_sae: %s", err);
+        return saefw_lua_error(L, "saefw.load_sae: %s", err);
     lsae *s = new_sae(L);
     cJSON *cfg = NULL;
-    if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0) return uerror(L, "saefw.load_sae: %s", err);
+    if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.load_sae: %s", err);
     s->alive = 1;
     if (cfg) json_to_lua(L, cfg, 0);
     else lua_newtable(L);
@@ -198,7 +198,7 @@ static int l_load_sae(lua_State *L) {
 static int param_index(lua_State *L, const char *name) {
     for (int i = 0; i < SAEFW_N_PARAMS; i++)
         if (strcmp(saefw_param_name(i), name) == 0) return i;
-    return uerror(L, "no SAE tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
+    return saefw_lua_error(L, "no SAE tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
 }
 
 /* sae:tensor(name) -> flat Lua array copy and its shape (for analysis and tests on small SAEs). */
@@ -244,8 +244,8 @@ typedef struct {
 
 static saefw_source *check_source(lua_State *L, int idx) {
     lsource *s = luaL_testudata(L, idx, MT_SOURCE);
-    if (!s) uerror(L, "expected an activation source (saefw.synthetic, saefw.activations), got %s", luaL_typename(L, idx));
-    if (!s->src) uerror(L, "this source was closed");
+    if (!s) saefw_lua_error(L, "expected an activation source (saefw.synthetic, saefw.activations), got %s", luaL_typename(L, idx));
+    if (!s->src) saefw_lua_error(L, "this source was closed");
     return s->src;
 }
 
@@ -261,17 +261,17 @@ static lsource *new_source(lua_State *L) {
 static int l_synthetic(lua_State *L) {
     static const char *const keys[] = {"d_in", "n_features", "p_active", "max_magnitude", "seed", NULL};
     const char *fn = "saefw.synthetic";
-    check_table(L, 1, fn);
-    check_keys(L, 1, fn, keys);
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
     saefw_synthetic_opts o;
-    o.d_in = req_int(L, 1, fn, "d_in", 1);
-    o.n_features = req_int(L, 1, fn, "n_features", 1);
-    o.p_active = opt_number(L, 1, fn, "p_active", 0.01);
-    o.max_magnitude = opt_number(L, 1, fn, "max_magnitude", 1.0);
-    o.seed = (uint64_t)opt_int(L, 1, fn, "seed", 0, 0);
+    o.d_in = saefw_lua_req_int(L, 1, fn, "d_in", 1);
+    o.n_features = saefw_lua_req_int(L, 1, fn, "n_features", 1);
+    o.p_active = saefw_lua_opt_number(L, 1, fn, "p_active", 0.01);
+    o.max_magnitude = saefw_lua_opt_number(L, 1, fn, "max_magnitude", 1.0);
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 0, 0);
     lsource *s = new_source(L);
     char err[512];
-    if (saefw_source_synthetic(&o, &s->src, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+    if (saefw_source_synthetic(&o, &s->src, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
     s->src->log = source_log;
     return 1;
 }
@@ -279,17 +279,17 @@ static int l_synthetic(lua_State *L) {
 static int l_activations(lua_State *L) {
     static const char *const keys[] = {"path", "tensor", "d_in", "seed", NULL};
     const char *fn = "saefw.activations";
-    check_table(L, 1, fn);
-    check_keys(L, 1, fn, keys);
-    const char *path = opt_string(L, 1, fn, "path", NULL);
-    if (!path) return uerror(L, "%s: field 'path' is required", fn);
-    const char *tensor = opt_string(L, 1, fn, "tensor", NULL);
-    int64_t d_in = opt_int(L, 1, fn, "d_in", 0, 0);
-    int64_t seed = opt_int(L, 1, fn, "seed", 0, 0);
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
+    const char *path = saefw_lua_opt_string(L, 1, fn, "path", NULL);
+    if (!path) return saefw_lua_error(L, "%s: field 'path' is required", fn);
+    const char *tensor = saefw_lua_opt_string(L, 1, fn, "tensor", NULL);
+    int64_t d_in = saefw_lua_opt_int(L, 1, fn, "d_in", 0, 0);
+    int64_t seed = saefw_lua_opt_int(L, 1, fn, "seed", 0, 0);
     lsource *s = new_source(L);
     char err[1024];
     if (saefw_source_file(path, tensor, d_in, (uint64_t)seed, &s->src, err, sizeof err) != 0)
-        return uerror(L, "%s: %s", fn, err);
+        return saefw_lua_error(L, "%s: %s", fn, err);
     s->src->log = source_log;
     return 1;
 }
@@ -317,13 +317,13 @@ static int source_index(lua_State *L) {
 static int source_sample(lua_State *L) {
     saefw_source *src = check_source(L, 1);
     lua_Integer n = luaL_checkinteger(L, 2);
-    if (n <= 0 || n > (1 << 20) / src->d_act) return uerror(L, "source:sample: n must be in 1..%lld", (long long)((1 << 20) / src->d_act));
+    if (n <= 0 || n > (1 << 20) / src->d_act) return saefw_lua_error(L, "source:sample: n must be in 1..%lld", (long long)((1 << 20) / src->d_act));
     float *x = malloc(sizeof(float) * (size_t)(n * src->d_act));
-    if (!x) return uerror(L, "source:sample: out of memory");
+    if (!x) return saefw_lua_error(L, "source:sample: out of memory");
     char err[512];
     if (src->sample(src, x, n, err, sizeof err) != 0) {
         free(x);
-        return uerror(L, "source:sample: %s", err);
+        return saefw_lua_error(L, "source:sample: %s", err);
     }
     lua_createtable(L, (int)(n * src->d_act), 0);
     for (lua_Integer k = 0; k < n * src->d_act; k++) {
@@ -344,20 +344,20 @@ typedef struct {
 static int l_buffer(lua_State *L) {
     static const char *const keys[] = {"source", "size", "batch_size", "dtype", "seed", NULL};
     const char *fn = "saefw.buffer";
-    check_table(L, 1, fn);
-    check_keys(L, 1, fn, keys);
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
     lua_getfield(L, 1, "source");
-    if (lua_isnil(L, -1)) return uerror(L, "%s: field 'source' is required", fn);
+    if (lua_isnil(L, -1)) return saefw_lua_error(L, "%s: field 'source' is required", fn);
     saefw_source *src = check_source(L, -1);
     int src_idx = lua_gettop(L);
-    int64_t batch = req_int(L, 1, fn, "batch_size", 1);
-    int64_t size = req_int(L, 1, fn, "size", 1);
-    const char *dt = opt_string(L, 1, fn, "dtype", "bf16");
+    int64_t batch = saefw_lua_req_int(L, 1, fn, "batch_size", 1);
+    int64_t size = saefw_lua_req_int(L, 1, fn, "size", 1);
+    const char *dt = saefw_lua_opt_string(L, 1, fn, "dtype", "bf16");
     saefw_buffer_dtype dtype;
     if (!strcmp(dt, "bf16")) dtype = SAEFW_BUF_BF16;
     else if (!strcmp(dt, "fp32") || !strcmp(dt, "f32")) dtype = SAEFW_BUF_F32;
-    else return uerror(L, "%s: field 'dtype' must be \"bf16\" or \"fp32\", got \"%s\"", fn, dt);
-    int64_t seed = opt_int(L, 1, fn, "seed", 0, 0);
+    else return saefw_lua_error(L, "%s: field 'dtype' must be \"bf16\" or \"fp32\", got \"%s\"", fn, dt);
+    int64_t seed = saefw_lua_opt_int(L, 1, fn, "seed", 0, 0);
     lbuffer *b = lua_newuserdatauv(L, sizeof *b, 1);
     memset(b, 0, sizeof *b);
     luaL_setmetatable(L, MT_BUFFER);
@@ -365,15 +365,15 @@ static int l_buffer(lua_State *L) {
     lua_setiuservalue(L, -2, 1); /* keep the source alive as long as the buffer */
     char err[1024];
     if (saefw_buffer_init(&b->buf, src, size, batch, dtype, (uint64_t)seed, err, sizeof err) != 0)
-        return uerror(L, "%s: %s", fn, err);
+        return saefw_lua_error(L, "%s: %s", fn, err);
     b->alive = 1;
     return 1;
 }
 
 static saefw_buffer *check_buffer(lua_State *L, int idx) {
     lbuffer *b = luaL_testudata(L, idx, MT_BUFFER);
-    if (!b) uerror(L, "expected a buffer (saefw.buffer), got %s", luaL_typename(L, idx));
-    if (!b->alive) uerror(L, "this buffer was closed");
+    if (!b) saefw_lua_error(L, "expected a buffer (saefw.buffer), got %s", luaL_typename(L, idx));
+    if (!b->alive) saefw_lua_error(L, "this buffer was closed");
     return &b->buf;
 }
 
@@ -409,17 +409,17 @@ static void lua_plugin_release(lua_State *L, lplugin *p);
 static int l_plugin(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
-        return uerror(L, "saefw.plugin: argument 2 (options) must be a table, got %s", luaL_typename(L, 2));
+        return saefw_lua_error(L, "saefw.plugin: argument 2 (options) must be a table, got %s", luaL_typename(L, 2));
     lplugin *p = lua_newuserdatauv(L, sizeof *p, 0);
     memset(p, 0, sizeof *p);
     luaL_setmetatable(L, MT_PLUGIN);
     char err[1024];
-    if (saefw_plugin_load(name, saefw_host_table(), &p->lp, err, sizeof err) != 0) return uerror(L, "%s", err);
-    if (saefw_opts_new(p->lp, &p->opts, err, sizeof err) != 0) return uerror(L, "%s", err);
+    if (saefw_plugin_load(name, saefw_host_table(), &p->lp, err, sizeof err) != 0) return saefw_lua_error(L, "%s", err);
+    if (saefw_opts_new(p->lp, &p->opts, err, sizeof err) != 0) return saefw_lua_error(L, "%s", err);
     if (lua_istable(L, 2)) {
         lua_pushnil(L);
         while (lua_next(L, 2)) {
-            if (lua_type(L, -2) != LUA_TSTRING) return uerror(L, "plugin %s: option names must be strings", p->lp->p.name);
+            if (lua_type(L, -2) != LUA_TSTRING) return saefw_lua_error(L, "plugin %s: option names must be strings", p->lp->p.name);
             const char *k = lua_tostring(L, -2);
             int rc;
             switch (lua_type(L, -1)) {
@@ -427,19 +427,19 @@ static int l_plugin(lua_State *L) {
             case LUA_TBOOLEAN: rc = saefw_opts_set_bool(p->opts, p->lp, k, lua_toboolean(L, -1), err, sizeof err); break;
             case LUA_TSTRING: rc = saefw_opts_set_string(p->opts, p->lp, k, lua_tostring(L, -1), err, sizeof err); break;
             default:
-                return uerror(L, "plugin %s: option '%s' has unsupported type %s", p->lp->p.name, k, luaL_typename(L, -1));
+                return saefw_lua_error(L, "plugin %s: option '%s' has unsupported type %s", p->lp->p.name, k, luaL_typename(L, -1));
             }
-            if (rc != 0) return uerror(L, "%s", err);
+            if (rc != 0) return saefw_lua_error(L, "%s", err);
             lua_pop(L, 1);
         }
     }
-    if (saefw_opts_check(p->opts, p->lp, err, sizeof err) != 0) return uerror(L, "%s", err);
+    if (saefw_opts_check(p->opts, p->lp, err, sizeof err) != 0) return saefw_lua_error(L, "%s", err);
     return 1;
 }
 
 static lplugin *check_plugin(lua_State *L, int idx) {
     lplugin *p = luaL_testudata(L, idx, MT_PLUGIN);
-    if (!p || !p->lp) uerror(L, "expected a plugin (saefw.plugin), got %s", luaL_typename(L, idx));
+    if (!p || !p->lp) saefw_lua_error(L, "expected a plugin (saefw.plugin), got %s", luaL_typename(L, idx));
     return p;
 }
 
@@ -517,13 +517,13 @@ static unsigned long g_view_generation = 1;
 
 static lplugin_ctx *check_ctx(lua_State *L, int idx) {
     lplugin_ctx *c = luaL_checkudata(L, idx, MT_LUA_PLUGIN_CTX);
-    if (!c->run) uerror(L, "the plugin context is only valid inside its callback");
+    if (!c->run) saefw_lua_error(L, "the plugin context is only valid inside its callback");
     return c;
 }
 
 static ltensor_view *check_view(lua_State *L, int idx) {
     ltensor_view *v = luaL_checkudata(L, idx, MT_TENSOR_VIEW);
-    if (v->generation != g_view_generation) uerror(L, "tensor view used after its callback returned");
+    if (v->generation != g_view_generation) saefw_lua_error(L, "tensor view used after its callback returned");
     return v;
 }
 
@@ -534,13 +534,13 @@ static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int *next) 
     if (v->p.ndim == 2) {
         lua_Integer j = luaL_checkinteger(L, first + 1);
         if (i < 1 || i > v->p.shape[0] || j < 1 || j > v->p.shape[1])
-            uerror(L, "%s[%lld, %lld] is out of range [%lld, %lld]", v->p.name, (long long)i, (long long)j,
+            saefw_lua_error(L, "%s[%lld, %lld] is out of range [%lld, %lld]", v->p.name, (long long)i, (long long)j,
                    (long long)v->p.shape[0], (long long)v->p.shape[1]);
         off = (int64_t)(i - 1) * v->p.shape[1] + (j - 1);
         *next = first + 2;
     } else {
         if (i < 1 || i > v->p.shape[0])
-            uerror(L, "%s[%lld] is out of range [%lld]", v->p.name, (long long)i, (long long)v->p.shape[0]);
+            saefw_lua_error(L, "%s[%lld] is out of range [%lld]", v->p.name, (long long)i, (long long)v->p.shape[0]);
         off = i - 1;
         *next = first + 1;
     }
@@ -586,8 +586,9 @@ static int ctx_param(lua_State *L) {
     lplugin_ctx *c = check_ctx(L, 1);
     const char *name = luaL_checkstring(L, 2);
     ltensor_view *v = lua_newuserdatauv(L, sizeof *v, 0);
+    v->p.struct_size = sizeof v->p;
     if (saefw_host_table()->param_find(c->run, name, &v->p, NULL) != 0)
-        return uerror(L, "ctx:param: no tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
+        return saefw_lua_error(L, "ctx:param: no tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
     v->generation = g_view_generation;
     luaL_setmetatable(L, MT_TENSOR_VIEW);
     return 1;
@@ -684,17 +685,17 @@ static int l_lua_plugin(lua_State *L) {
     static const char *const keys[] = {"name", "kind", "after_backward", "after_step", "on_eval", "on_end", "step",
                                        "description", "stateless", NULL};
     const char *fn = "saefw.lua_plugin";
-    check_table(L, 1, fn);
-    check_keys(L, 1, fn, keys);
-    const char *name = opt_string(L, 1, fn, "name", NULL);
-    if (!name || !*name) return uerror(L, "%s: field 'name' is required", fn);
-    const char *kind = opt_string(L, 1, fn, "kind", "experiment");
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
+    const char *name = saefw_lua_opt_string(L, 1, fn, "name", NULL);
+    if (!name || !*name) return saefw_lua_error(L, "%s: field 'name' is required", fn);
+    const char *kind = saefw_lua_opt_string(L, 1, fn, "kind", "experiment");
     saefw_plugin_kind k;
     if (!strcmp(kind, "experiment")) k = SAEFW_KIND_EXPERIMENT;
     else if (!strcmp(kind, "resampler")) k = SAEFW_KIND_RESAMPLER;
     else if (!strcmp(kind, "optimizer")) k = SAEFW_KIND_OPTIMIZER;
-    else return uerror(L, "%s: field 'kind' must be \"experiment\", \"resampler\" or \"optimizer\", got \"%s\"", fn, kind);
-    const char *desc = opt_string(L, 1, fn, "description", "a plugin written in Lua");
+    else return saefw_lua_error(L, "%s: field 'kind' must be \"experiment\", \"resampler\" or \"optimizer\", got \"%s\"", fn, kind);
+    const char *desc = saefw_lua_opt_string(L, 1, fn, "description", "a plugin written in Lua");
     llua_plugin *p = lua_newuserdatauv(L, sizeof *p, 1);
     memset(p, 0, sizeof *p);
     for (int i = 0; i < LP_N; i++) p->st.fn_ref[i] = LUA_NOREF;
@@ -724,13 +725,13 @@ static int l_lua_plugin(lua_State *L) {
             lua_pop(L, 1);
             continue;
         }
-        if (ty != LUA_TFUNCTION) return uerror(L, "%s: field '%s' must be a function", fn, LP_NAMES[i]);
+        if (ty != LUA_TFUNCTION) return saefw_lua_error(L, "%s: field '%s' must be a function", fn, LP_NAMES[i]);
         p->st.fn_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
         any = 1;
     }
-    if (!any) return uerror(L, "%s: give at least one callback (after_backward, after_step, on_eval, on_end, step)", fn);
+    if (!any) return saefw_lua_error(L, "%s: give at least one callback (after_backward, after_step, on_eval, on_end, step)", fn);
     if (k == SAEFW_KIND_OPTIMIZER && p->st.fn_ref[LP_STEP] == LUA_NOREF)
-        return uerror(L, "%s: an optimizer needs a 'step' callback", fn);
+        return saefw_lua_error(L, "%s: an optimizer needs a 'step' callback", fn);
     lplugin_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
     memset(c, 0, sizeof *c);
     luaL_setmetatable(L, MT_LUA_PLUGIN_CTX);
@@ -743,7 +744,7 @@ static int l_lua_plugin(lua_State *L) {
     pl->kind = k;
     pl->description = kept_desc;
     /* Lua-side state is not saved in checkpoints; a plugin keeping none says so to silence the warning. */
-    pl->stateless = opt_bool(L, 1, fn, "stateless", 0);
+    pl->stateless = saefw_lua_opt_bool(L, 1, fn, "stateless", 0);
     /* No create(): the run borrows this state as the instance (saefw_plugin_use.self). */
     pl->after_backward = p->st.fn_ref[LP_AFTER_BACKWARD] != LUA_NOREF ? lp_after_backward : NULL;
     pl->after_step = p->st.fn_ref[LP_AFTER_STEP] != LUA_NOREF ? lp_after_step : NULL;
@@ -753,7 +754,7 @@ static int l_lua_plugin(lua_State *L) {
     p->loaded.path = NULL;
     p->base.lp = &p->loaded;
     char err[256];
-    if (saefw_opts_new(&p->loaded, &p->base.opts, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+    if (saefw_opts_new(&p->loaded, &p->base.opts, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
     lua_settop(L, ud);
     return 1;
 }
@@ -771,13 +772,13 @@ typedef struct {
 
 static lmodel *check_model(lua_State *L, int idx) {
     lmodel *m = luaL_testudata(L, idx, MT_MODEL);
-    if (!m || !m->m) uerror(L, "expected a model (saefw.model), got %s", luaL_typename(L, idx));
+    if (!m || !m->m) saefw_lua_error(L, "expected a model (saefw.model), got %s", luaL_typename(L, idx));
     return m;
 }
 
 static ltokens *check_tokens(lua_State *L, int idx) {
     ltokens *t = luaL_testudata(L, idx, MT_TOKENS);
-    if (!t || !t->t) uerror(L, "expected tokens (saefw.tokens), got %s", luaL_typename(L, idx));
+    if (!t || !t->t) saefw_lua_error(L, "expected tokens (saefw.tokens), got %s", luaL_typename(L, idx));
     return t;
 }
 
@@ -801,21 +802,21 @@ static int l_model(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     char weights[4096], config[4096], err[2048];
     if (saefw_model_resolve(name, weights, sizeof weights, config, sizeof config, err, sizeof err) != 0)
-        return uerror(L, "saefw.model: %s", err);
+        return saefw_lua_error(L, "saefw.model: %s", err);
     saefw_model_cfg cfg, *cfgp = NULL;
     if (config[0]) {
         char *text = NULL;
-        if (saefw_read_file(config, &text, NULL, err, sizeof err) != 0) return uerror(L, "saefw.model: %s", err);
+        if (saefw_read_file(config, &text, NULL, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.model: %s", err);
         int rc = saefw_model_cfg_from_json(text, config, &cfg, err, sizeof err);
         free(text);
-        if (rc != 0) return uerror(L, "saefw.model: %s", err);
+        if (rc != 0) return saefw_lua_error(L, "saefw.model: %s", err);
         cfgp = &cfg;
     }
     lmodel *m = lua_newuserdatauv(L, sizeof *m, 0);
     memset(m, 0, sizeof *m);
     luaL_setmetatable(L, MT_MODEL);
     snprintf(m->name, sizeof m->name, "%s", name);
-    if (saefw_model_load(weights, cfgp, &m->m, err, sizeof err) != 0) return uerror(L, "saefw.model: %s", err);
+    if (saefw_model_load(weights, cfgp, &m->m, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.model: %s", err);
     return 1;
 }
 
@@ -844,29 +845,29 @@ static int l_tokens(lua_State *L) {
     const char *fn = "saefw.tokens";
     const char *path = luaL_checkstring(L, 1);
     if (lua_isnoneornil(L, 2)) lua_newtable(L);
-    else check_table(L, 2, fn);
-    check_keys(L, 2, fn, keys);
+    else saefw_lua_check_table(L, 2, fn);
+    saefw_lua_check_keys(L, 2, fn, keys);
     saefw_tokens_opts o;
     memset(&o, 0, sizeof o);
     o.path = path;
-    o.seq_len = opt_int(L, 2, fn, "seq_len", 128, 2);
-    o.bos = has_field(L, 2, "bos") ? opt_int(L, 2, fn, "bos", 0, 0) : -1;
-    o.shuffle = opt_bool(L, 2, fn, "shuffle", 1);
-    o.dtype = opt_string(L, 2, fn, "dtype", NULL);
-    o.tensor = opt_string(L, 2, fn, "tensor", NULL);
-    o.seed = (uint64_t)opt_int(L, 2, fn, "seed", 49, 0);
-    const char *column = opt_string(L, 2, fn, "column", NULL);
+    o.seq_len = saefw_lua_opt_int(L, 2, fn, "seq_len", 128, 2);
+    o.bos = saefw_lua_has_field(L, 2, "bos") ? saefw_lua_opt_int(L, 2, fn, "bos", 0, 0) : -1;
+    o.shuffle = saefw_lua_opt_bool(L, 2, fn, "shuffle", 1);
+    o.dtype = saefw_lua_opt_string(L, 2, fn, "dtype", NULL);
+    o.tensor = saefw_lua_opt_string(L, 2, fn, "tensor", NULL);
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 2, fn, "seed", 49, 0);
+    const char *column = saefw_lua_opt_string(L, 2, fn, "column", NULL);
     char err[1024];
     char cache[PATH_MAX];
     if (saefw_token_dataset_spec(path)) {
         if (saefw_token_dataset_prepare(path, column, -1, cache, sizeof cache, err, sizeof err) != 0)
-            return uerror(L, "%s: %s", fn, err);
+            return saefw_lua_error(L, "%s: %s", fn, err);
         o.path = cache;
     }
     ltokens *t = lua_newuserdatauv(L, sizeof *t, 0);
     t->t = NULL;
     luaL_setmetatable(L, MT_TOKENS);
-    if (saefw_tokens_open(&o, &t->t, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+    if (saefw_tokens_open(&o, &t->t, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
     return 1;
 }
 
@@ -881,15 +882,15 @@ static int tokens_index(lua_State *L) {
 }
 
 static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_model *m) {
-    const char *site = opt_string(L, t, fn, "site", NULL);
-    if (!site) uerror(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")", fn);
+    const char *site = saefw_lua_opt_string(L, t, fn, "site", NULL);
+    if (!site) saefw_lua_error(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")", fn);
     /* A full name ("blocks.1.mlp.hook_post") carries its layer; a short one defaults to layer 0. */
-    int64_t layer = has_field(L, t, "layer") ? opt_int(L, t, fn, "layer", 0, 0) : (strncmp(site, "blocks.", 7) ? 0 : -1);
+    int64_t layer = saefw_lua_has_field(L, t, "layer") ? saefw_lua_opt_int(L, t, fn, "layer", 0, 0) : (strncmp(site, "blocks.", 7) ? 0 : -1);
     saefw_hook h;
     char err[512];
-    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) uerror(L, "%s: %s", fn, err);
+    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) saefw_lua_error(L, "%s: %s", fn, err);
     if (saefw_model_hook_width(m, h) <= 0)
-        uerror(L, "%s: layer %d is out of range: the model has %d layer(s)", fn, h.layer, saefw_model_config(m)->n_layers);
+        saefw_lua_error(L, "%s: layer %d is out of range: the model has %d layer(s)", fn, h.layer, saefw_model_config(m)->n_layers);
     return h;
 }
 
@@ -897,8 +898,8 @@ static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_mod
 static int l_model_source(lua_State *L) {
     static const char *const keys[] = {"model", "tokens", "site", "layer", "model_batch_size", "seed", NULL};
     const char *fn = "saefw.model_source";
-    check_table(L, 1, fn);
-    check_keys(L, 1, fn, keys);
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
     lua_getfield(L, 1, "model");
     lmodel *m = check_model(L, -1);
     int mi = lua_gettop(L);
@@ -910,15 +911,15 @@ static int l_model_source(lua_State *L) {
     o.model = m->m;
     o.tokens = t->t;
     o.hook = read_hook(L, 1, fn, m->m);
-    o.model_batch = opt_int(L, 1, fn, "model_batch_size", 32, 1);
-    o.seed = (uint64_t)opt_int(L, 1, fn, "seed", 49, 0);
+    o.model_batch = saefw_lua_opt_int(L, 1, fn, "model_batch_size", 32, 1);
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 49, 0);
     lsource *s = new_source(L);
     lua_pushvalue(L, mi);
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, ti);
     lua_setiuservalue(L, -2, 2);
     char err[1024];
-    if (saefw_source_model(&o, &s->src, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+    if (saefw_source_model(&o, &s->src, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
     s->src->log = source_log;
     s->on_model = 1;
     s->hook = o.hook;
@@ -945,16 +946,16 @@ static int l_recons_score(lua_State *L) {
     lmodel *m = check_model(L, 1);
     ltokens *t = check_tokens(L, 2);
     lsae *s = check_sae(L, 3);
-    check_table(L, 4, fn);
-    check_keys(L, 4, fn, keys);
+    saefw_lua_check_table(L, 4, fn);
+    saefw_lua_check_keys(L, 4, fn, keys);
     saefw_hook h = read_hook(L, 4, fn, m->m);
-    int64_t batches = opt_int(L, 4, fn, "batches", 5, 1), mb = opt_int(L, 4, fn, "model_batch_size", 32, 1);
+    int64_t batches = saefw_lua_opt_int(L, 4, fn, "batches", 5, 1), mb = saefw_lua_opt_int(L, 4, fn, "model_batch_size", 32, 1);
     saefw_rng rng;
-    saefw_rng_seed(&rng, (uint64_t)opt_int(L, 4, fn, "seed", 49, 0));
+    saefw_rng_seed(&rng, (uint64_t)saefw_lua_opt_int(L, 4, fn, "seed", 49, 0));
     saefw_recons r;
     char err[1024];
     if (saefw_recons_score(m->m, t->t, h, &s->sae, batches, mb, &rng, &r, err, sizeof err) != 0)
-        return uerror(L, "%s: %s", fn, err);
+        return saefw_lua_error(L, "%s: %s", fn, err);
     push_recons(L, &r);
     return 1;
 }
@@ -966,11 +967,11 @@ static int l_model_loss(lua_State *L) {
     lmodel *m = check_model(L, 1);
     ltokens *t = check_tokens(L, 2);
     if (lua_isnoneornil(L, 3)) lua_newtable(L);
-    check_table(L, 3, fn);
-    check_keys(L, 3, fn, keys);
-    int64_t batches = opt_int(L, 3, fn, "batches", 5, 1), mb = opt_int(L, 3, fn, "model_batch_size", 32, 1);
-    uint64_t seed = (uint64_t)opt_int(L, 3, fn, "seed", 49, 0);
-    const char *ablate = opt_string(L, 3, fn, "ablate", NULL);
+    saefw_lua_check_table(L, 3, fn);
+    saefw_lua_check_keys(L, 3, fn, keys);
+    int64_t batches = saefw_lua_opt_int(L, 3, fn, "batches", 5, 1), mb = saefw_lua_opt_int(L, 3, fn, "model_batch_size", 32, 1);
+    uint64_t seed = (uint64_t)saefw_lua_opt_int(L, 3, fn, "seed", 49, 0);
+    const char *ablate = saefw_lua_opt_string(L, 3, fn, "ablate", NULL);
     saefw_intervention iv;
     memset(&iv, 0, sizeof iv);
     float *mean = NULL;
@@ -983,22 +984,22 @@ static int l_model_loss(lua_State *L) {
         } else if (!strcmp(ablate, "mean")) {
             iv.mode = SAEFW_INTERVENE_MEAN;
             mean = malloc(sizeof(float) * (size_t)saefw_model_hook_width(m->m, iv.hook));
-            if (!mean) return uerror(L, "%s: out of memory", fn);
+            if (!mean) return saefw_lua_error(L, "%s: out of memory", fn);
             saefw_rng_seed(&rng, seed ^ 0x6d65616eULL);
             if (saefw_hook_mean(m->m, t->t, iv.hook, batches, mb, &rng, mean, err, sizeof err) != 0) {
                 free(mean);
-                return uerror(L, "%s: %s", fn, err);
+                return saefw_lua_error(L, "%s: %s", fn, err);
             }
             iv.mean = mean;
         } else {
-            return uerror(L, "%s: field 'ablate' must be \"zero\" or \"mean\", got \"%s\"", fn, ablate);
+            return saefw_lua_error(L, "%s: field 'ablate' must be \"zero\" or \"mean\", got \"%s\"", fn, ablate);
         }
     }
     saefw_rng_seed(&rng, seed);
     double loss = 0;
     int rc = saefw_model_loss(m->m, t->t, ablate ? &iv : NULL, batches, mb, &rng, &loss, err, sizeof err);
     free(mean);
-    if (rc != 0) return uerror(L, "%s: %s", fn, err);
+    if (rc != 0) return saefw_lua_error(L, "%s: %s", fn, err);
     lua_pushnumber(L, loss);
     return 1;
 }
@@ -1015,21 +1016,21 @@ static int l_save_tensor(lua_State *L) {
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         ndim = (int)lua_rawlen(L, 3);
-        if (ndim < 1 || ndim > SAEFW_MAX_DIMS) return uerror(L, "saefw.save_tensor: shape must have 1 to %d dims", SAEFW_MAX_DIMS);
+        if (ndim < 1 || ndim > SAEFW_MAX_DIMS) return saefw_lua_error(L, "saefw.save_tensor: shape must have 1 to %d dims", SAEFW_MAX_DIMS);
         int64_t total = 1;
         for (int i = 0; i < ndim; i++) {
             lua_rawgeti(L, 3, i + 1);
             lua_Integer v = lua_tointeger(L, -1);
             lua_pop(L, 1);
-            if (v <= 0) return uerror(L, "saefw.save_tensor: shape entries must be positive integers");
+            if (v <= 0) return saefw_lua_error(L, "saefw.save_tensor: shape entries must be positive integers");
             shape[i] = v;
             total *= v;
         }
-        if (total != n) return uerror(L, "saefw.save_tensor: shape holds %lld values, the array %lld", (long long)total, (long long)n);
+        if (total != n) return saefw_lua_error(L, "saefw.save_tensor: shape holds %lld values, the array %lld", (long long)total, (long long)n);
     }
-    if (n <= 0) return uerror(L, "saefw.save_tensor: the array is empty");
+    if (n <= 0) return saefw_lua_error(L, "saefw.save_tensor: the array is empty");
     float *data = malloc(sizeof(float) * (size_t)n);
-    if (!data) return uerror(L, "saefw.save_tensor: out of memory");
+    if (!data) return saefw_lua_error(L, "saefw.save_tensor: out of memory");
     for (int64_t k = 0; k < n; k++) {
         lua_rawgeti(L, 2, (lua_Integer)k + 1);
         int ok;
@@ -1037,7 +1038,7 @@ static int l_save_tensor(lua_State *L) {
         lua_pop(L, 1);
         if (!ok) {
             free(data);
-            return uerror(L, "saefw.save_tensor: entry %lld is not a number", (long long)k + 1);
+            return saefw_lua_error(L, "saefw.save_tensor: entry %lld is not a number", (long long)k + 1);
         }
     }
     char err[1024];
@@ -1050,7 +1051,7 @@ static int l_save_tensor(lua_State *L) {
         rc = saefw_safetensors_write(path, &ref, 1, NULL, 0, err, sizeof err);
     }
     free(data);
-    if (rc != 0) return uerror(L, "saefw.save_tensor: %s", err);
+    if (rc != 0) return saefw_lua_error(L, "saefw.save_tensor: %s", err);
     return 0;
 }
 
@@ -1084,7 +1085,7 @@ static int l_threads(lua_State *L) {
         int ok = 0;
         lua_Integer n = lua_tointegerx(L, 1, &ok);
         if (!ok || n < 0 || n > 4096)
-            return uerror(L, "saefw.threads: expected a whole number from 0 (the default) to 4096, got %s",
+            return saefw_lua_error(L, "saefw.threads: expected a whole number from 0 (the default) to 4096, got %s",
                           luaL_tolstring(L, 1, NULL));
         saefw_set_threads((int)n);
     }
@@ -1096,7 +1097,7 @@ static int l_threads(lua_State *L) {
 static int l_data_dir(lua_State *L) {
     char dir[4096];
     if (saefw_exe_relative(SAEFW_DATA_SUBDIR, dir, sizeof dir) != 0)
-        return uerror(L, "saefw.data_dir: cannot find the saefw binary");
+        return saefw_lua_error(L, "saefw.data_dir: cannot find the saefw binary");
     lua_pushstring(L, dir);
     return 1;
 }
@@ -1107,8 +1108,8 @@ static int l_hook_name(lua_State *L) {
     lua_Integer layer = luaL_optinteger(L, 2, strncmp(site, "blocks.", 7) ? 0 : -1);
     saefw_hook h;
     char err[512], name[128];
-    if (layer < -1 || layer > 100000) return uerror(L, "saefw.hook_name: bad layer %lld", (long long)layer);
-    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) return uerror(L, "saefw.hook_name: %s", err);
+    if (layer < -1 || layer > 100000) return saefw_lua_error(L, "saefw.hook_name: bad layer %lld", (long long)layer);
+    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.hook_name: %s", err);
     saefw_hook_name(h, name, sizeof name);
     lua_pushstring(L, name);
     return 1;
@@ -1205,8 +1206,8 @@ static int l_train(lua_State *L) {
                                        "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
                                        "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "restart", NULL};
     const char *fn = "saefw.train";
-    check_table(L, 1, fn);
-    check_keys(L, 1, fn, keys);
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
     saefw_train_opts o;
     memset(&o, 0, sizeof o);
     lua_getfield(L, 1, "sae");
@@ -1218,7 +1219,7 @@ static int l_train(lua_State *L) {
     memset(&rud, 0, sizeof rud);
     lua_getiuservalue(L, -1, 1);
     lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
-    int64_t recons_batches = opt_int(L, 1, fn, "recons_batches", 5, 0);
+    int64_t recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
     if (bsrc && bsrc->on_model && recons_batches > 0) {
         lua_getiuservalue(L, -1, 1);
         rud.m = check_model(L, -1)->m;
@@ -1227,15 +1228,15 @@ static int l_train(lua_State *L) {
         rud.hook = bsrc->hook;
         rud.batches = recons_batches;
         rud.model_batch = bsrc->model_batch;
-        saefw_rng_seed(&rud.rng, (uint64_t)opt_int(L, 1, fn, "seed", 49, 0) ^ 0x7265636f6e73ULL);
+        saefw_rng_seed(&rud.rng, (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 49, 0) ^ 0x7265636f6e73ULL);
         o.extra_eval = recons_eval;
         o.extra_eval_ud = &rud;
         o.extra_rng[o.n_extra_rng] = &rud.rng;
         o.extra_rng_name[o.n_extra_rng++] = "recons_rng";
     }
     if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) o.eval_source = check_source(L, -1);
-    o.steps = req_int(L, 1, fn, "steps", 1);
-    if (lua_getfield(L, 1, "optimizer") == LUA_TNIL) return uerror(L, "%s: field 'optimizer' is required", fn);
+    o.steps = saefw_lua_req_int(L, 1, fn, "steps", 1);
+    if (lua_getfield(L, 1, "optimizer") == LUA_TNIL) return saefw_lua_error(L, "%s: field 'optimizer' is required", fn);
     lplugin *op = check_plugin(L, -1);
     o.optimizer.plugin = op->lp;
     o.optimizer.opts = op->opts;
@@ -1243,7 +1244,7 @@ static int l_train(lua_State *L) {
     int n_plugins = 0;
     saefw_plugin_use *uses = NULL;
     if (lua_getfield(L, 1, "plugins") != LUA_TNIL) {
-        if (!lua_istable(L, -1)) return uerror(L, "%s: field 'plugins' must be a list of plugins", fn);
+        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'plugins' must be a list of plugins", fn);
         int t = lua_gettop(L);
         n_plugins = (int)lua_rawlen(L, t);
         uses = lua_newuserdatauv(L, sizeof(saefw_plugin_use) * (size_t)(n_plugins + 1), 0);
@@ -1251,7 +1252,7 @@ static int l_train(lua_State *L) {
             lua_rawgeti(L, t, i + 1);
             lplugin *p = check_plugin(L, -1);
             if (p->lp->p.kind == SAEFW_KIND_OPTIMIZER)
-                return uerror(L, "%s: plugins[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, i + 1, p->lp->p.name);
+                return saefw_lua_error(L, "%s: plugins[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, i + 1, p->lp->p.name);
             uses[i].plugin = p->lp;
             uses[i].opts = p->opts;
             uses[i].self = p->is_lua ? &((llua_plugin *)p)->st : NULL;
@@ -1260,19 +1261,19 @@ static int l_train(lua_State *L) {
     }
     o.plugins = uses;
     o.n_plugins = n_plugins;
-    o.log_every = opt_int(L, 1, fn, "log_every", 100, 0);
-    o.eval_every = opt_int(L, 1, fn, "eval_every", 1000, 0);
-    o.checkpoint_every = opt_int(L, 1, fn, "checkpoint_every", 0, 0);
-    o.freq_batches = opt_int(L, 1, fn, "freq_batches", 5, 1);
-    o.run_dir = opt_string(L, 1, fn, "run_dir", NULL);
-    o.resume_from = opt_string(L, 1, fn, "resume_from", NULL);
-    o.restart = opt_bool(L, 1, fn, "restart", 0);
-    o.seed = (uint64_t)opt_int(L, 1, fn, "seed", 49, 0);
-    int progress = opt_bool(L, 1, fn, "progress", 1);
+    o.log_every = saefw_lua_opt_int(L, 1, fn, "log_every", 100, 0);
+    o.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
+    o.checkpoint_every = saefw_lua_opt_int(L, 1, fn, "checkpoint_every", 0, 0);
+    o.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
+    o.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
+    o.resume_from = saefw_lua_opt_string(L, 1, fn, "resume_from", NULL);
+    o.restart = saefw_lua_opt_bool(L, 1, fn, "restart", 0);
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 49, 0);
+    int progress = saefw_lua_opt_bool(L, 1, fn, "progress", 1);
     o.progress = progress ? -1 : 0;
     cJSON *cfg = NULL;
     if (lua_getfield(L, 1, "config") != LUA_TNIL) {
-        if (!lua_istable(L, -1)) return uerror(L, "%s: field 'config' must be a table", fn);
+        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'config' must be a table", fn);
         cfg = lua_to_json(L, -1, 0);
     }
     lua_pop(L, 1);
@@ -1289,7 +1290,7 @@ static int l_train(lua_State *L) {
         }
         if (ty != LUA_TFUNCTION) {
             cJSON_Delete(cfg);
-            return uerror(L, "%s: field '%s' must be a function", fn, cbs[i]);
+            return saefw_lua_error(L, "%s: field '%s' must be a function", fn, cbs[i]);
         }
         ud.fn_idx[i] = lua_gettop(L);
     }
@@ -1304,7 +1305,7 @@ static int l_train(lua_State *L) {
             lua_pushstring(L, ud.lua_err); /* already carries the callback's file:line */
             return lua_error(L);
         }
-        if (!ud.lua_err[0]) return uerror(L, "%s", err);
+        if (!ud.lua_err[0]) return saefw_lua_error(L, "%s", err);
     }
     push_metrics(L, &res.last);
     lua_pushstring(L, res.last_checkpoint);
@@ -1320,16 +1321,16 @@ static int l_frequencies(lua_State *L) {
     lsae *s = check_sae(L, 1);
     saefw_source *src = check_source(L, 2);
     lua_Integer batches = luaL_optinteger(L, 3, 5), batch = luaL_optinteger(L, 4, 4096);
-    if (batches <= 0 || batch <= 0) return uerror(L, "saefw.frequencies: batches and batch size must be positive");
+    if (batches <= 0 || batch <= 0) return saefw_lua_error(L, "saefw.frequencies: batches and batch size must be positive");
     if (src->d_act != s->sae.d_in)
-        return uerror(L, "saefw.frequencies: source width %lld does not match the SAE's d_in %lld", (long long)src->d_act, (long long)s->sae.d_in);
+        return saefw_lua_error(L, "saefw.frequencies: source width %lld does not match the SAE's d_in %lld", (long long)src->d_act, (long long)s->sae.d_in);
     float *f = malloc(sizeof(float) * (size_t)s->sae.d_sae);
-    if (!f) return uerror(L, "out of memory");
+    if (!f) return saefw_lua_error(L, "out of memory");
     char err[512];
     int64_t rows = (int64_t)batches * saefw_eval_batch_rows(src, batch);
     if (saefw_feature_frequencies(&s->sae, src, rows, batch, f, err, sizeof err) != 0) {
         free(f);
-        return uerror(L, "saefw.frequencies: %s", err);
+        return saefw_lua_error(L, "saefw.frequencies: %s", err);
     }
     lua_createtable(L, (int)s->sae.d_sae, 0);
     for (int64_t j = 0; j < s->sae.d_sae; j++) {
@@ -1345,8 +1346,8 @@ static int l_mmcs(lua_State *L) {
     saefw_source *src = check_source(L, 2);
     int64_t n = 0;
     const float *truth = saefw_synthetic_features(src, &n);
-    if (!truth) return uerror(L, "saefw.mmcs: the source has no ground truth (only saefw.synthetic does)");
-    if (src->d_act != s->sae.d_in) return uerror(L, "saefw.mmcs: source width does not match the SAE's d_in");
+    if (!truth) return saefw_lua_error(L, "saefw.mmcs: the source has no ground truth (only saefw.synthetic does)");
+    if (src->d_act != s->sae.d_in) return saefw_lua_error(L, "saefw.mmcs: source width does not match the SAE's d_in");
     lua_pushnumber(L, saefw_mmcs(truth, n, s->sae.p[SAEFW_W_DEC], s->sae.d_sae, s->sae.d_in));
     return 1;
 }
@@ -1356,16 +1357,16 @@ static int l_evaluate(lua_State *L) {
     lsae *s = check_sae(L, 1);
     saefw_source *src = check_source(L, 2);
     lua_Integer rows = luaL_optinteger(L, 3, 4096);
-    if (rows <= 0 || rows > (1 << 22)) return uerror(L, "saefw.evaluate: rows must be in 1..%d", 1 << 22);
-    if (src->d_act != s->sae.d_in) return uerror(L, "saefw.evaluate: source width does not match the SAE's d_in");
+    if (rows <= 0 || rows > (1 << 22)) return saefw_lua_error(L, "saefw.evaluate: rows must be in 1..%d", 1 << 22);
+    if (src->d_act != s->sae.d_in) return saefw_lua_error(L, "saefw.evaluate: source width does not match the SAE's d_in");
     saefw_sae_work w;
     char err[512];
-    if (saefw_sae_work_alloc(&w, &s->sae, rows, err, sizeof err) != 0) return uerror(L, "saefw.evaluate: %s", err);
+    if (saefw_sae_work_alloc(&w, &s->sae, rows, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.evaluate: %s", err);
     float *x = malloc(sizeof(float) * (size_t)(rows * src->d_act));
     if (!x || src->sample(src, x, rows, err, sizeof err) != 0) {
         free(x);
         saefw_sae_work_free(&w);
-        return uerror(L, "saefw.evaluate: %s", x ? err : "out of memory");
+        return saefw_lua_error(L, "saefw.evaluate: %s", x ? err : "out of memory");
     }
     saefw_sae_stats st;
     saefw_sae_forward(&s->sae, &w, x, rows, &st);
@@ -1386,7 +1387,7 @@ static int l_info(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     saefw_tensorfile *tf = NULL;
     char err[1024];
-    if (saefw_tf_open(path, &tf, err, sizeof err) != 0) return uerror(L, "saefw.info: %s", err);
+    if (saefw_tf_open(path, &tf, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.info: %s", err);
     lua_newtable(L);
     for (int i = 0; i < saefw_tf_count(tf); i++) {
         const saefw_tensor_info *t = saefw_tf_get(tf, i);
@@ -1422,18 +1423,18 @@ static int l_plugin_dirs(lua_State *L) {
 int luaopen_saefw_core(lua_State *L) {
     static const luaL_Reg sae_methods[] = {{"save", sae_save}, {"tensor", sae_tensor}, {NULL, NULL}};
     static const luaL_Reg source_methods[] = {{"sample", source_sample}, {NULL, NULL}};
-    new_class(L, MT_SAE, sae_gc, sae_index, sae_methods);
-    new_class(L, MT_SOURCE, source_gc, source_index, source_methods);
-    new_class(L, MT_BUFFER, buffer_gc, buffer_index, NULL);
-    new_class(L, MT_PLUGIN, plugin_gc, plugin_index, NULL);
-    new_class(L, MT_MODEL, model_gc, model_index, NULL);
+    saefw_lua_new_class(L, MT_SAE, sae_gc, sae_index, sae_methods);
+    saefw_lua_new_class(L, MT_SOURCE, source_gc, source_index, source_methods);
+    saefw_lua_new_class(L, MT_BUFFER, buffer_gc, buffer_index, NULL);
+    saefw_lua_new_class(L, MT_PLUGIN, plugin_gc, plugin_index, NULL);
+    saefw_lua_new_class(L, MT_MODEL, model_gc, model_index, NULL);
     static const luaL_Reg ctx_methods[] = {{"param", ctx_param}, {"metric", ctx_metric}, {"log", ctx_log},
                                            {"uniform", ctx_uniform}, {"normal", ctx_normal}, {NULL, NULL}};
     static const luaL_Reg view_methods[] = {{"get", view_get}, {"set", view_set}, {"grad", view_grad},
                                             {"set_grad", view_set_grad}, {NULL, NULL}};
-    new_class(L, MT_LUA_PLUGIN_CTX, ctx_gc, ctx_index, ctx_methods);
-    new_class(L, MT_TENSOR_VIEW, view_gc, view_index, view_methods);
-    new_class(L, MT_TOKENS, tokens_gc, tokens_index, NULL);
+    saefw_lua_new_class(L, MT_LUA_PLUGIN_CTX, ctx_gc, ctx_index, ctx_methods);
+    saefw_lua_new_class(L, MT_TENSOR_VIEW, view_gc, view_index, view_methods);
+    saefw_lua_new_class(L, MT_TOKENS, tokens_gc, tokens_index, NULL);
     static const luaL_Reg fns[] = {
         {"sae", l_sae},
         {"load_sae", l_load_sae},
@@ -1459,8 +1460,8 @@ int luaopen_saefw_core(lua_State *L) {
         {"find_resumable", l_find_resumable},
         {"resume_dir", l_resume_dir},
         {"threads", l_threads},
-        {"where", l_where},
-        {"overrides", l_overrides},
+        {"where", saefw_lua_where},
+        {"overrides", saefw_lua_overrides},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

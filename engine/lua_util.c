@@ -15,7 +15,7 @@
 /* ---- errors at the user's line ---- */
 
 /* Push "file:line: " of the innermost Lua frame outside the saefw library (or "" if none). */
-void push_user_where(lua_State *L) {
+void saefw_lua_push_user_where(lua_State *L) {
     lua_getfield(L, LUA_REGISTRYINDEX, REG_LIBDIR);
     const char *lib = lua_tostring(L, -1);
     size_t liblen = lib ? strlen(lib) : 0;
@@ -31,20 +31,20 @@ void push_user_where(lua_State *L) {
     lua_pushliteral(L, "");
 }
 
-int uerror(lua_State *L, const char *fmt, ...) {
+int saefw_lua_error(lua_State *L, const char *fmt, ...) {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    push_user_where(L);
+    saefw_lua_push_user_where(L);
     lua_pushstring(L, msg);
     lua_concat(L, 2);
     return lua_error(L);
 }
 
-int l_where(lua_State *L) {
-    push_user_where(L);
+int saefw_lua_where(lua_State *L) {
+    saefw_lua_push_user_where(L);
     return 1;
 }
 
@@ -66,7 +66,7 @@ void saefw_lua_set_overrides(lua_State *L, char **kv, int n) {
     lua_setfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
 }
 
-int l_overrides(lua_State *L) {
+int saefw_lua_overrides(lua_State *L) {
     lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
@@ -77,71 +77,71 @@ int l_overrides(lua_State *L) {
 
 /* ---- table fields ---- */
 
-int has_field(lua_State *L, int t, const char *k) {
+int saefw_lua_has_field(lua_State *L, int t, const char *k) {
     int ty = lua_getfield(L, t, k);
     lua_pop(L, 1);
     return ty != LUA_TNIL;
 }
 
-double opt_number(lua_State *L, int t, const char *fn, const char *k, double def) {
+double saefw_lua_opt_number(lua_State *L, int t, const char *fn, const char *k, double def) {
     int ty = lua_getfield(L, t, k);
     if (ty == LUA_TNIL) {
         lua_pop(L, 1);
         return def;
     }
-    if (ty != LUA_TNUMBER) uerror(L, "%s: field '%s' must be a number, got %s", fn, k, luaL_typename(L, -1));
+    if (ty != LUA_TNUMBER) saefw_lua_error(L, "%s: field '%s' must be a number, got %s", fn, k, luaL_typename(L, -1));
     double v = lua_tonumber(L, -1);
     lua_pop(L, 1);
-    if (!isfinite(v)) uerror(L, "%s: field '%s' must be finite", fn, k);
+    if (!isfinite(v)) saefw_lua_error(L, "%s: field '%s' must be finite", fn, k);
     return v;
 }
 
-int64_t opt_int(lua_State *L, int t, const char *fn, const char *k, int64_t def, int64_t lo) {
-    double v = opt_number(L, t, fn, k, (double)def);
+int64_t saefw_lua_opt_int(lua_State *L, int t, const char *fn, const char *k, int64_t def, int64_t lo) {
+    double v = saefw_lua_opt_number(L, t, fn, k, (double)def);
     if (v != floor(v) || v < (double)lo || v > 9.0e15)
-        uerror(L, "%s: field '%s' must be an integer >= %lld, got %g", fn, k, (long long)lo, v);
+        saefw_lua_error(L, "%s: field '%s' must be an integer >= %lld, got %g", fn, k, (long long)lo, v);
     return (int64_t)v;
 }
 
-int64_t req_int(lua_State *L, int t, const char *fn, const char *k, int64_t lo) {
-    if (!has_field(L, t, k)) uerror(L, "%s: field '%s' is required", fn, k);
-    return opt_int(L, t, fn, k, 0, lo);
+int64_t saefw_lua_req_int(lua_State *L, int t, const char *fn, const char *k, int64_t lo) {
+    if (!saefw_lua_has_field(L, t, k)) saefw_lua_error(L, "%s: field '%s' is required", fn, k);
+    return saefw_lua_opt_int(L, t, fn, k, 0, lo);
 }
 
-const char *opt_string(lua_State *L, int t, const char *fn, const char *k, const char *def) {
+const char *saefw_lua_opt_string(lua_State *L, int t, const char *fn, const char *k, const char *def) {
     int ty = lua_getfield(L, t, k);
     if (ty == LUA_TNIL) {
         lua_pop(L, 1);
         return def;
     }
-    if (ty != LUA_TSTRING) uerror(L, "%s: field '%s' must be a string, got %s", fn, k, luaL_typename(L, -1));
+    if (ty != LUA_TSTRING) saefw_lua_error(L, "%s: field '%s' must be a string, got %s", fn, k, luaL_typename(L, -1));
     const char *s = lua_tostring(L, -1);
     lua_pop(L, 1); /* the string stays alive: it is referenced by the table */
     return s;
 }
 
-int opt_bool(lua_State *L, int t, const char *fn, const char *k, int def) {
+int saefw_lua_opt_bool(lua_State *L, int t, const char *fn, const char *k, int def) {
     int ty = lua_getfield(L, t, k);
     if (ty == LUA_TNIL) {
         lua_pop(L, 1);
         return def;
     }
-    if (ty != LUA_TBOOLEAN) uerror(L, "%s: field '%s' must be a boolean, got %s", fn, k, luaL_typename(L, -1));
+    if (ty != LUA_TBOOLEAN) saefw_lua_error(L, "%s: field '%s' must be a boolean, got %s", fn, k, luaL_typename(L, -1));
     int v = lua_toboolean(L, -1);
     lua_pop(L, 1);
     return v;
 }
 
-void check_table(lua_State *L, int idx, const char *fn) {
-    if (lua_type(L, idx) != LUA_TTABLE) uerror(L, "%s: expected a table of options, got %s", fn, luaL_typename(L, idx));
+void saefw_lua_check_table(lua_State *L, int idx, const char *fn) {
+    if (lua_type(L, idx) != LUA_TTABLE) saefw_lua_error(L, "%s: expected a table of options, got %s", fn, luaL_typename(L, idx));
 }
 
 /* Reject keys a function does not take (a typo must not silently fall back to a default). */
-void check_keys(lua_State *L, int t, const char *fn, const char *const *allowed) {
+void saefw_lua_check_keys(lua_State *L, int t, const char *fn, const char *const *allowed) {
     lua_pushnil(L);
     while (lua_next(L, t)) {
         lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING) uerror(L, "%s: option keys must be strings", fn);
+        if (lua_type(L, -1) != LUA_TSTRING) saefw_lua_error(L, "%s: option keys must be strings", fn);
         const char *k = lua_tostring(L, -1);
         int ok = 0;
         for (int i = 0; allowed[i]; i++) ok |= strcmp(allowed[i], k) == 0;
@@ -151,12 +151,12 @@ void check_keys(lua_State *L, int t, const char *fn, const char *const *allowed)
                 size_t u = strlen(list);
                 snprintf(list + u, sizeof list - u, "%s%s", i ? ", " : "", allowed[i]);
             }
-            uerror(L, "%s: unknown option '%s' (valid: %s)", fn, k, list);
+            saefw_lua_error(L, "%s: unknown option '%s' (valid: %s)", fn, k, list);
         }
     }
 }
 
-void new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index, const luaL_Reg *methods) {
+void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index, const luaL_Reg *methods) {
     luaL_newmetatable(L, name);
     lua_pushcfunction(L, gc);
     lua_setfield(L, -2, "__gc");

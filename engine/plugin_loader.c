@@ -102,6 +102,49 @@ static char *resolve(const char *name, char *err, size_t errlen) {
     return found;
 }
 
+/* Size of ABI 2.0's saefw_plugin: the smallest descriptor this engine accepts. */
+#define SAEFW_PLUGIN_SIZE_2_0 (offsetof(saefw_plugin, load_state) + sizeof(((saefw_plugin *)0)->load_state))
+#define SAEFW_OPTION_SIZE_2_0 (offsetof(saefw_option, help) + sizeof(((saefw_option *)0)->help))
+
+/* Copy the plugin's options into the engine's layout, stepping by the plugin's option_size (its
+ * entries may be longer or shorter than the engine's), and point lp->p.options at the copy. */
+static int copy_options(saefw_loaded_plugin *lp, const char *who, char *err, size_t errlen) {
+    const char *src = (const char *)lp->p.options;
+    const size_t stride = lp->p.option_size;
+    lp->p.options = NULL;
+    lp->p.option_size = sizeof(saefw_option);
+    if (!src) return 0;
+    if (stride < SAEFW_OPTION_SIZE_2_0)
+        return saefw_errf(err, errlen, "plugin %s: ABI mismatch: option_size %zu is smaller than ABI 2.0's saefw_option (%zu bytes)",
+                          who, stride, (size_t)SAEFW_OPTION_SIZE_2_0);
+    size_t n = 0;
+    while (((const saefw_option *)(src + n * stride))->name) {
+        if (++n > 4096) return saefw_errf(err, errlen, "plugin %s: init failed: its options list has no end (a NULL name)", who);
+    }
+    lp->options = saefw_calloc(n + 1, sizeof(saefw_option), err, errlen);
+    if (!lp->options) return -1;
+    const size_t take = stride < sizeof(saefw_option) ? stride : sizeof(saefw_option);
+    for (size_t i = 0; i < n; i++) memcpy(&lp->options[i], src + i * stride, take);
+    lp->p.options = lp->options;
+    return 0;
+}
+
+static int check_descriptor(const saefw_loaded_plugin *lp, const char *who, char *err, size_t errlen) {
+    const saefw_plugin *p = &lp->p;
+    if (!p->name || !*p->name) return saefw_errf(err, errlen, "plugin %s: init failed: the plugin gave no name", who);
+    if (p->kind != SAEFW_KIND_OPTIMIZER && p->kind != SAEFW_KIND_RESAMPLER && p->kind != SAEFW_KIND_EXPERIMENT)
+        return saefw_errf(err, errlen, "plugin %s: init failed: unknown kind %d", who, (int)p->kind);
+    if (p->kind == SAEFW_KIND_OPTIMIZER && !p->step)
+        return saefw_errf(err, errlen, "plugin %s: init failed: an optimizer must provide step()", who);
+    for (int i = 0; p->options && p->options[i].name; i++) {
+        saefw_opt_type t = p->options[i].type;
+        if (t != SAEFW_OPT_NUMBER && t != SAEFW_OPT_INTEGER && t != SAEFW_OPT_BOOL && t != SAEFW_OPT_STRING)
+            return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has unknown type %d", who,
+                              p->options[i].name, (int)t);
+    }
+    return 0;
+}
+
 int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_loaded_plugin **out, char *err,
                       size_t errlen) {
     *out = NULL;
@@ -146,41 +189,31 @@ int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_lo
     }
     lp->dl = dl;
     lp->path = path;
-    lp->p.abi_version = SAEFW_ABI_VERSION;
-    lp->p.struct_size = sizeof(saefw_plugin);
     char perr[512] = "";
-    int rc = init(host, &lp->p, perr, sizeof perr);
-    if (rc != 0) {
+    const saefw_plugin *d = init(host, perr, sizeof perr);
+    if (!d) {
         saefw_errf(err, errlen, "plugin %s: init failed: %s", name_or_path, perr[0] ? perr : "(no message)");
         saefw_plugin_unload(lp);
         return -1;
     }
-    if (lp->p.abi_version != SAEFW_ABI_VERSION) {
+    /* The version and size come first in every version of the descriptor: read them alone before
+     * copying anything. */
+    if (d->abi_version != SAEFW_ABI_VERSION) {
         saefw_errf(err, errlen, "plugin %s: ABI mismatch: built for ABI version %u, this saefw speaks %u (rebuild it against this saefw's plugin.h)",
-                   name_or_path, lp->p.abi_version, SAEFW_ABI_VERSION);
+                   name_or_path, d->abi_version, SAEFW_ABI_VERSION);
         saefw_plugin_unload(lp);
         return -1;
     }
-    if (lp->p.struct_size < offsetof(saefw_plugin, step) || lp->p.struct_size > sizeof(saefw_plugin)) {
-        saefw_errf(err, errlen, "plugin %s: ABI mismatch: struct_size %u is not a valid saefw_plugin size",
-                   name_or_path, lp->p.struct_size);
+    if (d->struct_size < SAEFW_PLUGIN_SIZE_2_0) {
+        saefw_errf(err, errlen, "plugin %s: ABI mismatch: struct_size %u is smaller than ABI 2.0's saefw_plugin (%zu bytes)",
+                   name_or_path, d->struct_size, (size_t)SAEFW_PLUGIN_SIZE_2_0);
         saefw_plugin_unload(lp);
         return -1;
     }
-    /* Fields past the plugin's struct size stay zero (the plugin may have been built against an older header). */
-    memset((char *)&lp->p + lp->p.struct_size, 0, sizeof(saefw_plugin) - lp->p.struct_size);
-    if (!lp->p.name || !*lp->p.name) {
-        saefw_errf(err, errlen, "plugin %s: init failed: the plugin gave no name", name_or_path);
-        saefw_plugin_unload(lp);
-        return -1;
-    }
-    if (lp->p.kind != SAEFW_KIND_OPTIMIZER && lp->p.kind != SAEFW_KIND_RESAMPLER && lp->p.kind != SAEFW_KIND_EXPERIMENT) {
-        saefw_errf(err, errlen, "plugin %s: init failed: unknown kind %d", name_or_path, (int)lp->p.kind);
-        saefw_plugin_unload(lp);
-        return -1;
-    }
-    if (lp->p.kind == SAEFW_KIND_OPTIMIZER && !lp->p.step) {
-        saefw_errf(err, errlen, "plugin %s: init failed: an optimizer must provide step()", name_or_path);
+    /* Fields past the smaller size stay zero: absent for an older plugin, unknown (ignored) for a newer one. */
+    memcpy(&lp->p, d, d->struct_size < sizeof lp->p ? d->struct_size : sizeof lp->p);
+    lp->p.struct_size = sizeof lp->p;
+    if (copy_options(lp, name_or_path, err, errlen) != 0 || check_descriptor(lp, name_or_path, err, errlen) != 0) {
         saefw_plugin_unload(lp);
         return -1;
     }
@@ -191,6 +224,7 @@ int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_lo
 void saefw_plugin_unload(saefw_loaded_plugin *lp) {
     if (!lp) return;
     if (lp->dl) dlclose(lp->dl);
+    free(lp->options);
     free(lp->path);
     free(lp);
 }

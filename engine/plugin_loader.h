@@ -6,11 +6,15 @@
 
 #include "saefw/plugin.h"
 
-/* A loaded plugin: the dlopen handle and the plugin's answer. */
+/* A loaded plugin: the dlopen handle and the engine's copy of the plugin's descriptor. */
 typedef struct {
     void *dl;
     char *path;
-    saefw_plugin p; /* the engine's view (fields past the plugin's struct_size are zero) */
+    /* The engine's view: the first min(plugin's struct_size, sizeof(saefw_plugin)) bytes of the
+     * plugin's descriptor, the rest zero; options points at `options` below and option_size is the
+     * engine's sizeof(saefw_option). */
+    saefw_plugin p;
+    saefw_option *options; /* the plugin's options in the engine's layout, NULL-name terminated (owned) */
 } saefw_loaded_plugin;
 
 /* Options of one plugin instance: values for every option the plugin declares. */
@@ -30,7 +34,9 @@ void saefw_plugin_dirs_free(char **dirs, int n);
 
 /* Load a plugin by name (searched on the path) or by path (anything containing '/' or ending in .so).
  * Errors are one line and distinct: not found, not a shared object, no entry point, ABI mismatch,
- * init failure. The host table is the one the engine hands every plugin. */
+ * init failure. The host table is the one the engine hands every plugin. A descriptor longer than
+ * the engine's (a plugin built against a newer minor version) is cut to the engine's size: the
+ * fields this engine does not know are ignored. */
 int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_loaded_plugin **out, char *err,
                       size_t errlen);
 void saefw_plugin_unload(saefw_loaded_plugin *lp);

@@ -30,6 +30,7 @@ struct saefw_run {
     float *freq;          /* [d_sae]: the latest eval's feature frequencies, for sparsity.safetensors */
     saefw_rng rng;
     int64_t step, tokens;
+    double lr; /* the learning rate the optimizer applies (host learning_rate / set_learning_rate) */
     void *opt_self;
     void **plug_self;
     const char *current; /* name of the plugin whose callback runs */
@@ -53,16 +54,28 @@ static double host_opt_number(const saefw_opts *o, const char *name) { return sa
 static const char *host_opt_string(const saefw_opts *o, const char *name) { return saefw_opts_string(o, name); }
 static int host_param_count(saefw_run *run) { return SAEFW_N_PARAMS; }
 
-static int host_param_get(saefw_run *run, int i, saefw_param *out) {
-    if (i < 0 || i >= SAEFW_N_PARAMS) return -1;
-    saefw_sae_param_view(run->sae, i, out);
+/* Fill a plugin's saefw_param up to the size it declares (it may come from an older or newer header). */
+static int param_out(saefw_run *run, int i, saefw_param *out) {
+    if (!out) return 0;
+    if (out->struct_size < offsetof(saefw_param, numel) + sizeof out->numel) return -1;
+    saefw_param v;
+    saefw_sae_param_view(run->sae, i, &v);
+    /* struct_size becomes what was filled: fields of a newer header past it are left as they were. */
+    const uint32_t size = out->struct_size < sizeof v ? out->struct_size : (uint32_t)sizeof v;
+    v.struct_size = size;
+    memcpy(out, &v, size);
     return 0;
+}
+
+static int host_param_get(saefw_run *run, int i, saefw_param *out) {
+    if (i < 0 || i >= SAEFW_N_PARAMS || !out) return -1;
+    return param_out(run, i, out);
 }
 
 static int host_param_find(saefw_run *run, const char *name, saefw_param *out, int *index) {
     for (int i = 0; i < SAEFW_N_PARAMS; i++)
         if (name && strcmp(saefw_param_name(i), name) == 0) {
-            if (out) saefw_sae_param_view(run->sae, i, out);
+            if (param_out(run, i, out) != 0) return -1;
             if (index) *index = i;
             return 0;
         }
@@ -72,11 +85,34 @@ static int host_param_find(saefw_run *run, const char *name, saefw_param *out, i
 static int64_t host_d_in(saefw_run *run) { return run->sae->d_in; }
 static int64_t host_d_sae(saefw_run *run) { return run->sae->d_sae; }
 
+/* Checked here, so that every optimizer gets valid slices; one reset_state call per tensor. */
 static int host_reset_opt(saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
                           size_t errlen) {
     const saefw_plugin *op = &run->o->optimizer.plugin->p;
+    if (param == -1) {
+        if (idx) return saefw_errf(err, errlen, "reset_optimizer_state: every tensor (-1) takes no indices");
+        for (int i = 0; i < SAEFW_N_PARAMS; i++)
+            if (host_reset_opt(run, i, 0, NULL, 0, err, errlen) != 0) return -1;
+        return 0;
+    }
+    if (param < 0 || param >= SAEFW_N_PARAMS)
+        return saefw_errf(err, errlen, "reset_optimizer_state: no tensor %d (there are %d)", param, SAEFW_N_PARAMS);
+    saefw_param p;
+    saefw_sae_param_view(run->sae, param, &p);
+    if (idx) {
+        if (axis < 0 || axis >= p.ndim)
+            return saefw_errf(err, errlen, "reset_optimizer_state: %s has no axis %d", p.name, axis);
+        for (int64_t k = 0; k < n; k++)
+            if (idx[k] < 0 || idx[k] >= p.shape[axis])
+                return saefw_errf(err, errlen, "reset_optimizer_state: %s: index %lld out of range along axis %d (size %lld)",
+                                  p.name, (long long)idx[k], axis, (long long)p.shape[axis]);
+    }
     if (!op->reset_state) return 0;
-    return op->reset_state(run->opt_self, run, param, axis, idx, n, err, errlen);
+    const char *was = run->current;
+    run->current = op->name;
+    int rc = op->reset_state(run->opt_self, run, param, axis, idx, idx ? n : 0, err, errlen);
+    run->current = was;
+    return rc;
 }
 
 static uint64_t host_rng_u64(saefw_run *run) { return saefw_rng_u64(&run->rng); }
@@ -84,7 +120,28 @@ static double host_rng_uniform(saefw_run *run) { return saefw_rng_uniform(&run->
 static double host_rng_normal(saefw_run *run) { return saefw_rng_normal(&run->rng); }
 static int64_t host_step(saefw_run *run) { return run->step; }
 static int64_t host_tokens(saefw_run *run) { return run->tokens; }
-static double host_lr(saefw_run *run) { return saefw_opts_number(run->o->optimizer.opts, "lr"); }
+static double host_lr(saefw_run *run) { return run->lr; }
+
+static int host_set_lr(saefw_run *run, double lr, char *err, size_t errlen) {
+    if (!(lr >= 0) || !isfinite(lr)) return saefw_errf(err, errlen, "set_learning_rate: %g is not a finite number >= 0", lr);
+    run->lr = lr;
+    return 0;
+}
+
+static int host_loss_coeff(saefw_run *run, const char *name, double *value) {
+    if (!name || strcmp(name, "l1") != 0) return -1;
+    if (value) *value = run->sae->l1_coeff;
+    return 0;
+}
+
+static int host_set_loss_coeff(saefw_run *run, const char *name, double value, char *err, size_t errlen) {
+    if (!name || strcmp(name, "l1") != 0)
+        return saefw_errf(err, errlen, "set_loss_coeff: no coefficient '%s' (this SAE has: l1)", name ? name : "(null)");
+    if (!(value >= 0) || !isfinite(value))
+        return saefw_errf(err, errlen, "set_loss_coeff: %s = %g is not a finite number >= 0", name, value);
+    run->sae->l1_coeff = (float)value;
+    return 0;
+}
 
 static void host_metric(saefw_run *run, const char *name, double value) {
     for (int i = 0; i < run->n_extra; i++)
@@ -184,8 +241,10 @@ static const int64_t *host_batch_feature_counts(saefw_run *run) {
     return run->feat_counts;
 }
 
+static void host_free_tensor(float *data) { free(data); }
+
 static int host_read_tensor(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel,
-                            int *ndim, int64_t shape[4], char *err, size_t errlen) {
+                            int *ndim, int64_t shape[SAEFW_PLUGIN_MAX_DIMS], char *err, size_t errlen) {
     *data = NULL;
     saefw_tensorfile *tf = NULL;
     if (!path || saefw_tf_open(path, &tf, err, errlen) != 0) return path ? -1 : saefw_errf(err, errlen, "no path given");
@@ -195,7 +254,8 @@ static int host_read_tensor(saefw_run *run, const char *path, const char *name, 
     int rc = -1;
     if (!t && name) saefw_errf(err, errlen, "%s: no tensor named '%s'", path, name);
     else if (!t) saefw_errf(err, errlen, "%s: holds %d tensors; name the one to read", path, saefw_tf_count(tf));
-    else if (t->ndim > 4) saefw_errf(err, errlen, "%s: tensor %s has %d dimensions (at most 4)", path, t->name, t->ndim);
+    else if (t->ndim > SAEFW_PLUGIN_MAX_DIMS)
+        saefw_errf(err, errlen, "%s: tensor %s has %d dimensions (at most %d)", path, t->name, t->ndim, SAEFW_PLUGIN_MAX_DIMS);
     else if ((*data = saefw_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1), err, errlen)) != NULL) {
         if (saefw_tensor_to_f32(t, *data, err, errlen) != 0) {
             saefw_err_prefix(err, errlen, "%s", path);
@@ -204,7 +264,7 @@ static int host_read_tensor(saefw_run *run, const char *path, const char *name, 
         } else {
             if (numel) *numel = t->numel;
             if (ndim) *ndim = t->ndim;
-            for (int i = 0; shape && i < 4; i++) shape[i] = i < t->ndim ? t->shape[i] : 0;
+            for (int i = 0; shape && i < SAEFW_PLUGIN_MAX_DIMS; i++) shape[i] = i < t->ndim ? t->shape[i] : 0;
             rc = 0;
         }
     }
@@ -251,12 +311,16 @@ static const saefw_host HOST = {
     .step = host_step,
     .tokens_seen = host_tokens,
     .learning_rate = host_lr,
+    .set_learning_rate = host_set_lr,
+    .loss_coeff = host_loss_coeff,
+    .set_loss_coeff = host_set_loss_coeff,
     .metric = host_metric,
     .sample_activations = host_sample,
     .feature_frequencies = host_freqs,
     .batch_inputs = host_batch_inputs,
     .batch_acts = host_batch_acts,
     .read_tensor = host_read_tensor,
+    .free_tensor = host_free_tensor,
     .parallel_for = saefw_parallel_for,
     .state_put_f32 = host_put_f32,
     .state_put_i64 = host_put_i64,
@@ -408,7 +472,9 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         saefw_state_put_i64(&st, "tokens", run->tokens, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "metrics_bytes", offset, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "elapsed_s", run->elapsed_before + (saefw_now() - run->t0), err, errlen) != 0 ||
-        saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0)
+        saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0 ||
+        saefw_state_put_f64(&st, "lr", run->lr, err, errlen) != 0 ||
+        saefw_state_put_f64(&st, "l1_coeff", run->sae->l1_coeff, err, errlen) != 0)
         goto out;
     for (int i = 0; i < o->n_extra_rng; i++)
         if (saefw_state_put_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto out;
@@ -468,6 +534,12 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         saefw_state_get_f64(&st, "elapsed_s", &elapsed, err, errlen) != 0 ||
         saefw_state_get_rng(&st, "rng", &run->rng, err, errlen) != 0)
         goto fail;
+    /* Schedules may have moved them; states written before ABI 2 lack them (the run's values stand). */
+    double l1 = run->sae->l1_coeff;
+    if ((saefw_state_has(&st, "lr") && saefw_state_get_f64(&st, "lr", &run->lr, err, errlen) != 0) ||
+        (saefw_state_has(&st, "l1_coeff") && saefw_state_get_f64(&st, "l1_coeff", &l1, err, errlen) != 0))
+        goto fail;
+    run->sae->l1_coeff = (float)l1;
     for (int i = 0; i < o->n_extra_rng; i++)
         if (saefw_state_get_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto fail;
     if (o->buffer) {
@@ -641,6 +713,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     run.o = o;
     run.sae = sae;
     run.eval_src = o->eval_source ? o->eval_source : buf->src;
+    /* The engine owns the learning rate; by default it starts at the optimizer's own "lr" option. */
+    run.lr = o->lr > 0 ? o->lr : o->optimizer.opts ? saefw_opts_number(o->optimizer.opts, "lr") : 0.0;
     saefw_rng_seed(&run.rng, o->seed ^ 0x706c7567696e73ULL);
     const int64_t B = buf ? buf->batch : o->batch_size, d = sae->d_in;
     FILE *mf = NULL;

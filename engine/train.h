@@ -45,6 +45,7 @@ typedef struct {
     int64_t batch_size;         /* with next_batch only */
     saefw_source *eval_source;  /* evaluation draws; NULL: the buffer's source (required with next_batch) */
     int64_t steps;              /* optimizer steps to take */
+    double lr;                  /* > 0: the initial learning rate; else the optimizer's "lr" option (0 without one) */
     saefw_plugin_use optimizer;
     const saefw_plugin_use *plugins;
     int n_plugins;

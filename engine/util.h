@@ -10,10 +10,6 @@
 #define SAEFW_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define SAEFW_PRINTF(a, b)
-/* Crash-consistency testing: when the environment has SAEFW_FAULT=name:N, the Nth call of
- * saefw_fault_point(name) kills the process with SIGKILL, as a power cut would. No effect otherwise. */
-void saefw_fault_point(const char *name);
-
 #endif
 
 /* Format a one-line message into err (may be NULL) and return -1, so callers can write

@@ -11,7 +11,8 @@ test -f "$tmp/prefix/include/saefw/plugin.h" || { echo "plugin.h not installed";
 cflags=$(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags saefw-plugin)
 libs=$(PKG_CONFIG_PATH="$pcdir" pkg-config --libs saefw-plugin)
 # Only the installed header: the source tree's include folder is not on the path.
-cc $cflags -O2 -Wall -Wextra -Wno-unused-parameter -Werror -o "$tmp/step_counter.so" "$src/tests/oot/step_counter.c" $libs
+# -Wmissing-prototypes: the header declares the entry point, so a plugin needs no prototype of its own.
+cc $cflags -O2 -Wall -Wextra -Wno-unused-parameter -Wmissing-prototypes -Werror -o "$tmp/step_counter.so" "$src/tests/oot/step_counter.c" $libs
 cd "$tmp"
 "$bin" version
 "$bin" plugins | grep -q "adam" || { echo "installed plugins not found"; exit 1; }

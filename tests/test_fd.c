@@ -92,12 +92,12 @@ int main(void) {
             nn += (double)sae.p[1][r * D_IN + i] * sae.p[1][r * D_IN + i];
             dot += (double)sae.p[1][r * D_IN + i] * sae.g[1][r * D_IN + i];
         }
-        worst_norm = fmax(worst_norm, fabs(sqrt(nn) - 1));
-        worst_dot = fmax(worst_dot, fabs(dot));
+        worst_norm = t_max(worst_norm, fabs(sqrt(nn) - 1));
+        worst_dot = t_max(worst_dot, fabs(dot));
     }
     printf("  after projection: max | |W_dec row| - 1 | %.2e, max |row . grad row| %.2e\n", worst_norm, worst_dot);
-    CHECK(worst_norm < 1e-6, "decoder rows not unit norm: %g", worst_norm);
-    CHECK(worst_dot < 1e-5, "decoder gradient not orthogonal: %g", worst_dot);
+    CHECK(worst_norm <= 1e-6, "decoder rows not unit norm: %g", worst_norm);
+    CHECK(worst_dot <= 1e-5, "decoder gradient not orthogonal: %g", worst_dot);
 
     for (int t = 0; t < 4; t++) free(p[t]);
     saefw_sae_work_free(&w);

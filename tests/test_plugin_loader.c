@@ -1,14 +1,16 @@
 /* Each way a plugin can fail to load gives its own one-line error: file not found, not a shared
- * object, missing entry point, ABI mismatch, init failure, unknown option (and a wrongly typed one). */
+ * object, missing entry point, ABI mismatch (version, and a descriptor or option entry smaller than
+ * ABI 2.0's), init failure, unknown option (and a wrongly typed one). */
 #include "plugin_loader.h"
 #include "testutil.h"
 #include "train.h"
 
-static char msgs[8][1024];
+static char msgs[16][1024];
 static int n_msgs = 0;
 
 static void expect_load_error(const char *what, const char *path, const char *phrase) {
     saefw_loaded_plugin *lp = NULL;
+    REQUIRE(n_msgs < 16, "too many messages for msgs[]");
     char *err = msgs[n_msgs++];
     int rc = saefw_plugin_load(path, saefw_host_table(), &lp, err, 1024);
     printf("  %-22s -> %s\n", what, err);
@@ -29,7 +31,11 @@ int main(void) {
     snprintf(p, sizeof p, "%s/broken_noentry.so", dir);
     expect_load_error("no entry point", p, "missing entry point saefw_plugin_init");
     snprintf(p, sizeof p, "%s/broken_abi.so", dir);
-    expect_load_error("ABI mismatch", p, "ABI mismatch");
+    expect_load_error("ABI mismatch", p, "ABI mismatch: built for ABI version 999");
+    snprintf(p, sizeof p, "%s/broken_size.so", dir);
+    expect_load_error("descriptor too small", p, "ABI mismatch: struct_size 8 is smaller than");
+    snprintf(p, sizeof p, "%s/broken_options.so", dir);
+    expect_load_error("no option_size", p, "ABI mismatch: option_size 0 is smaller than");
     snprintf(p, sizeof p, "%s/broken_init.so", dir);
     expect_load_error("init failure", p, "init failed: needs a GPU that is not there");
 

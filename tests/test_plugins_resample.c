@@ -124,7 +124,7 @@ static void probe_destroy(void *self) { g_probe.adam->p.destroy(self); }
 static void snapshot(saefw_run *run, float *data, float *grad) {
     size_t off = 0;
     for (int i = 0; i < g_probe.host->param_count(run); i++) {
-        saefw_param p;
+        saefw_param p = SAEFW_PARAM_INIT;
         REQUIRE(g_probe.host->param_get(run, i, &p) == 0, "param_get %d", i);
         memcpy(data + off, p.data, sizeof(float) * (size_t)p.numel);
         if (grad) memcpy(grad + off, p.grad, sizeof(float) * (size_t)p.numel);
@@ -149,7 +149,7 @@ static int probe_reset(void *self, saefw_run *run, int param, int axis, const in
     g_probe.reset_n[k] = n;
     g_probe.reset_idx[k] = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
     REQUIRE(g_probe.reset_idx[k], "out of memory");
-    memcpy(g_probe.reset_idx[k], idx, sizeof(int64_t) * (size_t)n);
+    if (idx) memcpy(g_probe.reset_idx[k], idx, sizeof(int64_t) * (size_t)n);
     return g_probe.adam->p.reset_state(self, run, param, axis, idx, n, err, errlen);
 }
 
@@ -187,7 +187,7 @@ static int killer_create(const saefw_host *host, saefw_run *run, const saefw_opt
 
 static int killer_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     if (g_killer_host->step(run) != g_kill_step) return 0;
-    saefw_param b;
+    saefw_param b = SAEFW_PARAM_INIT;
     if (g_killer_host->param_find(run, "b_enc", &b, NULL) != 0) return snprintf(err, errlen, "no b_enc"), -1;
     for (int64_t j = 0; j < b.numel; j++)
         if (killed(j)) b.data[j] = KILL_BIAS;
@@ -297,8 +297,8 @@ static void test_reinit_dead(saefw_loaded_plugin *adam, saefw_opts *adam_opts) {
         killed_changed += killed(j);
         bad_bias += a.sae.p[SAEFW_B_ENC][j] != 0.0f;
         for (int64_t i = 0; i < D_IN; i++) {
-            max_enc = fmax(max_enc, fabs(a.sae.p[SAEFW_W_ENC][i * D_SAE + j]));
-            max_dec = fmax(max_dec, fabs(a.sae.p[SAEFW_W_DEC][j * D_IN + i]));
+            max_enc = t_max(max_enc, fabs(a.sae.p[SAEFW_W_ENC][i * D_SAE + j]));
+            max_dec = t_max(max_dec, fabs(a.sae.p[SAEFW_W_DEC][j * D_IN + i]));
         }
     }
     printf("  %lld features re-initialised (%lld of them killed); max |W_enc| %.4f (bound %.4f), max |W_dec| %.4f "
@@ -441,10 +441,10 @@ static void test_anthropic(saefw_opts *adam_opts) {
         int64_t j = R[k];
         double en = col_norm(AW_enc, j), ss = 0;
         for (int64_t i = 0; i < D_IN; i++) ss += (double)AW_dec[j * D_IN + i] * AW_dec[j * D_IN + i];
-        worst_unit = fmax(worst_unit, fabs(sqrt(ss) - 1));
-        worst_norm = fmax(worst_norm, fabs(en / (0.2 * live_norm) - 1));
+        worst_unit = t_max(worst_unit, fabs(sqrt(ss) - 1));
+        worst_norm = t_max(worst_norm, fabs(en / (0.2 * live_norm) - 1));
         for (int64_t i = 0; i < D_IN; i++)
-            worst_dir = fmax(worst_dir, fabs(AW_enc[i * D_SAE + j] / en - AW_dec[j * D_IN + i] / sqrt(ss)));
+            worst_dir = t_max(worst_dir, fabs(AW_enc[i * D_SAE + j] / en - AW_dec[j * D_IN + i] / sqrt(ss)));
         nonzero_bias += Ab_enc[j] != 0.0f;
     }
     printf("  resampled: |dec row norm - 1| <= %.2e, encoder norm / (0.2 x mean live %.4f) - 1 <= %.2e, "
@@ -468,8 +468,8 @@ static void test_anthropic(saefw_opts *adam_opts) {
         double diff = fabs((double)g_probe.after[e] - want);
         if (in_set(R, nR, j)) {
             touched_n++;
-            touched_worst = fmax(touched_worst, diff);
-            touched_bad += diff > 1e-6;
+            touched_worst = t_max(touched_worst, diff);
+            touched_bad += !(diff <= 1e-6); /* a NaN counts as bad */
         } else {
             other_n++;
             other_match += diff <= 1e-6;
@@ -499,7 +499,7 @@ static double max_dir_dot(const saefw_sae *sae, const double *d) {
     for (int64_t j = 0; j < D_SAE; j++) {
         double s = 0;
         for (int64_t i = 0; i < D_IN; i++) s += d[i] * sae->p[SAEFW_W_ENC][i * D_SAE + j];
-        worst = fmax(worst, fabs(s));
+        worst = t_max(worst, fabs(s));
     }
     return worst;
 }

@@ -2,7 +2,7 @@
  * buffer refills, evaluations) is killed with SIGKILL during a step, during a checkpoint write, during
  * a buffer refill, and at random moments, then resumed with `saefw run --resume`, possibly several
  * times; its final weights and its metrics (all but the timing fields) must equal an uninterrupted
- * run's, bit for bit. Also: a corrupted newest checkpoint is skipped with a message naming it. */
+ * run's, bit for bit. The random phase prints its seed and fails if it killed nothing. Also: a corrupted newest checkpoint is skipped with a message naming it. */
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/stat.h>
@@ -132,8 +132,12 @@ int main(void) {
     scenario(tmp, ref, "killed during a buffer refill", in_refill, 1);
     scenario(tmp, ref, "killed four times", several, 4);
 
-    /* Random moments: SIGKILL after a random delay, resume, repeat until the run completes. */
-    srand((unsigned)time(NULL));
+    /* Random moments: SIGKILL after a random delay, resume, repeat until the run completes. The seed
+     * is printed, and SAEFW_RESUME_SEED=<seed> repeats a failing draw. */
+    const char *seed_env = getenv("SAEFW_RESUME_SEED");
+    unsigned seed = seed_env && *seed_env ? (unsigned)strtoul(seed_env, NULL, 10) : (unsigned)time(NULL);
+    printf("  random kills: seed %u (repeat with SAEFW_RESUME_SEED=%u)\n", seed, seed);
+    srand(seed);
     char dir[2048];
     snprintf(dir, sizeof dir, "%s/random", tmp);
     snprintf(log, sizeof log, "%s/random.log", tmp);
@@ -149,6 +153,7 @@ int main(void) {
         break;
     }
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "random kills: the run did not complete; see %s", log);
+    CHECK(kills > 0, "random kills (seed %u): no attempt was killed, so nothing was resumed; see %s", seed, log);
     char what[128];
     snprintf(what, sizeof what, "killed at %d random moments", kills);
     same_run(ref, dir, what);

@@ -96,8 +96,8 @@ int main(void) {
         double rl = fabs(s.loss[i] - losses[i]) / fabs(losses[i]);
         double r2 = fabs(s.l2[i] - l2s[i]) / fabs(l2s[i]);
         double r1 = fabs(s.l1[i] - l1s[i]) / fabs(l1s[i]);
-        double r = fmax(rl, fmax(r2, r1));
-        if (r > worst) worst = r;
+        double r = t_max(rl, t_max(r2, r1));
+        worst = t_max(worst, r);
         CHECK(r <= 1e-4, "step %d: loss %.9g vs %.9g, l2 %.9g vs %.9g, l1 %.9g vs %.9g", i, s.loss[i], losses[i],
               s.l2[i], l2s[i], s.l1[i], l1s[i]);
     }

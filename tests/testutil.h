@@ -70,12 +70,21 @@ static inline double t_meta(saefw_tensorfile *tf, const char *key) {
     return atof(v);
 }
 
-/* Compare got with want: max |got - want| / max(max |want|, floor) <= tol. Prints the figure. */
+/* The larger of worst and d, where NaN wins and stays: fold differences with it and check the
+ * result with `worst <= tol`, which a NaN fails. fmax and `if (d > worst)` both drop a NaN. */
+static inline double t_max(double worst, double d) {
+    if (isnan(worst) || isnan(d)) return NAN;
+    return d > worst ? d : worst;
+}
+
+/* Compare got with want: max |got - want| / max(max |want|, floor) <= tol. Prints the figure. A NaN
+ * on either side fails (the first one found is reported). */
 static inline int t_close(const char *what, const float *got, const float *want, int64_t n, double tol, double floor_) {
     double maxdiff = 0, maxref = floor_;
     int64_t worst = 0;
     for (int64_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - (double)want[i]);
+        if (isnan(maxdiff)) break;
         if (!(d <= maxdiff)) {
             maxdiff = d;
             worst = i;
@@ -92,6 +101,7 @@ static inline int t_close(const char *what, const float *got, const float *want,
     return ok;
 }
 
+/* One number against its reference; a NaN on either side fails. */
 static inline int t_close1(const char *what, double got, double want, double tol) {
     double rel = fabs(got - want) / (fabs(want) > 1e-30 ? fabs(want) : 1.0);
     int ok = rel <= tol;

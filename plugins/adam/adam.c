@@ -1,5 +1,7 @@
 /* adam: the optimizer of the seed recipe, computing exactly what torch.optim.Adam computes
- * (single-tensor path: float32 moments, bias correction in double, eps added after the sqrt). */
+ * (single-tensor path: float32 moments, bias correction in double, eps added after the sqrt). Its
+ * learning rate is the engine's (host->learning_rate), which starts at the "lr" option, so a
+ * schedule plugin can move it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* madvise */
 #endif
@@ -28,11 +30,11 @@ static const saefw_option OPTIONS[] = {
 
 typedef struct {
     const saefw_host *host;
-    double lr, beta1, beta2, eps, wd;
+    double beta1, beta2, eps, wd;
     int n;
     int64_t t;       /* steps taken */
     float **m, **v;  /* per tensor, same shape as the tensor */
-    int64_t *numel, *cols;
+    int64_t *numel;
 } adam;
 
 /* A zeroed moment. Large ones go on huge pages where the system offers them: every step streams all
@@ -62,7 +64,6 @@ static void adam_destroy(void *self) {
     free(a->m);
     free(a->v);
     free(a->numel);
-    free(a->cols);
     free(a);
 }
 
@@ -71,12 +72,12 @@ static int adam_create(const saefw_host *host, saefw_run *run, const saefw_opts 
     adam *a = calloc(1, sizeof *a);
     if (!a) return saefw_fail(err, errlen, "out of memory");
     a->host = host;
-    a->lr = host->opt_number(opts, "lr");
+    const double lr = host->opt_number(opts, "lr");
     a->beta1 = host->opt_number(opts, "beta1");
     a->beta2 = host->opt_number(opts, "beta2");
     a->eps = host->opt_number(opts, "eps");
     a->wd = host->opt_number(opts, "weight_decay");
-    if (!(a->lr >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'lr' must be >= 0");
+    if (!(lr >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'lr' must be >= 0");
     if (!(a->beta1 >= 0 && a->beta1 < 1)) return adam_destroy(a), saefw_fail(err, errlen, "option 'beta1' must be in [0, 1)");
     if (!(a->beta2 >= 0 && a->beta2 < 1)) return adam_destroy(a), saefw_fail(err, errlen, "option 'beta2' must be in [0, 1)");
     if (!(a->eps >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'eps' must be >= 0");
@@ -85,13 +86,11 @@ static int adam_create(const saefw_host *host, saefw_run *run, const saefw_opts 
     a->m = calloc((size_t)a->n, sizeof(float *));
     a->v = calloc((size_t)a->n, sizeof(float *));
     a->numel = calloc((size_t)a->n, sizeof(int64_t));
-    a->cols = calloc((size_t)a->n, sizeof(int64_t));
-    if (!a->m || !a->v || !a->numel || !a->cols) return adam_destroy(a), saefw_fail(err, errlen, "out of memory");
+    if (!a->m || !a->v || !a->numel) return adam_destroy(a), saefw_fail(err, errlen, "out of memory");
     for (int i = 0; i < a->n; i++) {
-        saefw_param p;
+        saefw_param p = SAEFW_PARAM_INIT;
         if (host->param_get(run, i, &p) != 0) return adam_destroy(a), saefw_fail(err, errlen, "cannot read parameters");
         a->numel[i] = p.numel;
-        a->cols[i] = p.ndim == 2 ? p.shape[1] : 1;
         a->m[i] = alloc_moment(p.numel);
         a->v[i] = alloc_moment(p.numel);
         if (!a->m[i] || !a->v[i]) return adam_destroy(a), saefw_fail(err, errlen, "out of memory for Adam state");
@@ -147,6 +146,7 @@ static void adam_range(void *ctx, int64_t k0, int64_t k1) {
 
 static int adam_step(void *self, saefw_run *run, char *err, size_t errlen) {
     adam *a = self;
+    const double lr = a->host->learning_rate(run);
     a->t++;
     const double bc1 = 1.0 - pow(a->beta1, (double)a->t);
     const double bc2 = 1.0 - pow(a->beta2, (double)a->t);
@@ -157,14 +157,13 @@ static int adam_step(void *self, saefw_run *run, char *err, size_t errlen) {
         .one_m_b2 = (float)(1.0 - a->beta2),
         .bc2_sqrt = (float)sqrt(bc2),
         .eps = (float)a->eps,
-        .neg_step = (float)(-(a->lr / bc1)),
+        .neg_step = (float)(-(lr / bc1)),
         .wd = (float)a->wd,
     };
     /* The engine's threads when the host offers them (the update is memory-bound). */
-    const int threads = a->host->struct_size >= offsetof(saefw_host, parallel_for) + sizeof a->host->parallel_for &&
-                        a->host->parallel_for;
+    const int threads = SAEFW_HOST_HAS(a->host, parallel_for);
     for (int i = 0; i < a->n; i++) {
-        saefw_param p;
+        saefw_param p = SAEFW_PARAM_INIT;
         if (a->host->param_get(run, i, &p) != 0) return saefw_fail(err, errlen, "cannot read parameters");
         job.w = p.data;
         job.g = p.grad;
@@ -179,23 +178,11 @@ static int adam_step(void *self, saefw_run *run, char *err, size_t errlen) {
 static int adam_reset(void *self, saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
                       size_t errlen) {
     adam *a = self;
-    if (param < 0 || param >= a->n) return saefw_fail(err, errlen, "reset_state: no such tensor");
-    int64_t cols = a->cols[param], rows = a->numel[param] / cols;
-    float *m = a->m[param], *v = a->v[param];
-    for (int64_t k = 0; k < n; k++) {
-        int64_t j = idx[k];
-        if (axis == 0) {
-            if (j < 0 || j >= rows) return saefw_fail(err, errlen, "reset_state: row index out of range");
-            memset(m + j * cols, 0, sizeof(float) * (size_t)cols);
-            memset(v + j * cols, 0, sizeof(float) * (size_t)cols);
-        } else if (axis == 1 && cols > 1) {
-            if (j < 0 || j >= cols) return saefw_fail(err, errlen, "reset_state: column index out of range");
-            for (int64_t r = 0; r < rows; r++) m[r * cols + j] = v[r * cols + j] = 0.0f;
-        } else {
-            return saefw_fail(err, errlen, "reset_state: bad axis");
-        }
-    }
-    return 0;
+    saefw_param p = SAEFW_PARAM_INIT;
+    if (param < 0 || param >= a->n || a->host->param_get(run, param, &p) != 0 || p.numel != a->numel[param])
+        return saefw_fail(err, errlen, "reset_state: no such tensor");
+    if (saefw_zero_slices(a->m[param], &p, axis, idx, n, err, errlen) != 0) return -1;
+    return saefw_zero_slices(a->v[param], &p, axis, idx, n, err, errlen);
 }
 
 /* Resume: the step count and both moments of every tensor. */
@@ -227,18 +214,20 @@ static int adam_load(void *self, saefw_run *run, saefw_state_reader *r, char *er
     return 0;
 }
 
-SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
-    out->abi_version = SAEFW_ABI_VERSION;
-    out->struct_size = sizeof(saefw_plugin);
-    out->name = "adam";
-    out->kind = SAEFW_KIND_OPTIMIZER;
-    out->description = "Adam as torch.optim.Adam computes it (bias correction, eps outside the sqrt)";
-    out->options = OPTIONS;
-    out->create = adam_create;
-    out->destroy = adam_destroy;
-    out->step = adam_step;
-    out->reset_state = adam_reset;
-    out->save_state = adam_save;
-    out->load_state = adam_load;
-    return 0;
-}
+static const saefw_plugin PLUGIN = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_plugin),
+    .name = "adam",
+    .description = "Adam as torch.optim.Adam computes it (bias correction, eps outside the sqrt)",
+    .kind = SAEFW_KIND_OPTIMIZER,
+    .options = OPTIONS,
+    .option_size = sizeof(saefw_option),
+    .create = adam_create,
+    .destroy = adam_destroy,
+    .step = adam_step,
+    .reset_state = adam_reset,
+    .save_state = adam_save,
+    .load_state = adam_load,
+};
+
+const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }

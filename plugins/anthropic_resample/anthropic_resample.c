@@ -51,8 +51,6 @@ static void rs_destroy(void *self) {
 
 static int rs_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                      size_t errlen) {
-    if (host->struct_size < offsetof(saefw_host, batch_feature_counts) + sizeof host->batch_feature_counts)
-        return saefw_fail(err, errlen, "the engine is too old: its host table lacks batch_feature_counts");
     double every = host->opt_number(opts, "every"), start = host->opt_number(opts, "start");
     double times = host->opt_number(opts, "times"), window = host->opt_number(opts, "window");
     double samples = host->opt_number(opts, "samples"), chunk = host->opt_number(opts, "chunk");
@@ -142,7 +140,7 @@ static int reset_slices(resampler *r, saefw_run *run, const char *name, int axis
 static int resample(resampler *r, saefw_run *run, char *err, size_t errlen) {
     const saefw_host *h = r->host;
     const int64_t d_in = r->d_in, d_sae = r->d_sae, step = h->step(run);
-    saefw_param we, wd, be;
+    saefw_param we = SAEFW_PARAM_INIT, wd = SAEFW_PARAM_INIT, be = SAEFW_PARAM_INIT;
     if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
         h->param_find(run, "b_enc", &be, NULL) != 0)
         return saefw_fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
@@ -253,17 +251,19 @@ static int rs_load(void *self, saefw_run *run, saefw_state_reader *rd, char *err
     return 0;
 }
 
-SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
-    out->abi_version = SAEFW_ABI_VERSION;
-    out->struct_size = sizeof(saefw_plugin);
-    out->name = "anthropic_resample";
-    out->kind = SAEFW_KIND_RESAMPLER;
-    out->description = "Towards Monosemanticity: dead features get high-loss inputs; their optimizer state is reset";
-    out->options = OPTIONS;
-    out->create = rs_create;
-    out->destroy = rs_destroy;
-    out->after_step = rs_after_step;
-    out->save_state = rs_save;
-    out->load_state = rs_load;
-    return 0;
-}
+static const saefw_plugin PLUGIN = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_plugin),
+    .name = "anthropic_resample",
+    .description = "Towards Monosemanticity: dead features get high-loss inputs; their optimizer state is reset",
+    .kind = SAEFW_KIND_RESAMPLER,
+    .options = OPTIONS,
+    .option_size = sizeof(saefw_option),
+    .create = rs_create,
+    .destroy = rs_destroy,
+    .after_step = rs_after_step,
+    .save_state = rs_save,
+    .load_state = rs_load,
+};
+
+const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }

@@ -58,7 +58,7 @@ static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errle
     reinit *r = self;
     const saefw_host *h = r->host;
     if ((h->step(run) + 1) % r->every != 0) return 0;
-    saefw_param we, wd, be;
+    saefw_param we = SAEFW_PARAM_INIT, wd = SAEFW_PARAM_INIT, be = SAEFW_PARAM_INIT;
     if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
         h->param_find(run, "b_enc", &be, NULL) != 0)
         return saefw_fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
@@ -84,18 +84,18 @@ static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errle
     return 0;
 }
 
-SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
-    if (host->struct_size < offsetof(saefw_host, feature_frequencies) + sizeof host->feature_frequencies)
-        return saefw_fail(err, errlen, "the engine is too old: its host table lacks feature_frequencies");
-    out->abi_version = SAEFW_ABI_VERSION;
-    out->struct_size = sizeof(saefw_plugin);
-    out->name = "reinit_dead";
-    out->kind = SAEFW_KIND_RESAMPLER;
-    out->description = "the seed's re-init: kaiming-uniform weights for features rarer than a threshold";
-    out->options = OPTIONS;
-    out->create = reinit_create;
-    out->destroy = reinit_destroy;
-    out->after_step = reinit_after_step;
-    out->stateless = 1; /* its randomness is the engine's generator, which the engine saves */
-    return 0;
-}
+static const saefw_plugin PLUGIN = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_plugin),
+    .name = "reinit_dead",
+    .description = "the seed's re-init: kaiming-uniform weights for features rarer than a threshold",
+    .kind = SAEFW_KIND_RESAMPLER,
+    .stateless = 1, /* its randomness is the engine's generator, which the engine saves */
+    .options = OPTIONS,
+    .option_size = sizeof(saefw_option),
+    .create = reinit_create,
+    .destroy = reinit_destroy,
+    .after_step = reinit_after_step,
+};
+
+const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }

@@ -18,22 +18,20 @@ static const saefw_option OPTIONS[] = {
 typedef struct {
     const saefw_host *host;
     int64_t d_in, d_sae;
-    float *d;      /* [d_in], unit norm */
+    float *d;      /* [d_in], unit norm; the host's memory (read_tensor), released with free_tensor */
     double *proj;  /* [d_sae]: d . column, per column */
 } remover;
 
 static void rm_destroy(void *self) {
     remover *r = self;
     if (!r) return;
-    free(r->d);
+    r->host->free_tensor(r->d);
     free(r->proj);
     free(r);
 }
 
 static int rm_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                      size_t errlen) {
-    if (host->struct_size < offsetof(saefw_host, read_tensor) + sizeof host->read_tensor)
-        return saefw_fail(err, errlen, "the engine is too old: its host table lacks read_tensor");
     const char *path = host->opt_string(opts, "direction"), *name = host->opt_string(opts, "tensor");
     if (!path || !*path) return saefw_fail(err, errlen, "option 'direction' is required (a file holding the direction)");
     if (name && !*name) name = NULL;
@@ -87,6 +85,7 @@ static void project_out(remover *r, float *m) {
 }
 
 static int w_enc(remover *r, saefw_run *run, saefw_param *p, char *err, size_t errlen) {
+    p->struct_size = sizeof *p;
     if (r->host->param_find(run, "W_enc", p, NULL) != 0) return saefw_fail(err, errlen, "the SAE has no W_enc");
     if (p->ndim != 2 || p->shape[0] != r->d_in || p->shape[1] != r->d_sae)
         return saefw_fail(err, errlen, "W_enc is not [d_in, d_sae]");
@@ -123,19 +122,21 @@ static int rm_report(void *self, saefw_run *run, char *err, size_t errlen) {
     return 0;
 }
 
-SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
-    out->abi_version = SAEFW_ABI_VERSION;
-    out->struct_size = sizeof(saefw_plugin);
-    out->name = "remove_rare_dir";
-    out->kind = SAEFW_KIND_EXPERIMENT;
-    out->description = "keeps every encoder column orthogonal to a fixed direction (the seed's rare-direction experiment)";
-    out->options = OPTIONS;
-    out->create = rm_create;
-    out->destroy = rm_destroy;
-    out->after_backward = rm_after_backward;
-    out->after_step = rm_after_step;
-    out->on_eval = rm_report;
-    out->on_end = rm_report;
-    out->stateless = 1; /* the direction comes from its file again on resume */
-    return 0;
-}
+static const saefw_plugin PLUGIN = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_plugin),
+    .name = "remove_rare_dir",
+    .description = "keeps every encoder column orthogonal to a fixed direction (the seed's rare-direction experiment)",
+    .kind = SAEFW_KIND_EXPERIMENT,
+    .stateless = 1, /* the direction comes from its file again on resume */
+    .options = OPTIONS,
+    .option_size = sizeof(saefw_option),
+    .create = rm_create,
+    .destroy = rm_destroy,
+    .after_backward = rm_after_backward,
+    .after_step = rm_after_step,
+    .on_eval = rm_report,
+    .on_end = rm_report,
+};
+
+const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }

@@ -1,4 +1,5 @@
-/* sgd: stochastic gradient descent with optional momentum, as torch.optim.SGD computes it. */
+/* sgd: stochastic gradient descent with optional momentum, as torch.optim.SGD computes it, at the
+ * engine's learning rate (which starts at the "lr" option). */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,10 +17,10 @@ static const saefw_option OPTIONS[] = {
 
 typedef struct {
     const saefw_host *host;
-    float lr, momentum, wd;
+    float lr, momentum, wd; /* lr: this step's, from the host */
     int nesterov, n, started;
     float **buf; /* momentum buffers, NULL without momentum */
-    int64_t *numel, *cols;
+    int64_t *numel;
 } sgd;
 
 static void sgd_destroy(void *self) {
@@ -29,7 +30,6 @@ static void sgd_destroy(void *self) {
         for (int i = 0; i < s->n; i++) free(s->buf[i]);
     free(s->buf);
     free(s->numel);
-    free(s->cols);
     free(s);
 }
 
@@ -45,18 +45,15 @@ static int sgd_create(const saefw_host *host, saefw_run *run, const saefw_opts *
     if (!(mom >= 0 && mom < 1)) return sgd_destroy(s), saefw_fail(err, errlen, "option 'momentum' must be in [0, 1)");
     if (!(wd >= 0)) return sgd_destroy(s), saefw_fail(err, errlen, "option 'weight_decay' must be >= 0");
     if (s->nesterov && mom == 0) return sgd_destroy(s), saefw_fail(err, errlen, "option 'nesterov' needs momentum > 0");
-    s->lr = (float)lr;
     s->momentum = (float)mom;
     s->wd = (float)wd;
     s->n = host->param_count(run);
     s->numel = calloc((size_t)s->n, sizeof(int64_t));
-    s->cols = calloc((size_t)s->n, sizeof(int64_t));
-    if (!s->numel || !s->cols) return sgd_destroy(s), saefw_fail(err, errlen, "out of memory");
+    if (!s->numel) return sgd_destroy(s), saefw_fail(err, errlen, "out of memory");
     for (int i = 0; i < s->n; i++) {
-        saefw_param p;
+        saefw_param p = SAEFW_PARAM_INIT;
         if (host->param_get(run, i, &p) != 0) return sgd_destroy(s), saefw_fail(err, errlen, "cannot read parameters");
         s->numel[i] = p.numel;
-        s->cols[i] = p.ndim == 2 ? p.shape[1] : 1;
     }
     if (mom > 0) {
         s->buf = calloc((size_t)s->n, sizeof(float *));
@@ -95,11 +92,11 @@ static void sgd_range(void *ctx, int64_t k0, int64_t k1) {
 
 static int sgd_step(void *self, saefw_run *run, char *err, size_t errlen) {
     sgd *s = self;
+    s->lr = (float)s->host->learning_rate(run);
     /* The engine's threads when the host offers them (the update is memory-bound). */
-    const int threads = s->host->struct_size >= offsetof(saefw_host, parallel_for) + sizeof s->host->parallel_for &&
-                        s->host->parallel_for;
+    const int threads = SAEFW_HOST_HAS(s->host, parallel_for);
     for (int i = 0; i < s->n; i++) {
-        saefw_param p;
+        saefw_param p = SAEFW_PARAM_INIT;
         if (s->host->param_get(run, i, &p) != 0) return saefw_fail(err, errlen, "cannot read parameters");
         sgd_job job = {s, p.data, s->buf ? s->buf[i] : NULL, p.grad};
         if (threads) s->host->parallel_for(p.numel, sgd_range, &job);
@@ -112,18 +109,10 @@ static int sgd_step(void *self, saefw_run *run, char *err, size_t errlen) {
 static int sgd_reset(void *self, saefw_run *run, int param, int axis, const int64_t *idx, int64_t n, char *err,
                      size_t errlen) {
     sgd *s = self;
-    if (param < 0 || param >= s->n) return saefw_fail(err, errlen, "reset_state: no such tensor");
-    if (!s->buf) return 0;
-    int64_t cols = s->cols[param], rows = s->numel[param] / cols;
-    float *b = s->buf[param];
-    for (int64_t k = 0; k < n; k++) {
-        int64_t j = idx[k];
-        if (axis == 0 && j >= 0 && j < rows) memset(b + j * cols, 0, sizeof(float) * (size_t)cols);
-        else if (axis == 1 && cols > 1 && j >= 0 && j < cols)
-            for (int64_t r = 0; r < rows; r++) b[r * cols + j] = 0.0f;
-        else return saefw_fail(err, errlen, "reset_state: index or axis out of range");
-    }
-    return 0;
+    saefw_param p = SAEFW_PARAM_INIT;
+    if (param < 0 || param >= s->n || s->host->param_get(run, param, &p) != 0 || p.numel != s->numel[param])
+        return saefw_fail(err, errlen, "reset_state: no such tensor");
+    return s->buf ? saefw_zero_slices(s->buf[param], &p, axis, idx, n, err, errlen) : 0;
 }
 
 /* Resume: whether the momentum buffers started, and the buffers. */
@@ -151,18 +140,20 @@ static int sgd_load(void *self, saefw_run *run, saefw_state_reader *r, char *err
     return 0;
 }
 
-SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
-    out->abi_version = SAEFW_ABI_VERSION;
-    out->struct_size = sizeof(saefw_plugin);
-    out->name = "sgd";
-    out->kind = SAEFW_KIND_OPTIMIZER;
-    out->description = "SGD with optional (Nesterov) momentum, as torch.optim.SGD";
-    out->options = OPTIONS;
-    out->create = sgd_create;
-    out->destroy = sgd_destroy;
-    out->step = sgd_step;
-    out->reset_state = sgd_reset;
-    out->save_state = sgd_save;
-    out->load_state = sgd_load;
-    return 0;
-}
+static const saefw_plugin PLUGIN = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_plugin),
+    .name = "sgd",
+    .description = "SGD with optional (Nesterov) momentum, as torch.optim.SGD",
+    .kind = SAEFW_KIND_OPTIMIZER,
+    .options = OPTIONS,
+    .option_size = sizeof(saefw_option),
+    .create = sgd_create,
+    .destroy = sgd_destroy,
+    .step = sgd_step,
+    .reset_state = sgd_reset,
+    .save_state = sgd_save,
+    .load_state = sgd_load,
+};
+
+const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }

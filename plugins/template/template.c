@@ -9,7 +9,8 @@
 #include <saefw/plugin.h>
 
 /* The options the plugin takes. The engine rejects names not listed here and values of the wrong
- * type, and fills in the defaults; create() checks the ranges. The list ends with a NULL name. */
+ * type, and fills in the defaults; create() checks the ranges. The list ends with a NULL name, and the
+ * descriptor below gives its entry size (option_size). */
 static const saefw_option OPTIONS[] = {
     {"every", SAEFW_OPT_INTEGER, 100, NULL, "report every this many steps"},
     {NULL, 0, 0, NULL, NULL},
@@ -52,19 +53,27 @@ static int after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     return 0;
 }
 
-/* The one exported symbol. `out` arrives zeroed; fill it and return 0. */
-SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
-    /* batch_acts was appended to the host table later: an older engine's table ends before it. */
-    if (host->struct_size < offsetof(saefw_host, batch_acts) + sizeof host->batch_acts)
-        return saefw_fail(err, errlen, "the engine is too old (no batch_acts)");
-    out->abi_version = SAEFW_ABI_VERSION;
-    out->struct_size = sizeof(saefw_plugin);
-    out->name = "template"; /* must match the file name <name>.so for loading by name */
-    out->kind = SAEFW_KIND_EXPERIMENT;
-    out->description = "reports the fraction of active features in the batch (a template to copy)";
-    out->options = OPTIONS;
-    out->create = create;
-    out->destroy = destroy;
-    out->after_step = after_step;
-    return 0;
+/* The descriptor: a constant the plugin owns. The engine copies it and never writes to it. */
+static const saefw_plugin PLUGIN = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_plugin),
+    .name = "template", /* must match the file name <name>.so for loading by name */
+    .description = "reports the fraction of active features in the batch (a template to copy)",
+    .kind = SAEFW_KIND_EXPERIMENT,
+    .stateless = 1, /* `every` comes from the options again on resume: nothing to save */
+    .options = OPTIONS,
+    .option_size = sizeof(saefw_option),
+    .create = create,
+    .destroy = destroy,
+    .after_step = after_step,
+};
+
+/* The one exported symbol (declared in plugin.h). Return the descriptor, or NULL with err written. */
+const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) {
+    /* A field appended after ABI 2.0 would be checked like this before use; batch_acts is in 2.0. */
+    if (!SAEFW_HOST_HAS(host, batch_acts)) {
+        saefw_fail(err, errlen, "the engine is too old (no batch_acts)");
+        return NULL;
+    }
+    return &PLUGIN;
 }

@@ -36,15 +36,17 @@ static int after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     return 0;
 }
 
-SAEFW_EXPORT int saefw_plugin_init(const saefw_host *host, saefw_plugin *out, char *err, size_t errlen) {
-    out->abi_version = SAEFW_ABI_VERSION;
-    out->struct_size = sizeof(saefw_plugin);
-    out->name = "step_counter";
-    out->kind = SAEFW_KIND_EXPERIMENT;
-    out->description = "counts steps (out-of-tree test plugin)";
-    out->options = OPTIONS;
-    out->create = create;
-    out->destroy = free;
-    out->after_step = after_step;
-    return 0;
-}
+static const saefw_plugin PLUGIN = {
+    .abi_version = SAEFW_ABI_VERSION,
+    .struct_size = sizeof(saefw_plugin),
+    .name = "step_counter",
+    .description = "counts steps (out-of-tree test plugin)",
+    .kind = SAEFW_KIND_EXPERIMENT,
+    .options = OPTIONS,
+    .option_size = sizeof(saefw_option),
+    .create = create,
+    .destroy = free,
+    .after_step = after_step,
+};
+
+const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }
