@@ -2,7 +2,7 @@
 # Install the Debian packages saefw builds and tests with (root, or through sudo when present).
 set -euo pipefail
 PACKAGES=(build-essential cmake pkg-config liblua5.4-dev libopenblas-dev libcurl4-openssl-dev
-          libcjson-dev libssl-dev libzip-dev python3)
+          libcjson-dev libssl-dev libzip-dev libpcre2-dev libutf8proc-dev libzstd-dev python3)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
