@@ -13,6 +13,7 @@
 #include "parallel.h"
 #include "plugin_loader.h"
 #include "tensorfile.h"
+#include "tokenize_cmd.h"
 #include "train.h"
 #include "util.h"
 
@@ -34,6 +35,9 @@ static const char USAGE[] =
     "          [--threads N]\n"
     "                      feature frequencies (log10 histogram, also as SVG), dead and rare\n"
     "                      fractions, the rare-feature direction\n"
+    "  tokenize INPUT... --tokenizer NAME --out FILE.npy|.bin [--field text] [--threads N] [--bos]\n"
+    "          [--append-eos] [--special] [--dtype uint16|int32]\n"
+    "                      text (JSONL, JSONL.zst, plain text) to a token file\n"
 #ifdef SAEFW_HAVE_HF
     "  upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision REV]\n"
     "                      upload a checkpoint folder to the Hugging Face Hub\n"
@@ -352,6 +356,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "plugins")) return cmd_plugins();
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return saefw_cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("saefw %s (plugin ABI %u)\n", SAEFW_VERSION, SAEFW_ABI_VERSION);
         return 0;

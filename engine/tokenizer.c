@@ -6,6 +6,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <limits.h>
 #include <pcre2.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <sys/stat.h>
 #include <utf8proc.h>
 
+#include "model_resolve.h"
 #include "util.h"
 
 /* GPT-2's pre-tokenizer regex, used by ByteLevel when use_regex is true. */
@@ -773,6 +775,82 @@ int saefw_tokenizer_load(const char *path, saefw_tokenizer **out, char *err, siz
     free(json);
     free(cfg);
     return rc;
+}
+
+/* Models whose tokenizer lives in another Hub repo than their weights. */
+static const struct {
+    const char *name, *repo;
+} KNOWN_TOKENIZERS[] = {
+    {"gelu-1l", "NeelNanda/gpt-neox-tokenizer-digits"},
+    {"gelu-2l", "NeelNanda/gpt-neox-tokenizer-digits"},
+    {"gelu-3l", "NeelNanda/gpt-neox-tokenizer-digits"},
+    {"gelu-4l", "NeelNanda/gpt-neox-tokenizer-digits"},
+};
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int saefw_tokenizer_resolve(const char *name, char *path, size_t n, char *err, size_t errlen) {
+    struct stat st;
+    if (stat(name, &st) == 0) return snprintf(path, n, "%s", name) < (int)n ? 0 : saefw_errf(err, errlen, "%s: path too long", name);
+    if (!strcmp(name, "tiny-1l")) {
+        char dir[PATH_MAX];
+        if (saefw_exe_relative(SAEFW_DATA_SUBDIR "/models/tiny-1l", dir, sizeof dir) != 0)
+            return saefw_errf(err, errlen, "tokenizer tiny-1l: cannot find the bundled model's folder (reinstall saefw)");
+        snprintf(path, n, "%s/tokenizer.json", dir);
+        if (!file_exists(path)) return saefw_errf(err, errlen, "tokenizer tiny-1l: %s is missing (reinstall saefw)", path);
+        return 0;
+    }
+    const char *repo = NULL;
+    for (size_t i = 0; i < sizeof KNOWN_TOKENIZERS / sizeof *KNOWN_TOKENIZERS; i++)
+        if (!strcmp(name, KNOWN_TOKENIZERS[i].name)) repo = KNOWN_TOKENIZERS[i].repo;
+    const char *slash = strchr(name, '/');
+    if (!repo && slash && slash != name && slash[1] && !strchr(slash + 1, '/') && name[0] != '.') repo = name;
+    if (!repo)
+        return saefw_errf(err, errlen,
+                          "tokenizer %s: no such file or folder, and not a known name (tiny-1l, gelu-1l .. gelu-4l) or a "
+                          "Hugging Face repo id ORG/NAME",
+                          name);
+    char hub[PATH_MAX], folder[PATH_MAX];
+    if (saefw_hf_cache_dir(hub, sizeof hub) != 0) return saefw_errf(err, errlen, "tokenizer %s: cannot find the Hugging Face cache folder (set HF_HUB_CACHE)", name);
+    size_t k = (size_t)snprintf(folder, sizeof folder, "%s/models--", hub);
+    for (const char *c = repo; *c && k + 3 < sizeof folder; c++) {
+        if (*c == '/') folder[k++] = '-';
+        folder[k++] = *c == '/' ? '-' : *c;
+    }
+    folder[k] = 0;
+    /* refs/main's snapshot first, else any snapshot that has the file. */
+    char p[PATH_MAX], rev[128] = "";
+    snprintf(p, sizeof p, "%s/refs/main", folder);
+    FILE *f = fopen(p, "r");
+    if (f) {
+        if (!fgets(rev, sizeof rev, f)) rev[0] = 0;
+        fclose(f);
+        rev[strcspn(rev, "\r\n")] = 0;
+    }
+    if (rev[0] && !strchr(rev, '/')) {
+        snprintf(path, n, "%s/snapshots/%s/tokenizer.json", folder, rev);
+        if (file_exists(path)) return 0;
+    }
+    snprintf(p, sizeof p, "%s/snapshots", folder);
+    DIR *d = opendir(p);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(path, n, "%s/%s/tokenizer.json", p, e->d_name);
+        if (file_exists(path)) {
+            closedir(d);
+            return 0;
+        }
+    }
+    if (d) closedir(d);
+    path[0] = 0;
+    return saefw_errf(err, errlen,
+                      "tokenizer %s: tokenizer.json of the Hugging Face repo %s is not in %s/snapshots/<revision>/ "
+                      "(run: saefw download %s tokenizer.json tokenizer_config.json), or pass a tokenizer.json file or folder",
+                      name, repo, folder, repo);
 }
 
 void saefw_tokenizer_free(saefw_tokenizer *t) {

@@ -33,6 +33,13 @@ int saefw_tokenizer_load_json(const char *json, size_t len, const char *config_j
                               saefw_tokenizer **out, char *err, size_t errlen);
 void saefw_tokenizer_free(saefw_tokenizer *t);
 
+/* Resolve a tokenizer name into a path for saefw_tokenizer_load: an existing file or folder; the
+ * bundled model's name "tiny-1l"; a known model (gelu-1l .. gelu-4l: the Hub repo
+ * NeelNanda/gpt-neox-tokenizer-digits); a Hub repo id ORG/NAME, found in the huggingface_hub cache.
+ * When the file is absent the error says where it was looked for and the `saefw download` command
+ * that fetches it. */
+int saefw_tokenizer_resolve(const char *name, char *path, size_t n, char *err, size_t errlen);
+
 /* One past the largest id (model vocab and added tokens). */
 int64_t saefw_tokenizer_vocab_size(const saefw_tokenizer *t);
 /* The BOS id: from the post-processor's template when it adds one, else the tokenizer_config.json's
