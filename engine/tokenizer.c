@@ -21,6 +21,8 @@
 static const char GPT2_PATTERN[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
+/* Ids above this are taken for a damaged file, not allocated for. */
+#define MAX_ID (1 << 24)
 /* Pre-tokens at most this long go into the word cache. */
 #define CACHE_MAX_WORD 256
 /* A scratch's cache is emptied when it holds this many words. */
@@ -549,8 +551,8 @@ static int load_model(saefw_tokenizer *t, const cJSON *model, const char *name, 
     t->ignore_merges = jbool(model, "ignore_merges", 0);
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
-        if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= INT32_MAX)
-            return saefw_errf(err, errlen, "%s: vocab entry '%s' has no valid id", name, it->string);
+        if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= MAX_ID)
+            return saefw_errf(err, errlen, "%s: vocab entry '%s' has no valid id (0 .. %d)", name, it->string, MAX_ID - 1);
         if ((int64_t)it->valuedouble + 1 > t->vocab_size) t->vocab_size = (int64_t)it->valuedouble + 1;
     }
     return 0;
@@ -635,7 +637,7 @@ static int load_added(saefw_tokenizer *t, const cJSON *list, const char *name, c
     cJSON_ArrayForEach(it, list) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
         const char *content = jstr(it, "content");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= INT32_MAX || !content || !*content)
+        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= MAX_ID || !content || !*content)
             return saefw_errf(err, errlen, "%s: added token %d has no valid id or content", name, t->n_added);
         added_token *a = &t->added[t->n_added];
         a->id = (int32_t)id->valuedouble;
@@ -882,20 +884,26 @@ const char *saefw_tokenizer_token_bytes(const saefw_tokenizer *t, int64_t id, si
 
 /* ---- scratch ---- */
 
-saefw_tokenizer_scratch *saefw_tokenizer_scratch_new(const saefw_tokenizer *t) {
-    (void)t;
+/* A scratch; with_cache 0 leaves out the word cache (a one-call scratch, where filling it costs more
+ * than it saves). */
+static saefw_tokenizer_scratch *scratch_new(int with_cache) {
     saefw_tokenizer_scratch *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->md = pcre2_match_data_create(4, NULL);
     s->mctx = pcre2_match_context_create(NULL);
     s->jit_stack = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
-    s->slots = calloc(2 * (size_t)CACHE_MAX_WORDS, sizeof *s->slots);
-    if (!s->md || !s->mctx || !s->jit_stack || !s->slots) {
+    if (with_cache) s->slots = calloc(2 * (size_t)CACHE_MAX_WORDS, sizeof *s->slots);
+    if (!s->md || !s->mctx || !s->jit_stack || (with_cache && !s->slots)) {
         saefw_tokenizer_scratch_free(s);
         return NULL;
     }
     pcre2_jit_stack_assign(s->mctx, NULL, s->jit_stack);
     return s;
+}
+
+saefw_tokenizer_scratch *saefw_tokenizer_scratch_new(const saefw_tokenizer *t) {
+    (void)t;
+    return scratch_new(1);
 }
 
 void saefw_tokenizer_scratch_free(saefw_tokenizer_scratch *s) {
@@ -1294,9 +1302,10 @@ static int encode_added(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, co
 
 int saefw_tokenizer_encode(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, const char *text, size_t len,
                            int flags, int32_t **ids, size_t *n, size_t *cap, char *err, size_t errlen) {
+    if (len > (size_t)1 << 30) return saefw_errf(err, errlen, "encode: a text of %zu bytes is longer than 1 GiB", len);
     saefw_tokenizer_scratch *own = NULL;
     if (!s) {
-        own = s = saefw_tokenizer_scratch_new(t);
+        own = s = scratch_new(0);
         if (!s) return saefw_errf(err, errlen, "out of memory");
     }
     int rc = -1;

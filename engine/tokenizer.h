@@ -58,7 +58,8 @@ void saefw_tokenizer_scratch_free(saefw_tokenizer_scratch *s);
 /* Encode `len` bytes of UTF-8 text and append the ids to *ids (n used, cap allocated; the array is
  * grown with realloc and owned by the caller; *ids may start NULL with n = cap = 0). Invalid UTF-8
  * is read as U+FFFD per maximal invalid subsequence (as a UTF-8 decoder with replacement does).
- * `s` is the calling thread's scratch (NULL: a temporary one, slower). */
+ * `s` is the calling thread's scratch (NULL: a temporary one without a word cache, slower). A text
+ * is at most 1 GiB; split longer ones at line starts. */
 int saefw_tokenizer_encode(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, const char *text, size_t len,
                            int flags, int32_t **ids, size_t *n, size_t *cap, char *err, size_t errlen);
 

@@ -228,6 +228,8 @@ static void check_errors(void) {
     snprintf(json, sizeof json, "{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":%s,\"merges\":[]}}", vocab);
     check_error(json, "byte_fallback", NULL);
     check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-3},\"merges\":[]}}", "vocab entry 'a'", NULL);
+    check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":4000000000},\"merges\":[]}}", "vocab entry 'a'", NULL);
+    check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "vocab is empty", NULL);
     snprintf(json, sizeof json, "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},"
              "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
     check_error(json, "regex", NULL);
