@@ -23,7 +23,8 @@ static saefw_tokenizer *load_variant(const cJSON *v) {
     snprintf(path, sizeof path, "../%s", cJSON_GetObjectItem(v, "file")->valuestring);
     const cJSON *patch = cJSON_GetObjectItem(v, "patch"), *added = cJSON_GetObjectItem(v, "added");
     saefw_tokenizer *t = NULL;
-    if (cJSON_GetArraySize(patch) == 0 && cJSON_GetArraySize(added) == 0) {
+    int pairs = cJSON_IsTrue(cJSON_GetObjectItem(v, "pair_merges"));
+    if (cJSON_GetArraySize(patch) == 0 && cJSON_GetArraySize(added) == 0 && !pairs) {
         REQUIRE(saefw_tokenizer_load(path, &t, err, sizeof err) == 0, "%s", err);
         return t;
     }
@@ -36,6 +37,19 @@ static saefw_tokenizer *load_variant(const cJSON *v) {
     cJSON_ArrayForEach(it, patch) cJSON_ReplaceItemInObject(root, it->string, cJSON_Duplicate(it, 1));
     cJSON *list = cJSON_GetObjectItem(root, "added_tokens");
     cJSON_ArrayForEach(it, added) cJSON_AddItemToArray(list, cJSON_Duplicate(it, 1));
+    if (pairs) { /* "a b" -> ["a", "b"] */
+        cJSON *merges = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "model"), "merges"), *m;
+        cJSON_ArrayForEach(m, merges) {
+            char *sp = strchr(m->valuestring, ' ');
+            REQUIRE(sp, "merge without a space");
+            *sp = 0;
+            const char *ab[2] = {m->valuestring, sp + 1};
+            cJSON *pair = cJSON_CreateStringArray(ab, 2);
+            REQUIRE(pair, "oom");
+            cJSON_ReplaceItemViaPointer(merges, m, pair);
+            m = pair;
+        }
+    }
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     REQUIRE(json, "print");
@@ -234,25 +248,39 @@ static void check_errors(void) {
              "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
     check_error(json, "regex", NULL);
 
-    /* A good minimal tokenizer with one merge, in the pair format, and Split's other behaviours. */
-    const char *behaviours[] = {"Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
-    /* "a-b--c" split on "-": the expected pieces' first ids (each piece is BPE'd byte by byte). */
-    const int32_t want[4][8] = {{'a', 'b', 'c'}, {'a', '-', 'b', '-', '-', 'c'}, {'a', '-', 'b', '-', '-', 'c'},
-                                {'a', '-', 'b', '-', '-', 'c'}};
-    const size_t want_n[4] = {3, 6, 6, 6};
-    for (int k = 0; k < 4; k++) {
+    /* Split's behaviours on "a-b--c" split at "-", seen through merges that join a piece's bytes:
+     * a- (256), -b (257), -- (258), b- (259), -c (260). */
+    char vocab2[9000];
+    snprintf(vocab2, sizeof vocab2, "%.*s,\"a-\":256,\"-b\":257,\"--\":258,\"b-\":259,\"-c\":260}", (int)strlen(vocab) - 1, vocab);
+    static const struct {
+        const char *behavior;
+        int invert;
+        int32_t want[8];
+        size_t n;
+    } split_cases[] = {
+        {"Isolated", 0, {'a', '-', 'b', '-', '-', 'c'}, 6},
+        {"Removed", 0, {'a', 'b', 'c'}, 3},
+        {"MergedWithPrevious", 0, {256, 259, '-', 'c'}, 4},
+        {"MergedWithNext", 0, {'a', 257, '-', 260}, 4},
+        {"Contiguous", 0, {'a', '-', 'b', 258, 'c'}, 5},
+        {"Removed", 1, {'-', '-', '-'}, 3},
+        {"Isolated", 1, {'a', '-', 'b', '-', '-', 'c'}, 6},
+    };
+    for (size_t k = 0; k < sizeof split_cases / sizeof *split_cases; k++) {
         snprintf(json, sizeof json,
                  "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"String\":\"-\"},"
-                 "\"behavior\":\"%s\",\"invert\":false},{\"type\":\"ByteLevel\",\"use_regex\":false}]},"
-                 "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}",
-                 behaviours[k], vocab);
+                 "\"behavior\":\"%s\",\"invert\":%s},{\"type\":\"ByteLevel\",\"use_regex\":false}]},"
+                 "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[[\"a\",\"-\"],\"- b\",\"- -\",[\"b\",\"-\"],\"- c\"]}}",
+                 split_cases[k].behavior, split_cases[k].invert ? "true" : "false", vocab2);
         saefw_tokenizer *t = NULL;
         char err[256];
         REQUIRE(saefw_tokenizer_load_json(json, strlen(json), NULL, "split", &t, err, sizeof err) == 0, "%s", err);
         int32_t *ids = NULL;
         size_t nn = 0, cap = 0;
         CHECK(saefw_tokenizer_encode(t, NULL, "a-b--c", 6, 0, &ids, &nn, &cap, err, sizeof err) == 0, "%s", err);
-        CHECK(nn == want_n[k] && !memcmp(ids, want[k], nn * sizeof *ids), "Split %s: %zu ids", behaviours[k], nn);
+        int same = nn == split_cases[k].n && !memcmp(ids, split_cases[k].want, nn * sizeof *ids);
+        CHECK(same, "Split %s invert=%d: %zu ids (%d %d %d %d ...)", split_cases[k].behavior, split_cases[k].invert, nn,
+              nn > 0 ? ids[0] : -1, nn > 1 ? ids[1] : -1, nn > 2 ? ids[2] : -1, nn > 3 ? ids[3] : -1);
         free(ids);
         saefw_tokenizer_free(t);
     }

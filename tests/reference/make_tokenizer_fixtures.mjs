@@ -69,8 +69,8 @@ const variants = [
   { name: "gpt2", file: "tests/fixtures/tokenizer/gpt2.json" },
   // GPT-NeoX-digits-like (gelu-1l's tokenizer): NFC, each digit alone, then GPT-2's regex; a
   // normalized non-special added token (NeoX has runs of spaces as added tokens) and a special token
-  // with lstrip/rstrip.
-  { name: "gpt2_digits_nfc", file: "tests/fixtures/tokenizer/gpt2.json",
+  // with lstrip/rstrip; the merges written as ["a", "b"] pairs (newer files' format).
+  { name: "gpt2_digits_nfc", file: "tests/fixtures/tokenizer/gpt2.json", pair_merges: true,
     patch: { normalizer: { type: "NFC" },
              pre_tokenizer: { type: "Sequence", pretokenizers: [
                { type: "Digits", individual_digits: true },
@@ -88,12 +88,14 @@ const out = { generator: "tests/reference/make_tokenizer_fixtures.mjs", implemen
 for (const v of variants) {
   const json = JSON.parse(fs.readFileSync(path.join(repo, v.file), "utf8"));
   Object.assign(json, v.patch ?? {});
+  if (v.pair_merges) json.model.merges = json.model.merges.map((m) => m.split(" "));
   json.added_tokens = [...json.added_tokens, ...(v.added ?? [])];
   // Without special-token parsing: the same tokenizer with its special added tokens left out.
   const plain = { ...json, added_tokens: json.added_tokens.filter((a) => !a.special) };
   const tok = new Tokenizer(json, {});
   const tokPlain = new Tokenizer(plain, {});
-  const entry = { name: v.name, file: v.file, patch: v.patch ?? {}, added: v.added ?? [], cases: [] };
+  const entry = { name: v.name, file: v.file, patch: v.patch ?? {}, added: v.added ?? [], pair_merges: !!v.pair_merges,
+                  cases: [] };
   for (const name of texts) {
     // Invalid UTF-8 is read as a decoder with replacement reads it (U+FFFD per maximal subpart).
     const text = new TextDecoder("utf-8").decode(fs.readFileSync(path.join(fix, "text", name)));
