@@ -715,15 +715,11 @@ int saefw_tokenizer_load_json(const char *json, size_t len, const char *config_j
     memset(t->map, 0xff, t->map_cap * sizeof *t->map);
     for (int64_t id = 0; id < t->vocab_size; id++)
         if (t->tok_len[id] != UINT32_MAX) vocab_insert(t, (int32_t)id);
+    /* A vocab may lack bytes that valid UTF-8 never holds (GPT-NeoX has no 0xC0, 0xC1, 0xF5-0xFF);
+     * encoding text that needs a missing byte is an error then, never a dropped token. */
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
         t->byte_id[b] = vocab_find(t, &c, 1);
-        if (t->byte_id[b] < 0) {
-            char u[5] = {0};
-            utf8proc_encode_char((utf8proc_int32_t)byte_cp[b], (utf8proc_uint8_t *)u);
-            saefw_errf(err, errlen, "%s: the vocab has no entry for byte 0x%02x ('%s'): not a byte-level vocab", name, b, u);
-            goto done;
-        }
     }
     if (fill_merges(t, cJSON_GetObjectItemCaseSensitive(model, "merges"), cp_byte, name, err, errlen) != 0) goto done;
     /* Added tokens' ids take their content as their bytes (HF decodes them unchanged). */
@@ -982,6 +978,9 @@ static void try_pair(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, size_
  * resulting ids. */
 static int bpe_word(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, const char *w, size_t n, int32_t **ids,
                     size_t *nid, size_t *cap, char *err, size_t errlen) {
+    for (size_t i = 0; i < n; i++)
+        if (t->byte_id[(uint8_t)w[i]] < 0)
+            return saefw_errf(err, errlen, "encode: the vocab has no token for the byte 0x%02x of the text", (uint8_t)w[i]);
     if (n == 1) return push_id(t->byte_id[(uint8_t)w[0]], ids, nid, cap, err, errlen);
     if (t->ignore_merges) {
         int32_t id = vocab_find(t, w, n);

@@ -77,6 +77,13 @@ const variants = [
                { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true }] } },
     added: [{ id: 50257, content: "    ", single_word: false, lstrip: false, rstrip: false, normalized: true, special: false },
             { id: 50258, content: "<|mask|>", single_word: false, lstrip: true, rstrip: true, normalized: false, special: true }] },
+  // GPT-NeoX-20B: NFC, runs of spaces as normalized non-special added tokens.
+  { name: "neox20b", file: "tests/fixtures/tokenizer/neox20b.json" },
+  // The same with each digit alone, as gelu-1l's NeelNanda/gpt-neox-tokenizer-digits.
+  { name: "neox20b_digits", file: "tests/fixtures/tokenizer/neox20b.json",
+    patch: { pre_tokenizer: { type: "Sequence", pretokenizers: [
+      { type: "Digits", individual_digits: true },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true }] } } },
   { name: "llama3", file: "tests/fixtures/tokenizer/llama3.json" },
   { name: "llama3_bos", file: "tests/fixtures/tokenizer/llama3.json", patch: { post_processor: llamaBos }, post: true },
   { name: "tiny1l", file: "models/tiny-1l/tokenizer.json", post: true },
