@@ -205,6 +205,12 @@ int main(void) {
               "%s", out);
         check_tokens(o, &want, threads == 1 ? "plain text, 1 thread" : "plain text, 4 threads");
     }
+    /* GPT-NeoX-20B (NFC, runs of spaces as added tokens) on the plain text, cut for 4 threads. */
+    want.n = 0;
+    for (size_t i = 0; i < N_DOCS; i++) push_all(&want, expected(root, "neox20b", DOCS[i]));
+    snprintf(o, sizeof o, "%s/n.npy", tmp);
+    CHECK(run("%s tokenize%s --tokenizer " FIX "neox20b.json --out %s --threads 4", BIN, inputs, o) == 0, "%s", out);
+    check_tokens(o, &want, "plain text, neox20b, 4 threads");
     /* Llama 3 (int32 by default: 128256 ids) on the same JSONL. */
     want.n = 0;
     for (size_t i = 0; i < N_DOCS; i++) push_all(&want, expected(root, "llama3", DOCS[i]));
