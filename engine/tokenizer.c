@@ -26,7 +26,7 @@ static const char GPT2_PATTERN[] =
 /* Pre-tokens at most this long go into the word cache. */
 #define CACHE_MAX_WORD 256
 /* A scratch's cache is emptied when it holds this many words. */
-#define CACHE_MAX_WORDS (1u << 17)
+#define CACHE_MAX_WORDS (1u << 16)
 
 enum { STEP_SPLIT, STEP_DIGITS, STEP_BYTELEVEL };
 enum { SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS };
