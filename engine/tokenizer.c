@@ -1101,7 +1101,7 @@ static int emit_segments(const seg *sg, size_t ns, int behavior, span **b, size_
             }
             prev_match = sg[k].match;
         }
-        for (size_t i = start_n, j = *bn - 1; i < j; i++, j--) {
+        for (size_t i = start_n, j = *bn > start_n ? *bn - 1 : start_n; i < j; i++, j--) {
             span tmp = (*b)[i];
             (*b)[i] = (*b)[j];
             (*b)[j] = tmp;
