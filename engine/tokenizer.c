@@ -155,14 +155,14 @@ static int pool_add(saefw_tokenizer *t, const char *s, size_t n, uint32_t *off, 
     return 0;
 }
 
-/* GPT-2's bytes_to_unicode: printable bytes keep their code point, the others get 256 + n in order. */
-static void byte_level_tables(uint32_t byte_cp[256], int cp_byte[324]) {
+/* The inverse of GPT-2's bytes_to_unicode (printable bytes keep their code point, the others get
+ * 256 + n in order): code point -> byte, -1 for code points outside the alphabet. */
+static void byte_level_table(int cp_byte[324]) {
     int n = 0;
     for (int i = 0; i < 324; i++) cp_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
         int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-        byte_cp[b] = printable ? (uint32_t)b : (uint32_t)(256 + n++);
-        cp_byte[byte_cp[b]] = b;
+        cp_byte[printable ? b : 256 + n++] = b;
     }
 }
 
@@ -673,9 +673,8 @@ int saefw_tokenizer_load_json(const char *json, size_t len, const char *config_j
     cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
     saefw_tokenizer *t = saefw_calloc(1, sizeof *t, err, errlen);
     int rc = -1;
-    uint32_t byte_cp[256];
     int cp_byte[324];
-    byte_level_tables(byte_cp, cp_byte);
+    byte_level_table(cp_byte);
     if (!t) goto done;
     t->bos = t->eos = -1;
     if (!cJSON_IsObject(root)) {
