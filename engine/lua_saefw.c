@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "lua_tokenizer.h"
 #include "lua_util.h"
 #include "model.h"
 #include "model_resolve.h"
@@ -1465,6 +1466,7 @@ int luaopen_saefw_core(lua_State *L) {
         {NULL, NULL},
     };
     luaL_newlib(L, fns);
+    saefw_lua_open_tokenizer(L, lua_gettop(L));
     lua_pushstring(L, SAEFW_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

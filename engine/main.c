@@ -15,6 +15,7 @@
 #include "sae_resolve.h"
 #include "tensorfile.h"
 #include "tokens_cmd.h"
+#include "tokenize_cmd.h"
 #include "train.h"
 #include "util.h"
 
@@ -39,6 +40,9 @@ static const char USAGE[] =
     "  tokens convert DATASET [--column NAME] [--out FILE.npy]\n"
     "                      a Parquet token dataset (hf://datasets/ORG/NAME, folder, glob) into a flat\n"
     "                      token file; default: the token cache saefw.tokens() reads\n"
+    "  tokenize INPUT... --tokenizer NAME --out FILE.npy|.bin [--field text] [--threads N] [--bos]\n"
+    "          [--append-eos] [--special] [--dtype uint16|int32]\n"
+    "                      text (JSONL, JSONL.zst, plain text) to a token file\n"
 #ifdef SAEFW_HAVE_HF
     "  upload DIR --repo ORG/NAME [--path-in-repo SAE_ID] [--create] [--private] [--message MSG] [--revision REV]\n"
     "                      upload a checkpoint folder to the Hugging Face Hub (into folder SAE_ID, as\n"
@@ -364,6 +368,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokens")) return saefw_cmd_tokens(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return saefw_cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("saefw %s (plugin ABI %u)\n", SAEFW_VERSION, SAEFW_ABI_VERSION);
         return 0;

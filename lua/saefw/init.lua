@@ -71,6 +71,7 @@ M.info = core.info
 M.plugin_dirs = core.plugin_dirs
 M.lua_plugin = core.lua_plugin
 M.model = core.model
+M.tokenizer = core.tokenizer
 M.tokens = core.tokens
 M.model_source = core.model_source
 M.recons_score = core.recons_score

@@ -1,0 +1,247 @@
+/* `saefw tokenize` end to end: a JSONL and the same as .jsonl.zst, and plain text files, turned into
+ * .npy / .bin token files whose ids must equal those of Hugging Face's JavaScript tokenizers
+ * (tests/fixtures/tokenizer/expected.json), for any thread count; and its one-line errors. */
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <sys/wait.h>
+#include <zstd.h>
+
+#include "testutil.h"
+#include "util.h"
+
+#define FIX "fixtures/tokenizer/"
+
+static const char *BIN;
+static char out[65536];
+
+static int run(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[8300];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    REQUIRE(p, "popen");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static char *slurp(const char *path, size_t *len) {
+    char err[512], *s = NULL;
+    REQUIRE(saefw_read_file(path, &s, len, err, sizeof err) == 0, "%s", err);
+    return s;
+}
+
+static void write_file(const char *path, const void *p, size_t n) {
+    char err[512];
+    REQUIRE(saefw_write_file_atomic(path, p, n, err, sizeof err) == 0, "%s", err);
+}
+
+/* The ids of a token file: .npy (uint16 or int32, header read from the file) or raw int32 .bin. */
+static int32_t *read_tokens(const char *path, size_t *n) {
+    size_t len;
+    char *s = slurp(path, &len);
+    size_t off = 0, width = 4;
+    if (saefw_ends_with(path, ".npy")) {
+        REQUIRE(len >= 10 && !memcmp(s, "\x93NUMPY", 6), "%s: not .npy", path);
+        off = 10 + (size_t)(uint8_t)s[8] + 256 * (size_t)(uint8_t)s[9];
+        width = strstr(s + 10, "'<u2'") ? 2 : 4;
+        char shape[64];
+        snprintf(shape, sizeof shape, "(%zu,)", (len - off) / width);
+        CHECK(strstr(s + 10, shape) != NULL, "%s: header shape is not %s", path, shape);
+    }
+    *n = (len - off) / width;
+    int32_t *ids = malloc(sizeof *ids * (*n + 1));
+    REQUIRE(ids, "oom");
+    for (size_t i = 0; i < *n; i++) {
+        if (width == 2) {
+            uint16_t v;
+            memcpy(&v, s + off + 2 * i, 2);
+            ids[i] = v;
+        } else {
+            memcpy(&ids[i], s + off + 4 * i, 4);
+        }
+    }
+    free(s);
+    return ids;
+}
+
+/* The expected ids of one text (variant gpt2, special tokens not parsed). */
+static const cJSON *expected(const cJSON *root, const char *variant, const char *text) {
+    const cJSON *v, *c;
+    cJSON_ArrayForEach(v, cJSON_GetObjectItem(root, "variants")) {
+        if (strcmp(cJSON_GetObjectItem(v, "name")->valuestring, variant) != 0) continue;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItem(v, "cases")) {
+            if (!strcmp(cJSON_GetObjectItem(c, "text")->valuestring, text) && !cJSON_IsTrue(cJSON_GetObjectItem(c, "special")))
+                return cJSON_GetObjectItem(c, "ids");
+        }
+    }
+    REQUIRE(0, "no expected ids for %s %s", variant, text);
+    return NULL;
+}
+
+typedef struct {
+    int32_t *ids;
+    size_t n, cap;
+} idvec;
+
+static void push(idvec *v, int32_t id) {
+    if (v->n == v->cap) {
+        v->cap = v->cap ? 2 * v->cap : 1024;
+        v->ids = realloc(v->ids, sizeof *v->ids * v->cap);
+        REQUIRE(v->ids, "oom");
+    }
+    v->ids[v->n++] = id;
+}
+
+static void push_all(idvec *v, const cJSON *ids) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, ids) push(v, (int32_t)it->valuedouble);
+}
+
+static void check_tokens(const char *path, const idvec *want, const char *what) {
+    size_t n;
+    int32_t *got = read_tokens(path, &n);
+    size_t d = 0;
+    while (d < n && d < want->n && got[d] == want->ids[d]) d++;
+    CHECK(n == want->n && d == n, "%s: %zu tokens, expected %zu; first difference at %zu", what, n, want->n, d);
+    if (n == want->n && d == n) printf("  ok: %s (%zu tokens)\n", what, n);
+    free(got);
+}
+
+static const char *const DOCS[] = {"english.txt", "code.txt", "multilingual.txt", "digits.txt", "whitespace.txt", "special.txt",
+                                   "long.txt"};
+#define N_DOCS (sizeof DOCS / sizeof *DOCS)
+
+int main(void) {
+    BIN = getenv("SAEFW_BIN");
+    REQUIRE(BIN && *BIN, "SAEFW_BIN is not set (run under ctest)");
+    const char *tmp = t_tmpdir("test_tokenize_cli");
+    size_t len;
+    char *text = slurp(FIX "expected.json", &len);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    REQUIRE(root, "expected.json");
+
+    /* docs.jsonl: one object per text, the text in "text", another field first; and its .zst. */
+    char path[1024], zpath[1024];
+    snprintf(path, sizeof path, "%s/docs.jsonl", tmp);
+    snprintf(zpath, sizeof zpath, "%s/docs.jsonl.zst", tmp);
+    char *jsonl = NULL;
+    size_t jl = 0;
+    for (size_t i = 0; i < N_DOCS; i++) {
+        char p[512];
+        snprintf(p, sizeof p, FIX "text/%s", DOCS[i]);
+        char *t = slurp(p, &len);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", DOCS[i]);
+        cJSON_AddStringToObject(o, "text", t);
+        char *line = cJSON_PrintUnformatted(o);
+        REQUIRE(line, "print");
+        size_t ll = strlen(line);
+        jsonl = realloc(jsonl, jl + ll + 3);
+        REQUIRE(jsonl, "oom");
+        memcpy(jsonl + jl, line, ll);
+        jl += ll;
+        jsonl[jl++] = '\n';
+        if (i == 2) jsonl[jl++] = '\n'; /* an empty line is skipped */
+        free(line);
+        cJSON_Delete(o);
+        free(t);
+    }
+    write_file(path, jsonl, jl);
+    size_t zcap = ZSTD_compressBound(jl);
+    char *z = malloc(zcap);
+    REQUIRE(z, "oom");
+    size_t zl = ZSTD_compress(z, zcap, jsonl, jl, 3);
+    REQUIRE(!ZSTD_isError(zl), "zstd");
+    write_file(zpath, z, zl);
+    free(z);
+    free(jsonl);
+
+    const char *gpt2 = FIX "gpt2.json";
+    idvec want = {0};
+    for (size_t i = 0; i < N_DOCS; i++) {
+        push_all(&want, expected(root, "gpt2", DOCS[i]));
+        push(&want, 50256);
+    }
+    for (int threads = 1; threads <= 3; threads++) {
+        char o[1100], what[64];
+        snprintf(o, sizeof o, "%s/a%d.npy", tmp, threads);
+        CHECK(run("%s tokenize %s --tokenizer %s --out %s --append-eos --threads %d", BIN, path, gpt2, o, threads) == 0, "%s",
+              out);
+        CHECK(strstr(out, "7 documents, dtype uint16"), "%s", out);
+        snprintf(what, sizeof what, "jsonl --append-eos, %d threads", threads);
+        check_tokens(o, &want, what);
+    }
+
+    want.n = 0;
+    for (size_t i = 0; i < N_DOCS; i++) {
+        push(&want, 50256);
+        push_all(&want, expected(root, "gpt2", DOCS[i]));
+    }
+    char o[1100];
+    snprintf(o, sizeof o, "%s/b.bin", tmp);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s --bos --dtype int32 --threads 2", BIN, zpath, gpt2, o) == 0, "%s", out);
+    CHECK(strstr(out, "int32 (raw little-endian)"), "%s", out);
+    check_tokens(o, &want, "jsonl.zst --bos, int32 .bin");
+
+    /* Plain text: each file one document, cut between the threads at line starts. */
+    char inputs[4096] = "";
+    want.n = 0;
+    for (size_t i = 0; i < N_DOCS; i++) {
+        size_t u = strlen(inputs);
+        snprintf(inputs + u, sizeof inputs - u, " " FIX "text/%s", DOCS[i]);
+        push_all(&want, expected(root, "gpt2", DOCS[i]));
+    }
+    push_all(&want, expected(root, "gpt2", "invalid.bin"));
+    for (int threads = 1; threads <= 4; threads += 3) {
+        snprintf(o, sizeof o, "%s/c%d.npy", tmp, threads);
+        CHECK(run("%s tokenize%s " FIX "text/invalid.bin --tokenizer %s --out %s --threads %d", BIN, inputs, gpt2, o, threads) == 0,
+              "%s", out);
+        check_tokens(o, &want, threads == 1 ? "plain text, 1 thread" : "plain text, 4 threads");
+    }
+    /* GPT-NeoX-20B (NFC, runs of spaces as added tokens) on the plain text, cut for 4 threads. */
+    want.n = 0;
+    for (size_t i = 0; i < N_DOCS; i++) push_all(&want, expected(root, "neox20b", DOCS[i]));
+    snprintf(o, sizeof o, "%s/n.npy", tmp);
+    CHECK(run("%s tokenize%s --tokenizer " FIX "neox20b.json --out %s --threads 4", BIN, inputs, o) == 0, "%s", out);
+    check_tokens(o, &want, "plain text, neox20b, 4 threads");
+    /* Llama 3 (int32 by default: 128256 ids) on the same JSONL. */
+    want.n = 0;
+    for (size_t i = 0; i < N_DOCS; i++) push_all(&want, expected(root, "llama3", DOCS[i]));
+    snprintf(o, sizeof o, "%s/d.npy", tmp);
+    CHECK(run("%s tokenize %s --tokenizer " FIX "llama3.json --out %s --threads 2", BIN, zpath, o) == 0, "%s", out);
+    CHECK(strstr(out, "dtype int32"), "%s", out);
+    check_tokens(o, &want, "jsonl.zst, llama3, int32 .npy");
+
+    /* Errors: one line naming the file and what is wrong; no output file left behind. */
+    char bad[1100];
+    snprintf(bad, sizeof bad, "%s/bad.jsonl", tmp);
+    write_file(bad, "{\"text\": \"ok\"}\n{\"text\": oops}\n", 31);
+    snprintf(o, sizeof o, "%s/e.npy", tmp);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 && strstr(out, "bad.jsonl:2: not valid JSON"),
+          "%s", out);
+    CHECK(run("test -e %s", o) != 0, "an output file was left after an error");
+    write_file(bad, "{\"content\": \"ok\"}\n", 18);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 &&
+              strstr(out, "bad.jsonl:1: field 'text' is missing or not a string"),
+          "%s", out);
+    CHECK(run("%s tokenize %s --field content --tokenizer %s --out %s", BIN, bad, gpt2, o) == 0, "%s", out);
+    CHECK(run("%s tokenize x.parquet --tokenizer %s --out %s", BIN, gpt2, o) != 0 && strstr(out, "x.parquet"), "%s", out);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s/x.txt", BIN, bad, gpt2, tmp) == 2 && strstr(out, ".npy or .bin"), "%s", out);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s --dtype uint16", BIN, path, FIX "llama3.json", o) != 0 &&
+              strstr(out, "more than uint16 holds"),
+          "%s", out);
+    CHECK(run("HF_HUB_CACHE=%s %s tokenize %s --tokenizer gelu-1l --out %s", tmp, BIN, path, o) != 0 &&
+              strstr(out, "saefw download NeelNanda/gpt-neox-tokenizer-digits tokenizer.json"),
+          "%s", out);
+    CHECK(run("%s tokenize %s --tokenizer tiny-1l --out %s", BIN, path, o) == 0 && strstr(out, "dtype uint16"), "%s", out);
+    free(want.ids);
+    cJSON_Delete(root);
+    return t_finish("test_tokenize_cli");
+}
