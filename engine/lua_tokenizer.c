@@ -20,7 +20,7 @@ typedef struct {
 
 static ltokenizer *check_tok(lua_State *L, int idx) {
     ltokenizer *k = luaL_testudata(L, idx, MT_TOKENIZER);
-    if (!k || !k->t) uerror(L, "expected a tokenizer (saefw.tokenizer), got %s", luaL_typename(L, idx));
+    if (!k || !k->t) saefw_lua_error(L, "expected a tokenizer (saefw.tokenizer), got %s", luaL_typename(L, idx));
     return k;
 }
 
@@ -38,14 +38,14 @@ static int tok_gc(lua_State *L) {
 static int l_tokenizer(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     char path[PATH_MAX], err[2048];
-    if (saefw_tokenizer_resolve(name, path, sizeof path, err, sizeof err) != 0) return uerror(L, "saefw.tokenizer: %s", err);
+    if (saefw_tokenizer_resolve(name, path, sizeof path, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.tokenizer: %s", err);
     ltokenizer *k = lua_newuserdatauv(L, sizeof *k, 0);
     memset(k, 0, sizeof *k);
     luaL_setmetatable(L, MT_TOKENIZER);
     snprintf(k->name, sizeof k->name, "%s", name);
-    if (saefw_tokenizer_load(path, &k->t, err, sizeof err) != 0) return uerror(L, "saefw.tokenizer: %s", err);
+    if (saefw_tokenizer_load(path, &k->t, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.tokenizer: %s", err);
     k->s = saefw_tokenizer_scratch_new(k->t);
-    if (!k->s) return uerror(L, "saefw.tokenizer: out of memory");
+    if (!k->s) return saefw_lua_error(L, "saefw.tokenizer: out of memory");
     return 1;
 }
 
@@ -56,26 +56,26 @@ static int32_t *encode_arg(lua_State *L, ltokenizer *k, int idx, int opt_idx, co
     const char *text = luaL_checklstring(L, idx, &len);
     int special = 0, bos = 0;
     if (!lua_isnoneornil(L, opt_idx)) {
-        check_table(L, opt_idx, fn);
-        check_keys(L, opt_idx, fn, keys);
-        special = opt_bool(L, opt_idx, fn, "special", 0);
-        bos = opt_bool(L, opt_idx, fn, "bos", 0);
+        saefw_lua_check_table(L, opt_idx, fn);
+        saefw_lua_check_keys(L, opt_idx, fn, keys);
+        special = saefw_lua_opt_bool(L, opt_idx, fn, "special", 0);
+        bos = saefw_lua_opt_bool(L, opt_idx, fn, "bos", 0);
     }
     int64_t bos_id = saefw_tokenizer_bos(k->t);
-    if (bos && bos_id < 0) uerror(L, "%s: bos=true, but the tokenizer %s has no BOS token", fn, k->name);
+    if (bos && bos_id < 0) saefw_lua_error(L, "%s: bos=true, but the tokenizer %s has no BOS token", fn, k->name);
     int32_t *ids = NULL;
     size_t cap = 0;
     char err[1024];
     *n = 0;
     if (bos) {
         ids = malloc(sizeof *ids * 64);
-        if (!ids) uerror(L, "%s: out of memory", fn);
+        if (!ids) saefw_lua_error(L, "%s: out of memory", fn);
         cap = 64;
         ids[(*n)++] = (int32_t)bos_id;
     }
     if (saefw_tokenizer_encode(k->t, k->s, text, len, special ? SAEFW_TOK_SPECIAL : 0, &ids, n, &cap, err, sizeof err) != 0) {
         free(ids);
-        uerror(L, "%s: %s", fn, err);
+        saefw_lua_error(L, "%s: %s", fn, err);
     }
     return ids;
 }
@@ -97,10 +97,10 @@ static int tok_encode(lua_State *L) {
 
 /* The ids of the table at idx; errors name the entry. */
 static int32_t *table_ids(lua_State *L, ltokenizer *k, int idx, const char *fn, size_t *n) {
-    check_table(L, idx, fn);
+    saefw_lua_check_table(L, idx, fn);
     *n = (size_t)lua_rawlen(L, idx);
     int32_t *ids = malloc(sizeof *ids * (*n ? *n : 1));
-    if (!ids) uerror(L, "%s: out of memory", fn);
+    if (!ids) saefw_lua_error(L, "%s: out of memory", fn);
     int64_t vocab = saefw_tokenizer_vocab_size(k->t);
     for (size_t i = 0; i < *n; i++) {
         lua_rawgeti(L, idx, (lua_Integer)i + 1);
@@ -109,7 +109,7 @@ static int32_t *table_ids(lua_State *L, ltokenizer *k, int idx, const char *fn, 
         lua_pop(L, 1);
         if (!ok || v < 0 || v >= vocab) {
             free(ids);
-            uerror(L, "%s: ids[%zu] is not a token id (0 .. %lld)", fn, i + 1, (long long)vocab - 1);
+            saefw_lua_error(L, "%s: ids[%zu] is not a token id (0 .. %lld)", fn, i + 1, (long long)vocab - 1);
         }
         ids[i] = (int32_t)v;
     }
@@ -124,7 +124,7 @@ static int tok_decode(lua_State *L) {
     char *out = NULL, err[1024];
     int rc = saefw_tokenizer_decode(k->t, ids, n, &out, &len, err, sizeof err);
     free(ids);
-    if (rc != 0) return uerror(L, "tokenizer:decode: %s", err);
+    if (rc != 0) return saefw_lua_error(L, "tokenizer:decode: %s", err);
     lua_pushlstring(L, out, len);
     free(out);
     return 1;
@@ -144,7 +144,7 @@ static int tok_to_str_tokens(lua_State *L) {
         size_t len;
         if (saefw_tokenizer_decode(k->t, &ids[i], 1, &out, &len, err, sizeof err) != 0) {
             free(ids);
-            return uerror(L, "tokenizer:to_str_tokens: %s", err);
+            return saefw_lua_error(L, "tokenizer:to_str_tokens: %s", err);
         }
         lua_pushlstring(L, out, len);
         free(out);
@@ -174,7 +174,7 @@ static int tok_index(lua_State *L) {
 void saefw_lua_open_tokenizer(lua_State *L, int module_index) {
     static const luaL_Reg methods[] = {
         {"encode", tok_encode}, {"decode", tok_decode}, {"to_str_tokens", tok_to_str_tokens}, {NULL, NULL}};
-    new_class(L, MT_TOKENIZER, tok_gc, tok_index, methods);
+    saefw_lua_new_class(L, MT_TOKENIZER, tok_gc, tok_index, methods);
     lua_pushcfunction(L, l_tokenizer);
     lua_setfield(L, module_index, "tokenizer");
 }
