@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "features_report.h"
 #include "lua_saefw.h"
 #include "parallel.h"
 #include "plugin_loader.h"
@@ -34,6 +35,10 @@ static const char USAGE[] =
     "          [--threads N]\n"
     "                      feature frequencies (log10 histogram, also as SVG), dead and rare\n"
     "                      fractions, the rare-feature direction\n"
+    "  features CHECKPOINT --out DIR [--model NAME] [--data TOKENS] [--tokens N] [--top-k K]\n"
+    "          [--threads N] [--seed S]\n"
+    "                      feature report: top contexts, activation histograms, logit effects\n"
+    "                      (open DIR/index.html); model, hook and data default from cfg.json\n"
 #ifdef SAEFW_HAVE_HF
     "  upload DIR --repo ORG/NAME [--create] [--private] [--message MSG] [--revision REV]\n"
     "                      upload a checkpoint folder to the Hugging Face Hub\n"
@@ -352,6 +357,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "plugins")) return cmd_plugins();
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 1, argv + 1);
+    if (!strcmp(cmd, "features")) return saefw_features_cmd(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("saefw %s (plugin ABI %u)\n", SAEFW_VERSION, SAEFW_ABI_VERSION);
         return 0;
