@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "lua_features.h"
 #include "lua_util.h"
 #include "model.h"
 #include "model_resolve.h"
@@ -1448,6 +1449,7 @@ int luaopen_saefw_core(lua_State *L) {
         {NULL, NULL},
     };
     luaL_newlib(L, fns);
+    saefw_lua_register_features(L);
     lua_pushstring(L, SAEFW_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
