@@ -466,6 +466,25 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     CHECK(lines == D_SAE && bad == 0, "features.jsonl: %d lines, %d bad", lines, bad);
     printf("  %d shards, %d features, %d jsonl lines\n", shards, feats, lines);
 
+    /* the same from Lua */
+    snprintf(p, sizeof p, "%s/features.lua", tmp);
+    char script[2048];
+    snprintf(script, sizeof script,
+             "local saefw = require 'saefw'\n"
+             "local r = saefw.features { sae = '%s', n_tokens = 2048, top_k = 4 }\n"
+             "local f = r.features[1]\n"
+             "print(string.format('lua: %%d features, %%d tokens, %%d examples, tokenizer %%s, hist %%d', #r.features,\n"
+             "  r.tokens_analyzed, #f.examples, r.tokenizer, #f.act_hist.counts))\n"
+             "local ok, e = pcall(saefw.features, { sae = '%s', top_k = 0 })\n"
+             "print('error: ' .. tostring(e))\n",
+             ck, ck);
+    write_file(p, script, strlen(script));
+    rc = sh("'%s' run '%s'", bin, p);
+    CHECK(rc == 0 && contains(out, "lua: 48 features, 2048 tokens, 4 examples, tokenizer bytes") &&
+              contains(out, "error: ") && contains(out, "top_k"),
+          "saefw.features from Lua: exit %d:\n%s", rc, out);
+    printf("  %s", out);
+
     rc = sh("'%s' features '%s'", bin, ck);
     CHECK(rc == 2 && contains(out, "missing --out DIR"), "no --out: exit %d: %s", rc, out);
     rc = sh("'%s' features '%s' --out '%s' --frobnicate 1", bin, ck, rep);
@@ -496,6 +515,12 @@ int main(void) {
     printf("analysis against the dense computation (%d rows of %d tokens, %d features)\n", ROWS, T, D_SAE);
     saefw_features *f1 = run(m, tok, h, &sae, 1);
     check_against_dense(m, tok, h, &sae, f1, x, toks);
+    printf("the same with the SAE's sparse path (its active entries)\n");
+    saefw_sae_set_path(SAEFW_SAE_SPARSE);
+    saefw_features *fs = run(m, tok, h, &sae, 2);
+    saefw_sae_set_path(SAEFW_SAE_AUTO);
+    check_against_dense(m, tok, h, &sae, fs, x, toks);
+    saefw_features_free(fs);
     saefw_features *f3 = run(m, tok, h, &sae, 3);
     CHECK(same_results(f1, f3), "results differ between 1 and 3 threads");
     saefw_features_free(f3);
