@@ -208,6 +208,7 @@ static void hist_add(fstate *s, int64_t f, float v) {
 
 static void band_add(const batch_ctx *c, int64_t f, float v, int64_t b) {
     fstate *s = c->s;
+    if (s->nb == 0) return;
     int top = ilogbf(s->max[f]), e = ilogbf(v);
     if (e <= top - s->nb) return;
     int g = ((e % s->nb) + s->nb) % s->nb;
