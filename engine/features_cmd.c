@@ -25,16 +25,6 @@ static int cfg_int(const cJSON *cfg, const char *key, int64_t *out) {
     return 1;
 }
 
-/* The model's config.json (beside its weights) as JSON, or NULL. */
-static cJSON *model_config_json(const char *config_path) {
-    char *text = NULL;
-    char e[256];
-    if (!config_path[0] || saefw_read_file(config_path, &text, NULL, e, sizeof e) != 0) return NULL;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    return j;
-}
-
 void saefw_features_job_close(saefw_features_job *j) {
     if (j->have_sae) saefw_sae_free(&j->sae);
     j->have_sae = 0;
@@ -62,11 +52,11 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     char weights[PATH_MAX], config[PATH_MAX];
     if (saefw_model_resolve(model, weights, sizeof weights, config, sizeof config, err, errlen) != 0) goto out;
     saefw_model_cfg mc, *mcp = NULL;
-    mcfg = model_config_json(config);
     if (config[0]) {
         char *text = NULL;
         if (saefw_read_file(config, &text, NULL, err, errlen) != 0) goto out;
         int r = saefw_model_cfg_from_json(text, config, &mc, err, errlen);
+        mcfg = cJSON_Parse(text); /* for bos_token_id */
         free(text);
         if (r != 0) goto out;
         mcp = &mc;

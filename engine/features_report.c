@@ -139,7 +139,7 @@ static void w_feature(FILE *fp, tok_cache *tc, int64_t i, const saefw_feature_in
     fputs(",\"mean_act\":", fp);
     j_num(fp, fi->mean_act);
     fputs(",\"act_hist\":{\"edges\":[", fp);
-    for (int b = 0; b <= fi->n_hist; b++) {
+    for (int b = 0; fi->n_hist > 0 && b <= fi->n_hist; b++) {
         if (b) fputc(',', fp);
         j_num(fp, b * fi->hist_width);
     }
@@ -246,6 +246,10 @@ static void w_feature_np(FILE *fp, tok_cache *tc, int64_t i, const saefw_feature
     fputs("]}\n", fp);
 }
 
+static const char LOGIT_NOTE[] =
+    "direct path: decoder row (through W_out at an MLP site) centred and scaled by ln_final.w (final "
+    "LayerNorm folded; its 1/std left out), times W_U, centred over the vocab; b_U and ln_final.b excluded";
+
 /* The summary object; edges of the density histogram: 0.25 wide from the lowest live density's (at
  * most 1e-6) down to 1e0, dead features as their own bar one decade below. */
 static void w_summary(FILE *fp, tok_cache *tc, const saefw_features *f, const saefw_report_opts *o, int shard_size) {
@@ -295,7 +299,9 @@ static void w_summary(FILE *fp, tok_cache *tc, const saefw_features *f, const sa
     }
     fprintf(fp, "],\"dead\":%lld,\"dead_bin_log10\":", (long long)dead);
     j_num(fp, lo - 1);
-    fputs("},\"neuron_sparsity\":", fp);
+    fputs("},\"logit_effects\":", fp);
+    j_str(fp, LOGIT_NOTE);
+    fputs(",\"neuron_sparsity\":", fp);
     if (f->one_sparse >= 0)
         fprintf(fp, "{\"one_sparse\":%lld,\"ten_sparse\":%lld,\"dense\":%lld}", (long long)f->one_sparse,
                 (long long)f->ten_sparse, (long long)f->dense);

@@ -66,7 +66,7 @@ static void push_feature(lua_State *L, const saefw_token_decoder *d, int64_t i, 
     set_int(L, "n_nonzero", fi->n_nonzero);
     lua_createtable(L, 0, 2);
     lua_createtable(L, fi->n_hist + 1, 0);
-    for (int b = 0; b <= fi->n_hist; b++) {
+    for (int b = 0; fi->n_hist > 0 && b <= fi->n_hist; b++) {
         lua_pushnumber(L, b * fi->hist_width);
         lua_rawseti(L, -2, b + 1);
     }
