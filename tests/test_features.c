@@ -535,6 +535,41 @@ int main(void) {
           "d_in mismatch: '%s'", err);
     printf("  -> %s\n", err);
 
+    /* At a residual site the effects are W_dec[f] . W_U, folded the same way. */
+    saefw_sae rs;
+    make_sae(&rs, 64, NULL);
+    const saefw_model_cfg *mc = saefw_model_config(m);
+    const int64_t V = mc->d_vocab;
+    const float *W_U = saefw_model_weight(m, "unembed.W_U", 0), *lnw = saefw_model_weight(m, "ln_final.w", 0);
+    float *eff = malloc(sizeof(float) * (size_t)(D_SAE * V));
+    REQUIRE(eff && saefw_feature_logit_effects(m, hr, &rs, 0, D_SAE, eff, err, sizeof err) == 0, "%s", err);
+    double worst = 0, scale = 0;
+    for (int64_t j = 0; j < D_SAE; j++) {
+        double u[64], ev[512], mu = 0, me = 0;
+        for (int k = 0; k < 64; k++) mu += rs.p[SAEFW_W_DEC][j * 64 + k] / 64.0;
+        for (int k = 0; k < 64; k++) u[k] = (rs.p[SAEFW_W_DEC][j * 64 + k] - mu) * lnw[k];
+        for (int64_t v = 0; v < V; v++) {
+            ev[v] = 0;
+            for (int k = 0; k < 64; k++) ev[v] += u[k] * W_U[k * V + v];
+            me += ev[v] / V;
+        }
+        for (int64_t v = 0; v < V; v++) {
+            double d = fabs(eff[j * V + v] - (ev[v] - me));
+            if (!(d <= worst)) worst = d;
+            if (fabs(ev[v] - me) > scale) scale = fabs(ev[v] - me);
+        }
+    }
+    printf("  resid_post logit effects: max |diff| %.3g (largest effect %.3g)\n", worst, scale);
+    CHECK(worst <= 1e-4 * scale, "resid logit effects differ by %g", worst);
+    saefw_features *fr = NULL;
+    o.n_tokens = 1024;
+    CHECK(saefw_features_run(m, tok, hr, &rs, &o, &fr, err, sizeof err) == 0 && fr && fr->one_sparse == -1 &&
+              fr->f[0].neuron_class == -1 && fr->f[0].n_logits == 10,
+          "resid site: %s", err);
+    saefw_features_free(fr);
+    free(eff);
+    saefw_sae_free(&rs);
+
     test_report_and_errors(f1, &sae, tmp);
     test_cli(&sae, tmp);
     saefw_features_free(f1);
