@@ -7,6 +7,7 @@
 
 #include "features_report.h"
 #include "lua_features.h"
+#include "lua_saefw.h"
 #include "lua_util.h"
 
 static void set_num(lua_State *L, const char *k, double v) {
@@ -129,17 +130,18 @@ static int state_gc(lua_State *L) {
     return 0;
 }
 
-/* saefw.features{sae=CHECKPOINT, model=NAME, tokens=PATH, n_tokens=, top_k=, seed=, out=DIR, quiet=,
- * summary_only=}: the analysis as a table (features[i + 1] is feature i, with the fields of a report
- * shard's feature); with out, the report folder is written too and `path` names its index.html. */
+/* saefw.features{sae=, model=, tokens=, site=, layer=, n_tokens=, top_k=, seed=, out=DIR, quiet=,
+ * summary_only=}: sae a checkpoint path (model, hook and tokens then default from its cfg.json; model
+ * and tokens may be given as a name and a path) or an SAE object with a model object, a tokens object
+ * and the site. Returns the analysis as a table (features[i + 1] is feature i, with the fields of a
+ * report shard's feature); with out, the report folder is written too and `path` names its
+ * index.html. */
 static int l_features(lua_State *L) {
-    static const char *const keys[] = {"sae", "model", "tokens", "n_tokens", "top_k", "seed", "out", "quiet", "summary_only", NULL};
+    static const char *const keys[] = {"sae", "model", "tokens", "site", "layer", "n_tokens", "top_k", "seed", "out",
+                                       "quiet", "summary_only", NULL};
     const char *fn = "saefw.features";
     check_table(L, 1, fn);
     check_keys(L, 1, fn, keys);
-    const char *ckpt = opt_string(L, 1, fn, "sae", NULL);
-    if (!ckpt) return uerror(L, "%s: field 'sae' is required (a checkpoint folder or file)", fn);
-    const char *model = opt_string(L, 1, fn, "model", NULL), *data = opt_string(L, 1, fn, "tokens", NULL);
     const char *out = opt_string(L, 1, fn, "out", NULL);
     int quiet = opt_bool(L, 1, fn, "quiet", 0), summary_only = opt_bool(L, 1, fn, "summary_only", 0);
     saefw_features_opts o;
@@ -155,23 +157,58 @@ static int l_features(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     char err[2048];
-    s->open = 1;
-    if (saefw_features_job_open(&s->job, ckpt, model, data, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
-    if (s->job.ids_only && !quiet)
-        fprintf(stderr, "saefw.features: no tokenizer for %s: tokens are shown as ids (#1234)\n", s->job.model_name);
-    if (saefw_features_run(s->job.model, s->job.tokens, s->job.hook, &s->job.sae, &o, &s->f, err, sizeof err) != 0)
-        return uerror(L, "%s: %s", fn, err);
+    const saefw_sae *sae;
+    saefw_model *model;
+    saefw_tokens *tok;
+    saefw_hook hook;
+    const char *ckpt = "", *model_name, *hook_name;
+    char hname[128];
+    saefw_token_decoder bytes_dec, *dec = &bytes_dec;
+    lua_getfield(L, 1, "sae");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        ckpt = lua_tostring(L, -1);
+        const char *mname = opt_string(L, 1, fn, "model", NULL), *data = opt_string(L, 1, fn, "tokens", NULL);
+        s->open = 1;
+        if (saefw_features_job_open(&s->job, ckpt, mname, data, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+        sae = &s->job.sae;
+        model = s->job.model;
+        tok = s->job.tokens;
+        hook = s->job.hook;
+        model_name = s->job.model_name;
+        hook_name = s->job.hook_name;
+        dec = &s->job.dec;
+    } else {
+        if (lua_isnil(L, -1)) return uerror(L, "%s: field 'sae' is required (a checkpoint path or an SAE)", fn);
+        sae = saefw_lua_check_sae(L, -1);
+        lua_getfield(L, 1, "model");
+        model = saefw_lua_check_model(L, -1);
+        lua_getfield(L, -1, "name");
+        model_name = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+        lua_getfield(L, 1, "tokens");
+        tok = saefw_lua_check_tokens(L, -1);
+        const char *site = opt_string(L, 1, fn, "site", NULL);
+        if (!site) return uerror(L, "%s: field 'site' is required with an SAE object (e.g. \"blocks.0.mlp.hook_post\")", fn);
+        int layer = (int)opt_int(L, 1, fn, "layer", strncmp(site, "blocks.", 7) ? 0 : -1, -1);
+        if (saefw_model_hook_resolve(model, site, layer, &hook, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+        saefw_hook_name(hook, hname, sizeof hname);
+        hook_name = hname;
+        /* tiny-1l's tokens are its bytes; other models show ids until a tokenizer plugs in here. */
+        if (!strcmp(model_name, "tiny-1l")) saefw_token_decoder_bytes(&bytes_dec, 256);
+        else memset(&bytes_dec, 0, sizeof bytes_dec);
+    }
+    if (!dec->token_bytes && !quiet)
+        fprintf(stderr, "saefw.features: no tokenizer for %s: tokens are shown as ids (#1234)\n", model_name);
+    if (saefw_features_run(model, tok, hook, sae, &o, &s->f, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
     if (out) {
         saefw_report_opts ro;
         memset(&ro, 0, sizeof ro);
         ro.checkpoint = ckpt;
-        ro.model_name = s->job.model_name;
-        ro.hook_name = s->job.hook_name;
-        ro.dec = &s->job.dec;
+        ro.model_name = model_name;
+        ro.hook_name = hook_name;
+        ro.dec = dec;
         if (saefw_features_write_report(s->f, &ro, out, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
     }
     const saefw_features *f = s->f;
-    const saefw_token_decoder *d = &s->job.dec;
     lua_createtable(L, 0, 12);
     lua_pushstring(L, SAEFW_FEATURES_SCHEMA);
     lua_setfield(L, -2, "schema");
@@ -182,12 +219,12 @@ static int l_features(lua_State *L) {
     set_int(L, "context_before", f->ctx_before);
     set_int(L, "context_after", f->ctx_after);
     set_int(L, "seed", (int64_t)f->seed);
-    lua_pushstring(L, s->job.model_name);
+    lua_pushstring(L, model_name);
     lua_setfield(L, -2, "model_name");
-    lua_pushstring(L, s->job.hook_name);
+    lua_pushstring(L, hook_name);
     lua_setfield(L, -2, "hook_name");
-    if (d->token_bytes && d->name) {
-        lua_pushstring(L, d->name);
+    if (dec->token_bytes && dec->name) {
+        lua_pushstring(L, dec->name);
         lua_setfield(L, -2, "tokenizer");
     }
     if (f->one_sparse >= 0) {
@@ -207,7 +244,7 @@ static int l_features(lua_State *L) {
     if (!summary_only) {
         lua_createtable(L, (int)f->d_sae, 0);
         for (int64_t i = 0; i < f->d_sae; i++) {
-            push_feature(L, d, i, &f->f[i]);
+            push_feature(L, dec, i, &f->f[i]);
             lua_rawseti(L, -2, (lua_Integer)i + 1);
         }
         lua_setfield(L, -2, "features");

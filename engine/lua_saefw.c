@@ -775,6 +775,10 @@ static ltokens *check_tokens(lua_State *L, int idx) {
     return t;
 }
 
+saefw_sae *saefw_lua_check_sae(lua_State *L, int idx) { return &check_sae(L, idx)->sae; }
+saefw_model *saefw_lua_check_model(lua_State *L, int idx) { return check_model(L, idx)->m; }
+saefw_tokens *saefw_lua_check_tokens(lua_State *L, int idx) { return check_tokens(L, idx)->t; }
+
 static int model_gc(lua_State *L) {
     lmodel *m = luaL_checkudata(L, 1, MT_MODEL);
     saefw_model_free(m->m);

@@ -468,7 +468,7 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
 
     /* the same from Lua */
     snprintf(p, sizeof p, "%s/features.lua", tmp);
-    char script[2048];
+    char script[4096];
     snprintf(script, sizeof script,
              "local saefw = require 'saefw'\n"
              "local r = saefw.features { sae = '%s', n_tokens = 2048, top_k = 4 }\n"
@@ -476,12 +476,21 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
              "print(string.format('lua: %%d features, %%d tokens, %%d examples, tokenizer %%s, hist %%d', #r.features,\n"
              "  r.tokens_analyzed, #f.examples, r.tokenizer, #f.act_hist.counts))\n"
              "local ok, e = pcall(saefw.features, { sae = '%s', top_k = 0 })\n"
-             "print('error: ' .. tostring(e))\n",
-             ck, ck);
+             "print('error: ' .. tostring(e))\n"
+             "local t = saefw.tokens(saefw.data_dir() .. '/models/tiny-1l/tokens.npy', { seq_len = 64, bos = 256 })\n"
+             "local r2 = saefw.features { sae = saefw.load_sae('%s'), model = saefw.model('tiny-1l'), tokens = t,\n"
+             "  site = 'blocks.0.mlp.hook_post', n_tokens = 2048, top_k = 4 }\n"
+             "local same = #r2.features == #r.features\n"
+             "for i, g in ipairs(r2.features) do\n"
+             "  local h = r.features[i]\n"
+             "  same = same and g.max_act == h.max_act and g.density == h.density and #g.examples == #h.examples\n"
+             "end\n"
+             "print('objects agree with the checkpoint path: ' .. tostring(same))\n",
+             ck, ck, ck);
     write_file(p, script, strlen(script));
     rc = sh("'%s' run '%s'", bin, p);
     CHECK(rc == 0 && contains(out, "lua: 48 features, 2048 tokens, 4 examples, tokenizer bytes") &&
-              contains(out, "error: ") && contains(out, "top_k"),
+              contains(out, "error: ") && contains(out, "top_k") && contains(out, "objects agree with the checkpoint path: true"),
           "saefw.features from Lua: exit %d:\n%s", rc, out);
     printf("  %s", out);
 
