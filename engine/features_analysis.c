@@ -127,13 +127,31 @@ typedef struct {
     float *slot_act;      /* [d_sae, S, C] */
 } fstate;
 
-/* What one batch offers the update. */
+/* What one batch offers the update: the SAE's active entries (sparse path) or its dense activations. */
 typedef struct {
     fstate *s;
-    const float *acts;    /* [rows, d_sae] */
+    const saefw_sae_work *w; /* entries by tile and row when w->used_sparse */
+    const float *acts;    /* [rows, d_sae] on the dense path, else NULL */
     const int32_t *toks;  /* [rows] */
     int64_t rows, pos0;   /* rows of the batch, stream index of its first token */
 } batch_ctx;
+
+/* Feature f's activation on row b of the batch. */
+static float act_at(const batch_ctx *c, int64_t f, int64_t b) {
+    if (c->acts) return c->acts[b * c->s->d_sae + f];
+    const saefw_sae_work *w = c->w;
+    const int64_t t = f / w->tile_w;
+    const int32_t j = (int32_t)(f - t * w->tile_w);
+    const int32_t *feat = w->act_feat + w->row_start[t * w->cap + b];
+    const float *val = w->act_val + w->row_start[t * w->cap + b];
+    int32_t lo = 0, hi = w->row_len[t * w->cap + b]; /* features ascend within a row */
+    while (lo < hi) {
+        int32_t mid = (lo + hi) / 2;
+        if (feat[mid] < j) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < w->row_len[t * w->cap + b] && feat[lo] == j ? val[lo] : 0.0f;
+}
 
 static uint64_t splitmix(uint64_t *x) {
     uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
@@ -164,7 +182,7 @@ static void capture(const batch_ctx *c, int64_t f, int32_t slot, float v, int64_
     s->slot_at[i] = (int32_t)(t - t0);
     for (int64_t u = t0; u <= t1; u++) {
         s->slot_tok[i * s->C + (u - t0)] = c->toks[r * s->T + u];
-        s->slot_act[i * s->C + (u - t0)] = c->acts[(r * s->T + u) * s->d_sae + f];
+        s->slot_act[i * s->C + (u - t0)] = act_at(c, f, r * s->T + u);
     }
 }
 
@@ -228,31 +246,46 @@ static void band_add(const batch_ctx *c, int64_t f, float v, int64_t b) {
     }
 }
 
+/* Feature f's state after activation v > 0 on row b. */
+static void update_one(const batch_ctx *c, int64_t f, float v, int64_t b) {
+    fstate *s = c->s;
+    s->count[f]++;
+    s->sum[f] += v;
+    if (v > s->max[f]) s->max[f] = v;
+    hist_add(s, f, v);
+    int32_t *h = s->heap + f * s->k;
+    if (s->heap_n[f] < s->k) {
+        int n = s->heap_n[f]++;
+        capture(c, f, n, v, b);
+        h[n] = n;
+        heap_up(s, f, h, n);
+    } else if (v > s->slot_val[f * s->S + h[0]]) {
+        capture(c, f, h[0], v, b);
+        heap_down(s, f, h, s->k, 0);
+    }
+    band_add(c, f, v, b);
+}
+
+/* Dense path: features [f0, f1), rows in order. */
 static void update_range(void *vctx, int64_t f0, int64_t f1) {
     const batch_ctx *c = vctx;
-    fstate *s = c->s;
     for (int64_t b = 0; b < c->rows; b++) {
-        const float *row = c->acts + b * s->d_sae;
-        for (int64_t f = f0; f < f1; f++) {
-            float v = row[f];
-            if (!(v > 0)) continue;
-            s->count[f]++;
-            s->sum[f] += v;
-            if (v > s->max[f]) s->max[f] = v;
-            hist_add(s, f, v);
-            int32_t *h = s->heap + f * s->k;
-            if (s->heap_n[f] < s->k) {
-                int n = s->heap_n[f]++;
-                capture(c, f, n, v, b);
-                h[n] = n;
-                heap_up(s, f, h, n);
-            } else if (v > s->slot_val[f * s->S + h[0]]) {
-                capture(c, f, h[0], v, b);
-                heap_down(s, f, h, s->k, 0);
-            }
-            band_add(c, f, v, b);
-        }
+        const float *row = c->acts + b * c->s->d_sae;
+        for (int64_t f = f0; f < f1; f++)
+            if (row[f] > 0) update_one(c, f, row[f], b);
     }
+}
+
+/* Sparse path: the active entries of tiles [t0, t1), rows in order. */
+static void update_tiles(void *vctx, int64_t t0, int64_t t1) {
+    const batch_ctx *c = vctx;
+    const saefw_sae_work *w = c->w;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t b = 0; b < c->rows; b++) {
+            const int64_t st = w->row_start[t * w->cap + b];
+            for (int32_t e = 0; e < w->row_len[t * w->cap + b]; e++)
+                if (w->act_val[st + e] > 0) update_one(c, t * w->tile_w + w->act_feat[st + e], w->act_val[st + e], b);
+        }
 }
 
 static void fstate_free(fstate *s) {
@@ -603,10 +636,13 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
         fo.stop_after_capture = 1;
         if (saefw_model_forward(model, mw, toks, nb, T, &fo, err, errlen) != 0) goto done;
         saefw_sae_forward(sae, &sw, x, nb * T, NULL);
-        const float *acts = saefw_sae_acts(sae, &sw, x, nb * T, err, errlen);
-        if (!acts) goto done;
-        batch_ctx bc = {im->s, acts, toks, nb * T, r0 * T};
-        saefw_parallel_for(D, update_range, &bc);
+        batch_ctx bc = {im->s, &sw, NULL, toks, nb * T, r0 * T};
+        if (sw.used_sparse) {
+            saefw_parallel_for(sw.n_tiles, update_tiles, &bc);
+        } else {
+            if (!(bc.acts = saefw_sae_acts(sae, &sw, x, nb * T, err, errlen))) goto done;
+            saefw_parallel_for(D, update_range, &bc);
+        }
         if (o->progress) o->progress(o->progress_ud, (r0 + nb) * T, rows * T);
     }
     finish(res, im);
