@@ -43,14 +43,22 @@ static int utf8_len(const unsigned char *s, size_t n) {
     if (c >= 0x01 && c < 0x80) return 1;
     int len;
     unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    else return 0;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c == 0xE0)
+        len = 3, lo = 0xA0;
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
+        len = 3;
+    else if (c == 0xED)
+        len = 3, hi = 0x9F;
+    else if (c == 0xF0)
+        len = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3)
+        len = 4;
+    else if (c == 0xF4)
+        len = 4, hi = 0x8F;
+    else
+        return 0;
     if ((size_t)len > n) return 0;
     if (s[1] < lo || s[1] > hi) return 0;
     for (int i = 2; i < len; i++)
@@ -104,36 +112,36 @@ void saefw_features_default_opts(saefw_features_opts *o) {
 #define NB SAEFW_FEATURES_HIST_BINS
 
 typedef struct {
-    int64_t d_sae, T, C;  /* features, tokens per row, context slots per example */
-    int k, nb, bk, S;     /* top_k, bands, examples per band, slots per feature */
+    int64_t d_sae, T, C; /* features, tokens per row, context slots per example */
+    int k, nb, bk, S;    /* top_k, bands, examples per band, slots per feature */
     int before, after;
     /* per feature */
-    int64_t *count;       /* [d_sae] */
-    double *sum;          /* [d_sae] */
-    float *max;           /* [d_sae] */
-    double *hist_w;       /* [d_sae]: 0 until the first activation */
-    int64_t *hist;        /* [d_sae, NB] */
-    uint64_t *rng;        /* [d_sae]: splitmix64 state */
-    int32_t *heap_n;      /* [d_sae] */
-    int32_t *heap;        /* [d_sae, k]: slot of each heap entry; the root is the weakest */
-    int32_t *band_e;      /* [d_sae, nb]: exponent held by band slot group (INT_MIN: none) */
-    int64_t *band_seen;   /* [d_sae, nb] */
-    int32_t *band_n;      /* [d_sae, nb] */
+    int64_t *count;     /* [d_sae] */
+    double *sum;        /* [d_sae] */
+    float *max;         /* [d_sae] */
+    double *hist_w;     /* [d_sae]: 0 until the first activation */
+    int64_t *hist;      /* [d_sae, NB] */
+    uint64_t *rng;      /* [d_sae]: splitmix64 state */
+    int32_t *heap_n;    /* [d_sae] */
+    int32_t *heap;      /* [d_sae, k]: slot of each heap entry; the root is the weakest */
+    int32_t *band_e;    /* [d_sae, nb]: exponent held by band slot group (INT_MIN: none) */
+    int64_t *band_seen; /* [d_sae, nb] */
+    int32_t *band_n;    /* [d_sae, nb] */
     /* per slot: [d_sae, S] (top slots first, then bands' groups of bk) */
     float *slot_val;
     int64_t *slot_pos;
     int32_t *slot_n, *slot_at;
-    int32_t *slot_tok;    /* [d_sae, S, C] */
-    float *slot_act;      /* [d_sae, S, C] */
+    int32_t *slot_tok; /* [d_sae, S, C] */
+    float *slot_act;   /* [d_sae, S, C] */
 } fstate;
 
 /* What one batch offers the update: the SAE's active entries (sparse path) or its dense activations. */
 typedef struct {
     fstate *s;
     const saefw_sae_work *w; /* entries by tile and row when w->used_sparse */
-    const float *acts;    /* [rows, d_sae] on the dense path, else NULL */
-    const int32_t *toks;  /* [rows] */
-    int64_t rows, pos0;   /* rows of the batch, stream index of its first token */
+    const float *acts;       /* [rows, d_sae] on the dense path, else NULL */
+    const int32_t *toks;     /* [rows] */
+    int64_t rows, pos0;      /* rows of the batch, stream index of its first token */
 } batch_ctx;
 
 /* Feature f's activation on row b of the batch. */
@@ -147,8 +155,10 @@ static float act_at(const batch_ctx *c, int64_t f, int64_t b) {
     int32_t lo = 0, hi = w->row_len[t * w->cap + b]; /* features ascend within a row */
     while (lo < hi) {
         int32_t mid = (lo + hi) / 2;
-        if (feat[mid] < j) lo = mid + 1;
-        else hi = mid;
+        if (feat[mid] < j)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo < w->row_len[t * w->cap + b] && feat[lo] == j ? val[lo] : 0.0f;
 }
@@ -323,7 +333,8 @@ static fstate *fstate_alloc(int64_t d_sae, int64_t T, const saefw_features_opts 
     s->after = o->ctx_after;
     s->C = o->ctx_before + 1 + o->ctx_after;
     size_t D = (size_t)d_sae, S = (size_t)s->S, C = (size_t)s->C;
-    int ok = (s->count = saefw_calloc(D, sizeof *s->count, err, errlen)) && (s->sum = saefw_calloc(D, sizeof *s->sum, err, errlen)) &&
+    int ok = (s->count = saefw_calloc(D, sizeof *s->count, err, errlen)) &&
+             (s->sum = saefw_calloc(D, sizeof *s->sum, err, errlen)) &&
              (s->max = saefw_calloc(D, sizeof *s->max, err, errlen)) &&
              (s->hist_w = saefw_calloc(D, sizeof *s->hist_w, err, errlen)) &&
              (s->hist = saefw_calloc(D * NB, sizeof *s->hist, err, errlen)) &&
@@ -514,9 +525,12 @@ static int weight_analysis(const saefw_model *model, saefw_hook hook, const saef
         for (int64_t f = 0; f < D; f++) {
             int c = saefw_neuron_sparsity_class(sae->p[SAEFW_W_DEC] + f * sae->d_in, sae->d_in);
             out->f[f].neuron_class = c;
-            if (c == 1) out->one_sparse++;
-            else if (c == 10) out->ten_sparse++;
-            else out->dense++;
+            if (c == 1)
+                out->one_sparse++;
+            else if (c == 10)
+                out->ten_sparse++;
+            else
+                out->dense++;
         }
     } else {
         for (int64_t f = 0; f < D; f++) out->f[f].neuron_class = -1;
@@ -555,12 +569,14 @@ static int weight_analysis(const saefw_model *model, saefw_hook hook, const saef
 }
 
 static int check_opts(const saefw_features_opts *o, char *err, size_t errlen) {
-    if (o->top_k < 1 || o->top_k > 10000) return saefw_errf(err, errlen, "features: top_k must be from 1 to 10000, got %d", o->top_k);
+    if (o->top_k < 1 || o->top_k > 10000)
+        return saefw_errf(err, errlen, "features: top_k must be from 1 to 10000, got %d", o->top_k);
     if (o->ctx_before < 0 || o->ctx_after < 0 || o->ctx_before + o->ctx_after > 4096)
         return saefw_errf(err, errlen, "features: context sizes must be >= 0 and together at most 4096");
     if (o->n_bands < 0 || o->n_bands > 64 || o->band_k < 0 || o->band_k > 1000)
         return saefw_errf(err, errlen, "features: bands must be from 0 to 64 with 0 to 1000 examples each");
-    if (o->n_logits < 0 || o->n_logits > 1000) return saefw_errf(err, errlen, "features: n_logits must be from 0 to 1000");
+    if (o->n_logits < 0 || o->n_logits > 1000)
+        return saefw_errf(err, errlen, "features: n_logits must be from 0 to 1000");
     if (o->batch_rows < 1) return saefw_errf(err, errlen, "features: batch_rows must be positive");
     return 0;
 }
@@ -583,9 +599,11 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
                           (long long)sae->d_in, width, hname);
     const saefw_model_cfg *mc = saefw_model_config(model);
     const int64_t T = saefw_tokens_seq_len(tok), R = saefw_tokens_rows(tok), D = sae->d_sae;
-    if (R <= 0) return saefw_errf(err, errlen, "features: the token data set is empty (no row of %lld tokens)", (long long)T);
+    if (R <= 0)
+        return saefw_errf(err, errlen, "features: the token data set is empty (no row of %lld tokens)", (long long)T);
     if (T > mc->n_ctx)
-        return saefw_errf(err, errlen, "features: rows of %lld tokens exceed the model's context n_ctx %d", (long long)T, mc->n_ctx);
+        return saefw_errf(err, errlen, "features: rows of %lld tokens exceed the model's context n_ctx %d",
+                          (long long)T, mc->n_ctx);
     int64_t want = o->n_tokens > 0 ? o->n_tokens : SAEFW_FEATURES_TOKENS;
     int64_t rows = (want + T - 1) / T;
     if (rows > R) rows = R;

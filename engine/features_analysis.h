@@ -32,15 +32,15 @@ void saefw_token_decoder_bytes(saefw_token_decoder *d, int32_t bos_id);
 size_t saefw_token_text(const saefw_token_decoder *d, int32_t id, char *out, size_t cap);
 
 typedef struct {
-    int64_t n_tokens;       /* tokens to analyse, rounded up to whole rows (<= 0: SAEFW_FEATURES_TOKENS,
-                             * or the whole file when smaller) */
-    int top_k;              /* top contexts per feature (20) */
+    int64_t n_tokens;          /* tokens to analyse, rounded up to whole rows (<= 0: SAEFW_FEATURES_TOKENS,
+                                * or the whole file when smaller) */
+    int top_k;                 /* top contexts per feature (20) */
     int ctx_before, ctx_after; /* context tokens around the max token, within its row (12, 4) */
-    int n_bands, band_k;    /* quantile samples: activation bands [2^e, 2^(e+1)) below the max (4),
-                             * examples kept per band by reservoir sampling (5) */
-    int n_logits;           /* promoted and suppressed tokens per feature (10) */
-    int64_t batch_rows;     /* token rows per forward pass (16) */
-    uint64_t seed;          /* reservoir sampling */
+    int n_bands, band_k;       /* quantile samples: activation bands [2^e, 2^(e+1)) below the max (4),
+                                * examples kept per band by reservoir sampling (5) */
+    int n_logits;              /* promoted and suppressed tokens per feature (10) */
+    int64_t batch_rows;        /* token rows per forward pass (16) */
+    uint64_t seed;             /* reservoir sampling */
     /* Called after each batch with tokens done and total (may be NULL). */
     void (*progress)(void *ud, int64_t done, int64_t total);
     void *progress_ud;
@@ -62,8 +62,8 @@ typedef struct {
 } saefw_feature_example;
 
 typedef struct {
-    double lo, hi;   /* activations in [lo, hi) */
-    int64_t seen;    /* activations in the band (after the band entered the window of the max) */
+    double lo, hi; /* activations in [lo, hi) */
+    int64_t seen;  /* activations in the band (after the band entered the window of the max) */
     int n;
     saefw_feature_example *ex; /* [n], descending by max */
 } saefw_feature_band;
@@ -72,9 +72,9 @@ typedef struct {
     int64_t n_nonzero;
     double density, mean_act; /* n_nonzero / tokens; sum of activations / tokens */
     float max_act;
-    int n_hist;               /* histogram of the nonzero activations: bin i is [i w, (i + 1) w) */
+    int n_hist; /* histogram of the nonzero activations: bin i is [i w, (i + 1) w) */
     double hist_width;
-    int64_t *hist;            /* [n_hist], sums to n_nonzero */
+    int64_t *hist; /* [n_hist], sums to n_nonzero */
     int n_top;
     saefw_feature_example *top; /* [n_top], descending by max (ties: earlier pos first) */
     int n_bands;
@@ -82,7 +82,7 @@ typedef struct {
     int n_logits;               /* 0 when the site has no logit effects */
     int32_t *pos_ids, *neg_ids; /* [n_logits]: promoted (descending), suppressed (ascending) */
     float *pos_values, *neg_values;
-    int neuron_class;           /* decoder row: 1: 1-sparse, 10: 10-sparse, 0: dense, -1: not an MLP site */
+    int neuron_class; /* decoder row: 1: 1-sparse, 10: 10-sparse, 0: dense, -1: not an MLP site */
 } saefw_feature_info;
 
 typedef struct {
@@ -90,8 +90,8 @@ typedef struct {
     int top_k, ctx_before, ctx_after;
     uint64_t seed;
     int64_t one_sparse, ten_sparse, dense; /* neuron_class counts; all -1 when not an MLP site */
-    saefw_feature_info *f; /* [d_sae] */
-    void *impl;            /* the memory behind the lists */
+    saefw_feature_info *f;                 /* [d_sae] */
+    void *impl;                            /* the memory behind the lists */
 } saefw_features;
 
 /* Analyse sae at hook of model over the first n_tokens of tok (rows in file order, with the tokens'

@@ -64,6 +64,7 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     if (saefw_model_load(weights, mcp, &j->model, err, errlen) != 0) goto out;
 
     const char *hook = cfg_string(cfg, "hook_name");
+    if (!hook) hook = cfg_string(cfg, "act_name"); /* the seed's N_cfg.json */
     int64_t layer = -1;
     if (!hook) {
         hook = cfg_string(cfg, "site");
@@ -92,7 +93,8 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     if (!data) data = cfg_string(cfg, "dataset_path");
     if (data) {
         snprintf(j->data, sizeof j->data, "%s", data);
-    } else if (!tiny || saefw_exe_relative(SAEFW_DATA_SUBDIR "/models/tiny-1l/tokens.npy", j->data, sizeof j->data) != 0) {
+    } else if (!tiny ||
+               saefw_exe_relative(SAEFW_DATA_SUBDIR "/models/tiny-1l/tokens.npy", j->data, sizeof j->data) != 0) {
         saefw_errf(err, errlen, "%s: cfg.json names no data: give the tokens with --data FILE", checkpoint);
         goto out;
     }
@@ -184,9 +186,12 @@ int saefw_features_cmd(int argc, char **argv) {
             return 2;
         }
         int64_t n;
-        if (!strcmp(k, "out")) out = v;
-        else if (!strcmp(k, "model")) model = v;
-        else if (!strcmp(k, "data")) data = v;
+        if (!strcmp(k, "out"))
+            out = v;
+        else if (!strcmp(k, "model"))
+            model = v;
+        else if (!strcmp(k, "data"))
+            data = v;
         else if (!strcmp(k, "tokens")) {
             if (parse_int(k, v, 1, INT64_MAX / 2, &n) != 0) return 2;
             o.n_tokens = n;

@@ -47,9 +47,12 @@ static void j_str(FILE *fp, const char *s) {
 
 /* A number with 6 significant digits; NaN and infinities (never expected) as null. */
 static void j_num(FILE *fp, double v) {
-    if (!isfinite(v)) fputs("null", fp);
-    else if (v == 0) fputc('0', fp);
-    else fprintf(fp, "%.6g", v);
+    if (!isfinite(v))
+        fputs("null", fp);
+    else if (v == 0)
+        fputc('0', fp);
+    else
+        fprintf(fp, "%.6g", v);
 }
 
 static void j_key(FILE *fp, const char *k) {
@@ -202,8 +205,10 @@ static void w_feature_np(FILE *fp, tok_cache *tc, int64_t i, const saefw_feature
     j_num(fp, fi->mean_act);
     const char *nc = neuron_class_name(fi->neuron_class);
     fputs(",\"neuron_sparsity\":", fp);
-    if (nc) j_str(fp, nc);
-    else fputs("null", fp);
+    if (nc)
+        j_str(fp, nc);
+    else
+        fputs("null", fp);
     const char *keys[2][2] = {{"pos_str", "pos_values"}, {"neg_str", "neg_values"}};
     for (int s = 0; s < 2; s++) {
         const int32_t *ids = s ? fi->neg_ids : fi->pos_ids;
@@ -277,8 +282,10 @@ static void w_summary(FILE *fp, tok_cache *tc, const saefw_features *f, const sa
             "\"shard_size\":%d,\"n_shards\":%lld,\"tokenizer\":",
             (long long)f->tokens_analyzed, (unsigned long long)f->seed, f->ctx_before, f->ctx_after, f->top_k,
             shard_size, (long long)((D + shard_size - 1) / shard_size));
-    if (o->dec && o->dec->token_bytes && o->dec->name) j_str(fp, o->dec->name);
-    else fputs("null", fp);
+    if (o->dec && o->dec->token_bytes && o->dec->name)
+        j_str(fp, o->dec->name);
+    else
+        fputs("null", fp);
     fputs(",\"density_histogram\":{\"log10_edges\":[", fp);
     for (int b = 0; b <= nbins; b++) {
         if (b) fputc(',', fp);
@@ -330,7 +337,8 @@ static void w_summary(FILE *fp, tok_cache *tc, const saefw_features *f, const sa
 
 static int close_checked(FILE *fp, const char *path, char *err, size_t errlen) {
     int bad = ferror(fp);
-    if (fclose(fp) != 0 || bad) return saefw_errf(err, errlen, "%s: write failed: %s", path, strerror(errno ? errno : EIO));
+    if (fclose(fp) != 0 || bad)
+        return saefw_errf(err, errlen, "%s: write failed: %s", path, strerror(errno ? errno : EIO));
     return 0;
 }
 
@@ -404,11 +412,10 @@ static int copy_viewer(const char *src_dir, const char *dst_dir, int *found, cha
     return rc;
 }
 
-static const char PLACEHOLDER[] =
-    "<!doctype html>\n<meta charset=\"utf-8\">\n<title>saefw feature report</title>\n"
-    "<p>The saefw report viewer is not installed, so this report has its data only: "
-    "<code>summary.json</code>, <code>features.jsonl</code> and <code>data/</code> "
-    "(the format is described in saefw's docs/features.md).</p>\n";
+static const char PLACEHOLDER[] = "<!doctype html>\n<meta charset=\"utf-8\">\n<title>saefw feature report</title>\n"
+                                  "<p>The saefw report viewer is not installed, so this report has its data only: "
+                                  "<code>summary.json</code>, <code>features.jsonl</code> and <code>data/</code> "
+                                  "(the format is described in saefw's docs/features.md).</p>\n";
 
 /* Whether dir may be replaced: absent, empty, or an earlier report. */
 static int replaceable(const char *dir, int *exists, char *err, size_t errlen) {
@@ -427,12 +434,14 @@ static int replaceable(const char *dir, int *exists, char *err, size_t errlen) {
     while ((e = readdir(d)))
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
     closedir(d);
-    if (!empty) return saefw_errf(err, errlen, "%s exists and is not a saefw report (no summary.json): choose another folder", dir);
+    if (!empty)
+        return saefw_errf(err, errlen, "%s exists and is not a saefw report (no summary.json): choose another folder",
+                          dir);
     return 0;
 }
 
-static int write_all(const saefw_features *f, const saefw_report_opts *o, int shard_size, const char *tmp,
-                     char *err, size_t errlen) {
+static int write_all(const saefw_features *f, const saefw_report_opts *o, int shard_size, const char *tmp, char *err,
+                     size_t errlen) {
     tok_cache tc = {o->dec, f->d_vocab, NULL};
     tc.s = saefw_calloc((size_t)(f->d_vocab > 0 ? f->d_vocab : 1), sizeof(char *), err, errlen);
     if (!tc.s) return -1;

@@ -137,8 +137,8 @@ static int state_gc(lua_State *L) {
  * report shard's feature); with out, the report folder is written too and `path` names its
  * index.html. */
 static int l_features(lua_State *L) {
-    static const char *const keys[] = {"sae", "model", "tokens", "site", "layer", "n_tokens", "top_k", "seed", "out",
-                                       "quiet", "summary_only", NULL};
+    static const char *const keys[] = {"sae",   "model", "tokens", "site",  "layer",        "n_tokens",
+                                       "top_k", "seed",  "out",    "quiet", "summary_only", NULL};
     const char *fn = "saefw.features";
     check_table(L, 1, fn);
     check_keys(L, 1, fn, keys);
@@ -169,7 +169,8 @@ static int l_features(lua_State *L) {
         ckpt = lua_tostring(L, -1);
         const char *mname = opt_string(L, 1, fn, "model", NULL), *data = opt_string(L, 1, fn, "tokens", NULL);
         s->open = 1;
-        if (saefw_features_job_open(&s->job, ckpt, mname, data, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+        if (saefw_features_job_open(&s->job, ckpt, mname, data, err, sizeof err) != 0)
+            return uerror(L, "%s: %s", fn, err);
         sae = &s->job.sae;
         model = s->job.model;
         tok = s->job.tokens;
@@ -187,14 +188,18 @@ static int l_features(lua_State *L) {
         lua_getfield(L, 1, "tokens");
         tok = saefw_lua_check_tokens(L, -1);
         const char *site = opt_string(L, 1, fn, "site", NULL);
-        if (!site) return uerror(L, "%s: field 'site' is required with an SAE object (e.g. \"blocks.0.mlp.hook_post\")", fn);
+        if (!site)
+            return uerror(L, "%s: field 'site' is required with an SAE object (e.g. \"blocks.0.mlp.hook_post\")", fn);
         int layer = (int)opt_int(L, 1, fn, "layer", strncmp(site, "blocks.", 7) ? 0 : -1, -1);
-        if (saefw_model_hook_resolve(model, site, layer, &hook, err, sizeof err) != 0) return uerror(L, "%s: %s", fn, err);
+        if (saefw_model_hook_resolve(model, site, layer, &hook, err, sizeof err) != 0)
+            return uerror(L, "%s: %s", fn, err);
         saefw_hook_name(hook, hname, sizeof hname);
         hook_name = hname;
         /* tiny-1l's tokens are its bytes; other models show ids until a tokenizer plugs in here. */
-        if (!strcmp(model_name, "tiny-1l")) saefw_token_decoder_bytes(&bytes_dec, 256);
-        else memset(&bytes_dec, 0, sizeof bytes_dec);
+        if (!strcmp(model_name, "tiny-1l"))
+            saefw_token_decoder_bytes(&bytes_dec, 256);
+        else
+            memset(&bytes_dec, 0, sizeof bytes_dec);
     }
     if (!dec->token_bytes && !quiet)
         fprintf(stderr, "saefw.features: no tokenizer for %s: tokens are shown as ids (#1234)\n", model_name);

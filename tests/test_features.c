@@ -71,7 +71,8 @@ static float *all_acts(const saefw_model *m, const saefw_tokens *tok, saefw_hook
     saefw_model_work *w = NULL;
     char err[1024];
     REQUIRE(x && saefw_model_work_alloc(m, rows, T, &w, err, sizeof err) == 0, "work");
-    for (int64_t r = 0; r < rows; r++) REQUIRE(saefw_tokens_row(tok, r, toks + r * T, 257, err, sizeof err) == 0, "%s", err);
+    for (int64_t r = 0; r < rows; r++)
+        REQUIRE(saefw_tokens_row(tok, r, toks + r * T, 257, err, sizeof err) == 0, "%s", err);
     saefw_forward_opts fo;
     memset(&fo, 0, sizeof fo);
     fo.capture = &h;
@@ -82,13 +83,14 @@ static float *all_acts(const saefw_model *m, const saefw_tokens *tok, saefw_hook
     return x;
 }
 
-static saefw_features *run(const saefw_model *m, const saefw_tokens *tok, saefw_hook h, const saefw_sae *sae, int threads) {
+static saefw_features *run(const saefw_model *m, const saefw_tokens *tok, saefw_hook h, const saefw_sae *sae,
+                           int threads) {
     saefw_set_threads(threads);
     saefw_features_opts o;
     saefw_features_default_opts(&o);
     o.n_tokens = ROWS * T - 5; /* rounded up to whole rows */
     o.top_k = 8;
-    o.batch_rows = 10;         /* batches that do not divide the rows */
+    o.batch_rows = 10; /* batches that do not divide the rows */
     saefw_features *f = NULL;
     char err[1024];
     REQUIRE(saefw_features_run(m, tok, h, sae, &o, &f, err, sizeof err) == 0, "%s", err);
@@ -121,8 +123,8 @@ static void check_against_dense(const saefw_model *m, const saefw_tokens *tok, s
         /* Counts agree but for pre-activations within float rounding of zero. */
         int64_t diff = llabs(fi->n_nonzero - nz);
         count_off += diff;
-        CHECK(diff <= near0, "feature %lld: %lld nonzero, dense %lld (%lld near 0)", (long long)j, (long long)fi->n_nonzero,
-              (long long)nz, (long long)near0);
+        CHECK(diff <= near0, "feature %lld: %lld nonzero, dense %lld (%lld near 0)", (long long)j,
+              (long long)fi->n_nonzero, (long long)nz, (long long)near0);
         CHECK(fabs(fi->density - (double)fi->n_nonzero / N) < 1e-12, "density");
         double dm = fabs(fi->mean_act - sum / N);
         if (!(dm <= worst_mean)) worst_mean = dm;
@@ -133,13 +135,17 @@ static void check_against_dense(const saefw_model *m, const saefw_tokens *tok, s
               (long long)fi->n_nonzero);
         if (fi->n_nonzero > 0) {
             live++;
-            CHECK(fi->n_hist > 0 && fi->max_act < fi->n_hist * fi->hist_width && fi->max_act >= (fi->n_hist - 1) * fi->hist_width,
-                  "feature %lld: max %g outside the last bin of %d x %g", (long long)j, fi->max_act, fi->n_hist, fi->hist_width);
+            CHECK(fi->n_hist > 0 && fi->max_act < fi->n_hist * fi->hist_width &&
+                      fi->max_act >= (fi->n_hist - 1) * fi->hist_width,
+                  "feature %lld: max %g outside the last bin of %d x %g", (long long)j, fi->max_act, fi->n_hist,
+                  fi->hist_width);
         }
         qsort(e, (size_t)N, sizeof *e, cmp_entry);
         int64_t want = nz < 8 ? nz : 8;
-        CHECK(llabs(fi->n_top - want) <= near0, "feature %lld: %d top examples, dense %lld", (long long)j, fi->n_top, (long long)want);
-        CHECK(fabs(fi->max_act - e[0].v) <= 1e-4 * (1 + e[0].v), "feature %lld: max %g, dense %g", (long long)j, fi->max_act, e[0].v);
+        CHECK(llabs(fi->n_top - want) <= near0, "feature %lld: %d top examples, dense %lld", (long long)j, fi->n_top,
+              (long long)want);
+        CHECK(fabs(fi->max_act - e[0].v) <= 1e-4 * (1 + e[0].v), "feature %lld: max %g, dense %g", (long long)j,
+              fi->max_act, e[0].v);
         for (int k = 0; k < fi->n_top && k < want; k++) {
             const saefw_feature_example *ex = &fi->top[k];
             double d = fabs(ex->max - e[k].v);
@@ -147,26 +153,31 @@ static void check_against_dense(const saefw_model *m, const saefw_tokens *tok, s
             CHECK(d <= 1e-4 * (1 + e[k].v), "feature %lld top %d: %g, dense %g", (long long)j, k, ex->max, e[k].v);
             /* Positions agree where the value is clear of its neighbours by more than rounding. */
             int clear = (k == 0 || e[k - 1].v - e[k].v > 1e-4) && (k + 1 >= N || e[k].v - e[k + 1].v > 1e-4);
-            if (clear) CHECK(ex->pos == e[k].pos, "feature %lld top %d at %lld, dense %lld", (long long)j, k, (long long)ex->pos, (long long)e[k].pos);
+            if (clear)
+                CHECK(ex->pos == e[k].pos, "feature %lld top %d at %lld, dense %lld", (long long)j, k,
+                      (long long)ex->pos, (long long)e[k].pos);
             /* The context: tokens of the row around pos, the max at `at`. */
             int64_t r = ex->pos / T, t = ex->pos % T;
             int64_t t0 = t - 12 < 0 ? 0 : t - 12, t1 = t + 4 > T - 1 ? T - 1 : t + 4;
-            CHECK(ex->n == t1 - t0 + 1 && ex->at == t - t0, "feature %lld top %d: context %d at %d", (long long)j, k, ex->n, ex->at);
+            CHECK(ex->n == t1 - t0 + 1 && ex->at == t - t0, "feature %lld top %d: context %d at %d", (long long)j, k,
+                  ex->n, ex->at);
             int same = 1;
             for (int u = 0; u < ex->n && ex->n == t1 - t0 + 1; u++) same &= ex->tokens[u] == toks[r * T + t0 + u];
             CHECK(same, "feature %lld top %d: context tokens differ from the file", (long long)j, k);
-            CHECK(ex->acts[ex->at] == ex->max, "feature %lld top %d: acts[at] %g != max %g", (long long)j, k, ex->acts[ex->at], ex->max);
+            CHECK(ex->acts[ex->at] == ex->max, "feature %lld top %d: acts[at] %g != max %g", (long long)j, k,
+                  ex->acts[ex->at], ex->max);
             if (k > 0) CHECK(fi->top[k - 1].max >= ex->max, "feature %lld: top list not descending", (long long)j);
         }
         for (int b = 0; b < fi->n_bands; b++)
             for (int k = 0; k < fi->bands[b].n; k++) {
                 float v = fi->bands[b].ex[k].max;
-                CHECK(v >= fi->bands[b].lo && v < fi->bands[b].hi, "feature %lld band %d: %g outside [%g, %g)", (long long)j, b, v,
-                      fi->bands[b].lo, fi->bands[b].hi);
+                CHECK(v >= fi->bands[b].lo && v < fi->bands[b].hi, "feature %lld band %d: %g outside [%g, %g)",
+                      (long long)j, b, v, fi->bands[b].lo, fi->bands[b].hi);
             }
     }
-    printf("  %lld of %d features live; max |top-k value - dense| %.3g, max |mean - dense| %.3g, count differences %lld\n",
-           (long long)live, D_SAE, worst_top, worst_mean, (long long)count_off);
+    printf(
+        "  %lld of %d features live; max |top-k value - dense| %.3g, max |mean - dense| %.3g, count differences %lld\n",
+        (long long)live, D_SAE, worst_top, worst_mean, (long long)count_off);
     CHECK(live >= D_SAE / 2, "only %lld live features", (long long)live);
     free(e);
 
@@ -208,7 +219,8 @@ static void check_against_dense(const saefw_model *m, const saefw_tokens *tok, s
         }
         order_ok &= f->f[j].n_logits == 10 && f->f[j].pos_ids[0] == best;
         for (int k = 1; k < f->f[j].n_logits; k++)
-            order_ok &= f->f[j].pos_values[k - 1] >= f->f[j].pos_values[k] && f->f[j].neg_values[k - 1] <= f->f[j].neg_values[k];
+            order_ok &= f->f[j].pos_values[k - 1] >= f->f[j].pos_values[k] &&
+                        f->f[j].neg_values[k - 1] <= f->f[j].neg_values[k];
     }
     printf("  logit effects: max |diff| %.3g (largest effect %.3g)\n", worst, scale);
     CHECK(worst <= 1e-4 * scale, "logit effects differ by %g", worst);
@@ -219,8 +231,9 @@ static void check_against_dense(const saefw_model *m, const saefw_tokens *tok, s
 static int same_results(const saefw_features *a, const saefw_features *b) {
     for (int64_t j = 0; j < a->d_sae; j++) {
         const saefw_feature_info *x = &a->f[j], *y = &b->f[j];
-        if (x->n_nonzero != y->n_nonzero || x->mean_act != y->mean_act || x->max_act != y->max_act || x->n_top != y->n_top ||
-            x->n_hist != y->n_hist || x->hist_width != y->hist_width || x->n_bands != y->n_bands)
+        if (x->n_nonzero != y->n_nonzero || x->mean_act != y->mean_act || x->max_act != y->max_act ||
+            x->n_top != y->n_top || x->n_hist != y->n_hist || x->hist_width != y->hist_width ||
+            x->n_bands != y->n_bands)
             return 0;
         if (memcmp(x->hist, y->hist, sizeof(int64_t) * (size_t)x->n_hist)) return 0;
         for (int k = 0; k < x->n_top; k++)
@@ -308,8 +321,8 @@ static void test_report_and_errors(const saefw_features *f, const saefw_sae *sae
     CHECK(saefw_features_write_report(f, &ro, dir, err, sizeof err) == 0, "%s", err);
     /* written twice: the second replaces the first */
     CHECK(saefw_features_write_report(f, &ro, dir, err, sizeof err) == 0, "%s", err);
-    const char *files[] = {"index.html", "summary.json", "features.jsonl", "data/summary.js", "data/shard_0000.js",
-                           "data/shard_0002.js"};
+    const char *files[] = {"index.html",      "summary.json",       "features.jsonl",
+                           "data/summary.js", "data/shard_0000.js", "data/shard_0002.js"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
         CHECK(access(p, R_OK) == 0, "%s missing", p);
@@ -318,7 +331,8 @@ static void test_report_and_errors(const saefw_features *f, const saefw_sae *sae
     CHECK(access(p, F_OK) != 0, "48 features in shards of 16 make 3 shards");
     char *text = NULL;
     snprintf(p, sizeof p, "%s/index.html", dir);
-    CHECK(saefw_read_file(p, &text, NULL, err, sizeof err) == 0 && contains(text, "not installed"), "placeholder index.html");
+    CHECK(saefw_read_file(p, &text, NULL, err, sizeof err) == 0 && contains(text, "not installed"),
+          "placeholder index.html");
     free(text);
     snprintf(p, sizeof p, "%s/summary.json", dir);
     text = NULL;
@@ -369,8 +383,8 @@ static void test_report_and_errors(const saefw_features *f, const saefw_sae *sae
           "empty data: '%s'", err);
     printf("  empty data -> %s\n", err);
     saefw_features_job_close(&job);
-    CHECK(saefw_features_job_open(&job, dir, NULL, "../models/tiny-1l/tokens.npy", err, sizeof err) == 0 && job.ids_only &&
-              !strcmp(job.hook_name, "blocks.0.mlp.hook_post"),
+    CHECK(saefw_features_job_open(&job, dir, NULL, "../models/tiny-1l/tokens.npy", err, sizeof err) == 0 &&
+              job.ids_only && !strcmp(job.hook_name, "blocks.0.mlp.hook_post"),
           "a model not named tiny-1l has no tokenizer: ids (%s)", err);
     saefw_features_job_close(&job);
     cJSON_Delete(cfg);
@@ -457,7 +471,8 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     if (saefw_read_file(p, &text, NULL, err, sizeof err) == 0) {
         for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
             cJSON *j = cJSON_Parse(line);
-            bad += !j || !cJSON_IsNumber(cJSON_GetObjectItem(j, "index")) || !cJSON_IsArray(cJSON_GetObjectItem(j, "activations"));
+            bad += !j || !cJSON_IsNumber(cJSON_GetObjectItem(j, "index")) ||
+                   !cJSON_IsArray(cJSON_GetObjectItem(j, "activations"));
             lines++;
             cJSON_Delete(j);
         }
@@ -469,28 +484,30 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     /* the same from Lua */
     snprintf(p, sizeof p, "%s/features.lua", tmp);
     char script[4096];
-    snprintf(script, sizeof script,
-             "local saefw = require 'saefw'\n"
-             "local r = saefw.features { sae = '%s', n_tokens = 2048, top_k = 4 }\n"
-             "local f = r.features[1]\n"
-             "print(string.format('lua: %%d features, %%d tokens, %%d examples, tokenizer %%s, hist %%d', #r.features,\n"
-             "  r.tokens_analyzed, #f.examples, r.tokenizer, #f.act_hist.counts))\n"
-             "local ok, e = pcall(saefw.features, { sae = '%s', top_k = 0 })\n"
-             "print('error: ' .. tostring(e))\n"
-             "local t = saefw.tokens(saefw.data_dir() .. '/models/tiny-1l/tokens.npy', { seq_len = 64, bos = 256 })\n"
-             "local r2 = saefw.features { sae = saefw.load_sae('%s'), model = saefw.model('tiny-1l'), tokens = t,\n"
-             "  site = 'blocks.0.mlp.hook_post', n_tokens = 2048, top_k = 4 }\n"
-             "local same = #r2.features == #r.features\n"
-             "for i, g in ipairs(r2.features) do\n"
-             "  local h = r.features[i]\n"
-             "  same = same and g.max_act == h.max_act and g.density == h.density and #g.examples == #h.examples\n"
-             "end\n"
-             "print('objects agree with the checkpoint path: ' .. tostring(same))\n",
-             ck, ck, ck);
+    snprintf(
+        script, sizeof script,
+        "local saefw = require 'saefw'\n"
+        "local r = saefw.features { sae = '%s', n_tokens = 2048, top_k = 4 }\n"
+        "local f = r.features[1]\n"
+        "print(string.format('lua: %%d features, %%d tokens, %%d examples, tokenizer %%s, hist %%d', #r.features,\n"
+        "  r.tokens_analyzed, #f.examples, r.tokenizer, #f.act_hist.counts))\n"
+        "local ok, e = pcall(saefw.features, { sae = '%s', top_k = 0 })\n"
+        "print('error: ' .. tostring(e))\n"
+        "local t = saefw.tokens(saefw.data_dir() .. '/models/tiny-1l/tokens.npy', { seq_len = 64, bos = 256 })\n"
+        "local r2 = saefw.features { sae = saefw.load_sae('%s'), model = saefw.model('tiny-1l'), tokens = t,\n"
+        "  site = 'blocks.0.mlp.hook_post', n_tokens = 2048, top_k = 4 }\n"
+        "local same = #r2.features == #r.features\n"
+        "for i, g in ipairs(r2.features) do\n"
+        "  local h = r.features[i]\n"
+        "  same = same and g.max_act == h.max_act and g.density == h.density and #g.examples == #h.examples\n"
+        "end\n"
+        "print('objects agree with the checkpoint path: ' .. tostring(same))\n",
+        ck, ck, ck);
     write_file(p, script, strlen(script));
     rc = sh("'%s' run '%s'", bin, p);
     CHECK(rc == 0 && contains(out, "lua: 48 features, 2048 tokens, 4 examples, tokenizer bytes") &&
-              contains(out, "error: ") && contains(out, "top_k") && contains(out, "objects agree with the checkpoint path: true"),
+              contains(out, "error: ") && contains(out, "top_k") &&
+              contains(out, "objects agree with the checkpoint path: true"),
           "saefw.features from Lua: exit %d:\n%s", rc, out);
     printf("  %s", out);
 
