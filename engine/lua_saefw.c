@@ -13,6 +13,7 @@
 
 #include "checkpoint.h"
 #include "lua_tokenizer.h"
+#include "lua_features.h"
 #include "lua_util.h"
 #include "model.h"
 #include "model_resolve.h"
@@ -783,6 +784,10 @@ static ltokens *check_tokens(lua_State *L, int idx) {
     return t;
 }
 
+saefw_sae *saefw_lua_check_sae(lua_State *L, int idx) { return &check_sae(L, idx)->sae; }
+saefw_model *saefw_lua_check_model(lua_State *L, int idx) { return check_model(L, idx)->m; }
+saefw_tokens *saefw_lua_check_tokens(lua_State *L, int idx) { return check_tokens(L, idx)->t; }
+
 static int model_gc(lua_State *L) {
     lmodel *m = luaL_checkudata(L, 1, MT_MODEL);
     saefw_model_free(m->m);
@@ -1467,6 +1472,7 @@ int luaopen_saefw_core(lua_State *L) {
     };
     luaL_newlib(L, fns);
     saefw_lua_open_tokenizer(L, lua_gettop(L));
+    saefw_lua_register_features(L);
     lua_pushstring(L, SAEFW_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -4,6 +4,10 @@
 
 #include <lua.h>
 
+#include "model.h"
+#include "sae.h"
+#include "tokens.h"
+
 int luaopen_saefw_core(lua_State *L);
 
 /* Set the folder of the Lua library (errors point past its frames, at the user's script). */
@@ -13,5 +17,11 @@ void saefw_lua_set_overrides(lua_State *L, char **kv, int n_pairs);
 
 /* Store the run folder given with --resume (NULL: none) for saefw.train. */
 void saefw_lua_set_resume(lua_State *L, const char *run_dir);
+
+/* The engine objects behind saefw.sae / saefw.model / saefw.tokens userdata at idx; a Lua error
+ * naming what was expected otherwise. Borrowed: valid while the userdata is. */
+saefw_sae *saefw_lua_check_sae(lua_State *L, int idx);
+saefw_model *saefw_lua_check_model(lua_State *L, int idx);
+saefw_tokens *saefw_lua_check_tokens(lua_State *L, int idx);
 
 #endif

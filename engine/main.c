@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "features_report.h"
 #include "lua_saefw.h"
 #include "parallel.h"
 #include "plugin_loader.h"
@@ -43,6 +44,10 @@ static const char USAGE[] =
     "  tokenize INPUT... --tokenizer NAME --out FILE.npy|.bin [--field text] [--threads N] [--bos]\n"
     "          [--append-eos] [--special] [--dtype uint16|int32]\n"
     "                      text (JSONL, JSONL.zst, plain text) to a token file\n"
+    "  features CHECKPOINT --out DIR [--model NAME] [--data TOKENS] [--tokens N] [--top-k K]\n"
+    "          [--threads N] [--seed S]\n"
+    "                      feature report: top contexts, activation histograms, logit effects\n"
+    "                      (open DIR/index.html); model, hook and data default from cfg.json\n"
 #ifdef SAEFW_HAVE_HF
     "  upload DIR --repo ORG/NAME [--path-in-repo SAE_ID] [--create] [--private] [--message MSG] [--revision REV]\n"
     "                      upload a checkpoint folder to the Hugging Face Hub (into folder SAE_ID, as\n"
@@ -369,6 +374,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokens")) return saefw_cmd_tokens(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return saefw_cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "features")) return saefw_features_cmd(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("saefw %s (plugin ABI %u)\n", SAEFW_VERSION, SAEFW_ABI_VERSION);
         return 0;

@@ -991,3 +991,14 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
     if (o->loss_out) *o->loss_out = nll / (double)(B * (T - 1));
     return 0;
 }
+
+const float *saefw_model_weight(const saefw_model *m, const char *name, int layer) {
+    if (!strcmp(name, "ln_final.w")) return m->lnf_w;
+    if (!strcmp(name, "ln_final.b")) return m->lnf_b;
+    if (!strcmp(name, "unembed.W_U")) return m->W_U;
+    if (!strcmp(name, "unembed.b_U")) return m->b_U;
+    if (layer < 0 || layer >= m->cfg.n_layers) return NULL;
+    if (!strcmp(name, "mlp.W_out")) return m->layers[layer].W_out;
+    if (!strcmp(name, "mlp.b_out")) return m->layers[layer].b_out;
+    return NULL;
+}

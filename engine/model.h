@@ -66,6 +66,11 @@ size_t saefw_model_param_bytes(const saefw_model *m);
  * same weights give identical blocks. */
 const float *saefw_model_params(const saefw_model *m, size_t *count);
 
+/* A weight the analysis reads, owned by the model, in TransformerLens's layout: "ln_final.w",
+ * "ln_final.b" [d_model], "unembed.W_U" [d_model, d_vocab], "unembed.b_U" [d_vocab] (layer ignored),
+ * "mlp.W_out" [d_mlp, d_model], "mlp.b_out" [d_model] of `layer`. NULL for other names or layers. */
+const float *saefw_model_weight(const saefw_model *m, const char *name, int layer);
+
 typedef enum {
     SAEFW_INTERVENE_NONE = 0,
     SAEFW_INTERVENE_ZERO,    /* set the hook's activations to 0 */

@@ -1,6 +1,7 @@
 -- The seed's pipeline end to end on the tiny model bundled with saefw (no download): tokens ->
 -- transformer -> blocks.0.mlp.hook_post -> shuffled buffer -> SAE, with the reconstruction score and
--- feature frequencies at every eval. A couple of minutes on 2 cores:
+-- feature frequencies at every eval, then the feature report of the trained SAE (report_tokens = 0
+-- skips it). A couple of minutes on 2 cores:
 --   saefw run experiments/quickstart.lua [--num_tokens 2e6 ...]
 local saefw = require "saefw"
 
@@ -9,6 +10,7 @@ local cfg = saefw.config {
   beta1 = 0.9, beta2 = 0.99, dict_mult = 8, seq_len = 128, buffer_dtype = "bf16",
   model_name = "tiny-1l", site = "post", layer = 0, data = "", bos = 256,
   log_every = 100, eval_every = 1000, checkpoint_every = 2000, recons_batches = 5, run_dir = "",
+  report_tokens = 131072,
 }
 local data = cfg.data ~= "" and cfg.data or (saefw.data_dir() .. "/models/tiny-1l/tokens.npy")
 
@@ -35,3 +37,13 @@ print(string.format("final: loss %.5f, L0 %.2f, explained variance %.4f, dead %.
 print(string.format("reconstruction score %.4f (loss clean %.4f, with the SAE %.4f, zero-ablated %.4f)",
                     result.recons_score, result.loss_clean, result.loss_recons, result.loss_zero_abl))
 print("checkpoint: " .. result.checkpoint)
+
+-- What the features mean: top contexts, activation histograms and logit effects of every feature, as
+-- a static report beside the checkpoints (the same as `saefw features CHECKPOINT --out DIR`).
+if cfg.report_tokens > 0 then
+  local run_dir = result.checkpoint:match("^(.*)/[^/]+$") or "."
+  local report = saefw.features { sae = result.checkpoint, n_tokens = cfg.report_tokens, out = run_dir .. "/report",
+                                  summary_only = true }
+  print(string.format("feature report (%d tokens, %d of %d features dead): %s", report.tokens_analyzed, report.dead,
+                      report.d_sae, report.path))
+end

@@ -81,6 +81,7 @@ M.data_dir = core.data_dir
 M.save_tensor = core.save_tensor
 M.find_resumable = core.find_resumable
 M.threads = core.threads
+M.features = core.features
 
 -- What a buffer reads from, for cfg.json (SAELens's model_name, hook_name, ...).
 local buffer_info = setmetatable({}, { __mode = "k" })
