@@ -4,6 +4,8 @@
  * not depend on how the features are split among threads. */
 #include "features_analysis.h"
 
+#include "tokenizer.h"
+
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +36,21 @@ void saefw_token_decoder_bytes(saefw_token_decoder *d, int32_t bos_id) {
     d->name = "bytes";
     d->token_bytes = bytes_token;
     d->ud = (void *)(intptr_t)bos_id;
+}
+
+static int tokenizer_token(void *ud, int32_t id, char *buf, size_t cap) {
+    size_t len = 0;
+    const char *b = saefw_tokenizer_token_bytes(ud, id, &len);
+    if (!b) return -1;
+    if (len > cap) len = cap;
+    memcpy(buf, b, len);
+    return (int)len;
+}
+
+void saefw_token_decoder_tokenizer(saefw_token_decoder *d, const struct saefw_tokenizer *t, const char *name) {
+    d->name = name;
+    d->token_bytes = tokenizer_token;
+    d->ud = (void *)t;
 }
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0 when s[0] does not start one. NUL is

@@ -25,6 +25,10 @@ typedef struct {
 /* The byte-level decoder of tiny-1l: ids 0..255 are the bytes themselves, bos_id is "<|BOS|>". */
 void saefw_token_decoder_bytes(saefw_token_decoder *d, int32_t bos_id);
 
+/* The tokens of a loaded tokenizer.json (borrowed: t must outlive d), shown as its bytes. */
+struct saefw_tokenizer;
+void saefw_token_decoder_tokenizer(saefw_token_decoder *d, const struct saefw_tokenizer *t, const char *name);
+
 /* Display text of one token into out (NUL-terminated, truncated to cap): its bytes where they are
  * valid UTF-8, each invalid byte (such as one byte of a multi-byte character that the tokenizer split
  * across tokens) as the four characters \xNN; "#id" when the decoder has no bytes for it. Returns

@@ -32,6 +32,8 @@ void saefw_features_job_close(saefw_features_job *j) {
     j->tokens = NULL;
     saefw_model_free(j->model);
     j->model = NULL;
+    saefw_tokenizer_free(j->tokenizer);
+    j->tokenizer = NULL;
 }
 
 int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const char *model, const char *data,
@@ -110,12 +112,17 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     to.shuffle = 0;
     if (saefw_tokens_open(&to, &j->tokens, err, errlen) != 0) goto out;
 
-    /* A tokenizer plugs in here; tiny-1l's tokens are its bytes. */
-    if (tiny) {
+    /* The model's tokenizer.json when there is one (tiny-1l's bytes otherwise); else ids. */
+    char tpath[4096], terr[1024];
+    if (saefw_tokenizer_resolve(j->model_name, tpath, sizeof tpath, terr, sizeof terr) == 0 &&
+        saefw_tokenizer_load(tpath, &j->tokenizer, terr, sizeof terr) == 0) {
+        saefw_token_decoder_tokenizer(&j->dec, j->tokenizer, "tokenizer.json");
+    } else if (tiny) {
         saefw_token_decoder_bytes(&j->dec, (int32_t)(bos >= 0 ? bos : 256));
     } else {
         memset(&j->dec, 0, sizeof j->dec);
         j->ids_only = 1;
+        snprintf(j->why_ids, sizeof j->why_ids, "%s", terr);
     }
     rc = 0;
 out:
@@ -221,7 +228,8 @@ int saefw_features_cmd(int argc, char **argv) {
         return 1;
     }
     if (j.ids_only)
-        fprintf(stderr, "saefw features: no tokenizer for %s: tokens are shown as ids (#1234)\n", j.model_name);
+        fprintf(stderr, "saefw features: no tokenizer for %s, so tokens are shown as ids (#1234): %s\n", j.model_name,
+                j.why_ids);
     fprintf(stderr, "saefw features: SAE %s (%lld -> %lld) on %s at %s, tokens %s\n", ckpt, (long long)j.sae.d_in,
             (long long)j.sae.d_sae, j.model_name, j.hook_name, j.data);
     progress_state ps = {saefw_now(), 0, isatty(2)};

@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "features_analysis.h"
+#include "tokenizer.h"
 #include "sae.h"
 
 #define SAEFW_FEATURES_SCHEMA "saefw-features/1"
@@ -34,8 +35,10 @@ typedef struct {
     saefw_tokens *tokens;
     saefw_hook hook;
     char checkpoint[4096], model_name[256], hook_name[128], data[4096];
-    saefw_token_decoder dec; /* bytes for tiny-1l; ids ("#1234") for a model without a tokenizer */
-    int ids_only;            /* dec shows ids: the caller says so once */
+    saefw_token_decoder dec; /* the model's tokenizer; ids ("#1234") for a model without one */
+    saefw_tokenizer *tokenizer;
+    int ids_only;            /* dec shows ids: the caller says so once, with why_ids */
+    char why_ids[1024];
 } saefw_features_job;
 
 /* Load the SAE of checkpoint; the model (model, else cfg.json's model_name), its hook (hook_name, the

@@ -7,6 +7,7 @@
 
 #include "features_report.h"
 #include "lua_features.h"
+#include "tokenizer.h"
 #include "lua_saefw.h"
 #include "lua_util.h"
 
@@ -115,6 +116,7 @@ typedef struct {
     saefw_features_job job;
     saefw_features *f;
     int open;
+    saefw_tokenizer *tokenizer; /* the model's, for an SAE passed as an object */
 } lfeat_state;
 
 /* Frees the job and the results when the call fails (a Lua error skips the C cleanup). */
@@ -123,6 +125,8 @@ static void state_release(lfeat_state *s) {
     s->f = NULL;
     if (s->open) saefw_features_job_close(&s->job);
     s->open = 0;
+    saefw_tokenizer_free(s->tokenizer);
+    s->tokenizer = NULL;
 }
 
 static int state_gc(lua_State *L) {
@@ -195,8 +199,12 @@ static int l_features(lua_State *L) {
             return saefw_lua_error(L, "%s: %s", fn, err);
         saefw_hook_name(hook, hname, sizeof hname);
         hook_name = hname;
-        /* tiny-1l's tokens are its bytes; other models show ids until a tokenizer plugs in here. */
-        if (!strcmp(model_name, "tiny-1l"))
+        /* The model's tokenizer.json when there is one (tiny-1l's bytes otherwise); else ids. */
+        char tpath[4096], terr[1024];
+        if (saefw_tokenizer_resolve(model_name, tpath, sizeof tpath, terr, sizeof terr) == 0 &&
+            saefw_tokenizer_load(tpath, &s->tokenizer, terr, sizeof terr) == 0)
+            saefw_token_decoder_tokenizer(&bytes_dec, s->tokenizer, "tokenizer.json");
+        else if (!strcmp(model_name, "tiny-1l"))
             saefw_token_decoder_bytes(&bytes_dec, 256);
         else
             memset(&bytes_dec, 0, sizeof bytes_dec);
