@@ -9,6 +9,7 @@
 
 #include "checkpoint.h"
 #include "features_report.h"
+#include "token_dataset.h"
 #include "model_resolve.h"
 #include "parallel.h"
 #include "util.h"
@@ -101,7 +102,11 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
         goto out;
     }
     int64_t seq_len = 128, bos = -1;
-    if (!cfg_int(cfg, "context_size", &seq_len)) cfg_int(cfg, "seq_len", &seq_len);
+    /* context_size is 0 in a cfg.json written without a token source */
+    if (!cfg_int(cfg, "context_size", &seq_len) || seq_len < 2) {
+        seq_len = 128;
+        cfg_int(cfg, "seq_len", &seq_len);
+    }
     if (seq_len > saefw_model_config(j->model)->n_ctx) seq_len = saefw_model_config(j->model)->n_ctx;
     if (!cfg_int(cfg, "bos", &bos) && mcfg) cfg_int(mcfg, "bos_token_id", &bos);
     saefw_tokens_opts to;
@@ -110,7 +115,7 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     to.seq_len = seq_len;
     to.bos = bos;
     to.shuffle = 0;
-    if (saefw_tokens_open(&to, &j->tokens, err, errlen) != 0) goto out;
+    if (saefw_tokens_open_any(&to, NULL, -1, &j->tokens, err, errlen) != 0) goto out;
 
     /* The model's tokenizer.json when there is one (tiny-1l's bytes otherwise); else ids. */
     char tpath[4096], terr[1024];

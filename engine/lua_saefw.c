@@ -864,16 +864,10 @@ static int l_tokens(lua_State *L) {
     o.seed = (uint64_t)saefw_lua_opt_int(L, 2, fn, "seed", 49, 0);
     const char *column = saefw_lua_opt_string(L, 2, fn, "column", NULL);
     char err[1024];
-    char cache[PATH_MAX];
-    if (saefw_token_dataset_spec(path)) {
-        if (saefw_token_dataset_prepare(path, column, -1, cache, sizeof cache, err, sizeof err) != 0)
-            return saefw_lua_error(L, "%s: %s", fn, err);
-        o.path = cache;
-    }
     ltokens *t = lua_newuserdatauv(L, sizeof *t, 0);
     t->t = NULL;
     luaL_setmetatable(L, MT_TOKENS);
-    if (saefw_tokens_open(&o, &t->t, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    if (saefw_tokens_open_any(&o, column, -1, &t->t, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
     return 1;
 }
 

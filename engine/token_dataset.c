@@ -366,3 +366,13 @@ done:
     saefw_shards_free(&sh);
     return rc;
 }
+
+int saefw_tokens_open_any(const saefw_tokens_opts *o, const char *column, int progress, saefw_tokens **out, char *err,
+                          size_t errlen) {
+    if (!o->path || !saefw_token_dataset_spec(o->path)) return saefw_tokens_open(o, out, err, errlen);
+    char cache[PATH_MAX];
+    if (saefw_token_dataset_prepare(o->path, column, progress, cache, sizeof cache, err, errlen) != 0) return -1;
+    saefw_tokens_opts c = *o;
+    c.path = cache;
+    return saefw_tokens_open(&c, out, err, errlen);
+}

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tokens.h"
+
 typedef struct {
     const char *const *shards; /* Parquet files, in dataset order */
     int n_shards;
@@ -49,5 +51,10 @@ int saefw_token_dataset_spec(const char *spec);
  * column NULL means "tokens". */
 int saefw_token_dataset_prepare(const char *spec, const char *column, int progress, char *cache, size_t n,
                                 char *err, size_t errlen);
+
+/* saefw_tokens_open for a token file or a token dataset spec (then through its token cache, made on
+ * first use): o->path may be either. column NULL means "tokens". */
+int saefw_tokens_open_any(const saefw_tokens_opts *o, const char *column, int progress, saefw_tokens **out, char *err,
+                          size_t errlen);
 
 #endif

@@ -384,8 +384,19 @@ static void test_report_and_errors(const saefw_features *f, const saefw_sae *sae
     printf("  empty data -> %s\n", err);
     saefw_features_job_close(&job);
     CHECK(saefw_features_job_open(&job, dir, NULL, "../models/tiny-1l/tokens.npy", err, sizeof err) == 0 &&
-              job.ids_only && !strcmp(job.hook_name, "blocks.0.mlp.hook_post"),
-          "a model not named tiny-1l has no tokenizer: ids (%s)", err);
+              !job.ids_only && job.dec.token_bytes && !strcmp(job.hook_name, "blocks.0.mlp.hook_post"),
+          "a model folder with a tokenizer.json is shown through it (%s)", err);
+    saefw_features_job_close(&job);
+    /* The same model in a folder without tokenizer.json: ids, and the reason. */
+    char bare[1200], cmd[4096];
+    snprintf(bare, sizeof bare, "%s/bare-model", tmp);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp ../models/tiny-1l/config.json ../models/tiny-1l/model.safetensors '%s/'",
+             bare, bare);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    CHECK(saefw_features_job_open(&job, dir, bare, "../models/tiny-1l/tokens.npy", err, sizeof err) == 0 && job.ids_only &&
+              job.why_ids[0] && !strcmp(job.hook_name, "blocks.0.mlp.hook_post"),
+          "a model without a tokenizer: ids (%s)", err);
+    printf("  no tokenizer -> %s\n", job.why_ids);
     saefw_features_job_close(&job);
     cJSON_Delete(cfg);
     saefw_sae_free(&small);
@@ -447,7 +458,7 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     int shards = 0, feats = 0;
     if (sum) {
         const cJSON *tk = cJSON_GetObjectItem(sum, "tokenizer");
-        CHECK(cJSON_IsString(tk) && !strcmp(tk->valuestring, "bytes"), "tokenizer of tiny-1l is bytes");
+        CHECK(cJSON_IsString(tk) && !strcmp(tk->valuestring, "tokenizer.json"), "tiny-1l is shown through its tokenizer.json");
         CHECK(cJSON_GetObjectItem(sum, "tokens_analyzed")->valuedouble == 8192, "tokens_analyzed");
         CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(sum, "features")) == D_SAE, "summary features");
         shards = (int)cJSON_GetObjectItem(sum, "n_shards")->valuedouble;
@@ -505,7 +516,7 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
         ck, ck, ck);
     write_file(p, script, strlen(script));
     rc = sh("'%s' run '%s'", bin, p);
-    CHECK(rc == 0 && contains(out, "lua: 48 features, 2048 tokens, 4 examples, tokenizer bytes") &&
+    CHECK(rc == 0 && contains(out, "lua: 48 features, 2048 tokens, 4 examples, tokenizer tokenizer.json") &&
               contains(out, "error: ") && contains(out, "top_k") &&
               contains(out, "objects agree with the checkpoint path: true"),
           "saefw.features from Lua: exit %d:\n%s", rc, out);
