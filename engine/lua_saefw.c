@@ -1187,7 +1187,8 @@ static int on_event(void *vud, const char *event, const saefw_metrics *m, char *
 static int l_train(lua_State *L) {
     static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
                                        "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
-                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "restart", NULL};
+                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "resume",
+                                       "allow_change", NULL};
     const char *fn = "saefw.train";
     check_table(L, 1, fn);
     check_keys(L, 1, fn, keys);
@@ -1250,7 +1251,21 @@ static int l_train(lua_State *L) {
     o.freq_batches = opt_int(L, 1, fn, "freq_batches", 5, 1);
     o.run_dir = opt_string(L, 1, fn, "run_dir", NULL);
     o.resume_from = opt_string(L, 1, fn, "resume_from", NULL);
-    o.restart = opt_bool(L, 1, fn, "restart", 0);
+    o.resume = opt_bool(L, 1, fn, "resume", 0);
+    /* allow_change: a list of names, kept alive on the stack until the run ends. */
+    if (lua_getfield(L, 1, "allow_change") != LUA_TNIL) {
+        if (!lua_istable(L, -1)) return uerror(L, "%s: field 'allow_change' must be a list of names", fn);
+        int t = lua_gettop(L), n = (int)lua_rawlen(L, t);
+        const char **names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
+        for (int i = 0; i < n; i++) {
+            lua_rawgeti(L, t, i + 1);
+            if (lua_type(L, -1) != LUA_TSTRING) return uerror(L, "%s: allow_change[%d] must be a string", fn, i + 1);
+            names[i] = lua_tostring(L, -1);
+            lua_rawseti(L, t, i + 1); /* the same string, left in the table that keeps it alive */
+        }
+        o.allow_change = names;
+        o.n_allow_change = n;
+    }
     o.seed = (uint64_t)opt_int(L, 1, fn, "seed", 49, 0);
     int progress = opt_bool(L, 1, fn, "progress", 1);
     o.progress = progress ? -1 : 0;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "rundir.h"
 #include "state.h"
 #include "parallel.h"
 #include "tensorfile.h"
@@ -36,6 +37,8 @@ struct saefw_run {
     char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
     double extra_value[SAEFW_MAX_EXTRA_METRICS];
     FILE *metrics;    /* metrics.jsonl, or NULL */
+    int64_t metrics_lines; /* lines in metrics.jsonl */
+    cJSON *changes;   /* configuration changes accepted at resumes: [{step, key, from, to}] */
     double t0;        /* when this process started training */
     double elapsed_before; /* seconds spent before a resume, for the reported rate */
 };
@@ -268,6 +271,8 @@ static const saefw_host HOST = {
 
 const saefw_host *saefw_host_table(void) { return &HOST; }
 
+static void log_line(const char *msg) { fprintf(stderr, "%s\n", msg); }
+
 /* ---- signals ---- */
 
 static volatile sig_atomic_t g_stop_signal = 0;
@@ -333,12 +338,17 @@ static int write_metrics_line(FILE *f, const char *event, const saefw_metrics *m
     return 0;
 }
 
-static cJSON *checkpoint_cfg(const saefw_train_opts *o, const saefw_metrics *m) {
+static cJSON *checkpoint_cfg(const saefw_run *run, const saefw_metrics *m) {
+    const saefw_train_opts *o = run->o;
     cJSON *c = o->cfg ? cJSON_Duplicate(o->cfg, 1) : cJSON_CreateObject();
     if (!c) return NULL;
     cJSON_DeleteItemFromObject(c, "step");
     cJSON_DeleteItemFromObject(c, "tokens_seen");
     cJSON_DeleteItemFromObject(c, "final_metrics");
+    cJSON_DeleteItemFromObject(c, "config_changes");
+    /* What a resume changed, so that the values above are not taken for those of every step. */
+    if (run->changes && cJSON_GetArraySize(run->changes) > 0)
+        cJSON_AddItemToObject(c, "config_changes", cJSON_Duplicate(run->changes, 1));
     cJSON_AddNumberToObject(c, "step", (double)m->step);
     cJSON_AddNumberToObject(c, "tokens_seen", (double)m->tokens);
     cJSON *fm = cJSON_AddObjectToObject(c, "final_metrics");
@@ -388,6 +398,96 @@ static int source_state(saefw_run *run, saefw_source *src, const char *prefix, s
     return src->load_state(src, in, err, errlen);
 }
 
+/* The run's configuration (and the changes accepted so far) as JSON text, for a resume to compare. */
+static int put_record(saefw_run *run, saefw_state_out *st, char *err, size_t errlen) {
+    cJSON *r = saefw_run_record(run->o);
+    if (r) cJSON_AddItemToObject(r, "changes", run->changes ? cJSON_Duplicate(run->changes, 1) : cJSON_CreateArray());
+    char *text = r ? cJSON_PrintUnformatted(r) : NULL;
+    cJSON_Delete(r);
+    if (!text) return saefw_errf(err, errlen, "training state: out of memory");
+    int64_t n = (int64_t)strlen(text);
+    int rc = saefw_state_put_i64(st, "config_bytes", n, err, errlen) == 0 &&
+             saefw_state_put_copy(st, "config", SAEFW_DT_U8, n, text, err, errlen) == 0 ? 0 : -1;
+    free(text);
+    return rc;
+}
+
+/* Compare the configuration recorded in a training state with this run's: differences must be named
+ * in allow_change; those go into run->changes, taking effect at step `next`. */
+static int check_record(saefw_run *run, saefw_state_in *st, const char *dir, int64_t next, int *n_new, char *err,
+                        size_t errlen) {
+    const saefw_train_opts *o = run->o;
+    *n_new = 0;
+    if (!saefw_state_has(st, "config")) {
+        fprintf(stderr, "warning: %s records no configuration (an older saefw wrote it): changes to the run's "
+                "configuration cannot be checked\n", dir);
+        return 0;
+    }
+    int64_t n = 0;
+    if (saefw_state_get_i64(st, "config_bytes", &n, err, errlen) != 0) return -1;
+    if (n <= 0 || n > (64 << 20)) return saefw_errf(err, errlen, "%s: the recorded configuration has a bad size", dir);
+    char *text = saefw_malloc((size_t)n + 1, err, errlen);
+    if (!text) return -1;
+    if (saefw_state_get(st, "config", SAEFW_DT_U8, n, text, err, errlen) != 0) {
+        free(text);
+        return -1;
+    }
+    text[n] = 0;
+    cJSON *rec = cJSON_Parse(text), *cur = saefw_run_record(o);
+    free(text);
+    int rc = -1;
+    if (!rec || !cur) {
+        saefw_errf(err, errlen, "%s: the recorded configuration cannot be read", dir);
+        goto out;
+    }
+    const cJSON *old_changes = cJSON_GetObjectItemCaseSensitive(rec, "changes");
+    run->changes = cJSON_IsArray(old_changes) ? cJSON_Duplicate(old_changes, 1) : cJSON_CreateArray();
+    if (!run->changes) {
+        saefw_errf(err, errlen, "out of memory");
+        goto out;
+    }
+    int before = cJSON_GetArraySize(run->changes);
+    if (saefw_run_record_diff(rec, cur, o->allow_change, o->n_allow_change, next, run->changes, err, errlen) != 0) {
+        saefw_err_prefix(err, errlen, "--resume from %s", dir);
+        goto out;
+    }
+    *n_new = cJSON_GetArraySize(run->changes) - before;
+    rc = 0;
+out:
+    cJSON_Delete(rec);
+    cJSON_Delete(cur);
+    return rc;
+}
+
+/* One line per configuration change accepted at this resume (the last n of run->changes). */
+static int write_changes(saefw_run *run, int n, char *err, size_t errlen) {
+    int total = cJSON_GetArraySize(run->changes);
+    for (int i = total - n; i < total; i++) {
+        const cJSON *c = cJSON_GetArrayItem(run->changes, i);
+        char *from = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "from"));
+        char *to = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "to"));
+        char *key = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "key"));
+        long long step = (long long)cJSON_GetObjectItemCaseSensitive(c, "step")->valuedouble;
+        int rc = from && to && key ? 0 : saefw_errf(err, errlen, "out of memory");
+        if (rc == 0) {
+            fprintf(stderr, "resume: %s changed from %s to %s at step %lld (allowed with --allow-change)\n", key, from,
+                    to, step);
+            if (run->metrics) {
+                fprintf(run->metrics, "{\"event\":\"config_change\",\"step\":%lld,\"key\":%s,\"from\":%s,\"to\":%s}\n",
+                        step, key, from, to);
+                run->metrics_lines++;
+                if (fflush(run->metrics) != 0 || ferror(run->metrics))
+                    rc = saefw_errf(err, errlen, "metrics.jsonl: write failed: %s", strerror(errno));
+            }
+        }
+        free(from);
+        free(to);
+        free(key);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
 /* Everything a resumed run needs beyond the weights, as of the end of step `next - 1`. */
 static int write_train_state(saefw_run *run, const char *path, int64_t next, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
@@ -406,8 +506,10 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
     if (saefw_state_put_i64(&st, "next_step", next, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "tokens", run->tokens, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "metrics_bytes", offset, err, errlen) != 0 ||
+        saefw_state_put_i64(&st, "metrics_lines", run->metrics_lines, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "elapsed_s", run->elapsed_before + (saefw_now() - run->t0), err, errlen) != 0 ||
-        saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0)
+        saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0 ||
+        put_record(run, &st, err, errlen) != 0)
         goto out;
     for (int i = 0; i < o->n_extra_rng; i++)
         if (saefw_state_put_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto out;
@@ -458,15 +560,25 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
     snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, dir);
     saefw_state_in st;
     if (saefw_state_open(path, &st, err, errlen) != 0) return -1;
-    int64_t next = -1, tokens = 0, offset = 0;
+    int64_t next = -1, tokens = 0, offset = 0, lines = -1;
     double elapsed = 0;
+    int n_changes = 0;
     saefw_state_in_prefix(&st, "run/");
     if (saefw_state_get_i64(&st, "next_step", &next, err, errlen) != 0 ||
         saefw_state_get_i64(&st, "tokens", &tokens, err, errlen) != 0 ||
         saefw_state_get_i64(&st, "metrics_bytes", &offset, err, errlen) != 0 ||
+        (saefw_state_has(&st, "metrics_lines") && saefw_state_get_i64(&st, "metrics_lines", &lines, err, errlen) != 0) ||
         saefw_state_get_f64(&st, "elapsed_s", &elapsed, err, errlen) != 0 ||
         saefw_state_get_rng(&st, "rng", &run->rng, err, errlen) != 0)
         goto fail;
+    /* Before anything is restored: metrics.jsonl must still hold the lines up to the checkpoint (it is
+     * cut back to them below, never padded), and the configuration must be the recorded one. */
+    if (run->metrics && o->run_dir) {
+        char mp[PATH_MAX];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
+        if (saefw_rundir_check_metrics(run->metrics, mp, offset, lines, err, errlen) != 0) goto fail;
+    }
+    if (check_record(run, &st, dir, next, &n_changes, err, errlen) != 0) goto fail;
     for (int i = 0; i < o->n_extra_rng; i++)
         if (saefw_state_get_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto fail;
     if (o->buffer) {
@@ -512,7 +624,9 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         if (fflush(run->metrics) != 0 || ftruncate(fileno(run->metrics), (off_t)offset) != 0 ||
             fseek(run->metrics, 0, SEEK_END) != 0)
             return saefw_errf(err, errlen, "metrics.jsonl: cannot cut back to the checkpoint: %s", strerror(errno));
+        run->metrics_lines = lines;
     }
+    if (write_changes(run, n_changes, err, errlen) != 0) return -1;
     run->tokens = tokens;
     run->elapsed_before = elapsed;
     return next;
@@ -542,7 +656,7 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     char dir[PATH_MAX];
     if (name) snprintf(dir, sizeof dir, "%s/%s", o->run_dir, name);
     else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
-    cJSON *cfg = checkpoint_cfg(o, m);
+    cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     state_writer_ud ud = {run, next};
     int rc = saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state ? add_state_file : NULL, &ud, err, errlen);
@@ -607,6 +721,7 @@ static int emit(saefw_run *run, FILE *mf, const char *event, saefw_metrics *m, c
     memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
     memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
     if (write_metrics_line(mf, event, m, err, errlen) != 0) return -1;
+    if (mf) run->metrics_lines++;
     if (run->o->on_event && run->o->on_event(run->o->event_ud, event, m, err, errlen) != 0) return -1;
     return 0;
 }
@@ -642,7 +757,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     int rc = -1;
     int opt_created = 0, n_created = 0;
     struct sigaction old_int, old_term;
-    int signals_set = 0;
+    int signals_set = 0, lock_fd = -1;
 
     if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
     run.work.fused = 1; /* every forward pass of the step is followed by its backward pass */
@@ -652,19 +767,28 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     run.plug_self = run.feat_counts ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
     if (!run.plug_self) goto done;
 
+    const char *resume_from = o->resume_from;
+    char found[PATH_MAX];
     if (o->run_dir) {
-        if (saefw_mkdirs(o->run_dir, err, errlen) != 0) goto done;
+        /* The lock is held from here to the end of the run: a second writer is refused. */
+        int start_over = 0;
+        if (saefw_rundir_open(o->run_dir, o->resume || o->resume_from, &lock_fd, found, sizeof found, &start_over,
+                              log_line, err, errlen) != 0)
+            goto done;
+        if (!resume_from && found[0]) resume_from = found;
         char mp[PATH_MAX];
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
-        struct stat st;
-        int used = (stat(mp, &st) == 0 && st.st_size > 0) || saefw_checkpoint_next_version(o->run_dir) > 0;
-        if (used && !o->resume_from && !o->restart) {
-            saefw_errf(err, errlen, "%s already holds a run; continue it with --resume %s, or choose another run_dir",
-                       o->run_dir, o->run_dir);
+        mf = fopen(mp, start_over || !resume_from ? "w" : "r+");
+        if (!mf && errno == ENOENT) {
+            saefw_errf(err, errlen, "%s is missing: the run's record cannot be continued (put it back to resume; "
+                       "nothing was changed)", mp);
             goto done;
         }
-        mf = fopen(mp, o->restart && !o->resume_from ? "w" : "a");
         if (!mf) {
+            saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
+            goto done;
+        }
+        if (fseek(mf, 0, SEEK_END) != 0) {
             saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
             goto done;
         }
@@ -696,13 +820,15 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     }
 
     int64_t start = 0;
-    if (o->resume_from) {
-        start = read_train_state(&run, o->resume_from, err, errlen);
+    if (resume_from) {
+        if (o->progress != 0)
+            fprintf(stderr, "resuming from %s\n", resume_from);
+        start = read_train_state(&run, resume_from, err, errlen);
         if (start < 0) goto done;
         res->resumed_at = start;
         res->steps_done = start;
         if (o->progress != 0)
-            fprintf(stderr, "resuming from %s at step %lld of %lld\n", o->resume_from, (long long)start, (long long)o->steps);
+            fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
     }
 
     g_stop_signal = 0;
@@ -835,6 +961,8 @@ done:
         if (o->plugins[i].plugin->p.destroy && run.plug_self[i]) o->plugins[i].plugin->p.destroy(run.plug_self[i]);
     if (opt_created && o->optimizer.plugin->p.destroy && run.opt_self) o->optimizer.plugin->p.destroy(run.opt_self);
     if (mf && fclose(mf) != 0 && rc == 0) rc = saefw_errf(err, errlen, "metrics.jsonl: write failed");
+    if (lock_fd >= 0) close(lock_fd);
+    cJSON_Delete(run.changes);
     free(run.plug_self);
     free(run.batch);
     free(run.feat_counts);

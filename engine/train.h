@@ -65,14 +65,19 @@ typedef struct {
     saefw_rng *extra_rng[4];
     const char *extra_rng_name[4];
     int n_extra_rng;
-    /* Continue from this checkpoint folder (one holding train_state.safetensors): weights, optimizer
-     * and plugin state, counters, generators, token position and buffer are restored, metrics.jsonl is
-     * cut back to that step, and training goes on as if never interrupted. */
+    /* Continue the run in run_dir from its newest intact checkpoint: weights, optimizer and plugin
+     * state, counters, generators, token position and buffer are restored, metrics.jsonl is cut back
+     * to that step, and training goes on as if never interrupted. A run that stopped before its first
+     * checkpoint starts over; a finished run, a missing folder or one whose checkpoints are all
+     * damaged is refused. Without resume, run_dir must be absent or empty. The run folder is locked
+     * for the whole run either way: a second writer is refused. */
+    int resume;
+    /* Continue from this checkpoint folder instead of the newest one in run_dir (implies resume). */
     const char *resume_from;
-    /* Start over in a run folder that holds an earlier attempt with nothing to resume from:
-     * metrics.jsonl is emptied. Without it (and without resume_from), a run folder that already
-     * holds a run is refused, so two runs never mix. */
-    int restart;
+    /* Names of the configuration keys a resume may change ("lr", "adam.lr", "train.steps",
+     * "plugins"); any other difference from the recorded configuration is refused. */
+    const char *const *allow_change;
+    int n_allow_change;
 } saefw_train_opts;
 
 typedef struct {
