@@ -33,6 +33,9 @@ struct saefw_run {
     void *opt_self;
     void **plug_self;
     const char *current; /* name of the plugin whose callback runs */
+    const char *callback; /* and that callback's name, for the crash report */
+    int64_t ckpt_next;    /* the step the last checkpoint resumes at (0: none yet) */
+    const char *ckpt_path; /* that checkpoint's folder, or NULL */
     int n_extra;
     char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
     double extra_value[SAEFW_MAX_EXTRA_METRICS];
@@ -272,6 +275,100 @@ static const saefw_host HOST = {
 const saefw_host *saefw_host_table(void) { return &HOST; }
 
 static void log_line(const char *msg) { fprintf(stderr, "%s\n", msg); }
+
+/* A plugin's error message: its buffer ended by the host (a plugin may fill it without a NUL). */
+static const char *plugin_msg(char *perr, size_t n, const char *fallback) {
+    perr[n - 1] = 0;
+    return perr[0] ? perr : fallback;
+}
+
+/* ---- crashes: a fault while a plugin runs names the plugin and what is lost ---- */
+
+static saefw_run *volatile g_crash_run;
+static char g_crash_stack[1 << 16];
+static const int g_fault_sigs[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+#define N_FAULT_SIGS ((int)(sizeof g_fault_sigs / sizeof *g_fault_sigs))
+
+/* Async-signal-safe output: write(2) of plain strings and decimal numbers. */
+static void crash_put(const char *s) {
+    size_t n = 0;
+    while (s[n]) n++;
+    while (n > 0) {
+        ssize_t k = write(STDERR_FILENO, s, n);
+        if (k <= 0) return;
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+static void crash_num(int64_t v) {
+    char buf[24], *p = buf + sizeof buf - 1;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    *p = 0;
+    do *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0) *--p = '-';
+    crash_put(p);
+}
+
+static void on_fault(int sig) {
+    saefw_run *run = g_crash_run;
+    const char *name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
+                     : sig == SIGILL ? "SIGILL" : "SIGABRT";
+    if (run) {
+        crash_put("\nsaefw: ");
+        if (run->current) {
+            crash_put("plugin ");
+            crash_put(run->current);
+            crash_put(" crashed (");
+            crash_put(name);
+            crash_put(") in its ");
+            crash_put(run->callback ? run->callback : "?");
+            crash_put(" callback");
+        } else {
+            crash_put("crashed (");
+            crash_put(name);
+            crash_put(")");
+        }
+        crash_put(" at step ");
+        crash_num(run->step);
+        crash_put("; ");
+        crash_num(run->step - run->ckpt_next);
+        crash_put(" step(s) done since the last checkpoint are lost");
+        if (run->ckpt_path) {
+            crash_put(" (it is ");
+            crash_put(run->ckpt_path);
+            crash_put(": continue with --resume ");
+            crash_put(run->o->run_dir ? run->o->run_dir : "RUN_DIR");
+            crash_put(")");
+        }
+        crash_put("\n");
+    }
+    /* SA_RESETHAND made the action the default again: the signal, raised anew, ends the process as it
+     * would have, once this handler returns. */
+    raise(sig);
+}
+
+static void crash_handlers(saefw_run *run, struct sigaction *old, stack_t *old_ss) {
+    stack_t ss;
+    memset(&ss, 0, sizeof ss);
+    ss.ss_sp = g_crash_stack; /* a plugin that overflows its stack still gets its line */
+    ss.ss_size = sizeof g_crash_stack;
+    sigaltstack(&ss, old_ss);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_fault;
+    sa.sa_flags = SA_RESETHAND | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    g_crash_run = run;
+    for (int i = 0; i < N_FAULT_SIGS; i++) sigaction(g_fault_sigs[i], &sa, &old[i]);
+}
+
+static void crash_handlers_off(const struct sigaction *old, const stack_t *old_ss) {
+    for (int i = 0; i < N_FAULT_SIGS; i++) sigaction(g_fault_sigs[i], &old[i], NULL);
+    g_crash_run = NULL;
+    sigaltstack(old_ss, NULL);
+}
 
 /* ---- signals ---- */
 
@@ -531,8 +628,13 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         if (!slots[i].p->save_state) continue;
         saefw_state_set_prefix(&st, slots[i].prefix);
         char perr[512] = "";
-        if (slots[i].p->save_state(slots[i].self, run, (saefw_state_writer *)&st, perr, sizeof perr) != 0) {
-            saefw_errf(err, errlen, "plugin %s: saving its state: %s", slots[i].p->name, perr);
+        run->current = slots[i].p->name;
+        run->callback = "save_state";
+        int prc = slots[i].p->save_state(slots[i].self, run, (saefw_state_writer *)&st, perr, sizeof perr);
+        run->current = NULL;
+        if (prc != 0) {
+            saefw_errf(err, errlen, "plugin %s: saving its state: %s", slots[i].p->name,
+                       plugin_msg(perr, sizeof perr, "failed"));
             goto out;
         }
     }
@@ -608,8 +710,13 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         }
         saefw_state_in_prefix(&st, slots[i].prefix);
         char perr[512] = "";
-        if (p->load_state(slots[i].self, run, (saefw_state_reader *)&st, perr, sizeof perr) != 0) {
-            saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path, perr);
+        run->current = p->name;
+        run->callback = "load_state";
+        int prc = p->load_state(slots[i].self, run, (saefw_state_reader *)&st, perr, sizeof perr);
+        run->current = NULL;
+        if (prc != 0) {
+            saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path,
+                       plugin_msg(perr, sizeof perr, "failed"));
             goto fail;
         }
     }
@@ -664,7 +771,11 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     if (rc == 0) {
         snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);
         /* Training states hold the whole buffer: keep the newest two. */
-        if (with_state) saefw_checkpoint_prune_states(o->run_dir, 2);
+        if (with_state) {
+            saefw_checkpoint_prune_states(o->run_dir, 2);
+            run->ckpt_next = next;
+            run->ckpt_path = res->last_checkpoint;
+        }
     }
     return rc;
 }
@@ -701,6 +812,14 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     return 0;
 }
 
+static const char *hook_name(size_t offset) {
+    return offset == offsetof(saefw_plugin, after_backward) ? "after_backward"
+         : offset == offsetof(saefw_plugin, after_step)     ? "after_step"
+         : offset == offsetof(saefw_plugin, on_eval)        ? "on_eval"
+         : offset == offsetof(saefw_plugin, on_end)         ? "on_end"
+                                                            : "hook";
+}
+
 static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
     for (int i = 0; i < o->n_plugins; i++) {
@@ -708,10 +827,11 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
         saefw_callback cb = *(const saefw_callback *)((const char *)p + offset);
         if (!cb) continue;
         run->current = p->name;
+        run->callback = hook_name(offset);
         char perr[512] = "";
         int rc = cb(run->plug_self[i], run, perr, sizeof perr);
         run->current = NULL;
-        if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, perr[0] ? perr : "callback failed");
+        if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, plugin_msg(perr, sizeof perr, "callback failed"));
     }
     return 0;
 }
@@ -756,7 +876,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     FILE *mf = NULL;
     int rc = -1;
     int opt_created = 0, n_created = 0;
-    struct sigaction old_int, old_term;
+    struct sigaction old_int, old_term, old_fault[N_FAULT_SIGS];
+    stack_t old_ss;
     int signals_set = 0, lock_fd = -1;
 
     if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
@@ -766,6 +887,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     run.counts_step = -1;
     run.plug_self = run.feat_counts ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
     if (!run.plug_self) goto done;
+    crash_handlers(&run, old_fault, &old_ss);
 
     const char *resume_from = o->resume_from;
     char found[PATH_MAX];
@@ -800,9 +922,10 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         const saefw_plugin *op = &o->optimizer.plugin->p;
         char perr[512] = "";
         run.current = op->name;
+        run.callback = "create";
         run.opt_self = o->optimizer.self;
         if (op->create && op->create(&HOST, &run, o->optimizer.opts, &run.opt_self, perr, sizeof perr) != 0) {
-            saefw_errf(err, errlen, "plugin %s: %s", op->name, perr[0] ? perr : "create failed");
+            saefw_errf(err, errlen, "plugin %s: %s", op->name, plugin_msg(perr, sizeof perr, "create failed"));
             goto done;
         }
         opt_created = 1;
@@ -811,7 +934,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             run.current = p->name;
             run.plug_self[i] = o->plugins[i].self;
             if (p->create && p->create(&HOST, &run, o->plugins[i].opts, &run.plug_self[i], perr, sizeof perr) != 0) {
-                saefw_errf(err, errlen, "plugin %s: %s", p->name, perr[0] ? perr : "create failed");
+                saefw_errf(err, errlen, "plugin %s: %s", p->name, plugin_msg(perr, sizeof perr, "create failed"));
                 goto done;
             }
             n_created = i + 1;
@@ -827,6 +950,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         if (start < 0) goto done;
         res->resumed_at = start;
         res->steps_done = start;
+        run.ckpt_next = start;
+        run.ckpt_path = resume_from;
         if (o->progress != 0)
             fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
     }
@@ -877,10 +1002,11 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             const saefw_plugin *op = &o->optimizer.plugin->p;
             char perr[512] = "";
             run.current = op->name;
+            run.callback = "step";
             int src = op->step(run.opt_self, &run, perr, sizeof perr);
             run.current = NULL;
             if (src != 0) {
-                saefw_errf(err, errlen, "plugin %s: %s", op->name, perr[0] ? perr : "step failed");
+                saefw_errf(err, errlen, "plugin %s: %s", op->name, plugin_msg(perr, sizeof perr, "step failed"));
                 goto done;
             }
         }
@@ -953,6 +1079,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     rc = 0;
 
 done:
+    if (run.plug_self) crash_handlers_off(old_fault, &old_ss);
     if (signals_set) {
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
