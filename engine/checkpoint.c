@@ -167,6 +167,13 @@ static double cfg_number(const cJSON *cfg, const char *key, double def) {
 
 /* The L1 coefficient as a float; a value no float holds is an error rather than a bad cast. */
 static int cfg_l1(const cJSON *cfg, const char *file, float *out, char *err, size_t errlen) {
+    static const char *const keys[] = {"l1_coeff", "l1_coefficient"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, keys[k]);
+        if (v && !cJSON_IsNumber(v))
+            return saefw_errf(err, errlen, "%s: %s must be a number, not %s", file, keys[k],
+                              cJSON_IsString(v) ? "a string" : "another JSON value");
+    }
     double v = cfg_number(cfg, "l1_coeff", cfg_number(cfg, "l1_coefficient", 0));
     if (!(v >= 0 && v <= 1e30)) return saefw_errf(err, errlen, "%s: l1_coeff must be a number from 0 to 1e30", file);
     *out = (float)v;
@@ -209,6 +216,14 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
             saefw_sae_free(sae);
             return saefw_err_prefix(err, errlen, "%s: tensor '%s'", path, name);
         }
+        /* A NaN or infinite weight would only surface later as a NaN loss, far from its cause. */
+        for (int64_t k = 0; k < sae->numel[i]; k++)
+            if (!isfinite(sae->p[i][k])) {
+                saefw_errf(err, errlen, "%s: tensor '%s' holds %s at element %lld; refusing to load it", path, name,
+                           isnan(sae->p[i][k]) ? "NaN" : "an infinite value", (long long)k);
+                saefw_sae_free(sae);
+                return -1;
+            }
     }
     return 0;
 }
