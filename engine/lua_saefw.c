@@ -1177,11 +1177,7 @@ static int on_event(void *vud, const char *event, const saefw_metrics *m, char *
     /* A callback returning false stops the run. */
     int stop = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
     lua_pop(L, 2);
-    if (stop) {
-        snprintf(ud->lua_err, sizeof ud->lua_err, "stopped");
-        return saefw_errf(err, errlen, "stopped by the on_%s callback", event);
-    }
-    return 0;
+    return stop ? SAEFW_EVENT_STOP : 0;
 }
 
 static int l_train(lua_State *L) {
@@ -1299,17 +1295,21 @@ static int l_train(lua_State *L) {
     int rc = saefw_train(&o, &res, err, sizeof err);
     cJSON_Delete(cfg);
     if (rc != 0) {
-        if (ud.lua_err[0] && strcmp(ud.lua_err, "stopped") != 0) {
+        if (ud.lua_err[0]) {
             lua_pushstring(L, ud.lua_err); /* already carries the callback's file:line */
             return lua_error(L);
         }
-        if (!ud.lua_err[0]) return uerror(L, "%s", err);
+        return uerror(L, "%s", err);
     }
     push_metrics(L, &res.last);
     lua_pushstring(L, res.last_checkpoint);
     lua_setfield(L, -2, "checkpoint");
     lua_pushinteger(L, res.steps_done);
     lua_setfield(L, -2, "steps_done");
+    if (res.stopped_by) {
+        lua_pushfstring(L, "on_%s", res.stopped_by);
+        lua_setfield(L, -2, "stopped_by");
+    }
     return 1;
 }
 

@@ -42,6 +42,7 @@ struct saefw_run {
     FILE *metrics;    /* metrics.jsonl, or NULL */
     int64_t metrics_lines; /* lines in metrics.jsonl */
     cJSON *changes;   /* configuration changes accepted at resumes: [{step, key, from, to}] */
+    const char *stopped_by; /* the event whose callback asked the run to end after this step */
     double t0;        /* when this process started training */
     double elapsed_before; /* seconds spent before a resume, for the reported rate */
 };
@@ -411,9 +412,11 @@ static void json_num(FILE *f, const char *key, double v) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
-static int write_metrics_line(FILE *f, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int write_metrics_line(FILE *f, const char *event, const char *stopped_by, const saefw_metrics *m, char *err,
+                              size_t errlen) {
     if (!f) return 0;
     fprintf(f, "{\"event\":\"%s\",\"step\":%lld,\"tokens\":%lld", event, (long long)m->step, (long long)m->tokens);
+    if (stopped_by) fprintf(f, ",\"stopped_by\":\"on_%s\"", stopped_by);
     if (strcmp(event, "eval") != 0) {
         json_num(f, "loss", m->loss);
         json_num(f, "l2_loss", m->l2);
@@ -840,10 +843,16 @@ static int emit(saefw_run *run, FILE *mf, const char *event, saefw_metrics *m, c
     m->n_extra = run->n_extra;
     memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
     memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
-    if (write_metrics_line(mf, event, m, err, errlen) != 0) return -1;
+    const int end = !strcmp(event, "end");
+    if (write_metrics_line(mf, event, end ? run->stopped_by : NULL, m, err, errlen) != 0) return -1;
     if (mf) run->metrics_lines++;
-    if (run->o->on_event && run->o->on_event(run->o->event_ud, event, m, err, errlen) != 0) return -1;
-    return 0;
+    int rc = run->o->on_event ? run->o->on_event(run->o->event_ud, event, m, err, errlen) : 0;
+    /* A stop asked for at the end changes nothing: the run ends anyway. */
+    if (rc == SAEFW_EVENT_STOP) {
+        if (!end && !run->stopped_by) run->stopped_by = !strcmp(event, "log") ? "log" : "eval";
+        return 0;
+    }
+    return rc != 0 ? -1 : 0;
 }
 
 int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, size_t errlen) {
@@ -979,7 +988,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     m.mmcs = NAN;
 
     for (int64_t i = start; i < o->steps; i++) {
-        if (g_stop_signal) break;
+        if (g_stop_signal || run.stopped_by) break;
         run.step = i;
         run.n_extra = 0;
         int got = buf ? saefw_buffer_next(buf, run.batch, err, errlen)
@@ -1069,6 +1078,11 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
                        o->run_dir ? res->last_checkpoint : "(no run folder)");
         goto done;
     }
+
+    if (run.stopped_by)
+        fprintf(stderr, "the on_%s callback stopped the run after step %lld of %lld; finishing it there (final "
+                "evaluation, checkpoint and end event)\n", run.stopped_by, (long long)m.step, (long long)o->steps);
+    res->stopped_by = run.stopped_by;
 
     /* Final evaluation, hooks and checkpoint. */
     if (run_eval(&run, &m, err, errlen) != 0) goto done;

@@ -26,7 +26,10 @@ typedef struct {
 } saefw_metrics;
 
 /* Event callback: event is "log" (every log_every), "eval" (every eval_every), or "end". Return
- * non-zero (with err filled) to stop the run with that error. */
+ * SAEFW_EVENT_STOP to end the run after this step as if it were the last (final evaluation, final
+ * checkpoint, end event, result->stopped_by set); any other non-zero (with err filled) stops the run
+ * with that error. */
+#define SAEFW_EVENT_STOP 1
 typedef int (*saefw_train_event_fn)(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen);
 
 typedef struct {
@@ -86,6 +89,7 @@ typedef struct {
     char last_checkpoint[4096];
     int interrupted; /* signal number that stopped the run, or 0 */
     int64_t resumed_at; /* the step a resumed run started from (0 for a fresh run) */
+    const char *stopped_by; /* the event whose callback ended the run early ("log", "eval"), or NULL */
 } saefw_train_result;
 
 /* Run the loop. Returns 0 when all steps ran; -1 with err on any failure (a NaN loss, a plugin

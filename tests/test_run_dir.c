@@ -3,7 +3,8 @@
  * mistyped path and a run whose checkpoints are all damaged (nothing changed), starting over a run
  * killed before its first checkpoint, leftovers of killed checkpoint writers removed, metrics.jsonl
  * missing or cut short refused (never padded), and configuration changes refused unless named with
- * --allow-change, then recorded in metrics.jsonl and cfg.json. */
+ * --allow-change, then recorded in metrics.jsonl and cfg.json; a run stopped by its on_log callback
+ * ends properly. */
 #include <dirent.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -288,6 +289,24 @@ static void config_changes(void) {
           "--allow-change without --resume: status %d", st);
 }
 
+/* on_log returning false: the run ends after that step with a final checkpoint and an end event that
+ * name the callback, and exits 0 with the real figures. */
+static void stopped_by_callback(void) {
+    const char *dir = path_of("%s/stopped", TMP), *log = path_of("%s/stopped.log", TMP);
+    int st = system(path_of("'%s' run lua/stop_early.lua --run_dir '%s' > '%s' 2>&1", BIN, dir, log));
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "stopped run: status %d", st);
+    CHECK(log_has(log, "the on_log callback stopped the run after step 20 of 100") &&
+              log_has(log, "stopped_by on_log steps_done 21 loss "), "stopped run: no message or result");
+    char *t = slurp(log, NULL);
+    CHECK(t && !strstr(t, "loss 0 ") && exists(path_of("%s/final/sae_weights.safetensors", dir)),
+          "stopped run: a loss of 0 or no final checkpoint");
+    free(t);
+    char *m = slurp(path_of("%s/metrics.jsonl", dir), NULL);
+    CHECK(m && strstr(m, "{\"event\":\"end\",\"step\":20,\"tokens\":1344,\"stopped_by\":\"on_log\""),
+          "stopped run: no end event naming the callback:\n%s", m ? m : "(missing)");
+    free(m);
+}
+
 int main(void) {
     BIN = getenv("SAEFW_BIN");
     REQUIRE(BIN && *BIN, "SAEFW_BIN is not set (run under ctest)");
@@ -297,5 +316,6 @@ int main(void) {
     start_over_and_leftovers();
     damaged_metrics();
     config_changes();
+    stopped_by_callback();
     return t_finish("test_run_dir");
 }
