@@ -158,6 +158,28 @@ static int check_elf(const char *path, const char *name, char *err, size_t errle
     return rc;
 }
 
+/* The options a plugin declares: a known type each, unique names, defaults of that type. */
+static int check_options(const saefw_plugin *p, const char *name, char *err, size_t errlen) {
+    for (int i = 0; p->options && p->options[i].name; i++) {
+        const saefw_option *o = &p->options[i];
+        if (i >= 256) return saefw_errf(err, errlen, "plugin %s: init failed: more than 256 options (no end marker?)", name);
+        if (!*o->name) return saefw_errf(err, errlen, "plugin %s: init failed: option %d has an empty name", name, i + 1);
+        if (o->type != SAEFW_OPT_NUMBER && o->type != SAEFW_OPT_INTEGER && o->type != SAEFW_OPT_BOOL &&
+            o->type != SAEFW_OPT_STRING)
+            return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has the unknown type %d (NUMBER, "
+                              "INTEGER, BOOL or STRING)", name, o->name, (int)o->type);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(p->options[j].name, o->name))
+                return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' is declared twice", name, o->name);
+        const double d = o->def_number;
+        if ((o->type == SAEFW_OPT_NUMBER && !isfinite(d)) || (o->type == SAEFW_OPT_INTEGER && !(isfinite(d) && d == floor(d))) ||
+            (o->type == SAEFW_OPT_BOOL && d != 0 && d != 1))
+            return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has the default %g, not %s", name,
+                              o->name, d, o->type == SAEFW_OPT_BOOL ? "0 or 1" : o->type == SAEFW_OPT_INTEGER ? "a whole number" : "a finite number");
+    }
+    return 0;
+}
+
 int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_loaded_plugin **out, char *err,
                       size_t errlen) {
     *out = NULL;
@@ -227,6 +249,10 @@ int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_lo
     }
     if (lp->p.kind == SAEFW_KIND_OPTIMIZER && !lp->p.step) {
         saefw_errf(err, errlen, "plugin %s: init failed: an optimizer must provide step()", name_or_path);
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    if (check_options(&lp->p, name_or_path, err, errlen) != 0) {
         saefw_plugin_unload(lp);
         return -1;
     }

@@ -1,6 +1,7 @@
 /* Damaged plugin files give a one-line error, never a crash: copies of a real plugin cut short at
  * several lengths (inside the ELF header, inside the program headers, inside a segment, just before
- * the end) are each loaded in a child process, which must neither fault nor load it. */
+ * the end) are each loaded in a child process, which must neither fault nor load it. A plugin that
+ * declares an option of no known type is refused too. */
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -51,5 +52,12 @@ int main(void) {
         REQUIRE(f && fwrite(data, 1, cuts[i], f) == cuts[i] && fclose(f) == 0, "writing %s", p);
         CHECK(load_in_child(p, "damaged shared object"), "%s: not refused as a damaged shared object", p);
     }
+
+    /* An option of no known type is refused at load, naming it. */
+    const char *tp = getenv("SAEFW_TEST_PLUGINS");
+    REQUIRE(tp && *tp, "SAEFW_TEST_PLUGINS is not set (run under ctest)");
+    char p[2200];
+    snprintf(p, sizeof p, "%s/broken_opttype.so", tp);
+    CHECK(load_in_child(p, "option 'mode' has the unknown type 9"), "an option of an unknown type was accepted");
     return t_finish("test_plugin_files");
 }
