@@ -1,9 +1,11 @@
 /* Values that used to pass silently and now give a clear error: a checkpoint holding a NaN or an
- * infinite weight (it surfaced later as a NaN loss), an l1_coeff that is not a number (it became 0). */
+ * infinite weight (it surfaced later as a NaN loss), an l1_coeff that is not a number (it became 0),
+ * a model weight that is NaN (it surfaced as "step 0: the loss is NaN", naming no tensor). */
 #include <math.h>
 #include <sys/stat.h>
 
 #include "checkpoint.h"
+#include "model.h"
 #include "testutil.h"
 
 enum { D_IN = 4, D_SAE = 6 };
@@ -63,5 +65,40 @@ int main(void) {
     snprintf(dir, sizeof dir, "%s/l1_null", tmp);
     write_ckpt(dir, -1, 0, "{\"d_in\": 4, \"d_sae\": 6, \"l1_coefficient\": null}");
     expect_error("l1_coefficient null", dir, "l1_coefficient must be a number");
+
+    /* The bundled tiny model with one NaN in blocks.0.mlp.W_in: refused at load, naming the tensor. */
+    saefw_tensorfile *tf = NULL;
+    REQUIRE(saefw_tf_open("../models/tiny-1l/model.safetensors", &tf, err, sizeof err) == 0, "%s", err);
+    int n = saefw_tf_count(tf);
+    saefw_tensor_ref *refs = calloc((size_t)n, sizeof *refs);
+    float *poisoned = NULL;
+    REQUIRE(refs, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const saefw_tensor_info *t = saefw_tf_get(tf, i);
+        refs[i] = (saefw_tensor_ref){t->name, t->dtype, t->ndim, t->shape, t->data};
+        if (!strcmp(t->name, "blocks.0.mlp.W_in")) {
+            REQUIRE(t->dtype == SAEFW_DT_F32 && (poisoned = malloc(t->nbytes)), "W_in is not F32");
+            memcpy(poisoned, t->data, t->nbytes);
+            poisoned[7] = NAN;
+            refs[i].data = poisoned;
+        }
+    }
+    REQUIRE(poisoned, "the tiny model has no blocks.0.mlp.W_in");
+    snprintf(dir, sizeof dir, "%s/model", tmp);
+    REQUIRE(mkdir(dir, 0755) == 0, "mkdir %s", dir);
+    char path[2200], cmd[4500];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    REQUIRE(saefw_safetensors_write(path, refs, n, NULL, 0, err, sizeof err) == 0, "%s", err);
+    snprintf(cmd, sizeof cmd, "cp ../models/tiny-1l/config.json '%s/'", dir);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    saefw_model *m = NULL;
+    err[0] = 0;
+    int rc = saefw_model_load(path, NULL, &m, err, sizeof err);
+    printf("  %-24s -> %s\n", "NaN in a model weight", err);
+    CHECK(rc != 0 && !m && strstr(err, "tensor blocks.0.mlp.W_in holds NaN at element 7"), "NaN model weight: %s", err);
+    if (m) saefw_model_free(m);
+    free(poisoned);
+    free(refs);
+    saefw_tf_close(tf);
     return t_finish("test_bad_values");
 }
