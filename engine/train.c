@@ -43,6 +43,7 @@ struct saefw_run {
     int64_t metrics_lines; /* lines in metrics.jsonl */
     cJSON *changes;   /* configuration changes accepted at resumes: [{step, key, from, to}] */
     const char *stopped_by; /* the event whose callback asked the run to end after this step */
+    char metric_error[256]; /* a metric that could not be recorded (the run stops with this) */
     double t0;        /* when this process started training */
     double elapsed_before; /* seconds spent before a resume, for the reported rate */
 };
@@ -93,12 +94,25 @@ static int64_t host_tokens(saefw_run *run) { return run->tokens; }
 static double host_lr(saefw_run *run) { return saefw_opts_number(run->o->optimizer.opts, "lr"); }
 
 static void host_metric(saefw_run *run, const char *name, double value) {
+    /* metric() returns nothing: a name that does not fit stops the run at its next metrics line. */
+    if (!name || !*name || strlen(name) >= sizeof run->extra_name[0]) {
+        if (!run->metric_error[0])
+            snprintf(run->metric_error, sizeof run->metric_error, "plugin %s: metric name '%.60s%s' is %s (1 to %d "
+                     "characters)", run->current ? run->current : "?", name ? name : "", name && strlen(name) > 60 ? "..." : "",
+                     name && *name ? "too long" : "empty", (int)sizeof run->extra_name[0] - 1);
+        return;
+    }
     for (int i = 0; i < run->n_extra; i++)
         if (strcmp(run->extra_name[i], name) == 0) {
             run->extra_value[i] = value;
             return;
         }
-    if (run->n_extra >= SAEFW_MAX_EXTRA_METRICS) return;
+    if (run->n_extra >= SAEFW_MAX_EXTRA_METRICS) {
+        if (!run->metric_error[0])
+            snprintf(run->metric_error, sizeof run->metric_error, "plugin %s: metric '%s' is one more than the %d "
+                     "metrics a step can record", run->current ? run->current : "?", name, SAEFW_MAX_EXTRA_METRICS);
+        return;
+    }
     snprintf(run->extra_name[run->n_extra], sizeof run->extra_name[0], "%s", name);
     run->extra_value[run->n_extra++] = value;
 }
@@ -840,6 +854,7 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
 }
 
 static int emit(saefw_run *run, FILE *mf, const char *event, saefw_metrics *m, char *err, size_t errlen) {
+    if (run->metric_error[0]) return saefw_errf(err, errlen, "%s", run->metric_error);
     m->n_extra = run->n_extra;
     memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
     memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
@@ -1020,6 +1035,10 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             }
         }
         if (call_hooks(&run, offsetof(saefw_plugin, after_step), err, errlen) != 0) goto done;
+        if (run.metric_error[0]) {
+            saefw_errf(err, errlen, "%s", run.metric_error);
+            goto done;
+        }
         run.batch_rows = 0; /* evaluation below reuses the scratch space */
         run.tokens += B;
 

@@ -1,7 +1,8 @@
 /* Plugins that misbehave: one that fills its error buffer without a terminating NUL gets its message
  * cut at the buffer's end (it was read past it); one that crashes in a callback (SIGSEGV in
  * after_step, in a child process) still ends with SIGSEGV, after a line naming the plugin, the
- * callback, the step and how many steps since the last checkpoint are lost. */
+ * callback, the step and how many steps since the last checkpoint are lost; one that records a
+ * metric name too long, or more metrics than a step holds, stops the run naming it. */
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -36,6 +37,20 @@ static int crash_after_step(void *self, saefw_run *run, char *err, size_t errlen
     volatile int *bad = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (bad == MAP_FAILED) return snprintf(err, errlen, "mmap failed"), -1;
     *bad = 1;
+    return 0;
+}
+
+static int long_metric_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
+    g_host->metric(run, "a_metric_name_that_is_far_longer_than_the_engine_keeps_for_it", 1.0);
+    return 0;
+}
+
+static int many_metrics_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
+    for (int i = 0; i <= SAEFW_MAX_EXTRA_METRICS; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "m%d", i);
+        g_host->metric(run, name, i);
+    }
     return 0;
 }
 
@@ -131,5 +146,16 @@ int main(void) {
     CHECK(x && nx == 511 && x[15 + nx] == 0, "message of a buffer without NUL: %zu x's, then '%.20s'", nx,
           x ? x + 15 + nx : "");
 
+
+    /* Metrics that cannot be recorded stop the run, naming the plugin (they were cut or dropped). */
+    saefw_loaded_plugin longname = experiment("longname", long_metric_after_step);
+    CHECK(train(&longname, NULL, err, sizeof err) != 0 &&
+              strstr(err, "plugin longname: metric name 'a_metric_name_that_is_far_longer") && strstr(err, "too long"),
+          "a metric name too long: %s", err);
+    printf("  %s\n", err);
+    saefw_loaded_plugin many = experiment("many", many_metrics_after_step);
+    CHECK(train(&many, NULL, err, sizeof err) != 0 && strstr(err, "plugin many: metric 'm32' is one more than the 32"),
+          "too many metrics: %s", err);
+    printf("  %s\n", err);
     return t_finish("test_plugin_crash");
 }
