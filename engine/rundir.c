@@ -83,10 +83,9 @@ static int metrics_finished(const char *path, long long *step) {
     return 1;
 }
 
-int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_from, size_t n, int *start_over,
+int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_from, size_t n,
                       void (*log)(const char *msg), char *err, size_t errlen) {
     *lock_fd = -1;
-    *start_over = 0;
     if (n) resume_from[0] = 0;
     struct stat st;
     if (stat(dir, &st) != 0) {
@@ -142,7 +141,6 @@ int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_fr
                        "folder: choose another run_dir", dir, other);
             goto fail;
         }
-        *start_over = 1;
         return 0;
     }
     if (finished) {
@@ -170,7 +168,6 @@ int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_fr
                  "from the beginning", dir);
         log(msg);
     }
-    *start_over = 1;
     return 0;
 fail:
     close(*lock_fd);

@@ -20,13 +20,12 @@
 int saefw_rundir_lock(const char *dir, int *fd, char *err, size_t errlen);
 
 /* Prepare `dir` for a run and lock it (*lock_fd, -1 on error). Without resume, the folder must be
- * absent (it is created) or hold no run. With resume, it must exist: a finished run, a folder that
+ * absent (it is created) or empty (but for the lock). With resume, it must exist: a finished run, a folder that
  * is not a run, or checkpoints none of which can be resumed are refused, nothing changed; otherwise
  * resume_from gets the newest intact checkpoint with a training state, or stays "" when the run
  * stopped before its first checkpoint (it then starts over, said through log). Leftovers of
- * checkpoint writers that were killed are removed first. *start_over is 1 when metrics.jsonl is to
- * be started anew. */
-int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_from, size_t n, int *start_over,
+ * checkpoint writers that were killed are removed first. */
+int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_from, size_t n,
                       void (*log)(const char *msg), char *err, size_t errlen);
 
 /* The run's configuration as a JSON object: the script's config (less the keys that do not change

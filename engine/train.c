@@ -917,14 +917,13 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     char found[PATH_MAX];
     if (o->run_dir) {
         /* The lock is held from here to the end of the run: a second writer is refused. */
-        int start_over = 0;
-        if (saefw_rundir_open(o->run_dir, o->resume || o->resume_from, &lock_fd, found, sizeof found, &start_over,
-                              log_line, err, errlen) != 0)
+        if (saefw_rundir_open(o->run_dir, o->resume || o->resume_from, &lock_fd, found, sizeof found, log_line, err,
+                              errlen) != 0)
             goto done;
         if (!resume_from && found[0]) resume_from = found;
         char mp[PATH_MAX];
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
-        mf = fopen(mp, start_over || !resume_from ? "w" : "r+");
+        mf = fopen(mp, resume_from ? "r+" : "w"); /* a resumed run keeps its lines up to the checkpoint */
         if (!mf && errno == ENOENT) {
             saefw_errf(err, errlen, "%s is missing: the run's record cannot be continued (put it back to resume; "
                        "nothing was changed)", mp);
