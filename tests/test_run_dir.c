@@ -243,6 +243,26 @@ static void start_over_and_leftovers(void) {
     CHECK(ok(st) && !exists(left) && log_has(log, "(no longer running)"), "leftover %s: status %d, still there: %d", left,
           st, exists(left));
     printf("  removed at resume: %s\n", strrchr(left, '/') + 1);
+
+    /* A writer killed between moving the previous checkpoint aside and renaming the new one into
+     * place: the previous one comes back from its .old folder. */
+    dir = killed_run("moved_aside", "step:60");
+    long newest = -1;
+    d = opendir(dir);
+    REQUIRE(d, "%s", dir);
+    while ((e = readdir(d)))
+        if (e->d_name[0] >= '0' && e->d_name[0] <= '9' && atol(e->d_name) > newest) newest = atol(e->d_name);
+    closedir(d);
+    pid_t gone = fork(); /* a PID that surely runs no more */
+    REQUIRE(gone >= 0, "fork");
+    if (gone == 0) _exit(0);
+    REQUIRE(waitpid(gone, NULL, 0) == gone, "waitpid");
+    const char *ck = path_of("%s/%ld", dir, newest), *old = path_of("%s/%ld.old.%ld", dir, newest, (long)gone);
+    REQUIRE(newest >= 0 && rename(ck, old) == 0, "moving %s aside", ck);
+    log = path_of("%s/moved_aside.log", TMP);
+    st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, NULL));
+    CHECK(ok(st) && !exists(old) && exists(ck) && log_has(log, path_of("restored %s from", ck)),
+          "a checkpoint moved aside: status %d, not restored", st);
 }
 
 /* metrics.jsonl cut short or missing at a resume: refused, never padded. */
