@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,9 +17,13 @@
 #include "tensorfile.h"
 #include "util.h"
 
+/* Remove a file or a folder with its contents; a symlink is removed, never followed. */
 static int remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) return unlink(path);
     DIR *d = opendir(path);
-    if (!d) return unlink(path);
+    if (!d) return -1;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
@@ -247,6 +253,13 @@ static double cfg_number(const cJSON *cfg, const char *key, double def) {
 
 /* The L1 coefficient as a float; a value no float holds is an error rather than a bad cast. */
 static int cfg_l1(const cJSON *cfg, const char *file, float *out, char *err, size_t errlen) {
+    static const char *const keys[] = {"l1_coeff", "l1_coefficient"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, keys[k]);
+        if (v && !cJSON_IsNumber(v))
+            return saefw_errf(err, errlen, "%s: %s must be a number, not %s", file, keys[k],
+                              cJSON_IsString(v) ? "a string" : "another JSON value");
+    }
     double v = cfg_number(cfg, "l1_coeff", cfg_number(cfg, "l1_coefficient", 0));
     if (!(v >= 0 && v <= 1e30)) return saefw_errf(err, errlen, "%s: l1_coeff must be a number from 0 to 1e30", file);
     *out = (float)v;
@@ -289,6 +302,14 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
             saefw_sae_free(sae);
             return saefw_err_prefix(err, errlen, "%s: tensor '%s'", path, name);
         }
+        /* A NaN or infinite weight would only surface later as a NaN loss, far from its cause. */
+        for (int64_t k = 0; k < sae->numel[i]; k++)
+            if (!isfinite(sae->p[i][k])) {
+                saefw_errf(err, errlen, "%s: tensor '%s' holds %s at element %lld; refusing to load it", path, name,
+                           isnan(sae->p[i][k]) ? "NaN" : "an infinite value", (long long)k);
+                saefw_sae_free(sae);
+                return -1;
+            }
     }
     return 0;
 }
@@ -456,4 +477,52 @@ void saefw_checkpoint_prune_states(const char *run_dir, int keep) {
         unlink(p);
     }
     free(v);
+}
+
+/* A "<base>.tmp.<pid>" or "<base>.old.<pid>" name from saefw_checkpoint_save_ex: 1 (tmp) or 2 (old),
+ * with the base's length and the pid; 0 for any other name. */
+static int leftover_name(const char *name, size_t *base_len, long *pid) {
+    static const char *const tags[2] = {".tmp.", ".old."};
+    for (int k = 0; k < 2; k++) {
+        const char *t = strstr(name, tags[k]);
+        if (!t || t == name) continue;
+        char *end;
+        errno = 0;
+        long v = strtol(t + 5, &end, 10);
+        if (*end != 0 || end == t + 5 || errno != 0 || v <= 0) continue;
+        *base_len = (size_t)(t - name);
+        *pid = v;
+        return k + 1;
+    }
+    return 0;
+}
+
+int saefw_checkpoint_remove_leftovers(const char *run_dir, void (*log)(const char *msg)) {
+    DIR *d = opendir(run_dir);
+    if (!d) return 0;
+    int done = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t base_len;
+        long pid;
+        int kind = leftover_name(e->d_name, &base_len, &pid);
+        /* Only a process that no longer runs has given up its folder. */
+        if (!kind || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[PATH_MAX], base[PATH_MAX], msg[PATH_MAX + 256];
+        snprintf(path, sizeof path, "%s/%s", run_dir, e->d_name);
+        snprintf(base, sizeof base, "%s/%.*s", run_dir, (int)base_len, e->d_name);
+        struct stat st;
+        /* A writer killed between moving the previous checkpoint aside and renaming the new one into
+         * place leaves the previous one complete in .old: it goes back. */
+        if (kind == 2 && stat(base, &st) != 0 && errno == ENOENT && rename(path, base) == 0) {
+            snprintf(msg, sizeof msg, "restored %s from %s, left by process %ld (no longer running)", base, e->d_name, pid);
+        } else {
+            if (remove_tree(path) != 0 && errno != ENOENT) continue;
+            snprintf(msg, sizeof msg, "removed %s, left by process %ld (no longer running)", path, pid);
+        }
+        if (log) log(msg);
+        done++;
+    }
+    closedir(d);
+    return done;
 }

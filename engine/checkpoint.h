@@ -49,6 +49,11 @@ void saefw_checkpoint_prune_states(const char *run_dir, int keep);
  * *cfg_out (may be NULL) receives the parsed cfg (caller frees with cJSON_Delete). */
 int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, char *err, size_t errlen);
 
+/* Remove the "<name>.tmp.<pid>" folders that writers killed mid-checkpoint left in run_dir (and put
+ * back a "<name>.old.<pid>" whose replacement never arrived), for pids no longer running; one line
+ * through log (may be NULL) for each. Call with the run folder's lock held. Returns the count. */
+int saefw_checkpoint_remove_leftovers(const char *run_dir, void (*log)(const char *msg));
+
 /* The next free version number in a run folder: 1 + the largest numeric subfolder name, or 0. */
 int saefw_checkpoint_next_version(const char *run_dir);
 

@@ -1194,17 +1194,14 @@ static int on_event(void *vud, const char *event, const saefw_metrics *m, char *
     /* A callback returning false stops the run. */
     int stop = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
     lua_pop(L, 2);
-    if (stop) {
-        snprintf(ud->lua_err, sizeof ud->lua_err, "stopped");
-        return saefw_errf(err, errlen, "stopped by the on_%s callback", event);
-    }
-    return 0;
+    return stop ? SAEFW_EVENT_STOP : 0;
 }
 
 static int l_train(lua_State *L) {
     static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
                                        "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
-                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "restart", NULL};
+                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "resume",
+                                       "allow_change", NULL};
     const char *fn = "saefw.train";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -1267,7 +1264,21 @@ static int l_train(lua_State *L) {
     o.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
     o.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
     o.resume_from = saefw_lua_opt_string(L, 1, fn, "resume_from", NULL);
-    o.restart = saefw_lua_opt_bool(L, 1, fn, "restart", 0);
+    o.resume = saefw_lua_opt_bool(L, 1, fn, "resume", 0);
+    /* allow_change: a list of names, kept alive on the stack until the run ends. */
+    if (lua_getfield(L, 1, "allow_change") != LUA_TNIL) {
+        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'allow_change' must be a list of names", fn);
+        int t = lua_gettop(L), n = (int)lua_rawlen(L, t);
+        const char **names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
+        for (int i = 0; i < n; i++) {
+            lua_rawgeti(L, t, i + 1);
+            if (lua_type(L, -1) != LUA_TSTRING) return saefw_lua_error(L, "%s: allow_change[%d] must be a string", fn, i + 1);
+            names[i] = lua_tostring(L, -1);
+            lua_rawseti(L, t, i + 1); /* the same string, left in the table that keeps it alive */
+        }
+        o.allow_change = names;
+        o.n_allow_change = n;
+    }
     o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 49, 0);
     int progress = saefw_lua_opt_bool(L, 1, fn, "progress", 1);
     o.progress = progress ? -1 : 0;
@@ -1301,17 +1312,21 @@ static int l_train(lua_State *L) {
     int rc = saefw_train(&o, &res, err, sizeof err);
     cJSON_Delete(cfg);
     if (rc != 0) {
-        if (ud.lua_err[0] && strcmp(ud.lua_err, "stopped") != 0) {
+        if (ud.lua_err[0]) {
             lua_pushstring(L, ud.lua_err); /* already carries the callback's file:line */
             return lua_error(L);
         }
-        if (!ud.lua_err[0]) return saefw_lua_error(L, "%s", err);
+        return saefw_lua_error(L, "%s", err);
     }
     push_metrics(L, &res.last);
     lua_pushstring(L, res.last_checkpoint);
     lua_setfield(L, -2, "checkpoint");
     lua_pushinteger(L, res.steps_done);
     lua_setfield(L, -2, "steps_done");
+    if (res.stopped_by) {
+        lua_pushfstring(L, "on_%s", res.stopped_by);
+        lua_setfield(L, -2, "stopped_by");
+    }
     return 1;
 }
 

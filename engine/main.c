@@ -28,9 +28,10 @@ static const char USAGE[] =
     "usage: saefw <command> [arguments]\n"
     "\n"
     "commands:\n"
-    "  run SCRIPT.lua [--key value | --key=value ...] [--resume RUN_DIR] [--threads N]\n"
+    "  run SCRIPT.lua [--key value | --key=value ...] [--resume RUN_DIR [--allow-change KEY]] [--threads N]\n"
     "                      run an experiment; --key overrides that key of the script's saefw.config{};\n"
     "                      --resume continues an interrupted run from its newest intact checkpoint;\n"
+    "                      --allow-change KEY (repeatable) lets it change that config key or option;\n"
     "                      --threads sets the threads of the step and the model (default: all cores)\n"
     "  plugins             list the plugins found, their kind and options\n"
     "  info FILE           list the tensors of a safetensors, .npy or PyTorch .pt file\n"
@@ -222,8 +223,24 @@ static int cmd_run(int argc, char **argv) {
         args_free(&a);
         return 2;
     }
-    /* --resume RUN_DIR and --threads N are for the engine, not the script's config. */
+    /* --resume RUN_DIR, --allow-change KEY (repeatable) and --threads N are for the engine, not the
+     * script's config. */
     const char *resume = take_option(&a, "resume");
+    const char *allow[64];
+    int n_allow = 0;
+    for (const char *k; (k = take_option(&a, "allow-change")) != NULL;) {
+        if (n_allow == 64 || !*k) {
+            fprintf(stderr, "saefw run: --allow-change: %s\n", *k ? "at most 64 of them" : "expected a config key");
+            args_free(&a);
+            return 2;
+        }
+        allow[n_allow++] = k;
+    }
+    if (n_allow && !resume) {
+        fprintf(stderr, "saefw run: --allow-change %s applies to a resumed run only (add --resume RUN_DIR)\n", allow[0]);
+        args_free(&a);
+        return 2;
+    }
     if (apply_threads("run", take_option(&a, "threads")) != 0) {
         args_free(&a);
         return 2;
@@ -231,6 +248,12 @@ static int cmd_run(int argc, char **argv) {
     lua_State *L = make_lua(argc, argv, a.kv, a.n);
     if (L) {
         saefw_lua_set_resume(L, resume);
+        lua_createtable(L, n_allow, 0);
+        for (int i = 0; i < n_allow; i++) {
+            lua_pushstring(L, allow[i]);
+            lua_rawseti(L, -2, i + 1);
+        }
+        lua_setfield(L, LUA_REGISTRYINDEX, "saefw.allow_change");
         lua_pushcfunction(L, msgh);
         int h = lua_gettop(L);
         int st = luaL_loadfile(L, script);

@@ -400,6 +400,15 @@ static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
+/* A NaN or infinite weight would surface only as a NaN loss at step 0, naming nothing. */
+static int check_finite(const float *x, int64_t n, const char *path, const char *name, char *err, size_t errlen) {
+    for (int64_t k = 0; k < n; k++)
+        if (!isfinite(x[k]))
+            return saefw_errf(err, errlen, "%s: tensor %s holds %s at element %" PRId64 "; the weights are damaged",
+                              path, name, isnan(x[k]) ? "NaN" : "an infinite value", k);
+    return 0;
+}
+
 static int load_tensor(const saefw_tensorfile *tf, const char *path, const param_spec *s, float *tmp, int64_t dm,
                        int64_t hd3, char *err, size_t errlen) {
     const saefw_tensor_info *t = saefw_tf_find(tf, s->name);
@@ -423,10 +432,11 @@ static int load_tensor(const saefw_tensorfile *tf, const char *path, const param
     if (!s->qkv) {
         if (saefw_tensor_to_f32(t, s->dst, e2, sizeof e2) != 0)
             return saefw_errf(err, errlen, "%s: tensor %s: %s", path, s->name, e2);
-        return 0;
+        return check_finite(s->dst, t->numel, path, s->name, err, errlen);
     }
     if (saefw_tensor_to_f32(t, tmp, e2, sizeof e2) != 0)
         return saefw_errf(err, errlen, "%s: tensor %s: %s", path, s->name, e2);
+    if (check_finite(tmp, t->numel, path, s->name, err, errlen) != 0) return -1;
     int64_t H = s->shape[0], Dh = s->shape[2];
     for (int64_t h = 0; h < H; h++)
         for (int64_t i = 0; i < dm; i++)

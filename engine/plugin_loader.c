@@ -2,9 +2,12 @@
 #include "plugin_loader.h"
 
 #include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -136,11 +139,80 @@ static int check_descriptor(const saefw_loaded_plugin *lp, const char *who, char
         return saefw_errf(err, errlen, "plugin %s: init failed: unknown kind %d", who, (int)p->kind);
     if (p->kind == SAEFW_KIND_OPTIMIZER && !p->step)
         return saefw_errf(err, errlen, "plugin %s: init failed: an optimizer must provide step()", who);
+    return 0;
+}
+
+/* dlopen's own message for a bad file is long and varies, and a file cut short makes it fault
+ * (SIGBUS) while mapping what is not there: the ELF header, the program and section header tables
+ * and every segment are checked against the file's size first. */
+static int check_elf(const char *path, const char *name, char *err, size_t errlen) {
+#if UINTPTR_MAX == 0xffffffffffffffffu
+    typedef Elf64_Ehdr ehdr_t;
+    typedef Elf64_Phdr phdr_t;
+    const unsigned char native_class = ELFCLASS64;
+#else
+    typedef Elf32_Ehdr ehdr_t;
+    typedef Elf32_Phdr phdr_t;
+    const unsigned char native_class = ELFCLASS32;
+#endif
+    FILE *f = fopen(path, "rb");
+    if (!f) return saefw_errf(err, errlen, "plugin %s: cannot open: %s", name, strerror(errno));
+    struct stat st;
+    ehdr_t eh;
+    memset(&eh, 0, sizeof eh);
+    size_t got = fread(&eh, 1, sizeof eh, f);
+    int rc = 0;
+    if (fstat(fileno(f), &st) != 0) {
+        rc = saefw_errf(err, errlen, "plugin %s: cannot stat: %s", name, strerror(errno));
+    } else if (got < 4 || memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) {
+        rc = saefw_errf(err, errlen, "plugin %s: not a shared object (no ELF header)", name);
+    } else if (got < sizeof eh) {
+        rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: the file ends inside its ELF header (%lld "
+                        "bytes; truncated?)", name, (long long)st.st_size);
+    } else if (eh.e_ident[EI_CLASS] != native_class || eh.e_type != ET_DYN) {
+        rc = saefw_errf(err, errlen, "plugin %s: not a shared object for this machine (ELF class %d, type %d)", name,
+                        eh.e_ident[EI_CLASS], (int)eh.e_type);
+    } else {
+        const uint64_t size = (uint64_t)st.st_size;
+        if (eh.e_phentsize != sizeof(phdr_t) || eh.e_phnum == 0 ||
+            (uint64_t)eh.e_phoff + (uint64_t)eh.e_phnum * sizeof(phdr_t) > size)
+            rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: its program headers lie past the end of "
+                            "the file (%llu bytes; truncated?)", name, (unsigned long long)size);
+        else if (eh.e_shoff && (uint64_t)eh.e_shoff + (uint64_t)eh.e_shnum * eh.e_shentsize > size)
+            rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: its section headers lie past the end of "
+                            "the file (%llu bytes; truncated?)", name, (unsigned long long)size);
+        for (unsigned i = 0; rc == 0 && i < eh.e_phnum; i++) {
+            phdr_t ph;
+            if (fseek(f, (long)(eh.e_phoff + i * sizeof ph), SEEK_SET) != 0 || fread(&ph, sizeof ph, 1, f) != 1)
+                rc = saefw_errf(err, errlen, "plugin %s: cannot read its program headers", name);
+            else if (ph.p_type == PT_LOAD && (uint64_t)ph.p_offset + (uint64_t)ph.p_filesz > size)
+                rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: segment %u ends at byte %llu, past the "
+                                "end of the file (%llu bytes; truncated?)", name, i,
+                                (unsigned long long)((uint64_t)ph.p_offset + ph.p_filesz), (unsigned long long)size);
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+/* The options a plugin declares: a known type each, unique names, defaults of that type. */
+static int check_options(const saefw_plugin *p, const char *name, char *err, size_t errlen) {
     for (int i = 0; p->options && p->options[i].name; i++) {
-        saefw_opt_type t = p->options[i].type;
-        if (t != SAEFW_OPT_NUMBER && t != SAEFW_OPT_INTEGER && t != SAEFW_OPT_BOOL && t != SAEFW_OPT_STRING)
-            return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has unknown type %d", who,
-                              p->options[i].name, (int)t);
+        const saefw_option *o = &p->options[i];
+        if (i >= 256) return saefw_errf(err, errlen, "plugin %s: init failed: more than 256 options (no end marker?)", name);
+        if (!*o->name) return saefw_errf(err, errlen, "plugin %s: init failed: option %d has an empty name", name, i + 1);
+        if (o->type != SAEFW_OPT_NUMBER && o->type != SAEFW_OPT_INTEGER && o->type != SAEFW_OPT_BOOL &&
+            o->type != SAEFW_OPT_STRING)
+            return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has the unknown type %d (NUMBER, "
+                              "INTEGER, BOOL or STRING)", name, o->name, (int)o->type);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(p->options[j].name, o->name))
+                return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' is declared twice", name, o->name);
+        const double d = o->def_number;
+        if ((o->type == SAEFW_OPT_NUMBER && !isfinite(d)) || (o->type == SAEFW_OPT_INTEGER && !(isfinite(d) && d == floor(d))) ||
+            (o->type == SAEFW_OPT_BOOL && d != 0 && d != 1))
+            return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has the default %g, not %s", name,
+                              o->name, d, o->type == SAEFW_OPT_BOOL ? "0 or 1" : o->type == SAEFW_OPT_INTEGER ? "a whole number" : "a finite number");
     }
     return 0;
 }
@@ -151,19 +223,9 @@ int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_lo
     if (err && errlen) err[0] = 0;
     char *path = resolve(name_or_path, err, errlen);
     if (!path) return -1;
-    /* dlopen's own message for a bad file is long and varies; the first bytes tell us precisely. */
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
+    if (check_elf(path, name_or_path, err, errlen) != 0) {
         free(path);
-        return saefw_errf(err, errlen, "plugin %s: cannot open: %s", name_or_path, strerror(e));
-    }
-    unsigned char magic[4] = {0};
-    size_t got = fread(magic, 1, 4, f);
-    fclose(f);
-    if (got != 4 || memcmp(magic, "\x7f" "ELF", 4) != 0) {
-        free(path);
-        return saefw_errf(err, errlen, "plugin %s: not a shared object (no ELF header)", name_or_path);
+        return -1;
     }
     /* dlopen needs a slash to take the path literally rather than searching LD_LIBRARY_PATH. */
     char full[PATH_MAX];
@@ -214,6 +276,10 @@ int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_lo
     memcpy(&lp->p, d, d->struct_size < sizeof lp->p ? d->struct_size : sizeof lp->p);
     lp->p.struct_size = sizeof lp->p;
     if (copy_options(lp, name_or_path, err, errlen) != 0 || check_descriptor(lp, name_or_path, err, errlen) != 0) {
+        saefw_plugin_unload(lp);
+        return -1;
+    }
+    if (check_options(&lp->p, name_or_path, err, errlen) != 0) {
         saefw_plugin_unload(lp);
         return -1;
     }

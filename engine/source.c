@@ -1,9 +1,12 @@
 /* Activation sources (synthetic ground truth, memory-mapped files) and the seed's shuffling buffer. */
 #include "source.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tensorfile.h"
 #include "util.h"
@@ -155,11 +158,50 @@ typedef struct {
     char *path;
     int64_t rows, cursor, wraps;
     saefw_rng eval_rng;
+    /* Rows are read with pread, not through the mapping: a file cut short during the run is then an
+     * error naming it instead of a SIGBUS. fd is -1 when the tensor was copied out of the mapping. */
+    int fd;
+    int64_t data_off;   /* file offset of the tensor's first byte */
+    void *raw;          /* [raw_cap] bytes of 16-bit rows before conversion */
+    size_t raw_cap;
 } file_source;
 
 static int file_rows(saefw_source *s, file_source *fs, int64_t row, int64_t n, float *out, char *err, size_t errlen) {
-    if (saefw_tensor_slice_f32(fs->t, row * s->d_act, n * s->d_act, out, err, errlen) != 0)
-        return saefw_err_prefix(err, errlen, "%s", fs->path);
+    if (fs->fd < 0) {
+        if (saefw_tensor_slice_f32(fs->t, row * s->d_act, n * s->d_act, out, err, errlen) != 0)
+            return saefw_err_prefix(err, errlen, "%s", fs->path);
+        return 0;
+    }
+    const size_t isz = saefw_dtype_size(fs->t->dtype), len = (size_t)(n * s->d_act) * isz;
+    void *dst = out;
+    if (isz != sizeof(float)) {
+        if (len > fs->raw_cap) {
+            void *r = realloc(fs->raw, len);
+            if (!r) return saefw_errf(err, errlen, "%s: out of memory reading %lld rows", fs->path, (long long)n);
+            fs->raw = r;
+            fs->raw_cap = len;
+        }
+        dst = fs->raw;
+    }
+    const int64_t off = fs->data_off + row * s->d_act * (int64_t)isz;
+    for (size_t got = 0; got < len;) {
+        ssize_t k = pread(fs->fd, (char *)dst + got, len - got, (off_t)(off + (int64_t)got));
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return saefw_errf(err, errlen, "%s: cannot read rows %lld-%lld: %s", fs->path, (long long)row,
+                                     (long long)(row + n - 1), strerror(errno));
+        if (k == 0)
+            return saefw_errf(err, errlen, "%s: the file ends at byte %lld, inside row %lld of %lld: it was cut short "
+                              "or replaced while the run read it", fs->path, (long long)(off + (int64_t)got),
+                              (long long)(row + (int64_t)got / (s->d_act * (int64_t)isz)), (long long)fs->rows);
+        got += (size_t)k;
+    }
+    if (dst != out) {
+        saefw_tensor_info t = *fs->t;
+        t.data = dst;
+        t.numel = n * s->d_act;
+        t.nbytes = len;
+        if (saefw_tensor_slice_f32(&t, 0, t.numel, out, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", fs->path);
+    }
     return 0;
 }
 
@@ -219,6 +261,8 @@ static void file_destroy(saefw_source *s) {
     file_source *fs = s->impl;
     if (fs) {
         saefw_tf_close(fs->tf);
+        if (fs->fd >= 0) close(fs->fd);
+        free(fs->raw);
         free(fs->path);
     }
     free(fs);
@@ -271,6 +315,16 @@ int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint
     fs->tf = tf;
     fs->t = t;
     fs->path = p;
+    fs->fd = -1;
+    fs->data_off = saefw_tf_offset(tf, t->data, t->nbytes);
+    if (fs->data_off >= 0 && (fs->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        saefw_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        free(p);
+        free(fs);
+        free(s);
+        saefw_tf_close(tf);
+        return -1;
+    }
     fs->rows = t->shape[0];
     saefw_rng_seed(&fs->eval_rng, seed ^ 0x6576616cULL);
     s->kind = "file";

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "rundir.h"
 #include "state.h"
 #include "parallel.h"
 #include "tensorfile.h"
@@ -34,10 +35,17 @@ struct saefw_run {
     void *opt_self;
     void **plug_self;
     const char *current; /* name of the plugin whose callback runs */
+    const char *callback; /* and that callback's name, for the crash report */
+    int64_t ckpt_next;    /* the step the last checkpoint resumes at (0: none yet) */
+    const char *ckpt_path; /* that checkpoint's folder, or NULL */
     int n_extra;
     char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
     double extra_value[SAEFW_MAX_EXTRA_METRICS];
     FILE *metrics;    /* metrics.jsonl, or NULL */
+    int64_t metrics_lines; /* lines in metrics.jsonl */
+    cJSON *changes;   /* configuration changes accepted at resumes: [{step, key, from, to}] */
+    const char *stopped_by; /* the event whose callback asked the run to end after this step */
+    char metric_error[256]; /* a metric that could not be recorded (the run stops with this) */
     double t0;        /* when this process started training */
     double elapsed_before; /* seconds spent before a resume, for the reported rate */
 };
@@ -144,12 +152,25 @@ static int host_set_loss_coeff(saefw_run *run, const char *name, double value, c
 }
 
 static void host_metric(saefw_run *run, const char *name, double value) {
+    /* metric() returns nothing: a name that does not fit stops the run at its next metrics line. */
+    if (!name || !*name || strlen(name) >= sizeof run->extra_name[0]) {
+        if (!run->metric_error[0])
+            snprintf(run->metric_error, sizeof run->metric_error, "plugin %s: metric name '%.60s%s' is %s (1 to %d "
+                     "characters)", run->current ? run->current : "?", name ? name : "", name && strlen(name) > 60 ? "..." : "",
+                     name && *name ? "too long" : "empty", (int)sizeof run->extra_name[0] - 1);
+        return;
+    }
     for (int i = 0; i < run->n_extra; i++)
         if (strcmp(run->extra_name[i], name) == 0) {
             run->extra_value[i] = value;
             return;
         }
-    if (run->n_extra >= SAEFW_MAX_EXTRA_METRICS) return;
+    if (run->n_extra >= SAEFW_MAX_EXTRA_METRICS) {
+        if (!run->metric_error[0])
+            snprintf(run->metric_error, sizeof run->metric_error, "plugin %s: metric '%s' is one more than the %d "
+                     "metrics a step can record", run->current ? run->current : "?", name, SAEFW_MAX_EXTRA_METRICS);
+        return;
+    }
     snprintf(run->extra_name[run->n_extra], sizeof run->extra_name[0], "%s", name);
     run->extra_value[run->n_extra++] = value;
 }
@@ -333,6 +354,102 @@ static const saefw_host HOST = {
 
 const saefw_host *saefw_host_table(void) { return &HOST; }
 
+static void log_line(const char *msg) { fprintf(stderr, "%s\n", msg); }
+
+/* A plugin's error message: its buffer ended by the host (a plugin may fill it without a NUL). */
+static const char *plugin_msg(char *perr, size_t n, const char *fallback) {
+    perr[n - 1] = 0;
+    return perr[0] ? perr : fallback;
+}
+
+/* ---- crashes: a fault while a plugin runs names the plugin and what is lost ---- */
+
+static saefw_run *volatile g_crash_run;
+static char g_crash_stack[1 << 16];
+static const int g_fault_sigs[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+#define N_FAULT_SIGS ((int)(sizeof g_fault_sigs / sizeof *g_fault_sigs))
+
+/* Async-signal-safe output: write(2) of plain strings and decimal numbers. */
+static void crash_put(const char *s) {
+    size_t n = 0;
+    while (s[n]) n++;
+    while (n > 0) {
+        ssize_t k = write(STDERR_FILENO, s, n);
+        if (k <= 0) return;
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+static void crash_num(int64_t v) {
+    char buf[24], *p = buf + sizeof buf - 1;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    *p = 0;
+    do *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0) *--p = '-';
+    crash_put(p);
+}
+
+static void on_fault(int sig) {
+    saefw_run *run = g_crash_run;
+    const char *name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
+                     : sig == SIGILL ? "SIGILL" : "SIGABRT";
+    if (run) {
+        crash_put("\nsaefw: ");
+        if (run->current) {
+            crash_put("plugin ");
+            crash_put(run->current);
+            crash_put(" crashed (");
+            crash_put(name);
+            crash_put(") in its ");
+            crash_put(run->callback ? run->callback : "?");
+            crash_put(" callback");
+        } else {
+            crash_put("crashed (");
+            crash_put(name);
+            crash_put(")");
+        }
+        crash_put(" at step ");
+        crash_num(run->step);
+        crash_put("; ");
+        crash_num(run->step - run->ckpt_next);
+        crash_put(" step(s) done since the last checkpoint are lost");
+        if (run->ckpt_path) {
+            crash_put(" (it is ");
+            crash_put(run->ckpt_path);
+            crash_put(": continue with --resume ");
+            crash_put(run->o->run_dir ? run->o->run_dir : "RUN_DIR");
+            crash_put(")");
+        }
+        crash_put("\n");
+    }
+    /* SA_RESETHAND made the action the default again: the signal, raised anew, ends the process as it
+     * would have, once this handler returns. */
+    raise(sig);
+}
+
+static void crash_handlers(saefw_run *run, struct sigaction *old, stack_t *old_ss) {
+    stack_t ss;
+    memset(&ss, 0, sizeof ss);
+    ss.ss_sp = g_crash_stack; /* a plugin that overflows its stack still gets its line */
+    ss.ss_size = sizeof g_crash_stack;
+    sigaltstack(&ss, old_ss);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_fault;
+    sa.sa_flags = SA_RESETHAND | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    g_crash_run = run;
+    for (int i = 0; i < N_FAULT_SIGS; i++) sigaction(g_fault_sigs[i], &sa, &old[i]);
+}
+
+static void crash_handlers_off(const struct sigaction *old, const stack_t *old_ss) {
+    for (int i = 0; i < N_FAULT_SIGS; i++) sigaction(g_fault_sigs[i], &old[i], NULL);
+    g_crash_run = NULL;
+    sigaltstack(old_ss, NULL);
+}
+
 /* ---- signals ---- */
 
 static volatile sig_atomic_t g_stop_signal = 0;
@@ -374,9 +491,11 @@ static void json_num(FILE *f, const char *key, double v) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
-static int write_metrics_line(FILE *f, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int write_metrics_line(FILE *f, const char *event, const char *stopped_by, const saefw_metrics *m, char *err,
+                              size_t errlen) {
     if (!f) return 0;
     fprintf(f, "{\"event\":\"%s\",\"step\":%lld,\"tokens\":%lld", event, (long long)m->step, (long long)m->tokens);
+    if (stopped_by) fprintf(f, ",\"stopped_by\":\"on_%s\"", stopped_by);
     if (strcmp(event, "eval") != 0) {
         json_num(f, "loss", m->loss);
         json_num(f, "l2_loss", m->l2);
@@ -398,12 +517,17 @@ static int write_metrics_line(FILE *f, const char *event, const saefw_metrics *m
     return 0;
 }
 
-static cJSON *checkpoint_cfg(const saefw_train_opts *o, const saefw_metrics *m) {
+static cJSON *checkpoint_cfg(const saefw_run *run, const saefw_metrics *m) {
+    const saefw_train_opts *o = run->o;
     cJSON *c = o->cfg ? cJSON_Duplicate(o->cfg, 1) : cJSON_CreateObject();
     if (!c) return NULL;
     cJSON_DeleteItemFromObject(c, "step");
     cJSON_DeleteItemFromObject(c, "tokens_seen");
     cJSON_DeleteItemFromObject(c, "final_metrics");
+    cJSON_DeleteItemFromObject(c, "config_changes");
+    /* What a resume changed, so that the values above are not taken for those of every step. */
+    if (run->changes && cJSON_GetArraySize(run->changes) > 0)
+        cJSON_AddItemToObject(c, "config_changes", cJSON_Duplicate(run->changes, 1));
     cJSON_AddNumberToObject(c, "step", (double)m->step);
     cJSON_AddNumberToObject(c, "tokens_seen", (double)m->tokens);
     cJSON *fm = cJSON_AddObjectToObject(c, "final_metrics");
@@ -453,6 +577,96 @@ static int source_state(saefw_run *run, saefw_source *src, const char *prefix, s
     return src->load_state(src, in, err, errlen);
 }
 
+/* The run's configuration (and the changes accepted so far) as JSON text, for a resume to compare. */
+static int put_record(saefw_run *run, saefw_state_out *st, char *err, size_t errlen) {
+    cJSON *r = saefw_run_record(run->o);
+    if (r) cJSON_AddItemToObject(r, "changes", run->changes ? cJSON_Duplicate(run->changes, 1) : cJSON_CreateArray());
+    char *text = r ? cJSON_PrintUnformatted(r) : NULL;
+    cJSON_Delete(r);
+    if (!text) return saefw_errf(err, errlen, "training state: out of memory");
+    int64_t n = (int64_t)strlen(text);
+    int rc = saefw_state_put_i64(st, "config_bytes", n, err, errlen) == 0 &&
+             saefw_state_put_copy(st, "config", SAEFW_DT_U8, n, text, err, errlen) == 0 ? 0 : -1;
+    free(text);
+    return rc;
+}
+
+/* Compare the configuration recorded in a training state with this run's: differences must be named
+ * in allow_change; those go into run->changes, taking effect at step `next`. */
+static int check_record(saefw_run *run, saefw_state_in *st, const char *dir, int64_t next, int *n_new, char *err,
+                        size_t errlen) {
+    const saefw_train_opts *o = run->o;
+    *n_new = 0;
+    if (!saefw_state_has(st, "config")) {
+        fprintf(stderr, "warning: %s records no configuration (an older saefw wrote it): changes to the run's "
+                "configuration cannot be checked\n", dir);
+        return 0;
+    }
+    int64_t n = 0;
+    if (saefw_state_get_i64(st, "config_bytes", &n, err, errlen) != 0) return -1;
+    if (n <= 0 || n > (64 << 20)) return saefw_errf(err, errlen, "%s: the recorded configuration has a bad size", dir);
+    char *text = saefw_malloc((size_t)n + 1, err, errlen);
+    if (!text) return -1;
+    if (saefw_state_get(st, "config", SAEFW_DT_U8, n, text, err, errlen) != 0) {
+        free(text);
+        return -1;
+    }
+    text[n] = 0;
+    cJSON *rec = cJSON_Parse(text), *cur = saefw_run_record(o);
+    free(text);
+    int rc = -1;
+    if (!rec || !cur) {
+        saefw_errf(err, errlen, "%s: the recorded configuration cannot be read", dir);
+        goto out;
+    }
+    const cJSON *old_changes = cJSON_GetObjectItemCaseSensitive(rec, "changes");
+    run->changes = cJSON_IsArray(old_changes) ? cJSON_Duplicate(old_changes, 1) : cJSON_CreateArray();
+    if (!run->changes) {
+        saefw_errf(err, errlen, "out of memory");
+        goto out;
+    }
+    int before = cJSON_GetArraySize(run->changes);
+    if (saefw_run_record_diff(rec, cur, o->allow_change, o->n_allow_change, next, run->changes, err, errlen) != 0) {
+        saefw_err_prefix(err, errlen, "--resume from %s", dir);
+        goto out;
+    }
+    *n_new = cJSON_GetArraySize(run->changes) - before;
+    rc = 0;
+out:
+    cJSON_Delete(rec);
+    cJSON_Delete(cur);
+    return rc;
+}
+
+/* One line per configuration change accepted at this resume (the last n of run->changes). */
+static int write_changes(saefw_run *run, int n, char *err, size_t errlen) {
+    int total = cJSON_GetArraySize(run->changes);
+    for (int i = total - n; i < total; i++) {
+        const cJSON *c = cJSON_GetArrayItem(run->changes, i);
+        char *from = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "from"));
+        char *to = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "to"));
+        char *key = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "key"));
+        long long step = (long long)cJSON_GetObjectItemCaseSensitive(c, "step")->valuedouble;
+        int rc = from && to && key ? 0 : saefw_errf(err, errlen, "out of memory");
+        if (rc == 0) {
+            fprintf(stderr, "resume: %s changed from %s to %s at step %lld (allowed with --allow-change)\n", key, from,
+                    to, step);
+            if (run->metrics) {
+                fprintf(run->metrics, "{\"event\":\"config_change\",\"step\":%lld,\"key\":%s,\"from\":%s,\"to\":%s}\n",
+                        step, key, from, to);
+                run->metrics_lines++;
+                if (fflush(run->metrics) != 0 || ferror(run->metrics))
+                    rc = saefw_errf(err, errlen, "metrics.jsonl: write failed: %s", strerror(errno));
+            }
+        }
+        free(from);
+        free(to);
+        free(key);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
 /* Everything a resumed run needs beyond the weights, as of the end of step `next - 1`. */
 static int write_train_state(saefw_run *run, const char *path, int64_t next, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
@@ -471,10 +685,12 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
     if (saefw_state_put_i64(&st, "next_step", next, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "tokens", run->tokens, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "metrics_bytes", offset, err, errlen) != 0 ||
+        saefw_state_put_i64(&st, "metrics_lines", run->metrics_lines, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "elapsed_s", run->elapsed_before + (saefw_now() - run->t0), err, errlen) != 0 ||
         saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "lr", run->lr, err, errlen) != 0 ||
-        saefw_state_put_f64(&st, "l1_coeff", run->sae->l1_coeff, err, errlen) != 0)
+        saefw_state_put_f64(&st, "l1_coeff", run->sae->l1_coeff, err, errlen) != 0 ||
+        put_record(run, &st, err, errlen) != 0)
         goto out;
     for (int i = 0; i < o->n_extra_rng; i++)
         if (saefw_state_put_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto out;
@@ -496,8 +712,13 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         if (!slots[i].p->save_state) continue;
         saefw_state_set_prefix(&st, slots[i].prefix);
         char perr[512] = "";
-        if (slots[i].p->save_state(slots[i].self, run, (saefw_state_writer *)&st, perr, sizeof perr) != 0) {
-            saefw_errf(err, errlen, "plugin %s: saving its state: %s", slots[i].p->name, perr);
+        run->current = slots[i].p->name;
+        run->callback = "save_state";
+        int prc = slots[i].p->save_state(slots[i].self, run, (saefw_state_writer *)&st, perr, sizeof perr);
+        run->current = NULL;
+        if (prc != 0) {
+            saefw_errf(err, errlen, "plugin %s: saving its state: %s", slots[i].p->name,
+                       plugin_msg(perr, sizeof perr, "failed"));
             goto out;
         }
     }
@@ -525,15 +746,25 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
     snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, dir);
     saefw_state_in st;
     if (saefw_state_open(path, &st, err, errlen) != 0) return -1;
-    int64_t next = -1, tokens = 0, offset = 0;
+    int64_t next = -1, tokens = 0, offset = 0, lines = -1;
     double elapsed = 0;
+    int n_changes = 0;
     saefw_state_in_prefix(&st, "run/");
     if (saefw_state_get_i64(&st, "next_step", &next, err, errlen) != 0 ||
         saefw_state_get_i64(&st, "tokens", &tokens, err, errlen) != 0 ||
         saefw_state_get_i64(&st, "metrics_bytes", &offset, err, errlen) != 0 ||
+        (saefw_state_has(&st, "metrics_lines") && saefw_state_get_i64(&st, "metrics_lines", &lines, err, errlen) != 0) ||
         saefw_state_get_f64(&st, "elapsed_s", &elapsed, err, errlen) != 0 ||
         saefw_state_get_rng(&st, "rng", &run->rng, err, errlen) != 0)
         goto fail;
+    /* Before anything is restored: metrics.jsonl must still hold the lines up to the checkpoint (it is
+     * cut back to them below, never padded), and the configuration must be the recorded one. */
+    if (run->metrics && o->run_dir) {
+        char mp[PATH_MAX];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
+        if (saefw_rundir_check_metrics(run->metrics, mp, offset, lines, err, errlen) != 0) goto fail;
+    }
+    if (check_record(run, &st, dir, next, &n_changes, err, errlen) != 0) goto fail;
     /* Schedules may have moved them; states written before ABI 2 lack them (the run's values stand). */
     double l1 = run->sae->l1_coeff;
     if ((saefw_state_has(&st, "lr") && saefw_state_get_f64(&st, "lr", &run->lr, err, errlen) != 0) ||
@@ -569,8 +800,13 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         }
         saefw_state_in_prefix(&st, slots[i].prefix);
         char perr[512] = "";
-        if (p->load_state(slots[i].self, run, (saefw_state_reader *)&st, perr, sizeof perr) != 0) {
-            saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path, perr);
+        run->current = p->name;
+        run->callback = "load_state";
+        int prc = p->load_state(slots[i].self, run, (saefw_state_reader *)&st, perr, sizeof perr);
+        run->current = NULL;
+        if (prc != 0) {
+            saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path,
+                       plugin_msg(perr, sizeof perr, "failed"));
             goto fail;
         }
     }
@@ -585,7 +821,9 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         if (fflush(run->metrics) != 0 || ftruncate(fileno(run->metrics), (off_t)offset) != 0 ||
             fseek(run->metrics, 0, SEEK_END) != 0)
             return saefw_errf(err, errlen, "metrics.jsonl: cannot cut back to the checkpoint: %s", strerror(errno));
+        run->metrics_lines = lines;
     }
+    if (write_changes(run, n_changes, err, errlen) != 0) return -1;
     run->tokens = tokens;
     run->elapsed_before = elapsed;
     return next;
@@ -621,7 +859,7 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     char dir[PATH_MAX];
     if (name) snprintf(dir, sizeof dir, "%s/%s", o->run_dir, name);
     else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
-    cJSON *cfg = checkpoint_cfg(o, m);
+    cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
     state_writer_ud ud = {run, next, with_state, name && run->freq};
@@ -631,7 +869,11 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     if (rc == 0) {
         snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);
         /* Training states hold the whole buffer: keep the newest two. */
-        if (with_state) saefw_checkpoint_prune_states(o->run_dir, 2);
+        if (with_state) {
+            saefw_checkpoint_prune_states(o->run_dir, 2);
+            run->ckpt_next = next;
+            run->ckpt_path = res->last_checkpoint;
+        }
     }
     return rc;
 }
@@ -664,6 +906,14 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     return 0;
 }
 
+static const char *hook_name(size_t offset) {
+    return offset == offsetof(saefw_plugin, after_backward) ? "after_backward"
+         : offset == offsetof(saefw_plugin, after_step)     ? "after_step"
+         : offset == offsetof(saefw_plugin, on_eval)        ? "on_eval"
+         : offset == offsetof(saefw_plugin, on_end)         ? "on_end"
+                                                            : "hook";
+}
+
 static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
     for (int i = 0; i < o->n_plugins; i++) {
@@ -671,21 +921,30 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
         saefw_callback cb = *(const saefw_callback *)((const char *)p + offset);
         if (!cb) continue;
         run->current = p->name;
+        run->callback = hook_name(offset);
         char perr[512] = "";
         int rc = cb(run->plug_self[i], run, perr, sizeof perr);
         run->current = NULL;
-        if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, perr[0] ? perr : "callback failed");
+        if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, plugin_msg(perr, sizeof perr, "callback failed"));
     }
     return 0;
 }
 
 static int emit(saefw_run *run, FILE *mf, const char *event, saefw_metrics *m, char *err, size_t errlen) {
+    if (run->metric_error[0]) return saefw_errf(err, errlen, "%s", run->metric_error);
     m->n_extra = run->n_extra;
     memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
     memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
-    if (write_metrics_line(mf, event, m, err, errlen) != 0) return -1;
-    if (run->o->on_event && run->o->on_event(run->o->event_ud, event, m, err, errlen) != 0) return -1;
-    return 0;
+    const int end = !strcmp(event, "end");
+    if (write_metrics_line(mf, event, end ? run->stopped_by : NULL, m, err, errlen) != 0) return -1;
+    if (mf) run->metrics_lines++;
+    int rc = run->o->on_event ? run->o->on_event(run->o->event_ud, event, m, err, errlen) : 0;
+    /* A stop asked for at the end changes nothing: the run ends anyway. */
+    if (rc == SAEFW_EVENT_STOP) {
+        if (!end && !run->stopped_by) run->stopped_by = !strcmp(event, "log") ? "log" : "eval";
+        return 0;
+    }
+    return rc != 0 ? -1 : 0;
 }
 
 int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, size_t errlen) {
@@ -720,8 +979,9 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     FILE *mf = NULL;
     int rc = -1;
     int opt_created = 0, n_created = 0;
-    struct sigaction old_int, old_term;
-    int signals_set = 0;
+    struct sigaction old_int, old_term, old_fault[N_FAULT_SIGS];
+    stack_t old_ss;
+    int signals_set = 0, lock_fd = -1;
 
     if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
     run.work.fused = 1; /* every forward pass of the step is followed by its backward pass */
@@ -730,20 +990,29 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     run.counts_step = -1;
     run.plug_self = run.feat_counts ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
     if (!run.plug_self) goto done;
+    crash_handlers(&run, old_fault, &old_ss);
 
+    const char *resume_from = o->resume_from;
+    char found[PATH_MAX];
     if (o->run_dir) {
-        if (saefw_mkdirs(o->run_dir, err, errlen) != 0) goto done;
+        /* The lock is held from here to the end of the run: a second writer is refused. */
+        if (saefw_rundir_open(o->run_dir, o->resume || o->resume_from, &lock_fd, found, sizeof found, log_line, err,
+                              errlen) != 0)
+            goto done;
+        if (!resume_from && found[0]) resume_from = found;
         char mp[PATH_MAX];
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
-        struct stat st;
-        int used = (stat(mp, &st) == 0 && st.st_size > 0) || saefw_checkpoint_next_version(o->run_dir) > 0;
-        if (used && !o->resume_from && !o->restart) {
-            saefw_errf(err, errlen, "%s already holds a run; continue it with --resume %s, or choose another run_dir",
-                       o->run_dir, o->run_dir);
+        mf = fopen(mp, resume_from ? "r+" : "w"); /* a resumed run keeps its lines up to the checkpoint */
+        if (!mf && errno == ENOENT) {
+            saefw_errf(err, errlen, "%s is missing: the run's record cannot be continued (put it back to resume; "
+                       "nothing was changed)", mp);
             goto done;
         }
-        mf = fopen(mp, o->restart && !o->resume_from ? "w" : "a");
         if (!mf) {
+            saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
+            goto done;
+        }
+        if (fseek(mf, 0, SEEK_END) != 0) {
             saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
             goto done;
         }
@@ -755,9 +1024,10 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         const saefw_plugin *op = &o->optimizer.plugin->p;
         char perr[512] = "";
         run.current = op->name;
+        run.callback = "create";
         run.opt_self = o->optimizer.self;
         if (op->create && op->create(&HOST, &run, o->optimizer.opts, &run.opt_self, perr, sizeof perr) != 0) {
-            saefw_errf(err, errlen, "plugin %s: %s", op->name, perr[0] ? perr : "create failed");
+            saefw_errf(err, errlen, "plugin %s: %s", op->name, plugin_msg(perr, sizeof perr, "create failed"));
             goto done;
         }
         opt_created = 1;
@@ -766,7 +1036,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             run.current = p->name;
             run.plug_self[i] = o->plugins[i].self;
             if (p->create && p->create(&HOST, &run, o->plugins[i].opts, &run.plug_self[i], perr, sizeof perr) != 0) {
-                saefw_errf(err, errlen, "plugin %s: %s", p->name, perr[0] ? perr : "create failed");
+                saefw_errf(err, errlen, "plugin %s: %s", p->name, plugin_msg(perr, sizeof perr, "create failed"));
                 goto done;
             }
             n_created = i + 1;
@@ -775,13 +1045,17 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     }
 
     int64_t start = 0;
-    if (o->resume_from) {
-        start = read_train_state(&run, o->resume_from, err, errlen);
+    if (resume_from) {
+        if (o->progress != 0)
+            fprintf(stderr, "resuming from %s\n", resume_from);
+        start = read_train_state(&run, resume_from, err, errlen);
         if (start < 0) goto done;
         res->resumed_at = start;
         res->steps_done = start;
+        run.ckpt_next = start;
+        run.ckpt_path = resume_from;
         if (o->progress != 0)
-            fprintf(stderr, "resuming from %s at step %lld of %lld\n", o->resume_from, (long long)start, (long long)o->steps);
+            fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
     }
 
     g_stop_signal = 0;
@@ -807,7 +1081,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     m.mmcs = NAN;
 
     for (int64_t i = start; i < o->steps; i++) {
-        if (g_stop_signal) break;
+        if (g_stop_signal || run.stopped_by) break;
         run.step = i;
         run.n_extra = 0;
         int got = buf ? saefw_buffer_next(buf, run.batch, err, errlen)
@@ -830,14 +1104,19 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             const saefw_plugin *op = &o->optimizer.plugin->p;
             char perr[512] = "";
             run.current = op->name;
+            run.callback = "step";
             int src = op->step(run.opt_self, &run, perr, sizeof perr);
             run.current = NULL;
             if (src != 0) {
-                saefw_errf(err, errlen, "plugin %s: %s", op->name, perr[0] ? perr : "step failed");
+                saefw_errf(err, errlen, "plugin %s: %s", op->name, plugin_msg(perr, sizeof perr, "step failed"));
                 goto done;
             }
         }
         if (call_hooks(&run, offsetof(saefw_plugin, after_step), err, errlen) != 0) goto done;
+        if (run.metric_error[0]) {
+            saefw_errf(err, errlen, "%s", run.metric_error);
+            goto done;
+        }
         run.batch_rows = 0; /* evaluation below reuses the scratch space */
         run.tokens += B;
 
@@ -897,6 +1176,11 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         goto done;
     }
 
+    if (run.stopped_by)
+        fprintf(stderr, "the on_%s callback stopped the run after step %lld of %lld; finishing it there (final "
+                "evaluation, checkpoint and end event)\n", run.stopped_by, (long long)m.step, (long long)o->steps);
+    res->stopped_by = run.stopped_by;
+
     /* Final evaluation, hooks and checkpoint. */
     if (run_eval(&run, &m, err, errlen) != 0) goto done;
     if (call_hooks(&run, offsetof(saefw_plugin, on_end), err, errlen) != 0) goto done;
@@ -906,6 +1190,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     rc = 0;
 
 done:
+    if (run.plug_self) crash_handlers_off(old_fault, &old_ss);
     if (signals_set) {
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
@@ -914,6 +1199,8 @@ done:
         if (o->plugins[i].plugin->p.destroy && run.plug_self[i]) o->plugins[i].plugin->p.destroy(run.plug_self[i]);
     if (opt_created && o->optimizer.plugin->p.destroy && run.opt_self) o->optimizer.plugin->p.destroy(run.opt_self);
     if (mf && fclose(mf) != 0 && rc == 0) rc = saefw_errf(err, errlen, "metrics.jsonl: write failed");
+    if (lock_fd >= 0) close(lock_fd);
+    cJSON_Delete(run.changes);
     free(run.plug_self);
     free(run.batch);
     free(run.feat_counts);

@@ -26,7 +26,10 @@ typedef struct {
 } saefw_metrics;
 
 /* Event callback: event is "log" (every log_every), "eval" (every eval_every), or "end". Return
- * non-zero (with err filled) to stop the run with that error. */
+ * SAEFW_EVENT_STOP to end the run after this step as if it were the last (final evaluation, final
+ * checkpoint, end event, result->stopped_by set); any other non-zero (with err filled) stops the run
+ * with that error. */
+#define SAEFW_EVENT_STOP 1
 typedef int (*saefw_train_event_fn)(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen);
 
 typedef struct {
@@ -66,14 +69,19 @@ typedef struct {
     saefw_rng *extra_rng[4];
     const char *extra_rng_name[4];
     int n_extra_rng;
-    /* Continue from this checkpoint folder (one holding train_state.safetensors): weights, optimizer
-     * and plugin state, counters, generators, token position and buffer are restored, metrics.jsonl is
-     * cut back to that step, and training goes on as if never interrupted. */
+    /* Continue the run in run_dir from its newest intact checkpoint: weights, optimizer and plugin
+     * state, counters, generators, token position and buffer are restored, metrics.jsonl is cut back
+     * to that step, and training goes on as if never interrupted. A run that stopped before its first
+     * checkpoint starts over; a finished run, a missing folder or one whose checkpoints are all
+     * damaged is refused. Without resume, run_dir must be absent or empty. The run folder is locked
+     * for the whole run either way: a second writer is refused. */
+    int resume;
+    /* Continue from this checkpoint folder instead of the newest one in run_dir (implies resume). */
     const char *resume_from;
-    /* Start over in a run folder that holds an earlier attempt with nothing to resume from:
-     * metrics.jsonl is emptied. Without it (and without resume_from), a run folder that already
-     * holds a run is refused, so two runs never mix. */
-    int restart;
+    /* Names of the configuration keys a resume may change ("lr", "adam.lr", "train.steps",
+     * "plugins"); any other difference from the recorded configuration is refused. */
+    const char *const *allow_change;
+    int n_allow_change;
 } saefw_train_opts;
 
 typedef struct {
@@ -82,6 +90,7 @@ typedef struct {
     char last_checkpoint[4096];
     int interrupted; /* signal number that stopped the run, or 0 */
     int64_t resumed_at; /* the step a resumed run started from (0 for a fresh run) */
+    const char *stopped_by; /* the event whose callback ended the run early ("log", "eval"), or NULL */
 } saefw_train_result;
 
 /* Run the loop. Returns 0 when all steps ran; -1 with err on any failure (a NaN loss, a plugin

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -42,6 +43,7 @@ typedef struct {
     char *rev_esc;
     const char *revision;
     filelist files;
+    const char *root_arg; /* the folder as the user named it */
     char *err;
     size_t errlen;
 } upload;
@@ -73,7 +75,16 @@ static upfile *files_add(filelist *fl) {
  * writes in progress ("x.tmp.<pid>"). */
 static int skip_name(const char *name) { return name[0] == '.' || strstr(name, ".tmp.") != NULL; }
 
-static int scan(upload *u, const char *absdir, const char *reldir, int depth) {
+/* A symlink is uploaded (as its target's content) only when its target lies inside the folder being
+ * uploaded (root: that folder's real path); one that leads out would publish a file from elsewhere. */
+static int link_inside(const char *abs, const char *root) {
+    char real[PATH_MAX];
+    if (!realpath(abs, real)) return 0;
+    size_t n = strlen(root);
+    return !strncmp(real, root, n) && (real[n] == '/' || (n == 1 && root[0] == '/'));
+}
+
+static int scan(upload *u, const char *root, const char *absdir, const char *reldir, int depth) {
     if (depth > 32) return saefw_errf(u->err, u->errlen, "%s: folders nested too deep", absdir);
     DIR *d = opendir(absdir);
     if (!d) return saefw_errf(u->err, u->errlen, "%s: cannot open folder: %s", absdir, strerror(errno));
@@ -87,12 +98,20 @@ static int scan(upload *u, const char *absdir, const char *reldir, int depth) {
         struct stat st, lst;
         if (!abs || !rel) {
             rc = saefw_errf(u->err, u->errlen, "out of memory listing %s", absdir);
+        } else if (lstat(abs, &lst) != 0) {
+            rc = saefw_errf(u->err, u->errlen, "%s: cannot stat: %s", abs, strerror(errno));
+        } else if (S_ISLNK(lst.st_mode) && !link_inside(abs, root)) {
+            rc = saefw_errf(u->err, u->errlen, "%s is a symlink that leads outside %s (or nowhere); refusing to upload "
+                            "it: remove it, or replace it with a copy of the file", abs, u->root_arg);
         } else if (stat(abs, &st) != 0) {
             rc = saefw_errf(u->err, u->errlen, "%s: cannot stat: %s", abs, strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
-            /* Symlinked folders are not followed: they could loop or leave the checkpoint. */
-            if (lstat(abs, &lst) == 0 && !S_ISLNK(lst.st_mode)) rc = scan(u, abs, rel, depth + 1);
-        } else if (S_ISREG(st.st_mode)) {
+            /* Symlinked folders are not followed: they could loop. */
+            if (!S_ISLNK(lst.st_mode)) rc = scan(u, root, abs, rel, depth + 1);
+        } else if (!S_ISREG(st.st_mode)) {
+            rc = saefw_errf(u->err, u->errlen, "%s is not a regular file (a pipe, socket or device); refusing to "
+                            "upload it: remove it from the folder", abs);
+        } else {
             upfile *f = files_add(&u->files);
             if (!f) {
                 rc = saefw_errf(u->err, u->errlen, "out of memory listing %s", absdir);
@@ -834,7 +853,10 @@ static int run_upload(upload *u, const hf_upload_opts *o, char **commit_url) {
     struct stat st;
     if (stat(o->dir, &st) != 0) return saefw_errf(u->err, u->errlen, "%s: %s", o->dir, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return saefw_errf(u->err, u->errlen, "%s is not a folder: pass a checkpoint folder", o->dir);
-    if (scan(u, o->dir, NULL, 0) != 0) return -1;
+    char root[PATH_MAX];
+    if (!realpath(o->dir, root)) return saefw_errf(u->err, u->errlen, "%s: %s", o->dir, strerror(errno));
+    u->root_arg = o->dir;
+    if (scan(u, root, o->dir, NULL, 0) != 0) return -1;
     if (!has_checkpoint(&u->files))
         return saefw_errf(u->err, u->errlen, "%s holds no checkpoint (no cfg.json, *.safetensors or *.pt); pass a "
                           "checkpoint folder such as checkpoints/RUN/final", o->dir);

@@ -2,6 +2,8 @@
  * order, the first half refilled from the source once more than half minus a batch is used, then
  * reshuffled; no row is served twice between refills; bf16 storage rounds as bf16. Also the file
  * source: rows in order, wrap-around with a log line, width checks. */
+#include <unistd.h>
+
 #include "source.h"
 #include "testutil.h"
 
@@ -97,5 +99,31 @@ int main(void) {
     CHECK(in_order, "file rows out of order across the wrap");
     CHECK(wraps == 1, "wrap-around logged %d times", wraps);
     saefw_source_free(fs);
+
+    /* A file cut short while a run reads it: an error naming the file, not a SIGBUS. BF16 rows go
+     * through the conversion, F32 ones straight into the batch. */
+    enum { BIG = 4096 };
+    static uint16_t half[BIG * D];
+    static float full[BIG * D], got[BIG * D];
+    for (int k = 0; k < BIG * D; k++) {
+        full[k] = (float)((k / D) % 256); /* whole numbers up to 256: exact in bf16 */
+        half[k] = saefw_f32_to_bf16(full[k]);
+    }
+    const char *kinds[2] = {"BF16", "F32"};
+    for (int f = 0; f < 2; f++) {
+        char p2[2100];
+        snprintf(p2, sizeof p2, "%s/acts_%s.safetensors", tmp, kinds[f]);
+        int64_t bshape[2] = {BIG, D};
+        saefw_tensor_ref ref = {"acts", f == 0 ? SAEFW_DT_BF16 : SAEFW_DT_F32, 2, bshape, f == 0 ? (void *)half : (void *)full};
+        REQUIRE(saefw_safetensors_write(p2, &ref, 1, NULL, 0, err, sizeof err) == 0, "%s", err);
+        REQUIRE(saefw_source_file(p2, NULL, D, 0, &fs, err, sizeof err) == 0, "%s", err);
+        REQUIRE(fs->next(fs, got, BIG / 2, err, sizeof err) == 0, "%s", err);
+        CHECK(memcmp(got, full, sizeof(float) * (BIG / 2) * D) == 0, "%s rows read wrong", kinds[f]);
+        REQUIRE(truncate(p2, 4096) == 0, "truncate %s", p2);
+        err[0] = 0;
+        CHECK(fs->next(fs, got, BIG / 2, err, sizeof err) != 0 && strstr(err, p2) && strstr(err, "cut short"),
+              "%s file cut short: %s", kinds[f], err);
+        saefw_source_free(fs);
+    }
     return t_finish("test_buffer");
 }

@@ -95,7 +95,8 @@ int main(void) {
     CHECK(m && strstr(m, "\"l2_loss\"") && strstr(m, "\"explained_variance\"") && strstr(m, "\"below_1e-5\"") &&
               strstr(m, "\"event\":\"end\""), "metrics.jsonl incomplete:\n%s", m ? m : "(missing)");
     free(m);
-    EXPECT(rc_ != 0, "already holds a run; continue it with --resume", "%s run lua/train_small.lua --run_dir %s", BIN, dir);
+    EXPECT(rc_ != 0, "already holds a finished run (its end event is at step 199); choose another run_dir",
+           "%s run lua/train_small.lua --run_dir %s", BIN, dir);
     EXPECT(rc_ == 0, "W_enc", "%s info %s/final/sae_weights.safetensors", BIN, dir);
     CHECK(strstr(out, "[16, 64]"), "info lacks the shape:\n%s", out);
     EXPECT(rc_ != 0, "no_such_file", "%s info %s/no_such_file.safetensors", BIN, tmp);

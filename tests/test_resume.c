@@ -143,9 +143,12 @@ int main(void) {
     snprintf(log, sizeof log, "%s/random.log", tmp);
     int kills = 0, resumed = 0;
     for (int attempt = 0; attempt < 40; attempt++) {
-        /* After the first attempt always --resume: a run killed before its first checkpoint starts over. */
-        st = run_saefw(dir, attempt > 0, NULL, attempt < 6 ? 150 + rand() % 600 : 0, log);
-        resumed += attempt > 0;
+        /* Once the run folder exists always --resume: a run killed before its first checkpoint starts
+         * over; before the folder exists there is nothing to resume (and --resume refuses a missing one). */
+        struct stat sb;
+        int again = stat(dir, &sb) == 0;
+        st = run_saefw(dir, again, NULL, attempt < 6 ? 150 + rand() % 600 : 0, log);
+        resumed += again;
         if (killed(st)) {
             kills++;
             continue;

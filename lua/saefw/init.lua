@@ -117,7 +117,7 @@ local TRAIN_KEYS = {
   batch_size = true, buffer_size = true, buffer_dtype = true, optimizer = true, plugins = true,
   log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
-  recons_batches = true, resume = true, threads = true,
+  recons_batches = true, resume = true, allow_change = true, threads = true,
 }
 
 local function script_name()
@@ -175,25 +175,23 @@ function M.train(t)
   if run_dir == nil then run_dir = M.default_run_dir() end
   if run_dir == false then run_dir = nil end
   -- Resuming (saefw run ... --resume DIR, or resume = DIR): the same run folder, from its newest
-  -- intact checkpoint.
+  -- intact checkpoint, which the engine picks once it holds the folder's lock. A change to the
+  -- recorded configuration must be named (--allow-change KEY, or allow_change = {KEY, ...}).
   local resume = t.resume or core.resume_dir()
-  local resume_from, restart
-  if resume then
-    run_dir = resume
-    local why
-    resume_from, why = core.find_resumable(resume)
-    if not resume_from then
-      -- Killed before its first checkpoint: nothing to continue, so the run starts over there.
-      io.stderr:write(string.format("resume: %s; starting from the beginning\n", why))
-      restart = true
-    end
+  if resume ~= nil and type(resume) ~= "string" then fail("saefw.train: field 'resume' must be a run folder") end
+  if resume then run_dir = resume end
+  local allow_change = {}
+  if t.allow_change ~= nil then
+    if type(t.allow_change) ~= "table" then fail("saefw.train: field 'allow_change' must be a list of names") end
+    for _, k in ipairs(t.allow_change) do allow_change[#allow_change + 1] = k end
   end
+  for _, k in ipairs(debug.getregistry()["saefw.allow_change"] or {}) do allow_change[#allow_change + 1] = k end
   return core.train {
     sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = steps, optimizer = t.optimizer,
     plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
     checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = run_dir,
     config = config, seed = t.seed, progress = t.progress, recons_batches = t.recons_batches,
-    resume_from = resume_from, restart = restart,
+    resume = resume ~= nil, allow_change = allow_change,
     on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
   }
 end
