@@ -48,7 +48,7 @@ fi
 bin="${SAEFW_BIN:-}"
 model="$(dirname "${bin:-.}")/../share/saefw/models/tiny-1l"
 if [ -n "$bin" ] && [ -x "$bin" ] && [ -d "$model" ] && "$bin" help 2>&1 | grep -Eq '^[[:space:]]+features([[:space:]]|$)'; then
-  out=$("$bin" run "$src/experiments/quickstart.lua" --num_tokens 2e5 --run_dir "$work/run" 2>&1)
+  out=$("$bin" run "$src/experiments/quickstart.lua" --num_tokens 1e5 --eval_every 100000 --recons_batches 1 --report_tokens 0 --run_dir "$work/run" 2>&1)
   ckpt=$(printf '%s\n' "$out" | sed -n 's/^checkpoint: //p' | tail -n 1)
   if [ -z "$ckpt" ] || [ ! -d "$ckpt" ]; then
     printf '%s\n' "$out" | tail -n 15
