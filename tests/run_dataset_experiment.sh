@@ -13,7 +13,7 @@ printf %s "$commit" > "$repo/refs/main"
 export HF_HUB_CACHE="$tmp/hub" SAEFW_CACHE="$tmp/cache" HF_HUB_OFFLINE=1
 run() {
   "$bin" run "$src/experiments/quickstart.lua" --run_dir "$tmp/run$1" --data hf://datasets/saefw/tiny-tokens \
-    --num_tokens 1e4 --batch_size 256 --buffer_mult 8 --eval_every 1000 --recons_batches 1 2>&1
+    --num_tokens 1e4 --batch_size 256 --buffer_mult 8 --eval_every 1000 --recons_batches 1 --report_tokens 0 2>&1
 }
 out=$(run 1); rc=$?
 printf '%s\n' "$out" | grep -v '^step ' | tail -n 12

@@ -48,13 +48,13 @@ fi
 bin="${SAEFW_BIN:-}"
 model="$(dirname "${bin:-.}")/../share/saefw/models/tiny-1l"
 if [ -n "$bin" ] && [ -x "$bin" ] && [ -d "$model" ] && "$bin" help 2>&1 | grep -Eq '^[[:space:]]+features([[:space:]]|$)'; then
-  out=$("$bin" run "$src/experiments/quickstart.lua" --num_tokens 1e5 --eval_every 100000 --recons_batches 1 --report_tokens 0 --run_dir "$work/run" 2>&1)
+  out=$("$bin" run "$src/experiments/quickstart.lua" --num_tokens 3e4 --buffer_mult 8 --eval_every 100000 --recons_batches 1 --report_tokens 0 --run_dir "$work/run" 2>&1)
   ckpt=$(printf '%s\n' "$out" | sed -n 's/^checkpoint: //p' | tail -n 1)
   if [ -z "$ckpt" ] || [ ! -d "$ckpt" ]; then
     printf '%s\n' "$out" | tail -n 15
     echo "FAIL: the quickstart wrote no checkpoint"; exit 1
   fi
-  if ! "$bin" features "$ckpt" --out "$work/real" --tokens 100000 > "$work/features.log" 2>&1; then
+  if ! "$bin" features "$ckpt" --out "$work/real" --tokens 50000 > "$work/features.log" 2>&1; then
     tail -n 15 "$work/features.log"
     echo "FAIL: saefw features $ckpt"; exit 1
   fi
