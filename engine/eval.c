@@ -81,8 +81,7 @@ int saefw_mmcs_evaluator_init(saefw_mmcs_evaluator *e, const saefw_source *src, 
 }
 
 int saefw_eval_model_loss(const saefw_model *m, const saefw_tokens *t, saefw_hook hook, saefw_intervene_mode ablate,
-                          int64_t batches, int64_t model_batch, uint64_t seed, double *loss, char *err,
-                          size_t errlen) {
+                          int64_t batches, int64_t model_batch, uint64_t seed, double *loss, char *err, size_t errlen) {
     if (ablate != SAEFW_INTERVENE_NONE && ablate != SAEFW_INTERVENE_ZERO && ablate != SAEFW_INTERVENE_MEAN)
         return saefw_errf(err, errlen, "model loss: ablation must be none, zero or mean");
     saefw_intervention iv;

@@ -64,7 +64,6 @@ int saefw_mmcs_evaluator_init(saefw_mmcs_evaluator *e, const saefw_source *src, 
  * generator seeded from `seed`: clean with ablate NONE, else with the hook zero- or mean-ablated (the
  * mean measured first over as many batches, drawn from a generator derived from the same seed). */
 int saefw_eval_model_loss(const saefw_model *m, const saefw_tokens *t, saefw_hook hook, saefw_intervene_mode ablate,
-                          int64_t batches, int64_t model_batch, uint64_t seed, double *loss, char *err,
-                          size_t errlen);
+                          int64_t batches, int64_t model_batch, uint64_t seed, double *loss, char *err, size_t errlen);
 
 #endif

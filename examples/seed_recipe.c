@@ -68,7 +68,8 @@ static int run(const char *run_dir, int64_t steps, int64_t batch, int64_t eval_e
         goto out;
     }
     snprintf(tokens_path, sizeof tokens_path, "%s/models/tiny-1l/tokens.npy", data);
-    saefw_tokens_opts to = {.path = tokens_path, .seq_len = SEQ_LEN, .bos = BOS, .shuffle = 1, .seed = SAEFW_DEFAULT_SEED};
+    saefw_tokens_opts to = {
+        .path = tokens_path, .seq_len = SEQ_LEN, .bos = BOS, .shuffle = 1, .seed = SAEFW_DEFAULT_SEED};
     if (saefw_tokens_open(&to, &tokens, err, errlen) != 0) goto out;
 
     /* Activations at the hook, model batches of batch / seq_len * 16 sequences, into the buffer. */
@@ -91,7 +92,8 @@ static int run(const char *run_dir, int64_t steps, int64_t batch, int64_t eval_e
 
     /* Adam through the plugin loader, with the seed's betas. */
     if (saefw_plugin_load("adam", saefw_host_table(), &adam, err, errlen) != 0 ||
-        saefw_opts_new(adam, &opts, err, errlen) != 0 || saefw_opts_set_number(opts, adam, "lr", LR, err, errlen) != 0 ||
+        saefw_opts_new(adam, &opts, err, errlen) != 0 ||
+        saefw_opts_set_number(opts, adam, "lr", LR, err, errlen) != 0 ||
         saefw_opts_set_number(opts, adam, "beta1", 0.9, err, errlen) != 0 ||
         saefw_opts_set_number(opts, adam, "beta2", 0.99, err, errlen) != 0)
         goto out;
