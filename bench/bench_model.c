@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "model.h"
+#include "eval.h"
 #include "model_source.h"
 #include "parallel.h"
 #include "plugin_loader.h"
@@ -140,9 +141,9 @@ typedef struct {
     double rss_max;      /* largest RSS seen at a step's end */
 } run_log;
 
-static int on_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int on_event(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
     run_log *r = ud;
-    if (strcmp(event, "log") != 0 || r->n >= 4096) return 0;
+    if (event != SAEFW_EVENT_LOG || r->n >= 4096) return SAEFW_EVENT_GO_ON;
     r->t[r->n] = saefw_now();
     r->l0[r->n] = m->l0;
     r->refill[r->n] = r->buf->refill_seconds;
@@ -150,23 +151,6 @@ static int on_event(void *ud, const char *event, const saefw_metrics *m, char *e
     if (rss > r->rss_max) r->rss_max = rss;
     if (++r->n == r->dense_steps)
         for (int64_t j = 0; j < r->sae->d_sae; j++) r->sae->p[SAEFW_B_ENC][j] = r->bias;
-    return 0;
-}
-
-/* The reconstruction score as the seed's runs compute it at every evaluation, on one model batch of
- * 32 sequences (the memory it needs does not grow with more batches). */
-typedef struct {
-    saefw_model *m;
-    saefw_tokens *tok;
-    saefw_hook hook;
-    saefw_rng rng;
-} recons_ud;
-
-static int recons_eval(void *vud, saefw_run *run, const saefw_sae *sae, char *err, size_t errlen) {
-    recons_ud *u = vud;
-    saefw_recons r;
-    if (saefw_recons_score(u->m, u->tok, u->hook, sae, 1, 32, &u->rng, &r, err, errlen) != 0) return -1;
-    saefw_host_table()->metric(run, "recons_score", r.score);
     return 0;
 }
 
@@ -188,7 +172,7 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
     saefw_sae sae;
     if (saefw_sae_alloc(&sae, D_MLP, 8 * D_MLP, 3e-4f, err, sizeof err) != 0) die("sae", err);
     saefw_rng rng;
-    saefw_rng_seed(&rng, 49);
+    saefw_rng_seed(&rng, SAEFW_DEFAULT_SEED);
     saefw_sae_init_params(&sae, &rng);
     /* b_enc for the wanted L0: minus the value that a fraction l0 / d_sae of one batch's
      * pre-activations exceed (a batch taken from a copy of the buffer's stream would cost a second
@@ -237,16 +221,14 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
     o.progress = 0;
     o.on_event = on_event;
     o.event_ud = &rl;
-    /* Evaluations (feature frequencies and the reconstruction score) as a seed run makes them. */
-    recons_ud ru;
-    memset(&ru, 0, sizeof ru);
-    ru.m = m;
-    ru.tok = tok;
-    ru.hook = hook;
-    saefw_rng_seed(&ru.rng, 7);
+    /* Evaluations (feature frequencies and the core's reconstruction score) as a seed run makes them,
+     * on one model batch of 32 sequences (the memory it needs does not grow with more batches). */
+    saefw_recons_evaluator rev;
+    saefw_recons_evaluator_init(&rev, m, tok, hook, 1, 32, SAEFW_DEFAULT_SEED);
+    saefw_evaluator *evs[1] = {&rev.ev};
     o.eval_every = eval_every;
-    o.extra_eval = recons_eval;
-    o.extra_eval_ud = &ru;
+    o.evaluators = evs;
+    o.n_evaluators = 1;
     saefw_train_result res;
     if (saefw_train(&o, &res, err, sizeof err) != 0) die("train", err);
     /* The share over the steps after the first (which also touches the optimizer's fresh state), up to

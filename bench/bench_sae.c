@@ -101,12 +101,11 @@ static int feed_batch(void *ud, float *out, int64_t B, char *err, size_t errlen)
     return 0;
 }
 
-#define BENCH_DONE "bench: steps done"
 
 /* Stops the run after the last timed step, before its final evaluation and checkpoint. */
-static int feed_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int feed_event(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
     feed *f = ud;
-    if (strcmp(event, "log") != 0 || f->n >= MAX_STEPS) return 0;
+    if (event != SAEFW_EVENT_LOG || f->n >= MAX_STEPS) return SAEFW_EVENT_GO_ON;
     const int n = f->n;
     f->t[n] = saefw_now();
     f->cpu[n] = cpu_now();
@@ -116,9 +115,7 @@ static int feed_event(void *ud, const char *event, const saefw_metrics *m, char 
     f->start_cpu[n + 1] = cpu_now();
     f->gemm[n] = f->start[n + 1] - f->t[n];
     f->gemm_cpu[n] = f->start_cpu[n + 1] - f->cpu[n];
-    if (++f->n < f->total) return 0;
-    snprintf(err, errlen, "%s", BENCH_DONE);
-    return -1;
+    return ++f->n < f->total ? SAEFW_EVENT_GO_ON : SAEFW_EVENT_STOP;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -217,7 +214,7 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     int rc = -1;
     if (saefw_sae_alloc(&sae, d_in, d_sae, 3e-4f, err, errlen) != 0) return -1;
     saefw_rng rng;
-    saefw_rng_seed(&rng, 49);
+    saefw_rng_seed(&rng, SAEFW_DEFAULT_SEED);
     saefw_sae_init_params(&sae, &rng);
     const int64_t n_sample = 1 << 20;
     x = saefw_malloc(sizeof(float) * (size_t)(B * d_in), err, errlen);

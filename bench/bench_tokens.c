@@ -26,7 +26,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    saefw_tokens_opts o = {.path = argv[1], .seq_len = seq_len, .bos = 0, .shuffle = 1, .seed = 49};
+    saefw_tokens_opts o = {.path = argv[1], .seq_len = seq_len, .bos = 0, .shuffle = 1, .seed = SAEFW_DEFAULT_SEED};
     saefw_tokens *t = NULL;
     char err[1024];
     if (saefw_tokens_open(&o, &t, err, sizeof err) != 0) {

@@ -121,7 +121,7 @@ void saefw_features_default_opts(saefw_features_opts *o) {
     o->band_k = 5;
     o->n_logits = 10;
     o->batch_rows = 16;
-    o->seed = 49;
+    o->seed = SAEFW_DEFAULT_SEED;
 }
 
 /* ---- the per-feature state ---- */

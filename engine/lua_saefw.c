@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "eval.h"
 #include "lua_tokenizer.h"
 #include "lua_features.h"
 #include "lua_util.h"
@@ -65,7 +66,7 @@ static int l_sae(lua_State *L) {
     int64_t d_sae = saefw_lua_req_int(L, 1, "saefw.sae", "d_sae", 1);
     double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff", 3e-4);
     if (l1 < 0) saefw_lua_error(L, "saefw.sae: field 'l1_coeff' must be >= 0");
-    int64_t seed = saefw_lua_opt_int(L, 1, "saefw.sae", "seed", 49, 0);
+    int64_t seed = saefw_lua_opt_int(L, 1, "saefw.sae", "seed", SAEFW_DEFAULT_SEED, 0);
     lsae *s = new_sae(L);
     char err[512];
     if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.sae: %s", err);
@@ -861,7 +862,7 @@ static int l_tokens(lua_State *L) {
     o.shuffle = saefw_lua_opt_bool(L, 2, fn, "shuffle", 1);
     o.dtype = saefw_lua_opt_string(L, 2, fn, "dtype", NULL);
     o.tensor = saefw_lua_opt_string(L, 2, fn, "tensor", NULL);
-    o.seed = (uint64_t)saefw_lua_opt_int(L, 2, fn, "seed", 49, 0);
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 2, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     const char *column = saefw_lua_opt_string(L, 2, fn, "column", NULL);
     char err[1024];
     ltokens *t = lua_newuserdatauv(L, sizeof *t, 0);
@@ -912,7 +913,7 @@ static int l_model_source(lua_State *L) {
     o.tokens = t->t;
     o.hook = read_hook(L, 1, fn, m->m);
     o.model_batch = saefw_lua_opt_int(L, 1, fn, "model_batch_size", 32, 1);
-    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 49, 0);
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     lsource *s = new_source(L);
     lua_pushvalue(L, mi);
     lua_setiuservalue(L, -2, 1);
@@ -951,7 +952,7 @@ static int l_recons_score(lua_State *L) {
     saefw_hook h = read_hook(L, 4, fn, m->m);
     int64_t batches = saefw_lua_opt_int(L, 4, fn, "batches", 5, 1), mb = saefw_lua_opt_int(L, 4, fn, "model_batch_size", 32, 1);
     saefw_rng rng;
-    saefw_rng_seed(&rng, (uint64_t)saefw_lua_opt_int(L, 4, fn, "seed", 49, 0));
+    saefw_rng_seed(&rng, (uint64_t)saefw_lua_opt_int(L, 4, fn, "seed", SAEFW_DEFAULT_SEED, 0));
     saefw_recons r;
     char err[1024];
     if (saefw_recons_score(m->m, t->t, h, &s->sae, batches, mb, &rng, &r, err, sizeof err) != 0)
@@ -970,36 +971,20 @@ static int l_model_loss(lua_State *L) {
     saefw_lua_check_table(L, 3, fn);
     saefw_lua_check_keys(L, 3, fn, keys);
     int64_t batches = saefw_lua_opt_int(L, 3, fn, "batches", 5, 1), mb = saefw_lua_opt_int(L, 3, fn, "model_batch_size", 32, 1);
-    uint64_t seed = (uint64_t)saefw_lua_opt_int(L, 3, fn, "seed", 49, 0);
+    uint64_t seed = (uint64_t)saefw_lua_opt_int(L, 3, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     const char *ablate = saefw_lua_opt_string(L, 3, fn, "ablate", NULL);
-    saefw_intervention iv;
-    memset(&iv, 0, sizeof iv);
-    float *mean = NULL;
-    char err[1024];
-    saefw_rng rng;
+    saefw_hook hook = {SAEFW_HOOK_MLP_POST, 0};
+    saefw_intervene_mode mode = SAEFW_INTERVENE_NONE;
     if (ablate) {
-        iv.hook = read_hook(L, 3, fn, m->m);
-        if (!strcmp(ablate, "zero")) {
-            iv.mode = SAEFW_INTERVENE_ZERO;
-        } else if (!strcmp(ablate, "mean")) {
-            iv.mode = SAEFW_INTERVENE_MEAN;
-            mean = malloc(sizeof(float) * (size_t)saefw_model_hook_width(m->m, iv.hook));
-            if (!mean) return saefw_lua_error(L, "%s: out of memory", fn);
-            saefw_rng_seed(&rng, seed ^ 0x6d65616eULL);
-            if (saefw_hook_mean(m->m, t->t, iv.hook, batches, mb, &rng, mean, err, sizeof err) != 0) {
-                free(mean);
-                return saefw_lua_error(L, "%s: %s", fn, err);
-            }
-            iv.mean = mean;
-        } else {
-            return saefw_lua_error(L, "%s: field 'ablate' must be \"zero\" or \"mean\", got \"%s\"", fn, ablate);
-        }
+        hook = read_hook(L, 3, fn, m->m);
+        if (!strcmp(ablate, "zero")) mode = SAEFW_INTERVENE_ZERO;
+        else if (!strcmp(ablate, "mean")) mode = SAEFW_INTERVENE_MEAN;
+        else return saefw_lua_error(L, "%s: field 'ablate' must be \"zero\" or \"mean\", got \"%s\"", fn, ablate);
     }
-    saefw_rng_seed(&rng, seed);
+    char err[1024];
     double loss = 0;
-    int rc = saefw_model_loss(m->m, t->t, ablate ? &iv : NULL, batches, mb, &rng, &loss, err, sizeof err);
-    free(mean);
-    if (rc != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    if (saefw_eval_model_loss(m->m, t->t, hook, mode, batches, mb, seed, &loss, err, sizeof err) != 0)
+        return saefw_lua_error(L, "%s: %s", fn, err);
     lua_pushnumber(L, loss);
     return 1;
 }
@@ -1115,28 +1100,6 @@ static int l_hook_name(lua_State *L) {
     return 1;
 }
 
-/* The reconstruction score at every eval of a run on the model host. */
-typedef struct {
-    const saefw_model *m;
-    const saefw_tokens *t;
-    saefw_hook hook;
-    int64_t batches, model_batch;
-    saefw_rng rng;
-} recons_eval_ud;
-
-static int recons_eval(void *vud, saefw_run *run, const saefw_sae *sae, char *err, size_t errlen) {
-    recons_eval_ud *ud = vud;
-    saefw_recons r;
-    if (saefw_recons_score(ud->m, ud->t, ud->hook, sae, ud->batches, ud->model_batch, &ud->rng, &r, err, errlen) != 0)
-        return -1;
-    const saefw_host *h = saefw_host_table();
-    h->metric(run, "recons_score", r.score);
-    h->metric(run, "loss_clean", r.loss_clean);
-    h->metric(run, "loss_recons", r.loss_recons);
-    h->metric(run, "loss_zero_abl", r.loss_zero);
-    return 0;
-}
-
 /* ---- training ---- */
 
 typedef struct {
@@ -1163,7 +1126,8 @@ static void push_metrics(lua_State *L, const saefw_metrics *m) {
         SETN("dead", m->frac_dead);
         SETN("below_1e-6", m->frac_below_1e6);
         SETN("below_1e-5", m->frac_below_1e5);
-        if (isfinite(m->mmcs)) SETN("mmcs", m->mmcs);
+        for (int i = 0; i < m->n_score; i++)
+            if (isfinite(m->score_value[i])) SETN(m->score_name[i], m->score_value[i]);
     }
     for (int i = 0; i < m->n_extra; i++) SETN(m->extra_name[i], m->extra_value[i]);
 #undef SETN
@@ -1177,10 +1141,10 @@ static int traceback_handler(lua_State *L) {
     return 1;
 }
 
-static int on_event(void *vud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int on_event(void *vud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
     train_ud *ud = vud;
-    int which = !strcmp(event, "log") ? 0 : !strcmp(event, "eval") ? 1 : 2;
-    if (!ud->fn_idx[which]) return 0;
+    int which = event == SAEFW_EVENT_LOG ? 0 : event == SAEFW_EVENT_EVAL ? 1 : 2;
+    if (!ud->fn_idx[which]) return SAEFW_EVENT_GO_ON;
     lua_State *L = ud->L;
     lua_pushcfunction(L, traceback_handler);
     int h = lua_gettop(L);
@@ -1189,12 +1153,12 @@ static int on_event(void *vud, const char *event, const saefw_metrics *m, char *
     if (lua_pcall(L, 1, 1, h) != LUA_OK) {
         snprintf(ud->lua_err, sizeof ud->lua_err, "%s", lua_tostring(L, -1));
         lua_pop(L, 2);
-        return saefw_errf(err, errlen, "callback on_%s failed", event);
+        return saefw_errf(err, errlen, "callback on_%s failed", saefw_event_name(event));
     }
     /* A callback returning false stops the run. */
     int stop = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
     lua_pop(L, 2);
-    return stop ? SAEFW_EVENT_STOP : 0;
+    return stop ? SAEFW_EVENT_STOP : SAEFW_EVENT_GO_ON;
 }
 
 static int l_train(lua_State *L) {
@@ -1211,27 +1175,30 @@ static int l_train(lua_State *L) {
     o.sae = &check_sae(L, -1)->sae;
     lua_getfield(L, 1, "buffer");
     o.buffer = check_buffer(L, -1);
-    /* On the model host, every eval also measures the reconstruction score. */
-    recons_eval_ud rud;
-    memset(&rud, 0, sizeof rud);
+    /* Evaluators: MMCS when the evaluation draws come with ground truth (a synthetic source), the
+     * reconstruction score when the buffer runs on the model host. */
+    saefw_evaluator *evs[2];
+    int n_evs = 0;
+    saefw_recons_evaluator rev;
+    saefw_mmcs_evaluator mev;
     lua_getiuservalue(L, -1, 1);
     lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
     int64_t recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
-    if (bsrc && bsrc->on_model && recons_batches > 0) {
+    const int with_recons = bsrc && bsrc->on_model && recons_batches > 0;
+    if (with_recons) {
         lua_getiuservalue(L, -1, 1);
-        rud.m = check_model(L, -1)->m;
+        const saefw_model *rm = check_model(L, -1)->m;
         lua_getiuservalue(L, -2, 2);
-        rud.t = check_tokens(L, -1)->t;
-        rud.hook = bsrc->hook;
-        rud.batches = recons_batches;
-        rud.model_batch = bsrc->model_batch;
-        saefw_rng_seed(&rud.rng, (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 49, 0) ^ 0x7265636f6e73ULL);
-        o.extra_eval = recons_eval;
-        o.extra_eval_ud = &rud;
-        o.extra_rng[o.n_extra_rng] = &rud.rng;
-        o.extra_rng_name[o.n_extra_rng++] = "recons_rng";
+        saefw_recons_evaluator_init(&rev, rm, check_tokens(L, -1)->t, bsrc->hook, recons_batches, bsrc->model_batch,
+                                    (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0));
     }
     if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) o.eval_source = check_source(L, -1);
+    char eerr[256];
+    if (saefw_mmcs_evaluator_init(&mev, o.eval_source ? o.eval_source : o.buffer->src, eerr, sizeof eerr) == 0)
+        evs[n_evs++] = &mev.ev;
+    if (with_recons) evs[n_evs++] = &rev.ev;
+    o.evaluators = evs;
+    o.n_evaluators = n_evs;
     o.steps = saefw_lua_req_int(L, 1, fn, "steps", 1);
     if (lua_getfield(L, 1, "optimizer") == LUA_TNIL) return saefw_lua_error(L, "%s: field 'optimizer' is required", fn);
     lplugin *op = check_plugin(L, -1);
@@ -1279,7 +1246,7 @@ static int l_train(lua_State *L) {
         o.allow_change = names;
         o.n_allow_change = n;
     }
-    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", 49, 0);
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     int progress = saefw_lua_opt_bool(L, 1, fn, "progress", 1);
     o.progress = progress ? -1 : 0;
     cJSON *cfg = NULL;

@@ -14,6 +14,8 @@ int luaopen_saefw_core(lua_State *L);
 void saefw_lua_set_libdir(lua_State *L, const char *dir);
 /* Store the command line's --key value overrides (pairs of strings) for saefw.config. */
 void saefw_lua_set_overrides(lua_State *L, char **kv, int n_pairs);
+/* Whether the script has taken the overrides (saefw.config{} did): if not, they were not applied. */
+int saefw_lua_overrides_taken(lua_State *L);
 
 /* Store the run folder given with --resume (NULL: none) for saefw.train. */
 void saefw_lua_set_resume(lua_State *L, const char *run_dir);

@@ -11,6 +11,7 @@
 
 #define REG_LIBDIR "saefw.libdir"
 #define REG_OVERRIDES "saefw.overrides"
+#define REG_OVERRIDES_TAKEN "saefw.overrides_taken"
 
 /* ---- errors at the user's line ---- */
 
@@ -67,6 +68,8 @@ void saefw_lua_set_overrides(lua_State *L, char **kv, int n) {
 }
 
 int saefw_lua_overrides(lua_State *L) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES_TAKEN);
     lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
@@ -172,6 +175,13 @@ void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_C
     lua_pop(L, 1);
 }
 
+
+int saefw_lua_overrides_taken(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES_TAKEN);
+    int taken = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return taken;
+}
 
 void saefw_lua_set_resume(lua_State *L, const char *run_dir) {
     if (run_dir) lua_pushstring(L, run_dir);

@@ -261,11 +261,8 @@ static int cmd_run(int argc, char **argv) {
         if (st != LUA_OK) {
             rc = lua_failure(L);
         } else {
-            lua_getfield(L, LUA_REGISTRYINDEX, "saefw.config_called");
-            int called = lua_toboolean(L, -1);
-            lua_pop(L, 1);
             rc = 0;
-            if (a.n > 0 && !called) {
+            if (a.n > 0 && !saefw_lua_overrides_taken(L)) {
                 fprintf(stderr, "saefw run: %s never calls saefw.config{}, so --%s cannot be applied\n", script, a.kv[0]);
                 rc = 2;
             }

@@ -4,6 +4,9 @@
 
 #include <stdint.h>
 
+/* The seed recipe's seed: the default of every seed option (SAE init, token shuffle, buffer, run). */
+#define SAEFW_DEFAULT_SEED 49
+
 typedef struct {
     uint64_t s[4];
 } saefw_rng;

@@ -13,6 +13,7 @@
 
 #include "checkpoint.h"
 #include "rundir.h"
+#include "eval.h"
 #include "state.h"
 #include "parallel.h"
 #include "tensorfile.h"
@@ -491,12 +492,32 @@ static void json_num(FILE *f, const char *key, double v) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
-static int write_metrics_line(FILE *f, const char *event, const char *stopped_by, const saefw_metrics *m, char *err,
+const char *saefw_event_name(saefw_event e) {
+    switch (e) {
+    case SAEFW_EVENT_LOG: return "log";
+    case SAEFW_EVENT_EVAL: return "eval";
+    case SAEFW_EVENT_END: return "end";
+    }
+    return "?";
+}
+
+const char *saefw_stop_reason_name(saefw_stop_reason r) {
+    switch (r) {
+    case SAEFW_STOP_DONE: return "done";
+    case SAEFW_STOP_ERROR: return "error";
+    case SAEFW_STOP_SIGNAL: return "signal";
+    case SAEFW_STOP_CALLBACK: return "callback";
+    }
+    return "?";
+}
+
+static int write_metrics_line(FILE *f, saefw_event event, const char *stopped_by, const saefw_metrics *m, char *err,
                               size_t errlen) {
     if (!f) return 0;
-    fprintf(f, "{\"event\":\"%s\",\"step\":%lld,\"tokens\":%lld", event, (long long)m->step, (long long)m->tokens);
+    fprintf(f, "{\"event\":\"%s\",\"step\":%lld,\"tokens\":%lld", saefw_event_name(event), (long long)m->step,
+            (long long)m->tokens);
     if (stopped_by) fprintf(f, ",\"stopped_by\":\"on_%s\"", stopped_by);
-    if (strcmp(event, "eval") != 0) {
+    if (event != SAEFW_EVENT_EVAL) {
         json_num(f, "loss", m->loss);
         json_num(f, "l2_loss", m->l2);
         json_num(f, "l1_loss", m->l1);
@@ -509,7 +530,8 @@ static int write_metrics_line(FILE *f, const char *event, const char *stopped_by
         json_num(f, "dead", m->frac_dead);
         json_num(f, "below_1e-6", m->frac_below_1e6);
         json_num(f, "below_1e-5", m->frac_below_1e5);
-        if (isfinite(m->mmcs)) json_num(f, "mmcs", m->mmcs);
+        for (int i = 0; i < m->n_score; i++)
+            if (isfinite(m->score_value[i])) json_num(f, m->score_name[i], m->score_value[i]);
     }
     for (int i = 0; i < m->n_extra; i++) json_num(f, m->extra_name[i], m->extra_value[i]);
     fputs("}\n", f);
@@ -540,7 +562,8 @@ static cJSON *checkpoint_cfg(const saefw_run *run, const saefw_metrics *m) {
         if (m->has_eval) {
             cJSON_AddNumberToObject(fm, "dead", m->frac_dead);
             cJSON_AddNumberToObject(fm, "below_1e-5", m->frac_below_1e5);
-            if (isfinite(m->mmcs)) cJSON_AddNumberToObject(fm, "mmcs", m->mmcs);
+            for (int i = 0; i < m->n_score; i++)
+                if (isfinite(m->score_value[i])) cJSON_AddNumberToObject(fm, m->score_name[i], m->score_value[i]);
         }
     }
     return c;
@@ -692,8 +715,10 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         saefw_state_put_f64(&st, "l1_coeff", run->sae->l1_coeff, err, errlen) != 0 ||
         put_record(run, &st, err, errlen) != 0)
         goto out;
-    for (int i = 0; i < o->n_extra_rng; i++)
-        if (saefw_state_put_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto out;
+    for (int i = 0; i < o->n_evaluators; i++)
+        if (o->evaluators[i]->rng &&
+            saefw_state_put_rng(&st, o->evaluators[i]->rng_name, o->evaluators[i]->rng, err, errlen) != 0)
+            goto out;
     if (o->buffer) {
         saefw_state_set_prefix(&st, "buffer/");
         if (saefw_buffer_save(o->buffer, &st, err, errlen) != 0) goto out;
@@ -771,8 +796,10 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         (saefw_state_has(&st, "l1_coeff") && saefw_state_get_f64(&st, "l1_coeff", &l1, err, errlen) != 0))
         goto fail;
     run->sae->l1_coeff = (float)l1;
-    for (int i = 0; i < o->n_extra_rng; i++)
-        if (saefw_state_get_rng(&st, o->extra_rng_name[i], o->extra_rng[i], err, errlen) != 0) goto fail;
+    for (int i = 0; i < o->n_evaluators; i++)
+        if (o->evaluators[i]->rng &&
+            saefw_state_get_rng(&st, o->evaluators[i]->rng_name, o->evaluators[i]->rng, err, errlen) != 0)
+            goto fail;
     if (o->buffer) {
         saefw_state_in_prefix(&st, "buffer/");
         if (saefw_buffer_load(o->buffer, &st, err, errlen) != 0) goto fail;
@@ -898,10 +925,13 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     m->frac_dead = (double)dead / (double)sae->d_sae;
     m->frac_below_1e6 = (double)b6 / (double)sae->d_sae;
     m->frac_below_1e5 = (double)b5 / (double)sae->d_sae;
-    int64_t n_truth = 0;
-    const float *truth = saefw_synthetic_features(run->eval_src, &n_truth);
-    m->mmcs = truth ? saefw_mmcs(truth, n_truth, sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_in) : NAN;
-    if (run->o->extra_eval && run->o->extra_eval(run->o->extra_eval_ud, run, sae, err, errlen) != 0) return -1;
+    m->n_score = 0;
+    for (int i = 0; i < run->o->n_evaluators; i++) {
+        saefw_evaluator *ev = run->o->evaluators[i];
+        char eerr[512] = "";
+        if (ev->evaluate(ev, run, sae, m, eerr, sizeof eerr) != 0)
+            return saefw_errf(err, errlen, "evaluator %s: %s", ev->name, eerr[0] ? eerr : "failed");
+    }
     if (run->eval_src->idle) run->eval_src->idle(run->eval_src); /* its scratch is not needed until the next use */
     return 0;
 }
@@ -930,25 +960,28 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
     return 0;
 }
 
-static int emit(saefw_run *run, FILE *mf, const char *event, saefw_metrics *m, char *err, size_t errlen) {
+/* Returns 0, or -1 with err. A callback asking to stop (SAEFW_EVENT_STOP) ends the run after this
+ * step as if it were the last: run->stopped_by names the event. */
+static int emit(saefw_run *run, FILE *mf, saefw_event event, saefw_metrics *m, char *err, size_t errlen) {
     if (run->metric_error[0]) return saefw_errf(err, errlen, "%s", run->metric_error);
     m->n_extra = run->n_extra;
     memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
     memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
-    const int end = !strcmp(event, "end");
+    const int end = event == SAEFW_EVENT_END;
     if (write_metrics_line(mf, event, end ? run->stopped_by : NULL, m, err, errlen) != 0) return -1;
     if (mf) run->metrics_lines++;
-    int rc = run->o->on_event ? run->o->on_event(run->o->event_ud, event, m, err, errlen) : 0;
+    int rc = run->o->on_event ? run->o->on_event(run->o->event_ud, event, m, err, errlen) : SAEFW_EVENT_GO_ON;
     /* A stop asked for at the end changes nothing: the run ends anyway. */
     if (rc == SAEFW_EVENT_STOP) {
-        if (!end && !run->stopped_by) run->stopped_by = !strcmp(event, "log") ? "log" : "eval";
+        if (!end && !run->stopped_by) run->stopped_by = saefw_event_name(event);
         return 0;
     }
-    return rc != 0 ? -1 : 0;
+    return rc == SAEFW_EVENT_GO_ON ? 0 : -1;
 }
 
 int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, size_t errlen) {
     memset(res, 0, sizeof *res);
+    res->stop = SAEFW_STOP_ERROR; /* until the run ends otherwise */
     saefw_sae *sae = o->sae;
     saefw_buffer *buf = o->buffer;
     if (!sae || !(buf || o->next_batch) || !o->optimizer.plugin)
@@ -1078,7 +1111,6 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     saefw_metrics m;
     memset(&m, 0, sizeof m);
     m.steps = o->steps;
-    m.mmcs = NAN;
 
     for (int64_t i = start; i < o->steps; i++) {
         if (g_stop_signal || run.stopped_by) break;
@@ -1134,7 +1166,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         res->steps_done = i + 1;
 
         if (o->log_every > 0 && i % o->log_every == 0) {
-            if (emit(&run, mf, "log", &m, err, errlen) != 0) goto done;
+            if (emit(&run, mf, SAEFW_EVENT_LOG, &m, err, errlen) != 0) goto done;
             if (plain) progress_line(&m, 0);
         }
         if (tty && (now - last_draw > 0.2 || i + 1 == o->steps)) {
@@ -1144,11 +1176,15 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         if (o->eval_every > 0 && i % o->eval_every == 0) {
             if (run_eval(&run, &m, err, errlen) != 0) goto done;
             if (call_hooks(&run, offsetof(saefw_plugin, on_eval), err, errlen) != 0) goto done;
-            if (emit(&run, mf, "eval", &m, err, errlen) != 0) goto done;
+            if (emit(&run, mf, SAEFW_EVENT_EVAL, &m, err, errlen) != 0) goto done;
             if (tty) fputs("\r\033[K", stderr);
             if (o->progress != 0) {
                 char mm[512] = "";
-                if (isfinite(m.mmcs)) snprintf(mm, sizeof mm, ", MMCS %.4f", m.mmcs);
+                for (int k = 0; k < m.n_score; k++) {
+                    size_t u = strlen(mm);
+                    if (isfinite(m.score_value[k]))
+                        snprintf(mm + u, sizeof mm - u, ", %s %.4f", m.score_label[k], m.score_value[k]);
+                }
                 for (int k = 0; k < run.n_extra; k++) {
                     size_t u = strlen(mm);
                     snprintf(mm + u, sizeof mm - u, ", %s %.4g", run.extra_name[k], run.extra_value[k]);
@@ -1165,6 +1201,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
 
     if (g_stop_signal) {
         res->interrupted = g_stop_signal;
+        res->stop = SAEFW_STOP_SIGNAL;
         char cerr[512] = "";
         if (save_checkpoint(&run, NULL, &m, res->steps_done, 1, res, cerr, sizeof cerr) != 0)
             saefw_errf(err, errlen, "interrupted by signal %d at step %lld; saving a checkpoint failed: %s",
@@ -1185,8 +1222,9 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     if (run_eval(&run, &m, err, errlen) != 0) goto done;
     if (call_hooks(&run, offsetof(saefw_plugin, on_end), err, errlen) != 0) goto done;
     if (save_checkpoint(&run, "final", &m, o->steps, 0, res, err, errlen) != 0) goto done;
-    if (emit(&run, mf, "end", &m, err, errlen) != 0) goto done;
+    if (emit(&run, mf, SAEFW_EVENT_END, &m, err, errlen) != 0) goto done;
     res->last = m;
+    res->stop = run.stopped_by ? SAEFW_STOP_CALLBACK : SAEFW_STOP_DONE;
     rc = 0;
 
 done:

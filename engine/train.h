@@ -12,6 +12,7 @@
 #include "source.h"
 
 #define SAEFW_MAX_EXTRA_METRICS 32
+#define SAEFW_MAX_SCORES 8
 
 /* What the loop reports at its events. Eval fields are set only when has_eval. */
 typedef struct {
@@ -19,18 +20,43 @@ typedef struct {
     double loss, l2, l1, l0, explained_variance;
     double tokens_per_s, elapsed_s;
     int has_eval;
-    double frac_dead, frac_below_1e6, frac_below_1e5, mmcs; /* mmcs is NaN without ground truth */
+    double frac_dead, frac_below_1e6, frac_below_1e5;
+    /* Summary scores of the evaluators (e.g. "mmcs"), with the label the eval line prints. */
+    int n_score;
+    char score_name[SAEFW_MAX_SCORES][48];
+    char score_label[SAEFW_MAX_SCORES][16];
+    double score_value[SAEFW_MAX_SCORES];
+    /* Extra metrics recorded through the host's metric() by plugins and evaluators. */
     int n_extra;
     char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
     double extra_value[SAEFW_MAX_EXTRA_METRICS];
 } saefw_metrics;
 
-/* Event callback: event is "log" (every log_every), "eval" (every eval_every), or "end". Return
- * SAEFW_EVENT_STOP to end the run after this step as if it were the last (final evaluation, final
- * checkpoint, end event, result->stopped_by set); any other non-zero (with err filled) stops the run
- * with that error. */
+/* The loop's events: LOG every log_every steps, EVAL every eval_every steps, END after the final
+ * evaluation and checkpoint. */
+typedef enum { SAEFW_EVENT_LOG = 0, SAEFW_EVENT_EVAL, SAEFW_EVENT_END } saefw_event;
+/* "log", "eval", "end": the event's name in metrics.jsonl and Lua. */
+const char *saefw_event_name(saefw_event e);
+
+/* Why saefw_train returned. */
+typedef enum {
+    SAEFW_STOP_DONE = 0, /* every step ran */
+    SAEFW_STOP_ERROR,    /* a failure: err says which */
+    SAEFW_STOP_SIGNAL,   /* SIGINT or SIGTERM; a checkpoint was saved */
+    SAEFW_STOP_CALLBACK, /* the event callback asked to stop; the run was finished there */
+} saefw_stop_reason;
+const char *saefw_stop_reason_name(saefw_stop_reason r);
+
+/* Event callback: return SAEFW_EVENT_GO_ON (0) to continue; SAEFW_EVENT_STOP to end the run after
+ * this step as if it were the last (final evaluation, final checkpoint, end event; saefw_train
+ * returns 0 with result->stop = SAEFW_STOP_CALLBACK and result->stopped_by set); -1 with err filled
+ * to stop it with that error. */
+#define SAEFW_EVENT_GO_ON 0
 #define SAEFW_EVENT_STOP 1
-typedef int (*saefw_train_event_fn)(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen);
+typedef int (*saefw_train_event_fn)(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen);
+
+/* An evaluation the loop runs at every eval (engine/eval.h). */
+typedef struct saefw_evaluator saefw_evaluator;
 
 typedef struct {
     saefw_loaded_plugin *plugin;
@@ -60,15 +86,11 @@ typedef struct {
     int progress;               /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
     saefw_train_event_fn on_event;
     void *event_ud;
-    /* Extra evaluation at every eval (e.g. the reconstruction score on the model); it records its
-     * figures with saefw_host_table()->metric(run, name, value). */
-    int (*extra_eval)(void *ud, saefw_run *run, const saefw_sae *sae, char *err, size_t errlen);
-    void *extra_eval_ud;
-    /* Random generators outside the engine's view that a resumed run must restore (e.g. the
-     * reconstruction score's), with unique names. */
-    saefw_rng *extra_rng[4];
-    const char *extra_rng_name[4];
-    int n_extra_rng;
+    /* Evaluations at every eval after the feature frequencies, in this order (e.g. the
+     * reconstruction score on the model, MMCS on a synthetic source); their generators are saved
+     * with the training state. Borrowed. */
+    saefw_evaluator *const *evaluators;
+    int n_evaluators;
     /* Continue the run in run_dir from its newest intact checkpoint: weights, optimizer and plugin
      * state, counters, generators, token position and buffer are restored, metrics.jsonl is cut back
      * to that step, and training goes on as if never interrupted. A run that stopped before its first
@@ -88,13 +110,15 @@ typedef struct {
     int64_t steps_done;
     saefw_metrics last;
     char last_checkpoint[4096];
+    saefw_stop_reason stop;
     int interrupted; /* signal number that stopped the run, or 0 */
     int64_t resumed_at; /* the step a resumed run started from (0 for a fresh run) */
     const char *stopped_by; /* the event whose callback ended the run early ("log", "eval"), or NULL */
 } saefw_train_result;
 
 /* Run the loop. Returns 0 when all steps ran; -1 with err on any failure (a NaN loss, a plugin
- * error, I/O). SIGINT/SIGTERM save a checkpoint and return -1 with result->interrupted set. */
+ * error, I/O). SIGINT/SIGTERM save a checkpoint and return -1 with result->interrupted set.
+ * result->stop says which. */
 int saefw_train(const saefw_train_opts *o, saefw_train_result *result, char *err, size_t errlen);
 
 /* Feature frequencies over `rows` rows drawn from src [d_sae], run through the SAE `chunk` rows at a time. */

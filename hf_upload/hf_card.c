@@ -2,6 +2,7 @@
  * model, hook site, sizes, training tokens, hyperparameters and final metrics. */
 #include "hf_internal.h"
 
+#include "../engine/model.h"
 #include "../engine/util.h"
 
 #include <cjson/cJSON.h>
@@ -41,22 +42,16 @@ static int scalar_text(const cJSON *v, char *out, size_t n) {
     return 0;
 }
 
-/* "post" -> "blocks.L.mlp.hook_post": the engine's short site names to TransformerLens names. */
+/* "post" -> "blocks.L.mlp.hook_post": the engine's site names (its hook vocabulary, engine/model.h) to
+ * TransformerLens names; a name the engine does not know is shown as it is. */
 static void hook_from_site(const char *site, const cJSON *layer, char *out, size_t n) {
-    static const struct {
-        const char *shortname, *full;
-    } sites[] = {{"post", "mlp.hook_post"},       {"pre", "mlp.hook_pre"},
-                 {"mlp_out", "hook_mlp_out"},     {"resid_pre", "hook_resid_pre"},
-                 {"resid_mid", "hook_resid_mid"}, {"resid_post", "hook_resid_post"},
-                 {"attn_out", "hook_attn_out"}};
-    int l = cJSON_IsNumber(layer) ? layer->valueint : 0;
-    for (size_t i = 0; i < sizeof sites / sizeof sites[0]; i++) {
-        if (!strcmp(site, sites[i].shortname)) {
-            snprintf(out, n, "blocks.%d.%s", l, sites[i].full);
-            return;
-        }
-    }
-    snprintf(out, n, "%.200s", site);
+    const int l = cJSON_IsNumber(layer) && layer->valuedouble >= 0 && layer->valuedouble < 100000 ? layer->valueint : 0;
+    saefw_hook h;
+    char err[256];
+    if (saefw_hook_parse(site, strncmp(site, "blocks.", 7) ? l : -1, &h, err, sizeof err) == 0)
+        saefw_hook_name(h, out, n);
+    else
+        snprintf(out, n, "%.200s", site);
 }
 
 int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err, size_t errlen) {

@@ -144,6 +144,13 @@ int main(void) {
            "%s run lua/train_small.lua --activations %s --run_dir %s --checkpoint_every 4", BIN, npy, dir);
     CHECK(exists("%s/0/sae_weights.safetensors", dir) && !exists("%s/final", dir), "NaN run checkpoints wrong in %s", dir);
 
+    /* Event callbacks: false stops the run after that step, an error names the callback's line; and
+     * overrides for a script that never calls saefw.config{} are refused. */
+    EXPECT(rc_ == 0, "stopped by on_log: steps_done=21", "%s run lua/train_events.lua", BIN);
+    CHECK(strstr(out, "on_eval error: ok=false evals=2 ") && strstr(out, "train_events.lua:18: boom at step 50"),
+          "on_eval error not reported at its line:\n%s", out);
+    EXPECT(rc_ == 2, "never calls saefw.config{}, so --lr cannot be applied", "%s run lua/train_events.lua --lr 1", BIN);
+
     /* saefw analyze: frequencies from the synthetic source named in cfg.json, histograms, SVG. */
     snprintf(dir, sizeof dir, "%s/toy", tmp);
     EXPECT(rc_ == 0, "MMCS", "%s run ../experiments/toy.lua --steps 300 --run_dir %s", BIN, dir);

@@ -20,8 +20,8 @@
 static saefw_metrics g_log[STEPS];
 static int g_logged[STEPS];
 
-static int on_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
-    if (!strcmp(event, "log") && m->step >= 0 && m->step < STEPS) g_log[m->step] = *m, g_logged[m->step] = 1;
+static int on_event(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
+    if (event == SAEFW_EVENT_LOG && m->step >= 0 && m->step < STEPS) g_log[m->step] = *m, g_logged[m->step] = 1;
     return 0;
 }
 

@@ -55,11 +55,11 @@ typedef struct {
     unsigned char has_log[MAX_STEPS], has_eval[MAX_STEPS];
 } recorder;
 
-static int on_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int on_event(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
     recorder *r = ud;
-    if (!strcmp(event, "end")) r->end = *m;
+    if (event == SAEFW_EVENT_END) r->end = *m;
     else if (m->step >= 0 && m->step < MAX_STEPS) {
-        if (!strcmp(event, "log")) r->log[m->step] = *m, r->has_log[m->step] = 1;
+        if (event == SAEFW_EVENT_LOG) r->log[m->step] = *m, r->has_log[m->step] = 1;
         else r->eval[m->step] = *m, r->has_eval[m->step] = 1;
     }
     return 0;

@@ -25,9 +25,9 @@ typedef struct {
     int n;
 } seen;
 
-static int on_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int on_event(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
     seen *s = ud;
-    if (strcmp(event, "log") == 0 && s->n < 64) {
+    if (event == SAEFW_EVENT_LOG && s->n < 64) {
         s->loss[s->n] = m->loss;
         s->l2[s->n] = m->l2;
         s->l1[s->n] = m->l1;

@@ -55,7 +55,6 @@ function M.config(defaults)
     end
     cfg[key] = parse_override(key, text, defaults[key])
   end
-  debug.getregistry()["saefw.config_called"] = true
   return cfg
 end
 

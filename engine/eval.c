@@ -1,0 +1,109 @@
+/* The evaluators the training loop runs at eval time (reconstruction score, MMCS) and the model-loss
+ * evaluation with a hook site ablated. */
+#include "eval.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Generators of the evaluations, derived from the run's seed so that they differ from the others. */
+#define RECONS_SEED_SALT 0x7265636f6e73ULL /* "recons" */
+#define MEAN_SEED_SALT 0x6d65616eULL       /* "mean" */
+
+int saefw_metrics_add_score(saefw_metrics *m, const char *name, const char *label, double value) {
+    int i = 0;
+    while (i < m->n_score && strcmp(m->score_name[i], name) != 0) i++;
+    if (i == SAEFW_MAX_SCORES) return -1;
+    snprintf(m->score_name[i], sizeof m->score_name[i], "%s", name);
+    snprintf(m->score_label[i], sizeof m->score_label[i], "%s", label ? label : name);
+    m->score_value[i] = value;
+    if (i == m->n_score) m->n_score++;
+    return 0;
+}
+
+double saefw_metrics_get(const saefw_metrics *m, const char *name) {
+    for (int i = 0; i < m->n_score; i++)
+        if (!strcmp(m->score_name[i], name)) return m->score_value[i];
+    for (int i = 0; i < m->n_extra; i++)
+        if (!strcmp(m->extra_name[i], name)) return m->extra_value[i];
+    return NAN;
+}
+
+static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae *sae, saefw_metrics *m, char *err,
+                           size_t errlen) {
+    (void)m;
+    saefw_recons_evaluator *e = (saefw_recons_evaluator *)ev;
+    if (saefw_recons_score(e->model, e->tokens, e->hook, sae, e->batches, e->model_batch, &e->rng, &e->last, err,
+                           errlen) != 0)
+        return -1;
+    const saefw_host *h = saefw_host_table();
+    h->metric(run, "recons_score", e->last.score);
+    h->metric(run, "loss_clean", e->last.loss_clean);
+    h->metric(run, "loss_recons", e->last.loss_recons);
+    h->metric(run, "loss_zero_abl", e->last.loss_zero);
+    return 0;
+}
+
+void saefw_recons_evaluator_init(saefw_recons_evaluator *e, const saefw_model *model, const saefw_tokens *tokens,
+                                 saefw_hook hook, int64_t batches, int64_t model_batch, uint64_t seed) {
+    memset(e, 0, sizeof *e);
+    e->ev.name = "recons_score";
+    e->ev.evaluate = recons_evaluate;
+    e->ev.rng = &e->rng;
+    e->ev.rng_name = "recons_rng";
+    e->model = model;
+    e->tokens = tokens;
+    e->hook = hook;
+    e->batches = batches;
+    e->model_batch = model_batch;
+    saefw_rng_seed(&e->rng, seed ^ RECONS_SEED_SALT);
+}
+
+static int mmcs_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae *sae, saefw_metrics *m, char *err,
+                         size_t errlen) {
+    (void)run;
+    saefw_mmcs_evaluator *e = (saefw_mmcs_evaluator *)ev;
+    double v = saefw_mmcs(e->truth, e->n_truth, sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_in);
+    if (saefw_metrics_add_score(m, "mmcs", "MMCS", v) != 0) return saefw_errf(err, errlen, "too many scores");
+    return 0;
+}
+
+int saefw_mmcs_evaluator_init(saefw_mmcs_evaluator *e, const saefw_source *src, char *err, size_t errlen) {
+    memset(e, 0, sizeof *e);
+    e->truth = saefw_synthetic_features(src, &e->n_truth);
+    if (!e->truth) return saefw_errf(err, errlen, "MMCS: the source has no ground truth (only synthetic sources do)");
+    e->ev.name = "mmcs";
+    e->ev.evaluate = mmcs_evaluate;
+    return 0;
+}
+
+int saefw_eval_model_loss(const saefw_model *m, const saefw_tokens *t, saefw_hook hook, saefw_intervene_mode ablate,
+                          int64_t batches, int64_t model_batch, uint64_t seed, double *loss, char *err, size_t errlen) {
+    if (ablate != SAEFW_INTERVENE_NONE && ablate != SAEFW_INTERVENE_ZERO && ablate != SAEFW_INTERVENE_MEAN)
+        return saefw_errf(err, errlen, "model loss: ablation must be none, zero or mean");
+    saefw_intervention iv;
+    memset(&iv, 0, sizeof iv);
+    iv.hook = hook;
+    iv.mode = ablate;
+    float *mean = NULL;
+    saefw_rng rng;
+    if (ablate == SAEFW_INTERVENE_MEAN) {
+        const int width = saefw_model_hook_width(m, hook);
+        if (width <= 0) return saefw_errf(err, errlen, "model loss: the hook site is not in the model");
+        if (!(mean = saefw_malloc(sizeof(float) * (size_t)width, err, errlen))) return -1;
+        saefw_rng_seed(&rng, seed ^ MEAN_SEED_SALT);
+        if (saefw_hook_mean(m, t, hook, batches, model_batch, &rng, mean, err, errlen) != 0) {
+            free(mean);
+            return -1;
+        }
+        iv.mean = mean;
+    }
+    saefw_rng_seed(&rng, seed);
+    int rc = saefw_model_loss(m, t, ablate != SAEFW_INTERVENE_NONE ? &iv : NULL, batches, model_batch, &rng, loss, err,
+                              errlen);
+    free(mean);
+    return rc;
+}
