@@ -376,6 +376,8 @@ int main(int argc, char **argv) {
     const double read_rate = bench_tokens_read(cpath, T, 8 * 786432LL, NULL, NULL, err, sizeof err);
     if (read_rate < 0) die("reading the token cache", err);
     unlink(cpath);
+    printf("  reading a token cache (uint16 .npy, shuffled rows of %lld, 8 x 786432 tokens): %.1f M tokens/s\n",
+           (long long)T, read_rate / 1e6);
     if (rss) {
         /* The seed's buffer (4096 x 384 rows): peak RSS; 2 dense steps, then 3 sparse ones, with
          * evaluations after steps 0 and 3 and at the end. */
