@@ -1,8 +1,10 @@
 /* Benchmark of the model host at gelu-1l's shape (random weights): forward tokens/s stopping at
  * blocks.0.mlp.hook_post and the full forward with the loss; the share of a training step that the
  * buffer refill costs in a real training run at the seed's shape (batch 4096, SAE 2048 -> 16384, L0
- * about 128); with --rss, a run with the seed's whole buffer and its peak RSS against buffer + 4 x the
- * SAE's parameter bytes + 10%.
+ * about 128), and beside it the share that reading those tokens from a token cache takes (a flat
+ * uint16 .npy written here, shuffled rows of 128 as the refills read them; bench_tokens_read.h); with
+ * --rss, a run with the seed's whole buffer and its peak RSS against buffer + 4 x the SAE's parameter
+ * bytes + 10%.
  *   build/bin/bench_model [--reps N] [--forward-only] [--rss]   (figures printed, nothing asserted) */
 #include <malloc.h>
 #include <math.h>
@@ -22,6 +24,8 @@
 #include "tokens.h"
 #include "train.h"
 #include "util.h"
+
+#include "bench_tokens_read.h"
 
 enum { N_LAYERS = 1, D_MODEL = 512, D_MLP = 2048, N_HEADS = 8, D_HEAD = 64, N_CTX = 1024, D_VOCAB = 48262 };
 
@@ -107,6 +111,19 @@ static void write_tokens(const char *path, int64_t n) {
     free(tok);
 }
 
+/* A token cache as `saefw tokens convert` writes it for gelu-1l's vocabulary: a flat uint16 .npy. */
+static void write_token_cache(const char *path, int64_t n) {
+    uint16_t *tok = malloc(sizeof(uint16_t) * (size_t)n);
+    if (!tok) die("allocation", "out of memory");
+    saefw_rng rng;
+    saefw_rng_seed(&rng, 3);
+    for (int64_t i = 0; i < n; i++) tok[i] = (uint16_t)saefw_rng_below(&rng, D_VOCAB);
+    int64_t shape[1] = {n};
+    char err[1024];
+    if (saefw_npy_write(path, SAEFW_DT_U16, 1, shape, tok, err, sizeof err) != 0) die("writing the token cache", err);
+    free(tok);
+}
+
 static double peak_rss_bytes(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -158,10 +175,11 @@ static int on_event(void *ud, saefw_event event, const saefw_metrics *m, char *e
  * filled and refilled by the model, SAE 2048 -> 16384, Adam loaded as a plugin, the training loop.
  * The first dense_steps steps run at the seed's initialisation (b_enc = 0, about half the features
  * active: the dense path, as at the start of training); then b_enc is set so that about l0 features
- * are active (the sparse path, as for most of training). Prints the step time, the refill share and
- * the peak RSS against the issue's budget. */
+ * are active (the sparse path, as for most of training). Prints the step time, the refill share, the
+ * share that reading the run's tokens at read_rate tokens/s (from a token cache) takes, and the peak
+ * RSS against the issue's budget. */
 static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int64_t rows, int64_t steps,
-                         int64_t dense_steps, double l0, int64_t eval_every) {
+                         int64_t dense_steps, double l0, int64_t eval_every, double read_rate) {
     char err[1024];
     const int64_t batch = 4096, T = saefw_tokens_seq_len(tok);
     saefw_model_source_opts so = {m, tok, hook, batch / T * 16, 1};
@@ -251,6 +269,11 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
         printf("  refill share: %.1f s of refills in %.1f s of training (steps 2 to %d) = %.1f%% of training time "
                "(target <= 15%%)\n",
                refill_s, train_s, rl.n, 100.0 * refill_s / train_s);
+    /* Every activation the steps trained on is one token position that a refill read. */
+    const double run_tokens = (double)batch * (rl.n - 1), read_s = run_tokens / read_rate;
+    printf("  token-reading share: the %.0f tokens of steps 2 to %d read from a token cache (shuffled rows of %lld) "
+           "at %.1f M tokens/s take %.4f s = %.4f%% of training time (target < 1%%)\n",
+           run_tokens, rl.n, (long long)T, read_rate / 1e6, read_s, 100.0 * read_s / train_s);
     printf("  RSS: %.2f GB before training (model, tokens, buffer, SAE parameters), at most %.2f GB at the end of a "
            "step\n",
            rss_before / 1e9, rl.rss_max / 1e9);
@@ -283,9 +306,10 @@ int main(int argc, char **argv) {
     }
     char dir[] = "/tmp/saefw-bench-XXXXXX";
     if (!mkdtemp(dir)) die("temp folder", "mkdtemp failed");
-    char mpath[128], tpath[128], err[1024];
+    char mpath[128], tpath[128], cpath[128], err[1024];
     snprintf(mpath, sizeof mpath, "%s/gelu1l_random.safetensors", dir);
     snprintf(tpath, sizeof tpath, "%s/tokens.npy", dir);
+    snprintf(cpath, sizeof cpath, "%s/token_cache.npy", dir);
     printf("bench_model: gelu-1l's shape (d_model %d, d_mlp %d, %d heads, d_vocab %d), random weights, %d threads\n",
            D_MODEL, D_MLP, N_HEADS, D_VOCAB, saefw_threads());
     write_model(mpath);
@@ -328,16 +352,24 @@ int main(int argc, char **argv) {
     free(acts);
     ids = NULL;
     acts = NULL;
+    /* Reading the stream from a token cache: 16 half refills of the seed's buffer (25 MB of uint16),
+     * 8 of them read; the file is removed before the run so that it takes no memory there. */
+    write_token_cache(cpath, 16 * 786432LL);
+    const double read_rate = bench_tokens_read(cpath, T, 8 * 786432LL, NULL, NULL, err, sizeof err);
+    if (read_rate < 0) die("reading the token cache", err);
+    unlink(cpath);
+    printf("  reading a token cache (uint16 .npy, shuffled rows of %lld, 8 x 786432 tokens): %.1f M tokens/s\n",
+           (long long)T, read_rate / 1e6);
     if (rss) {
         /* The seed's buffer (4096 x 384 rows): peak RSS; 2 dense steps, then 3 sparse ones, with
          * evaluations after steps 0 and 3 and at the end. */
         printf("the seed's buffer, for the peak RSS:\n");
-        training_run(m, tok, hook, 4096LL * 384, 5, 2, 128, 3);
+        training_run(m, tok, hook, 4096LL * 384, 5, 2, 128, 3, read_rate);
     } else {
         /* A buffer of 16 batches refills every 8 steps: the refill share of the seed's run (a
          * bigger buffer refills more rows less often: the same share). */
         printf("a training run refilling every 8 steps, for the refill share:\n");
-        training_run(m, tok, hook, 4096LL * 16, 33, 0, 128, 0);
+        training_run(m, tok, hook, 4096LL * 16, 33, 0, 128, 0, read_rate);
     }
 
 cleanup:

@@ -12,6 +12,7 @@
 #include "token_dataset.h"
 #include "model_resolve.h"
 #include "parallel.h"
+#include "sae_resolve.h"
 #include "util.h"
 
 static const char *cfg_string(const cJSON *cfg, const char *key) {
@@ -42,8 +43,9 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     memset(j, 0, sizeof *j);
     cJSON *cfg = NULL, *mcfg = NULL;
     int rc = -1;
-    snprintf(j->checkpoint, sizeof j->checkpoint, "%s", checkpoint);
-    if (saefw_checkpoint_load(checkpoint, &j->sae, &cfg, err, errlen) != 0) return -1;
+    /* A Hub path (the seed's NeelNanda/sparse_autoencoder/25.pt) comes from the cache or is fetched. */
+    if (saefw_sae_resolve(checkpoint, j->checkpoint, sizeof j->checkpoint, NULL, err, errlen) != 0) return -1;
+    if (saefw_checkpoint_load(j->checkpoint, &j->sae, &cfg, err, errlen) != 0) return -1;
     j->have_sae = 1;
     if (!model) model = cfg_string(cfg, "model_name");
     if (!model) {
@@ -86,8 +88,10 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     saefw_hook_name(j->hook, j->hook_name, sizeof j->hook_name);
     int width = saefw_model_hook_width(j->model, j->hook);
     if (j->sae.d_in != width) {
-        saefw_errf(err, errlen, "%s: the SAE's d_in %lld does not match the width %d of %s at %s", checkpoint,
-                   (long long)j->sae.d_in, width, model, j->hook_name);
+        saefw_errf(err, errlen,
+                   "%s: the SAE's d_in %lld does not match the width %d of %s at %s (give the model it was trained "
+                   "on with --model NAME)",
+                   checkpoint, (long long)j->sae.d_in, width, model, j->hook_name);
         goto out;
     }
 
@@ -154,7 +158,9 @@ static void progress(void *ud, int64_t done, int64_t total) {
 
 static const char USAGE[] =
     "usage: saefw features CHECKPOINT --out DIR [--model NAME] [--data TOKENS] [--tokens N] [--top-k K]\n"
-    "                      [--threads N] [--seed S]\n";
+    "                      [--threads N] [--seed S]\n"
+    "  CHECKPOINT: a checkpoint folder or file, or a Hub path ORG/NAME/FILE (hf://ORG/NAME/FILE),\n"
+    "  e.g. NeelNanda/sparse_autoencoder/25.pt with its 25_cfg.json\n";
 
 /* A whole number in [lo, hi] from option `name`. */
 static int parse_int(const char *name, const char *v, int64_t lo, int64_t hi, int64_t *out) {

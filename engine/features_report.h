@@ -41,11 +41,11 @@ typedef struct {
     char why_ids[1024];
 } saefw_features_job;
 
-/* Load the SAE of checkpoint; the model (model, else cfg.json's model_name), its hook (hook_name, the
- * seed's act_name, or site and layer), the tokens (data, else cfg.json's data, else tiny-1l's bundled tokens for
- * tiny-1l) in file order, rows of cfg.json's context_size (else seq_len, else 128) with cfg.json's bos (else the
- * model's bos_token_id) at position 0. Errors name what is missing and the option that gives it. Release with
- * saefw_features_job_close (also after a failure). */
+/* Load the SAE of checkpoint (a path, or a Hub path ORG/NAME/FILE through saefw_sae_resolve); the model (model,
+ * else cfg.json's model_name), its hook (hook_name, the seed's act_name, or site and layer), the tokens (data, else
+ * cfg.json's data, else tiny-1l's bundled tokens for tiny-1l) in file order, rows of cfg.json's context_size (else
+ * seq_len, else 128) with cfg.json's bos (else the model's bos_token_id) at position 0. Errors name what is missing
+ * and the option that gives it. Release with saefw_features_job_close (also after a failure). */
 int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const char *model, const char *data,
                             char *err, size_t errlen);
 void saefw_features_job_close(saefw_features_job *j);

@@ -1,8 +1,8 @@
 /* `saefw tokenize INPUT... --tokenizer NAME --out FILE`: text datasets to a token file. Inputs are read
- * in batches of a few MB (JSONL split at lines, plain text at line starts that no pre-token crosses),
- * each batch is encoded on the threads in contiguous pieces and written in order, so the output does
- * not depend on the thread count. The .npy header is rewritten with the final length at the end; the
- * file appears atomically. */
+ * in batches of a few MB (JSONL split at lines, plain text at line starts that no pre-token crosses,
+ * Parquet a row group of its string column at a time), each batch is encoded on the threads in
+ * contiguous pieces and written in order, so the output does not depend on the thread count. The
+ * .npy header is rewritten with the final length at the end; the file appears atomically. */
 #include "tokenize_cmd.h"
 
 #include <cjson/cJSON.h>
@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "parquet.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -26,7 +27,8 @@
 static const char USAGE[] =
     "usage: saefw tokenize INPUT... --tokenizer NAME --out FILE.npy|FILE.bin [--field text] [--threads N]\n"
     "                      [--bos] [--append-eos] [--special] [--dtype uint16|int32]\n"
-    "  INPUT: .jsonl / .jsonl.zst (one JSON object per line, text in --field), other files plain text\n"
+    "  INPUT: .jsonl / .jsonl.zst (one JSON object per line, text in --field), .parquet (one document per\n"
+    "         row of the string column --field), other files plain text\n"
     "  --tokenizer: a tokenizer.json, a folder holding one, tiny-1l, gelu-1l or a Hub repo id in the cache\n"
     "  --bos / --append-eos: put the tokenizer's BOS before / EOS after each document\n"
     "  --special: special tokens written in the text become their ids (default: plain text)\n"
@@ -55,6 +57,9 @@ typedef struct {
     const char *p; /* this worker's piece of the batch */
     size_t len;
     int64_t line; /* line number of the piece's first line */
+    const saefw_parquet_batch *pq; /* Parquet: strings [d0, d1) of this row group's batch */
+    int64_t d0, d1;
+    int rg;
     saefw_tokenizer_scratch *s;
     int32_t *ids;
     size_t n, cap;
@@ -76,8 +81,6 @@ static int input_open(input *in, const char *path, char *err, size_t errlen) {
     memset(in, 0, sizeof *in);
     in->path = path;
     in->kind = input_kind(path, &in->zst);
-    if (in->kind == IN_PARQUET)
-        return saefw_errf(err, errlen, "%s: Parquet input is not supported yet (use JSONL, JSONL.zst or plain text)", path);
     in->f = fopen(path, "rb");
     if (!in->f) return saefw_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -179,6 +182,15 @@ static void *work(void *arg) {
     w->rc = 0;
     if (w->kind == IN_TEXT) {
         w->rc = encode_doc(w, w->p, w->len, w->bos_first, w->eos_last);
+        return NULL;
+    }
+    if (w->kind == IN_PARQUET) {
+        for (int64_t i = w->d0; i < w->d1 && w->rc == 0; i++, w->docs++) {
+            const int64_t *o = w->pq->offsets;
+            if (encode_doc(w, w->pq->bytes + o[i], (size_t)(o[i + 1] - o[i]), 1, 1) != 0)
+                w->rc = saefw_err_prefix(w->err, sizeof w->err, "%s: row group %d, string %lld", w->path, w->rg,
+                                         (long long)i);
+        }
         return NULL;
     }
     const char *p = w->p, *end = w->p + w->len;
@@ -300,6 +312,77 @@ static void progress(double t0, double *last, int final, uint64_t done, uint64_t
     fflush(stderr);
 }
 
+/* Run the nt workers' pieces on threads (w[0] on this one) and write their ids in order. */
+static int run_workers(worker *w, int nt, FILE *f, int u16, const char *out, uint64_t *tokens, uint64_t *docs,
+                       char *err, size_t errlen) {
+    pthread_t th[MAX_THREADS];
+    int started = 0;
+    for (int k = 1; k < nt; k++, started++)
+        if (pthread_create(&th[k], NULL, work, &w[k]) != 0) break;
+    if (nt > 0) work(&w[0]);
+    for (int k = 1; k <= started; k++) pthread_join(th[k], NULL);
+    if (started < nt - 1) return saefw_errf(err, errlen, "cannot start a thread");
+    for (int k = 0; k < nt; k++) {
+        if (w[k].rc != 0) return saefw_errf(err, errlen, "%s", w[k].err);
+        if (write_ids(f, w[k].ids, w[k].n, u16, out, err, errlen) != 0) return -1;
+        *tokens += w[k].n;
+        *docs += (uint64_t)(w[k].kind != IN_TEXT ? w[k].docs : 0);
+    }
+    return 0;
+}
+
+/* A Parquet input: each row group's string column `field` decoded, its strings (one document each,
+ * nulls skipped) shared between the threads in contiguous runs of about equal bytes. */
+static int tokenize_parquet(const char *path, const worker *proto, worker *w, int threads, FILE *f, int u16,
+                            const char *out, double t0, double *last, uint64_t *done_bytes, uint64_t total_bytes,
+                            uint64_t *tokens, uint64_t *docs, char *err, size_t errlen) {
+    saefw_parquet *pq = NULL;
+    saefw_parquet_batch b;
+    saefw_parquet_batch_init(&b);
+    int rc = -1, col;
+    struct stat st;
+    uint64_t size = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    if (saefw_parquet_open(path, &pq, err, errlen) != 0) goto out;
+    if ((col = saefw_parquet_find(pq, proto->field, SAEFW_PQ_STRING, err, errlen)) < 0) goto out;
+    int nrg = saefw_parquet_row_groups(pq);
+    for (int rg = 0; rg < nrg; rg++) {
+        if (saefw_parquet_read(pq, rg, col, &b, err, errlen) != 0) goto out;
+        int64_t i = 0;
+        int nt = 0;
+        for (int k = 0; k < threads && i < b.n; k++) {
+            int64_t j = i;
+            if (k == threads - 1) j = b.n;
+            else {
+                int64_t want = b.offsets[i] + (b.offsets[b.n] - b.offsets[i]) / (threads - k);
+                while (j < b.n && (j == i || b.offsets[j] < want)) j++;
+            }
+            worker *x = &w[nt++];
+            saefw_tokenizer_scratch *s = x->s;
+            int32_t *ids = x->ids;
+            size_t cap = x->cap;
+            *x = *proto;
+            x->s = s;
+            x->ids = ids;
+            x->cap = cap;
+            x->kind = IN_PARQUET;
+            x->path = path;
+            x->pq = &b;
+            x->rg = rg;
+            x->d0 = i;
+            x->d1 = j;
+            i = j;
+        }
+        if (run_workers(w, nt, f, u16, out, tokens, docs, err, errlen) != 0) goto out;
+        progress(t0, last, 0, *done_bytes + size * (uint64_t)(rg + 1) / (uint64_t)nrg, total_bytes, *tokens);
+    }
+    *done_bytes += size;
+    rc = 0;
+out:
+    saefw_parquet_batch_free(&b);
+    saefw_parquet_close(pq);
+    return rc;
+}
+
 int saefw_cmd_tokenize(int argc, char **argv) {
     options o;
     if (parse_args(argc, argv, &o) != 0) {
@@ -336,9 +419,12 @@ int saefw_cmd_tokenize(int argc, char **argv) {
             saefw_errf(err, sizeof err, "%s: no such file", o.inputs[i]);
             goto fail;
         }
-        if (input_kind(o.inputs[i], &zst) == IN_PARQUET) {
-            saefw_errf(err, sizeof err, "%s: Parquet input is not supported yet (use JSONL, JSONL.zst or plain text)", o.inputs[i]);
-            goto fail;
+        if (input_kind(o.inputs[i], &zst) == IN_PARQUET) { /* the column is checked before anything is written */
+            saefw_parquet *pq = NULL;
+            int bad = saefw_parquet_open(o.inputs[i], &pq, err, sizeof err) != 0 ||
+                      saefw_parquet_find(pq, o.field, SAEFW_PQ_STRING, err, sizeof err) < 0;
+            saefw_parquet_close(pq);
+            if (bad) goto fail;
         }
         total_bytes += (uint64_t)st.st_size;
     }
@@ -366,6 +452,15 @@ int saefw_cmd_tokenize(int argc, char **argv) {
     }
     double t0 = saefw_now(), last = t0;
     for (int fi = 0; fi < o.n_inputs; fi++) {
+        int zst;
+        if (input_kind(o.inputs[fi], &zst) == IN_PARQUET) {
+            worker proto = {.t = t, .flags = o.special ? SAEFW_TOK_SPECIAL : 0, .bos = o.bos ? bos : -1,
+                            .eos = o.eos ? eos : -1, .field = o.field};
+            if (tokenize_parquet(o.inputs[fi], &proto, w, o.threads, f, u16, o.out, t0, &last, &done_bytes,
+                                 total_bytes, &tokens, &docs, err, sizeof err) != 0)
+                goto fail;
+            continue;
+        }
         if (input_open(&in, o.inputs[fi], err, sizeof err) != 0) goto fail;
         int64_t line = 1;
         int first = 1;
@@ -423,25 +518,7 @@ int saefw_cmd_tokenize(int argc, char **argv) {
                     for (const char *q = x->p; (q = memchr(q, '\n', (size_t)(buf + end - q))); q++) l++;
                 start = end;
             }
-            pthread_t th[MAX_THREADS];
-            int started = 0;
-            for (int k = 1; k < nt; k++, started++)
-                if (pthread_create(&th[k], NULL, work, &w[k]) != 0) break;
-            work(&w[0]);
-            for (int k = 1; k <= started; k++) pthread_join(th[k], NULL);
-            if (started < nt - 1) {
-                saefw_errf(err, sizeof err, "cannot start a thread");
-                goto fail;
-            }
-            for (int k = 0; k < nt; k++) {
-                if (w[k].rc != 0) {
-                    snprintf(err, sizeof err, "%s", w[k].err);
-                    goto fail;
-                }
-                if (write_ids(f, w[k].ids, w[k].n, u16, o.out, err, sizeof err) != 0) goto fail;
-                tokens += w[k].n;
-                docs += (uint64_t)(in.kind == IN_JSONL ? w[k].docs : 0);
-            }
+            if (run_workers(w, nt, f, u16, o.out, &tokens, &docs, err, sizeof err) != 0) goto fail;
             line = l;
             first = 0;
             memmove(buf, buf + bl, len - bl);

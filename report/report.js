@@ -566,7 +566,9 @@
     var stat = function (k, v) { stats.appendChild(el('div', {}, [el('dt', { text: k }), el('dd', { text: v })])); };
     stat('Density', f.density > 0 ? fmtDensity(f.density) + ' (' + fmt(100 * f.density) + ' % of tokens)' : '0: never fired');
     stat('Max activation', fmt(f.max_act));
-    stat('Mean activation', fmt(f.mean_act) + ' (when firing)');
+    /* mean_act is over all analysed tokens (docs/features.md); divided by the density, over those it fires on */
+    stat('Mean activation', fmt(f.mean_act) + ' over all tokens' +
+      (f.density > 0 ? ', ' + fmt(f.mean_act / f.density) + ' when firing' : ''));
     view.appendChild(stats);
 
     var grid = el('div', { 'class': 'grid' });

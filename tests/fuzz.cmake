@@ -8,7 +8,7 @@
 option(SAEFW_FUZZ "Build the libFuzzer targets (clang with libclang-rt-14-dev)" OFF)
 
 set(SAEFW_FUZZ_DIR ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
-set(SAEFW_FUZZ_ENGINE_TARGETS safetensors npy torch_zip pickle checkpoint_cfg model_cfg tokens parquet)
+set(SAEFW_FUZZ_ENGINE_TARGETS safetensors npy torch_zip pickle checkpoint_cfg model_cfg tokens parquet tokenizer_json)
 set(SAEFW_FUZZ_HF_TARGETS hub hf_card)
 set(SAEFW_FUZZ_TARGETS ${SAEFW_FUZZ_ENGINE_TARGETS})
 if(TARGET saefw_hf)

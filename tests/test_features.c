@@ -420,6 +420,12 @@ static int sh(const char *fmt, ...) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/* out is one line, "saefw features: ...". */
+static int one_line_error(const char *s) {
+    const char *nl = strchr(s, '\n');
+    return !strncmp(s, "saefw features: ", 16) && nl && nl[1] == 0;
+}
+
 /* The JSON object of a data script "saefwReport.<fn>(<args>{...});". */
 static cJSON *parse_script(const char *path, const char *fn) {
     char *text = NULL, err[512];
@@ -530,6 +536,37 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     CHECK(rc == 2 && contains(out, "--tokens"), "bad --tokens: exit %d: %s", rc, out);
     rc = sh("'%s' features '%s' --out '%s' --model gelu-nope", bin, ck, rep);
     CHECK(rc == 1 && contains(out, "gelu-nope"), "unknown model: exit %d: %s", rc, out);
+
+    /* The bad input of the command itself (test_report_and_errors made the files): one line each,
+     * and no report folder left behind. */
+    printf("saefw features on bad input\n");
+    char bad_rep[2100];
+    snprintf(bad_rep, sizeof bad_rep, "%s/bad_report", tmp);
+    rc = sh("'%s' features '%s/ckpt_small' --out '%s' --data ../models/tiny-1l/tokens.npy", bin, tmp, bad_rep);
+    CHECK(rc == 1 && one_line_error(out) && contains(out, "d_in 64") && contains(out, "--model"),
+          "d_in mismatch: exit %d: %s", rc, out);
+    printf("  %s", out);
+    rc = sh("'%s' features '%s' --out '%s' --data '%s/empty.npy'", bin, ck, bad_rep, tmp);
+    CHECK(rc == 1 && one_line_error(out) && contains(out, "empty.npy") && contains(out, "0 tokens"),
+          "empty data: exit %d: %s", rc, out);
+    printf("  %s", out);
+    CHECK(access(bad_rep, F_OK) != 0, "a failed command left %s", bad_rep);
+    /* A model without a tokenizer: said once, and the report shows ids. */
+    rc = sh("'%s' features '%s' --out '%s' --model '%s/bare-model' --data ../models/tiny-1l/tokens.npy --tokens 2048 "
+            "--top-k 2",
+            bin, ck, bad_rep, tmp);
+    int said = 0;
+    for (const char *q = out; (q = strstr(q, "shown as ids")); q++) said++;
+    CHECK(rc == 0 && said == 1, "no tokenizer: exit %d, said %d times:\n%s", rc, said,
+          out);
+    snprintf(p, sizeof p, "%s/data/shard_0000.js", bad_rep);
+    text = NULL;
+    CHECK(saefw_read_file(p, &text, NULL, err, sizeof err) == 0 && contains(text, "\"#"), "no ids in %s", p);
+    free(text);
+    snprintf(p, sizeof p, "%s/data/summary.js", bad_rep);
+    sum = parse_script(p, "summary(");
+    CHECK(sum && cJSON_IsNull(cJSON_GetObjectItem(sum, "tokenizer")), "a report shown as ids names no tokenizer");
+    cJSON_Delete(sum);
 }
 
 int main(void) {

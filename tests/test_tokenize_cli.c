@@ -1,12 +1,15 @@
 /* `saefw tokenize` end to end: a JSONL and the same as .jsonl.zst, and plain text files, turned into
  * .npy / .bin token files whose ids must equal those of Hugging Face's JavaScript tokenizers
- * (tests/fixtures/tokenizer/expected.json), for any thread count; and its one-line errors. */
+ * (tests/fixtures/tokenizer/expected.json), for any thread count; Parquet string columns (the
+ * parquet fixtures' `text`, strings from their expected.json) against the tokenizer's own encode of
+ * the same strings; and its one-line errors. */
 #include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <sys/wait.h>
 #include <zstd.h>
 
 #include "testutil.h"
+#include "tokenizer.h"
 #include "util.h"
 
 #define FIX "fixtures/tokenizer/"
@@ -116,6 +119,74 @@ static void check_tokens(const char *path, const idvec *want, const char *what) 
 static const char *const DOCS[] = {"english.txt", "code.txt", "multilingual.txt", "digits.txt", "whitespace.txt", "special.txt",
                                    "long.txt"};
 #define N_DOCS (sizeof DOCS / sizeof *DOCS)
+
+/* `saefw tokenize F.parquet --field text` equals the tokenizer's encode of the column's strings
+ * (tests/fixtures/parquet/expected.json, which the Parquet writer was given), each followed by EOS;
+ * null strings are skipped. */
+static void test_parquet(const char *tmp, const char *gpt2) {
+    size_t len;
+    char *text = slurp("fixtures/parquet/expected.json", &len), err[512];
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    REQUIRE(root, "fixtures/parquet/expected.json");
+    saefw_tokenizer *t = NULL;
+    REQUIRE(saefw_tokenizer_load(gpt2, &t, err, sizeof err) == 0, "%s", err);
+    saefw_tokenizer_scratch *sc = saefw_tokenizer_scratch_new(t);
+    REQUIRE(sc, "oom");
+    static const char *const files[] = {"m_zstd_v2_dict.parquet", "m_snappy_v1_plain.parquet",
+                                        "m_gzip_v2_plain.parquet", "nulls.parquet"};
+    for (size_t fi = 0; fi < sizeof files / sizeof *files; fi++) {
+        const cJSON *f = NULL, *c, *col = NULL;
+        cJSON_ArrayForEach(f, cJSON_GetObjectItem(root, "files")) {
+            if (!strcmp(cJSON_GetObjectItem(f, "file")->valuestring, files[fi])) break;
+        }
+        REQUIRE(f, "%s not in expected.json", files[fi]);
+        cJSON_ArrayForEach(c, cJSON_GetObjectItem(f, "columns")) {
+            if (!strcmp(cJSON_GetObjectItem(c, "name")->valuestring, "text")) col = c;
+        }
+        REQUIRE(col, "%s: no text column in expected.json", files[fi]);
+        idvec want = {0};
+        int docs = 0;
+        const cJSON *v;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(col, "values")) {
+            if (cJSON_IsNull(v)) continue;
+            REQUIRE(saefw_tokenizer_encode(t, sc, v->valuestring, strlen(v->valuestring), 0, &want.ids, &want.n, &want.cap,
+                                           err, sizeof err) == 0,
+                    "%s", err);
+            push(&want, 50256);
+            docs++;
+        }
+        for (int threads = 1; threads <= 3; threads += 2) {
+            char o[1100], what[128], docs_line[64];
+            snprintf(o, sizeof o, "%s/pq%zu_%d.npy", tmp, fi, threads);
+            CHECK(run("%s tokenize fixtures/parquet/%s --field text --tokenizer %s --out %s --append-eos --threads %d", BIN,
+                      files[fi], gpt2, o, threads) == 0,
+                  "%s", out);
+            snprintf(docs_line, sizeof docs_line, "from %d documents", docs);
+            CHECK(strstr(out, docs_line), "%s: want '%s':\n%s", files[fi], docs_line, out);
+            snprintf(what, sizeof what, "parquet %s, %d thread%s", files[fi], threads, threads > 1 ? "s" : "");
+            check_tokens(o, &want, what);
+        }
+        free(want.ids);
+    }
+    /* A column of another type, a missing column, a file that is not Parquet: one line, no output. */
+    char o[1100], bad[1100];
+    snprintf(o, sizeof o, "%s/pq_bad.npy", tmp);
+    CHECK(run("%s tokenize fixtures/parquet/nulls.parquet --field null_int --tokenizer %s --out %s", BIN, gpt2, o) == 1 &&
+              strstr(out, "saefw tokenize: fixtures/parquet/nulls.parquet: column 'null_int' is int64, expected string\n") ==
+                  out,
+          "%s", out);
+    CHECK(run("%s tokenize fixtures/parquet/nulls.parquet --field nope --tokenizer %s --out %s", BIN, gpt2, o) == 1 &&
+              strstr(out, "no column 'nope' (columns: ") && strstr(out, "text") && !strchr(strchr(out, '\n') + 1, '\n'),
+          "%s", out);
+    snprintf(bad, sizeof bad, "%s/fake.parquet", tmp);
+    write_file(bad, "PAR1 this is not parquet PAR1", 29);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) == 1 && strstr(out, "fake.parquet"), "%s", out);
+    CHECK(run("test -e %s", o) != 0, "an output file was left after a Parquet error");
+    saefw_tokenizer_scratch_free(sc);
+    saefw_tokenizer_free(t);
+    cJSON_Delete(root);
+}
 
 int main(void) {
     BIN = getenv("SAEFW_BIN");
@@ -243,5 +314,6 @@ int main(void) {
     CHECK(run("%s tokenize %s --tokenizer tiny-1l --out %s", BIN, path, o) == 0 && strstr(out, "dtype uint16"), "%s", out);
     free(want.ids);
     cJSON_Delete(root);
+    test_parquet(tmp, gpt2);
     return t_finish("test_tokenize_cli");
 }

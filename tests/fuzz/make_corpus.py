@@ -231,6 +231,69 @@ def parquet_seeds():
     put("parquet", "deep_structs", b"PAR1" + deep + struct.pack("<I", len(deep)) + b"PAR1")
 
 
+# ---- tokenizer.json (fuzz_tokenizer_json.c) ----
+
+def cut_tokenizer(path, n_merges, n_added):
+    """A tokenizer.json of a few KB cut from a real one: its 256 byte tokens, its first merges and the
+    tokens they make, its first added tokens; ids renumbered densely in the original order."""
+    d = json.load(open(path, encoding="utf-8"))
+    m = d["model"]
+    merges = [mm if isinstance(mm, str) else " ".join(mm) for mm in m["merges"][:n_merges]]
+    keep = {t for t in m["vocab"] if len(t) == 1}
+    for mm in merges:
+        a, b = mm.split(" ")
+        keep |= {a, b, a + b}
+    toks = sorted((t for t in keep if t in m["vocab"]), key=lambda t: m["vocab"][t])
+    m["vocab"] = {t: i for i, t in enumerate(toks)}
+    m["merges"] = [mm for mm in merges if all(p in m["vocab"] for p in mm.split(" ") + [mm.replace(" ", "")])]
+    added = []
+    for a in d["added_tokens"][:n_added]:
+        a["id"] = m["vocab"].get(a["content"], len(m["vocab"]) + len(added))
+        added.append(a)
+    d["added_tokens"] = added
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+
+
+def tokenizer_seeds():
+    tok = os.path.join(FIX, "tokenizer")
+    put("tokenizer_json", "tiny_1l", open(os.path.join(HERE, "..", "..", "models", "tiny-1l", "tokenizer.json"),
+                                         "rb").read())
+    put("tokenizer_json", "gpt2_cut", cut_tokenizer(os.path.join(tok, "gpt2.json"), 64, 1))
+    put("tokenizer_json", "neox20b_cut", cut_tokenizer(os.path.join(tok, "neox20b.json"), 64, 4))
+    put("tokenizer_json", "llama3_cut", cut_tokenizer(os.path.join(tok, "llama3.json"), 64, 3))
+    # A tokenizer_config.json after a NUL: the bos/eos conventions.
+    put("tokenizer_json", "gpt2_config", cut_tokenizer(os.path.join(tok, "gpt2.json"), 16, 1) + "\0" +
+        '{"bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>"}, "add_bos_token": true}')
+    bpe = lambda vocab, merges, **kw: json.dumps(dict({"model": {"type": "BPE", "vocab": vocab, "merges": merges},
+                                                        "pre_tokenizer": {"type": "ByteLevel"},
+                                                        "decoder": {"type": "ByteLevel"}}, **kw))
+    ab = {"a": 0, "b": 1, "ab": 2}
+    put("tokenizer_json", "tiny_bpe", bpe(ab, ["a b"]))
+    put("tokenizer_json", "pair_merges", bpe(ab, [["a", "b"]]))
+    put("tokenizer_json", "merge_unknown", bpe(ab, ["a c"]))
+    put("tokenizer_json", "merge_no_space", bpe(ab, ["ab"]))
+    put("tokenizer_json", "dup_ids", bpe({"a": 0, "b": 0}, []))
+    put("tokenizer_json", "negative_id", bpe({"a": -1}, []))
+    put("tokenizer_json", "huge_id", bpe({"a": 2147483647}, []))
+    put("tokenizer_json", "empty_vocab", bpe({}, []))
+    put("tokenizer_json", "added_huge", bpe(ab, [], added_tokens=[{"id": 4294967296, "content": "<x>", "special": True}]))
+    put("tokenizer_json", "added_empty", bpe(ab, [], added_tokens=[{"id": 3, "content": "", "special": True}]))
+    put("tokenizer_json", "bad_regex", bpe(ab, [], pre_tokenizer={"type": "Split", "pattern": {"Regex": "(a|"},
+                                                                  "behavior": "Isolated", "invert": False}))
+    put("tokenizer_json", "split_string", bpe(ab, [], pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": " "}, "behavior": "Removed", "invert": False},
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": False}]}))
+    put("tokenizer_json", "template", bpe(ab, [], added_tokens=[{"id": 3, "content": "<s>", "special": True}],
+                                          post_processor={"type": "TemplateProcessing",
+                                                          "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                                     {"Sequence": {"id": "A", "type_id": 0}}],
+                                                          "special_tokens": {"<s>": {"id": "<s>", "ids": [3]}}}))
+    put("tokenizer_json", "wordpiece", '{"model": {"type": "WordPiece", "vocab": {"a": 0}}}')
+    put("tokenizer_json", "normalizer_unknown", bpe(ab, [], normalizer={"type": "Lowercase"}))
+    put("tokenizer_json", "not_object", "[1, 2, 3]")
+    put("tokenizer_json", "truncated", bpe(ab, ["a b"])[:40])
+
+
 # ---- Hub answers (fuzz_hub.c) ----
 
 SEP = "\n===\n"
@@ -311,6 +374,7 @@ def main():
     cfg_seeds()
     tokens_seeds()
     parquet_seeds()
+    tokenizer_seeds()
     hub_seeds()
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(OUT) for f in fs)
     print("corpus: %d bytes in %s" % (total, OUT))
