@@ -190,6 +190,10 @@ static int l_load_sae(lua_State *L) {
     cJSON *cfg = NULL;
     if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.load_sae: %s", err);
     s->alive = 1;
+    if (saefw_checkpoint_require_l1(path, cfg, err, sizeof err) != 0) {
+        cJSON_Delete(cfg);
+        return saefw_lua_error(L, "saefw.load_sae: %s", err);
+    }
     if (cfg) json_to_lua(L, cfg, 0);
     else lua_newtable(L);
     cJSON_Delete(cfg);
@@ -529,10 +533,20 @@ static ltensor_view *check_view(lua_State *L, int idx) {
     return v;
 }
 
-/* Flat 0-based offset from 1-based (i) or (i, j) at stack positions first, first+1. */
-static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int *next) {
+/* Flat 0-based offset from 1-based (i) or (i, j) at stack positions first, first+1; nvals values
+ * follow the index. A 1-D tensor also takes (i, 1), as a column, so that t:set(i, 1, v) writes v. */
+static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int nvals, int *next) {
     lua_Integer i = luaL_checkinteger(L, first);
     int64_t off;
+    if (v->p.ndim != 2 && lua_gettop(L) >= first + 1 + nvals) {
+        lua_Integer j = luaL_checkinteger(L, first + 1);
+        if (j != 1)
+            saefw_lua_error(L, "%s is 1-D: its second index must be 1, got %lld", v->p.name, (long long)j);
+        if (i < 1 || i > v->p.shape[0])
+            saefw_lua_error(L, "%s[%lld] is out of range [%lld]", v->p.name, (long long)i, (long long)v->p.shape[0]);
+        *next = first + 2;
+        return i - 1;
+    }
     if (v->p.ndim == 2) {
         lua_Integer j = luaL_checkinteger(L, first + 1);
         if (i < 1 || i > v->p.shape[0] || j < 1 || j > v->p.shape[1])
@@ -553,7 +567,7 @@ static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int *next) 
 static int view_access(lua_State *L, int grad, int set) {
     ltensor_view *v = check_view(L, 1);
     int next;
-    int64_t off = view_offset(L, v, 2, &next);
+    int64_t off = view_offset(L, v, 2, set, &next);
     float *a = grad ? v->p.grad : v->p.data;
     if (!set) {
         lua_pushnumber(L, a[off]);
