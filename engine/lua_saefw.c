@@ -903,8 +903,10 @@ static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_mod
     saefw_hook h;
     char err[512];
     if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) saefw_lua_error(L, "%s: %s", fn, err);
-    if (saefw_model_hook_width(m, h) <= 0)
+    int width = saefw_model_hook_width(m, h);
+    if (width < 0)
         saefw_lua_error(L, "%s: layer %d is out of range: the model has %d layer(s)", fn, h.layer, saefw_model_config(m)->n_layers);
+    if (width == 0) saefw_lua_error(L, "%s: %s is not one row per token (read it with model:run)", fn, site);
     return h;
 }
 
