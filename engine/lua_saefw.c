@@ -35,6 +35,7 @@
 #define MT_PLUGIN "saefw.Plugin"
 #define MT_MODEL "saefw.Model"
 #define MT_TOKENS "saefw.Tokens"
+#define MT_TENSOR "saefw.Tensor"
 
 /* ---- SAE ---- */
 
@@ -853,7 +854,266 @@ static int model_index(lua_State *L) {
     else if (!strcmp(k, "n_ctx")) lua_pushinteger(L, c->n_ctx);
     else if (!strcmp(k, "d_vocab")) lua_pushinteger(L, c->d_vocab);
     else if (!strcmp(k, "param_bytes")) lua_pushinteger(L, (lua_Integer)saefw_model_param_bytes(m->m));
-    else lua_pushnil(L);
+    else {
+        luaL_getmetafield(L, 1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+/* ---- Tensor: a float32 array owned by Lua (model:run's results) ---- */
+
+typedef struct {
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+    float data[]; /* [numel], row-major */
+} ltensor;
+
+static ltensor *new_tensor(lua_State *L, int ndim, const int64_t *shape) {
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++) numel *= shape[d];
+    ltensor *t = lua_newuserdatauv(L, sizeof *t + sizeof(float) * (size_t)numel, 0);
+    t->ndim = ndim;
+    t->numel = numel;
+    for (int d = 0; d < 4; d++) t->shape[d] = d < ndim ? shape[d] : 1;
+    luaL_setmetatable(L, MT_TENSOR);
+    return t;
+}
+
+static ltensor *check_tensor(lua_State *L, int idx) { return luaL_checkudata(L, idx, MT_TENSOR); }
+
+/* t:get(i, j, ...) with one 1-based index per dimension. */
+static int tensor_get(lua_State *L) {
+    ltensor *t = check_tensor(L, 1);
+    if (lua_gettop(L) - 1 != t->ndim)
+        return saefw_lua_error(L, "tensor:get: expected %d indices (one per dimension), got %d", t->ndim, lua_gettop(L) - 1);
+    int64_t off = 0;
+    for (int d = 0; d < t->ndim; d++) {
+        lua_Integer i = luaL_checkinteger(L, 2 + d);
+        if (i < 1 || i > t->shape[d])
+            return saefw_lua_error(L, "tensor:get: index %d is %lld, outside [1, %lld]", d + 1, (long long)i,
+                                   (long long)t->shape[d]);
+        off = off * t->shape[d] + (i - 1);
+    }
+    lua_pushnumber(L, t->data[off]);
+    return 1;
+}
+
+static void push_nested(lua_State *L, const ltensor *t, int d, int64_t *off) {
+    const int64_t n = d < 4 ? t->shape[d] : 0;
+    lua_createtable(L, (int)n, 0);
+    for (int64_t i = 0; i < n; i++) {
+        if (d >= t->ndim - 1 || d >= 3) lua_pushnumber(L, t->data[(*off)++]);
+        else push_nested(L, t, d + 1, off);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+/* t:to_table(): nested Lua tables, t:to_table()[i][j] == t:get(i, j). */
+static int tensor_to_table(lua_State *L) {
+    ltensor *t = check_tensor(L, 1);
+    int64_t off = 0;
+    luaL_checkstack(L, t->ndim + 4, "tensor:to_table");
+    push_nested(L, t, 0, &off);
+    return 1;
+}
+
+static int tensor_index(lua_State *L) {
+    ltensor *t = check_tensor(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (!strcmp(k, "shape")) {
+        lua_createtable(L, t->ndim, 0);
+        for (int d = 0; d < t->ndim; d++) {
+            lua_pushinteger(L, t->shape[d]);
+            lua_rawseti(L, -2, d + 1);
+        }
+    } else if (!strcmp(k, "ndim")) {
+        lua_pushinteger(L, t->ndim);
+    } else if (!strcmp(k, "numel")) {
+        lua_pushinteger(L, t->numel);
+    } else {
+        luaL_getmetafield(L, 1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+static int tensor_gc(lua_State *L) { return 0; }
+
+/* Token ids [B, T] of model:run's first argument: a list of ids (one row), a list of equally long
+ * rows, or tokens with opts.rows (1-based row numbers). Returns a malloc'd array. */
+static int32_t *run_tokens(lua_State *L, lmodel *m, int opts, int64_t *B, int64_t *T) {
+    const char *fn = "model:run";
+    const saefw_model_cfg *c = saefw_model_config(m->m);
+    char err[1024];
+    int32_t *ids = NULL;
+    if (luaL_testudata(L, 2, MT_TOKENS)) {
+        saefw_tokens *tok = check_tokens(L, 2)->t;
+        lua_getfield(L, opts, "rows");
+        if (!lua_istable(L, -1))
+            saefw_lua_error(L, "%s: field 'rows' (a list of 1-based row numbers) is required with tokens", fn);
+        *B = (int64_t)lua_rawlen(L, -1);
+        *T = saefw_tokens_seq_len(tok);
+        if (*B < 1) saefw_lua_error(L, "%s: field 'rows' is empty", fn);
+        ids = malloc(sizeof(int32_t) * (size_t)(*B * *T));
+        if (!ids) saefw_lua_error(L, "%s: out of memory", fn);
+        for (int64_t b = 0; b < *B; b++) {
+            lua_rawgeti(L, -1, (lua_Integer)b + 1);
+            int ok;
+            lua_Integer r = lua_tointegerx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok || r < 1 || r > saefw_tokens_rows(tok)) {
+                free(ids);
+                saefw_lua_error(L, "%s: rows[%lld] must be a row number from 1 to %lld", fn, (long long)b + 1,
+                                (long long)saefw_tokens_rows(tok));
+            }
+            if (saefw_tokens_row(tok, r - 1, ids + b * *T, c->d_vocab, err, sizeof err) != 0) {
+                free(ids);
+                saefw_lua_error(L, "%s: %s", fn, err);
+            }
+        }
+        lua_pop(L, 1);
+        return ids;
+    }
+    if (!lua_istable(L, 2))
+        saefw_lua_error(L, "%s: argument 1 must be token ids (a list, or a list of rows) or tokens, got %s", fn,
+                        luaL_typename(L, 2));
+    lua_rawgeti(L, 2, 1);
+    int two_d = lua_istable(L, -1);
+    lua_pop(L, 1);
+    *B = two_d ? (int64_t)lua_rawlen(L, 2) : 1;
+    if (two_d) {
+        lua_rawgeti(L, 2, 1);
+        *T = (int64_t)lua_rawlen(L, -1);
+        lua_pop(L, 1);
+    } else {
+        *T = (int64_t)lua_rawlen(L, 2);
+    }
+    if (*B < 1 || *T < 1) saefw_lua_error(L, "%s: no tokens", fn);
+    if (*T > c->n_ctx) saefw_lua_error(L, "%s: %lld tokens per row, more than the model's n_ctx %d", fn, (long long)*T, c->n_ctx);
+    ids = malloc(sizeof(int32_t) * (size_t)(*B * *T));
+    if (!ids) saefw_lua_error(L, "%s: out of memory", fn);
+    for (int64_t b = 0; b < *B; b++) {
+        if (two_d) {
+            lua_rawgeti(L, 2, (lua_Integer)b + 1);
+            if (!lua_istable(L, -1) || (int64_t)lua_rawlen(L, -1) != *T) {
+                free(ids);
+                saefw_lua_error(L, "%s: row %lld is not a list of %lld ids (every row has the first row's length)", fn,
+                                (long long)b + 1, (long long)*T);
+            }
+        } else {
+            lua_pushvalue(L, 2);
+        }
+        for (int64_t i = 0; i < *T; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i + 1);
+            int ok;
+            lua_Integer v = lua_tointegerx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok || v < 0 || v >= c->d_vocab) {
+                free(ids);
+                if (two_d)
+                    saefw_lua_error(L, "%s: token [%lld][%lld] must be an id from 0 to %d", fn, (long long)b + 1,
+                                    (long long)i + 1, c->d_vocab - 1);
+                saefw_lua_error(L, "%s: token [%lld] must be an id from 0 to %d", fn, (long long)i + 1, c->d_vocab - 1);
+            }
+            ids[b * *T + i] = (int32_t)v;
+        }
+        lua_pop(L, 1);
+    }
+    return ids;
+}
+
+#define RUN_MAX_SITES 64
+
+/* model:run(tokens, {sites = {...}, layer = 0}) -> {[site] = tensor, logits = tensor, loss = number}:
+ * the activations of the given tokens at the named hook sites (TransformerLens names or short ones
+ * with `layer`), in TransformerLens's shapes, keyed by the names given; "logits" [B, T, d_vocab]
+ * and "loss" (mean next-token cross-entropy) when asked. */
+static int model_run(lua_State *L) {
+    static const char *const keys[] = {"sites", "layer", "rows", NULL};
+    const char *fn = "model:run";
+    lmodel *m = check_model(L, 1);
+    if (lua_isnoneornil(L, 3)) {
+        lua_settop(L, 2);
+        lua_newtable(L);
+    }
+    saefw_lua_check_table(L, 3, fn);
+    saefw_lua_check_keys(L, 3, fn, keys);
+    int layer = (int)saefw_lua_opt_int(L, 3, fn, "layer", 0, 0);
+    lua_getfield(L, 3, "sites");
+    if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'sites' (a list of hook names, \"logits\", \"loss\") is required", fn);
+    int sites = lua_gettop(L);
+    int n_sites = (int)lua_rawlen(L, sites);
+    if (n_sites < 1 || n_sites > RUN_MAX_SITES)
+        return saefw_lua_error(L, "%s: field 'sites' must list from 1 to %d sites", fn, RUN_MAX_SITES);
+
+    int64_t B, T;
+    int32_t *ids = run_tokens(L, m, 3, &B, &T);
+    /* The ids go into a userdata so that any error below frees them with the Lua stack. */
+    int32_t *tok = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)(B * T), 0);
+    memcpy(tok, ids, sizeof(int32_t) * (size_t)(B * T));
+    free(ids);
+
+    lua_newtable(L); /* the result */
+    int result = lua_gettop(L);
+    saefw_capture caps[RUN_MAX_SITES];
+    int n_caps = 0, want_loss = 0;
+    float *logits = NULL;
+    char err[1024];
+    const saefw_model_cfg *c = saefw_model_config(m->m);
+    for (int i = 1; i <= n_sites; i++) {
+        lua_rawgeti(L, sites, i);
+        if (lua_type(L, -1) != LUA_TSTRING) return saefw_lua_error(L, "%s: sites[%d] must be a string", fn, i);
+        const char *name = lua_tostring(L, -1);
+        if (!strcmp(name, "loss")) {
+            if (T < 2) return saefw_lua_error(L, "%s: the loss needs at least 2 tokens per row", fn);
+            want_loss = 1;
+        } else if (!strcmp(name, "logits")) {
+            int64_t shape[3] = {B, T, c->d_vocab};
+            if (!logits) logits = new_tensor(L, 3, shape)->data;
+            else lua_getfield(L, result, "logits");
+            lua_setfield(L, result, "logits");
+        } else {
+            saefw_hook h;
+            if (saefw_model_hook_resolve(m->m, name, strncmp(name, "blocks.", 7) ? layer : -1, &h, err, sizeof err) != 0)
+                return saefw_lua_error(L, "%s: sites[%d]: %s", fn, i, err);
+            int k = 0;
+            while (k < n_caps && !(caps[k].hook.kind == h.kind && caps[k].hook.layer == h.layer)) k++;
+            if (k < n_caps) {
+                /* The same site under another name: the same tensor. */
+                char canon[96];
+                saefw_hook_name(h, canon, sizeof canon);
+                lua_getfield(L, result, canon);
+                lua_setfield(L, result, name);
+            } else {
+                int64_t shape[4];
+                int nd = saefw_model_hook_shape(m->m, h, B, T, shape);
+                caps[n_caps].hook = h;
+                caps[n_caps].out = new_tensor(L, nd, shape)->data;
+                n_caps++;
+                char canon[96];
+                saefw_hook_name(h, canon, sizeof canon);
+                lua_pushvalue(L, -1);
+                lua_setfield(L, result, canon);
+                lua_setfield(L, result, name);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    saefw_model_work *w = NULL;
+    if (saefw_model_work_alloc(m->m, B, T, &w, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    double loss = 0;
+    saefw_forward_opts o = {.captures = caps, .n_captures = n_caps, .logits_out = logits,
+                            .loss_out = want_loss ? &loss : NULL};
+    int rc = saefw_model_forward(m->m, w, tok, B, T, &o, err, sizeof err);
+    saefw_model_work_free(w);
+    if (rc != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    if (want_loss) {
+        lua_pushnumber(L, loss);
+        lua_setfield(L, result, "loss");
+    }
+    lua_pushvalue(L, result);
     return 1;
 }
 
@@ -1443,7 +1703,10 @@ int luaopen_saefw_core(lua_State *L) {
     saefw_lua_new_class(L, MT_SOURCE, source_gc, source_index, source_methods);
     saefw_lua_new_class(L, MT_BUFFER, buffer_gc, buffer_index, NULL);
     saefw_lua_new_class(L, MT_PLUGIN, plugin_gc, plugin_index, NULL);
-    saefw_lua_new_class(L, MT_MODEL, model_gc, model_index, NULL);
+    static const luaL_Reg model_methods[] = {{"run", model_run}, {NULL, NULL}};
+    saefw_lua_new_class(L, MT_MODEL, model_gc, model_index, model_methods);
+    static const luaL_Reg tensor_methods[] = {{"get", tensor_get}, {"to_table", tensor_to_table}, {NULL, NULL}};
+    saefw_lua_new_class(L, MT_TENSOR, tensor_gc, tensor_index, tensor_methods);
     static const luaL_Reg ctx_methods[] = {{"param", ctx_param}, {"metric", ctx_metric}, {"log", ctx_log},
                                            {"uniform", ctx_uniform}, {"normal", ctx_normal}, {NULL, NULL}};
     static const luaL_Reg view_methods[] = {{"get", view_get}, {"set", view_set}, {"grad", view_grad},

@@ -1,6 +1,7 @@
--- The researcher-facing Lua API (run from tests/ by ctest): 1-D tensor views written through
--- set(i, 1, v), wrong types in saefw.train{} reported at this file's line, load_sae refusing a
--- cfg.json without l1_coeff. Any failed check raises an error (non-zero exit).
+-- The researcher-facing Lua API (run from tests/ by ctest): model:run against the PyTorch reference
+-- in fixtures/model/reference.safetensors, 1-D tensor views written through set(i, 1, v), wrong
+-- types in saefw.train{} reported at this file's line, load_sae refusing a cfg.json without
+-- l1_coeff. Any failed check raises an error (non-zero exit).
 local saefw = require "saefw"
 
 local function expect_error(f, pattern, what)
@@ -76,5 +77,85 @@ rewrite_cfg(function(t) return (t:gsub("{", '{"l1_coeff": "big",', 1)) end)
 expect_error(function() saefw.load_sae(dir .. "/api_ck") end, "api_ck/cfg%.json: l1_coeff must be a number",
              "non-numeric l1_coeff")
 print("load_sae refuses a cfg.json without a numeric l1_coeff: ok")
+
+-- model:run: activations of given tokens at any hook site, logits and loss, against the float64
+-- reference (read here from the safetensors file by hand), within the C test's 1e-4.
+local function read_reference(path)
+  local fh = assert(io.open(path, "rb"))
+  local blob = fh:read("a")
+  fh:close()
+  local n = string.unpack("<I8", blob)
+  local header = blob:sub(9, 8 + n)
+  local function tensor(name)
+    local dtype, shape, a, b = header:match('"' .. name:gsub("%p", "%%%0") ..
+      '":{"dtype":"(%w+)","shape":%[([%d,]*)%],"data_offsets":%[(%d+),(%d+)%]')
+    assert(dtype, "reference lacks " .. name)
+    local dims = {}
+    for d in shape:gmatch("%d+") do dims[#dims + 1] = tonumber(d) end
+    local fmt = dtype == "F32" and "<f" or "<i4"
+    local vals, pos = {}, 9 + n + tonumber(a)
+    for i = 1, (tonumber(b) - tonumber(a)) // 4 do vals[i], pos = string.unpack(fmt, blob, pos) end
+    return vals, dims
+  end
+  return tensor, header
+end
+local ref, ref_header = read_reference("fixtures/model/reference.safetensors")
+local toks, tdims = ref("tokens")
+local rows = {}
+for b = 1, tdims[1] do
+  rows[b] = {}
+  for t = 1, tdims[2] do rows[b][t] = toks[(b - 1) * tdims[2] + t] end
+end
+local model = saefw.model("fixtures/model/model.pth")
+local sites = { "blocks.0.mlp.hook_post", "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.0.mlp.hook_pre",
+                "blocks.1.ln2.hook_normalized", "ln_final.hook_normalized", "blocks.1.hook_resid_post", "logits" }
+local asked = { "loss", "post" }
+for _, site in ipairs(sites) do asked[#asked + 1] = site end
+local out = model:run(rows, { sites = asked })
+local maxdiff = 0
+for _, site in ipairs(sites) do
+  local want, dims = ref(site)
+  local t = out[site]
+  assert(t and t.ndim == #dims, site .. ": missing or of the wrong rank")
+  for d = 1, #dims do assert(t.shape[d] == dims[d], site .. ": shape differs from the reference") end
+  local flat = {}
+  local function walk(x) if type(x) == "table" then for _, y in ipairs(x) do walk(y) end else flat[#flat + 1] = x end end
+  walk(t:to_table())
+  assert(#flat == #want, site .. ": to_table has " .. #flat .. " values, expected " .. #want)
+  for i = 1, #want do
+    local d = math.abs(flat[i] - want[i])
+    if not (d <= 1e-4) then error(string.format("%s: value %d is %.7g, reference %.7g", site, i, flat[i], want[i]), 0) end
+    if d > maxdiff then maxdiff = d end
+  end
+end
+local want_loss = tonumber(ref_header:match('"loss":"([^"]+)"'))
+assert(math.abs(out.loss - want_loss) <= 1e-5 * want_loss, string.format("loss %.9g vs %.9g", out.loss, want_loss))
+assert(out.post == out["blocks.0.mlp.hook_post"], "a short name gives the same tensor as its full name")
+local p = out["blocks.1.attn.hook_pattern"]
+assert(p:get(2, 3, 1, 2) == 0 and math.abs(p:get(2, 3, 1, 1) - 1) < 1e-6, "pattern row 1 is causal")
+print(string.format("model:run: %d sites, logits and loss match the reference (max |diff| %.3e, loss %.6f)",
+                    #sites, maxdiff, out.loss))
+
+-- One row as a flat list, rows of a tokens object and the same ids as a table give the same values
+-- (to float rounding: a batch of another size takes other sgemm blocks).
+local function near(a, b) return math.abs(a - b) <= 1e-5 * (1 + math.abs(b)) end
+local one = model:run(rows[2], { sites = { "blocks.0.hook_resid_mid" } })["blocks.0.hook_resid_mid"]
+local two = model:run(rows, { sites = { "blocks.0.hook_resid_mid" } })["blocks.0.hook_resid_mid"]
+assert(one.shape[1] == 1 and near(one:get(1, 5, 7), two:get(2, 5, 7)), "a flat list is one row")
+local tokfile = dir .. "/api_tokens.bin"
+local fh = assert(io.open(tokfile, "wb"))
+for _, v in ipairs(toks) do fh:write(string.pack("<i4", v)) end
+fh:close()
+local tk = saefw.tokens(tokfile, { seq_len = tdims[2], dtype = "int32", shuffle = false })
+local three = model:run(tk, { sites = { "mlp_out" }, layer = 1, rows = { 3, 1 } })["blocks.1.hook_mlp_out"]
+local ref_mlp = model:run(rows, { sites = { "blocks.1.hook_mlp_out" } })["blocks.1.hook_mlp_out"]
+for j = 1, 32 do
+  assert(near(three:get(1, 4, j), ref_mlp:get(3, 4, j)) and near(three:get(2, 4, j), ref_mlp:get(1, 4, j)), "tokens rows")
+end
+expect_error(function() model:run(rows, { sites = { "blocks.0.mlp.hook_middle" } }) end, "api%.lua:%d+: model:run: sites%[1%]: unknown hook site", "bad site")
+expect_error(function() model:run({ 1, 2, 99 }, { sites = { "logits" } }) end, "token %[3%] must be an id from 0 to 49", "bad id")
+expect_error(function() model:run(tk, { sites = { "post" } }) end, "field 'rows'", "tokens without rows")
+expect_error(function() out.logits:get(1, 1) end, "expected 3 indices", "get with too few indices")
+print("model:run on a flat list, rows and tokens; errors name the argument: ok")
 
 print("api.lua: all checks passed")
