@@ -283,8 +283,10 @@ static int l_synthetic(lua_State *L) {
     return 1;
 }
 
+/* saefw.activations{path=, tensor=, d_in=, seed=, shuffle=true}: activations from a file; with
+ * shuffle = false an ordered feed (batches in file order, for replaying exact batches). */
 static int l_activations(lua_State *L) {
-    static const char *const keys[] = {"path", "tensor", "d_in", "seed", NULL};
+    static const char *const keys[] = {"path", "tensor", "d_in", "seed", "shuffle", NULL};
     const char *fn = "saefw.activations";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -293,10 +295,106 @@ static int l_activations(lua_State *L) {
     const char *tensor = saefw_lua_opt_string(L, 1, fn, "tensor", NULL);
     int64_t d_in = saefw_lua_opt_int(L, 1, fn, "d_in", 0, 0);
     int64_t seed = saefw_lua_opt_int(L, 1, fn, "seed", 0, 0);
+    int shuffle = saefw_lua_opt_bool(L, 1, fn, "shuffle", 1);
     lsource *s = new_source(L);
     char err[1024];
     if (saefw_source_file(path, tensor, d_in, (uint64_t)seed, &s->src, err, sizeof err) != 0)
         return saefw_lua_error(L, "%s: %s", fn, err);
+    s->src->log = source_log;
+    s->src->in_order = !shuffle;
+    return 1;
+}
+
+/* saefw.feed{d_in=, fn=function(n) return rows end}: an ordered feed from a Lua function, called
+ * with the number of rows wanted; it returns n rows of d_in numbers (a list of rows, or one flat
+ * list of n * d_in). Batches are used as given, unshuffled. */
+typedef struct {
+    lua_State *L;
+    int fn_ref;
+    int64_t d;
+} lfeed;
+
+static int feed_call(void *ud, float *out, int64_t n, char *err, size_t errlen) {
+    lfeed *f = ud;
+    lua_State *L = f->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, f->fn_ref);
+    lua_pushinteger(L, (lua_Integer)n);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        saefw_errf(err, errlen, "saefw.feed: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_settop(L, top);
+        return -1;
+    }
+    int rc = 0;
+    if (!lua_istable(L, -1)) {
+        rc = saefw_errf(err, errlen, "saefw.feed: the function returned %s, not a table of %lld rows",
+                        luaL_typename(L, -1), (long long)n);
+    } else {
+        lua_rawgeti(L, -1, 1);
+        int rows = lua_istable(L, -1);
+        lua_pop(L, 1);
+        int64_t len = (int64_t)lua_rawlen(L, -1);
+        if (rows ? len != n : len != n * f->d)
+            rc = saefw_errf(err, errlen, "saefw.feed: asked for %lld rows of %lld, the function returned %lld %s",
+                            (long long)n, (long long)f->d, (long long)len, rows ? "rows" : "numbers");
+        for (int64_t r = 0; rc == 0 && r < n; r++) {
+            if (rows) {
+                lua_rawgeti(L, -1, (lua_Integer)r + 1);
+                if (!lua_istable(L, -1) || (int64_t)lua_rawlen(L, -1) != f->d) {
+                    rc = saefw_errf(err, errlen, "saefw.feed: row %lld is not a list of %lld numbers", (long long)r + 1,
+                                    (long long)f->d);
+                    break;
+                }
+            }
+            for (int64_t i = 0; i < f->d; i++) {
+                lua_rawgeti(L, -1, rows ? (lua_Integer)i + 1 : (lua_Integer)(r * f->d + i) + 1);
+                int ok;
+                lua_Number v = lua_tonumberx(L, -1, &ok);
+                lua_pop(L, 1);
+                if (!ok) {
+                    rc = saefw_errf(err, errlen, "saefw.feed: row %lld, column %lld is not a number", (long long)r + 1,
+                                    (long long)i + 1);
+                    break;
+                }
+                out[r * f->d + i] = (float)v;
+            }
+            if (rows) lua_pop(L, 1);
+        }
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+static void feed_free(void *ud) {
+    lfeed *f = ud;
+    luaL_unref(f->L, LUA_REGISTRYINDEX, f->fn_ref);
+    free(f);
+}
+
+static int l_feed(lua_State *L) {
+    static const char *const keys[] = {"d_in", "fn", NULL};
+    const char *fn = "saefw.feed";
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
+    int64_t d = saefw_lua_req_int(L, 1, fn, "d_in", 1);
+    lua_getfield(L, 1, "fn");
+    if (!lua_isfunction(L, -1))
+        return saefw_lua_error(L, "%s: field 'fn' must be a function(n) returning n rows, got %s", fn, luaL_typename(L, -1));
+    lfeed *f = malloc(sizeof *f);
+    if (!f) return saefw_lua_error(L, "%s: out of memory", fn);
+    lua_State *main = L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    main = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    f->L = main;
+    f->d = d;
+    f->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lsource *s = new_source(L);
+    char err[512];
+    if (saefw_source_feed(d, feed_call, f, feed_free, &s->src, err, sizeof err) != 0) {
+        feed_free(f);
+        return saefw_lua_error(L, "%s: %s", fn, err);
+    }
     s->src->log = source_log;
     return 1;
 }
@@ -358,7 +456,7 @@ static int l_buffer(lua_State *L) {
     saefw_source *src = check_source(L, -1);
     int src_idx = lua_gettop(L);
     int64_t batch = saefw_lua_req_int(L, 1, fn, "batch_size", 1);
-    int64_t size = saefw_lua_req_int(L, 1, fn, "size", 1);
+    int64_t size = src->in_order ? saefw_lua_opt_int(L, 1, fn, "size", batch, 1) : saefw_lua_req_int(L, 1, fn, "size", 1);
     const char *dt = saefw_lua_opt_string(L, 1, fn, "dtype", "bf16");
     saefw_buffer_dtype dtype;
     if (!strcmp(dt, "bf16")) dtype = SAEFW_BUF_BF16;
@@ -1719,6 +1817,7 @@ int luaopen_saefw_core(lua_State *L) {
         {"load_sae", l_load_sae},
         {"synthetic", l_synthetic},
         {"activations", l_activations},
+        {"feed", l_feed},
         {"buffer", l_buffer},
         {"plugin", l_plugin},
         {"train", l_train},

@@ -76,6 +76,7 @@ M.load_sae = core.load_sae
 M.plugin = core.plugin
 M.synthetic = core.synthetic
 M.activations = core.activations
+M.feed = core.feed
 M.frequencies = core.frequencies
 M.mmcs = core.mmcs
 M.evaluate = core.evaluate
