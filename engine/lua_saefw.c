@@ -731,6 +731,123 @@ static int ctx_normal(lua_State *L) {
     return 1;
 }
 
+/* What a C plugin reaches through the host, for Lua plugins: the batch, feature counts and
+ * frequencies, optimizer-state reset, the learning rate and the loss coefficients. Arrays come back
+ * as saefw.Tensor copies (shape, get, to_table). */
+static float *push_tensor(lua_State *L, int ndim, const int64_t *shape);
+
+/* ctx:batch_inputs() -> Tensor [rows, d_in]; ctx:batch_acts() -> Tensor [rows, d_sae] (after_backward
+ * and after_step only). */
+static int ctx_batch(lua_State *L, int acts) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    int64_t rows = 0;
+    const float *x = acts ? h->batch_acts(c->run, &rows) : h->batch_inputs(c->run, &rows);
+    if (!x)
+        return saefw_lua_error(L, "ctx:%s: no training batch here (valid in after_backward and after_step)",
+                               acts ? "batch_acts" : "batch_inputs");
+    int64_t shape[2] = {rows, acts ? h->d_sae(c->run) : h->d_in(c->run)};
+    memcpy(push_tensor(L, 2, shape), x, sizeof(float) * (size_t)(shape[0] * shape[1]));
+    return 1;
+}
+
+static int ctx_batch_inputs(lua_State *L) { return ctx_batch(L, 0); }
+static int ctx_batch_acts(lua_State *L) { return ctx_batch(L, 1); }
+
+/* ctx:feature_counts() -> list [d_sae]: on how many rows of the batch each feature fired. */
+static int ctx_feature_counts(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    const int64_t *n = h->batch_feature_counts(c->run);
+    if (!n) return saefw_lua_error(L, "ctx:feature_counts: no training batch here (valid in after_backward and after_step)");
+    int64_t d = h->d_sae(c->run);
+    lua_createtable(L, (int)d, 0);
+    for (int64_t j = 0; j < d; j++) {
+        lua_pushinteger(L, (lua_Integer)n[j]);
+        lua_rawseti(L, -2, (lua_Integer)j + 1);
+    }
+    return 1;
+}
+
+/* ctx:frequencies([n_batches = 5]) -> Tensor [d_sae]: fraction of tokens on which each feature fired
+ * over evaluation batches. */
+static int ctx_frequencies(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    lua_Integer nb = luaL_optinteger(L, 2, 5);
+    if (nb < 1) return saefw_lua_error(L, "ctx:frequencies: n_batches must be >= 1, got %lld", (long long)nb);
+    int64_t shape[1] = {h->d_sae(c->run)};
+    float *freq = push_tensor(L, 1, shape);
+    char err[512];
+    if (h->feature_frequencies(c->run, (int64_t)nb, freq, err, sizeof err) != 0)
+        return saefw_lua_error(L, "ctx:frequencies: %s", err);
+    return 1;
+}
+
+/* ctx:reset_optimizer_state([name [, axis, {indices}]]): zero the optimizer's state of every
+ * tensor (no name), of one tensor, or of its slices along axis (1-based, as the indices). */
+static int ctx_reset_optimizer_state(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    const char *fn = "ctx:reset_optimizer_state";
+    int index = -1;
+    if (!lua_isnoneornil(L, 2)) {
+        saefw_param p;
+        p.struct_size = sizeof p;
+        const char *name = luaL_checkstring(L, 2);
+        if (h->param_find(c->run, name, &p, &index) != 0) return saefw_lua_error(L, "%s: no tensor named '%s'", fn, name);
+    }
+    int axis = 0;
+    int64_t *idx = NULL, n = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        if (index < 0) return saefw_lua_error(L, "%s: an axis needs a tensor name", fn);
+        axis = (int)luaL_checkinteger(L, 3) - 1;
+        luaL_checktype(L, 4, LUA_TTABLE);
+        n = (int64_t)lua_rawlen(L, 4);
+        idx = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)(n > 0 ? n : 1), 0);
+        for (int64_t i = 0; i < n; i++) {
+            lua_rawgeti(L, 4, (lua_Integer)i + 1);
+            int ok;
+            lua_Integer v = lua_tointegerx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok) return saefw_lua_error(L, "%s: indices[%lld] is not an integer", fn, (long long)i + 1);
+            idx[i] = (int64_t)v - 1;
+        }
+    }
+    char err[512];
+    if (h->reset_optimizer_state(c->run, index, axis, idx, n, err, sizeof err) != 0)
+        return saefw_lua_error(L, "%s: %s", fn, err);
+    return 0;
+}
+
+/* ctx:set_lr(v): the engine-owned learning rate (ctx.lr reads it). */
+static int ctx_set_lr(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    char err[512];
+    if (saefw_host_table()->set_learning_rate(c->run, luaL_checknumber(L, 2), err, sizeof err) != 0)
+        return saefw_lua_error(L, "ctx:set_lr: %s", err);
+    return 0;
+}
+
+/* ctx:loss_coeff(name) -> number; ctx:set_loss_coeff(name, v) ("l1": the L1 coefficient). */
+static int ctx_loss_coeff(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    double v;
+    if (saefw_host_table()->loss_coeff(c->run, name, &v) != 0)
+        return saefw_lua_error(L, "ctx:loss_coeff: no loss coefficient named '%s'", name);
+    lua_pushnumber(L, v);
+    return 1;
+}
+
+static int ctx_set_loss_coeff(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    char err[512];
+    if (saefw_host_table()->set_loss_coeff(c->run, luaL_checkstring(L, 2), luaL_checknumber(L, 3), err, sizeof err) != 0)
+        return saefw_lua_error(L, "ctx:set_loss_coeff: %s", err);
+    return 0;
+}
+
 static int ctx_index(lua_State *L) {
     lplugin_ctx *c = check_ctx(L, 1);
     const char *k = luaL_checkstring(L, 2);
@@ -740,6 +857,11 @@ static int ctx_index(lua_State *L) {
     else if (!strcmp(k, "d_in")) lua_pushinteger(L, h->d_in(c->run));
     else if (!strcmp(k, "d_sae")) lua_pushinteger(L, h->d_sae(c->run));
     else if (!strcmp(k, "lr")) lua_pushnumber(L, h->learning_rate(c->run));
+    else if (!strcmp(k, "l1_coeff")) {
+        double v = 0;
+        h->loss_coeff(c->run, "l1", &v);
+        lua_pushnumber(L, v);
+    }
     else {
         luaL_getmetafield(L, 1, "methods");
         lua_getfield(L, -1, k);
@@ -980,6 +1102,8 @@ static ltensor *new_tensor(lua_State *L, int ndim, const int64_t *shape) {
 }
 
 static ltensor *check_tensor(lua_State *L, int idx) { return luaL_checkudata(L, idx, MT_TENSOR); }
+
+static float *push_tensor(lua_State *L, int ndim, const int64_t *shape) { return new_tensor(L, ndim, shape)->data; }
 
 /* t:get(i, j, ...) with one 1-based index per dimension. */
 static int tensor_get(lua_State *L) {
@@ -1805,8 +1929,20 @@ int luaopen_saefw_core(lua_State *L) {
     saefw_lua_new_class(L, MT_MODEL, model_gc, model_index, model_methods);
     static const luaL_Reg tensor_methods[] = {{"get", tensor_get}, {"to_table", tensor_to_table}, {NULL, NULL}};
     saefw_lua_new_class(L, MT_TENSOR, tensor_gc, tensor_index, tensor_methods);
-    static const luaL_Reg ctx_methods[] = {{"param", ctx_param}, {"metric", ctx_metric}, {"log", ctx_log},
-                                           {"uniform", ctx_uniform}, {"normal", ctx_normal}, {NULL, NULL}};
+    static const luaL_Reg ctx_methods[] = {{"param", ctx_param},
+                                           {"metric", ctx_metric},
+                                           {"log", ctx_log},
+                                           {"uniform", ctx_uniform},
+                                           {"normal", ctx_normal},
+                                           {"batch_inputs", ctx_batch_inputs},
+                                           {"batch_acts", ctx_batch_acts},
+                                           {"feature_counts", ctx_feature_counts},
+                                           {"frequencies", ctx_frequencies},
+                                           {"reset_optimizer_state", ctx_reset_optimizer_state},
+                                           {"set_lr", ctx_set_lr},
+                                           {"loss_coeff", ctx_loss_coeff},
+                                           {"set_loss_coeff", ctx_set_loss_coeff},
+                                           {NULL, NULL}};
     static const luaL_Reg view_methods[] = {{"get", view_get}, {"set", view_set}, {"grad", view_grad},
                                             {"set_grad", view_set_grad}, {NULL, NULL}};
     saefw_lua_new_class(L, MT_LUA_PLUGIN_CTX, ctx_gc, ctx_index, ctx_methods);

@@ -220,4 +220,53 @@ expect_error(function()
 end, "asked for 16 rows of 8, the function returned 2 numbers", "feed of the wrong size")
 print("ordered feed: fed batches == the same batches from a file in order, bit for bit: ok")
 
+-- A Lua plugin reaches what a C plugin reaches: the batch (here the fed rows, known exactly), the
+-- SAE's activations and feature counts on it, frequencies, optimizer-state reset, the learning rate
+-- and the L1 coefficient.
+local got = {}
+local reach = saefw.lua_plugin {
+  name = "reach", stateless = true,
+  after_backward = function(ctx)
+    if ctx.step ~= 1 then return end
+    local x = ctx:batch_inputs()
+    got.inputs_ok = x.shape[1] == BATCH and x.shape[2] == D
+    for r = 1, BATCH do for i = 1, D do
+      if math.abs(x:get(r, i) - batches[2][r][i]) > 1e-6 then got.inputs_ok = false end
+    end end
+    local acts, counts = ctx:batch_acts(), ctx:feature_counts()
+    got.counts_ok = acts.shape[2] == 32 and #counts == 32
+    for j = 1, 32 do
+      local n = 0
+      for r = 1, BATCH do if acts:get(r, j) > 0 then n = n + 1 end end
+      if n ~= counts[j] then got.counts_ok = false end
+    end
+    local freq = ctx:frequencies(1)
+    got.freq_ok = freq.shape[1] == 32
+    for j = 1, 32 do
+      if math.abs(freq:get(j) - counts[j] / BATCH) > 1e-6 then got.freq_ok = false end
+    end
+    ctx:reset_optimizer_state("W_enc", 2, { 1, 3 })
+    ctx:reset_optimizer_state()
+    got.bad_reset = select(2, pcall(ctx.reset_optimizer_state, ctx, "W_nope"))
+    ctx:set_lr(0)
+    got.lr = ctx.lr
+    ctx:set_loss_coeff("l1", 0.5)
+    got.l1 = ctx:loss_coeff("l1")
+  end,
+  after_step = function(ctx)
+    local w = ctx:param("W_enc")
+    got[ctx.step] = w:get(2, 5)
+  end,
+}
+local rsrc = feed_of { 1, 2 }
+saefw.train { sae = saefw.sae { d_in = D, d_sae = 32, seed = 3 }, source = rsrc, batch_size = BATCH, steps = 2,
+              optimizer = saefw.plugin("adam", { lr = 1e-2 }), plugins = { reach }, run_dir = false, progress = false }
+assert(got.inputs_ok, "ctx:batch_inputs() is not the fed batch")
+assert(got.counts_ok, "ctx:feature_counts() disagrees with ctx:batch_acts()")
+assert(got.freq_ok, "ctx:frequencies(1) on the fed rows disagrees with the counts")
+assert(tostring(got.bad_reset):find("no tensor named 'W_nope'"), tostring(got.bad_reset))
+assert(got.lr == 0 and got[1] == got[0], "ctx:set_lr(0) did not stop the update")
+assert(got.l1 == 0.5, "ctx:set_loss_coeff")
+print("Lua plugin context: batch, activations, counts, frequencies, reset, lr, L1 coefficient: ok")
+
 print("api.lua: all checks passed")
