@@ -598,8 +598,17 @@ static int traceback_handler(lua_State *L);
 #define MT_LUA_PLUGIN_CTX "saefw.PluginContext"
 #define MT_TENSOR_VIEW "saefw.TensorView"
 
-enum { LP_AFTER_BACKWARD, LP_AFTER_STEP, LP_ON_EVAL, LP_ON_END, LP_STEP, LP_N };
-static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval", "on_end", "step"};
+#define MT_STATE_IO "saefw.PluginState"
+
+enum { LP_AFTER_BACKWARD, LP_AFTER_STEP, LP_ON_EVAL, LP_ON_END, LP_STEP, LP_SAVE_STATE, LP_LOAD_STATE, LP_N };
+static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval", "on_end",
+                                           "step",           "save_state", "load_state"};
+
+/* The writer or reader handed to a Lua plugin's save_state / load_state: valid during that call. */
+typedef struct {
+    void *io; /* saefw_state_writer * or saefw_state_reader *; NULL once the call returned */
+    int writer;
+} lstate_io;
 
 typedef struct {
     lua_State *L;
@@ -871,7 +880,8 @@ static int ctx_index(lua_State *L) {
 
 static int ctx_gc(lua_State *L) { return 0; }
 
-static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, size_t errlen) {
+/* Call callback `which` with ctx, and for save_state / load_state the writer or reader io. */
+static int lua_plugin_call_io(void *self, saefw_run *run, int which, void *io, int writer, char *err, size_t errlen) {
     lua_plugin_state *st = self;
     if (st->fn_ref[which] == LUA_NOREF) return 0;
     lua_State *L = st->L;
@@ -881,7 +891,15 @@ static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, siz
     lua_rawgeti(L, LUA_REGISTRYINDEX, st->ctx_ref);
     lplugin_ctx *c = lua_touserdata(L, -1);
     c->run = run;
-    int rc = lua_pcall(L, 1, 0, h);
+    lstate_io *sio = NULL;
+    if (io) {
+        sio = lua_newuserdatauv(L, sizeof *sio, 0);
+        sio->io = io;
+        sio->writer = writer;
+        luaL_setmetatable(L, MT_STATE_IO);
+    }
+    int rc = lua_pcall(L, io ? 2 : 1, 0, h);
+    if (sio) sio->io = NULL;
     c->run = NULL;
     g_view_generation++;
     if (rc != LUA_OK) {
@@ -892,6 +910,86 @@ static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, siz
     lua_pop(L, 1);
     return 0;
 }
+
+static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, size_t errlen) {
+    return lua_plugin_call_io(self, run, which, NULL, 0, err, errlen);
+}
+
+static int lp_save_state(void *s, saefw_run *r, saefw_state_writer *w, char *e, size_t n) {
+    return lua_plugin_call_io(s, r, LP_SAVE_STATE, w, 1, e, n);
+}
+static int lp_load_state(void *s, saefw_run *r, saefw_state_reader *rd, char *e, size_t n) {
+    return lua_plugin_call_io(s, r, LP_LOAD_STATE, rd, 0, e, n);
+}
+
+static lstate_io *check_state_io(lua_State *L, int writer) {
+    lstate_io *s = luaL_checkudata(L, 1, MT_STATE_IO);
+    if (!s->io) saefw_lua_error(L, "the plugin state is only valid inside save_state / load_state");
+    if (s->writer != writer)
+        saefw_lua_error(L, "state:%s: this is the %s", writer ? "put" : "get", s->writer ? "writer of save_state" : "reader of load_state");
+    return s;
+}
+
+/* state:put(name, v): a number, or a list of numbers (kept as float32, its length beside it). */
+static int state_put(lua_State *L) {
+    lstate_io *s = check_state_io(L, 1);
+    const saefw_host *h = saefw_host_table();
+    const char *name = luaL_checkstring(L, 2);
+    char err[512], lname[300];
+    snprintf(lname, sizeof lname, "%.250s#n", name);
+    int rc;
+    if (lua_type(L, 3) == LUA_TNUMBER) {
+        rc = h->state_put_number(s->io, name, lua_tonumber(L, 3), err, sizeof err);
+    } else {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        int64_t n = (int64_t)lua_rawlen(L, 3);
+        float *x = lua_newuserdatauv(L, sizeof(float) * (size_t)(n > 0 ? n : 1), 0);
+        for (int64_t i = 0; i < n; i++) {
+            lua_rawgeti(L, 3, (lua_Integer)i + 1);
+            int ok;
+            x[i] = (float)lua_tonumberx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok) return saefw_lua_error(L, "state:put: %s[%lld] is not a number", name, (long long)i + 1);
+        }
+        rc = h->state_put_number(s->io, lname, (double)n, err, sizeof err);
+        if (rc == 0) rc = h->state_put_f32(s->io, name, x, n, err, sizeof err);
+    }
+    if (rc != 0) return saefw_lua_error(L, "state:put: %s", err);
+    return 0;
+}
+
+/* state:get(name) -> the number, or the list, that save_state put under name. */
+static int state_get(lua_State *L) {
+    lstate_io *s = check_state_io(L, 0);
+    const saefw_host *h = saefw_host_table();
+    const char *name = luaL_checkstring(L, 2);
+    char err[512], lname[300];
+    snprintf(lname, sizeof lname, "%.250s#n", name);
+    double n;
+    if (h->state_get_number(s->io, lname, &n, err, sizeof err) != 0) {
+        double v;
+        if (h->state_get_number(s->io, name, &v, err, sizeof err) != 0) return saefw_lua_error(L, "state:get: %s", err);
+        lua_pushnumber(L, v);
+        return 1;
+    }
+    if (!(n >= 0 && n <= 1e12)) return saefw_lua_error(L, "state:get: %s: bad length", name);
+    float *x = lua_newuserdatauv(L, sizeof(float) * (size_t)(n > 0 ? n : 1), 0);
+    if (h->state_get_f32(s->io, name, x, (int64_t)n, err, sizeof err) != 0) return saefw_lua_error(L, "state:get: %s", err);
+    lua_createtable(L, (int)n, 0);
+    for (int64_t i = 0; i < (int64_t)n; i++) {
+        lua_pushnumber(L, x[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+static int state_io_index(lua_State *L) {
+    luaL_getmetafield(L, 1, "methods");
+    lua_getfield(L, -1, luaL_checkstring(L, 2));
+    return 1;
+}
+
+static int state_io_gc(lua_State *L) { return 0; }
 
 static int lp_after_backward(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_BACKWARD, e, n); }
 static int lp_after_step(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_STEP, e, n); }
@@ -920,7 +1018,7 @@ static void lua_plugin_release(lua_State *L, lplugin *base) {
  * on_eval=fn, on_end=fn, step=fn (optimizers)} -> a plugin to pass to saefw.train. */
 static int l_lua_plugin(lua_State *L) {
     static const char *const keys[] = {"name", "kind", "after_backward", "after_step", "on_eval", "on_end", "step",
-                                       "description", "stateless", NULL};
+                                       "save_state", "load_state", "description", "stateless", NULL};
     const char *fn = "saefw.lua_plugin";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -988,6 +1086,10 @@ static int l_lua_plugin(lua_State *L) {
     pl->on_eval = p->st.fn_ref[LP_ON_EVAL] != LUA_NOREF ? lp_on_eval : NULL;
     pl->on_end = p->st.fn_ref[LP_ON_END] != LUA_NOREF ? lp_on_end : NULL;
     pl->step = p->st.fn_ref[LP_STEP] != LUA_NOREF ? lp_step : NULL;
+    if ((p->st.fn_ref[LP_SAVE_STATE] == LUA_NOREF) != (p->st.fn_ref[LP_LOAD_STATE] == LUA_NOREF))
+        return saefw_lua_error(L, "%s: give both save_state and load_state, or neither", fn);
+    pl->save_state = p->st.fn_ref[LP_SAVE_STATE] != LUA_NOREF ? lp_save_state : NULL;
+    pl->load_state = p->st.fn_ref[LP_LOAD_STATE] != LUA_NOREF ? lp_load_state : NULL;
     p->loaded.path = NULL;
     p->base.lp = &p->loaded;
     char err[256];
@@ -1947,6 +2049,8 @@ int luaopen_saefw_core(lua_State *L) {
                                             {"set_grad", view_set_grad}, {NULL, NULL}};
     saefw_lua_new_class(L, MT_LUA_PLUGIN_CTX, ctx_gc, ctx_index, ctx_methods);
     saefw_lua_new_class(L, MT_TENSOR_VIEW, view_gc, view_index, view_methods);
+    static const luaL_Reg state_methods[] = {{"put", state_put}, {"get", state_get}, {NULL, NULL}};
+    saefw_lua_new_class(L, MT_STATE_IO, state_io_gc, state_io_index, state_methods);
     saefw_lua_new_class(L, MT_TOKENS, tokens_gc, tokens_index, NULL);
     static const luaL_Reg fns[] = {
         {"sae", l_sae},

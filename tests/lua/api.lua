@@ -269,4 +269,38 @@ assert(got.lr == 0 and got[1] == got[0], "ctx:set_lr(0) did not stop the update"
 assert(got.l1 == 0.5, "ctx:set_loss_coeff")
 print("Lua plugin context: batch, activations, counts, frequencies, reset, lr, L1 coefficient: ok")
 
+-- Saved state: a Lua plugin's save_state / load_state go into checkpoints and come back on resume.
+local seen_state, seen_end
+local function counter()
+  local count, history = 0, {}
+  return saefw.lua_plugin {
+    name = "counter",
+    after_step = function(ctx) count = count + 1; history[#history + 1] = ctx.step * 0.5 end,
+    on_end = function() seen_end = count end,
+    save_state = function(ctx, state) state:put("count", count); state:put("history", history) end,
+    load_state = function(ctx, state)
+      count, history = state:get("count"), state:get("history")
+      seen_state = { count = count, n = #history, last = history[#history] }
+    end,
+  }
+end
+local rdir = dir .. "/api_resume"
+os.execute("rm -rf '" .. rdir .. "'")
+local function counted_run(steps, resume)
+  saefw.train { sae = saefw.sae { d_in = D, d_sae = 32, seed = 3 }, source = saefw.synthetic { d_in = D, n_features = 8 },
+                batch_size = BATCH, steps = steps, optimizer = saefw.plugin("sgd"), plugins = { counter() },
+                run_dir = rdir, resume = resume, checkpoint_every = 2, progress = false, eval_every = 0 }
+end
+counted_run(4)
+counted_run(6, rdir)
+-- The newest numbered checkpoint is after 2 steps (0-based steps 0 and 1); the resumed run does
+-- steps 2 to 5 on top of the restored count.
+assert(seen_state and seen_state.count == 2 and seen_state.n == 2 and seen_state.last == 0.5,
+       "load_state did not get what save_state put")
+assert(seen_end == 6, "after resuming, the count is " .. tostring(seen_end))
+expect_error(function() saefw.lua_plugin { name = "x", after_step = print, save_state = print } end,
+             "give both save_state and load_state", "save_state alone")
+print(string.format("Lua plugin state: saved in a checkpoint, loaded on resume (count %d, %d entries, %d at the end): ok",
+                    seen_state.count, seen_state.n, seen_end))
+
 print("api.lua: all checks passed")
