@@ -96,6 +96,31 @@ M.find_resumable = core.find_resumable
 M.threads = core.threads
 M.features = core.features
 
+-- model:to_tokens(text [, {bos=, special=}]) -> ids and model:to_str_tokens(text or ids) -> strings,
+-- through the model's tokenizer (saefw.tokenizer(model.name)); bos defaults to true when the
+-- tokenizer has a BOS token, as TransformerLens's prepend_bos. The ids go straight to model:run.
+do
+  local Model = debug.getregistry()["saefw.Model"]
+  local tokenizers = setmetatable({}, { __mode = "k" })
+  local function tokenizer_of(m)
+    local t = tokenizers[m]
+    if not t then
+      t = core.tokenizer(m.name)
+      tokenizers[m] = t
+    end
+    return t
+  end
+  Model.methods.to_tokens = function(m, text, opts)
+    if type(text) ~= "string" then fail("model:to_tokens: expected a string, got " .. type(text)) end
+    if opts ~= nil and type(opts) ~= "table" then fail("model:to_tokens: options must be a table") end
+    local tok = tokenizer_of(m)
+    local o = { special = opts and opts.special, bos = opts and opts.bos }
+    if o.bos == nil then o.bos = tok.bos ~= nil end
+    return tok:encode(text, o)
+  end
+  Model.methods.to_str_tokens = function(m, x) return tokenizer_of(m):to_str_tokens(x) end
+end
+
 -- What a buffer reads from, for cfg.json (SAELens's model_name, hook_name, ...).
 local buffer_info = setmetatable({}, { __mode = "k" })
 

@@ -303,4 +303,14 @@ expect_error(function() saefw.lua_plugin { name = "x", after_step = print, save_
 print(string.format("Lua plugin state: saved in a checkpoint, loaded on resume (count %d, %d entries, %d at the end): ok",
                     seen_state.count, seen_state.n, seen_end))
 
+-- model:to_tokens / to_str_tokens through the model's tokenizer (tiny-1l's bytes, BOS 256 first).
+local tiny = saefw.model("tiny-1l")
+local ids = tiny:to_tokens("hé")
+assert(#ids == 4 and ids[1] == 256 and ids[2] == 104 and ids[3] == 195 and ids[4] == 169, "to_tokens")
+assert(#tiny:to_tokens("hé", { bos = false }) == 3, "to_tokens without BOS")
+assert(tiny:to_str_tokens({ 104, 105 })[2] == "i", "to_str_tokens")
+local tout = tiny:run(tiny:to_tokens("hello world"), { sites = { "post", "loss" } })
+assert(tout.post.shape[1] == 1 and tout.post.shape[2] == 12 and tout.loss > 0, "run on to_tokens")
+print(string.format("model:to_tokens / to_str_tokens on tiny-1l; run on them: loss %.4f: ok", tout.loss))
+
 print("api.lua: all checks passed")
