@@ -330,13 +330,13 @@ int main(int argc, char **argv) {
 
     double best_stop = 1e30, best_full = 1e30, loss = 0;
     for (int r = 0; r < reps; r++) {
-        saefw_forward_opts fo = {&hook, acts, 1, NULL, NULL, NULL};
+        saefw_forward_opts fo = {.capture = &hook, .capture_out = acts, .stop_after_capture = 1};
         double t0 = saefw_now();
         if (saefw_model_forward(m, w, ids, B, T, &fo, err, sizeof err) != 0) die("forward", err);
         double t1 = saefw_now();
         if (t1 - t0 < best_stop) best_stop = t1 - t0;
         if (forward_only) continue;
-        saefw_forward_opts full = {NULL, NULL, 0, NULL, NULL, &loss};
+        saefw_forward_opts full = {.loss_out = &loss};
         if (saefw_model_forward(m, w, ids, B, T, &full, err, sizeof err) != 0) die("forward", err);
         double t2 = saefw_now();
         if (t2 - t1 < best_full) best_full = t2 - t1;

@@ -251,7 +251,8 @@ static double cfg_number(const cJSON *cfg, const char *key, double def) {
     return cJSON_IsNumber(v) ? v->valuedouble : def;
 }
 
-/* The L1 coefficient as a float; a value no float holds is an error rather than a bad cast. */
+/* The L1 coefficient as a float (0 when the cfg has none: analysis needs no coefficient); a
+ * non-numeric value, or one no float holds, is an error rather than a silent 0 or a bad cast. */
 static int cfg_l1(const cJSON *cfg, const char *file, float *out, char *err, size_t errlen) {
     static const char *const keys[] = {"l1_coeff", "l1_coefficient"};
     for (int k = 0; k < 2; k++) {
@@ -314,28 +315,45 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
     return 0;
 }
 
+/* The weights file and the cfg file of a checkpoint path (folder, safetensors file or seed N.pt). */
+static int checkpoint_files(const char *path, char *weights, char *cfgp, int *seed_pt, char *err, size_t errlen) {
+    struct stat st;
+    if (stat(path, &st) != 0) return saefw_errf(err, errlen, "%s: no such file or folder", path);
+    *seed_pt = 0;
+    if (S_ISDIR(st.st_mode)) {
+        snprintf(weights, PATH_MAX, "%s/sae_weights.safetensors", path);
+        snprintf(cfgp, PATH_MAX, "%s/cfg.json", path);
+    } else if (saefw_ends_with(path, ".pt") || saefw_ends_with(path, ".pth")) {
+        /* The seed writes N.pt next to N_cfg.json. */
+        *seed_pt = 1;
+        snprintf(weights, PATH_MAX, "%s", path);
+        size_t n = strlen(path) - (saefw_ends_with(path, ".pt") ? 3 : 4);
+        snprintf(cfgp, PATH_MAX, "%.*s_cfg.json", (int)n, path);
+    } else {
+        snprintf(weights, PATH_MAX, "%s", path);
+        snprintf(cfgp, PATH_MAX, "%s", path);
+        char *slash = strrchr(cfgp, '/');
+        snprintf(slash ? slash + 1 : cfgp, PATH_MAX - (size_t)(slash ? slash + 1 - cfgp : 0), "cfg.json");
+    }
+    return 0;
+}
+
+int saefw_checkpoint_require_l1(const char *path, const cJSON *cfg, char *err, size_t errlen) {
+    char weights[PATH_MAX], cfgp[PATH_MAX];
+    int seed_pt;
+    if (checkpoint_files(path, weights, cfgp, &seed_pt, err, errlen) != 0) return -1;
+    if (!cfg) return saefw_errf(err, errlen, "%s: no %s beside it to give l1_coeff", path, cfgp);
+    if (!cJSON_GetObjectItemCaseSensitive(cfg, "l1_coeff") && !cJSON_GetObjectItemCaseSensitive(cfg, "l1_coefficient"))
+        return saefw_errf(err, errlen, "%s: no l1_coeff (the L1 coefficient the SAE was trained with)", cfgp);
+    return 0;
+}
+
 int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, char *err, size_t errlen) {
     memset(sae, 0, sizeof *sae);
     if (cfg_out) *cfg_out = NULL;
-    struct stat st;
-    if (stat(path, &st) != 0) return saefw_errf(err, errlen, "%s: no such file or folder", path);
     char weights[PATH_MAX], cfgp[PATH_MAX];
-    int seed_pt = 0;
-    if (S_ISDIR(st.st_mode)) {
-        snprintf(weights, sizeof weights, "%s/sae_weights.safetensors", path);
-        snprintf(cfgp, sizeof cfgp, "%s/cfg.json", path);
-    } else if (saefw_ends_with(path, ".pt") || saefw_ends_with(path, ".pth")) {
-        /* The seed writes N.pt next to N_cfg.json. */
-        seed_pt = 1;
-        snprintf(weights, sizeof weights, "%s", path);
-        size_t n = strlen(path) - (saefw_ends_with(path, ".pt") ? 3 : 4);
-        snprintf(cfgp, sizeof cfgp, "%.*s_cfg.json", (int)n, path);
-    } else {
-        snprintf(weights, sizeof weights, "%s", path);
-        snprintf(cfgp, sizeof cfgp, "%s", path);
-        char *slash = strrchr(cfgp, '/');
-        snprintf(slash ? slash + 1 : cfgp, sizeof cfgp - (size_t)(slash ? slash + 1 - cfgp : 0), "cfg.json");
-    }
+    int seed_pt;
+    if (checkpoint_files(path, weights, cfgp, &seed_pt, err, errlen) != 0) return -1;
     cJSON *cfg = NULL;
     int64_t d_in = 0, d_sae = 0;
     float l1 = 0;

@@ -48,6 +48,10 @@ void saefw_checkpoint_prune_states(const char *run_dir, int keep);
  * sae_weights.safetensors file (cfg.json beside it), or a seed `N.pt` (N_cfg.json beside it, if any).
  * *cfg_out (may be NULL) receives the parsed cfg (caller frees with cJSON_Delete). */
 int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, char *err, size_t errlen);
+/* 0 if the cfg loaded from the checkpoint at path (NULL: there was none) states the L1 coefficient
+ * (l1_coeff, or SAELens's l1_coefficient); else -1 with an error naming the cfg file. For callers
+ * that train on, where a missing coefficient must not silently become 0. */
+int saefw_checkpoint_require_l1(const char *path, const cJSON *cfg, char *err, size_t errlen);
 
 /* Remove the "<name>.tmp.<pid>" folders that writers killed mid-checkpoint left in run_dir (and put
  * back a "<name>.old.<pid>" whose replacement never arrived), for pids no longer running; one line

@@ -36,6 +36,7 @@
 #define MT_PLUGIN "saefw.Plugin"
 #define MT_MODEL "saefw.Model"
 #define MT_TOKENS "saefw.Tokens"
+#define MT_TENSOR "saefw.Tensor"
 
 /* ---- SAE ---- */
 
@@ -191,6 +192,10 @@ static int l_load_sae(lua_State *L) {
     cJSON *cfg = NULL;
     if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.load_sae: %s", err);
     s->alive = 1;
+    if (saefw_checkpoint_require_l1(path, cfg, err, sizeof err) != 0) {
+        cJSON_Delete(cfg);
+        return saefw_lua_error(L, "saefw.load_sae: %s", err);
+    }
     if (cfg) json_to_lua(L, cfg, 0);
     else lua_newtable(L);
     cJSON_Delete(cfg);
@@ -279,8 +284,10 @@ static int l_synthetic(lua_State *L) {
     return 1;
 }
 
+/* saefw.activations{path=, tensor=, d_in=, seed=, shuffle=true}: activations from a file; with
+ * shuffle = false an ordered feed (batches in file order, for replaying exact batches). */
 static int l_activations(lua_State *L) {
-    static const char *const keys[] = {"path", "tensor", "d_in", "seed", NULL};
+    static const char *const keys[] = {"path", "tensor", "d_in", "seed", "shuffle", NULL};
     const char *fn = "saefw.activations";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -289,10 +296,106 @@ static int l_activations(lua_State *L) {
     const char *tensor = saefw_lua_opt_string(L, 1, fn, "tensor", NULL);
     int64_t d_in = saefw_lua_opt_int(L, 1, fn, "d_in", 0, 0);
     int64_t seed = saefw_lua_opt_int(L, 1, fn, "seed", 0, 0);
+    int shuffle = saefw_lua_opt_bool(L, 1, fn, "shuffle", 1);
     lsource *s = new_source(L);
     char err[1024];
     if (saefw_source_file(path, tensor, d_in, (uint64_t)seed, &s->src, err, sizeof err) != 0)
         return saefw_lua_error(L, "%s: %s", fn, err);
+    s->src->log = source_log;
+    s->src->in_order = !shuffle;
+    return 1;
+}
+
+/* saefw.feed{d_in=, fn=function(n) return rows end}: an ordered feed from a Lua function, called
+ * with the number of rows wanted; it returns n rows of d_in numbers (a list of rows, or one flat
+ * list of n * d_in). Batches are used as given, unshuffled. */
+typedef struct {
+    lua_State *L;
+    int fn_ref;
+    int64_t d;
+} lfeed;
+
+static int feed_call(void *ud, float *out, int64_t n, char *err, size_t errlen) {
+    lfeed *f = ud;
+    lua_State *L = f->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, f->fn_ref);
+    lua_pushinteger(L, (lua_Integer)n);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        saefw_errf(err, errlen, "saefw.feed: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_settop(L, top);
+        return -1;
+    }
+    int rc = 0;
+    if (!lua_istable(L, -1)) {
+        rc = saefw_errf(err, errlen, "saefw.feed: the function returned %s, not a table of %lld rows",
+                        luaL_typename(L, -1), (long long)n);
+    } else {
+        lua_rawgeti(L, -1, 1);
+        int rows = lua_istable(L, -1);
+        lua_pop(L, 1);
+        int64_t len = (int64_t)lua_rawlen(L, -1);
+        if (rows ? len != n : len != n * f->d)
+            rc = saefw_errf(err, errlen, "saefw.feed: asked for %lld rows of %lld, the function returned %lld %s",
+                            (long long)n, (long long)f->d, (long long)len, rows ? "rows" : "numbers");
+        for (int64_t r = 0; rc == 0 && r < n; r++) {
+            if (rows) {
+                lua_rawgeti(L, -1, (lua_Integer)r + 1);
+                if (!lua_istable(L, -1) || (int64_t)lua_rawlen(L, -1) != f->d) {
+                    rc = saefw_errf(err, errlen, "saefw.feed: row %lld is not a list of %lld numbers", (long long)r + 1,
+                                    (long long)f->d);
+                    break;
+                }
+            }
+            for (int64_t i = 0; i < f->d; i++) {
+                lua_rawgeti(L, -1, rows ? (lua_Integer)i + 1 : (lua_Integer)(r * f->d + i) + 1);
+                int ok;
+                lua_Number v = lua_tonumberx(L, -1, &ok);
+                lua_pop(L, 1);
+                if (!ok) {
+                    rc = saefw_errf(err, errlen, "saefw.feed: row %lld, column %lld is not a number", (long long)r + 1,
+                                    (long long)i + 1);
+                    break;
+                }
+                out[r * f->d + i] = (float)v;
+            }
+            if (rows) lua_pop(L, 1);
+        }
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+static void feed_free(void *ud) {
+    lfeed *f = ud;
+    luaL_unref(f->L, LUA_REGISTRYINDEX, f->fn_ref);
+    free(f);
+}
+
+static int l_feed(lua_State *L) {
+    static const char *const keys[] = {"d_in", "fn", NULL};
+    const char *fn = "saefw.feed";
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
+    int64_t d = saefw_lua_req_int(L, 1, fn, "d_in", 1);
+    lua_getfield(L, 1, "fn");
+    if (!lua_isfunction(L, -1))
+        return saefw_lua_error(L, "%s: field 'fn' must be a function(n) returning n rows, got %s", fn, luaL_typename(L, -1));
+    lfeed *f = malloc(sizeof *f);
+    if (!f) return saefw_lua_error(L, "%s: out of memory", fn);
+    lua_State *main = L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    main = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    f->L = main;
+    f->d = d;
+    f->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lsource *s = new_source(L);
+    char err[512];
+    if (saefw_source_feed(d, feed_call, f, feed_free, &s->src, err, sizeof err) != 0) {
+        feed_free(f);
+        return saefw_lua_error(L, "%s: %s", fn, err);
+    }
     s->src->log = source_log;
     return 1;
 }
@@ -354,7 +457,7 @@ static int l_buffer(lua_State *L) {
     saefw_source *src = check_source(L, -1);
     int src_idx = lua_gettop(L);
     int64_t batch = saefw_lua_req_int(L, 1, fn, "batch_size", 1);
-    int64_t size = saefw_lua_req_int(L, 1, fn, "size", 1);
+    int64_t size = src->in_order ? saefw_lua_opt_int(L, 1, fn, "size", batch, 1) : saefw_lua_req_int(L, 1, fn, "size", 1);
     const char *dt = saefw_lua_opt_string(L, 1, fn, "dtype", "bf16");
     saefw_buffer_dtype dtype;
     if (!strcmp(dt, "bf16")) dtype = SAEFW_BUF_BF16;
@@ -496,8 +599,17 @@ static int traceback_handler(lua_State *L);
 #define MT_LUA_PLUGIN_CTX "saefw.PluginContext"
 #define MT_TENSOR_VIEW "saefw.TensorView"
 
-enum { LP_AFTER_BACKWARD, LP_AFTER_STEP, LP_ON_EVAL, LP_ON_END, LP_STEP, LP_N };
-static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval", "on_end", "step"};
+#define MT_STATE_IO "saefw.PluginState"
+
+enum { LP_AFTER_BACKWARD, LP_AFTER_STEP, LP_ON_EVAL, LP_ON_END, LP_STEP, LP_SAVE_STATE, LP_LOAD_STATE, LP_N };
+static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval", "on_end",
+                                           "step",           "save_state", "load_state"};
+
+/* The writer or reader handed to a Lua plugin's save_state / load_state: valid during that call. */
+typedef struct {
+    void *io; /* saefw_state_writer * or saefw_state_reader *; NULL once the call returned */
+    int writer;
+} lstate_io;
 
 typedef struct {
     lua_State *L;
@@ -530,10 +642,20 @@ static ltensor_view *check_view(lua_State *L, int idx) {
     return v;
 }
 
-/* Flat 0-based offset from 1-based (i) or (i, j) at stack positions first, first+1. */
-static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int *next) {
+/* Flat 0-based offset from 1-based (i) or (i, j) at stack positions first, first+1; nvals values
+ * follow the index. A 1-D tensor also takes (i, 1), as a column, so that t:set(i, 1, v) writes v. */
+static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int nvals, int *next) {
     lua_Integer i = luaL_checkinteger(L, first);
     int64_t off;
+    if (v->p.ndim != 2 && lua_gettop(L) >= first + 1 + nvals) {
+        lua_Integer j = luaL_checkinteger(L, first + 1);
+        if (j != 1)
+            saefw_lua_error(L, "%s is 1-D: its second index must be 1, got %lld", v->p.name, (long long)j);
+        if (i < 1 || i > v->p.shape[0])
+            saefw_lua_error(L, "%s[%lld] is out of range [%lld]", v->p.name, (long long)i, (long long)v->p.shape[0]);
+        *next = first + 2;
+        return i - 1;
+    }
     if (v->p.ndim == 2) {
         lua_Integer j = luaL_checkinteger(L, first + 1);
         if (i < 1 || i > v->p.shape[0] || j < 1 || j > v->p.shape[1])
@@ -554,7 +676,7 @@ static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int *next) 
 static int view_access(lua_State *L, int grad, int set) {
     ltensor_view *v = check_view(L, 1);
     int next;
-    int64_t off = view_offset(L, v, 2, &next);
+    int64_t off = view_offset(L, v, 2, set, &next);
     float *a = grad ? v->p.grad : v->p.data;
     if (!set) {
         lua_pushnumber(L, a[off]);
@@ -619,6 +741,123 @@ static int ctx_normal(lua_State *L) {
     return 1;
 }
 
+/* What a C plugin reaches through the host, for Lua plugins: the batch, feature counts and
+ * frequencies, optimizer-state reset, the learning rate and the loss coefficients. Arrays come back
+ * as saefw.Tensor copies (shape, get, to_table). */
+static float *push_tensor(lua_State *L, int ndim, const int64_t *shape);
+
+/* ctx:batch_inputs() -> Tensor [rows, d_in]; ctx:batch_acts() -> Tensor [rows, d_sae] (after_backward
+ * and after_step only). */
+static int ctx_batch(lua_State *L, int acts) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    int64_t rows = 0;
+    const float *x = acts ? h->batch_acts(c->run, &rows) : h->batch_inputs(c->run, &rows);
+    if (!x)
+        return saefw_lua_error(L, "ctx:%s: no training batch here (valid in after_backward and after_step)",
+                               acts ? "batch_acts" : "batch_inputs");
+    int64_t shape[2] = {rows, acts ? h->d_sae(c->run) : h->d_in(c->run)};
+    memcpy(push_tensor(L, 2, shape), x, sizeof(float) * (size_t)(shape[0] * shape[1]));
+    return 1;
+}
+
+static int ctx_batch_inputs(lua_State *L) { return ctx_batch(L, 0); }
+static int ctx_batch_acts(lua_State *L) { return ctx_batch(L, 1); }
+
+/* ctx:feature_counts() -> list [d_sae]: on how many rows of the batch each feature fired. */
+static int ctx_feature_counts(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    const int64_t *n = h->batch_feature_counts(c->run);
+    if (!n) return saefw_lua_error(L, "ctx:feature_counts: no training batch here (valid in after_backward and after_step)");
+    int64_t d = h->d_sae(c->run);
+    lua_createtable(L, (int)d, 0);
+    for (int64_t j = 0; j < d; j++) {
+        lua_pushinteger(L, (lua_Integer)n[j]);
+        lua_rawseti(L, -2, (lua_Integer)j + 1);
+    }
+    return 1;
+}
+
+/* ctx:frequencies([n_batches = 5]) -> Tensor [d_sae]: fraction of tokens on which each feature fired
+ * over evaluation batches. */
+static int ctx_frequencies(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    lua_Integer nb = luaL_optinteger(L, 2, 5);
+    if (nb < 1) return saefw_lua_error(L, "ctx:frequencies: n_batches must be >= 1, got %lld", (long long)nb);
+    int64_t shape[1] = {h->d_sae(c->run)};
+    float *freq = push_tensor(L, 1, shape);
+    char err[512];
+    if (h->feature_frequencies(c->run, (int64_t)nb, freq, err, sizeof err) != 0)
+        return saefw_lua_error(L, "ctx:frequencies: %s", err);
+    return 1;
+}
+
+/* ctx:reset_optimizer_state([name [, axis, {indices}]]): zero the optimizer's state of every
+ * tensor (no name), of one tensor, or of its slices along axis (1-based, as the indices). */
+static int ctx_reset_optimizer_state(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const saefw_host *h = saefw_host_table();
+    const char *fn = "ctx:reset_optimizer_state";
+    int index = -1;
+    if (!lua_isnoneornil(L, 2)) {
+        saefw_param p;
+        p.struct_size = sizeof p;
+        const char *name = luaL_checkstring(L, 2);
+        if (h->param_find(c->run, name, &p, &index) != 0) return saefw_lua_error(L, "%s: no tensor named '%s'", fn, name);
+    }
+    int axis = 0;
+    int64_t *idx = NULL, n = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        if (index < 0) return saefw_lua_error(L, "%s: an axis needs a tensor name", fn);
+        axis = (int)luaL_checkinteger(L, 3) - 1;
+        luaL_checktype(L, 4, LUA_TTABLE);
+        n = (int64_t)lua_rawlen(L, 4);
+        idx = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)(n > 0 ? n : 1), 0);
+        for (int64_t i = 0; i < n; i++) {
+            lua_rawgeti(L, 4, (lua_Integer)i + 1);
+            int ok;
+            lua_Integer v = lua_tointegerx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok) return saefw_lua_error(L, "%s: indices[%lld] is not an integer", fn, (long long)i + 1);
+            idx[i] = (int64_t)v - 1;
+        }
+    }
+    char err[512];
+    if (h->reset_optimizer_state(c->run, index, axis, idx, n, err, sizeof err) != 0)
+        return saefw_lua_error(L, "%s: %s", fn, err);
+    return 0;
+}
+
+/* ctx:set_lr(v): the engine-owned learning rate (ctx.lr reads it). */
+static int ctx_set_lr(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    char err[512];
+    if (saefw_host_table()->set_learning_rate(c->run, luaL_checknumber(L, 2), err, sizeof err) != 0)
+        return saefw_lua_error(L, "ctx:set_lr: %s", err);
+    return 0;
+}
+
+/* ctx:loss_coeff(name) -> number; ctx:set_loss_coeff(name, v) ("l1": the L1 coefficient). */
+static int ctx_loss_coeff(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    double v;
+    if (saefw_host_table()->loss_coeff(c->run, name, &v) != 0)
+        return saefw_lua_error(L, "ctx:loss_coeff: no loss coefficient named '%s'", name);
+    lua_pushnumber(L, v);
+    return 1;
+}
+
+static int ctx_set_loss_coeff(lua_State *L) {
+    lplugin_ctx *c = check_ctx(L, 1);
+    char err[512];
+    if (saefw_host_table()->set_loss_coeff(c->run, luaL_checkstring(L, 2), luaL_checknumber(L, 3), err, sizeof err) != 0)
+        return saefw_lua_error(L, "ctx:set_loss_coeff: %s", err);
+    return 0;
+}
+
 static int ctx_index(lua_State *L) {
     lplugin_ctx *c = check_ctx(L, 1);
     const char *k = luaL_checkstring(L, 2);
@@ -628,6 +867,11 @@ static int ctx_index(lua_State *L) {
     else if (!strcmp(k, "d_in")) lua_pushinteger(L, h->d_in(c->run));
     else if (!strcmp(k, "d_sae")) lua_pushinteger(L, h->d_sae(c->run));
     else if (!strcmp(k, "lr")) lua_pushnumber(L, h->learning_rate(c->run));
+    else if (!strcmp(k, "l1_coeff")) {
+        double v = 0;
+        h->loss_coeff(c->run, "l1", &v);
+        lua_pushnumber(L, v);
+    }
     else {
         luaL_getmetafield(L, 1, "methods");
         lua_getfield(L, -1, k);
@@ -637,7 +881,8 @@ static int ctx_index(lua_State *L) {
 
 static int ctx_gc(lua_State *L) { return 0; }
 
-static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, size_t errlen) {
+/* Call callback `which` with ctx, and for save_state / load_state the writer or reader io. */
+static int lua_plugin_call_io(void *self, saefw_run *run, int which, void *io, int writer, char *err, size_t errlen) {
     lua_plugin_state *st = self;
     if (st->fn_ref[which] == LUA_NOREF) return 0;
     lua_State *L = st->L;
@@ -647,7 +892,15 @@ static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, siz
     lua_rawgeti(L, LUA_REGISTRYINDEX, st->ctx_ref);
     lplugin_ctx *c = lua_touserdata(L, -1);
     c->run = run;
-    int rc = lua_pcall(L, 1, 0, h);
+    lstate_io *sio = NULL;
+    if (io) {
+        sio = lua_newuserdatauv(L, sizeof *sio, 0);
+        sio->io = io;
+        sio->writer = writer;
+        luaL_setmetatable(L, MT_STATE_IO);
+    }
+    int rc = lua_pcall(L, io ? 2 : 1, 0, h);
+    if (sio) sio->io = NULL;
     c->run = NULL;
     g_view_generation++;
     if (rc != LUA_OK) {
@@ -658,6 +911,86 @@ static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, siz
     lua_pop(L, 1);
     return 0;
 }
+
+static int lua_plugin_call(void *self, saefw_run *run, int which, char *err, size_t errlen) {
+    return lua_plugin_call_io(self, run, which, NULL, 0, err, errlen);
+}
+
+static int lp_save_state(void *s, saefw_run *r, saefw_state_writer *w, char *e, size_t n) {
+    return lua_plugin_call_io(s, r, LP_SAVE_STATE, w, 1, e, n);
+}
+static int lp_load_state(void *s, saefw_run *r, saefw_state_reader *rd, char *e, size_t n) {
+    return lua_plugin_call_io(s, r, LP_LOAD_STATE, rd, 0, e, n);
+}
+
+static lstate_io *check_state_io(lua_State *L, int writer) {
+    lstate_io *s = luaL_checkudata(L, 1, MT_STATE_IO);
+    if (!s->io) saefw_lua_error(L, "the plugin state is only valid inside save_state / load_state");
+    if (s->writer != writer)
+        saefw_lua_error(L, "state:%s: this is the %s", writer ? "put" : "get", s->writer ? "writer of save_state" : "reader of load_state");
+    return s;
+}
+
+/* state:put(name, v): a number, or a list of numbers (kept as float32, its length beside it). */
+static int state_put(lua_State *L) {
+    lstate_io *s = check_state_io(L, 1);
+    const saefw_host *h = saefw_host_table();
+    const char *name = luaL_checkstring(L, 2);
+    char err[512], lname[300];
+    snprintf(lname, sizeof lname, "%.250s#n", name);
+    int rc;
+    if (lua_type(L, 3) == LUA_TNUMBER) {
+        rc = h->state_put_number(s->io, name, lua_tonumber(L, 3), err, sizeof err);
+    } else {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        int64_t n = (int64_t)lua_rawlen(L, 3);
+        float *x = lua_newuserdatauv(L, sizeof(float) * (size_t)(n > 0 ? n : 1), 0);
+        for (int64_t i = 0; i < n; i++) {
+            lua_rawgeti(L, 3, (lua_Integer)i + 1);
+            int ok;
+            x[i] = (float)lua_tonumberx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok) return saefw_lua_error(L, "state:put: %s[%lld] is not a number", name, (long long)i + 1);
+        }
+        rc = h->state_put_number(s->io, lname, (double)n, err, sizeof err);
+        if (rc == 0) rc = h->state_put_f32(s->io, name, x, n, err, sizeof err);
+    }
+    if (rc != 0) return saefw_lua_error(L, "state:put: %s", err);
+    return 0;
+}
+
+/* state:get(name) -> the number, or the list, that save_state put under name. */
+static int state_get(lua_State *L) {
+    lstate_io *s = check_state_io(L, 0);
+    const saefw_host *h = saefw_host_table();
+    const char *name = luaL_checkstring(L, 2);
+    char err[512], lname[300];
+    snprintf(lname, sizeof lname, "%.250s#n", name);
+    double n;
+    if (h->state_get_number(s->io, lname, &n, err, sizeof err) != 0) {
+        double v;
+        if (h->state_get_number(s->io, name, &v, err, sizeof err) != 0) return saefw_lua_error(L, "state:get: %s", err);
+        lua_pushnumber(L, v);
+        return 1;
+    }
+    if (!(n >= 0 && n <= 1e12)) return saefw_lua_error(L, "state:get: %s: bad length", name);
+    float *x = lua_newuserdatauv(L, sizeof(float) * (size_t)(n > 0 ? n : 1), 0);
+    if (h->state_get_f32(s->io, name, x, (int64_t)n, err, sizeof err) != 0) return saefw_lua_error(L, "state:get: %s", err);
+    lua_createtable(L, (int)n, 0);
+    for (int64_t i = 0; i < (int64_t)n; i++) {
+        lua_pushnumber(L, x[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+static int state_io_index(lua_State *L) {
+    luaL_getmetafield(L, 1, "methods");
+    lua_getfield(L, -1, luaL_checkstring(L, 2));
+    return 1;
+}
+
+static int state_io_gc(lua_State *L) { return 0; }
 
 static int lp_after_backward(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_BACKWARD, e, n); }
 static int lp_after_step(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_STEP, e, n); }
@@ -686,7 +1019,7 @@ static void lua_plugin_release(lua_State *L, lplugin *base) {
  * on_eval=fn, on_end=fn, step=fn (optimizers)} -> a plugin to pass to saefw.train. */
 static int l_lua_plugin(lua_State *L) {
     static const char *const keys[] = {"name", "kind", "after_backward", "after_step", "on_eval", "on_end", "step",
-                                       "description", "stateless", NULL};
+                                       "save_state", "load_state", "description", "stateless", NULL};
     const char *fn = "saefw.lua_plugin";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -754,6 +1087,10 @@ static int l_lua_plugin(lua_State *L) {
     pl->on_eval = p->st.fn_ref[LP_ON_EVAL] != LUA_NOREF ? lp_on_eval : NULL;
     pl->on_end = p->st.fn_ref[LP_ON_END] != LUA_NOREF ? lp_on_end : NULL;
     pl->step = p->st.fn_ref[LP_STEP] != LUA_NOREF ? lp_step : NULL;
+    if ((p->st.fn_ref[LP_SAVE_STATE] == LUA_NOREF) != (p->st.fn_ref[LP_LOAD_STATE] == LUA_NOREF))
+        return saefw_lua_error(L, "%s: give both save_state and load_state, or neither", fn);
+    pl->save_state = p->st.fn_ref[LP_SAVE_STATE] != LUA_NOREF ? lp_save_state : NULL;
+    pl->load_state = p->st.fn_ref[LP_LOAD_STATE] != LUA_NOREF ? lp_load_state : NULL;
     p->loaded.path = NULL;
     p->base.lp = &p->loaded;
     char err[256];
@@ -840,7 +1177,268 @@ static int model_index(lua_State *L) {
     else if (!strcmp(k, "n_ctx")) lua_pushinteger(L, c->n_ctx);
     else if (!strcmp(k, "d_vocab")) lua_pushinteger(L, c->d_vocab);
     else if (!strcmp(k, "param_bytes")) lua_pushinteger(L, (lua_Integer)saefw_model_param_bytes(m->m));
-    else lua_pushnil(L);
+    else {
+        luaL_getmetafield(L, 1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+/* ---- Tensor: a float32 array owned by Lua (model:run's results) ---- */
+
+typedef struct {
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+    float data[]; /* [numel], row-major */
+} ltensor;
+
+static ltensor *new_tensor(lua_State *L, int ndim, const int64_t *shape) {
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++) numel *= shape[d];
+    ltensor *t = lua_newuserdatauv(L, sizeof *t + sizeof(float) * (size_t)numel, 0);
+    t->ndim = ndim;
+    t->numel = numel;
+    for (int d = 0; d < 4; d++) t->shape[d] = d < ndim ? shape[d] : 1;
+    luaL_setmetatable(L, MT_TENSOR);
+    return t;
+}
+
+static ltensor *check_tensor(lua_State *L, int idx) { return luaL_checkudata(L, idx, MT_TENSOR); }
+
+static float *push_tensor(lua_State *L, int ndim, const int64_t *shape) { return new_tensor(L, ndim, shape)->data; }
+
+/* t:get(i, j, ...) with one 1-based index per dimension. */
+static int tensor_get(lua_State *L) {
+    ltensor *t = check_tensor(L, 1);
+    if (lua_gettop(L) - 1 != t->ndim)
+        return saefw_lua_error(L, "tensor:get: expected %d indices (one per dimension), got %d", t->ndim, lua_gettop(L) - 1);
+    int64_t off = 0;
+    for (int d = 0; d < t->ndim; d++) {
+        lua_Integer i = luaL_checkinteger(L, 2 + d);
+        if (i < 1 || i > t->shape[d])
+            return saefw_lua_error(L, "tensor:get: index %d is %lld, outside [1, %lld]", d + 1, (long long)i,
+                                   (long long)t->shape[d]);
+        off = off * t->shape[d] + (i - 1);
+    }
+    lua_pushnumber(L, t->data[off]);
+    return 1;
+}
+
+static void push_nested(lua_State *L, const ltensor *t, int d, int64_t *off) {
+    const int64_t n = d < 4 ? t->shape[d] : 0;
+    lua_createtable(L, (int)n, 0);
+    for (int64_t i = 0; i < n; i++) {
+        if (d >= t->ndim - 1 || d >= 3) lua_pushnumber(L, t->data[(*off)++]);
+        else push_nested(L, t, d + 1, off);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+/* t:to_table(): nested Lua tables, t:to_table()[i][j] == t:get(i, j). */
+static int tensor_to_table(lua_State *L) {
+    ltensor *t = check_tensor(L, 1);
+    int64_t off = 0;
+    luaL_checkstack(L, t->ndim + 4, "tensor:to_table");
+    push_nested(L, t, 0, &off);
+    return 1;
+}
+
+static int tensor_index(lua_State *L) {
+    ltensor *t = check_tensor(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (!strcmp(k, "shape")) {
+        lua_createtable(L, t->ndim, 0);
+        for (int d = 0; d < t->ndim; d++) {
+            lua_pushinteger(L, t->shape[d]);
+            lua_rawseti(L, -2, d + 1);
+        }
+    } else if (!strcmp(k, "ndim")) {
+        lua_pushinteger(L, t->ndim);
+    } else if (!strcmp(k, "numel")) {
+        lua_pushinteger(L, t->numel);
+    } else {
+        luaL_getmetafield(L, 1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+static int tensor_gc(lua_State *L) { return 0; }
+
+/* Token ids [B, T] of model:run's first argument: a list of ids (one row), a list of equally long
+ * rows, or tokens with opts.rows (1-based row numbers). Returns a malloc'd array. */
+static int32_t *run_tokens(lua_State *L, lmodel *m, int opts, int64_t *B, int64_t *T) {
+    const char *fn = "model:run";
+    const saefw_model_cfg *c = saefw_model_config(m->m);
+    char err[1024];
+    int32_t *ids = NULL;
+    if (luaL_testudata(L, 2, MT_TOKENS)) {
+        saefw_tokens *tok = check_tokens(L, 2)->t;
+        lua_getfield(L, opts, "rows");
+        if (!lua_istable(L, -1))
+            saefw_lua_error(L, "%s: field 'rows' (a list of 1-based row numbers) is required with tokens", fn);
+        *B = (int64_t)lua_rawlen(L, -1);
+        *T = saefw_tokens_seq_len(tok);
+        if (*B < 1) saefw_lua_error(L, "%s: field 'rows' is empty", fn);
+        ids = malloc(sizeof(int32_t) * (size_t)(*B * *T));
+        if (!ids) saefw_lua_error(L, "%s: out of memory", fn);
+        for (int64_t b = 0; b < *B; b++) {
+            lua_rawgeti(L, -1, (lua_Integer)b + 1);
+            int ok;
+            lua_Integer r = lua_tointegerx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok || r < 1 || r > saefw_tokens_rows(tok)) {
+                free(ids);
+                saefw_lua_error(L, "%s: rows[%lld] must be a row number from 1 to %lld", fn, (long long)b + 1,
+                                (long long)saefw_tokens_rows(tok));
+            }
+            if (saefw_tokens_row(tok, r - 1, ids + b * *T, c->d_vocab, err, sizeof err) != 0) {
+                free(ids);
+                saefw_lua_error(L, "%s: %s", fn, err);
+            }
+        }
+        lua_pop(L, 1);
+        return ids;
+    }
+    if (!lua_istable(L, 2))
+        saefw_lua_error(L, "%s: argument 1 must be token ids (a list, or a list of rows) or tokens, got %s", fn,
+                        luaL_typename(L, 2));
+    lua_rawgeti(L, 2, 1);
+    int two_d = lua_istable(L, -1);
+    lua_pop(L, 1);
+    *B = two_d ? (int64_t)lua_rawlen(L, 2) : 1;
+    if (two_d) {
+        lua_rawgeti(L, 2, 1);
+        *T = (int64_t)lua_rawlen(L, -1);
+        lua_pop(L, 1);
+    } else {
+        *T = (int64_t)lua_rawlen(L, 2);
+    }
+    if (*B < 1 || *T < 1) saefw_lua_error(L, "%s: no tokens", fn);
+    if (*T > c->n_ctx) saefw_lua_error(L, "%s: %lld tokens per row, more than the model's n_ctx %d", fn, (long long)*T, c->n_ctx);
+    ids = malloc(sizeof(int32_t) * (size_t)(*B * *T));
+    if (!ids) saefw_lua_error(L, "%s: out of memory", fn);
+    for (int64_t b = 0; b < *B; b++) {
+        if (two_d) {
+            lua_rawgeti(L, 2, (lua_Integer)b + 1);
+            if (!lua_istable(L, -1) || (int64_t)lua_rawlen(L, -1) != *T) {
+                free(ids);
+                saefw_lua_error(L, "%s: row %lld is not a list of %lld ids (every row has the first row's length)", fn,
+                                (long long)b + 1, (long long)*T);
+            }
+        } else {
+            lua_pushvalue(L, 2);
+        }
+        for (int64_t i = 0; i < *T; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i + 1);
+            int ok;
+            lua_Integer v = lua_tointegerx(L, -1, &ok);
+            lua_pop(L, 1);
+            if (!ok || v < 0 || v >= c->d_vocab) {
+                free(ids);
+                if (two_d)
+                    saefw_lua_error(L, "%s: token [%lld][%lld] must be an id from 0 to %d", fn, (long long)b + 1,
+                                    (long long)i + 1, c->d_vocab - 1);
+                saefw_lua_error(L, "%s: token [%lld] must be an id from 0 to %d", fn, (long long)i + 1, c->d_vocab - 1);
+            }
+            ids[b * *T + i] = (int32_t)v;
+        }
+        lua_pop(L, 1);
+    }
+    return ids;
+}
+
+#define RUN_MAX_SITES 64
+
+/* model:run(tokens, {sites = {...}, layer = 0}) -> {[site] = tensor, logits = tensor, loss = number}:
+ * the activations of the given tokens at the named hook sites (TransformerLens names or short ones
+ * with `layer`), in TransformerLens's shapes, keyed by the names given; "logits" [B, T, d_vocab]
+ * and "loss" (mean next-token cross-entropy) when asked. */
+static int model_run(lua_State *L) {
+    static const char *const keys[] = {"sites", "layer", "rows", NULL};
+    const char *fn = "model:run";
+    lmodel *m = check_model(L, 1);
+    if (lua_isnoneornil(L, 3)) {
+        lua_settop(L, 2);
+        lua_newtable(L);
+    }
+    saefw_lua_check_table(L, 3, fn);
+    saefw_lua_check_keys(L, 3, fn, keys);
+    int layer = (int)saefw_lua_opt_int(L, 3, fn, "layer", 0, 0);
+    lua_getfield(L, 3, "sites");
+    if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'sites' (a list of hook names, \"logits\", \"loss\") is required", fn);
+    int sites = lua_gettop(L);
+    int n_sites = (int)lua_rawlen(L, sites);
+    if (n_sites < 1 || n_sites > RUN_MAX_SITES)
+        return saefw_lua_error(L, "%s: field 'sites' must list from 1 to %d sites", fn, RUN_MAX_SITES);
+
+    int64_t B, T;
+    int32_t *ids = run_tokens(L, m, 3, &B, &T);
+    /* The ids go into a userdata so that any error below frees them with the Lua stack. */
+    int32_t *tok = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)(B * T), 0);
+    memcpy(tok, ids, sizeof(int32_t) * (size_t)(B * T));
+    free(ids);
+
+    lua_newtable(L); /* the result */
+    int result = lua_gettop(L);
+    saefw_capture caps[RUN_MAX_SITES];
+    int n_caps = 0, want_loss = 0;
+    float *logits = NULL;
+    char err[1024];
+    const saefw_model_cfg *c = saefw_model_config(m->m);
+    for (int i = 1; i <= n_sites; i++) {
+        lua_rawgeti(L, sites, i);
+        if (lua_type(L, -1) != LUA_TSTRING) return saefw_lua_error(L, "%s: sites[%d] must be a string", fn, i);
+        const char *name = lua_tostring(L, -1);
+        if (!strcmp(name, "loss")) {
+            if (T < 2) return saefw_lua_error(L, "%s: the loss needs at least 2 tokens per row", fn);
+            want_loss = 1;
+        } else if (!strcmp(name, "logits")) {
+            int64_t shape[3] = {B, T, c->d_vocab};
+            if (!logits) logits = new_tensor(L, 3, shape)->data;
+            else lua_getfield(L, result, "logits");
+            lua_setfield(L, result, "logits");
+        } else {
+            saefw_hook h;
+            if (saefw_model_hook_resolve(m->m, name, strncmp(name, "blocks.", 7) ? layer : -1, &h, err, sizeof err) != 0)
+                return saefw_lua_error(L, "%s: sites[%d]: %s", fn, i, err);
+            int k = 0;
+            while (k < n_caps && !(caps[k].hook.kind == h.kind && caps[k].hook.layer == h.layer)) k++;
+            if (k < n_caps) {
+                /* The same site under another name: the same tensor. */
+                char canon[96];
+                saefw_hook_name(h, canon, sizeof canon);
+                lua_getfield(L, result, canon);
+                lua_setfield(L, result, name);
+            } else {
+                int64_t shape[4];
+                int nd = saefw_model_hook_shape(m->m, h, B, T, shape);
+                caps[n_caps].hook = h;
+                caps[n_caps].out = new_tensor(L, nd, shape)->data;
+                n_caps++;
+                char canon[96];
+                saefw_hook_name(h, canon, sizeof canon);
+                lua_pushvalue(L, -1);
+                lua_setfield(L, result, canon);
+                lua_setfield(L, result, name);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    saefw_model_work *w = NULL;
+    if (saefw_model_work_alloc(m->m, B, T, &w, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    double loss = 0;
+    saefw_forward_opts o = {.captures = caps, .n_captures = n_caps, .logits_out = logits,
+                            .loss_out = want_loss ? &loss : NULL};
+    int rc = saefw_model_forward(m->m, w, tok, B, T, &o, err, sizeof err);
+    saefw_model_work_free(w);
+    if (rc != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    if (want_loss) {
+        lua_pushnumber(L, loss);
+        lua_setfield(L, result, "loss");
+    }
+    lua_pushvalue(L, result);
     return 1;
 }
 
@@ -890,8 +1488,10 @@ static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_mod
     saefw_hook h;
     char err[512];
     if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) saefw_lua_error(L, "%s: %s", fn, err);
-    if (saefw_model_hook_width(m, h) <= 0)
+    int width = saefw_model_hook_width(m, h);
+    if (width < 0)
         saefw_lua_error(L, "%s: layer %d is out of range: the model has %d layer(s)", fn, h.layer, saefw_model_config(m)->n_layers);
+    if (width == 0) saefw_lua_error(L, "%s: %s is not one row per token (read it with model:run)", fn, site);
     return h;
 }
 
@@ -1409,19 +2009,37 @@ int luaopen_saefw_core(lua_State *L) {
     saefw_lua_new_class(L, MT_SOURCE, source_gc, source_index, source_methods);
     saefw_lua_new_class(L, MT_BUFFER, buffer_gc, buffer_index, NULL);
     saefw_lua_new_class(L, MT_PLUGIN, plugin_gc, plugin_index, NULL);
-    saefw_lua_new_class(L, MT_MODEL, model_gc, model_index, NULL);
-    static const luaL_Reg ctx_methods[] = {{"param", ctx_param}, {"metric", ctx_metric}, {"log", ctx_log},
-                                           {"uniform", ctx_uniform}, {"normal", ctx_normal}, {NULL, NULL}};
+    static const luaL_Reg model_methods[] = {{"run", model_run}, {NULL, NULL}};
+    saefw_lua_new_class(L, MT_MODEL, model_gc, model_index, model_methods);
+    static const luaL_Reg tensor_methods[] = {{"get", tensor_get}, {"to_table", tensor_to_table}, {NULL, NULL}};
+    saefw_lua_new_class(L, MT_TENSOR, tensor_gc, tensor_index, tensor_methods);
+    static const luaL_Reg ctx_methods[] = {{"param", ctx_param},
+                                           {"metric", ctx_metric},
+                                           {"log", ctx_log},
+                                           {"uniform", ctx_uniform},
+                                           {"normal", ctx_normal},
+                                           {"batch_inputs", ctx_batch_inputs},
+                                           {"batch_acts", ctx_batch_acts},
+                                           {"feature_counts", ctx_feature_counts},
+                                           {"frequencies", ctx_frequencies},
+                                           {"reset_optimizer_state", ctx_reset_optimizer_state},
+                                           {"set_lr", ctx_set_lr},
+                                           {"loss_coeff", ctx_loss_coeff},
+                                           {"set_loss_coeff", ctx_set_loss_coeff},
+                                           {NULL, NULL}};
     static const luaL_Reg view_methods[] = {{"get", view_get}, {"set", view_set}, {"grad", view_grad},
                                             {"set_grad", view_set_grad}, {NULL, NULL}};
     saefw_lua_new_class(L, MT_LUA_PLUGIN_CTX, ctx_gc, ctx_index, ctx_methods);
     saefw_lua_new_class(L, MT_TENSOR_VIEW, view_gc, view_index, view_methods);
+    static const luaL_Reg state_methods[] = {{"put", state_put}, {"get", state_get}, {NULL, NULL}};
+    saefw_lua_new_class(L, MT_STATE_IO, state_io_gc, state_io_index, state_methods);
     saefw_lua_new_class(L, MT_TOKENS, tokens_gc, tokens_index, NULL);
     static const luaL_Reg fns[] = {
         {"sae", l_sae},
         {"load_sae", l_load_sae},
         {"synthetic", l_synthetic},
         {"activations", l_activations},
+        {"feed", l_feed},
         {"buffer", l_buffer},
         {"plugin", l_plugin},
         {"train", l_train},

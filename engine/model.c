@@ -34,19 +34,36 @@ static const struct {
     {SAEFW_HOOK_MLP_POST, "mlp.hook_post", {"post", "mlp_post", "hook_post", "mlp.hook_post"}},
     {SAEFW_HOOK_MLP_OUT, "hook_mlp_out", {"mlp_out", "hook_mlp_out"}},
     {SAEFW_HOOK_RESID_POST, "hook_resid_post", {"resid_post", "hook_resid_post"}},
+    {SAEFW_HOOK_LN1_NORMALIZED, "ln1.hook_normalized", {"ln1_normalized", "ln1.hook_normalized"}},
+    {SAEFW_HOOK_ATTN_Q, "attn.hook_q", {"q", "hook_q", "attn.hook_q"}},
+    {SAEFW_HOOK_ATTN_K, "attn.hook_k", {"k", "hook_k", "attn.hook_k"}},
+    {SAEFW_HOOK_ATTN_V, "attn.hook_v", {"v", "hook_v", "attn.hook_v"}},
+    {SAEFW_HOOK_ATTN_PATTERN, "attn.hook_pattern", {"pattern", "hook_pattern", "attn.hook_pattern"}},
+    {SAEFW_HOOK_ATTN_Z, "attn.hook_z", {"z", "hook_z", "attn.hook_z"}},
+    {SAEFW_HOOK_LN2_NORMALIZED, "ln2.hook_normalized", {"ln2_normalized", "ln2.hook_normalized"}},
+    {SAEFW_HOOK_MLP_PRE, "mlp.hook_pre", {"mlp_pre", "hook_pre", "mlp.hook_pre"}},
 };
+#define LN_FINAL_NAME "ln_final.hook_normalized"
 #define N_HOOK_KINDS ((int)(sizeof hook_names / sizeof hook_names[0]))
 
 static int bad_hook(const char *name, char *err, size_t errlen) {
     return saefw_errf(err, errlen,
                       "unknown hook site '%.200s' (expected blocks.L.hook_resid_pre, blocks.L.hook_resid_mid, "
-                      "blocks.L.mlp.hook_post, blocks.L.hook_mlp_out, blocks.L.hook_resid_post, or a short name: "
-                      "resid_pre, resid_mid, post, mlp_out, resid_post)",
+                      "blocks.L.mlp.hook_post, blocks.L.hook_mlp_out, blocks.L.hook_resid_post, "
+                      "blocks.L.ln1.hook_normalized, blocks.L.attn.hook_q/k/v/z/pattern, blocks.L.ln2.hook_normalized, "
+                      "blocks.L.mlp.hook_pre, " LN_FINAL_NAME ", or a short name: resid_pre, resid_mid, post, "
+                      "mlp_out, resid_post, ln1_normalized, q, k, v, pattern, z, ln2_normalized, mlp_pre)",
                       name);
 }
 
 int saefw_hook_parse(const char *name, int layer, saefw_hook *out, char *err, size_t errlen) {
     if (!name) return saefw_errf(err, errlen, "hook site name is NULL");
+    if (strcmp(name, LN_FINAL_NAME) == 0 || strcmp(name, "ln_final") == 0) {
+        /* After the last layer: any layer given is ignored. */
+        out->kind = SAEFW_HOOK_LN_FINAL_NORMALIZED;
+        out->layer = 0;
+        return 0;
+    }
     if (strncmp(name, "blocks.", 7) == 0) {
         const char *p = name + 7;
         long L = 0;
@@ -81,6 +98,10 @@ int saefw_hook_parse(const char *name, int layer, saefw_hook *out, char *err, si
 }
 
 void saefw_hook_name(saefw_hook h, char *buf, size_t n) {
+    if (h.kind == SAEFW_HOOK_LN_FINAL_NORMALIZED) {
+        snprintf(buf, n, "%s", LN_FINAL_NAME);
+        return;
+    }
     const char *suffix = "?";
     for (int i = 0; i < N_HOOK_KINDS; i++)
         if (hook_names[i].kind == h.kind) suffix = hook_names[i].full;
@@ -529,13 +550,44 @@ const saefw_model_cfg *saefw_model_config(const saefw_model *m) { return &m->cfg
 
 int saefw_model_hook_width(const saefw_model *m, saefw_hook h) {
     if (h.layer < 0 || h.layer >= m->cfg.n_layers) return -1;
-    return h.kind == SAEFW_HOOK_MLP_POST ? m->cfg.d_mlp : m->cfg.d_model;
+    switch (h.kind) {
+    case SAEFW_HOOK_MLP_POST:
+    case SAEFW_HOOK_MLP_PRE: return m->cfg.d_mlp;
+    case SAEFW_HOOK_ATTN_Q:
+    case SAEFW_HOOK_ATTN_K:
+    case SAEFW_HOOK_ATTN_V:
+    case SAEFW_HOOK_ATTN_Z: return m->cfg.n_heads * m->cfg.d_head;
+    case SAEFW_HOOK_ATTN_PATTERN: return 0;
+    default: return m->cfg.d_model;
+    }
+}
+
+int saefw_model_hook_shape(const saefw_model *m, saefw_hook h, int64_t B, int64_t T, int64_t shape[4]) {
+    int width = saefw_model_hook_width(m, h);
+    if (width < 0) return -1;
+    const int64_t H = m->cfg.n_heads;
+    shape[0] = B;
+    if (h.kind == SAEFW_HOOK_ATTN_PATTERN) {
+        shape[1] = H;
+        shape[2] = T;
+        shape[3] = T;
+        return 4;
+    }
+    shape[1] = T;
+    if (h.kind == SAEFW_HOOK_ATTN_Q || h.kind == SAEFW_HOOK_ATTN_K || h.kind == SAEFW_HOOK_ATTN_V ||
+        h.kind == SAEFW_HOOK_ATTN_Z) {
+        shape[2] = H;
+        shape[3] = m->cfg.d_head;
+        return 4;
+    }
+    shape[2] = width;
+    return 3;
 }
 
 static int check_hook(const saefw_model *m, saefw_hook h, char *err, size_t errlen) {
     char nm[96];
     saefw_hook_name(h, nm, sizeof nm);
-    if ((int)h.kind < 0 || (int)h.kind >= N_HOOK_KINDS)
+    if ((int)h.kind < 0 || (int)h.kind > SAEFW_HOOK_LN_FINAL_NORMALIZED)
         return saefw_errf(err, errlen, "unknown hook kind %d", (int)h.kind);
     if (h.layer < 0 || h.layer >= m->cfg.n_layers)
         return saefw_errf(err, errlen, "hook site %s: layer %d out of range: the model has %d layer%s", nm, h.layer,
@@ -654,7 +706,8 @@ typedef struct {
     float eps;
 } ln_job;
 
-/* Rows [r0, r1): out = (in - mean) / sqrt(biased var + eps) * w + b (statistics in double). */
+/* Rows [r0, r1): out = (in - mean) / sqrt(biased var + eps) * w + b (statistics in double); without
+ * w, the normalized value alone (TransformerLens's hook_normalized). */
 static void layernorm_rows(void *ctx, int64_t r0, int64_t r1) {
     const ln_job *j = ctx;
     const int64_t d = j->d;
@@ -668,6 +721,11 @@ static void layernorm_rows(void *ctx, int64_t r0, int64_t r1) {
         for (int64_t i = 0; i < d; i++)
             v += ((double)x[i] - mean) * ((double)x[i] - mean);
         double inv = 1.0 / sqrt(v / (double)d + (double)j->eps);
+        if (!j->w) {
+            for (int64_t i = 0; i < d; i++)
+                y[i] = (float)(((double)x[i] - mean) * inv);
+            continue;
+        }
         for (int64_t i = 0; i < d; i++)
             y[i] = (float)(((double)x[i] - mean) * inv) * j->w[i] + j->b[i];
     }
@@ -681,6 +739,7 @@ static void layernorm(float *out, const float *in, const float *w, const float *
 typedef struct {
     float *z;
     const float *qkv;
+    float *pattern; /* [bs, H, T, T] or NULL */
     int64_t T, H, Dh, max_seq;
     int failed; /* a part could not allocate its scratch */
 } att_job;
@@ -717,6 +776,7 @@ static void attention_heads(void *ctx, int64_t p0, int64_t p1) {
             for (int64_t c = i + 1; c < T; c++)
                 a[c] = 0.0f;
         }
+        if (j->pattern) memcpy(j->pattern + p * T * T, att, sizeof(float) * (size_t)(T * T));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, att, (int)T, v, (int)ld,
                     0.0f, j->z + b * T * hd + h * Dh, (int)hd);
     }
@@ -724,10 +784,11 @@ static void attention_heads(void *ctx, int64_t p0, int64_t p1) {
 }
 
 /* z [bs*T, H*Dh] from qkv [bs*T, 3*H*Dh], one (sequence, head) at a time on the pool, each on
- * single-threaded OpenBLAS. Returns -1 when out of memory. */
-static int attention(float *z, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh, char *err,
-                     size_t errlen) {
-    att_job j = {z, qkv, T, H, Dh, T, 0};
+ * single-threaded OpenBLAS; the pattern [bs, H, T, T] too when pattern is not NULL. Returns -1 when
+ * out of memory. */
+static int attention(float *z, float *pattern, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh,
+                     char *err, size_t errlen) {
+    att_job j = {z, qkv, pattern, T, H, Dh, T, 0};
     saefw_parallel_for_blas1(bs * H, attention_heads, &j);
     return j.failed ? saefw_errf(err, errlen, "forward: out of memory for the attention pattern") : 0;
 }
@@ -871,13 +932,54 @@ typedef struct {
     size_t errlen;
 } hook_ctx;
 
+static int same_hook(saefw_hook a, saefw_hook_kind kind, int layer) { return a.kind == kind && a.layer == layer; }
+
+/* The whole-batch output of the capture at (kind, layer), or NULL if that site is not captured
+ * (check_opts has made sure a site is captured at most once). */
+static float *capture_out(const saefw_forward_opts *o, saefw_hook_kind kind, int layer) {
+    if (o->capture && same_hook(*o->capture, kind, layer)) return o->capture_out;
+    for (int i = 0; i < o->n_captures; i++)
+        if (same_hook(o->captures[i].hook, kind, layer)) return o->captures[i].out;
+    return NULL;
+}
+
+/* 1 when the forward stops after capturing (kind, layer). */
+static int stop_here(const saefw_forward_opts *o, saefw_hook_kind kind, int layer) {
+    return o->stop_after_capture && same_hook(*o->capture, kind, layer);
+}
+
+/* Capture the LayerNorm's normalized input (before gain and bias) of in [rows, d]: computed only
+ * when captured. Returns 1 to stop, else 0. */
+static int at_ln_hook(const hook_ctx *c, saefw_hook_kind kind, int layer, const float *in, int64_t d, float eps) {
+    float *dst = capture_out(c->o, kind, layer);
+    if (!dst) return 0;
+    layernorm(dst + c->row0 * d, in, NULL, NULL, c->rows, d, eps);
+    return stop_here(c->o, kind, layer);
+}
+
+/* Capture queries, keys and values from qkv [rows, 3*hd] (the column blocks of W_qkv) as [rows, hd]
+ * each. Returns 1 to stop, else 0. */
+static int at_qkv_hooks(const hook_ctx *c, int layer, const float *qkv, int64_t hd) {
+    static const saefw_hook_kind kinds[3] = {SAEFW_HOOK_ATTN_Q, SAEFW_HOOK_ATTN_K, SAEFW_HOOK_ATTN_V};
+    int stop = 0;
+    for (int s = 0; s < 3; s++) {
+        float *dst = capture_out(c->o, kinds[s], layer);
+        if (!dst) continue;
+        for (int64_t r = 0; r < c->rows; r++)
+            memcpy(dst + (c->row0 + r) * hd, qkv + r * 3 * hd + s * hd, sizeof(float) * (size_t)hd);
+        stop |= stop_here(c->o, kinds[s], layer);
+    }
+    return stop;
+}
+
 /* Capture, then intervene, at hook (kind, layer) on acts [rows, width]. Returns 1 to stop the
  * chunk here, 0 to go on, -1 on error. */
 static int at_hook(const hook_ctx *c, saefw_hook_kind kind, int layer, float *acts, int64_t width) {
     const saefw_forward_opts *o = c->o;
-    if (o->capture && o->capture->kind == kind && o->capture->layer == layer) {
-        memcpy(o->capture_out + c->row0 * width, acts, sizeof(float) * (size_t)(c->rows * width));
-        if (o->stop_after_capture) return 1;
+    float *dst = capture_out(o, kind, layer);
+    if (dst) {
+        memcpy(dst + c->row0 * width, acts, sizeof(float) * (size_t)(c->rows * width));
+        if (stop_here(o, kind, layer)) return 1;
     }
     const saefw_intervention *iv = o->intervention;
     if (!iv || iv->mode == SAEFW_INTERVENE_NONE || iv->hook.kind != kind || iv->hook.layer != layer) return 0;
@@ -907,6 +1009,19 @@ static int check_opts(const saefw_model *m, const saefw_forward_opts *o, int64_t
         if (check_hook(m, *o->capture, err, errlen) != 0) return -1;
         if (!o->capture_out) return saefw_errf(err, errlen, "forward: capture hook given without capture_out");
     }
+    if (o->n_captures < 0 || (o->n_captures > 0 && !o->captures))
+        return saefw_errf(err, errlen, "forward: %d captures without a list", o->n_captures);
+    for (int i = 0; i < o->n_captures; i++) {
+        const saefw_capture *cp = &o->captures[i];
+        if (check_hook(m, cp->hook, err, errlen) != 0) return -1;
+        char nm[96];
+        saefw_hook_name(cp->hook, nm, sizeof nm);
+        if (!cp->out) return saefw_errf(err, errlen, "forward: capture at %s without an output", nm);
+        int twice = o->capture && same_hook(*o->capture, cp->hook.kind, cp->hook.layer);
+        for (int k = 0; k < i; k++)
+            twice |= same_hook(o->captures[k].hook, cp->hook.kind, cp->hook.layer);
+        if (twice) return saefw_errf(err, errlen, "forward: %s is captured twice", nm);
+    }
     if (o->stop_after_capture) {
         if (!o->capture) return saefw_errf(err, errlen, "forward: stop_after_capture without a capture hook");
         if (o->logits_out || o->loss_out)
@@ -921,6 +1036,15 @@ static int check_opts(const saefw_model *m, const saefw_forward_opts *o, int64_t
             return saefw_errf(err, errlen, "forward: replace intervention without a function");
         if (iv->mode != SAEFW_INTERVENE_ZERO && iv->mode != SAEFW_INTERVENE_MEAN && iv->mode != SAEFW_INTERVENE_REPLACE)
             return saefw_errf(err, errlen, "forward: unknown intervention mode %d", (int)iv->mode);
+        if (iv->hook.kind > SAEFW_HOOK_RESID_POST && iv->hook.kind != SAEFW_HOOK_MLP_PRE &&
+            iv->hook.kind != SAEFW_HOOK_ATTN_Z) {
+            char nm[96];
+            saefw_hook_name(iv->hook, nm, sizeof nm);
+            return saefw_errf(err, errlen,
+                              "forward: %s can be read but not intervened on (interventions: the residual and MLP "
+                              "sites, mlp.hook_pre and attn.hook_z)",
+                              nm);
+        }
     }
     if (o->loss_out && T < 2)
         return saefw_errf(err, errlen, "forward: the loss needs at least 2 positions (T = %" PRId64 ")", T);
@@ -961,14 +1085,22 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
         for (int L = 0; L < c->n_layers && rc == 0; L++) {
             const layer_weights *lw = &m->layers[L];
             if ((rc = at_hook(&hc, SAEFW_HOOK_RESID_PRE, L, w->resid, dm)) != 0) break;
+            if ((rc = at_ln_hook(&hc, SAEFW_HOOK_LN1_NORMALIZED, L, w->resid, dm, c->ln_eps)) != 0) break;
             layernorm(w->ln, w->resid, lw->ln1_w, lw->ln1_b, n, dm, c->ln_eps);
             linear(w->qkv, w->ln, lw->W_qkv, lw->b_qkv, n, dm, 3 * hd, 3 * hd);
-            if (attention(w->z, w->qkv, bs, T, H, Dh, err, errlen) != 0) return -1;
+            if ((rc = at_qkv_hooks(&hc, L, w->qkv, hd)) != 0) break;
+            float *pattern = capture_out(o, SAEFW_HOOK_ATTN_PATTERN, L);
+            if (attention(w->z, pattern ? pattern + b0 * H * T * T : NULL, w->qkv, bs, T, H, Dh, err, errlen) != 0)
+                return -1;
+            if (pattern && (rc = stop_here(o, SAEFW_HOOK_ATTN_PATTERN, L)) != 0) break;
+            if ((rc = at_hook(&hc, SAEFW_HOOK_ATTN_Z, L, w->z, hd)) != 0) break;
             linear(w->out, w->z, lw->W_O, lw->b_O, n, hd, dm, dm);
             add_inplace(w->resid, w->out, n * dm);
             if ((rc = at_hook(&hc, SAEFW_HOOK_RESID_MID, L, w->resid, dm)) != 0) break;
+            if ((rc = at_ln_hook(&hc, SAEFW_HOOK_LN2_NORMALIZED, L, w->resid, dm, c->ln_eps)) != 0) break;
             layernorm(w->ln, w->resid, lw->ln2_w, lw->ln2_b, n, dm, c->ln_eps);
             linear(w->mlp, w->ln, lw->W_in, lw->b_in, n, dm, dmlp, dmlp);
+            if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_PRE, L, w->mlp, dmlp)) != 0) break;
             gelu(w->mlp, n * dmlp);
             if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_POST, L, w->mlp, dmlp)) != 0) break;
             linear(w->out, w->mlp, lw->W_out, lw->b_out, n, dmlp, dm, dm);
@@ -977,7 +1109,8 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
             rc = at_hook(&hc, SAEFW_HOOK_RESID_POST, L, w->resid, dm);
         }
         if (rc < 0) return -1;
-        if (rc > 0 || !need_logits) continue;
+        if (rc > 0) continue;
+        if (at_ln_hook(&hc, SAEFW_HOOK_LN_FINAL_NORMALIZED, 0, w->resid, dm, c->ln_eps) != 0 || !need_logits) continue;
         layernorm(w->ln, w->resid, m->lnf_w, m->lnf_b, n, dm, c->ln_eps);
         if (o->logits_out) {
             float *lg = o->logits_out + row0 * V;

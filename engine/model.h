@@ -14,13 +14,27 @@ typedef struct {
 } saefw_model_cfg;
 
 /* Hook sites, by TransformerLens name: blocks.L.hook_resid_pre, blocks.L.hook_resid_mid,
- * blocks.L.mlp.hook_post, blocks.L.hook_mlp_out, blocks.L.hook_resid_post. */
+ * blocks.L.mlp.hook_post, blocks.L.hook_mlp_out, blocks.L.hook_resid_post; and, appended,
+ * blocks.L.ln1.hook_normalized, blocks.L.ln2.hook_normalized (LayerNorm output before its gain and
+ * bias), blocks.L.attn.hook_q/hook_k/hook_v/hook_z ([pos, head, d_head] per row),
+ * blocks.L.attn.hook_pattern ([batch, head, q, k]: not one row per token), blocks.L.mlp.hook_pre
+ * (before the GELU) and ln_final.hook_normalized (no layer; stored as layer 0). The appended sites
+ * can be captured; of them only mlp.hook_pre and attn.hook_z take interventions. */
 typedef enum {
     SAEFW_HOOK_RESID_PRE = 0,
     SAEFW_HOOK_RESID_MID,
     SAEFW_HOOK_MLP_POST,
     SAEFW_HOOK_MLP_OUT,
     SAEFW_HOOK_RESID_POST,
+    SAEFW_HOOK_LN1_NORMALIZED,
+    SAEFW_HOOK_ATTN_Q,
+    SAEFW_HOOK_ATTN_K,
+    SAEFW_HOOK_ATTN_V,
+    SAEFW_HOOK_ATTN_PATTERN,
+    SAEFW_HOOK_ATTN_Z,
+    SAEFW_HOOK_LN2_NORMALIZED,
+    SAEFW_HOOK_MLP_PRE,
+    SAEFW_HOOK_LN_FINAL_NORMALIZED,
 } saefw_hook_kind;
 
 typedef struct {
@@ -54,8 +68,14 @@ int saefw_model_load(const char *weights_path, const saefw_model_cfg *cfg, saefw
                      size_t errlen);
 void saefw_model_free(saefw_model *m);
 const saefw_model_cfg *saefw_model_config(const saefw_model *m);
-/* Width of the activations at a hook: d_mlp for mlp.hook_post, else d_model. -1 if the layer is out of range. */
+/* Width of the activations at a hook, per token: d_mlp for mlp.hook_post and mlp.hook_pre, n_heads *
+ * d_head for attn.hook_q/k/v/z, else d_model; 0 for attn.hook_pattern (not one row per token); -1 if
+ * the layer is out of range. */
 int saefw_model_hook_width(const saefw_model *m, saefw_hook h);
+/* Shape of a capture at h over tokens [B, T], as TransformerLens gives it: [B, T, width],
+ * [B, T, n_heads, d_head] for attn.hook_q/k/v/z, [B, n_heads, T, T] for attn.hook_pattern. Returns
+ * the number of dimensions (3 or 4), or -1 if the layer is out of range. */
+int saefw_model_hook_shape(const saefw_model *m, saefw_hook h, int64_t B, int64_t T, int64_t shape[4]);
 /* saefw_hook_parse, then check the layer against the model ("layer 3 out of range: the model has 2 layers"). */
 int saefw_model_hook_resolve(const saefw_model *m, const char *name, int layer, saefw_hook *out, char *err,
                              size_t errlen);
@@ -96,6 +116,12 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
                            char *err, size_t errlen);
 void saefw_model_work_free(saefw_model_work *w);
 
+/* One more capture site of a forward, with its own output (the shape of saefw_model_hook_shape). */
+typedef struct {
+    saefw_hook hook;
+    float *out;
+} saefw_capture;
+
 typedef struct {
     const saefw_hook *capture;      /* read activations here (may be NULL) */
     float *capture_out;             /* [B*T, width] */
@@ -103,6 +129,8 @@ typedef struct {
     const saefw_intervention *intervention; /* may be NULL */
     float *logits_out;              /* [B*T, d_vocab], may be NULL */
     double *loss_out;               /* mean next-token cross-entropy over positions 0..T-2 of every row; may be NULL */
+    const saefw_capture *captures;  /* [n_captures] more sites to read, each at most once (may be NULL) */
+    int n_captures;
 } saefw_forward_opts;
 
 /* Forward pass over tokens [B, T] (token ids < d_vocab, T <= n_ctx and <= the work's max_seq).

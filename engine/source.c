@@ -339,9 +339,77 @@ int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint
     return 0;
 }
 
+/* ---- ordered feed from a function ---- */
+
+typedef struct {
+    int (*fn)(void *ud, float *out, int64_t n, char *err, size_t errlen);
+    void *ud;
+    void (*destroy_ud)(void *ud);
+    float *last; /* [last_n, d_act]: the rows of the latest call, what evaluation reads */
+    int64_t last_n, last_cap;
+} feed_src;
+
+static int feed_next(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    feed_src *f = s->impl;
+    if (f->fn(f->ud, out, n, err, errlen) != 0) return -1;
+    if (n > f->last_cap) {
+        float *p = realloc(f->last, sizeof(float) * (size_t)(n * s->d_act));
+        if (!p) return saefw_errf(err, errlen, "feed: out of memory");
+        f->last = p;
+        f->last_cap = n;
+    }
+    memcpy(f->last, out, sizeof(float) * (size_t)(n * s->d_act));
+    f->last_n = n;
+    return 0;
+}
+
+/* Evaluation reads the latest rows again, cyclically: drawing from the function would move the
+ * stream that is to be replayed. */
+static int feed_sample(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
+    feed_src *f = s->impl;
+    if (f->last_n == 0)
+        return saefw_errf(err, errlen, "an ordered feed has given no rows yet to evaluate on: give an eval_source");
+    for (int64_t r = 0; r < n; r++)
+        memcpy(out + r * s->d_act, f->last + (r % f->last_n) * s->d_act, sizeof(float) * (size_t)s->d_act);
+    return 0;
+}
+
+static void feed_destroy(saefw_source *s) {
+    feed_src *f = s->impl;
+    if (f && f->destroy_ud) f->destroy_ud(f->ud);
+    if (f) free(f->last);
+    free(f);
+    free(s);
+}
+
+int saefw_source_feed(int64_t d_act, int (*fn)(void *ud, float *out, int64_t n, char *err, size_t errlen), void *ud,
+                      void (*destroy_ud)(void *ud), saefw_source **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (d_act <= 0 || !fn) return saefw_errf(err, errlen, "feed: d_act must be positive and fn given");
+    saefw_source *s = saefw_calloc(1, sizeof *s, err, errlen);
+    feed_src *f = s ? saefw_calloc(1, sizeof *f, err, errlen) : NULL;
+    if (!f) {
+        free(s);
+        return -1;
+    }
+    f->fn = fn;
+    f->ud = ud;
+    f->destroy_ud = destroy_ud;
+    s->kind = "feed";
+    s->d_act = d_act;
+    s->next = feed_next;
+    s->sample = feed_sample;
+    s->destroy = feed_destroy;
+    s->impl = f;
+    s->in_order = 1;
+    *out = s;
+    return 0;
+}
+
 /* ---- buffer ---- */
 
 size_t saefw_buffer_bytes(const saefw_buffer *b) {
+    if (b->in_order) return 0;
     return (size_t)(b->rows * b->d) * (b->dtype == SAEFW_BUF_BF16 ? 2 : 4);
 }
 
@@ -384,6 +452,15 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
                       uint64_t seed, char *err, size_t errlen) {
     memset(b, 0, sizeof *b);
     if (batch <= 0) return saefw_errf(err, errlen, "buffer: batch_size must be positive");
+    if (src->in_order) {
+        b->src = src;
+        b->rows = batch;
+        b->d = src->d_act;
+        b->batch = batch;
+        b->dtype = SAEFW_BUF_F32;
+        b->in_order = 1;
+        return 0;
+    }
     if (rows < 4 * batch)
         return saefw_errf(err, errlen, "buffer: %lld rows is too small for batch_size %lld (need at least 4 batches)",
                           (long long)rows, (long long)batch);
@@ -414,6 +491,7 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
 }
 
 int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen) {
+    if (b->in_order) return b->src->next(b->src, out, b->batch, err, errlen);
     for (int64_t k = 0; k < b->batch; k++) {
         int64_t phys = b->perm[b->pointer + k];
         if (b->dtype == SAEFW_BUF_BF16) {
@@ -436,6 +514,11 @@ void saefw_buffer_free(saefw_buffer *b) {
 }
 
 int saefw_buffer_save(const saefw_buffer *b, saefw_state_out *st, char *err, size_t errlen) {
+    if (b->in_order)
+        return saefw_state_put_i64(st, "batch", b->batch, err, errlen) != 0 ||
+                       saefw_state_put_i64(st, "in_order", 1, err, errlen) != 0
+                   ? -1
+                   : 0;
     int64_t dshape[2] = {b->rows, b->d}, pshape[1] = {b->rows};
     if (saefw_state_put(st, "data", b->dtype == SAEFW_BUF_BF16 ? SAEFW_DT_BF16 : SAEFW_DT_F32, 2, dshape, b->data, err,
                         errlen) != 0 ||
@@ -454,6 +537,12 @@ int saefw_buffer_load(saefw_buffer *b, saefw_state_in *st, char *err, size_t err
     if (batch != b->batch)
         return saefw_errf(err, errlen, "training state: the buffer was saved with batch_size %lld, this run uses %lld",
                           (long long)batch, (long long)b->batch);
+    if (b->in_order) {
+        int64_t in_order = 0;
+        if (saefw_state_get_i64(st, "in_order", &in_order, err, errlen) != 0 || in_order != 1)
+            return saefw_errf(err, errlen, "training state: the run was saved with a shuffling buffer, this one is an ordered feed");
+        return 0;
+    }
     if (saefw_state_get(st, "data", b->dtype == SAEFW_BUF_BF16 ? SAEFW_DT_BF16 : SAEFW_DT_F32, b->rows * b->d, b->data,
                         err, errlen) != 0 ||
         saefw_state_get(st, "perm", SAEFW_DT_I64, b->rows, b->perm, err, errlen) != 0 ||

@@ -29,6 +29,9 @@ struct saefw_source {
     void (*log)(void *ud, const char *msg); /* optional: where a source reports events (wrap-around) */
     void *log_ud;
     void *impl;
+    /* 1: an ordered feed: a buffer over it hands out the source's rows unshuffled, batch after batch,
+     * in the order next() gives them, so that exact batches can be replayed. */
+    int in_order;
 };
 
 void saefw_source_free(saefw_source *s);
@@ -54,6 +57,14 @@ double saefw_mmcs(const float *truth, int64_t n_truth, const float *D, int64_t n
 int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint64_t seed, saefw_source **out,
                       char *err, size_t errlen);
 
+/* An ordered feed from a function: next(n) calls fn(ud, out [n, d_act], n), which fills the rows or
+ * returns -1 with err; sample reads the rows of the latest call again, cyclically (drawing from fn
+ * would move the stream; give an evaluation source of its own for anything else). in_order is set. destroy_ud (may be NULL) runs
+ * on free. The function's state is not saved in checkpoints: a resumed run calls it again from
+ * where it is asked. */
+int saefw_source_feed(int64_t d_act, int (*fn)(void *ud, float *out, int64_t n, char *err, size_t errlen), void *ud,
+                      void (*destroy_ud)(void *ud), saefw_source **out, char *err, size_t errlen);
+
 typedef enum { SAEFW_BUF_F32 = 0, SAEFW_BUF_BF16 = 1 } saefw_buffer_dtype;
 
 /* The seed's buffer: `rows` rows, filled completely at first; each batch is read in order; once
@@ -73,8 +84,11 @@ typedef struct {
     int64_t refills;
     double fill_seconds;   /* wall time of the first fill */
     double refill_seconds; /* wall time of the refills after it (model forwards included) */
+    int in_order;          /* the source is an ordered feed: each batch is read straight from it */
 } saefw_buffer;
 
+/* Over a source with in_order set, the buffer holds nothing: each batch is the source's next
+ * `batch` rows, in float32, and `rows`, dtype and seed are not used. */
 int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t batch, saefw_buffer_dtype dtype,
                       uint64_t seed, char *err, size_t errlen);
 /* Next batch [batch, d] as float32. */

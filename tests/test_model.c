@@ -20,6 +20,10 @@
 #define ACT_ABS_TOL 1e-4
 
 static const char *const hook_short[] = {"resid_pre", "resid_mid", "post", "mlp_out", "resid_post"};
+/* TransformerLens's other sites, by full name after "blocks.L." (ln_final's has no layer). */
+static const char *const more_hooks[] = {"ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                                         "attn.hook_pattern", "attn.hook_z", "ln2.hook_normalized", "mlp.hook_pre"};
+#define N_MORE ((int)(sizeof more_hooks / sizeof more_hooks[0]))
 
 static int contains(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
 
@@ -158,6 +162,80 @@ static void test_forward(fixture *f, const char *label) {
         }
     }
     printf("  stop_after_capture: identical activations at every hook\n");
+    free(got);
+    free(got2);
+
+    /* Every other TransformerLens site of every layer and ln_final.hook_normalized, read in one
+     * forward that also gives the logits, in TransformerLens's shapes; then each alone with
+     * stop_after_capture, identical. */
+    enum { MAX_CAPS = 64 };
+    saefw_capture caps[MAX_CAPS];
+    char names[MAX_CAPS][96];
+    int ncap = 0;
+    for (int L = 0; L <= c->n_layers; L++) {
+        for (int k = 0; k < N_MORE && ncap < MAX_CAPS; k++) {
+            if (L == c->n_layers && k > 0) break;
+            if (L == c->n_layers) snprintf(names[ncap], sizeof names[ncap], "ln_final.hook_normalized");
+            else snprintf(names[ncap], sizeof names[ncap], "blocks.%d.%s", L, more_hooks[k]);
+            CHECK(saefw_model_hook_resolve(f->m, names[ncap], -1, &caps[ncap].hook, err, sizeof err) == 0, "%s: %s",
+                  names[ncap], err);
+            char back[96];
+            saefw_hook_name(caps[ncap].hook, back, sizeof back);
+            CHECK(strcmp(back, names[ncap]) == 0, "name of %s: %s", names[ncap], back);
+            int64_t shape[4];
+            int nd = saefw_model_hook_shape(f->m, caps[ncap].hook, f->B, f->T, shape);
+            const saefw_tensor_info *t = saefw_tf_find(f->ref, names[ncap]);
+            REQUIRE(t, "fixture lacks %s", names[ncap]);
+            int same = nd == t->ndim;
+            for (int d = 0; same && d < nd; d++)
+                same = shape[d] == t->shape[d];
+            CHECK(same, "%s: shape has %d dims, differs from the fixture's", names[ncap], nd);
+            caps[ncap].out = malloc(t->nbytes);
+            REQUIRE(caps[ncap].out, "out of memory");
+            ncap++;
+        }
+    }
+    logits = malloc(sizeof(float) * (size_t)(n * c->d_vocab));
+    REQUIRE(logits, "out of memory");
+    saefw_forward_opts om = {.captures = caps, .n_captures = ncap, .logits_out = logits};
+    CHECK(saefw_model_forward(f->m, f->w, f->tok, f->B, f->T, &om, err, sizeof err) == 0, "captures: %s", err);
+    want = t_tensor(f->ref, "logits", NULL);
+    close_act("logits (with captures)", logits, want, n * c->d_vocab);
+    free(want);
+    free(logits);
+    for (int i = 0; i < ncap; i++) {
+        float *ref = t_tensor(f->ref, names[i], NULL);
+        const saefw_tensor_info *t = saefw_tf_find(f->ref, names[i]);
+        int64_t numel = (int64_t)(t->nbytes / sizeof(float));
+        close_act(names[i], caps[i].out, ref, numel);
+        float *alone = malloc(t->nbytes);
+        REQUIRE(alone, "out of memory");
+        saefw_forward_opts os = {.capture = &caps[i].hook, .capture_out = alone, .stop_after_capture = 1};
+        CHECK(saefw_model_forward(f->m, f->w, f->tok, f->B, f->T, &os, err, sizeof err) == 0, "%s: %s", names[i], err);
+        CHECK(memcmp(alone, caps[i].out, t->nbytes) == 0, "%s: alone with stop_after_capture differs", names[i]);
+        free(alone);
+        free(ref);
+    }
+    printf("  %d more sites in one forward; each alone with stop_after_capture identical\n", ncap);
+    /* A site captured twice, and an intervention where only reading is supported, are refused. */
+    saefw_capture two[2] = {caps[0], caps[0]};
+    saefw_forward_opts ot = {.captures = two, .n_captures = 2};
+    err[0] = 0;
+    CHECK(saefw_model_forward(f->m, f->w, f->tok, f->B, f->T, &ot, err, sizeof err) != 0 &&
+              contains(err, "captured twice"),
+          "twice: '%s'", err);
+    saefw_intervention ivln = {.hook = caps[0].hook, .mode = SAEFW_INTERVENE_ZERO};
+    saefw_forward_opts oi = {.intervention = &ivln, .loss_out = &loss};
+    err[0] = 0;
+    CHECK(saefw_model_forward(f->m, f->w, f->tok, f->B, f->T, &oi, err, sizeof err) != 0 &&
+              contains(err, "blocks.0.ln1.hook_normalized can be read but not intervened on"),
+          "intervention at ln1: '%s'", err);
+    printf("  %s\n", err);
+    for (int i = 0; i < ncap; i++)
+        free(caps[i].out);
+    got = malloc(sizeof(float) * (size_t)(n * c->d_mlp));
+    got2 = malloc(sizeof(float) * (size_t)(n * c->d_mlp));
+    REQUIRE(got && got2, "out of memory");
 
     saefw_hook post1 = {SAEFW_HOOK_MLP_POST, 1};
     saefw_intervention zero = {.hook = post1, .mode = SAEFW_INTERVENE_ZERO};
@@ -270,7 +348,7 @@ static void test_hook_names(saefw_model *m) {
     }
     static const char *const bad[] = {"blocks.x.hook_resid_pre",
                                       "blocks.0.hook_post",
-                                      "blocks.0.mlp.hook_pre",
+                                      "blocks.0.mlp.hook_mid",
                                       "blocks..hook_resid_pre",
                                       "blocks.0",
                                       "pre",

@@ -9,6 +9,18 @@ local function fail(msg)
   error(core.where() .. msg, 0)
 end
 
+-- A field of the wrong type fails at the user's line, before any arithmetic on it here would fail
+-- inside this file. types: "number", "string", ... or a list of them.
+local function check_field(fn, t, key, types)
+  local v = t[key]
+  if v == nil then return end
+  if type(types) == "string" then types = { types } end
+  for _, ty in ipairs(types) do
+    if type(v) == ty then return end
+  end
+  fail(string.format("%s: field '%s' must be a %s, got %s", fn, key, table.concat(types, " or "), type(v)))
+end
+
 local function sorted_keys(t)
   local ks = {}
   for k in pairs(t) do ks[#ks + 1] = tostring(k) end
@@ -63,6 +75,7 @@ M.load_sae = core.load_sae
 M.plugin = core.plugin
 M.synthetic = core.synthetic
 M.activations = core.activations
+M.feed = core.feed
 M.frequencies = core.frequencies
 M.mmcs = core.mmcs
 M.evaluate = core.evaluate
@@ -82,6 +95,31 @@ M.find_resumable = core.find_resumable
 M.threads = core.threads
 M.features = core.features
 
+-- model:to_tokens(text [, {bos=, special=}]) -> ids and model:to_str_tokens(text or ids) -> strings,
+-- through the model's tokenizer (saefw.tokenizer(model.name)); bos defaults to true when the
+-- tokenizer has a BOS token, as TransformerLens's prepend_bos. The ids go straight to model:run.
+do
+  local Model = debug.getregistry()["saefw.Model"]
+  local tokenizers = setmetatable({}, { __mode = "k" })
+  local function tokenizer_of(m)
+    local t = tokenizers[m]
+    if not t then
+      t = core.tokenizer(m.name)
+      tokenizers[m] = t
+    end
+    return t
+  end
+  Model.methods.to_tokens = function(m, text, opts)
+    if type(text) ~= "string" then fail("model:to_tokens: expected a string, got " .. type(text)) end
+    if opts ~= nil and type(opts) ~= "table" then fail("model:to_tokens: options must be a table") end
+    local tok = tokenizer_of(m)
+    local o = { special = opts and opts.special, bos = opts and opts.bos }
+    if o.bos == nil then o.bos = tok.bos ~= nil end
+    return tok:encode(text, o)
+  end
+  Model.methods.to_str_tokens = function(m, x) return tokenizer_of(m):to_str_tokens(x) end
+end
+
 -- What a buffer reads from, for cfg.json (SAELens's model_name, hook_name, ...).
 local buffer_info = setmetatable({}, { __mode = "k" })
 
@@ -99,7 +137,12 @@ function M.buffer(t)
     end
   end
   if t.tokens == nil then fail("saefw.buffer: field 'tokens' is required with 'model'") end
-  if type(t.batch_size) ~= "number" then fail("saefw.buffer: field 'batch_size' is required") end
+  if type(t.tokens) ~= "userdata" then
+    fail(string.format("saefw.buffer: field 'tokens' must be tokens (saefw.tokens), got %s", type(t.tokens)))
+  end
+  if t.batch_size == nil then fail("saefw.buffer: field 'batch_size' is required") end
+  check_field("saefw.buffer", t, "batch_size", "number")
+  check_field("saefw.buffer", t, "model_batch_size", "number")
   local seq_len = t.tokens.seq_len
   local mbs = t.model_batch_size or math.max(1, t.batch_size // seq_len * 16)
   local src = core.model_source { model = t.model, tokens = t.tokens, site = t.site, layer = t.layer,
@@ -147,6 +190,14 @@ function M.train(t)
       fail(string.format("saefw.train: unknown option '%s' (valid: %s)", tostring(k), table.concat(sorted_keys(TRAIN_KEYS), ", ")))
     end
   end
+  for _, k in ipairs { "steps", "num_tokens", "batch_size", "buffer_size", "seed", "threads" } do
+    check_field("saefw.train", t, k, "number")
+  end
+  check_field("saefw.train", t, "buffer_dtype", "string")
+  check_field("saefw.train", t, "config", "table")
+  check_field("saefw.train", t, "run_dir", { "string", "boolean" })
+  check_field("saefw.train", t, "resume", "string")
+  for _, k in ipairs { "on_log", "on_eval", "on_end" } do check_field("saefw.train", t, k, "function") end
   -- threads: for this run and after it, as saefw.threads(n) (0: the default, all cores).
   if t.threads ~= nil then core.threads(t.threads) end
   local buffer = t.buffer
@@ -159,7 +210,6 @@ function M.train(t)
   local steps = t.steps
   if not steps then
     if not t.num_tokens then fail("saefw.train: give 'steps' or 'num_tokens'") end
-    if type(t.num_tokens) ~= "number" then fail("saefw.train: field 'num_tokens' must be a number") end
     steps = math.floor(t.num_tokens / buffer.batch_size)
     if steps < 1 then fail(string.format("saefw.train: num_tokens %g is less than one batch of %d", t.num_tokens, buffer.batch_size)) end
   end

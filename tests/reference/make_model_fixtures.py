@@ -10,7 +10,8 @@ TransformerLens is not installed here, so `forward` below is TransformerLens's f
 out in plain torch; the reference values are computed in float64 and stored as float32.
 
 `reference.safetensors` holds the tokens [3, 12], the logits, the activations at every hook
-site of every layer (named by their TransformerLens hook names), the mean vector used for
+site of every layer and at ln_final.hook_normalized (named by their TransformerLens hook names,
+in TransformerLens's shapes), the mean vector used for
 mean ablation, and in __metadata__ (as repr'd float64) the clean loss and the losses with
 blocks.1.mlp.hook_post zero-ablated, mean-ablated and scaled by 0.5.
 
@@ -44,12 +45,21 @@ SMALL_CFG = {
     "d_vocab": 10, "act_fn": "gelu", "normalization_type": "LN",
 }
 HOOKS = ["hook_resid_pre", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post"]
+# TransformerLens's other sites, written from the same forward: LayerNorm outputs before the gain
+# and bias ([batch, pos, d_model]), queries/keys/values and z ([batch, pos, head, d_head]), the
+# attention pattern ([batch, head, q, k]), the MLP's pre-activation ([batch, pos, d_mlp]).
+MORE_HOOKS = ["ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern",
+              "attn.hook_z", "ln2.hook_normalized", "mlp.hook_pre"]
 
 
-def layer_norm(x, w, b, eps):
+def layer_norm(x, w, b, eps, hook=None, name=None):
+    """TransformerLens's LayerNorm: hook_normalized sees x / scale, before the gain and bias."""
     x = x - x.mean(-1, keepdim=True)
     scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    return x / scale * w + b
+    x = x / scale
+    if hook is not None:
+        x = hook(name, x)
+    return x * w + b
 
 
 def forward(p, cfg, tokens, hooks=None, cache=None, eps=1e-5):
@@ -71,22 +81,23 @@ def forward(p, cfg, tokens, hooks=None, cache=None, eps=1e-5):
     for L in range(cfg["n_layers"]):
         pre = f"blocks.{L}."
         resid = hook(pre + "hook_resid_pre", resid)
-        x = layer_norm(resid, p[pre + "ln1.w"], p[pre + "ln1.b"], eps)
-        q = torch.einsum("bpm,hmd->bphd", x, p[pre + "attn.W_Q"]) + p[pre + "attn.b_Q"]
-        k = torch.einsum("bpm,hmd->bphd", x, p[pre + "attn.W_K"]) + p[pre + "attn.b_K"]
-        v = torch.einsum("bpm,hmd->bphd", x, p[pre + "attn.W_V"]) + p[pre + "attn.b_V"]
+        x = layer_norm(resid, p[pre + "ln1.w"], p[pre + "ln1.b"], eps, hook, pre + "ln1.hook_normalized")
+        q = hook(pre + "attn.hook_q", torch.einsum("bpm,hmd->bphd", x, p[pre + "attn.W_Q"]) + p[pre + "attn.b_Q"])
+        k = hook(pre + "attn.hook_k", torch.einsum("bpm,hmd->bphd", x, p[pre + "attn.W_K"]) + p[pre + "attn.b_K"])
+        v = hook(pre + "attn.hook_v", torch.einsum("bpm,hmd->bphd", x, p[pre + "attn.W_V"]) + p[pre + "attn.b_V"])
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg["d_head"])
         scores = scores.masked_fill(~causal, float("-inf"))
-        pattern = scores.softmax(-1)
-        z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+        pattern = hook(pre + "attn.hook_pattern", scores.softmax(-1))
+        z = hook(pre + "attn.hook_z", torch.einsum("bhqk,bkhd->bqhd", pattern, v))
         attn_out = torch.einsum("bqhd,hdm->bqm", z, p[pre + "attn.W_O"]) + p[pre + "attn.b_O"]
         resid = hook(pre + "hook_resid_mid", resid + attn_out)
-        x = layer_norm(resid, p[pre + "ln2.w"], p[pre + "ln2.b"], eps)
-        post = torch.nn.functional.gelu(x @ p[pre + "mlp.W_in"] + p[pre + "mlp.b_in"])
+        x = layer_norm(resid, p[pre + "ln2.w"], p[pre + "ln2.b"], eps, hook, pre + "ln2.hook_normalized")
+        mlp_pre = hook(pre + "mlp.hook_pre", x @ p[pre + "mlp.W_in"] + p[pre + "mlp.b_in"])
+        post = torch.nn.functional.gelu(mlp_pre)
         post = hook(pre + "mlp.hook_post", post)
         mlp_out = hook(pre + "hook_mlp_out", post @ p[pre + "mlp.W_out"] + p[pre + "mlp.b_out"])
         resid = hook(pre + "hook_resid_post", resid + mlp_out)
-    x = layer_norm(resid, p["ln_final.w"], p["ln_final.b"], eps)
+    x = layer_norm(resid, p["ln_final.w"], p["ln_final.b"], eps, hook, "ln_final.hook_normalized")
     logits = x @ p["unembed.W_U"]
     if "unembed.b_U" in p:
         logits = logits + p["unembed.b_U"]
@@ -212,9 +223,10 @@ def main():
     ref["tokens"] = tokens.to(torch.int32)
     ref["logits"] = logits.float()
     for L in range(CFG["n_layers"]):
-        for h in HOOKS:
+        for h in HOOKS + MORE_HOOKS:
             name = f"blocks.{L}.{h}"
             ref[name] = cache[name].float()
+    ref["ln_final.hook_normalized"] = cache["ln_final.hook_normalized"].float()
     ref["mean_post1"] = mean.float()
     meta = {"loss": repr(loss), "loss_zero_post1": repr(loss_zero), "loss_mean_post1": repr(loss_mean),
             "loss_half_post1": repr(loss_half)}
