@@ -270,12 +270,15 @@ assert(got.l1 == 0.5, "ctx:set_loss_coeff")
 print("Lua plugin context: batch, activations, counts, frequencies, reset, lr, L1 coefficient: ok")
 
 -- Saved state: a Lua plugin's save_state / load_state go into checkpoints and come back on resume.
-local seen_state, seen_end
+local seen_state, seen_end, crash_at
 local function counter()
   local count, history = 0, {}
   return saefw.lua_plugin {
     name = "counter",
-    after_step = function(ctx) count = count + 1; history[#history + 1] = ctx.step * 0.5 end,
+    after_step = function(ctx)
+      if ctx.step == crash_at then error("killed at step " .. ctx.step) end
+      count = count + 1; history[#history + 1] = ctx.step * 0.5
+    end,
     on_end = function() seen_end = count end,
     save_state = function(ctx, state) state:put("count", count); state:put("history", history) end,
     load_state = function(ctx, state)
@@ -291,7 +294,10 @@ local function counted_run(steps, resume)
                 batch_size = BATCH, steps = steps, optimizer = saefw.plugin("sgd"), plugins = { counter() },
                 run_dir = rdir, resume = resume, checkpoint_every = 2, progress = false, eval_every = 0 }
 end
-counted_run(4)
+-- The first run dies at step 3 (a finished run cannot be resumed), after its checkpoint at 2 steps.
+crash_at = 3
+assert(not pcall(counted_run, 6))
+crash_at = nil
 counted_run(6, rdir)
 -- The newest numbered checkpoint is after 2 steps (0-based steps 0 and 1); the resumed run does
 -- steps 2 to 5 on top of the restored count.
