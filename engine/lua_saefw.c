@@ -15,6 +15,7 @@
 #include "lua_tokenizer.h"
 #include "lua_features.h"
 #include "lua_util.h"
+#include "memory.h"
 #include "model.h"
 #include "model_resolve.h"
 #include "model_source.h"
@@ -1093,6 +1094,23 @@ static int l_threads(lua_State *L) {
     return 1;
 }
 
+/* saefw.memory_policy(allow, limit): allow = true runs whatever the memory estimate says; limit (bytes,
+ * or a size such as "8G") checks the estimate against it instead of the machine's available memory. */
+static int l_memory_policy(lua_State *L) {
+    int64_t limit = 0;
+    char err[256];
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        if (!(lua_tonumber(L, 2) > 0)) return saefw_lua_error(L, "memory_limit: expected a positive size, got %s", luaL_tolstring(L, 2, NULL));
+        limit = (int64_t)lua_tonumber(L, 2);
+    } else if (lua_type(L, 2) == LUA_TSTRING) {
+        if (saefw_mem_parse(lua_tostring(L, 2), &limit, err, sizeof err) != 0) return saefw_lua_error(L, "memory_limit: %s", err);
+    } else if (!lua_isnoneornil(L, 2)) {
+        return saefw_lua_error(L, "memory_limit: expected a size such as \"8G\" or a number of bytes");
+    }
+    saefw_mem_set_policy(lua_toboolean(L, 1), limit);
+    return 0;
+}
+
 /* saefw.data_dir() -> the folder of saefw's bundled data (share/saefw next to the binary). */
 static int l_data_dir(lua_State *L) {
     char dir[4096];
@@ -1474,6 +1492,7 @@ int luaopen_saefw_core(lua_State *L) {
         {"save_tensor", l_save_tensor},
         {"find_resumable", l_find_resumable},
         {"resume_dir", l_resume_dir},
+        {"memory_policy", l_memory_policy},
         {"threads", l_threads},
         {"where", saefw_lua_where},
         {"overrides", saefw_lua_overrides},

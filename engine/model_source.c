@@ -177,6 +177,8 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     }
     saefw_rng_seed(&ms->eval_rng, o->seed ^ 0x6d6f64656cULL);
     s->kind = "model";
+    s->mem_bytes = (double)saefw_model_param_bytes(o->model) + (double)saefw_model_work_bytes(ms->work) +
+                   4.0 * (double)(ms->chunk_seqs * seq_len) * (double)(1 + width);
     s->d_act = width;
     s->next = model_next;
     s->sample = model_sample;

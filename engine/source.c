@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "memory.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -398,6 +399,16 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
     b->stage_rows = src->chunk_rows > 0 && src->chunk_rows < batch ? src->chunk_rows : batch;
     if (b->stage_rows > 512) b->stage_rows = 512;
     saefw_rng_seed(&b->rng, seed ^ 0x627566666572ULL);
+    /* Before anything is allocated: a buffer that cannot fit is refused now, not after its fill. */
+    const double need = (double)saefw_buffer_bytes(b) + 8.0 * (double)rows + 4.0 * (double)(b->stage_rows * b->d) +
+                        src->mem_bytes;
+    char what[96];
+    snprintf(what, sizeof what, "the activation buffer (%lld rows of %lld at %s)", (long long)rows, (long long)b->d,
+             dtype == SAEFW_BUF_BF16 ? "bf16" : "f32");
+    if (saefw_mem_check(what, need, err, errlen) != 0) {
+        memset(b, 0, sizeof *b);
+        return -1;
+    }
     b->data = saefw_malloc(saefw_buffer_bytes(b), err, errlen);
     b->perm = b->data ? saefw_malloc(sizeof(int64_t) * (size_t)rows, err, errlen) : NULL;
     b->stage = b->perm ? saefw_malloc(sizeof(float) * (size_t)(b->stage_rows * b->d), err, errlen) : NULL;

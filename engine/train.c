@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "memory.h"
 #include "rundir.h"
 #include "state.h"
 #include "parallel.h"
@@ -983,6 +984,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     stack_t old_ss;
     int signals_set = 0, lock_fd = -1;
 
+    double mem_estimate = 0;
+    if (saefw_train_memory_check(o, o->progress != 0, &mem_estimate, err, errlen) != 0) return -1;
     if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
     run.work.fused = 1; /* every forward pass of the step is followed by its backward pass */
     run.batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
@@ -1188,6 +1191,11 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     if (emit(&run, mf, "end", &m, err, errlen) != 0) goto done;
     res->last = m;
     rc = 0;
+    if (o->progress != 0 && saefw_mem_peak() > 0) {
+        char pk[32], es[32];
+        fprintf(stderr, "memory: peak resident %s, estimated %s\n", saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),
+                saefw_mem_fmt(mem_estimate, es, sizeof es));
+    }
 
 done:
     if (run.plug_self) crash_handlers_off(old_fault, &old_ss);
