@@ -1235,6 +1235,7 @@ static int l_train(lua_State *L) {
     lua_getiuservalue(L, -1, 1);
     lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
     int64_t recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
+    if (recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)recons_batches, SAEFW_MAX_EVAL_BATCHES);
     if (bsrc && bsrc->on_model && recons_batches > 0) {
         lua_getiuservalue(L, -1, 1);
         rud.m = check_model(L, -1)->m;
@@ -1280,6 +1281,7 @@ static int l_train(lua_State *L) {
     o.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
     o.checkpoint_every = saefw_lua_opt_int(L, 1, fn, "checkpoint_every", 0, 0);
     o.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
+    if (o.freq_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: freq_batches = %lld is more than %d", fn, (long long)o.freq_batches, SAEFW_MAX_EVAL_BATCHES);
     o.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
     o.resume_from = saefw_lua_opt_string(L, 1, fn, "resume_from", NULL);
     o.resume = saefw_lua_opt_bool(L, 1, fn, "resume", 0);
@@ -1355,6 +1357,7 @@ static int l_frequencies(lua_State *L) {
     saefw_source *src = check_source(L, 2);
     lua_Integer batches = luaL_optinteger(L, 3, 5), batch = luaL_optinteger(L, 4, 4096);
     if (batches <= 0 || batch <= 0) return saefw_lua_error(L, "saefw.frequencies: batches and batch size must be positive");
+    if (batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "saefw.frequencies: batches = %lld is more than %d", (long long)batches, SAEFW_MAX_EVAL_BATCHES);
     if (src->d_act != s->sae.d_in)
         return saefw_lua_error(L, "saefw.frequencies: source width %lld does not match the SAE's d_in %lld", (long long)src->d_act, (long long)s->sae.d_in);
     float *f = malloc(sizeof(float) * (size_t)s->sae.d_sae);

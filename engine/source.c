@@ -346,10 +346,17 @@ size_t saefw_buffer_bytes(const saefw_buffer *b) {
     return (size_t)(b->rows * b->d) * (b->dtype == SAEFW_BUF_BF16 ? 2 : 4);
 }
 
-/* Fill logical rows [from, to) from the source, in chunks of stage_rows. */
-static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, char *err, size_t errlen) {
+/* Fill logical rows [from, to) from the source, in chunks of stage_rows. The first fill stops at a
+ * SIGINT or SIGTERM (nothing is lost); a refill during training completes, since a buffer stopped
+ * halfway could not be saved consistently. */
+static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, int stoppable, char *err, size_t errlen) {
     for (int64_t r = from; r < to;) {
         int64_t n = to - r < b->stage_rows ? to - r : b->stage_rows;
+        if (stoppable && saefw_stop_requested()) {
+            char what[96];
+            snprintf(what, sizeof what, "buffer fill (%lld of %lld rows made)", (long long)r, (long long)to);
+            return saefw_stop_errf(err, errlen, what);
+        }
         if (b->src->next(b->src, b->stage, n, err, errlen) != 0) return -1;
         for (int64_t k = 0; k < n; k++) {
             int64_t phys = b->perm[r + k];
@@ -371,7 +378,7 @@ static int buffer_refresh(saefw_buffer *b, char *err, size_t errlen) {
     const int first = b->first;
     int64_t upto = first ? b->rows : b->rows / 2;
     b->first = 0;
-    if (buffer_fill(b, 0, upto, err, errlen) != 0) return -1;
+    if (buffer_fill(b, 0, upto, first, err, errlen) != 0) return -1;
     if (b->src->idle) b->src->idle(b->src);
     saefw_fault_point("refill");
     saefw_rng_shuffle(&b->rng, b->perm, b->rows);
@@ -417,7 +424,11 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
         return -1;
     }
     for (int64_t i = 0; i < rows; i++) b->perm[i] = i;
-    if (buffer_refresh(b, err, errlen) != 0) {
+    saefw_stop_scope stop;
+    saefw_stop_begin(&stop);
+    int rc = buffer_refresh(b, err, errlen);
+    saefw_stop_end(&stop);
+    if (rc != 0) {
         saefw_buffer_free(b);
         return -1;
     }

@@ -211,6 +211,7 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
     int rc = count ? 0 : -1;
     for (int64_t done = 0; rc == 0 && done < rows; done += chunk) {
         int64_t k = rows - done < chunk ? rows - done : chunk;
+        if (saefw_stop_requested() && (rc = saefw_stop_errf(err, errlen, "feature frequencies")) != 0) break;
         if (src->sample(src, x, k, err, errlen) != 0) {
             rc = -1;
             break;
@@ -450,11 +451,6 @@ static void crash_handlers_off(const struct sigaction *old, const stack_t *old_s
     g_crash_run = NULL;
     sigaltstack(old_ss, NULL);
 }
-
-/* ---- signals ---- */
-
-static volatile sig_atomic_t g_stop_signal = 0;
-static void on_signal(int sig) { g_stop_signal = sig; }
 
 /* ---- output ---- */
 
@@ -967,6 +963,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         return saefw_errf(err, errlen, "train: plugin %s is a %s, not an optimizer", o->optimizer.plugin->p.name,
                           saefw_plugin_kind_name(o->optimizer.plugin->p.kind));
     if (o->steps <= 0) return saefw_errf(err, errlen, "train: the number of steps must be positive (num_tokens >= batch_size)");
+    if (o->freq_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_errf(err, errlen, "train: freq_batches = %lld is more than %d", (long long)o->freq_batches, SAEFW_MAX_EVAL_BATCHES);
 
     saefw_run run;
     memset(&run, 0, sizeof run);
@@ -980,7 +978,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     FILE *mf = NULL;
     int rc = -1;
     int opt_created = 0, n_created = 0;
-    struct sigaction old_int, old_term, old_fault[N_FAULT_SIGS];
+    struct sigaction old_fault[N_FAULT_SIGS];
+    saefw_stop_scope stop_scope;
     stack_t old_ss;
     int signals_set = 0, lock_fd = -1;
 
@@ -1061,16 +1060,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
     }
 
-    g_stop_signal = 0;
-    {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, &old_int);
-        sigaction(SIGTERM, &sa, &old_term);
-        signals_set = 1;
-    }
+    saefw_stop_begin(&stop_scope);
+    signals_set = 1;
 
     const int tty = o->progress < 0 && isatty(STDERR_FILENO);
     const int plain = o->progress < 0 && !tty;
@@ -1084,7 +1075,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     m.mmcs = NAN;
 
     for (int64_t i = start; i < o->steps; i++) {
-        if (g_stop_signal || run.stopped_by) break;
+        if (saefw_stop_requested() || run.stopped_by) break;
         run.step = i;
         run.n_extra = 0;
         int got = buf ? saefw_buffer_next(buf, run.batch, err, errlen)
@@ -1145,7 +1136,10 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             last_draw = now;
         }
         if (o->eval_every > 0 && i % o->eval_every == 0) {
-            if (run_eval(&run, &m, err, errlen) != 0) goto done;
+            if (run_eval(&run, &m, err, errlen) != 0) {
+                if (saefw_stop_requested()) break; /* the steps done are saved below */
+                goto done;
+            }
             if (call_hooks(&run, offsetof(saefw_plugin, on_eval), err, errlen) != 0) goto done;
             if (emit(&run, mf, "eval", &m, err, errlen) != 0) goto done;
             if (tty) fputs("\r\033[K", stderr);
@@ -1166,15 +1160,16 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     }
     if (tty) fputc('\n', stderr);
 
-    if (g_stop_signal) {
-        res->interrupted = g_stop_signal;
+    if (saefw_stop_requested()) {
+    interrupted:
+        res->interrupted = saefw_stop_requested();
         char cerr[512] = "";
         if (save_checkpoint(&run, NULL, &m, res->steps_done, 1, res, cerr, sizeof cerr) != 0)
             saefw_errf(err, errlen, "interrupted by signal %d at step %lld; saving a checkpoint failed: %s",
-                       (int)g_stop_signal, (long long)res->steps_done, cerr);
+                       (int)saefw_stop_requested(), (long long)res->steps_done, cerr);
         else
             saefw_errf(err, errlen, "interrupted by %s after %lld steps; checkpoint saved to %s",
-                       g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)res->steps_done,
+                       saefw_stop_requested() == SIGINT ? "SIGINT" : "SIGTERM", (long long)res->steps_done,
                        o->run_dir ? res->last_checkpoint : "(no run folder)");
         goto done;
     }
@@ -1185,7 +1180,10 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     res->stopped_by = run.stopped_by;
 
     /* Final evaluation, hooks and checkpoint. */
-    if (run_eval(&run, &m, err, errlen) != 0) goto done;
+    if (run_eval(&run, &m, err, errlen) != 0) {
+        if (saefw_stop_requested()) goto interrupted; /* a checkpoint of the last step, to finish with --resume */
+        goto done;
+    }
     if (call_hooks(&run, offsetof(saefw_plugin, on_end), err, errlen) != 0) goto done;
     if (save_checkpoint(&run, "final", &m, o->steps, 0, res, err, errlen) != 0) goto done;
     if (emit(&run, mf, "end", &m, err, errlen) != 0) goto done;
@@ -1199,10 +1197,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
 
 done:
     if (run.plug_self) crash_handlers_off(old_fault, &old_ss);
-    if (signals_set) {
-        sigaction(SIGINT, &old_int, NULL);
-        sigaction(SIGTERM, &old_term, NULL);
-    }
+    if (signals_set) saefw_stop_end(&stop_scope);
     for (int i = 0; i < n_created; i++)
         if (o->plugins[i].plugin->p.destroy && run.plug_self[i]) o->plugins[i].plugin->p.destroy(run.plug_self[i]);
     if (opt_created && o->optimizer.plugin->p.destroy && run.opt_self) o->optimizer.plugin->p.destroy(run.opt_self);
