@@ -662,6 +662,12 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
 
     for (int64_t r0 = 0; r0 < rows; r0 += B) {
         int64_t nb = rows - r0 < B ? rows - r0 : B;
+        if (saefw_stop_requested()) {
+            char what[96];
+            snprintf(what, sizeof what, "features (%lld of %lld tokens analysed)", (long long)(r0 * T), (long long)(rows * T));
+            saefw_stop_errf(err, errlen, what);
+            goto done;
+        }
         for (int64_t i = 0; i < nb; i++)
             if (saefw_tokens_row(tok, r0 + i, toks + i * T, mc->d_vocab, err, errlen) != 0) goto done;
         saefw_forward_opts fo;

@@ -16,6 +16,7 @@
 #include "lua_tokenizer.h"
 #include "lua_features.h"
 #include "lua_util.h"
+#include "memory.h"
 #include "model.h"
 #include "model_resolve.h"
 #include "model_source.h"
@@ -1678,6 +1679,23 @@ static int l_threads(lua_State *L) {
     return 1;
 }
 
+/* saefw.memory_policy(allow, limit): allow = true runs whatever the memory estimate says; limit (bytes,
+ * or a size such as "8G") checks the estimate against it instead of the machine's available memory. */
+static int l_memory_policy(lua_State *L) {
+    int64_t limit = 0;
+    char err[256];
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        if (!(lua_tonumber(L, 2) > 0)) return saefw_lua_error(L, "memory_limit: expected a positive size, got %s", luaL_tolstring(L, 2, NULL));
+        limit = (int64_t)lua_tonumber(L, 2);
+    } else if (lua_type(L, 2) == LUA_TSTRING) {
+        if (saefw_mem_parse(lua_tostring(L, 2), &limit, err, sizeof err) != 0) return saefw_lua_error(L, "memory_limit: %s", err);
+    } else if (!lua_isnoneornil(L, 2)) {
+        return saefw_lua_error(L, "memory_limit: expected a size such as \"8G\" or a number of bytes");
+    }
+    saefw_mem_set_policy(lua_toboolean(L, 1), limit);
+    return 0;
+}
+
 /* saefw.data_dir() -> the folder of saefw's bundled data (share/saefw next to the binary). */
 static int l_data_dir(lua_State *L) {
     char dir[4096];
@@ -1784,6 +1802,7 @@ static int l_train(lua_State *L) {
     lua_getiuservalue(L, -1, 1);
     lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
     int64_t recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
+    if (recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)recons_batches, SAEFW_MAX_EVAL_BATCHES);
     const int with_recons = bsrc && bsrc->on_model && recons_batches > 0;
     if (with_recons) {
         lua_getiuservalue(L, -1, 1);
@@ -1829,6 +1848,7 @@ static int l_train(lua_State *L) {
     o.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
     o.checkpoint_every = saefw_lua_opt_int(L, 1, fn, "checkpoint_every", 0, 0);
     o.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
+    if (o.freq_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: freq_batches = %lld is more than %d", fn, (long long)o.freq_batches, SAEFW_MAX_EVAL_BATCHES);
     o.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
     o.resume_from = saefw_lua_opt_string(L, 1, fn, "resume_from", NULL);
     o.resume = saefw_lua_opt_bool(L, 1, fn, "resume", 0);
@@ -1904,6 +1924,7 @@ static int l_frequencies(lua_State *L) {
     saefw_source *src = check_source(L, 2);
     lua_Integer batches = luaL_optinteger(L, 3, 5), batch = luaL_optinteger(L, 4, 4096);
     if (batches <= 0 || batch <= 0) return saefw_lua_error(L, "saefw.frequencies: batches and batch size must be positive");
+    if (batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "saefw.frequencies: batches = %lld is more than %d", (long long)batches, SAEFW_MAX_EVAL_BATCHES);
     if (src->d_act != s->sae.d_in)
         return saefw_lua_error(L, "saefw.frequencies: source width %lld does not match the SAE's d_in %lld", (long long)src->d_act, (long long)s->sae.d_in);
     float *f = malloc(sizeof(float) * (size_t)s->sae.d_sae);
@@ -2059,6 +2080,7 @@ int luaopen_saefw_core(lua_State *L) {
         {"save_tensor", l_save_tensor},
         {"find_resumable", l_find_resumable},
         {"resume_dir", l_resume_dir},
+        {"memory_policy", l_memory_policy},
         {"threads", l_threads},
         {"where", saefw_lua_where},
         {"overrides", saefw_lua_overrides},

@@ -11,6 +11,7 @@
 
 #include "features_report.h"
 #include "lua_saefw.h"
+#include "memory.h"
 #include "parallel.h"
 #include "plugin_loader.h"
 #include "sae_resolve.h"
@@ -29,6 +30,7 @@ static const char USAGE[] =
     "\n"
     "commands:\n"
     "  run SCRIPT.lua [--key value | --key=value ...] [--resume RUN_DIR [--allow-change KEY]] [--threads N]\n"
+    "                 [--allow-memory | --memory-limit SIZE]\n"
     "                      run an experiment; --key overrides that key of the script's saefw.config{};\n"
     "                      --resume continues an interrupted run from its newest intact checkpoint;\n"
     "                      --allow-change KEY (repeatable) lets it change that config key or option;\n"
@@ -245,6 +247,16 @@ static int cmd_run(int argc, char **argv) {
         args_free(&a);
         return 2;
     }
+    /* --allow-memory: run whatever the memory estimate says; --memory-limit SIZE: check against SIZE. */
+    const char *allow_mem = take_option(&a, "allow-memory"), *mem_limit = take_option(&a, "memory-limit");
+    int64_t limit = 0;
+    char merr[256];
+    if ((allow_mem && strcmp(allow_mem, "true") != 0) || (mem_limit && saefw_mem_parse(mem_limit, &limit, merr, sizeof merr) != 0)) {
+        fprintf(stderr, "saefw run: %s\n", allow_mem && strcmp(allow_mem, "true") != 0 ? "--allow-memory takes no value" : merr);
+        args_free(&a);
+        return 2;
+    }
+    saefw_mem_set_policy(allow_mem != NULL, limit);
     lua_State *L = make_lua(argc, argv, a.kv, a.n);
     if (L) {
         saefw_lua_set_resume(L, resume);

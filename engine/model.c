@@ -615,6 +615,7 @@ const float *saefw_model_params(const saefw_model *m, size_t *count) {
  * Work space */
 
 struct saefw_model_work {
+    size_t bytes; /* of the arrays below */
     saefw_model_cfg cfg; /* the model it was sized for */
     int64_t max_seq;
     int64_t chunk_seqs; /* sequences per forward chunk */
@@ -681,9 +682,12 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
         saefw_model_work_free(w);
         return -1;
     }
+    w->bytes = sizeof(float) * R * (3 * dm + 4 * hd + (size_t)c->d_mlp + (size_t)w->vocab_block + 2) + sizeof(double) * R;
     *out = w;
     return 0;
 }
+
+size_t saefw_model_work_bytes(const saefw_model_work *w) { return w ? w->bytes : 0; }
 
 /* ------------------------------------------------------------------------------------------------
  * Layers: plain functions over flat arrays, outputs first, dimensions last. */

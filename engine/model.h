@@ -115,6 +115,8 @@ typedef struct saefw_model_work saefw_model_work;
 int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_seq, saefw_model_work **out,
                            char *err, size_t errlen);
 void saefw_model_work_free(saefw_model_work *w);
+/* Bytes of the work's arrays (0 for NULL). */
+size_t saefw_model_work_bytes(const saefw_model_work *w);
 
 /* One more capture site of a forward, with its own output (the shape of saefw_model_hook_shape). */
 typedef struct {

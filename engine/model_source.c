@@ -177,6 +177,8 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     }
     saefw_rng_seed(&ms->eval_rng, o->seed ^ 0x6d6f64656cULL);
     s->kind = "model";
+    s->mem_bytes = (double)saefw_model_param_bytes(o->model) + (double)saefw_model_work_bytes(ms->work) +
+                   4.0 * (double)(ms->chunk_seqs * seq_len) * (double)(1 + width);
     s->d_act = width;
     s->next = model_next;
     s->sample = model_sample;
@@ -237,7 +239,8 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
                 memset(&fo, 0, sizeof fo);
                 fo.intervention = ivs[i];
                 fo.loss_out = &l;
-                rc = saefw_model_forward(m, w, toks + s * T, k, T, &fo, err, errlen);
+                rc = saefw_stop_requested() ? saefw_stop_errf(err, errlen, "model loss")
+                                            : saefw_model_forward(m, w, toks + s * T, k, T, &fo, err, errlen);
                 sum += l * (double)k; /* each piece's mean is over k rows of equal length */
             }
             loss[i] += sum / (double)model_batch;
@@ -298,7 +301,8 @@ int saefw_hook_mean(const saefw_model *m, const saefw_tokens *tok, saefw_hook ho
     for (int64_t b = 0; b < n_batches && rc == 0; b++)
         for (int64_t s = 0; s < model_batch && rc == 0; s += chunk) {
             int64_t k = model_batch - s < chunk ? model_batch - s : chunk;
-            rc = saefw_tokens_sample(tok, rng, toks, k, saefw_model_config(m)->d_vocab, err, errlen);
+            rc = saefw_stop_requested() ? saefw_stop_errf(err, errlen, "mean activation")
+                                        : saefw_tokens_sample(tok, rng, toks, k, saefw_model_config(m)->d_vocab, err, errlen);
             saefw_forward_opts fo;
             memset(&fo, 0, sizeof fo);
             fo.capture = &hook;

@@ -214,6 +214,28 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
     return 0;
 }
 
+double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap) {
+    /* The arrays of saefw_sae_work_alloc on the automatic path; the sparse path's entries are counted
+     * at half their room (a chunk's room is twice its share, and a run's L0 keeps them below it). */
+    const int64_t chunk_rows = cap < CHUNK_ROWS ? cap : CHUNK_ROWS, n_chunks = (cap + chunk_rows - 1) / chunk_rows;
+    int64_t n_tiles = d_sae < N_TILES ? d_sae : N_TILES;
+    const int64_t tile_w = (d_sae + n_tiles - 1) / n_tiles;
+    n_tiles = (d_sae + tile_w - 1) / tile_w;
+    int64_t slots = saefw_threads() < n_tiles ? saefw_threads() : n_tiles;
+    const double frac = SAEFW_SAE_SPARSE_MAX_FRACTION;
+    const double chunk_cap = ceil(fmin(1.0, 2.0 * frac) * (double)(chunk_rows * tile_w));
+    const double feat_cap = frac * (double)(cap * d_sae);
+    const int64_t piece = cap < SAEFW_DENSE_PIECE ? cap : SAEFW_DENSE_PIECE;
+    double scratch = (double)(slots * cap * tile_w);
+    if (scratch < 2.0 * (double)(piece * d_sae)) scratch = 2.0 * (double)(piece * d_sae);
+    const double slab = (double)(cap * ((d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP) * SAEFW_SPARSE_GROUP);
+    double b = 4.0 * (2.0 * (double)(cap * d_in) + scratch + 2.0 * slab) + 8.0 * (double)cap +
+               12.0 * (double)(n_tiles * cap) + 24.0 * (double)(n_tiles * n_chunks) + 16.0 * (double)d_sae +
+               24.0 * (double)d_in;
+    b += 0.5 * (8.0 * (double)(n_tiles * n_chunks) * chunk_cap + 12.0 * feat_cap);
+    return b;
+}
+
 void saefw_sae_work_free(saefw_sae_work *w) {
     free(w->x_cent);
     free(w->x_hat);

@@ -127,6 +127,9 @@ void saefw_sae_work_free(saefw_sae_work *w);
 /* Hand the pages of the work area's large arrays back to the system between steps (e.g. while an
  * evaluation needs memory of its own); they read as zeros afterwards and nothing in them is kept. */
 void saefw_sae_work_release(saefw_sae_work *w);
+/* Bytes held by an SAE's step scratch of `cap` rows that the training step writes (an estimate of
+ * the resident part of saefw_sae_work_alloc's arrays at a low L0). */
+double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap);
 
 typedef struct {
     double loss, l2, l1;       /* l2: mean over rows of sum over d_in; l1: l1_coeff * sum of |acts| */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "memory.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -413,10 +414,17 @@ size_t saefw_buffer_bytes(const saefw_buffer *b) {
     return (size_t)(b->rows * b->d) * (b->dtype == SAEFW_BUF_BF16 ? 2 : 4);
 }
 
-/* Fill logical rows [from, to) from the source, in chunks of stage_rows. */
-static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, char *err, size_t errlen) {
+/* Fill logical rows [from, to) from the source, in chunks of stage_rows. The first fill stops at a
+ * SIGINT or SIGTERM (nothing is lost); a refill during training completes, since a buffer stopped
+ * halfway could not be saved consistently. */
+static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, int stoppable, char *err, size_t errlen) {
     for (int64_t r = from; r < to;) {
         int64_t n = to - r < b->stage_rows ? to - r : b->stage_rows;
+        if (stoppable && saefw_stop_requested()) {
+            char what[96];
+            snprintf(what, sizeof what, "buffer fill (%lld of %lld rows made)", (long long)r, (long long)to);
+            return saefw_stop_errf(err, errlen, what);
+        }
         if (b->src->next(b->src, b->stage, n, err, errlen) != 0) return -1;
         for (int64_t k = 0; k < n; k++) {
             int64_t phys = b->perm[r + k];
@@ -438,7 +446,7 @@ static int buffer_refresh(saefw_buffer *b, char *err, size_t errlen) {
     const int first = b->first;
     int64_t upto = first ? b->rows : b->rows / 2;
     b->first = 0;
-    if (buffer_fill(b, 0, upto, err, errlen) != 0) return -1;
+    if (buffer_fill(b, 0, upto, first, err, errlen) != 0) return -1;
     if (b->src->idle) b->src->idle(b->src);
     saefw_fault_point("refill");
     saefw_rng_shuffle(&b->rng, b->perm, b->rows);
@@ -475,6 +483,16 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
     b->stage_rows = src->chunk_rows > 0 && src->chunk_rows < batch ? src->chunk_rows : batch;
     if (b->stage_rows > 512) b->stage_rows = 512;
     saefw_rng_seed(&b->rng, seed ^ 0x627566666572ULL);
+    /* Before anything is allocated: a buffer that cannot fit is refused now, not after its fill. */
+    const double need = (double)saefw_buffer_bytes(b) + 8.0 * (double)rows + 4.0 * (double)(b->stage_rows * b->d) +
+                        src->mem_bytes;
+    char what[96];
+    snprintf(what, sizeof what, "the activation buffer (%lld rows of %lld at %s)", (long long)rows, (long long)b->d,
+             dtype == SAEFW_BUF_BF16 ? "bf16" : "f32");
+    if (saefw_mem_check(what, need, err, errlen) != 0) {
+        memset(b, 0, sizeof *b);
+        return -1;
+    }
     b->data = saefw_malloc(saefw_buffer_bytes(b), err, errlen);
     b->perm = b->data ? saefw_malloc(sizeof(int64_t) * (size_t)rows, err, errlen) : NULL;
     b->stage = b->perm ? saefw_malloc(sizeof(float) * (size_t)(b->stage_rows * b->d), err, errlen) : NULL;
@@ -483,7 +501,11 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
         return -1;
     }
     for (int64_t i = 0; i < rows; i++) b->perm[i] = i;
-    if (buffer_refresh(b, err, errlen) != 0) {
+    saefw_stop_scope stop;
+    saefw_stop_begin(&stop);
+    int rc = buffer_refresh(b, err, errlen);
+    saefw_stop_end(&stop);
+    if (rc != 0) {
         saefw_buffer_free(b);
         return -1;
     }

@@ -26,6 +26,9 @@ struct saefw_source {
     int (*load_state)(saefw_source *s, saefw_state_in *st, char *err, size_t errlen);
     /* Optional: the buffer has finished filling; scratch memory may be handed back until the next call. */
     void (*idle)(saefw_source *s);
+    /* Bytes the source holds at its peak beside the rows it hands out (a model's weights and forward
+     * scratch), for the run's memory estimate. */
+    double mem_bytes;
     void (*log)(void *ud, const char *msg); /* optional: where a source reports events (wrap-around) */
     void *log_ud;
     void *impl;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "memory.h"
 #include "rundir.h"
 #include "eval.h"
 #include "state.h"
@@ -211,6 +212,7 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
     int rc = count ? 0 : -1;
     for (int64_t done = 0; rc == 0 && done < rows; done += chunk) {
         int64_t k = rows - done < chunk ? rows - done : chunk;
+        if (saefw_stop_requested() && (rc = saefw_stop_errf(err, errlen, "feature frequencies")) != 0) break;
         if (src->sample(src, x, k, err, errlen) != 0) {
             rc = -1;
             break;
@@ -450,11 +452,6 @@ static void crash_handlers_off(const struct sigaction *old, const stack_t *old_s
     g_crash_run = NULL;
     sigaltstack(old_ss, NULL);
 }
-
-/* ---- signals ---- */
-
-static volatile sig_atomic_t g_stop_signal = 0;
-static void on_signal(int sig) { g_stop_signal = sig; }
 
 /* ---- output ---- */
 
@@ -999,6 +996,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         return saefw_errf(err, errlen, "train: plugin %s is a %s, not an optimizer", o->optimizer.plugin->p.name,
                           saefw_plugin_kind_name(o->optimizer.plugin->p.kind));
     if (o->steps <= 0) return saefw_errf(err, errlen, "train: the number of steps must be positive (num_tokens >= batch_size)");
+    if (o->freq_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_errf(err, errlen, "train: freq_batches = %lld is more than %d", (long long)o->freq_batches, SAEFW_MAX_EVAL_BATCHES);
 
     saefw_run run;
     memset(&run, 0, sizeof run);
@@ -1012,10 +1011,13 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     FILE *mf = NULL;
     int rc = -1;
     int opt_created = 0, n_created = 0;
-    struct sigaction old_int, old_term, old_fault[N_FAULT_SIGS];
+    struct sigaction old_fault[N_FAULT_SIGS];
+    saefw_stop_scope stop_scope;
     stack_t old_ss;
     int signals_set = 0, lock_fd = -1;
 
+    double mem_estimate = 0;
+    if (saefw_train_memory_check(o, o->progress != 0, &mem_estimate, err, errlen) != 0) return -1;
     if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
     run.work.fused = 1; /* every forward pass of the step is followed by its backward pass */
     run.batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
@@ -1091,16 +1093,8 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
     }
 
-    g_stop_signal = 0;
-    {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, &old_int);
-        sigaction(SIGTERM, &sa, &old_term);
-        signals_set = 1;
-    }
+    saefw_stop_begin(&stop_scope);
+    signals_set = 1;
 
     const int tty = o->progress < 0 && isatty(STDERR_FILENO);
     const int plain = o->progress < 0 && !tty;
@@ -1113,7 +1107,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     m.steps = o->steps;
 
     for (int64_t i = start; i < o->steps; i++) {
-        if (g_stop_signal || run.stopped_by) break;
+        if (saefw_stop_requested() || run.stopped_by) break;
         run.step = i;
         run.n_extra = 0;
         int got = buf ? saefw_buffer_next(buf, run.batch, err, errlen)
@@ -1174,7 +1168,10 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             last_draw = now;
         }
         if (o->eval_every > 0 && i % o->eval_every == 0) {
-            if (run_eval(&run, &m, err, errlen) != 0) goto done;
+            if (run_eval(&run, &m, err, errlen) != 0) {
+                if (saefw_stop_requested()) break; /* the steps done are saved below */
+                goto done;
+            }
             if (call_hooks(&run, offsetof(saefw_plugin, on_eval), err, errlen) != 0) goto done;
             if (emit(&run, mf, SAEFW_EVENT_EVAL, &m, err, errlen) != 0) goto done;
             if (tty) fputs("\r\033[K", stderr);
@@ -1199,16 +1196,17 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     }
     if (tty) fputc('\n', stderr);
 
-    if (g_stop_signal) {
-        res->interrupted = g_stop_signal;
+    if (saefw_stop_requested()) {
+    interrupted:
+        res->interrupted = saefw_stop_requested();
         res->stop = SAEFW_STOP_SIGNAL;
         char cerr[512] = "";
         if (save_checkpoint(&run, NULL, &m, res->steps_done, 1, res, cerr, sizeof cerr) != 0)
             saefw_errf(err, errlen, "interrupted by signal %d at step %lld; saving a checkpoint failed: %s",
-                       (int)g_stop_signal, (long long)res->steps_done, cerr);
+                       (int)saefw_stop_requested(), (long long)res->steps_done, cerr);
         else
             saefw_errf(err, errlen, "interrupted by %s after %lld steps; checkpoint saved to %s",
-                       g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)res->steps_done,
+                       saefw_stop_requested() == SIGINT ? "SIGINT" : "SIGTERM", (long long)res->steps_done,
                        o->run_dir ? res->last_checkpoint : "(no run folder)");
         goto done;
     }
@@ -1219,20 +1217,25 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     res->stopped_by = run.stopped_by;
 
     /* Final evaluation, hooks and checkpoint. */
-    if (run_eval(&run, &m, err, errlen) != 0) goto done;
+    if (run_eval(&run, &m, err, errlen) != 0) {
+        if (saefw_stop_requested()) goto interrupted; /* a checkpoint of the last step, to finish with --resume */
+        goto done;
+    }
     if (call_hooks(&run, offsetof(saefw_plugin, on_end), err, errlen) != 0) goto done;
     if (save_checkpoint(&run, "final", &m, o->steps, 0, res, err, errlen) != 0) goto done;
     if (emit(&run, mf, SAEFW_EVENT_END, &m, err, errlen) != 0) goto done;
     res->last = m;
     res->stop = run.stopped_by ? SAEFW_STOP_CALLBACK : SAEFW_STOP_DONE;
     rc = 0;
+    if (o->progress != 0 && saefw_mem_peak() > 0) {
+        char pk[32], es[32];
+        fprintf(stderr, "memory: peak resident %s, estimated %s\n", saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),
+                saefw_mem_fmt(mem_estimate, es, sizeof es));
+    }
 
 done:
     if (run.plug_self) crash_handlers_off(old_fault, &old_ss);
-    if (signals_set) {
-        sigaction(SIGINT, &old_int, NULL);
-        sigaction(SIGTERM, &old_term, NULL);
-    }
+    if (signals_set) saefw_stop_end(&stop_scope);
     for (int i = 0; i < n_created; i++)
         if (o->plugins[i].plugin->p.destroy && run.plug_self[i]) o->plugins[i].plugin->p.destroy(run.plug_self[i]);
     if (opt_created && o->optimizer.plugin->p.destroy && run.opt_self) o->optimizer.plugin->p.destroy(run.opt_self);

@@ -13,6 +13,8 @@
 
 #define SAEFW_MAX_EXTRA_METRICS 32
 #define SAEFW_MAX_SCORES 8
+/* Upper bound of an evaluation's batch counts (freq_batches, recons_batches): more is a typo, not a plan. */
+#define SAEFW_MAX_EVAL_BATCHES 10000
 
 /* What the loop reports at its events. Eval fields are set only when has_eval. */
 typedef struct {

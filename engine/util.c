@@ -205,3 +205,32 @@ void saefw_fault_point(const char *name) {
     if (strncmp(spec, name, n) != 0 || spec[n] != ':') return;
     if (++count == atol(spec + n + 1)) raise(SIGKILL);
 }
+
+/* ---- the stop flag ---- */
+
+static volatile sig_atomic_t g_stop;
+
+static void on_stop_signal(int sig) { g_stop = sig; }
+
+int saefw_stop_requested(void) { return g_stop; }
+
+void saefw_stop_begin(saefw_stop_scope *s) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &s->old_int);
+    sigaction(SIGTERM, &sa, &s->old_term);
+    /* The outermost scope starts with no stop pending; a nested one keeps what came before it. */
+    if (s->old_int.sa_handler != on_stop_signal) g_stop = 0;
+}
+
+void saefw_stop_end(const saefw_stop_scope *s) {
+    sigaction(SIGINT, &s->old_int, NULL);
+    sigaction(SIGTERM, &s->old_term, NULL);
+}
+
+int saefw_stop_errf(char *err, size_t errlen, const char *what) {
+    int sig = g_stop;
+    return saefw_errf(err, errlen, "%s: interrupted by %s", what, sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal");
+}

@@ -2,6 +2,7 @@
 #ifndef SAEFW_UTIL_H
 #define SAEFW_UTIL_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,5 +54,17 @@ double saefw_now(void);
 /* Crash-consistency testing: when the environment has SAEFW_FAULT=name:N, the Nth call of
  * saefw_fault_point(name) kills the process with SIGKILL, as a power cut would. No effect otherwise. */
 void saefw_fault_point(const char *name);
+
+/* The stop flag: SIGINT or SIGTERM while a scope is open sets it (to the signal's number), and every
+ * long loop (training, evaluation, frequencies, buffer fill, feature analysis) checks it and stops
+ * within about a second. Outside any scope the signals keep their own action (the process ends). */
+typedef struct {
+    struct sigaction old_int, old_term;
+} saefw_stop_scope;
+int saefw_stop_requested(void);
+void saefw_stop_begin(saefw_stop_scope *s);
+void saefw_stop_end(const saefw_stop_scope *s);
+/* "what: interrupted by SIGTERM" into err; returns -1. */
+int saefw_stop_errf(char *err, size_t errlen, const char *what);
 
 #endif

@@ -93,6 +93,7 @@ M.data_dir = core.data_dir
 M.save_tensor = core.save_tensor
 M.find_resumable = core.find_resumable
 M.threads = core.threads
+M.memory_policy = core.memory_policy
 M.features = core.features
 
 -- model:to_tokens(text [, {bos=, special=}]) -> ids and model:to_str_tokens(text or ids) -> strings,
@@ -159,7 +160,8 @@ local TRAIN_KEYS = {
   batch_size = true, buffer_size = true, buffer_dtype = true, optimizer = true, plugins = true,
   log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
-  recons_batches = true, resume = true, allow_change = true, threads = true,
+  recons_batches = true, resume = true, allow_change = true, threads = true, allow_memory = true,
+  memory_limit = true,
 }
 
 local function script_name()
@@ -200,6 +202,9 @@ function M.train(t)
   for _, k in ipairs { "on_log", "on_eval", "on_end" } do check_field("saefw.train", t, k, "function") end
   -- threads: for this run and after it, as saefw.threads(n) (0: the default, all cores).
   if t.threads ~= nil then core.threads(t.threads) end
+  -- allow_memory = true: run whatever the memory estimate says; memory_limit = "8G": the estimate is
+  -- checked against that instead of the machine's available memory (also --allow-memory, --memory-limit).
+  if t.allow_memory ~= nil or t.memory_limit ~= nil then core.memory_policy(t.allow_memory == true, t.memory_limit) end
   local buffer = t.buffer
   if not buffer then
     if not t.source then fail("saefw.train: give 'buffer' or 'source'") end
