@@ -12,21 +12,13 @@
 static const char *BIN;
 static char out[65536];
 
-/* Run a shell command with stderr merged into out; returns the exit status (or 128+signal). */
+/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
 static int run(const char *fmt, ...) {
-    char cmd[4096];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    int rc = t_vrun(out, sizeof out, fmt, ap);
     va_end(ap);
-    char full[4200];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    REQUIRE(p, "popen");
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return rc;
 }
 
 #define EXPECT(rc_cond, phrase, ...)                                                                    \

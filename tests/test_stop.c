@@ -12,19 +12,13 @@
 
 static char out[1 << 16];
 
+/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
 static int run(const char *fmt, ...) {
-    char cmd[4096], full[4200];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    int rc = t_vrun(out, sizeof out, fmt, ap);
     va_end(ap);
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    REQUIRE(p, "popen");
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return rc;
 }
 
 static long file_size(const char *path) {

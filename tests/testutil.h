@@ -4,9 +4,11 @@
 #define SAEFW_TESTUTIL_H
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "tensorfile.h"
 
@@ -32,6 +34,20 @@ static int t_failures = 0;
             exit(1);                                                         \
         }                                                                    \
     } while (0)
+
+/* Run a shell command (fmt, ap: printf-style) with stderr merged into buf [cap]; returns the exit
+ * status, or 128 + the signal that ended it. */
+static inline int t_vrun(char *buf, size_t cap, const char *fmt, va_list ap) {
+    char cmd[4096], full[4200];
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    REQUIRE(p, "popen %s", cmd);
+    size_t n = fread(buf, 1, cap - 1, p);
+    buf[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
 
 static inline int t_finish(const char *name) {
     if (t_failures) {
