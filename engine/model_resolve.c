@@ -222,6 +222,18 @@ static int from_folder(const char *dir, const char *want, char *weights, size_t 
     return 0;
 }
 
+int saefw_hf_main_snapshot(const char *repo_folder, char *out, size_t n) {
+    char p[PATH_MAX], rev[128] = "";
+    snprintf(p, sizeof p, "%s/refs/main", repo_folder);
+    FILE *f = fopen(p, "r");
+    if (!f) return -1;
+    if (!fgets(rev, sizeof rev, f)) rev[0] = 0;
+    fclose(f);
+    rev[strcspn(rev, "\r\n")] = 0;
+    if (!rev[0] || strchr(rev, '/') || !strcmp(rev, "..") || !strcmp(rev, ".")) return -1;
+    return snprintf(out, n, "%s/snapshots/%s", repo_folder, rev) < (int)n ? 0 : -1;
+}
+
 /* The snapshot folder of repo in the cache: refs/main's commit, else any snapshot holding `want`. */
 static int from_cache(const char *repo, const char *want, char *weights, size_t wn, char *config, size_t cn,
                       char *where, size_t whn) {
@@ -231,18 +243,10 @@ static int from_cache(const char *repo, const char *want, char *weights, size_t 
         return -1;
     }
     snprintf(where, whn, "%s/snapshots/<revision>/", folder);
-    char p[PATH_MAX], rev[128] = "";
-    snprintf(p, sizeof p, "%s/refs/main", folder);
-    FILE *f = fopen(p, "r");
-    if (f) {
-        if (!fgets(rev, sizeof rev, f)) rev[0] = 0;
-        fclose(f);
-        rev[strcspn(rev, "\r\n")] = 0;
-    }
-    if (rev[0] && strchr(rev, '/') == NULL) {
-        snprintf(p, sizeof p, "%s/snapshots/%s", folder, rev);
-        if (from_folder(p, want, weights, wn, config, cn) == 0 && (!want || saefw_ends_with(weights, want))) return 0;
-    }
+    char p[PATH_MAX];
+    if (saefw_hf_main_snapshot(folder, p, sizeof p) == 0 && from_folder(p, want, weights, wn, config, cn) == 0 &&
+        (!want || saefw_ends_with(weights, want)))
+        return 0;
     snprintf(p, sizeof p, "%s/snapshots", folder);
     DIR *d = opendir(p);
     if (!d) return -1;

@@ -31,6 +31,10 @@ int saefw_hf_repo_folder(const char *repo_type, const char *repo, char *out, siz
  * saefw_hf_repo_folder. */
 int saefw_hf_repo_dir(const char *repo_type, const char *repo, char *out, size_t n);
 
+/* The snapshot folder that refs/main of a cached repo folder points at, into out; 0, or -1 when
+ * there is no usable ref (absent, empty, or not a plain commit name). */
+int saefw_hf_main_snapshot(const char *repo_folder, char *out, size_t n);
+
 /* Resolve `name` to a weights file and, when there is one, its config.json (config[0] == 0 when the
  * weights carry their config as safetensors metadata). When the files are absent the error says
  * which files are needed, where to put them, and the command that downloads them. */

@@ -55,18 +55,8 @@ static int snapshot_has(const char *snap, char files[MAX_FILES][PATH_MAX], int n
 
 /* The cache snapshot of repo holding every file: refs/main's first, else any. */
 static int from_cache(const char *folder, char files[MAX_FILES][PATH_MAX], int nf, char *snap, size_t sn) {
-    char p[PATH_MAX], rev[128] = "";
-    snprintf(p, sizeof p, "%s/refs/main", folder);
-    FILE *f = fopen(p, "r");
-    if (f) {
-        if (!fgets(rev, sizeof rev, f)) rev[0] = 0;
-        fclose(f);
-        rev[strcspn(rev, "\r\n")] = 0;
-    }
-    if (rev[0] && !strchr(rev, '/') && strcmp(rev, "..") != 0) {
-        snprintf(snap, sn, "%s/snapshots/%s", folder, rev);
-        if (snapshot_has(snap, files, nf)) return 0;
-    }
+    char p[PATH_MAX];
+    if (saefw_hf_main_snapshot(folder, snap, sn) == 0 && snapshot_has(snap, files, nf)) return 0;
     snprintf(p, sizeof p, "%s/snapshots", folder);
     DIR *d = opendir(p);
     if (!d) return -1;

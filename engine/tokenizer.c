@@ -810,25 +810,13 @@ int saefw_tokenizer_resolve(const char *name, char *path, size_t n, char *err, s
                           "tokenizer %s: no such file or folder, and not a known name (tiny-1l, gelu-1l .. gelu-4l) or a "
                           "Hugging Face repo id ORG/NAME",
                           name);
-    char hub[PATH_MAX], folder[PATH_MAX];
-    if (saefw_hf_cache_dir(hub, sizeof hub) != 0) return saefw_errf(err, errlen, "tokenizer %s: cannot find the Hugging Face cache folder (set HF_HUB_CACHE)", name);
-    size_t k = (size_t)snprintf(folder, sizeof folder, "%s/models--", hub);
-    for (const char *c = repo; *c && k + 3 < sizeof folder; c++) {
-        if (*c == '/') folder[k++] = '-';
-        folder[k++] = *c == '/' ? '-' : *c;
-    }
-    folder[k] = 0;
+    char folder[PATH_MAX];
+    if (saefw_hf_repo_dir("model", repo, folder, sizeof folder) != 0)
+        return saefw_errf(err, errlen, "tokenizer %s: cannot find the Hugging Face cache folder (set HF_HUB_CACHE)", name);
     /* refs/main's snapshot first, else any snapshot that has the file. */
-    char p[PATH_MAX], rev[128] = "";
-    snprintf(p, sizeof p, "%s/refs/main", folder);
-    FILE *f = fopen(p, "r");
-    if (f) {
-        if (!fgets(rev, sizeof rev, f)) rev[0] = 0;
-        fclose(f);
-        rev[strcspn(rev, "\r\n")] = 0;
-    }
-    if (rev[0] && !strchr(rev, '/')) {
-        snprintf(path, n, "%s/snapshots/%s/tokenizer.json", folder, rev);
+    char p[PATH_MAX], snap[PATH_MAX];
+    if (saefw_hf_main_snapshot(folder, snap, sizeof snap) == 0) {
+        snprintf(path, n, "%s/tokenizer.json", snap);
         if (file_exists(path)) return 0;
     }
     snprintf(p, sizeof p, "%s/snapshots", folder);
