@@ -315,8 +315,8 @@ SAEFW_KERNEL static void grad_dec_group(float *restrict gW, const float *restric
 }
 
 /* Features [j0, j1), one column group of W_enc's gradient: column j gets sum_e coef[e] x_cent[rows[e]]
- * (products and sums in double: the first Adam step moves every element whose gradient is near eps by
- * an amount set by that element's rounding error, so this sum decides the trajectory's distance),
+ * (in PARTIAL runs: the first Adam step moves every element whose gradient is near eps by an amount set
+ * by that element's rounding error, so this sum's exactness decides the trajectory's distance),
  * built FEAT_BLOCK features at a time as a tile and stored transposed, 64 bytes per row. gW points at
  * the group's first row of the gradient, rows ld apart. */
 SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const float *restrict slab,
@@ -330,17 +330,19 @@ SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const fl
         if (jb + 2 * FEAT_BLOCK <= j1)
             for (int64_t i = 0; i < n_cols; i++) __builtin_prefetch(gW + i * ld + jb + FEAT_BLOCK, 1);
         for (int64_t f = 0; f < nf; f++) {
-            v4d acc[2 * NV] = {{0}};
-            for (int64_t e = start[jb + f]; e < start[jb + f + 1]; e++) {
-                prefetch_slab_row(slab, rows, e, end);
-                const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
-                const double a = coef[e];
-                for (int v = 0; v < NV; v++) {
-                    acc[2 * v] += a * __builtin_convertvector(__builtin_shufflevector(m[v], m[v], 0, 1, 2, 3), v4d);
-                    acc[2 * v + 1] += a * __builtin_convertvector(__builtin_shufflevector(m[v], m[v], 4, 5, 6, 7), v4d);
+            v8 acc[NV] = {{0}};
+            v4d tot[2 * NV] = {{0}};
+            for (int64_t e = start[jb + f]; e < start[jb + f + 1];) {
+                const int64_t stop = start[jb + f + 1] - e < PARTIAL ? start[jb + f + 1] : e + PARTIAL;
+                for (; e < stop; e++) {
+                    prefetch_slab_row(slab, rows, e, end);
+                    const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
+                    const float a = coef[e];
+                    for (int v = 0; v < NV; v++) acc[v] += a * m[v];
                 }
+                flush_partial(tot, acc);
             }
-            total_to_float(tile[f], acc);
+            total_to_float(tile[f], tot);
         }
         for (int64_t i = 0; i < n_cols; i++) {
             float *dst = gW + i * ld + jb;
