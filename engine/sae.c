@@ -183,6 +183,8 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
     if (scratch < 2 * piece * d_sae) scratch = 2 * piece * d_sae;
     const int64_t n_groups = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
     int64_t slab_floats = cap * n_groups * SAEFW_SPARSE_GROUP;
+    /* The sparse decoder product's double slabs live in scratch, one per thread at its first group. */
+    if (w->path != SAEFW_SAE_DENSE && scratch < 2 * slab_floats) scratch = 2 * slab_floats;
     int failed = 0;
     w->x_cent = alloc_n(w, cap * d_in, sizeof(float), 1, &failed, err, errlen);
     w->x_hat = alloc_n(w, cap * d_in, sizeof(float), 1, &failed, err, errlen);
@@ -202,11 +204,14 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
     w->feat_row = alloc_n(w, w->feat_cap, sizeof(int32_t), 1, &failed, err, errlen);
     w->feat_act = alloc_n(w, w->feat_cap, sizeof(float), 1, &failed, err, errlen);
     w->feat_grad = alloc_n(w, w->feat_cap, sizeof(float), 1, &failed, err, errlen);
+    w->feat_dot = alloc_n(w, w->feat_cap, sizeof(double), 1, &failed, err, errlen);
     /* dxh (dense path) and slab_d (sparse path) are never needed in the same step. */
     w->slab_d = alloc_n(w, slab_floats, sizeof(float), 1, &failed, err, errlen);
     w->dxh = w->slab_d;
     w->slab_x = alloc_n(w, w->path == SAEFW_SAE_DENSE ? 0 : slab_floats, sizeof(float), 1, &failed, err, errlen);
     w->col_stat = alloc_n(w, 3 * d_in, sizeof(double), 1, &failed, err, errlen);
+    w->gb_enc_d = alloc_n(w, d_sae, sizeof(double), 1, &failed, err, errlen);
+    w->gb_dec_d = alloc_n(w, d_in, sizeof(double), 1, &failed, err, errlen);
     if (failed) {
         saefw_sae_work_free(w);
         return -1;
@@ -254,17 +259,17 @@ void saefw_sae_work_free(saefw_sae_work *w) {
     free(w->feat_row);
     free(w->feat_act);
     free(w->feat_grad);
+    free(w->feat_dot);
     free(w->slab_d);
     free(w->slab_x);
     free(w->col_stat);
+    free(w->gb_enc_d);
+    free(w->gb_dec_d);
     memset(w, 0, sizeof *w);
 }
 
 /* Sums of eight lanes in a fixed order. */
 static inline double sum8d(const double *l) {
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-static inline float sum8f(const float *l) {
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
@@ -525,9 +530,9 @@ SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
     const piece_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in;
     const float c2 = 2.0f / (float)c->B;
-    float *restrict gb_dec = c->sae->g[SAEFW_B_DEC];
+    double *restrict gb_dec = c->w->gb_dec_d;
     if (c->r0 == 0)
-        for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0f;
+        for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0;
     for (int64_t b = c->r0; b < c->r0 + c->k; b++) {
         const float *restrict x = c->x + b * d_in, *restrict xh = c->w->x_hat + b * d_in;
         float *restrict d = c->w->dxh + b * d_in;
@@ -555,17 +560,20 @@ SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
     for (; k < b1 * d_sae; k++) dpre[k] = acts[k] > 0.0f ? dpre[k] + l1c : 0.0f;
 }
 
-/* Adds the piece's rows to b_enc's gradient, each column in row order. */
+/* Adds the piece's rows to b_enc's gradient, each column in row order, in double; the last piece
+ * writes the float gradient. */
 SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
     const piece_ctx *c = vctx;
     const int64_t d_sae = c->sae->d_sae;
-    float *restrict gb_enc = c->sae->g[SAEFW_B_ENC];
+    double *restrict gb_enc = c->w->gb_enc_d;
     if (c->r0 == 0)
-        for (int64_t j = j0; j < j1; j++) gb_enc[j] = 0.0f;
+        for (int64_t j = j0; j < j1; j++) gb_enc[j] = 0.0;
     for (int64_t b = 0; b < c->k; b++) {
         const float *restrict d = c->dpre + b * d_sae;
         for (int64_t j = j0; j < j1; j++) gb_enc[j] += d[j];
     }
+    if (c->r0 + c->k == c->B)
+        for (int64_t j = j0; j < j1; j++) c->sae->g[SAEFW_B_ENC][j] = (float)gb_enc[j];
 }
 
 /* The dense path, piece by piece: activations, x_hat and, with grads, everything the backward pass
@@ -720,19 +728,21 @@ int saefw_sae_row_loss(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
 
 /* ---- backward ---- */
 
-/* Rows of W_enc in a range: b_dec's gradient -= W_enc row . gb_enc (x_cent = x - b_dec). */
+/* Rows of W_enc in a range: b_dec's gradient is its x_hat term - W_enc row . gb_enc (x_cent = x - b_dec),
+ * from the double sums, rounded once. */
 SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
-    saefw_sae *sae = vctx;
+    const step_ctx *c = vctx;
+    saefw_sae *sae = (saefw_sae *)c->sae;
     const int64_t d_sae = sae->d_sae;
-    const float *restrict gb_enc = sae->g[SAEFW_B_ENC];
+    const double *restrict gb_enc = c->w->gb_enc_d;
     for (int64_t i = i0; i < i1; i++) {
         const float *restrict w = sae->p[SAEFW_W_ENC] + i * d_sae;
-        float lane[8] = {0};
+        double lane[8] = {0};
         int64_t j = 0;
         for (; j + 8 <= d_sae; j += 8)
-            for (int k = 0; k < 8; k++) lane[k] += w[j + k] * gb_enc[j + k];
-        for (; j < d_sae; j++) lane[0] += w[j] * gb_enc[j];
-        sae->g[SAEFW_B_DEC][i] -= sum8f(lane);
+            for (int k = 0; k < 8; k++) lane[k] += (double)w[j + k] * gb_enc[j + k];
+        for (; j < d_sae; j++) lane[0] += (double)w[j] * gb_enc[j];
+        sae->g[SAEFW_B_DEC][i] = (float)(c->w->gb_dec_d[i] - sum8d(lane));
     }
 }
 
@@ -742,7 +752,8 @@ void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64
     if (w->used_sparse) saefw_sparse_backward(sae, w, x, B);
     else if (!w->fused_pass) dense_pieces(sae, w, x, B, 1); /* the pieces again, with their gradients */
     /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
-    saefw_parallel_for(d_in, bias_dec_rows, sae);
+    step_ctx c = {sae, w, x, B};
+    saefw_parallel_for(d_in, bias_dec_rows, &c);
 }
 
 /* ---- decoder projection ---- */

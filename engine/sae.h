@@ -110,10 +110,15 @@ typedef struct {
     int32_t *feat_row;     /* [feat_cap] */
     float *feat_act;       /* [feat_cap]: activation */
     float *feat_grad;      /* [feat_cap]: dLoss/d(pre-activation) */
+    double *feat_dot;      /* [feat_cap]: dLoss/dacts, summed over the column groups in double */
     /* x_hat, then dxh, and x_cent, in column groups: group q holds columns [q G, q G + G) of all rows
      * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP in sae_kernels.h). */
     float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
     double *col_stat;      /* [3 * d_in]: per-column sums of the statistics */
+    /* The bias gradients' sums over rows, kept in double until b_dec's gradient is complete (a float
+     * sum over thousands of rows is an order of magnitude less exact than PyTorch's). */
+    double *gb_enc_d;      /* [d_sae] */
+    double *gb_dec_d;      /* [d_in]: the x_hat term */
     size_t acts_bytes;
     void *big[24];         /* the arrays saefw_sae_work_release hands back */
     size_t big_bytes[24];

@@ -59,6 +59,28 @@ static inline void prefetch_slab_row(const float *slab, const int32_t *rows, int
 }
 
 typedef float v4 __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+
+/* The gradients' sums over a feature's entries run in float over PARTIAL entries at a time, each
+ * partial sum then joining a double total: a float sum over all of them (hundreds of rows) was several
+ * times less exact than the dense path's blocked products (issue 19), a double sum of every entry
+ * twice as slow. The runs depend on the entry order only, not on the thread count. */
+#define PARTIAL 16
+
+static inline void flush_partial(v4d *restrict tot, v8 *restrict acc) {
+    for (int v = 0; v < NV; v++) {
+        tot[2 * v] += __builtin_convertvector(__builtin_shufflevector(acc[v], acc[v], 0, 1, 2, 3), v4d);
+        tot[2 * v + 1] += __builtin_convertvector(__builtin_shufflevector(acc[v], acc[v], 4, 5, 6, 7), v4d);
+        acc[v] = (v8){0};
+    }
+}
+
+static inline void total_to_float(v8 *restrict out, const v4d *restrict tot) {
+    for (int v = 0; v < NV; v++) {
+        const v4 lo = __builtin_convertvector(tot[2 * v], v4), hi = __builtin_convertvector(tot[2 * v + 1], v4);
+        out[v] = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+    }
+}
 
 /* The sums of four vectors' lanes at once, in a fixed order: halves, then pairs twice. */
 static inline v4 hsum4(const v8 *t) {
@@ -139,32 +161,43 @@ void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B) {
 
 /* ---- decoder product ---- */
 
-/* slab [B, GROUP] += act * W_dec piece for every entry, features in ascending order (wp: W_dec at the
- * group's first column, rows ld apart; n_cols <= GROUP of them used). */
-SAEFW_KERNEL static void decode_slab(float *restrict slab, const float *restrict wp, int64_t ld, int64_t d_sae,
+/* slab [B, GROUP] (double) += act * W_dec piece for every entry, features in ascending order (wp: W_dec
+ * at the group's first column, rows ld apart; n_cols <= GROUP of them used). The products and sums are
+ * in double: x_hat's rounding error reaches every gradient through dL/dx_hat, and a float sum over the
+ * row's active features was less exact than the dense path's blocked product. */
+SAEFW_KERNEL static void decode_slab(double *restrict slab, const float *restrict wp, int64_t ld, int64_t d_sae,
                                      const int64_t *restrict start, const int32_t *restrict rows,
                                      const float *restrict act, int64_t n_cols) {
     const int64_t end = start[d_sae];
     for (int64_t j = 0; j < d_sae; j++) {
         v8 wv[NV];
+        v4d wd[2 * NV];
         if (j + PREFETCH < d_sae) prefetch_piece(wp + (j + PREFETCH) * ld, 0);
         load_piece(wv, wp + j * ld, n_cols);
+        for (int v = 0; v < NV; v++) {
+            wd[2 * v] = __builtin_convertvector(__builtin_shufflevector(wv[v], wv[v], 0, 1, 2, 3), v4d);
+            wd[2 * v + 1] = __builtin_convertvector(__builtin_shufflevector(wv[v], wv[v], 4, 5, 6, 7), v4d);
+        }
         for (int64_t e = start[j]; e < start[j + 1]; e++) {
-            prefetch_slab_row(slab, rows, e, end);
-            v8 *o = (v8 *)(slab + (int64_t)rows[e] * GROUP);
-            const float a = act[e];
-            for (int v = 0; v < NV; v++) o[v] += a * wv[v];
+            if (e + PREFETCH < end) {
+                const double *p = slab + (int64_t)rows[e + PREFETCH] * GROUP;
+                for (int c = 0; c < GROUP; c += 8) __builtin_prefetch(p + c, 1);
+            }
+            v4d *o = (v4d *)(slab + (int64_t)rows[e] * GROUP);
+            const double a = act[e];
+            for (int v = 0; v < 2 * NV; v++) o[v] += a * wd[v];
         }
     }
 }
 
 /* dxh = 2/B (x_hat - x) into sd and x_cent into sx, [B, GROUP] slabs, for the columns [g0, g0 + n_cols);
- * b_dec's gradient from the x_hat term, each column summed over rows in order (as the dense path does).
+ * b_dec's gradient from the x_hat term, each column summed over rows in order in double (as the dense path
+ * does).
  * xh (rows ld apart) may be sd itself. */
 static inline void backward_slabs(const float *xh, int64_t ld, const float *x, const float *x_cent, int64_t d_in,
-                                  int64_t B, int64_t g0, int64_t n_cols, float *sd, float *sx, float *gb_dec) {
+                                  int64_t B, int64_t g0, int64_t n_cols, float *sd, float *sx, double *gb_dec) {
     const float c2 = 2.0f / (float)B;
-    for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0f;
+    for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0;
     for (int64_t b = 0; b < B; b++) {
         const float *xr = x + b * d_in + g0, *h = xh + b * ld;
         float *d = sd + b * GROUP;
@@ -186,21 +219,26 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
     const saefw_sae *sae = c->sae;
     saefw_sae_work *w = c->w;
     const int64_t d_in = sae->d_in, B = c->B;
+    /* This range's double slab [B, GROUP], in the encoder tiles' scratch (free once they are recorded). */
+    double *dslab = (double *)w->scratch + q0 * B * GROUP;
+    const float *b_dec = sae->p[SAEFW_B_DEC];
     for (int64_t q = q0; q < q1; q++) {
         const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
         float *slab = w->slab_d + q * B * GROUP;
+        memset(dslab, 0, sizeof(double) * (size_t)(B * GROUP));
+        decode_slab(dslab, sae->p[SAEFW_W_DEC] + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act, n_cols);
+        /* b_dec joins last, as in the dense path's product with beta = 1. */
         for (int64_t b = 0; b < B; b++) {
-            memcpy(slab + b * GROUP, sae->p[SAEFW_B_DEC] + g0, sizeof(float) * (size_t)n_cols);
-            memset(slab + b * GROUP + n_cols, 0, sizeof(float) * (size_t)(GROUP - n_cols));
-        }
-        decode_slab(slab, sae->p[SAEFW_W_DEC] + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act, n_cols);
-        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < n_cols; i++)
+                slab[b * GROUP + i] = (float)(dslab[b * GROUP + i] + (double)b_dec[g0 + i]);
+            for (int64_t i = n_cols; i < GROUP; i++) slab[b * GROUP + i] = 0.0f;
             memcpy(w->x_hat + b * d_in + g0, slab + b * GROUP, sizeof(float) * (size_t)n_cols);
+        }
         if (!c->x) continue;
         saefw_column_stats(slab, GROUP, c->x + g0, d_in, B, n_cols, w->col_stat + g0, w->col_stat + d_in + g0,
                            w->col_stat + 2 * d_in + g0);
         backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP,
-                       sae->g[SAEFW_B_DEC]);
+                       w->gb_dec_d);
     }
 }
 
@@ -217,7 +255,7 @@ SAEFW_KERNEL static void fill_slabs(void *vctx, int64_t q0, int64_t q1) {
     const int64_t d_in = c->sae->d_in, B = c->B;
     for (int64_t q = q0; q < q1; q++)
         backward_slabs(c->w->x_hat + q * GROUP, d_in, c->x, c->w->x_cent, d_in, B, q * GROUP, group_cols(d_in, q),
-                       c->w->slab_d + q * B * GROUP, c->w->slab_x + q * B * GROUP, c->sae->g[SAEFW_B_DEC]);
+                       c->w->slab_d + q * B * GROUP, c->w->slab_x + q * B * GROUP, c->w->gb_dec_d);
 }
 
 /* Entry e of a feature: acc += act[e] dxh[rows[e]] (the gradient piece), *t += dxh[rows[e]] * the
@@ -235,12 +273,14 @@ static inline __attribute__((always_inline)) void grad_dec_entry(v8 *restrict ac
     }
 }
 
-/* Features [j0, j1), one column group: each feature's W_dec-gradient piece, sum_e act[e] dxh[rows[e]],
- * and each entry's share of dL/dacts, dot[e] += dxh[rows[e]] . the feature's W_dec piece; both read the
- * entry's dxh piece once. gW and W point at the group's first column, rows ld apart. */
+/* Features [j0, j1), one column group: each feature's W_dec-gradient piece, sum_e act[e] dxh[rows[e]]
+ * (in PARTIAL runs),
+ * and each entry's share of dL/dacts, dot[e] += dxh[rows[e]] . the feature's W_dec piece (the groups'
+ * shares summed in double); both read the entry's dxh piece once. gW and W point at the group's first
+ * column, rows ld apart. */
 SAEFW_KERNEL static void grad_dec_group(float *restrict gW, const float *restrict W, int64_t ld,
                                         const float *restrict slab, const int64_t *restrict start,
-                                        const int32_t *restrict rows, const float *restrict act, float *restrict dot,
+                                        const int32_t *restrict rows, const float *restrict act, double *restrict dot,
                                         int64_t j0, int64_t j1, int64_t n_cols) {
     const int64_t end = start[j1];
     for (int64_t j = j0; j < j1; j++) {
@@ -250,26 +290,33 @@ SAEFW_KERNEL static void grad_dec_group(float *restrict gW, const float *restric
             prefetch_piece(gW + (j + PREFETCH) * ld, 1);
         }
         load_piece(wv, W + j * ld, n_cols);
-        int64_t e = start[j];
-        /* Four entries at a time, their dots summed together: a quarter of the horizontal sums. */
-        for (; e + 4 <= start[j + 1]; e += 4) {
-            v8 t[4] = {{0}};
-            for (int k = 0; k < 4; k++) grad_dec_entry(acc, &t[k], wv, slab, rows, act, e + k, end);
-            v4 d;
-            memcpy(&d, dot + e, sizeof d);
-            d += hsum4(t);
-            memcpy(dot + e, &d, sizeof d);
+        v4d tot[2 * NV] = {{0}};
+        for (int64_t e = start[j]; e < start[j + 1];) {
+            const int64_t stop = start[j + 1] - e < PARTIAL ? start[j + 1] : e + PARTIAL;
+            /* Four entries at a time, their dots summed together: a quarter of the horizontal sums. */
+            for (; e + 4 <= stop; e += 4) {
+                v8 t[4] = {{0}};
+                for (int k = 0; k < 4; k++) grad_dec_entry(acc, &t[k], wv, slab, rows, act, e + k, end);
+                v4d d;
+                memcpy(&d, dot + e, sizeof d);
+                d += __builtin_convertvector(hsum4(t), v4d);
+                memcpy(dot + e, &d, sizeof d);
+            }
+            for (; e < stop; e++) {
+                v8 t = {0};
+                grad_dec_entry(acc, &t, wv, slab, rows, act, e, end);
+                dot[e] += hsum(&t);
+            }
+            flush_partial(tot, acc);
         }
-        for (; e < start[j + 1]; e++) {
-            v8 t = {0};
-            grad_dec_entry(acc, &t, wv, slab, rows, act, e, end);
-            dot[e] += hsum(&t);
-        }
+        total_to_float(acc, tot);
         store_piece(gW + j * ld, acc, n_cols);
     }
 }
 
-/* Features [j0, j1), one column group of W_enc's gradient: column j gets sum_e coef[e] x_cent[rows[e]],
+/* Features [j0, j1), one column group of W_enc's gradient: column j gets sum_e coef[e] x_cent[rows[e]]
+ * (in PARTIAL runs: the first Adam step moves every element whose gradient is near eps by an amount set
+ * by that element's rounding error, so this sum's exactness decides the trajectory's distance),
  * built FEAT_BLOCK features at a time as a tile and stored transposed, 64 bytes per row. gW points at
  * the group's first row of the gradient, rows ld apart. */
 SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const float *restrict slab,
@@ -284,13 +331,18 @@ SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const fl
             for (int64_t i = 0; i < n_cols; i++) __builtin_prefetch(gW + i * ld + jb + FEAT_BLOCK, 1);
         for (int64_t f = 0; f < nf; f++) {
             v8 acc[NV] = {{0}};
-            for (int64_t e = start[jb + f]; e < start[jb + f + 1]; e++) {
-                prefetch_slab_row(slab, rows, e, end);
-                const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
-                const float a = coef[e];
-                for (int v = 0; v < NV; v++) acc[v] += a * m[v];
+            v4d tot[2 * NV] = {{0}};
+            for (int64_t e = start[jb + f]; e < start[jb + f + 1];) {
+                const int64_t stop = start[jb + f + 1] - e < PARTIAL ? start[jb + f + 1] : e + PARTIAL;
+                for (; e < stop; e++) {
+                    prefetch_slab_row(slab, rows, e, end);
+                    const v8 *m = (const v8 *)(slab + (int64_t)rows[e] * GROUP);
+                    const float a = coef[e];
+                    for (int v = 0; v < NV; v++) acc[v] += a * m[v];
+                }
+                flush_partial(tot, acc);
             }
-            for (int v = 0; v < NV; v++) tile[f][v] = acc[v];
+            total_to_float(tile[f], tot);
         }
         for (int64_t i = 0; i < n_cols; i++) {
             float *dst = gW + i * ld + jb;
@@ -312,20 +364,22 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     const int64_t *start = w->feat_start;
     const float l1c = sae->l1_coeff;
 
-    for (int64_t e = start[j0]; e < start[j1]; e++) w->feat_grad[e] = 0.0f;
+    for (int64_t e = start[j0]; e < start[j1]; e++) w->feat_dot[e] = 0.0;
     for (int64_t q = 0; q < n_groups; q++)
         grad_dec_group(sae->g[SAEFW_W_DEC] + q * GROUP, sae->p[SAEFW_W_DEC] + q * GROUP, d_in,
-                       w->slab_d + q * B * GROUP, start, w->feat_row, w->feat_act, w->feat_grad, j0, j1,
+                       w->slab_d + q * B * GROUP, start, w->feat_row, w->feat_act, w->feat_dot, j0, j1,
                        group_cols(d_in, q));
-    /* dL/dpre = dL/dacts + l1_coeff at active entries; b_enc's gradient sums it over rows in order. */
+    /* dL/dpre = dL/dacts + l1_coeff at active entries; b_enc's gradient sums it over rows in order, in double. */
     for (int64_t j = j0; j < j1; j++) {
-        float sum = 0.0f;
+        double sum = 0.0;
         for (int64_t e = start[j]; e < start[j + 1]; e++) {
-            float g = w->feat_grad[e] + l1c;
+            /* Rounded once, after the L1 term: dL/dacts and l1_coeff often nearly cancel. */
+            const float g = (float)(w->feat_dot[e] + (double)l1c);
             w->feat_grad[e] = g;
             sum += g;
         }
-        sae->g[SAEFW_B_ENC][j] = sum;
+        w->gb_enc_d[j] = sum;
+        sae->g[SAEFW_B_ENC][j] = (float)sum;
     }
     for (int64_t q = 0; q < n_groups; q++)
         grad_enc_group(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, w->slab_x + q * B * GROUP, start, w->feat_row,
