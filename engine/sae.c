@@ -235,9 +235,10 @@ double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap) {
     if (scratch < 2.0 * (double)(piece * d_sae)) scratch = 2.0 * (double)(piece * d_sae);
     const double slab = (double)(cap * ((d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP) * SAEFW_SPARSE_GROUP);
     double b = 4.0 * (2.0 * (double)(cap * d_in) + scratch + 2.0 * slab) + 8.0 * (double)cap +
-               12.0 * (double)(n_tiles * cap) + 24.0 * (double)(n_tiles * n_chunks) + 16.0 * (double)d_sae +
-               24.0 * (double)d_in;
-    b += 0.5 * (8.0 * (double)(n_tiles * n_chunks) * chunk_cap + 12.0 * feat_cap);
+               12.0 * (double)(n_tiles * cap) + 24.0 * (double)(n_tiles * n_chunks) + 24.0 * (double)d_sae +
+               32.0 * (double)d_in; /* with the bias gradients' double sums */
+    /* entries: row, activation and gradient (float), and dL/dacts (double) */
+    b += 0.5 * (8.0 * (double)(n_tiles * n_chunks) * chunk_cap + 20.0 * feat_cap);
     return b;
 }
 
