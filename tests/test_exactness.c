@@ -97,7 +97,7 @@ static void grads(saefw_sae *sae, const float *x, int64_t B, saefw_sae_path path
 
 /* `steps` Adam steps (lr, betas 0.9 and 0.99) through saefw_train on the given path. */
 static void train(saefw_sae *sae, int64_t B, int64_t steps, double lr, saefw_sae_path path,
-                  int (*on_event)(void *, const char *, const saefw_metrics *, char *, size_t), void *ud) {
+                  saefw_train_event_fn on_event, void *ud) {
     char err[1024];
     saefw_loaded_plugin *adam = NULL;
     REQUIRE(saefw_plugin_load("adam", saefw_host_table(), &adam, err, sizeof err) == 0, "%s", err);
@@ -267,9 +267,9 @@ typedef struct {
 } traj;
 
 /* After step k: W_enc's distance from the float64 run's (its parameters before step k + 1) and where. */
-static int traj_event(void *ud, const char *event, const saefw_metrics *m, char *err, size_t errlen) {
+static int traj_event(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
     const traj *t = ud;
-    if (strcmp(event, "log") != 0 || m->step + 1 >= 20) return 0;
+    if (event != SAEFW_EVENT_LOG || m->step + 1 >= 20) return 0;
     char name[64];
     snprintf(name, sizeof name, "step%02lld_W_enc.f32", (long long)m->step + 1);
     const int64_t n = t->sae->numel[SAEFW_W_ENC], d_sae = t->sae->d_sae;
