@@ -122,6 +122,7 @@ void saefw_features_default_opts(saefw_features_opts *o) {
     o->n_logits = 10;
     o->batch_rows = 16;
     o->seed = SAEFW_DEFAULT_SEED;
+    o->rare_threshold = SAEFW_RARE_THRESHOLD;
 }
 
 /* ---- the per-feature state ---- */
@@ -532,6 +533,48 @@ static void finish(saefw_features *out, fimpl *im) {
     }
 }
 
+/* The seed's rare direction from the measured densities (lua/saefw/analysis.lua does the same for
+ * `saefw analyze`): the normalised mean of the rare live features' encoder columns. */
+static int rare_direction(const saefw_sae *sae, double threshold, saefw_features *out, char *err, size_t errlen) {
+    const int64_t d = sae->d_in, D = sae->d_sae;
+    const float *W = sae->p[SAEFW_W_ENC]; /* [d_in, d_sae] */
+    out->rare_threshold = threshold > 0 ? threshold : SAEFW_RARE_THRESHOLD;
+    out->n_rare = 0;
+    memset(out->rare_cos_hist, 0, sizeof out->rare_cos_hist);
+    double *dir = saefw_calloc((size_t)d, sizeof(double), err, errlen);
+    if (!dir) return -1;
+    for (int64_t j = 0; j < D; j++) {
+        const double r = out->f[j].density;
+        if (!(r > 0 && r < out->rare_threshold)) continue;
+        out->n_rare++;
+        for (int64_t i = 0; i < d; i++) dir[i] += W[i * D + j];
+    }
+    double norm = 0;
+    for (int64_t i = 0; i < d; i++) norm += dir[i] * dir[i];
+    norm = sqrt(norm);
+    if (out->n_rare == 0 || norm == 0) {
+        out->n_rare = 0;
+        free(dir);
+        return 0;
+    }
+    for (int64_t j = 0; j < D; j++) {
+        const double r = out->f[j].density;
+        if (!(r > 0 && r < out->rare_threshold)) continue;
+        double dot = 0, cn = 0;
+        for (int64_t i = 0; i < d; i++) {
+            dot += dir[i] * W[i * D + j];
+            cn += (double)W[i * D + j] * W[i * D + j];
+        }
+        const double c = cn > 0 ? dot / (norm * sqrt(cn)) : 0;
+        int k = (int)floor((c + 1) / 2 * SAEFW_RARE_BINS);
+        if (k < 0) k = 0;
+        if (k >= SAEFW_RARE_BINS) k = SAEFW_RARE_BINS - 1;
+        out->rare_cos_hist[k]++;
+    }
+    free(dir);
+    return 0;
+}
+
 /* Logit effects and neuron classes of every feature, in blocks of features. */
 static int weight_analysis(const saefw_model *model, saefw_hook hook, const saefw_sae *sae, int n_logits,
                            saefw_features *out, fimpl *im, char *err, size_t errlen) {
@@ -688,6 +731,7 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
     }
     finish(res, im);
     if (weight_analysis(model, hook, sae, o->n_logits, res, im, err, errlen) != 0) goto done;
+    if (rare_direction(sae, o->rare_threshold, res, err, errlen) != 0) goto done;
     rc = 0;
 done:
     free(toks);

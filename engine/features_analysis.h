@@ -48,6 +48,7 @@ typedef struct {
     /* Called after each batch with tokens done and total (may be NULL). */
     void (*progress)(void *ud, int64_t done, int64_t total);
     void *progress_ud;
+    double rare_threshold;     /* the rare direction's density threshold (SAEFW_RARE_THRESHOLD) */
 } saefw_features_opts;
 
 #define SAEFW_FEATURES_TOKENS ((int64_t)1 << 20)
@@ -89,11 +90,20 @@ typedef struct {
     int neuron_class; /* decoder row: 1: 1-sparse, 10: 10-sparse, 0: dense, -1: not an MLP site */
 } saefw_feature_info;
 
+#define SAEFW_RARE_BINS 20
+#define SAEFW_RARE_THRESHOLD 1e-4
+
 typedef struct {
     int64_t d_in, d_sae, d_vocab, seq_len, tokens_analyzed;
     int top_k, ctx_before, ctx_after;
     uint64_t seed;
     int64_t one_sparse, ten_sparse, dense; /* neuron_class counts; all -1 when not an MLP site */
+    /* The seed's rare direction (as `saefw analyze`): the normalised mean encoder column of the live
+     * features with density below rare_threshold, and the cosines of their columns with it in
+     * SAEFW_RARE_BINS bins over [-1, 1]. n_rare 0: no such feature. */
+    double rare_threshold;
+    int64_t n_rare;
+    int64_t rare_cos_hist[SAEFW_RARE_BINS];
     saefw_feature_info *f;                 /* [d_sae] */
     void *impl;                            /* the memory behind the lists */
 } saefw_features;

@@ -314,6 +314,16 @@ static void w_summary(FILE *fp, tok_cache *tc, const saefw_features *f, const sa
                 (long long)f->ten_sparse, (long long)f->dense);
     else
         fputs("null", fp);
+    fputs(",\"rare_direction\":", fp);
+    if (f->n_rare > 0) {
+        fprintf(fp, "{\"threshold\":%g,\"n_rare\":%lld,\"cos_edges\":[", f->rare_threshold, (long long)f->n_rare);
+        for (int b = 0; b <= SAEFW_RARE_BINS; b++) fprintf(fp, b ? ",%g" : "%g", -1.0 + 2.0 * b / SAEFW_RARE_BINS);
+        fputs("],\"cos_counts\":[", fp);
+        for (int b = 0; b < SAEFW_RARE_BINS; b++) fprintf(fp, b ? ",%lld" : "%lld", (long long)f->rare_cos_hist[b]);
+        fputs("]}", fp);
+    } else {
+        fputs("null", fp);
+    }
     fputs(",\"features\":[", fp);
     for (int64_t i = 0; i < D; i++) {
         const saefw_feature_info *fi = &f->f[i];

@@ -150,6 +150,7 @@
     drawHeader();
     drawDensity();
     drawSparsity();
+    drawRare();
     setupTable();
     $('loading').hidden = true;
     $('index-view').hidden = false;
@@ -311,6 +312,20 @@
     fig.appendChild(bar);
     fig.appendChild(legend);
     fig.appendChild(el('p', { 'class': 'hint', text: 'How many MLP neurons carry each feature\'s decoder direction: one, about ten, or many.' }));
+  }
+
+  // The seed's rare direction: how aligned the rare features' encoder columns are with their mean.
+  function drawRare() {
+    var r = S.rare_direction, fig = $('rare');
+    if (!r || !Array.isArray(r.cos_edges) || !Array.isArray(r.cos_counts)) return;
+    fig.hidden = false;
+    fig.appendChild(el('p', { 'class': 'hint', text: fmtInt(r.n_rare) + ' live features fire on fewer than ' + fmt(r.threshold) +
+      ' of tokens; cosine of each one\'s encoder column with their normalised mean direction:' }));
+    fig.appendChild(barChart({
+      width: 440, height: 170, edges: r.cos_edges, counts: r.cos_counts, label: 'rare-direction cosines', xlabel: 'cosine',
+      barTitle: function (a, b, c) { return fmtInt(c) + ' rare features with cosine in [' + fmt(a) + ', ' + fmt(b) + ')'; },
+      ticks: niceTicks,
+      tickText: fmt }));
   }
 
   // ---- the feature table: sorted and filtered index arrays, only the rows in view drawn ----

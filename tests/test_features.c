@@ -562,6 +562,57 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     cJSON_Delete(sum);
 }
 
+/* The rare direction against a direct computation from the encoder columns, at a threshold that
+ * makes about half the features rare. */
+static void test_rare_direction(const saefw_model *m, const saefw_tokens *tok, saefw_hook h, const saefw_sae *sae,
+                                const saefw_features *f1) {
+    double dens[D_SAE];
+    for (int j = 0; j < D_SAE; j++) dens[j] = f1->f[j].density;
+    double sorted[D_SAE];
+    memcpy(sorted, dens, sizeof sorted);
+    for (int a = 1; a < D_SAE; a++)
+        for (int b = a; b > 0 && sorted[b - 1] > sorted[b]; b--) {
+            double t = sorted[b];
+            sorted[b] = sorted[b - 1];
+            sorted[b - 1] = t;
+        }
+    const double thr = sorted[D_SAE / 2];
+    saefw_features_opts o;
+    saefw_features_default_opts(&o);
+    o.n_tokens = ROWS * T - 5;
+    o.top_k = 8;
+    o.batch_rows = 10;
+    o.rare_threshold = thr;
+    saefw_features *f = NULL;
+    char err[1024];
+    REQUIRE(saefw_features_run(m, tok, h, sae, &o, &f, err, sizeof err) == 0, "%s", err);
+    const int64_t d = sae->d_in;
+    const float *W = sae->p[SAEFW_W_ENC];
+    double dir[1024] = {0}, norm = 0;
+    REQUIRE(d <= 1024, "d_in %lld", (long long)d);
+    int64_t n = 0, want[SAEFW_RARE_BINS] = {0};
+    for (int j = 0; j < D_SAE; j++)
+        if (dens[j] > 0 && dens[j] < thr) {
+            n++;
+            for (int64_t i = 0; i < d; i++) dir[i] += W[i * D_SAE + j] / 1.0;
+        }
+    for (int64_t i = 0; i < d; i++) norm += dir[i] * dir[i];
+    for (int j = 0; j < D_SAE; j++)
+        if (dens[j] > 0 && dens[j] < thr) {
+            double dot = 0, cn = 0;
+            for (int64_t i = 0; i < d; i++) dot += dir[i] * W[i * D_SAE + j], cn += (double)W[i * D_SAE + j] * W[i * D_SAE + j];
+            int k = (int)floor((dot / sqrt(norm * cn) + 1) / 2 * SAEFW_RARE_BINS);
+            want[k < 0 ? 0 : k >= SAEFW_RARE_BINS ? SAEFW_RARE_BINS - 1 : k]++;
+        }
+    int same = f->n_rare == n;
+    for (int b = 0; b < SAEFW_RARE_BINS; b++) same &= f->rare_cos_hist[b] == want[b];
+    printf("  rare direction: %lld of %d features below density %.3g; cosine histogram %s the direct computation\n",
+           (long long)f->n_rare, D_SAE, thr, same ? "equals" : "DIFFERS FROM");
+    CHECK(n > 0 && same, "rare direction: %lld rare (want %lld) or the cosine histogram differs", (long long)f->n_rare,
+          (long long)n);
+    saefw_features_free(f);
+}
+
 int main(void) {
     const char *tmp = t_tmpdir("test_features");
     char err[1024];
@@ -588,6 +639,7 @@ int main(void) {
     saefw_sae_set_path(SAEFW_SAE_AUTO);
     check_against_dense(m, tok, h, &sae, fs, x, toks);
     saefw_features_free(fs);
+    test_rare_direction(m, tok, h, &sae, f1);
     saefw_features *f3 = run(m, tok, h, &sae, 3);
     CHECK(same_results(f1, f3), "results differ between 1 and 3 threads");
     saefw_features_free(f3);
