@@ -53,6 +53,23 @@ void saefw_token_decoder_tokenizer(saefw_token_decoder *d, const struct saefw_to
     d->ud = (void *)t;
 }
 
+int saefw_token_decoder_for_model(saefw_token_decoder *d, const char *model_name, int32_t bytes,
+                                  struct saefw_tokenizer **tok, char *why, size_t whyn) {
+    char path[4096];
+    *tok = NULL;
+    if (saefw_tokenizer_resolve(model_name, path, sizeof path, why, whyn) == 0 &&
+        saefw_tokenizer_load(path, tok, why, whyn) == 0) {
+        saefw_token_decoder_tokenizer(d, *tok, "tokenizer.json");
+        return 0;
+    }
+    if (bytes >= 0) {
+        saefw_token_decoder_bytes(d, bytes);
+        return 0;
+    }
+    memset(d, 0, sizeof *d);
+    return 1;
+}
+
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0 when s[0] does not start one. NUL is
  * treated as invalid: C strings cannot carry it. */
 static int utf8_len(const unsigned char *s, size_t n) {

@@ -29,6 +29,13 @@ void saefw_token_decoder_bytes(saefw_token_decoder *d, int32_t bos_id);
 struct saefw_tokenizer;
 void saefw_token_decoder_tokenizer(saefw_token_decoder *d, const struct saefw_tokenizer *t, const char *name);
 
+/* How a model's tokens are shown: its tokenizer.json when one resolves for model_name (loaded into
+ * *tok, which the caller frees with saefw_tokenizer_free after d's last use), else the bytes of a
+ * byte-level model (bytes >= 0: its BOS id), else ids. Returns 0, or 1 for ids with the reason in
+ * why. */
+int saefw_token_decoder_for_model(saefw_token_decoder *d, const char *model_name, int32_t bytes,
+                                  struct saefw_tokenizer **tok, char *why, size_t whyn);
+
 /* Display text of one token into out (NUL-terminated, truncated to cap): its bytes where they are
  * valid UTF-8, each invalid byte (such as one byte of a multi-byte character that the tokenizer split
  * across tokens) as the four characters \xNN; "#id" when the decoder has no bytes for it. Returns

@@ -121,18 +121,8 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     to.shuffle = 0;
     if (saefw_tokens_open_any(&to, NULL, -1, &j->tokens, err, errlen) != 0) goto out;
 
-    /* The model's tokenizer.json when there is one (tiny-1l's bytes otherwise); else ids. */
-    char tpath[4096], terr[1024];
-    if (saefw_tokenizer_resolve(j->model_name, tpath, sizeof tpath, terr, sizeof terr) == 0 &&
-        saefw_tokenizer_load(tpath, &j->tokenizer, terr, sizeof terr) == 0) {
-        saefw_token_decoder_tokenizer(&j->dec, j->tokenizer, "tokenizer.json");
-    } else if (tiny) {
-        saefw_token_decoder_bytes(&j->dec, (int32_t)(bos >= 0 ? bos : 256));
-    } else {
-        memset(&j->dec, 0, sizeof j->dec);
-        j->ids_only = 1;
-        snprintf(j->why_ids, sizeof j->why_ids, "%s", terr);
-    }
+    j->ids_only = saefw_token_decoder_for_model(&j->dec, j->model_name, tiny ? (int32_t)(bos >= 0 ? bos : 256) : -1,
+                                                &j->tokenizer, j->why_ids, sizeof j->why_ids);
     rc = 0;
 out:
     cJSON_Delete(cfg);

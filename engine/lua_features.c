@@ -199,15 +199,9 @@ static int l_features(lua_State *L) {
             return saefw_lua_error(L, "%s: %s", fn, err);
         saefw_hook_name(hook, hname, sizeof hname);
         hook_name = hname;
-        /* The model's tokenizer.json when there is one (tiny-1l's bytes otherwise); else ids. */
-        char tpath[4096], terr[1024];
-        if (saefw_tokenizer_resolve(model_name, tpath, sizeof tpath, terr, sizeof terr) == 0 &&
-            saefw_tokenizer_load(tpath, &s->tokenizer, terr, sizeof terr) == 0)
-            saefw_token_decoder_tokenizer(&bytes_dec, s->tokenizer, "tokenizer.json");
-        else if (!strcmp(model_name, "tiny-1l"))
-            saefw_token_decoder_bytes(&bytes_dec, 256);
-        else
-            memset(&bytes_dec, 0, sizeof bytes_dec);
+        char terr[1024];
+        saefw_token_decoder_for_model(&bytes_dec, model_name, strcmp(model_name, "tiny-1l") ? -1 : 256, &s->tokenizer,
+                                      terr, sizeof terr);
     }
     if (!dec->token_bytes && !quiet)
         fprintf(stderr, "saefw.features: no tokenizer for %s: tokens are shown as ids (#1234)\n", model_name);
