@@ -281,8 +281,9 @@ def project_and_renorm(W_dec):
 
 @torch.no_grad()
 def clip_grads(params, max_norm):
-    """torch.nn.utils.clip_grad_norm_ (torch 1.13): total 2-norm over all gradients; scale by
-    max_norm / (norm + 1e-6) when that is below 1.  Returns (norm, applied coefficient)."""
+    """The rule of torch.nn.utils.clip_grad_norm_ (torch 1.13): the 2-norm of all gradients
+    together (summed in float64 here), and a scale of max_norm / (norm + 1e-6) when that is
+    below 1.  Returns (norm, applied coefficient)."""
     total = torch.sqrt(sum((q.grad.double() ** 2).sum() for q in params)).to(params[0].dtype)
     coef = max_norm / (total + 1e-6)
     if coef < 1:
