@@ -761,6 +761,24 @@ def check_fd(arch, replay, n_entries=12, h=1e-6):
     return res
 
 
+def check_jumprelu_ste(T, hp):
+    """JumpReLU's threshold pseudo-gradient recomputed in float64 numpy from the paper's
+    formulas (not from the autograd Functions above), from the file's arrays T; returns
+    max|diff| / max|ref|."""
+    f = lambda k: T["fwd_" + k].astype(np.float64)
+    x, We, Wd, be, bd, lt = (f(k) for k in ("x", "W_enc", "W_dec", "b_enc", "b_dec",
+                                             "log_threshold"))
+    B = x.shape[0]
+    eps, lam = hp["bandwidth"], hp["l0_coeff"]
+    theta = np.exp(lt)
+    pre = x @ We + be
+    acts = pre * (pre > theta)
+    g_acts = (2.0 / B) * (acts @ Wd + bd - x) @ Wd.T
+    K = (np.abs((pre - theta) / eps) < 0.5).astype(np.float64)
+    d_theta = (g_acts * -(theta / eps) * K).sum(0) + (lam / B) * (-(1.0 / eps) * K).sum(0)
+    return maxrel(T["fwd_grad_log_threshold"], theta * d_theta)
+
+
 def check_files(files):
     ok = True
     for fname, (tensors, meta) in files.items():
@@ -845,6 +863,14 @@ def main():
         for k, v in w.items():
             if not v <= limits.get(k, 1e-4):
                 print("CHECK FAIL %s float64 %s %.2e" % (arch, k, v))
+                ok = False
+        if arch == "jumprelu":
+            back, _ = msf.read_safetensors(os.path.join(OUT_DIR, "jumprelu.safetensors"))
+            d = check_jumprelu_ste(back, replays[arch]["hp"])
+            print("check: jumprelu   log_threshold pseudo-gradient vs float64 numpy from the "
+                  "paper's formulas: %.1e" % d)
+            if not d <= 1e-5:
+                print("CHECK FAIL jumprelu pseudo-gradient %.2e" % d)
                 ok = False
         fd = check_fd(arch, replays[arch])
         print("check: %-10s finite differences (float64, h 1e-6), max|fd-grad|/max|grad|: %s" % (
