@@ -814,8 +814,6 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.makedirs(OUT_DIR, exist_ok=True)
-    msf._DTYPES[torch.int32] = ("I32", np.dtype("<i4"))
-    msf._NP_BY_NAME["I32"] = np.dtype("<i4")
 
     archs = args.only.split(",") if args.only else list(SEEDS)
     pool, pool_y, index = big_data()
