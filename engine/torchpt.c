@@ -84,8 +84,8 @@ static int resolve(archive *ar, const saefw_pickle_tensor *t, saefw_tensor_info 
     if (e->size != want)
         return saefw_errf(err, errlen,
                           "tensor %s: storage %s has %" PRIu64 " bytes but the pickle declares %" PRId64
-                          " %s elements (%" PRIu64 " bytes)", nm, key, e->size, t->storage_numel,
-                          saefw_dtype_name(t->dtype), want);
+                          " %s elements (%" PRIu64 " bytes)",
+                          nm, key, e->size, t->storage_numel, saefw_dtype_name(t->dtype), want);
     const uint8_t *base;
     if (e->method == 0) {
         if (e->comp_size != e->size)

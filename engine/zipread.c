@@ -112,15 +112,14 @@ static int cd_parse(const uint8_t *m, size_t size, saefw_zip_entry **out, size_t
     return 0;
 }
 
-
 static int zip_msg(char *err, size_t errlen, const char *what, zip_error_t *ze) {
     return saefw_errf(err, errlen, "bad zip archive: %s: %s", what, zip_error_strerror(ze));
 }
 
 /* Locates entry `name`, checks libzip agrees with the central directory about it, and returns where
  * its data starts in the file. */
-int saefw_zip_find(saefw_zip *z, const char *name, const char *what, size_t *idx, uint64_t *data_off,
-                      char *err, size_t errlen) {
+int saefw_zip_find(saefw_zip *z, const char *name, const char *what, size_t *idx, uint64_t *data_off, char *err,
+                   size_t errlen) {
     zip_int64_t i = zip_name_locate(z->za, name, ZIP_FL_ENC_RAW);
     if (i < 0) return saefw_errf(err, errlen, "%s: record %s is missing from the archive", what, name);
     if ((size_t)i >= z->n_cd)
@@ -151,8 +150,7 @@ int saefw_zip_find(saefw_zip *z, const char *name, const char *what, size_t *idx
 }
 
 /* Reads and decompresses a whole entry with libzip (which also checks its CRC). */
-int saefw_zip_read(saefw_zip *z, size_t idx, const char *name, size_t max, uint8_t **out, char *err,
-                      size_t errlen) {
+int saefw_zip_read(saefw_zip *z, size_t idx, const char *name, size_t max, uint8_t **out, char *err, size_t errlen) {
     uint64_t size = z->cd[idx].size;
     if (size > max) return saefw_errf(err, errlen, "record %s is too large (%" PRIu64 " bytes)", name, size);
     uint8_t *buf = saefw_malloc((size_t)size, err, errlen);
@@ -186,7 +184,6 @@ int saefw_zip_read(saefw_zip *z, size_t idx, const char *name, size_t max, uint8
     *out = buf;
     return 0;
 }
-
 
 int saefw_zip_open(const uint8_t *map, size_t size, saefw_zip **out, char *err, size_t errlen) {
     *out = NULL;

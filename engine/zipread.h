@@ -11,7 +11,7 @@ typedef struct saefw_zip saefw_zip;
 typedef struct {
     const char *name; /* into the mapping, not NUL-terminated */
     size_t name_len;
-    uint16_t method;  /* 0: stored */
+    uint16_t method; /* 0: stored */
     uint64_t comp_size, size, local_off;
 } saefw_zip_entry;
 
@@ -30,11 +30,10 @@ int saefw_zip_has(const saefw_zip *z, const char *name);
 /* Find entry `name`, check that libzip, the central directory and its local header agree about it and
  * that its data lies inside the file; *idx is its index and *data_off where its (possibly compressed)
  * data starts in map. `what` names the caller's object in the messages for a missing or cut entry. */
-int saefw_zip_find(saefw_zip *z, const char *name, const char *what, size_t *idx, uint64_t *data_off,
-                   char *err, size_t errlen);
+int saefw_zip_find(saefw_zip *z, const char *name, const char *what, size_t *idx, uint64_t *data_off, char *err,
+                   size_t errlen);
 /* Read and decompress entry idx (named `name` in messages) into a new buffer of its stated size, which
  * must be at most max; its CRC is checked. The caller frees *out. */
-int saefw_zip_read(saefw_zip *z, size_t idx, const char *name, size_t max, uint8_t **out, char *err,
-                   size_t errlen);
+int saefw_zip_read(saefw_zip *z, size_t idx, const char *name, size_t max, uint8_t **out, char *err, size_t errlen);
 
 #endif
