@@ -188,3 +188,94 @@ void saefw_lua_set_resume(lua_State *L, const char *run_dir) {
     else lua_pushnil(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "saefw.resume");
 }
+
+/* ---- cfg.json and protected calls ---- */
+
+/* JSON <-> Lua for cfg.json: numbers, strings, booleans and nested tables. */
+cJSON *saefw_lua_to_json(lua_State *L, int idx, int depth) {
+    idx = lua_absindex(L, idx);
+    switch (lua_type(L, idx)) {
+    case LUA_TNUMBER: return cJSON_CreateNumber(lua_tonumber(L, idx));
+    case LUA_TBOOLEAN: return cJSON_CreateBool(lua_toboolean(L, idx));
+    case LUA_TSTRING: return cJSON_CreateString(lua_tostring(L, idx));
+    case LUA_TTABLE: {
+        if (depth > 16) return NULL;
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        cJSON *out = n > 0 ? cJSON_CreateArray() : cJSON_CreateObject();
+        if (!out) return NULL;
+        if (n > 0) {
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, idx, i);
+                cJSON *v = saefw_lua_to_json(L, -1, depth + 1);
+                lua_pop(L, 1);
+                if (v) cJSON_AddItemToArray(out, v);
+            }
+            return out;
+        }
+        /* Keys sorted, so cfg.json reads the same from run to run. */
+        lua_newtable(L);
+        int keys = lua_gettop(L), nk = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            lua_pop(L, 1);
+            if (lua_type(L, -1) == LUA_TSTRING) {
+                lua_pushvalue(L, -1);
+                lua_rawseti(L, keys, ++nk);
+            }
+        }
+        lua_getglobal(L, "table");
+        lua_getfield(L, -1, "sort");
+        lua_pushvalue(L, keys);
+        lua_call(L, 1, 0);
+        lua_pop(L, 1);
+        for (int i = 1; i <= nk; i++) {
+            lua_rawgeti(L, keys, i);
+            lua_gettable(L, idx);
+            cJSON *v = saefw_lua_to_json(L, -1, depth + 1);
+            lua_pop(L, 1);
+            lua_rawgeti(L, keys, i);
+            if (v) cJSON_AddItemToObject(out, lua_tostring(L, -1), v);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        return out;
+    }
+    default: return NULL; /* functions and userdata have no JSON form */
+    }
+}
+
+void saefw_lua_push_json(lua_State *L, const cJSON *j, int depth) {
+    if (depth > 32) {
+        lua_pushnil(L);
+    } else if (cJSON_IsNumber(j)) {
+        double v = j->valuedouble;
+        if (v == floor(v) && fabs(v) < 9.0e15) lua_pushinteger(L, (lua_Integer)v);
+        else lua_pushnumber(L, v);
+    } else if (cJSON_IsString(j)) {
+        lua_pushstring(L, j->valuestring);
+    } else if (cJSON_IsBool(j)) {
+        lua_pushboolean(L, cJSON_IsTrue(j));
+    } else if (cJSON_IsArray(j)) {
+        lua_newtable(L);
+        int i = 1;
+        for (const cJSON *c = j->child; c; c = c->next) {
+            saefw_lua_push_json(L, c, depth + 1);
+            lua_rawseti(L, -2, i++);
+        }
+    } else if (cJSON_IsObject(j)) {
+        lua_newtable(L);
+        for (const cJSON *c = j->child; c; c = c->next) {
+            saefw_lua_push_json(L, c, depth + 1);
+            lua_setfield(L, -2, c->string);
+        }
+    } else {
+        lua_pushnil(L);
+    }
+}
+
+int saefw_lua_traceback_handler(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) msg = "(error object is not a string)";
+    lua_pushstring(L, msg);
+    return 1;
+}

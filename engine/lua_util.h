@@ -2,6 +2,7 @@
 #ifndef SAEFW_LUA_UTIL_H
 #define SAEFW_LUA_UTIL_H
 
+#include <cjson/cJSON.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdint.h>
@@ -29,5 +30,13 @@ void saefw_lua_check_table(lua_State *L, int idx, const char *fn);
 void saefw_lua_check_keys(lua_State *L, int t, const char *fn, const char *const *allowed);
 /* A userdata class: __gc and __close call gc, __index calls index, methods in a "methods" field. */
 void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index, const luaL_Reg *methods);
+
+/* The Lua value at idx as JSON (numbers, strings, booleans, nested tables; depth counts the nesting,
+ * 0 at the top), and a JSON value pushed as Lua; for cfg.json. */
+cJSON *saefw_lua_to_json(lua_State *L, int idx, int depth);
+void saefw_lua_push_json(lua_State *L, const cJSON *j, int depth);
+/* Message handler for lua_pcall: keeps the error message (already located), or names a non-string
+ * error object. */
+int saefw_lua_traceback_handler(lua_State *L);
 
 #endif

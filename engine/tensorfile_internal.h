@@ -1,5 +1,6 @@
-/* Internals shared by tensorfile.c (open/close, safetensors, .npy) and torchpt.c (PyTorch zip):
- * the open-file structure and the helpers both readers use to fill it. Not installed. */
+/* Internals shared by the tensor-file readers (tensorfile.c: open/close, safetensors, .npy;
+ * torchpt.c and torch_pickle.c: PyTorch zip): the open-file structure and the helpers of
+ * tensorfile_list.c that fill it. Not installed. */
 #ifndef SAEFW_TENSORFILE_INTERNAL_H
 #define SAEFW_TENSORFILE_INTERNAL_H
 
@@ -31,13 +32,5 @@ int saefw_tfi_shape_size(int ndim, const int64_t *shape, size_t itemsize, int64_
 
 /* Write s[0..n) into out as one printable line (control bytes escaped, long text cut); returns out. */
 const char *saefw_tfi_printable(char *out, size_t outlen, const char *s, size_t n);
-
-/* Fill tf->tensors from the PyTorch zip checkpoint mapped at tf->map. Messages do not name the file
- * (the caller prefixes it). */
-int saefw_tfi_load_torch(saefw_tensorfile *tf, char *err, size_t errlen);
-
-/* Run only the unpickler and the tensor checks over a data.pkl image, without a zip (for tests).
- * On success *n_tensors is the number of tensors the pickle describes. */
-int saefw_tfi_unpickle_check(const uint8_t *pkl, size_t len, int *n_tensors, char *err, size_t errlen);
 
 #endif

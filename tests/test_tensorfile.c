@@ -1,9 +1,11 @@
-/* Tests for the tensor-file readers and writers (engine/tensorfile.c, engine/torchpt.c): every
- * fixture from tests/reference/make_tensor_fixtures.py against the values torch/numpy recorded,
- * write/read round trips, 16-bit float conversions, one specific error per malformed input, and a
- * seeded mutation loop that must never crash. Runs from tests/; exits non-zero on any failure. */
+/* Tests for the tensor-file readers and writers (engine/tensorfile.c; engine/torchpt.c with
+ * engine/zipread.c and engine/torch_pickle.c): every fixture from
+ * tests/reference/make_tensor_fixtures.py against the values torch/numpy recorded, write/read round
+ * trips, 16-bit float conversions, one specific error per malformed input, and a seeded mutation loop
+ * that must never crash. Runs from tests/; exits non-zero on any failure. */
 #include "tensorfile.h"
 #include "tensorfile_internal.h"
+#include "torch_pickle.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>

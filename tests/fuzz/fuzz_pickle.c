@@ -1,7 +1,7 @@
 /* Fuzz target: the PyTorch reader's pickle machine and tensor checks on a bare data.pkl image,
  * through saefw_tfi_unpickle_check (no zip, so every mutation reaches the unpickler). */
 #include "fuzz_common.h"
-#include "tensorfile_internal.h"
+#include "torch_pickle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > (1u << 20)) return 0;

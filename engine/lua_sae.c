@@ -1,0 +1,219 @@
+/* Lua binding of the SAE (saefw.SAE): saefw.sae, saefw.load_sae, sae:save, sae:tensor, and the
+ * functions that measure one on a source: saefw.frequencies, saefw.mmcs, saefw.evaluate. */
+#include <lauxlib.h>
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "lua_classes.h"
+#include "lua_saefw.h"
+#include "lua_util.h"
+#include "rng.h"
+#include "sae.h"
+#include "sae_resolve.h"
+#include "source.h"
+#include "train.h"
+
+/* ---- SAE ---- */
+
+lsae *saefw_lua_check_lsae(lua_State *L, int idx) {
+    lsae *s = luaL_testudata(L, idx, MT_SAE);
+    if (!s) saefw_lua_error(L, "expected an SAE (from saefw.sae or saefw.load_sae), got %s", luaL_typename(L, idx));
+    if (!s->alive) saefw_lua_error(L, "this SAE was closed");
+    return s;
+}
+
+static lsae *new_sae(lua_State *L) {
+    lsae *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
+    luaL_setmetatable(L, MT_SAE);
+    return s;
+}
+
+static int l_sae(lua_State *L) {
+    static const char *const keys[] = {"d_in", "d_sae", "l1_coeff", "seed", NULL};
+    saefw_lua_check_table(L, 1, "saefw.sae");
+    saefw_lua_check_keys(L, 1, "saefw.sae", keys);
+    int64_t d_in = saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
+    int64_t d_sae = saefw_lua_req_int(L, 1, "saefw.sae", "d_sae", 1);
+    double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff", 3e-4);
+    if (l1 < 0) saefw_lua_error(L, "saefw.sae: field 'l1_coeff' must be >= 0");
+    int64_t seed = saefw_lua_opt_int(L, 1, "saefw.sae", "seed", SAEFW_DEFAULT_SEED, 0);
+    lsae *s = new_sae(L);
+    char err[512];
+    if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.sae: %s", err);
+    s->alive = 1;
+    saefw_rng rng;
+    saefw_rng_seed(&rng, (uint64_t)seed);
+    saefw_sae_init_params(&s->sae, &rng);
+    return 1;
+}
+
+static int sae_gc(lua_State *L) {
+    lsae *s = luaL_checkudata(L, 1, MT_SAE);
+    if (s->alive) saefw_sae_free(&s->sae);
+    s->alive = 0;
+    return 0;
+}
+
+static int sae_save(lua_State *L) {
+    lsae *s = saefw_lua_check_lsae(L, 1);
+    const char *dir = luaL_checkstring(L, 2);
+    cJSON *cfg = NULL;
+    if (!lua_isnoneornil(L, 3)) {
+        if (!lua_istable(L, 3)) return saefw_lua_error(L, "sae:save: argument 2 (cfg) must be a table");
+        cfg = saefw_lua_to_json(L, 3, 0);
+    }
+    char err[1024];
+    int rc = saefw_checkpoint_save(dir, &s->sae, cfg, err, sizeof err);
+    cJSON_Delete(cfg);
+    if (rc != 0) return saefw_lua_error(L, "sae:save: %s", err);
+    return 0;
+}
+
+/* saefw.load_sae(path) -> sae, cfg table, the local path it was read from (path may be a Hub path). */
+static int l_load_sae(lua_State *L) {
+    const char *spec = luaL_checkstring(L, 1);
+    char path[PATH_MAX], err[1024];
+    if (saefw_sae_resolve(spec, path, sizeof path, NULL, err, sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.load_sae: %s", err);
+    lsae *s = new_sae(L);
+    cJSON *cfg = NULL;
+    if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.load_sae: %s", err);
+    s->alive = 1;
+    if (saefw_checkpoint_require_l1(path, cfg, err, sizeof err) != 0) {
+        cJSON_Delete(cfg);
+        return saefw_lua_error(L, "saefw.load_sae: %s", err);
+    }
+    if (cfg) saefw_lua_push_json(L, cfg, 0);
+    else lua_newtable(L);
+    cJSON_Delete(cfg);
+    lua_pushstring(L, path);
+    return 3;
+}
+
+static int param_index(lua_State *L, const char *name) {
+    for (int i = 0; i < SAEFW_N_PARAMS; i++)
+        if (strcmp(saefw_param_name(i), name) == 0) return i;
+    return saefw_lua_error(L, "no SAE tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
+}
+
+/* sae:tensor(name) -> flat Lua array copy and its shape (for analysis and tests on small SAEs). */
+static int sae_tensor(lua_State *L) {
+    lsae *s = saefw_lua_check_lsae(L, 1);
+    int i = param_index(L, luaL_checkstring(L, 2));
+    int64_t n = s->sae.numel[i];
+    lua_createtable(L, (int)n, 0);
+    for (int64_t k = 0; k < n; k++) {
+        lua_pushnumber(L, s->sae.p[i][k]);
+        lua_rawseti(L, -2, (lua_Integer)k + 1);
+    }
+    lua_createtable(L, 2, 0);
+    for (int k = 0; k < s->sae.ndim[i]; k++) {
+        lua_pushinteger(L, s->sae.shape[i][k]);
+        lua_rawseti(L, -2, k + 1);
+    }
+    return 2;
+}
+
+static int sae_index(lua_State *L) {
+    lsae *s = saefw_lua_check_lsae(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (!strcmp(k, "d_in")) lua_pushinteger(L, s->sae.d_in);
+    else if (!strcmp(k, "d_sae")) lua_pushinteger(L, s->sae.d_sae);
+    else if (!strcmp(k, "l1_coeff")) lua_pushnumber(L, s->sae.l1_coeff);
+    else {
+        luaL_getmetafield(L, 1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+saefw_sae *saefw_lua_check_sae(lua_State *L, int idx) { return &saefw_lua_check_lsae(L, idx)->sae; }
+
+/* ---- analysis ---- */
+
+static int l_frequencies(lua_State *L) {
+    lsae *s = saefw_lua_check_lsae(L, 1);
+    saefw_source *src = saefw_lua_check_source(L, 2);
+    lua_Integer batches = luaL_optinteger(L, 3, 5), batch = luaL_optinteger(L, 4, 4096);
+    if (batches <= 0 || batch <= 0) return saefw_lua_error(L, "saefw.frequencies: batches and batch size must be positive");
+    if (batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "saefw.frequencies: batches = %lld is more than %d", (long long)batches, SAEFW_MAX_EVAL_BATCHES);
+    if (src->d_act != s->sae.d_in)
+        return saefw_lua_error(L, "saefw.frequencies: source width %lld does not match the SAE's d_in %lld", (long long)src->d_act, (long long)s->sae.d_in);
+    float *f = malloc(sizeof(float) * (size_t)s->sae.d_sae);
+    if (!f) return saefw_lua_error(L, "out of memory");
+    char err[512];
+    int64_t rows = (int64_t)batches * saefw_eval_batch_rows(src, batch);
+    if (saefw_feature_frequencies(&s->sae, src, rows, batch, f, err, sizeof err) != 0) {
+        free(f);
+        return saefw_lua_error(L, "saefw.frequencies: %s", err);
+    }
+    lua_createtable(L, (int)s->sae.d_sae, 0);
+    for (int64_t j = 0; j < s->sae.d_sae; j++) {
+        lua_pushnumber(L, f[j]);
+        lua_rawseti(L, -2, (lua_Integer)j + 1);
+    }
+    free(f);
+    return 1;
+}
+
+static int l_mmcs(lua_State *L) {
+    lsae *s = saefw_lua_check_lsae(L, 1);
+    saefw_source *src = saefw_lua_check_source(L, 2);
+    int64_t n = 0;
+    const float *truth = saefw_synthetic_features(src, &n);
+    if (!truth) return saefw_lua_error(L, "saefw.mmcs: the source has no ground truth (only saefw.synthetic does)");
+    if (src->d_act != s->sae.d_in) return saefw_lua_error(L, "saefw.mmcs: source width does not match the SAE's d_in");
+    lua_pushnumber(L, saefw_mmcs(truth, n, s->sae.p[SAEFW_W_DEC], s->sae.d_sae, s->sae.d_in));
+    return 1;
+}
+
+/* saefw.evaluate(sae, source, rows) -> {loss, l2_loss, l1_loss, l0, explained_variance} on fresh rows. */
+static int l_evaluate(lua_State *L) {
+    lsae *s = saefw_lua_check_lsae(L, 1);
+    saefw_source *src = saefw_lua_check_source(L, 2);
+    lua_Integer rows = luaL_optinteger(L, 3, 4096);
+    if (rows <= 0 || rows > (1 << 22)) return saefw_lua_error(L, "saefw.evaluate: rows must be in 1..%d", 1 << 22);
+    if (src->d_act != s->sae.d_in) return saefw_lua_error(L, "saefw.evaluate: source width does not match the SAE's d_in");
+    saefw_sae_work w;
+    char err[512];
+    if (saefw_sae_work_alloc(&w, &s->sae, rows, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.evaluate: %s", err);
+    float *x = malloc(sizeof(float) * (size_t)(rows * src->d_act));
+    if (!x || src->sample(src, x, rows, err, sizeof err) != 0) {
+        free(x);
+        saefw_sae_work_free(&w);
+        return saefw_lua_error(L, "saefw.evaluate: %s", x ? err : "out of memory");
+    }
+    saefw_sae_stats st;
+    saefw_sae_forward(&s->sae, &w, x, rows, &st);
+    free(x);
+    saefw_sae_work_free(&w);
+    saefw_metrics m;
+    memset(&m, 0, sizeof m);
+    m.loss = st.loss;
+    m.l2 = st.l2;
+    m.l1 = st.l1;
+    m.l0 = st.l0;
+    m.explained_variance = st.explained_variance;
+    saefw_lua_push_metrics(L, &m);
+    return 1;
+}
+
+/* saefw.sae, saefw.load_sae, saefw.frequencies, saefw.mmcs, saefw.evaluate and the SAE class. */
+void saefw_lua_open_sae(lua_State *L, int module_index) {
+    static const luaL_Reg sae_methods[] = {{"save", sae_save}, {"tensor", sae_tensor}, {NULL, NULL}};
+    saefw_lua_new_class(L, MT_SAE, sae_gc, sae_index, sae_methods);
+    static const luaL_Reg fns[] = {
+        {"sae", l_sae},
+        {"load_sae", l_load_sae},
+        {"frequencies", l_frequencies},
+        {"mmcs", l_mmcs},
+        {"evaluate", l_evaluate},
+        {NULL, NULL},
+    };
+    lua_pushvalue(L, module_index);
+    luaL_setfuncs(L, fns, 0);
+    lua_pop(L, 1);
+}

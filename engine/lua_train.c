@@ -1,0 +1,244 @@
+/* Lua binding of training: saefw.train (options table to saefw_train_opts, callbacks on_log,
+ * on_eval, on_end), saefw.find_resumable and saefw.resume_dir. */
+#include <lauxlib.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "eval.h"
+#include "lua_classes.h"
+#include "lua_util.h"
+#include "model.h"
+#include "rng.h"
+#include "train.h"
+#include "util.h"
+
+static void stderr_line(const char *msg) { fprintf(stderr, "%s\n", msg); }
+
+/* saefw.find_resumable(run_dir) -> the newest intact checkpoint folder holding a training state. */
+/* saefw.find_resumable(run_dir) -> the newest intact checkpoint folder holding a training state, or
+ * nil and the reason when there is none. */
+static int l_find_resumable(lua_State *L) {
+    const char *dir = luaL_checkstring(L, 1);
+    char out[4096], err[1024];
+    if (saefw_checkpoint_find_resumable(dir, out, sizeof out, stderr_line, err, sizeof err) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushstring(L, out);
+    return 1;
+}
+
+/* saefw.resume_dir() -> the run folder given with `saefw run ... --resume DIR`, or nil. */
+static int l_resume_dir(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "saefw.resume");
+    return 1;
+}
+
+/* ---- training ---- */
+
+typedef struct {
+    lua_State *L;
+    int fn_idx[3]; /* on_log, on_eval, on_end (0: none) */
+    char lua_err[1024];
+} train_ud;
+
+void saefw_lua_push_metrics(lua_State *L, const saefw_metrics *m) {
+    lua_newtable(L);
+#define SETN(k, v) (lua_pushnumber(L, (v)), lua_setfield(L, -2, k))
+#define SETI(k, v) (lua_pushinteger(L, (v)), lua_setfield(L, -2, k))
+    SETI("step", m->step);
+    SETI("steps", m->steps);
+    SETI("tokens", m->tokens);
+    SETN("loss", m->loss);
+    SETN("l2_loss", m->l2);
+    SETN("l1_loss", m->l1);
+    SETN("l0", m->l0);
+    SETN("explained_variance", m->explained_variance);
+    SETN("tokens_per_s", m->tokens_per_s);
+    SETN("elapsed_s", m->elapsed_s);
+    if (m->has_eval) {
+        SETN("dead", m->frac_dead);
+        SETN("below_1e-6", m->frac_below_1e6);
+        SETN("below_1e-5", m->frac_below_1e5);
+        for (int i = 0; i < m->n_score; i++)
+            if (isfinite(m->score_value[i])) SETN(m->score_name[i], m->score_value[i]);
+    }
+    for (int i = 0; i < m->n_extra; i++) SETN(m->extra_name[i], m->extra_value[i]);
+#undef SETN
+#undef SETI
+}
+
+static int on_event(void *vud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
+    train_ud *ud = vud;
+    int which = event == SAEFW_EVENT_LOG ? 0 : event == SAEFW_EVENT_EVAL ? 1 : 2;
+    if (!ud->fn_idx[which]) return SAEFW_EVENT_GO_ON;
+    lua_State *L = ud->L;
+    lua_pushcfunction(L, saefw_lua_traceback_handler);
+    int h = lua_gettop(L);
+    lua_pushvalue(L, ud->fn_idx[which]);
+    saefw_lua_push_metrics(L, m);
+    if (lua_pcall(L, 1, 1, h) != LUA_OK) {
+        snprintf(ud->lua_err, sizeof ud->lua_err, "%s", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return saefw_errf(err, errlen, "callback on_%s failed", saefw_event_name(event));
+    }
+    /* A callback returning false stops the run. */
+    int stop = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    return stop ? SAEFW_EVENT_STOP : SAEFW_EVENT_GO_ON;
+}
+
+static int l_train(lua_State *L) {
+    static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
+                                       "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
+                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "resume",
+                                       "allow_change", NULL};
+    const char *fn = "saefw.train";
+    saefw_lua_check_table(L, 1, fn);
+    saefw_lua_check_keys(L, 1, fn, keys);
+    saefw_train_opts o;
+    memset(&o, 0, sizeof o);
+    lua_getfield(L, 1, "sae");
+    o.sae = &saefw_lua_check_lsae(L, -1)->sae;
+    lua_getfield(L, 1, "buffer");
+    o.buffer = saefw_lua_check_buffer(L, -1);
+    /* Evaluators: MMCS when the evaluation draws come with ground truth (a synthetic source), the
+     * reconstruction score when the buffer runs on the model host. */
+    saefw_evaluator *evs[2];
+    int n_evs = 0;
+    saefw_recons_evaluator rev;
+    saefw_mmcs_evaluator mev;
+    lua_getiuservalue(L, -1, 1);
+    lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
+    int64_t recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
+    if (recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)recons_batches, SAEFW_MAX_EVAL_BATCHES);
+    const int with_recons = bsrc && bsrc->on_model && recons_batches > 0;
+    if (with_recons) {
+        lua_getiuservalue(L, -1, 1);
+        const saefw_model *rm = saefw_lua_check_lmodel(L, -1)->m;
+        lua_getiuservalue(L, -2, 2);
+        saefw_recons_evaluator_init(&rev, rm, saefw_lua_check_ltokens(L, -1)->t, bsrc->hook, recons_batches, bsrc->model_batch,
+                                    (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0));
+    }
+    if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) o.eval_source = saefw_lua_check_source(L, -1);
+    char eerr[256];
+    if (saefw_mmcs_evaluator_init(&mev, o.eval_source ? o.eval_source : o.buffer->src, eerr, sizeof eerr) == 0)
+        evs[n_evs++] = &mev.ev;
+    if (with_recons) evs[n_evs++] = &rev.ev;
+    o.evaluators = evs;
+    o.n_evaluators = n_evs;
+    o.steps = saefw_lua_req_int(L, 1, fn, "steps", 1);
+    if (lua_getfield(L, 1, "optimizer") == LUA_TNIL) return saefw_lua_error(L, "%s: field 'optimizer' is required", fn);
+    lplugin *op = saefw_lua_check_plugin(L, -1);
+    o.optimizer.plugin = op->lp;
+    o.optimizer.opts = op->opts;
+    o.optimizer.self = op->is_lua ? &((llua_plugin *)op)->st : NULL;
+    int n_plugins = 0;
+    saefw_plugin_use *uses = NULL;
+    if (lua_getfield(L, 1, "plugins") != LUA_TNIL) {
+        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'plugins' must be a list of plugins", fn);
+        int t = lua_gettop(L);
+        n_plugins = (int)lua_rawlen(L, t);
+        uses = lua_newuserdatauv(L, sizeof(saefw_plugin_use) * (size_t)(n_plugins + 1), 0);
+        for (int i = 0; i < n_plugins; i++) {
+            lua_rawgeti(L, t, i + 1);
+            lplugin *p = saefw_lua_check_plugin(L, -1);
+            if (p->lp->p.kind == SAEFW_KIND_OPTIMIZER)
+                return saefw_lua_error(L, "%s: plugins[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, i + 1, p->lp->p.name);
+            uses[i].plugin = p->lp;
+            uses[i].opts = p->opts;
+            uses[i].self = p->is_lua ? &((llua_plugin *)p)->st : NULL;
+            lua_pop(L, 1);
+        }
+    }
+    o.plugins = uses;
+    o.n_plugins = n_plugins;
+    o.log_every = saefw_lua_opt_int(L, 1, fn, "log_every", 100, 0);
+    o.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
+    o.checkpoint_every = saefw_lua_opt_int(L, 1, fn, "checkpoint_every", 0, 0);
+    o.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
+    if (o.freq_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: freq_batches = %lld is more than %d", fn, (long long)o.freq_batches, SAEFW_MAX_EVAL_BATCHES);
+    o.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
+    o.resume_from = saefw_lua_opt_string(L, 1, fn, "resume_from", NULL);
+    o.resume = saefw_lua_opt_bool(L, 1, fn, "resume", 0);
+    /* allow_change: a list of names, kept alive on the stack until the run ends. */
+    if (lua_getfield(L, 1, "allow_change") != LUA_TNIL) {
+        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'allow_change' must be a list of names", fn);
+        int t = lua_gettop(L), n = (int)lua_rawlen(L, t);
+        const char **names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
+        for (int i = 0; i < n; i++) {
+            lua_rawgeti(L, t, i + 1);
+            if (lua_type(L, -1) != LUA_TSTRING) return saefw_lua_error(L, "%s: allow_change[%d] must be a string", fn, i + 1);
+            names[i] = lua_tostring(L, -1);
+            lua_rawseti(L, t, i + 1); /* the same string, left in the table that keeps it alive */
+        }
+        o.allow_change = names;
+        o.n_allow_change = n;
+    }
+    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
+    int progress = saefw_lua_opt_bool(L, 1, fn, "progress", 1);
+    o.progress = progress ? -1 : 0;
+    cJSON *cfg = NULL;
+    if (lua_getfield(L, 1, "config") != LUA_TNIL) {
+        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'config' must be a table", fn);
+        cfg = saefw_lua_to_json(L, -1, 0);
+    }
+    lua_pop(L, 1);
+    o.cfg = cfg;
+    train_ud ud;
+    memset(&ud, 0, sizeof ud);
+    ud.L = L;
+    static const char *const cbs[3] = {"on_log", "on_eval", "on_end"};
+    for (int i = 0; i < 3; i++) {
+        int ty = lua_getfield(L, 1, cbs[i]);
+        if (ty == LUA_TNIL) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (ty != LUA_TFUNCTION) {
+            cJSON_Delete(cfg);
+            return saefw_lua_error(L, "%s: field '%s' must be a function", fn, cbs[i]);
+        }
+        ud.fn_idx[i] = lua_gettop(L);
+    }
+    o.on_event = on_event;
+    o.event_ud = &ud;
+    saefw_train_result res;
+    char err[1024] = "";
+    int rc = saefw_train(&o, &res, err, sizeof err);
+    cJSON_Delete(cfg);
+    if (rc != 0) {
+        if (ud.lua_err[0]) {
+            lua_pushstring(L, ud.lua_err); /* already carries the callback's file:line */
+            return lua_error(L);
+        }
+        return saefw_lua_error(L, "%s", err);
+    }
+    saefw_lua_push_metrics(L, &res.last);
+    lua_pushstring(L, res.last_checkpoint);
+    lua_setfield(L, -2, "checkpoint");
+    lua_pushinteger(L, res.steps_done);
+    lua_setfield(L, -2, "steps_done");
+    if (res.stopped_by) {
+        lua_pushfstring(L, "on_%s", res.stopped_by);
+        lua_setfield(L, -2, "stopped_by");
+    }
+    return 1;
+}
+
+/* saefw.train, saefw.find_resumable, saefw.resume_dir. */
+void saefw_lua_open_train(lua_State *L, int module_index) {
+    static const luaL_Reg fns[] = {
+        {"train", l_train},
+        {"find_resumable", l_find_resumable},
+        {"resume_dir", l_resume_dir},
+        {NULL, NULL},
+    };
+    lua_pushvalue(L, module_index);
+    luaL_setfuncs(L, fns, 0);
+    lua_pop(L, 1);
+}
