@@ -4,8 +4,12 @@
  * about 128), and beside it the share that reading those tokens from a token cache takes (a flat
  * uint16 .npy written here, shuffled rows of 128 as the refills read them; bench_tokens_read.h); with
  * --rss, a run with the seed's whole buffer and its peak RSS against buffer + 4 x the SAE's parameter
- * bytes + 10%.
- *   build/bin/bench_model [--reps N] [--forward-only] [--rss]   (figures printed, nothing asserted) */
+ * bytes + 10%. Beside the forward's figures, the machine's bound measured in the same run: OpenBLAS's
+ * sgemm rate at each of the forward's product shapes (on 1 and 2 threads, and as the engine's fixed grid
+ * of single-threaded calls), the forward's FLOPs per token, and the tokens/s that the products alone
+ * would allow at the best of those rates.
+ *   build/bin/bench_model [--reps N] [--forward-only] [--no-bound] [--rss]   (figures printed, nothing asserted) */
+#include <cblas.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdio.h>
@@ -143,6 +147,89 @@ static double rss_now_bytes(void) {
 static int cmp_float(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
+}
+
+/* One product of the forward: C [M, N] = A [M, K] @ B [K, N], `count` times per chunk of M rows. */
+typedef struct {
+    const char *what;
+    int64_t M, N, K;
+    double count;
+    int in_stop; /* part of the forward that stops after mlp.hook_post */
+    double rate; /* best GFLOP/s measured */
+} product;
+
+/* Best GFLOP/s of C = A @ B at [M, K] x [K, N] over reps calls: OpenBLAS on `threads` threads, or
+ * (grid) saefw's fixed grid of single-threaded calls on saefw's pool, as the forward runs them. */
+static double sgemm_rate(int64_t M, int64_t N, int64_t K, int threads, int grid, int reps) {
+    saefw_rng rng;
+    saefw_rng_seed(&rng, 4);
+    float *A = randn(&rng, (size_t)(M * K), 1.0f), *B = randn(&rng, (size_t)(K * N), 1.0f);
+    float *C = malloc(sizeof(float) * (size_t)(M * N));
+    if (!C) die("allocation", "out of memory");
+    saefw_set_threads(threads);
+    double best = 1e30;
+    for (int r = 0; r <= reps; r++) { /* the first call is a warm-up */
+        const double t0 = saefw_now();
+        if (grid)
+            saefw_linear_blocks(M, N, K, A, K, B, N, NULL, C, N);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A, (int)K, B, (int)N,
+                        0.0f, C, (int)N);
+        const double t = saefw_now() - t0;
+        if (r > 0 && t < best) best = t;
+    }
+    saefw_set_threads(0);
+    free(A);
+    free(B);
+    free(C);
+    return 2.0 * (double)M * (double)N * (double)K / best / 1e9;
+}
+
+/* The forward's products per chunk of R rows (sequences of T tokens) at gelu-1l's shape, their sgemm
+ * rates, and the bound they put on tokens/s: the products' FLOPs at the best measured rate of each,
+ * everything else free. Attention's products run one (sequence, head) per task on single-threaded
+ * OpenBLAS, so their rate is one thread's times the thread count. */
+static void products_bound(int64_t R, int64_t T, int reps, double *stop_tps, double *full_tps) {
+    const int threads = saefw_threads();
+    const int64_t hd = N_HEADS * D_HEAD, vb = (8 << 20) / R; /* the work's vocabulary block */
+    product p[] = {
+        {"ln1 @ W_qkv", R, 3 * hd, D_MODEL, 1, 1, 0},
+        {"q @ k^T (one head)", T, T, D_HEAD, (double)(R / T) * N_HEADS, 1, 0},
+        {"pattern @ v (one head)", T, D_HEAD, T, (double)(R / T) * N_HEADS, 1, 0},
+        {"z @ W_O", R, D_MODEL, hd, 1, 1, 0},
+        {"ln2 @ W_in", R, D_MLP, D_MODEL, 1, 1, 0},
+        {"post @ W_out", R, D_MODEL, D_MLP, 1, 0, 0},
+        {"ln_final @ W_U block", R, vb, D_MODEL, (double)D_VOCAB / (double)vb, 0, 0},
+    };
+    const int n = (int)(sizeof p / sizeof p[0]);
+    printf("  sgemm GFLOP/s at the forward's product shapes (best of %d; OpenBLAS 1 thread, %d threads, the engine's "
+           "grid on %d threads):\n",
+           reps, threads, threads);
+    double stop_s = 0, full_s = 0, stop_flop = 0, full_flop = 0;
+    for (int i = 0; i < n; i++) {
+        const double one = sgemm_rate(p[i].M, p[i].N, p[i].K, 1, 0, reps);
+        const int per_task = p[i].M == T;
+        const double many = per_task ? one * threads : sgemm_rate(p[i].M, p[i].N, p[i].K, threads, 0, reps);
+        const double grid = per_task ? one * threads : sgemm_rate(p[i].M, p[i].N, p[i].K, threads, 1, reps);
+        p[i].rate = many > grid ? many : grid;
+        const double flop = 2.0 * (double)p[i].M * (double)p[i].N * (double)p[i].K * p[i].count;
+        printf("    %-24s [%5lld, %5lld] x [%5lld, %5lld] x %6.1f: %6.1f / %6.1f / %6.1f%s\n", p[i].what,
+               (long long)p[i].M, (long long)p[i].K, (long long)p[i].K, (long long)p[i].N, p[i].count, one,
+               per_task ? one * threads : many, grid, per_task ? " (1 thread x threads)" : "");
+        full_s += flop / (p[i].rate * 1e9);
+        full_flop += flop;
+        if (p[i].in_stop) {
+            stop_s += flop / (p[i].rate * 1e9);
+            stop_flop += flop;
+        }
+    }
+    *stop_tps = (double)R / stop_s;
+    *full_tps = (double)R / full_s;
+    printf("  FLOPs per token: %.2f M to blocks.0.mlp.hook_post, %.2f M for the full forward (%.1f M of them the "
+           "unembedding)\n",
+           stop_flop / (double)R / 1e6, full_flop / (double)R / 1e6, 2.0 * D_MODEL * D_VOCAB / 1e6);
+    printf("  bound from the products alone at those rates: %.0f tokens/s to hook_post, %.0f tokens/s full\n",
+           *stop_tps, *full_tps);
 }
 
 /* Times of the training loop's log events (one per step), and the step after which b_enc is set. */
@@ -294,13 +381,14 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
 int main(int argc, char **argv) {
     mallopt(M_MMAP_THRESHOLD, 1 << 20); /* as the saefw command does */
     setvbuf(stdout, NULL, _IOLBF, 0);    /* each figure as soon as it is measured, also through a pipe */
-    int rss = 0, reps = 3, forward_only = 0;
+    int rss = 0, reps = 3, forward_only = 0, no_bound = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rss")) rss = 1;
         else if (!strcmp(argv[i], "--forward-only")) forward_only = 1;
+        else if (!strcmp(argv[i], "--no-bound")) no_bound = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc && atoi(argv[i + 1]) > 0) reps = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_model [--reps N] [--forward-only] [--rss]\n");
+            fprintf(stderr, "usage: bench_model [--reps N] [--forward-only] [--no-bound] [--rss]\n");
             return 2;
         }
     }
@@ -341,11 +429,18 @@ int main(int argc, char **argv) {
         double t2 = saefw_now();
         if (t2 - t1 < best_full) best_full = t2 - t1;
     }
-    printf("  forward, %lld sequences x %lld tokens, stop after blocks.0.mlp.hook_post: %.3f s = %.0f tokens/s\n",
+    double bound_stop = 0, bound_full = 0;
+    /* The bound right after the forward, so that both see the same load on the host. */
+    if (!no_bound) products_bound(2048, T, reps, &bound_stop, &bound_full);
+    printf("  forward, %lld sequences x %lld tokens, stop after blocks.0.mlp.hook_post: %.3f s = %.0f tokens/s",
            (long long)B, (long long)T, best_stop, (double)(B * T) / best_stop);
+    if (bound_stop > 0) printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_stop / bound_stop, bound_stop);
+    printf("\n");
     if (forward_only) goto cleanup;
-    printf("  forward, full with the loss (unembedding over %d tokens):            %.3f s = %.0f tokens/s (loss %.3f)\n",
+    printf("  forward, full with the loss (unembedding over %d tokens):            %.3f s = %.0f tokens/s (loss %.3f)",
            D_VOCAB, best_full, (double)(B * T) / best_full, loss);
+    if (bound_full > 0) printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_full / bound_full, bound_full);
+    printf("\n");
 
     /* The timing's own arrays are not part of a run. */
     free(ids);
