@@ -202,18 +202,62 @@ static int attention(float *z, float *pattern, const float *qkv, int64_t bs, int
     return j.failed ? saefw_errf(err, errlen, "forward: out of memory for the attention pattern") : 0;
 }
 
+/* e^d, eight at a time, for d <= 0: 2^k e^r with r in [-ln2/2, ln2/2] and e^r by its Taylor series to
+ * r^6 (relative error below 2e-7); 0 below -87 (where float32's exp leaves the normal range). */
+static inline void exp_nonpos_v8(v8 *io) {
+    v8 d = *io;
+    const v8i under = d < -87.0f;
+    const v8 floor_v = (v8){0} - 87.0f;
+    d = (v8)(((v8i)d & ~under) | ((v8i)floor_v & under));
+    const v8 shifter = (v8){0} + 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    const v8 kf = (d * 1.44269504f + shifter) - shifter;
+    const v8 r = (d - kf * 0.693359375f) - kf * -2.12194440e-4f;
+    v8 p = (v8){0} + (1.0f / 720.0f);
+    p = p * r + (1.0f / 120.0f);
+    p = p * r + (1.0f / 24.0f);
+    p = p * r + (1.0f / 6.0f);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const v8i bits = (__builtin_convertvector(kf, v8i) + 127) << 23;
+    *io = (v8)((v8i)(p * (v8)bits) & ~under);
+}
+
+/* GELU of eight values at p: 0.5 x (1 + erf(x / sqrt 2)), with erf(a) for a = |x| / sqrt 2 by
+ * Abramowitz and Stegun 7.1.26: 1 - erf(a) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^(-a^2),
+ * t = 1 / (1 + p a), at most 1.5e-7 from erf in exact arithmetic. 1 + erf(x) is that product for
+ * x < 0 (no cancellation in the negative tail) and 2 minus it otherwise. */
+static inline void gelu_v8(float *p) {
+    const v8 x = *(const v8u *)p;
+    const v8 a = (v8)((v8i)(x * 0.70710678118654752f) & 0x7fffffff);
+    const v8 t = 1.0f / (1.0f + 0.3275911f * a);
+    const v8 poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+    v8 e = -(a * a);
+    exp_nonpos_v8(&e);
+    const v8 erfc_a = poly * e;
+    const v8i neg = x < 0.0f;
+    const v8 one_plus_erf = (v8)(((v8i)erfc_a & neg) | ((v8i)(2.0f - erfc_a) & ~neg));
+    *(v8u *)p = 0.5f * x * one_plus_erf;
+}
+
+/* x = GELU(x) in place; the last few go through the same eight-wide code (zero-padded), so a value's
+ * result does not depend on where a thread's range starts. */
+SAEFW_KERNEL void saefw_gelu_inplace(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) gelu_v8(x + i);
+    if (i == n) return;
+    float tail[8] = {0};
+    for (int64_t k = 0; i + k < n; k++) tail[k] = x[i + k];
+    gelu_v8(tail);
+    for (int64_t k = 0; i + k < n; k++) x[i + k] = tail[k];
+}
+
 typedef struct {
     float *y;
     const float *x;
 } vec_job;
 
-/* x = 0.5 x (1 + erf(x / sqrt 2)), in place. */
-static void gelu_range(void *ctx, int64_t i0, int64_t i1) {
-    float *x = ((vec_job *)ctx)->y;
-    const float r2 = 0.70710678118654752f;
-    for (int64_t i = i0; i < i1; i++)
-        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * r2));
-}
+static void gelu_range(void *ctx, int64_t i0, int64_t i1) { saefw_gelu_inplace(((vec_job *)ctx)->y + i0, i1 - i0); }
 
 static void gelu(float *x, int64_t n) {
     vec_job j = {x, NULL};
@@ -249,9 +293,8 @@ static void embed_rows(void *ctx, int64_t r0, int64_t r1) {
 }
 
 /* Folds logits x [n] into a row's running log-sum-exp (*mx, *sum): the sum goes through eight float
- * lanes, emptied into doubles every 256 entries, in a fixed order. exp(x - max) is computed eight at a
- * time as 2^k e^r with r in [-ln2/2, ln2/2] and e^r by its Taylor series to r^6 (relative error below
- * 2e-7), and is 0 below -87 (where float32's exp leaves the normal range). */
+ * lanes, emptied into doubles every 256 entries, in a fixed order; exp(x - max) eight at a time
+ * (exp_nonpos_v8). */
 SAEFW_KERNEL static void lse_fold(float *restrict x, const float *restrict bias, int64_t n, float *mx, double *sum) {
     float m = *mx;
     if (bias)
@@ -265,23 +308,10 @@ SAEFW_KERNEL static void lse_fold(float *restrict x, const float *restrict bias,
     v8 lane = {0};
     int64_t i = 0;
     const v8 mv = (v8){0} + m;
-    const v8 shifter = (v8){0} + 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    const v8 floor_v = (v8){0} - 87.0f;
     for (; i + 8 <= n; i += 8) {
-        v8 d = *(const v8u *)(x + i) - mv;
-        const v8i under = d < -87.0f;
-        d = (v8)(((v8i)d & ~under) | ((v8i)floor_v & under));
-        const v8 kf = (d * 1.44269504f + shifter) - shifter;
-        const v8 r = (d - kf * 0.693359375f) - kf * -2.12194440e-4f;
-        v8 p = (v8){0} + (1.0f / 720.0f);
-        p = p * r + (1.0f / 120.0f);
-        p = p * r + (1.0f / 24.0f);
-        p = p * r + (1.0f / 6.0f);
-        p = p * r + 0.5f;
-        p = p * r + 1.0f;
-        p = p * r + 1.0f;
-        const v8i bits = (__builtin_convertvector(kf, v8i) + 127) << 23;
-        lane += (v8)((v8i)(p * (v8)bits) & ~under);
+        v8 e = *(const v8u *)(x + i) - mv;
+        exp_nonpos_v8(&e);
+        lane += e;
         if ((i & 255) == 248) {
             for (int k = 0; k < 8; k++) wide[k] += lane[k];
             lane = (v8){0};
@@ -352,6 +382,12 @@ static float *capture_out(const saefw_forward_opts *o, saefw_hook_kind kind, int
     return NULL;
 }
 
+/* 1 when the intervention acts at (kind, layer). */
+static int intervenes(const saefw_forward_opts *o, saefw_hook_kind kind, int layer) {
+    return o->intervention && o->intervention->mode != SAEFW_INTERVENE_NONE &&
+           same_hook(o->intervention->hook, kind, layer);
+}
+
 /* 1 when the forward stops after capturing (kind, layer). */
 static int stop_here(const saefw_forward_opts *o, saefw_hook_kind kind, int layer) {
     return o->stop_after_capture && same_hook(*o->capture, kind, layer);
@@ -387,7 +423,8 @@ static int at_hook(const hook_ctx *c, saefw_hook_kind kind, int layer, float *ac
     const saefw_forward_opts *o = c->o;
     float *dst = capture_out(o, kind, layer);
     if (dst) {
-        memcpy(dst + c->row0 * width, acts, sizeof(float) * (size_t)(c->rows * width));
+        /* The forward may have computed the acts in the capture itself (see the MLP below). */
+        if (dst + c->row0 * width != acts) memcpy(dst + c->row0 * width, acts, sizeof(float) * (size_t)(c->rows * width));
         if (stop_here(o, kind, layer)) return 1;
     }
     const saefw_intervention *iv = o->intervention;
@@ -508,11 +545,15 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
             if ((rc = at_hook(&hc, SAEFW_HOOK_RESID_MID, L, w->resid, dm)) != 0) break;
             if ((rc = at_ln_hook(&hc, SAEFW_HOOK_LN2_NORMALIZED, L, w->resid, dm, c->ln_eps)) != 0) break;
             layernorm(w->ln, w->resid, lw->ln2_w, lw->ln2_b, n, dm, c->ln_eps);
-            linear(w->mlp, w->ln, lw->W_in, lw->b_in, n, dm, dmlp, dmlp);
-            if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_PRE, L, w->mlp, dmlp)) != 0) break;
-            gelu(w->mlp, n * dmlp);
-            if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_POST, L, w->mlp, dmlp)) != 0) break;
-            linear(w->out, w->mlp, lw->W_out, lw->b_out, n, dmlp, dm, dm);
+            /* A captured hook_post that no intervention changes is computed in the capture itself,
+             * which saves copying it (R x d_mlp floats, the forward's largest array). */
+            float *post = capture_out(o, SAEFW_HOOK_MLP_POST, L);
+            float *mlp = post && !intervenes(o, SAEFW_HOOK_MLP_POST, L) ? post + row0 * dmlp : w->mlp;
+            linear(mlp, w->ln, lw->W_in, lw->b_in, n, dm, dmlp, dmlp);
+            if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_PRE, L, mlp, dmlp)) != 0) break;
+            gelu(mlp, n * dmlp);
+            if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_POST, L, mlp, dmlp)) != 0) break;
+            linear(w->out, mlp, lw->W_out, lw->b_out, n, dmlp, dm, dm);
             if ((rc = at_hook(&hc, SAEFW_HOOK_MLP_OUT, L, w->out, dm)) != 0) break;
             add_inplace(w->resid, w->out, n * dm);
             rc = at_hook(&hc, SAEFW_HOOK_RESID_POST, L, w->resid, dm);
