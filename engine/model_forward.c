@@ -101,107 +101,6 @@ size_t saefw_model_work_bytes(const saefw_model_work *w) { return w ? w->bytes :
  * single-threaded OpenBLAS calls (saefw_linear_blocks): the activations do not depend on the thread
  * count, and no OpenBLAS thread spins between layers. */
 
-/* out [n, k_out] = in [n, k_in] @ W [k_in, k_out] + bias [k_out] (bias may be NULL); out's rows are
- * ld_out apart. */
-static void linear(float *out, const float *in, const float *W, const float *bias, int64_t n, int64_t k_in,
-                   int64_t k_out, int64_t ld_out) {
-    saefw_linear_blocks(n, k_out, k_in, in, k_in, W, k_out, bias, out, ld_out);
-}
-
-typedef struct {
-    float *out;
-    const float *in, *w, *b;
-    int64_t d;
-    float eps;
-} ln_job;
-
-/* Rows [r0, r1): out = (in - mean) / sqrt(biased var + eps) * w + b (statistics in double); without
- * w, the normalized value alone (TransformerLens's hook_normalized). */
-static void layernorm_rows(void *ctx, int64_t r0, int64_t r1) {
-    const ln_job *j = ctx;
-    const int64_t d = j->d;
-    for (int64_t r = r0; r < r1; r++) {
-        const float *x = j->in + r * d;
-        float *y = j->out + r * d;
-        double s = 0;
-        for (int64_t i = 0; i < d; i++)
-            s += x[i];
-        double mean = s / (double)d, v = 0;
-        for (int64_t i = 0; i < d; i++)
-            v += ((double)x[i] - mean) * ((double)x[i] - mean);
-        double inv = 1.0 / sqrt(v / (double)d + (double)j->eps);
-        if (!j->w) {
-            for (int64_t i = 0; i < d; i++)
-                y[i] = (float)(((double)x[i] - mean) * inv);
-            continue;
-        }
-        for (int64_t i = 0; i < d; i++)
-            y[i] = (float)(((double)x[i] - mean) * inv) * j->w[i] + j->b[i];
-    }
-}
-
-static void layernorm(float *out, const float *in, const float *w, const float *b, int64_t n, int64_t d, float eps) {
-    ln_job j = {out, in, w, b, d, eps};
-    saefw_parallel_for(n, layernorm_rows, &j);
-}
-
-typedef struct {
-    float *z;
-    const float *qkv;
-    float *pattern; /* [bs, H, T, T] or NULL */
-    int64_t T, H, Dh, max_seq;
-    int failed; /* a part could not allocate its scratch */
-} att_job;
-
-/* Sequence-heads [p0, p1) (p = b * H + h): z = causal softmax(q k^T / sqrt(Dh)) v. */
-static void attention_heads(void *ctx, int64_t p0, int64_t p1) {
-    att_job *j = ctx;
-    const int64_t T = j->T, H = j->H, Dh = j->Dh, hd = H * Dh, ld = 3 * hd;
-    const float scale = (float)(1.0 / sqrt((double)Dh));
-    float *att = malloc(sizeof(float) * (size_t)(T * T));
-    if (!att) {
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    for (int64_t p = p0; p < p1; p++) {
-        const int64_t b = p / H, h = p % H;
-        const float *base = j->qkv + b * T * ld;
-        const float *q = base + h * Dh, *k = base + hd + h * Dh, *v = base + 2 * hd + h * Dh;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, q, (int)ld, k, (int)ld, 0.0f,
-                    att, (int)T);
-        for (int64_t i = 0; i < T; i++) {
-            float *a = att + i * T;
-            float mx = a[0];
-            for (int64_t c = 1; c <= i; c++)
-                mx = a[c] > mx ? a[c] : mx;
-            double sum = 0;
-            for (int64_t c = 0; c <= i; c++) {
-                a[c] = expf(a[c] - mx);
-                sum += a[c];
-            }
-            float inv = (float)(1.0 / sum);
-            for (int64_t c = 0; c <= i; c++)
-                a[c] *= inv;
-            for (int64_t c = i + 1; c < T; c++)
-                a[c] = 0.0f;
-        }
-        if (j->pattern) memcpy(j->pattern + p * T * T, att, sizeof(float) * (size_t)(T * T));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, att, (int)T, v, (int)ld,
-                    0.0f, j->z + b * T * hd + h * Dh, (int)hd);
-    }
-    free(att);
-}
-
-/* z [bs*T, H*Dh] from qkv [bs*T, 3*H*Dh], one (sequence, head) at a time on the pool, each on
- * single-threaded OpenBLAS; the pattern [bs, H, T, T] too when pattern is not NULL. Returns -1 when
- * out of memory. */
-static int attention(float *z, float *pattern, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh,
-                     char *err, size_t errlen) {
-    att_job j = {z, qkv, pattern, T, H, Dh, T, 0};
-    saefw_parallel_for_blas1(bs * H, attention_heads, &j);
-    return j.failed ? saefw_errf(err, errlen, "forward: out of memory for the attention pattern") : 0;
-}
-
 /* e^d, eight at a time, for d <= 0: 2^k e^r with r in [-ln2/2, ln2/2] and e^r by its Taylor series to
  * r^6 (relative error below 2e-7); 0 below -87 (where float32's exp leaves the normal range). */
 static inline void exp_nonpos_v8(v8 *io) {
@@ -221,6 +120,142 @@ static inline void exp_nonpos_v8(v8 *io) {
     p = p * r + 1.0f;
     const v8i bits = (__builtin_convertvector(kf, v8i) + 127) << 23;
     *io = (v8)((v8i)(p * (v8)bits) & ~under);
+}
+
+/* out [n, k_out] = in [n, k_in] @ W [k_in, k_out] + bias [k_out] (bias may be NULL); out's rows are
+ * ld_out apart. */
+static void linear(float *out, const float *in, const float *W, const float *bias, int64_t n, int64_t k_in,
+                   int64_t k_out, int64_t ld_out) {
+    saefw_linear_blocks(n, k_out, k_in, in, k_in, W, k_out, bias, out, ld_out);
+}
+
+typedef struct {
+    float *out;
+    const float *in, *w, *b;
+    int64_t d;
+    float eps;
+} ln_job;
+
+/* Four floats or doubles, read or written at any float's alignment. */
+typedef float v4 __attribute__((vector_size(16)));
+typedef float v4u __attribute__((vector_size(16), aligned(4), may_alias));
+typedef double v4d __attribute__((vector_size(32)));
+
+/* One row: y = (x - mean) / sqrt(biased var + eps) * w + b, the statistics in double over eight lanes
+ * (a fixed order for a given d); without w, the normalized value alone (TransformerLens's
+ * hook_normalized). */
+SAEFW_KERNEL static void layernorm_row(float *restrict y, const float *restrict x, const float *restrict w,
+                                       const float *restrict b, int64_t d, float eps) {
+    v4d s0 = {0}, s1 = {0};
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        s0 += __builtin_convertvector(*(const v4u *)(x + i), v4d);
+        s1 += __builtin_convertvector(*(const v4u *)(x + i + 4), v4d);
+    }
+    const int64_t body = i;
+    double s = ((s0[0] + s1[0]) + (s0[1] + s1[1])) + ((s0[2] + s1[2]) + (s0[3] + s1[3]));
+    for (; i < d; i++) s += x[i];
+    const double mean = s / (double)d;
+    const v4d mv = (v4d){0} + mean;
+    v4d q0 = {0}, q1 = {0};
+    for (i = 0; i < body; i += 8) {
+        const v4d a = __builtin_convertvector(*(const v4u *)(x + i), v4d) - mv;
+        const v4d c = __builtin_convertvector(*(const v4u *)(x + i + 4), v4d) - mv;
+        q0 += a * a;
+        q1 += c * c;
+    }
+    double v = ((q0[0] + q1[0]) + (q0[1] + q1[1])) + ((q0[2] + q1[2]) + (q0[3] + q1[3]));
+    for (i = body; i < d; i++) v += ((double)x[i] - mean) * ((double)x[i] - mean);
+    const double inv = 1.0 / sqrt(v / (double)d + (double)eps);
+    const v4d iv = (v4d){0} + inv;
+    for (i = 0; i + 4 <= d; i += 4) {
+        const v4 n = __builtin_convertvector((__builtin_convertvector(*(const v4u *)(x + i), v4d) - mv) * iv, v4);
+        *(v4u *)(y + i) = w ? n * *(const v4u *)(w + i) + *(const v4u *)(b + i) : n;
+    }
+    for (; i < d; i++) {
+        const float n = (float)(((double)x[i] - mean) * inv);
+        y[i] = w ? n * w[i] + b[i] : n;
+    }
+}
+
+static void layernorm_rows(void *ctx, int64_t r0, int64_t r1) {
+    const ln_job *j = ctx;
+    for (int64_t r = r0; r < r1; r++) layernorm_row(j->out + r * j->d, j->in + r * j->d, j->w, j->b, j->d, j->eps);
+}
+
+static void layernorm(float *out, const float *in, const float *w, const float *b, int64_t n, int64_t d, float eps) {
+    ln_job j = {out, in, w, b, d, eps};
+    saefw_parallel_for(n, layernorm_rows, &j);
+}
+
+typedef struct {
+    float *z;
+    const float *qkv;
+    float *pattern; /* [bs, H, T, T] or NULL */
+    int64_t T, H, Dh, max_seq;
+    int failed; /* a part could not allocate its scratch */
+} att_job;
+
+/* a [T] = softmax of its first n entries, then zeros: exp eight at a time (exp_nonpos_v8), the last
+ * few zero-padded, the sum over eight float lanes (at most T / 8 terms each) added in double. */
+SAEFW_KERNEL static void causal_softmax_row(float *restrict a, int64_t n, int64_t T) {
+    float mx = a[0];
+    for (int64_t c = 1; c < n; c++) mx = a[c] > mx ? a[c] : mx;
+    const v8 mv = (v8){0} + mx;
+    v8 lane = {0};
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        v8 e = *(const v8u *)(a + c) - mv;
+        exp_nonpos_v8(&e);
+        *(v8u *)(a + c) = e;
+        lane += e;
+    }
+    if (c < n) {
+        v8 e = (v8){0} - 100.0f; /* padding: exp gives 0 */
+        for (int64_t k = 0; c + k < n; k++) e[k] = a[c + k] - mx;
+        exp_nonpos_v8(&e);
+        for (int64_t k = 0; c + k < n; k++) a[c + k] = e[k];
+        lane += e;
+    }
+    const double sum = (((double)lane[0] + lane[1]) + ((double)lane[2] + lane[3])) +
+                       (((double)lane[4] + lane[5]) + ((double)lane[6] + lane[7]));
+    const float inv = (float)(1.0 / sum);
+    for (c = 0; c < n; c++) a[c] *= inv;
+    for (; c < T; c++) a[c] = 0.0f;
+}
+
+/* Sequence-heads [p0, p1) (p = b * H + h): z = causal softmax(q k^T / sqrt(Dh)) v. */
+static void attention_heads(void *ctx, int64_t p0, int64_t p1) {
+    att_job *j = ctx;
+    const int64_t T = j->T, H = j->H, Dh = j->Dh, hd = H * Dh, ld = 3 * hd;
+    const float scale = (float)(1.0 / sqrt((double)Dh));
+    float *att = malloc(sizeof(float) * (size_t)(T * T));
+    if (!att) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t b = p / H, h = p % H;
+        const float *base = j->qkv + b * T * ld;
+        const float *q = base + h * Dh, *k = base + hd + h * Dh, *v = base + 2 * hd + h * Dh;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, q, (int)ld, k, (int)ld, 0.0f,
+                    att, (int)T);
+        for (int64_t i = 0; i < T; i++) causal_softmax_row(att + i * T, i + 1, T);
+        if (j->pattern) memcpy(j->pattern + p * T * T, att, sizeof(float) * (size_t)(T * T));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, att, (int)T, v, (int)ld,
+                    0.0f, j->z + b * T * hd + h * Dh, (int)hd);
+    }
+    free(att);
+}
+
+/* z [bs*T, H*Dh] from qkv [bs*T, 3*H*Dh], one (sequence, head) at a time on the pool, each on
+ * single-threaded OpenBLAS; the pattern [bs, H, T, T] too when pattern is not NULL. Returns -1 when
+ * out of memory. */
+static int attention(float *z, float *pattern, const float *qkv, int64_t bs, int64_t T, int64_t H, int64_t Dh,
+                     char *err, size_t errlen) {
+    att_job j = {z, qkv, pattern, T, H, Dh, T, 0};
+    saefw_parallel_for_blas1(bs * H, attention_heads, &j);
+    return j.failed ? saefw_errf(err, errlen, "forward: out of memory for the attention pattern") : 0;
 }
 
 /* GELU of eight values at p: 0.5 x (1 + erf(x / sqrt 2)), with erf(a) for a = |x| / sqrt 2 by
