@@ -4,14 +4,21 @@
  * about 128), and beside it the share that reading those tokens from a token cache takes (a flat
  * uint16 .npy written here, shuffled rows of 128 as the refills read them; bench_tokens_read.h); with
  * --rss, a run with the seed's whole buffer and its peak RSS against buffer + 4 x the SAE's parameter
- * bytes + 10%.
- *   build/bin/bench_model [--reps N] [--forward-only] [--rss]   (figures printed, nothing asserted) */
+ * bytes + 10%. Beside the forward's figures, the machine's bound measured in the same run: OpenBLAS's
+ * sgemm rate at each of the forward's product shapes (on 1 and 2 threads, and as the engine's fixed grid
+ * of single-threaded calls), the forward's FLOPs per token, and the tokens/s that the products alone
+ * would allow at the best of those rates.
+ *   build/bin/bench_model [--reps N] [--forward-only | --forwards] [--no-bound] [--rss]
+ * (figures printed, nothing asserted; --forward-only: the forward to hook_post alone, --forwards: both
+ * forwards, no training run; --no-bound: without the sgemm measurements) */
+#include <cblas.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "model.h"
@@ -143,6 +150,109 @@ static double rss_now_bytes(void) {
 static int cmp_float(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
+}
+
+/* CPU seconds of the whole process (every thread) so far. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* One product of the forward: C [M, N] = A [M, K] @ B [K, N], `count` times per chunk of M rows. */
+typedef struct {
+    const char *what;
+    int64_t M, N, K;
+    double count;
+    int in_stop; /* part of the forward that stops after mlp.hook_post */
+    double rate; /* best GFLOP/s measured */
+} product;
+
+/* Best GFLOP/s of C = A @ B at [M, K] x [K, N] over reps calls: OpenBLAS on `threads` threads, or
+ * (grid) saefw's fixed grid of single-threaded calls on saefw's pool, as the forward runs them; and
+ * in *cpu_rate (if not NULL) the best GFLOP per CPU second of the process. */
+static double sgemm_rate(int64_t M, int64_t N, int64_t K, int threads, int grid, int reps, double *cpu_rate) {
+    saefw_rng rng;
+    saefw_rng_seed(&rng, 4);
+    float *A = randn(&rng, (size_t)(M * K), 1.0f), *B = randn(&rng, (size_t)(K * N), 1.0f);
+    float *C = malloc(sizeof(float) * (size_t)(M * N));
+    if (!C) die("allocation", "out of memory");
+    saefw_set_threads(threads);
+    double best = 1e30, best_cpu = 1e30;
+    for (int r = 0; r <= reps; r++) { /* the first call is a warm-up */
+        const double t0 = saefw_now(), c0 = cpu_now();
+        if (grid)
+            saefw_linear_blocks(M, N, K, A, K, B, N, NULL, C, N);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A, (int)K, B, (int)N,
+                        0.0f, C, (int)N);
+        const double t = saefw_now() - t0, c = cpu_now() - c0;
+        if (r > 0 && t < best) best = t;
+        if (r > 0 && c < best_cpu) best_cpu = c;
+    }
+    saefw_set_threads(0);
+    free(A);
+    free(B);
+    free(C);
+    const double gflop = 2.0 * (double)M * (double)N * (double)K / 1e9;
+    if (cpu_rate) *cpu_rate = gflop / best_cpu;
+    return gflop / best;
+}
+
+/* The forward's products per chunk of R rows (sequences of T tokens) at gelu-1l's shape, their sgemm
+ * rates, and the bound they put on tokens/s: the products' FLOPs at the best measured rate of each,
+ * everything else free. Attention's products run one (sequence, head) per task on single-threaded
+ * OpenBLAS, so their rate is one thread's times the thread count. */
+static void products_bound(int64_t R, int64_t T, int reps, double *stop_tps, double *full_tps, double *stop_cpu,
+                           double *full_cpu) {
+    const int threads = saefw_threads();
+    const int64_t hd = N_HEADS * D_HEAD, vb = (8 << 20) / R; /* the work's vocabulary block */
+    product p[] = {
+        {"ln1 @ W_qkv", R, 3 * hd, D_MODEL, 1, 1, 0},
+        {"q @ k^T (one head)", T, T, D_HEAD, (double)(R / T) * N_HEADS, 1, 0},
+        {"pattern @ v (one head)", T, D_HEAD, T, (double)(R / T) * N_HEADS, 1, 0},
+        {"z @ W_O", R, D_MODEL, hd, 1, 1, 0},
+        {"ln2 @ W_in", R, D_MLP, D_MODEL, 1, 1, 0},
+        {"post @ W_out", R, D_MODEL, D_MLP, 1, 0, 0},
+        {"ln_final @ W_U block", R, vb, D_MODEL, (double)D_VOCAB / (double)vb, 0, 0},
+    };
+    const int n = (int)(sizeof p / sizeof p[0]);
+    printf("  sgemm GFLOP/s at the forward's product shapes (best of %d; OpenBLAS 1 thread, %d threads, the engine's "
+           "grid on %d threads):\n",
+           reps, threads, threads);
+    double stop_s = 0, full_s = 0, stop_flop = 0, full_flop = 0, stop_c = 0, full_c = 0;
+    for (int i = 0; i < n; i++) {
+        double one_cpu;
+        const double one = sgemm_rate(p[i].M, p[i].N, p[i].K, 1, 0, reps, &one_cpu);
+        const int per_task = p[i].M == T;
+        const double many = per_task ? one * threads : sgemm_rate(p[i].M, p[i].N, p[i].K, threads, 0, reps, NULL);
+        const double grid = per_task ? one * threads : sgemm_rate(p[i].M, p[i].N, p[i].K, threads, 1, reps, NULL);
+        p[i].rate = many > grid ? many : grid;
+        const double flop = 2.0 * (double)p[i].M * (double)p[i].N * (double)p[i].K * p[i].count;
+        printf("    %-24s [%5lld, %5lld] x [%5lld, %5lld] x %6.1f: %6.1f / %6.1f / %6.1f%s\n", p[i].what,
+               (long long)p[i].M, (long long)p[i].K, (long long)p[i].K, (long long)p[i].N, p[i].count, one,
+               per_task ? one * threads : many, grid, per_task ? " (1 thread x threads)" : "");
+        full_s += flop / (p[i].rate * 1e9);
+        full_flop += flop;
+        full_c += flop / (one_cpu * 1e9);
+        if (p[i].in_stop) {
+            stop_s += flop / (p[i].rate * 1e9);
+            stop_flop += flop;
+            stop_c += flop / (one_cpu * 1e9);
+        }
+    }
+    *stop_tps = (double)R / stop_s;
+    *full_tps = (double)R / full_s;
+    /* CPU seconds per token of the products on one thread's rate (per CPU second): the part of the
+     * forward's own CPU time that no change outside the products can remove. */
+    *stop_cpu = stop_c / (double)R;
+    *full_cpu = full_c / (double)R;
+    printf("  FLOPs per token: %.2f M to blocks.0.mlp.hook_post, %.2f M for the full forward (%.1f M of them the "
+           "unembedding)\n",
+           stop_flop / (double)R / 1e6, full_flop / (double)R / 1e6, 2.0 * D_MODEL * D_VOCAB / 1e6);
+    printf("  bound from the products alone at those rates: %.0f tokens/s to hook_post, %.0f tokens/s full; at one "
+           "thread's GFLOP per CPU second, %.1f / %.1f CPU us per token\n",
+           *stop_tps, *full_tps, 1e6 * *stop_cpu, 1e6 * *full_cpu);
 }
 
 /* Times of the training loop's log events (one per step), and the step after which b_enc is set. */
@@ -294,13 +404,15 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
 int main(int argc, char **argv) {
     mallopt(M_MMAP_THRESHOLD, 1 << 20); /* as the saefw command does */
     setvbuf(stdout, NULL, _IOLBF, 0);    /* each figure as soon as it is measured, also through a pipe */
-    int rss = 0, reps = 3, forward_only = 0;
+    int rss = 0, reps = 3, forward_only = 0, forwards = 0, no_bound = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rss")) rss = 1;
         else if (!strcmp(argv[i], "--forward-only")) forward_only = 1;
+        else if (!strcmp(argv[i], "--forwards")) forwards = 1;
+        else if (!strcmp(argv[i], "--no-bound")) no_bound = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc && atoi(argv[i + 1]) > 0) reps = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_model [--reps N] [--forward-only] [--rss]\n");
+            fprintf(stderr, "usage: bench_model [--reps N] [--forward-only | --forwards] [--no-bound] [--rss]\n");
             return 2;
         }
     }
@@ -328,24 +440,40 @@ int main(int argc, char **argv) {
     if (saefw_tokens_next(tok, ids, B, D_VOCAB, err, sizeof err) != 0) die("tokens", err);
     saefw_hook hook = {SAEFW_HOOK_MLP_POST, 0};
 
-    double best_stop = 1e30, best_full = 1e30, loss = 0;
+    /* Wall time (best of reps) and, beside it, the process's CPU time (least of reps, all threads):
+     * on a shared host the wall time also counts other programs' turns, the CPU time does not. */
+    double best_stop = 1e30, best_full = 1e30, cpu_stop = 1e30, cpu_full = 1e30, loss = 0;
     for (int r = 0; r < reps; r++) {
         saefw_forward_opts fo = {.capture = &hook, .capture_out = acts, .stop_after_capture = 1};
-        double t0 = saefw_now();
+        double t0 = saefw_now(), c0 = cpu_now();
         if (saefw_model_forward(m, w, ids, B, T, &fo, err, sizeof err) != 0) die("forward", err);
-        double t1 = saefw_now();
+        double t1 = saefw_now(), c1 = cpu_now();
         if (t1 - t0 < best_stop) best_stop = t1 - t0;
+        if (c1 - c0 < cpu_stop) cpu_stop = c1 - c0;
         if (forward_only) continue;
         saefw_forward_opts full = {.loss_out = &loss};
         if (saefw_model_forward(m, w, ids, B, T, &full, err, sizeof err) != 0) die("forward", err);
-        double t2 = saefw_now();
+        double t2 = saefw_now(), c2 = cpu_now();
         if (t2 - t1 < best_full) best_full = t2 - t1;
+        if (c2 - c1 < cpu_full) cpu_full = c2 - c1;
     }
-    printf("  forward, %lld sequences x %lld tokens, stop after blocks.0.mlp.hook_post: %.3f s = %.0f tokens/s\n",
+    double bound_stop = 0, bound_full = 0, bcpu_stop = 0, bcpu_full = 0;
+    /* The bound right after the forward, so that both see the same load on the host. */
+    if (!no_bound) products_bound(2048, T, reps, &bound_stop, &bound_full, &bcpu_stop, &bcpu_full);
+    printf("  forward, %lld sequences x %lld tokens, stop after blocks.0.mlp.hook_post: %.3f s = %.0f tokens/s",
            (long long)B, (long long)T, best_stop, (double)(B * T) / best_stop);
+    if (bound_stop > 0) printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_stop / bound_stop, bound_stop);
+    printf("; CPU %.3f s = %.1f us per token", cpu_stop, 1e6 * cpu_stop / (double)(B * T));
+    if (bcpu_stop > 0) printf(" (products %.0f%%)", 100.0 * bcpu_stop * (double)(B * T) / cpu_stop);
+    printf("\n");
     if (forward_only) goto cleanup;
-    printf("  forward, full with the loss (unembedding over %d tokens):            %.3f s = %.0f tokens/s (loss %.3f)\n",
+    printf("  forward, full with the loss (unembedding over %d tokens):            %.3f s = %.0f tokens/s (loss %.3f)",
            D_VOCAB, best_full, (double)(B * T) / best_full, loss);
+    if (bound_full > 0) printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_full / bound_full, bound_full);
+    printf("; CPU %.3f s = %.1f us per token", cpu_full, 1e6 * cpu_full / (double)(B * T));
+    if (bcpu_full > 0) printf(" (products %.0f%%)", 100.0 * bcpu_full * (double)(B * T) / cpu_full);
+    printf("\n");
+    if (forwards) goto cleanup;
 
     /* The timing's own arrays are not part of a run. */
     free(ids);

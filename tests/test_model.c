@@ -1,5 +1,6 @@
-/* Tests of the model host (engine/model.c) against the PyTorch reference in tests/fixtures/model/
- * (tests/reference/make_model_fixtures.py) and the bundled tiny model in models/tiny-1l/. */
+/* Tests of the model host (engine/model_config.c, model_load.c, model_forward.c) against the PyTorch
+ * reference in tests/fixtures/model/ (tests/reference/make_model_fixtures.py) and the bundled tiny
+ * model in models/tiny-1l/. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
