@@ -206,6 +206,36 @@ static int bf16_gemm(int parallel, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64
     free(j.Bp);
     return 0;
 }
+
+/* The kernel has not run on the machine it was written on, so before its first use it must reproduce
+ * small products of every transpose combination, with and without beta, within fp32 summation error
+ * of a double reference; if it does not (or its buffers cannot be allocated), the fallback runs. */
+static int bf16_self_check(void) {
+    enum { M = 7, N = 37, K = 19 };
+    float A[M * K], Bm[K * N], C[M * N], ref[M * N];
+    for (int i = 0; i < M * K; i++) A[i] = (float)((i * 37 % 101) - 50) / 32.0f;
+    for (int i = 0; i < K * N; i++) Bm[i] = (float)((i * 53 % 97) - 48) / 16.0f;
+    for (int t = 0; t < 8; t++) {
+        const CBLAS_TRANSPOSE ta = (t & 1) ? CblasTrans : CblasNoTrans, tb = (t & 2) ? CblasTrans : CblasNoTrans;
+        const float beta = (t & 4) ? 0.5f : 0.0f;
+        const int64_t lda = ta == CblasNoTrans ? K : M, ldb = tb == CblasNoTrans ? N : K;
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double acc = 0;
+                for (int k = 0; k < K; k++) {
+                    const double a = ta == CblasNoTrans ? A[m * lda + k] : A[k * lda + m];
+                    const double b = tb == CblasNoTrans ? Bm[k * ldb + n] : Bm[n * ldb + k];
+                    acc += a * b;
+                }
+                C[m * N + n] = 1.0f + (float)(m - n) / 8.0f;
+                ref[m * N + n] = (float)(acc + (double)beta * C[m * N + n]);
+            }
+        if (bf16_gemm(0, ta, tb, M, N, K, A, lda, Bm, ldb, beta, C, N) != 0) return 0;
+        for (int i = 0; i < M * N; i++)
+            if (!(fabsf(C[i] - ref[i]) <= 1e-4f * (1.0f + fabsf(ref[i])))) return 0;
+    }
+    return 1;
+}
 #endif
 
 /* ---- dispatch ---- */
@@ -220,7 +250,8 @@ static int use_bf16_kernel(saefw_enc_dtype dt) {
         const int forced_off = env && strcmp(env, "fallback") == 0;
         /* cpuid leaf 7 subleaf 1, EAX bit 5, with the OS saving the zmm state (libgcc checks XCR0). */
         __builtin_cpu_init();
-        known = !forced_off && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+        known = !forced_off && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") &&
+                bf16_self_check();
         __atomic_store_n(&cpu, known, __ATOMIC_RELAXED);
     }
     return known;

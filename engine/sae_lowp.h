@@ -43,7 +43,8 @@ void saefw_lowp_gemm(saefw_enc_dtype dt, int parallel, CBLAS_TRANSPOSE ta, CBLAS
                      int64_t ldc);
 
 /* The kernel saefw_lowp_gemm runs for dt on this CPU: "sgemm" (fp32, or the rounded-operand fallback)
- * or "avx512bf16" (vdpbf16ps). SAEFW_LOWP_KERNEL=fallback in the environment forces the fallback. */
+ * or "avx512bf16" (vdpbf16ps, where cpuid reports AVX512-BF16 and the kernel passed its self-check on
+ * first use). SAEFW_LOWP_KERNEL=fallback in the environment forces the fallback. */
 const char *saefw_lowp_kernel(saefw_enc_dtype dt);
 
 #endif
