@@ -156,6 +156,42 @@ static float *fixture(saefw_tensorfile *tf, const char *dt, const char *what, co
     return t_tensor(tf, key, NULL);
 }
 
+/* One forward and backward pass of the fixture's first batch from sae's parameters: x_hat and the raw
+ * gradients against the reference (fused: the backward pass fused into the forward pass, as the training
+ * loop runs it). */
+static void check_first_step(saefw_tensorfile *tf, saefw_sae *sae, const float *batches, saefw_sae_path path,
+                             saefw_enc_dtype dt, int fused) {
+    char err[512], what[96];
+    const int64_t d_in = sae->d_in, B = (int64_t)t_meta(tf, "batch");
+    const char *pname = path == SAEFW_SAE_DENSE ? "dense" : "sparse", *dname = saefw_enc_dtype_name(dt);
+    saefw_sae_work w;
+    saefw_sae_set_path(path);
+    REQUIRE(saefw_sae_work_alloc(&w, sae, B, err, sizeof err) == 0, "%s", err);
+    saefw_sae_set_path(SAEFW_SAE_AUTO);
+    w.fused = fused;
+    saefw_sae_forward(sae, &w, batches, B, NULL);
+    saefw_sae_backward(sae, &w, batches, B);
+    CHECK(w.used_sparse == (path == SAEFW_SAE_SPARSE), "%s: the %s path did not run", dname, pname);
+    float *ref = fixture(tf, dname, "", "x_hat"), *ref32 = fixture(tf, "fp32", "", "x_hat");
+    snprintf(what, sizeof what, "%s %s%s x_hat", dname, pname, fused ? " fused" : "");
+    if (dt == SAEFW_ENC_FP32) t_close(what, w.x_hat, ref, B * d_in, TOL_STEP, 0);
+    else check_lowp(what, w.x_hat, ref, ref32, B * d_in);
+    free(ref);
+    free(ref32);
+    for (int i = 0; i < 4; i++) {
+        ref = fixture(tf, dname, "grad_", NAMES[i]);
+        snprintf(what, sizeof what, "%s %s%s grad %s", dname, pname, fused ? " fused" : "", NAMES[i]);
+        if (dt == SAEFW_ENC_FP32) t_close(what, sae->g[i], ref, sae->numel[i], TOL_STEP, 0);
+        else {
+            ref32 = i < 2 ? fixture(tf, "fp32", "grad_", NAMES[i]) : NULL;
+            check_lowp(what, sae->g[i], ref, ref32, sae->numel[i]);
+            free(ref32);
+        }
+        free(ref);
+    }
+    saefw_sae_work_free(&w);
+}
+
 static void check_case(saefw_tensorfile *tf, saefw_sae_path path, saefw_enc_dtype dt) {
     char err[512], what[96];
     const int64_t d_in = (int64_t)t_meta(tf, "d_in"), d_sae = (int64_t)t_meta(tf, "d_sae");
@@ -172,34 +208,10 @@ static void check_case(saefw_tensorfile *tf, saefw_sae_path path, saefw_enc_dtyp
     }
     float *batches = t_tensor(tf, "batches", NULL);
 
-    saefw_sae_work w;
-    saefw_sae_set_path(path);
-    REQUIRE(saefw_sae_work_alloc(&w, &sae, B, err, sizeof err) == 0, "%s", err);
-    saefw_sae_set_path(SAEFW_SAE_AUTO);
-    w.fused = path == SAEFW_SAE_SPARSE; /* both the fused and the separate backward pass are covered */
-    saefw_sae_forward(&sae, &w, batches, B, NULL);
-    saefw_sae_backward(&sae, &w, batches, B);
-    CHECK(w.used_sparse == (path == SAEFW_SAE_SPARSE), "%s: the %s path did not run", dname, pname);
-    float *ref = fixture(tf, dname, "", "x_hat"), *ref32 = fixture(tf, "fp32", "", "x_hat");
-    snprintf(what, sizeof what, "%s %s x_hat", dname, pname);
-    if (dt == SAEFW_ENC_FP32) t_close(what, w.x_hat, ref, B * d_in, TOL_STEP, 0);
-    else check_lowp(what, w.x_hat, ref, ref32, B * d_in);
-    free(ref);
-    free(ref32);
-    for (int i = 0; i < 4; i++) {
-        ref = fixture(tf, dname, "grad_", NAMES[i]);
-        snprintf(what, sizeof what, "%s %s grad %s", dname, pname, NAMES[i]);
-        if (dt == SAEFW_ENC_FP32) t_close(what, sae.g[i], ref, sae.numel[i], TOL_STEP, 0);
-        else {
-            ref32 = i < 2 ? fixture(tf, "fp32", "grad_", NAMES[i]) : NULL;
-            check_lowp(what, sae.g[i], ref, ref32, sae.numel[i]);
-            free(ref32);
-        }
-        free(ref);
-    }
-    saefw_sae_work_free(&w);
+    for (int fused = 0; fused < 2; fused++) check_first_step(tf, &sae, batches, path, dt, fused);
 
     if (dt != SAEFW_ENC_FP32) {
+        float *ref;
         for (int i = 0; i < 4; i++) memcpy(sae.p[i], init[i], sizeof(float) * (size_t)sae.numel[i]);
         train(&sae, batches, B, steps, t_meta(tf, "lr"), path);
         for (int i = 0; i < 4; i++) {
