@@ -274,7 +274,8 @@ static int cfg_enc_dtype(const cJSON *cfg, const char *file, saefw_enc_dtype *ou
     const cJSON *v = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "enc_dtype") : NULL;
     *out = SAEFW_ENC_FP32;
     if (!v) return 0;
-    if (!cJSON_IsString(v)) return saefw_errf(err, errlen, "%s: enc_dtype must be a string (\"fp32\", \"bf16\" or \"fp16\")", file);
+    if (!cJSON_IsString(v))
+        return saefw_errf(err, errlen, "%s: enc_dtype must be a string (\"fp32\", \"bf16\" or \"fp16\")", file);
     if (saefw_enc_dtype_parse(v->valuestring, out, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", file);
     return 0;
 }

@@ -608,7 +608,8 @@ static void dense_pieces(saefw_sae *sae, saefw_sae_work *w, const float *x, int6
         if (!grads) continue;
         const float beta = r0 == 0 ? 0.0f : 1.0f;
         saefw_parallel_for(d_in, dxh_columns, &pc);
-        if (w->dtype != SAEFW_ENC_FP32) saefw_lowp_round_all(w->dxh + r0 * d_in, w->dxh + r0 * d_in, k * d_in, w->dtype, gscale);
+        if (w->dtype != SAEFW_ENC_FP32)
+            saefw_lowp_round_all(w->dxh + r0 * d_in, w->dxh + r0 * d_in, k * d_in, w->dtype, gscale);
         /* dW_dec += acts^T @ dxh */
         saefw_lowp_gemm(w->dtype, 1, CblasTrans, CblasNoTrans, d_sae, d_in, k, acts_op, d_sae, w->dxh + r0 * d_in, d_in,
                         beta, sae->g[SAEFW_W_DEC], d_in);

@@ -24,12 +24,11 @@ int saefw_enc_dtype_parse(const char *name, saefw_enc_dtype *out, char *err, siz
             *out = (saefw_enc_dtype)i;
             return 0;
         }
-    return saefw_errf(err, errlen, "enc_dtype must be \"fp32\", \"bf16\" or \"fp16\" (got '%s')", name ? name : "(null)");
+    return saefw_errf(err, errlen, "enc_dtype must be \"fp32\", \"bf16\" or \"fp16\" (got '%s')",
+                      name ? name : "(null)");
 }
 
-const char *saefw_enc_dtype_name(saefw_enc_dtype dt) {
-    return (int)dt >= 0 && (int)dt < 3 ? DTYPE_NAMES[dt] : "?";
-}
+const char *saefw_enc_dtype_name(saefw_enc_dtype dt) { return (int)dt >= 0 && (int)dt < 3 ? DTYPE_NAMES[dt] : "?"; }
 
 float saefw_lowp_grad_scale(saefw_enc_dtype dt, int64_t B) {
     if (dt != SAEFW_ENC_FP16) return 1.0f;
@@ -272,6 +271,5 @@ void saefw_lowp_gemm(saefw_enc_dtype dt, int parallel, CBLAS_TRANSPOSE ta, CBLAS
     /* fp32, and the fallback: the operands hold low-precision values already, so sgemm's products are
      * exact and only its fp32 sums round. */
     if (parallel) saefw_sgemm_blocks(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
-    else
-        cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    else cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }

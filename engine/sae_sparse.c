@@ -226,7 +226,8 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
         const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
         float *slab = w->slab_d + q * B * GROUP;
         memset(dslab, 0, sizeof(double) * (size_t)(B * GROUP));
-        decode_slab(dslab, saefw_w_dec_operand(sae, w) + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act, n_cols);
+        decode_slab(dslab, saefw_w_dec_operand(sae, w) + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act,
+                    n_cols);
         /* b_dec joins last, as in the dense path's product with beta = 1. */
         for (int64_t b = 0; b < B; b++) {
             for (int64_t i = 0; i < n_cols; i++)
@@ -239,7 +240,9 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
                            w->col_stat + 2 * d_in + g0);
         backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP,
                        w->gb_dec_d);
-        if (w->dtype != SAEFW_ENC_FP32) saefw_lowp_round(slab, slab, B * GROUP, w->dtype, saefw_lowp_grad_scale(w->dtype, B));
+        /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
+        if (w->dtype != SAEFW_ENC_FP32)
+            saefw_lowp_round(slab, slab, B * GROUP, w->dtype, saefw_lowp_grad_scale(w->dtype, B));
     }
 }
 

@@ -144,7 +144,7 @@ static void check_lowp(const char *what, const float *got, const float *ref, con
     if (ref32) {
         const double off32 = frac_off(got, ref32, n, TOL_STEP);
         printf("; against fp32 products %.2f %%", 100 * off32);
-        CHECK(off32 >= MIN_OFF_FP32, "%s: only %.2f %% of elements differ from fp32 products: were the operands rounded?",
+        CHECK(off32 >= MIN_OFF_FP32, "%s: only %.2f %% of elements differ from fp32 products (operands not rounded?)",
               what, 100 * off32);
     }
     printf("\n");
