@@ -9,7 +9,11 @@
  * time; CPU seconds are printed beside, as they change less when other programs compete for the cores.
  * RESULT lines are for bench/compare.sh.
  *
+ * --enc_dtype bf16 or fp16 times the step with mixed-precision products (sae_lowp.h); the sgemm it is
+ * compared with stays fp32.
+ *
  *   bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] [--l0 a,b,...]
+ *             [--enc_dtype fp32|bf16|fp16]
  */
 #include <cblas.h>
 #include <math.h>
@@ -42,6 +46,7 @@ typedef struct {
     int reps;          /* timed repetitions of each measurement (after one warm-up); 0: 3 small, 1 full */
     int threads;       /* 0: the default (OPENBLAS_NUM_THREADS, else all cores) */
     saefw_sae_path path;
+    saefw_enc_dtype enc_dtype;
     double l0[MAX_L0]; /* targets; <= 0 means d_sae / 2 */
     int n_l0;
 } bench_opts;
@@ -213,6 +218,7 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     saefw_source *eval = NULL;
     int rc = -1;
     if (saefw_sae_alloc(&sae, d_in, d_sae, 3e-4f, err, errlen) != 0) return -1;
+    sae.enc_dtype = bo->enc_dtype;
     saefw_rng rng;
     saefw_rng_seed(&rng, SAEFW_DEFAULT_SEED);
     saefw_sae_init_params(&sae, &rng);
@@ -311,7 +317,11 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
         else if (strcmp(a, "--full") == 0) bo->full_only = 1;
         else if (strcmp(a, "--reps") == 0 && v) bo->reps = atoi(argv[++i]);
         else if (strcmp(a, "--threads") == 0 && v) bo->threads = atoi(argv[++i]);
-        else if (strcmp(a, "--path") == 0 && v) {
+        else if (strcmp(a, "--enc_dtype") == 0 && v) {
+            char err[256];
+            if (saefw_enc_dtype_parse(argv[++i], &bo->enc_dtype, err, sizeof err) != 0)
+                return fprintf(stderr, "bench_sae: --%s\n", err), -1;
+        } else if (strcmp(a, "--path") == 0 && v) {
             i++;
             if (strcmp(v, "auto") == 0) bo->path = SAEFW_SAE_AUTO;
             else if (strcmp(v, "dense") == 0) bo->path = SAEFW_SAE_DENSE;
@@ -328,7 +338,7 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
             }
         } else {
             fprintf(stderr, "usage: bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] "
-                            "[--l0 a,b,...]\n");
+                            "[--l0 a,b,...] [--enc_dtype fp32|bf16|fp16]\n");
             return -1;
         }
     }
@@ -354,8 +364,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_sae: %s\n", err);
         return 1;
     }
-    printf("saefw bench_sae: %d threads, OpenBLAS %s, SAE path %s\n", saefw_threads(), openblas_get_config(),
-           bo.path == SAEFW_SAE_DENSE ? "forced dense" : bo.path == SAEFW_SAE_SPARSE ? "forced sparse" : "auto");
+    printf("saefw bench_sae: %d threads, OpenBLAS %s, SAE path %s, enc_dtype %s (kernel %s)\n", saefw_threads(),
+           openblas_get_config(),
+           bo.path == SAEFW_SAE_DENSE ? "forced dense" : bo.path == SAEFW_SAE_SPARSE ? "forced sparse" : "auto",
+           saefw_enc_dtype_name(bo.enc_dtype), saefw_lowp_kernel(bo.enc_dtype));
     static const shape SHAPES[2] = {{"small", 512, 4096, 1024}, {"full", 2048, 16384, 4096}};
     int rc = 0;
     for (int k = bo.full_only ? 1 : 0; k < (bo.small_only ? 1 : 2) && rc == 0; k++)

@@ -152,13 +152,15 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
         goto fail;
     }
     /* The shape fields always describe the tensors; SAELens's names first, then the seed's. */
-    static const char *const shape_keys[] = {"d_in", "d_sae", "dtype", "act_size", "dict_size"};
+    static const char *const shape_keys[] = {"d_in", "d_sae", "dtype", "act_size", "dict_size", "enc_dtype"};
     for (size_t k = 0; k < sizeof shape_keys / sizeof *shape_keys; k++) cJSON_DeleteItemFromObject(c, shape_keys[k]);
     cJSON_AddNumberToObject(c, "d_in", (double)sae->d_in);
     cJSON_AddNumberToObject(c, "d_sae", (double)sae->d_sae);
     cJSON_AddStringToObject(c, "dtype", "float32");
     cJSON_AddNumberToObject(c, "act_size", (double)sae->d_in);
     cJSON_AddNumberToObject(c, "dict_size", (double)sae->d_sae);
+    /* The seed's field: the products' precision; the tensors themselves are always float32. */
+    cJSON_AddStringToObject(c, "enc_dtype", saefw_enc_dtype_name(sae->enc_dtype));
     if (!cJSON_GetObjectItemCaseSensitive(c, "l1_coeff")) cJSON_AddNumberToObject(c, "l1_coeff", sae->l1_coeff);
     if (saelens_fields(c) != 0) {
         cJSON_Delete(c);
@@ -264,6 +266,17 @@ static int cfg_l1(const cJSON *cfg, const char *file, float *out, char *err, siz
     double v = cfg_number(cfg, "l1_coeff", cfg_number(cfg, "l1_coefficient", 0));
     if (!(v >= 0 && v <= 1e30)) return saefw_errf(err, errlen, "%s: l1_coeff must be a number from 0 to 1e30", file);
     *out = (float)v;
+    return 0;
+}
+
+/* The seed's cfg["enc_dtype"] ("fp32", "bf16" or "fp16"; absent: fp32). */
+static int cfg_enc_dtype(const cJSON *cfg, const char *file, saefw_enc_dtype *out, char *err, size_t errlen) {
+    const cJSON *v = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "enc_dtype") : NULL;
+    *out = SAEFW_ENC_FP32;
+    if (!v) return 0;
+    if (!cJSON_IsString(v))
+        return saefw_errf(err, errlen, "%s: enc_dtype must be a string (\"fp32\", \"bf16\" or \"fp16\")", file);
+    if (saefw_enc_dtype_parse(v->valuestring, out, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", file);
     return 0;
 }
 
@@ -388,7 +401,10 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
         return -1;
     }
     int rc = saefw_checksum_verify(tf, weights, NULL, err, errlen);
+    saefw_enc_dtype enc = SAEFW_ENC_FP32;
+    if (rc == 0) rc = cfg_enc_dtype(cfg, cfgp, &enc, err, errlen);
     if (rc == 0) rc = fill_sae(weights, tf, d_in, d_sae, l1, sae, err, errlen);
+    if (rc == 0) sae->enc_dtype = enc;
     saefw_tf_close(tf);
     if (rc != 0) {
         cJSON_Delete(cfg);

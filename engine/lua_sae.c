@@ -32,7 +32,7 @@ static lsae *new_sae(lua_State *L) {
 }
 
 static int l_sae(lua_State *L) {
-    static const char *const keys[] = {"d_in", "d_sae", "l1_coeff", "seed", NULL};
+    static const char *const keys[] = {"d_in", "d_sae", "l1_coeff", "seed", "enc_dtype", NULL};
     saefw_lua_check_table(L, 1, "saefw.sae");
     saefw_lua_check_keys(L, 1, "saefw.sae", keys);
     int64_t d_in = saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
@@ -40,10 +40,14 @@ static int l_sae(lua_State *L) {
     double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff", 3e-4);
     if (l1 < 0) saefw_lua_error(L, "saefw.sae: field 'l1_coeff' must be >= 0");
     int64_t seed = saefw_lua_opt_int(L, 1, "saefw.sae", "seed", SAEFW_DEFAULT_SEED, 0);
-    lsae *s = new_sae(L);
     char err[512];
+    saefw_enc_dtype enc;
+    if (saefw_enc_dtype_parse(saefw_lua_opt_string(L, 1, "saefw.sae", "enc_dtype", "fp32"), &enc, err, sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.sae: field %s", err);
+    lsae *s = new_sae(L);
     if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.sae: %s", err);
     s->alive = 1;
+    s->sae.enc_dtype = enc;
     saefw_rng rng;
     saefw_rng_seed(&rng, (uint64_t)seed);
     saefw_sae_init_params(&s->sae, &rng);
@@ -123,6 +127,7 @@ static int sae_index(lua_State *L) {
     if (!strcmp(k, "d_in")) lua_pushinteger(L, s->sae.d_in);
     else if (!strcmp(k, "d_sae")) lua_pushinteger(L, s->sae.d_sae);
     else if (!strcmp(k, "l1_coeff")) lua_pushnumber(L, s->sae.l1_coeff);
+    else if (!strcmp(k, "enc_dtype")) lua_pushstring(L, saefw_enc_dtype_name(s->sae.enc_dtype));
     else {
         luaL_getmetafield(L, 1, "methods");
         lua_getfield(L, -1, k);

@@ -212,6 +212,12 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
     w->col_stat = alloc_n(w, 3 * d_in, sizeof(double), 1, &failed, err, errlen);
     w->gb_enc_d = alloc_n(w, d_sae, sizeof(double), 1, &failed, err, errlen);
     w->gb_dec_d = alloc_n(w, d_in, sizeof(double), 1, &failed, err, errlen);
+    w->dtype = sae->enc_dtype;
+    if (w->dtype != SAEFW_ENC_FP32) {
+        w->lp_w_enc = alloc_n(w, d_in * d_sae, sizeof(float), 1, &failed, err, errlen);
+        w->lp_w_dec = alloc_n(w, d_sae * d_in, sizeof(float), 1, &failed, err, errlen);
+        w->lp_acts = alloc_n(w, piece * d_sae, sizeof(float), 1, &failed, err, errlen);
+    }
     if (failed) {
         saefw_sae_work_free(w);
         return -1;
@@ -266,6 +272,9 @@ void saefw_sae_work_free(saefw_sae_work *w) {
     free(w->col_stat);
     free(w->gb_enc_d);
     free(w->gb_dec_d);
+    free(w->lp_w_enc);
+    free(w->lp_w_dec);
+    free(w->lp_acts);
     memset(w, 0, sizeof *w);
 }
 
@@ -412,8 +421,8 @@ static void run_tile(const tile_ctx *c, int64_t t, int64_t r0, int64_t r1, float
     const int64_t d_in = c->sae->d_in, d_sae = c->sae->d_sae;
     const int64_t j0 = t * w->tile_w, tw = d_sae - j0 < w->tile_w ? d_sae - j0 : w->tile_w;
     if (r0 >= r1) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)tw, (int)d_in, 1.0f,
-                w->x_cent + r0 * d_in, (int)d_in, c->sae->p[SAEFW_W_ENC] + j0, (int)d_sae, 0.0f, S, (int)tw);
+    saefw_lowp_gemm(w->dtype, 0, CblasNoTrans, CblasNoTrans, r1 - r0, tw, d_in, w->x_cent + r0 * d_in, d_in,
+                    saefw_w_enc_operand(c->sae, w) + j0, d_sae, 0.0f, S, tw);
     for (int64_t ch = r0 / w->chunk_rows; ch * w->chunk_rows < r1; ch++) {
         const int64_t slot = t * w->n_chunks + ch, base = slot * w->chunk_cap, b0 = ch * w->chunk_rows;
         const int64_t b1 = b0 + w->chunk_rows < r1 ? b0 + w->chunk_rows : r1;
@@ -513,9 +522,8 @@ static void piece_tiles(void *vctx, int64_t t0, int64_t t1) {
     const int64_t d_in = c->sae->d_in, d_sae = c->sae->d_sae;
     for (int64_t t = t0; t < t1; t++) {
         const int64_t j0 = t * w->tile_w, tw = d_sae - j0 < w->tile_w ? d_sae - j0 : w->tile_w;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->k, (int)tw, (int)d_in, 1.0f,
-                    w->x_cent + c->r0 * d_in, (int)d_in, c->sae->p[SAEFW_W_ENC] + j0, (int)d_sae, 0.0f, c->acts + j0,
-                    (int)d_sae);
+        saefw_lowp_gemm(w->dtype, 0, CblasNoTrans, CblasNoTrans, c->k, tw, d_in, w->x_cent + c->r0 * d_in, d_in,
+                        saefw_w_enc_operand(c->sae, w) + j0, d_sae, 0.0f, c->acts + j0, d_sae);
     }
 }
 
@@ -588,22 +596,33 @@ static void dense_pieces(saefw_sae *sae, saefw_sae_work *w, const float *x, int6
         piece_ctx pc = {sae, w, x, w->scratch, w->scratch + P * d_sae, r0, k, B};
         piece_acts(&pc);
         saefw_parallel_for(k, fill_bias_rows, &pc);
-        saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, k, d_in, d_sae, pc.acts, d_sae, sae->p[SAEFW_W_DEC], d_in, 1.0f,
-                           w->x_hat + r0 * d_in, d_in);
+        /* Under enc_dtype the decoder products read the activations rounded; mask, L0 and L1 the fp32 ones. */
+        const float *acts_op = pc.acts;
+        if (w->lp_acts) {
+            saefw_lowp_round_all(w->lp_acts, pc.acts, k * d_sae, w->dtype, 1.0f);
+            acts_op = w->lp_acts;
+        }
+        const float gscale = saefw_lowp_grad_scale(w->dtype, B);
+        saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasNoTrans, k, d_in, d_sae, acts_op, d_sae,
+                        saefw_w_dec_operand(sae, w), d_in, 1.0f, w->x_hat + r0 * d_in, d_in);
         if (!grads) continue;
         const float beta = r0 == 0 ? 0.0f : 1.0f;
         saefw_parallel_for(d_in, dxh_columns, &pc);
+        if (w->dtype != SAEFW_ENC_FP32)
+            saefw_lowp_round_all(w->dxh + r0 * d_in, w->dxh + r0 * d_in, k * d_in, w->dtype, gscale);
         /* dW_dec += acts^T @ dxh */
-        saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_sae, d_in, k, pc.acts, d_sae, w->dxh + r0 * d_in, d_in, beta,
-                           sae->g[SAEFW_W_DEC], d_in);
+        saefw_lowp_gemm(w->dtype, 1, CblasTrans, CblasNoTrans, d_sae, d_in, k, acts_op, d_sae, w->dxh + r0 * d_in, d_in,
+                        beta, sae->g[SAEFW_W_DEC], d_in);
         /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
-        saefw_sgemm_blocks(CblasNoTrans, CblasTrans, k, d_sae, d_in, w->dxh + r0 * d_in, d_in, sae->p[SAEFW_W_DEC],
-                           d_in, 0.0f, pc.dpre, d_sae);
+        saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasTrans, k, d_sae, d_in, w->dxh + r0 * d_in, d_in,
+                        saefw_w_dec_operand(sae, w), d_in, 0.0f, pc.dpre, d_sae);
         saefw_parallel_for(k, mask_rows, &pc);
         saefw_parallel_for(d_sae, bias_enc_columns, &pc);
+        /* b_enc's gradient above is the fp32 one; dW_enc's product reads dpre rounded. */
+        if (w->dtype != SAEFW_ENC_FP32) saefw_lowp_round_all(pc.dpre, pc.dpre, k * d_sae, w->dtype, gscale);
         /* dW_enc += x_cent^T @ dpre */
-        saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_in, d_sae, k, w->x_cent + r0 * d_in, d_in, pc.dpre, d_sae, beta,
-                           sae->g[SAEFW_W_ENC], d_sae);
+        saefw_lowp_gemm(w->dtype, 1, CblasTrans, CblasNoTrans, d_in, d_sae, k, w->x_cent + r0 * d_in, d_in, pc.dpre,
+                        d_sae, beta, sae->g[SAEFW_W_ENC], d_sae);
     }
 }
 
@@ -624,6 +643,12 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     w->acts_valid = 0;
     w->fused_pass = w->fused;
     saefw_parallel_for(B, center_rows, &c);
+    if (w->dtype != SAEFW_ENC_FP32) {
+        /* enc_dtype: the products' operands. x_cent feeds only the encoder product and dW_enc's. */
+        saefw_lowp_round_all(w->lp_w_enc, sae->p[SAEFW_W_ENC], d_in * d_sae, w->dtype, 1.0f);
+        saefw_lowp_round_all(w->lp_w_dec, sae->p[SAEFW_W_DEC], d_sae * d_in, w->dtype, 1.0f);
+        saefw_lowp_round_all(w->x_cent, w->x_cent, B * d_in, w->dtype, 1.0f);
+    }
     int64_t active = 0;
     double l1 = 0;
     /* The sparse path unless it is ruled out or the last batch was too dense (then straight to the
@@ -632,6 +657,9 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     w->used_sparse = try_sparse && sparse_attempt(sae, w, B, &active, &l1);
     if (w->used_sparse) {
         saefw_sparse_index(w, d_sae, B);
+        /* The entries as the decoder products' operand (L0 and L1 were taken from the fp32 ones). */
+        if (w->dtype != SAEFW_ENC_FP32)
+            saefw_lowp_round_all(w->feat_act, w->feat_act, w->feat_start[d_sae], w->dtype, 1.0f);
         saefw_sparse_decode(sae, w, w->fused_pass ? x : NULL, B);
     } else {
         /* A fused call also makes the gradients here: the pieces' activations are at hand. */

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "rng.h"
+#include "sae_lowp.h"
 #include "saefw/plugin.h"
 
 enum { SAEFW_W_ENC = 0, SAEFW_W_DEC = 1, SAEFW_B_ENC = 2, SAEFW_B_DEC = 3, SAEFW_N_PARAMS = 4 };
@@ -28,6 +29,9 @@ typedef struct {
     int64_t shape[SAEFW_N_PARAMS][2];
     int ndim[SAEFW_N_PARAMS];
     int64_t numel[SAEFW_N_PARAMS];
+    /* Precision of the encoder and decoder products (sae_lowp.h): fp32 (0, the default) or bf16 / fp16
+     * operands with fp32 sums; parameters and gradients stay fp32. Work areas take it at allocation. */
+    saefw_enc_dtype enc_dtype;
 } saefw_sae;
 
 /* Allocate an SAE with zeroed parameters and gradients. Free with saefw_sae_free. */
@@ -123,6 +127,12 @@ typedef struct {
     void *big[24];         /* the arrays saefw_sae_work_release hands back */
     size_t big_bytes[24];
     int n_big;
+    /* enc_dtype's operands (NULL for fp32): the weights rounded at each forward pass, and a dense piece's
+     * activations rounded for the decoder products (the fp32 ones keep the mask, L0 and L1). */
+    saefw_enc_dtype dtype; /* the SAE's enc_dtype when the work area was allocated */
+    float *lp_w_enc;       /* [d_in, d_sae] */
+    float *lp_w_dec;       /* [d_sae, d_in] */
+    float *lp_acts;        /* [piece, d_sae] */
 } saefw_sae_work;
 
 /* Allocate scratch space for batches of up to cap rows, sized for the path saefw_sae_set_path (or

@@ -31,6 +31,15 @@ typedef int32_t v8iu __attribute__((vector_size(32), aligned(4), may_alias));
 #define SAEFW_SPARSE_GROUP 32
 #endif
 
+/* The W_enc and W_dec operands of the products: under enc_dtype, their copies rounded at the forward
+ * pass (sae_lowp.h). */
+static inline const float *saefw_w_enc_operand(const saefw_sae *sae, const saefw_sae_work *w) {
+    return w->lp_w_enc ? w->lp_w_enc : sae->p[SAEFW_W_ENC];
+}
+static inline const float *saefw_w_dec_operand(const saefw_sae *sae, const saefw_sae_work *w) {
+    return w->lp_w_dec ? w->lp_w_dec : sae->p[SAEFW_W_DEC];
+}
+
 /* The recorded entries (by row) regrouped by feature: feat_start, feat_row, feat_act. */
 void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B);
 

@@ -226,7 +226,8 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
         const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
         float *slab = w->slab_d + q * B * GROUP;
         memset(dslab, 0, sizeof(double) * (size_t)(B * GROUP));
-        decode_slab(dslab, sae->p[SAEFW_W_DEC] + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act, n_cols);
+        decode_slab(dslab, saefw_w_dec_operand(sae, w) + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act,
+                    n_cols);
         /* b_dec joins last, as in the dense path's product with beta = 1. */
         for (int64_t b = 0; b < B; b++) {
             for (int64_t i = 0; i < n_cols; i++)
@@ -239,6 +240,9 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
                            w->col_stat + 2 * d_in + g0);
         backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP,
                        w->gb_dec_d);
+        /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
+        if (w->dtype != SAEFW_ENC_FP32)
+            saefw_lowp_round(slab, slab, B * GROUP, w->dtype, saefw_lowp_grad_scale(w->dtype, B));
     }
 }
 
@@ -253,9 +257,14 @@ void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x
 SAEFW_KERNEL static void fill_slabs(void *vctx, int64_t q0, int64_t q1) {
     const sparse_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in, B = c->B;
-    for (int64_t q = q0; q < q1; q++)
+    for (int64_t q = q0; q < q1; q++) {
         backward_slabs(c->w->x_hat + q * GROUP, d_in, c->x, c->w->x_cent, d_in, B, q * GROUP, group_cols(d_in, q),
                        c->w->slab_d + q * B * GROUP, c->w->slab_x + q * B * GROUP, c->w->gb_dec_d);
+        /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
+        if (c->w->dtype != SAEFW_ENC_FP32)
+            saefw_lowp_round(c->w->slab_d + q * B * GROUP, c->w->slab_d + q * B * GROUP, B * GROUP, c->w->dtype,
+                             saefw_lowp_grad_scale(c->w->dtype, B));
+    }
 }
 
 /* Entry e of a feature: acc += act[e] dxh[rows[e]] (the gradient piece), *t += dxh[rows[e]] * the
@@ -366,7 +375,7 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
 
     for (int64_t e = start[j0]; e < start[j1]; e++) w->feat_dot[e] = 0.0;
     for (int64_t q = 0; q < n_groups; q++)
-        grad_dec_group(sae->g[SAEFW_W_DEC] + q * GROUP, sae->p[SAEFW_W_DEC] + q * GROUP, d_in,
+        grad_dec_group(sae->g[SAEFW_W_DEC] + q * GROUP, saefw_w_dec_operand(sae, w) + q * GROUP, d_in,
                        w->slab_d + q * B * GROUP, start, w->feat_row, w->feat_act, w->feat_dot, j0, j1,
                        group_cols(d_in, q));
     /* dL/dpre = dL/dacts + l1_coeff at active entries; b_enc's gradient sums it over rows in order, in double. */
@@ -381,6 +390,10 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
         w->gb_enc_d[j] = sum;
         sae->g[SAEFW_B_ENC][j] = (float)sum;
     }
+    /* enc_dtype: dW_enc's product reads dL/dpre rounded (b_enc's gradient took the fp32 values). */
+    if (w->dtype != SAEFW_ENC_FP32)
+        saefw_lowp_round(w->feat_grad + start[j0], w->feat_grad + start[j0], start[j1] - start[j0], w->dtype,
+                         saefw_lowp_grad_scale(w->dtype, B));
     for (int64_t q = 0; q < n_groups; q++)
         grad_enc_group(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, w->slab_x + q * B * GROUP, start, w->feat_row,
                        w->feat_grad, j0, j1, group_cols(d_in, q));

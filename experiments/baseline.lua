@@ -30,7 +30,7 @@ local buffer = saefw.buffer { model = model, tokens = tokens, site = cfg.site, l
                               size = cfg.batch_size * cfg.buffer_mult, batch_size = cfg.batch_size,
                               dtype = cfg.buffer_dtype, seed = cfg.seed }
 local sae = saefw.sae { d_in = buffer.d_act, d_sae = buffer.d_act * cfg.dict_mult,
-                        l1_coeff = cfg.l1_coeff, seed = cfg.seed }
+                        l1_coeff = cfg.l1_coeff, seed = cfg.seed, enc_dtype = cfg.enc_dtype }
 
 local plugins = { saefw.plugin("reinit_dead", { every = cfg.reinit_every, threshold = cfg.reinit_threshold }) }
 

@@ -7,7 +7,7 @@ local saefw = require "saefw"
 
 local cfg = saefw.config {
   seed = 49, batch_size = 1024, buffer_mult = 64, lr = 1e-3, num_tokens = 1.5e6, l1_coeff = 4e-4,
-  beta1 = 0.9, beta2 = 0.99, dict_mult = 8, seq_len = 128, buffer_dtype = "bf16",
+  beta1 = 0.9, beta2 = 0.99, dict_mult = 8, seq_len = 128, enc_dtype = "fp32", buffer_dtype = "bf16",
   model_name = "tiny-1l", site = "post", layer = 0, data = "", bos = 256,
   log_every = 100, eval_every = 1000, checkpoint_every = 2000, recons_batches = 5, run_dir = "",
   report_tokens = 131072,
@@ -21,7 +21,7 @@ local buffer = saefw.buffer { model = model, tokens = tokens, site = cfg.site, l
                               size = cfg.batch_size * cfg.buffer_mult, batch_size = cfg.batch_size,
                               dtype = cfg.buffer_dtype, seed = cfg.seed }
 local sae = saefw.sae { d_in = buffer.d_act, d_sae = buffer.d_act * cfg.dict_mult,
-                        l1_coeff = cfg.l1_coeff, seed = cfg.seed }
+                        l1_coeff = cfg.l1_coeff, seed = cfg.seed, enc_dtype = cfg.enc_dtype }
 print(string.format("model %s: %d layer(s), d_model %d, d_mlp %d; %d token rows of %d; SAE %d -> %d",
                     model.name, model.n_layers, model.d_model, model.d_mlp, tokens.rows, tokens.seq_len,
                     sae.d_in, sae.d_sae))

@@ -78,6 +78,16 @@ expect_error(function() saefw.load_sae(dir .. "/api_ck") end, "api_ck/cfg%.json:
              "non-numeric l1_coeff")
 print("load_sae refuses a cfg.json without a numeric l1_coeff: ok")
 
+-- enc_dtype: the SAE's products' precision, kept through save and load_sae; a wrong name is refused.
+os.execute("rm -rf '" .. dir .. "/api_bf16'")
+local sb = saefw.sae { d_in = 4, d_sae = 8, enc_dtype = "bf16" }
+assert(sb.enc_dtype == "bf16" and saefw.sae { d_in = 4, d_sae = 8 }.enc_dtype == "fp32", "enc_dtype field")
+sb:save(dir .. "/api_bf16")
+assert(saefw.load_sae(dir .. "/api_bf16").enc_dtype == "bf16", "enc_dtype after load_sae")
+expect_error(function() saefw.sae { d_in = 4, d_sae = 8, enc_dtype = "int8" } end,
+             "saefw%.sae: field enc_dtype must be \"fp32\", \"bf16\" or \"fp16\" %(got 'int8'%)", "bad enc_dtype")
+print("enc_dtype through saefw.sae, save and load_sae: ok")
+
 -- model:run: activations of given tokens at any hook site, logits and loss, against the float64
 -- reference (read here from the safetensors file by hand), within the C test's 1e-4.
 local function read_reference(path)
