@@ -765,9 +765,10 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
     memcpy(run->sae->params, saved.params, sizeof(float) * saved.n_total);
     saefw_sae_free(&saved);
 
-    snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, dir);
     saefw_state_in st;
-    if (saefw_state_open(path, &st, err, errlen) != 0) return -1;
+    if (saefw_pathf(path, sizeof path, err, errlen, "%s/" SAEFW_TRAIN_STATE, dir) != 0 ||
+        saefw_state_open(path, &st, err, errlen) != 0)
+        return -1;
     int64_t next = -1, tokens = 0, offset = 0, lines = -1;
     double elapsed = 0;
     int n_changes = 0;
@@ -881,8 +882,9 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     const saefw_train_opts *o = run->o;
     if (!o->run_dir) return 0;
     char dir[PATH_MAX];
-    if (name) snprintf(dir, sizeof dir, "%s/%s", o->run_dir, name);
-    else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
+    if ((name ? saefw_pathf(dir, sizeof dir, err, errlen, "%s/%s", o->run_dir, name)
+              : saefw_pathf(dir, sizeof dir, err, errlen, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir))) != 0)
+        return -1;
     cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */

@@ -36,6 +36,16 @@ int saefw_err_prefix(char *err, size_t errlen, const char *fmt, ...) {
     return -1;
 }
 
+int saefw_pathf(char *buf, size_t n, char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+    if (k >= 0 && (size_t)k < n) return 0;
+    if (k < 0) return saefw_errf(err, errlen, "cannot format a path from '%.200s'", fmt);
+    return saefw_errf(err, errlen, "path too long (%d bytes, at most %zu): %.200s...", k, n ? n - 1 : 0, buf);
+}
+
 void *saefw_malloc(size_t n, char *err, size_t errlen) {
     void *p = malloc(n ? n : 1);
     if (!p) saefw_errf(err, errlen, "out of memory allocating %zu bytes", n);
