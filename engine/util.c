@@ -216,6 +216,23 @@ void saefw_fault_point(const char *name) {
     if (++count == atol(spec + n + 1)) raise(SIGKILL);
 }
 
+void saefw_slow_point(const char *name) {
+    static const char *spec = NULL;
+    static int checked = 0;
+    if (!checked) {
+        spec = getenv("SAEFW_SLOW");
+        checked = 1;
+    }
+    if (!spec) return;
+    size_t n = strlen(name);
+    if (strncmp(spec, name, n) != 0 || spec[n] != ':') return;
+    long ms = atol(spec + n + 1);
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    /* The whole time even through a signal, as a forward would take it. */
+    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 /* ---- the stop flag ---- */
 
 static volatile sig_atomic_t g_stop;

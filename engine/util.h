@@ -58,6 +58,9 @@ double saefw_now(void);
 /* Crash-consistency testing: when the environment has SAEFW_FAULT=name:N, the Nth call of
  * saefw_fault_point(name) kills the process with SIGKILL, as a power cut would. No effect otherwise. */
 void saefw_fault_point(const char *name);
+/* Testing long work: when the environment has SAEFW_SLOW=name:MS, each call of saefw_slow_point(name)
+ * sleeps MS milliseconds (so a test can stand in for a large model's forward). No effect otherwise. */
+void saefw_slow_point(const char *name);
 
 /* The stop flag: SIGINT or SIGTERM while a scope is open sets it (to the signal's number), and every
  * long loop (training, evaluation, frequencies, buffer fill, feature analysis) checks it and stops
