@@ -28,8 +28,7 @@ static int remove_tree(const char *path) {
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         char p[PATH_MAX];
-        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-        remove_tree(p);
+        if (saefw_pathf(p, sizeof p, NULL, 0, "%s/%s", path, e->d_name) == 0) remove_tree(p);
     }
     closedir(d);
     return rmdir(path);
@@ -142,7 +141,7 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
         refs[i].data = sae->p[i];
     }
     const char *meta[][2] = {{"format", "pt"}};
-    snprintf(path, sizeof path, "%s/sae_weights.safetensors", tmp);
+    if (saefw_pathf(path, sizeof path, err, errlen, "%s/sae_weights.safetensors", tmp) != 0) goto fail;
     if (saefw_write_checked(path, refs, SAEFW_N_PARAMS, meta, 1, err, errlen) != 0) goto fail;
     if (extra && extra(ud, tmp, err, errlen) != 0) goto fail;
 
@@ -173,8 +172,8 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
         saefw_errf(err, errlen, "%s: out of memory", dir);
         goto fail;
     }
-    snprintf(path, sizeof path, "%s/cfg.json", tmp);
-    int rc = saefw_write_file_atomic(path, text, strlen(text), err, errlen);
+    int rc = saefw_pathf(path, sizeof path, err, errlen, "%s/cfg.json", tmp);
+    if (rc == 0) rc = saefw_write_file_atomic(path, text, strlen(text), err, errlen);
     free(text);
     if (rc != 0) goto fail;
     fsync_path(tmp, 1);
@@ -216,10 +215,10 @@ int saefw_checkpoint_write_sparsity(const char *dir, const float *freq, int64_t 
     /* In float32, as SAELens computes torch.log10(feature_sparsity + 1e-10). */
     for (int64_t j = 0; j < d_sae; j++) lg[j] = log10f(freq[j] + SAEFW_SPARSITY_EPS);
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/" SAEFW_SPARSITY_FILE, dir);
     saefw_tensor_ref ref = {.name = "sparsity", .dtype = SAEFW_DT_F32, .ndim = 1, .shape = &d_sae, .data = lg};
     const char *meta[][2] = {{"format", "pt"}};
-    int rc = saefw_safetensors_write(path, &ref, 1, meta, 1, err, errlen);
+    int rc = saefw_pathf(path, sizeof path, err, errlen, "%s/" SAEFW_SPARSITY_FILE, dir);
+    if (rc == 0) rc = saefw_safetensors_write(path, &ref, 1, meta, 1, err, errlen);
     free(lg);
     return rc;
 }
@@ -333,22 +332,20 @@ static int checkpoint_files(const char *path, char *weights, char *cfgp, int *se
     struct stat st;
     if (stat(path, &st) != 0) return saefw_errf(err, errlen, "%s: no such file or folder", path);
     *seed_pt = 0;
-    if (S_ISDIR(st.st_mode)) {
-        snprintf(weights, PATH_MAX, "%s/sae_weights.safetensors", path);
-        snprintf(cfgp, PATH_MAX, "%s/cfg.json", path);
-    } else if (saefw_ends_with(path, ".pt") || saefw_ends_with(path, ".pth")) {
+    if (S_ISDIR(st.st_mode))
+        return saefw_pathf(weights, PATH_MAX, err, errlen, "%s/sae_weights.safetensors", path) != 0 ||
+                       saefw_pathf(cfgp, PATH_MAX, err, errlen, "%s/cfg.json", path) != 0
+                   ? -1
+                   : 0;
+    if (saefw_pathf(weights, PATH_MAX, err, errlen, "%s", path) != 0) return -1;
+    if (saefw_ends_with(path, ".pt") || saefw_ends_with(path, ".pth")) {
         /* The seed writes N.pt next to N_cfg.json. */
         *seed_pt = 1;
-        snprintf(weights, PATH_MAX, "%s", path);
         size_t n = strlen(path) - (saefw_ends_with(path, ".pt") ? 3 : 4);
-        snprintf(cfgp, PATH_MAX, "%.*s_cfg.json", (int)n, path);
-    } else {
-        snprintf(weights, PATH_MAX, "%s", path);
-        snprintf(cfgp, PATH_MAX, "%s", path);
-        char *slash = strrchr(cfgp, '/');
-        snprintf(slash ? slash + 1 : cfgp, PATH_MAX - (size_t)(slash ? slash + 1 - cfgp : 0), "cfg.json");
+        return saefw_pathf(cfgp, PATH_MAX, err, errlen, "%.*s_cfg.json", (int)n, path);
     }
-    return 0;
+    const char *slash = strrchr(path, '/');
+    return saefw_pathf(cfgp, PATH_MAX, err, errlen, "%.*scfg.json", slash ? (int)(slash + 1 - path) : 0, path);
 }
 
 int saefw_checkpoint_require_l1(const char *path, const cJSON *cfg, char *err, size_t errlen) {
@@ -462,7 +459,7 @@ static int checkpoint_intact(const char *dir, char *err, size_t errlen) {
     saefw_sae s;
     if (saefw_checkpoint_load(dir, &s, NULL, err, errlen) != 0) return -1;
     saefw_sae_free(&s);
-    snprintf(p, sizeof p, "%s/" SAEFW_TRAIN_STATE, dir);
+    if (saefw_pathf(p, sizeof p, err, errlen, "%s/" SAEFW_TRAIN_STATE, dir) != 0) return -1;
     saefw_state_in st;
     if (saefw_state_open(p, &st, err, errlen) != 0) return -1;
     saefw_state_close(&st);
@@ -478,14 +475,18 @@ int saefw_checkpoint_find_resumable(const char *run_dir, char *out, size_t n, vo
     long *v = versions(run_dir, &nv);
     for (int i = 0; i < nv; i++) {
         char dir[PATH_MAX], why[1024];
-        snprintf(dir, sizeof dir, "%s/%ld", run_dir, v[i]);
+        if (saefw_pathf(dir, sizeof dir, err, errlen, "%s/%ld", run_dir, v[i]) != 0 ||
+            saefw_pathf(out, n, err, errlen, "%s", dir) != 0) {
+            free(v);
+            return -1;
+        }
         if (checkpoint_intact(dir, why, sizeof why) == 0) {
-            snprintf(out, n, "%s", dir);
             free(v);
             return 0;
         }
+        out[0] = 0;
         if (log) {
-            char msg[1400];
+            char msg[PATH_MAX + 1100];
             snprintf(msg, sizeof msg, "resume: skipping checkpoint %s: %s", dir, why);
             log(msg);
         }
@@ -507,8 +508,7 @@ void saefw_checkpoint_prune_states(const char *run_dir, int keep) {
     long *v = versions(run_dir, &nv);
     for (int i = keep; i < nv; i++) {
         char p[PATH_MAX];
-        snprintf(p, sizeof p, "%s/%ld/" SAEFW_TRAIN_STATE, run_dir, v[i]);
-        unlink(p);
+        if (saefw_pathf(p, sizeof p, NULL, 0, "%s/%ld/" SAEFW_TRAIN_STATE, run_dir, v[i]) == 0) unlink(p);
     }
     free(v);
 }
@@ -542,9 +542,11 @@ int saefw_checkpoint_remove_leftovers(const char *run_dir, void (*log)(const cha
         int kind = leftover_name(e->d_name, &base_len, &pid);
         /* Only a process that no longer runs has given up its folder. */
         if (!kind || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
-        char path[PATH_MAX], base[PATH_MAX], msg[PATH_MAX + 256];
-        snprintf(path, sizeof path, "%s/%s", run_dir, e->d_name);
-        snprintf(base, sizeof base, "%s/%.*s", run_dir, (int)base_len, e->d_name);
+        char path[PATH_MAX], base[PATH_MAX], msg[2 * PATH_MAX];
+        /* A name that does not fit is not one this process could have made. */
+        if (saefw_pathf(path, sizeof path, NULL, 0, "%s/%s", run_dir, e->d_name) != 0 ||
+            saefw_pathf(base, sizeof base, NULL, 0, "%s/%.*s", run_dir, (int)base_len, e->d_name) != 0)
+            continue;
         struct stat st;
         /* A writer killed between moving the previous checkpoint aside and renaming the new one into
          * place leaves the previous one complete in .old: it goes back. */

@@ -236,7 +236,8 @@ static int from_cache(const char *repo, const char *rev, const char *glob, const
         if (strstr(rev, "..") || rev[0] == '/')
             return saefw_errf(err, errlen, "dataset %s: bad revision '%.100s'", repo, rev);
         char ref[PATH_MAX];
-        snprintf(ref, sizeof ref, "%s/refs/%s", dir, rev);
+        if (saefw_pathf(ref, sizeof ref, err, errlen, "%s/refs/%s", dir, rev) != 0)
+            return saefw_err_prefix(err, errlen, "dataset %s", repo);
         FILE *f = fopen(ref, "r");
         if (f) {
             if (!fgets(commit, sizeof commit, f)) commit[0] = 0;
@@ -248,7 +249,8 @@ static int from_cache(const char *repo, const char *rev, const char *glob, const
                               rev, absent, dir, cmd);
     }
     char snap[PATH_MAX];
-    snprintf(snap, sizeof snap, "%s/snapshots/%s", dir, commit);
+    if (saefw_pathf(snap, sizeof snap, err, errlen, "%s/snapshots/%s", dir, commit) != 0)
+        return saefw_err_prefix(err, errlen, "dataset %s", repo);
     struct stat st;
     if (stat(snap, &st) != 0 || !S_ISDIR(st.st_mode))
         return saefw_errf(err, errlen, "dataset %s (revision %s) %s in the Hugging Face cache (%s); run: %s", repo,
@@ -258,11 +260,13 @@ static int from_cache(const char *repo, const char *rev, const char *glob, const
     if (!glob) {
         glob = pattern;
     } else if (!has_magic(glob)) {
-        snprintf(sub, sizeof sub, "%s/%s", snap, glob);
+        if (saefw_pathf(sub, sizeof sub, err, errlen, "%s/%s", snap, glob) != 0)
+            return saefw_err_prefix(err, errlen, "dataset %s", repo);
         if (stat(sub, &st) == 0 && S_ISDIR(st.st_mode)) {
             size_t gl = strlen(glob);
             while (gl > 0 && glob[gl - 1] == '/') gl--;
-            snprintf(sub, sizeof sub, "%.*s/%s", (int)gl, glob, pattern);
+            if (saefw_pathf(sub, sizeof sub, err, errlen, "%.*s/%s", (int)gl, glob, pattern) != 0)
+                return saefw_err_prefix(err, errlen, "dataset %s", repo);
             glob = sub;
         }
     }

@@ -366,17 +366,15 @@ static void remove_report_dir(const char *dir) {
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         char p[PATH_MAX];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         struct stat st;
-        if (lstat(p, &st) != 0) continue;
+        if (saefw_pathf(p, sizeof p, NULL, 0, "%s/%s", dir, e->d_name) != 0 || lstat(p, &st) != 0) continue;
         if (S_ISDIR(st.st_mode)) {
             DIR *d2 = opendir(p);
             struct dirent *e2;
             while (d2 && (e2 = readdir(d2))) {
                 if (!strcmp(e2->d_name, ".") || !strcmp(e2->d_name, "..")) continue;
                 char p2[PATH_MAX];
-                snprintf(p2, sizeof p2, "%s/%s", p, e2->d_name);
-                unlink(p2);
+                if (saefw_pathf(p2, sizeof p2, NULL, 0, "%s/%s", p, e2->d_name) == 0) unlink(p2);
             }
             if (d2) closedir(d2);
             rmdir(p);
@@ -411,10 +409,11 @@ static int copy_viewer(const char *src_dir, const char *dst_dir, int *found, cha
     int rc = 0;
     while (rc == 0 && (e = readdir(d))) {
         char s[PATH_MAX], t[PATH_MAX];
-        snprintf(s, sizeof s, "%s/%s", src_dir, e->d_name);
         struct stat st;
-        if (e->d_name[0] == '.' || stat(s, &st) != 0 || !S_ISREG(st.st_mode)) continue;
-        snprintf(t, sizeof t, "%s/%s", dst_dir, e->d_name);
+        if (e->d_name[0] == '.') continue;
+        if ((rc = saefw_pathf(s, sizeof s, err, errlen, "%s/%s", src_dir, e->d_name)) != 0) break;
+        if (stat(s, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if ((rc = saefw_pathf(t, sizeof t, err, errlen, "%s/%s", dst_dir, e->d_name)) != 0) break;
         rc = copy_file(s, t, err, errlen);
         if (!strcmp(e->d_name, "index.html")) *found = 1;
     }
@@ -435,7 +434,7 @@ static int replaceable(const char *dir, int *exists, char *err, size_t errlen) {
     *exists = 1;
     if (!S_ISDIR(st.st_mode)) return saefw_errf(err, errlen, "%s exists and is not a folder", dir);
     char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s/summary.json", dir);
+    if (saefw_pathf(p, sizeof p, err, errlen, "%s/summary.json", dir) != 0) return -1;
     if (access(p, F_OK) == 0) return 0;
     DIR *d = opendir(dir);
     if (!d) return saefw_errf(err, errlen, "%s: cannot read: %s", dir, strerror(errno));
@@ -458,12 +457,12 @@ static int write_all(const saefw_features *f, const saefw_report_opts *o, int sh
     int rc = -1;
     char path[PATH_MAX], viewer[PATH_MAX];
     FILE *fp = NULL;
-    snprintf(path, sizeof path, "%s/data", tmp);
-    if (saefw_mkdirs(path, err, errlen) != 0) goto out;
+    if (saefw_pathf(path, sizeof path, err, errlen, "%s/data", tmp) != 0 || saefw_mkdirs(path, err, errlen) != 0) goto out;
     /* summary.json and data/summary.js */
     for (int js = 0; js < 2; js++) {
-        snprintf(path, sizeof path, js ? "%s/data/summary.js" : "%s/summary.json", tmp);
-        if (!(fp = open_w(path, err, errlen))) goto out;
+        if (saefw_pathf(path, sizeof path, err, errlen, js ? "%s/data/summary.js" : "%s/summary.json", tmp) != 0 ||
+            !(fp = open_w(path, err, errlen)))
+            goto out;
         if (js) fputs("saefwReport.summary(", fp);
         w_summary(fp, &tc, f, o, shard_size);
         fputs(js ? ");\n" : "\n", fp);
@@ -473,8 +472,9 @@ static int write_all(const saefw_features *f, const saefw_report_opts *o, int sh
     }
     /* shards */
     for (int64_t s0 = 0, sh = 0; s0 < f->d_sae; s0 += shard_size, sh++) {
-        snprintf(path, sizeof path, "%s/data/shard_%04lld.js", tmp, (long long)sh);
-        if (!(fp = open_w(path, err, errlen))) goto out;
+        if (saefw_pathf(path, sizeof path, err, errlen, "%s/data/shard_%04lld.js", tmp, (long long)sh) != 0 ||
+            !(fp = open_w(path, err, errlen)))
+            goto out;
         fprintf(fp, "saefwReport.shard(%lld,{\"first\":%lld,\"features\":[", (long long)sh, (long long)s0);
         for (int64_t i = s0; i < f->d_sae && i < s0 + shard_size; i++) {
             if (i > s0) fputs(",\n", fp);
@@ -485,8 +485,8 @@ static int write_all(const saefw_features *f, const saefw_report_opts *o, int sh
         fp = NULL;
         if (c != 0) goto out;
     }
-    snprintf(path, sizeof path, "%s/features.jsonl", tmp);
-    if (!(fp = open_w(path, err, errlen))) goto out;
+    if (saefw_pathf(path, sizeof path, err, errlen, "%s/features.jsonl", tmp) != 0 || !(fp = open_w(path, err, errlen)))
+        goto out;
     for (int64_t i = 0; i < f->d_sae; i++) w_feature_np(fp, &tc, i, &f->f[i]);
     {
         int c = close_checked(fp, path, err, errlen);
@@ -499,8 +499,8 @@ static int write_all(const saefw_features *f, const saefw_report_opts *o, int sh
     int found = 0;
     if (copy_viewer(vdir, tmp, &found, err, errlen) != 0) goto out;
     if (!found) {
-        snprintf(path, sizeof path, "%s/index.html", tmp);
-        if (!(fp = open_w(path, err, errlen))) goto out;
+        if (saefw_pathf(path, sizeof path, err, errlen, "%s/index.html", tmp) != 0 || !(fp = open_w(path, err, errlen)))
+            goto out;
         fputs(PLACEHOLDER, fp);
         int c = close_checked(fp, path, err, errlen);
         fp = NULL;
@@ -527,8 +527,9 @@ int saefw_features_write_report(const saefw_features *f, const saefw_report_opts
     char tmp[PATH_MAX], old[PATH_MAX];
     size_t dl = strlen(dir);
     while (dl > 1 && dir[dl - 1] == '/') dl--;
-    snprintf(tmp, sizeof tmp, "%.*s.tmp.%ld", (int)dl, dir, (long)getpid());
-    snprintf(old, sizeof old, "%.*s.old.%ld", (int)dl, dir, (long)getpid());
+    if (saefw_pathf(tmp, sizeof tmp, err, errlen, "%.*s.tmp.%ld", (int)dl, dir, (long)getpid()) != 0 ||
+        saefw_pathf(old, sizeof old, err, errlen, "%.*s.old.%ld", (int)dl, dir, (long)getpid()) != 0)
+        return -1;
     remove_report_dir(tmp);
     if (write_all(f, o, shard_size, tmp, err, errlen) != 0) {
         remove_report_dir(tmp);

@@ -557,6 +557,8 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
     const int need_logits = o->logits_out || o->loss_out;
     double nll = 0;
     for (int64_t b0 = 0; b0 < B; b0 += w->chunk_seqs) {
+        /* A chunk is the unit of work a SIGINT or SIGTERM waits for (util.h's stop flag). */
+        if (saefw_stop_requested()) return saefw_stop_errf(err, errlen, "model forward");
         int64_t bs = B - b0 < w->chunk_seqs ? B - b0 : w->chunk_seqs;
         int64_t n = bs * T, row0 = b0 * T;
         hook_ctx hc = {o, row0, n, err, errlen};
@@ -607,6 +609,7 @@ int saefw_model_forward(const saefw_model *m, saefw_model_work *w, const int32_t
             }
         } else {
             for (int64_t v0 = 0; v0 < V; v0 += w->vocab_block) {
+                if (saefw_stop_requested()) return saefw_stop_errf(err, errlen, "model loss");
                 const int64_t nb = V - v0 < w->vocab_block ? V - v0 : w->vocab_block;
                 /* b_U is added in the log-sum-exp pass rather than written first under the product. */
                 saefw_linear_blocks(n, nb, dm, w->ln, dm, m->W_U + v0, V, NULL, w->logits, nb);

@@ -242,12 +242,13 @@ static int from_cache(const char *repo, const char *want, char *weights, size_t 
         snprintf(where, whn, "the Hugging Face cache (its path from HF_HUB_CACHE/HF_HOME/XDG_CACHE_HOME is too long)");
         return -1;
     }
-    snprintf(where, whn, "%s/snapshots/<revision>/", folder);
+    if (snprintf(where, whn, "%s/snapshots/<revision>/", folder) >= (int)whn) return -1;
     char p[PATH_MAX];
     if (saefw_hf_main_snapshot(folder, p, sizeof p) == 0 && from_folder(p, want, weights, wn, config, cn) == 0 &&
         (!want || saefw_ends_with(weights, want)))
         return 0;
-    snprintf(p, sizeof p, "%s/snapshots", folder);
+    /* A path that does not fit names no snapshot of ours: it is skipped. */
+    if (saefw_pathf(p, sizeof p, NULL, 0, "%s/snapshots", folder) != 0) return -1;
     DIR *d = opendir(p);
     if (!d) return -1;
     struct dirent *e;
@@ -255,7 +256,7 @@ static int from_cache(const char *repo, const char *want, char *weights, size_t 
     while (found != 0 && (e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
         char snap[PATH_MAX];
-        snprintf(snap, sizeof snap, "%s/%s", p, e->d_name);
+        if (saefw_pathf(snap, sizeof snap, NULL, 0, "%s/%s", p, e->d_name) != 0) continue;
         if (is_dir(snap) && from_folder(snap, want, weights, wn, config, cn) == 0 && (!want || saefw_ends_with(weights, want)))
             found = 0;
     }
@@ -276,13 +277,13 @@ int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config
         return 0;
     }
     if (is_file(name)) {
-        snprintf(weights, wn, "%s", name);
-        char dir[PATH_MAX];
-        snprintf(dir, sizeof dir, "%s", name);
-        char *slash = strrchr(dir, '/');
+        const char *slash = strrchr(name, '/');
         char p[PATH_MAX];
-        snprintf(p, sizeof p, "%s/config.json", slash ? (*slash = 0, dir) : ".");
-        if (is_file(p)) snprintf(config, cn, "%s", p);
+        if (saefw_pathf(weights, wn, err, errlen, "%s", name) != 0 ||
+            saefw_pathf(p, sizeof p, err, errlen, "%.*s/config.json", slash ? (int)(slash - name) : 1,
+                        slash ? name : ".") != 0)
+            return saefw_err_prefix(err, errlen, "model %.200s", name);
+        if (is_file(p) && saefw_pathf(config, cn, err, errlen, "%s", p) != 0) return saefw_err_prefix(err, errlen, "model");
         return 0;
     }
     if (strcmp(name, BUNDLED) == 0) {

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train.h"
 #include "util.h"
 
 typedef struct {
@@ -15,6 +16,9 @@ typedef struct {
     float *acts;     /* [chunk_seqs * seq_len, width] */
     int64_t have, used; /* rows of acts produced and already handed out */
     saefw_rng eval_rng;
+    /* The training stream at the latest mark: token position, have, used and acts' rows then. */
+    int64_t mark_pass, mark_cursor, mark_have, mark_used;
+    float *mark_acts; /* [mark_have, width], NULL when mark_have is 0 */
 } model_src;
 
 static void tokens_log(void *ud, const char *msg) {
@@ -39,6 +43,9 @@ static void model_idle(saefw_source *s) {
     model_src *ms = s->impl;
     saefw_model_work_free(ms->work);
     ms->work = NULL;
+    free(ms->mark_acts); /* the fill is complete: there is nothing to go back to */
+    ms->mark_acts = NULL;
+    ms->mark_have = 0;
     if (ms->used == ms->have) {
         ms->have = ms->used = 0;
         free(ms->acts);
@@ -76,6 +83,36 @@ static int model_next(saefw_source *s, float *out, int64_t n, char *err, size_t 
     return 0;
 }
 
+/* The rows of the current model batch are kept whole, so that a rewound stream saves the same
+ * state as one that never moved. */
+static int model_mark(saefw_source *s, char *err, size_t errlen) {
+    model_src *ms = s->impl;
+    free(ms->mark_acts);
+    ms->mark_acts = NULL;
+    if (ms->have > 0) {
+        ms->mark_acts = saefw_malloc(sizeof(float) * (size_t)(ms->have * ms->width), err, errlen);
+        if (!ms->mark_acts) return -1;
+        memcpy(ms->mark_acts, ms->acts, sizeof(float) * (size_t)(ms->have * ms->width));
+    }
+    ms->mark_have = ms->have;
+    ms->mark_used = ms->used;
+    ms->mark_pass = saefw_tokens_pass(ms->o.tokens);
+    ms->mark_cursor = saefw_tokens_cursor(ms->o.tokens);
+    return 0;
+}
+
+static int model_rewind(saefw_source *s, char *err, size_t errlen) {
+    model_src *ms = s->impl;
+    if (saefw_tokens_seek(ms->o.tokens, ms->mark_pass, ms->mark_cursor, err, errlen) != 0) return -1;
+    if (ms->mark_have > 0) {
+        if (ensure_scratch(ms, err, errlen) != 0) return -1;
+        memcpy(ms->acts, ms->mark_acts, sizeof(float) * (size_t)(ms->mark_have * ms->width));
+    }
+    ms->have = ms->mark_have;
+    ms->used = ms->mark_used;
+    return 0;
+}
+
 /* Evaluation rows: every position of freshly drawn random sequences, as the seed's get_freqs. */
 static int model_sample(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
     model_src *ms = s->impl;
@@ -92,6 +129,10 @@ static int model_sample(saefw_source *s, float *out, int64_t n, char *err, size_
     while (n > 0 && rc == 0) {
         int64_t seqs = (n + ms->seq_len - 1) / ms->seq_len;
         if (seqs > ms->chunk_seqs) seqs = ms->chunk_seqs;
+        if (saefw_stop_requested()) {
+            rc = saefw_stop_errf(err, errlen, "evaluation rows");
+            break;
+        }
         rc = saefw_tokens_sample(ms->o.tokens, &ms->eval_rng, ms->toks, seqs, vocab, err, errlen);
         if (rc == 0) rc = run_chunk(ms, seqs, err, errlen);
         if (rc == 0) {
@@ -142,6 +183,7 @@ static void model_destroy(saefw_source *s) {
         saefw_model_work_free(ms->work);
         free(ms->toks);
         free(ms->acts);
+        free(ms->mark_acts);
     }
     free(ms);
     free(s);
@@ -156,7 +198,9 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     if (seq_len > cfg->n_ctx)
         return saefw_errf(err, errlen, "model source: seq_len %lld exceeds the model's context n_ctx %d",
                           (long long)seq_len, cfg->n_ctx);
-    if (o->model_batch <= 0) return saefw_errf(err, errlen, "model source: model_batch must be positive");
+    if (o->model_batch <= 0 || o->model_batch > SAEFW_MAX_MODEL_BATCH)
+        return saefw_errf(err, errlen, "model source: model_batch_size = %lld sequences is not in 1 .. %d (by default "
+                          "it is batch_size // seq_len * 16)", (long long)o->model_batch, SAEFW_MAX_MODEL_BATCH);
     saefw_source *s = saefw_calloc(1, sizeof *s, err, errlen);
     model_src *ms = s ? saefw_calloc(1, sizeof *ms, err, errlen) : NULL;
     if (!ms) {
@@ -178,13 +222,15 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     saefw_rng_seed(&ms->eval_rng, o->seed ^ 0x6d6f64656cULL);
     s->kind = "model";
     s->mem_bytes = (double)saefw_model_param_bytes(o->model) + (double)saefw_model_work_bytes(ms->work) +
-                   4.0 * (double)(ms->chunk_seqs * seq_len) * (double)(1 + width);
+                   4.0 * (double)(ms->chunk_seqs * seq_len) * (double)(1 + 2 * width); /* + the mark's rows */
     s->d_act = width;
     s->next = model_next;
     s->sample = model_sample;
     s->save_state = model_save;
     s->load_state = model_load;
     s->idle = model_idle;
+    s->mark = model_mark;
+    s->rewind = model_rewind;
     s->chunk_rows = o->model_batch * seq_len;
     saefw_tokens_set_log(o->tokens, tokens_log, s);
     *out = s;
@@ -217,7 +263,11 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
     const int64_t T = saefw_tokens_seq_len(tok);
     if (T > cfg->n_ctx)
         return saefw_errf(err, errlen, "seq_len %lld exceeds the model's context n_ctx %d", (long long)T, cfg->n_ctx);
-    if (n_batches <= 0 || model_batch <= 0) return saefw_errf(err, errlen, "loss: batches must be positive");
+    if (n_batches <= 0 || n_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_errf(err, errlen, "loss: batches = %lld is not in 1 .. %d", (long long)n_batches, SAEFW_MAX_EVAL_BATCHES);
+    if (model_batch <= 0 || model_batch > SAEFW_MAX_MODEL_BATCH)
+        return saefw_errf(err, errlen, "loss: model_batch_size = %lld sequences is not in 1 .. %d", (long long)model_batch,
+                          SAEFW_MAX_MODEL_BATCH);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     saefw_model_work *w = NULL;
     if (saefw_model_work_alloc(m, chunk, T, &w, err, errlen) != 0) return -1;
@@ -289,6 +339,10 @@ int saefw_hook_mean(const saefw_model *m, const saefw_tokens *tok, saefw_hook ho
                     int64_t model_batch, saefw_rng *rng, float *mean, char *err, size_t errlen) {
     int width = saefw_model_hook_width(m, hook);
     if (width <= 0) return saefw_errf(err, errlen, "mean activation: layer %d is out of range", hook.layer);
+    if (n_batches <= 0 || n_batches > SAEFW_MAX_EVAL_BATCHES || model_batch <= 0 || model_batch > SAEFW_MAX_MODEL_BATCH)
+        return saefw_errf(err, errlen, "mean activation: batches = %lld (1 .. %d) and model_batch_size = %lld (1 .. %d) "
+                          "must be in range", (long long)n_batches, SAEFW_MAX_EVAL_BATCHES, (long long)model_batch,
+                          SAEFW_MAX_MODEL_BATCH);
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     saefw_model_work *w = NULL;

@@ -10,6 +10,8 @@
 /* Sequences per forward inside the engine: larger model batches are run in pieces of this size so
  * memory stays bounded; means over equal pieces equal the mean over the whole batch. */
 #define SAEFW_FORWARD_CHUNK 32
+/* Upper bound of a model batch, in sequences (the seed's is 512): more is a typo, not a plan. */
+#define SAEFW_MAX_MODEL_BATCH 65536
 
 typedef struct {
     const saefw_model *model; /* borrowed: must outlive the source */

@@ -57,15 +57,15 @@ static int snapshot_has(const char *snap, char files[MAX_FILES][PATH_MAX], int n
 static int from_cache(const char *folder, char files[MAX_FILES][PATH_MAX], int nf, char *snap, size_t sn) {
     char p[PATH_MAX];
     if (saefw_hf_main_snapshot(folder, snap, sn) == 0 && snapshot_has(snap, files, nf)) return 0;
-    snprintf(p, sizeof p, "%s/snapshots", folder);
+    /* A path that does not fit names no snapshot of ours. */
+    if (saefw_pathf(p, sizeof p, NULL, 0, "%s/snapshots", folder) != 0) return -1;
     DIR *d = opendir(p);
     if (!d) return -1;
     struct dirent *e;
     int found = -1;
     while (found != 0 && (e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        snprintf(snap, sn, "%s/%s", p, e->d_name);
-        if (snapshot_has(snap, files, nf)) found = 0;
+        if (saefw_pathf(snap, sn, NULL, 0, "%s/%s", p, e->d_name) == 0 && snapshot_has(snap, files, nf)) found = 0;
     }
     closedir(d);
     return found;

@@ -26,6 +26,7 @@ typedef struct {
     saefw_synthetic_opts o;
     float *features; /* [n_features, d_in] unit rows */
     saefw_rng train_rng, eval_rng;
+    saefw_rng mark_rng; /* train_rng at the latest mark */
 } synthetic;
 
 static void synth_rows(synthetic *sy, saefw_rng *rng, float *out, int64_t n) {
@@ -64,6 +65,18 @@ static int synth_load(saefw_source *s, saefw_state_in *st, char *err, size_t err
     synthetic *sy = s->impl;
     if (saefw_state_get_rng(st, "train_rng", &sy->train_rng, err, errlen) != 0) return -1;
     return saefw_state_get_rng(st, "eval_rng", &sy->eval_rng, err, errlen);
+}
+
+static int synth_mark(saefw_source *s, char *err, size_t errlen) {
+    synthetic *sy = s->impl;
+    sy->mark_rng = sy->train_rng;
+    return 0;
+}
+
+static int synth_rewind(saefw_source *s, char *err, size_t errlen) {
+    synthetic *sy = s->impl;
+    sy->train_rng = sy->mark_rng;
+    return 0;
 }
 
 static void synth_destroy(saefw_source *s) {
@@ -112,6 +125,8 @@ int saefw_source_synthetic(const saefw_synthetic_opts *o, saefw_source **out, ch
     s->destroy = synth_destroy;
     s->save_state = synth_save;
     s->load_state = synth_load;
+    s->mark = synth_mark;
+    s->rewind = synth_rewind;
     s->impl = sy;
     *out = s;
     return 0;
@@ -158,6 +173,7 @@ typedef struct {
     const saefw_tensor_info *t;
     char *path;
     int64_t rows, cursor, wraps;
+    int64_t mark_cursor, mark_wraps; /* cursor and wraps at the latest mark */
     saefw_rng eval_rng;
     /* Rows are read with pread, not through the mapping: a file cut short during the run is then an
      * error naming it instead of a SIGBUS. fd is -1 when the tensor was copied out of the mapping. */
@@ -229,9 +245,25 @@ static int file_next(saefw_source *s, float *out, int64_t n, char *err, size_t e
 static int file_sample(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
     file_source *fs = s->impl;
     for (int64_t r = 0; r < n; r++) {
+        /* One read per row: an evaluation batch of a model batch's size (65536 rows) is seconds. */
+        if (r % 4096 == 0 && saefw_stop_requested()) return saefw_stop_errf(err, errlen, "evaluation rows");
         int64_t row = (int64_t)saefw_rng_below(&fs->eval_rng, (uint64_t)fs->rows);
         if (file_rows(s, fs, row, 1, out + r * s->d_act, err, errlen) != 0) return -1;
     }
+    return 0;
+}
+
+static int file_mark(saefw_source *s, char *err, size_t errlen) {
+    file_source *fs = s->impl;
+    fs->mark_cursor = fs->cursor;
+    fs->mark_wraps = fs->wraps;
+    return 0;
+}
+
+static int file_rewind(saefw_source *s, char *err, size_t errlen) {
+    file_source *fs = s->impl;
+    fs->cursor = fs->mark_cursor;
+    fs->wraps = fs->mark_wraps;
     return 0;
 }
 
@@ -335,6 +367,8 @@ int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint
     s->destroy = file_destroy;
     s->save_state = file_save;
     s->load_state = file_load;
+    s->mark = file_mark;
+    s->rewind = file_rewind;
     s->impl = fs;
     *out = s;
     return 0;
@@ -414,18 +448,20 @@ size_t saefw_buffer_bytes(const saefw_buffer *b) {
     return (size_t)(b->rows * b->d) * (b->dtype == SAEFW_BUF_BF16 ? 2 : 4);
 }
 
-/* Fill logical rows [from, to) from the source, in chunks of stage_rows. The first fill stops at a
- * SIGINT or SIGTERM (nothing is lost); a refill during training completes, since a buffer stopped
- * halfway could not be saved consistently. */
+/* Fill logical rows [from, to) from the source, in pieces of stage_rows. With `stoppable`, a SIGINT
+ * or SIGTERM before a piece returns 1 with err saying how far it got (the rows written stay). */
 static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, int stoppable, char *err, size_t errlen) {
+    const char *what = b->first ? "buffer fill" : "buffer refill";
     for (int64_t r = from; r < to;) {
         int64_t n = to - r < b->stage_rows ? to - r : b->stage_rows;
         if (stoppable && saefw_stop_requested()) {
-            char what[96];
-            snprintf(what, sizeof what, "buffer fill (%lld of %lld rows made)", (long long)r, (long long)to);
-            return saefw_stop_errf(err, errlen, what);
+            char msg[96];
+            snprintf(msg, sizeof msg, "%s (%lld of %lld rows made)", what, (long long)(r - from), (long long)(to - from));
+            saefw_stop_errf(err, errlen, msg);
+            return 1;
         }
         if (b->src->next(b->src, b->stage, n, err, errlen) != 0) return -1;
+        if (!b->first) saefw_slow_point("refill");
         for (int64_t k = 0; k < n; k++) {
             int64_t phys = b->perm[r + k];
             const float *src = b->stage + k * b->d;
@@ -441,12 +477,23 @@ static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, int stoppable,
     return 0;
 }
 
+/* 0: filled and reshuffled; 1: stopped by a signal (a refill: with the source rewound); -1: error. */
 static int buffer_refresh(saefw_buffer *b, char *err, size_t errlen) {
     const double t0 = saefw_now();
     const int first = b->first;
     int64_t upto = first ? b->rows : b->rows / 2;
+    /* A refill may stop only where the source can go back to where it began. */
+    const int stoppable = first || (b->src->mark && b->src->rewind);
+    if (!first && stoppable && b->src->mark(b->src, err, errlen) != 0) return -1;
+    int rc = buffer_fill(b, 0, upto, stoppable, err, errlen);
+    if (rc == 1 && !first) {
+        /* The rows written had been read or were to be dropped (saefw_buffer_next puts its batch
+         * back); what the source gave for them it gives again. */
+        char rerr[256];
+        if (b->src->rewind(b->src, rerr, sizeof rerr) != 0) return saefw_errf(err, errlen, "buffer refill: %s", rerr);
+    }
+    if (rc != 0) return rc;
     b->first = 0;
-    if (buffer_fill(b, 0, upto, first, err, errlen) != 0) return -1;
     if (b->src->idle) b->src->idle(b->src);
     saefw_fault_point("refill");
     saefw_rng_shuffle(&b->rng, b->perm, b->rows);
@@ -460,6 +507,12 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
                       uint64_t seed, char *err, size_t errlen) {
     memset(b, 0, sizeof *b);
     if (batch <= 0) return saefw_errf(err, errlen, "buffer: batch_size must be positive");
+    /* Sizes whose bytes (8 per value at most, with the order) would not fit in an int64 cannot be meant. */
+    const int64_t most = (INT64_MAX / 8) / (src->d_act > 0 ? src->d_act : 1);
+    if (batch > most || (!src->in_order && rows > most))
+        return saefw_errf(err, errlen, "buffer: %s = %lld rows of width %lld is more than memory can address",
+                          batch > most ? "batch_size" : "size", (long long)(batch > most ? batch : rows),
+                          (long long)src->d_act);
     if (src->in_order) {
         b->src = src;
         b->rows = batch;
@@ -503,7 +556,7 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
     for (int64_t i = 0; i < rows; i++) b->perm[i] = i;
     saefw_stop_scope stop;
     saefw_stop_begin(&stop);
-    int rc = buffer_refresh(b, err, errlen);
+    int rc = buffer_refresh(b, err, errlen); /* a stop here (1) ends the fill with err said */
     saefw_stop_end(&stop);
     if (rc != 0) {
         saefw_buffer_free(b);
@@ -524,8 +577,24 @@ int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen) {
         }
     }
     b->pointer += b->batch;
-    if (b->pointer > b->rows / 2 - b->batch) return buffer_refresh(b, err, errlen);
-    return 0;
+    if (b->pointer <= b->rows / 2 - b->batch) return 0;
+    int rc = buffer_refresh(b, err, errlen);
+    if (rc == 1) {
+        /* Stopped: the batch goes back to its rows, which the refill may have written over (bf16 rows
+         * round-trip exactly), and is read again by the next call. */
+        b->pointer -= b->batch;
+        for (int64_t k = 0; k < b->batch; k++) {
+            int64_t phys = b->perm[b->pointer + k];
+            const float *src = out + k * b->d;
+            if (b->dtype == SAEFW_BUF_BF16) {
+                uint16_t *dst = (uint16_t *)b->data + phys * b->d;
+                for (int64_t i = 0; i < b->d; i++) dst[i] = saefw_f32_to_bf16(src[i]);
+            } else {
+                memcpy((float *)b->data + phys * b->d, src, sizeof(float) * (size_t)b->d);
+            }
+        }
+    }
+    return rc == 0 ? 0 : -1;
 }
 
 void saefw_buffer_free(saefw_buffer *b) {

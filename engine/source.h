@@ -24,6 +24,11 @@ struct saefw_source {
      * Names are relative: the caller sets the prefix. */
     int (*save_state)(saefw_source *s, saefw_state_out *st, char *err, size_t errlen);
     int (*load_state)(saefw_source *s, saefw_state_in *st, char *err, size_t errlen);
+    /* Optional, both or neither: mark remembers the training stream's position (what next() gives
+     * next), rewind goes back to the latest mark. A buffer refill stopped by a signal rewinds, so that
+     * it leaves no trace in the stream; over a source without them a refill runs to its end. */
+    int (*mark)(saefw_source *s, char *err, size_t errlen);
+    int (*rewind)(saefw_source *s, char *err, size_t errlen);
     /* Optional: the buffer has finished filling; scratch memory may be handed back until the next call. */
     void (*idle)(saefw_source *s);
     /* Bytes the source holds at its peak beside the rows it hands out (a model's weights and forward
@@ -72,7 +77,10 @@ typedef enum { SAEFW_BUF_F32 = 0, SAEFW_BUF_BF16 = 1 } saefw_buffer_dtype;
 
 /* The seed's buffer: `rows` rows, filled completely at first; each batch is read in order; once
  * more than half minus a batch is used, the first half is refilled from the source and the whole
- * buffer is reshuffled. */
+ * buffer is reshuffled. A SIGINT or SIGTERM (util.h's stop flag) stops a refill within one piece of
+ * it over a source with mark and rewind: the source goes back to where the refill began and the
+ * buffer to where it was before the batch that started the refill (the rows the refill wrote were
+ * all due to be replaced), as if that call never happened. */
 typedef struct {
     saefw_source *src;
     int64_t rows, d, batch;
@@ -94,7 +102,8 @@ typedef struct {
  * `batch` rows, in float32, and `rows`, dtype and seed are not used. */
 int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t batch, saefw_buffer_dtype dtype,
                       uint64_t seed, char *err, size_t errlen);
-/* Next batch [batch, d] as float32. */
+/* Next batch [batch, d] as float32. A refill stopped by a signal returns -1 with the stop in err and
+ * leaves buffer and source as they were before this call. */
 int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen);
 void saefw_buffer_free(saefw_buffer *b);
 /* The buffer's position, order, generator and contents (by reference: write st before the next batch). */

@@ -816,16 +816,14 @@ int saefw_tokenizer_resolve(const char *name, char *path, size_t n, char *err, s
     /* refs/main's snapshot first, else any snapshot that has the file. */
     char p[PATH_MAX], snap[PATH_MAX];
     if (saefw_hf_main_snapshot(folder, snap, sizeof snap) == 0) {
-        snprintf(path, n, "%s/tokenizer.json", snap);
-        if (file_exists(path)) return 0;
+        if (saefw_pathf(path, n, NULL, 0, "%s/tokenizer.json", snap) == 0 && file_exists(path)) return 0;
     }
-    snprintf(p, sizeof p, "%s/snapshots", folder);
-    DIR *d = opendir(p);
+    /* A path that does not fit names no snapshot of ours. */
+    DIR *d = saefw_pathf(p, sizeof p, NULL, 0, "%s/snapshots", folder) == 0 ? opendir(p) : NULL;
     struct dirent *e;
     while (d && (e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        snprintf(path, n, "%s/%s/tokenizer.json", p, e->d_name);
-        if (file_exists(path)) {
+        if (saefw_pathf(path, n, NULL, 0, "%s/%s/tokenizer.json", p, e->d_name) == 0 && file_exists(path)) {
             closedir(d);
             return 0;
         }

@@ -182,6 +182,16 @@ int64_t saefw_tokens_seq_len(const saefw_tokens *t) { return t->seq_len; }
 int64_t saefw_tokens_pass(const saefw_tokens *t) { return t->pass; }
 int64_t saefw_tokens_cursor(const saefw_tokens *t) { return t->cursor; }
 
+int saefw_tokens_seek(saefw_tokens *t, int64_t pass, int64_t cursor, char *err, size_t errlen) {
+    if (pass < 0 || cursor < 0 || cursor > t->rows)
+        return saefw_errf(err, errlen, "%s: no stream position pass %lld, row %lld", t->path, (long long)pass,
+                          (long long)cursor);
+    t->pass = pass;
+    t->cursor = cursor;
+    new_key(t);
+    return 0;
+}
+
 void saefw_tokens_set_log(saefw_tokens *t, void (*log)(void *ud, const char *msg), void *ud) {
     t->log = log;
     t->log_ud = ud;

@@ -30,6 +30,9 @@ int64_t saefw_tokens_rows(const saefw_tokens *t);
 int64_t saefw_tokens_seq_len(const saefw_tokens *t);
 int64_t saefw_tokens_pass(const saefw_tokens *t); /* 0 on the first pass over the data */
 int64_t saefw_tokens_cursor(const saefw_tokens *t);
+/* Put the training stream back at a position that saefw_tokens_pass and saefw_tokens_cursor gave
+ * (the shuffle of that pass comes back with it). */
+int saefw_tokens_seek(saefw_tokens *t, int64_t pass, int64_t cursor, char *err, size_t errlen);
 
 /* Copy row r (in file order, before shuffling) into out [seq_len], applying BOS. Checks ids >= 0 and
  * < max_id when max_id > 0. */

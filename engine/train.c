@@ -232,7 +232,9 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
 }
 
 static int host_freqs(saefw_run *run, int64_t n_batches, float *freq, char *err, size_t errlen) {
-    if (n_batches <= 0) return saefw_errf(err, errlen, "feature_frequencies: n_batches must be positive");
+    if (n_batches <= 0 || n_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_errf(err, errlen, "feature_frequencies: n_batches = %lld is not in 1 .. %d", (long long)n_batches,
+                          SAEFW_MAX_EVAL_BATCHES);
     int64_t rows = n_batches * saefw_eval_batch_rows(run->eval_src, run->work.cap);
     return saefw_feature_frequencies(run->sae, run->eval_src, rows, run->work.cap, freq, err, errlen);
 }
@@ -765,9 +767,10 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
     memcpy(run->sae->params, saved.params, sizeof(float) * saved.n_total);
     saefw_sae_free(&saved);
 
-    snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, dir);
     saefw_state_in st;
-    if (saefw_state_open(path, &st, err, errlen) != 0) return -1;
+    if (saefw_pathf(path, sizeof path, err, errlen, "%s/" SAEFW_TRAIN_STATE, dir) != 0 ||
+        saefw_state_open(path, &st, err, errlen) != 0)
+        return -1;
     int64_t next = -1, tokens = 0, offset = 0, lines = -1;
     double elapsed = 0;
     int n_changes = 0;
@@ -881,8 +884,9 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     const saefw_train_opts *o = run->o;
     if (!o->run_dir) return 0;
     char dir[PATH_MAX];
-    if (name) snprintf(dir, sizeof dir, "%s/%s", o->run_dir, name);
-    else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
+    if ((name ? saefw_pathf(dir, sizeof dir, err, errlen, "%s/%s", o->run_dir, name)
+              : saefw_pathf(dir, sizeof dir, err, errlen, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir))) != 0)
+        return -1;
     cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
@@ -1112,6 +1116,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         run.n_extra = 0;
         int got = buf ? saefw_buffer_next(buf, run.batch, err, errlen)
                       : o->next_batch(o->next_batch_ud, run.batch, B, err, errlen);
+        if (got != 0 && buf && saefw_stop_requested()) break; /* a refill left due: the steps done are saved below */
         if (got != 0) goto done;
         saefw_sae_stats st;
         saefw_sae_forward(sae, &run.work, run.batch, B, &st);
@@ -1201,13 +1206,19 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         res->interrupted = saefw_stop_requested();
         res->stop = SAEFW_STOP_SIGNAL;
         char cerr[512] = "";
-        if (save_checkpoint(&run, NULL, &m, res->steps_done, 1, res, cerr, sizeof cerr) != 0)
-            saefw_errf(err, errlen, "interrupted by signal %d at step %lld; saving a checkpoint failed: %s",
-                       (int)saefw_stop_requested(), (long long)res->steps_done, cerr);
+        const char *sig = saefw_stop_requested() == SIGINT ? "SIGINT" : "SIGTERM";
+        int saved = save_checkpoint(&run, NULL, &m, res->steps_done, 1, res, cerr, sizeof cerr) == 0;
+        /* The record ends saying why; a resume cuts the file back to its checkpoint, this line included. */
+        if (mf && (fprintf(mf, "{\"event\":\"interrupted\",\"step\":%lld,\"signal\":\"%s\",\"checkpoint_saved\":%s}\n",
+                           (long long)res->steps_done, sig, saved && o->run_dir ? "true" : "false") < 0 ||
+                   fflush(mf) != 0))
+            fprintf(stderr, "warning: metrics.jsonl: cannot record the interruption: %s\n", strerror(errno));
+        if (!saved)
+            saefw_errf(err, errlen, "interrupted by %s at step %lld; saving a checkpoint failed: %s", sig,
+                       (long long)res->steps_done, cerr);
         else
-            saefw_errf(err, errlen, "interrupted by %s after %lld steps; checkpoint saved to %s",
-                       saefw_stop_requested() == SIGINT ? "SIGINT" : "SIGTERM", (long long)res->steps_done,
-                       o->run_dir ? res->last_checkpoint : "(no run folder)");
+            saefw_errf(err, errlen, "interrupted by %s after %lld steps; checkpoint saved to %s", sig,
+                       (long long)res->steps_done, o->run_dir ? res->last_checkpoint : "(no run folder)");
         goto done;
     }
 

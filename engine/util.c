@@ -36,6 +36,16 @@ int saefw_err_prefix(char *err, size_t errlen, const char *fmt, ...) {
     return -1;
 }
 
+int saefw_pathf(char *buf, size_t n, char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+    if (k >= 0 && (size_t)k < n) return 0;
+    if (k < 0) return saefw_errf(err, errlen, "cannot format a path from '%.200s'", fmt);
+    return saefw_errf(err, errlen, "path too long (%d bytes, at most %zu): %.200s...", k, n ? n - 1 : 0, buf);
+}
+
 void *saefw_malloc(size_t n, char *err, size_t errlen) {
     void *p = malloc(n ? n : 1);
     if (!p) saefw_errf(err, errlen, "out of memory allocating %zu bytes", n);
@@ -204,6 +214,23 @@ void saefw_fault_point(const char *name) {
     size_t n = strlen(name);
     if (strncmp(spec, name, n) != 0 || spec[n] != ':') return;
     if (++count == atol(spec + n + 1)) raise(SIGKILL);
+}
+
+void saefw_slow_point(const char *name) {
+    static const char *spec = NULL;
+    static int checked = 0;
+    if (!checked) {
+        spec = getenv("SAEFW_SLOW");
+        checked = 1;
+    }
+    if (!spec) return;
+    size_t n = strlen(name);
+    if (strncmp(spec, name, n) != 0 || spec[n] != ':') return;
+    long ms = atol(spec + n + 1);
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    /* The whole time even through a signal, as a forward would take it. */
+    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }
 
 /* ---- the stop flag ---- */

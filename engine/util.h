@@ -20,6 +20,10 @@ int saefw_errf(char *err, size_t errlen, const char *fmt, ...) SAEFW_PRINTF(3, 4
 /* Prefix an existing message in err with "prefix: " (truncating if needed); returns -1. */
 int saefw_err_prefix(char *err, size_t errlen, const char *fmt, ...) SAEFW_PRINTF(3, 4);
 
+/* Format a path or name into buf [n]. A result that does not fit is an error naming its start
+ * (a cut path would name another file), never a silent cut: returns 0, or -1 with err. */
+int saefw_pathf(char *buf, size_t n, char *err, size_t errlen, const char *fmt, ...) SAEFW_PRINTF(5, 6);
+
 /* Allocation that reports failure into err; returns NULL on failure. */
 void *saefw_malloc(size_t n, char *err, size_t errlen);
 void *saefw_calloc(size_t count, size_t size, char *err, size_t errlen);
@@ -54,6 +58,9 @@ double saefw_now(void);
 /* Crash-consistency testing: when the environment has SAEFW_FAULT=name:N, the Nth call of
  * saefw_fault_point(name) kills the process with SIGKILL, as a power cut would. No effect otherwise. */
 void saefw_fault_point(const char *name);
+/* Testing long work: when the environment has SAEFW_SLOW=name:MS, each call of saefw_slow_point(name)
+ * sleeps MS milliseconds (so a test can stand in for a large model's forward). No effect otherwise. */
+void saefw_slow_point(const char *name);
 
 /* The stop flag: SIGINT or SIGTERM while a scope is open sets it (to the signal's number), and every
  * long loop (training, evaluation, frequencies, buffer fill, feature analysis) checks it and stops

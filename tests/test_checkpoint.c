@@ -65,7 +65,7 @@ int main(void) {
     saefw_sae_free(&b);
     CHECK(saefw_checkpoint_next_version(tmp) == 1, "next version %d", saefw_checkpoint_next_version(tmp));
     char listing[4096];
-    snprintf(path, sizeof path, "ls -A '%s' > '%s/../ls.txt'", tmp, tmp);
+    T_FMT(path, "ls -A '%s' > '%s/../ls.txt'", tmp, tmp);
     REQUIRE(system(path) == 0, "ls");
     snprintf(path, sizeof path, "%s/../ls.txt", tmp);
     FILE *f = fopen(path, "r");

@@ -159,8 +159,7 @@ int main(void) {
         char hub[2048], snap[2300], cmd[8192], toks[2100];
         snprintf(hub, sizeof hub, "%s/hfhome/hub/models--NeelNanda--GELU_1L512W_C4_Code", tmp);
         snprintf(snap, sizeof snap, "%s/snapshots/0123abcd", hub);
-        snprintf(cmd, sizeof cmd,
-                 "mkdir -p '%s/refs' '%s' && printf 0123abcd > '%s/refs/main' && cp fixtures/model/config.json '%s/' && "
+        T_FMT(cmd, "mkdir -p '%s/refs' '%s' && printf 0123abcd > '%s/refs/main' && cp fixtures/model/config.json '%s/' && "
                  "cp fixtures/model/model.pth '%s/model_final.pth'",
                  hub, snap, hub, snap, snap);
         REQUIRE(system(cmd) == 0, "fake cache");

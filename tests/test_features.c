@@ -494,9 +494,7 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     /* the same from Lua */
     snprintf(p, sizeof p, "%s/features.lua", tmp);
     char script[4096];
-    snprintf(
-        script, sizeof script,
-        "local saefw = require 'saefw'\n"
+    T_FMT(script, "local saefw = require 'saefw'\n"
         "local r = saefw.features { sae = '%s', n_tokens = 2048, top_k = 4 }\n"
         "local f = r.features[1]\n"
         "print(string.format('lua: %%d features, %%d tokens, %%d examples, tokenizer %%s, hist %%d', #r.features,\n"

@@ -39,7 +39,7 @@ int main(void) {
             else snprintf(want_home, sizeof want_home, "%s/.cache/huggingface", strcmp(base, "/") ? base : "");
             if (state[0] == 1) snprintf(want, sizeof want, "/env/hub-cache");
             else if (state[1] == 1) snprintf(want, sizeof want, "/env/legacy-cache");
-            else snprintf(want, sizeof want, "%s/hub", want_home);
+            else T_FMT(want, "%s/hub", want_home);
             CHECK(saefw_hf_home_dir(home, sizeof home) == 0 && !strcmp(home, want_home), "case %d/%d: home %s, want %s",
                   home_set, code, home, want_home);
             CHECK(saefw_hf_cache_dir(got, sizeof got) == 0 && !strcmp(got, want), "case %d/%d: cache %s, want %s",

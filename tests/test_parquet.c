@@ -63,7 +63,7 @@ static void check_column(const char *path, saefw_parquet *pq, const cJSON *jc, i
         if (saefw_parquet_read(pq, rg, col, &b, err, sizeof err) != 0) {
             errors++;
             char want[512];
-            snprintf(want, sizeof want, "%s: row group %d, column '%s': ", path, rg, name);
+            T_FMT(want, "%s: row group %d, column '%s': ", path, rg, name);
             CHECK(expect_error, "%s", err);
             CHECK(strncmp(err, want, strlen(want)) == 0 && one_line(err) && strstr(err, "null"), "error '%s'", err);
             break;

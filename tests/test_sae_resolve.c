@@ -40,7 +40,7 @@ int main(void) {
 
     /* Hub paths, with and without hf://, to the cache snapshot refs/main names. */
     const char *specs[] = {"NeelNanda/sparse_autoencoder/25.pt", "hf://NeelNanda/sparse_autoencoder/25.pt"};
-    snprintf(want, sizeof want, "%s/25.pt", snap);
+    T_FMT(want, "%s/25.pt", snap);
     for (int i = 0; i < 2; i++) {
         CHECK(saefw_sae_resolve(specs[i], out, sizeof out, &hub, err, sizeof err) == 0, "%s: %s", specs[i], err);
         CHECK(!strcmp(out, want) && hub == 1, "%s resolved to %s", specs[i], out);
@@ -54,14 +54,14 @@ int main(void) {
 
     /* A SAELens-layout folder in a repo (as `saefw upload --path-in-repo` makes): the folder. */
     char folder[PATH_MAX + 200];
-    snprintf(folder, sizeof folder, "%s/blocks.0.mlp.hook_post", snap);
+    T_FMT(folder, "%s/blocks.0.mlp.hook_post", snap);
     REQUIRE(saefw_sae_alloc(&sae, 4, 8, 1e-3f, err, sizeof err) == 0, "%s", err);
     REQUIRE(saefw_checkpoint_save(folder, &sae, NULL, err, sizeof err) == 0, "%s", err);
     saefw_sae_free(&sae);
     CHECK(saefw_sae_resolve("NeelNanda/sparse_autoencoder/blocks.0.mlp.hook_post", out, sizeof out, &hub, err,
                             sizeof err) == 0 && !strcmp(out, folder),
           "folder: %s (%s)", out, err);
-    snprintf(want, sizeof want, "%s/sae_weights.safetensors", folder);
+    T_FMT(want, "%s/sae_weights.safetensors", folder);
     CHECK(saefw_sae_resolve("hf://NeelNanda/sparse_autoencoder/blocks.0.mlp.hook_post/sae_weights.safetensors", out,
                             sizeof out, &hub, err, sizeof err) == 0 && !strcmp(out, want),
           "safetensors file: %s (%s)", out, err);

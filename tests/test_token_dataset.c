@@ -180,7 +180,7 @@ int main(void) {
     /* Bad input: the file, row group and column are named; nothing is left behind. */
     {
         char notpq[1024];
-        snprintf(notpq, sizeof notpq, "%s/fake.parquet", tmp);
+        T_FMT(notpq, "%s/fake.parquet", tmp);
         FILE *f = fopen(notpq, "w");
         REQUIRE(f && fputs("tokens,1,2,3\n", f) >= 0 && fclose(f) == 0, "cannot write %s", notpq);
         const char *s_not[1] = {notpq};
@@ -202,8 +202,8 @@ int main(void) {
     /* The cache: converted once, found again, and a new file when a shard changes. */
     {
         char cache[1024], dsdir[1024], shard[1200], cmd[4096];
-        snprintf(cache, sizeof cache, "%s/cache", tmp);
-        snprintf(dsdir, sizeof dsdir, "%s/ds", tmp);
+        T_FMT(cache, "%s/cache", tmp);
+        T_FMT(dsdir, "%s/ds", tmp);
         snprintf(shard, sizeof shard, "%s/train-00000.parquet", dsdir);
         snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp " FIX "seedlike_dict.parquet '%s'", dsdir, shard);
         REQUIRE(system(cmd) == 0, "%s", cmd);
@@ -238,10 +238,9 @@ int main(void) {
     {
         char hub[1024], snap[1200], cmd[4096], cache[4096];
         const char *commit = "0123456789abcdef0123456789abcdef01234567";
-        snprintf(hub, sizeof hub, "%s/hub", tmp);
+        T_FMT(hub, "%s/hub", tmp);
         snprintf(snap, sizeof snap, "%s/datasets--saefw--tiny-tokens/snapshots/%s", hub, commit);
-        snprintf(cmd, sizeof cmd,
-                 "mkdir -p '%s/data' '%s/datasets--saefw--tiny-tokens/refs' && cp fixtures/dataset/data/*.parquet '%s/data/' "
+        T_FMT(cmd, "mkdir -p '%s/data' '%s/datasets--saefw--tiny-tokens/refs' && cp fixtures/dataset/data/*.parquet '%s/data/' "
                  "&& printf %s > '%s/datasets--saefw--tiny-tokens/refs/main'",
                  snap, hub, snap, commit, hub);
         REQUIRE(system(cmd) == 0, "%s", cmd);

@@ -193,8 +193,8 @@ int main(void) {
 
     /* docs.jsonl: one object per text, the text in "text", another field first; and its .zst. */
     char path[1024], zpath[1024];
-    snprintf(path, sizeof path, "%s/docs.jsonl", tmp);
-    snprintf(zpath, sizeof zpath, "%s/docs.jsonl.zst", tmp);
+    T_FMT(path, "%s/docs.jsonl", tmp);
+    T_FMT(zpath, "%s/docs.jsonl.zst", tmp);
     char *jsonl = NULL;
     size_t jl = 0;
     for (size_t i = 0; i < N_DOCS; i++) {

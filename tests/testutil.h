@@ -35,6 +35,11 @@ static int t_failures = 0;
         }                                                                    \
     } while (0)
 
+/* snprintf into an array that must hold the whole result: a cut path or command would quietly test
+ * something else. */
+#define T_FMT(buf, ...) \
+    REQUIRE(snprintf((buf), sizeof(buf), __VA_ARGS__) < (int)sizeof(buf), "%s: result longer than %zu bytes", #buf, sizeof(buf))
+
 /* Run a shell command (fmt, ap: printf-style) with stderr merged into buf [cap]; returns the exit
  * status, or 128 + the signal that ended it. */
 static inline int t_vrun(char *buf, size_t cap, const char *fmt, va_list ap) {

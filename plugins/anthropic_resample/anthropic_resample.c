@@ -55,12 +55,19 @@ static int rs_create(const saefw_host *host, saefw_run *run, const saefw_opts *o
     double times = host->opt_number(opts, "times"), window = host->opt_number(opts, "window");
     double samples = host->opt_number(opts, "samples"), chunk = host->opt_number(opts, "chunk");
     double scale = host->opt_number(opts, "encoder_scale");
-    if (!(every >= 1)) return saefw_fail(err, errlen, "option 'every' must be >= 1, got %g", every);
-    if (!(start >= 0)) return saefw_fail(err, errlen, "option 'start' must be >= 0 (0: the same as every), got %g", start);
-    if (!(times >= 0)) return saefw_fail(err, errlen, "option 'times' must be >= 0 (0: no limit), got %g", times);
-    if (!(window >= 0)) return saefw_fail(err, errlen, "option 'window' must be >= 0 (0: the same as every), got %g", window);
-    if (!(samples >= 1)) return saefw_fail(err, errlen, "option 'samples' must be >= 1, got %g", samples);
-    if (!(chunk >= 1)) return saefw_fail(err, errlen, "option 'chunk' must be >= 1, got %g", chunk);
+    /* Step counts past any run's length are kept inside int64; samples at 1000 x the paper's 819200. */
+    if (!(every >= 1 && every <= 1e15))
+        return saefw_fail(err, errlen, "option 'every' must be >= 1 and <= 1e15, got %g", every);
+    if (!(start >= 0 && start <= 1e15))
+        return saefw_fail(err, errlen, "option 'start' must be >= 0 and <= 1e15 (0: the same as every), got %g", start);
+    if (!(times >= 0 && times <= 1e15))
+        return saefw_fail(err, errlen, "option 'times' must be >= 0 and <= 1e15 (0: no limit), got %g", times);
+    if (!(window >= 0 && window <= 1e15))
+        return saefw_fail(err, errlen, "option 'window' must be >= 0 and <= 1e15 (0: the same as every), got %g", window);
+    if (!(samples >= 1 && samples <= 1e9))
+        return saefw_fail(err, errlen, "option 'samples' must be >= 1 and <= 1e9, got %g", samples);
+    if (!(chunk >= 1 && chunk <= 1e9))
+        return saefw_fail(err, errlen, "option 'chunk' must be >= 1 and <= 1e9, got %g", chunk);
     if (!(scale > 0)) return saefw_fail(err, errlen, "option 'encoder_scale' must be > 0, got %g", scale);
 
     resampler *r = calloc(1, sizeof *r);

@@ -34,9 +34,12 @@ static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opt
                          size_t errlen) {
     double every = host->opt_number(opts, "every"), threshold = host->opt_number(opts, "threshold");
     double batches = host->opt_number(opts, "batches");
-    if (!(every >= 1)) return saefw_fail(err, errlen, "option 'every' must be >= 1, got %g", every);
+    /* The engine's bound on evaluation batches; `every` past any run's length is kept inside int64. */
+    if (!(every >= 1 && every <= 1e15))
+        return saefw_fail(err, errlen, "option 'every' must be >= 1 and <= 1e15, got %g", every);
     if (!(threshold >= 0)) return saefw_fail(err, errlen, "option 'threshold' must be >= 0, got %g", threshold);
-    if (!(batches >= 1)) return saefw_fail(err, errlen, "option 'batches' must be >= 1, got %g", batches);
+    if (!(batches >= 1 && batches <= 10000))
+        return saefw_fail(err, errlen, "option 'batches' must be >= 1 and <= 10000, got %g", batches);
     reinit *r = calloc(1, sizeof *r);
     if (!r) return saefw_fail(err, errlen, "out of memory");
     r->host = host;

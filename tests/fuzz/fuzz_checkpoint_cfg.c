@@ -43,8 +43,9 @@ static void setup(void) {
     char seed_dir[1024];
     fuzz_path(seed_dir, sizeof seed_dir, "seed");
     if (mkdir(seed_dir, 0755) != 0) fuzz_fail("cannot create %s", seed_dir);
-    snprintf(seed_pt, sizeof seed_pt, "%s/3.pt", seed_dir);
-    snprintf(seed_cfg, sizeof seed_cfg, "%s/3_cfg.json", seed_dir);
+    if (snprintf(seed_pt, sizeof seed_pt, "%s/3.pt", seed_dir) >= (int)sizeof seed_pt ||
+        snprintf(seed_cfg, sizeof seed_cfg, "%s/3_cfg.json", seed_dir) >= (int)sizeof seed_cfg)
+        fuzz_fail("path too long: %s", seed_dir);
     copy_file(SAEFW_FUZZ_FIXTURES "/sae/seed_ckpt/3.pt", seed_pt);
 }
 
