@@ -2,6 +2,7 @@
  * on_eval, on_end), saefw.find_resumable and saefw.resume_dir. */
 #include <lauxlib.h>
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "lua_util.h"
 #include "model.h"
 #include "rng.h"
+#include "run.h"
 #include "train.h"
 #include "util.h"
 
@@ -93,57 +95,49 @@ static int on_event(void *vud, saefw_event event, const saefw_metrics *m, char *
 }
 
 static int l_train(lua_State *L) {
-    static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
-                                       "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
-                                       "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "resume",
-                                       "allow_change", NULL};
+    static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "num_tokens", "optimizer", "plugins",
+                                       "log_every", "eval_every", "checkpoint_every", "freq_batches", "run_dir",
+                                       "script", "model_name", "config", "seed", "progress", "on_log", "on_eval",
+                                       "on_end", "recons_batches", "resume_from", "resume", "allow_change", NULL};
     const char *fn = "saefw.train";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
-    saefw_train_opts o;
-    memset(&o, 0, sizeof o);
+    saefw_run_cfg c;
+    saefw_run_cfg_init(&c);
     lua_getfield(L, 1, "sae");
-    o.sae = &saefw_lua_check_lsae(L, -1)->sae;
+    c.sae = &saefw_lua_check_lsae(L, -1)->sae;
     lua_getfield(L, 1, "buffer");
-    o.buffer = saefw_lua_check_buffer(L, -1);
-    /* Evaluators: MMCS when the evaluation draws come with ground truth (a synthetic source), the
-     * reconstruction score when the buffer runs on the model host. */
-    saefw_evaluator *evs[2];
-    int n_evs = 0;
-    saefw_recons_evaluator rev;
-    saefw_mmcs_evaluator mev;
+    c.buffer = saefw_lua_check_buffer(L, -1);
+    /* A buffer on the model host: the run object adds the reconstruction score and cfg.json's fields. */
+    saefw_run_model rm;
+    memset(&rm, 0, sizeof rm);
     lua_getiuservalue(L, -1, 1);
     lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
-    int64_t recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
-    if (recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)recons_batches, SAEFW_MAX_EVAL_BATCHES);
-    const int with_recons = bsrc && bsrc->on_model && recons_batches > 0;
-    if (with_recons) {
+    c.recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
+    if (c.recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)c.recons_batches, SAEFW_MAX_EVAL_BATCHES);
+    if (bsrc && bsrc->on_model) {
         lua_getiuservalue(L, -1, 1);
-        const saefw_model *rm = saefw_lua_check_lmodel(L, -1)->m;
+        rm.model = saefw_lua_check_lmodel(L, -1)->m;
         lua_getiuservalue(L, -2, 2);
-        saefw_recons_evaluator_init(&rev, rm, saefw_lua_check_ltokens(L, -1)->t, bsrc->hook, recons_batches, bsrc->model_batch,
-                                    (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0));
+        rm.tokens = saefw_lua_check_ltokens(L, -1)->t;
+        rm.hook = bsrc->hook;
+        rm.model_batch = bsrc->model_batch;
+        rm.model_name = saefw_lua_opt_string(L, 1, fn, "model_name", NULL);
+        c.on_model = &rm;
     }
-    if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) o.eval_source = saefw_lua_check_source(L, -1);
-    char eerr[256];
-    if (saefw_mmcs_evaluator_init(&mev, o.eval_source ? o.eval_source : o.buffer->src, eerr, sizeof eerr) == 0)
-        evs[n_evs++] = &mev.ev;
-    if (with_recons) evs[n_evs++] = &rev.ev;
-    o.evaluators = evs;
-    o.n_evaluators = n_evs;
-    o.steps = saefw_lua_req_int(L, 1, fn, "steps", 1);
+    if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) c.eval_source = saefw_lua_check_source(L, -1);
+    if (saefw_lua_has_field(L, 1, "steps")) c.steps = saefw_lua_opt_int(L, 1, fn, "steps", 0, 1);
+    if (lua_getfield(L, 1, "num_tokens") != LUA_TNIL) c.num_tokens = luaL_checknumber(L, -1);
     if (lua_getfield(L, 1, "optimizer") == LUA_TNIL) return saefw_lua_error(L, "%s: field 'optimizer' is required", fn);
     lplugin *op = saefw_lua_check_plugin(L, -1);
-    o.optimizer.plugin = op->lp;
-    o.optimizer.opts = op->opts;
-    o.optimizer.self = op->is_lua ? &((llua_plugin *)op)->st : NULL;
-    int n_plugins = 0;
-    saefw_plugin_use *uses = NULL;
+    c.optimizer.plugin = op->lp;
+    c.optimizer.opts = op->opts;
+    c.optimizer.self = op->is_lua ? &((llua_plugin *)op)->st : NULL;
     if (lua_getfield(L, 1, "plugins") != LUA_TNIL) {
         if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'plugins' must be a list of plugins", fn);
         int t = lua_gettop(L);
-        n_plugins = (int)lua_rawlen(L, t);
-        uses = lua_newuserdatauv(L, sizeof(saefw_plugin_use) * (size_t)(n_plugins + 1), 0);
+        int n_plugins = (int)lua_rawlen(L, t);
+        saefw_plugin_use *uses = lua_newuserdatauv(L, sizeof(saefw_plugin_use) * (size_t)(n_plugins + 1), 0);
         for (int i = 0; i < n_plugins; i++) {
             lua_rawgeti(L, t, i + 1);
             lplugin *p = saefw_lua_check_plugin(L, -1);
@@ -154,17 +148,20 @@ static int l_train(lua_State *L) {
             uses[i].self = p->is_lua ? &((llua_plugin *)p)->st : NULL;
             lua_pop(L, 1);
         }
+        c.plugins = uses;
+        c.n_plugins = n_plugins;
     }
-    o.plugins = uses;
-    o.n_plugins = n_plugins;
-    o.log_every = saefw_lua_opt_int(L, 1, fn, "log_every", 100, 0);
-    o.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
-    o.checkpoint_every = saefw_lua_opt_int(L, 1, fn, "checkpoint_every", 0, 0);
-    o.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
-    if (o.freq_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: freq_batches = %lld is more than %d", fn, (long long)o.freq_batches, SAEFW_MAX_EVAL_BATCHES);
-    o.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
-    o.resume_from = saefw_lua_opt_string(L, 1, fn, "resume_from", NULL);
-    o.resume = saefw_lua_opt_bool(L, 1, fn, "resume", 0);
+    c.log_every = saefw_lua_opt_int(L, 1, fn, "log_every", 100, 0);
+    c.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
+    c.checkpoint_every = saefw_lua_opt_int(L, 1, fn, "checkpoint_every", 0, 0);
+    c.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
+    if (c.freq_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: freq_batches = %lld is more than %d", fn, (long long)c.freq_batches, SAEFW_MAX_EVAL_BATCHES);
+    /* run_dir = false: no run folder; absent: the run object's default one. */
+    if (lua_getfield(L, 1, "run_dir") == LUA_TBOOLEAN && !lua_toboolean(L, -1)) c.no_run_dir = 1;
+    else c.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
+    c.script = saefw_lua_opt_string(L, 1, fn, "script", NULL);
+    c.resume = saefw_lua_opt_string(L, 1, fn, "resume", NULL);
+    c.resume_from = saefw_lua_opt_string(L, 1, fn, "resume_from", NULL);
     /* allow_change: a list of names, kept alive on the stack until the run ends. */
     if (lua_getfield(L, 1, "allow_change") != LUA_TNIL) {
         if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'allow_change' must be a list of names", fn);
@@ -176,19 +173,12 @@ static int l_train(lua_State *L) {
             names[i] = lua_tostring(L, -1);
             lua_rawseti(L, t, i + 1); /* the same string, left in the table that keeps it alive */
         }
-        o.allow_change = names;
-        o.n_allow_change = n;
+        c.allow_change = names;
+        c.n_allow_change = n;
     }
-    o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
+    c.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     int progress = saefw_lua_opt_bool(L, 1, fn, "progress", 1);
-    o.progress = progress ? -1 : 0;
-    cJSON *cfg = NULL;
-    if (lua_getfield(L, 1, "config") != LUA_TNIL) {
-        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'config' must be a table", fn);
-        cfg = saefw_lua_to_json(L, -1, 0);
-    }
-    lua_pop(L, 1);
-    o.cfg = cfg;
+    c.progress = progress ? -1 : 0;
     train_ud ud;
     memset(&ud, 0, sizeof ud);
     ud.L = L;
@@ -199,17 +189,27 @@ static int l_train(lua_State *L) {
             lua_pop(L, 1);
             continue;
         }
-        if (ty != LUA_TFUNCTION) {
-            cJSON_Delete(cfg);
-            return saefw_lua_error(L, "%s: field '%s' must be a function", fn, cbs[i]);
-        }
+        if (ty != LUA_TFUNCTION) return saefw_lua_error(L, "%s: field '%s' must be a function", fn, cbs[i]);
         ud.fn_idx[i] = lua_gettop(L);
     }
-    o.on_event = on_event;
-    o.event_ud = &ud;
-    saefw_train_result res;
+    c.on_event = on_event;
+    c.event_ud = &ud;
+    cJSON *cfg = NULL;
+    if (lua_getfield(L, 1, "config") != LUA_TNIL) {
+        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'config' must be a table", fn);
+        cfg = saefw_lua_to_json(L, -1, 0);
+    }
+    lua_pop(L, 1);
+    c.config = cfg;
+    saefw_session *s;
     char err[1024] = "";
-    int rc = saefw_train(&o, &res, err, sizeof err);
+    if (saefw_session_open(&c, &s, err, sizeof err) != 0) {
+        cJSON_Delete(cfg);
+        return saefw_lua_error(L, "%s: %s", fn, err);
+    }
+    saefw_train_result res;
+    int rc = saefw_session_train(s, &res, err, sizeof err);
+    saefw_session_close(s);
     cJSON_Delete(cfg);
     if (rc != 0) {
         if (ud.lua_err[0]) {
@@ -231,11 +231,15 @@ static int l_train(lua_State *L) {
 }
 
 /* saefw.train, saefw.find_resumable, saefw.resume_dir. */
+
+
 void saefw_lua_open_train(lua_State *L, int module_index) {
     static const luaL_Reg fns[] = {
         {"train", l_train},
         {"find_resumable", l_find_resumable},
         {"resume_dir", l_resume_dir},
+        {"default_run_dir", l_default_run_dir},
+        {"parse_override", l_parse_override},
         {NULL, NULL},
     };
     lua_pushvalue(L, module_index);

@@ -123,6 +123,23 @@ typedef struct {
  * result->stop says which. */
 int saefw_train(const saefw_train_opts *o, saefw_train_result *result, char *err, size_t errlen);
 
+/* A training run driven one step at a time, for callers that interleave steps with their own work
+ * (several SAEs on one buffer, ranks). saefw_train is open, step until it returns 0, close.
+ * saefw_trainer_open checks the options, locks and prepares run_dir, creates the plugin instances and
+ * restores a resumed run; `o` and everything it points to must outlive the trainer. 0 or -1 with err
+ * (nothing is left open then). */
+typedef struct saefw_run saefw_trainer;
+int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **t, char *err, size_t errlen);
+/* One optimizer step with its log line, evaluation and checkpoint when due. Returns 1 when a step
+ * ran, 0 when there is none left to run (all steps done, SIGINT/SIGTERM, or an event callback asked
+ * to stop), -1 with err on a failure (the trainer can then only be closed). */
+int saefw_trainer_step(saefw_trainer *t, char *err, size_t errlen);
+/* Finish the run (after a signal: a checkpoint to resume from; else the final evaluation, on_end
+ * hooks, final checkpoint and end event), fill *res (may be NULL), and free the trainer. After a
+ * failed step it only frees and returns -1, leaving err as the step left it. Otherwise the same
+ * return as saefw_train. */
+int saefw_trainer_close(saefw_trainer *t, saefw_train_result *res, char *err, size_t errlen);
+
 /* Feature frequencies over `rows` rows drawn from src [d_sae], run through the SAE `chunk` rows at a time. */
 int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t rows, int64_t chunk, float *freq,
                               char *err, size_t errlen);

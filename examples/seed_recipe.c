@@ -1,22 +1,15 @@
 /* The seed recipe on the bundled tiny-1l through the core's C headers alone, no Lua: tokens -> model
  * -> blocks.0.mlp.hook_post -> shuffled bf16 buffer -> SAE trained with Adam (loaded as a plugin),
- * feature frequencies and the reconstruction score at every eval, checkpoints in a run folder. The
- * same choices as experiments/quickstart.lua, so that with the same sizes it trains the same SAE.
+ * feature frequencies and the reconstruction score at every eval, checkpoints in a run folder, the
+ * run-level policy (run folder, seed, evaluators) through the run object (run.h). The same choices as
+ * experiments/quickstart.lua, so that with the same sizes it trains the same SAE.
  *   seed_recipe RUN_DIR [STEPS [BATCH_SIZE [EVAL_EVERY]]]   (defaults 1464, 1024, 1000) */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "eval.h"
-#include "model.h"
 #include "model_resolve.h"
-#include "model_source.h"
-#include "plugin_loader.h"
-#include "rng.h"
-#include "sae.h"
-#include "source.h"
-#include "tokens.h"
-#include "train.h"
+#include "run.h"
 #include "util.h"
 
 /* The quickstart's configuration. */
@@ -48,6 +41,7 @@ static int run(const char *run_dir, int64_t steps, int64_t batch, int64_t eval_e
     saefw_loaded_plugin *adam = NULL;
     saefw_opts *opts = NULL;
     cJSON *cfg = NULL;
+    saefw_session *session = NULL;
 
     /* The model by name, as saefw.model("tiny-1l"); its config.json beside the weights. */
     if (saefw_model_resolve("tiny-1l", weights, sizeof weights, config, sizeof config, err, errlen) != 0) goto out;
@@ -75,7 +69,7 @@ static int run(const char *run_dir, int64_t steps, int64_t batch, int64_t eval_e
     /* Activations at the hook, model batches of batch / seq_len * 16 sequences, into the buffer. */
     saefw_hook hook;
     if (saefw_model_hook_resolve(model, "post", 0, &hook, err, errlen) != 0) goto out;
-    int64_t model_batch = batch / SEQ_LEN * 16 > 0 ? batch / SEQ_LEN * 16 : 1;
+    int64_t model_batch = saefw_run_model_batch(batch, SEQ_LEN);
     saefw_model_source_opts so = {model, tokens, hook, model_batch, SAEFW_DEFAULT_SEED};
     if (saefw_source_model(&so, &src, err, errlen) != 0) goto out;
     if (saefw_buffer_init(&buf, src, batch * BUFFER_MULT, batch, SAEFW_BUF_BF16, SAEFW_DEFAULT_SEED, err, errlen) != 0)
@@ -98,48 +92,44 @@ static int run(const char *run_dir, int64_t steps, int64_t batch, int64_t eval_e
         saefw_opts_set_number(opts, adam, "beta2", 0.99, err, errlen) != 0)
         goto out;
 
-    /* What every cfg.json of the run records beside the SAE's own fields. */
+    /* What every cfg.json of the run records beside the SAE's own fields and the buffer's (model_name,
+     * hook_name, context_size, ..., which the run object adds). */
     cfg = cJSON_CreateObject();
-    if (!cfg || !cJSON_AddStringToObject(cfg, "model_name", "tiny-1l") ||
-        !cJSON_AddStringToObject(cfg, "hook_name", "blocks.0.mlp.hook_post") ||
-        !cJSON_AddNumberToObject(cfg, "hook_layer", 0) || !cJSON_AddNumberToObject(cfg, "context_size", SEQ_LEN) ||
-        !cJSON_AddNumberToObject(cfg, "seed", SAEFW_DEFAULT_SEED) ||
+    if (!cfg || !cJSON_AddNumberToObject(cfg, "seed", SAEFW_DEFAULT_SEED) ||
         !cJSON_AddNumberToObject(cfg, "batch_size", (double)batch) || !cJSON_AddNumberToObject(cfg, "lr", LR) ||
         !cJSON_AddNumberToObject(cfg, "l1_coeff", L1_COEFF)) {
         saefw_errf(err, errlen, "out of memory");
         goto out;
     }
 
-    /* The reconstruction score at every eval, seeded from the run's seed as saefw.train does. */
-    saefw_recons_evaluator recons;
-    saefw_recons_evaluator_init(&recons, model, tokens, hook, RECONS_BATCHES, model_batch, SAEFW_DEFAULT_SEED);
-    saefw_evaluator *evs[1] = {&recons.ev};
-
-    saefw_train_opts o = {0};
-    o.sae = &sae;
-    o.buffer = &buf;
-    o.steps = steps;
-    o.optimizer.plugin = adam;
-    o.optimizer.opts = opts;
-    o.log_every = 100;
-    o.eval_every = eval_every;
-    o.checkpoint_every = 2000;
-    o.freq_batches = 5;
-    o.run_dir = run_dir;
-    o.cfg = cfg;
-    o.seed = SAEFW_DEFAULT_SEED;
-    o.progress = -1;
-    o.evaluators = evs;
-    o.n_evaluators = 1;
+    /* The run: the run object adds the reconstruction score (the buffer runs on the model), seeded
+     * from the run seed, and locks the run folder. */
+    saefw_run_model on_model = {model, tokens, hook, model_batch, "tiny-1l"};
+    saefw_run_cfg c;
+    saefw_run_cfg_init(&c);
+    c.sae = &sae;
+    c.buffer = &buf;
+    c.on_model = &on_model;
+    c.optimizer.plugin = adam;
+    c.optimizer.opts = opts;
+    c.steps = steps;
+    c.eval_every = eval_every;
+    c.checkpoint_every = 2000;
+    c.recons_batches = RECONS_BATCHES;
+    c.run_dir = run_dir;
+    c.config = cfg;
+    if (saefw_session_open(&c, &session, err, errlen) != 0) goto out;
     saefw_train_result res;
-    if (saefw_train(&o, &res, err, errlen) != 0) goto out;
+    if (saefw_session_train(session, &res, err, errlen) != 0) goto out;
+    const saefw_recons *recons = saefw_session_recons(session);
     printf("final: loss %.5f, L0 %.2f, explained variance %.4f, dead %.4f\n", res.last.loss, res.last.l0,
            res.last.explained_variance, res.last.frac_dead);
-    printf("reconstruction score %.4f (loss clean %.4f, with the SAE %.4f, zero-ablated %.4f)\n", recons.last.score,
-           recons.last.loss_clean, recons.last.loss_recons, recons.last.loss_zero);
+    printf("reconstruction score %.4f (loss clean %.4f, with the SAE %.4f, zero-ablated %.4f)\n", recons->score,
+           recons->loss_clean, recons->loss_recons, recons->loss_zero);
     printf("checkpoint: %s (stopped: %s)\n", res.last_checkpoint, saefw_stop_reason_name(res.stop));
     rc = 0;
 out:
+    saefw_session_close(session);
     cJSON_Delete(cfg);
     saefw_opts_free(opts);
     if (adam) saefw_plugin_unload(adam);

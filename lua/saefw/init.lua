@@ -28,32 +28,6 @@ local function sorted_keys(t)
   return ks
 end
 
-local TRUE = { ["true"] = true, ["1"] = true, yes = true, on = true }
-local FALSE = { ["false"] = true, ["0"] = true, no = true, off = true }
-
--- Parse a command-line string into the type of the default, like the seed's argument parser.
-local function parse_override(key, text, default)
-  local ty = math.type(default) or type(default)
-  if ty == "integer" then
-    local v = tonumber(text)
-    local i = v and math.tointeger(v)
-    if not i then fail(string.format("--%s: expected an integer, got '%s'", key, text)) end
-    return i
-  elseif ty == "float" then
-    local v = tonumber(text)
-    if not v then fail(string.format("--%s: expected a number, got '%s'", key, text)) end
-    return v + 0.0
-  elseif ty == "boolean" then
-    local t = text:lower()
-    if TRUE[t] then return true end
-    if FALSE[t] then return false end
-    fail(string.format("--%s: expected true or false, got '%s'", key, text))
-  elseif ty == "string" then
-    return text
-  end
-  fail(string.format("--%s: the key holds a %s, which cannot be set from the command line", key, ty))
-end
-
 --- saefw.config{defaults}: a copy of the defaults with the command line's --key value applied.
 -- An unknown key is an error listing the valid keys; a value of the wrong type names the key.
 function M.config(defaults)
@@ -65,7 +39,8 @@ function M.config(defaults)
     if defaults[key] == nil then
       fail(string.format("unknown config key '--%s' (valid keys: %s)", key, table.concat(sorted_keys(defaults), ", ")))
     end
-    cfg[key] = parse_override(key, text, defaults[key])
+    -- Read as the type of the default, like the seed's argument parser (engine/run.h).
+    cfg[key] = core.parse_override(key, text, defaults[key])
   end
   return cfg
 end
@@ -121,7 +96,8 @@ do
   Model.methods.to_str_tokens = function(m, x) return tokenizer_of(m):to_str_tokens(x) end
 end
 
--- What a buffer reads from, for cfg.json (SAELens's model_name, hook_name, ...).
+-- The model a buffer reads from, by name: the run object adds it to cfg.json (SAELens's model_name,
+-- with hook_name, context_size, ... that it takes from the buffer itself).
 local buffer_info = setmetatable({}, { __mode = "k" })
 
 --- saefw.buffer{...}: the seed's shuffling activation buffer, over a source or over the model host:
@@ -149,9 +125,7 @@ function M.buffer(t)
   local src = core.model_source { model = t.model, tokens = t.tokens, site = t.site, layer = t.layer,
                                   model_batch_size = mbs, seed = t.seed }
   local buf = core.buffer { source = src, size = t.size, batch_size = t.batch_size, dtype = t.dtype, seed = t.seed }
-  local hook_name = core.hook_name(t.site, t.layer)
-  buffer_info[buf] = { model_name = t.model.name, hook_name = hook_name,
-                       hook_layer = math.tointeger(tonumber(hook_name:match("^blocks%.(%d+)%."))), context_size = seq_len, model_batch_size = mbs }
+  buffer_info[buf] = { model_name = t.model.name }
   return buf
 end
 
@@ -165,21 +139,12 @@ local TRAIN_KEYS = {
 }
 
 local function script_name()
-  local s = arg and arg[0] or "run"
-  return (s:match("([^/]+)%.lua$") or s:match("([^/]+)$") or "run")
+  return arg and arg[0] or nil
 end
 
 --- saefw.default_run_dir(): runs/<script>-<date>-<time>, unique per second.
 function M.default_run_dir()
-  local base = string.format("runs/%s-%s", script_name(), os.date("%Y%m%d-%H%M%S"))
-  local dir, n = base, 1
-  while true do
-    local f = io.open(dir .. "/metrics.jsonl", "r")
-    if not f then return dir end
-    f:close()
-    n = n + 1
-    dir = string.format("%s-%d", base, n)
-  end
+  return core.default_run_dir(script_name())
 end
 
 --- saefw.train{...}: run the training loop in C.
@@ -212,40 +177,26 @@ function M.train(t)
     buffer = M.buffer { source = t.source, batch_size = t.batch_size,
                            size = t.buffer_size or t.batch_size * 16, dtype = t.buffer_dtype, seed = t.seed }
   end
-  local steps = t.steps
-  if not steps then
-    if not t.num_tokens then fail("saefw.train: give 'steps' or 'num_tokens'") end
-    steps = math.floor(t.num_tokens / buffer.batch_size)
-    if steps < 1 then fail(string.format("saefw.train: num_tokens %g is less than one batch of %d", t.num_tokens, buffer.batch_size)) end
-  end
-  local config = t.config
-  local info = buffer_info[buffer]
-  if info then
-    config = {}
-    for k, v in pairs(t.config or {}) do config[k] = v end
-    for k, v in pairs(info) do if config[k] == nil then config[k] = v end end
-  end
-  local run_dir = t.run_dir
-  if run_dir == nil then run_dir = M.default_run_dir() end
-  if run_dir == false then run_dir = nil end
   -- Resuming (saefw run ... --resume DIR, or resume = DIR): the same run folder, from its newest
   -- intact checkpoint, which the engine picks once it holds the folder's lock. A change to the
   -- recorded configuration must be named (--allow-change KEY, or allow_change = {KEY, ...}).
   local resume = t.resume or core.resume_dir()
   if resume ~= nil and type(resume) ~= "string" then fail("saefw.train: field 'resume' must be a run folder") end
-  if resume then run_dir = resume end
   local allow_change = {}
   if t.allow_change ~= nil then
     if type(t.allow_change) ~= "table" then fail("saefw.train: field 'allow_change' must be a list of names") end
     for _, k in ipairs(t.allow_change) do allow_change[#allow_change + 1] = k end
   end
   for _, k in ipairs(debug.getregistry()["saefw.allow_change"] or {}) do allow_change[#allow_change + 1] = k end
+  -- The run object (engine/run.h) derives the rest: steps from num_tokens, the run folder, the
+  -- evaluators, and cfg.json's model fields from what the buffer reads.
+  local info = buffer_info[buffer]
   return core.train {
-    sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = steps, optimizer = t.optimizer,
-    plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
-    checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = run_dir,
-    config = config, seed = t.seed, progress = t.progress, recons_batches = t.recons_batches,
-    resume = resume ~= nil, allow_change = allow_change,
+    sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = t.steps, num_tokens = t.num_tokens,
+    optimizer = t.optimizer, plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
+    checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = t.run_dir,
+    script = script_name(), model_name = info and info.model_name, config = t.config, seed = t.seed,
+    progress = t.progress, recons_batches = t.recons_batches, resume = resume, allow_change = allow_change,
     on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
   }
 end

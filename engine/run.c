@@ -1,0 +1,292 @@
+/* The run object: run folder, resume, seed, evaluators and derived settings around the training loop. */
+#include "run.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+struct saefw_session {
+    saefw_train_opts o;
+    char run_dir[PATH_MAX];
+    cJSON *config; /* the recorded configuration with the buffer's fields */
+    saefw_evaluator *evs[2];
+    saefw_recons_evaluator recons;
+    saefw_mmcs_evaluator mmcs;
+    int with_recons, trained;
+};
+
+void saefw_run_cfg_init(saefw_run_cfg *c) {
+    memset(c, 0, sizeof *c);
+    c->log_every = 100;
+    c->eval_every = 1000;
+    c->freq_batches = 5;
+    c->recons_batches = 5;
+    c->seed = SAEFW_DEFAULT_SEED;
+    c->progress = -1;
+    c->num_tokens = NAN;
+}
+
+void saefw_run_default_dir(const char *script, char *buf, size_t n) {
+    /* The script's name without its folder and ".lua", as arg[0] gives it. */
+    char name[256] = "run";
+    if (script) {
+        const char *base = strrchr(script, '/');
+        base = base ? base + 1 : script;
+        size_t len = strlen(base);
+        if (len > 4 && strcmp(base + len - 4, ".lua") == 0) len -= 4;
+        if (len > 0 && len < sizeof name) snprintf(name, sizeof name, "%.*s", (int)len, base);
+    }
+    char stamp[32] = "";
+    time_t now = time(NULL);
+    struct tm tm;
+    if (localtime_r(&now, &tm)) strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+    snprintf(buf, n, "runs/%s-%s", name, stamp);
+    /* Unique per second: a folder that already holds a run gets a suffix. */
+    for (int k = 2;; k++) {
+        char mp[PATH_MAX + 16];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", buf);
+        if (access(mp, F_OK) != 0) return;
+        snprintf(buf, n, "runs/%s-%s-%d", name, stamp, k);
+    }
+}
+
+int64_t saefw_run_model_batch(int64_t batch_size, int64_t seq_len) {
+    int64_t mb = seq_len > 0 ? batch_size / seq_len * 16 : 0;
+    return mb > 0 ? mb : 1;
+}
+
+int64_t saefw_run_steps(double num_tokens, int64_t batch_size, char *err, size_t errlen) {
+    double steps = batch_size > 0 ? floor(num_tokens / (double)batch_size) : 0;
+    if (!(steps >= 1))
+        return saefw_errf(err, errlen, "num_tokens %g is less than one batch of %lld", num_tokens, (long long)batch_size);
+    return (int64_t)steps;
+}
+
+/* Top-level keys in strcmp order, as the Lua binding writes a config table. */
+static void sort_keys(cJSON *obj) {
+    cJSON *sorted = NULL;
+    while (obj->child) {
+        cJSON *it = obj->child;
+        obj->child = it->next;
+        cJSON **at = &sorted;
+        while (*at && strcmp((*at)->string, it->string) <= 0) at = &(*at)->next;
+        it->next = *at;
+        *at = it;
+    }
+    cJSON *prev = NULL;
+    for (cJSON *it = sorted; it; it = it->next) {
+        it->prev = prev;
+        prev = it;
+    }
+    /* cJSON keeps the last item in the first one's prev. */
+    if (sorted) sorted->prev = prev;
+    obj->child = sorted;
+}
+
+/* The config with the buffer's model fields added where the config does not set them. */
+static cJSON *record_config(const saefw_run_cfg *c, char *err, size_t errlen) {
+    const saefw_run_model *rm = c->on_model;
+    const int with_model = rm && rm->model_name;
+    if (!c->config && !with_model) return NULL;
+    cJSON *cfg = c->config ? cJSON_Duplicate(c->config, 1) : cJSON_CreateObject();
+    if (cfg && !with_model) return cfg;
+    if (!cfg || !cJSON_IsObject(cfg)) {
+        cJSON_Delete(cfg);
+        saefw_errf(err, errlen, cfg ? "config must be a table of keys" : "out of memory");
+        return NULL;
+    }
+    char hook[96];
+    saefw_hook_name(rm->hook, hook, sizeof hook);
+    int ok = 1;
+    if (!cJSON_HasObjectItem(cfg, "model_name")) ok &= cJSON_AddStringToObject(cfg, "model_name", rm->model_name) != NULL;
+    if (!cJSON_HasObjectItem(cfg, "hook_name")) ok &= cJSON_AddStringToObject(cfg, "hook_name", hook) != NULL;
+    if (!cJSON_HasObjectItem(cfg, "hook_layer") && strncmp(hook, "blocks.", 7) == 0) ok &= cJSON_AddNumberToObject(cfg, "hook_layer", rm->hook.layer) != NULL;
+    if (!cJSON_HasObjectItem(cfg, "context_size"))
+        ok &= cJSON_AddNumberToObject(cfg, "context_size", (double)saefw_tokens_seq_len(rm->tokens)) != NULL;
+    if (!cJSON_HasObjectItem(cfg, "model_batch_size"))
+        ok &= cJSON_AddNumberToObject(cfg, "model_batch_size", (double)rm->model_batch) != NULL;
+    if (!ok) {
+        cJSON_Delete(cfg);
+        saefw_errf(err, errlen, "out of memory");
+        return NULL;
+    }
+    sort_keys(cfg);
+    return cfg;
+}
+
+int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (!c->sae || !c->buffer || !c->optimizer.plugin) return saefw_errf(err, errlen, "sae, buffer and optimizer are required");
+    if (c->recons_batches < 0 || c->recons_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_errf(err, errlen, "recons_batches = %lld is not in 0..%d", (long long)c->recons_batches,
+                          SAEFW_MAX_EVAL_BATCHES);
+    if (c->freq_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_errf(err, errlen, "freq_batches = %lld is more than %d", (long long)c->freq_batches,
+                          SAEFW_MAX_EVAL_BATCHES);
+    int64_t steps = c->steps;
+    if (steps <= 0) {
+        if (isnan(c->num_tokens)) return saefw_errf(err, errlen, "give 'steps' or 'num_tokens'");
+        if ((steps = saefw_run_steps(c->num_tokens, c->buffer->batch, err, errlen)) < 0) return -1;
+    }
+    saefw_session *s = saefw_calloc(1, sizeof *s, err, errlen);
+    if (!s) return -1;
+    s->config = record_config(c, err, errlen);
+    if (!s->config && (c->config || (c->on_model && c->on_model->model_name))) {
+        free(s);
+        return -1;
+    }
+
+    /* The run folder: the one being resumed, else the one named, else a new default one. */
+    if (c->resume) snprintf(s->run_dir, sizeof s->run_dir, "%s", c->resume);
+    else if (c->run_dir) snprintf(s->run_dir, sizeof s->run_dir, "%s", c->run_dir);
+    else if (!c->no_run_dir) saefw_run_default_dir(c->script, s->run_dir, sizeof s->run_dir);
+
+    /* Evaluators: MMCS when the evaluation draws come with ground truth (a synthetic source), the
+     * reconstruction score, drawn from the run seed, when the buffer runs on the model host. */
+    int n = 0;
+    char eerr[256];
+    if (saefw_mmcs_evaluator_init(&s->mmcs, c->eval_source ? c->eval_source : c->buffer->src, eerr, sizeof eerr) == 0)
+        s->evs[n++] = &s->mmcs.ev;
+    if (c->on_model && c->recons_batches > 0) {
+        saefw_recons_evaluator_init(&s->recons, c->on_model->model, c->on_model->tokens, c->on_model->hook,
+                                    c->recons_batches, c->on_model->model_batch, c->seed);
+        s->evs[n++] = &s->recons.ev;
+        s->with_recons = 1;
+    }
+
+    saefw_train_opts *o = &s->o;
+    o->sae = c->sae;
+    o->buffer = c->buffer;
+    o->eval_source = c->eval_source;
+    o->steps = steps;
+    o->optimizer = c->optimizer;
+    o->plugins = c->plugins;
+    o->n_plugins = c->n_plugins;
+    o->log_every = c->log_every;
+    o->eval_every = c->eval_every;
+    o->checkpoint_every = c->checkpoint_every;
+    o->freq_batches = c->freq_batches;
+    o->run_dir = s->run_dir[0] ? s->run_dir : NULL;
+    o->cfg = s->config;
+    o->seed = c->seed;
+    o->progress = c->progress;
+    o->on_event = c->on_event;
+    o->event_ud = c->event_ud;
+    o->evaluators = s->evs;
+    o->n_evaluators = n;
+    o->resume = c->resume != NULL;
+    o->resume_from = c->resume_from;
+    o->allow_change = c->allow_change;
+    o->n_allow_change = c->n_allow_change;
+    *out = s;
+    return 0;
+}
+
+const char *saefw_session_run_dir(const saefw_session *s) { return s->o.run_dir; }
+
+int64_t saefw_session_steps(const saefw_session *s) { return s->o.steps; }
+
+const saefw_recons *saefw_session_recons(const saefw_session *s) { return s->with_recons ? &s->recons.last : NULL; }
+
+int saefw_session_train(saefw_session *s, saefw_train_result *res, char *err, size_t errlen) {
+    if (s->trained) {
+        memset(res, 0, sizeof *res);
+        res->stop = SAEFW_STOP_ERROR;
+        return saefw_errf(err, errlen, "a session trains once; open another for the next run");
+    }
+    s->trained = 1;
+    return saefw_train(&s->o, res, err, errlen);
+}
+
+void saefw_session_close(saefw_session *s) {
+    if (!s) return;
+    cJSON_Delete(s->config);
+    free(s);
+}
+
+/* Lua's tonumber on a string: an integer (decimal, or hex wrapping around) or a float (strtod, but no
+ * "inf" or "nan"), with blanks around it. Returns 0 when it is no number. */
+static int text_number(const char *s, int *is_int, int64_t *iv, double *fv) {
+    if (strpbrk(s, "nN")) return 0; /* Lua refuses "inf" and "nan" */
+    const char *p = s;
+    while (isspace((unsigned char)*p)) p++;
+    int neg = 0;
+    if (*p == '-' || *p == '+') neg = *p++ == '-';
+    uint64_t a = 0;
+    int digits = 0, overflow = 0;
+    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+        for (p += 2; isxdigit((unsigned char)*p); p++, digits++)
+            a = a * 16 + (uint64_t)(isdigit((unsigned char)*p) ? *p - '0' : (tolower((unsigned char)*p) - 'a') + 10);
+    } else {
+        for (; isdigit((unsigned char)*p); p++, digits++) {
+            int d = *p - '0';
+            if (a > (uint64_t)INT64_MAX / 10 || a * 10 + (uint64_t)d > (uint64_t)INT64_MAX + (uint64_t)neg) overflow = 1;
+            a = a * 10 + (uint64_t)d;
+        }
+    }
+    while (isspace((unsigned char)*p)) p++;
+    if (digits > 0 && !overflow && *p == 0) {
+        *is_int = 1;
+        *iv = (int64_t)(neg ? 0 - a : a);
+        return 1;
+    }
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s) return 0;
+    while (isspace((unsigned char)*end)) end++;
+    if (*end != 0) return 0;
+    *is_int = 0;
+    *fv = v;
+    return 1;
+}
+
+int saefw_run_parse_override(const char *key, const char *text, saefw_value_type type, saefw_value *out, char *err,
+                             size_t errlen) {
+    memset(out, 0, sizeof *out);
+    out->type = type;
+    int is_int = 0;
+    int64_t iv = 0;
+    double fv = 0;
+    switch (type) {
+    case SAEFW_VALUE_INT:
+        if (text_number(text, &is_int, &iv, &fv)) {
+            /* math.tointeger: a float with an integral value in range is that integer. */
+            if (is_int) {
+                out->i = iv;
+                return 0;
+            }
+            if (fv == floor(fv) && fv >= -9223372036854775808.0 && fv < 9223372036854775808.0) {
+                out->i = (int64_t)fv;
+                return 0;
+            }
+        }
+        return saefw_errf(err, errlen, "--%s: expected an integer, got '%s'", key, text);
+    case SAEFW_VALUE_FLOAT:
+        if (!text_number(text, &is_int, &iv, &fv)) return saefw_errf(err, errlen, "--%s: expected a number, got '%s'", key, text);
+        out->f = is_int ? (double)iv : fv;
+        return 0;
+    case SAEFW_VALUE_BOOL: {
+        static const char *const yes[] = {"true", "1", "yes", "on"}, *const no[] = {"false", "0", "no", "off"};
+        for (int k = 0; k < 4; k++) {
+            if (strcasecmp(text, yes[k]) == 0) {
+                out->b = 1;
+                return 0;
+            }
+            if (strcasecmp(text, no[k]) == 0) return 0;
+        }
+        return saefw_errf(err, errlen, "--%s: expected true or false, got '%s'", key, text);
+    }
+    case SAEFW_VALUE_STRING:
+        out->s = text;
+        return 0;
+    }
+    return saefw_errf(err, errlen, "--%s: the key's type cannot be set from the command line", key);
+}

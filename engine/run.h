@@ -1,0 +1,117 @@
+/* The run object: one training run's policy around the loop, shared by `saefw run` (through the Lua
+ * layer), Lua scripts and C programs. It owns the run folder (the default name, the lock, resume),
+ * the one run seed every generator derives from, the evaluators built from the configuration, the
+ * training length from num_tokens and the checkpoint's fields that describe the buffer. */
+#ifndef SAEFW_RUN_H
+#define SAEFW_RUN_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eval.h"
+#include "model.h"
+#include "model_source.h"
+#include "plugin_loader.h"
+#include "rng.h"
+#include "sae.h"
+#include "source.h"
+#include "tokens.h"
+#include "train.h"
+
+/* Where the buffer's activations come from when it runs on the model host. */
+typedef struct {
+    const saefw_model *model;   /* borrowed */
+    const saefw_tokens *tokens; /* borrowed */
+    saefw_hook hook;
+    int64_t model_batch;        /* sequences per model batch (saefw_run_model_batch) */
+    /* Non-NULL: every cfg.json records model_name, hook_name, hook_layer, context_size and
+     * model_batch_size (SAELens's fields) unless the config sets them. */
+    const char *model_name;
+} saefw_run_model;
+
+/* Everything of a run that is not the model, the data or the SAE itself. saefw_run_cfg_init sets
+ * saefw.train{}'s defaults. Pointers are borrowed until saefw_session_close. */
+typedef struct {
+    saefw_sae *sae;
+    saefw_buffer *buffer;
+    saefw_source *eval_source;      /* NULL: the buffer's source */
+    const saefw_run_model *on_model; /* NULL: the buffer does not run on the model (no reconstruction score) */
+    saefw_plugin_use optimizer;
+    const saefw_plugin_use *plugins;
+    int n_plugins;
+    /* The length: steps, or (steps 0) num_tokens / the buffer's batch rows, rounded down (NaN: not
+     * given). */
+    int64_t steps;
+    double num_tokens;
+    int64_t log_every, eval_every, checkpoint_every; /* 0 disables */
+    int64_t freq_batches;   /* feature-frequency batches at every eval */
+    int64_t recons_batches; /* reconstruction-score batches at every eval (0: none) */
+    uint64_t seed;          /* the run seed: the plugins' generator and the evaluators' draws */
+    int progress;           /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
+    /* The run folder: run_dir; NULL: runs/<script>-<date>-<time> (saefw_run_default_dir); no_run_dir:
+     * none (nothing written). */
+    const char *run_dir;
+    int no_run_dir;
+    const char *script; /* names the default run folder; NULL: "run" */
+    /* resume: a run folder to continue from its newest intact checkpoint (it becomes the run folder);
+     * resume_from: a checkpoint folder to continue from. allow_change names the configuration keys
+     * a resume may change (saefw_train_opts.allow_change). */
+    const char *resume;
+    const char *resume_from;
+    const char *const *allow_change;
+    int n_allow_change;
+    const cJSON *config;    /* the script's configuration, recorded in every cfg.json; may be NULL */
+    saefw_train_event_fn on_event;
+    void *event_ud;
+} saefw_run_cfg;
+
+void saefw_run_cfg_init(saefw_run_cfg *c);
+
+/* A run made from a saefw_run_cfg: the run folder chosen, the evaluators built, the loop's options
+ * derived. */
+typedef struct saefw_session saefw_session;
+
+/* Check the configuration and derive the run from it; 0, or -1 with err (a one-line message naming
+ * the option, as saefw.train{} reports it). Nothing is written until saefw_session_train. */
+int saefw_session_open(const saefw_run_cfg *c, saefw_session **s, char *err, size_t errlen);
+/* The run folder (NULL without one). */
+const char *saefw_session_run_dir(const saefw_session *s);
+/* The optimizer steps the run takes. */
+int64_t saefw_session_steps(const saefw_session *s);
+/* The reconstruction score of the latest eval, or NULL when the run has none. */
+const saefw_recons *saefw_session_recons(const saefw_session *s);
+/* Train: saefw_train with the derived options (same returns, result and errors). Once per session. */
+int saefw_session_train(saefw_session *s, saefw_train_result *res, char *err, size_t errlen);
+void saefw_session_close(saefw_session *s);
+
+/* runs/<script>-<date>-<time> (local time), with -2, -3, ... appended while a folder of that name
+ * already holds a metrics.jsonl. script: a path or name; its folder and ".lua" are dropped. */
+void saefw_run_default_dir(const char *script, char *buf, size_t n);
+
+/* The seed's model batch: batch_size / seq_len * 16 sequences, at least 1. */
+int64_t saefw_run_model_batch(int64_t batch_size, int64_t seq_len);
+
+/* Optimizer steps from a token budget: floor(num_tokens / batch_size); -1 with err when that is less
+ * than one step. */
+int64_t saefw_run_steps(double num_tokens, int64_t batch_size, char *err, size_t errlen);
+
+/* The type of a configuration value that the command line may set. */
+typedef enum { SAEFW_VALUE_INT = 0, SAEFW_VALUE_FLOAT, SAEFW_VALUE_BOOL, SAEFW_VALUE_STRING } saefw_value_type;
+
+typedef struct {
+    saefw_value_type type;
+    int64_t i;     /* SAEFW_VALUE_INT */
+    double f;      /* SAEFW_VALUE_FLOAT */
+    int b;         /* SAEFW_VALUE_BOOL */
+    const char *s; /* SAEFW_VALUE_STRING: the text itself (borrowed) */
+} saefw_value;
+
+/* The command line's `--key text` for a config key whose default has type `type`, read as the seed's
+ * argument parser (and Lua's tonumber) would: an integer (decimal or hex, or a number with an integral
+ * value), a number, true/false (also 1/0, yes/no, on/off, any case), or the text. -1 with err naming
+ * "--key" and the text otherwise. */
+int saefw_run_parse_override(const char *key, const char *text, saefw_value_type type, saefw_value *out, char *err,
+                             size_t errlen);
+
+#endif
