@@ -233,6 +233,38 @@ static int l_train(lua_State *L) {
 /* saefw.train, saefw.find_resumable, saefw.resume_dir. */
 
 
+/* saefw.parse_override(key, text, default) -> text read as the type of default (saefw.config{}'s
+ * command-line overrides). */
+static int l_parse_override(lua_State *L) {
+    const char *key = luaL_checkstring(L, 1), *text = luaL_checkstring(L, 2);
+    saefw_value_type ty;
+    switch (lua_type(L, 3)) {
+    case LUA_TNUMBER: ty = lua_isinteger(L, 3) ? SAEFW_VALUE_INT : SAEFW_VALUE_FLOAT; break;
+    case LUA_TBOOLEAN: ty = SAEFW_VALUE_BOOL; break;
+    case LUA_TSTRING: ty = SAEFW_VALUE_STRING; break;
+    default:
+        return saefw_lua_error(L, "--%s: the key holds a %s, which cannot be set from the command line", key,
+                               luaL_typename(L, 3));
+    }
+    saefw_value v;
+    char err[512];
+    if (saefw_run_parse_override(key, text, ty, &v, err, sizeof err) != 0) return saefw_lua_error(L, "%s", err);
+    if (ty == SAEFW_VALUE_INT) lua_pushinteger(L, (lua_Integer)v.i);
+    else if (ty == SAEFW_VALUE_FLOAT) lua_pushnumber(L, v.f);
+    else if (ty == SAEFW_VALUE_BOOL) lua_pushboolean(L, v.b);
+    else lua_pushvalue(L, 2);
+    return 1;
+}
+
+/* saefw.default_run_dir([script]) -> runs/<script>-<date>-<time>, unique per second. */
+static int l_default_run_dir(lua_State *L) {
+    char dir[PATH_MAX];
+    saefw_run_default_dir(luaL_optstring(L, 1, NULL), dir, sizeof dir);
+    lua_pushstring(L, dir);
+    return 1;
+}
+
+
 void saefw_lua_open_train(lua_State *L, int module_index) {
     static const luaL_Reg fns[] = {
         {"train", l_train},
