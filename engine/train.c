@@ -23,8 +23,8 @@
 struct saefw_run {
     const saefw_train_opts *o;
     saefw_sae *sae;
-    saefw_sae_work work;
-    saefw_sae_work sample_work; /* for sample_activations, allocated on first use */
+    saefw_sae_step *work;
+    saefw_sae_eval *sample_work; /* for sample_activations, allocated on first use */
     saefw_source *eval_src;
     float *batch;     /* [batch, d_in] */
     int64_t batch_rows; /* rows of batch and work.acts valid for plugins (0 outside a step) */
@@ -180,16 +180,16 @@ static void host_metric(saefw_run *run, const char *name, double value) {
 static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen) {
     const int64_t d = run->sae->d_in;
     /* Its own scratch space, made on first use, so the current batch's activations stay valid. */
-    const int64_t cap = run->work.cap, piece = cap < SAEFW_EVAL_PIECE ? cap : SAEFW_EVAL_PIECE;
-    if (loss && !run->sample_work.cap && saefw_sae_work_alloc(&run->sample_work, run->sae, piece, err, errlen) != 0)
+    const int64_t cap = saefw_sae_step_cap(run->work), piece = cap < SAEFW_EVAL_PIECE ? cap : SAEFW_EVAL_PIECE;
+    if (loss && !run->sample_work && saefw_sae_eval_alloc(&run->sample_work, run->sae, piece, err, errlen) != 0)
         return -1;
     for (int64_t r = 0; r < n; r += cap) {
         int64_t k = n - r < cap ? n - r : cap;
         if (run->eval_src->sample(run->eval_src, x + r * d, k, err, errlen) != 0) return -1;
         for (int64_t p0 = r; loss && p0 < r + k; p0 += piece) {
             const int64_t np = r + k - p0 < piece ? r + k - p0 : piece;
-            saefw_sae_forward(run->sae, &run->sample_work, x + p0 * d, np, NULL);
-            if (saefw_sae_row_loss(run->sae, &run->sample_work, x + p0 * d, np, loss + p0, err, errlen) != 0) return -1;
+            saefw_sae_eval_forward(run->sae, run->sample_work, x + p0 * d, np, NULL);
+            if (saefw_sae_eval_row_loss(run->sae, run->sample_work, x + p0 * d, loss + p0, err, errlen) != 0) return -1;
         }
     }
     return 0;
@@ -205,8 +205,8 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
     if (chunk > rows) chunk = rows;
     /* Rows are drawn `chunk` at a time and run through the SAE in smaller pieces. */
     const int64_t piece = chunk < SAEFW_EVAL_PIECE ? chunk : SAEFW_EVAL_PIECE;
-    saefw_sae_work w;
-    if (saefw_sae_work_alloc(&w, sae, piece, err, errlen) != 0) return -1;
+    saefw_sae_eval *w;
+    if (saefw_sae_eval_alloc(&w, sae, piece, err, errlen) != 0) return -1;
     float *x = saefw_malloc(sizeof(float) * (size_t)(chunk * sae->d_in), err, errlen);
     int64_t *count = x ? saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen) : NULL;
     int rc = count ? 0 : -1;
@@ -219,22 +219,22 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
         }
         for (int64_t p0 = 0; rc == 0 && p0 < k; p0 += piece) {
             const int64_t np = k - p0 < piece ? k - p0 : piece;
-            saefw_sae_forward(sae, &w, x + p0 * sae->d_in, np, NULL);
-            rc = saefw_sae_count_active(sae, &w, x + p0 * sae->d_in, np, count, err, errlen);
+            saefw_sae_eval_forward(sae, w, x + p0 * sae->d_in, np, NULL);
+            rc = saefw_sae_eval_count_active(sae, w, count, err, errlen);
         }
     }
     if (rc == 0)
         for (int64_t j = 0; j < sae->d_sae; j++) freq[j] = (float)((double)count[j] / (double)rows);
     free(count);
     free(x);
-    saefw_sae_work_free(&w);
+    saefw_sae_eval_free(w);
     return rc;
 }
 
 static int host_freqs(saefw_run *run, int64_t n_batches, float *freq, char *err, size_t errlen) {
     if (n_batches <= 0) return saefw_errf(err, errlen, "feature_frequencies: n_batches must be positive");
-    int64_t rows = n_batches * saefw_eval_batch_rows(run->eval_src, run->work.cap);
-    return saefw_feature_frequencies(run->sae, run->eval_src, rows, run->work.cap, freq, err, errlen);
+    const int64_t cap = saefw_sae_step_cap(run->work), rows = n_batches * saefw_eval_batch_rows(run->eval_src, cap);
+    return saefw_feature_frequencies(run->sae, run->eval_src, rows, cap, freq, err, errlen);
 }
 
 static const float *host_batch_inputs(saefw_run *run, int64_t *rows) {
@@ -247,7 +247,7 @@ static const float *host_batch_acts(saefw_run *run, int64_t *rows) {
     if (rows) *rows = run->batch_rows;
     if (!run->batch_rows) return NULL;
     char err[256];
-    const float *a = saefw_sae_acts(run->sae, &run->work, run->batch, run->batch_rows, err, sizeof err);
+    const float *a = saefw_sae_step_acts(run->sae, run->work, err, sizeof err);
     if (!a) host_log(run, SAEFW_LOG_WARN, err);
     return a;
 }
@@ -257,7 +257,7 @@ static const int64_t *host_batch_feature_counts(saefw_run *run) {
     if (run->counts_step == run->step) return run->feat_counts;
     memset(run->feat_counts, 0, sizeof(int64_t) * (size_t)run->sae->d_sae);
     char err[256];
-    if (saefw_sae_count_active(run->sae, &run->work, run->batch, run->batch_rows, run->feat_counts, err, sizeof err) != 0) {
+    if (saefw_sae_step_count_active(run->sae, run->work, run->feat_counts, err, sizeof err) != 0) {
         host_log(run, SAEFW_LOG_WARN, err);
         return NULL;
     }
@@ -906,12 +906,12 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     const saefw_sae *sae = run->sae;
     /* The step's scratch holds nothing between steps: its pages go back while the evaluation's own
      * scratch is in use, so that peak memory is one of the two, not both. */
-    saefw_sae_work_release(&run->work);
+    saefw_sae_step_release(run->work);
     if (!run->freq && !(run->freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen))) return -1;
     float *freq = run->freq;
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
-    int64_t rows = nb * saefw_eval_batch_rows(run->eval_src, run->work.cap);
-    if (saefw_feature_frequencies(sae, run->eval_src, rows, run->work.cap, freq, err, errlen) != 0) return -1;
+    const int64_t cap = saefw_sae_step_cap(run->work), rows = nb * saefw_eval_batch_rows(run->eval_src, cap);
+    if (saefw_feature_frequencies(sae, run->eval_src, rows, cap, freq, err, errlen) != 0) return -1;
     int64_t dead = 0, b6 = 0, b5 = 0;
     for (int64_t j = 0; j < sae->d_sae; j++) {
         dead += freq[j] == 0.0f;
@@ -1018,8 +1018,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
 
     double mem_estimate = 0;
     if (saefw_train_memory_check(o, o->progress != 0, &mem_estimate, err, errlen) != 0) return -1;
-    if (saefw_sae_work_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
-    run.work.fused = 1; /* every forward pass of the step is followed by its backward pass */
+    if (saefw_sae_step_alloc(&run.work, sae, B, err, errlen) != 0) return -1;
     run.batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
     run.feat_counts = run.batch ? saefw_malloc(sizeof(int64_t) * (size_t)sae->d_sae, err, errlen) : NULL;
     run.counts_step = -1;
@@ -1114,14 +1113,13 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
                       : o->next_batch(o->next_batch_ud, run.batch, B, err, errlen);
         if (got != 0) goto done;
         saefw_sae_stats st;
-        saefw_sae_forward(sae, &run.work, run.batch, B, &st);
+        saefw_sae_train_step(sae, run.work, run.batch, B, &st);
         if (!isfinite(st.loss)) {
             saefw_errf(err, errlen, "step %lld: the loss is %s; training stopped (last good checkpoint: %s)",
                        (long long)i, isnan(st.loss) ? "NaN" : "infinite",
                        res->last_checkpoint[0] ? res->last_checkpoint : "none yet");
             goto done;
         }
-        saefw_sae_backward(sae, &run.work, run.batch, B);
         saefw_sae_project_decoder(sae);
         saefw_fault_point("step");
         run.batch_rows = B;
@@ -1246,7 +1244,7 @@ done:
     free(run.batch);
     free(run.feat_counts);
     free(run.freq);
-    saefw_sae_work_free(&run.work);
-    saefw_sae_work_free(&run.sample_work);
+    saefw_sae_step_free(run.work);
+    saefw_sae_eval_free(run.sample_work);
     return rc;
 }
