@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "parallel.h"
 #include "sae_kernels.h"
@@ -144,11 +145,22 @@ static void *alloc_n(saefw_sae_work *w, int64_t n, size_t size, int huge, int *f
     return p;
 }
 
+#ifdef MADV_DONTNEED
+/* Hands back the whole pages inside [p, p + bytes) only: madvise rounds the length up to a page, and
+ * the rest of an array's last page may be the allocator's header of the next block (zeroing it
+ * corrupted the heap). */
+static void release_pages(void *p, size_t bytes) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p;
+    const uintptr_t lo = (a + page - 1) / page * page, hi = (a + bytes) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advice: may fail */
+}
+#endif
+
 static void work_release(saefw_sae_work *w) {
     w->acts_made = 0;
 #ifdef MADV_DONTNEED
-    for (int i = 0; i < w->n_big; i++) madvise(w->big[i], w->big_bytes[i], MADV_DONTNEED); /* advice: may fail */
-    if (w->acts) madvise(w->acts, w->acts_bytes, MADV_DONTNEED);
+    for (int i = 0; i < w->n_big; i++) release_pages(w->big[i], w->big_bytes[i]);
+    if (w->acts) release_pages(w->acts, w->acts_bytes);
 #endif
 }
 
