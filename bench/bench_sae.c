@@ -246,8 +246,8 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     }
 
     printf("step/gemm: each step over the mean of the sgemms timed just before and after it; median (range)\n");
-    printf("%8s %8s %6s | %8s %8s | %8s %9s %8s | %21s %10s | %9s\n", "L0 want", "L0", "path", "fwd+bwd s",
-           "proj s", "step s", "tokens/s", "gemm s", "step/gemm", "efficiency", "CPU ratio");
+    printf("%8s %8s %6s | %8s %8s | %8s %9s %8s | %21s %10s | %9s\n", "L0 want", "L0", "path", "fwd+bwd s", "proj s",
+           "step s", "tokens/s", "gemm s", "step/gemm", "efficiency", "CPU ratio");
     for (int i = 0; i < bo->n_l0; i++) {
         for (int64_t j = 0; j < d_sae; j++) sae.p[SAEFW_B_ENC][j] = -thresh[i];
         /* The step's parts, called directly. */
@@ -271,15 +271,15 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
         step_figures sf;
         if (train_steps(&sae, x, C, B, adam, opts, eval, reps, &sf, err, errlen) != 0) goto done;
         const double tps = (double)B / sf.step_s;
-        printf("%8.0f %8.1f %6s | %8.3f %8.3f | %8.3f %9.0f %8.3f | %7.3f (%.3f-%.3f) %10.3f | %9.3f\n",
-               target[i], st.l0, path, tfb, tp, sf.step_s, tps, sf.gemm_s, sf.ratio, sf.ratio_lo, sf.ratio_hi,
-               1.0 / sf.ratio, sf.cpu_ratio);
+        printf("%8.0f %8.1f %6s | %8.3f %8.3f | %8.3f %9.0f %8.3f | %7.3f (%.3f-%.3f) %10.3f | %9.3f\n", target[i],
+               st.l0, path, tfb, tp, sf.step_s, tps, sf.gemm_s, sf.ratio, sf.ratio_lo, sf.ratio_hi, 1.0 / sf.ratio,
+               sf.cpu_ratio);
         printf("RESULT shape=%s l0_target=%.0f l0=%.1f path=%s step_s=%.4f tokens_per_s=%.1f gemm_s=%.4f "
                "step_cpu_s=%.4f ratio=%.4f ratio_lo=%.4f ratio_hi=%.4f cpu_ratio=%.4f\n",
                s->name, target[i], sf.l0, path, sf.step_s, tps, sf.gemm_s, sf.step_cpu, sf.ratio, sf.ratio_lo,
                sf.ratio_hi, sf.cpu_ratio);
-        printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n",
-               sf.step_s - (tfb + tp), peak_rss_bytes() / (1 << 30));
+        printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n", sf.step_s - (tfb + tp),
+               peak_rss_bytes() / (1 << 30));
         fflush(stdout);
     }
     const double param_bytes = (double)sae.n_total * sizeof(float);

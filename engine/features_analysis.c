@@ -186,8 +186,7 @@ static float act_at(const batch_ctx *c, int64_t f, int64_t b) {
     const int64_t end = hi;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
-        if (c->ent.row[mid] < b)
-            lo = mid + 1;
+        if (c->ent.row[mid] < b) lo = mid + 1;
         else
             hi = mid;
     }

@@ -296,7 +296,7 @@ typedef struct {
     const saefw_sae *sae;
     saefw_sae *train; /* the same SAE in the training step, whose gradients are written; else NULL */
     saefw_sae_work *w;
-    const float *x;   /* [B, d_in] */
+    const float *x; /* [B, d_in] */
     int64_t B;
 } step_ctx;
 

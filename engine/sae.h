@@ -45,15 +45,15 @@ void saefw_sae_param_view(saefw_sae *sae, int i, saefw_param *out);
 typedef enum {
     SAEFW_SAE_AUTO = 0,   /* sparse when at most SAEFW_SAE_SPARSE_MAX_FRACTION of acts is active */
     SAEFW_SAE_DENSE = 1,  /* always the dense products */
-    SAEFW_SAE_SPARSE = 2, /* always the sparse kernels (work areas then hold every entry: tests) */
+    SAEFW_SAE_SPARSE = 2, /* always the sparse kernels (the scratch then holds every entry: tests) */
 } saefw_sae_path;
 
 /* Fraction of active entries of a batch (L0 / d_sae) up to which AUTO takes the sparse path: above
  * it the dense products on OpenBLAS are faster (measured: BENCHMARKS.md). */
 #define SAEFW_SAE_SPARSE_MAX_FRACTION 0.10
 
-/* Path for work areas allocated from now on; SAEFW_SAE_AUTO, the default, defers to the
- * environment variable SAEFW_SAE_PATH (auto, dense or sparse) when it is set. */
+/* Path for step and evaluation scratch allocated from now on; SAEFW_SAE_AUTO, the default, defers to
+ * the environment variable SAEFW_SAE_PATH (auto, dense or sparse) when it is set. */
 void saefw_sae_set_path(saefw_sae_path path);
 
 /* Rows of dLoss/d(pre-activation) the dense backward makes at a time. */
@@ -141,7 +141,7 @@ int saefw_sae_eval_row_loss(const saefw_sae *sae, saefw_sae_eval *e, const float
 typedef struct {
     const int64_t *start; /* [d_sae + 1] */
     const int32_t *row;
-    const float *act;     /* > 0 */
+    const float *act; /* > 0 */
 } saefw_sae_entries;
 
 /* 1 with *out set when the last forward pass took the sparse path (its activations are then exactly

@@ -32,12 +32,12 @@ typedef struct {
     /* Workers' tiles [cap, tile_w] on the sparse path; on the dense path the first two pieces'
      * worth hold a piece's activations and its dLoss/d(pre-activation), [piece, d_sae] each. */
     float *scratch;
-    int64_t n_slots;       /* tiles computed at once */
+    int64_t n_slots; /* tiles computed at once */
     int64_t n_tiles, tile_w;
-    float *acts;           /* [cap, d_sae]: made on request */
-    double *row_l1;        /* [cap]: dense path, sum of each row's activations */
-    saefw_sae_path path;   /* the path asked for at allocation */
-    int predict_dense;     /* AUTO: the last batch was too dense, the next one goes straight to the dense path */
+    float *acts;         /* [cap, d_sae]: made on request */
+    double *row_l1;      /* [cap]: dense path, sum of each row's activations */
+    saefw_sae_path path; /* the path asked for at allocation */
+    int predict_dense;   /* AUTO: the last batch was too dense, the next one goes straight to the dense path */
 
     /* The last batch: its rows, whether its activations are the recorded entries (sparse path) or are
      * made again from x_cent (dense path), and whether acts holds them. */
@@ -58,22 +58,22 @@ typedef struct {
     double *chunk_l1;      /* [n_tiles, n_chunks]: sum of acts */
     /* The same entries by feature: feature j's are [feat_start[j], feat_start[j + 1]), rows ascending. */
     int64_t feat_cap;
-    int64_t *feat_start;   /* [d_sae + 1] */
-    int64_t *feat_next;    /* [d_sae]: fill cursor */
-    int32_t *feat_row;     /* [feat_cap] */
-    float *feat_act;       /* [feat_cap]: activation */
-    float *feat_grad;      /* [feat_cap]: dLoss/d(pre-activation) */
-    double *feat_dot;      /* [feat_cap]: dLoss/dacts, summed over the column groups in double */
+    int64_t *feat_start; /* [d_sae + 1] */
+    int64_t *feat_next;  /* [d_sae]: fill cursor */
+    int32_t *feat_row;   /* [feat_cap] */
+    float *feat_act;     /* [feat_cap]: activation */
+    float *feat_grad;    /* [feat_cap]: dLoss/d(pre-activation) */
+    double *feat_dot;    /* [feat_cap]: dLoss/dacts, summed over the column groups in double */
     /* x_hat, then dxh, and x_cent, in column groups: group q holds columns [q G, q G + G) of all rows
      * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP). */
     float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
-    double *col_stat;      /* [3 * d_in]: per-column sums of the statistics */
+    double *col_stat;       /* [3 * d_in]: per-column sums of the statistics */
     /* The bias gradients' sums over rows, kept in double until b_dec's gradient is complete (a float
      * sum over thousands of rows is an order of magnitude less exact than PyTorch's). */
-    double *gb_enc_d;      /* [d_sae] */
-    double *gb_dec_d;      /* [d_in]: the x_hat term */
+    double *gb_enc_d; /* [d_sae] */
+    double *gb_dec_d; /* [d_in]: the x_hat term */
     size_t acts_bytes;
-    void *big[24];         /* the arrays a release hands back */
+    void *big[24]; /* the arrays a release hands back */
     size_t big_bytes[24];
     int n_big;
 } saefw_sae_work;

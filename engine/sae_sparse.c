@@ -102,7 +102,7 @@ typedef struct {
     const saefw_sae *sae;
     saefw_sae *train; /* the same SAE, whose gradients the backward pass writes */
     saefw_sae_work *w;
-    const float *x;   /* [B, d_in] */
+    const float *x; /* [B, d_in] */
     int64_t B;
 } sparse_ctx;
 
