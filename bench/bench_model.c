@@ -308,20 +308,20 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
     float bias = 0.0f;
     {
         float *x = malloc(sizeof(float) * (size_t)(batch * D_MLP));
-        saefw_sae_work w;
-        if (!x || saefw_sae_work_alloc(&w, &sae, 512, err, sizeof err) != 0) die("allocation", "out of memory");
+        saefw_sae_eval *w;
+        if (!x || saefw_sae_eval_alloc(&w, &sae, 512, err, sizeof err) != 0) die("allocation", "out of memory");
         if (saefw_buffer_next(&buf, x, err, sizeof err) != 0) die("buffer", err);
-        saefw_sae_forward(&sae, &w, x, 512, NULL);
+        saefw_sae_eval_forward(&sae, w, x, 512, NULL);
         const int64_t n = 512 * sae.d_sae;
         float *v = malloc(sizeof(float) * (size_t)n);
-        const float *acts = saefw_sae_acts(&sae, &w, x, 512, err, sizeof err);
+        const float *acts = saefw_sae_eval_acts(&sae, w, err, sizeof err);
         if (!v || !acts) die("allocation", "out of memory");
         memcpy(v, acts, sizeof(float) * (size_t)n);
         qsort(v, (size_t)n, sizeof(float), cmp_float);
         bias = -v[(int64_t)((1.0 - l0 / (double)sae.d_sae) * (double)n)];
         free(v);
         free(x);
-        saefw_sae_work_free(&w);
+        saefw_sae_eval_free(w);
     }
     saefw_loaded_plugin *adam = NULL;
     saefw_opts *opts = NULL;

@@ -212,8 +212,7 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
                      char *err, size_t errlen) {
     const int64_t d_in = s->d_in, d_sae = s->d_sae, B = s->B;
     saefw_sae sae;
-    saefw_sae_work w;
-    memset(&w, 0, sizeof w);
+    saefw_sae_step *w = NULL;
     float *x = NULL, *sample = NULL, *C = NULL;
     saefw_source *eval = NULL;
     int rc = -1;
@@ -253,43 +252,40 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     }
 
     printf("step/gemm: each step over the mean of the sgemms timed just before and after it; median (range)\n");
-    printf("%8s %8s %6s | %8s %8s %8s | %8s %9s %8s | %21s %10s | %9s\n", "L0 want", "L0", "path", "fwd s", "bwd s",
-           "proj s", "step s", "tokens/s", "gemm s", "step/gemm", "efficiency", "CPU ratio");
+    printf("%8s %8s %6s | %8s %8s | %8s %9s %8s | %21s %10s | %9s\n", "L0 want", "L0", "path", "fwd+bwd s", "proj s",
+           "step s", "tokens/s", "gemm s", "step/gemm", "efficiency", "CPU ratio");
     for (int i = 0; i < bo->n_l0; i++) {
         for (int64_t j = 0; j < d_sae; j++) sae.p[SAEFW_B_ENC][j] = -thresh[i];
         /* The step's parts, called directly. */
-        if (saefw_sae_work_alloc(&w, &sae, B, err, errlen) != 0) goto done;
-        w.fused = 1; /* as the training loop: a dense forward pass also makes the gradients */
-        double tf = INFINITY, tb = INFINITY, tp = INFINITY;
+        if (saefw_sae_step_alloc(&w, &sae, B, err, errlen) != 0) goto done;
+        double tfb = INFINITY, tp = INFINITY;
         saefw_sae_stats st;
         for (int r = 0; r < reps + 1; r++) {
             double t0 = saefw_now();
-            saefw_sae_forward(&sae, &w, x, B, &st);
+            saefw_sae_train_step(&sae, w, x, B, &st);
             double t1 = saefw_now();
-            saefw_sae_backward(&sae, &w, x, B);
-            double t2 = saefw_now();
             saefw_sae_project_decoder(&sae);
-            double t3 = saefw_now();
+            double t2 = saefw_now();
             if (r == 0) continue; /* warm-up: first touch of the scratch pages */
-            tf = fmin(tf, t1 - t0);
-            tb = fmin(tb, t2 - t1);
-            tp = fmin(tp, t3 - t2);
+            tfb = fmin(tfb, t1 - t0);
+            tp = fmin(tp, t2 - t1);
         }
-        const char *path = w.used_sparse ? "sparse" : "dense";
-        saefw_sae_work_free(&w);
+        const char *path = saefw_sae_step_path(w) == SAEFW_SAE_SPARSE ? "sparse" : "dense";
+        saefw_sae_step_free(w);
+        w = NULL;
         /* A full step through the training loop: batch copy, forward, backward, projection, Adam, metrics. */
         step_figures sf;
         if (train_steps(&sae, x, C, B, adam, opts, eval, reps, &sf, err, errlen) != 0) goto done;
         const double tps = (double)B / sf.step_s;
-        printf("%8.0f %8.1f %6s | %8.3f %8.3f %8.3f | %8.3f %9.0f %8.3f | %7.3f (%.3f-%.3f) %10.3f | %9.3f\n",
-               target[i], st.l0, path, tf, tb, tp, sf.step_s, tps, sf.gemm_s, sf.ratio, sf.ratio_lo, sf.ratio_hi,
-               1.0 / sf.ratio, sf.cpu_ratio);
+        printf("%8.0f %8.1f %6s | %8.3f %8.3f | %8.3f %9.0f %8.3f | %7.3f (%.3f-%.3f) %10.3f | %9.3f\n", target[i],
+               st.l0, path, tfb, tp, sf.step_s, tps, sf.gemm_s, sf.ratio, sf.ratio_lo, sf.ratio_hi, 1.0 / sf.ratio,
+               sf.cpu_ratio);
         printf("RESULT shape=%s l0_target=%.0f l0=%.1f path=%s step_s=%.4f tokens_per_s=%.1f gemm_s=%.4f "
                "step_cpu_s=%.4f ratio=%.4f ratio_lo=%.4f ratio_hi=%.4f cpu_ratio=%.4f\n",
                s->name, target[i], sf.l0, path, sf.step_s, tps, sf.gemm_s, sf.step_cpu, sf.ratio, sf.ratio_lo,
                sf.ratio_hi, sf.cpu_ratio);
-        printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n",
-               sf.step_s - (tf + tb + tp), peak_rss_bytes() / (1 << 30));
+        printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n", sf.step_s - (tfb + tp),
+               peak_rss_bytes() / (1 << 30));
         fflush(stdout);
     }
     const double param_bytes = (double)sae.n_total * sizeof(float);
@@ -298,7 +294,7 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     rc = 0;
 done:
     free(C);
-    saefw_sae_work_free(&w);
+    saefw_sae_step_free(w);
     saefw_source_free(eval);
     free(sample);
     free(x);

@@ -173,7 +173,7 @@ typedef struct {
 /* What one batch offers the update: the SAE's active entries (sparse path) or its dense activations. */
 typedef struct {
     fstate *s;
-    const saefw_sae_work *w; /* entries by tile and row when w->used_sparse */
+    saefw_sae_entries ent;   /* the active entries by feature, when acts is NULL */
     const float *acts;       /* [rows, d_sae] on the dense path, else NULL */
     const int32_t *toks;     /* [rows] */
     int64_t rows, pos0;      /* rows of the batch, stream index of its first token */
@@ -182,20 +182,15 @@ typedef struct {
 /* Feature f's activation on row b of the batch. */
 static float act_at(const batch_ctx *c, int64_t f, int64_t b) {
     if (c->acts) return c->acts[b * c->s->d_sae + f];
-    const saefw_sae_work *w = c->w;
-    const int64_t t = f / w->tile_w;
-    const int32_t j = (int32_t)(f - t * w->tile_w);
-    const int32_t *feat = w->act_feat + w->row_start[t * w->cap + b];
-    const float *val = w->act_val + w->row_start[t * w->cap + b];
-    int32_t lo = 0, hi = w->row_len[t * w->cap + b]; /* features ascend within a row */
+    int64_t lo = c->ent.start[f], hi = c->ent.start[f + 1]; /* rows ascend within a feature */
+    const int64_t end = hi;
     while (lo < hi) {
-        int32_t mid = (lo + hi) / 2;
-        if (feat[mid] < j)
-            lo = mid + 1;
+        int64_t mid = lo + (hi - lo) / 2;
+        if (c->ent.row[mid] < b) lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < w->row_len[t * w->cap + b] && feat[lo] == j ? val[lo] : 0.0f;
+    return lo < end && c->ent.row[lo] == b ? c->ent.act[lo] : 0.0f;
 }
 
 static uint64_t splitmix(uint64_t *x) {
@@ -321,16 +316,12 @@ static void update_range(void *vctx, int64_t f0, int64_t f1) {
     }
 }
 
-/* Sparse path: the active entries of tiles [t0, t1), rows in order. */
-static void update_tiles(void *vctx, int64_t t0, int64_t t1) {
+/* Sparse path: the active entries of features [f0, f1), rows in order. */
+static void update_entries(void *vctx, int64_t f0, int64_t f1) {
     const batch_ctx *c = vctx;
-    const saefw_sae_work *w = c->w;
-    for (int64_t t = t0; t < t1; t++)
-        for (int64_t b = 0; b < c->rows; b++) {
-            const int64_t st = w->row_start[t * w->cap + b];
-            for (int32_t e = 0; e < w->row_len[t * w->cap + b]; e++)
-                if (w->act_val[st + e] > 0) update_one(c, t * w->tile_w + w->act_feat[st + e], w->act_val[st + e], b);
-        }
+    for (int64_t f = f0; f < f1; f++)
+        for (int64_t e = c->ent.start[f]; e < c->ent.start[f + 1]; e++)
+            if (c->ent.act[e] > 0) update_one(c, f, c->ent.act[e], c->ent.row[e]);
 }
 
 static void fstate_free(fstate *s) {
@@ -706,9 +697,8 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
     int32_t *toks = NULL;
     float *x = NULL;
     saefw_model_work *mw = NULL;
-    saefw_sae_work sw;
-    memset(&sw, 0, sizeof sw);
-    int rc = -1, have_sw = 0;
+    saefw_sae_eval *sw = NULL;
+    int rc = -1;
     if (!(res->f = saefw_calloc((size_t)D, sizeof *res->f, err, errlen))) goto done;
     if (!(im->s = fstate_alloc(D, T, o, err, errlen))) goto done;
     if (!(im->ex = saefw_calloc((size_t)(D * im->s->S), sizeof *im->ex, err, errlen))) goto done;
@@ -717,8 +707,7 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
     if (!(toks = saefw_malloc(sizeof(int32_t) * (size_t)(B * T), err, errlen))) goto done;
     if (!(x = saefw_malloc(sizeof(float) * (size_t)(B * T * width), err, errlen))) goto done;
     if (saefw_model_work_alloc(model, B, T, &mw, err, errlen) != 0) goto done;
-    if (saefw_sae_work_alloc(&sw, sae, B * T, err, errlen) != 0) goto done;
-    have_sw = 1;
+    if (saefw_sae_eval_alloc(&sw, sae, B * T, err, errlen) != 0) goto done;
 
     for (int64_t r0 = 0; r0 < rows; r0 += B) {
         int64_t nb = rows - r0 < B ? rows - r0 : B;
@@ -736,12 +725,12 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
         fo.capture_out = x;
         fo.stop_after_capture = 1;
         if (saefw_model_forward(model, mw, toks, nb, T, &fo, err, errlen) != 0) goto done;
-        saefw_sae_forward(sae, &sw, x, nb * T, NULL);
-        batch_ctx bc = {im->s, &sw, NULL, toks, nb * T, r0 * T};
-        if (sw.used_sparse) {
-            saefw_parallel_for(sw.n_tiles, update_tiles, &bc);
+        saefw_sae_eval_forward(sae, sw, x, nb * T, NULL);
+        batch_ctx bc = {im->s, {NULL, NULL, NULL}, NULL, toks, nb * T, r0 * T};
+        if (saefw_sae_eval_entries(sw, &bc.ent)) {
+            saefw_parallel_for(D, update_entries, &bc);
         } else {
-            if (!(bc.acts = saefw_sae_acts(sae, &sw, x, nb * T, err, errlen))) goto done;
+            if (!(bc.acts = saefw_sae_eval_acts(sae, sw, err, errlen))) goto done;
             saefw_parallel_for(D, update_range, &bc);
         }
         if (o->progress) o->progress(o->progress_ud, (r0 + nb) * T, rows * T);
@@ -754,7 +743,7 @@ done:
     free(toks);
     free(x);
     saefw_model_work_free(mw);
-    if (have_sw) saefw_sae_work_free(&sw);
+    saefw_sae_eval_free(sw);
     if (rc != 0) {
         saefw_features_free(res);
         return -1;

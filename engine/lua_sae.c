@@ -182,19 +182,19 @@ static int l_evaluate(lua_State *L) {
     lua_Integer rows = luaL_optinteger(L, 3, 4096);
     if (rows <= 0 || rows > (1 << 22)) return saefw_lua_error(L, "saefw.evaluate: rows must be in 1..%d", 1 << 22);
     if (src->d_act != s->sae.d_in) return saefw_lua_error(L, "saefw.evaluate: source width does not match the SAE's d_in");
-    saefw_sae_work w;
+    saefw_sae_eval *w;
     char err[512];
-    if (saefw_sae_work_alloc(&w, &s->sae, rows, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.evaluate: %s", err);
+    if (saefw_sae_eval_alloc(&w, &s->sae, rows, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.evaluate: %s", err);
     float *x = malloc(sizeof(float) * (size_t)(rows * src->d_act));
     if (!x || src->sample(src, x, rows, err, sizeof err) != 0) {
         free(x);
-        saefw_sae_work_free(&w);
+        saefw_sae_eval_free(w);
         return saefw_lua_error(L, "saefw.evaluate: %s", x ? err : "out of memory");
     }
     saefw_sae_stats st;
-    saefw_sae_forward(&s->sae, &w, x, rows, &st);
+    saefw_sae_eval_forward(&s->sae, w, x, rows, &st);
     free(x);
-    saefw_sae_work_free(&w);
+    saefw_sae_eval_free(w);
     saefw_metrics m;
     memset(&m, 0, sizeof m);
     m.loss = st.loss;

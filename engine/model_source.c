@@ -241,16 +241,17 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
 
 typedef struct {
     const saefw_sae *sae;
-    saefw_sae_work work;
+    saefw_sae_eval *work;
 } recon_ud;
 
 /* Replace activations by the SAE's reconstruction, in pieces that fit the SAE's scratch space. */
 static int replace_with_sae(void *vud, float *acts, int64_t rows, int64_t width, char *err, size_t errlen) {
     recon_ud *ud = vud;
-    for (int64_t r = 0; r < rows; r += ud->work.cap) {
-        int64_t k = rows - r < ud->work.cap ? rows - r : ud->work.cap;
-        saefw_sae_forward(ud->sae, &ud->work, acts + r * width, k, NULL);
-        memcpy(acts + r * width, ud->work.x_hat, sizeof(float) * (size_t)(k * width));
+    const int64_t cap = saefw_sae_eval_cap(ud->work);
+    for (int64_t r = 0; r < rows; r += cap) {
+        int64_t k = rows - r < cap ? rows - r : cap;
+        const float *x_hat = saefw_sae_eval_forward(ud->sae, ud->work, acts + r * width, k, NULL);
+        memcpy(acts + r * width, x_hat, sizeof(float) * (size_t)(k * width));
     }
     return 0;
 }
@@ -316,17 +317,17 @@ int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook
     if (width != sae->d_in)
         return saefw_errf(err, errlen, "reconstruction score: the hook has width %d but the SAE's d_in is %lld", width,
                           (long long)sae->d_in);
-    recon_ud ud = {sae, {0}};
+    recon_ud ud = {sae, NULL};
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
-    if (saefw_sae_work_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) != 0)
+    if (saefw_sae_eval_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) != 0)
         return -1;
     saefw_intervention recons = {hook, SAEFW_INTERVENE_REPLACE, NULL, replace_with_sae, &ud};
     saefw_intervention zero = {hook, SAEFW_INTERVENE_ZERO, NULL, NULL, NULL};
     const saefw_intervention *ivs[3] = {NULL, &recons, &zero};
     double l[3];
     int rc = batch_losses(m, tok, ivs, 3, n_batches, model_batch, rng, l, err, errlen);
-    saefw_sae_work_free(&ud.work);
+    saefw_sae_eval_free(ud.work);
     if (rc != 0) return -1;
     out->loss_clean = l[0];
     out->loss_recons = l[1];

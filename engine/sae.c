@@ -1,6 +1,8 @@
 /* SAE numerics of the seed recipe: parameters, the encoder product on OpenBLAS (in feature tiles whose
- * ReLU pass records the active entries, for the sparse path; in row pieces for the dense path, which
- * also makes a piece's gradients while its activations exist), statistics and the decoder projection. The sparse path's kernels are in sae_sparse.c. Loops over big arrays
+ * ReLU pass records the active entries, for the sparse path; in row pieces for the dense path, where the
+ * training step also makes a piece's gradients while its activations exist), the training step and the
+ * evaluation forward pass built on one forward pass, statistics and the decoder projection. The sparse
+ * path's kernels are in sae_sparse.c. Loops over big arrays
  * run on saefw_parallel_for; every output element and every partial sum is computed by one thread
  * over a split that does not depend on the thread count, so results do not either. */
 #include "sae.h"
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "parallel.h"
 #include "sae_kernels.h"
@@ -142,11 +145,22 @@ static void *alloc_n(saefw_sae_work *w, int64_t n, size_t size, int huge, int *f
     return p;
 }
 
-void saefw_sae_work_release(saefw_sae_work *w) {
-    w->acts_valid = 0;
 #ifdef MADV_DONTNEED
-    for (int i = 0; i < w->n_big; i++) madvise(w->big[i], w->big_bytes[i], MADV_DONTNEED); /* advice: may fail */
-    if (w->acts) madvise(w->acts, w->acts_bytes, MADV_DONTNEED);
+/* Hands back the whole pages inside [p, p + bytes) only: madvise rounds the length up to a page, and
+ * the rest of an array's last page may be the allocator's header of the next block (zeroing it
+ * corrupted the heap). */
+static void release_pages(void *p, size_t bytes) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p;
+    const uintptr_t lo = (a + page - 1) / page * page, hi = (a + bytes) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advice: may fail */
+}
+#endif
+
+static void work_release(saefw_sae_work *w) {
+    w->acts_made = 0;
+#ifdef MADV_DONTNEED
+    for (int i = 0; i < w->n_big; i++) release_pages(w->big[i], w->big_bytes[i]);
+    if (w->acts) release_pages(w->acts, w->acts_bytes);
 #endif
 }
 
@@ -154,7 +168,9 @@ void saefw_sae_work_release(saefw_sae_work *w) {
  * the shared operand (x_cent) is repacked as often. */
 #define N_TILES 8
 
-int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
+static void work_free(saefw_sae_work *w);
+
+static int work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
     memset(w, 0, sizeof *w);
     if (cap <= 0) return saefw_errf(err, errlen, "sae: a batch needs at least one row (got %lld)", (long long)cap);
     if (requested_path(&w->path, err, errlen) != 0) return -1;
@@ -219,14 +235,14 @@ int saefw_sae_work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, c
         w->lp_acts = alloc_n(w, piece * d_sae, sizeof(float), 1, &failed, err, errlen);
     }
     if (failed) {
-        saefw_sae_work_free(w);
+        work_free(w);
         return -1;
     }
     return 0;
 }
 
 double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap) {
-    /* The arrays of saefw_sae_work_alloc on the automatic path; the sparse path's entries are counted
+    /* The arrays of work_alloc on the automatic path; the sparse path's entries are counted
      * at half their room (a chunk's room is twice its share, and a run's L0 keeps them below it). */
     const int64_t chunk_rows = cap < CHUNK_ROWS ? cap : CHUNK_ROWS, n_chunks = (cap + chunk_rows - 1) / chunk_rows;
     int64_t n_tiles = d_sae < N_TILES ? d_sae : N_TILES;
@@ -248,7 +264,7 @@ double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap) {
     return b;
 }
 
-void saefw_sae_work_free(saefw_sae_work *w) {
+static void work_free(saefw_sae_work *w) {
     free(w->x_cent);
     free(w->x_hat);
     free(w->scratch);
@@ -287,6 +303,7 @@ static inline double sum8d(const double *l) {
 
 typedef struct {
     const saefw_sae *sae;
+    saefw_sae *train; /* the same SAE in the training step, whose gradients are written; else NULL */
     saefw_sae_work *w;
     const float *x; /* [B, d_in] */
     int64_t B;
@@ -385,6 +402,8 @@ typedef struct {
     const saefw_sae *sae;
     saefw_sae_work *w;
     int64_t B;
+    int overflow;      /* a chunk ran out of room: the batch goes to the dense path */
+    int64_t next_item; /* the next item of the list to take */
 } tile_ctx;
 
 /* The product's work items: whole tiles, then the last TAIL_TILES tiles in TAIL_PIECES row pieces each,
@@ -416,7 +435,7 @@ static int tile_item(const saefw_sae_work *w, int64_t B, int64_t i, int64_t *t, 
 /* One item: its pre-activations [r1 - r0, tw] into the worker's scratch (single-threaded OpenBLAS), then
  * the ReLU pass recording the active entries chunk by chunk. A chunk out of room marks the batch dense,
  * and the items not started yet are skipped. */
-static void run_tile(const tile_ctx *c, int64_t t, int64_t r0, int64_t r1, float *S) {
+static void run_tile(tile_ctx *c, int64_t t, int64_t r0, int64_t r1, float *S) {
     saefw_sae_work *w = c->w;
     const int64_t d_in = c->sae->d_in, d_sae = c->sae->d_sae;
     const int64_t j0 = t * w->tile_w, tw = d_sae - j0 < w->tile_w ? d_sae - j0 : w->tile_w;
@@ -428,7 +447,7 @@ static void run_tile(const tile_ctx *c, int64_t t, int64_t r0, int64_t r1, float
         const int64_t b1 = b0 + w->chunk_rows < r1 ? b0 + w->chunk_rows : r1;
         int64_t kept = 0, active = 0;
         double l1 = 0;
-        const int stop = __atomic_load_n(&w->overflow, __ATOMIC_RELAXED);
+        const int stop = __atomic_load_n(&c->overflow, __ATOMIC_RELAXED);
         for (int64_t b = b0; b < b1; b++) {
             double row_l1;
             const int64_t room = stop ? 0 : w->chunk_cap - kept;
@@ -444,31 +463,29 @@ static void run_tile(const tile_ctx *c, int64_t t, int64_t r0, int64_t r1, float
         w->chunk_active[slot] = active;
         w->chunk_kept[slot] = kept;
         w->chunk_l1[slot] = l1;
-        if (kept < active) __atomic_store_n(&w->overflow, 1, __ATOMIC_RELAXED);
+        if (kept < active) __atomic_store_n(&c->overflow, 1, __ATOMIC_RELAXED);
     }
 }
 
 /* Worker k takes the next item of the list whenever it is free, with scratch slot k: which items a
  * thread runs changes nothing in the results. */
 static void tile_workers(void *vctx, int64_t k0, int64_t k1) {
-    const tile_ctx *c = vctx;
+    tile_ctx *c = vctx;
     saefw_sae_work *w = c->w;
     for (int64_t k = k0; k < k1; k++) {
         float *S = w->scratch + k * w->cap * w->tile_w;
         int64_t t, r0, r1;
-        while (!__atomic_load_n(&w->overflow, __ATOMIC_RELAXED) &&
-               tile_item(w, c->B, __atomic_fetch_add(&w->next_item, 1, __ATOMIC_RELAXED), &t, &r0, &r1))
+        while (!__atomic_load_n(&c->overflow, __ATOMIC_RELAXED) &&
+               tile_item(w, c->B, __atomic_fetch_add(&c->next_item, 1, __ATOMIC_RELAXED), &t, &r0, &r1))
             run_tile(c, t, r0, r1, S);
     }
 }
 
 /* Runs the tiles; 1 when the batch is sparse enough for the sparse path (*active and *l1 then set). */
 static int sparse_attempt(const saefw_sae *sae, saefw_sae_work *w, int64_t B, int64_t *active, double *l1) {
-    tile_ctx c = {sae, w, B};
-    w->overflow = 0;
-    w->next_item = 0;
+    tile_ctx c = {sae, w, B, 0, 0};
     saefw_parallel_for_blas1(w->n_slots, tile_workers, &c);
-    if (w->overflow) return 0;
+    if (c.overflow) return 0;
     const int64_t n_chunks = (B + w->chunk_rows - 1) / w->chunk_rows;
     int64_t a = 0;
     double s = 0;
@@ -488,6 +505,7 @@ static int sparse_attempt(const saefw_sae *sae, saefw_sae_work *w, int64_t B, in
 
 typedef struct {
     const saefw_sae *sae;
+    saefw_sae *train; /* the same SAE in the training step, whose gradients are written; else NULL */
     saefw_sae_work *w;
     const float *x;
     float *acts;   /* the piece's activations [k, d_sae] (pre-activations until the ReLU) */
@@ -582,18 +600,19 @@ SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; j++) gb_enc[j] += d[j];
     }
     if (c->r0 + c->k == c->B)
-        for (int64_t j = j0; j < j1; j++) c->sae->g[SAEFW_B_ENC][j] = (float)gb_enc[j];
+        for (int64_t j = j0; j < j1; j++) c->train->g[SAEFW_B_ENC][j] = (float)gb_enc[j];
 }
 
-/* The dense path, piece by piece: activations, x_hat and, with grads, everything the backward pass
- * needs from that piece (x_hat's rows are complete once its piece is done), so that no [B, d_sae]
- * array is needed: dW_dec, dW_enc and b_enc's gradient accumulate over the pieces in order. */
-static void dense_pieces(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, int grads) {
+/* The dense path, piece by piece: activations, x_hat and, in the training step (train: the same SAE),
+ * everything the backward pass needs from that piece (x_hat's rows are complete once its piece is done),
+ * so that no [B, d_sae] array is needed: dW_dec, dW_enc and b_enc's gradient accumulate over the pieces
+ * in order. */
+static void dense_pieces(const saefw_sae *sae, saefw_sae *train, saefw_sae_work *w, const float *x, int64_t B) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
     const int64_t P = w->cap < SAEFW_DENSE_PIECE ? w->cap : SAEFW_DENSE_PIECE;
     for (int64_t r0 = 0; r0 < B; r0 += P) {
         const int64_t k = B - r0 < P ? B - r0 : P;
-        piece_ctx pc = {sae, w, x, w->scratch, w->scratch + P * d_sae, r0, k, B};
+        piece_ctx pc = {sae, train, w, x, w->scratch, w->scratch + P * d_sae, r0, k, B};
         piece_acts(&pc);
         saefw_parallel_for(k, fill_bias_rows, &pc);
         /* Under enc_dtype the decoder products read the activations rounded; mask, L0 and L1 the fp32 ones. */
@@ -605,14 +624,14 @@ static void dense_pieces(saefw_sae *sae, saefw_sae_work *w, const float *x, int6
         const float gscale = saefw_lowp_grad_scale(w->dtype, B);
         saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasNoTrans, k, d_in, d_sae, acts_op, d_sae,
                         saefw_w_dec_operand(sae, w), d_in, 1.0f, w->x_hat + r0 * d_in, d_in);
-        if (!grads) continue;
+        if (!train) continue;
         const float beta = r0 == 0 ? 0.0f : 1.0f;
         saefw_parallel_for(d_in, dxh_columns, &pc);
         if (w->dtype != SAEFW_ENC_FP32)
             saefw_lowp_round_all(w->dxh + r0 * d_in, w->dxh + r0 * d_in, k * d_in, w->dtype, gscale);
         /* dW_dec += acts^T @ dxh */
         saefw_lowp_gemm(w->dtype, 1, CblasTrans, CblasNoTrans, d_sae, d_in, k, acts_op, d_sae, w->dxh + r0 * d_in, d_in,
-                        beta, sae->g[SAEFW_W_DEC], d_in);
+                        beta, train->g[SAEFW_W_DEC], d_in);
         /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
         saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasTrans, k, d_sae, d_in, w->dxh + r0 * d_in, d_in,
                         saefw_w_dec_operand(sae, w), d_in, 0.0f, pc.dpre, d_sae);
@@ -622,11 +641,11 @@ static void dense_pieces(saefw_sae *sae, saefw_sae_work *w, const float *x, int6
         if (w->dtype != SAEFW_ENC_FP32) saefw_lowp_round_all(pc.dpre, pc.dpre, k * d_sae, w->dtype, gscale);
         /* dW_enc += x_cent^T @ dpre */
         saefw_lowp_gemm(w->dtype, 1, CblasTrans, CblasNoTrans, d_in, d_sae, k, w->x_cent + r0 * d_in, d_in, pc.dpre,
-                        d_sae, beta, sae->g[SAEFW_W_ENC], d_sae);
+                        d_sae, beta, train->g[SAEFW_W_ENC], d_sae);
     }
 }
 
-/* ---- forward ---- */
+/* ---- the forward pass ---- */
 
 /* Columns of a range: the statistics' sums (saefw_column_stats). */
 SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
@@ -637,11 +656,17 @@ SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
                        col + 2 * d_in + i0);
 }
 
-void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, saefw_sae_stats *stats) {
+/* The forward pass of B rows into w: x_cent, x_hat, and the activations as the recorded entries (sparse
+ * path) or to be made again from x_cent (dense path); stats may be NULL. With train (the training step:
+ * the same SAE, whose gradients are written) the dense path also makes the gradients of W_enc, W_dec and
+ * b_enc and b_dec's x_hat term while each piece's activations exist, and the sparse decoder product the
+ * statistics' sums and the backward pass's slabs while x_hat's slabs are in cache. */
+static void forward(const saefw_sae *sae, saefw_sae *train, saefw_sae_work *w, const float *x, int64_t B,
+                    saefw_sae_stats *stats) {
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
-    step_ctx c = {sae, w, x, B};
-    w->acts_valid = 0;
-    w->fused_pass = w->fused;
+    step_ctx c = {sae, train, w, x, B};
+    w->rows = B;
+    w->acts_made = 0;
     saefw_parallel_for(B, center_rows, &c);
     if (w->dtype != SAEFW_ENC_FP32) {
         /* enc_dtype: the products' operands. x_cent feeds only the encoder product and dW_enc's. */
@@ -654,26 +679,24 @@ void saefw_sae_forward(const saefw_sae *sae, saefw_sae_work *w, const float *x, 
     /* The sparse path unless it is ruled out or the last batch was too dense (then straight to the
      * dense path, without computing tiles that would be thrown away). */
     int try_sparse = w->path == SAEFW_SAE_SPARSE || (w->path == SAEFW_SAE_AUTO && !w->predict_dense);
-    w->used_sparse = try_sparse && sparse_attempt(sae, w, B, &active, &l1);
-    if (w->used_sparse) {
+    w->sparse = try_sparse && sparse_attempt(sae, w, B, &active, &l1);
+    if (w->sparse) {
         saefw_sparse_index(w, d_sae, B);
         /* The entries as the decoder products' operand (L0 and L1 were taken from the fp32 ones). */
         if (w->dtype != SAEFW_ENC_FP32)
             saefw_lowp_round_all(w->feat_act, w->feat_act, w->feat_start[d_sae], w->dtype, 1.0f);
-        saefw_sparse_decode(sae, w, w->fused_pass ? x : NULL, B);
+        saefw_sparse_decode(sae, w, train ? x : NULL, B);
     } else {
-        /* A fused call also makes the gradients here: the pieces' activations are at hand. */
-        dense_pieces((saefw_sae *)sae, w, x, B, w->fused_pass);
+        dense_pieces(sae, train, w, x, B);
         for (int64_t b = 0; b < B; b++) {
             active += w->row_len[b];
             l1 += w->row_l1[b];
         }
     }
-    w->nnz = active;
     if (w->path == SAEFW_SAE_AUTO)
         w->predict_dense = (double)active > SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae);
     if (!stats) return;
-    if (!(w->used_sparse && w->fused_pass)) saefw_parallel_for(d_in, stat_columns, &c);
+    if (!(w->sparse && train)) saefw_parallel_for(d_in, stat_columns, &c);
     double l2 = 0, var = 0;
     for (int64_t i = 0; i < d_in; i++) {
         l2 += w->col_stat[i];
@@ -701,67 +724,54 @@ static void scatter_rows(void *vctx, int64_t b0, int64_t b1) {
     }
 }
 
-const float *saefw_sae_acts(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, char *err,
-                            size_t errlen) {
-    if (w->acts_valid) return w->acts;
+/* The activations [rows, d_sae] of the last forward pass, made on the first request after it. */
+static const float *work_acts(const saefw_sae *sae, saefw_sae_work *w, char *err, size_t errlen) {
+    if (w->acts_made) return w->acts;
     if (!w->acts) {
         w->acts_bytes = sizeof(float) * (size_t)(w->cap * sae->d_sae);
         if (!(w->acts = alloc_big(w->acts_bytes, 0, 1, err, errlen))) return NULL;
     }
-    if (w->used_sparse) {
-        step_ctx c = {sae, w, x, B};
+    const int64_t B = w->rows;
+    if (w->sparse) {
+        step_ctx c = {sae, NULL, w, NULL, B};
         saefw_parallel_for(B, scatter_rows, &c);
     } else {
         /* The dense path keeps no activations: the encoder product again, with the same blocks. */
         const int64_t P = w->cap < SAEFW_DENSE_PIECE ? w->cap : SAEFW_DENSE_PIECE;
         for (int64_t r0 = 0; r0 < B; r0 += P) {
-            piece_ctx pc = {sae, w, x, w->acts + r0 * sae->d_sae, NULL, r0, B - r0 < P ? B - r0 : P, B};
+            piece_ctx pc = {sae, NULL, w, NULL, w->acts + r0 * sae->d_sae, NULL, r0, B - r0 < P ? B - r0 : P, B};
             piece_acts(&pc);
         }
     }
-    w->acts_valid = 1;
+    w->acts_made = 1;
     return w->acts;
 }
 
-int saefw_sae_count_active(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, int64_t *count,
-                           char *err, size_t errlen) {
-    const int64_t d_sae = sae->d_sae;
-    if (w->used_sparse) {
+static int work_count_active(const saefw_sae *sae, saefw_sae_work *w, int64_t *count, char *err, size_t errlen) {
+    const int64_t d_sae = sae->d_sae, B = w->rows;
+    if (w->sparse) {
         /* Each recorded entry is one row on which its feature fired. */
         for (int64_t j = 0; j < d_sae; j++) count[j] += w->feat_start[j + 1] - w->feat_start[j];
         return 0;
     }
-    const float *acts = saefw_sae_acts(sae, w, x, B, err, errlen);
+    const float *acts = work_acts(sae, w, err, errlen);
     if (!acts) return -1;
     for (int64_t b = 0; b < B; b++)
         for (int64_t j = 0; j < d_sae; j++) count[j] += acts[b * d_sae + j] > 0.0f;
     return 0;
 }
 
-int saefw_sae_row_loss(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B, float *loss, char *err,
-                       size_t errlen) {
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
-    const float *acts = saefw_sae_acts(sae, w, x, B, err, errlen);
-    if (!acts) return -1;
-    for (int64_t b = 0; b < B; b++) {
-        double l2 = 0, l1 = 0;
-        for (int64_t i = 0; i < d_in; i++) {
-            double d = (double)w->x_hat[b * d_in + i] - x[b * d_in + i];
-            l2 += d * d;
-        }
-        for (int64_t j = 0; j < d_sae; j++) l1 += acts[b * d_sae + j];
-        loss[b] = (float)(l2 + sae->l1_coeff * l1);
-    }
-    return 0;
-}
+/* ---- the training step ---- */
 
-/* ---- backward ---- */
+struct saefw_sae_step {
+    saefw_sae_work w;
+};
 
 /* Rows of W_enc in a range: b_dec's gradient is its x_hat term - W_enc row . gb_enc (x_cent = x - b_dec),
  * from the double sums, rounded once. */
 SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
     const step_ctx *c = vctx;
-    saefw_sae *sae = (saefw_sae *)c->sae;
+    saefw_sae *sae = c->train;
     const int64_t d_sae = sae->d_sae;
     const double *restrict gb_enc = c->w->gb_enc_d;
     for (int64_t i = i0; i < i1; i++) {
@@ -775,14 +785,112 @@ SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
     }
 }
 
-void saefw_sae_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
-    const int64_t d_in = sae->d_in;
-    /* l2 = mean_b sum_i (x_hat - x)^2  =>  dL/dx_hat = 2/B (x_hat - x); b_dec gets this term there. */
-    if (w->used_sparse) saefw_sparse_backward(sae, w, x, B);
-    else if (!w->fused_pass) dense_pieces(sae, w, x, B, 1); /* the pieces again, with their gradients */
+void saefw_sae_train_step(saefw_sae *sae, saefw_sae_step *s, const float *x, int64_t B, saefw_sae_stats *stats) {
+    saefw_sae_work *w = &s->w;
+    /* l2 = mean_b sum_i (x_hat - x)^2  =>  dL/dx_hat = 2/B (x_hat - x); b_dec gets this term there. On
+     * the dense path the forward pass has made the other gradients already. */
+    forward(sae, sae, w, x, B, stats);
+    if (w->sparse) saefw_sparse_backward(sae, w, B);
     /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
-    step_ctx c = {sae, w, x, B};
-    saefw_parallel_for(d_in, bias_dec_rows, &c);
+    step_ctx c = {sae, sae, w, x, B};
+    saefw_parallel_for(sae->d_in, bias_dec_rows, &c);
+}
+
+int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
+    *out = NULL;
+    saefw_sae_step *s = malloc(sizeof *s);
+    if (!s) return saefw_errf(err, errlen, "out of memory (%zu bytes)", sizeof *s);
+    if (work_alloc(&s->w, sae, cap, err, errlen) != 0) {
+        free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+void saefw_sae_step_free(saefw_sae_step *s) {
+    if (!s) return;
+    work_free(&s->w);
+    free(s);
+}
+
+int64_t saefw_sae_step_cap(const saefw_sae_step *s) { return s->w.cap; }
+
+void saefw_sae_step_release(saefw_sae_step *s) { work_release(&s->w); }
+
+saefw_sae_path saefw_sae_step_path(const saefw_sae_step *s) { return s->w.sparse ? SAEFW_SAE_SPARSE : SAEFW_SAE_DENSE; }
+
+const float *saefw_sae_step_acts(const saefw_sae *sae, saefw_sae_step *s, char *err, size_t errlen) {
+    return work_acts(sae, &s->w, err, errlen);
+}
+
+int saefw_sae_step_count_active(const saefw_sae *sae, saefw_sae_step *s, int64_t *count, char *err, size_t errlen) {
+    return work_count_active(sae, &s->w, count, err, errlen);
+}
+
+/* ---- evaluation ---- */
+
+struct saefw_sae_eval {
+    saefw_sae_work w;
+};
+
+int saefw_sae_eval_alloc(saefw_sae_eval **out, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
+    *out = NULL;
+    saefw_sae_eval *e = malloc(sizeof *e);
+    if (!e) return saefw_errf(err, errlen, "out of memory (%zu bytes)", sizeof *e);
+    if (work_alloc(&e->w, sae, cap, err, errlen) != 0) {
+        free(e);
+        return -1;
+    }
+    *out = e;
+    return 0;
+}
+
+void saefw_sae_eval_free(saefw_sae_eval *e) {
+    if (!e) return;
+    work_free(&e->w);
+    free(e);
+}
+
+int64_t saefw_sae_eval_cap(const saefw_sae_eval *e) { return e->w.cap; }
+
+const float *saefw_sae_eval_forward(const saefw_sae *sae, saefw_sae_eval *e, const float *x, int64_t B,
+                                    saefw_sae_stats *stats) {
+    forward(sae, NULL, &e->w, x, B, stats);
+    return e->w.x_hat;
+}
+
+const float *saefw_sae_eval_acts(const saefw_sae *sae, saefw_sae_eval *e, char *err, size_t errlen) {
+    return work_acts(sae, &e->w, err, errlen);
+}
+
+int saefw_sae_eval_count_active(const saefw_sae *sae, saefw_sae_eval *e, int64_t *count, char *err, size_t errlen) {
+    return work_count_active(sae, &e->w, count, err, errlen);
+}
+
+int saefw_sae_eval_row_loss(const saefw_sae *sae, saefw_sae_eval *e, const float *x, float *loss, char *err,
+                            size_t errlen) {
+    const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = e->w.rows;
+    const float *acts = work_acts(sae, &e->w, err, errlen);
+    if (!acts) return -1;
+    for (int64_t b = 0; b < B; b++) {
+        double l2 = 0, l1 = 0;
+        for (int64_t i = 0; i < d_in; i++) {
+            double d = (double)e->w.x_hat[b * d_in + i] - x[b * d_in + i];
+            l2 += d * d;
+        }
+        for (int64_t j = 0; j < d_sae; j++) l1 += acts[b * d_sae + j];
+        loss[b] = (float)(l2 + sae->l1_coeff * l1);
+    }
+    return 0;
+}
+
+int saefw_sae_eval_entries(const saefw_sae_eval *e, saefw_sae_entries *out) {
+    if (!e->w.sparse) return 0;
+    out->start = e->w.feat_start;
+    out->row = e->w.feat_row;
+    out->act = e->w.feat_act;
+    return 1;
 }
 
 /* ---- decoder projection ---- */

@@ -19,6 +19,71 @@
 #endif
 #endif
 
+/* Scratch space of the step and of the evaluation (saefw_sae_step and saefw_sae_eval hold one),
+ * allocated once for the largest batch. No [batch, d_sae] array is kept: the sparse path computes the
+ * encoder product in feature tiles, each tile's pre-activations living only in a worker's scratch until
+ * its active entries are recorded; the dense path works in pieces of SAEFW_DENSE_PIECE rows. The dense
+ * activations are made on request. */
+typedef struct {
+    int64_t cap;   /* rows */
+    float *x_cent; /* [cap, d_in] */
+    float *x_hat;  /* [cap, d_in] */
+    float *dxh;    /* [cap, d_in]: dLoss/dx_hat (dense path; shares memory with slab_d) */
+    /* Workers' tiles [cap, tile_w] on the sparse path; on the dense path the first two pieces'
+     * worth hold a piece's activations and its dLoss/d(pre-activation), [piece, d_sae] each. */
+    float *scratch;
+    int64_t n_slots; /* tiles computed at once */
+    int64_t n_tiles, tile_w;
+    float *acts;         /* [cap, d_sae]: made on request */
+    double *row_l1;      /* [cap]: dense path, sum of each row's activations */
+    saefw_sae_path path; /* the path asked for at allocation */
+    int predict_dense;   /* AUTO: the last batch was too dense, the next one goes straight to the dense path */
+
+    /* The last batch: its rows, whether its activations are the recorded entries (sparse path) or are
+     * made again from x_cent (dense path), and whether acts holds them. */
+    int64_t rows;
+    int sparse;
+    int acts_made;
+
+    /* Active entries of the last forward pass on the sparse path, by tile and row. Rows come in chunks
+     * of chunk_rows; tile t's chunk c keeps its entries at [(t n_chunks + c) chunk_cap, + chunk_cap) of
+     * act_feat/act_val (features relative to the tile). */
+    int64_t chunk_rows, n_chunks, chunk_cap;
+    int64_t *row_start;    /* [n_tiles, cap]: offset of the entries of row b in tile t */
+    int32_t *row_len;      /* [n_tiles, cap]: entries recorded for them */
+    int32_t *act_feat;     /* [n_tiles * n_chunks * chunk_cap]: feature in the tile, ascending within a row */
+    float *act_val;        /* the same: its activation */
+    int64_t *chunk_active; /* [n_tiles, n_chunks]: active entries (recorded or not: a chunk may overflow) */
+    int64_t *chunk_kept;   /* [n_tiles, n_chunks]: entries recorded */
+    double *chunk_l1;      /* [n_tiles, n_chunks]: sum of acts */
+    /* The same entries by feature: feature j's are [feat_start[j], feat_start[j + 1]), rows ascending. */
+    int64_t feat_cap;
+    int64_t *feat_start; /* [d_sae + 1] */
+    int64_t *feat_next;  /* [d_sae]: fill cursor */
+    int32_t *feat_row;   /* [feat_cap] */
+    float *feat_act;     /* [feat_cap]: activation */
+    float *feat_grad;    /* [feat_cap]: dLoss/d(pre-activation) */
+    double *feat_dot;    /* [feat_cap]: dLoss/dacts, summed over the column groups in double */
+    /* x_hat, then dxh, and x_cent, in column groups: group q holds columns [q G, q G + G) of all rows
+     * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP). */
+    float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
+    double *col_stat;       /* [3 * d_in]: per-column sums of the statistics */
+    /* The bias gradients' sums over rows, kept in double until b_dec's gradient is complete (a float
+     * sum over thousands of rows is an order of magnitude less exact than PyTorch's). */
+    double *gb_enc_d; /* [d_sae] */
+    double *gb_dec_d; /* [d_in]: the x_hat term */
+    size_t acts_bytes;
+    void *big[32]; /* the arrays a release hands back */
+    size_t big_bytes[32];
+    int n_big;
+    /* enc_dtype's operands (NULL for fp32): the weights rounded at each forward pass, and a dense piece's
+     * activations rounded for the decoder products (the fp32 ones keep the mask, L0 and L1). */
+    saefw_enc_dtype dtype; /* the SAE's enc_dtype when the work area was allocated */
+    float *lp_w_enc;       /* [d_in, d_sae] */
+    float *lp_w_dec;       /* [d_sae, d_in] */
+    float *lp_acts;        /* [piece, d_sae] */
+} saefw_sae_work;
+
 /* Eight floats, and the same read or written at any float's alignment. */
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
@@ -68,11 +133,11 @@ static inline void saefw_column_stats(const float *restrict xh, int64_t ldh, con
 }
 
 /* x_hat [B, d_in] = b_dec + the active entries of acts times W_dec, after saefw_sparse_index. With x
- * (a fused call: the backward pass follows), also w->col_stat for x and the backward pass's slabs. */
+ * (the training step: the backward pass follows), also w->col_stat for x and the backward pass's slabs. */
 void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B);
 
-/* After saefw_sparse_decode on x [B, d_in]: W_dec's and W_enc's gradients (every element written),
+/* After saefw_sparse_decode with x [B, d_in]: W_dec's and W_enc's gradients (every element written),
  * b_enc's, and b_dec's x_hat term (the caller subtracts W_enc @ gb_enc). */
-void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B);
+void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B);
 
 #endif

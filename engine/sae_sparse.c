@@ -99,7 +99,8 @@ static inline float hsum(const v8 *v) {
 }
 
 typedef struct {
-    saefw_sae *sae;
+    const saefw_sae *sae;
+    saefw_sae *train; /* the same SAE, whose gradients the backward pass writes */
     saefw_sae_work *w;
     const float *x; /* [B, d_in] */
     int64_t B;
@@ -149,7 +150,7 @@ static void scatter_features(void *vctx, int64_t f0, int64_t f1) {
 }
 
 void saefw_sparse_index(saefw_sae_work *w, int64_t d_sae, int64_t B) {
-    sparse_ctx c = {NULL, w, NULL, B};
+    sparse_ctx c = {NULL, NULL, w, NULL, B};
     saefw_parallel_for(d_sae, count_features, &c);
     w->feat_start[0] = 0;
     for (int64_t j = 0; j < d_sae; j++) {
@@ -211,8 +212,8 @@ static inline void backward_slabs(const float *xh, int64_t ld, const float *x, c
     }
 }
 
-/* Column groups of a range: the group's x_hat accumulated in its slab and copied out. On a fused call
- * (x given), while the slab is at hand, also the group's columns of the statistics and its backward
+/* Column groups of a range: the group's x_hat accumulated in its slab and copied out. In the training
+ * step (x given), while the slab is at hand, also the group's columns of the statistics and its backward
  * slabs (dxh in place of x_hat), so that neither pass reads x_hat back. */
 SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
     const sparse_ctx *c = vctx;
@@ -247,25 +248,11 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
 }
 
 void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
-    sparse_ctx c = {(saefw_sae *)sae, w, x, B};
+    sparse_ctx c = {sae, NULL, w, x, B};
     saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, decode_groups, &c);
 }
 
 /* ---- gradients ---- */
-
-/* Column groups of a range: the backward slabs from x_hat (when the forward pass did not make them). */
-SAEFW_KERNEL static void fill_slabs(void *vctx, int64_t q0, int64_t q1) {
-    const sparse_ctx *c = vctx;
-    const int64_t d_in = c->sae->d_in, B = c->B;
-    for (int64_t q = q0; q < q1; q++) {
-        backward_slabs(c->w->x_hat + q * GROUP, d_in, c->x, c->w->x_cent, d_in, B, q * GROUP, group_cols(d_in, q),
-                       c->w->slab_d + q * B * GROUP, c->w->slab_x + q * B * GROUP, c->w->gb_dec_d);
-        /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
-        if (c->w->dtype != SAEFW_ENC_FP32)
-            saefw_lowp_round(c->w->slab_d + q * B * GROUP, c->w->slab_d + q * B * GROUP, B * GROUP, c->w->dtype,
-                             saefw_lowp_grad_scale(c->w->dtype, B));
-    }
-}
 
 /* Entry e of a feature: acc += act[e] dxh[rows[e]] (the gradient piece), *t += dxh[rows[e]] * the
  * feature's W_dec piece (its dot, lane by lane). */
@@ -365,7 +352,7 @@ SAEFW_KERNEL static void grad_enc_group(float *restrict gW, int64_t ld, const fl
  * which needs the complete dL/dpre). */
 static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     const sparse_ctx *c = vctx;
-    saefw_sae *sae = c->sae;
+    saefw_sae *sae = c->train;
     saefw_sae_work *w = c->w;
     const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
     const int64_t n_groups = (d_in + GROUP - 1) / GROUP;
@@ -399,8 +386,7 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
                        w->feat_grad, j0, j1, group_cols(d_in, q));
 }
 
-void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
-    sparse_ctx c = {sae, w, x, B};
-    if (!w->fused_pass) saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, fill_slabs, &c);
+void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B) {
+    sparse_ctx c = {sae, sae, w, NULL, B};
     saefw_parallel_for((sae->d_sae + FEAT_BLOCK - 1) / FEAT_BLOCK, backward_features, &c);
 }

@@ -109,12 +109,12 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     const saefw_sae *sae = run->sae;
     /* The step's scratch holds nothing between steps: its pages go back while the evaluation's own
      * scratch is in use, so that peak memory is one of the two, not both. */
-    saefw_sae_work_release(&run->work);
+    saefw_sae_step_release(run->work);
     if (!run->freq && !(run->freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen))) return -1;
     float *freq = run->freq;
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
-    int64_t rows = nb * saefw_eval_batch_rows(run->eval_src, run->work.cap);
-    if (saefw_feature_frequencies(sae, run->eval_src, rows, run->work.cap, freq, err, errlen) != 0) return -1;
+    const int64_t cap = saefw_sae_step_cap(run->work), rows = nb * saefw_eval_batch_rows(run->eval_src, cap);
+    if (saefw_feature_frequencies(sae, run->eval_src, rows, cap, freq, err, errlen) != 0) return -1;
     int64_t dead = 0, b6 = 0, b5 = 0;
     for (int64_t j = 0; j < sae->d_sae; j++) {
         dead += freq[j] == 0.0f;
@@ -176,8 +176,8 @@ static void trainer_free(saefw_run *run, int *rc, char *err, size_t errlen) {
     free(run->batch);
     free(run->feat_counts);
     free(run->freq);
-    saefw_sae_work_free(&run->work);
-    saefw_sae_work_free(&run->sample_work);
+    saefw_sae_step_free(run->work);
+    saefw_sae_eval_free(run->sample_work);
     free(run);
 }
 
@@ -221,8 +221,7 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     run->B = B;
     int rc = -1;
 
-    if (saefw_sae_work_alloc(&run->work, sae, B, err, errlen) != 0) goto fail;
-    run->work.fused = 1; /* every forward pass of the step is followed by its backward pass */
+    if (saefw_sae_step_alloc(&run->work, sae, B, err, errlen) != 0) goto fail;
     run->batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
     run->feat_counts = run->batch ? saefw_malloc(sizeof(int64_t) * (size_t)sae->d_sae, err, errlen) : NULL;
     run->counts_step = -1;
@@ -329,12 +328,11 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
     if (got != 0 && run->buf && saefw_stop_requested()) return 0; /* a refill left due: the steps done are saved */
     if (got != 0) return -1;
     saefw_sae_stats st;
-    saefw_sae_forward(sae, &run->work, run->batch, B, &st);
+    saefw_sae_train_step(sae, run->work, run->batch, B, &st);
     if (!isfinite(st.loss))
         return saefw_errf(err, errlen, "step %lld: the loss is %s; training stopped (last good checkpoint: %s)",
                           (long long)i, isnan(st.loss) ? "NaN" : "infinite",
                           run->res.last_checkpoint[0] ? run->res.last_checkpoint : "none yet");
-    saefw_sae_backward(sae, &run->work, run->batch, B);
     saefw_sae_project_decoder(sae);
     saefw_fault_point("step");
     run->batch_rows = B;

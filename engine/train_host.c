@@ -138,16 +138,16 @@ static void host_metric(saefw_run *run, const char *name, double value) {
 static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen) {
     const int64_t d = run->sae->d_in;
     /* Its own scratch space, made on first use, so the current batch's activations stay valid. */
-    const int64_t cap = run->work.cap, piece = cap < SAEFW_EVAL_PIECE ? cap : SAEFW_EVAL_PIECE;
-    if (loss && !run->sample_work.cap && saefw_sae_work_alloc(&run->sample_work, run->sae, piece, err, errlen) != 0)
+    const int64_t cap = saefw_sae_step_cap(run->work), piece = cap < SAEFW_EVAL_PIECE ? cap : SAEFW_EVAL_PIECE;
+    if (loss && !run->sample_work && saefw_sae_eval_alloc(&run->sample_work, run->sae, piece, err, errlen) != 0)
         return -1;
     for (int64_t r = 0; r < n; r += cap) {
         int64_t k = n - r < cap ? n - r : cap;
         if (run->eval_src->sample(run->eval_src, x + r * d, k, err, errlen) != 0) return -1;
         for (int64_t p0 = r; loss && p0 < r + k; p0 += piece) {
             const int64_t np = r + k - p0 < piece ? r + k - p0 : piece;
-            saefw_sae_forward(run->sae, &run->sample_work, x + p0 * d, np, NULL);
-            if (saefw_sae_row_loss(run->sae, &run->sample_work, x + p0 * d, np, loss + p0, err, errlen) != 0) return -1;
+            saefw_sae_eval_forward(run->sae, run->sample_work, x + p0 * d, np, NULL);
+            if (saefw_sae_eval_row_loss(run->sae, run->sample_work, x + p0 * d, loss + p0, err, errlen) != 0) return -1;
         }
     }
     return 0;
@@ -163,8 +163,8 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
     if (chunk > rows) chunk = rows;
     /* Rows are drawn `chunk` at a time and run through the SAE in smaller pieces. */
     const int64_t piece = chunk < SAEFW_EVAL_PIECE ? chunk : SAEFW_EVAL_PIECE;
-    saefw_sae_work w;
-    if (saefw_sae_work_alloc(&w, sae, piece, err, errlen) != 0) return -1;
+    saefw_sae_eval *w;
+    if (saefw_sae_eval_alloc(&w, sae, piece, err, errlen) != 0) return -1;
     float *x = saefw_malloc(sizeof(float) * (size_t)(chunk * sae->d_in), err, errlen);
     int64_t *count = x ? saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen) : NULL;
     int rc = count ? 0 : -1;
@@ -177,15 +177,15 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
         }
         for (int64_t p0 = 0; rc == 0 && p0 < k; p0 += piece) {
             const int64_t np = k - p0 < piece ? k - p0 : piece;
-            saefw_sae_forward(sae, &w, x + p0 * sae->d_in, np, NULL);
-            rc = saefw_sae_count_active(sae, &w, x + p0 * sae->d_in, np, count, err, errlen);
+            saefw_sae_eval_forward(sae, w, x + p0 * sae->d_in, np, NULL);
+            rc = saefw_sae_eval_count_active(sae, w, count, err, errlen);
         }
     }
     if (rc == 0)
         for (int64_t j = 0; j < sae->d_sae; j++) freq[j] = (float)((double)count[j] / (double)rows);
     free(count);
     free(x);
-    saefw_sae_work_free(&w);
+    saefw_sae_eval_free(w);
     return rc;
 }
 
@@ -193,8 +193,8 @@ static int host_freqs(saefw_run *run, int64_t n_batches, float *freq, char *err,
     if (n_batches <= 0 || n_batches > SAEFW_MAX_EVAL_BATCHES)
         return saefw_errf(err, errlen, "feature_frequencies: n_batches = %lld is not in 1 .. %d", (long long)n_batches,
                           SAEFW_MAX_EVAL_BATCHES);
-    int64_t rows = n_batches * saefw_eval_batch_rows(run->eval_src, run->work.cap);
-    return saefw_feature_frequencies(run->sae, run->eval_src, rows, run->work.cap, freq, err, errlen);
+    const int64_t cap = saefw_sae_step_cap(run->work), rows = n_batches * saefw_eval_batch_rows(run->eval_src, cap);
+    return saefw_feature_frequencies(run->sae, run->eval_src, rows, cap, freq, err, errlen);
 }
 
 static const float *host_batch_inputs(saefw_run *run, int64_t *rows) {
@@ -207,7 +207,7 @@ static const float *host_batch_acts(saefw_run *run, int64_t *rows) {
     if (rows) *rows = run->batch_rows;
     if (!run->batch_rows) return NULL;
     char err[256];
-    const float *a = saefw_sae_acts(run->sae, &run->work, run->batch, run->batch_rows, err, sizeof err);
+    const float *a = saefw_sae_step_acts(run->sae, run->work, err, sizeof err);
     if (!a) saefw_train_host_log(run, SAEFW_LOG_WARN, err);
     return a;
 }
@@ -217,7 +217,7 @@ static const int64_t *host_batch_feature_counts(saefw_run *run) {
     if (run->counts_step == run->step) return run->feat_counts;
     memset(run->feat_counts, 0, sizeof(int64_t) * (size_t)run->sae->d_sae);
     char err[256];
-    if (saefw_sae_count_active(run->sae, &run->work, run->batch, run->batch_rows, run->feat_counts, err, sizeof err) != 0) {
+    if (saefw_sae_step_count_active(run->sae, run->work, run->feat_counts, err, sizeof err) != 0) {
         saefw_train_host_log(run, SAEFW_LOG_WARN, err);
         return NULL;
     }

@@ -14,8 +14,8 @@
 struct saefw_run {
     const saefw_train_opts *o;
     saefw_sae *sae;
-    saefw_sae_work work;
-    saefw_sae_work sample_work; /* for sample_activations, allocated on first use */
+    saefw_sae_step *work;
+    saefw_sae_eval *sample_work; /* for sample_activations, allocated on first use */
     saefw_source *eval_src;
     float *batch;     /* [batch, d_in] */
     int64_t batch_rows; /* rows of batch and work.acts valid for plugins (0 outside a step) */

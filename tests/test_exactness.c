@@ -81,17 +81,16 @@ static double dist(const float *got, const float *ref, int64_t n) {
 
 /* One forward and backward pass and the decoder projection (W_dec renormalised in place), as a step. */
 static void grads(saefw_sae *sae, const float *x, int64_t B, saefw_sae_path path, int64_t *nnz) {
-    saefw_sae_work w;
+    saefw_sae_step *w;
     char err[512];
     saefw_sae_set_path(path);
-    REQUIRE(saefw_sae_work_alloc(&w, sae, B, err, sizeof err) == 0, "%s", err);
-    w.fused = 1;
-    saefw_sae_forward(sae, &w, x, B, NULL);
-    saefw_sae_backward(sae, &w, x, B);
+    REQUIRE(saefw_sae_step_alloc(&w, sae, B, err, sizeof err) == 0, "%s", err);
+    saefw_sae_stats st;
+    saefw_sae_train_step(sae, w, x, B, &st);
     saefw_sae_project_decoder(sae);
-    REQUIRE(path != SAEFW_SAE_SPARSE || w.used_sparse, "the sparse path did not run");
-    if (nnz) *nnz = w.nnz;
-    saefw_sae_work_free(&w);
+    REQUIRE(path != SAEFW_SAE_SPARSE || saefw_sae_step_path(w) == SAEFW_SAE_SPARSE, "the sparse path did not run");
+    if (nnz) *nnz = llround(st.l0 * (double)B);
+    saefw_sae_step_free(w);
     saefw_sae_set_path(SAEFW_SAE_AUTO);
 }
 

@@ -41,11 +41,10 @@ int main(void) {
     float x[B * D_IN];
     for (int k = 0; k < B * D_IN; k++) x[k] = (float)saefw_rng_normal(&rng);
 
-    saefw_sae_work w;
-    REQUIRE(saefw_sae_work_alloc(&w, &sae, B, err, sizeof err) == 0, "%s", err);
+    saefw_sae_step *w;
+    REQUIRE(saefw_sae_step_alloc(&w, &sae, B, err, sizeof err) == 0, "%s", err);
     saefw_sae_stats st;
-    saefw_sae_forward(&sae, &w, x, B, &st);
-    saefw_sae_backward(&sae, &w, x, B);
+    saefw_sae_train_step(&sae, w, x, B, &st);
 
     double *p[4];
     for (int t = 0; t < 4; t++) {
@@ -100,7 +99,7 @@ int main(void) {
     CHECK(worst_dot <= 1e-5, "decoder gradient not orthogonal: %g", worst_dot);
 
     for (int t = 0; t < 4; t++) free(p[t]);
-    saefw_sae_work_free(&w);
+    saefw_sae_step_free(w);
     saefw_sae_free(&sae);
     return t_finish("test_fd");
 }

@@ -29,26 +29,37 @@ static void run_case(saefw_tensorfile *tf, const char *prefix) {
         free(v);
     }
     float *x = T("x");
-    saefw_sae_work w;
-    REQUIRE(saefw_sae_work_alloc(&w, &sae, B, err, sizeof err) == 0, "%s", err);
+    saefw_sae_eval *e;
+    saefw_sae_step *w;
+    REQUIRE(saefw_sae_eval_alloc(&e, &sae, B, err, sizeof err) == 0, "%s", err);
+    REQUIRE(saefw_sae_step_alloc(&w, &sae, B, err, sizeof err) == 0, "%s", err);
     saefw_sae_stats st;
-    saefw_sae_forward(&sae, &w, x, B, &st);
+    /* The evaluation forward pass: statistics, x_hat and the activations. */
+    const float *x_hat = saefw_sae_eval_forward(&sae, e, x, B, &st);
 
     float *loss = T("loss"), *l2 = T("l2"), *l1 = T("l1");
     t_close1("loss", st.loss, loss[0], TOL);
     t_close1("l2", st.l2, l2[0], TOL);
     t_close1("l1", st.l1, l1[0], TOL);
     float *want = T("x_hat");
-    t_close("x_hat", w.x_hat, want, B * d_in, TOL, 1e-6);
+    t_close("x_hat", x_hat, want, B * d_in, TOL, 1e-6);
     free(want);
     want = T("acts");
     char aerr[256];
-    const float *acts = saefw_sae_acts(&sae, &w, x, B, aerr, sizeof aerr);
+    const float *acts = saefw_sae_eval_acts(&sae, e, aerr, sizeof aerr);
     REQUIRE(acts, "%s", aerr);
     t_close("acts", acts, want, B * d_sae, TOL, 1e-6);
     free(want);
 
-    saefw_sae_backward(&sae, &w, x, B);
+    /* The training step: its statistics and the gradients. */
+    saefw_sae_stats sst;
+    saefw_sae_train_step(&sae, w, x, B, &sst);
+    t_close1("loss (training step)", sst.loss, loss[0], TOL);
+    want = T("acts");
+    acts = saefw_sae_step_acts(&sae, w, aerr, sizeof aerr);
+    REQUIRE(acts, "%s", aerr);
+    t_close("acts (training step)", acts, want, B * d_sae, TOL, 1e-6);
+    free(want);
     want = T("grad_W_dec_raw");
     t_close("grad W_dec (before proj.)", sae.g[SAEFW_W_DEC], want, sae.numel[SAEFW_W_DEC], TOL, 1e-6);
     free(want);
@@ -66,7 +77,8 @@ static void run_case(saefw_tensorfile *tf, const char *prefix) {
     free(l2);
     free(l1);
     free(x);
-    saefw_sae_work_free(&w);
+    saefw_sae_eval_free(e);
+    saefw_sae_step_free(w);
     saefw_sae_free(&sae);
 #undef T
 }
