@@ -1783,7 +1783,7 @@ static int l_train(lua_State *L) {
     static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "optimizer", "plugins", "log_every",
                                        "eval_every", "checkpoint_every", "freq_batches", "run_dir", "config", "seed",
                                        "progress", "on_log", "on_eval", "on_end", "recons_batches", "resume_from", "resume",
-                                       "allow_change", NULL};
+                                       "allow_change", "recons_eval", NULL};
     const char *fn = "saefw.train";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -1804,12 +1804,16 @@ static int l_train(lua_State *L) {
     int64_t recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
     if (recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)recons_batches, SAEFW_MAX_EVAL_BATCHES);
     const int with_recons = bsrc && bsrc->on_model && recons_batches > 0;
+    const char *recons_eval = saefw_lua_opt_string(L, 1, fn, "recons_eval", "fixed");
+    saefw_recons_mode recons_mode;
+    if (saefw_recons_mode_parse(recons_eval, &recons_mode) != 0)
+        return saefw_lua_error(L, "%s: recons_eval = '%s' is not one of fixed, fresh", fn, recons_eval);
     if (with_recons) {
         lua_getiuservalue(L, -1, 1);
         const saefw_model *rm = check_model(L, -1)->m;
         lua_getiuservalue(L, -2, 2);
         saefw_recons_evaluator_init(&rev, rm, check_tokens(L, -1)->t, bsrc->hook, recons_batches, bsrc->model_batch,
-                                    (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0));
+                                    recons_mode, (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0));
     }
     if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) o.eval_source = check_source(L, -1);
     char eerr[256];
@@ -1897,6 +1901,7 @@ static int l_train(lua_State *L) {
     saefw_train_result res;
     char err[1024] = "";
     int rc = saefw_train(&o, &res, err, sizeof err);
+    if (with_recons) saefw_recons_evaluator_free(&rev);
     cJSON_Delete(cfg);
     if (rc != 0) {
         if (ud.lua_err[0]) {

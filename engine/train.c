@@ -50,7 +50,11 @@ struct saefw_run {
     char metric_error[256]; /* a metric that could not be recorded (the run stops with this) */
     double t0;        /* when this process started training */
     double elapsed_before; /* seconds spent before a resume, for the reported rate */
+    saefw_time_split time; /* where the run's wall time went (m.time at events) */
 };
+
+/* The fields of saefw_time_split, all doubles, saved with the training state as one array. */
+#define TIME_PARTS ((int64_t)(sizeof(saefw_time_split) / sizeof(double)))
 
 /* ---- host table ---- */
 
@@ -531,6 +535,12 @@ static int write_metrics_line(FILE *f, saefw_event event, const char *stopped_by
             if (isfinite(m->score_value[i])) json_num(f, m->score_name[i], m->score_value[i]);
     }
     for (int i = 0; i < m->n_extra; i++) json_num(f, m->extra_name[i], m->extra_value[i]);
+    if (event != SAEFW_EVENT_LOG) {
+        const saefw_time_split *t = &m->time;
+        fprintf(f, ",\"time_s\":{\"step\":%.3f,\"batch\":%.3f,\"refill\":%.3f,\"eval_freq\":%.3f,\"eval_other\":%.3f,"
+                "\"checkpoint\":%.3f,\"plugins\":%.3f,\"logging\":%.3f,\"total\":%.3f}",
+                t->step, t->batch, t->refill, t->eval_freq, t->eval_other, t->checkpoint, t->plugins, t->logging, t->total);
+    }
     fputs("}\n", f);
     if (fflush(f) != 0 || ferror(f)) return saefw_errf(err, errlen, "metrics.jsonl: write failed: %s", strerror(errno));
     return 0;
@@ -702,6 +712,8 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         offset = ftell(run->metrics);
     }
     saefw_state_set_prefix(&st, "run/");
+    saefw_time_split time = run->time;
+    time.total = run->elapsed_before + (saefw_now() - run->t0);
     if (saefw_state_put_i64(&st, "next_step", next, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "tokens", run->tokens, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "metrics_bytes", offset, err, errlen) != 0 ||
@@ -710,6 +722,7 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "lr", run->lr, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "l1_coeff", run->sae->l1_coeff, err, errlen) != 0 ||
+        saefw_state_put_copy(&st, "time_split", SAEFW_DT_F64, TIME_PARTS, &time, err, errlen) != 0 ||
         put_record(run, &st, err, errlen) != 0)
         goto out;
     for (int i = 0; i < o->n_evaluators; i++)
@@ -743,6 +756,13 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
                        plugin_msg(perr, sizeof perr, "failed"));
             goto out;
         }
+    }
+    for (int i = 0; i < o->n_evaluators; i++) {
+        saefw_evaluator *ev = o->evaluators[i];
+        char pre[96];
+        snprintf(pre, sizeof pre, "eval/%s/", ev->name);
+        saefw_state_set_prefix(&st, pre);
+        if (ev->save_state && ev->save_state(ev, &st, err, errlen) != 0) goto out;
     }
     rc = saefw_state_write(&st, path, err, errlen);
 out:
@@ -793,6 +813,9 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         (saefw_state_has(&st, "l1_coeff") && saefw_state_get_f64(&st, "l1_coeff", &l1, err, errlen) != 0))
         goto fail;
     run->sae->l1_coeff = (float)l1;
+    if (saefw_state_has(&st, "time_split") &&
+        saefw_state_get(&st, "time_split", SAEFW_DT_F64, TIME_PARTS, &run->time, err, errlen) != 0)
+        goto fail;
     for (int i = 0; i < o->n_evaluators; i++)
         if (o->evaluators[i]->rng &&
             saefw_state_get_rng(&st, o->evaluators[i]->rng_name, o->evaluators[i]->rng, err, errlen) != 0)
@@ -831,6 +854,16 @@ static int64_t read_train_state(saefw_run *run, const char *dir, char *err, size
         if (prc != 0) {
             saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path,
                        plugin_msg(perr, sizeof perr, "failed"));
+            goto fail;
+        }
+    }
+    for (int i = 0; i < o->n_evaluators; i++) {
+        saefw_evaluator *ev = o->evaluators[i];
+        char pre[96], eerr[512] = "";
+        snprintf(pre, sizeof pre, "eval/%s/", ev->name);
+        saefw_state_in_prefix(&st, pre);
+        if (ev->load_state && ev->load_state(ev, &st, eerr, sizeof eerr) != 0) {
+            saefw_errf(err, errlen, "evaluator %s: restoring its state from %s: %s", ev->name, path, eerr);
             goto fail;
         }
     }
@@ -883,6 +916,7 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
     char dir[PATH_MAX];
     if (name) snprintf(dir, sizeof dir, "%s/%s", o->run_dir, name);
     else snprintf(dir, sizeof dir, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir));
+    const double t0 = saefw_now();
     cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
@@ -899,6 +933,7 @@ static int save_checkpoint(saefw_run *run, const char *name, const saefw_metrics
             run->ckpt_path = res->last_checkpoint;
         }
     }
+    run->time.checkpoint += saefw_now() - t0;
     return rc;
 }
 
@@ -911,7 +946,9 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     float *freq = run->freq;
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
     int64_t rows = nb * saefw_eval_batch_rows(run->eval_src, run->work.cap);
+    double t = saefw_now();
     if (saefw_feature_frequencies(sae, run->eval_src, rows, run->work.cap, freq, err, errlen) != 0) return -1;
+    run->time.eval_freq += saefw_now() - t;
     int64_t dead = 0, b6 = 0, b5 = 0;
     for (int64_t j = 0; j < sae->d_sae; j++) {
         dead += freq[j] == 0.0f;
@@ -923,13 +960,18 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     m->frac_below_1e6 = (double)b6 / (double)sae->d_sae;
     m->frac_below_1e5 = (double)b5 / (double)sae->d_sae;
     m->n_score = 0;
+    t = saefw_now();
     for (int i = 0; i < run->o->n_evaluators; i++) {
         saefw_evaluator *ev = run->o->evaluators[i];
         char eerr[512] = "";
-        if (ev->evaluate(ev, run, sae, m, eerr, sizeof eerr) != 0)
-            return saefw_errf(err, errlen, "evaluator %s: %s", ev->name, eerr[0] ? eerr : "failed");
+        run->current = ev->name; /* what its log messages and a crash in it are labelled with */
+        run->callback = "evaluate";
+        int erc = ev->evaluate(ev, run, sae, m, eerr, sizeof eerr);
+        run->current = NULL;
+        if (erc != 0) return saefw_errf(err, errlen, "evaluator %s: %s", ev->name, eerr[0] ? eerr : "failed");
     }
     if (run->eval_src->idle) run->eval_src->idle(run->eval_src); /* its scratch is not needed until the next use */
+    run->time.eval_other += saefw_now() - t;
     return 0;
 }
 
@@ -943,6 +985,7 @@ static const char *hook_name(size_t offset) {
 
 static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
+    const double t0 = saefw_now();
     for (int i = 0; i < o->n_plugins; i++) {
         const saefw_plugin *p = &o->plugins[i].plugin->p;
         saefw_callback cb = *(const saefw_callback *)((const char *)p + offset);
@@ -954,6 +997,7 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
         run->current = NULL;
         if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, plugin_msg(perr, sizeof perr, "callback failed"));
     }
+    run->time.plugins += saefw_now() - t0;
     return 0;
 }
 
@@ -961,6 +1005,9 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
  * step as if it were the last: run->stopped_by names the event. */
 static int emit(saefw_run *run, FILE *mf, saefw_event event, saefw_metrics *m, char *err, size_t errlen) {
     if (run->metric_error[0]) return saefw_errf(err, errlen, "%s", run->metric_error);
+    const double t0 = saefw_now();
+    m->time = run->time;
+    m->time.total = run->elapsed_before + (t0 - run->t0);
     m->n_extra = run->n_extra;
     memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
     memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
@@ -968,6 +1015,7 @@ static int emit(saefw_run *run, FILE *mf, saefw_event event, saefw_metrics *m, c
     if (write_metrics_line(mf, event, end ? run->stopped_by : NULL, m, err, errlen) != 0) return -1;
     if (mf) run->metrics_lines++;
     int rc = run->o->on_event ? run->o->on_event(run->o->event_ud, event, m, err, errlen) : SAEFW_EVENT_GO_ON;
+    run->time.logging += saefw_now() - t0;
     /* A stop asked for at the end changes nothing: the run ends anyway. */
     if (rc == SAEFW_EVENT_STOP) {
         if (!end && !run->stopped_by) run->stopped_by = saefw_event_name(event);
@@ -1110,8 +1158,13 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
         if (saefw_stop_requested() || run.stopped_by) break;
         run.step = i;
         run.n_extra = 0;
+        const double tb = saefw_now(), fills = buf ? buf->fill_seconds + buf->refill_seconds : 0;
         int got = buf ? saefw_buffer_next(buf, run.batch, err, errlen)
                       : o->next_batch(o->next_batch_ud, run.batch, B, err, errlen);
+        const double ts = saefw_now(), plug0 = run.time.plugins;
+        const double refill = buf ? buf->fill_seconds + buf->refill_seconds - fills : 0;
+        run.time.refill += refill;
+        run.time.batch += ts - tb - refill;
         if (got != 0) goto done;
         saefw_sae_stats st;
         saefw_sae_forward(sae, &run.work, run.batch, B, &st);
@@ -1139,6 +1192,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
             }
         }
         if (call_hooks(&run, offsetof(saefw_plugin, after_step), err, errlen) != 0) goto done;
+        run.time.step += saefw_now() - ts - (run.time.plugins - plug0);
         if (run.metric_error[0]) {
             saefw_errf(err, errlen, "%s", run.metric_error);
             goto done;
@@ -1227,6 +1281,11 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     res->last = m;
     res->stop = run.stopped_by ? SAEFW_STOP_CALLBACK : SAEFW_STOP_DONE;
     rc = 0;
+    if (o->progress != 0) {
+        char line[512];
+        saefw_time_split_format(&m.time, line, sizeof line);
+        fprintf(stderr, "%s\n", line);
+    }
     if (o->progress != 0 && saefw_mem_peak() > 0) {
         char pk[32], es[32];
         fprintf(stderr, "memory: peak resident %s, estimated %s\n", saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),

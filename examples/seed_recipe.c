@@ -110,9 +110,11 @@ static int run(const char *run_dir, int64_t steps, int64_t batch, int64_t eval_e
         goto out;
     }
 
-    /* The reconstruction score at every eval, seeded from the run's seed as saefw.train does. */
+    /* The reconstruction score at every eval on a held-out set fixed at the first one, as saefw.train
+     * does by default. */
     saefw_recons_evaluator recons;
-    saefw_recons_evaluator_init(&recons, model, tokens, hook, RECONS_BATCHES, model_batch, SAEFW_DEFAULT_SEED);
+    saefw_recons_evaluator_init(&recons, model, tokens, hook, RECONS_BATCHES, model_batch, SAEFW_RECONS_FIXED,
+                                SAEFW_DEFAULT_SEED);
     saefw_evaluator *evs[1] = {&recons.ev};
 
     saefw_train_opts o = {0};
@@ -132,7 +134,9 @@ static int run(const char *run_dir, int64_t steps, int64_t batch, int64_t eval_e
     o.evaluators = evs;
     o.n_evaluators = 1;
     saefw_train_result res;
-    if (saefw_train(&o, &res, err, errlen) != 0) goto out;
+    int trc = saefw_train(&o, &res, err, errlen);
+    saefw_recons_evaluator_free(&recons);
+    if (trc != 0) goto out;
     printf("final: loss %.5f, L0 %.2f, explained variance %.4f, dead %.4f\n", res.last.loss, res.last.l0,
            res.last.explained_variance, res.last.frac_dead);
     printf("reconstruction score %.4f (loss clean %.4f, with the SAE %.4f, zero-ablated %.4f)\n", recons.last.score,
