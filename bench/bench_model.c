@@ -352,13 +352,14 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
     /* Evaluations (feature frequencies and the core's reconstruction score) as a seed run makes them,
      * on one model batch of 32 sequences (the memory it needs does not grow with more batches). */
     saefw_recons_evaluator rev;
-    saefw_recons_evaluator_init(&rev, m, tok, hook, 1, 32, SAEFW_DEFAULT_SEED);
+    saefw_recons_evaluator_init(&rev, m, tok, hook, 1, 32, SAEFW_RECONS_FRESH, SAEFW_DEFAULT_SEED);
     saefw_evaluator *evs[1] = {&rev.ev};
     o.eval_every = eval_every;
     o.evaluators = evs;
     o.n_evaluators = 1;
     saefw_train_result res;
     if (saefw_train(&o, &res, err, sizeof err) != 0) die("train", err);
+    saefw_recons_evaluator_free(&rev);
     /* The share over the steps after the first (which also touches the optimizer's fresh state), up to
      * the last: the end-of-run evaluation is not training. */
     if (rl.n < 2) die("train", "too few steps to time");

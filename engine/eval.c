@@ -32,13 +32,61 @@ double saefw_metrics_get(const saefw_metrics *m, const char *name) {
     return NAN;
 }
 
+int saefw_recons_mode_parse(const char *name, saefw_recons_mode *out) {
+    if (!strcmp(name, "fixed")) *out = SAEFW_RECONS_FIXED;
+    else if (!strcmp(name, "fresh")) *out = SAEFW_RECONS_FRESH;
+    else return -1;
+    return 0;
+}
+
+/* The held-out rows: the end of the training stream's first pass, which the stream reaches last. */
+static int recons_draw_rows(saefw_recons_evaluator *e, char *err, size_t errlen) {
+    const int64_t n = e->batches * e->model_batch, T = saefw_tokens_seq_len(e->tokens);
+    if (!(e->rows = saefw_malloc(sizeof(int32_t) * (size_t)(n * T), err, errlen))) return -1;
+    const int64_t rows = saefw_tokens_rows(e->tokens);
+    if (saefw_tokens_first_pass(e->tokens, rows - n, e->rows, n, saefw_model_config(e->model)->d_vocab, err, errlen) != 0) {
+        free(e->rows);
+        e->rows = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* Once the training stream has read into the held-out rows, they are no longer held out. */
+static void recons_check_overlap(saefw_recons_evaluator *e, saefw_run *run) {
+    const int64_t n = e->batches * e->model_batch, rows = saefw_tokens_rows(e->tokens);
+    if (e->warned || (saefw_tokens_pass(e->tokens) == 0 && saefw_tokens_cursor(e->tokens) <= rows - n)) return;
+    char msg[320];
+    if (n >= rows)
+        snprintf(msg, sizeof msg, "reconstruction score: the held-out set (%lld rows) is not smaller than the token "
+                 "file (%lld rows): it overlaps the training rows", (long long)n, (long long)rows);
+    else
+        snprintf(msg, sizeof msg, "reconstruction score: the training stream has reached the %lld held-out rows at the "
+                 "end of its first pass; from here they overlap the rows trained on", (long long)n);
+    saefw_host_table()->log(run, SAEFW_LOG_WARN, msg);
+    e->warned = 1;
+}
+
 static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae *sae, saefw_metrics *m, char *err,
                            size_t errlen) {
     (void)m;
     saefw_recons_evaluator *e = (saefw_recons_evaluator *)ev;
-    if (saefw_recons_score(e->model, e->tokens, e->hook, sae, e->batches, e->model_batch, &e->rng, &e->last, err,
-                           errlen) != 0)
-        return -1;
+    if (e->mode == SAEFW_RECONS_FRESH) {
+        if (saefw_recons_score(e->model, e->tokens, e->hook, sae, e->batches, e->model_batch, &e->rng, &e->last, err,
+                               errlen) != 0)
+            return -1;
+    } else {
+        if (!e->rows && recons_draw_rows(e, err, errlen) != 0) return -1;
+        recons_check_overlap(e, run);
+        const int with_base = !e->has_base;
+        if (saefw_recons_score_fixed(e->model, e->tokens, e->hook, sae, e->rows, e->batches, e->model_batch, with_base,
+                                     &e->last, err, errlen) != 0)
+            return -1;
+        if (with_base) {
+            e->has_base = 1;
+            e->base_evals++;
+        }
+    }
     const saefw_host *h = saefw_host_table();
     h->metric(run, "recons_score", e->last.score);
     h->metric(run, "loss_clean", e->last.loss_clean);
@@ -47,19 +95,57 @@ static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae 
     return 0;
 }
 
+/* The fixed rows and their base losses, once drawn (the fresh mode keeps only its generator). */
+static int recons_save(saefw_evaluator *ev, saefw_state_out *st, char *err, size_t errlen) {
+    saefw_recons_evaluator *e = (saefw_recons_evaluator *)ev;
+    if (e->mode != SAEFW_RECONS_FIXED || !e->rows || !e->has_base) return 0;
+    const int64_t shape[2] = {e->batches * e->model_batch, saefw_tokens_seq_len(e->tokens)};
+    if (saefw_state_put(st, "rows", SAEFW_DT_I32, 2, shape, e->rows, err, errlen) != 0 ||
+        saefw_state_put_f64(st, "loss_clean", e->last.loss_clean, err, errlen) != 0 ||
+        saefw_state_put_f64(st, "loss_zero_abl", e->last.loss_zero, err, errlen) != 0)
+        return -1;
+    return 0;
+}
+
+static int recons_load(saefw_evaluator *ev, saefw_state_in *st, char *err, size_t errlen) {
+    saefw_recons_evaluator *e = (saefw_recons_evaluator *)ev;
+    if (e->mode != SAEFW_RECONS_FIXED || !saefw_state_has(st, "rows")) return 0;
+    const int64_t n = e->batches * e->model_batch * saefw_tokens_seq_len(e->tokens);
+    if (!e->rows && !(e->rows = saefw_malloc(sizeof(int32_t) * (size_t)n, err, errlen))) return -1;
+    if (saefw_state_get(st, "rows", SAEFW_DT_I32, n, e->rows, err, errlen) != 0 ||
+        saefw_state_get_f64(st, "loss_clean", &e->last.loss_clean, err, errlen) != 0 ||
+        saefw_state_get_f64(st, "loss_zero_abl", &e->last.loss_zero, err, errlen) != 0) {
+        free(e->rows);
+        e->rows = NULL;
+        return -1;
+    }
+    e->has_base = 1;
+    return 0;
+}
+
 void saefw_recons_evaluator_init(saefw_recons_evaluator *e, const saefw_model *model, const saefw_tokens *tokens,
-                                 saefw_hook hook, int64_t batches, int64_t model_batch, uint64_t seed) {
+                                 saefw_hook hook, int64_t batches, int64_t model_batch, saefw_recons_mode mode,
+                                 uint64_t seed) {
     memset(e, 0, sizeof *e);
     e->ev.name = "recons_score";
     e->ev.evaluate = recons_evaluate;
     e->ev.rng = &e->rng;
     e->ev.rng_name = "recons_rng";
+    e->ev.save_state = recons_save;
+    e->ev.load_state = recons_load;
     e->model = model;
     e->tokens = tokens;
     e->hook = hook;
     e->batches = batches;
     e->model_batch = model_batch;
+    e->mode = mode;
     saefw_rng_seed(&e->rng, seed ^ RECONS_SEED_SALT);
+}
+
+void saefw_recons_evaluator_free(saefw_recons_evaluator *e) {
+    free(e->rows);
+    e->rows = NULL;
+    e->has_base = 0;
 }
 
 static int mmcs_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae *sae, saefw_metrics *m, char *err,

@@ -25,6 +25,10 @@ struct saefw_evaluator {
                     size_t errlen);
     saefw_rng *rng;       /* a generator a resumed run restores (NULL: none) */
     const char *rng_name; /* its unique name in the training state */
+    /* More state a resumed run restores (NULL: none), under the prefix "eval/<name>/" of the training
+     * state. load_state must accept a state without its entries (written before it had any). */
+    int (*save_state)(saefw_evaluator *ev, saefw_state_out *st, char *err, size_t errlen);
+    int (*load_state)(saefw_evaluator *ev, saefw_state_in *st, char *err, size_t errlen);
 };
 
 /* Add (or overwrite) a summary score; `label` is how the eval line prints it. -1 when the list is full. */
@@ -32,22 +36,46 @@ int saefw_metrics_add_score(saefw_metrics *m, const char *name, const char *labe
 /* A figure of m by name: a summary score or an extra metric; NaN when absent. */
 double saefw_metrics_get(const saefw_metrics *m, const char *name);
 
-/* The seed's reconstruction score (saefw_recons_score) on `batches` batches of `model_batch` random
- * sequences, recorded as the extra metrics recons_score, loss_clean, loss_recons and loss_zero_abl.
- * Its generator is derived from `seed` and saved with the training state as "recons_rng". The model
- * and tokens are borrowed and must outlive the evaluator. */
+/* How the reconstruction score picks its token rows. */
+typedef enum {
+    /* A held-out set fixed at the first evaluation: the last batches x model_batch rows of the training
+     * stream's first pass (disjoint from the rows trained on until the stream gets there; a warning is
+     * logged once it does). Its clean and zero-ablated losses are computed once per run and saved with
+     * the training state; each later evaluation runs only the forward with the SAE. */
+    SAEFW_RECONS_FIXED = 0,
+    /* The seed's: fresh random rows at every evaluation (drawn with the evaluator's own generator,
+     * which may pick rows the run trains on) and all three losses each time. */
+    SAEFW_RECONS_FRESH,
+} saefw_recons_mode;
+
+/* "fixed" / "fresh" -> mode; -1 for other names. */
+int saefw_recons_mode_parse(const char *name, saefw_recons_mode *out);
+
+/* The seed's reconstruction score (saefw_recons_score, or saefw_recons_score_fixed) on `batches`
+ * batches of `model_batch` sequences, recorded as the extra metrics recons_score, loss_clean,
+ * loss_recons and loss_zero_abl. Its generator is derived from `seed` and saved with the training
+ * state as "recons_rng"; the fixed rows and their clean and zero-ablated losses are saved under
+ * "eval/recons_score/". The model and tokens are borrowed and must outlive the evaluator; free it
+ * with saefw_recons_evaluator_free. */
 typedef struct {
     saefw_evaluator ev;
     const saefw_model *model;
     const saefw_tokens *tokens;
     saefw_hook hook;
     int64_t batches, model_batch;
+    saefw_recons_mode mode;
     saefw_rng rng;
-    saefw_recons last; /* the latest evaluation */
+    saefw_recons last;  /* the latest evaluation */
+    int32_t *rows;      /* FIXED: [batches * model_batch, seq_len] once drawn, else NULL */
+    int has_base;       /* FIXED: last.loss_clean and last.loss_zero hold the set's losses */
+    int64_t base_evals; /* how many times this process computed the clean and zero-ablated losses */
+    int warned;         /* the stream-reached-the-held-out-rows warning was logged */
 } saefw_recons_evaluator;
 
 void saefw_recons_evaluator_init(saefw_recons_evaluator *e, const saefw_model *model, const saefw_tokens *tokens,
-                                 saefw_hook hook, int64_t batches, int64_t model_batch, uint64_t seed);
+                                 saefw_hook hook, int64_t batches, int64_t model_batch, saefw_recons_mode mode,
+                                 uint64_t seed);
+void saefw_recons_evaluator_free(saefw_recons_evaluator *e);
 
 /* MMCS of the SAE's decoder rows against the true features of a synthetic source, recorded as the
  * summary score "mmcs" (printed "MMCS"). -1 with err when the source has no ground truth. The source

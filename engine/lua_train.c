@@ -98,7 +98,8 @@ static int l_train(lua_State *L) {
     static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "num_tokens", "optimizer", "plugins",
                                        "log_every", "eval_every", "checkpoint_every", "freq_batches", "run_dir",
                                        "script", "model_name", "config", "seed", "progress", "on_log", "on_eval",
-                                       "on_end", "recons_batches", "resume_from", "resume", "allow_change", NULL};
+                                       "on_end", "recons_batches", "recons_eval", "resume_from", "resume", "allow_change",
+                                       NULL};
     const char *fn = "saefw.train";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -115,6 +116,9 @@ static int l_train(lua_State *L) {
     lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
     c.recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
     if (c.recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)c.recons_batches, SAEFW_MAX_EVAL_BATCHES);
+    const char *recons_eval = saefw_lua_opt_string(L, 1, fn, "recons_eval", "fixed");
+    if (saefw_recons_mode_parse(recons_eval, &c.recons_mode) != 0)
+        return saefw_lua_error(L, "%s: recons_eval = '%s' is not one of fixed, fresh", fn, recons_eval);
     if (bsrc && bsrc->on_model) {
         lua_getiuservalue(L, -1, 1);
         rm.model = saefw_lua_check_lmodel(L, -1)->m;

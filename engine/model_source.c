@@ -256,10 +256,12 @@ static int replace_with_sae(void *vud, float *acts, int64_t rows, int64_t width,
     return 0;
 }
 
-/* Loss of each of the n_iv interventions on the same n_batches random batches. */
-static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *const *ivs, int n_iv,
-                        int64_t n_batches, int64_t model_batch, saefw_rng *rng, double *loss, char *err,
-                        size_t errlen) {
+/* Loss of each of the n_iv interventions on the same n_batches batches: drawn at random with rng, or
+ * the fixed rows [n_batches * model_batch, T] when rows is not NULL. A NULL entry of ivs is skipped
+ * (its loss is left as it was). */
+static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *const *ivs,
+                        const int *want, int n_iv, int64_t n_batches, int64_t model_batch, saefw_rng *rng,
+                        const int32_t *rows, double *loss, char *err, size_t errlen) {
     const saefw_model_cfg *cfg = saefw_model_config(m);
     const int64_t T = saefw_tokens_seq_len(tok);
     if (T > cfg->n_ctx)
@@ -272,16 +274,23 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     saefw_model_work *w = NULL;
     if (saefw_model_work_alloc(m, chunk, T, &w, err, errlen) != 0) return -1;
-    int32_t *toks = saefw_malloc(sizeof(int32_t) * (size_t)(model_batch * T), err, errlen);
-    if (!toks) {
+    int32_t *toks = rows ? NULL : saefw_malloc(sizeof(int32_t) * (size_t)(model_batch * T), err, errlen);
+    if (!rows && !toks) {
         saefw_model_work_free(w);
         return -1;
     }
-    for (int i = 0; i < n_iv; i++) loss[i] = 0;
+    double *sum_iv = saefw_calloc((size_t)n_iv, sizeof(double), err, errlen);
+    if (!sum_iv) {
+        free(toks);
+        saefw_model_work_free(w);
+        return -1;
+    }
     int rc = 0;
     for (int64_t b = 0; b < n_batches && rc == 0; b++) {
-        rc = saefw_tokens_sample(tok, rng, toks, model_batch, cfg->d_vocab, err, errlen);
+        const int32_t *bt = rows ? rows + b * model_batch * T : toks;
+        if (!rows) rc = saefw_tokens_sample(tok, rng, toks, model_batch, cfg->d_vocab, err, errlen);
         for (int i = 0; i < n_iv && rc == 0; i++) {
+            if (want && !want[i]) continue;
             double sum = 0;
             for (int64_t s = 0; s < model_batch && rc == 0; s += chunk) {
                 int64_t k = model_batch - s < chunk ? model_batch - s : chunk;
@@ -291,13 +300,15 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
                 fo.intervention = ivs[i];
                 fo.loss_out = &l;
                 rc = saefw_stop_requested() ? saefw_stop_errf(err, errlen, "model loss")
-                                            : saefw_model_forward(m, w, toks + s * T, k, T, &fo, err, errlen);
+                                            : saefw_model_forward(m, w, bt + s * T, k, T, &fo, err, errlen);
                 sum += l * (double)k; /* each piece's mean is over k rows of equal length */
             }
-            loss[i] += sum / (double)model_batch;
+            sum_iv[i] += sum / (double)model_batch;
         }
     }
-    for (int i = 0; i < n_iv; i++) loss[i] /= (double)n_batches;
+    for (int i = 0; i < n_iv; i++)
+        if (!want || want[i]) loss[i] = sum_iv[i] / (double)n_batches;
+    free(sum_iv);
     free(toks);
     saefw_model_work_free(w);
     return rc;
@@ -306,12 +317,14 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
 int saefw_model_loss(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *iv, int64_t n_batches,
                      int64_t model_batch, saefw_rng *rng, double *loss, char *err, size_t errlen) {
     const saefw_intervention *ivs[1] = {iv};
-    return batch_losses(m, tok, ivs, 1, n_batches, model_batch, rng, loss, err, errlen);
+    return batch_losses(m, tok, ivs, NULL, 1, n_batches, model_batch, rng, NULL, loss, err, errlen);
 }
 
-int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
-                       int64_t n_batches, int64_t model_batch, saefw_rng *rng, saefw_recons *out, char *err,
-                       size_t errlen) {
+/* The three losses of the reconstruction score (clean, with the SAE, zero-ablated) on random batches
+ * (rows NULL) or fixed rows; want[i] says which (NULL: all). */
+static int recons_losses(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
+                         int64_t n_batches, int64_t model_batch, saefw_rng *rng, const int32_t *rows, const int *want,
+                         double l[3], char *err, size_t errlen) {
     int width = saefw_model_hook_width(m, hook);
     if (width <= 0) return saefw_errf(err, errlen, "reconstruction score: layer %d is out of range", hook.layer);
     if (width != sae->d_in)
@@ -320,19 +333,41 @@ int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook
     recon_ud ud = {sae, NULL};
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
-    if (saefw_sae_eval_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) != 0)
+    if ((!want || want[1]) &&
+        saefw_sae_eval_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) != 0)
         return -1;
     saefw_intervention recons = {hook, SAEFW_INTERVENE_REPLACE, NULL, replace_with_sae, &ud};
     saefw_intervention zero = {hook, SAEFW_INTERVENE_ZERO, NULL, NULL, NULL};
     const saefw_intervention *ivs[3] = {NULL, &recons, &zero};
-    double l[3];
-    int rc = batch_losses(m, tok, ivs, 3, n_batches, model_batch, rng, l, err, errlen);
+    int rc = batch_losses(m, tok, ivs, want, 3, n_batches, model_batch, rng, rows, l, err, errlen);
     saefw_sae_eval_free(ud.work);
-    if (rc != 0) return -1;
+    return rc;
+}
+
+static void recons_fill(saefw_recons *out, const double l[3]) {
     out->loss_clean = l[0];
     out->loss_recons = l[1];
     out->loss_zero = l[2];
     out->score = (l[2] - l[1]) / (l[2] - l[0]);
+}
+
+int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
+                       int64_t n_batches, int64_t model_batch, saefw_rng *rng, saefw_recons *out, char *err,
+                       size_t errlen) {
+    double l[3];
+    if (recons_losses(m, tok, hook, sae, n_batches, model_batch, rng, NULL, NULL, l, err, errlen) != 0) return -1;
+    recons_fill(out, l);
+    return 0;
+}
+
+int saefw_recons_score_fixed(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
+                             const int32_t *rows, int64_t n_batches, int64_t model_batch, int with_base,
+                             saefw_recons *out, char *err, size_t errlen) {
+    if (!rows) return saefw_errf(err, errlen, "reconstruction score: no fixed rows");
+    double l[3] = {out->loss_clean, 0, out->loss_zero};
+    const int want[3] = {with_base, 1, with_base};
+    if (recons_losses(m, tok, hook, sae, n_batches, model_batch, NULL, rows, want, l, err, errlen) != 0) return -1;
+    recons_fill(out, l);
     return 0;
 }
 

@@ -38,6 +38,14 @@ int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook
                        int64_t n_batches, int64_t model_batch, saefw_rng *rng, saefw_recons *out, char *err,
                        size_t errlen);
 
+/* The same score on fixed token rows [n_batches * model_batch, seq_len] (ids checked by the forward).
+ * With with_base the clean and zero-ablated losses are computed too; without, out's loss_clean and
+ * loss_zero are taken as they are (from an earlier call on the same rows) and only the loss with the
+ * SAE is computed: one forward per batch instead of three. */
+int saefw_recons_score_fixed(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
+                             const int32_t *rows, int64_t n_batches, int64_t model_batch, int with_base,
+                             saefw_recons *out, char *err, size_t errlen);
+
 /* Mean next-token loss over n_batches random batches with an intervention (NULL: clean). */
 int saefw_model_loss(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *iv, int64_t n_batches,
                      int64_t model_batch, saefw_rng *rng, double *loss, char *err, size_t errlen);

@@ -157,7 +157,7 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
         s->evs[n++] = &s->mmcs.ev;
     if (c->on_model && c->recons_batches > 0) {
         saefw_recons_evaluator_init(&s->recons, c->on_model->model, c->on_model->tokens, c->on_model->hook,
-                                    c->recons_batches, c->on_model->model_batch, c->seed);
+                                    c->recons_batches, c->on_model->model_batch, c->recons_mode, c->seed);
         s->evs[n++] = &s->recons.ev;
         s->with_recons = 1;
     }
@@ -208,6 +208,7 @@ int saefw_session_train(saefw_session *s, saefw_train_result *res, char *err, si
 
 void saefw_session_close(saefw_session *s) {
     if (!s) return;
+    if (s->with_recons) saefw_recons_evaluator_free(&s->recons);
     cJSON_Delete(s->config);
     free(s);
 }

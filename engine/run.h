@@ -47,6 +47,7 @@ typedef struct {
     int64_t log_every, eval_every, checkpoint_every; /* 0 disables */
     int64_t freq_batches;   /* feature-frequency batches at every eval */
     int64_t recons_batches; /* reconstruction-score batches at every eval (0: none) */
+    saefw_recons_mode recons_mode; /* its rows: a held-out set fixed at the start (the default) or the seed's fresh draws */
     uint64_t seed;          /* the run seed: the plugins' generator and the evaluators' draws */
     int progress;           /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
     /* The run folder: run_dir; NULL: runs/<script>-<date>-<time> (saefw_run_default_dir); no_run_dir:

@@ -46,7 +46,7 @@ static uint64_t mix(uint64_t x) {
     return x;
 }
 
-static int64_t permute(const saefw_tokens *t, int64_t i) {
+static int64_t permute_key(const saefw_tokens *t, uint64_t key, int64_t i) {
     if (!t->shuffle || t->rows <= 1) return i;
     const int half = t->bits / 2;
     const uint64_t mask = (1ULL << half) - 1;
@@ -54,7 +54,7 @@ static int64_t permute(const saefw_tokens *t, int64_t i) {
     do {
         uint64_t l = x >> half, r = x & mask;
         for (int round = 0; round < 4; round++) {
-            uint64_t f = mix(r ^ (t->key + 0x9e3779b97f4a7c15ULL * (uint64_t)(round + 1))) & mask;
+            uint64_t f = mix(r ^ (key + 0x9e3779b97f4a7c15ULL * (uint64_t)(round + 1))) & mask;
             uint64_t nl = r;
             r = l ^ f;
             l = nl;
@@ -64,7 +64,13 @@ static int64_t permute(const saefw_tokens *t, int64_t i) {
     return (int64_t)x;
 }
 
-static void new_key(saefw_tokens *t) { t->key = mix(t->seed ^ mix((uint64_t)t->pass + 0x746f6b656e73ULL)); }
+static uint64_t pass_key(const saefw_tokens *t, int64_t pass) {
+    return mix(t->seed ^ mix((uint64_t)pass + 0x746f6b656e73ULL));
+}
+
+static int64_t permute(const saefw_tokens *t, int64_t i) { return permute_key(t, t->key, i); }
+
+static void new_key(saefw_tokens *t) { t->key = pass_key(t, t->pass); }
 
 /* ---- opening ---- */
 
@@ -279,6 +285,16 @@ int saefw_tokens_sample(const saefw_tokens *t, saefw_rng *rng, int32_t *out, int
                         size_t errlen) {
     for (int64_t k = 0; k < n; k++) {
         int64_t r = (int64_t)saefw_rng_below(rng, (uint64_t)t->rows);
+        if (saefw_tokens_row(t, r, out + k * t->seq_len, max_id, err, errlen) != 0) return -1;
+    }
+    return 0;
+}
+
+int saefw_tokens_first_pass(const saefw_tokens *t, int64_t pos, int32_t *out, int64_t n, int64_t max_id, char *err,
+                            size_t errlen) {
+    const uint64_t key = pass_key(t, 0);
+    for (int64_t k = 0; k < n; k++) {
+        int64_t r = permute_key(t, key, ((pos + k) % t->rows + t->rows) % t->rows);
         if (saefw_tokens_row(t, r, out + k * t->seq_len, max_id, err, errlen) != 0) return -1;
     }
     return 0;

@@ -43,6 +43,11 @@ int saefw_tokens_next(saefw_tokens *t, int32_t *out, int64_t n, int64_t max_id, 
 /* n rows drawn uniformly at random with rng (evaluation; does not move the stream). */
 int saefw_tokens_sample(const saefw_tokens *t, saefw_rng *rng, int32_t *out, int64_t n, int64_t max_id, char *err,
                         size_t errlen);
+/* n rows [n, seq_len] that the training stream visits at positions pos, pos+1, ... of its first pass
+ * (wrapping at rows); does not move the stream. A held-out set taken from the end of the first pass
+ * is disjoint from the rows trained on until the stream gets there. */
+int saefw_tokens_first_pass(const saefw_tokens *t, int64_t pos, int32_t *out, int64_t n, int64_t max_id, char *err,
+                            size_t errlen);
 /* The stream's position (pass and cursor; the shuffle follows from them and the seed). */
 int saefw_tokens_save(const saefw_tokens *t, saefw_state_out *st, char *err, size_t errlen);
 int saefw_tokens_load(saefw_tokens *t, saefw_state_in *st, char *err, size_t errlen);

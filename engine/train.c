@@ -114,7 +114,9 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     float *freq = run->freq;
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
     const int64_t cap = saefw_sae_step_cap(run->work), rows = nb * saefw_eval_batch_rows(run->eval_src, cap);
+    double t = saefw_now();
     if (saefw_feature_frequencies(sae, run->eval_src, rows, cap, freq, err, errlen) != 0) return -1;
+    run->time.eval_freq += saefw_now() - t;
     int64_t dead = 0, b6 = 0, b5 = 0;
     for (int64_t j = 0; j < sae->d_sae; j++) {
         dead += freq[j] == 0.0f;
@@ -126,13 +128,18 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
     m->frac_below_1e6 = (double)b6 / (double)sae->d_sae;
     m->frac_below_1e5 = (double)b5 / (double)sae->d_sae;
     m->n_score = 0;
+    t = saefw_now();
     for (int i = 0; i < run->o->n_evaluators; i++) {
         saefw_evaluator *ev = run->o->evaluators[i];
         char eerr[512] = "";
-        if (ev->evaluate(ev, run, sae, m, eerr, sizeof eerr) != 0)
-            return saefw_errf(err, errlen, "evaluator %s: %s", ev->name, eerr[0] ? eerr : "failed");
+        run->current = ev->name; /* what its log messages and a crash in it are labelled with */
+        run->callback = "evaluate";
+        int erc = ev->evaluate(ev, run, sae, m, eerr, sizeof eerr);
+        run->current = NULL;
+        if (erc != 0) return saefw_errf(err, errlen, "evaluator %s: %s", ev->name, eerr[0] ? eerr : "failed");
     }
     if (run->eval_src->idle) run->eval_src->idle(run->eval_src); /* its scratch is not needed until the next use */
+    run->time.eval_other += saefw_now() - t;
     return 0;
 }
 
@@ -146,6 +153,7 @@ static const char *hook_name(size_t offset) {
 
 static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
+    const double t0 = saefw_now();
     for (int i = 0; i < o->n_plugins; i++) {
         const saefw_plugin *p = &o->plugins[i].plugin->p;
         saefw_callback cb = *(const saefw_callback *)((const char *)p + offset);
@@ -157,6 +165,7 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
         run->current = NULL;
         if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, saefw_train_plugin_msg(perr, sizeof perr, "callback failed"));
     }
+    run->time.plugins += saefw_now() - t0;
     return 0;
 }
 
@@ -323,8 +332,13 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
     const int64_t i = run->next, B = run->B;
     run->step = i;
     run->n_extra = 0;
+    const double tb = saefw_now(), fills = run->buf ? run->buf->fill_seconds + run->buf->refill_seconds : 0;
     int got = run->buf ? saefw_buffer_next(run->buf, run->batch, err, errlen)
                        : o->next_batch(o->next_batch_ud, run->batch, B, err, errlen);
+    const double ts = saefw_now(), plug0 = run->time.plugins;
+    const double refill = run->buf ? run->buf->fill_seconds + run->buf->refill_seconds - fills : 0;
+    run->time.refill += refill;
+    run->time.batch += ts - tb - refill;
     if (got != 0 && run->buf && saefw_stop_requested()) return 0; /* a refill left due: the steps done are saved */
     if (got != 0) return -1;
     saefw_sae_stats st;
@@ -348,6 +362,7 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
             return saefw_errf(err, errlen, "plugin %s: %s", op->name, saefw_train_plugin_msg(perr, sizeof perr, "step failed"));
     }
     if (call_hooks(run, offsetof(saefw_plugin, after_step), err, errlen) != 0) return -1;
+    run->time.step += saefw_now() - ts - (run->time.plugins - plug0);
     if (run->metric_error[0]) return saefw_errf(err, errlen, "%s", run->metric_error);
     run->batch_rows = 0; /* evaluation below reuses the scratch space */
     run->tokens += B;
@@ -440,6 +455,11 @@ static int finish(saefw_run *run, char *err, size_t errlen) {
     if (saefw_train_emit(run, SAEFW_EVENT_END, m, err, errlen) != 0) return -1;
     res->last = *m;
     res->stop = run->stopped_by ? SAEFW_STOP_CALLBACK : SAEFW_STOP_DONE;
+    if (o->progress != 0) {
+        char line[512];
+        saefw_time_split_format(&m->time, line, sizeof line);
+        fprintf(stderr, "%s\n", line);
+    }
     if (o->progress != 0 && saefw_mem_peak() > 0) {
         char pk[32], es[32];
         fprintf(stderr, "memory: peak resident %s, estimated %s\n", saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),

@@ -16,6 +16,22 @@
 /* Upper bound of an evaluation's batch counts (freq_batches, recons_batches): more is a typo, not a plan. */
 #define SAEFW_MAX_EVAL_BATCHES 10000
 
+/* Wall time of a run's parts in seconds, cumulative over the run (a resumed run continues the sums). */
+typedef struct {
+    double step;        /* the SAE step: forward, backward, decoder projection, optimizer */
+    double batch;       /* taking a batch from the buffer, refills excluded */
+    double refill;      /* buffer refills (on a model source: the model forward) */
+    double eval_freq;   /* evaluation: feature frequencies (their activations included) */
+    double eval_other;  /* evaluation: the evaluators (reconstruction score, MMCS) */
+    double checkpoint;  /* checkpoints and the training state */
+    double plugins;     /* plugin hooks other than the optimizer (resampling, interventions) */
+    double logging;     /* metrics.jsonl lines, event callbacks, progress lines */
+    double total;       /* the whole loop; total minus the parts above is the rest */
+} saefw_time_split;
+
+/* One line: the total, then each part in seconds and percent of the total, then the rest. */
+void saefw_time_split_format(const saefw_time_split *t, char *out, size_t n);
+
 /* What the loop reports at its events. Eval fields are set only when has_eval. */
 typedef struct {
     int64_t step, steps, tokens;
@@ -32,6 +48,7 @@ typedef struct {
     int n_extra;
     char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
     double extra_value[SAEFW_MAX_EXTRA_METRICS];
+    saefw_time_split time; /* up to this event (written to metrics.jsonl at eval and end events) */
 } saefw_metrics;
 
 /* The loop's events: LOG every log_every steps, EVAL every eval_every steps, END after the final

@@ -41,6 +41,7 @@ struct saefw_run {
     char metric_error[256]; /* a metric that could not be recorded (the run stops with this) */
     double t0;        /* when this process started training */
     double elapsed_before; /* seconds spent before a resume, for the reported rate */
+    saefw_time_split time; /* where the run's wall time went (m.time at events) */
     /* The loop's own state (saefw_trainer_open .. saefw_trainer_close). */
     saefw_train_result res; /* what saefw_trainer_close hands back */
     char resume_dir[4096];  /* the checkpoint this run resumed from */

@@ -84,6 +84,12 @@ static int write_metrics_line(FILE *f, saefw_event event, const char *stopped_by
             if (isfinite(m->score_value[i])) json_num(f, m->score_name[i], m->score_value[i]);
     }
     for (int i = 0; i < m->n_extra; i++) json_num(f, m->extra_name[i], m->extra_value[i]);
+    if (event != SAEFW_EVENT_LOG) {
+        const saefw_time_split *t = &m->time;
+        fprintf(f, ",\"time_s\":{\"step\":%.3f,\"batch\":%.3f,\"refill\":%.3f,\"eval_freq\":%.3f,\"eval_other\":%.3f,"
+                "\"checkpoint\":%.3f,\"plugins\":%.3f,\"logging\":%.3f,\"total\":%.3f}",
+                t->step, t->batch, t->refill, t->eval_freq, t->eval_other, t->checkpoint, t->plugins, t->logging, t->total);
+    }
     fputs("}\n", f);
     if (fflush(f) != 0 || ferror(f)) return saefw_errf(err, errlen, "metrics.jsonl: write failed: %s", strerror(errno));
     return 0;
@@ -93,6 +99,9 @@ static int write_metrics_line(FILE *f, saefw_event event, const char *stopped_by
  * step as if it were the last: run->stopped_by names the event. */
 int saefw_train_emit(saefw_run *run, saefw_event event, saefw_metrics *m, char *err, size_t errlen) {
     if (run->metric_error[0]) return saefw_errf(err, errlen, "%s", run->metric_error);
+    const double t0 = saefw_now();
+    m->time = run->time;
+    m->time.total = run->elapsed_before + (t0 - run->t0);
     m->n_extra = run->n_extra;
     memcpy(m->extra_name, run->extra_name, sizeof m->extra_name);
     memcpy(m->extra_value, run->extra_value, sizeof m->extra_value);
@@ -100,6 +109,7 @@ int saefw_train_emit(saefw_run *run, saefw_event event, saefw_metrics *m, char *
     if (write_metrics_line(run->metrics, event, end ? run->stopped_by : NULL, m, err, errlen) != 0) return -1;
     if (run->metrics) run->metrics_lines++;
     int rc = run->o->on_event ? run->o->on_event(run->o->event_ud, event, m, err, errlen) : SAEFW_EVENT_GO_ON;
+    run->time.logging += saefw_now() - t0;
     /* A stop asked for at the end changes nothing: the run ends anyway. */
     if (rc == SAEFW_EVENT_STOP) {
         if (!end && !run->stopped_by) run->stopped_by = saefw_event_name(event);

@@ -14,6 +14,9 @@
 #include "train_internal.h"
 #include "util.h"
 
+/* The fields of saefw_time_split, all doubles, saved with the training state as one array. */
+#define TIME_PARTS ((int64_t)(sizeof(saefw_time_split) / sizeof(double)))
+
 static cJSON *checkpoint_cfg(const saefw_run *run, const saefw_metrics *m) {
     const saefw_train_opts *o = run->o;
     cJSON *c = o->cfg ? cJSON_Duplicate(o->cfg, 1) : cJSON_CreateObject();
@@ -180,6 +183,8 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         offset = ftell(run->metrics);
     }
     saefw_state_set_prefix(&st, "run/");
+    saefw_time_split time = run->time;
+    time.total = run->elapsed_before + (saefw_now() - run->t0);
     if (saefw_state_put_i64(&st, "next_step", next, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "tokens", run->tokens, err, errlen) != 0 ||
         saefw_state_put_i64(&st, "metrics_bytes", offset, err, errlen) != 0 ||
@@ -188,6 +193,7 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         saefw_state_put_rng(&st, "rng", &run->rng, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "lr", run->lr, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "l1_coeff", run->sae->l1_coeff, err, errlen) != 0 ||
+        saefw_state_put_copy(&st, "time_split", SAEFW_DT_F64, TIME_PARTS, &time, err, errlen) != 0 ||
         put_record(run, &st, err, errlen) != 0)
         goto out;
     for (int i = 0; i < o->n_evaluators; i++)
@@ -221,6 +227,13 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
                        saefw_train_plugin_msg(perr, sizeof perr, "failed"));
             goto out;
         }
+    }
+    for (int i = 0; i < o->n_evaluators; i++) {
+        saefw_evaluator *ev = o->evaluators[i];
+        char pre[96];
+        snprintf(pre, sizeof pre, "eval/%s/", ev->name);
+        saefw_state_set_prefix(&st, pre);
+        if (ev->save_state && ev->save_state(ev, &st, err, errlen) != 0) goto out;
     }
     rc = saefw_state_write(&st, path, err, errlen);
 out:
@@ -272,6 +285,9 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
         (saefw_state_has(&st, "l1_coeff") && saefw_state_get_f64(&st, "l1_coeff", &l1, err, errlen) != 0))
         goto fail;
     run->sae->l1_coeff = (float)l1;
+    if (saefw_state_has(&st, "time_split") &&
+        saefw_state_get(&st, "time_split", SAEFW_DT_F64, TIME_PARTS, &run->time, err, errlen) != 0)
+        goto fail;
     for (int i = 0; i < o->n_evaluators; i++)
         if (o->evaluators[i]->rng &&
             saefw_state_get_rng(&st, o->evaluators[i]->rng_name, o->evaluators[i]->rng, err, errlen) != 0)
@@ -310,6 +326,16 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
         if (prc != 0) {
             saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path,
                        saefw_train_plugin_msg(perr, sizeof perr, "failed"));
+            goto fail;
+        }
+    }
+    for (int i = 0; i < o->n_evaluators; i++) {
+        saefw_evaluator *ev = o->evaluators[i];
+        char pre[96], eerr[512] = "";
+        snprintf(pre, sizeof pre, "eval/%s/", ev->name);
+        saefw_state_in_prefix(&st, pre);
+        if (ev->load_state && ev->load_state(ev, &st, eerr, sizeof eerr) != 0) {
+            saefw_errf(err, errlen, "evaluator %s: restoring its state from %s: %s", ev->name, path, eerr);
             goto fail;
         }
     }
@@ -363,6 +389,7 @@ int saefw_train_save_checkpoint(saefw_run *run, const char *name, const saefw_me
     if ((name ? saefw_pathf(dir, sizeof dir, err, errlen, "%s/%s", o->run_dir, name)
               : saefw_pathf(dir, sizeof dir, err, errlen, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir))) != 0)
         return -1;
+    const double t0 = saefw_now();
     cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
@@ -379,5 +406,6 @@ int saefw_train_save_checkpoint(saefw_run *run, const char *name, const saefw_me
             run->ckpt_path = res->last_checkpoint;
         }
     }
+    run->time.checkpoint += saefw_now() - t0;
     return rc;
 }

@@ -156,31 +156,32 @@ static float *fixture(saefw_tensorfile *tf, const char *dt, const char *what, co
     return t_tensor(tf, key, NULL);
 }
 
-/* One forward and backward pass of the fixture's first batch from sae's parameters: x_hat and the raw
- * gradients against the reference (fused: the backward pass fused into the forward pass, as the training
- * loop runs it). */
+/* One training step's gradients (the backward pass fused into the forward pass, as the loop runs it) of
+ * the fixture's first batch from sae's parameters, and the evaluation forward pass's x_hat, against the
+ * reference. */
 static void check_first_step(saefw_tensorfile *tf, saefw_sae *sae, const float *batches, saefw_sae_path path,
-                             saefw_enc_dtype dt, int fused) {
+                             saefw_enc_dtype dt) {
     char err[512], what[96];
     const int64_t d_in = sae->d_in, B = (int64_t)t_meta(tf, "batch");
     const char *pname = path == SAEFW_SAE_DENSE ? "dense" : "sparse", *dname = saefw_enc_dtype_name(dt);
-    saefw_sae_work w;
+    saefw_sae_step *w = NULL;
+    saefw_sae_eval *e = NULL;
     saefw_sae_set_path(path);
-    REQUIRE(saefw_sae_work_alloc(&w, sae, B, err, sizeof err) == 0, "%s", err);
+    REQUIRE(saefw_sae_step_alloc(&w, sae, B, err, sizeof err) == 0, "%s", err);
+    REQUIRE(saefw_sae_eval_alloc(&e, sae, B, err, sizeof err) == 0, "%s", err);
     saefw_sae_set_path(SAEFW_SAE_AUTO);
-    w.fused = fused;
-    saefw_sae_forward(sae, &w, batches, B, NULL);
-    saefw_sae_backward(sae, &w, batches, B);
-    CHECK(w.used_sparse == (path == SAEFW_SAE_SPARSE), "%s: the %s path did not run", dname, pname);
+    const float *x_hat = saefw_sae_eval_forward(sae, e, batches, B, NULL);
+    saefw_sae_train_step(sae, w, batches, B, NULL);
+    CHECK(saefw_sae_step_path(w) == path, "%s: the %s path did not run", dname, pname);
     float *ref = fixture(tf, dname, "", "x_hat"), *ref32 = fixture(tf, "fp32", "", "x_hat");
-    snprintf(what, sizeof what, "%s %s%s x_hat", dname, pname, fused ? " fused" : "");
-    if (dt == SAEFW_ENC_FP32) t_close(what, w.x_hat, ref, B * d_in, TOL_STEP, 0);
-    else check_lowp(what, w.x_hat, ref, ref32, B * d_in);
+    snprintf(what, sizeof what, "%s %s x_hat", dname, pname);
+    if (dt == SAEFW_ENC_FP32) t_close(what, x_hat, ref, B * d_in, TOL_STEP, 0);
+    else check_lowp(what, x_hat, ref, ref32, B * d_in);
     free(ref);
     free(ref32);
     for (int i = 0; i < 4; i++) {
         ref = fixture(tf, dname, "grad_", NAMES[i]);
-        snprintf(what, sizeof what, "%s %s%s grad %s", dname, pname, fused ? " fused" : "", NAMES[i]);
+        snprintf(what, sizeof what, "%s %s grad %s", dname, pname, NAMES[i]);
         if (dt == SAEFW_ENC_FP32) t_close(what, sae->g[i], ref, sae->numel[i], TOL_STEP, 0);
         else {
             ref32 = i < 2 ? fixture(tf, "fp32", "grad_", NAMES[i]) : NULL;
@@ -189,7 +190,8 @@ static void check_first_step(saefw_tensorfile *tf, saefw_sae *sae, const float *
         }
         free(ref);
     }
-    saefw_sae_work_free(&w);
+    saefw_sae_step_free(w);
+    saefw_sae_eval_free(e);
 }
 
 static void check_case(saefw_tensorfile *tf, saefw_sae_path path, saefw_enc_dtype dt) {
@@ -208,7 +210,7 @@ static void check_case(saefw_tensorfile *tf, saefw_sae_path path, saefw_enc_dtyp
     }
     float *batches = t_tensor(tf, "batches", NULL);
 
-    for (int fused = 0; fused < 2; fused++) check_first_step(tf, &sae, batches, path, dt, fused);
+    check_first_step(tf, &sae, batches, path, dt);
 
     if (dt != SAEFW_ENC_FP32) {
         float *ref;

@@ -135,7 +135,7 @@ local TRAIN_KEYS = {
   log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
   recons_batches = true, resume = true, allow_change = true, threads = true, allow_memory = true,
-  memory_limit = true,
+  memory_limit = true, recons_eval = true,
 }
 
 local function script_name()
@@ -196,7 +196,8 @@ function M.train(t)
     optimizer = t.optimizer, plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
     checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = t.run_dir,
     script = script_name(), model_name = info and info.model_name, config = t.config, seed = t.seed,
-    progress = t.progress, recons_batches = t.recons_batches, resume = resume, allow_change = allow_change,
+    progress = t.progress, recons_batches = t.recons_batches, recons_eval = t.recons_eval, resume = resume,
+    allow_change = allow_change,
     on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
   }
 end
