@@ -148,11 +148,11 @@ int main(int argc, char **argv) {
     {
         const int64_t n_rows = 512, n = n_rows * sae.d_sae;
         float *x = malloc(sizeof(float) * (size_t)(n_rows * BENCH_D_MLP)), *v = malloc(sizeof(float) * (size_t)n);
-        saefw_sae_work w;
-        if (!x || !v || saefw_sae_work_alloc(&w, &sae, n_rows, err, sizeof err) != 0) die("allocation", "out of memory");
+        saefw_sae_eval *w = NULL;
+        if (!x || !v || saefw_sae_eval_alloc(&w, &sae, n_rows, err, sizeof err) != 0) die("allocation", "out of memory");
         if (esrc->sample(esrc, x, n_rows, err, sizeof err) != 0) die("evaluation rows", err);
-        saefw_sae_forward(&sae, &w, x, n_rows, NULL);
-        const float *acts = saefw_sae_acts(&sae, &w, x, n_rows, err, sizeof err);
+        saefw_sae_eval_forward(&sae, w, x, n_rows, NULL);
+        const float *acts = saefw_sae_eval_acts(&sae, w, err, sizeof err);
         if (!acts) die("activations", err);
         memcpy(v, acts, sizeof(float) * (size_t)n);
         qsort(v, (size_t)n, sizeof(float), cmp_float);
@@ -160,7 +160,7 @@ int main(int argc, char **argv) {
         for (int64_t j = 0; j < sae.d_sae; j++) sae.p[SAEFW_B_ENC][j] = bias;
         free(v);
         free(x);
-        saefw_sae_work_free(&w);
+        saefw_sae_eval_free(w);
     }
     saefw_loaded_plugin *adam = NULL, *reinit = NULL;
     saefw_opts *opts = NULL, *ropts = NULL;
