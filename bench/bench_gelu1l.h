@@ -10,8 +10,14 @@
 #include "tensorfile.h"
 #include "util.h"
 
-enum { BENCH_D_MODEL = 512, BENCH_D_MLP = 2048, BENCH_N_HEADS = 8, BENCH_D_HEAD = 64, BENCH_N_CTX = 1024,
-       BENCH_D_VOCAB = 48262 };
+enum {
+    BENCH_D_MODEL = 512,
+    BENCH_D_MLP = 2048,
+    BENCH_N_HEADS = 8,
+    BENCH_D_HEAD = 64,
+    BENCH_N_CTX = 1024,
+    BENCH_D_VOCAB = 48262
+};
 
 /* n values, normal with standard deviation `scale` (or all `scale` when rng is NULL); NULL when out of memory. */
 static float *bench_fill(saefw_rng *rng, size_t n, float scale) {
@@ -22,7 +28,14 @@ static float *bench_fill(saefw_rng *rng, size_t n, float scale) {
 
 /* gelu-1l's weights (random normal 0.02, LayerNorms 1 and 0, biases 0) at path. 0, or -1 with err. */
 static int bench_write_gelu1l(const char *path, char *err, size_t errlen) {
-    enum { D = BENCH_D_MODEL, M = BENCH_D_MLP, H = BENCH_N_HEADS, DH = BENCH_D_HEAD, C = BENCH_N_CTX, V = BENCH_D_VOCAB };
+    enum {
+        D = BENCH_D_MODEL,
+        M = BENCH_D_MLP,
+        H = BENCH_N_HEADS,
+        DH = BENCH_D_HEAD,
+        C = BENCH_N_CTX,
+        V = BENCH_D_VOCAB
+    };
     saefw_rng rng;
     saefw_rng_seed(&rng, 1);
     struct {
@@ -63,9 +76,9 @@ static int bench_write_gelu1l(const char *path, char *err, size_t errlen) {
     char v[7][16];
     const int vals[7] = {1, D, M, DH, H, C, V};
     for (int i = 0; i < 7; i++) snprintf(v[i], sizeof v[i], "%d", vals[i]);
-    const char *meta[][2] = {{"n_layers", v[0]}, {"d_model", v[1]}, {"d_mlp", v[2]},  {"d_head", v[3]},
-                             {"n_heads", v[4]},  {"n_ctx", v[5]},   {"d_vocab", v[6]}, {"act_fn", "gelu"},
-                             {"normalization_type", "LN"}};
+    const char *meta[][2] = {{"n_layers", v[0]}, {"d_model", v[1]},  {"d_mlp", v[2]},
+                             {"d_head", v[3]},   {"n_heads", v[4]},  {"n_ctx", v[5]},
+                             {"d_vocab", v[6]},  {"act_fn", "gelu"}, {"normalization_type", "LN"}};
     if (rc == 0) rc = saefw_safetensors_write(path, refs, N, meta, 9, err, errlen);
     for (int i = 0; i < N; i++) free(t[i].data);
     return rc;

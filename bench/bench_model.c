@@ -98,9 +98,9 @@ static void write_model(const char *path) {
     snprintf(v[4], 16, "%d", N_HEADS);
     snprintf(v[5], 16, "%d", N_CTX);
     snprintf(v[6], 16, "%d", D_VOCAB);
-    const char *meta[][2] = {{"n_layers", v[0]}, {"d_model", v[1]}, {"d_mlp", v[2]},      {"d_head", v[3]},
-                             {"n_heads", v[4]},  {"n_ctx", v[5]},   {"d_vocab", v[6]},     {"act_fn", "gelu"},
-                             {"normalization_type", "LN"}};
+    const char *meta[][2] = {{"n_layers", v[0]}, {"d_model", v[1]},  {"d_mlp", v[2]},
+                             {"d_head", v[3]},   {"n_heads", v[4]},  {"n_ctx", v[5]},
+                             {"d_vocab", v[6]},  {"act_fn", "gelu"}, {"normalization_type", "LN"}};
     char err[1024];
     if (saefw_safetensors_write(path, refs, N, meta, 9, err, sizeof err) != 0) die("writing the model", err);
     for (int i = 0; i < N; i++) free(t[i].data);
@@ -181,8 +181,7 @@ static double sgemm_rate(int64_t M, int64_t N, int64_t K, int threads, int grid,
     double best = 1e30, best_cpu = 1e30;
     for (int r = 0; r <= reps; r++) { /* the first call is a warm-up */
         const double t0 = saefw_now(), c0 = cpu_now();
-        if (grid)
-            saefw_linear_blocks(M, N, K, A, K, B, N, NULL, C, N);
+        if (grid) saefw_linear_blocks(M, N, K, A, K, B, N, NULL, C, N);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A, (int)K, B, (int)N,
                         0.0f, C, (int)N);
@@ -404,7 +403,7 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
 
 int main(int argc, char **argv) {
     mallopt(M_MMAP_THRESHOLD, 1 << 20); /* as the saefw command does */
-    setvbuf(stdout, NULL, _IOLBF, 0);    /* each figure as soon as it is measured, also through a pipe */
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* each figure as soon as it is measured, also through a pipe */
     int rss = 0, reps = 3, forward_only = 0, forwards = 0, no_bound = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rss")) rss = 1;
@@ -463,14 +462,16 @@ int main(int argc, char **argv) {
     if (!no_bound) products_bound(2048, T, reps, &bound_stop, &bound_full, &bcpu_stop, &bcpu_full);
     printf("  forward, %lld sequences x %lld tokens, stop after blocks.0.mlp.hook_post: %.3f s = %.0f tokens/s",
            (long long)B, (long long)T, best_stop, (double)(B * T) / best_stop);
-    if (bound_stop > 0) printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_stop / bound_stop, bound_stop);
+    if (bound_stop > 0)
+        printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_stop / bound_stop, bound_stop);
     printf("; CPU %.3f s = %.1f us per token", cpu_stop, 1e6 * cpu_stop / (double)(B * T));
     if (bcpu_stop > 0) printf(" (products %.0f%%)", 100.0 * bcpu_stop * (double)(B * T) / cpu_stop);
     printf("\n");
     if (forward_only) goto cleanup;
     printf("  forward, full with the loss (unembedding over %d tokens):            %.3f s = %.0f tokens/s (loss %.3f)",
            D_VOCAB, best_full, (double)(B * T) / best_full, loss);
-    if (bound_full > 0) printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_full / bound_full, bound_full);
+    if (bound_full > 0)
+        printf(" (%.0f%% of the bound %.0f)", 100.0 * (double)(B * T) / best_full / bound_full, bound_full);
     printf("; CPU %.3f s = %.1f us per token", cpu_full, 1e6 * cpu_full / (double)(B * T));
     if (bcpu_full > 0) printf(" (products %.0f%%)", 100.0 * bcpu_full * (double)(B * T) / cpu_full);
     printf("\n");

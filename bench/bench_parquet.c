@@ -171,7 +171,8 @@ static void write_file(const char *path, int64_t rows, int dict, uint64_t seed) 
     int bw = 0;
     while ((1 << bw) < VOCAB) bw++;
     for (int g = 0; g < n_groups; g++) {
-        int64_t g_rows = rows - (int64_t)g * ROWS_PER_GROUP < ROWS_PER_GROUP ? rows - (int64_t)g * ROWS_PER_GROUP : ROWS_PER_GROUP;
+        int64_t g_rows =
+            rows - (int64_t)g * ROWS_PER_GROUP < ROWS_PER_GROUP ? rows - (int64_t)g * ROWS_PER_GROUP : ROWS_PER_GROUP;
         chunk_meta *cm = &cms[g];
         cm->values = g_rows * ROW_LEN;
         cm->dict_offset = -1;
@@ -222,7 +223,7 @@ static void write_file(const char *path, int64_t rows, int dict, uint64_t seed) 
     const char *names[] = {"schema", "tokens", "list", "element"};
     for (int s = 0; s < 4; s++) {
         t_begin(&w, 0);
-        if (s == 3) t_i32(&w, 1, 2); /* INT64 */
+        if (s == 3) t_i32(&w, 1, 2);             /* INT64 */
         if (s > 0) t_i32(&w, 3, s == 2 ? 2 : 1); /* REPEATED list, OPTIONAL tokens and element */
         t_str(&w, 4, names[s]);
         if (s < 3) t_i32(&w, 5, 1);
@@ -240,8 +241,8 @@ static void write_file(const char *path, int64_t rows, int dict, uint64_t seed) 
         t_begin(&w, 3);
         t_i32(&w, 1, 2);
         t_list(&w, 2, TT_I32, dict ? 3 : 2);
-        put_varint(&f, 0); /* PLAIN */
-        put_varint(&f, 6); /* RLE (zigzag 3) */
+        put_varint(&f, 0);            /* PLAIN */
+        put_varint(&f, 6);            /* RLE (zigzag 3) */
         if (dict) put_varint(&f, 16); /* RLE_DICTIONARY (zigzag 8) */
         t_list(&w, 3, TT_BINARY, 3);
         for (int s = 1; s < 4; s++) {

@@ -102,15 +102,18 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reinit_every")) reinit_every = arg_long(argc, argv, &i);
         else if (!strcmp(argv[i], "--eval_seqs")) eval_seqs = arg_long(argc, argv, &i);
         else if (!strcmp(argv[i], "--l0")) l0 = (double)arg_long(argc, argv, &i);
-        else if (!strcmp(argv[i], "--recons_eval") && i + 1 < argc && saefw_recons_mode_parse(argv[i + 1], &mode) == 0) i++;
+        else if (!strcmp(argv[i], "--recons_eval") && i + 1 < argc && saefw_recons_mode_parse(argv[i + 1], &mode) == 0)
+            i++;
         else {
-            fprintf(stderr, "usage: bench_run [--steps N] [--buffer_batches B] [--eval_every E] [--checkpoint_every C]\n"
-                            "                 [--reinit_every R] [--eval_seqs S] [--recons_eval fixed|fresh] [--l0 L]\n");
+            fprintf(stderr,
+                    "usage: bench_run [--steps N] [--buffer_batches B] [--eval_every E] [--checkpoint_every C]\n"
+                    "                 [--reinit_every R] [--eval_seqs S] [--recons_eval fixed|fresh] [--l0 L]\n");
             return 2;
         }
     }
     if (steps < 2 || buffer_batches < 16 || eval_seqs < 1 || reinit_every < 1)
-        die("options", "steps >= 2, buffer_batches >= 16 (one model batch of the seed's), eval_seqs >= 1, reinit_every >= 1");
+        die("options",
+            "steps >= 2, buffer_batches >= 16 (one model batch of the seed's), eval_seqs >= 1, reinit_every >= 1");
 
     char dir[] = "/tmp/saefw-bench-run-XXXXXX", err[1024];
     if (!mkdtemp(dir)) die("temp folder", "mkdtemp failed");
@@ -149,7 +152,8 @@ int main(int argc, char **argv) {
         const int64_t n_rows = 512, n = n_rows * sae.d_sae;
         float *x = malloc(sizeof(float) * (size_t)(n_rows * BENCH_D_MLP)), *v = malloc(sizeof(float) * (size_t)n);
         saefw_sae_eval *w = NULL;
-        if (!x || !v || saefw_sae_eval_alloc(&w, &sae, n_rows, err, sizeof err) != 0) die("allocation", "out of memory");
+        if (!x || !v || saefw_sae_eval_alloc(&w, &sae, n_rows, err, sizeof err) != 0)
+            die("allocation", "out of memory");
         if (esrc->sample(esrc, x, n_rows, err, sizeof err) != 0) die("evaluation rows", err);
         saefw_sae_eval_forward(&sae, w, x, n_rows, NULL);
         const float *acts = saefw_sae_eval_acts(&sae, w, err, sizeof err);
@@ -213,7 +217,8 @@ int main(int argc, char **argv) {
     const int64_t n_evals = el.n; /* the eval events and the end */
     const int64_t n_ckpt = (steps - 1) / (ckpt_every ? ckpt_every : steps + 1) + 1;
     const int64_t n_reinit = steps / reinit_every; /* reinit_dead runs after steps every-1, 2*every-1, ... */
-    const double fwd_tokens = (double)(saefw_tokens_cursor(tok) + saefw_tokens_pass(tok) * saefw_tokens_rows(tok)) * SEQ;
+    const double fwd_tokens =
+        (double)(saefw_tokens_cursor(tok) + saefw_tokens_pass(tok) * saefw_tokens_rows(tok)) * SEQ;
     const double eval_tokens = SEED_EVAL_BATCHES * (double)eval_seqs * SEQ;
     const double first_recons = el.n > 0 ? el.at[0].eval_other : 0;
     const double later_recons = el.n > 1 ? (t->eval_other - first_recons) / (double)(el.n - 1) : first_recons;
@@ -239,8 +244,8 @@ int main(int argc, char **argv) {
         {"SAE step", t->step, t->step / (double)steps, t->step / (double)steps, "step", 0},
         {"batches", t->batch, t->batch / (double)steps, t->batch / (double)steps, "step", 0},
         {"refills (model forward)", t->refill, t->refill, t->refill / fwd_tokens, "token forwarded", 0},
-        {"eval: frequencies", t->eval_freq, t->eval_freq / (double)n_evals, t->eval_freq / (double)n_evals / eval_tokens,
-         "eval token", 0},
+        {"eval: frequencies", t->eval_freq, t->eval_freq / (double)n_evals,
+         t->eval_freq / (double)n_evals / eval_tokens, "eval token", 0},
         {"eval: recons (later evals)", t->eval_other - first_recons, later_recons, later_recons / eval_tokens,
          "eval token", 0},
         {"eval: recons (first eval)", first_recons, first_recons, first_recons / eval_tokens, "eval token", 0},
@@ -275,7 +280,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_parts; i++)
         printf("  %-28s %10.2f %12.4g %14.4g %12.2f %7.2f%%   (unit: %s)\n", p[i].name, p[i].measured, p[i].per,
                p[i].per_unit, p[i].seed / 3600, 100 * p[i].seed / total, p[i].unit);
-    printf("  projected seed run on this machine: %.1f hours (%.1f days); outside the SAE step: %.1f %% (target <= 15 %%)\n",
+    printf("  projected seed run on this machine: %.1f hours (%.1f days); outside the SAE step: %.1f %% (target <= 15 "
+           "%%)\n",
            total / 3600, total / 86400, 100 * (total - p[0].seed) / total);
     printf("  rest (loop bookkeeping not in any part) here: %.2f s of %.2f s\n",
            t->total - (t->step + t->batch + t->refill + t->eval_freq + t->eval_other + t->checkpoint + t->plugins +

@@ -43,8 +43,8 @@ typedef struct {
 typedef struct {
     int small_only;
     int full_only;
-    int reps;          /* timed repetitions of each measurement (after one warm-up); 0: 3 small, 1 full */
-    int threads;       /* 0: the default (OPENBLAS_NUM_THREADS, else all cores) */
+    int reps;    /* timed repetitions of each measurement (after one warm-up); 0: 3 small, 1 full */
+    int threads; /* 0: the default (OPENBLAS_NUM_THREADS, else all cores) */
     saefw_sae_path path;
     saefw_enc_dtype enc_dtype;
     double l0[MAX_L0]; /* targets; <= 0 means d_sae / 2 */
@@ -106,7 +106,6 @@ static int feed_batch(void *ud, float *out, int64_t B, char *err, size_t errlen)
     return 0;
 }
 
-
 /* Stops the run after the last timed step, before its final evaluation and checkpoint. */
 static int feed_event(void *ud, saefw_event event, const saefw_metrics *m, char *err, size_t errlen) {
     feed *f = ud;
@@ -130,10 +129,10 @@ static int cmp_double(const void *a, const void *b) {
 
 /* What train_steps measured over steps 1..n-1 (step 0 also touches the optimizer's fresh state). */
 typedef struct {
-    double step_s, step_cpu; /* the fastest step, as other programs only ever add time */
-    double gemm_s;           /* the fastest of the sgemms run between the steps */
+    double step_s, step_cpu;          /* the fastest step, as other programs only ever add time */
+    double gemm_s;                    /* the fastest of the sgemms run between the steps */
     double ratio, ratio_lo, ratio_hi; /* step / the mean of the sgemms just before and after it: median, range */
-    double cpu_ratio;        /* the same in CPU seconds: median */
+    double cpu_ratio;                 /* the same in CPU seconds: median */
     double l0;
 } step_figures;
 
@@ -142,8 +141,8 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static int train_steps(saefw_sae *sae, const float *x, float *C, int64_t B, saefw_loaded_plugin *adam,
-                       saefw_opts *opts, saefw_source *eval, int reps, step_figures *out, char *err, size_t errlen) {
+static int train_steps(saefw_sae *sae, const float *x, float *C, int64_t B, saefw_loaded_plugin *adam, saefw_opts *opts,
+                       saefw_source *eval, int reps, step_figures *out, char *err, size_t errlen) {
     feed f = {.x = x, .B = B, .d = sae->d_in, .d_sae = sae->d_sae, .W = sae->p[SAEFW_W_ENC], .C = C, .total = 1 + reps};
     saefw_train_opts o;
     memset(&o, 0, sizeof o);
@@ -194,10 +193,8 @@ static double time_sgemm(const float *A, const float *W, float *C, int64_t B, in
     double best = INFINITY;
     for (int r = 0; r < reps + 1; r++) {
         double t = saefw_now(), c = cpu_now();
-        if (blocks)
-            saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, A, d_in, W, d_sae, 0.0f, C, d_sae);
-        else
-            reference_sgemm(A, W, C, B, d_in, d_sae);
+        if (blocks) saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, A, d_in, W, d_sae, 0.0f, C, d_sae);
+        else reference_sgemm(A, W, C, B, d_in, d_sae);
         t = saefw_now() - t;
         c = cpu_now() - c;
         if (r > 0 && t < best) {
@@ -338,7 +335,8 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
             return -1;
         }
     }
-    if (bo->small_only && bo->full_only) return fprintf(stderr, "bench_sae: --small and --full exclude each other\n"), -1;
+    if (bo->small_only && bo->full_only)
+        return fprintf(stderr, "bench_sae: --small and --full exclude each other\n"), -1;
     if (bo->reps < 0 || bo->reps > MAX_STEPS - 2)
         return fprintf(stderr, "bench_sae: --reps must be in 1..%d\n", MAX_STEPS - 2), -1;
     return 0;
@@ -362,7 +360,9 @@ int main(int argc, char **argv) {
     }
     printf("saefw bench_sae: %d threads, OpenBLAS %s, SAE path %s, enc_dtype %s (kernel %s)\n", saefw_threads(),
            openblas_get_config(),
-           bo.path == SAEFW_SAE_DENSE ? "forced dense" : bo.path == SAEFW_SAE_SPARSE ? "forced sparse" : "auto",
+           bo.path == SAEFW_SAE_DENSE    ? "forced dense"
+           : bo.path == SAEFW_SAE_SPARSE ? "forced sparse"
+                                         : "auto",
            saefw_enc_dtype_name(bo.enc_dtype), saefw_lowp_kernel(bo.enc_dtype));
     static const shape SHAPES[2] = {{"small", 512, 4096, 1024}, {"full", 2048, 16384, 4096}};
     int rc = 0;

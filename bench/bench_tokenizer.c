@@ -109,7 +109,8 @@ int main(int argc, char **argv) {
         size_t tokens;
         double dt = encode_all(t, docs, n_docs, threads, &tokens);
         printf("%d thread%s: %zu tokens in %.3f s: %.2f M tokens/s, %.1f MB/s, %.2f bytes/token\n", threads,
-               threads > 1 ? "s" : " ", tokens, dt, tokens / dt / 1e6, total / dt / 1e6, (double)total / (double)tokens);
+               threads > 1 ? "s" : " ", tokens, dt, tokens / dt / 1e6, total / dt / 1e6,
+               (double)total / (double)tokens);
     }
     for (int i = 0; i < n_files; i++) free(texts[i]);
     free(docs);

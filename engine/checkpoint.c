@@ -81,8 +81,7 @@ static int saelens_fields(cJSON *c) {
     rc |= set_default(c, "context_size", cJSON_CreateNumber(cJSON_IsNumber(seq) ? seq->valuedouble : 0));
     /* The seed's preprocessing puts BOS at position 0 of every row; "bos" < 0 turns it off. */
     rc |= set_default(c, "prepend_bos", cJSON_CreateBool(!cJSON_IsNumber(bos) || bos->valuedouble >= 0));
-    rc |= set_default(c, "dataset_path",
-                      cJSON_CreateString(cJSON_IsString(data) ? data->valuestring : ""));
+    rc |= set_default(c, "dataset_path", cJSON_CreateString(cJSON_IsString(data) ? data->valuestring : ""));
     rc |= set_default(c, "dataset_trust_remote_code", cJSON_CreateFalse());
     rc |= set_default(c, "sae_lens_training_version", cJSON_CreateNull());
     rc |= set_default(c, "model_from_pretrained_kwargs", cJSON_CreateObject());
@@ -99,9 +98,16 @@ static int saelens_fields(cJSON *c) {
     if (cJSON_GetObjectItemCaseSensitive(c, "metadata")) return 0;
     cJSON *md = cJSON_AddObjectToObject(c, "metadata");
     if (!md) return -1;
-    static const char *const copied[] = {"model_name", "hook_name", "hook_head_index", "context_size",
-                                         "prepend_bos", "dataset_path", "model_from_pretrained_kwargs",
-                                         "seqpos_slice", "neuronpedia_id", "sae_lens_training_version"};
+    static const char *const copied[] = {"model_name",
+                                         "hook_name",
+                                         "hook_head_index",
+                                         "context_size",
+                                         "prepend_bos",
+                                         "dataset_path",
+                                         "model_from_pretrained_kwargs",
+                                         "seqpos_slice",
+                                         "neuronpedia_id",
+                                         "sae_lens_training_version"};
     if (!cJSON_AddStringToObject(md, "sae_lens_version", SAEFW_SAELENS_LAYOUT_VERSION) ||
         !cJSON_AddStringToObject(md, "model_class_name", "HookedTransformer"))
         return -1;
@@ -302,7 +308,8 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
                 size_t u = strlen(got);
                 snprintf(got + u, sizeof got - u, "%s%lld", k ? ", " : "", (long long)t->shape[k]);
             }
-            if (nd == 2) snprintf(want, sizeof want, "%lld, %lld", (long long)want_shape[i][0], (long long)want_shape[i][1]);
+            if (nd == 2)
+                snprintf(want, sizeof want, "%lld, %lld", (long long)want_shape[i][0], (long long)want_shape[i][1]);
             else snprintf(want, sizeof want, "%lld", (long long)want_shape[i][0]);
             return saefw_errf(err, errlen, "%s: tensor '%s' has shape [%s], expected [%s]", path, name, got, want);
         }
@@ -383,7 +390,8 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
         }
     } else {
         if (read_cfg(cfgp, &cfg, err, errlen) != 0) return -1;
-        if (get_int(cfg, cfgp, "d_in", &d_in, err, errlen) != 0 || get_int(cfg, cfgp, "d_sae", &d_sae, err, errlen) != 0) {
+        if (get_int(cfg, cfgp, "d_in", &d_in, err, errlen) != 0 ||
+            get_int(cfg, cfgp, "d_sae", &d_sae, err, errlen) != 0) {
             cJSON_Delete(cfg);
             return -1;
         }
@@ -411,7 +419,6 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
     else cJSON_Delete(cfg);
     return 0;
 }
-
 
 static int numbered(const char *name, long *v) {
     char *end;
@@ -551,7 +558,8 @@ int saefw_checkpoint_remove_leftovers(const char *run_dir, void (*log)(const cha
         /* A writer killed between moving the previous checkpoint aside and renaming the new one into
          * place leaves the previous one complete in .old: it goes back. */
         if (kind == 2 && stat(base, &st) != 0 && errno == ENOENT && rename(path, base) == 0) {
-            snprintf(msg, sizeof msg, "restored %s from %s, left by process %ld (no longer running)", base, e->d_name, pid);
+            snprintf(msg, sizeof msg, "restored %s from %s, left by process %ld (no longer running)", base, e->d_name,
+                     pid);
         } else {
             if (remove_tree(path) != 0 && errno != ENOENT) continue;
             snprintf(msg, sizeof msg, "removed %s, left by process %ld (no longer running)", path, pid);

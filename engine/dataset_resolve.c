@@ -113,9 +113,9 @@ static void paths_free(paths *l) {
 }
 
 typedef struct {
-    const char *root;   /* prefix of every output path ("" = relative to the current folder) */
-    const char *glob;   /* matched against the path relative to root */
-    const char *repo;   /* Hub dataset for messages, or NULL */
+    const char *root; /* prefix of every output path ("" = relative to the current folder) */
+    const char *glob; /* matched against the path relative to root */
+    const char *repo; /* Hub dataset for messages, or NULL */
     int hidden;
     paths out;
     char *err;
@@ -149,15 +149,17 @@ static int walk_dir(walk *w, const char *rel, int depth) {
             /* A snapshot entry whose blob is gone: say so rather than skipping a shard. */
             if (lstat(full, &lst) == 0 && S_ISLNK(lst.st_mode) && saefw_glob_match(w->glob, sub)) {
                 if (w->repo)
-                    rc = saefw_errf(w->err, w->errlen, "%s: the cache entry points at a missing blob (interrupted or "
-                                    "cleaned cache?); run: saefw download --dataset %s", full, w->repo);
-                else
-                    rc = saefw_errf(w->err, w->errlen, "%s: broken symlink", full);
+                    rc = saefw_errf(w->err, w->errlen,
+                                    "%s: the cache entry points at a missing blob (interrupted or "
+                                    "cleaned cache?); run: saefw download --dataset %s",
+                                    full, w->repo);
+                else rc = saefw_errf(w->err, w->errlen, "%s: broken symlink", full);
             }
             continue;
         }
         if (S_ISDIR(st.st_mode)) rc = walk_dir(w, sub, depth + 1);
-        else if (S_ISREG(st.st_mode) && saefw_glob_match(w->glob, sub)) rc = paths_add(&w->out, full, w->err, w->errlen);
+        else if (S_ISREG(st.st_mode) && saefw_glob_match(w->glob, sub))
+            rc = paths_add(&w->out, full, w->err, w->errlen);
     }
     closedir(d);
     return rc;
@@ -253,8 +255,8 @@ static int from_cache(const char *repo, const char *rev, const char *glob, const
         return saefw_err_prefix(err, errlen, "dataset %s", repo);
     struct stat st;
     if (stat(snap, &st) != 0 || !S_ISDIR(st.st_mode))
-        return saefw_errf(err, errlen, "dataset %s (revision %s) %s in the Hugging Face cache (%s); run: %s", repo,
-                          rev, absent, snap, cmd);
+        return saefw_errf(err, errlen, "dataset %s (revision %s) %s in the Hugging Face cache (%s); run: %s", repo, rev,
+                          absent, snap, cmd);
     /* A glob without magic names a folder (everything matching the pattern below it) or a file. */
     char sub[PATH_MAX];
     if (!glob) {
@@ -282,7 +284,8 @@ static int from_cache(const char *repo, const char *rev, const char *glob, const
 static int from_uri(const char *spec, const char *pattern, saefw_shards *out, char *err, size_t errlen) {
     static const char pre[] = "hf://datasets/";
     if (strncmp(spec, pre, sizeof pre - 1) != 0)
-        return saefw_errf(err, errlen, "dataset %.200s: only hf://datasets/ORG/NAME[@REV][/GLOB] URIs name datasets", spec);
+        return saefw_errf(err, errlen, "dataset %.200s: only hf://datasets/ORG/NAME[@REV][/GLOB] URIs name datasets",
+                          spec);
     const char *p = spec + sizeof pre - 1;
     const char *slash = strchr(p, '/');
     if (!slash || !name_ok(p, (size_t)(slash - p)))
@@ -323,7 +326,8 @@ static int from_glob(const char *spec, saefw_shards *out, char *err, size_t errl
 
 int saefw_dataset_resolve(const char *spec, const char *pattern, saefw_shards *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
-    if (!spec || !*spec) return saefw_errf(err, errlen, "dataset: empty name (a folder, files, ORG/NAME or hf://datasets/ORG/NAME)");
+    if (!spec || !*spec)
+        return saefw_errf(err, errlen, "dataset: empty name (a folder, files, ORG/NAME or hf://datasets/ORG/NAME)");
     if (!strncmp(spec, "hf://", 5)) return from_uri(spec, pattern, out, err, errlen);
     struct stat st;
     if (stat(spec, &st) == 0) {
@@ -344,10 +348,12 @@ int saefw_dataset_resolve(const char *spec, const char *pattern, saefw_shards *o
     }
     if (has_magic(spec)) return from_glob(spec, out, err, errlen);
     const char *slash = strchr(spec, '/');
-    if (slash && !strchr(slash + 1, '/') && name_ok(spec, (size_t)(slash - spec)) && name_ok(slash + 1, strlen(slash + 1))) {
+    if (slash && !strchr(slash + 1, '/') && name_ok(spec, (size_t)(slash - spec)) &&
+        name_ok(slash + 1, strlen(slash + 1))) {
         return from_cache(spec, "main", NULL, pattern ? pattern : DEFAULT_PATTERN, 1, out, err, errlen);
     }
-    return saefw_errf(err, errlen, "dataset %.200s: no such file or folder (nor ORG/NAME or hf://datasets/ORG/NAME)", spec);
+    return saefw_errf(err, errlen, "dataset %.200s: no such file or folder (nor ORG/NAME or hf://datasets/ORG/NAME)",
+                      spec);
 }
 
 void saefw_shards_free(saefw_shards *s) {

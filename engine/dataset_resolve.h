@@ -9,11 +9,11 @@
 /* The shards a spec names, in the order huggingface `datasets` reads them: sorted by path
  * (byte order; within one folder that is file-name order). */
 typedef struct {
-    char **paths;   /* n local paths (cache entries are the snapshot symlinks, which open the blobs) */
+    char **paths; /* n local paths (cache entries are the snapshot symlinks, which open the blobs) */
     size_t n;
-    char *root;     /* the folder the glob was matched in: the snapshot, the local folder, or the glob's
+    char *root;      /* the folder the glob was matched in: the snapshot, the local folder, or the glob's
                      * fixed prefix ("" for the current folder); a single file: its own path */
-    char commit[41];/* the snapshot's commit hash for a cached Hub dataset, else "" */
+    char commit[41]; /* the snapshot's commit hash for a cached Hub dataset, else "" */
 } saefw_shards;
 
 /* Resolve `spec` to its shard files. spec is one of:

@@ -44,7 +44,8 @@ static int recons_draw_rows(saefw_recons_evaluator *e, char *err, size_t errlen)
     const int64_t n = e->batches * e->model_batch, T = saefw_tokens_seq_len(e->tokens);
     if (!(e->rows = saefw_malloc(sizeof(int32_t) * (size_t)(n * T), err, errlen))) return -1;
     const int64_t rows = saefw_tokens_rows(e->tokens);
-    if (saefw_tokens_first_pass(e->tokens, rows - n, e->rows, n, saefw_model_config(e->model)->d_vocab, err, errlen) != 0) {
+    if (saefw_tokens_first_pass(e->tokens, rows - n, e->rows, n, saefw_model_config(e->model)->d_vocab, err, errlen) !=
+        0) {
         free(e->rows);
         e->rows = NULL;
         return -1;
@@ -58,11 +59,15 @@ static void recons_check_overlap(saefw_recons_evaluator *e, saefw_run *run) {
     if (e->warned || (saefw_tokens_pass(e->tokens) == 0 && saefw_tokens_cursor(e->tokens) <= rows - n)) return;
     char msg[320];
     if (n >= rows)
-        snprintf(msg, sizeof msg, "reconstruction score: the held-out set (%lld rows) is not smaller than the token "
-                 "file (%lld rows): it overlaps the training rows", (long long)n, (long long)rows);
+        snprintf(msg, sizeof msg,
+                 "reconstruction score: the held-out set (%lld rows) is not smaller than the token "
+                 "file (%lld rows): it overlaps the training rows",
+                 (long long)n, (long long)rows);
     else
-        snprintf(msg, sizeof msg, "reconstruction score: the training stream has reached the %lld held-out rows at the "
-                 "end of its first pass; from here they overlap the rows trained on", (long long)n);
+        snprintf(msg, sizeof msg,
+                 "reconstruction score: the training stream has reached the %lld held-out rows at the "
+                 "end of its first pass; from here they overlap the rows trained on",
+                 (long long)n);
     saefw_host_table()->log(run, SAEFW_LOG_WARN, msg);
     e->warned = 1;
 }

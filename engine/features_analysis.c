@@ -77,22 +77,14 @@ static int utf8_len(const unsigned char *s, size_t n) {
     if (c >= 0x01 && c < 0x80) return 1;
     int len;
     unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c == 0xE0)
-        len = 3, lo = 0xA0;
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
-        len = 3;
-    else if (c == 0xED)
-        len = 3, hi = 0x9F;
-    else if (c == 0xF0)
-        len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3)
-        len = 4;
-    else if (c == 0xF4)
-        len = 4, hi = 0x8F;
-    else
-        return 0;
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c == 0xE0) len = 3, lo = 0xA0;
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) len = 3;
+    else if (c == 0xED) len = 3, hi = 0x9F;
+    else if (c == 0xF0) len = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) len = 4;
+    else if (c == 0xF4) len = 4, hi = 0x8F;
+    else return 0;
     if ((size_t)len > n) return 0;
     if (s[1] < lo || s[1] > hi) return 0;
     for (int i = 2; i < len; i++)
@@ -173,10 +165,10 @@ typedef struct {
 /* What one batch offers the update: the SAE's active entries (sparse path) or its dense activations. */
 typedef struct {
     fstate *s;
-    saefw_sae_entries ent;   /* the active entries by feature, when acts is NULL */
-    const float *acts;       /* [rows, d_sae] on the dense path, else NULL */
-    const int32_t *toks;     /* [rows] */
-    int64_t rows, pos0;      /* rows of the batch, stream index of its first token */
+    saefw_sae_entries ent; /* the active entries by feature, when acts is NULL */
+    const float *acts;     /* [rows, d_sae] on the dense path, else NULL */
+    const int32_t *toks;   /* [rows] */
+    int64_t rows, pos0;    /* rows of the batch, stream index of its first token */
 } batch_ctx;
 
 /* Feature f's activation on row b of the batch. */
@@ -187,8 +179,7 @@ static float act_at(const batch_ctx *c, int64_t f, int64_t b) {
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
         if (c->ent.row[mid] < b) lo = mid + 1;
-        else
-            hi = mid;
+        else hi = mid;
     }
     return lo < end && c->ent.row[lo] == b ? c->ent.act[lo] : 0.0f;
 }
@@ -593,12 +584,9 @@ static int weight_analysis(const saefw_model *model, saefw_hook hook, const saef
         for (int64_t f = 0; f < D; f++) {
             int c = saefw_neuron_sparsity_class(sae->p[SAEFW_W_DEC] + f * sae->d_in, sae->d_in);
             out->f[f].neuron_class = c;
-            if (c == 1)
-                out->one_sparse++;
-            else if (c == 10)
-                out->ten_sparse++;
-            else
-                out->dense++;
+            if (c == 1) out->one_sparse++;
+            else if (c == 10) out->ten_sparse++;
+            else out->dense++;
         }
     } else {
         for (int64_t f = 0; f < D; f++) out->f[f].neuron_class = -1;
@@ -713,7 +701,8 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
         int64_t nb = rows - r0 < B ? rows - r0 : B;
         if (saefw_stop_requested()) {
             char what[96];
-            snprintf(what, sizeof what, "features (%lld of %lld tokens analysed)", (long long)(r0 * T), (long long)(rows * T));
+            snprintf(what, sizeof what, "features (%lld of %lld tokens analysed)", (long long)(r0 * T),
+                     (long long)(rows * T));
             saefw_stop_errf(err, errlen, what);
             goto done;
         }

@@ -55,7 +55,7 @@ typedef struct {
     /* Called after each batch with tokens done and total (may be NULL). */
     void (*progress)(void *ud, int64_t done, int64_t total);
     void *progress_ud;
-    double rare_threshold;     /* the rare direction's density threshold (SAEFW_RARE_THRESHOLD) */
+    double rare_threshold; /* the rare direction's density threshold (SAEFW_RARE_THRESHOLD) */
 } saefw_features_opts;
 
 #define SAEFW_FEATURES_TOKENS ((int64_t)1 << 20)
@@ -111,8 +111,8 @@ typedef struct {
     double rare_threshold;
     int64_t n_rare;
     int64_t rare_cos_hist[SAEFW_RARE_BINS];
-    saefw_feature_info *f;                 /* [d_sae] */
-    void *impl;                            /* the memory behind the lists */
+    saefw_feature_info *f; /* [d_sae] */
+    void *impl;            /* the memory behind the lists */
 } saefw_features;
 
 /* Analyse sae at hook of model over the first n_tokens of tok (rows in file order, with the tokens'

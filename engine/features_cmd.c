@@ -194,12 +194,9 @@ int saefw_features_cmd(int argc, char **argv) {
             return 2;
         }
         int64_t n;
-        if (!strcmp(k, "out"))
-            out = v;
-        else if (!strcmp(k, "model"))
-            model = v;
-        else if (!strcmp(k, "data"))
-            data = v;
+        if (!strcmp(k, "out")) out = v;
+        else if (!strcmp(k, "model")) model = v;
+        else if (!strcmp(k, "data")) data = v;
         else if (!strcmp(k, "tokens")) {
             if (parse_int(k, v, 1, INT64_MAX / 2, &n) != 0) return 2;
             o.n_tokens = n;

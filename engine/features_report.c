@@ -47,12 +47,9 @@ static void j_str(FILE *fp, const char *s) {
 
 /* A number with 6 significant digits; NaN and infinities (never expected) as null. */
 static void j_num(FILE *fp, double v) {
-    if (!isfinite(v))
-        fputs("null", fp);
-    else if (v == 0)
-        fputc('0', fp);
-    else
-        fprintf(fp, "%.6g", v);
+    if (!isfinite(v)) fputs("null", fp);
+    else if (v == 0) fputc('0', fp);
+    else fprintf(fp, "%.6g", v);
 }
 
 static void j_key(FILE *fp, const char *k) {
@@ -205,10 +202,8 @@ static void w_feature_np(FILE *fp, tok_cache *tc, int64_t i, const saefw_feature
     j_num(fp, fi->mean_act);
     const char *nc = neuron_class_name(fi->neuron_class);
     fputs(",\"neuron_sparsity\":", fp);
-    if (nc)
-        j_str(fp, nc);
-    else
-        fputs("null", fp);
+    if (nc) j_str(fp, nc);
+    else fputs("null", fp);
     const char *keys[2][2] = {{"pos_str", "pos_values"}, {"neg_str", "neg_values"}};
     for (int s = 0; s < 2; s++) {
         const int32_t *ids = s ? fi->neg_ids : fi->pos_ids;
@@ -282,10 +277,8 @@ static void w_summary(FILE *fp, tok_cache *tc, const saefw_features *f, const sa
             "\"shard_size\":%d,\"n_shards\":%lld,\"tokenizer\":",
             (long long)f->tokens_analyzed, (unsigned long long)f->seed, f->ctx_before, f->ctx_after, f->top_k,
             shard_size, (long long)((D + shard_size - 1) / shard_size));
-    if (o->dec && o->dec->token_bytes && o->dec->name)
-        j_str(fp, o->dec->name);
-    else
-        fputs("null", fp);
+    if (o->dec && o->dec->token_bytes && o->dec->name) j_str(fp, o->dec->name);
+    else fputs("null", fp);
     fputs(",\"density_histogram\":{\"log10_edges\":[", fp);
     for (int b = 0; b <= nbins; b++) {
         if (b) fputc(',', fp);
@@ -312,8 +305,7 @@ static void w_summary(FILE *fp, tok_cache *tc, const saefw_features *f, const sa
     if (f->one_sparse >= 0)
         fprintf(fp, "{\"one_sparse\":%lld,\"ten_sparse\":%lld,\"dense\":%lld}", (long long)f->one_sparse,
                 (long long)f->ten_sparse, (long long)f->dense);
-    else
-        fputs("null", fp);
+    else fputs("null", fp);
     fputs(",\"rare_direction\":", fp);
     if (f->n_rare > 0) {
         fprintf(fp, "{\"threshold\":%g,\"n_rare\":%lld,\"cos_edges\":[", f->rare_threshold, (long long)f->n_rare);
@@ -457,7 +449,8 @@ static int write_all(const saefw_features *f, const saefw_report_opts *o, int sh
     int rc = -1;
     char path[PATH_MAX], viewer[PATH_MAX];
     FILE *fp = NULL;
-    if (saefw_pathf(path, sizeof path, err, errlen, "%s/data", tmp) != 0 || saefw_mkdirs(path, err, errlen) != 0) goto out;
+    if (saefw_pathf(path, sizeof path, err, errlen, "%s/data", tmp) != 0 || saefw_mkdirs(path, err, errlen) != 0)
+        goto out;
     /* summary.json and data/summary.js */
     for (int js = 0; js < 2; js++) {
         if (saefw_pathf(path, sizeof path, err, errlen, js ? "%s/data/summary.js" : "%s/summary.json", tmp) != 0 ||

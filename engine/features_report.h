@@ -37,7 +37,7 @@ typedef struct {
     char checkpoint[4096], model_name[256], hook_name[128], data[4096];
     saefw_token_decoder dec; /* the model's tokenizer; ids ("#1234") for a model without one */
     saefw_tokenizer *tokenizer;
-    int ids_only;            /* dec shows ids: the caller says so once, with why_ids */
+    int ids_only; /* dec shows ids: the caller says so once, with why_ids */
     char why_ids[1024];
 } saefw_features_job;
 

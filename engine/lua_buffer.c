@@ -14,7 +14,9 @@
 
 saefw_source *saefw_lua_check_source(lua_State *L, int idx) {
     lsource *s = luaL_testudata(L, idx, MT_SOURCE);
-    if (!s) saefw_lua_error(L, "expected an activation source (saefw.synthetic, saefw.activations), got %s", luaL_typename(L, idx));
+    if (!s)
+        saefw_lua_error(L, "expected an activation source (saefw.synthetic, saefw.activations), got %s",
+                        luaL_typename(L, idx));
     if (!s->src) saefw_lua_error(L, "this source was closed");
     return s->src;
 }
@@ -142,7 +144,8 @@ static int l_feed(lua_State *L) {
     int64_t d = saefw_lua_req_int(L, 1, fn, "d_in", 1);
     lua_getfield(L, 1, "fn");
     if (!lua_isfunction(L, -1))
-        return saefw_lua_error(L, "%s: field 'fn' must be a function(n) returning n rows, got %s", fn, luaL_typename(L, -1));
+        return saefw_lua_error(L, "%s: field 'fn' must be a function(n) returning n rows, got %s", fn,
+                               luaL_typename(L, -1));
     lfeed *f = malloc(sizeof *f);
     if (!f) return saefw_lua_error(L, "%s: out of memory", fn);
     lua_State *main = L;
@@ -185,7 +188,8 @@ static int source_index(lua_State *L) {
 static int source_sample(lua_State *L) {
     saefw_source *src = saefw_lua_check_source(L, 1);
     lua_Integer n = luaL_checkinteger(L, 2);
-    if (n <= 0 || n > (1 << 20) / src->d_act) return saefw_lua_error(L, "source:sample: n must be in 1..%lld", (long long)((1 << 20) / src->d_act));
+    if (n <= 0 || n > (1 << 20) / src->d_act)
+        return saefw_lua_error(L, "source:sample: n must be in 1..%lld", (long long)((1 << 20) / src->d_act));
     float *x = malloc(sizeof(float) * (size_t)(n * src->d_act));
     if (!x) return saefw_lua_error(L, "source:sample: out of memory");
     char err[512];
@@ -219,7 +223,8 @@ static int l_buffer(lua_State *L) {
     saefw_source *src = saefw_lua_check_source(L, -1);
     int src_idx = lua_gettop(L);
     int64_t batch = saefw_lua_req_int(L, 1, fn, "batch_size", 1);
-    int64_t size = src->in_order ? saefw_lua_opt_int(L, 1, fn, "size", batch, 1) : saefw_lua_req_int(L, 1, fn, "size", 1);
+    int64_t size =
+        src->in_order ? saefw_lua_opt_int(L, 1, fn, "size", batch, 1) : saefw_lua_req_int(L, 1, fn, "size", 1);
     const char *dt = saefw_lua_opt_string(L, 1, fn, "dtype", "bf16");
     saefw_buffer_dtype dtype;
     if (!strcmp(dt, "bf16")) dtype = SAEFW_BUF_BF16;

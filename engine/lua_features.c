@@ -147,7 +147,8 @@ static int l_features(lua_State *L) {
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
     const char *out = saefw_lua_opt_string(L, 1, fn, "out", NULL);
-    int quiet = saefw_lua_opt_bool(L, 1, fn, "quiet", 0), summary_only = saefw_lua_opt_bool(L, 1, fn, "summary_only", 0);
+    int quiet = saefw_lua_opt_bool(L, 1, fn, "quiet", 0),
+        summary_only = saefw_lua_opt_bool(L, 1, fn, "summary_only", 0);
     saefw_features_opts o;
     saefw_features_default_opts(&o);
     o.n_tokens = saefw_lua_opt_int(L, 1, fn, "n_tokens", 0, 0);
@@ -171,7 +172,8 @@ static int l_features(lua_State *L) {
     lua_getfield(L, 1, "sae");
     if (lua_type(L, -1) == LUA_TSTRING) {
         ckpt = lua_tostring(L, -1);
-        const char *mname = saefw_lua_opt_string(L, 1, fn, "model", NULL), *data = saefw_lua_opt_string(L, 1, fn, "tokens", NULL);
+        const char *mname = saefw_lua_opt_string(L, 1, fn, "model", NULL),
+                   *data = saefw_lua_opt_string(L, 1, fn, "tokens", NULL);
         s->open = 1;
         if (saefw_features_job_open(&s->job, ckpt, mname, data, err, sizeof err) != 0)
             return saefw_lua_error(L, "%s: %s", fn, err);
@@ -183,7 +185,8 @@ static int l_features(lua_State *L) {
         hook_name = s->job.hook_name;
         dec = &s->job.dec;
     } else {
-        if (lua_isnil(L, -1)) return saefw_lua_error(L, "%s: field 'sae' is required (a checkpoint path or an SAE)", fn);
+        if (lua_isnil(L, -1))
+            return saefw_lua_error(L, "%s: field 'sae' is required (a checkpoint path or an SAE)", fn);
         sae = saefw_lua_check_sae(L, -1);
         lua_getfield(L, 1, "model");
         model = saefw_lua_check_model(L, -1);
@@ -193,7 +196,8 @@ static int l_features(lua_State *L) {
         tok = saefw_lua_check_tokens(L, -1);
         const char *site = saefw_lua_opt_string(L, 1, fn, "site", NULL);
         if (!site)
-            return saefw_lua_error(L, "%s: field 'site' is required with an SAE object (e.g. \"blocks.0.mlp.hook_post\")", fn);
+            return saefw_lua_error(
+                L, "%s: field 'site' is required with an SAE object (e.g. \"blocks.0.mlp.hook_post\")", fn);
         int layer = (int)saefw_lua_opt_int(L, 1, fn, "layer", strncmp(site, "blocks.", 7) ? 0 : -1, -1);
         if (saefw_model_hook_resolve(model, site, layer, &hook, err, sizeof err) != 0)
             return saefw_lua_error(L, "%s: %s", fn, err);
@@ -205,7 +209,8 @@ static int l_features(lua_State *L) {
     }
     if (!dec->token_bytes && !quiet)
         fprintf(stderr, "saefw.features: no tokenizer for %s: tokens are shown as ids (#1234)\n", model_name);
-    if (saefw_features_run(model, tok, hook, sae, &o, &s->f, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    if (saefw_features_run(model, tok, hook, sae, &o, &s->f, err, sizeof err) != 0)
+        return saefw_lua_error(L, "%s: %s", fn, err);
     if (out) {
         saefw_report_opts ro;
         memset(&ro, 0, sizeof ro);
@@ -213,7 +218,8 @@ static int l_features(lua_State *L) {
         ro.model_name = model_name;
         ro.hook_name = hook_name;
         ro.dec = dec;
-        if (saefw_features_write_report(s->f, &ro, out, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+        if (saefw_features_write_report(s->f, &ro, out, err, sizeof err) != 0)
+            return saefw_lua_error(L, "%s: %s", fn, err);
     }
     const saefw_features *f = s->f;
     lua_createtable(L, 0, 12);

@@ -58,7 +58,8 @@ static int l_model(lua_State *L) {
     saefw_model_cfg cfg, *cfgp = NULL;
     if (config[0]) {
         char *text = NULL;
-        if (saefw_read_file(config, &text, NULL, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.model: %s", err);
+        if (saefw_read_file(config, &text, NULL, err, sizeof err) != 0)
+            return saefw_lua_error(L, "saefw.model: %s", err);
         int rc = saefw_model_cfg_from_json(text, config, &cfg, err, sizeof err);
         free(text);
         if (rc != 0) return saefw_lua_error(L, "saefw.model: %s", err);
@@ -142,7 +143,8 @@ static int32_t *run_tokens(lua_State *L, lmodel *m, int opts, int64_t *B, int64_
         *T = (int64_t)lua_rawlen(L, 2);
     }
     if (*B < 1 || *T < 1) saefw_lua_error(L, "%s: no tokens", fn);
-    if (*T > c->n_ctx) saefw_lua_error(L, "%s: %lld tokens per row, more than the model's n_ctx %d", fn, (long long)*T, c->n_ctx);
+    if (*T > c->n_ctx)
+        saefw_lua_error(L, "%s: %lld tokens per row, more than the model's n_ctx %d", fn, (long long)*T, c->n_ctx);
     ids = malloc(sizeof(int32_t) * (size_t)(*B * *T));
     if (!ids) saefw_lua_error(L, "%s: out of memory", fn);
     for (int64_t b = 0; b < *B; b++) {
@@ -193,7 +195,8 @@ static int model_run(lua_State *L) {
     saefw_lua_check_keys(L, 3, fn, keys);
     int layer = (int)saefw_lua_opt_int(L, 3, fn, "layer", 0, 0);
     lua_getfield(L, 3, "sites");
-    if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'sites' (a list of hook names, \"logits\", \"loss\") is required", fn);
+    if (!lua_istable(L, -1))
+        return saefw_lua_error(L, "%s: field 'sites' (a list of hook names, \"logits\", \"loss\") is required", fn);
     int sites = lua_gettop(L);
     int n_sites = (int)lua_rawlen(L, sites);
     if (n_sites < 1 || n_sites > RUN_MAX_SITES)
@@ -227,7 +230,8 @@ static int model_run(lua_State *L) {
             lua_setfield(L, result, "logits");
         } else {
             saefw_hook h;
-            if (saefw_model_hook_resolve(m->m, name, strncmp(name, "blocks.", 7) ? layer : -1, &h, err, sizeof err) != 0)
+            if (saefw_model_hook_resolve(m->m, name, strncmp(name, "blocks.", 7) ? layer : -1, &h, err, sizeof err) !=
+                0)
                 return saefw_lua_error(L, "%s: sites[%d]: %s", fn, i, err);
             int k = 0;
             while (k < n_caps && !(caps[k].hook.kind == h.kind && caps[k].hook.layer == h.layer)) k++;
@@ -255,8 +259,8 @@ static int model_run(lua_State *L) {
     saefw_model_work *w = NULL;
     if (saefw_model_work_alloc(m->m, B, T, &w, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
     double loss = 0;
-    saefw_forward_opts o = {.captures = caps, .n_captures = n_caps, .logits_out = logits,
-                            .loss_out = want_loss ? &loss : NULL};
+    saefw_forward_opts o = {
+        .captures = caps, .n_captures = n_caps, .logits_out = logits, .loss_out = want_loss ? &loss : NULL};
     int rc = saefw_model_forward(m->m, w, tok, B, T, &o, err, sizeof err);
     saefw_model_work_free(w);
     if (rc != 0) return saefw_lua_error(L, "%s: %s", fn, err);
@@ -292,7 +296,8 @@ static int l_tokens(lua_State *L) {
     ltokens *t = lua_newuserdatauv(L, sizeof *t, 0);
     t->t = NULL;
     luaL_setmetatable(L, MT_TOKENS);
-    if (saefw_tokens_open_any(&o, column, -1, &t->t, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    if (saefw_tokens_open_any(&o, column, -1, &t->t, err, sizeof err) != 0)
+        return saefw_lua_error(L, "%s: %s", fn, err);
     return 1;
 }
 
@@ -308,15 +313,19 @@ static int tokens_index(lua_State *L) {
 
 static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_model *m) {
     const char *site = saefw_lua_opt_string(L, t, fn, "site", NULL);
-    if (!site) saefw_lua_error(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")", fn);
+    if (!site)
+        saefw_lua_error(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")",
+                        fn);
     /* A full name ("blocks.1.mlp.hook_post") carries its layer; a short one defaults to layer 0. */
-    int64_t layer = saefw_lua_has_field(L, t, "layer") ? saefw_lua_opt_int(L, t, fn, "layer", 0, 0) : (strncmp(site, "blocks.", 7) ? 0 : -1);
+    int64_t layer = saefw_lua_has_field(L, t, "layer") ? saefw_lua_opt_int(L, t, fn, "layer", 0, 0)
+                                                       : (strncmp(site, "blocks.", 7) ? 0 : -1);
     saefw_hook h;
     char err[512];
     if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) saefw_lua_error(L, "%s: %s", fn, err);
     int width = saefw_model_hook_width(m, h);
     if (width < 0)
-        saefw_lua_error(L, "%s: layer %d is out of range: the model has %d layer(s)", fn, h.layer, saefw_model_config(m)->n_layers);
+        saefw_lua_error(L, "%s: layer %d is out of range: the model has %d layer(s)", fn, h.layer,
+                        saefw_model_config(m)->n_layers);
     if (width == 0) saefw_lua_error(L, "%s: %s is not one row per token (read it with model:run)", fn, site);
     return h;
 }
@@ -376,7 +385,8 @@ static int l_recons_score(lua_State *L) {
     saefw_lua_check_table(L, 4, fn);
     saefw_lua_check_keys(L, 4, fn, keys);
     saefw_hook h = read_hook(L, 4, fn, m->m);
-    int64_t batches = saefw_lua_opt_int(L, 4, fn, "batches", 5, 1), mb = saefw_lua_opt_int(L, 4, fn, "model_batch_size", 32, 1);
+    int64_t batches = saefw_lua_opt_int(L, 4, fn, "batches", 5, 1),
+            mb = saefw_lua_opt_int(L, 4, fn, "model_batch_size", 32, 1);
     saefw_rng rng;
     saefw_rng_seed(&rng, (uint64_t)saefw_lua_opt_int(L, 4, fn, "seed", SAEFW_DEFAULT_SEED, 0));
     saefw_recons r;
@@ -396,7 +406,8 @@ static int l_model_loss(lua_State *L) {
     if (lua_isnoneornil(L, 3)) lua_newtable(L);
     saefw_lua_check_table(L, 3, fn);
     saefw_lua_check_keys(L, 3, fn, keys);
-    int64_t batches = saefw_lua_opt_int(L, 3, fn, "batches", 5, 1), mb = saefw_lua_opt_int(L, 3, fn, "model_batch_size", 32, 1);
+    int64_t batches = saefw_lua_opt_int(L, 3, fn, "batches", 5, 1),
+            mb = saefw_lua_opt_int(L, 3, fn, "model_batch_size", 32, 1);
     uint64_t seed = (uint64_t)saefw_lua_opt_int(L, 3, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     const char *ablate = saefw_lua_opt_string(L, 3, fn, "ablate", NULL);
     saefw_hook hook = {SAEFW_HOOK_MLP_POST, 0};
@@ -422,7 +433,8 @@ static int l_hook_name(lua_State *L) {
     saefw_hook h;
     char err[512], name[128];
     if (layer < -1 || layer > 100000) return saefw_lua_error(L, "saefw.hook_name: bad layer %lld", (long long)layer);
-    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.hook_name: %s", err);
+    if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.hook_name: %s", err);
     saefw_hook_name(h, name, sizeof name);
     lua_pushstring(L, name);
     return 1;

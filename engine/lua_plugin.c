@@ -29,15 +29,23 @@ static int l_plugin(lua_State *L) {
     if (lua_istable(L, 2)) {
         lua_pushnil(L);
         while (lua_next(L, 2)) {
-            if (lua_type(L, -2) != LUA_TSTRING) return saefw_lua_error(L, "plugin %s: option names must be strings", p->lp->p.name);
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return saefw_lua_error(L, "plugin %s: option names must be strings", p->lp->p.name);
             const char *k = lua_tostring(L, -2);
             int rc;
             switch (lua_type(L, -1)) {
-            case LUA_TNUMBER: rc = saefw_opts_set_number(p->opts, p->lp, k, lua_tonumber(L, -1), err, sizeof err); break;
-            case LUA_TBOOLEAN: rc = saefw_opts_set_bool(p->opts, p->lp, k, lua_toboolean(L, -1), err, sizeof err); break;
-            case LUA_TSTRING: rc = saefw_opts_set_string(p->opts, p->lp, k, lua_tostring(L, -1), err, sizeof err); break;
+            case LUA_TNUMBER:
+                rc = saefw_opts_set_number(p->opts, p->lp, k, lua_tonumber(L, -1), err, sizeof err);
+                break;
+            case LUA_TBOOLEAN:
+                rc = saefw_opts_set_bool(p->opts, p->lp, k, lua_toboolean(L, -1), err, sizeof err);
+                break;
+            case LUA_TSTRING:
+                rc = saefw_opts_set_string(p->opts, p->lp, k, lua_tostring(L, -1), err, sizeof err);
+                break;
             default:
-                return saefw_lua_error(L, "plugin %s: option '%s' has unsupported type %s", p->lp->p.name, k, luaL_typename(L, -1));
+                return saefw_lua_error(L, "plugin %s: option '%s' has unsupported type %s", p->lp->p.name, k,
+                                       luaL_typename(L, -1));
             }
             if (rc != 0) return saefw_lua_error(L, "%s", err);
             lua_pop(L, 1);
@@ -101,7 +109,7 @@ static int plugin_index(lua_State *L) {
 
 #define MT_STATE_IO "saefw.PluginState"
 
-static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval", "on_end",
+static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval",   "on_end",
                                            "step",           "save_state", "load_state"};
 
 /* The writer or reader handed to a Lua plugin's save_state / load_state: valid during that call. */
@@ -141,8 +149,7 @@ static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int nvals, 
     int64_t off;
     if (v->p.ndim != 2 && lua_gettop(L) >= first + 1 + nvals) {
         lua_Integer j = luaL_checkinteger(L, first + 1);
-        if (j != 1)
-            saefw_lua_error(L, "%s is 1-D: its second index must be 1, got %lld", v->p.name, (long long)j);
+        if (j != 1) saefw_lua_error(L, "%s is 1-D: its second index must be 1, got %lld", v->p.name, (long long)j);
         if (i < 1 || i > v->p.shape[0])
             saefw_lua_error(L, "%s[%lld] is out of range [%lld]", v->p.name, (long long)i, (long long)v->p.shape[0]);
         *next = first + 2;
@@ -152,7 +159,7 @@ static int64_t view_offset(lua_State *L, ltensor_view *v, int first, int nvals, 
         lua_Integer j = luaL_checkinteger(L, first + 1);
         if (i < 1 || i > v->p.shape[0] || j < 1 || j > v->p.shape[1])
             saefw_lua_error(L, "%s[%lld, %lld] is out of range [%lld, %lld]", v->p.name, (long long)i, (long long)j,
-                   (long long)v->p.shape[0], (long long)v->p.shape[1]);
+                            (long long)v->p.shape[0], (long long)v->p.shape[1]);
         off = (int64_t)(i - 1) * v->p.shape[1] + (j - 1);
         *next = first + 2;
     } else {
@@ -260,7 +267,9 @@ static int ctx_feature_counts(lua_State *L) {
     lplugin_ctx *c = check_ctx(L, 1);
     const saefw_host *h = saefw_host_table();
     const int64_t *n = h->batch_feature_counts(c->run);
-    if (!n) return saefw_lua_error(L, "ctx:feature_counts: no training batch here (valid in after_backward and after_step)");
+    if (!n)
+        return saefw_lua_error(L,
+                               "ctx:feature_counts: no training batch here (valid in after_backward and after_step)");
     int64_t d = h->d_sae(c->run);
     lua_createtable(L, (int)d, 0);
     for (int64_t j = 0; j < d; j++) {
@@ -296,7 +305,8 @@ static int ctx_reset_optimizer_state(lua_State *L) {
         saefw_param p;
         p.struct_size = sizeof p;
         const char *name = luaL_checkstring(L, 2);
-        if (h->param_find(c->run, name, &p, &index) != 0) return saefw_lua_error(L, "%s: no tensor named '%s'", fn, name);
+        if (h->param_find(c->run, name, &p, &index) != 0)
+            return saefw_lua_error(L, "%s: no tensor named '%s'", fn, name);
     }
     int axis = 0;
     int64_t *idx = NULL, n = 0;
@@ -344,7 +354,8 @@ static int ctx_loss_coeff(lua_State *L) {
 static int ctx_set_loss_coeff(lua_State *L) {
     lplugin_ctx *c = check_ctx(L, 1);
     char err[512];
-    if (saefw_host_table()->set_loss_coeff(c->run, luaL_checkstring(L, 2), luaL_checknumber(L, 3), err, sizeof err) != 0)
+    if (saefw_host_table()->set_loss_coeff(c->run, luaL_checkstring(L, 2), luaL_checknumber(L, 3), err, sizeof err) !=
+        0)
         return saefw_lua_error(L, "ctx:set_loss_coeff: %s", err);
     return 0;
 }
@@ -362,8 +373,7 @@ static int ctx_index(lua_State *L) {
         double v = 0;
         h->loss_coeff(c->run, "l1", &v);
         lua_pushnumber(L, v);
-    }
-    else {
+    } else {
         luaL_getmetafield(L, 1, "methods");
         lua_getfield(L, -1, k);
     }
@@ -418,7 +428,8 @@ static lstate_io *check_state_io(lua_State *L, int writer) {
     lstate_io *s = luaL_checkudata(L, 1, MT_STATE_IO);
     if (!s->io) saefw_lua_error(L, "the plugin state is only valid inside save_state / load_state");
     if (s->writer != writer)
-        saefw_lua_error(L, "state:%s: this is the %s", writer ? "put" : "get", s->writer ? "writer of save_state" : "reader of load_state");
+        saefw_lua_error(L, "state:%s: this is the %s", writer ? "put" : "get",
+                        s->writer ? "writer of save_state" : "reader of load_state");
     return s;
 }
 
@@ -466,7 +477,8 @@ static int state_get(lua_State *L) {
     }
     if (!(n >= 0 && n <= 1e12)) return saefw_lua_error(L, "state:get: %s: bad length", name);
     float *x = lua_newuserdatauv(L, sizeof(float) * (size_t)(n > 0 ? n : 1), 0);
-    if (h->state_get_f32(s->io, name, x, (int64_t)n, err, sizeof err) != 0) return saefw_lua_error(L, "state:get: %s", err);
+    if (h->state_get_f32(s->io, name, x, (int64_t)n, err, sizeof err) != 0)
+        return saefw_lua_error(L, "state:get: %s", err);
     lua_createtable(L, (int)n, 0);
     for (int64_t i = 0; i < (int64_t)n; i++) {
         lua_pushnumber(L, x[i]);
@@ -483,8 +495,12 @@ static int state_io_index(lua_State *L) {
 
 static int state_io_gc(lua_State *L) { return 0; }
 
-static int lp_after_backward(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_BACKWARD, e, n); }
-static int lp_after_step(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_AFTER_STEP, e, n); }
+static int lp_after_backward(void *s, saefw_run *r, char *e, size_t n) {
+    return lua_plugin_call(s, r, LP_AFTER_BACKWARD, e, n);
+}
+static int lp_after_step(void *s, saefw_run *r, char *e, size_t n) {
+    return lua_plugin_call(s, r, LP_AFTER_STEP, e, n);
+}
 static int lp_on_eval(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_ON_EVAL, e, n); }
 static int lp_on_end(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_ON_END, e, n); }
 static int lp_step(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_STEP, e, n); }
@@ -503,8 +519,8 @@ static void lua_plugin_release(lua_State *L, lplugin *base) {
 /* saefw.lua_plugin{name=, kind="experiment"|"resampler"|"optimizer", after_backward=fn, after_step=fn,
  * on_eval=fn, on_end=fn, step=fn (optimizers)} -> a plugin to pass to saefw.train. */
 static int l_lua_plugin(lua_State *L) {
-    static const char *const keys[] = {"name", "kind", "after_backward", "after_step", "on_eval", "on_end", "step",
-                                       "save_state", "load_state", "description", "stateless", NULL};
+    static const char *const keys[] = {"name", "kind",       "after_backward", "after_step",  "on_eval",   "on_end",
+                                       "step", "save_state", "load_state",     "description", "stateless", NULL};
     const char *fn = "saefw.lua_plugin";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -515,7 +531,9 @@ static int l_lua_plugin(lua_State *L) {
     if (!strcmp(kind, "experiment")) k = SAEFW_KIND_EXPERIMENT;
     else if (!strcmp(kind, "resampler")) k = SAEFW_KIND_RESAMPLER;
     else if (!strcmp(kind, "optimizer")) k = SAEFW_KIND_OPTIMIZER;
-    else return saefw_lua_error(L, "%s: field 'kind' must be \"experiment\", \"resampler\" or \"optimizer\", got \"%s\"", fn, kind);
+    else
+        return saefw_lua_error(L, "%s: field 'kind' must be \"experiment\", \"resampler\" or \"optimizer\", got \"%s\"",
+                               fn, kind);
     const char *desc = saefw_lua_opt_string(L, 1, fn, "description", "a plugin written in Lua");
     llua_plugin *p = lua_newuserdatauv(L, sizeof *p, 1);
     memset(p, 0, sizeof *p);
@@ -550,7 +568,9 @@ static int l_lua_plugin(lua_State *L) {
         p->st.fn_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
         any = 1;
     }
-    if (!any) return saefw_lua_error(L, "%s: give at least one callback (after_backward, after_step, on_eval, on_end, step)", fn);
+    if (!any)
+        return saefw_lua_error(L, "%s: give at least one callback (after_backward, after_step, on_eval, on_end, step)",
+                               fn);
     if (k == SAEFW_KIND_OPTIMIZER && p->st.fn_ref[LP_STEP] == LUA_NOREF)
         return saefw_lua_error(L, "%s: an optimizer needs a 'step' callback", fn);
     lplugin_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
@@ -613,8 +633,8 @@ void saefw_lua_open_plugin(lua_State *L, int module_index) {
                                            {"loss_coeff", ctx_loss_coeff},
                                            {"set_loss_coeff", ctx_set_loss_coeff},
                                            {NULL, NULL}};
-    static const luaL_Reg view_methods[] = {{"get", view_get}, {"set", view_set}, {"grad", view_grad},
-                                            {"set_grad", view_set_grad}, {NULL, NULL}};
+    static const luaL_Reg view_methods[] = {
+        {"get", view_get}, {"set", view_set}, {"grad", view_grad}, {"set_grad", view_set_grad}, {NULL, NULL}};
     saefw_lua_new_class(L, MT_LUA_PLUGIN_CTX, ctx_gc, ctx_index, ctx_methods);
     saefw_lua_new_class(L, MT_TENSOR_VIEW, view_gc, view_index, view_methods);
     static const luaL_Reg state_methods[] = {{"put", state_put}, {"get", state_get}, {NULL, NULL}};

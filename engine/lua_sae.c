@@ -45,7 +45,8 @@ static int l_sae(lua_State *L) {
     if (saefw_enc_dtype_parse(saefw_lua_opt_string(L, 1, "saefw.sae", "enc_dtype", "fp32"), &enc, err, sizeof err) != 0)
         return saefw_lua_error(L, "saefw.sae: field %s", err);
     lsae *s = new_sae(L);
-    if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.sae: %s", err);
+    if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.sae: %s", err);
     s->alive = 1;
     s->sae.enc_dtype = enc;
     saefw_rng rng;
@@ -84,7 +85,8 @@ static int l_load_sae(lua_State *L) {
         return saefw_lua_error(L, "saefw.load_sae: %s", err);
     lsae *s = new_sae(L);
     cJSON *cfg = NULL;
-    if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.load_sae: %s", err);
+    if (saefw_checkpoint_load(path, &s->sae, &cfg, err, sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.load_sae: %s", err);
     s->alive = 1;
     if (saefw_checkpoint_require_l1(path, cfg, err, sizeof err) != 0) {
         cJSON_Delete(cfg);
@@ -143,10 +145,14 @@ static int l_frequencies(lua_State *L) {
     lsae *s = saefw_lua_check_lsae(L, 1);
     saefw_source *src = saefw_lua_check_source(L, 2);
     lua_Integer batches = luaL_optinteger(L, 3, 5), batch = luaL_optinteger(L, 4, 4096);
-    if (batches <= 0 || batch <= 0) return saefw_lua_error(L, "saefw.frequencies: batches and batch size must be positive");
-    if (batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "saefw.frequencies: batches = %lld is more than %d", (long long)batches, SAEFW_MAX_EVAL_BATCHES);
+    if (batches <= 0 || batch <= 0)
+        return saefw_lua_error(L, "saefw.frequencies: batches and batch size must be positive");
+    if (batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_lua_error(L, "saefw.frequencies: batches = %lld is more than %d", (long long)batches,
+                               SAEFW_MAX_EVAL_BATCHES);
     if (src->d_act != s->sae.d_in)
-        return saefw_lua_error(L, "saefw.frequencies: source width %lld does not match the SAE's d_in %lld", (long long)src->d_act, (long long)s->sae.d_in);
+        return saefw_lua_error(L, "saefw.frequencies: source width %lld does not match the SAE's d_in %lld",
+                               (long long)src->d_act, (long long)s->sae.d_in);
     float *f = malloc(sizeof(float) * (size_t)s->sae.d_sae);
     if (!f) return saefw_lua_error(L, "out of memory");
     char err[512];
@@ -181,10 +187,12 @@ static int l_evaluate(lua_State *L) {
     saefw_source *src = saefw_lua_check_source(L, 2);
     lua_Integer rows = luaL_optinteger(L, 3, 4096);
     if (rows <= 0 || rows > (1 << 22)) return saefw_lua_error(L, "saefw.evaluate: rows must be in 1..%d", 1 << 22);
-    if (src->d_act != s->sae.d_in) return saefw_lua_error(L, "saefw.evaluate: source width does not match the SAE's d_in");
+    if (src->d_act != s->sae.d_in)
+        return saefw_lua_error(L, "saefw.evaluate: source width does not match the SAE's d_in");
     saefw_sae_eval *w;
     char err[512];
-    if (saefw_sae_eval_alloc(&w, &s->sae, rows, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.evaluate: %s", err);
+    if (saefw_sae_eval_alloc(&w, &s->sae, rows, err, sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.evaluate: %s", err);
     float *x = malloc(sizeof(float) * (size_t)(rows * src->d_act));
     if (!x || src->sample(src, x, rows, err, sizeof err) != 0) {
         free(x);
@@ -211,12 +219,8 @@ void saefw_lua_open_sae(lua_State *L, int module_index) {
     static const luaL_Reg sae_methods[] = {{"save", sae_save}, {"tensor", sae_tensor}, {NULL, NULL}};
     saefw_lua_new_class(L, MT_SAE, sae_gc, sae_index, sae_methods);
     static const luaL_Reg fns[] = {
-        {"sae", l_sae},
-        {"load_sae", l_load_sae},
-        {"frequencies", l_frequencies},
-        {"mmcs", l_mmcs},
-        {"evaluate", l_evaluate},
-        {NULL, NULL},
+        {"sae", l_sae},   {"load_sae", l_load_sae}, {"frequencies", l_frequencies},
+        {"mmcs", l_mmcs}, {"evaluate", l_evaluate}, {NULL, NULL},
     };
     lua_pushvalue(L, module_index);
     luaL_setfuncs(L, fns, 0);

@@ -22,7 +22,7 @@ static int l_threads(lua_State *L) {
         lua_Integer n = lua_tointegerx(L, 1, &ok);
         if (!ok || n < 0 || n > 4096)
             return saefw_lua_error(L, "saefw.threads: expected a whole number from 0 (the default) to 4096, got %s",
-                          luaL_tolstring(L, 1, NULL));
+                                   luaL_tolstring(L, 1, NULL));
         saefw_set_threads((int)n);
     }
     lua_pushinteger(L, saefw_threads());
@@ -35,10 +35,12 @@ static int l_memory_policy(lua_State *L) {
     int64_t limit = 0;
     char err[256];
     if (lua_type(L, 2) == LUA_TNUMBER) {
-        if (!(lua_tonumber(L, 2) > 0)) return saefw_lua_error(L, "memory_limit: expected a positive size, got %s", luaL_tolstring(L, 2, NULL));
+        if (!(lua_tonumber(L, 2) > 0))
+            return saefw_lua_error(L, "memory_limit: expected a positive size, got %s", luaL_tolstring(L, 2, NULL));
         limit = (int64_t)lua_tonumber(L, 2);
     } else if (lua_type(L, 2) == LUA_TSTRING) {
-        if (saefw_mem_parse(lua_tostring(L, 2), &limit, err, sizeof err) != 0) return saefw_lua_error(L, "memory_limit: %s", err);
+        if (saefw_mem_parse(lua_tostring(L, 2), &limit, err, sizeof err) != 0)
+            return saefw_lua_error(L, "memory_limit: %s", err);
     } else if (!lua_isnoneornil(L, 2)) {
         return saefw_lua_error(L, "memory_limit: expected a size such as \"8G\" or a number of bytes");
     }
@@ -57,12 +59,8 @@ static int l_data_dir(lua_State *L) {
 
 int luaopen_saefw_core(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"data_dir", l_data_dir},
-        {"memory_policy", l_memory_policy},
-        {"threads", l_threads},
-        {"where", saefw_lua_where},
-        {"overrides", saefw_lua_overrides},
-        {NULL, NULL},
+        {"data_dir", l_data_dir},   {"memory_policy", l_memory_policy}, {"threads", l_threads},
+        {"where", saefw_lua_where}, {"overrides", saefw_lua_overrides}, {NULL, NULL},
     };
     luaL_newlib(L, fns);
     int lib = lua_gettop(L);

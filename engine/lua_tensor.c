@@ -23,13 +23,16 @@ ltensor *saefw_lua_new_tensor(lua_State *L, int ndim, const int64_t *shape) {
 
 static ltensor *check_tensor(lua_State *L, int idx) { return luaL_checkudata(L, idx, MT_TENSOR); }
 
-float *saefw_lua_push_tensor(lua_State *L, int ndim, const int64_t *shape) { return saefw_lua_new_tensor(L, ndim, shape)->data; }
+float *saefw_lua_push_tensor(lua_State *L, int ndim, const int64_t *shape) {
+    return saefw_lua_new_tensor(L, ndim, shape)->data;
+}
 
 /* t:get(i, j, ...) with one 1-based index per dimension. */
 static int tensor_get(lua_State *L) {
     ltensor *t = check_tensor(L, 1);
     if (lua_gettop(L) - 1 != t->ndim)
-        return saefw_lua_error(L, "tensor:get: expected %d indices (one per dimension), got %d", t->ndim, lua_gettop(L) - 1);
+        return saefw_lua_error(L, "tensor:get: expected %d indices (one per dimension), got %d", t->ndim,
+                               lua_gettop(L) - 1);
     int64_t off = 0;
     for (int d = 0; d < t->ndim; d++) {
         lua_Integer i = luaL_checkinteger(L, 2 + d);
@@ -95,7 +98,8 @@ static int l_save_tensor(lua_State *L) {
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         ndim = (int)lua_rawlen(L, 3);
-        if (ndim < 1 || ndim > SAEFW_MAX_DIMS) return saefw_lua_error(L, "saefw.save_tensor: shape must have 1 to %d dims", SAEFW_MAX_DIMS);
+        if (ndim < 1 || ndim > SAEFW_MAX_DIMS)
+            return saefw_lua_error(L, "saefw.save_tensor: shape must have 1 to %d dims", SAEFW_MAX_DIMS);
         int64_t total = 1;
         for (int i = 0; i < ndim; i++) {
             lua_rawgeti(L, 3, i + 1);
@@ -105,7 +109,9 @@ static int l_save_tensor(lua_State *L) {
             shape[i] = v;
             total *= v;
         }
-        if (total != n) return saefw_lua_error(L, "saefw.save_tensor: shape holds %lld values, the array %lld", (long long)total, (long long)n);
+        if (total != n)
+            return saefw_lua_error(L, "saefw.save_tensor: shape holds %lld values, the array %lld", (long long)total,
+                                   (long long)n);
     }
     if (n <= 0) return saefw_lua_error(L, "saefw.save_tensor: the array is empty");
     float *data = malloc(sizeof(float) * (size_t)n);

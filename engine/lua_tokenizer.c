@@ -38,7 +38,8 @@ static int tok_gc(lua_State *L) {
 static int l_tokenizer(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     char path[PATH_MAX], err[2048];
-    if (saefw_tokenizer_resolve(name, path, sizeof path, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.tokenizer: %s", err);
+    if (saefw_tokenizer_resolve(name, path, sizeof path, err, sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.tokenizer: %s", err);
     ltokenizer *k = lua_newuserdatauv(L, sizeof *k, 0);
     memset(k, 0, sizeof *k);
     luaL_setmetatable(L, MT_TOKENIZER);
@@ -73,7 +74,8 @@ static int32_t *encode_arg(lua_State *L, ltokenizer *k, int idx, int opt_idx, co
         cap = 64;
         ids[(*n)++] = (int32_t)bos_id;
     }
-    if (saefw_tokenizer_encode(k->t, k->s, text, len, special ? SAEFW_TOK_SPECIAL : 0, &ids, n, &cap, err, sizeof err) != 0) {
+    if (saefw_tokenizer_encode(k->t, k->s, text, len, special ? SAEFW_TOK_SPECIAL : 0, &ids, n, &cap, err,
+                               sizeof err) != 0) {
         free(ids);
         saefw_lua_error(L, "%s: %s", fn, err);
     }

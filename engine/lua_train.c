@@ -95,11 +95,11 @@ static int on_event(void *vud, saefw_event event, const saefw_metrics *m, char *
 }
 
 static int l_train(lua_State *L) {
-    static const char *const keys[] = {"sae", "buffer", "eval_source", "steps", "num_tokens", "optimizer", "plugins",
-                                       "log_every", "eval_every", "checkpoint_every", "freq_batches", "run_dir",
-                                       "script", "model_name", "config", "seed", "progress", "on_log", "on_eval",
-                                       "on_end", "recons_batches", "recons_eval", "resume_from", "resume", "allow_change",
-                                       NULL};
+    static const char *const keys[] = {
+        "sae",         "buffer",      "eval_source",      "steps",        "num_tokens", "optimizer", "plugins",
+        "log_every",   "eval_every",  "checkpoint_every", "freq_batches", "run_dir",    "script",    "model_name",
+        "config",      "seed",        "progress",         "on_log",       "on_eval",    "on_end",    "recons_batches",
+        "recons_eval", "resume_from", "resume",           "allow_change", NULL};
     const char *fn = "saefw.train";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -115,7 +115,9 @@ static int l_train(lua_State *L) {
     lua_getiuservalue(L, -1, 1);
     lsource *bsrc = luaL_testudata(L, -1, MT_SOURCE);
     c.recons_batches = saefw_lua_opt_int(L, 1, fn, "recons_batches", 5, 0);
-    if (c.recons_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)c.recons_batches, SAEFW_MAX_EVAL_BATCHES);
+    if (c.recons_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_lua_error(L, "%s: recons_batches = %lld is more than %d", fn, (long long)c.recons_batches,
+                               SAEFW_MAX_EVAL_BATCHES);
     const char *recons_eval = saefw_lua_opt_string(L, 1, fn, "recons_eval", "fixed");
     if (saefw_recons_mode_parse(recons_eval, &c.recons_mode) != 0)
         return saefw_lua_error(L, "%s: recons_eval = '%s' is not one of fixed, fresh", fn, recons_eval);
@@ -146,7 +148,8 @@ static int l_train(lua_State *L) {
             lua_rawgeti(L, t, i + 1);
             lplugin *p = saefw_lua_check_plugin(L, -1);
             if (p->lp->p.kind == SAEFW_KIND_OPTIMIZER)
-                return saefw_lua_error(L, "%s: plugins[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, i + 1, p->lp->p.name);
+                return saefw_lua_error(L, "%s: plugins[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, i + 1,
+                                       p->lp->p.name);
             uses[i].plugin = p->lp;
             uses[i].opts = p->opts;
             uses[i].self = p->is_lua ? &((llua_plugin *)p)->st : NULL;
@@ -159,7 +162,9 @@ static int l_train(lua_State *L) {
     c.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
     c.checkpoint_every = saefw_lua_opt_int(L, 1, fn, "checkpoint_every", 0, 0);
     c.freq_batches = saefw_lua_opt_int(L, 1, fn, "freq_batches", 5, 1);
-    if (c.freq_batches > SAEFW_MAX_EVAL_BATCHES) return saefw_lua_error(L, "%s: freq_batches = %lld is more than %d", fn, (long long)c.freq_batches, SAEFW_MAX_EVAL_BATCHES);
+    if (c.freq_batches > SAEFW_MAX_EVAL_BATCHES)
+        return saefw_lua_error(L, "%s: freq_batches = %lld is more than %d", fn, (long long)c.freq_batches,
+                               SAEFW_MAX_EVAL_BATCHES);
     /* run_dir = false: no run folder; absent: the run object's default one. */
     if (lua_getfield(L, 1, "run_dir") == LUA_TBOOLEAN && !lua_toboolean(L, -1)) c.no_run_dir = 1;
     else c.run_dir = saefw_lua_opt_string(L, 1, fn, "run_dir", NULL);
@@ -173,7 +178,8 @@ static int l_train(lua_State *L) {
         const char **names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
         for (int i = 0; i < n; i++) {
             lua_rawgeti(L, t, i + 1);
-            if (lua_type(L, -1) != LUA_TSTRING) return saefw_lua_error(L, "%s: allow_change[%d] must be a string", fn, i + 1);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return saefw_lua_error(L, "%s: allow_change[%d] must be a string", fn, i + 1);
             names[i] = lua_tostring(L, -1);
             lua_rawseti(L, t, i + 1); /* the same string, left in the table that keeps it alive */
         }
@@ -236,7 +242,6 @@ static int l_train(lua_State *L) {
 
 /* saefw.train, saefw.find_resumable, saefw.resume_dir. */
 
-
 /* saefw.parse_override(key, text, default) -> text read as the type of default (saefw.config{}'s
  * command-line overrides). */
 static int l_parse_override(lua_State *L) {
@@ -267,7 +272,6 @@ static int l_default_run_dir(lua_State *L) {
     lua_pushstring(L, dir);
     return 1;
 }
-
 
 void saefw_lua_open_train(lua_State *L, int module_index) {
     static const luaL_Reg fns[] = {

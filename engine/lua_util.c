@@ -136,7 +136,8 @@ int saefw_lua_opt_bool(lua_State *L, int t, const char *fn, const char *k, int d
 }
 
 void saefw_lua_check_table(lua_State *L, int idx, const char *fn) {
-    if (lua_type(L, idx) != LUA_TTABLE) saefw_lua_error(L, "%s: expected a table of options, got %s", fn, luaL_typename(L, idx));
+    if (lua_type(L, idx) != LUA_TTABLE)
+        saefw_lua_error(L, "%s: expected a table of options, got %s", fn, luaL_typename(L, idx));
 }
 
 /* Reject keys a function does not take (a typo must not silently fall back to a default). */
@@ -159,7 +160,8 @@ void saefw_lua_check_keys(lua_State *L, int t, const char *fn, const char *const
     }
 }
 
-void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index, const luaL_Reg *methods) {
+void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index,
+                         const luaL_Reg *methods) {
     luaL_newmetatable(L, name);
     lua_pushcfunction(L, gc);
     lua_setfield(L, -2, "__gc");
@@ -174,7 +176,6 @@ void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_C
     lua_setfield(L, -2, "__name");
     lua_pop(L, 1);
 }
-
 
 int saefw_lua_overrides_taken(lua_State *L) {
     lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES_TAKEN);

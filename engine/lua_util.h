@@ -29,7 +29,8 @@ void saefw_lua_check_table(lua_State *L, int idx, const char *fn);
 /* Reject keys not in the NULL-terminated list, naming the valid ones. */
 void saefw_lua_check_keys(lua_State *L, int t, const char *fn, const char *const *allowed);
 /* A userdata class: __gc and __close call gc, __index calls index, methods in a "methods" field. */
-void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index, const luaL_Reg *methods);
+void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_CFunction index,
+                         const luaL_Reg *methods);
 
 /* The Lua value at idx as JSON (numbers, strings, booleans, nested tables; depth counts the nesting,
  * 0 at the top), and a JSON value pushed as Lua; for cfg.json. */

@@ -239,7 +239,8 @@ static int cmd_run(int argc, char **argv) {
         allow[n_allow++] = k;
     }
     if (n_allow && !resume) {
-        fprintf(stderr, "saefw run: --allow-change %s applies to a resumed run only (add --resume RUN_DIR)\n", allow[0]);
+        fprintf(stderr, "saefw run: --allow-change %s applies to a resumed run only (add --resume RUN_DIR)\n",
+                allow[0]);
         args_free(&a);
         return 2;
     }
@@ -251,8 +252,10 @@ static int cmd_run(int argc, char **argv) {
     const char *allow_mem = take_option(&a, "allow-memory"), *mem_limit = take_option(&a, "memory-limit");
     int64_t limit = 0;
     char merr[256];
-    if ((allow_mem && strcmp(allow_mem, "true") != 0) || (mem_limit && saefw_mem_parse(mem_limit, &limit, merr, sizeof merr) != 0)) {
-        fprintf(stderr, "saefw run: %s\n", allow_mem && strcmp(allow_mem, "true") != 0 ? "--allow-memory takes no value" : merr);
+    if ((allow_mem && strcmp(allow_mem, "true") != 0) ||
+        (mem_limit && saefw_mem_parse(mem_limit, &limit, merr, sizeof merr) != 0)) {
+        fprintf(stderr, "saefw run: %s\n",
+                allow_mem && strcmp(allow_mem, "true") != 0 ? "--allow-memory takes no value" : merr);
         args_free(&a);
         return 2;
     }
@@ -275,7 +278,8 @@ static int cmd_run(int argc, char **argv) {
         } else {
             rc = 0;
             if (a.n > 0 && !saefw_lua_overrides_taken(L)) {
-                fprintf(stderr, "saefw run: %s never calls saefw.config{}, so --%s cannot be applied\n", script, a.kv[0]);
+                fprintf(stderr, "saefw run: %s never calls saefw.config{}, so --%s cannot be applied\n", script,
+                        a.kv[0]);
                 rc = 2;
             }
         }
@@ -353,14 +357,14 @@ static int cmd_plugins(void) {
                    lp->p.description ? lp->p.description : "");
             for (const saefw_option *o = lp->p.options; o && o->name; o++) {
                 if (o->type == SAEFW_OPT_STRING)
-                    printf("      %-18s string  default %-10s %s\n", o->name, o->def_string ? o->def_string : "(required)",
-                           o->help ? o->help : "");
+                    printf("      %-18s string  default %-10s %s\n", o->name,
+                           o->def_string ? o->def_string : "(required)", o->help ? o->help : "");
                 else if (o->type == SAEFW_OPT_BOOL)
                     printf("      %-18s bool    default %-10s %s\n", o->name, o->def_number != 0 ? "true" : "false",
                            o->help ? o->help : "");
                 else
-                    printf("      %-18s %-7s default %-10g %s\n", o->name, o->type == SAEFW_OPT_INTEGER ? "integer" : "number",
-                           o->def_number, o->help ? o->help : "");
+                    printf("      %-18s %-7s default %-10g %s\n", o->name,
+                           o->type == SAEFW_OPT_INTEGER ? "integer" : "number", o->def_number, o->help ? o->help : "");
             }
             saefw_plugin_unload(lp);
         }

@@ -81,12 +81,14 @@ int saefw_mem_parse(const char *text, int64_t *bytes, char *err, size_t errlen) 
     char *end = NULL;
     errno = 0;
     double v = text ? strtod(text, &end) : 0;
-    if (!text || end == text || errno || !(v > 0)) return saefw_errf(err, errlen, "expected a size such as 8G, got '%s'", text ? text : "");
+    if (!text || end == text || errno || !(v > 0))
+        return saefw_errf(err, errlen, "expected a size such as 8G, got '%s'", text ? text : "");
     double mult = 1;
     if (*end) {
         const char *units = "KMGT";
         const char *u = strchr(units, *end == 'k' ? 'K' : *end);
-        if (!u || !*u) return saefw_errf(err, errlen, "expected a size such as 8G (suffix K, M, G or T), got '%s'", text);
+        if (!u || !*u)
+            return saefw_errf(err, errlen, "expected a size such as 8G (suffix K, M, G or T), got '%s'", text);
         for (const char *p = units; p <= u; p++) mult *= 1024;
         end++;
         if (*end == 'i') end++;
@@ -113,7 +115,8 @@ int saefw_mem_check(const char *what, double need, char *err, size_t errlen) {
     int64_t have = g_limit > 0 ? g_limit : saefw_mem_available(src, sizeof src);
     if (g_limit > 0) snprintf(src, sizeof src, "memory_limit");
     if (have < 0 || need <= (double)have) return 0;
-    return saefw_errf(err, errlen, "%s needs an estimated %s, more than the %s this process can use (%s); make it "
+    return saefw_errf(err, errlen,
+                      "%s needs an estimated %s, more than the %s this process can use (%s); make it "
                       "smaller, or run anyway with --allow-memory (allow_memory = true) or set memory_limit",
                       what, saefw_mem_fmt(need, a, sizeof a), saefw_mem_fmt((double)have, b, sizeof b), src);
 }
@@ -123,9 +126,8 @@ int saefw_train_memory_check(const saefw_train_opts *o, int print, double *estim
     const saefw_buffer *buf = o->buffer;
     const int64_t B = buf ? buf->batch : o->batch_size, d = sae->d_in;
     const saefw_source *src = buf ? buf->src : NULL, *esrc = o->eval_source ? o->eval_source : src;
-    const double buffer = buf ? (double)saefw_buffer_bytes(buf) + 8.0 * (double)buf->rows +
-                                    4.0 * (double)(buf->stage_rows * buf->d)
-                              : 0;
+    const double buffer =
+        buf ? (double)saefw_buffer_bytes(buf) + 8.0 * (double)buf->rows + 4.0 * (double)(buf->stage_rows * buf->d) : 0;
     const double params = 4.0 * (double)sae->n_total;
     /* Adam keeps two moments per parameter, SGD with momentum one; others are taken to be Adam-like. */
     const char *opt = o->optimizer.plugin->p.name;
@@ -148,11 +150,13 @@ int saefw_train_memory_check(const saefw_train_opts *o, int print, double *estim
         char x[32], t[32], a[32], b[32], c[32], e[32], f[32], g[32], h[32], src_what[160];
         int64_t have = g_limit > 0 ? g_limit : saefw_mem_available(src_what, sizeof src_what);
         if (g_limit > 0) snprintf(src_what, sizeof src_what, "memory_limit");
-        fprintf(stderr, "memory: estimated peak %s (process %s, buffer %s, SAE + gradients %s, optimizer %s, step %s, "
-                "evaluation %s, model %s); %s%s%s%s\n", saefw_mem_fmt(total, t, sizeof t), saefw_mem_fmt(base, x, sizeof x),
-                saefw_mem_fmt(buffer, a, sizeof a), saefw_mem_fmt(2.0 * params, b, sizeof b),
-                saefw_mem_fmt(moments, c, sizeof c), saefw_mem_fmt(step, e, sizeof e), saefw_mem_fmt(eval, f, sizeof f),
-                saefw_mem_fmt(model, g, sizeof g), have >= 0 ? "available " : "available memory unknown",
+        fprintf(stderr,
+                "memory: estimated peak %s (process %s, buffer %s, SAE + gradients %s, optimizer %s, step %s, "
+                "evaluation %s, model %s); %s%s%s%s\n",
+                saefw_mem_fmt(total, t, sizeof t), saefw_mem_fmt(base, x, sizeof x), saefw_mem_fmt(buffer, a, sizeof a),
+                saefw_mem_fmt(2.0 * params, b, sizeof b), saefw_mem_fmt(moments, c, sizeof c),
+                saefw_mem_fmt(step, e, sizeof e), saefw_mem_fmt(eval, f, sizeof f), saefw_mem_fmt(model, g, sizeof g),
+                have >= 0 ? "available " : "available memory unknown",
                 have >= 0 ? saefw_mem_fmt((double)have, h, sizeof h) : "", have >= 0 ? " by " : "",
                 have >= 0 ? src_what : "");
     }

@@ -64,8 +64,7 @@ int saefw_model_cfg_from_json(const char *json_text, const char *what, saefw_mod
  * the safetensors metadata (the same keys as config.json, as strings), else from a config.json in
  * the weights' folder. Every tensor's shape is checked; errors name the file and tensor. Free with
  * saefw_model_free. */
-int saefw_model_load(const char *weights_path, const saefw_model_cfg *cfg, saefw_model **out, char *err,
-                     size_t errlen);
+int saefw_model_load(const char *weights_path, const saefw_model_cfg *cfg, saefw_model **out, char *err, size_t errlen);
 void saefw_model_free(saefw_model *m);
 const saefw_model_cfg *saefw_model_config(const saefw_model *m);
 /* Width of the activations at a hook, per token: d_mlp for mlp.hook_post and mlp.hook_pre, n_heads *
@@ -112,8 +111,8 @@ typedef struct {
  * (about 2048 tokens, at most max_batch sequences), so the work's size does not grow with the
  * batch; a forward may take any B. Free with saefw_model_work_free. */
 typedef struct saefw_model_work saefw_model_work;
-int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_seq, saefw_model_work **out,
-                           char *err, size_t errlen);
+int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_seq, saefw_model_work **out, char *err,
+                           size_t errlen);
 void saefw_model_work_free(saefw_model_work *w);
 /* Bytes of the work's arrays (0 for NULL). */
 size_t saefw_model_work_bytes(const saefw_model_work *w);
@@ -125,13 +124,13 @@ typedef struct {
 } saefw_capture;
 
 typedef struct {
-    const saefw_hook *capture;      /* read activations here (may be NULL) */
-    float *capture_out;             /* [B*T, width] */
-    int stop_after_capture;         /* stop after the capture hook's layer (no logits or loss) */
+    const saefw_hook *capture;              /* read activations here (may be NULL) */
+    float *capture_out;                     /* [B*T, width] */
+    int stop_after_capture;                 /* stop after the capture hook's layer (no logits or loss) */
     const saefw_intervention *intervention; /* may be NULL */
-    float *logits_out;              /* [B*T, d_vocab], may be NULL */
-    double *loss_out;               /* mean next-token cross-entropy over positions 0..T-2 of every row; may be NULL */
-    const saefw_capture *captures;  /* [n_captures] more sites to read, each at most once (may be NULL) */
+    float *logits_out;                      /* [B*T, d_vocab], may be NULL */
+    double *loss_out;              /* mean next-token cross-entropy over positions 0..T-2 of every row; may be NULL */
+    const saefw_capture *captures; /* [n_captures] more sites to read, each at most once (may be NULL) */
     int n_captures;
 } saefw_forward_opts;
 

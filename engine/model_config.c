@@ -213,8 +213,7 @@ static int cfg_from_cjson(const cJSON *root, const char *what, saefw_model_cfg *
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "ln_eps");
     if (eps && !cJSON_IsNull(eps)) {
         double e = -1;
-        if (cJSON_IsNumber(eps))
-            e = eps->valuedouble;
+        if (cJSON_IsNumber(eps)) e = eps->valuedouble;
         else if (cJSON_IsString(eps)) {
             char *end;
             e = strtod(eps->valuestring, &end);
@@ -242,7 +241,7 @@ int saefw_model_cfg_from_json(const char *json_text, const char *what, saefw_mod
 
 /* The safetensors metadata as a JSON object of strings, so it goes through the same parser. */
 int saefw_model_cfg_from_metadata(const saefw_tensorfile *tf, const char *path, saefw_model_cfg *cfg, char *err,
-                             size_t errlen) {
+                                  size_t errlen) {
     cJSON *root = cJSON_CreateObject();
     if (!root) return saefw_errf(err, errlen, "out of memory");
     int n = saefw_tf_metadata_count(tf);

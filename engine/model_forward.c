@@ -20,21 +20,21 @@
  * Work space */
 
 struct saefw_model_work {
-    size_t bytes; /* of the arrays below */
+    size_t bytes;        /* of the arrays below */
     saefw_model_cfg cfg; /* the model it was sized for */
     int64_t max_seq;
-    int64_t chunk_seqs; /* sequences per forward chunk */
+    int64_t chunk_seqs;  /* sequences per forward chunk */
     int64_t vocab_block; /* logits columns per block when the caller takes no logits */
-    float *resid;       /* [R, d_model], R = chunk_seqs * max_seq: the residual stream */
-    float *ln;          /* [R, d_model]: LayerNorm output */
-    float *qkv;         /* [R, 3*H*Dh] */
-    float *z;           /* [R, H*Dh] */
-    float *out;         /* [R, d_model]: attention or MLP output */
-    float *mlp;         /* [R, d_mlp] */
-    float *logits;      /* [R, vocab_block] */
-    float *lse_max;     /* [R]: running max of each row's logits over the vocabulary blocks so far */
-    double *lse_sum;    /* [R]: running sum of exp(logit - lse_max) */
-    float *lse_tgt;     /* [R]: the target's logit, once its block has come */
+    float *resid;        /* [R, d_model], R = chunk_seqs * max_seq: the residual stream */
+    float *ln;           /* [R, d_model]: LayerNorm output */
+    float *qkv;          /* [R, 3*H*Dh] */
+    float *z;            /* [R, H*Dh] */
+    float *out;          /* [R, d_model]: attention or MLP output */
+    float *mlp;          /* [R, d_mlp] */
+    float *logits;       /* [R, vocab_block] */
+    float *lse_max;      /* [R]: running max of each row's logits over the vocabulary blocks so far */
+    double *lse_sum;     /* [R]: running sum of exp(logit - lse_max) */
+    float *lse_tgt;      /* [R]: the target's logit, once its block has come */
 };
 
 void saefw_model_work_free(saefw_model_work *w) {
@@ -87,7 +87,8 @@ int saefw_model_work_alloc(const saefw_model *m, int64_t max_batch, int64_t max_
         saefw_model_work_free(w);
         return -1;
     }
-    w->bytes = sizeof(float) * R * (3 * dm + 4 * hd + (size_t)c->d_mlp + (size_t)w->vocab_block + 2) + sizeof(double) * R;
+    w->bytes =
+        sizeof(float) * R * (3 * dm + 4 * hd + (size_t)c->d_mlp + (size_t)w->vocab_block + 2) + sizeof(double) * R;
     *out = w;
     return 0;
 }
@@ -238,8 +239,8 @@ static void attention_heads(void *ctx, int64_t p0, int64_t p1) {
         const int64_t b = p / H, h = p % H;
         const float *base = j->qkv + b * T * ld;
         const float *q = base + h * Dh, *k = base + hd + h * Dh, *v = base + 2 * hd + h * Dh;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, q, (int)ld, k, (int)ld, 0.0f,
-                    att, (int)T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)Dh, scale, q, (int)ld, k, (int)ld,
+                    0.0f, att, (int)T);
         for (int64_t i = 0; i < T; i++) causal_softmax_row(att + i * T, i + 1, T);
         if (j->pattern) memcpy(j->pattern + p * T * T, att, sizeof(float) * (size_t)(T * T));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)Dh, (int)T, 1.0f, att, (int)T, v, (int)ld,
@@ -266,7 +267,8 @@ static inline void gelu_v8(float *p) {
     const v8 x = *(const v8u *)p;
     const v8 a = (v8)((v8i)(x * 0.70710678118654752f) & 0x7fffffff);
     const v8 t = 1.0f / (1.0f + 0.3275911f * a);
-    const v8 poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+    const v8 poly =
+        ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
     v8 e = -(a * a);
     exp_nonpos_v8(&e);
     const v8 erfc_a = poly * e;
@@ -301,8 +303,7 @@ static void gelu(float *x, int64_t n) {
 
 static void add_range(void *ctx, int64_t i0, int64_t i1) {
     const vec_job *j = ctx;
-    for (int64_t i = i0; i < i1; i++)
-        j->y[i] += j->x[i];
+    for (int64_t i = i0; i < i1; i++) j->y[i] += j->x[i];
 }
 
 static void add_inplace(float *y, const float *x, int64_t n) {
@@ -322,8 +323,7 @@ static void embed_rows(void *ctx, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         const float *e = j->W_E + (int64_t)j->tokens[r] * j->dm, *p = j->W_pos + (r % j->T) * j->dm;
         float *x = j->resid + r * j->dm;
-        for (int64_t i = 0; i < j->dm; i++)
-            x[i] = e[i] + p[i];
+        for (int64_t i = 0; i < j->dm; i++) x[i] = e[i] + p[i];
     }
 }
 
@@ -333,10 +333,8 @@ static void embed_rows(void *ctx, int64_t r0, int64_t r1) {
 SAEFW_KERNEL static void lse_fold(float *restrict x, const float *restrict bias, int64_t n, float *mx, double *sum) {
     float m = *mx;
     if (bias)
-        for (int64_t i = 0; i < n; i++)
-            x[i] += bias[i];
-    for (int64_t i = 0; i < n; i++)
-        m = x[i] > m ? x[i] : m;
+        for (int64_t i = 0; i < n; i++) x[i] += bias[i];
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
     double s = *sum;
     if (m > *mx && *mx > -INFINITY) s *= exp((double)*mx - (double)m);
     double wide[8] = {0};
@@ -362,8 +360,8 @@ SAEFW_KERNEL static void lse_fold(float *restrict x, const float *restrict bias,
 
 typedef struct {
     saefw_model_work *w;
-    float *logits;       /* [n, ld], columns [v0, v0 + nb) of the vocabulary */
-    const float *bias;   /* b_U from column v0, added here (NULL: already in the logits) */
+    float *logits;     /* [n, ld], columns [v0, v0 + nb) of the vocabulary */
+    const float *bias; /* b_U from column v0, added here (NULL: already in the logits) */
     int64_t ld, v0, nb, V, row0, T;
     const int32_t *tokens;
 } lse_job;
@@ -459,18 +457,16 @@ static int at_hook(const hook_ctx *c, saefw_hook_kind kind, int layer, float *ac
     float *dst = capture_out(o, kind, layer);
     if (dst) {
         /* The forward may have computed the acts in the capture itself (see the MLP below). */
-        if (dst + c->row0 * width != acts) memcpy(dst + c->row0 * width, acts, sizeof(float) * (size_t)(c->rows * width));
+        if (dst + c->row0 * width != acts)
+            memcpy(dst + c->row0 * width, acts, sizeof(float) * (size_t)(c->rows * width));
         if (stop_here(o, kind, layer)) return 1;
     }
     const saefw_intervention *iv = o->intervention;
     if (!iv || iv->mode == SAEFW_INTERVENE_NONE || iv->hook.kind != kind || iv->hook.layer != layer) return 0;
     switch (iv->mode) {
-    case SAEFW_INTERVENE_ZERO:
-        memset(acts, 0, sizeof(float) * (size_t)(c->rows * width));
-        break;
+    case SAEFW_INTERVENE_ZERO: memset(acts, 0, sizeof(float) * (size_t)(c->rows * width)); break;
     case SAEFW_INTERVENE_MEAN:
-        for (int64_t r = 0; r < c->rows; r++)
-            memcpy(acts + r * width, iv->mean, sizeof(float) * (size_t)width);
+        for (int64_t r = 0; r < c->rows; r++) memcpy(acts + r * width, iv->mean, sizeof(float) * (size_t)width);
         break;
     case SAEFW_INTERVENE_REPLACE:
         if (iv->fn(iv->ud, acts, c->rows, width, c->err, c->errlen) != 0) {
@@ -479,8 +475,7 @@ static int at_hook(const hook_ctx *c, saefw_hook_kind kind, int layer, float *ac
             return saefw_err_prefix(c->err, c->errlen, "intervention at %s", nm);
         }
         break;
-    default:
-        break;
+    default: break;
     }
     return 0;
 }
@@ -499,8 +494,7 @@ static int check_opts(const saefw_model *m, const saefw_forward_opts *o, int64_t
         saefw_hook_name(cp->hook, nm, sizeof nm);
         if (!cp->out) return saefw_errf(err, errlen, "forward: capture at %s without an output", nm);
         int twice = o->capture && same_hook(*o->capture, cp->hook.kind, cp->hook.layer);
-        for (int k = 0; k < i; k++)
-            twice |= same_hook(o->captures[k].hook, cp->hook.kind, cp->hook.layer);
+        for (int k = 0; k < i; k++) twice |= same_hook(o->captures[k].hook, cp->hook.kind, cp->hook.layer);
         if (twice) return saefw_errf(err, errlen, "forward: %s is captured twice", nm);
     }
     if (o->stop_after_capture) {

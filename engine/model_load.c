@@ -135,8 +135,7 @@ static int load_tensor(const saefw_tensorfile *tf, const char *path, const param
         return saefw_errf(err, errlen, "%s: tensor %s has dtype %s, expected a floating dtype", path, s->name,
                           saefw_dtype_name(t->dtype));
     int same = t->ndim == s->ndim;
-    for (int i = 0; same && i < s->ndim; i++)
-        same = t->shape[i] == s->shape[i];
+    for (int i = 0; same && i < s->ndim; i++) same = t->shape[i] == s->shape[i];
     if (!same) {
         char got[160], want[160];
         fmt_shape(got, sizeof got, t->ndim, t->shape);

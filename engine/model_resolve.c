@@ -257,23 +257,22 @@ static int from_cache(const char *repo, const char *want, char *weights, size_t 
         if (e->d_name[0] == '.') continue;
         char snap[PATH_MAX];
         if (saefw_pathf(snap, sizeof snap, NULL, 0, "%s/%s", p, e->d_name) != 0) continue;
-        if (is_dir(snap) && from_folder(snap, want, weights, wn, config, cn) == 0 && (!want || saefw_ends_with(weights, want)))
+        if (is_dir(snap) && from_folder(snap, want, weights, wn, config, cn) == 0 &&
+            (!want || saefw_ends_with(weights, want)))
             found = 0;
     }
     closedir(d);
     return found;
 }
 
-static int bundled_dir(char *out, size_t n) {
-    return saefw_exe_relative(SAEFW_DATA_SUBDIR "/models/" BUNDLED, out, n);
-}
+static int bundled_dir(char *out, size_t n) { return saefw_exe_relative(SAEFW_DATA_SUBDIR "/models/" BUNDLED, out, n); }
 
-int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config, size_t cn, char *err,
-                        size_t errlen) {
+int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config, size_t cn, char *err, size_t errlen) {
     weights[0] = config[0] = 0;
     if (is_dir(name)) {
         if (from_folder(name, NULL, weights, wn, config, cn) != 0)
-            return saefw_errf(err, errlen, "model %s: the folder holds no weights (*.safetensors, *.pth or *.pt)", name);
+            return saefw_errf(err, errlen, "model %s: the folder holds no weights (*.safetensors, *.pth or *.pt)",
+                              name);
         return 0;
     }
     if (is_file(name)) {
@@ -283,7 +282,8 @@ int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config
             saefw_pathf(p, sizeof p, err, errlen, "%.*s/config.json", slash ? (int)(slash - name) : 1,
                         slash ? name : ".") != 0)
             return saefw_err_prefix(err, errlen, "model %.200s", name);
-        if (is_file(p) && saefw_pathf(config, cn, err, errlen, "%s", p) != 0) return saefw_err_prefix(err, errlen, "model");
+        if (is_file(p) && saefw_pathf(config, cn, err, errlen, "%s", p) != 0)
+            return saefw_err_prefix(err, errlen, "model");
         return 0;
     }
     if (strcmp(name, BUNDLED) == 0) {
@@ -299,14 +299,16 @@ int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config
             repo = KNOWN[i].repo;
             want = KNOWN[i].weights;
         }
-    if (!repo && strchr(name, '/') && !strchr(strchr(name, '/') + 1, '/') && name[0] != '/' && name[0] != '.') repo = name;
+    if (!repo && strchr(name, '/') && !strchr(strchr(name, '/') + 1, '/') && name[0] != '/' && name[0] != '.')
+        repo = name;
     if (!repo) {
         char list[256] = "";
         for (size_t i = 0; i < sizeof KNOWN / sizeof *KNOWN; i++) {
             size_t u = strlen(list);
             snprintf(list + u, sizeof list - u, "%s, ", KNOWN[i].name);
         }
-        return saefw_errf(err, errlen, "model %s: not a known model (%s" BUNDLED "), a Hugging Face repo id, a folder or a file",
+        return saefw_errf(err, errlen,
+                          "model %s: not a known model (%s" BUNDLED "), a Hugging Face repo id, a folder or a file",
                           name, list);
     }
     char where[PATH_MAX];

@@ -38,7 +38,6 @@ int saefw_hf_main_snapshot(const char *repo_folder, char *out, size_t n);
 /* Resolve `name` to a weights file and, when there is one, its config.json (config[0] == 0 when the
  * weights carry their config as safetensors metadata). When the files are absent the error says
  * which files are needed, where to put them, and the command that downloads them. */
-int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config, size_t cn, char *err,
-                        size_t errlen);
+int saefw_model_resolve(const char *name, char *weights, size_t wn, char *config, size_t cn, char *err, size_t errlen);
 
 #endif

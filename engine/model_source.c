@@ -12,8 +12,8 @@ typedef struct {
     saefw_model_source_opts o;
     saefw_model_work *work;
     int64_t seq_len, width, chunk_seqs;
-    int32_t *toks;   /* [chunk_seqs, seq_len] */
-    float *acts;     /* [chunk_seqs * seq_len, width] */
+    int32_t *toks;      /* [chunk_seqs, seq_len] */
+    float *acts;        /* [chunk_seqs * seq_len, width] */
     int64_t have, used; /* rows of acts produced and already handed out */
     saefw_rng eval_rng;
     /* The training stream at the latest mark: token position, have, used and acts' rows then. */
@@ -28,8 +28,8 @@ static void tokens_log(void *ud, const char *msg) {
 
 /* The forward's scratch, made again after model_idle handed it back. */
 static int ensure_scratch(model_src *ms, char *err, size_t errlen) {
-    if (!ms->acts && !(ms->acts = saefw_malloc(sizeof(float) * (size_t)(ms->chunk_seqs * ms->seq_len * ms->width), err,
-                                               errlen)))
+    if (!ms->acts &&
+        !(ms->acts = saefw_malloc(sizeof(float) * (size_t)(ms->chunk_seqs * ms->seq_len * ms->width), err, errlen)))
         return -1;
     if (!ms->work && saefw_model_work_alloc(ms->o.model, ms->chunk_seqs, ms->seq_len, &ms->work, err, errlen) != 0)
         return -1;
@@ -152,7 +152,8 @@ static int model_sample(saefw_source *s, float *out, int64_t n, char *err, size_
 static int model_save(saefw_source *s, saefw_state_out *st, char *err, size_t errlen) {
     model_src *ms = s->impl;
     int64_t shape[2] = {ms->have, ms->width};
-    if (saefw_tokens_save(ms->o.tokens, st, err, errlen) != 0 || saefw_state_put_i64(st, "have", ms->have, err, errlen) != 0 ||
+    if (saefw_tokens_save(ms->o.tokens, st, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "have", ms->have, err, errlen) != 0 ||
         saefw_state_put_i64(st, "used", ms->used, err, errlen) != 0 ||
         saefw_state_put_rng(st, "eval_rng", &ms->eval_rng, err, errlen) != 0)
         return -1;
@@ -163,7 +164,8 @@ static int model_save(saefw_source *s, saefw_state_out *st, char *err, size_t er
 static int model_load(saefw_source *s, saefw_state_in *st, char *err, size_t errlen) {
     model_src *ms = s->impl;
     int64_t have = 0, used = 0;
-    if (saefw_tokens_load(ms->o.tokens, st, err, errlen) != 0 || saefw_state_get_i64(st, "have", &have, err, errlen) != 0 ||
+    if (saefw_tokens_load(ms->o.tokens, st, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "have", &have, err, errlen) != 0 ||
         saefw_state_get_i64(st, "used", &used, err, errlen) != 0 ||
         saefw_state_get_rng(st, "eval_rng", &ms->eval_rng, err, errlen) != 0)
         return -1;
@@ -199,8 +201,10 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
         return saefw_errf(err, errlen, "model source: seq_len %lld exceeds the model's context n_ctx %d",
                           (long long)seq_len, cfg->n_ctx);
     if (o->model_batch <= 0 || o->model_batch > SAEFW_MAX_MODEL_BATCH)
-        return saefw_errf(err, errlen, "model source: model_batch_size = %lld sequences is not in 1 .. %d (by default "
-                          "it is batch_size // seq_len * 16)", (long long)o->model_batch, SAEFW_MAX_MODEL_BATCH);
+        return saefw_errf(err, errlen,
+                          "model source: model_batch_size = %lld sequences is not in 1 .. %d (by default "
+                          "it is batch_size // seq_len * 16)",
+                          (long long)o->model_batch, SAEFW_MAX_MODEL_BATCH);
     saefw_source *s = saefw_calloc(1, sizeof *s, err, errlen);
     model_src *ms = s ? saefw_calloc(1, sizeof *ms, err, errlen) : NULL;
     if (!ms) {
@@ -267,10 +271,11 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
     if (T > cfg->n_ctx)
         return saefw_errf(err, errlen, "seq_len %lld exceeds the model's context n_ctx %d", (long long)T, cfg->n_ctx);
     if (n_batches <= 0 || n_batches > SAEFW_MAX_EVAL_BATCHES)
-        return saefw_errf(err, errlen, "loss: batches = %lld is not in 1 .. %d", (long long)n_batches, SAEFW_MAX_EVAL_BATCHES);
+        return saefw_errf(err, errlen, "loss: batches = %lld is not in 1 .. %d", (long long)n_batches,
+                          SAEFW_MAX_EVAL_BATCHES);
     if (model_batch <= 0 || model_batch > SAEFW_MAX_MODEL_BATCH)
-        return saefw_errf(err, errlen, "loss: model_batch_size = %lld sequences is not in 1 .. %d", (long long)model_batch,
-                          SAEFW_MAX_MODEL_BATCH);
+        return saefw_errf(err, errlen, "loss: model_batch_size = %lld sequences is not in 1 .. %d",
+                          (long long)model_batch, SAEFW_MAX_MODEL_BATCH);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     saefw_model_work *w = NULL;
     if (saefw_model_work_alloc(m, chunk, T, &w, err, errlen) != 0) return -1;
@@ -334,7 +339,8 @@ static int recons_losses(const saefw_model *m, const saefw_tokens *tok, saefw_ho
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     if ((!want || want[1]) &&
-        saefw_sae_eval_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) != 0)
+        saefw_sae_eval_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) !=
+            0)
         return -1;
     saefw_intervention recons = {hook, SAEFW_INTERVENE_REPLACE, NULL, replace_with_sae, &ud};
     saefw_intervention zero = {hook, SAEFW_INTERVENE_ZERO, NULL, NULL, NULL};
@@ -376,9 +382,10 @@ int saefw_hook_mean(const saefw_model *m, const saefw_tokens *tok, saefw_hook ho
     int width = saefw_model_hook_width(m, hook);
     if (width <= 0) return saefw_errf(err, errlen, "mean activation: layer %d is out of range", hook.layer);
     if (n_batches <= 0 || n_batches > SAEFW_MAX_EVAL_BATCHES || model_batch <= 0 || model_batch > SAEFW_MAX_MODEL_BATCH)
-        return saefw_errf(err, errlen, "mean activation: batches = %lld (1 .. %d) and model_batch_size = %lld (1 .. %d) "
-                          "must be in range", (long long)n_batches, SAEFW_MAX_EVAL_BATCHES, (long long)model_batch,
-                          SAEFW_MAX_MODEL_BATCH);
+        return saefw_errf(err, errlen,
+                          "mean activation: batches = %lld (1 .. %d) and model_batch_size = %lld (1 .. %d) "
+                          "must be in range",
+                          (long long)n_batches, SAEFW_MAX_EVAL_BATCHES, (long long)model_batch, SAEFW_MAX_MODEL_BATCH);
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     saefw_model_work *w = NULL;
@@ -391,8 +398,9 @@ int saefw_hook_mean(const saefw_model *m, const saefw_tokens *tok, saefw_hook ho
     for (int64_t b = 0; b < n_batches && rc == 0; b++)
         for (int64_t s = 0; s < model_batch && rc == 0; s += chunk) {
             int64_t k = model_batch - s < chunk ? model_batch - s : chunk;
-            rc = saefw_stop_requested() ? saefw_stop_errf(err, errlen, "mean activation")
-                                        : saefw_tokens_sample(tok, rng, toks, k, saefw_model_config(m)->d_vocab, err, errlen);
+            rc = saefw_stop_requested()
+                     ? saefw_stop_errf(err, errlen, "mean activation")
+                     : saefw_tokens_sample(tok, rng, toks, k, saefw_model_config(m)->d_vocab, err, errlen);
             saefw_forward_opts fo;
             memset(&fo, 0, sizeof fo);
             fo.capture = &hook;

@@ -17,8 +17,8 @@ typedef struct {
     const saefw_model *model; /* borrowed: must outlive the source */
     saefw_tokens *tokens;     /* borrowed: must outlive the source */
     saefw_hook hook;
-    int64_t model_batch;      /* sequences per model batch (the seed: batch_size / seq_len * 16) */
-    uint64_t seed;            /* evaluation draws */
+    int64_t model_batch; /* sequences per model batch (the seed: batch_size / seq_len * 16) */
+    uint64_t seed;       /* evaluation draws */
 } saefw_model_source_opts;
 
 /* The training stream runs the model over the token stream, model_batch sequences at a time, and
@@ -27,7 +27,7 @@ typedef struct {
 int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, char *err, size_t errlen);
 
 typedef struct {
-    double score;        /* (loss_zero - loss_recons) / (loss_zero - loss_clean) */
+    double score; /* (loss_zero - loss_recons) / (loss_zero - loss_clean) */
     double loss_clean, loss_recons, loss_zero;
 } saefw_recons;
 

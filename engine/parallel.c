@@ -31,11 +31,11 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
     pthread_t *tids;
-    int n_workers;   /* threads running */
-    int target;      /* workers asked for; fewer run if pthread_create failed */
-    uint64_t gen;    /* job counter */
-    int stop;        /* workers exit at the next wake */
-    int pending;     /* worker parts not finished yet */
+    int n_workers; /* threads running */
+    int target;    /* workers asked for; fewer run if pthread_create failed */
+    uint64_t gen;  /* job counter */
+    int stop;      /* workers exit at the next wake */
+    int pending;   /* worker parts not finished yet */
     void (*fn)(void *ctx, int64_t begin, int64_t end);
     void *ctx;
     int64_t n;

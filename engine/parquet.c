@@ -28,16 +28,35 @@
 /* Physical types, repetitions, converted types, codecs, encodings and page types of parquet.thrift. */
 enum { T_BOOLEAN, T_INT32, T_INT64, T_INT96, T_FLOAT, T_DOUBLE, T_BYTE_ARRAY, T_FIXED };
 enum { R_REQUIRED, R_OPTIONAL, R_REPEATED };
-enum { CT_UTF8 = 0, CT_MAP = 1, CT_MAP_KEY_VALUE = 2, CT_LIST = 3, CT_UINT_8 = 11, CT_UINT_64 = 14, CT_INT_8 = 15,
-       CT_INT_64 = 18, CT_JSON = 19 };
+enum {
+    CT_UTF8 = 0,
+    CT_MAP = 1,
+    CT_MAP_KEY_VALUE = 2,
+    CT_LIST = 3,
+    CT_UINT_8 = 11,
+    CT_UINT_64 = 14,
+    CT_INT_8 = 15,
+    CT_INT_64 = 18,
+    CT_JSON = 19
+};
 enum { LT_STRING = 1, LT_MAP = 2, LT_LIST = 3, LT_ENUM = 4, LT_INTEGER = 10, LT_JSON = 12 };
 enum { C_UNCOMPRESSED, C_SNAPPY, C_GZIP, C_LZO, C_BROTLI, C_LZ4, C_ZSTD, C_LZ4_RAW };
-enum { E_PLAIN = 0, E_PLAIN_DICTIONARY = 2, E_RLE = 3, E_BIT_PACKED = 4, E_DELTA_BINARY_PACKED = 5,
-       E_DELTA_LENGTH_BYTE_ARRAY = 6, E_DELTA_BYTE_ARRAY = 7, E_RLE_DICTIONARY = 8, E_BYTE_STREAM_SPLIT = 9 };
+enum {
+    E_PLAIN = 0,
+    E_PLAIN_DICTIONARY = 2,
+    E_RLE = 3,
+    E_BIT_PACKED = 4,
+    E_DELTA_BINARY_PACKED = 5,
+    E_DELTA_LENGTH_BYTE_ARRAY = 6,
+    E_DELTA_BYTE_ARRAY = 7,
+    E_RLE_DICTIONARY = 8,
+    E_BYTE_STREAM_SPLIT = 9
+};
 enum { P_DATA = 0, P_INDEX = 1, P_DICTIONARY = 2, P_DATA_V2 = 3 };
 
 static const char *type_name(int t) {
-    static const char *names[] = {"boolean", "int32", "int64", "int96", "float", "double", "binary", "fixed_len_byte_array"};
+    static const char *names[] = {"boolean", "int32",  "int64",  "int96",
+                                  "float",   "double", "binary", "fixed_len_byte_array"};
     return t >= 0 && t <= T_FIXED ? names[t] : "unknown type";
 }
 
@@ -47,20 +66,21 @@ static const char *codec_name(int c) {
 }
 
 static const char *encoding_name(int e) {
-    static const char *names[] = {"PLAIN", "GROUP_VAR_INT", "PLAIN_DICTIONARY", "RLE", "BIT_PACKED",
-                                  "DELTA_BINARY_PACKED", "DELTA_LENGTH_BYTE_ARRAY", "DELTA_BYTE_ARRAY",
-                                  "RLE_DICTIONARY", "BYTE_STREAM_SPLIT"};
+    static const char *names[] = {
+        "PLAIN",          "GROUP_VAR_INT",       "PLAIN_DICTIONARY",        "RLE",
+        "BIT_PACKED",     "DELTA_BINARY_PACKED", "DELTA_LENGTH_BYTE_ARRAY", "DELTA_BYTE_ARRAY",
+        "RLE_DICTIONARY", "BYTE_STREAM_SPLIT"};
     return e >= 0 && e <= E_BYTE_STREAM_SPLIT ? names[e] : "unknown";
 }
 
 typedef struct {
     char *name;
-    int type;         /* physical type, -1 for a group */
-    int repetition;   /* -1 when absent (the root) */
+    int type;       /* physical type, -1 for a group */
+    int repetition; /* -1 when absent (the root) */
     int num_children;
-    int converted;    /* -1 when absent */
-    int logical;      /* LogicalType union member, 0 when absent */
-    int int_signed;   /* for LogicalType INTEGER */
+    int converted;  /* -1 when absent */
+    int logical;    /* LogicalType union member, 0 when absent */
+    int int_signed; /* for LogicalType INTEGER */
 } pq_schema;
 
 typedef struct {
@@ -79,12 +99,12 @@ typedef struct {
 typedef struct {
     saefw_parquet_column pub;
     char type_buf[40];
-    int leaf;          /* column chunk index in each row group */
+    int leaf; /* column chunk index in each row group */
     int n_leaves;
-    int phys;          /* physical type of the leaf */
-    int is_unsigned;   /* INT32 annotated unsigned: zero-extend */
+    int phys;        /* physical type of the leaf */
+    int is_unsigned; /* INT32 annotated unsigned: zero-extend */
     int max_def, max_rep;
-    int top_def;       /* lists: definition level of an empty list (below it: a null list) */
+    int top_def; /* lists: definition level of an empty list (below it: a null list) */
 } pq_col;
 
 struct saefw_parquet {
@@ -110,8 +130,21 @@ typedef struct {
     size_t errlen;
 } tr;
 
-enum { TT_STOP, TT_TRUE, TT_FALSE, TT_BYTE, TT_I16, TT_I32, TT_I64, TT_DOUBLE, TT_BINARY, TT_LIST, TT_SET, TT_MAP,
-       TT_STRUCT };
+enum {
+    TT_STOP,
+    TT_TRUE,
+    TT_FALSE,
+    TT_BYTE,
+    TT_I16,
+    TT_I32,
+    TT_I64,
+    TT_DOUBLE,
+    TT_BINARY,
+    TT_LIST,
+    TT_SET,
+    TT_MAP,
+    TT_STRUCT
+};
 
 static int tr_trunc(tr *t) { return saefw_errf(t->err, t->errlen, "%s truncated", t->what); }
 
@@ -241,8 +274,7 @@ static int tr_skip_value(tr *t, int type, int depth, int elem_bool) {
         return 0;
     case TT_I16:
     case TT_I32:
-    case TT_I64:
-        return tr_varint(t, &u);
+    case TT_I64: return tr_varint(t, &u);
     case TT_DOUBLE:
         if (t->end - t->p < 8) return tr_trunc(t);
         t->p += 8;
@@ -273,10 +305,8 @@ static int tr_skip_value(tr *t, int type, int depth, int elem_bool) {
             if (tr_skip_value(t, kv >> 4, depth + 1, 1) || tr_skip_value(t, kv & 0x0f, depth + 1, 1)) return -1;
         return 0;
     }
-    case TT_STRUCT:
-        return tr_skip_struct(t, depth + 1);
-    default:
-        return tr_bad(t, "unknown field type");
+    case TT_STRUCT: return tr_skip_struct(t, depth + 1);
+    default: return tr_bad(t, "unknown field type");
     }
 }
 
@@ -482,7 +512,8 @@ static int parse_file_meta(tr *t, saefw_parquet *pq) {
             return -1;
         }
     }
-    if (!pq->schema || !have_rows || !pq->rgs) return tr_bad(t, "file metadata lacks the schema, num_rows or row groups");
+    if (!pq->schema || !have_rows || !pq->rgs)
+        return tr_bad(t, "file metadata lacks the schema, num_rows or row groups");
     if (pq->rows < 0) return tr_bad(t, "negative row count");
     return 0;
 }
@@ -557,7 +588,8 @@ static void classify(saefw_parquet *pq, pq_col *c, int at) {
                 }
             }
             if (e) {
-                snprintf(c->type_buf, sizeof c->type_buf, "list<%s>", e->type == T_BYTE_ARRAY ? "string" : type_name(e->type));
+                snprintf(c->type_buf, sizeof c->type_buf, "list<%s>",
+                         e->type == T_BYTE_ARRAY ? "string" : type_name(e->type));
                 if (is_int_leaf(e)) {
                     c->pub.kind = e->type == T_INT32 ? SAEFW_PQ_LIST_INT32 : SAEFW_PQ_LIST_INT64;
                     c->max_def = c->top_def + 1 + elem_def;
@@ -570,8 +602,8 @@ static void classify(saefw_parquet *pq, pq_col *c, int at) {
     } else {
         snprintf(c->type_buf, sizeof c->type_buf, "%s",
                  f->converted == CT_MAP || f->converted == CT_MAP_KEY_VALUE || f->logical == LT_MAP ? "map"
-                 : is_list_group(f) ? "list"
-                 : "struct");
+                 : is_list_group(f)                                                                 ? "list"
+                                                                                                    : "struct");
     }
     if (leaf) {
         c->phys = leaf->type;
@@ -659,8 +691,7 @@ int saefw_parquet_open(const char *path, saefw_parquet **out, char *err, size_t 
     if (pq->size < 12 || pread_all(pq->fd, head, 4, 0) || pread_all(pq->fd, tail, 8, pq->size - 8)) {
         if (pq->size >= 4 && pread_all(pq->fd, head, 4, 0) == 0 && memcmp(head, "PAR1", 4) == 0)
             saefw_errf(err, errlen, "%s: truncated Parquet file (%lld bytes)", path, (long long)pq->size);
-        else
-            saefw_errf(err, errlen, "%s: not a Parquet file (too short)", path);
+        else saefw_errf(err, errlen, "%s: not a Parquet file (too short)", path);
         goto fail;
     }
     if (memcmp(head, "PAR1", 4) != 0) {
@@ -836,9 +867,9 @@ static uint64_t getbits(const uint8_t *b, uint64_t pos, int bw) {
 typedef struct {
     const uint8_t *p, *end;
     int bw;
-    uint64_t run;      /* values left in the current run */
+    uint64_t run; /* values left in the current run */
     int packed;
-    uint32_t value;    /* of an RLE run */
+    uint32_t value; /* of an RLE run */
     const uint8_t *bits;
     uint64_t bitpos, bitend;
 } rle_dec;
@@ -857,7 +888,8 @@ static int rle_get(rle_dec *d, uint32_t *out, int64_t n, const char *what, char 
             if (varint(&d->p, d->end, &h)) return saefw_errf(err, errlen, "%s: RLE data truncated", what);
             if (h & 1) {
                 uint64_t groups = h >> 1;
-                if (groups == 0 || groups > (UINT64_C(1) << 40)) return saefw_errf(err, errlen, "%s: bad bit-packed run", what);
+                if (groups == 0 || groups > (UINT64_C(1) << 40))
+                    return saefw_errf(err, errlen, "%s: bad bit-packed run", what);
                 uint64_t bytes = groups * (uint64_t)d->bw;
                 uint64_t avail = (uint64_t)(d->end - d->p);
                 if (bytes > avail) bytes = avail; /* a final run may be cut short; its values are checked below */
@@ -908,8 +940,8 @@ static int rle_get(rle_dec *d, uint32_t *out, int64_t n, const char *what, char 
 
 /* DELTA_BINARY_PACKED: exactly n values into out (arithmetic wraps, as the writers' does); *endp is
  * the first byte after the encoded block. */
-static int delta_decode(const uint8_t *p, const uint8_t *end, int64_t n, int64_t *out, const uint8_t **endp,
-                        char *err, size_t errlen) {
+static int delta_decode(const uint8_t *p, const uint8_t *end, int64_t n, int64_t *out, const uint8_t **endp, char *err,
+                        size_t errlen) {
     uint64_t block, mbs, total, first;
     if (varint(&p, end, &block) || varint(&p, end, &mbs) || varint(&p, end, &total) || varint(&p, end, &first))
         return saefw_errf(err, errlen, "DELTA_BINARY_PACKED header truncated");
@@ -917,8 +949,8 @@ static int delta_decode(const uint8_t *p, const uint8_t *end, int64_t n, int64_t
         return saefw_errf(err, errlen, "DELTA_BINARY_PACKED header damaged (block %llu, miniblocks %llu)",
                           (unsigned long long)block, (unsigned long long)mbs);
     if (total != (uint64_t)n)
-        return saefw_errf(err, errlen, "DELTA_BINARY_PACKED holds %llu values, the page %lld", (unsigned long long)total,
-                          (long long)n);
+        return saefw_errf(err, errlen, "DELTA_BINARY_PACKED holds %llu values, the page %lld",
+                          (unsigned long long)total, (long long)n);
     uint64_t per_mb = block / mbs;
     int64_t got = 0;
     uint64_t last = (uint64_t)unzigzag(first);
@@ -935,7 +967,8 @@ static int delta_decode(const uint8_t *p, const uint8_t *end, int64_t n, int64_t
             if (bw > 64) return saefw_errf(err, errlen, "DELTA_BINARY_PACKED bit width %d", bw);
             uint64_t need = (uint64_t)(n - got) < per_mb ? (uint64_t)(n - got) : per_mb;
             uint64_t bytes = per_mb * (uint64_t)bw / 8, avail = (uint64_t)(end - p);
-            if (need * (uint64_t)bw > avail * 8) return saefw_errf(err, errlen, "DELTA_BINARY_PACKED miniblock truncated");
+            if (need * (uint64_t)bw > avail * 8)
+                return saefw_errf(err, errlen, "DELTA_BINARY_PACKED miniblock truncated");
             for (uint64_t i = 0; i < need; i++) {
                 last += min_delta + getbits(p, i * (uint64_t)bw, bw);
                 out[got++] = (int64_t)last;
@@ -953,7 +986,7 @@ typedef struct {
     int type;
     int32_t uncompressed, compressed;
     int has_v1, has_v2, has_dict;
-    int32_t num_values, encoding, def_enc, rep_enc;  /* v1 and dictionary */
+    int32_t num_values, encoding, def_enc, rep_enc; /* v1 and dictionary */
     int32_t v2_nulls, v2_rows, def_len, rep_len;
     int v2_compressed;
 } page_header;
@@ -1026,13 +1059,15 @@ static int parse_page_header(tr *t, page_header *h) {
                     return -1;
                 }
             }
-            if (h->num_values < 0 || h->encoding < 0) return tr_bad(t, "dictionary page header lacks num_values or encoding");
+            if (h->num_values < 0 || h->encoding < 0)
+                return tr_bad(t, "dictionary page header lacks num_values or encoding");
             h->has_dict = 1;
         } else if (tr_skip(t, type, 1)) {
             return -1;
         }
     }
-    if (h->type < 0 || h->uncompressed < 0 || h->compressed < 0) return tr_bad(t, "page header lacks its type or sizes");
+    if (h->type < 0 || h->uncompressed < 0 || h->compressed < 0)
+        return tr_bad(t, "page header lacks its type or sizes");
     return 0;
 }
 
@@ -1110,7 +1145,8 @@ static int read_dictionary(chunk_ctx *x, const page_header *h, const uint8_t *d,
     if (x->have_dict) return saefw_errf(x->err, x->errlen, "second dictionary page");
     if (x->levels_done > 0) return saefw_errf(x->err, x->errlen, "dictionary page after data pages");
     if (h->encoding != E_PLAIN && h->encoding != E_PLAIN_DICTIONARY)
-        return saefw_errf(x->err, x->errlen, "dictionary page encoding %s is not supported", encoding_name(h->encoding));
+        return saefw_errf(x->err, x->errlen, "dictionary page encoding %s is not supported",
+                          encoding_name(h->encoding));
     int64_t count = h->num_values;
     if (x->col->pub.kind == SAEFW_PQ_STRING) {
         if ((uint64_t)count > n / 4) return saefw_errf(x->err, x->errlen, "dictionary page truncated");
@@ -1247,12 +1283,14 @@ static int decode_values(chunk_ctx *x, int encoding, const uint8_t *d, const uin
         if (reserve(&b->values, &b->values_cap, 2 * (size_t)nn, sizeof *b->values, x->err, x->errlen)) return -1;
         const uint8_t *q, *s;
         int64_t *pre = b->values, *suf = b->values + nn;
-        if (delta_decode(d, end, nn, pre, &q, x->err, x->errlen) || delta_decode(q, end, nn, suf, &s, x->err, x->errlen))
+        if (delta_decode(d, end, nn, pre, &q, x->err, x->errlen) ||
+            delta_decode(q, end, nn, suf, &s, x->err, x->errlen))
             return -1;
         int64_t first = b->n;
         for (int64_t i = 0; i < nn; i++) {
             int64_t prev_len = b->n > first ? b->offsets[b->n] - b->offsets[b->n - 1] : 0;
-            if (pre[i] < 0 || pre[i] > prev_len) return saefw_errf(x->err, x->errlen, "DELTA_BYTE_ARRAY prefix out of range");
+            if (pre[i] < 0 || pre[i] > prev_len)
+                return saefw_errf(x->err, x->errlen, "DELTA_BYTE_ARRAY prefix out of range");
             if (suf[i] < 0 || (uint64_t)suf[i] > (uint64_t)(end - s))
                 return saefw_errf(x->err, x->errlen, "DELTA_BYTE_ARRAY strings truncated");
             size_t used = (size_t)b->offsets[b->n], len = (size_t)(pre[i] + suf[i]);
@@ -1295,7 +1333,8 @@ static int read_levels(chunk_ctx *x, const uint8_t *p, const uint8_t *end, int v
         rle_init(&r, p, p + len, level_width(max));
         if (rle_get(&r, out, nv, what, x->err, x->errlen)) return -1;
         for (int64_t i = 0; i < nv; i++)
-            if (out[i] > (uint32_t)max) return saefw_errf(x->err, x->errlen, "%s: level %u above the maximum %d", what, out[i], max);
+            if (out[i] > (uint32_t)max)
+                return saefw_errf(x->err, x->errlen, "%s: level %u above the maximum %d", what, out[i], max);
         p += len;
     }
     *used = (size_t)(p - start);
@@ -1405,20 +1444,22 @@ static int read_chunk(chunk_ctx *x) {
                           (long long)ch->num_values, (long long)x->max_values);
     if (reserve(&b->chunk, &b->chunk_cap, ch->len ? (size_t)ch->len : 1, 1, x->err, x->errlen)) return -1;
     int rc = pread_all(x->pq->fd, b->chunk, (size_t)ch->len, ch->start);
-    if (rc) return saefw_errf(x->err, x->errlen, "cannot read the column chunk: %s", rc == -2 ? "file shrank" : strerror(errno));
+    if (rc)
+        return saefw_errf(x->err, x->errlen, "cannot read the column chunk: %s",
+                          rc == -2 ? "file shrank" : strerror(errno));
     const uint8_t *p = b->chunk, *end = b->chunk + ch->len;
     int64_t page_no = 0;
     while (x->levels_done < ch->num_values) {
         if (p >= end)
-            return saefw_errf(x->err, x->errlen, "column chunk ends after %lld of %lld values", (long long)x->levels_done,
-                              (long long)ch->num_values);
+            return saefw_errf(x->err, x->errlen, "column chunk ends after %lld of %lld values",
+                              (long long)x->levels_done, (long long)ch->num_values);
         page_header h;
         tr t = {p, end, "page header", x->err, x->errlen};
         if (parse_page_header(&t, &h)) return saefw_err_prefix(x->err, x->errlen, "page %lld", (long long)page_no);
         p = t.p;
         if (h.compressed > end - p)
-            return saefw_errf(x->err, x->errlen, "page %lld: page of %d bytes runs past the column chunk", (long long)page_no,
-                              h.compressed);
+            return saefw_errf(x->err, x->errlen, "page %lld: page of %d bytes runs past the column chunk",
+                              (long long)page_no, h.compressed);
         if (h.uncompressed > PAGE_BYTES_MAX)
             return saefw_errf(x->err, x->errlen, "page %lld: %d bytes uncompressed is too large", (long long)page_no,
                               h.uncompressed);
@@ -1428,8 +1469,9 @@ static int read_chunk(chunk_ctx *x) {
         if (h.type == P_DICTIONARY) {
             const uint8_t *d;
             if (!h.has_dict) prc = saefw_errf(x->err, x->errlen, "dictionary page without its header");
-            else prc = decompress(x, body, (size_t)h.compressed, (size_t)h.uncompressed, &d) ||
-                       read_dictionary(x, &h, d, (size_t)h.uncompressed);
+            else
+                prc = decompress(x, body, (size_t)h.compressed, (size_t)h.uncompressed, &d) ||
+                      read_dictionary(x, &h, d, (size_t)h.uncompressed);
         } else if (h.type == P_DATA || h.type == P_DATA_V2) {
             prc = data_page(x, &h, body);
         } /* index pages and unknown page types are skipped */
@@ -1437,8 +1479,8 @@ static int read_chunk(chunk_ctx *x) {
         page_no++;
     }
     if (x->rows_done != b->rows)
-        return saefw_errf(x->err, x->errlen, "column chunk holds %lld rows, the row group %lld", (long long)x->rows_done,
-                          (long long)b->rows);
+        return saefw_errf(x->err, x->errlen, "column chunk holds %lld rows, the row group %lld",
+                          (long long)x->rows_done, (long long)b->rows);
     if (x->col->max_rep) b->offsets[b->rows] = x->values_done;
     return 0;
 }
@@ -1450,10 +1492,13 @@ int saefw_parquet_read(const saefw_parquet *pq, int rg, int col, saefw_parquet_b
         return saefw_errf(err, errlen, "%s: column %d out of range (%d columns)", pq->path, col, pq->n_cols);
     const pq_col *c = &pq->cols[col];
     if (c->pub.kind == SAEFW_PQ_OTHER)
-        return saefw_errf(err, errlen, "%s: row group %d, column '%s': type %s cannot be read (int32, int64, string, "
-                          "list<int32|int64> can)", pq->path, rg, c->pub.name, c->pub.type);
-    chunk_ctx x = {pq, c, &pq->rgs[rg].chunks[c->leaf], b, 0, 0, 0, b->max_values > 0 ? b->max_values : MAX_VALUES_DEFAULT,
-                   0, err, errlen};
+        return saefw_errf(err, errlen,
+                          "%s: row group %d, column '%s': type %s cannot be read (int32, int64, string, "
+                          "list<int32|int64> can)",
+                          pq->path, rg, c->pub.name, c->pub.type);
+    chunk_ctx x = {
+        pq,  c,     &pq->rgs[rg].chunks[c->leaf], b, 0, 0, 0, b->max_values > 0 ? b->max_values : MAX_VALUES_DEFAULT, 0,
+        err, errlen};
     b->rows = pq->rgs[rg].rows;
     b->n = 0;
     b->nulls_skipped = 0;

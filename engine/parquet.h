@@ -31,10 +31,10 @@
 
 /* What a top-level column holds, as far as this reader is concerned. */
 typedef enum {
-    SAEFW_PQ_OTHER = 0,        /* anything else (double, struct, map, ...): listed, never decoded */
-    SAEFW_PQ_INT32 = 1 << 0,   /* INT32, required or optional */
-    SAEFW_PQ_INT64 = 1 << 1,   /* INT64, required or optional */
-    SAEFW_PQ_STRING = 1 << 2,  /* BYTE_ARRAY (UTF8 strings, or unannotated bytes) */
+    SAEFW_PQ_OTHER = 0,           /* anything else (double, struct, map, ...): listed, never decoded */
+    SAEFW_PQ_INT32 = 1 << 0,      /* INT32, required or optional */
+    SAEFW_PQ_INT64 = 1 << 1,      /* INT64, required or optional */
+    SAEFW_PQ_STRING = 1 << 2,     /* BYTE_ARRAY (UTF8 strings, or unannotated bytes) */
     SAEFW_PQ_LIST_INT32 = 1 << 3, /* list<int32> */
     SAEFW_PQ_LIST_INT64 = 1 << 4, /* list<int64> */
 } saefw_parquet_kind;
@@ -44,10 +44,10 @@ typedef enum {
 #define SAEFW_PQ_LISTS (SAEFW_PQ_LIST_INT32 | SAEFW_PQ_LIST_INT64)
 
 typedef struct {
-    const char *name;        /* top-level field name, e.g. "tokens" */
+    const char *name; /* top-level field name, e.g. "tokens" */
     saefw_parquet_kind kind;
-    const char *type;        /* readable type for messages: "list<int64>", "string", "double", "struct", ... */
-    int nullable;            /* the column (or a list's element) may hold nulls */
+    const char *type; /* readable type for messages: "list<int64>", "string", "double", "struct", ... */
+    int nullable;     /* the column (or a list's element) may hold nulls */
 } saefw_parquet_column;
 
 typedef struct saefw_parquet saefw_parquet;
@@ -80,13 +80,13 @@ int saefw_parquet_find(const saefw_parquet *pq, const char *name, unsigned kinds
  *            bytes[offsets[i] .. offsets[i+1]); null strings are skipped, so n = rows - nulls_skipped.
  * A null list, a null list element or a null integer is an error (a token cannot be null). */
 typedef struct {
-    int64_t rows;           /* rows of the row group */
-    int64_t n;              /* values (lists, ints) or strings */
+    int64_t rows; /* rows of the row group */
+    int64_t n;    /* values (lists, ints) or strings */
     int64_t *values;
     int64_t *offsets;
     char *bytes;
-    int64_t nulls_skipped;  /* null strings left out */
-    int64_t max_values;     /* refuse a column chunk of more values or rows than this (0: 2^28, 2 GiB of
+    int64_t nulls_skipped; /* null strings left out */
+    int64_t max_values;    /* refuse a column chunk of more values or rows than this (0: 2^28, 2 GiB of
                                values; a dataset's row groups hold about 1M tokens). Outputs grow with what
                                was decoded, but RLE runs can claim billions of values in a few bytes. */
     /* scratch, private to the reader */
@@ -95,14 +95,14 @@ typedef struct {
     size_t chunk_cap;
     uint8_t *page;
     size_t page_cap;
-    int64_t *dict;          /* dictionary of ints, or string offsets [dict_n + 1] into dict_bytes */
+    int64_t *dict; /* dictionary of ints, or string offsets [dict_n + 1] into dict_bytes */
     size_t dict_cap;
     uint8_t *dict_bytes;
     size_t dict_bytes_cap;
     int64_t dict_n;
-    uint32_t *levels;       /* repetition levels [page values], then definition levels */
+    uint32_t *levels; /* repetition levels [page values], then definition levels */
     size_t levels_cap;
-    uint32_t *idx;          /* dictionary indices or lengths of one page */
+    uint32_t *idx; /* dictionary indices or lengths of one page */
     size_t idx_cap;
 } saefw_parquet_batch;
 

@@ -44,8 +44,7 @@ int saefw_plugin_dirs(char **dirs, int max) {
         }
     }
     char here[4096];
-    if (n < max && saefw_exe_relative(SAEFW_PLUGIN_SUBDIR, here, sizeof here) == 0 && (dirs[n] = strdup(here)))
-        n++;
+    if (n < max && saefw_exe_relative(SAEFW_PLUGIN_SUBDIR, here, sizeof here) == 0 && (dirs[n] = strdup(here))) n++;
     return n;
 }
 
@@ -66,7 +65,8 @@ static int is_path(const char *s) {
 static int valid_name(const char *s) {
     if (!*s) return 0;
     for (const char *p = s; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+              *p == '-'))
             return 0;
     return 1;
 }
@@ -118,11 +118,13 @@ static int copy_options(saefw_loaded_plugin *lp, const char *who, char *err, siz
     lp->p.option_size = sizeof(saefw_option);
     if (!src) return 0;
     if (stride < SAEFW_OPTION_SIZE_2_0)
-        return saefw_errf(err, errlen, "plugin %s: ABI mismatch: option_size %zu is smaller than ABI 2.0's saefw_option (%zu bytes)",
+        return saefw_errf(err, errlen,
+                          "plugin %s: ABI mismatch: option_size %zu is smaller than ABI 2.0's saefw_option (%zu bytes)",
                           who, stride, (size_t)SAEFW_OPTION_SIZE_2_0);
     size_t n = 0;
     while (((const saefw_option *)(src + n * stride))->name) {
-        if (++n > 4096) return saefw_errf(err, errlen, "plugin %s: init failed: its options list has no end (a NULL name)", who);
+        if (++n > 4096)
+            return saefw_errf(err, errlen, "plugin %s: init failed: its options list has no end (a NULL name)", who);
     }
     lp->options = saefw_calloc(n + 1, sizeof(saefw_option), err, errlen);
     if (!lp->options) return -1;
@@ -167,8 +169,10 @@ static int check_elf(const char *path, const char *name, char *err, size_t errle
     } else if (got < 4 || memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) {
         rc = saefw_errf(err, errlen, "plugin %s: not a shared object (no ELF header)", name);
     } else if (got < sizeof eh) {
-        rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: the file ends inside its ELF header (%lld "
-                        "bytes; truncated?)", name, (long long)st.st_size);
+        rc = saefw_errf(err, errlen,
+                        "plugin %s: damaged shared object: the file ends inside its ELF header (%lld "
+                        "bytes; truncated?)",
+                        name, (long long)st.st_size);
     } else if (eh.e_ident[EI_CLASS] != native_class || eh.e_type != ET_DYN) {
         rc = saefw_errf(err, errlen, "plugin %s: not a shared object for this machine (ELF class %d, type %d)", name,
                         eh.e_ident[EI_CLASS], (int)eh.e_type);
@@ -176,19 +180,25 @@ static int check_elf(const char *path, const char *name, char *err, size_t errle
         const uint64_t size = (uint64_t)st.st_size;
         if (eh.e_phentsize != sizeof(phdr_t) || eh.e_phnum == 0 ||
             (uint64_t)eh.e_phoff + (uint64_t)eh.e_phnum * sizeof(phdr_t) > size)
-            rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: its program headers lie past the end of "
-                            "the file (%llu bytes; truncated?)", name, (unsigned long long)size);
+            rc = saefw_errf(err, errlen,
+                            "plugin %s: damaged shared object: its program headers lie past the end of "
+                            "the file (%llu bytes; truncated?)",
+                            name, (unsigned long long)size);
         else if (eh.e_shoff && (uint64_t)eh.e_shoff + (uint64_t)eh.e_shnum * eh.e_shentsize > size)
-            rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: its section headers lie past the end of "
-                            "the file (%llu bytes; truncated?)", name, (unsigned long long)size);
+            rc = saefw_errf(err, errlen,
+                            "plugin %s: damaged shared object: its section headers lie past the end of "
+                            "the file (%llu bytes; truncated?)",
+                            name, (unsigned long long)size);
         for (unsigned i = 0; rc == 0 && i < eh.e_phnum; i++) {
             phdr_t ph;
             if (fseek(f, (long)(eh.e_phoff + i * sizeof ph), SEEK_SET) != 0 || fread(&ph, sizeof ph, 1, f) != 1)
                 rc = saefw_errf(err, errlen, "plugin %s: cannot read its program headers", name);
             else if (ph.p_type == PT_LOAD && (uint64_t)ph.p_offset + (uint64_t)ph.p_filesz > size)
-                rc = saefw_errf(err, errlen, "plugin %s: damaged shared object: segment %u ends at byte %llu, past the "
-                                "end of the file (%llu bytes; truncated?)", name, i,
-                                (unsigned long long)((uint64_t)ph.p_offset + ph.p_filesz), (unsigned long long)size);
+                rc = saefw_errf(err, errlen,
+                                "plugin %s: damaged shared object: segment %u ends at byte %llu, past the "
+                                "end of the file (%llu bytes; truncated?)",
+                                name, i, (unsigned long long)((uint64_t)ph.p_offset + ph.p_filesz),
+                                (unsigned long long)size);
         }
     }
     fclose(f);
@@ -199,20 +209,28 @@ static int check_elf(const char *path, const char *name, char *err, size_t errle
 static int check_options(const saefw_plugin *p, const char *name, char *err, size_t errlen) {
     for (int i = 0; p->options && p->options[i].name; i++) {
         const saefw_option *o = &p->options[i];
-        if (i >= 256) return saefw_errf(err, errlen, "plugin %s: init failed: more than 256 options (no end marker?)", name);
-        if (!*o->name) return saefw_errf(err, errlen, "plugin %s: init failed: option %d has an empty name", name, i + 1);
+        if (i >= 256)
+            return saefw_errf(err, errlen, "plugin %s: init failed: more than 256 options (no end marker?)", name);
+        if (!*o->name)
+            return saefw_errf(err, errlen, "plugin %s: init failed: option %d has an empty name", name, i + 1);
         if (o->type != SAEFW_OPT_NUMBER && o->type != SAEFW_OPT_INTEGER && o->type != SAEFW_OPT_BOOL &&
             o->type != SAEFW_OPT_STRING)
-            return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has the unknown type %d (NUMBER, "
-                              "INTEGER, BOOL or STRING)", name, o->name, (int)o->type);
+            return saefw_errf(err, errlen,
+                              "plugin %s: init failed: option '%s' has the unknown type %d (NUMBER, "
+                              "INTEGER, BOOL or STRING)",
+                              name, o->name, (int)o->type);
         for (int j = 0; j < i; j++)
             if (!strcmp(p->options[j].name, o->name))
                 return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' is declared twice", name, o->name);
         const double d = o->def_number;
-        if ((o->type == SAEFW_OPT_NUMBER && !isfinite(d)) || (o->type == SAEFW_OPT_INTEGER && !(isfinite(d) && d == floor(d))) ||
+        if ((o->type == SAEFW_OPT_NUMBER && !isfinite(d)) ||
+            (o->type == SAEFW_OPT_INTEGER && !(isfinite(d) && d == floor(d))) ||
             (o->type == SAEFW_OPT_BOOL && d != 0 && d != 1))
             return saefw_errf(err, errlen, "plugin %s: init failed: option '%s' has the default %g, not %s", name,
-                              o->name, d, o->type == SAEFW_OPT_BOOL ? "0 or 1" : o->type == SAEFW_OPT_INTEGER ? "a whole number" : "a finite number");
+                              o->name, d,
+                              o->type == SAEFW_OPT_BOOL      ? "0 or 1"
+                              : o->type == SAEFW_OPT_INTEGER ? "a whole number"
+                                                             : "a finite number");
     }
     return 0;
 }
@@ -261,13 +279,16 @@ int saefw_plugin_load(const char *name_or_path, const saefw_host *host, saefw_lo
     /* The version and size come first in every version of the descriptor: read them alone before
      * copying anything. */
     if (d->abi_version != SAEFW_ABI_VERSION) {
-        saefw_errf(err, errlen, "plugin %s: ABI mismatch: built for ABI version %u, this saefw speaks %u (rebuild it against this saefw's plugin.h)",
+        saefw_errf(err, errlen,
+                   "plugin %s: ABI mismatch: built for ABI version %u, this saefw speaks %u (rebuild it against this "
+                   "saefw's plugin.h)",
                    name_or_path, d->abi_version, SAEFW_ABI_VERSION);
         saefw_plugin_unload(lp);
         return -1;
     }
     if (d->struct_size < SAEFW_PLUGIN_SIZE_2_0) {
-        saefw_errf(err, errlen, "plugin %s: ABI mismatch: struct_size %u is smaller than ABI 2.0's saefw_plugin (%zu bytes)",
+        saefw_errf(err, errlen,
+                   "plugin %s: ABI mismatch: struct_size %u is smaller than ABI 2.0's saefw_plugin (%zu bytes)",
                    name_or_path, d->struct_size, (size_t)SAEFW_PLUGIN_SIZE_2_0);
         saefw_plugin_unload(lp);
         return -1;
@@ -375,8 +396,8 @@ int saefw_opts_set_bool(saefw_opts *o, const saefw_loaded_plugin *lp, const char
     return 0;
 }
 
-int saefw_opts_set_string(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, const char *v,
-                          char *err, size_t errlen) {
+int saefw_opts_set_string(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, const char *v, char *err,
+                          size_t errlen) {
     int i = opt_index(o, name);
     if (i < 0) return unknown_option(o, lp, name, err, errlen);
     if (o->spec[i].type != SAEFW_OPT_STRING)

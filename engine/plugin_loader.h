@@ -50,8 +50,8 @@ int saefw_opts_set_number(saefw_opts *o, const saefw_loaded_plugin *lp, const ch
                           size_t errlen);
 int saefw_opts_set_bool(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, int v, char *err,
                         size_t errlen);
-int saefw_opts_set_string(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, const char *v,
-                          char *err, size_t errlen);
+int saefw_opts_set_string(saefw_opts *o, const saefw_loaded_plugin *lp, const char *name, const char *v, char *err,
+                          size_t errlen);
 /* Check that every required option (a STRING with no default) was given. */
 int saefw_opts_check(const saefw_opts *o, const saefw_loaded_plugin *lp, char *err, size_t errlen);
 void saefw_opts_free(saefw_opts *o);

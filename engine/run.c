@@ -66,7 +66,8 @@ int64_t saefw_run_model_batch(int64_t batch_size, int64_t seq_len) {
 int64_t saefw_run_steps(double num_tokens, int64_t batch_size, char *err, size_t errlen) {
     double steps = batch_size > 0 ? floor(num_tokens / (double)batch_size) : 0;
     if (!(steps >= 1))
-        return saefw_errf(err, errlen, "num_tokens %g is less than one batch of %lld", num_tokens, (long long)batch_size);
+        return saefw_errf(err, errlen, "num_tokens %g is less than one batch of %lld", num_tokens,
+                          (long long)batch_size);
     return (int64_t)steps;
 }
 
@@ -106,9 +107,11 @@ static cJSON *record_config(const saefw_run_cfg *c, char *err, size_t errlen) {
     char hook[96];
     saefw_hook_name(rm->hook, hook, sizeof hook);
     int ok = 1;
-    if (!cJSON_HasObjectItem(cfg, "model_name")) ok &= cJSON_AddStringToObject(cfg, "model_name", rm->model_name) != NULL;
+    if (!cJSON_HasObjectItem(cfg, "model_name"))
+        ok &= cJSON_AddStringToObject(cfg, "model_name", rm->model_name) != NULL;
     if (!cJSON_HasObjectItem(cfg, "hook_name")) ok &= cJSON_AddStringToObject(cfg, "hook_name", hook) != NULL;
-    if (!cJSON_HasObjectItem(cfg, "hook_layer") && strncmp(hook, "blocks.", 7) == 0) ok &= cJSON_AddNumberToObject(cfg, "hook_layer", rm->hook.layer) != NULL;
+    if (!cJSON_HasObjectItem(cfg, "hook_layer") && strncmp(hook, "blocks.", 7) == 0)
+        ok &= cJSON_AddNumberToObject(cfg, "hook_layer", rm->hook.layer) != NULL;
     if (!cJSON_HasObjectItem(cfg, "context_size"))
         ok &= cJSON_AddNumberToObject(cfg, "context_size", (double)saefw_tokens_seq_len(rm->tokens)) != NULL;
     if (!cJSON_HasObjectItem(cfg, "model_batch_size"))
@@ -124,7 +127,8 @@ static cJSON *record_config(const saefw_run_cfg *c, char *err, size_t errlen) {
 
 int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, size_t errlen) {
     *out = NULL;
-    if (!c->sae || !c->buffer || !c->optimizer.plugin) return saefw_errf(err, errlen, "sae, buffer and optimizer are required");
+    if (!c->sae || !c->buffer || !c->optimizer.plugin)
+        return saefw_errf(err, errlen, "sae, buffer and optimizer are required");
     if (c->recons_batches < 0 || c->recons_batches > SAEFW_MAX_EVAL_BATCHES)
         return saefw_errf(err, errlen, "recons_batches = %lld is not in 0..%d", (long long)c->recons_batches,
                           SAEFW_MAX_EVAL_BATCHES);
@@ -229,7 +233,8 @@ static int text_number(const char *s, int *is_int, int64_t *iv, double *fv) {
     } else {
         for (; isdigit((unsigned char)*p); p++, digits++) {
             int d = *p - '0';
-            if (a > (uint64_t)INT64_MAX / 10 || a * 10 + (uint64_t)d > (uint64_t)INT64_MAX + (uint64_t)neg) overflow = 1;
+            if (a > (uint64_t)INT64_MAX / 10 || a * 10 + (uint64_t)d > (uint64_t)INT64_MAX + (uint64_t)neg)
+                overflow = 1;
             a = a * 10 + (uint64_t)d;
         }
     }
@@ -271,7 +276,8 @@ int saefw_run_parse_override(const char *key, const char *text, saefw_value_type
         }
         return saefw_errf(err, errlen, "--%s: expected an integer, got '%s'", key, text);
     case SAEFW_VALUE_FLOAT:
-        if (!text_number(text, &is_int, &iv, &fv)) return saefw_errf(err, errlen, "--%s: expected a number, got '%s'", key, text);
+        if (!text_number(text, &is_int, &iv, &fv))
+            return saefw_errf(err, errlen, "--%s: expected a number, got '%s'", key, text);
         out->f = is_int ? (double)iv : fv;
         return 0;
     case SAEFW_VALUE_BOOL: {
@@ -285,9 +291,7 @@ int saefw_run_parse_override(const char *key, const char *text, saefw_value_type
         }
         return saefw_errf(err, errlen, "--%s: expected true or false, got '%s'", key, text);
     }
-    case SAEFW_VALUE_STRING:
-        out->s = text;
-        return 0;
+    case SAEFW_VALUE_STRING: out->s = text; return 0;
     }
     return saefw_errf(err, errlen, "--%s: the key's type cannot be set from the command line", key);
 }

@@ -24,7 +24,7 @@ typedef struct {
     const saefw_model *model;   /* borrowed */
     const saefw_tokens *tokens; /* borrowed */
     saefw_hook hook;
-    int64_t model_batch;        /* sequences per model batch (saefw_run_model_batch) */
+    int64_t model_batch; /* sequences per model batch (saefw_run_model_batch) */
     /* Non-NULL: every cfg.json records model_name, hook_name, hook_layer, context_size and
      * model_batch_size (SAELens's fields) unless the config sets them. */
     const char *model_name;
@@ -35,7 +35,7 @@ typedef struct {
 typedef struct {
     saefw_sae *sae;
     saefw_buffer *buffer;
-    saefw_source *eval_source;      /* NULL: the buffer's source */
+    saefw_source *eval_source;       /* NULL: the buffer's source */
     const saefw_run_model *on_model; /* NULL: the buffer does not run on the model (no reconstruction score) */
     saefw_plugin_use optimizer;
     const saefw_plugin_use *plugins;
@@ -45,11 +45,12 @@ typedef struct {
     int64_t steps;
     double num_tokens;
     int64_t log_every, eval_every, checkpoint_every; /* 0 disables */
-    int64_t freq_batches;   /* feature-frequency batches at every eval */
-    int64_t recons_batches; /* reconstruction-score batches at every eval (0: none) */
-    saefw_recons_mode recons_mode; /* its rows: a held-out set fixed at the start (the default) or the seed's fresh draws */
-    uint64_t seed;          /* the run seed: the plugins' generator and the evaluators' draws */
-    int progress;           /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
+    int64_t freq_batches;                            /* feature-frequency batches at every eval */
+    int64_t recons_batches;                          /* reconstruction-score batches at every eval (0: none) */
+    saefw_recons_mode
+        recons_mode; /* its rows: a held-out set fixed at the start (the default) or the seed's fresh draws */
+    uint64_t seed;   /* the run seed: the plugins' generator and the evaluators' draws */
+    int progress;    /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
     /* The run folder: run_dir; NULL: runs/<script>-<date>-<time> (saefw_run_default_dir); no_run_dir:
      * none (nothing written). */
     const char *run_dir;
@@ -62,7 +63,7 @@ typedef struct {
     const char *resume_from;
     const char *const *allow_change;
     int n_allow_change;
-    const cJSON *config;    /* the script's configuration, recorded in every cfg.json; may be NULL */
+    const cJSON *config; /* the script's configuration, recorded in every cfg.json; may be NULL */
     saefw_train_event_fn on_event;
     void *event_ud;
 } saefw_run_cfg;

@@ -38,10 +38,11 @@ int saefw_rundir_lock(const char *dir, int *fd_out, char *err, size_t errlen) {
         if (e != EWOULDBLOCK) return saefw_errf(err, errlen, "%s: cannot lock: %s", p, strerror(e));
         char who[64] = "another saefw process";
         if (pid > 0) snprintf(who, sizeof who, "saefw process %ld", pid);
-        return saefw_errf(err, errlen,
-                          "%s is in use by %s (it holds %s); a run folder takes one writer at a time: wait for that run "
-                          "to end, or choose another run_dir",
-                          dir, who, SAEFW_RUN_LOCK);
+        return saefw_errf(
+            err, errlen,
+            "%s is in use by %s (it holds %s); a run folder takes one writer at a time: wait for that run "
+            "to end, or choose another run_dir",
+            dir, who, SAEFW_RUN_LOCK);
     }
     char buf[32];
     int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
@@ -90,8 +91,10 @@ int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_fr
     struct stat st;
     if (stat(dir, &st) != 0) {
         if (resume)
-            return saefw_errf(err, errlen, "--resume %s: no such run folder (check the path; without --resume a new "
-                              "run starts there)", dir);
+            return saefw_errf(err, errlen,
+                              "--resume %s: no such run folder (check the path; without --resume a new "
+                              "run starts there)",
+                              dir);
         if (saefw_mkdirs(dir, err, errlen) != 0) return -1;
     } else if (!S_ISDIR(st.st_mode)) {
         return saefw_errf(err, errlen, "%s: not a folder; run_dir must name a folder", dir);
@@ -129,43 +132,54 @@ int saefw_rundir_open(const char *dir, int resume, int *lock_fd, char *resume_fr
     if (!resume) {
         if (checkpoints || final || metrics_size > 0) {
             if (finished)
-                saefw_errf(err, errlen, "%s already holds a finished run (its end event is at step %lld); choose another "
-                           "run_dir", dir, end_step);
+                saefw_errf(err, errlen,
+                           "%s already holds a finished run (its end event is at step %lld); choose another "
+                           "run_dir",
+                           dir, end_step);
             else
-                saefw_errf(err, errlen, "%s already holds a run; continue it with --resume %s, or choose another run_dir",
-                           dir, dir);
+                saefw_errf(err, errlen,
+                           "%s already holds a run; continue it with --resume %s, or choose another run_dir", dir, dir);
             goto fail;
         }
         if (other[0]) {
-            saefw_errf(err, errlen, "%s is not empty (it holds '%s'); a new run starts only in an empty or absent "
-                       "folder: choose another run_dir", dir, other);
+            saefw_errf(err, errlen,
+                       "%s is not empty (it holds '%s'); a new run starts only in an empty or absent "
+                       "folder: choose another run_dir",
+                       dir, other);
             goto fail;
         }
         return 0;
     }
     if (finished) {
-        saefw_errf(err, errlen, "--resume %s: that run has finished (its end event is at step %lld); there is nothing "
-                   "to resume, and nothing was changed", dir, end_step);
+        saefw_errf(err, errlen,
+                   "--resume %s: that run has finished (its end event is at step %lld); there is nothing "
+                   "to resume, and nothing was changed",
+                   dir, end_step);
         goto fail;
     }
     if (checkpoints) {
         char why[1024];
         if (saefw_checkpoint_find_resumable(dir, resume_from, n, log, why, sizeof why) == 0) return 0;
-        saefw_errf(err, errlen, "--resume %s: %s; refusing to start over on top of its checkpoints (nothing was "
-                   "changed)", dir, why);
+        saefw_errf(err, errlen,
+                   "--resume %s: %s; refusing to start over on top of its checkpoints (nothing was "
+                   "changed)",
+                   dir, why);
         goto fail;
     }
     if (final || other[0]) {
-        saefw_errf(err, errlen, "--resume %s: the folder holds %s%s%s but no checkpoint to resume from; refusing to "
-                   "start over there (nothing was changed)", dir, final ? "final/" : "", final && other[0] ? " and " : "",
-                   other[0] ? other : "");
+        saefw_errf(err, errlen,
+                   "--resume %s: the folder holds %s%s%s but no checkpoint to resume from; refusing to "
+                   "start over there (nothing was changed)",
+                   dir, final ? "final/" : "", final && other[0] ? " and " : "", other[0] ? other : "");
         goto fail;
     }
     /* Nothing but the metrics of a run that stopped before its first checkpoint: nothing to lose. */
     if (log) {
         char msg[PATH_MAX + 128];
-        snprintf(msg, sizeof msg, "resume: %s has no checkpoint yet (the run stopped before its first one); starting "
-                 "from the beginning", dir);
+        snprintf(msg, sizeof msg,
+                 "resume: %s has no checkpoint yet (the run stopped before its first one); starting "
+                 "from the beginning",
+                 dir);
         log(msg);
     }
     return 0;
@@ -327,8 +341,10 @@ int saefw_run_record_diff(const cJSON *recorded, const cJSON *current, const cha
     int same_list = cJSON_GetArraySize(pa) == cJSON_GetArraySize(pb);
     for (int i = 0; same_list && i < cJSON_GetArraySize(pa); i++) {
         const cJSON *x = cJSON_GetArrayItem(pa, i), *y = cJSON_GetArrayItem(pb, i);
-        same_list = cJSON_Compare(cJSON_GetObjectItemCaseSensitive(x, "name"), cJSON_GetObjectItemCaseSensitive(y, "name"), 1) &&
-                    cJSON_Compare(cJSON_GetObjectItemCaseSensitive(x, "role"), cJSON_GetObjectItemCaseSensitive(y, "role"), 1);
+        same_list =
+            cJSON_Compare(cJSON_GetObjectItemCaseSensitive(x, "name"), cJSON_GetObjectItemCaseSensitive(y, "name"),
+                          1) &&
+            cJSON_Compare(cJSON_GetObjectItemCaseSensitive(x, "role"), cJSON_GetObjectItemCaseSensitive(y, "role"), 1);
     }
     if (!same_list) {
         cJSON *na = plugin_names(pa), *nb = plugin_names(pb);
@@ -346,9 +362,11 @@ int saefw_run_record_diff(const cJSON *recorded, const cJSON *current, const cha
     }
     if (df.oom) return saefw_errf(err, errlen, "out of memory comparing the run's configuration");
     if (df.n_refused)
-        return saefw_errf(err, errlen, "the run's configuration differs from the one it ran with: %s; name each change "
+        return saefw_errf(err, errlen,
+                          "the run's configuration differs from the one it ran with: %s; name each change "
                           "to accept it (--allow-change KEY, recorded in metrics.jsonl and cfg.json), or resume with "
-                          "the recorded values", df.refused);
+                          "the recorded values",
+                          df.refused);
     return 0;
 }
 
@@ -357,7 +375,8 @@ int saefw_rundir_check_metrics(FILE *f, const char *path, int64_t bytes, int64_t
     if (fflush(f) != 0 || fstat(fileno(f), &st) != 0)
         return saefw_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
     if ((int64_t)st.st_size < bytes)
-        return saefw_errf(err, errlen, "%s is %lld bytes, but the checkpoint recorded %lld: the file was cut short or "
+        return saefw_errf(err, errlen,
+                          "%s is %lld bytes, but the checkpoint recorded %lld: the file was cut short or "
                           "replaced since; put the whole file back to resume (nothing was changed)",
                           path, (long long)st.st_size, (long long)bytes);
     if (lines < 0) return 0;
@@ -368,18 +387,21 @@ int saefw_rundir_check_metrics(FILE *f, const char *path, int64_t bytes, int64_t
     while (got < bytes) {
         size_t want = bytes - got < (int64_t)sizeof buf ? (size_t)(bytes - got) : sizeof buf;
         ssize_t r = pread(fd, buf, want, (off_t)got);
-        if (r <= 0) return saefw_errf(err, errlen, "%s: cannot read: %s", path, r < 0 ? strerror(errno) : "end of file");
+        if (r <= 0)
+            return saefw_errf(err, errlen, "%s: cannot read: %s", path, r < 0 ? strerror(errno) : "end of file");
         for (ssize_t i = 0; i < r; i++) {
             nl += buf[i] == '\n';
             if (buf[i] == 0)
-                return saefw_errf(err, errlen, "%s: a NUL byte at offset %lld; the file is damaged (nothing was changed)",
-                                  path, (long long)(got + i));
+                return saefw_errf(err, errlen,
+                                  "%s: a NUL byte at offset %lld; the file is damaged (nothing was changed)", path,
+                                  (long long)(got + i));
         }
         last = buf[r - 1];
         got += r;
     }
     if (nl != lines || last != '\n')
-        return saefw_errf(err, errlen, "%s: its first %lld bytes hold %lld lines, but the checkpoint recorded %lld: the "
+        return saefw_errf(err, errlen,
+                          "%s: its first %lld bytes hold %lld lines, but the checkpoint recorded %lld: the "
                           "file was changed since; put the original back to resume (nothing was changed)",
                           path, (long long)bytes, (long long)nl, (long long)lines);
     return 0;

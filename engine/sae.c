@@ -41,8 +41,11 @@ static void *alloc_big(size_t bytes, int zero, int huge, char *err, size_t errle
 
 int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, char *err, size_t errlen) {
     memset(sae, 0, sizeof *sae);
-    if (d_in <= 0 || d_sae <= 0) return saefw_errf(err, errlen, "sae: d_in and d_sae must be positive (got %lld, %lld)", (long long)d_in, (long long)d_sae);
-    if (d_in > (1 << 20) || d_sae > (1 << 24)) return saefw_errf(err, errlen, "sae: d_in %lld or d_sae %lld too large", (long long)d_in, (long long)d_sae);
+    if (d_in <= 0 || d_sae <= 0)
+        return saefw_errf(err, errlen, "sae: d_in and d_sae must be positive (got %lld, %lld)", (long long)d_in,
+                          (long long)d_sae);
+    if (d_in > (1 << 20) || d_sae > (1 << 24))
+        return saefw_errf(err, errlen, "sae: d_in %lld or d_sae %lld too large", (long long)d_in, (long long)d_sae);
     sae->d_in = d_in;
     sae->d_sae = d_sae;
     sae->l1_coeff = l1_coeff;
@@ -110,7 +113,6 @@ void saefw_sae_param_view(saefw_sae *sae, int i, saefw_param *out) {
     if (sae->ndim[i] == 2) out->shape[1] = sae->shape[i][1];
     out->numel = sae->numel[i];
 }
-
 
 /* ---- work areas and the choice of path ---- */
 
@@ -323,10 +325,9 @@ static void center_rows(void *vctx, int64_t b0, int64_t b1) {
 /* One row of pre-activations a [d]: relu(a + bias), written back in place when `store`; the active
  * entries are appended to feat/val while room lasts. Returns the number of active entries; *l1 gets
  * their sum. */
-static inline __attribute__((always_inline)) int64_t relu_impl(float *restrict a, const float *restrict bias,
-                                                               int64_t d, int32_t *restrict feat,
-                                                               float *restrict val, int64_t room, double *l1,
-                                                               const int store) {
+static inline __attribute__((always_inline)) int64_t relu_impl(float *restrict a, const float *restrict bias, int64_t d,
+                                                               int32_t *restrict feat, float *restrict val,
+                                                               int64_t room, double *l1, const int store) {
     /* The sum goes through 16 float lanes, emptied into double lanes every 256 entries. */
     double wide[16] = {0};
     float lane[16] = {0};
@@ -452,7 +453,7 @@ static void run_tile(tile_ctx *c, int64_t t, int64_t r0, int64_t r1, float *S) {
             double row_l1;
             const int64_t room = stop ? 0 : w->chunk_cap - kept;
             int64_t n = relu_record(S + (b - r0) * tw, c->sae->p[SAEFW_B_ENC] + j0, tw, w->act_feat + base + kept,
-                                 w->act_val + base + kept, room, &row_l1);
+                                    w->act_val + base + kept, room, &row_l1);
             int64_t k = n < room ? n : room;
             w->row_start[t * w->cap + b] = base + kept;
             w->row_len[t * w->cap + b] = (int32_t)k;
@@ -508,8 +509,8 @@ typedef struct {
     saefw_sae *train; /* the same SAE in the training step, whose gradients are written; else NULL */
     saefw_sae_work *w;
     const float *x;
-    float *acts;   /* the piece's activations [k, d_sae] (pre-activations until the ReLU) */
-    float *dpre;   /* [k, d_sae] */
+    float *acts; /* the piece's activations [k, d_sae] (pre-activations until the ReLU) */
+    float *dpre; /* [k, d_sae] */
     int64_t r0, k, B;
 } piece_ctx;
 

@@ -22,9 +22,9 @@ const char *saefw_param_name(int i);
 typedef struct {
     int64_t d_in, d_sae;
     float l1_coeff;
-    float *params;           /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_in], b_enc [d_sae], b_dec [d_in] */
-    float *grads;            /* same layout as params */
-    size_t n_total;          /* floats in each block */
+    float *params;            /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_in], b_enc [d_sae], b_dec [d_in] */
+    float *grads;             /* same layout as params */
+    size_t n_total;           /* floats in each block */
     float *p[SAEFW_N_PARAMS]; /* views into params */
     float *g[SAEFW_N_PARAMS]; /* views into grads */
     int64_t shape[SAEFW_N_PARAMS][2];

@@ -153,9 +153,9 @@ int saefw_sae_resolve(const char *spec, char *out, size_t n, int *from_hub, char
         if (!found) return saefw_errf(err, errlen, "%s: downloaded, but %s is not in %s", spec, files[0], snap);
     }
     if (!found)
-        return saefw_errf(err, errlen, "%s: not in the Hugging Face cache (%s)%s; fetch it with: saefw download %s %s %s",
-                          spec, folder, offline ? " and HF_HUB_OFFLINE is set" : "", repo, files[0],
-                          files[1]);
+        return saefw_errf(err, errlen,
+                          "%s: not in the Hugging Face cache (%s)%s; fetch it with: saefw download %s %s %s", spec,
+                          folder, offline ? " and HF_HUB_OFFLINE is set" : "", repo, files[0], files[1]);
     if (from_hub) *from_hub = 1;
     /* A seed .pt or a .safetensors file is itself the checkpoint; a folder is its own. */
     if (snprintf(out, n, "%s/%s", snap, file) >= (int)n) return saefw_errf(err, errlen, "%s: path too long", spec);

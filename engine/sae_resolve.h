@@ -8,8 +8,8 @@
 /* Download `files` (paths in the repo) of model repo `repo` into the hub cache; *snapshot gets the
  * malloc'd snapshot folder they are in. Returns 0, or -1 with a one-line message. The binary
  * registers one when it is built with the Hub client; the core itself never talks to the network. */
-typedef int (*saefw_hub_fetch_fn)(const char *repo, const char *const *files, size_t nfiles, char **snapshot,
-                                  char *err, size_t errlen);
+typedef int (*saefw_hub_fetch_fn)(const char *repo, const char *const *files, size_t nfiles, char **snapshot, char *err,
+                                  size_t errlen);
 void saefw_sae_set_hub_fetch(saefw_hub_fetch_fn fn);
 
 /* Resolve spec to a path saefw_checkpoint_load takes; *from_hub is set to 1 when it came from the

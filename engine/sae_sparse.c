@@ -239,8 +239,7 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
         if (!c->x) continue;
         saefw_column_stats(slab, GROUP, c->x + g0, d_in, B, n_cols, w->col_stat + g0, w->col_stat + d_in + g0,
                            w->col_stat + 2 * d_in + g0);
-        backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP,
-                       w->gb_dec_d);
+        backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP, w->gb_dec_d);
         /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
         if (w->dtype != SAEFW_ENC_FP32)
             saefw_lowp_round(slab, slab, B * GROUP, w->dtype, saefw_lowp_grad_scale(w->dtype, B));

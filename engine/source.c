@@ -178,8 +178,8 @@ typedef struct {
     /* Rows are read with pread, not through the mapping: a file cut short during the run is then an
      * error naming it instead of a SIGBUS. fd is -1 when the tensor was copied out of the mapping. */
     int fd;
-    int64_t data_off;   /* file offset of the tensor's first byte */
-    void *raw;          /* [raw_cap] bytes of 16-bit rows before conversion */
+    int64_t data_off; /* file offset of the tensor's first byte */
+    void *raw;        /* [raw_cap] bytes of 16-bit rows before conversion */
     size_t raw_cap;
 } file_source;
 
@@ -204,11 +204,14 @@ static int file_rows(saefw_source *s, file_source *fs, int64_t row, int64_t n, f
     for (size_t got = 0; got < len;) {
         ssize_t k = pread(fs->fd, (char *)dst + got, len - got, (off_t)(off + (int64_t)got));
         if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return saefw_errf(err, errlen, "%s: cannot read rows %lld-%lld: %s", fs->path, (long long)row,
-                                     (long long)(row + n - 1), strerror(errno));
+        if (k < 0)
+            return saefw_errf(err, errlen, "%s: cannot read rows %lld-%lld: %s", fs->path, (long long)row,
+                              (long long)(row + n - 1), strerror(errno));
         if (k == 0)
-            return saefw_errf(err, errlen, "%s: the file ends at byte %lld, inside row %lld of %lld: it was cut short "
-                              "or replaced while the run read it", fs->path, (long long)(off + (int64_t)got),
+            return saefw_errf(err, errlen,
+                              "%s: the file ends at byte %lld, inside row %lld of %lld: it was cut short "
+                              "or replaced while the run read it",
+                              fs->path, (long long)(off + (int64_t)got),
                               (long long)(row + (int64_t)got / (s->d_act * (int64_t)isz)), (long long)fs->rows);
         got += (size_t)k;
     }
@@ -217,7 +220,8 @@ static int file_rows(saefw_source *s, file_source *fs, int64_t row, int64_t n, f
         t.data = dst;
         t.numel = n * s->d_act;
         t.nbytes = len;
-        if (saefw_tensor_slice_f32(&t, 0, t.numel, out, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", fs->path);
+        if (saefw_tensor_slice_f32(&t, 0, t.numel, out, err, errlen) != 0)
+            return saefw_err_prefix(err, errlen, "%s", fs->path);
     }
     return 0;
 }
@@ -279,7 +283,8 @@ static int file_save(saefw_source *s, saefw_state_out *st, char *err, size_t err
 static int file_load(saefw_source *s, saefw_state_in *st, char *err, size_t errlen) {
     file_source *fs = s->impl;
     int64_t rows = 0, cursor = 0, wraps = 0;
-    if (saefw_state_get_i64(st, "rows", &rows, err, errlen) != 0 || saefw_state_get_i64(st, "cursor", &cursor, err, errlen) != 0 ||
+    if (saefw_state_get_i64(st, "rows", &rows, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "cursor", &cursor, err, errlen) != 0 ||
         saefw_state_get_i64(st, "wraps", &wraps, err, errlen) != 0)
         return -1;
     if (rows != fs->rows || cursor < 0 || cursor >= rows)
@@ -319,13 +324,13 @@ int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint
     } else {
         int n = saefw_tf_count(tf);
         saefw_tf_close(tf);
-        return saefw_errf(err, errlen, "%s: holds %d tensors; say which one holds the activations (tensor = ...)",
-                          path, n);
+        return saefw_errf(err, errlen, "%s: holds %d tensors; say which one holds the activations (tensor = ...)", path,
+                          n);
     }
     int bad = 0;
     if (t->ndim != 2 || t->shape[0] <= 0 || t->shape[1] <= 0)
-        bad = saefw_errf(err, errlen, "%s: activations must be a non-empty 2-D tensor [rows, d_in], got %d dims",
-                         path, t->ndim);
+        bad = saefw_errf(err, errlen, "%s: activations must be a non-empty 2-D tensor [rows, d_in], got %d dims", path,
+                         t->ndim);
     else if (t->dtype != SAEFW_DT_F32 && t->dtype != SAEFW_DT_BF16 && t->dtype != SAEFW_DT_F16)
         bad = saefw_errf(err, errlen, "%s: activations must be F32, BF16 or F16, got %s", path,
                          saefw_dtype_name(t->dtype));
@@ -456,7 +461,8 @@ static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, int stoppable,
         int64_t n = to - r < b->stage_rows ? to - r : b->stage_rows;
         if (stoppable && saefw_stop_requested()) {
             char msg[96];
-            snprintf(msg, sizeof msg, "%s (%lld of %lld rows made)", what, (long long)(r - from), (long long)(to - from));
+            snprintf(msg, sizeof msg, "%s (%lld of %lld rows made)", what, (long long)(r - from),
+                     (long long)(to - from));
             saefw_stop_errf(err, errlen, msg);
             return 1;
         }
@@ -537,8 +543,8 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
     if (b->stage_rows > 512) b->stage_rows = 512;
     saefw_rng_seed(&b->rng, seed ^ 0x627566666572ULL);
     /* Before anything is allocated: a buffer that cannot fit is refused now, not after its fill. */
-    const double need = (double)saefw_buffer_bytes(b) + 8.0 * (double)rows + 4.0 * (double)(b->stage_rows * b->d) +
-                        src->mem_bytes;
+    const double need =
+        (double)saefw_buffer_bytes(b) + 8.0 * (double)rows + 4.0 * (double)(b->stage_rows * b->d) + src->mem_bytes;
     char what[96];
     snprintf(what, sizeof what, "the activation buffer (%lld rows of %lld at %s)", (long long)rows, (long long)b->d,
              dtype == SAEFW_BUF_BF16 ? "bf16" : "f32");
@@ -631,7 +637,8 @@ int saefw_buffer_load(saefw_buffer *b, saefw_state_in *st, char *err, size_t err
     if (b->in_order) {
         int64_t in_order = 0;
         if (saefw_state_get_i64(st, "in_order", &in_order, err, errlen) != 0 || in_order != 1)
-            return saefw_errf(err, errlen, "training state: the run was saved with a shuffling buffer, this one is an ordered feed");
+            return saefw_errf(err, errlen,
+                              "training state: the run was saved with a shuffling buffer, this one is an ordered feed");
         return 0;
     }
     if (saefw_state_get(st, "data", b->dtype == SAEFW_BUF_BF16 ? SAEFW_DT_BF16 : SAEFW_DT_F32, b->rows * b->d, b->data,
@@ -643,7 +650,8 @@ int saefw_buffer_load(saefw_buffer *b, saefw_state_in *st, char *err, size_t err
         saefw_state_get_rng(st, "rng", &b->rng, err, errlen) != 0)
         return -1;
     for (int64_t i = 0; i < b->rows; i++)
-        if (b->perm[i] < 0 || b->perm[i] >= b->rows) return saefw_errf(err, errlen, "training state: the buffer order is damaged");
+        if (b->perm[i] < 0 || b->perm[i] >= b->rows)
+            return saefw_errf(err, errlen, "training state: the buffer order is damaged");
     if (pointer < 0 || pointer > b->rows) return saefw_errf(err, errlen, "training state: bad buffer position");
     b->pointer = pointer;
     b->first = (int)first;

@@ -85,9 +85,9 @@ typedef struct {
     saefw_source *src;
     int64_t rows, d, batch;
     saefw_buffer_dtype dtype;
-    void *data;     /* [rows, d] in dtype */
-    int64_t *perm;  /* logical row -> physical row */
-    float *stage;   /* [chunk, d] staging for refills */
+    void *data;    /* [rows, d] in dtype */
+    int64_t *perm; /* logical row -> physical row */
+    float *stage;  /* [chunk, d] staging for refills */
     int64_t stage_rows;
     int64_t pointer;
     int first;

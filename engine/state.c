@@ -69,7 +69,9 @@ int saefw_checksum_verify(const saefw_tensorfile *tf, const char *path, int *had
     free(s);
     if (rc != 0) return -1;
     if (strcmp(got, want) != 0)
-        return saefw_errf(err, errlen, "%s: checksum mismatch: the file is corrupted (sha256 of its tensors differs from the one it was written with)",
+        return saefw_errf(err, errlen,
+                          "%s: checksum mismatch: the file is corrupted (sha256 of its tensors differs from the one it "
+                          "was written with)",
                           path);
     return 0;
 }
@@ -86,7 +88,7 @@ int saefw_write_checked(const char *path, const saefw_tensor_ref *t, int n, cons
     }
     all[n_meta][0] = SAEFW_CHECKSUM_KEY;
     all[n_meta][1] = hex;
-    int rc = saefw_safetensors_write(path, t, n, (const char *const (*)[2])all, n_meta + 1, err, errlen);
+    int rc = saefw_safetensors_write(path, t, n, (const char *const(*)[2])all, n_meta + 1, err, errlen);
     free(all);
     return rc;
 }
@@ -220,8 +222,8 @@ int saefw_state_get(const saefw_state_in *s, const char *name, saefw_dtype dt, i
     const saefw_tensor_info *t = find(s, name);
     if (!t) return saefw_errf(err, errlen, "%s: training state lacks '%s%s'", s->path, s->prefix, name);
     if (t->dtype != dt || t->numel != n)
-        return saefw_errf(err, errlen, "%s: training state entry '%s%s' holds %lld %s values, expected %lld %s", s->path,
-                          s->prefix, name, (long long)t->numel, saefw_dtype_name(t->dtype), (long long)n,
+        return saefw_errf(err, errlen, "%s: training state entry '%s%s' holds %lld %s values, expected %lld %s",
+                          s->path, s->prefix, name, (long long)t->numel, saefw_dtype_name(t->dtype), (long long)n,
                           saefw_dtype_name(dt));
     memcpy(out, t->data, t->nbytes);
     return 0;

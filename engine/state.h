@@ -25,11 +25,11 @@ int saefw_write_checked(const char *path, const saefw_tensor_ref *t, int n, cons
 /* ---- training state being written: entries point at live memory until written ---- */
 typedef struct {
     saefw_tensor_ref *refs;
-    char **names;       /* owned */
-    int64_t *shapes;    /* owned, SAEFW_MAX_DIMS per entry */
-    void **copies;      /* owned copies of small values */
+    char **names;    /* owned */
+    int64_t *shapes; /* owned, SAEFW_MAX_DIMS per entry */
+    void **copies;   /* owned copies of small values */
     int n, cap;
-    char prefix[128];   /* prepended to names (e.g. "plugin.0.adam/") */
+    char prefix[128]; /* prepended to names (e.g. "plugin.0.adam/") */
 } saefw_state_out;
 
 void saefw_state_out_init(saefw_state_out *s);

@@ -26,12 +26,10 @@ static const struct {
     size_t size;
     const char *npy; /* NumPy descr, NULL when NumPy has no such dtype */
 } dtype_table[SAEFW_DT_COUNT] = {
-    [SAEFW_DT_F32] = {"F32", 4, "<f4"},   [SAEFW_DT_F16] = {"F16", 2, "<f2"},
-    [SAEFW_DT_BF16] = {"BF16", 2, NULL},  [SAEFW_DT_F64] = {"F64", 8, "<f8"},
-    [SAEFW_DT_I64] = {"I64", 8, "<i8"},   [SAEFW_DT_I32] = {"I32", 4, "<i4"},
-    [SAEFW_DT_I16] = {"I16", 2, "<i2"},   [SAEFW_DT_U16] = {"U16", 2, "<u2"},
-    [SAEFW_DT_I8] = {"I8", 1, "|i1"},     [SAEFW_DT_U8] = {"U8", 1, "|u1"},
-    [SAEFW_DT_BOOL] = {"BOOL", 1, "|b1"},
+    [SAEFW_DT_F32] = {"F32", 4, "<f4"}, [SAEFW_DT_F16] = {"F16", 2, "<f2"},   [SAEFW_DT_BF16] = {"BF16", 2, NULL},
+    [SAEFW_DT_F64] = {"F64", 8, "<f8"}, [SAEFW_DT_I64] = {"I64", 8, "<i8"},   [SAEFW_DT_I32] = {"I32", 4, "<i4"},
+    [SAEFW_DT_I16] = {"I16", 2, "<i2"}, [SAEFW_DT_U16] = {"U16", 2, "<u2"},   [SAEFW_DT_I8] = {"I8", 1, "|i1"},
+    [SAEFW_DT_U8] = {"U8", 1, "|u1"},   [SAEFW_DT_BOOL] = {"BOOL", 1, "|b1"},
 };
 
 static int dtype_ok(saefw_dtype dt) { return (int)dt >= 0 && dt < SAEFW_DT_COUNT; }
@@ -77,31 +75,27 @@ float saefw_f16_to_f32(uint16_t h) {
         float f = (float)man * 5.9604644775390625e-8f;
         return sign ? -f : f;
     }
-    if (exp == 31)
-        u = sign | 0x7f800000u | (man << 13);
-    else
-        u = sign | ((exp + 112u) << 23) | (man << 13);
+    if (exp == 31) u = sign | 0x7f800000u | (man << 13);
+    else u = sign | ((exp + 112u) << 23) | (man << 13);
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
-int saefw_tensor_slice_f32(const saefw_tensor_info *t, int64_t start, int64_t count, float *dst,
-                           char *err, size_t errlen) {
+int saefw_tensor_slice_f32(const saefw_tensor_info *t, int64_t start, int64_t count, float *dst, char *err,
+                           size_t errlen) {
     if (!t) return saefw_errf(err, errlen, "no tensor");
     if (start < 0 || count < 0 || start > t->numel || count > t->numel - start)
-        return saefw_errf(err, errlen, "tensor %s: elements [%" PRId64 ", %" PRId64 ") out of range (%" PRId64
-                          " elements)", t->name, start, start + count, t->numel);
-    if (t->dtype != SAEFW_DT_F32 && t->dtype != SAEFW_DT_F16 && t->dtype != SAEFW_DT_BF16 &&
-        t->dtype != SAEFW_DT_F64)
+        return saefw_errf(err, errlen,
+                          "tensor %s: elements [%" PRId64 ", %" PRId64 ") out of range (%" PRId64 " elements)", t->name,
+                          start, start + count, t->numel);
+    if (t->dtype != SAEFW_DT_F32 && t->dtype != SAEFW_DT_F16 && t->dtype != SAEFW_DT_BF16 && t->dtype != SAEFW_DT_F64)
         return saefw_errf(err, errlen, "tensor %s has dtype %s; only F32, F16, BF16 and F64 convert to float32",
                           t->name, saefw_dtype_name(t->dtype));
     if (count == 0) return 0;
     const uint8_t *p = (const uint8_t *)t->data + (size_t)start * dtype_table[t->dtype].size;
     switch (t->dtype) {
-    case SAEFW_DT_F32:
-        memcpy(dst, p, (size_t)count * 4);
-        break;
+    case SAEFW_DT_F32: memcpy(dst, p, (size_t)count * 4); break;
     case SAEFW_DT_F16:
     case SAEFW_DT_BF16:
         for (int64_t i = 0; i < count; i++) {
@@ -165,8 +159,8 @@ static int add_meta(saefw_tensorfile *tf, const char *key, const char *value, ch
     return 0;
 }
 
-static int st_tensor(saefw_tensorfile *tf, const cJSON *it, const uint8_t *data, uint64_t data_len,
-                     char *err, size_t errlen) {
+static int st_tensor(saefw_tensorfile *tf, const cJSON *it, const uint8_t *data, uint64_t data_len, char *err,
+                     size_t errlen) {
     char nm[128];
     saefw_tfi_printable(nm, sizeof nm, it->string, strlen(it->string));
     if (!cJSON_IsObject(it)) return saefw_errf(err, errlen, "tensor %s: header entry is not a JSON object", nm);
@@ -203,11 +197,13 @@ static int st_tensor(saefw_tensorfile *tf, const cJSON *it, const uint8_t *data,
     if (b > e || e > data_len)
         return saefw_errf(err, errlen,
                           "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] out of range (data section is %" PRIu64
-                          " bytes)", nm, b, e, data_len);
+                          " bytes)",
+                          nm, b, e, data_len);
     if (e - b != (uint64_t)nbytes)
         return saefw_errf(err, errlen,
                           "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] span %" PRIu64
-                          " bytes but shape and dtype %s need %zu", nm, b, e, e - b, dtype_table[dt].name, nbytes);
+                          " bytes but shape and dtype %s need %zu",
+                          nm, b, e, e - b, dtype_table[dt].name, nbytes);
     saefw_tensor_info *t;
     if (saefw_tfi_add(tf, it->string, strlen(it->string), &t, err, errlen) != 0) return -1;
     t->dtype = dt;
@@ -227,10 +223,12 @@ static int load_safetensors(saefw_tensorfile *tf, char *err, size_t errlen) {
     uint64_t hlen = rd_le64(m);
     if (hlen > size - 8) {
         if (size >= 3 && m[0] == 0x80 && m[1] <= 5 && m[2] == 0x8a)
-            return saefw_errf(err, errlen, "legacy (non-zip) PyTorch file; re-save it with torch.save's default zip format");
+            return saefw_errf(err, errlen,
+                              "legacy (non-zip) PyTorch file; re-save it with torch.save's default zip format");
         return saefw_errf(err, errlen,
                           "not a safetensors, .npy or PyTorch zip file (safetensors header length %" PRIu64
-                          " is larger than the file, %zu bytes)", hlen, size);
+                          " is larger than the file, %zu bytes)",
+                          hlen, size);
     }
     if (hlen > ST_HEADER_MAX)
         return saefw_errf(err, errlen, "safetensors header length %" PRIu64 " exceeds the 100 MiB limit", hlen);
@@ -409,8 +407,7 @@ static int load_npy(saefw_tensorfile *tf, char *err, size_t errlen) {
     if (c.p != c.end) return saefw_errf(err, errlen, "bad .npy header: bytes after the dict");
     if (!descr || fortran < 0 || ndim < 0)
         return saefw_errf(err, errlen, "bad .npy header: needs descr, fortran_order and shape");
-    if (fortran)
-        return saefw_errf(err, errlen, "fortran_order True is not supported; save the array in C order");
+    if (fortran) return saefw_errf(err, errlen, "fortran_order True is not supported; save the array in C order");
     int dt = -1;
     for (int i = 0; i < SAEFW_DT_COUNT; i++) {
         const char *d = dtype_table[i].npy;
@@ -456,9 +453,7 @@ void saefw_tf_close(saefw_tensorfile *tf) {
     free(tf);
 }
 
-static int cmp_name(const void *a, const void *b) {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
+static int cmp_name(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
 static int check_unique(const saefw_tensorfile *tf, char *err, size_t errlen) {
     if (tf->n_tensors < 2) return 0;
@@ -603,8 +598,8 @@ int saefw_tf_print_info(const char *path, FILE *out, char *err, size_t errlen) {
     if (tf->n_meta > 0) {
         fprintf(out, "metadata:");
         for (int i = 0; i < tf->n_meta; i++)
-            fprintf(out, "%s %s", i ? "," : "", saefw_tfi_printable(nm, sizeof nm, tf->meta[2 * i],
-                                                                     strlen(tf->meta[2 * i])));
+            fprintf(out, "%s %s", i ? "," : "",
+                    saefw_tfi_printable(nm, sizeof nm, tf->meta[2 * i], strlen(tf->meta[2 * i])));
         fprintf(out, "\n");
     }
     saefw_tf_close(tf);
@@ -702,8 +697,8 @@ static char *st_header(const char *path, const saefw_tensor_ref *tensors, int n,
     return json;
 }
 
-int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, int n,
-                            const char *const (*meta)[2], int n_meta, char *err, size_t errlen) {
+int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, int n, const char *const (*meta)[2],
+                            int n_meta, char *err, size_t errlen) {
     if (n < 0 || (n > 0 && !tensors) || n_meta < 0 || (n_meta > 0 && !meta))
         return saefw_errf(err, errlen, "%s: bad tensor or metadata list", path);
     char *json = st_header(path, tensors, n, meta, n_meta, err, errlen);
@@ -724,8 +719,7 @@ int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, i
     for (int i = 0; i < n && !bad; i++) {
         int64_t numel;
         size_t nbytes = 0;
-        saefw_tfi_shape_size(tensors[i].ndim, tensors[i].shape, dtype_table[tensors[i].dtype].size, &numel,
-                             &nbytes);
+        saefw_tfi_shape_size(tensors[i].ndim, tensors[i].shape, dtype_table[tensors[i].dtype].size, &numel, &nbytes);
         bad = put_bytes(f, tensors[i].data, nbytes);
     }
     if (bad) {
@@ -736,15 +730,14 @@ int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, i
     return saefw_atomic_commit(f, tmp, path, err, errlen);
 }
 
-int saefw_npy_write(const char *path, saefw_dtype dtype, int ndim, const int64_t *shape, const void *data,
-                    char *err, size_t errlen) {
+int saefw_npy_write(const char *path, saefw_dtype dtype, int ndim, const int64_t *shape, const void *data, char *err,
+                    size_t errlen) {
     size_t nbytes;
     if (check_ref(path, "array", dtype, ndim, shape, data, &nbytes, err, errlen) != 0) return -1;
     if (!dtype_table[dtype].npy)
         return saefw_errf(err, errlen, "%s: %s has no NumPy dtype", path, dtype_table[dtype].name);
     char hdr[512];
-    int len = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                       dtype_table[dtype].npy);
+    int len = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (", dtype_table[dtype].npy);
     for (int d = 0; d < ndim; d++)
         len += snprintf(hdr + len, sizeof hdr - (size_t)len, "%s%" PRId64, d ? ", " : "", shape[d]);
     len += snprintf(hdr + len, sizeof hdr - (size_t)len, "%s), }", ndim == 1 ? "," : "");

@@ -31,12 +31,12 @@ size_t saefw_dtype_size(saefw_dtype dt);
 int saefw_dtype_parse(const char *name, saefw_dtype *out);
 
 typedef struct {
-    const char *name;              /* owned by the file */
+    const char *name; /* owned by the file */
     saefw_dtype dtype;
     int ndim;
     int64_t shape[SAEFW_MAX_DIMS];
     int64_t numel;
-    const void *data;              /* C-contiguous, points into the mapping; valid until close.
+    const void *data; /* C-contiguous, points into the mapping; valid until close.
                                     * Aligned to the item size, except a misaligned tensor of more
                                     * than 64 MiB (small ones are copied to aligned memory). */
     size_t nbytes;
@@ -69,8 +69,8 @@ int saefw_tf_metadata_at(const saefw_tensorfile *tf, int i, const char **key, co
 /* Convert n elements of a floating tensor (F32, F16, BF16, F64) to float32. Fails on other dtypes. */
 int saefw_tensor_to_f32(const saefw_tensor_info *t, float *dst, char *err, size_t errlen);
 /* Convert a run of `count` elements starting at element `start` of a floating tensor to float32. */
-int saefw_tensor_slice_f32(const saefw_tensor_info *t, int64_t start, int64_t count, float *dst,
-                           char *err, size_t errlen);
+int saefw_tensor_slice_f32(const saefw_tensor_info *t, int64_t start, int64_t count, float *dst, char *err,
+                           size_t errlen);
 
 float saefw_bf16_to_f32(uint16_t h);
 uint16_t saefw_f32_to_bf16(float f); /* round to nearest even, NaN kept NaN */
@@ -87,12 +87,12 @@ typedef struct {
 
 /* Write a safetensors file atomically (temp file in the same folder, fsync, rename). Tensors are
  * written in the order given; meta is an array of n_meta {key, value} string pairs (may be NULL). */
-int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, int n,
-                            const char *const (*meta)[2], int n_meta, char *err, size_t errlen);
+int saefw_safetensors_write(const char *path, const saefw_tensor_ref *tensors, int n, const char *const (*meta)[2],
+                            int n_meta, char *err, size_t errlen);
 
 /* Write a .npy file (C order) atomically. */
-int saefw_npy_write(const char *path, saefw_dtype dtype, int ndim, const int64_t *shape,
-                    const void *data, char *err, size_t errlen);
+int saefw_npy_write(const char *path, saefw_dtype dtype, int ndim, const int64_t *shape, const void *data, char *err,
+                    size_t errlen);
 
 /* `saefw info FILE`: open path and print its format, one line per tensor (name, dtype, shape such as
  * [16, 64]) and the metadata keys, if any, to out. Returns -1 with err filled if the file does not

@@ -25,14 +25,13 @@ int saefw_tfi_own(saefw_tensorfile *tf, void *buf, char *err, size_t errlen) {
     return 0;
 }
 
-int saefw_tfi_add(saefw_tensorfile *tf, const char *name, size_t name_len, saefw_tensor_info **out,
-                  char *err, size_t errlen) {
+int saefw_tfi_add(saefw_tensorfile *tf, const char *name, size_t name_len, saefw_tensor_info **out, char *err,
+                  size_t errlen) {
     char shown[80];
     if (memchr(name, 0, name_len))
         return saefw_errf(err, errlen, "tensor name \"%s\" contains a NUL byte",
                           saefw_tfi_printable(shown, sizeof shown, name, name_len));
-    if (tf->n_tensors >= TF_MAX_TENSORS)
-        return saefw_errf(err, errlen, "more than %d tensors", TF_MAX_TENSORS);
+    if (tf->n_tensors >= TF_MAX_TENSORS) return saefw_errf(err, errlen, "more than %d tensors", TF_MAX_TENSORS);
     if (tf->n_tensors == tf->cap_tensors) {
         int cap = tf->cap_tensors ? 2 * tf->cap_tensors : 16;
         saefw_tensor_info *nt = realloc(tf->tensors, (size_t)cap * sizeof *nt);

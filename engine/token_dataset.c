@@ -57,11 +57,11 @@ static void decode_range(void *vctx, int64_t begin, int64_t end) {
 
 typedef struct {
     FILE *f;
-    int bits;                /* 16 or 32 */
+    int bits; /* 16 or 32 */
     void *buf;
     size_t buf_cap;
     int64_t rows, tokens, row_len; /* row_len: -1 before the first row, 0 once rows differ */
-    int overflow16;          /* an id >= 65536 was met while writing uint16 */
+    int overflow16;                /* an id >= 65536 was met while writing uint16 */
 } writer;
 
 /* Append one decoded row group (lists or plain ints) to the file, checking ids. */
@@ -92,18 +92,18 @@ static int write_batch(writer *w, const saefw_parquet_batch *b, int lists, const
             int64_t row = 0;
             if (lists)
                 while (row + 1 < nrows && b->offsets[row + 1] - b->offsets[0] <= i) row++;
-            else
-                row = i;
+            else row = i;
             if (id < 0)
-                return saefw_errf(err, errlen, "%s: row group %d, column '%s': token id %lld in row %lld is negative", path,
-                                  rg, col, (long long)id, (long long)row);
+                return saefw_errf(err, errlen, "%s: row group %d, column '%s': token id %lld in row %lld is negative",
+                                  path, rg, col, (long long)id, (long long)row);
             if (o->max_id > 0 && id >= o->max_id)
                 return saefw_errf(err, errlen,
                                   "%s: row group %d, column '%s': token id %lld in row %lld is not below the model's "
                                   "vocabulary size %lld",
                                   path, rg, col, (long long)id, (long long)row, (long long)o->max_id);
-            return saefw_errf(err, errlen, "%s: row group %d, column '%s': token id %lld in row %lld does not fit in int32",
-                              path, rg, col, (long long)id, (long long)row);
+            return saefw_errf(err, errlen,
+                              "%s: row group %d, column '%s': token id %lld in row %lld does not fit in int32", path,
+                              rg, col, (long long)id, (long long)row);
         }
         if (w->bits == 16) {
             if (id > 65535) {
@@ -259,8 +259,8 @@ static int cache_root(char *out, size_t n) {
     return snprintf(out, n, "%s/.cache/saefw", v) < (int)n ? 0 : -1;
 }
 
-int saefw_token_cache_path(const char *const *shards, int n_shards, const char *column, const char *name,
-                           char *out, size_t n, char *err, size_t errlen) {
+int saefw_token_cache_path(const char *const *shards, int n_shards, const char *column, const char *name, char *out,
+                           size_t n, char *err, size_t errlen) {
     if (n_shards < 1) return saefw_errf(err, errlen, "token dataset: no shards");
     EVP_MD_CTX *h = EVP_MD_CTX_new();
     if (!h || EVP_DigestInit_ex(h, EVP_sha256(), NULL) != 1) {
@@ -294,8 +294,7 @@ int saefw_token_cache_path(const char *const *shards, int n_shards, const char *
         src = src ? src + 1 : shards[0];
     }
     size_t k = 0;
-    for (; *src && k < sizeof label - 1; src++)
-        label[k++] = (*src == '/' || *src == ' ' || *src == ':') ? '-' : *src;
+    for (; *src && k < sizeof label - 1; src++) label[k++] = (*src == '/' || *src == ' ' || *src == ':') ? '-' : *src;
     label[k] = 0;
     char hex[17];
     for (int i = 0; i < 8; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
@@ -314,8 +313,8 @@ int saefw_token_dataset_spec(const char *spec) {
     return slash && slash != spec && !strchr(slash + 1, '/') && slash[1] && !strchr(slash + 1, '.');
 }
 
-int saefw_token_dataset_prepare(const char *spec, const char *column, int progress, char *cache, size_t n,
-                                char *err, size_t errlen) {
+int saefw_token_dataset_prepare(const char *spec, const char *column, int progress, char *cache, size_t n, char *err,
+                                size_t errlen) {
     saefw_shards sh;
     memset(&sh, 0, sizeof sh);
     if (saefw_dataset_resolve(spec, NULL, &sh, err, errlen) != 0) return -1;
@@ -337,7 +336,8 @@ int saefw_token_dataset_prepare(const char *spec, const char *column, int progre
     }
     for (size_t i = 0; i < sh.n; i++)
         if (!saefw_ends_with(sh.paths[i], ".parquet")) {
-            saefw_errf(err, errlen, "%s: not a Parquet shard (a token dataset is read from .parquet files)", sh.paths[i]);
+            saefw_errf(err, errlen, "%s: not a Parquet shard (a token dataset is read from .parquet files)",
+                       sh.paths[i]);
             goto done;
         }
     if (saefw_token_cache_path((const char *const *)sh.paths, (int)sh.n, column, name, cache, n, err, errlen) != 0)
@@ -354,8 +354,11 @@ int saefw_token_dataset_prepare(const char *spec, const char *column, int progre
     if (saefw_mkdirs(dir, err, errlen) != 0) goto done;
     if (progress != 0)
         fprintf(stderr, "token cache: converting %zu Parquet shard(s) of %s into %s (once)\n", sh.n, spec, cache);
-    saefw_token_convert_opts o = {.shards = (const char *const *)sh.paths, .n_shards = (int)sh.n, .column = column,
-                                  .out = cache, .progress = progress};
+    saefw_token_convert_opts o = {.shards = (const char *const *)sh.paths,
+                                  .n_shards = (int)sh.n,
+                                  .column = column,
+                                  .out = cache,
+                                  .progress = progress};
     saefw_token_convert_stats stt;
     if (saefw_tokens_convert(&o, &stt, err, errlen) != 0) goto done;
     if (progress != 0)

@@ -56,7 +56,7 @@ typedef struct {
     const char *field;
     const char *p; /* this worker's piece of the batch */
     size_t len;
-    int64_t line; /* line number of the piece's first line */
+    int64_t line;                  /* line number of the piece's first line */
     const saefw_parquet_batch *pq; /* Parquet: strings [d0, d1) of this row group's batch */
     int64_t d0, d1;
     int rg;
@@ -144,7 +144,8 @@ static int is_space_or_high(unsigned char c) {
  * on each side (a run of whitespace at the end of a text would be matched whole; bytes >= 0x80 may be
  * Unicode spaces, so they do not count as other). */
 static int text_cut_ok(const char *p, size_t i) {
-    return i >= 2 && p[i - 1] == '\n' && !is_space_or_high((unsigned char)p[i - 2]) && !is_space_or_high((unsigned char)p[i]);
+    return i >= 2 && p[i - 1] == '\n' && !is_space_or_high((unsigned char)p[i - 2]) &&
+           !is_space_or_high((unsigned char)p[i]);
 }
 
 /* The last cut point in p[lo, n) (0 when there is none). */
@@ -170,7 +171,8 @@ static int push(worker *w, int32_t id) {
 /* One document's ids, with BOS before and EOS after when asked (bos/eos < 0: not asked). */
 static int encode_doc(worker *w, const char *p, size_t len, int bos, int eos) {
     if (bos && w->bos >= 0 && push(w, w->bos) != 0) return -1;
-    if (saefw_tokenizer_encode(w->t, w->s, p, len, w->flags, &w->ids, &w->n, &w->cap, w->err, sizeof w->err) != 0) return -1;
+    if (saefw_tokenizer_encode(w->t, w->s, p, len, w->flags, &w->ids, &w->n, &w->cap, w->err, sizeof w->err) != 0)
+        return -1;
     if (eos && w->eos >= 0 && push(w, w->eos) != 0) return -1;
     return 0;
 }
@@ -219,13 +221,15 @@ static void *work(void *arg) {
 static int write_ids(FILE *f, const int32_t *ids, size_t n, int u16, const char *out, char *err, size_t errlen) {
     uint16_t tmp[4096];
     if (!u16) {
-        if (fwrite(ids, sizeof *ids, n, f) != n) return saefw_errf(err, errlen, "%s: write failed: %s", out, strerror(errno));
+        if (fwrite(ids, sizeof *ids, n, f) != n)
+            return saefw_errf(err, errlen, "%s: write failed: %s", out, strerror(errno));
         return 0;
     }
     for (size_t i = 0; i < n;) {
         size_t k = n - i < 4096 ? n - i : 4096;
         for (size_t j = 0; j < k; j++) tmp[j] = (uint16_t)ids[i + j];
-        if (fwrite(tmp, sizeof *tmp, k, f) != k) return saefw_errf(err, errlen, "%s: write failed: %s", out, strerror(errno));
+        if (fwrite(tmp, sizeof *tmp, k, f) != k)
+            return saefw_errf(err, errlen, "%s: write failed: %s", out, strerror(errno));
         i += k;
     }
     return 0;
@@ -257,8 +261,11 @@ static int parse_args(int argc, char **argv, options *o) {
     o->threads = nc > 0 ? (int)(nc < MAX_THREADS ? nc : MAX_THREADS) : 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char **dst = !strcmp(a, "--tokenizer") ? &o->tok : !strcmp(a, "--out") ? &o->out
-                         : !strcmp(a, "--field") ? &o->field : !strcmp(a, "--dtype") ? &o->dtype : NULL;
+        const char **dst = !strcmp(a, "--tokenizer") ? &o->tok
+                           : !strcmp(a, "--out")     ? &o->out
+                           : !strcmp(a, "--field")   ? &o->field
+                           : !strcmp(a, "--dtype")   ? &o->dtype
+                                                     : NULL;
         if (dst) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "saefw tokenize: %s needs a value\n", a);
@@ -284,7 +291,10 @@ static int parse_args(int argc, char **argv, options *o) {
     }
     if (!o->tok || !o->out || o->n_inputs == 0) {
         fprintf(stderr, "saefw tokenize: %s\n%s",
-                !o->n_inputs ? "no INPUT given" : !o->tok ? "--tokenizer is required" : "--out is required", USAGE);
+                !o->n_inputs ? "no INPUT given"
+                : !o->tok    ? "--tokenizer is required"
+                             : "--out is required",
+                USAGE);
         return -1;
     }
     if (!saefw_ends_with(o->out, ".npy") && !saefw_ends_with(o->out, ".bin")) {
@@ -403,7 +413,8 @@ int saefw_cmd_tokenize(int argc, char **argv) {
     int64_t vocab = saefw_tokenizer_vocab_size(t);
     int u16 = o.dtype ? !strcmp(o.dtype, "uint16") : vocab <= 65536;
     if (u16 && vocab > 65536) {
-        saefw_errf(err, sizeof err, "--dtype uint16: the vocabulary has %lld ids, more than uint16 holds", (long long)vocab);
+        saefw_errf(err, sizeof err, "--dtype uint16: the vocabulary has %lld ids, more than uint16 holds",
+                   (long long)vocab);
         goto fail;
     }
     int32_t bos = (int32_t)saefw_tokenizer_bos(t), eos = (int32_t)saefw_tokenizer_eos(t);
@@ -454,10 +465,13 @@ int saefw_cmd_tokenize(int argc, char **argv) {
     for (int fi = 0; fi < o.n_inputs; fi++) {
         int zst;
         if (input_kind(o.inputs[fi], &zst) == IN_PARQUET) {
-            worker proto = {.t = t, .flags = o.special ? SAEFW_TOK_SPECIAL : 0, .bos = o.bos ? bos : -1,
-                            .eos = o.eos ? eos : -1, .field = o.field};
-            if (tokenize_parquet(o.inputs[fi], &proto, w, o.threads, f, u16, o.out, t0, &last, &done_bytes,
-                                 total_bytes, &tokens, &docs, err, sizeof err) != 0)
+            worker proto = {.t = t,
+                            .flags = o.special ? SAEFW_TOK_SPECIAL : 0,
+                            .bos = o.bos ? bos : -1,
+                            .eos = o.eos ? eos : -1,
+                            .field = o.field};
+            if (tokenize_parquet(o.inputs[fi], &proto, w, o.threads, f, u16, o.out, t0, &last, &done_bytes, total_bytes,
+                                 &tokens, &docs, err, sizeof err) != 0)
                 goto fail;
             continue;
         }

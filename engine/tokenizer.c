@@ -18,8 +18,7 @@
 #include "util.h"
 
 /* GPT-2's pre-tokenizer regex, used by ByteLevel when use_regex is true. */
-static const char GPT2_PATTERN[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+static const char GPT2_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 /* Ids above this are taken for a damaged file, not allocated for. */
 #define MAX_ID (1 << 24)
@@ -341,8 +340,7 @@ static int trie_match(const saefw_tokenizer *t, const trie *tr, const char *s, s
         }
         if (++j >= n) break;
         uint8_t c = (uint8_t)s[j];
-        for (cur = nd->child; cur >= 0 && tr->nodes[cur].byte != c; cur = tr->nodes[cur].sibling) {
-        }
+        for (cur = nd->child; cur >= 0 && tr->nodes[cur].byte != c; cur = tr->nodes[cur].sibling) {}
     }
     return best;
 }
@@ -401,7 +399,8 @@ static int load_pretok(saefw_tokenizer *t, const cJSON *p, size_t *cap, int *has
     if (!type) return saefw_errf(err, errlen, "%s: pre_tokenizer without a type", name);
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers");
-        if (!cJSON_IsArray(list)) return saefw_errf(err, errlen, "%s: Sequence pre-tokenizer without pretokenizers", name);
+        if (!cJSON_IsArray(list))
+            return saefw_errf(err, errlen, "%s: Sequence pre-tokenizer without pretokenizers", name);
         const cJSON *it;
         cJSON_ArrayForEach(it, list) if (load_pretok(t, it, cap, has_bl, name, err, errlen) != 0) return -1;
         return 0;
@@ -422,25 +421,31 @@ static int load_pretok(saefw_tokenizer *t, const cJSON *p, size_t *cap, int *has
     if (!strcmp(type, "Split")) {
         st.kind = STEP_SPLIT;
         const char *beh = jstr(p, "behavior");
-        static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+        static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
+                                            "Contiguous"};
         st.behavior = -1;
         for (int i = 0; i < 5; i++)
             if (beh && !strcmp(beh, names[i])) st.behavior = i;
-        if (st.behavior < 0) return saefw_errf(err, errlen, "%s: Split pre-tokenizer behavior '%s' is not known", name, beh ? beh : "(none)");
+        if (st.behavior < 0)
+            return saefw_errf(err, errlen, "%s: Split pre-tokenizer behavior '%s' is not known", name,
+                              beh ? beh : "(none)");
         st.invert = jbool(p, "invert", 0);
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(p, "pattern");
         const char *re = jstr(pat, "Regex"), *lit = jstr(pat, "String");
         char buf[1024];
         if (!re && lit) {
-            if (escape_literal(lit, buf, sizeof buf) != 0) return saefw_errf(err, errlen, "%s: Split pattern too long", name);
+            if (escape_literal(lit, buf, sizeof buf) != 0)
+                return saefw_errf(err, errlen, "%s: Split pattern too long", name);
             re = buf;
         }
         if (!re) return saefw_errf(err, errlen, "%s: Split pre-tokenizer without a Regex or String pattern", name);
         if (compile_re(re, &st.re, name, err, errlen) != 0) return -1;
         return add_step(t, st, cap, err, errlen);
     }
-    return saefw_errf(err, errlen, "%s: pre-tokenizer type '%s' is not supported (byte-level BPE: ByteLevel, Split, Digits, Sequence)",
-                      name, type);
+    return saefw_errf(
+        err, errlen,
+        "%s: pre-tokenizer type '%s' is not supported (byte-level BPE: ByteLevel, Split, Digits, Sequence)", name,
+        type);
 }
 
 static int load_normalizer(saefw_tokenizer *t, const cJSON *n, const char *name, char *err, size_t errlen) {
@@ -457,7 +462,8 @@ static int load_normalizer(saefw_tokenizer *t, const cJSON *n, const char *name,
         t->nfc = 1;
         return 0;
     }
-    return saefw_errf(err, errlen, "%s: normalizer type '%s' is not supported (only NFC)", name, type ? type : "(none)");
+    return saefw_errf(err, errlen, "%s: normalizer type '%s' is not supported (only NFC)", name,
+                      type ? type : "(none)");
 }
 
 static int load_decoder(const cJSON *d, const char *name, char *err, size_t errlen) {
@@ -471,7 +477,8 @@ static int load_decoder(const cJSON *d, const char *name, char *err, size_t errl
         return 0;
     }
     if (type && !strcmp(type, "ByteLevel")) return 0;
-    return saefw_errf(err, errlen, "%s: decoder type '%s' is not supported (only ByteLevel)", name, type ? type : "(none)");
+    return saefw_errf(err, errlen, "%s: decoder type '%s' is not supported (only ByteLevel)", name,
+                      type ? type : "(none)");
 }
 
 static int32_t added_id(const saefw_tokenizer *t, const char *content) {
@@ -504,23 +511,28 @@ static int load_post(saefw_tokenizer *t, const cJSON *p, const char *name, char 
                 continue;
             }
             const char *sid = jstr(cJSON_GetObjectItemCaseSensitive(it, "SpecialToken"), "id");
-            if (!sid) return saefw_errf(err, errlen, "%s: TemplateProcessing item is neither Sequence nor SpecialToken", name);
+            if (!sid)
+                return saefw_errf(err, errlen, "%s: TemplateProcessing item is neither Sequence nor SpecialToken",
+                                  name);
             const cJSON *ids = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(specials, sid), "ids");
             const cJSON *id;
             cJSON_ArrayForEach(id, ids) {
-                if (!cJSON_IsNumber(id)) return saefw_errf(err, errlen, "%s: TemplateProcessing special token '%s' has a bad id", name, sid);
+                if (!cJSON_IsNumber(id))
+                    return saefw_errf(err, errlen, "%s: TemplateProcessing special token '%s' has a bad id", name, sid);
                 int32_t *dst = seen_seq ? t->post_ids : t->pre_ids;
                 int *nd = seen_seq ? &t->n_post : &t->n_pre;
-                if (*nd >= 8) return saefw_errf(err, errlen, "%s: TemplateProcessing has too many special tokens", name);
+                if (*nd >= 8)
+                    return saefw_errf(err, errlen, "%s: TemplateProcessing has too many special tokens", name);
                 dst[(*nd)++] = (int32_t)id->valuedouble;
             }
             if (!cJSON_IsArray(ids) || cJSON_GetArraySize(ids) == 0)
-                return saefw_errf(err, errlen, "%s: TemplateProcessing special token '%s' is not in special_tokens", name, sid);
+                return saefw_errf(err, errlen, "%s: TemplateProcessing special token '%s' is not in special_tokens",
+                                  name, sid);
         }
         return 0;
     }
-    return saefw_errf(err, errlen, "%s: post-processor type '%s' is not supported (ByteLevel, TemplateProcessing)", name,
-                      type ? type : "(none)");
+    return saefw_errf(err, errlen, "%s: post-processor type '%s' is not supported (ByteLevel, TemplateProcessing)",
+                      name, type ? type : "(none)");
 }
 
 /* The id of a tokenizer_config.json entry such as "bos_token" (a string or {"content": ...}). */
@@ -540,7 +552,8 @@ static int load_model(saefw_tokenizer *t, const cJSON *model, const char *name, 
         return saefw_errf(err, errlen, "%s: model has no type", name);
     if (type && strcmp(type, "BPE") != 0)
         return saefw_errf(err, errlen, "%s: model type '%s' is not supported (only byte-level BPE)", name, type);
-    if (jbool(model, "byte_fallback", 0)) return saefw_errf(err, errlen, "%s: BPE byte_fallback is not supported", name);
+    if (jbool(model, "byte_fallback", 0))
+        return saefw_errf(err, errlen, "%s: BPE byte_fallback is not supported", name);
     const cJSON *drop = cJSON_GetObjectItemCaseSensitive(model, "dropout");
     if (drop && !cJSON_IsNull(drop)) return saefw_errf(err, errlen, "%s: BPE dropout is not supported", name);
     const char *csp = jstr(model, "continuing_subword_prefix"), *eow = jstr(model, "end_of_word_suffix");
@@ -552,7 +565,8 @@ static int load_model(saefw_tokenizer *t, const cJSON *model, const char *name, 
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= MAX_ID)
-            return saefw_errf(err, errlen, "%s: vocab entry '%s' has no valid id (0 .. %d)", name, it->string, MAX_ID - 1);
+            return saefw_errf(err, errlen, "%s: vocab entry '%s' has no valid id (0 .. %d)", name, it->string,
+                              MAX_ID - 1);
         if ((int64_t)it->valuedouble + 1 > t->vocab_size) t->vocab_size = (int64_t)it->valuedouble + 1;
     }
     return 0;
@@ -592,7 +606,8 @@ static int fill_merges(saefw_tokenizer *t, const cJSON *merges, const int cp_byt
             a = it->valuestring;
             const char *sp = strchr(a, ' ');
             if (!sp || strchr(sp + 1, ' '))
-                return saefw_errf(err, errlen, "%s: merge %d '%s' is not two tokens separated by a space", name, rank, a);
+                return saefw_errf(err, errlen, "%s: merge %d '%s' is not two tokens separated by a space", name, rank,
+                                  a);
             la = (size_t)(sp - a);
             b = sp + 1;
             lb = strlen(b);
@@ -612,8 +627,11 @@ static int fill_merges(saefw_tokenizer *t, const cJSON *merges, const int cp_byt
         int32_t ia = vocab_find(t, buf, ra), ib = vocab_find(t, buf + ra, rb), iab = vocab_find(t, buf, ra + rb);
         free(buf);
         if (ia < 0 || ib < 0 || iab < 0)
-            return saefw_errf(err, errlen, "%s: merge %d ('%.*s' '%.*s'): %s is not in the vocab", name, rank, (int)la, a,
-                              (int)lb, b, ia < 0 ? "the left token" : ib < 0 ? "the right token" : "the merged token");
+            return saefw_errf(err, errlen, "%s: merge %d ('%.*s' '%.*s'): %s is not in the vocab", name, rank, (int)la,
+                              a, (int)lb, b,
+                              ia < 0   ? "the left token"
+                              : ib < 0 ? "the right token"
+                                       : "the merged token");
         uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
         size_t mask = t->merges_cap - 1;
         for (size_t h = hash_u64(key) & mask;; h = (h + 1) & mask) {
@@ -791,13 +809,16 @@ static int file_exists(const char *p) {
 
 int saefw_tokenizer_resolve(const char *name, char *path, size_t n, char *err, size_t errlen) {
     struct stat st;
-    if (stat(name, &st) == 0) return snprintf(path, n, "%s", name) < (int)n ? 0 : saefw_errf(err, errlen, "%s: path too long", name);
+    if (stat(name, &st) == 0)
+        return snprintf(path, n, "%s", name) < (int)n ? 0 : saefw_errf(err, errlen, "%s: path too long", name);
     if (!strcmp(name, "tiny-1l")) {
         char dir[PATH_MAX];
         if (saefw_exe_relative(SAEFW_DATA_SUBDIR "/models/tiny-1l", dir, sizeof dir) != 0)
-            return saefw_errf(err, errlen, "tokenizer tiny-1l: cannot find the bundled model's folder (reinstall saefw)");
+            return saefw_errf(err, errlen,
+                              "tokenizer tiny-1l: cannot find the bundled model's folder (reinstall saefw)");
         snprintf(path, n, "%s/tokenizer.json", dir);
-        if (!file_exists(path)) return saefw_errf(err, errlen, "tokenizer tiny-1l: %s is missing (reinstall saefw)", path);
+        if (!file_exists(path))
+            return saefw_errf(err, errlen, "tokenizer tiny-1l: %s is missing (reinstall saefw)", path);
         return 0;
     }
     const char *repo = NULL;
@@ -806,13 +827,15 @@ int saefw_tokenizer_resolve(const char *name, char *path, size_t n, char *err, s
     const char *slash = strchr(name, '/');
     if (!repo && slash && slash != name && slash[1] && !strchr(slash + 1, '/') && name[0] != '.') repo = name;
     if (!repo)
-        return saefw_errf(err, errlen,
-                          "tokenizer %s: no such file or folder, and not a known name (tiny-1l, gelu-1l .. gelu-4l) or a "
-                          "Hugging Face repo id ORG/NAME",
-                          name);
+        return saefw_errf(
+            err, errlen,
+            "tokenizer %s: no such file or folder, and not a known name (tiny-1l, gelu-1l .. gelu-4l) or a "
+            "Hugging Face repo id ORG/NAME",
+            name);
     char folder[PATH_MAX];
     if (saefw_hf_repo_dir("model", repo, folder, sizeof folder) != 0)
-        return saefw_errf(err, errlen, "tokenizer %s: cannot find the Hugging Face cache folder (set HF_HUB_CACHE)", name);
+        return saefw_errf(err, errlen, "tokenizer %s: cannot find the Hugging Face cache folder (set HF_HUB_CACHE)",
+                          name);
     /* refs/main's snapshot first, else any snapshot that has the file. */
     char p[PATH_MAX], snap[PATH_MAX];
     if (saefw_hf_main_snapshot(folder, snap, sizeof snap) == 0) {
@@ -830,10 +853,11 @@ int saefw_tokenizer_resolve(const char *name, char *path, size_t n, char *err, s
     }
     if (d) closedir(d);
     path[0] = 0;
-    return saefw_errf(err, errlen,
-                      "tokenizer %s: tokenizer.json of the Hugging Face repo %s is not in %s/snapshots/<revision>/ "
-                      "(run: saefw download %s tokenizer.json tokenizer_config.json), or pass a tokenizer.json file or folder",
-                      name, repo, folder, repo);
+    return saefw_errf(
+        err, errlen,
+        "tokenizer %s: tokenizer.json of the Hugging Face repo %s is not in %s/snapshots/<revision>/ "
+        "(run: saefw download %s tokenizer.json tokenizer_config.json), or pass a tokenizer.json file or folder",
+        name, repo, folder, repo);
 }
 
 void saefw_tokenizer_free(saefw_tokenizer *t) {
@@ -965,7 +989,8 @@ static int bpe_word(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, const 
                     size_t *nid, size_t *cap, char *err, size_t errlen) {
     for (size_t i = 0; i < n; i++)
         if (t->byte_id[(uint8_t)w[i]] < 0)
-            return saefw_errf(err, errlen, "encode: the vocab has no token for the byte 0x%02x of the text", (uint8_t)w[i]);
+            return saefw_errf(err, errlen, "encode: the vocab has no token for the byte 0x%02x of the text",
+                              (uint8_t)w[i]);
     if (n == 1) return push_id(t->byte_id[(uint8_t)w[0]], ids, nid, cap, err, errlen);
     if (t->ignore_merges) {
         int32_t id = vocab_find(t, w, n);
@@ -1029,8 +1054,7 @@ static int encode_word(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, con
     size_t m = *nid - before;
     if (s->n_words >= CACHE_MAX_WORDS) {
         cache_clear(s);
-        for (i = h & mask; s->slots[i].hash != 0; i = (i + 1) & mask) {
-        }
+        for (i = h & mask; s->slots[i].hash != 0; i = (i + 1) & mask) {}
     }
     if (grow((void **)&s->keys, &s->keys_cap, s->keys_len + n, 1, err, errlen) != 0) return -1;
     if (grow((void **)&s->vals, &s->vals_cap, s->vals_len + m, sizeof *s->vals, err, errlen) != 0) return -1;
@@ -1068,7 +1092,8 @@ static int emit_segments(const seg *sg, size_t ns, int behavior, span **b, size_
                          size_t errlen) {
     if (behavior == SPLIT_ISOLATED || behavior == SPLIT_REMOVED) {
         for (size_t i = 0; i < ns; i++)
-            if (!(behavior == SPLIT_REMOVED && sg[i].match) && out_span(b, bn, bcap, sg[i].p, sg[i].len, err, errlen) != 0)
+            if (!(behavior == SPLIT_REMOVED && sg[i].match) &&
+                out_span(b, bn, bcap, sg[i].p, sg[i].len, err, errlen) != 0)
                 return -1;
         return 0;
     }
@@ -1186,8 +1211,8 @@ static int encode_section(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, 
         if (st->kind == STEP_BYTELEVEL && !st->re) continue;
         for (size_t i = 0; i < an; i++) {
             int behavior = st->kind == STEP_SPLIT ? st->behavior : SPLIT_ISOLATED;
-            if (split_piece(st, s, s->a[i], &s->b, &bn, &s->b_cap, &sg, &sgcap, behavior, st->kind == STEP_SPLIT && st->invert,
-                            err, errlen) != 0)
+            if (split_piece(st, s, s->a[i], &s->b, &bn, &s->b_cap, &sg, &sgcap, behavior,
+                            st->kind == STEP_SPLIT && st->invert, err, errlen) != 0)
                 goto done;
         }
         span *tmp = s->a;
@@ -1254,7 +1279,8 @@ static int encode_plain(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, co
         }
     if (!needs) return encode_added(t, s, &t->trie_norm, p, len, flags, 1, ids, n, cap, err, errlen);
     utf8proc_uint8_t *nfc = NULL;
-    utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)len, &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    utf8proc_ssize_t m =
+        utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)len, &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
     if (m < 0) return saefw_errf(err, errlen, "NFC: %s", utf8proc_errmsg(m));
     int rc = encode_added(t, s, &t->trie_norm, (const char *)nfc, (size_t)m, flags, 1, ids, n, cap, err, errlen);
     free(nfc);

@@ -66,8 +66,8 @@ int saefw_tokenizer_encode(const saefw_tokenizer *t, saefw_tokenizer_scratch *s,
 /* The text of n ids as a malloc'd NUL-terminated UTF-8 string (*len excludes the NUL). The tokens'
  * bytes are joined and, as Hugging Face's ByteLevel decoder does, a byte sequence that is not valid
  * UTF-8 becomes U+FFFD per maximal invalid subsequence. An id outside the vocabulary is an error. */
-int saefw_tokenizer_decode(const saefw_tokenizer *t, const int32_t *ids, size_t n, char **out, size_t *len,
-                           char *err, size_t errlen);
+int saefw_tokenizer_decode(const saefw_tokenizer *t, const int32_t *ids, size_t n, char **out, size_t *len, char *err,
+                           size_t errlen);
 
 /* The raw bytes of one token after byte-level decoding (an added token: its content), not
  * NUL-terminated and owned by the tokenizer; NULL for an id that has no token. */

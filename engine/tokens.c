@@ -19,17 +19,17 @@
 
 struct saefw_tokens {
     char *path;
-    saefw_tensorfile *tf;     /* for .npy, safetensors, .pt */
+    saefw_tensorfile *tf; /* for .npy, safetensors, .pt */
     const void *data;
     saefw_dtype dtype;
     int64_t file_rows, file_cols; /* 1-D files: one row of N tokens */
-    int64_t pieces;           /* rows of seq_len per file row */
+    int64_t pieces;               /* rows of seq_len per file row */
     int64_t seq_len, rows, bos;
     int shuffle;
     uint64_t seed, key;
     int64_t cursor, pass;
-    int bits;                 /* Feistel domain is 2^bits >= rows */
-    int fd;                   /* rows are read from here at file_off, or from data when -1 */
+    int bits; /* Feistel domain is 2^bits >= rows */
+    int fd;   /* rows are read from here at file_off, or from data when -1 */
     int64_t file_off;
     void (*log)(void *ud, const char *msg);
     void *log_ud;
@@ -75,7 +75,8 @@ static void new_key(saefw_tokens *t) { t->key = pass_key(t, t->pass); }
 /* ---- opening ---- */
 
 static int open_bin(saefw_tokens *t, const char *dtype, char *err, size_t errlen) {
-    if (!dtype) return saefw_errf(err, errlen, "%s: a raw .bin token file needs its dtype (uint16, int32 or int64)", t->path);
+    if (!dtype)
+        return saefw_errf(err, errlen, "%s: a raw .bin token file needs its dtype (uint16, int32 or int64)", t->path);
     if (!strcmp(dtype, "uint16")) t->dtype = SAEFW_DT_U16;
     else if (!strcmp(dtype, "int32")) t->dtype = SAEFW_DT_I32;
     else if (!strcmp(dtype, "int64")) t->dtype = SAEFW_DT_I64;
@@ -142,7 +143,8 @@ static int open_tensor(saefw_tokens *t, const char *name, char *err, size_t errl
 int saefw_tokens_open(const saefw_tokens_opts *o, saefw_tokens **out, char *err, size_t errlen) {
     *out = NULL;
     if (!o->path) return saefw_errf(err, errlen, "tokens: no path given");
-    if (o->seq_len <= 1) return saefw_errf(err, errlen, "%s: seq_len must be at least 2, got %lld", o->path, (long long)o->seq_len);
+    if (o->seq_len <= 1)
+        return saefw_errf(err, errlen, "%s: seq_len must be at least 2, got %lld", o->path, (long long)o->seq_len);
     saefw_tokens *t = saefw_calloc(1, sizeof *t, err, errlen);
     if (!t) return -1;
     t->fd = -1;
@@ -151,7 +153,8 @@ int saefw_tokens_open(const saefw_tokens_opts *o, saefw_tokens **out, char *err,
         free(t);
         return -1;
     }
-    int rc = saefw_ends_with(o->path, ".bin") ? open_bin(t, o->dtype, err, errlen) : open_tensor(t, o->tensor, err, errlen);
+    int rc =
+        saefw_ends_with(o->path, ".bin") ? open_bin(t, o->dtype, err, errlen) : open_tensor(t, o->tensor, err, errlen);
     if (rc != 0) {
         saefw_tokens_free(t);
         return -1;
@@ -216,7 +219,8 @@ static int read_tokens(const saefw_tokens *t, int64_t off, int64_t n, int64_t *v
             if (k < 0 && errno == EINTR) continue;
             if (k <= 0)
                 return saefw_errf(err, errlen, "%s: cannot read tokens at offset %lld: %s", t->path,
-                                  (long long)(off * (int64_t)isz), k < 0 ? strerror(errno) : "the file is shorter than when opened");
+                                  (long long)(off * (int64_t)isz),
+                                  k < 0 ? strerror(errno) : "the file is shorter than when opened");
             got += (size_t)k;
         }
     } else {
@@ -254,7 +258,8 @@ int saefw_tokens_row(const saefw_tokens *t, int64_t r, int32_t *out, int64_t max
             int64_t x = v[i];
             if (i0 + i == 0 && t->bos >= 0) x = t->bos;
             if (x < 0 || (max_id > 0 && x >= max_id) || x > INT32_MAX)
-                return saefw_errf(err, errlen, "%s: token id %lld at position %lld is outside the vocabulary (d_vocab %lld)",
+                return saefw_errf(err, errlen,
+                                  "%s: token id %lld at position %lld is outside the vocabulary (d_vocab %lld)",
                                   t->path, (long long)x, (long long)(off + i0 + i), (long long)max_id);
             out[i0 + i] = (int32_t)x;
         }
@@ -301,19 +306,21 @@ int saefw_tokens_first_pass(const saefw_tokens *t, int64_t pos, int32_t *out, in
 }
 
 int saefw_tokens_save(const saefw_tokens *t, saefw_state_out *st, char *err, size_t errlen) {
-    if (saefw_state_put_i64(st, "rows", t->rows, err, errlen) != 0 || saefw_state_put_i64(st, "cursor", t->cursor, err, errlen) != 0)
+    if (saefw_state_put_i64(st, "rows", t->rows, err, errlen) != 0 ||
+        saefw_state_put_i64(st, "cursor", t->cursor, err, errlen) != 0)
         return -1;
     return saefw_state_put_i64(st, "pass", t->pass, err, errlen);
 }
 
 int saefw_tokens_load(saefw_tokens *t, saefw_state_in *st, char *err, size_t errlen) {
     int64_t rows = 0, cursor = 0, pass = 0;
-    if (saefw_state_get_i64(st, "rows", &rows, err, errlen) != 0 || saefw_state_get_i64(st, "cursor", &cursor, err, errlen) != 0 ||
+    if (saefw_state_get_i64(st, "rows", &rows, err, errlen) != 0 ||
+        saefw_state_get_i64(st, "cursor", &cursor, err, errlen) != 0 ||
         saefw_state_get_i64(st, "pass", &pass, err, errlen) != 0)
         return -1;
     if (rows != t->rows || cursor < 0 || cursor > rows || pass < 0)
-        return saefw_errf(err, errlen, "%s: the run was saved with a token file of %lld rows, this one has %lld", t->path,
-                          (long long)rows, (long long)t->rows);
+        return saefw_errf(err, errlen, "%s: the run was saved with a token file of %lld rows, this one has %lld",
+                          t->path, (long long)rows, (long long)t->rows);
     t->cursor = cursor;
     t->pass = pass;
     new_key(t);

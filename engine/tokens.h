@@ -11,11 +11,11 @@
 
 typedef struct {
     const char *path;
-    const char *tensor;  /* tensor name in a multi-tensor file (NULL: the only one, or "tokens") */
-    const char *dtype;   /* for raw .bin: "uint16", "int32", "int64" (required there) */
-    int64_t seq_len;     /* tokens per row */
-    int64_t bos;         /* >= 0: overwrite position 0 of every row with this id (the seed's preprocessing) */
-    int shuffle;         /* visit rows in a seeded random order, reshuffled at each pass */
+    const char *tensor; /* tensor name in a multi-tensor file (NULL: the only one, or "tokens") */
+    const char *dtype;  /* for raw .bin: "uint16", "int32", "int64" (required there) */
+    int64_t seq_len;    /* tokens per row */
+    int64_t bos;        /* >= 0: overwrite position 0 of every row with this id (the seed's preprocessing) */
+    int shuffle;        /* visit rows in a seeded random order, reshuffled at each pass */
     uint64_t seed;
 } saefw_tokens_opts;
 

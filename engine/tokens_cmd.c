@@ -70,8 +70,8 @@ int saefw_cmd_tokens(int argc, char **argv) {
         fprintf(stderr, "saefw tokens convert: %s\n", err);
         return 1;
     }
-    saefw_token_convert_opts o = {.shards = (const char *const *)sh.paths, .n_shards = (int)sh.n, .column = column,
-                                  .out = out, .progress = -1};
+    saefw_token_convert_opts o = {
+        .shards = (const char *const *)sh.paths, .n_shards = (int)sh.n, .column = column, .out = out, .progress = -1};
     saefw_token_convert_stats st;
     int rc = saefw_tokens_convert(&o, &st, err, sizeof err);
     saefw_shards_free(&sh);
@@ -80,8 +80,9 @@ int saefw_cmd_tokens(int argc, char **argv) {
         return 1;
     }
     fprintf(stderr, "%lld rows, %lld tokens (%s%s) in %.1f s (%.1fM tokens/s)\n", (long long)st.rows,
-            (long long)st.tokens, st.dtype_bits == 16 ? "uint16" : "int32", st.row_len > 0 ? ", equal rows" : ", one stream",
-            st.seconds, st.seconds > 0 ? (double)st.tokens / st.seconds / 1e6 : 0.0);
+            (long long)st.tokens, st.dtype_bits == 16 ? "uint16" : "int32",
+            st.row_len > 0 ? ", equal rows" : ", one stream", st.seconds,
+            st.seconds > 0 ? (double)st.tokens / st.seconds / 1e6 : 0.0);
     printf("%s\n", out);
     return 0;
 }

@@ -64,8 +64,8 @@ static void arena_free(arena *a) {
  * Pickle values */
 
 enum { V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_TUPLE, V_LIST, V_DICT, V_GLOBAL, V_STORAGE, V_TENSOR, V_DEVICE };
-static const char *const kind_name[] = {"None", "bool",   "int",     "float",  "str",   "tuple",
-                                        "list", "dict",   "global",  "storage", "tensor", "torch.device"};
+static const char *const kind_name[] = {"None", "bool", "int",    "float",   "str",    "tuple",
+                                        "list", "dict", "global", "storage", "tensor", "torch.device"};
 
 enum { G_ORDERED_DICT, G_REBUILD_TENSOR, G_REBUILD_PARAMETER, G_STORAGE, G_DEVICE };
 
@@ -82,12 +82,27 @@ struct val {
     int kind;
     int collected; /* a dict already flattened: reaching it again means shared dicts */
     union {
-        int64_t i;                                       /* V_BOOL, V_INT */
-        double f;                                        /* V_FLOAT */
-        struct { const char *p; size_t len; } s;         /* V_STR, NUL-terminated */
-        struct { val **v; size_t n, cap; } seq;          /* tuple, list; dict as key, value, key, ... */
-        struct { int id; saefw_dtype dtype; const char *name; } g;
-        struct { const char *key; size_t key_len; saefw_dtype dtype; int64_t numel; } st;
+        int64_t i; /* V_BOOL, V_INT */
+        double f;  /* V_FLOAT */
+        struct {
+            const char *p;
+            size_t len;
+        } s; /* V_STR, NUL-terminated */
+        struct {
+            val **v;
+            size_t n, cap;
+        } seq; /* tuple, list; dict as key, value, key, ... */
+        struct {
+            int id;
+            saefw_dtype dtype;
+            const char *name;
+        } g;
+        struct {
+            const char *key;
+            size_t key_len;
+            saefw_dtype dtype;
+            int64_t numel;
+        } st;
         tensor_rec *t;
     } u;
 };
@@ -117,23 +132,74 @@ static const struct {
     uint8_t op;
     const char *name;
 } opcode_names[] = {
-    {'(', "MARK"},          {'.', "STOP"},         {'0', "POP"},          {'1', "POP_MARK"},
-    {'2', "DUP"},           {'F', "FLOAT"},        {'I', "INT"},          {'J', "BININT"},
-    {'K', "BININT1"},       {'L', "LONG"},         {'M', "BININT2"},      {'N', "NONE"},
-    {'P', "PERSID"},        {'Q', "BINPERSID"},    {'R', "REDUCE"},       {'S', "STRING"},
-    {'T', "BINSTRING"},     {'U', "SHORT_BINSTRING"}, {'V', "UNICODE"},   {'X', "BINUNICODE"},
-    {'a', "APPEND"},        {'b', "BUILD"},        {'c', "GLOBAL"},       {'d', "DICT"},
-    {'}', "EMPTY_DICT"},    {'e', "APPENDS"},      {'g', "GET"},          {'h', "BINGET"},
-    {'i', "INST"},          {'j', "LONG_BINGET"},  {'l', "LIST"},         {']', "EMPTY_LIST"},
-    {'o', "OBJ"},           {'p', "PUT"},          {'q', "BINPUT"},       {'r', "LONG_BINPUT"},
-    {'s', "SETITEM"},       {'t', "TUPLE"},        {')', "EMPTY_TUPLE"},  {'u', "SETITEMS"},
-    {'G', "BINFLOAT"},      {'B', "BINBYTES"},     {'C', "SHORT_BINBYTES"}, {0x80, "PROTO"},
-    {0x81, "NEWOBJ"},       {0x82, "EXT1"},        {0x83, "EXT2"},        {0x84, "EXT4"},
-    {0x85, "TUPLE1"},       {0x86, "TUPLE2"},      {0x87, "TUPLE3"},      {0x88, "NEWTRUE"},
-    {0x89, "NEWFALSE"},     {0x8a, "LONG1"},       {0x8b, "LONG4"},       {0x8c, "SHORT_BINUNICODE"},
-    {0x8d, "BINUNICODE8"},  {0x8e, "BINBYTES8"},   {0x8f, "EMPTY_SET"},   {0x90, "ADDITEMS"},
-    {0x91, "FROZENSET"},    {0x92, "NEWOBJ_EX"},   {0x93, "STACK_GLOBAL"}, {0x94, "MEMOIZE"},
-    {0x95, "FRAME"},        {0x96, "BYTEARRAY8"},  {0x97, "NEXT_BUFFER"}, {0x98, "READONLY_BUFFER"},
+    {'(', "MARK"},
+    {'.', "STOP"},
+    {'0', "POP"},
+    {'1', "POP_MARK"},
+    {'2', "DUP"},
+    {'F', "FLOAT"},
+    {'I', "INT"},
+    {'J', "BININT"},
+    {'K', "BININT1"},
+    {'L', "LONG"},
+    {'M', "BININT2"},
+    {'N', "NONE"},
+    {'P', "PERSID"},
+    {'Q', "BINPERSID"},
+    {'R', "REDUCE"},
+    {'S', "STRING"},
+    {'T', "BINSTRING"},
+    {'U', "SHORT_BINSTRING"},
+    {'V', "UNICODE"},
+    {'X', "BINUNICODE"},
+    {'a', "APPEND"},
+    {'b', "BUILD"},
+    {'c', "GLOBAL"},
+    {'d', "DICT"},
+    {'}', "EMPTY_DICT"},
+    {'e', "APPENDS"},
+    {'g', "GET"},
+    {'h', "BINGET"},
+    {'i', "INST"},
+    {'j', "LONG_BINGET"},
+    {'l', "LIST"},
+    {']', "EMPTY_LIST"},
+    {'o', "OBJ"},
+    {'p', "PUT"},
+    {'q', "BINPUT"},
+    {'r', "LONG_BINPUT"},
+    {'s', "SETITEM"},
+    {'t', "TUPLE"},
+    {')', "EMPTY_TUPLE"},
+    {'u', "SETITEMS"},
+    {'G', "BINFLOAT"},
+    {'B', "BINBYTES"},
+    {'C', "SHORT_BINBYTES"},
+    {0x80, "PROTO"},
+    {0x81, "NEWOBJ"},
+    {0x82, "EXT1"},
+    {0x83, "EXT2"},
+    {0x84, "EXT4"},
+    {0x85, "TUPLE1"},
+    {0x86, "TUPLE2"},
+    {0x87, "TUPLE3"},
+    {0x88, "NEWTRUE"},
+    {0x89, "NEWFALSE"},
+    {0x8a, "LONG1"},
+    {0x8b, "LONG4"},
+    {0x8c, "SHORT_BINUNICODE"},
+    {0x8d, "BINUNICODE8"},
+    {0x8e, "BINBYTES8"},
+    {0x8f, "EMPTY_SET"},
+    {0x90, "ADDITEMS"},
+    {0x91, "FROZENSET"},
+    {0x92, "NEWOBJ_EX"},
+    {0x93, "STACK_GLOBAL"},
+    {0x94, "MEMOIZE"},
+    {0x95, "FRAME"},
+    {0x96, "BYTEARRAY8"},
+    {0x97, "NEXT_BUFFER"},
+    {0x98, "READONLY_BUFFER"},
 };
 
 static const char *opcode_name(uint8_t op) {
@@ -291,7 +357,8 @@ static int op_string(vm *m, int lenbytes, int is_signed) {
     if (take(m, (size_t)lenbytes, &q) != 0) return -1;
     uint64_t n = le(q, lenbytes);
     if (is_signed && (n & 0x80000000u)) return vm_err(m, "negative string length");
-    if (n > (uint64_t)(m->end - m->p)) return vm_err(m, "string of %" PRIu64 " bytes runs past the end of the pickle", n);
+    if (n > (uint64_t)(m->end - m->p))
+        return vm_err(m, "string of %" PRIu64 " bytes runs past the end of the pickle", n);
     val *v = make_str(m, m->p, (size_t)n);
     m->p += n;
     return push(m, v);
@@ -423,8 +490,7 @@ static int op_reduce(vm *m) {
         if (n < 1 || n > 2 || a[0]->kind != V_STR || (n == 2 && a[1]->kind != V_INT))
             return vm_err(m, "unexpected arguments to torch.device");
         return push(m, new_val(m, V_DEVICE));
-    default:
-        return vm_err(m, "calling torch.%s is not supported", fn->u.g.name);
+    default: return vm_err(m, "calling torch.%s is not supported", fn->u.g.name);
     }
 }
 
@@ -461,8 +527,7 @@ static int vm_step(vm *m, uint8_t op, val **result) {
         if (take(m, 8, &q) != 0) return -1;
         if (le(q, 8) > (uint64_t)(m->end - m->p)) return vm_err(m, "FRAME runs past the end of the pickle");
         return 0;
-    case 'c':
-        return op_global(m);
+    case 'c': return op_global(m);
     case 0x93: { /* STACK_GLOBAL */
         val *name = pop(m), *mod = name ? pop(m) : NULL;
         if (!mod) return -1;
@@ -474,12 +539,9 @@ static int vm_step(vm *m, uint8_t op, val **result) {
             return vm_err(m, "out of memory while unpickling");
         m->marks[m->nmarks++] = m->sp;
         return 0;
-    case '}':
-        return push(m, new_val(m, V_DICT));
-    case ']':
-        return push(m, new_val(m, V_LIST));
-    case ')':
-        return push(m, make_tuple(m, NULL, 0));
+    case '}': return push(m, new_val(m, V_DICT));
+    case ']': return push(m, new_val(m, V_LIST));
+    case ')': return push(m, make_tuple(m, NULL, 0));
     case 't':
         if (pop_mark(m, &from, &n) != 0) return -1;
         /* No elements after the mark: no pointer arithmetic on a possibly empty stack. */
@@ -491,16 +553,11 @@ static int vm_step(vm *m, uint8_t op, val **result) {
         if (m->sp < fence(m) + n) return vm_err(m, "pickle stack underflow");
         m->sp -= n;
         return push(m, make_tuple(m, m->stack + m->sp, n));
-    case 'X':
-        return op_string(m, 4, 0);
-    case 0x8c:
-        return op_string(m, 1, 0);
-    case 0x8d:
-        return op_string(m, 8, 0);
-    case 'T':
-        return op_string(m, 4, 1);
-    case 'U':
-        return op_string(m, 1, 0);
+    case 'X': return op_string(m, 4, 0);
+    case 0x8c: return op_string(m, 1, 0);
+    case 0x8d: return op_string(m, 8, 0);
+    case 'T': return op_string(m, 4, 1);
+    case 'U': return op_string(m, 1, 0);
     case 'J':
         if (take(m, 4, &q) != 0) return -1;
         return op_int(m, (int32_t)(uint32_t)le(q, 4));
@@ -527,8 +584,7 @@ static int vm_step(vm *m, uint8_t op, val **result) {
         if (v) memcpy(&v->u.f, &u, sizeof u);
         return push(m, v);
     }
-    case 'N':
-        return push(m, new_val(m, V_NONE));
+    case 'N': return push(m, new_val(m, V_NONE));
     case 0x88:
     case 0x89:
         v = new_val(m, V_BOOL);
@@ -540,18 +596,15 @@ static int vm_step(vm *m, uint8_t op, val **result) {
     case 'r':
         if (take(m, 4, &q) != 0) return -1;
         return memo_put(m, le(q, 4));
-    case 0x94:
-        return memo_put(m, m->memo_count);
+    case 0x94: return memo_put(m, m->memo_count);
     case 'h':
         if (take(m, 1, &q) != 0) return -1;
         return memo_get(m, q[0]);
     case 'j':
         if (take(m, 4, &q) != 0) return -1;
         return memo_get(m, le(q, 4));
-    case 'Q':
-        return op_persid(m);
-    case 'R':
-        return op_reduce(m);
+    case 'Q': return op_persid(m);
+    case 'R': return op_reduce(m);
     case 'b': { /* BUILD: only a dict's attribute state (a state dict's _metadata), which is ignored. */
         val *state = pop(m), *inst = state ? top(m) : NULL;
         if (!inst) return -1;
@@ -573,11 +626,8 @@ static int vm_step(vm *m, uint8_t op, val **result) {
     case 'e':
         if (pop_mark(m, &from, &n) != 0) return -1;
         return op_appends(m, from, n);
-    case '.':
-        *result = pop(m);
-        return *result ? 0 : -1;
-    default:
-        return vm_err(m, "unsupported pickle opcode 0x%02x (%s)", op, opcode_name(op));
+    case '.': *result = pop(m); return *result ? 0 : -1;
+    default: return vm_err(m, "unsupported pickle opcode 0x%02x (%s)", op, opcode_name(op));
     }
 }
 
@@ -665,24 +715,18 @@ static int collect_dict(collector *c, val *d, char *buf, size_t len, int depth) 
         if (k->kind != V_STR)
             return saefw_errf(c->err, c->errlen, "state dict key is a %s, not a string", kind_name[k->kind]);
         size_t nl = len + (len ? 1 : 0) + k->u.s.len;
-        if (nl > NAME_LEN_MAX)
-            return saefw_errf(c->err, c->errlen, "tensor name longer than %d bytes", NAME_LEN_MAX);
+        if (nl > NAME_LEN_MAX) return saefw_errf(c->err, c->errlen, "tensor name longer than %d bytes", NAME_LEN_MAX);
         if (len) buf[len] = '.';
         memcpy(buf + nl - k->u.s.len, k->u.s.p, k->u.s.len);
         int rc = 0;
         switch (v->kind) {
-        case V_TENSOR:
-            rc = collect_add(c, buf, nl, v->u.t);
-            break;
-        case V_DICT:
-            rc = collect_dict(c, v, buf, nl, depth + 1);
-            break;
+        case V_TENSOR: rc = collect_add(c, buf, nl, v->u.t); break;
+        case V_DICT: rc = collect_dict(c, v, buf, nl, depth + 1); break;
         case V_NONE:
         case V_BOOL:
         case V_INT:
         case V_FLOAT:
-        case V_STR:
-            break;
+        case V_STR: break;
         default:
             rc = saefw_errf(c->err, c->errlen, "entry %s is a %s; only tensors and dicts of tensors are read",
                             saefw_tfi_printable(nm, sizeof nm, buf, nl), kind_name[v->kind]);
@@ -697,10 +741,8 @@ static int collect(val *root, arena *a, named_tensor **out, size_t *n, char *err
     char buf[NAME_LEN_MAX + 1];
     buf[0] = 0; /* read as an empty name at the top level (and GCC -O3 cannot tell) */
     int rc;
-    if (root->kind == V_TENSOR)
-        rc = collect_add(&c, "tensor", 6, root->u.t);
-    else if (root->kind == V_DICT)
-        rc = collect_dict(&c, root, buf, 0, 0);
+    if (root->kind == V_TENSOR) rc = collect_add(&c, "tensor", 6, root->u.t);
+    else if (root->kind == V_DICT) rc = collect_dict(&c, root, buf, 0, 0);
     else
         rc = saefw_errf(err, errlen, "the pickled object is a %s, not a state dict or a tensor", kind_name[root->kind]);
     if (rc != 0) {
@@ -749,7 +791,8 @@ static int check_tensor(const named_tensor *nt, int64_t *numel, size_t *nbytes, 
     if (t->offset < 0 || t->offset > st->u.st.numel || *numel > st->u.st.numel - t->offset)
         return saefw_errf(err, errlen,
                           "tensor %s: storage offset %" PRId64 " + %" PRId64 " elements exceeds its storage of %" PRId64
-                          " elements", nm, t->offset, *numel, st->u.st.numel);
+                          " elements",
+                          nm, t->offset, *numel, st->u.st.numel);
     return 0;
 }
 

@@ -35,7 +35,8 @@ static int find_prefix(archive *ar, char *err, size_t errlen) {
         ar->prefix = e->name;
         ar->prefix_len = e->name_len - tl + 1;
     }
-    if (!found) return saefw_errf(err, errlen, "no <prefix>/data.pkl record: a zip archive but not a PyTorch checkpoint");
+    if (!found)
+        return saefw_errf(err, errlen, "no <prefix>/data.pkl record: a zip archive but not a PyTorch checkpoint");
     return 0;
 }
 

@@ -48,8 +48,11 @@ static void crash_num(int64_t v) {
 
 static void on_fault(int sig) {
     saefw_run *run = g_crash_run;
-    const char *name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
-                     : sig == SIGILL ? "SIGILL" : "SIGABRT";
+    const char *name = sig == SIGSEGV  ? "SIGSEGV"
+                       : sig == SIGBUS ? "SIGBUS"
+                       : sig == SIGFPE ? "SIGFPE"
+                       : sig == SIGILL ? "SIGILL"
+                                       : "SIGABRT";
     if (run) {
         crash_put("\nsaefw: ");
         if (run->current) {
@@ -145,9 +148,9 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
 
 static const char *hook_name(size_t offset) {
     return offset == offsetof(saefw_plugin, after_backward) ? "after_backward"
-         : offset == offsetof(saefw_plugin, after_step)     ? "after_step"
-         : offset == offsetof(saefw_plugin, on_eval)        ? "on_eval"
-         : offset == offsetof(saefw_plugin, on_end)         ? "on_end"
+           : offset == offsetof(saefw_plugin, after_step)   ? "after_step"
+           : offset == offsetof(saefw_plugin, on_eval)      ? "on_eval"
+           : offset == offsetof(saefw_plugin, on_end)       ? "on_end"
                                                             : "hook";
 }
 
@@ -163,7 +166,9 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
         char perr[512] = "";
         int rc = cb(run->plug_self[i], run, perr, sizeof perr);
         run->current = NULL;
-        if (rc != 0) return saefw_errf(err, errlen, "plugin %s: %s", p->name, saefw_train_plugin_msg(perr, sizeof perr, "callback failed"));
+        if (rc != 0)
+            return saefw_errf(err, errlen, "plugin %s: %s", p->name,
+                              saefw_train_plugin_msg(perr, sizeof perr, "callback failed"));
     }
     run->time.plugins += saefw_now() - t0;
     return 0;
@@ -177,8 +182,10 @@ static void trainer_free(saefw_run *run, int *rc, char *err, size_t errlen) {
     if (run->signals_set) saefw_stop_end(&run->stop_scope);
     for (int i = 0; i < run->n_created; i++)
         if (o->plugins[i].plugin->p.destroy && run->plug_self[i]) o->plugins[i].plugin->p.destroy(run->plug_self[i]);
-    if (run->opt_created && o->optimizer.plugin->p.destroy && run->opt_self) o->optimizer.plugin->p.destroy(run->opt_self);
-    if (run->metrics && fclose(run->metrics) != 0 && *rc == 0) *rc = saefw_errf(err, errlen, "metrics.jsonl: write failed");
+    if (run->opt_created && o->optimizer.plugin->p.destroy && run->opt_self)
+        o->optimizer.plugin->p.destroy(run->opt_self);
+    if (run->metrics && fclose(run->metrics) != 0 && *rc == 0)
+        *rc = saefw_errf(err, errlen, "metrics.jsonl: write failed");
     if (run->lock_fd >= 0) close(run->lock_fd);
     cJSON_Delete(run->changes);
     free(run->plug_self);
@@ -208,9 +215,11 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     if (o->optimizer.plugin->p.kind != SAEFW_KIND_OPTIMIZER)
         return saefw_errf(err, errlen, "train: plugin %s is a %s, not an optimizer", o->optimizer.plugin->p.name,
                           saefw_plugin_kind_name(o->optimizer.plugin->p.kind));
-    if (o->steps <= 0) return saefw_errf(err, errlen, "train: the number of steps must be positive (num_tokens >= batch_size)");
+    if (o->steps <= 0)
+        return saefw_errf(err, errlen, "train: the number of steps must be positive (num_tokens >= batch_size)");
     if (o->freq_batches > SAEFW_MAX_EVAL_BATCHES)
-        return saefw_errf(err, errlen, "train: freq_batches = %lld is more than %d", (long long)o->freq_batches, SAEFW_MAX_EVAL_BATCHES);
+        return saefw_errf(err, errlen, "train: freq_batches = %lld is more than %d", (long long)o->freq_batches,
+                          SAEFW_MAX_EVAL_BATCHES);
 
     double mem_estimate = 0;
     if (saefw_train_memory_check(o, o->progress != 0, &mem_estimate, err, errlen) != 0) return -1;
@@ -251,8 +260,10 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->run_dir);
         FILE *mf = fopen(mp, resume_from ? "r+" : "w"); /* a resumed run keeps its lines up to the checkpoint */
         if (!mf && errno == ENOENT) {
-            saefw_errf(err, errlen, "%s is missing: the run's record cannot be continued (put it back to resume; "
-                       "nothing was changed)", mp);
+            saefw_errf(err, errlen,
+                       "%s is missing: the run's record cannot be continued (put it back to resume; "
+                       "nothing was changed)",
+                       mp);
             goto fail;
         }
         if (!mf) {
@@ -273,8 +284,10 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
         run->current = op->name;
         run->callback = "create";
         run->opt_self = o->optimizer.self;
-        if (op->create && op->create(saefw_host_table(), run, o->optimizer.opts, &run->opt_self, perr, sizeof perr) != 0) {
-            saefw_errf(err, errlen, "plugin %s: %s", op->name, saefw_train_plugin_msg(perr, sizeof perr, "create failed"));
+        if (op->create &&
+            op->create(saefw_host_table(), run, o->optimizer.opts, &run->opt_self, perr, sizeof perr) != 0) {
+            saefw_errf(err, errlen, "plugin %s: %s", op->name,
+                       saefw_train_plugin_msg(perr, sizeof perr, "create failed"));
             goto fail;
         }
         run->opt_created = 1;
@@ -284,7 +297,8 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
             run->plug_self[i] = o->plugins[i].self;
             if (p->create &&
                 p->create(saefw_host_table(), run, o->plugins[i].opts, &run->plug_self[i], perr, sizeof perr) != 0) {
-                saefw_errf(err, errlen, "plugin %s: %s", p->name, saefw_train_plugin_msg(perr, sizeof perr, "create failed"));
+                saefw_errf(err, errlen, "plugin %s: %s", p->name,
+                           saefw_train_plugin_msg(perr, sizeof perr, "create failed"));
                 goto fail;
             }
             run->n_created = i + 1;
@@ -294,8 +308,7 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
 
     int64_t start = 0;
     if (resume_from) {
-        if (o->progress != 0)
-            fprintf(stderr, "resuming from %s\n", resume_from);
+        if (o->progress != 0) fprintf(stderr, "resuming from %s\n", resume_from);
         start = saefw_train_read_state(run, resume_from, err, errlen);
         if (start < 0) goto fail;
         run->res.resumed_at = start;
@@ -303,8 +316,7 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
         run->ckpt_next = start;
         snprintf(run->resume_dir, sizeof run->resume_dir, "%s", resume_from);
         run->ckpt_path = run->resume_dir;
-        if (o->progress != 0)
-            fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
+        if (o->progress != 0) fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
     }
     run->next = start;
 
@@ -359,7 +371,8 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
         int src = op->step(run->opt_self, run, perr, sizeof perr);
         run->current = NULL;
         if (src != 0)
-            return saefw_errf(err, errlen, "plugin %s: %s", op->name, saefw_train_plugin_msg(perr, sizeof perr, "step failed"));
+            return saefw_errf(err, errlen, "plugin %s: %s", op->name,
+                              saefw_train_plugin_msg(perr, sizeof perr, "step failed"));
     }
     if (call_hooks(run, offsetof(saefw_plugin, after_step), err, errlen) != 0) return -1;
     run->time.step += saefw_now() - ts - (run->time.plugins - plug0);
@@ -442,8 +455,10 @@ static int finish(saefw_run *run, char *err, size_t errlen) {
     }
 
     if (run->stopped_by)
-        fprintf(stderr, "the on_%s callback stopped the run after step %lld of %lld; finishing it there (final "
-                "evaluation, checkpoint and end event)\n", run->stopped_by, (long long)m->step, (long long)o->steps);
+        fprintf(stderr,
+                "the on_%s callback stopped the run after step %lld of %lld; finishing it there (final "
+                "evaluation, checkpoint and end event)\n",
+                run->stopped_by, (long long)m->step, (long long)o->steps);
     res->stopped_by = run->stopped_by;
 
     if (run_eval(run, m, err, errlen) != 0) {
@@ -462,7 +477,8 @@ static int finish(saefw_run *run, char *err, size_t errlen) {
     }
     if (o->progress != 0 && saefw_mem_peak() > 0) {
         char pk[32], es[32];
-        fprintf(stderr, "memory: peak resident %s, estimated %s\n", saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),
+        fprintf(stderr, "memory: peak resident %s, estimated %s\n",
+                saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),
                 saefw_mem_fmt(run->mem_estimate, es, sizeof es));
     }
     return 0;
@@ -481,8 +497,7 @@ int saefw_train(const saefw_train_opts *o, saefw_train_result *res, char *err, s
     saefw_trainer *t;
     if (saefw_trainer_open(o, &t, err, errlen) != 0) return -1;
     int rc;
-    while ((rc = saefw_trainer_step(t, err, errlen)) > 0) {
-    }
+    while ((rc = saefw_trainer_step(t, err, errlen)) > 0) {}
     if (rc < 0) {
         saefw_trainer_close(t, res, err, errlen);
         return -1;

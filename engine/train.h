@@ -18,15 +18,15 @@
 
 /* Wall time of a run's parts in seconds, cumulative over the run (a resumed run continues the sums). */
 typedef struct {
-    double step;        /* the SAE step: forward, backward, decoder projection, optimizer */
-    double batch;       /* taking a batch from the buffer, refills excluded */
-    double refill;      /* buffer refills (on a model source: the model forward) */
-    double eval_freq;   /* evaluation: feature frequencies (their activations included) */
-    double eval_other;  /* evaluation: the evaluators (reconstruction score, MMCS) */
-    double checkpoint;  /* checkpoints and the training state */
-    double plugins;     /* plugin hooks other than the optimizer (resampling, interventions) */
-    double logging;     /* metrics.jsonl lines, event callbacks, progress lines */
-    double total;       /* the whole loop; total minus the parts above is the rest */
+    double step;       /* the SAE step: forward, backward, decoder projection, optimizer */
+    double batch;      /* taking a batch from the buffer, refills excluded */
+    double refill;     /* buffer refills (on a model source: the model forward) */
+    double eval_freq;  /* evaluation: feature frequencies (their activations included) */
+    double eval_other; /* evaluation: the evaluators (reconstruction score, MMCS) */
+    double checkpoint; /* checkpoints and the training state */
+    double plugins;    /* plugin hooks other than the optimizer (resampling, interventions) */
+    double logging;    /* metrics.jsonl lines, event callbacks, progress lines */
+    double total;      /* the whole loop; total minus the parts above is the rest */
 } saefw_time_split;
 
 /* One line: the total, then each part in seconds and percent of the total, then the rest. */
@@ -85,24 +85,24 @@ typedef struct {
 
 typedef struct {
     saefw_sae *sae;
-    saefw_buffer *buffer;       /* training batches */
+    saefw_buffer *buffer; /* training batches */
     /* Instead of a buffer: a function that writes the next batch [batch_size, d_in] (for callers
      * that feed batches themselves, e.g. tests replaying fixed batches). */
     int (*next_batch)(void *ud, float *out, int64_t batch_size, char *err, size_t errlen);
     void *next_batch_ud;
-    int64_t batch_size;         /* with next_batch only */
-    saefw_source *eval_source;  /* evaluation draws; NULL: the buffer's source (required with next_batch) */
-    int64_t steps;              /* optimizer steps to take */
-    double lr;                  /* > 0: the initial learning rate; else the optimizer's "lr" option (0 without one) */
+    int64_t batch_size;        /* with next_batch only */
+    saefw_source *eval_source; /* evaluation draws; NULL: the buffer's source (required with next_batch) */
+    int64_t steps;             /* optimizer steps to take */
+    double lr;                 /* > 0: the initial learning rate; else the optimizer's "lr" option (0 without one) */
     saefw_plugin_use optimizer;
     const saefw_plugin_use *plugins;
     int n_plugins;
     int64_t log_every, eval_every, checkpoint_every; /* 0 disables */
-    int64_t freq_batches;       /* eval batches for feature frequencies (the seed uses 5) */
-    const char *run_dir;        /* checkpoints and metrics.jsonl; NULL: none */
-    const cJSON *cfg;           /* fields written into every cfg.json (may be NULL) */
+    int64_t freq_batches;                            /* eval batches for feature frequencies (the seed uses 5) */
+    const char *run_dir;                             /* checkpoints and metrics.jsonl; NULL: none */
+    const cJSON *cfg;                                /* fields written into every cfg.json (may be NULL) */
     uint64_t seed;
-    int progress;               /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
+    int progress; /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
     saefw_train_event_fn on_event;
     void *event_ud;
     /* Evaluations at every eval after the feature frequencies, in this order (e.g. the
@@ -130,8 +130,8 @@ typedef struct {
     saefw_metrics last;
     char last_checkpoint[4096];
     saefw_stop_reason stop;
-    int interrupted; /* signal number that stopped the run, or 0 */
-    int64_t resumed_at; /* the step a resumed run started from (0 for a fresh run) */
+    int interrupted;        /* signal number that stopped the run, or 0 */
+    int64_t resumed_at;     /* the step a resumed run started from (0 for a fresh run) */
     const char *stopped_by; /* the event whose callback ended the run early ("log", "eval"), or NULL */
 } saefw_train_result;
 

@@ -72,7 +72,8 @@ static int host_reset_opt(saefw_run *run, int param, int axis, const int64_t *id
             return saefw_errf(err, errlen, "reset_optimizer_state: %s has no axis %d", p.name, axis);
         for (int64_t k = 0; k < n; k++)
             if (idx[k] < 0 || idx[k] >= p.shape[axis])
-                return saefw_errf(err, errlen, "reset_optimizer_state: %s: index %lld out of range along axis %d (size %lld)",
+                return saefw_errf(err, errlen,
+                                  "reset_optimizer_state: %s: index %lld out of range along axis %d (size %lld)",
                                   p.name, (long long)idx[k], axis, (long long)p.shape[axis]);
     }
     if (!op->reset_state) return 0;
@@ -91,7 +92,8 @@ static int64_t host_tokens(saefw_run *run) { return run->tokens; }
 static double host_lr(saefw_run *run) { return run->lr; }
 
 static int host_set_lr(saefw_run *run, double lr, char *err, size_t errlen) {
-    if (!(lr >= 0) || !isfinite(lr)) return saefw_errf(err, errlen, "set_learning_rate: %g is not a finite number >= 0", lr);
+    if (!(lr >= 0) || !isfinite(lr))
+        return saefw_errf(err, errlen, "set_learning_rate: %g is not a finite number >= 0", lr);
     run->lr = lr;
     return 0;
 }
@@ -104,7 +106,8 @@ static int host_loss_coeff(saefw_run *run, const char *name, double *value) {
 
 static int host_set_loss_coeff(saefw_run *run, const char *name, double value, char *err, size_t errlen) {
     if (!name || strcmp(name, "l1") != 0)
-        return saefw_errf(err, errlen, "set_loss_coeff: no coefficient '%s' (this SAE has: l1)", name ? name : "(null)");
+        return saefw_errf(err, errlen, "set_loss_coeff: no coefficient '%s' (this SAE has: l1)",
+                          name ? name : "(null)");
     if (!(value >= 0) || !isfinite(value))
         return saefw_errf(err, errlen, "set_loss_coeff: %s = %g is not a finite number >= 0", name, value);
     run->sae->l1_coeff = (float)value;
@@ -115,8 +118,10 @@ static void host_metric(saefw_run *run, const char *name, double value) {
     /* metric() returns nothing: a name that does not fit stops the run at its next metrics line. */
     if (!name || !*name || strlen(name) >= sizeof run->extra_name[0]) {
         if (!run->metric_error[0])
-            snprintf(run->metric_error, sizeof run->metric_error, "plugin %s: metric name '%.60s%s' is %s (1 to %d "
-                     "characters)", run->current ? run->current : "?", name ? name : "", name && strlen(name) > 60 ? "..." : "",
+            snprintf(run->metric_error, sizeof run->metric_error,
+                     "plugin %s: metric name '%.60s%s' is %s (1 to %d "
+                     "characters)",
+                     run->current ? run->current : "?", name ? name : "", name && strlen(name) > 60 ? "..." : "",
                      name && *name ? "too long" : "empty", (int)sizeof run->extra_name[0] - 1);
         return;
     }
@@ -127,8 +132,10 @@ static void host_metric(saefw_run *run, const char *name, double value) {
         }
     if (run->n_extra >= SAEFW_MAX_EXTRA_METRICS) {
         if (!run->metric_error[0])
-            snprintf(run->metric_error, sizeof run->metric_error, "plugin %s: metric '%s' is one more than the %d "
-                     "metrics a step can record", run->current ? run->current : "?", name, SAEFW_MAX_EXTRA_METRICS);
+            snprintf(run->metric_error, sizeof run->metric_error,
+                     "plugin %s: metric '%s' is one more than the %d "
+                     "metrics a step can record",
+                     run->current ? run->current : "?", name, SAEFW_MAX_EXTRA_METRICS);
         return;
     }
     snprintf(run->extra_name[run->n_extra], sizeof run->extra_name[0], "%s", name);
@@ -227,11 +234,12 @@ static const int64_t *host_batch_feature_counts(saefw_run *run) {
 
 static void host_free_tensor(float *data) { free(data); }
 
-static int host_read_tensor(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel,
-                            int *ndim, int64_t shape[SAEFW_PLUGIN_MAX_DIMS], char *err, size_t errlen) {
+static int host_read_tensor(saefw_run *run, const char *path, const char *name, float **data, int64_t *numel, int *ndim,
+                            int64_t shape[SAEFW_PLUGIN_MAX_DIMS], char *err, size_t errlen) {
     *data = NULL;
     saefw_tensorfile *tf = NULL;
-    if (!path || saefw_tf_open(path, &tf, err, errlen) != 0) return path ? -1 : saefw_errf(err, errlen, "no path given");
+    if (!path || saefw_tf_open(path, &tf, err, errlen) != 0)
+        return path ? -1 : saefw_errf(err, errlen, "no path given");
     const saefw_tensor_info *t = NULL;
     if (name) t = saefw_tf_find(tf, name);
     else if (saefw_tf_count(tf) == 1) t = saefw_tf_get(tf, 0);
@@ -239,7 +247,8 @@ static int host_read_tensor(saefw_run *run, const char *path, const char *name, 
     if (!t && name) saefw_errf(err, errlen, "%s: no tensor named '%s'", path, name);
     else if (!t) saefw_errf(err, errlen, "%s: holds %d tensors; name the one to read", path, saefw_tf_count(tf));
     else if (t->ndim > SAEFW_PLUGIN_MAX_DIMS)
-        saefw_errf(err, errlen, "%s: tensor %s has %d dimensions (at most %d)", path, t->name, t->ndim, SAEFW_PLUGIN_MAX_DIMS);
+        saefw_errf(err, errlen, "%s: tensor %s has %d dimensions (at most %d)", path, t->name, t->ndim,
+                   SAEFW_PLUGIN_MAX_DIMS);
     else if ((*data = saefw_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1), err, errlen)) != NULL) {
         if (saefw_tensor_to_f32(t, *data, err, errlen) != 0) {
             saefw_err_prefix(err, errlen, "%s", path);
@@ -257,7 +266,8 @@ static int host_read_tensor(saefw_run *run, const char *path, const char *name, 
 }
 
 /* The plugin ABI's state writer and reader are the engine's state, with the plugin's prefix set. */
-static int host_put_f32(saefw_state_writer *w, const char *name, const float *data, int64_t n, char *err, size_t errlen) {
+static int host_put_f32(saefw_state_writer *w, const char *name, const float *data, int64_t n, char *err,
+                        size_t errlen) {
     return saefw_state_put_copy((saefw_state_out *)w, name, SAEFW_DT_F32, n, data, err, errlen);
 }
 static int host_put_i64(saefw_state_writer *w, const char *name, const int64_t *data, int64_t n, char *err,

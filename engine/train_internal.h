@@ -17,8 +17,8 @@ struct saefw_run {
     saefw_sae_step *work;
     saefw_sae_eval *sample_work; /* for sample_activations, allocated on first use */
     saefw_source *eval_src;
-    float *batch;     /* [batch, d_in] */
-    int64_t batch_rows; /* rows of batch and work.acts valid for plugins (0 outside a step) */
+    float *batch;         /* [batch, d_in] */
+    int64_t batch_rows;   /* rows of batch and work.acts valid for plugins (0 outside a step) */
     int64_t *feat_counts; /* [d_sae]: batch_feature_counts, made on the first request of a step */
     int64_t counts_step;  /* the step they were made for, or -1 */
     float *freq;          /* [d_sae]: the latest eval's feature frequencies, for sparsity.safetensors */
@@ -27,33 +27,33 @@ struct saefw_run {
     double lr; /* the learning rate the optimizer applies (host learning_rate / set_learning_rate) */
     void *opt_self;
     void **plug_self;
-    const char *current; /* name of the plugin whose callback runs */
-    const char *callback; /* and that callback's name, for the crash report */
-    int64_t ckpt_next;    /* the step the last checkpoint resumes at (0: none yet) */
+    const char *current;   /* name of the plugin whose callback runs */
+    const char *callback;  /* and that callback's name, for the crash report */
+    int64_t ckpt_next;     /* the step the last checkpoint resumes at (0: none yet) */
     const char *ckpt_path; /* that checkpoint's folder, or NULL */
     int n_extra;
     char extra_name[SAEFW_MAX_EXTRA_METRICS][48];
     double extra_value[SAEFW_MAX_EXTRA_METRICS];
-    FILE *metrics;    /* metrics.jsonl, or NULL */
-    int64_t metrics_lines; /* lines in metrics.jsonl */
-    cJSON *changes;   /* configuration changes accepted at resumes: [{step, key, from, to}] */
+    FILE *metrics;          /* metrics.jsonl, or NULL */
+    int64_t metrics_lines;  /* lines in metrics.jsonl */
+    cJSON *changes;         /* configuration changes accepted at resumes: [{step, key, from, to}] */
     const char *stopped_by; /* the event whose callback asked the run to end after this step */
     char metric_error[256]; /* a metric that could not be recorded (the run stops with this) */
-    double t0;        /* when this process started training */
-    double elapsed_before; /* seconds spent before a resume, for the reported rate */
-    saefw_time_split time; /* where the run's wall time went (m.time at events) */
+    double t0;              /* when this process started training */
+    double elapsed_before;  /* seconds spent before a resume, for the reported rate */
+    saefw_time_split time;  /* where the run's wall time went (m.time at events) */
     /* The loop's own state (saefw_trainer_open .. saefw_trainer_close). */
     saefw_train_result res; /* what saefw_trainer_close hands back */
     char resume_dir[4096];  /* the checkpoint this run resumed from */
-    saefw_metrics m;  /* the latest step's figures (the eval's stay until the next eval) */
-    saefw_buffer *buf; /* o->buffer, or NULL when batches come from o->next_batch */
-    int64_t B;        /* rows per step */
-    int64_t next;     /* the next step to run */
-    int tty, plain;   /* live progress line on a terminal; plain progress lines */
-    double last_draw; /* when the live line was last drawn */
-    int64_t tokens0;  /* tokens seen when this process started training */
+    saefw_metrics m;        /* the latest step's figures (the eval's stay until the next eval) */
+    saefw_buffer *buf;      /* o->buffer, or NULL when batches come from o->next_batch */
+    int64_t B;              /* rows per step */
+    int64_t next;           /* the next step to run */
+    int tty, plain;         /* live progress line on a terminal; plain progress lines */
+    double last_draw;       /* when the live line was last drawn */
+    int64_t tokens0;        /* tokens seen when this process started training */
     double mem_estimate;
-    int lock_fd;      /* the run folder's lock, or -1 */
+    int lock_fd;                /* the run folder's lock, or -1 */
     int opt_created, n_created; /* optimizer and hook instances to destroy */
     int handlers_set, signals_set, failed;
     struct sigaction old_fault[SAEFW_TRAIN_FAULT_SIGS];

@@ -28,12 +28,14 @@ static void fmt_rate(double r, char *buf, size_t n) {
 void saefw_train_progress_line(const saefw_metrics *m, int tty) {
     char rate[32], eta[32];
     fmt_rate(m->tokens_per_s, rate, sizeof rate);
-    double left = m->tokens_per_s > 0 ? (double)(m->steps - m->step - 1) * ((double)m->tokens / (double)(m->step + 1)) / m->tokens_per_s : NAN;
+    double left = m->tokens_per_s > 0
+                      ? (double)(m->steps - m->step - 1) * ((double)m->tokens / (double)(m->step + 1)) / m->tokens_per_s
+                      : NAN;
     fmt_duration(left, eta, sizeof eta);
     fprintf(stderr, "%sstep %lld/%lld (%.0f%%) | %s tok/s | loss %.5g l2 %.5g l1 %.5g | L0 %.1f | EV %.3f | ETA %s%s",
             tty ? "\r\033[K" : "", (long long)m->step, (long long)m->steps,
-            100.0 * (double)(m->step + 1) / (double)m->steps, rate, m->loss, m->l2, m->l1, m->l0,
-            m->explained_variance, eta, tty ? "" : "\n");
+            100.0 * (double)(m->step + 1) / (double)m->steps, rate, m->loss, m->l2, m->l1, m->l0, m->explained_variance,
+            eta, tty ? "" : "\n");
     fflush(stderr);
 }
 
@@ -86,9 +88,11 @@ static int write_metrics_line(FILE *f, saefw_event event, const char *stopped_by
     for (int i = 0; i < m->n_extra; i++) json_num(f, m->extra_name[i], m->extra_value[i]);
     if (event != SAEFW_EVENT_LOG) {
         const saefw_time_split *t = &m->time;
-        fprintf(f, ",\"time_s\":{\"step\":%.3f,\"batch\":%.3f,\"refill\":%.3f,\"eval_freq\":%.3f,\"eval_other\":%.3f,"
+        fprintf(f,
+                ",\"time_s\":{\"step\":%.3f,\"batch\":%.3f,\"refill\":%.3f,\"eval_freq\":%.3f,\"eval_other\":%.3f,"
                 "\"checkpoint\":%.3f,\"plugins\":%.3f,\"logging\":%.3f,\"total\":%.3f}",
-                t->step, t->batch, t->refill, t->eval_freq, t->eval_other, t->checkpoint, t->plugins, t->logging, t->total);
+                t->step, t->batch, t->refill, t->eval_freq, t->eval_other, t->checkpoint, t->plugins, t->logging,
+                t->total);
     }
     fputs("}\n", f);
     if (fflush(f) != 0 || ferror(f)) return saefw_errf(err, errlen, "metrics.jsonl: write failed: %s", strerror(errno));
@@ -129,6 +133,6 @@ void saefw_train_eval_line(const saefw_run *run, const saefw_metrics *m) {
         size_t u = strlen(mm);
         snprintf(mm + u, sizeof mm - u, ", %s %.4g", run->extra_name[k], run->extra_value[k]);
     }
-    fprintf(stderr, "eval step %lld: dead %.4f, below 1e-6 %.4f, below 1e-5 %.4f%s\n", (long long)m->step,
-            m->frac_dead, m->frac_below_1e6, m->frac_below_1e5, mm);
+    fprintf(stderr, "eval step %lld: dead %.4f, below 1e-6 %.4f, below 1e-5 %.4f%s\n", (long long)m->step, m->frac_dead,
+            m->frac_below_1e6, m->frac_below_1e5, mm);
 }

@@ -67,8 +67,8 @@ static int plugin_slots(saefw_run *run, plugin_slot *slots) {
     return o->n_plugins + 1;
 }
 
-static int source_state(saefw_run *run, saefw_source *src, const char *prefix, saefw_state_out *out,
-                        saefw_state_in *in, char *err, size_t errlen) {
+static int source_state(saefw_run *run, saefw_source *src, const char *prefix, saefw_state_out *out, saefw_state_in *in,
+                        char *err, size_t errlen) {
     if (!src->save_state) return 0;
     if (out) {
         saefw_state_set_prefix(out, prefix);
@@ -87,7 +87,9 @@ static int put_record(saefw_run *run, saefw_state_out *st, char *err, size_t err
     if (!text) return saefw_errf(err, errlen, "training state: out of memory");
     int64_t n = (int64_t)strlen(text);
     int rc = saefw_state_put_i64(st, "config_bytes", n, err, errlen) == 0 &&
-             saefw_state_put_copy(st, "config", SAEFW_DT_U8, n, text, err, errlen) == 0 ? 0 : -1;
+                     saefw_state_put_copy(st, "config", SAEFW_DT_U8, n, text, err, errlen) == 0
+                 ? 0
+                 : -1;
     free(text);
     return rc;
 }
@@ -99,8 +101,10 @@ static int check_record(saefw_run *run, saefw_state_in *st, const char *dir, int
     const saefw_train_opts *o = run->o;
     *n_new = 0;
     if (!saefw_state_has(st, "config")) {
-        fprintf(stderr, "warning: %s records no configuration (an older saefw wrote it): changes to the run's "
-                "configuration cannot be checked\n", dir);
+        fprintf(stderr,
+                "warning: %s records no configuration (an older saefw wrote it): changes to the run's "
+                "configuration cannot be checked\n",
+                dir);
         return 0;
     }
     int64_t n = 0;
@@ -249,7 +253,8 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
     if (saefw_checkpoint_load(dir, &saved, NULL, err, errlen) != 0) return -1;
     if (saved.d_in != run->sae->d_in || saved.d_sae != run->sae->d_sae) {
         saefw_errf(err, errlen, "%s: the checkpoint's SAE is %lld -> %lld, this run's %lld -> %lld", dir,
-                   (long long)saved.d_in, (long long)saved.d_sae, (long long)run->sae->d_in, (long long)run->sae->d_sae);
+                   (long long)saved.d_in, (long long)saved.d_sae, (long long)run->sae->d_in,
+                   (long long)run->sae->d_sae);
         saefw_sae_free(&saved);
         return -1;
     }
@@ -267,7 +272,8 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
     if (saefw_state_get_i64(&st, "next_step", &next, err, errlen) != 0 ||
         saefw_state_get_i64(&st, "tokens", &tokens, err, errlen) != 0 ||
         saefw_state_get_i64(&st, "metrics_bytes", &offset, err, errlen) != 0 ||
-        (saefw_state_has(&st, "metrics_lines") && saefw_state_get_i64(&st, "metrics_lines", &lines, err, errlen) != 0) ||
+        (saefw_state_has(&st, "metrics_lines") &&
+         saefw_state_get_i64(&st, "metrics_lines", &lines, err, errlen) != 0) ||
         saefw_state_get_f64(&st, "elapsed_s", &elapsed, err, errlen) != 0 ||
         saefw_state_get_rng(&st, "rng", &run->rng, err, errlen) != 0)
         goto fail;
@@ -311,8 +317,8 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
         if (!p->load_state) {
             if (!p->stateless) {
                 char msg[256];
-                snprintf(msg, sizeof msg, "plugin %s saves no state: the resumed run may differ from an uninterrupted one",
-                         p->name);
+                snprintf(msg, sizeof msg,
+                         "plugin %s saves no state: the resumed run may differ from an uninterrupted one", p->name);
                 saefw_train_host_log(run, SAEFW_LOG_WARN, msg);
             }
             continue;
@@ -370,8 +376,7 @@ typedef struct {
 /* The checkpoint's files beside the weights: sparsity.safetensors (final), the training state. */
 static int add_files(void *vud, const char *tmp_dir, char *err, size_t errlen) {
     state_writer_ud *ud = vud;
-    if (ud->sparsity &&
-        saefw_checkpoint_write_sparsity(tmp_dir, ud->run->freq, ud->run->sae->d_sae, err, errlen) != 0)
+    if (ud->sparsity && saefw_checkpoint_write_sparsity(tmp_dir, ud->run->freq, ud->run->sae->d_sae, err, errlen) != 0)
         return -1;
     if (!ud->with_state) return 0;
     saefw_fault_point("checkpoint");
@@ -382,20 +387,21 @@ static int add_files(void *vud, const char *tmp_dir, char *err, size_t errlen) {
 
 /* A checkpoint folder; with_state adds the training state as of the start of step `next`. */
 int saefw_train_save_checkpoint(saefw_run *run, const char *name, const saefw_metrics *m, int64_t next, int with_state,
-                           saefw_train_result *res, char *err, size_t errlen) {
+                                saefw_train_result *res, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
     if (!o->run_dir) return 0;
     char dir[PATH_MAX];
     if ((name ? saefw_pathf(dir, sizeof dir, err, errlen, "%s/%s", o->run_dir, name)
-              : saefw_pathf(dir, sizeof dir, err, errlen, "%s/%d", o->run_dir, saefw_checkpoint_next_version(o->run_dir))) != 0)
+              : saefw_pathf(dir, sizeof dir, err, errlen, "%s/%d", o->run_dir,
+                            saefw_checkpoint_next_version(o->run_dir))) != 0)
         return -1;
     const double t0 = saefw_now();
     cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
     state_writer_ud ud = {run, next, with_state, name && run->freq};
-    int rc = saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state || ud.sparsity ? add_files : NULL, &ud, err,
-                                      errlen);
+    int rc =
+        saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state || ud.sparsity ? add_files : NULL, &ud, err, errlen);
     cJSON_Delete(cfg);
     if (rc == 0) {
         snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);

@@ -229,8 +229,7 @@ void saefw_slow_point(const char *name) {
     long ms = atol(spec + n + 1);
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     /* The whole time even through a signal, as a forward would take it. */
-    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 /* ---- the stop flag ---- */
@@ -259,5 +258,8 @@ void saefw_stop_end(const saefw_stop_scope *s) {
 
 int saefw_stop_errf(char *err, size_t errlen, const char *what) {
     int sig = g_stop;
-    return saefw_errf(err, errlen, "%s: interrupted by %s", what, sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal");
+    return saefw_errf(err, errlen, "%s: interrupted by %s", what,
+                      sig == SIGINT    ? "SIGINT"
+                      : sig == SIGTERM ? "SIGTERM"
+                                       : "a signal");
 }

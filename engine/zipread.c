@@ -80,7 +80,8 @@ static int cd_parse(const uint8_t *m, size_t size, saefw_zip_entry **out, size_t
     if (cd_off > size || cd_size > size - cd_off)
         return saefw_errf(err, errlen, "bad zip archive: central directory out of range (truncated?)");
     if (n_ent > cd_size / 46)
-        return saefw_errf(err, errlen, "bad zip archive: %" PRIu64 " entries do not fit in the central directory", n_ent);
+        return saefw_errf(err, errlen, "bad zip archive: %" PRIu64 " entries do not fit in the central directory",
+                          n_ent);
     saefw_zip_entry *e = saefw_calloc(n_ent ? (size_t)n_ent : 1, sizeof *e, err, errlen);
     if (!e) return -1;
     const uint8_t *p = m + cd_off, *end = m + cd_off + cd_size;
@@ -103,7 +104,8 @@ static int cd_parse(const uint8_t *m, size_t size, saefw_zip_entry **out, size_t
         if ((e[i].size == 0xffffffffu || e[i].comp_size == 0xffffffffu || e[i].local_off == 0xffffffffu) &&
             zip64_extra(p + 46 + nl, xl, &e[i].size, &e[i].comp_size, &e[i].local_off) != 0) {
             free(e);
-            return saefw_errf(err, errlen, "bad zip archive: zip64 extra field of entry %" PRIu64 " missing or short", i);
+            return saefw_errf(err, errlen, "bad zip archive: zip64 extra field of entry %" PRIu64 " missing or short",
+                              i);
         }
         p += 46 + nl + xl + cl;
     }
@@ -170,12 +172,9 @@ int saefw_zip_read(saefw_zip *z, size_t idx, const char *name, size_t max, uint8
     uint8_t extra;
     if (r >= 0 && got == size) r = zip_fread(zf, &extra, 1);
     int rc = 0;
-    if (r < 0)
-        rc = zip_msg(err, errlen, name, zip_file_get_error(zf));
-    else if (got != size)
-        rc = saefw_errf(err, errlen, "bad zip archive: %s is shorter than its stated size", name);
-    else if (r > 0)
-        rc = saefw_errf(err, errlen, "bad zip archive: %s is longer than its stated size", name);
+    if (r < 0) rc = zip_msg(err, errlen, name, zip_file_get_error(zf));
+    else if (got != size) rc = saefw_errf(err, errlen, "bad zip archive: %s is shorter than its stated size", name);
+    else if (r > 0) rc = saefw_errf(err, errlen, "bad zip archive: %s is longer than its stated size", name);
     zip_fclose(zf);
     if (rc != 0) {
         free(buf);

@@ -25,13 +25,13 @@ typedef void (*hf_progress_fn)(void *ud, const hf_event *ev);
 
 /* Where to talk to and with what; filled by hf_config_from_env, may be adjusted afterwards. */
 typedef struct {
-    char *endpoint;    /* "https://huggingface.co", no trailing slash */
-    char *token;       /* NULL when none was found; never printed, never uploaded */
-    char *hf_home;     /* $HF_HOME or ~/.cache/huggingface */
-    char *cache_dir;   /* hub cache: saefw_hf_cache_dir() of the core */
-    int offline;       /* HF_HUB_OFFLINE: never touch the network */
-    long retry_base_ms;/* first backoff delay, doubled per retry (SAEFW_HF_RETRY_BASE_MS, default 1000) */
-    int max_retries;   /* retries after the first attempt (SAEFW_HF_MAX_RETRIES, default 5) */
+    char *endpoint;     /* "https://huggingface.co", no trailing slash */
+    char *token;        /* NULL when none was found; never printed, never uploaded */
+    char *hf_home;      /* $HF_HOME or ~/.cache/huggingface */
+    char *cache_dir;    /* hub cache: saefw_hf_cache_dir() of the core */
+    int offline;        /* HF_HUB_OFFLINE: never touch the network */
+    long retry_base_ms; /* first backoff delay, doubled per retry (SAEFW_HF_RETRY_BASE_MS, default 1000) */
+    int max_retries;    /* retries after the first attempt (SAEFW_HF_MAX_RETRIES, default 5) */
     long connect_timeout_s;
     hf_progress_fn progress; /* may be NULL */
     void *progress_ud;
@@ -50,12 +50,12 @@ void hf_config_free(hf_config *cfg);
 int hf_validate_repo_id(const char *repo, char *err, size_t errlen);
 
 typedef struct {
-    const char *dir;      /* checkpoint folder */
-    const char *repo;     /* "org/name", or "name" for the token owner's namespace */
-    const char *revision; /* branch, NULL = "main" */
-    const char *message;  /* commit summary, NULL = "Upload <folder> with saefw" */
-    int create;           /* create the repo first (409 "already exists" is fine) */
-    int private_repo;     /* with create: make it private */
+    const char *dir;          /* checkpoint folder */
+    const char *repo;         /* "org/name", or "name" for the token owner's namespace */
+    const char *revision;     /* branch, NULL = "main" */
+    const char *message;      /* commit summary, NULL = "Upload <folder> with saefw" */
+    int create;               /* create the repo first (409 "already exists" is fine) */
+    int private_repo;         /* with create: make it private */
     const char *path_in_repo; /* put the folder's files under this sub-folder (an SAE id, as SAELens
                                * releases do) and write the repo-root card listing the SAEs; NULL: root */
 } hf_upload_opts;
@@ -65,18 +65,17 @@ typedef struct {
  * then the NDJSON commit as the last request, so a failure leaves no commit. A generated model
  * card README.md is added when the folder has cfg.json but no README.md. On success *commit_url
  * gets a malloc'd URL (caller frees). Returns 0, or -1 with a one-line message in err. */
-int hf_upload_folder(const hf_config *cfg, const hf_upload_opts *opts, char **commit_url, char *err,
-                     size_t errlen);
+int hf_upload_folder(const hf_config *cfg, const hf_upload_opts *opts, char **commit_url, char *err, size_t errlen);
 
 typedef struct {
-    const char *repo_type;        /* "model" (also when NULL) or "dataset" */
-    const char *repo;             /* "org/name" */
-    const char *revision;         /* branch, tag or commit hash; NULL = "main" */
-    const char *const *files;     /* paths in the repo ... */
+    const char *repo_type;    /* "model" (also when NULL) or "dataset" */
+    const char *repo;         /* "org/name" */
+    const char *revision;     /* branch, tag or commit hash; NULL = "main" */
+    const char *const *files; /* paths in the repo ... */
     size_t nfiles;
-    const char *const *include;   /* ... or globs matched as huggingface_hub's allow_patterns
+    const char *const *include; /* ... or globs matched as huggingface_hub's allow_patterns
                                    * (fnmatch on the whole path, '*' crosses '/') */
-    size_t ninclude;              /* neither files nor include: the whole repo */
+    size_t ninclude;            /* neither files nor include: the whole repo */
 } hf_download_opts;
 
 /* Download files of a model or dataset repo into the huggingface_hub cache layout
@@ -86,12 +85,11 @@ typedef struct {
  * Partial blobs (<blob>.incomplete) are resumed with HTTP Range. Honours HF_HUB_OFFLINE (cache
  * only) and falls back to the cache when the endpoint cannot be reached. Returns 0, or -1 with a
  * one-line message in err. */
-int hf_download_repo(const hf_config *cfg, const hf_download_opts *opts, char **path_out, char *err,
-                     size_t errlen);
+int hf_download_repo(const hf_config *cfg, const hf_download_opts *opts, char **path_out, char *err, size_t errlen);
 
 /* hf_download_repo of a model repo: `files` (nfiles of them; 0: the whole repo) at `revision`. */
-int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files,
-                size_t nfiles, char **path_out, char *err, size_t errlen);
+int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files, size_t nfiles,
+                char **path_out, char *err, size_t errlen);
 
 /* A saefw_hub_fetch_fn (engine/sae_resolve.h) over hf_download: fetch `files` of model repo `repo`
  * (main) into the cache with progress on stderr; *snapshot gets the malloc'd snapshot folder. */

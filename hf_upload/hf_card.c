@@ -23,10 +23,8 @@ static const cJSON *first_of(const cJSON *cfg, const char *const *keys) {
 static int scalar_text(const cJSON *v, char *out, size_t n) {
     if (cJSON_IsNumber(v)) {
         double d = v->valuedouble;
-        if (isfinite(d) && d == floor(d) && fabs(d) < 1e15)
-            snprintf(out, n, "%.0f", d);
-        else
-            snprintf(out, n, "%.6g", d);
+        if (isfinite(d) && d == floor(d) && fabs(d) < 1e15) snprintf(out, n, "%.0f", d);
+        else snprintf(out, n, "%.6g", d);
         return 1;
     }
     if (cJSON_IsBool(v)) {
@@ -50,8 +48,7 @@ static void hook_from_site(const char *site, const cJSON *layer, char *out, size
     char err[256];
     if (saefw_hook_parse(site, strncmp(site, "blocks.", 7) ? l : -1, &h, err, sizeof err) == 0)
         saefw_hook_name(h, out, n);
-    else
-        snprintf(out, n, "%.200s", site);
+    else snprintf(out, n, "%.200s", site);
 }
 
 int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err, size_t errlen) {
@@ -80,8 +77,8 @@ int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err,
 
     hf_buf b = {0};
     hf_buf_puts(&b, "---\nlibrary_name: saefw\ntags:\n- sparse-autoencoder\n- saefw\n---\n\n");
-    hf_buf_printf(&b, "# Sparse autoencoder%s%s%s%s\n\n", model_s[0] ? " for " : "", model_s,
-                  hook_s[0] ? ", " : "", hook_s[0] ? hook_s : "");
+    hf_buf_printf(&b, "# Sparse autoencoder%s%s%s%s\n\n", model_s[0] ? " for " : "", model_s, hook_s[0] ? ", " : "",
+                  hook_s[0] ? hook_s : "");
     hf_buf_puts(&b, "A sparse autoencoder (SAE) trained with saefw on the activations of ");
     if (model_s[0]) hf_buf_printf(&b, "`%s`", model_s);
     else hf_buf_puts(&b, "a transformer");
@@ -91,16 +88,16 @@ int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err,
     if (model_s[0]) hf_buf_printf(&b, "| Model | %s |\n", model_s);
     if (hook_s[0]) hf_buf_printf(&b, "| Hook site | %s |\n", hook_s);
     if (scalar_text(d_in, v, sizeof v)) hf_buf_printf(&b, "| Input width (d_in) | %s |\n", v);
-    if (scalar_text(d_sae, v, sizeof v))
-        hf_buf_printf(&b, "| Dictionary size (d_sae) | %s |\n", v);
+    if (scalar_text(d_sae, v, sizeof v)) hf_buf_printf(&b, "| Dictionary size (d_sae) | %s |\n", v);
     else if (cJSON_IsNumber(d_in) && cJSON_IsNumber(mult))
         hf_buf_printf(&b, "| Dictionary size (d_sae) | %.0f |\n", d_in->valuedouble * mult->valuedouble);
     if (scalar_text(tokens, v, sizeof v)) hf_buf_printf(&b, "| Training tokens | %s |\n", v);
 
     static const struct {
         const char *key, *label;
-    } hyper[] = {{"architecture", "Architecture"}, {"dtype", "dtype"},       {"l1_coeff", "L1 coefficient"},
-                 {"lr", "Learning rate"},          {"batch_size", "Batch size"}, {"seed", "Seed"},
+    } hyper[] = {{"architecture", "Architecture"}, {"dtype", "dtype"},
+                 {"l1_coeff", "L1 coefficient"},   {"lr", "Learning rate"},
+                 {"batch_size", "Batch size"},     {"seed", "Seed"},
                  {"context_size", "Context size"}, {"seq_len", "Sequence length"},
                  {"dataset_path", "Dataset"},      {"dataset", "Dataset"}};
     for (size_t i = 0; i < sizeof hyper / sizeof hyper[0]; i++)
@@ -119,13 +116,15 @@ int hf_model_card(const char *cfg_json, const char *repo, char **out, char *err,
             hf_buf_printf(&b, "| %s | %s |\n", name, v);
         }
     }
-    hf_buf_printf(&b, "\n## Use\n\n```sh\nsaefw download %s\n```\n\nor, in Python, "
-                      "`huggingface_hub.snapshot_download(\"%s\")`; both fill the same cache.\n",
+    hf_buf_printf(&b,
+                  "\n## Use\n\n```sh\nsaefw download %s\n```\n\nor, in Python, "
+                  "`huggingface_hub.snapshot_download(\"%s\")`; both fill the same cache.\n",
                   repo, repo);
     /* A saefw checkpoint folder is in SAELens's layout (docs/saelens.md). */
     if (cJSON_GetObjectItemCaseSensitive(cfg, "d_in") && cJSON_GetObjectItemCaseSensitive(cfg, "architecture"))
-        hf_buf_printf(&b, "\nWith SAELens:\n\n```python\nfrom huggingface_hub import snapshot_download\nfrom sae_lens "
-                          "import SAE\n\nsae = SAE.load_from_disk(snapshot_download(\"%s\"))\n```\n",
+        hf_buf_printf(&b,
+                      "\nWith SAELens:\n\n```python\nfrom huggingface_hub import snapshot_download\nfrom sae_lens "
+                      "import SAE\n\nsae = SAE.load_from_disk(snapshot_download(\"%s\"))\n```\n",
                       repo);
     cJSON_Delete(cfg);
     if (b.oom) {

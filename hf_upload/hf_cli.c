@@ -241,8 +241,13 @@ static int cli_download(int argc, char **argv) {
     cfg.progress = hf_term_event;
     cfg.progress_ud = &term;
     char *path = NULL;
-    hf_download_opts o = {.repo_type = repo_type, .repo = repo, .revision = revision, .files = files,
-                          .nfiles = nfiles, .include = include, .ninclude = ninclude};
+    hf_download_opts o = {.repo_type = repo_type,
+                          .repo = repo,
+                          .revision = revision,
+                          .files = files,
+                          .nfiles = nfiles,
+                          .include = include,
+                          .ninclude = ninclude};
     rc = hf_download_repo(&cfg, &o, &path, err, sizeof err);
     free(files);
     free(include);

@@ -58,8 +58,10 @@ static int take_token(hf_config *cfg, const char *raw, const char *source, char 
     for (const char *p = t; *p; p++) {
         if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
             free(copy);
-            return saefw_errf(err, errlen, "the token from %s contains spaces or control characters; "
-                              "store only the token itself", source);
+            return saefw_errf(err, errlen,
+                              "the token from %s contains spaces or control characters; "
+                              "store only the token itself",
+                              source);
         }
     }
     cfg->token = hf_strdup(t);
@@ -98,7 +100,8 @@ int hf_config_from_env(hf_config *cfg, char *err, size_t errlen) {
     char dir[PATH_MAX];
     if (saefw_hf_home_dir(dir, sizeof dir) != 0 || saefw_hf_cache_dir(dir, sizeof dir) != 0) {
         hf_config_free(cfg);
-        return saefw_errf(err, errlen, "the Hugging Face cache path (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME) is too long");
+        return saefw_errf(err, errlen,
+                          "the Hugging Face cache path (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME) is too long");
     }
     if (!(cfg->cache_dir = hf_strdup(dir))) goto oom;
     if (saefw_hf_home_dir(dir, sizeof dir) != 0 || !(cfg->hf_home = hf_strdup(dir))) goto oom;
@@ -175,12 +178,13 @@ int hf_validate_repo_id(const char *repo, char *err, size_t errlen) {
     size_t n = strlen(repo);
     const char *slash = strchr(repo, '/');
     int ok = n <= 96 && !strstr(repo, "--") && !strstr(repo, "..");
-    if (ok && slash) ok = !strchr(slash + 1, '/') && name_ok(repo, (size_t)(slash - repo)) &&
-                          name_ok(slash + 1, strlen(slash + 1));
+    if (ok && slash)
+        ok = !strchr(slash + 1, '/') && name_ok(repo, (size_t)(slash - repo)) && name_ok(slash + 1, strlen(slash + 1));
     else if (ok) ok = name_ok(repo, n);
     if (!ok)
         return saefw_errf(err, errlen,
                           "bad repo id '%.120s': use NAME or ORG/NAME (letters, digits, '-', '_', '.'; "
-                          "no '--' or '..'; at most 96 characters)", repo);
+                          "no '--' or '..'; at most 96 characters)",
+                          repo);
     return 0;
 }

@@ -30,8 +30,8 @@ typedef struct {
     const char *url_prefix; /* "" for models, "datasets/" in resolve URLs */
     const char *api_kind;   /* "models", "datasets" in API URLs */
     const char *what;       /* "model", "dataset": for messages */
-    char *repo_dir;  /* <cache>/<kind>--org--name */
-    char *lock_dir;  /* <cache>/.locks/<kind>--org--name */
+    char *repo_dir;         /* <cache>/<kind>--org--name */
+    char *lock_dir;         /* <cache>/.locks/<kind>--org--name */
     char *err;
     size_t errlen;
 } dl;
@@ -121,8 +121,10 @@ static int write_ref(dl *d, const char *revision, const char *commit) {
     free(old);
     int rc = 0;
     if (!same)
-        rc = hf_mkdirs_for(ref, d->err, d->errlen) || saefw_write_file_atomic(ref, commit, strlen(commit), d->err, d->errlen)
-                 ? -1 : 0;
+        rc = hf_mkdirs_for(ref, d->err, d->errlen) ||
+                     saefw_write_file_atomic(ref, commit, strlen(commit), d->err, d->errlen)
+                 ? -1
+                 : 0;
     free(ref);
     return rc;
 }
@@ -209,8 +211,8 @@ typedef struct {
     uint64_t size;
     int size_known;
     int lfs;
-    char *get_url;  /* where the bytes are: the resolve URL, or the storage URL it redirected to */
-    int get_auth;   /* send the token there (only to the endpoint itself) */
+    char *get_url; /* where the bytes are: the resolve URL, or the storage URL it redirected to */
+    int get_auth;  /* send the token there (only to the endpoint itself) */
 } meta;
 
 static char *origin_of(const char *url) {
@@ -274,19 +276,19 @@ static int head_file(dl *d, const char *revision, const char *file, meta *m) {
                 mark_no_exist(d, revision, resp.repo_commit, file);
             if (!strcmp(code, "RepoNotFound") || !strcmp(code, "RevisionNotFound"))
                 snprintf(subject, sizeof subject, "repository %s", d->repo);
-            else
-                snprintf(subject, sizeof subject, "file %s in %s at revision %s", file, d->repo, revision);
+            else snprintf(subject, sizeof subject, "file %s in %s at revision %s", file, d->repo, revision);
             hf_http_fail(d->cfg, &req, &resp, subject,
-                         resp.status == 403 ? "private and gated repos need a token with read access" : NULL,
-                         d->err, d->errlen);
+                         resp.status == 403 ? "private and gated repos need a token with read access" : NULL, d->err,
+                         d->errlen);
             break;
         }
         const char *commit = resp.repo_commit;
         const char *etag = resp.linked_etag ? resp.linked_etag : resp.etag;
         const char *size = resp.linked_size ? resp.linked_size : resp.content_length;
         if (!commit || !hf_is_hex(commit, 40) || !etag) {
-            saefw_errf(d->err, d->errlen, "resolve %s: the server sent no commit hash or ETag; is %s a Hugging Face Hub?",
-                       file, d->cfg->endpoint);
+            saefw_errf(d->err, d->errlen,
+                       "resolve %s: the server sent no commit hash or ETag; is %s a Hugging Face Hub?", file,
+                       d->cfg->endpoint);
             break;
         }
         snprintf(m->commit, sizeof m->commit, "%s", commit);
@@ -318,8 +320,7 @@ static int resume_prepare(void *ud, hf_req *req, char *err, size_t errlen) {
     (void)ud, (void)err, (void)errlen;
     if (req->sink_off > 0)
         snprintf(req->range, sizeof req->range, "Range: bytes=%llu-", (unsigned long long)req->sink_off);
-    else
-        req->range[0] = 0;
+    else req->range[0] = 0;
     req->progress_base = req->sink_off;
     return 0;
 }
@@ -392,7 +393,8 @@ static int fetch_blob(dl *d, const char *file, const meta *m, const char *blob) 
         if (hf_sha256_file(inc.p, sha, NULL, NULL, NULL, d->err, d->errlen) != 0) goto out;
         if (strcmp(sha, m->etag) != 0) {
             unlink(inc.p);
-            saefw_errf(d->err, d->errlen, "%s: the downloaded bytes do not match their sha256; removed them, run again", file);
+            saefw_errf(d->err, d->errlen, "%s: the downloaded bytes do not match their sha256; removed them, run again",
+                       file);
             goto out;
         }
     }
@@ -424,10 +426,14 @@ static int download_one(dl *d, const char *revision, const char *file, char **po
         *pointer = cache_lookup(d, revision, file);
         if (*pointer) return cached_commit(d, revision, commit_out);
         if (no_exist_cached(d, revision, file))
-            return saefw_errf(d->err, d->errlen, "%s does not exist in %s %s at revision %s (the Hub said so earlier; "
-                              "recorded in %s/.no_exist)", file, d->what, d->repo, revision, d->repo_dir);
-        return saefw_errf(d->err, d->errlen, "HF_HUB_OFFLINE is set and %s of %s at revision %s is not in the cache "
-                          "(%s); unset HF_HUB_OFFLINE to download it", file, d->repo, revision, d->repo_dir);
+            return saefw_errf(d->err, d->errlen,
+                              "%s does not exist in %s %s at revision %s (the Hub said so earlier; "
+                              "recorded in %s/.no_exist)",
+                              file, d->what, d->repo, revision, d->repo_dir);
+        return saefw_errf(d->err, d->errlen,
+                          "HF_HUB_OFFLINE is set and %s of %s at revision %s is not in the cache "
+                          "(%s); unset HF_HUB_OFFLINE to download it",
+                          file, d->repo, revision, d->repo_dir);
     }
     meta m = {0};
     int hr = head_file(d, revision, file, &m);
@@ -559,7 +565,8 @@ static int api_get(dl *d, const char *url, const char *what, cJSON **j, char **n
     if (rc == 0 && resp.status != 200)
         rc = hf_http_fail(d->cfg, &req, &resp, subject,
                           resp.status == 403 || resp.status == 401
-                              ? "private and gated repos need a token with read access (HF_TOKEN)" : NULL,
+                              ? "private and gated repos need a token with read access (HF_TOKEN)"
+                              : NULL,
                           d->err, d->errlen);
     if (rc == 0) {
         *j = cJSON_ParseWithLength(resp.body.p ? resp.body.p : "", resp.body.len);
@@ -673,8 +680,10 @@ static int download_listed(dl *d, const hf_download_opts *o, const char *revisio
     if (cfg->offline) {
         *path_out = cache_lookup(d, revision, NULL);
         if (*path_out) return 0;
-        return saefw_errf(d->err, d->errlen, "HF_HUB_OFFLINE is set and %s %s at revision %s is not in the cache (%s); "
-                          "unset HF_HUB_OFFLINE to download it", d->what, d->repo, revision, d->repo_dir);
+        return saefw_errf(d->err, d->errlen,
+                          "HF_HUB_OFFLINE is set and %s %s at revision %s is not in the cache (%s); "
+                          "unset HF_HUB_OFFLINE to download it",
+                          d->what, d->repo, revision, d->repo_dir);
     }
     char commit[64] = "";
     strlist all = {0};
@@ -783,10 +792,8 @@ int hf_download_repo(const hf_config *cfg, const hf_download_opts *o, char **pat
     int rc = -1;
     d.repo_dir = hf_join(cfg->cache_dir, folder);
     d.lock_dir = path3(cfg->cache_dir, ".locks", folder);
-    if (!d.repo_dir || !d.lock_dir)
-        saefw_errf(err, errlen, "out of memory");
-    else
-        rc = run_download(&d, o, revision, path_out);
+    if (!d.repo_dir || !d.lock_dir) saefw_errf(err, errlen, "out of memory");
+    else rc = run_download(&d, o, revision, path_out);
     if (rc != 0) {
         free(*path_out);
         *path_out = NULL;
@@ -797,8 +804,8 @@ int hf_download_repo(const hf_config *cfg, const hf_download_opts *o, char **pat
     return rc;
 }
 
-int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files,
-                size_t nfiles, char **path_out, char *err, size_t errlen) {
+int hf_download(const hf_config *cfg, const char *repo, const char *revision, const char *const *files, size_t nfiles,
+                char **path_out, char *err, size_t errlen) {
     hf_download_opts o = {.repo_type = "model", .repo = repo, .revision = revision, .files = files, .nfiles = nfiles};
     return hf_download_repo(cfg, &o, path_out, err, errlen);
 }

@@ -39,9 +39,9 @@ void hf_req_init(hf_req *req, const char *method, const char *url, const char *w
 }
 
 static void clear_headers(hf_resp *r) {
-    char **fields[] = {&r->etag, &r->location, &r->repo_commit, &r->linked_etag, &r->linked_size,
-                       &r->content_length, &r->retry_after, &r->error_code, &r->error_message,
-                       &r->content_range, &r->link};
+    char **fields[] = {&r->etag,          &r->location,       &r->repo_commit, &r->linked_etag,
+                       &r->linked_size,   &r->content_length, &r->retry_after, &r->error_code,
+                       &r->error_message, &r->content_range,  &r->link};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         free(*fields[i]);
         *fields[i] = NULL;
@@ -187,7 +187,8 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     if (!req->progress_name) return 0;
     uint64_t now = req->progress_base + (uint64_t)(strcmp(req->method, "PUT") == 0 ? ulnow : dlnow);
     /* Report every 256 KiB, not every callback: the renderer need not throttle hard. */
-    if (now >= a->last_emit + (256u << 10) || (req->progress_total && now == req->progress_total && now != a->last_emit)) {
+    if (now >= a->last_emit + (256u << 10) ||
+        (req->progress_total && now == req->progress_total && now != a->last_emit)) {
         a->last_emit = now;
         hf_bytes(a->cfg, HF_EV_BYTES, req->progress_name, now, req->progress_total);
     }
@@ -197,15 +198,14 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
 static int retry_status(long s) { return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504; }
 
 static int dropped(CURLcode rc) {
-    return rc == CURLE_SEND_ERROR || rc == CURLE_RECV_ERROR || rc == CURLE_GOT_NOTHING ||
-           rc == CURLE_PARTIAL_FILE || rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_HTTP2 ||
-           rc == CURLE_HTTP2_STREAM || rc == CURLE_SSL_CONNECT_ERROR;
+    return rc == CURLE_SEND_ERROR || rc == CURLE_RECV_ERROR || rc == CURLE_GOT_NOTHING || rc == CURLE_PARTIAL_FILE ||
+           rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_HTTP2 || rc == CURLE_HTTP2_STREAM ||
+           rc == CURLE_SSL_CONNECT_ERROR;
 }
 
 static void sleep_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 static long backoff_ms(const hf_config *cfg, int attempt_no) {
@@ -237,10 +237,10 @@ static int perform(const hf_config *cfg, hf_req *req, attempt *a, char *curlerr,
     if (!c) return -1;
     struct curl_slist *hdrs = NULL, *t;
     int ok = 1;
-#define ADD(line)                                  \
-    do {                                           \
-        if (!(t = curl_slist_append(hdrs, line))) ok = 0; \
-        else hdrs = t;                             \
+#define ADD(line)                                                                                                      \
+    do {                                                                                                               \
+        if (!(t = curl_slist_append(hdrs, line))) ok = 0;                                                              \
+        else hdrs = t;                                                                                                 \
     } while (0)
     ADD("Expect:"); /* no 100-continue round trip before bodies */
     for (int i = 0; i < HF_MAX_HEADERS && req->headers[i]; i++) ADD(req->headers[i]);
@@ -265,7 +265,9 @@ static int perform(const hf_config *cfg, hf_req *req, attempt *a, char *curlerr,
     }
     curl_easy_setopt(c, CURLOPT_URL, req->url);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "saefw/" "0.1 (hf_upload; libcurl)");
+    curl_easy_setopt(c, CURLOPT_USERAGENT,
+                     "saefw/"
+                     "0.1 (hf_upload; libcurl)");
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -348,10 +350,11 @@ int hf_http(const hf_config *cfg, hf_req *req, hf_resp *resp, char *err, size_t 
             char tail[64] = "";
             if (attempt_no > 0) snprintf(tail, sizeof tail, " (after %d attempts)", attempt_no + 1);
             if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY)
-                saefw_errf(err, errlen, "cannot reach %s: %s%s; check the network and HF_ENDPOINT (HF_HUB_OFFLINE=1 "
-                           "uses only the local cache)", cfg->endpoint, msg, tail);
-            else
-                saefw_errf(err, errlen, "%s: connection to %s failed: %s%s", req->what, where, msg, tail);
+                saefw_errf(err, errlen,
+                           "cannot reach %s: %s%s; check the network and HF_ENDPOINT (HF_HUB_OFFLINE=1 "
+                           "uses only the local cache)",
+                           cfg->endpoint, msg, tail);
+            else saefw_errf(err, errlen, "%s: connection to %s failed: %s%s", req->what, where, msg, tail);
             hf_scrub(cfg, err);
             return -1;
         }
@@ -391,8 +394,8 @@ static void server_message(const hf_resp *resp, char *out, size_t n) {
     while (len && out[len - 1] == ' ') out[--len] = 0;
 }
 
-int hf_http_fail(const hf_config *cfg, const hf_req *req, const hf_resp *resp, const char *subject,
-                 const char *hint, char *err, size_t errlen) {
+int hf_http_fail(const hf_config *cfg, const hf_req *req, const hf_resp *resp, const char *subject, const char *hint,
+                 char *err, size_t errlen) {
     char server[320], meaning[384], advice[256] = "";
     server_message(resp, server, sizeof server);
     const char *code = resp->error_code ? resp->error_code : "";
@@ -422,7 +425,8 @@ int hf_http_fail(const hf_config *cfg, const hf_req *req, const hf_resp *resp, c
         snprintf(meaning, sizeof meaning, "too large for the Hub (HTTP 413)");
     } else if (s == 429) {
         snprintf(meaning, sizeof meaning, "rate limited (HTTP 429) after %d attempts", resp->attempts);
-        if (resp->retry_after) snprintf(advice, sizeof advice, "the Hub asks to retry after %.40s s", resp->retry_after);
+        if (resp->retry_after)
+            snprintf(advice, sizeof advice, "the Hub asks to retry after %.40s s", resp->retry_after);
     } else if (s >= 500) {
         snprintf(meaning, sizeof meaning, "server error (HTTP %ld) after %d attempts", s, resp->attempts);
         snprintf(advice, sizeof advice, "try again later");

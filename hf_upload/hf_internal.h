@@ -40,12 +40,12 @@ void hf_scrub(const hf_config *cfg, char *s);
 
 typedef struct hf_req hf_req;
 struct hf_req {
-    const char *method;       /* "GET", "HEAD", "POST", "PUT" */
+    const char *method; /* "GET", "HEAD", "POST", "PUT" */
     const char *url;
-    const char *what;         /* short name of the step for messages: "preupload", "commit" */
-    int auth;                 /* send the bearer token (only ever to the endpoint itself) */
-    int follow;               /* follow redirects */
-    int idempotent;           /* safe to resend after a dropped connection */
+    const char *what;                    /* short name of the step for messages: "preupload", "commit" */
+    int auth;                            /* send the bearer token (only ever to the endpoint itself) */
+    int follow;                          /* follow redirects */
+    int idempotent;                      /* safe to resend after a dropped connection */
     const char *headers[HF_MAX_HEADERS]; /* extra header lines, NULL-terminated */
     /* request body: memory (body/body_len) or a file range (body_fd >= 0) */
     const void *body;
@@ -55,7 +55,7 @@ struct hf_req {
     /* response body of a 2xx goes to sink_fd at sink_off (downloads) when sink_fd >= 0 */
     int sink_fd;
     uint64_t sink_off;
-    char range[64];           /* "Range: bytes=N-" line, or "" */
+    char range[64]; /* "Range: bytes=N-" line, or "" */
     /* progress of this transfer, reported as progress_base + bytes so far of progress_total */
     const char *progress_name;
     uint64_t progress_base, progress_total;
@@ -67,10 +67,10 @@ struct hf_req {
 typedef struct {
     long status;
     hf_buf body; /* the body when not sunk to a file (API answers, error bodies), capped */
-    char *etag, *location, *repo_commit, *linked_etag, *linked_size, *content_length,
-        *retry_after, *error_code, *error_message, *content_range, *link;
-    int attempts;         /* how many times the request was sent */
-    int sink_error;       /* errno of a failed write to sink_fd */
+    char *etag, *location, *repo_commit, *linked_etag, *linked_size, *content_length, *retry_after, *error_code,
+        *error_message, *content_range, *link;
+    int attempts;          /* how many times the request was sent */
+    int sink_error;        /* errno of a failed write to sink_fd */
     uint64_t sink_written; /* bytes written to sink_fd by the last attempt */
 } hf_resp;
 
@@ -86,8 +86,8 @@ int hf_http(const hf_config *cfg, hf_req *req, hf_resp *resp, char *err, size_t 
 
 /* Turn a non-2xx response into a one-line message: "<what>: <meaning> (HTTP <code>): <server's
  * message>[; hint]". subject names the object (repository, file), hint may be NULL. Returns -1. */
-int hf_http_fail(const hf_config *cfg, const hf_req *req, const hf_resp *resp, const char *subject,
-                 const char *hint, char *err, size_t errlen);
+int hf_http_fail(const hf_config *cfg, const hf_req *req, const hf_resp *resp, const char *subject, const char *hint,
+                 char *err, size_t errlen);
 
 /* URL-escape one path segment (all but unreserved characters) or a path (keeps '/'). malloc'd. */
 char *hf_escape(const char *s, int keep_slash);
@@ -95,8 +95,8 @@ char *hf_escape(const char *s, int keep_slash);
 /* ---- hashing ---- */
 /* sha256 of a file's bytes as 64 hex characters; also the size; also whether the bytes contain
  * `needle` (the token, so it is never uploaded; NULL to skip). */
-int hf_sha256_file(const char *path, char hex[65], uint64_t *size, const char *needle, int *found,
-                   char *err, size_t errlen);
+int hf_sha256_file(const char *path, char hex[65], uint64_t *size, const char *needle, int *found, char *err,
+                   size_t errlen);
 void hf_sha256_hex(const void *data, size_t n, char hex[65]);
 /* Standard base64 of data into a malloc'd NUL-terminated string (OpenSSL's encoder). */
 char *hf_base64(const void *data, size_t n);

@@ -12,7 +12,8 @@ static void check_keys(lua_State *L, const char *fn, const char *const *known) {
     lua_pushnil(L);
     while (lua_next(L, 1) != 0) {
         lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "saefw.hf.%s: arguments are named (a table of key = value)", fn);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "saefw.hf.%s: arguments are named (a table of key = value)", fn);
         const char *k = lua_tostring(L, -1);
         const char *const *p = known;
         while (*p && strcmp(*p, k) != 0) p++;
@@ -27,7 +28,8 @@ static const char *field_string(lua_State *L, const char *fn, const char *name, 
         if (required) luaL_error(L, "saefw.hf.%s: argument '%s' (a string) is required", fn, name);
         return NULL;
     }
-    if (t != LUA_TSTRING) luaL_error(L, "saefw.hf.%s: argument '%s' must be a string, got %s", fn, name, luaL_typename(L, -1));
+    if (t != LUA_TSTRING)
+        luaL_error(L, "saefw.hf.%s: argument '%s' must be a string, got %s", fn, name, luaL_typename(L, -1));
     return lua_tostring(L, -1);
 }
 
@@ -35,7 +37,8 @@ static int field_bool(lua_State *L, const char *fn, const char *name) {
     int t = lua_getfield(L, 1, name);
     int v = 0;
     if (t == LUA_TBOOLEAN) v = lua_toboolean(L, -1);
-    else if (t != LUA_TNIL) luaL_error(L, "saefw.hf.%s: argument '%s' must be a boolean, got %s", fn, name, luaL_typename(L, -1));
+    else if (t != LUA_TNIL)
+        luaL_error(L, "saefw.hf.%s: argument '%s' must be a boolean, got %s", fn, name, luaL_typename(L, -1));
     lua_pop(L, 1);
     return v;
 }
@@ -43,7 +46,8 @@ static int field_bool(lua_State *L, const char *fn, const char *name) {
 /* Run the operation with C-side resources only, then raise or return once they are freed:
  * luaL_error does not return, so nothing may be pending when it is called. */
 static int l_upload(lua_State *L) {
-    static const char *const known[] = {"dir", "repo", "create", "private", "message", "revision", "path_in_repo", NULL};
+    static const char *const known[] = {"dir",     "repo",     "create",       "private",
+                                        "message", "revision", "path_in_repo", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     check_keys(L, "upload", known);
     hf_upload_opts o = {0};
@@ -54,7 +58,8 @@ static int l_upload(lua_State *L) {
     o.path_in_repo = field_string(L, "upload", "path_in_repo", 0);
     o.create = field_bool(L, "upload", "create");
     o.private_repo = field_bool(L, "upload", "private");
-    if (o.private_repo && !o.create) luaL_error(L, "saefw.hf.upload: argument 'private' only applies with create = true");
+    if (o.private_repo && !o.create)
+        luaL_error(L, "saefw.hf.upload: argument 'private' only applies with create = true");
     char err[1024] = "";
     hf_config cfg;
     char *url = NULL;
@@ -86,8 +91,8 @@ static const char **field_strings(lua_State *L, const char *fn, const char *name
         *n = (size_t)luaL_len(L, idx);
         for (size_t i = 1; i <= *n; i++) {
             if (lua_geti(L, idx, (lua_Integer)i) != LUA_TSTRING)
-                luaL_error(L, "saefw.hf.%s: argument '%s' must be a list of strings (item %d is a %s)", fn, name, (int)i,
-                           luaL_typename(L, -1));
+                luaL_error(L, "saefw.hf.%s: argument '%s' must be a list of strings (item %d is a %s)", fn, name,
+                           (int)i, luaL_typename(L, -1));
             lua_pop(L, 1);
         }
     } else if (t != LUA_TNIL) {
@@ -116,7 +121,8 @@ static int l_download(lua_State *L) {
     o.revision = field_string(L, "download", "revision", 0);
     o.repo_type = field_string(L, "download", "repo_type", 0);
     if (o.repo_type && strcmp(o.repo_type, "model") != 0 && strcmp(o.repo_type, "dataset") != 0)
-        luaL_error(L, "saefw.hf.download: argument 'repo_type' must be \"model\" or \"dataset\", got \"%s\"", o.repo_type);
+        luaL_error(L, "saefw.hf.download: argument 'repo_type' must be \"model\" or \"dataset\", got \"%s\"",
+                   o.repo_type);
     o.files = field_strings(L, "download", "files", &o.nfiles);
     o.include = field_strings(L, "download", "include", &o.ninclude);
     if (o.nfiles && o.ninclude) luaL_error(L, "saefw.hf.download: arguments 'files' and 'include' exclude each other");

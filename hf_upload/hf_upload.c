@@ -22,9 +22,9 @@
 #define MAX_INLINE_BYTES (32u << 20)
 
 typedef struct {
-    char *rel;  /* path in the repo */
-    char *abs;  /* path on disk, NULL for generated files */
-    char *mem;  /* content of a generated file (the model card) */
+    char *rel; /* path in the repo */
+    char *abs; /* path on disk, NULL for generated files */
+    char *mem; /* content of a generated file (the model card) */
     uint64_t size;
     char sha[65];
     unsigned char sample[SAMPLE_BYTES];
@@ -101,16 +101,20 @@ static int scan(upload *u, const char *root, const char *absdir, const char *rel
         } else if (lstat(abs, &lst) != 0) {
             rc = saefw_errf(u->err, u->errlen, "%s: cannot stat: %s", abs, strerror(errno));
         } else if (S_ISLNK(lst.st_mode) && !link_inside(abs, root)) {
-            rc = saefw_errf(u->err, u->errlen, "%s is a symlink that leads outside %s (or nowhere); refusing to upload "
-                            "it: remove it, or replace it with a copy of the file", abs, u->root_arg);
+            rc = saefw_errf(u->err, u->errlen,
+                            "%s is a symlink that leads outside %s (or nowhere); refusing to upload "
+                            "it: remove it, or replace it with a copy of the file",
+                            abs, u->root_arg);
         } else if (stat(abs, &st) != 0) {
             rc = saefw_errf(u->err, u->errlen, "%s: cannot stat: %s", abs, strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
             /* Symlinked folders are not followed: they could loop. */
             if (!S_ISLNK(lst.st_mode)) rc = scan(u, root, abs, rel, depth + 1);
         } else if (!S_ISREG(st.st_mode)) {
-            rc = saefw_errf(u->err, u->errlen, "%s is not a regular file (a pipe, socket or device); refusing to "
-                            "upload it: remove it from the folder", abs);
+            rc = saefw_errf(u->err, u->errlen,
+                            "%s is not a regular file (a pipe, socket or device); refusing to "
+                            "upload it: remove it from the folder",
+                            abs);
         } else {
             upfile *f = files_add(&u->files);
             if (!f) {
@@ -165,14 +169,16 @@ static int hash_files(upload *u) {
             f->sample_len = f->size < SAMPLE_BYTES ? (size_t)f->size : SAMPLE_BYTES;
             memcpy(f->sample, f->mem, f->sample_len);
             if (u->cfg->token && strstr(f->mem, u->cfg->token))
-                return saefw_errf(u->err, u->errlen, "%s would contain the Hugging Face token; refusing to upload it", f->rel);
+                return saefw_errf(u->err, u->errlen, "%s would contain the Hugging Face token; refusing to upload it",
+                                  f->rel);
             continue;
         }
         int found = 0;
         uint64_t size = 0;
         if (hf_sha256_file(f->abs, f->sha, &size, u->cfg->token, &found, u->err, u->errlen) != 0) return -1;
         if (found)
-            return saefw_errf(u->err, u->errlen, "%s contains the Hugging Face token; remove it before uploading", f->abs);
+            return saefw_errf(u->err, u->errlen, "%s contains the Hugging Face token; remove it before uploading",
+                              f->abs);
         f->size = size;
         int fd = open(f->abs, O_RDONLY | O_CLOEXEC);
         if (fd < 0) return saefw_errf(u->err, u->errlen, "%s: cannot open: %s", f->abs, strerror(errno));
@@ -196,8 +202,8 @@ static int post_json(upload *u, const char *url, const char *what, cJSON *doc, c
     hf_req req;
     hf_req_init(&req, "POST", url, what);
     /* The token only ever goes to the endpoint itself, never to a storage URL. */
-    req.auth = auth && !strncmp(url, u->cfg->endpoint, strlen(u->cfg->endpoint)) &&
-               url[strlen(u->cfg->endpoint)] == '/';
+    req.auth =
+        auth && !strncmp(url, u->cfg->endpoint, strlen(u->cfg->endpoint)) && url[strlen(u->cfg->endpoint)] == '/';
     req.idempotent = idempotent;
     req.headers[0] = ct;
     req.headers[1] = ac;
@@ -248,7 +254,8 @@ static int resolve_namespace(upload *u, const char *repo) {
     if (!j) return -1;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
     int rc = 0;
-    if (!cJSON_IsString(name) || snprintf(u->repo, sizeof u->repo, "%s/%s", name->valuestring, repo) >= (int)sizeof u->repo)
+    if (!cJSON_IsString(name) ||
+        snprintf(u->repo, sizeof u->repo, "%s/%s", name->valuestring, repo) >= (int)sizeof u->repo)
         rc = saefw_errf(u->err, u->errlen, "whoami: the server did not say which account the token belongs to");
     cJSON_Delete(j);
     if (rc == 0 && hf_validate_repo_id(u->repo, u->err, u->errlen) != 0) rc = -1;
@@ -263,8 +270,8 @@ static int create_repo(upload *u, int private_repo) {
     char org[128];
     snprintf(org, sizeof org, "%.*s", (int)(slash - u->repo), u->repo);
     cJSON *doc = cJSON_CreateObject();
-    if (!doc || !cJSON_AddStringToObject(doc, "name", slash + 1) || !cJSON_AddStringToObject(doc, "organization", org) ||
-        !cJSON_AddBoolToObject(doc, "private", private_repo)) {
+    if (!doc || !cJSON_AddStringToObject(doc, "name", slash + 1) ||
+        !cJSON_AddStringToObject(doc, "organization", org) || !cJSON_AddBoolToObject(doc, "private", private_repo)) {
         cJSON_Delete(doc);
         return saefw_errf(u->err, u->errlen, "create repo: out of memory");
     }
@@ -272,10 +279,8 @@ static int create_repo(upload *u, int private_repo) {
     int rc = post_json(u, url, "create repo", doc, "application/json", "application/json", 1, 0, &resp);
     cJSON_Delete(doc);
     if (rc == 0) {
-        if (resp.status == 409)
-            hf_note(u->cfg, "repo %s already exists", u->repo);
-        else if (resp.status < 200 || resp.status >= 300)
-            rc = fail_resp(u, "create repo", url, &resp, u->repo, NULL);
+        if (resp.status == 409) hf_note(u->cfg, "repo %s already exists", u->repo);
+        else if (resp.status < 200 || resp.status >= 300) rc = fail_resp(u, "create repo", url, &resp, u->repo, NULL);
     }
     hf_resp_free(&resp);
     return rc;
@@ -297,8 +302,8 @@ static int preupload(upload *u) {
             char *sample = hf_base64(f->sample, f->sample_len);
             cJSON *o = cJSON_CreateObject();
             bad = !sample || !o || !cJSON_AddStringToObject(o, "path", f->rel) ||
-                  !cJSON_AddStringToObject(o, "sample", sample) || !cJSON_AddNumberToObject(o, "size", (double)f->size) ||
-                  !cJSON_AddItemToArray(arr, o);
+                  !cJSON_AddStringToObject(o, "sample", sample) ||
+                  !cJSON_AddNumberToObject(o, "size", (double)f->size) || !cJSON_AddItemToArray(arr, o);
             if (bad && o) cJSON_Delete(o);
             free(sample);
         }
@@ -314,7 +319,8 @@ static int preupload(upload *u) {
                            resp.status == 404 && resp.error_code && !strcmp(resp.error_code, "RevisionNotFound")
                                ? "--revision must name an existing branch"
                            : resp.status == 404 ? "check the repo id, or pass --create to create the repo"
-                           : resp.status == 403 ? "uploading needs a token with write access" : NULL);
+                           : resp.status == 403 ? "uploading needs a token with write access"
+                                                : NULL);
         cJSON *j = rc == 0 ? parse_answer(u, &resp, "preupload") : NULL;
         hf_resp_free(&resp);
         if (rc != 0 || !j) return -1;
@@ -332,7 +338,8 @@ static int preupload(upload *u) {
         cJSON_Delete(j);
         for (size_t i = start; i < end; i++)
             if (!u->files.v[i].answered)
-                return saefw_errf(u->err, u->errlen, "preupload: the server gave no upload mode for %s", u->files.v[i].rel);
+                return saefw_errf(u->err, u->errlen, "preupload: the server gave no upload mode for %s",
+                                  u->files.v[i].rel);
     }
     return 0;
 }
@@ -478,7 +485,8 @@ out:
 static int verify_object(upload *u, const upfile *f, const cJSON *action) {
     const cJSON *href = cJSON_GetObjectItemCaseSensitive(action, "href");
     cJSON *doc = cJSON_CreateObject();
-    if (!doc || !cJSON_AddStringToObject(doc, "oid", f->sha) || !cJSON_AddNumberToObject(doc, "size", (double)f->size)) {
+    if (!doc || !cJSON_AddStringToObject(doc, "oid", f->sha) ||
+        !cJSON_AddNumberToObject(doc, "size", (double)f->size)) {
         cJSON_Delete(doc);
         return saefw_errf(u->err, u->errlen, "lfs verify: out of memory");
     }
@@ -506,7 +514,8 @@ static int lfs_object(upload *u, upfile *f, const cJSON *obj) {
         const cJSON *msg = cJSON_GetObjectItemCaseSensitive(error, "message");
         const cJSON *code = cJSON_GetObjectItemCaseSensitive(error, "code");
         saefw_errf(u->err, u->errlen, "lfs: the Hub refused %s (code %d): %.200s", f->rel,
-                   cJSON_IsNumber(code) ? code->valueint : 0, cJSON_IsString(msg) ? msg->valuestring : "no reason given");
+                   cJSON_IsNumber(code) ? code->valueint : 0,
+                   cJSON_IsString(msg) ? msg->valuestring : "no reason given");
         hf_scrub(u->cfg, u->err);
         return -1;
     }
@@ -526,7 +535,9 @@ static int lfs_object(upload *u, upfile *f, const cJSON *obj) {
     int rc;
     if (chunk) {
         /* The Hub signals multipart by a chunk_size (a string or a number) in the action header. */
-        double cs = cJSON_IsString(chunk) ? strtod(chunk->valuestring, NULL) : cJSON_IsNumber(chunk) ? chunk->valuedouble : 0;
+        double cs = cJSON_IsString(chunk)   ? strtod(chunk->valuestring, NULL)
+                    : cJSON_IsNumber(chunk) ? chunk->valuedouble
+                                            : 0;
         if (!(cs >= 1 && cs <= 1e15))
             return saefw_errf(u->err, u->errlen, "lfs: bad multipart chunk_size for %s", f->rel);
         rc = upload_multipart(u, f, up, (uint64_t)cs, label);
@@ -561,7 +572,8 @@ static int lfs_upload_all(upload *u) {
         for (size_t j = 0; j < k && !bad; j++) {
             cJSON *o = cJSON_CreateObject();
             bad = !o || !cJSON_AddStringToObject(o, "oid", u->files.v[todo[j]].sha) ||
-                  !cJSON_AddNumberToObject(o, "size", (double)u->files.v[todo[j]].size) || !cJSON_AddItemToArray(objects, o);
+                  !cJSON_AddNumberToObject(o, "size", (double)u->files.v[todo[j]].size) ||
+                  !cJSON_AddItemToArray(objects, o);
             if (bad && o) cJSON_Delete(o);
         }
         if (bad) {
@@ -569,7 +581,8 @@ static int lfs_upload_all(upload *u) {
             return saefw_errf(u->err, u->errlen, "lfs batch: out of memory");
         }
         hf_resp resp = {0};
-        int rc = post_json(u, url, "lfs batch", doc, "application/vnd.git-lfs+json", "application/vnd.git-lfs+json", 1, 1, &resp);
+        int rc = post_json(u, url, "lfs batch", doc, "application/vnd.git-lfs+json", "application/vnd.git-lfs+json", 1,
+                           1, &resp);
         cJSON_Delete(doc);
         char subject[256];
         snprintf(subject, sizeof subject, "repository %s", u->repo);
@@ -587,10 +600,8 @@ static int lfs_upload_all(upload *u) {
                 const cJSON *oid = cJSON_GetObjectItemCaseSensitive(it, "oid");
                 if (cJSON_IsString(oid) && !strcmp(oid->valuestring, f->sha)) obj = it;
             }
-            if (!obj)
-                rc = saefw_errf(u->err, u->errlen, "lfs batch: the server did not answer for %s", f->rel);
-            else
-                rc = lfs_object(u, f, obj);
+            if (!obj) rc = saefw_errf(u->err, u->errlen, "lfs batch: the server did not answer for %s", f->rel);
+            else rc = lfs_object(u, f, obj);
         }
         cJSON_Delete(j);
         if (rc != 0) return -1;
@@ -621,8 +632,8 @@ static int ndjson_line(hf_buf *b, const char *key, cJSON *value) {
 /* The regular file's bytes as base64, checked against the hash taken before the transfer. */
 static char *regular_content(upload *u, const upfile *f) {
     if (f->size > MAX_INLINE_BYTES) {
-        saefw_errf(u->err, u->errlen, "commit: the server asked for %s (%llu bytes) inline; that is too large",
-                   f->rel, (unsigned long long)f->size);
+        saefw_errf(u->err, u->errlen, "commit: the server asked for %s (%llu bytes) inline; that is too large", f->rel,
+                   (unsigned long long)f->size);
         return NULL;
     }
     char *data = f->mem;
@@ -633,8 +644,7 @@ static char *regular_content(upload *u, const upfile *f) {
     char *b64 = NULL;
     if (strcmp(sha, f->sha) != 0)
         saefw_errf(u->err, u->errlen, "%s changed during the upload; upload again once it is complete", f->rel);
-    else if (!(b64 = hf_base64(data, len)))
-        saefw_errf(u->err, u->errlen, "commit: out of memory encoding %s", f->rel);
+    else if (!(b64 = hf_base64(data, len))) saefw_errf(u->err, u->errlen, "commit: out of memory encoding %s", f->rel);
     if (data != f->mem) free(data);
     return b64;
 }
@@ -642,7 +652,8 @@ static char *regular_content(upload *u, const upfile *f) {
 static int commit(upload *u, const char *message, char **commit_url) {
     hf_buf b = {0};
     cJSON *hdr = cJSON_CreateObject();
-    int bad = !hdr || !cJSON_AddStringToObject(hdr, "summary", message) || !cJSON_AddStringToObject(hdr, "description", "");
+    int bad =
+        !hdr || !cJSON_AddStringToObject(hdr, "summary", message) || !cJSON_AddStringToObject(hdr, "description", "");
     if (bad) cJSON_Delete(hdr);
     else bad = ndjson_line(&b, "header", hdr) != 0;
     size_t nfiles = 0;
@@ -693,7 +704,8 @@ static int commit(upload *u, const char *message, char **commit_url) {
     snprintf(subject, sizeof subject, "repository %s", u->repo);
     if (rc == 0 && (resp.status < 200 || resp.status >= 300))
         rc = hf_http_fail(u->cfg, &req, &resp, subject,
-                          resp.status == 409 ? "the branch moved or the commit clashes; upload again" : NULL, u->err, u->errlen);
+                          resp.status == 409 ? "the branch moved or the commit clashes; upload again" : NULL, u->err,
+                          u->errlen);
     cJSON *j = rc == 0 ? parse_answer(u, &resp, "commit") : NULL;
     hf_resp_free(&resp);
     if (!j) return -1;
@@ -828,12 +840,16 @@ out:
 static int path_in_repo(upload *u, const char *p, char *out, size_t n) {
     size_t len = strlen(p);
     while (len > 0 && p[len - 1] == '/') len--;
-    if (len == 0 || len >= n) return saefw_errf(u->err, u->errlen, "bad --path-in-repo '%.200s': give a sub-folder such as blocks.0.mlp.hook_post", p);
+    if (len == 0 || len >= n)
+        return saefw_errf(u->err, u->errlen,
+                          "bad --path-in-repo '%.200s': give a sub-folder such as blocks.0.mlp.hook_post", p);
     snprintf(out, n, "%.*s", (int)len, p);
     if (!hf_safe_relpath(out) || !strncmp(out, ".git/", 5) || !strcmp(out, ".git") || strstr(out, "/.git/") ||
         strchr(out, '\\') || strpbrk(out, "\r\n"))
-        return saefw_errf(u->err, u->errlen, "bad --path-in-repo '%.200s': a relative sub-folder without '.', '..' or "
-                          "empty parts", p);
+        return saefw_errf(u->err, u->errlen,
+                          "bad --path-in-repo '%.200s': a relative sub-folder without '.', '..' or "
+                          "empty parts",
+                          p);
     return 0;
 }
 
@@ -846,20 +862,25 @@ static int run_upload(upload *u, const hf_upload_opts *o, char **commit_url) {
     char sub[512] = "";
     if (o->path_in_repo && path_in_repo(u, o->path_in_repo, sub, sizeof sub) != 0) return -1;
     if (cfg->offline)
-        return saefw_errf(u->err, u->errlen, "HF_HUB_OFFLINE is set: uploading needs the network; unset HF_HUB_OFFLINE");
+        return saefw_errf(u->err, u->errlen,
+                          "HF_HUB_OFFLINE is set: uploading needs the network; unset HF_HUB_OFFLINE");
     if (!cfg->token)
-        return saefw_errf(u->err, u->errlen, "no Hugging Face token: set HF_TOKEN, or save one with `huggingface-cli "
+        return saefw_errf(u->err, u->errlen,
+                          "no Hugging Face token: set HF_TOKEN, or save one with `huggingface-cli "
                           "login` (a token with write access, from https://huggingface.co/settings/tokens)");
     struct stat st;
     if (stat(o->dir, &st) != 0) return saefw_errf(u->err, u->errlen, "%s: %s", o->dir, strerror(errno));
-    if (!S_ISDIR(st.st_mode)) return saefw_errf(u->err, u->errlen, "%s is not a folder: pass a checkpoint folder", o->dir);
+    if (!S_ISDIR(st.st_mode))
+        return saefw_errf(u->err, u->errlen, "%s is not a folder: pass a checkpoint folder", o->dir);
     char root[PATH_MAX];
     if (!realpath(o->dir, root)) return saefw_errf(u->err, u->errlen, "%s: %s", o->dir, strerror(errno));
     u->root_arg = o->dir;
     if (scan(u, root, o->dir, NULL, 0) != 0) return -1;
     if (!has_checkpoint(&u->files))
-        return saefw_errf(u->err, u->errlen, "%s holds no checkpoint (no cfg.json, *.safetensors or *.pt); pass a "
-                          "checkpoint folder such as checkpoints/RUN/final", o->dir);
+        return saefw_errf(u->err, u->errlen,
+                          "%s holds no checkpoint (no cfg.json, *.safetensors or *.pt); pass a "
+                          "checkpoint folder such as checkpoints/RUN/final",
+                          o->dir);
     qsort(u->files.v, u->files.n, sizeof *u->files.v, cmp_rel);
     if (!(u->rev_esc = hf_escape(u->revision, 0))) return saefw_errf(u->err, u->errlen, "out of memory");
 
@@ -891,7 +912,9 @@ static int run_upload(upload *u, const hf_upload_opts *o, char **commit_url) {
 }
 
 int hf_upload_folder(const hf_config *cfg, const hf_upload_opts *opts, char **commit_url, char *err, size_t errlen) {
-    upload u = {.cfg = cfg, .err = err, .errlen = errlen,
+    upload u = {.cfg = cfg,
+                .err = err,
+                .errlen = errlen,
                 .revision = opts->revision && *opts->revision ? opts->revision : "main"};
     *commit_url = NULL;
     int rc = run_upload(&u, opts, commit_url);

@@ -112,8 +112,8 @@ char *hf_escape(const char *s, int keep_slash) {
     hf_buf b = {0};
     static const char hex[] = "0123456789ABCDEF";
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        int plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                    *p == '-' || *p == '_' || *p == '.' || *p == '~' || (keep_slash && *p == '/');
+        int plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+                    *p == '_' || *p == '.' || *p == '~' || (keep_slash && *p == '/');
         if (plain) {
             hf_buf_append(&b, p, 1);
         } else {
@@ -136,8 +136,8 @@ void hf_sha256_hex(const void *data, size_t n, char hex[65]) {
     for (unsigned i = 0; i < mdlen; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
 }
 
-int hf_sha256_file(const char *path, char hex[65], uint64_t *size, const char *needle, int *found,
-                   char *err, size_t errlen) {
+int hf_sha256_file(const char *path, char hex[65], uint64_t *size, const char *needle, int *found, char *err,
+                   size_t errlen) {
     enum { CHUNK = 1 << 20 };
     size_t nl = needle ? strlen(needle) : 0;
     if (found) *found = 0;

@@ -20,9 +20,7 @@ static int count_next(saefw_source *s, float *out, int64_t n, char *err, size_t 
 }
 
 static int wraps = 0;
-static void on_log(void *ud, const char *msg) {
-    wraps += strstr(msg, "starting pass 2") != NULL;
-}
+static void on_log(void *ud, const char *msg) { wraps += strstr(msg, "starting pass 2") != NULL; }
 
 int main(void) {
     enum { ROWS = 64, BATCH = 4, D = 3 };
@@ -89,7 +87,8 @@ int main(void) {
     REQUIRE(saefw_npy_write(path, SAEFW_DT_F32, 2, shape, data, err, sizeof err) == 0, "%s", err);
     saefw_source *fs = NULL;
     CHECK(saefw_source_file(path, NULL, D + 1, 0, &fs, err, sizeof err) != 0 &&
-              strstr(err, "activation width is 3, expected d_in = 4"), "width error: %s", err);
+              strstr(err, "activation width is 3, expected d_in = 4"),
+          "width error: %s", err);
     REQUIRE(saefw_source_file(path, NULL, D, 0, &fs, err, sizeof err) == 0, "%s", err);
     fs->log = on_log;
     float rows[14 * D];
@@ -114,7 +113,8 @@ int main(void) {
         char p2[2100];
         snprintf(p2, sizeof p2, "%s/acts_%s.safetensors", tmp, kinds[f]);
         int64_t bshape[2] = {BIG, D};
-        saefw_tensor_ref ref = {"acts", f == 0 ? SAEFW_DT_BF16 : SAEFW_DT_F32, 2, bshape, f == 0 ? (void *)half : (void *)full};
+        saefw_tensor_ref ref = {"acts", f == 0 ? SAEFW_DT_BF16 : SAEFW_DT_F32, 2, bshape,
+                                f == 0 ? (void *)half : (void *)full};
         REQUIRE(saefw_safetensors_write(p2, &ref, 1, NULL, 0, err, sizeof err) == 0, "%s", err);
         REQUIRE(saefw_source_file(p2, NULL, D, 0, &fs, err, sizeof err) == 0, "%s", err);
         REQUIRE(fs->next(fs, got, BIG / 2, err, sizeof err) == 0, "%s", err);

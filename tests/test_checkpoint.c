@@ -37,7 +37,8 @@ int main(void) {
     saefw_rng_seed(&rng, 5);
     saefw_sae_init_params(&a, &rng);
     for (int64_t j = 0; j < a.d_sae; j++) a.p[SAEFW_B_ENC][j] = (float)saefw_rng_normal(&rng);
-    for (int64_t i = 0; i < a.d_in; i++) a.p[SAEFW_B_DEC][i] = (float)saefw_rng_normal(&rng) * 1e-20f; /* denormal-ish */
+    for (int64_t i = 0; i < a.d_in; i++)
+        a.p[SAEFW_B_DEC][i] = (float)saefw_rng_normal(&rng) * 1e-20f; /* denormal-ish */
 
     snprintf(dir, sizeof dir, "%s/0", tmp);
     cJSON *cfg = cJSON_CreateObject();

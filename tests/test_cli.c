@@ -21,12 +21,12 @@ static int run(const char *fmt, ...) {
     return rc;
 }
 
-#define EXPECT(rc_cond, phrase, ...)                                                                    \
-    do {                                                                                                \
-        int rc_ = run(__VA_ARGS__);                                                                     \
-        int ok_ = (rc_cond) && strstr(out, phrase) != NULL;                                             \
-        CHECK(ok_, "command exited %d; output lacks '%s' or status wrong:\n%s", rc_, phrase, out);      \
-        if (ok_) printf("  ok (exit %d): %s\n", rc_, phrase);                                         \
+#define EXPECT(rc_cond, phrase, ...)                                                                                   \
+    do {                                                                                                               \
+        int rc_ = run(__VA_ARGS__);                                                                                    \
+        int ok_ = (rc_cond) && strstr(out, phrase) != NULL;                                                            \
+        CHECK(ok_, "command exited %d; output lacks '%s' or status wrong:\n%s", rc_, phrase, out);                     \
+        if (ok_) printf("  ok (exit %d): %s\n", rc_, phrase);                                                          \
     } while (0)
 
 static int exists(const char *fmt, const char *a) {
@@ -55,9 +55,12 @@ int main(void) {
     EXPECT(rc_ == 0, "remove_rare_dir=true (boolean)", "%s run lua/print_config.lua --remove_rare_dir true", BIN);
     EXPECT(rc_ != 0, "unknown config key '--nonexistent' (valid keys: batch_size, lr, name, remove_rare_dir)",
            "%s run lua/print_config.lua --nonexistent 1", BIN);
-    EXPECT(rc_ != 0, "lua/print_config.lua:3: --lr: expected a number, got 'abc'", "%s run lua/print_config.lua --lr abc", BIN);
-    EXPECT(rc_ != 0, "--batch_size: expected an integer, got '1.5'", "%s run lua/print_config.lua --batch_size 1.5", BIN);
-    EXPECT(rc_ != 0, "--remove_rare_dir: expected true or false", "%s run lua/print_config.lua --remove_rare_dir maybe", BIN);
+    EXPECT(rc_ != 0, "lua/print_config.lua:3: --lr: expected a number, got 'abc'",
+           "%s run lua/print_config.lua --lr abc", BIN);
+    EXPECT(rc_ != 0, "--batch_size: expected an integer, got '1.5'", "%s run lua/print_config.lua --batch_size 1.5",
+           BIN);
+    EXPECT(rc_ != 0, "--remove_rare_dir: expected true or false", "%s run lua/print_config.lua --remove_rare_dir maybe",
+           BIN);
     EXPECT(rc_ != 0, "unexpected argument 'stray'", "%s run lua/print_config.lua stray", BIN);
 
     /* Lua errors name the file and line. */
@@ -68,11 +71,12 @@ int main(void) {
 
     /* A short run: progress lines, checkpoints, metrics, and the checkpoint loads back. */
     snprintf(dir, sizeof dir, "%s/run1", tmp);
-    EXPECT(rc_ == 0, "done steps=200 logs=4", "%s run lua/train_small.lua --run_dir %s --checkpoint_every 100 --lr 2e-3",
-           BIN, dir);
+    EXPECT(rc_ == 0, "done steps=200 logs=4",
+           "%s run lua/train_small.lua --run_dir %s --checkpoint_every 100 --lr 2e-3", BIN, dir);
     CHECK(strstr(out, "reloaded d_in=16 d_sae=64 lr=0.002"), "reload: %s", out);
     CHECK(strstr(out, "step 150/200") && strstr(out, "tok/s") && strstr(out, "ETA"), "no progress lines:\n%s", out);
-    CHECK(exists("%s/0/cfg.json", dir) && exists("%s/final/sae_weights.safetensors", dir), "checkpoints missing in %s", dir);
+    CHECK(exists("%s/0/cfg.json", dir) && exists("%s/final/sae_weights.safetensors", dir), "checkpoints missing in %s",
+          dir);
     CHECK(!exists("%s/1", dir), "a checkpoint at the last step should be 'final' only");
     char mpath[2100];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
@@ -85,7 +89,8 @@ int main(void) {
         fclose(mf);
     }
     CHECK(m && strstr(m, "\"l2_loss\"") && strstr(m, "\"explained_variance\"") && strstr(m, "\"below_1e-5\"") &&
-              strstr(m, "\"event\":\"end\""), "metrics.jsonl incomplete:\n%s", m ? m : "(missing)");
+              strstr(m, "\"event\":\"end\""),
+          "metrics.jsonl incomplete:\n%s", m ? m : "(missing)");
     free(m);
     EXPECT(rc_ != 0, "already holds a finished run (its end event is at step 199); choose another run_dir",
            "%s run lua/train_small.lua --run_dir %s", BIN, dir);
@@ -99,7 +104,8 @@ int main(void) {
     EXPECT(rc_ != 0, "--threads: expected a whole number from 1 to 4096, got 'many'",
            "%s run lua/train_small.lua --threads many --run_dir %s/t0", BIN, tmp);
     EXPECT(rc_ != 0, "saefw.threads: expected a whole number from 0 (the default) to 4096, got -2",
-           "%s run lua/print_config.lua --threads 1 && echo 'require(\"saefw\").threads(-2)' > %s/th.lua && %s run %s/th.lua",
+           "%s run lua/print_config.lua --threads 1 && echo 'require(\"saefw\").threads(-2)' > %s/th.lua && %s run "
+           "%s/th.lua",
            BIN, tmp, BIN, tmp);
     char loss1[128] = "", loss3[128] = "";
     EXPECT(rc_ == 0, "threads=1 final loss", "%s run lua/train_small.lua --threads 1 --run_dir %s/t1", BIN, tmp);
@@ -121,8 +127,8 @@ int main(void) {
         char err[512];
         REQUIRE(saefw_npy_write(npy, SAEFW_DT_F32, 2, shape, a, err, sizeof err) == 0, "%s", err);
     }
-    EXPECT(rc_ != 0, "activation width is 8, expected d_in = 16", "%s run lua/train_small.lua --activations %s --run_dir %s/w",
-           BIN, npy, tmp);
+    EXPECT(rc_ != 0, "activation width is 8, expected d_in = 16",
+           "%s run lua/train_small.lua --activations %s --run_dir %s/w", BIN, npy, tmp);
     snprintf(npy, sizeof npy, "%s/acts_nan.npy", tmp);
     {
         static float a[4000 * 16];
@@ -134,19 +140,22 @@ int main(void) {
     snprintf(dir, sizeof dir, "%s/run_nan", tmp);
     EXPECT(rc_ != 0, "the loss is NaN; training stopped (last good checkpoint: ",
            "%s run lua/train_small.lua --activations %s --run_dir %s --checkpoint_every 4", BIN, npy, dir);
-    CHECK(exists("%s/0/sae_weights.safetensors", dir) && !exists("%s/final", dir), "NaN run checkpoints wrong in %s", dir);
+    CHECK(exists("%s/0/sae_weights.safetensors", dir) && !exists("%s/final", dir), "NaN run checkpoints wrong in %s",
+          dir);
 
     /* Event callbacks: false stops the run after that step, an error names the callback's line; and
      * overrides for a script that never calls saefw.config{} are refused. */
     EXPECT(rc_ == 0, "stopped by on_log: steps_done=21", "%s run lua/train_events.lua", BIN);
     CHECK(strstr(out, "on_eval error: ok=false evals=2 ") && strstr(out, "train_events.lua:18: boom at step 50"),
           "on_eval error not reported at its line:\n%s", out);
-    EXPECT(rc_ == 2, "never calls saefw.config{}, so --lr cannot be applied", "%s run lua/train_events.lua --lr 1", BIN);
+    EXPECT(rc_ == 2, "never calls saefw.config{}, so --lr cannot be applied", "%s run lua/train_events.lua --lr 1",
+           BIN);
 
     /* saefw analyze: frequencies from the synthetic source named in cfg.json, histograms, SVG. */
     snprintf(dir, sizeof dir, "%s/toy", tmp);
     EXPECT(rc_ == 0, "MMCS", "%s run ../experiments/toy.lua --steps 300 --run_dir %s", BIN, dir);
-    EXPECT(rc_ == 0, "activations from the synthetic source of its config", "%s analyze %s/final --batches 4", BIN, dir);
+    EXPECT(rc_ == 0, "activations from the synthetic source of its config", "%s analyze %s/final --batches 4", BIN,
+           dir);
     CHECK(strstr(out, "log10 feature frequency") && strstr(out, "below 1e-5") && strstr(out, "histograms written to"),
           "analyze output:\n%s", out);
     CHECK(exists("%s/final/freq_hist.svg", dir), "no SVG written");
@@ -159,9 +168,10 @@ int main(void) {
         char hub[2048], snap[2300], cmd[8192], toks[2100];
         snprintf(hub, sizeof hub, "%s/hfhome/hub/models--NeelNanda--GELU_1L512W_C4_Code", tmp);
         snprintf(snap, sizeof snap, "%s/snapshots/0123abcd", hub);
-        T_FMT(cmd, "mkdir -p '%s/refs' '%s' && printf 0123abcd > '%s/refs/main' && cp fixtures/model/config.json '%s/' && "
-                 "cp fixtures/model/model.pth '%s/model_final.pth'",
-                 hub, snap, hub, snap, snap);
+        T_FMT(cmd,
+              "mkdir -p '%s/refs' '%s' && printf 0123abcd > '%s/refs/main' && cp fixtures/model/config.json '%s/' && "
+              "cp fixtures/model/model.pth '%s/model_final.pth'",
+              hub, snap, hub, snap, snap);
         REQUIRE(system(cmd) == 0, "fake cache");
         static int32_t t[4000];
         for (int i = 0; i < 4000; i++) t[i] = (i * 7 + i / 13) % 50;
@@ -190,8 +200,8 @@ int main(void) {
             if (c) c[n] = 0;
             fclose(cf);
         }
-        CHECK(c && strstr(c, "\"hook_name\":\t\"blocks.0.mlp.hook_post\"") && strstr(c, "\"model_name\":\t\"gelu-1l\"") &&
-                  strstr(c, "\"d_in\":\t96"),
+        CHECK(c && strstr(c, "\"hook_name\":\t\"blocks.0.mlp.hook_post\"") &&
+                  strstr(c, "\"model_name\":\t\"gelu-1l\"") && strstr(c, "\"d_in\":\t96"),
               "baseline cfg.json:\n%s", c ? c : "(missing)");
         free(c);
         snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);

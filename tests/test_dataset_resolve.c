@@ -92,8 +92,8 @@ int main(void) {
     char snapA[1200], snapB[1200];
     snprintf(snapA, sizeof snapA, "hub/datasets--org--ds/snapshots/%s/", COMMIT_A);
     snprintf(snapB, sizeof snapB, "hub/datasets--org--ds/snapshots/%s/", COMMIT_B);
-    const char *all[] = {"data/sub/extra.parquet", "data/train-00000-of-00003.parquet", "data/train-00001-of-00003.parquet",
-                         "data/train-00002-of-00003.parquet"};
+    const char *all[] = {"data/sub/extra.parquet", "data/train-00000-of-00003.parquet",
+                         "data/train-00001-of-00003.parquet", "data/train-00002-of-00003.parquet"};
     expect("hf://datasets/org/ds", NULL, snapA, all, 4);
     expect("hf://datasets/org/ds/", NULL, snapA, all, 4);
     expect("org/ds", NULL, snapA, all, 4);
@@ -129,14 +129,18 @@ int main(void) {
     expect("org/ds", NULL, abs_snap, all, 4);
 
     /* Absent datasets and revisions: the exact command that fetches them. */
-    expect_error("hf://datasets/org/none", NULL, "not in the Hugging Face cache", "run: saefw download --dataset org/none");
-    expect_error("org/none", NULL, "org/none (revision main) is neither a local file or folder nor in the Hugging Face cache",
+    expect_error("hf://datasets/org/none", NULL, "not in the Hugging Face cache",
+                 "run: saefw download --dataset org/none");
+    expect_error("org/none", NULL,
+                 "org/none (revision main) is neither a local file or folder nor in the Hugging Face cache",
                  "run: saefw download --dataset org/none");
     expect_error("hf://datasets/org/ds@v9", NULL, "saefw download --dataset org/ds --revision v9", NULL);
     expect_error("hf://datasets/org/ds@" COMMIT_B "/x", NULL, "no file matches", NULL);
     expect_error("hf://datasets/org/ds/nothing/*.parquet", NULL, "no file matches nothing/*.parquet",
                  "saefw download --dataset org/ds");
-    expect_error("hf://datasets/org/ds@" "3333333333333333333333333333333333333333", NULL, "not in the Hugging Face cache", NULL);
+    expect_error("hf://datasets/org/ds@"
+                 "3333333333333333333333333333333333333333",
+                 NULL, "not in the Hugging Face cache", NULL);
     /* A snapshot entry whose blob is gone (cleaned cache) is an error, not a silently missing shard. */
     link_blob("hfhome/hub/datasets--org--ds", COMMIT_A, "data/train-00003-of-00003.parquet", "gone");
     expect_error("hf://datasets/org/ds", NULL, "missing blob", "saefw download --dataset org/ds");
@@ -162,8 +166,8 @@ int main(void) {
     expect("local/", NULL, "", (const char *const[]){"local/a.parquet", "local/b.parquet", "local/sub/c.parquet"}, 3);
     expect("local/*.parquet", NULL, "", loc, 2);
     expect("local/**/*.parquet", NULL, "", loc, 3);
-    expect("local/**", NULL, "", (const char *const[]){"local/a.parquet", "local/b.parquet", "local/notes.txt",
-                                                       "local/sub/c.parquet"}, 4);
+    expect("local/**", NULL, "",
+           (const char *const[]){"local/a.parquet", "local/b.parquet", "local/notes.txt", "local/sub/c.parquet"}, 4);
     expect("local/[!a].parquet", NULL, "", loc + 1, 1);
     expect("*/sub/?.parquet", NULL, "", loc + 2, 1);
     expect("local/b.parquet", NULL, "", loc + 1, 1);
@@ -183,15 +187,30 @@ int main(void) {
         const char *g, *p;
         int want;
     } G[] = {
-        {"*.parquet", "a.parquet", 1},        {"*.parquet", "d/a.parquet", 0},   {"**/*.parquet", "a.parquet", 1},
-        {"**/*.parquet", "d/e/a.parquet", 1}, {"**", "d/e/f", 1},                {"d/**", "d/e/f", 1},
-        {"d/**/f", "d/f", 1},                 {"d/**/f", "d/x/y/f", 1},          {"d/*/f", "d/x/y/f", 0},
-        {"?.p", "a.p", 1},                    {"?.p", "/.p", 0},                 {"[a-c]x", "bx", 1},
-        {"[a-c]x", "dx", 0},                  {"[!a-c]x", "dx", 1},              {"[]]x", "]x", 1},
-        {"[ab", "[ab", 1},                    {"train-*", "train-0.parquet", 1}, {"", "", 1},
-        {"a", "", 0},                         {"*", "", 1},                      {"**x", "a/bx", 1},
+        {"*.parquet", "a.parquet", 1},
+        {"*.parquet", "d/a.parquet", 0},
+        {"**/*.parquet", "a.parquet", 1},
+        {"**/*.parquet", "d/e/a.parquet", 1},
+        {"**", "d/e/f", 1},
+        {"d/**", "d/e/f", 1},
+        {"d/**/f", "d/f", 1},
+        {"d/**/f", "d/x/y/f", 1},
+        {"d/*/f", "d/x/y/f", 0},
+        {"?.p", "a.p", 1},
+        {"?.p", "/.p", 0},
+        {"[a-c]x", "bx", 1},
+        {"[a-c]x", "dx", 0},
+        {"[!a-c]x", "dx", 1},
+        {"[]]x", "]x", 1},
+        {"[ab", "[ab", 1},
+        {"train-*", "train-0.parquet", 1},
+        {"", "", 1},
+        {"a", "", 0},
+        {"*", "", 1},
+        {"**x", "a/bx", 1},
     };
     for (size_t i = 0; i < sizeof G / sizeof *G; i++)
-        CHECK(saefw_glob_match(G[i].g, G[i].p) == G[i].want, "glob '%s' on '%s' should give %d", G[i].g, G[i].p, G[i].want);
+        CHECK(saefw_glob_match(G[i].g, G[i].p) == G[i].want, "glob '%s' on '%s' should give %d", G[i].g, G[i].p,
+              G[i].want);
     return t_finish("test_dataset_resolve");
 }

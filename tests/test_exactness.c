@@ -138,8 +138,7 @@ static void check_dist(const char *what, const char *name, saefw_sae_path path, 
     const int ok = got <= 2.0 * torch;
     printf("  %-10s %-5s %-6s saefw %.3e  torch-f32 %.3e  ratio %.2f%s\n", what, name, path_name(path), got, torch,
            got / torch, ok ? "" : "  <-- FAIL (limit 2)");
-    CHECK(ok, "%s %s on the %s path: %.3e from float64, PyTorch-float32 %.3e", what, name, path_name(path), got,
-          torch);
+    CHECK(ok, "%s %s on the %s path: %.3e from float64, PyTorch-float32 %.3e", what, name, path_name(path), got, torch);
 }
 
 static int ctest_case(int train_too) {

@@ -390,11 +390,11 @@ static void test_report_and_errors(const saefw_features *f, const saefw_sae *sae
     /* The same model in a folder without tokenizer.json: ids, and the reason. */
     char bare[1200], cmd[4096];
     snprintf(bare, sizeof bare, "%s/bare-model", tmp);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp ../models/tiny-1l/config.json ../models/tiny-1l/model.safetensors '%s/'",
-             bare, bare);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s' && cp ../models/tiny-1l/config.json ../models/tiny-1l/model.safetensors '%s/'", bare, bare);
     REQUIRE(system(cmd) == 0, "%s", cmd);
-    CHECK(saefw_features_job_open(&job, dir, bare, "../models/tiny-1l/tokens.npy", err, sizeof err) == 0 && job.ids_only &&
-              job.why_ids[0] && !strcmp(job.hook_name, "blocks.0.mlp.hook_post"),
+    CHECK(saefw_features_job_open(&job, dir, bare, "../models/tiny-1l/tokens.npy", err, sizeof err) == 0 &&
+              job.ids_only && job.why_ids[0] && !strcmp(job.hook_name, "blocks.0.mlp.hook_post"),
           "a model without a tokenizer: ids (%s)", err);
     printf("  no tokenizer -> %s\n", job.why_ids);
     saefw_features_job_close(&job);
@@ -457,7 +457,8 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     int shards = 0, feats = 0;
     if (sum) {
         const cJSON *tk = cJSON_GetObjectItem(sum, "tokenizer");
-        CHECK(cJSON_IsString(tk) && !strcmp(tk->valuestring, "tokenizer.json"), "tiny-1l is shown through its tokenizer.json");
+        CHECK(cJSON_IsString(tk) && !strcmp(tk->valuestring, "tokenizer.json"),
+              "tiny-1l is shown through its tokenizer.json");
         CHECK(cJSON_GetObjectItem(sum, "tokens_analyzed")->valuedouble == 8192, "tokens_analyzed");
         CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(sum, "features")) == D_SAE, "summary features");
         shards = (int)cJSON_GetObjectItem(sum, "n_shards")->valuedouble;
@@ -494,23 +495,24 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     /* the same from Lua */
     snprintf(p, sizeof p, "%s/features.lua", tmp);
     char script[4096];
-    T_FMT(script, "local saefw = require 'saefw'\n"
-        "local r = saefw.features { sae = '%s', n_tokens = 2048, top_k = 4 }\n"
-        "local f = r.features[1]\n"
-        "print(string.format('lua: %%d features, %%d tokens, %%d examples, tokenizer %%s, hist %%d', #r.features,\n"
-        "  r.tokens_analyzed, #f.examples, r.tokenizer, #f.act_hist.counts))\n"
-        "local ok, e = pcall(saefw.features, { sae = '%s', top_k = 0 })\n"
-        "print('error: ' .. tostring(e))\n"
-        "local t = saefw.tokens(saefw.data_dir() .. '/models/tiny-1l/tokens.npy', { seq_len = 64, bos = 256 })\n"
-        "local r2 = saefw.features { sae = saefw.load_sae('%s'), model = saefw.model('tiny-1l'), tokens = t,\n"
-        "  site = 'blocks.0.mlp.hook_post', n_tokens = 2048, top_k = 4 }\n"
-        "local same = #r2.features == #r.features\n"
-        "for i, g in ipairs(r2.features) do\n"
-        "  local h = r.features[i]\n"
-        "  same = same and g.max_act == h.max_act and g.density == h.density and #g.examples == #h.examples\n"
-        "end\n"
-        "print('objects agree with the checkpoint path: ' .. tostring(same))\n",
-        ck, ck, ck);
+    T_FMT(script,
+          "local saefw = require 'saefw'\n"
+          "local r = saefw.features { sae = '%s', n_tokens = 2048, top_k = 4 }\n"
+          "local f = r.features[1]\n"
+          "print(string.format('lua: %%d features, %%d tokens, %%d examples, tokenizer %%s, hist %%d', #r.features,\n"
+          "  r.tokens_analyzed, #f.examples, r.tokenizer, #f.act_hist.counts))\n"
+          "local ok, e = pcall(saefw.features, { sae = '%s', top_k = 0 })\n"
+          "print('error: ' .. tostring(e))\n"
+          "local t = saefw.tokens(saefw.data_dir() .. '/models/tiny-1l/tokens.npy', { seq_len = 64, bos = 256 })\n"
+          "local r2 = saefw.features { sae = saefw.load_sae('%s'), model = saefw.model('tiny-1l'), tokens = t,\n"
+          "  site = 'blocks.0.mlp.hook_post', n_tokens = 2048, top_k = 4 }\n"
+          "local same = #r2.features == #r.features\n"
+          "for i, g in ipairs(r2.features) do\n"
+          "  local h = r.features[i]\n"
+          "  same = same and g.max_act == h.max_act and g.density == h.density and #g.examples == #h.examples\n"
+          "end\n"
+          "print('objects agree with the checkpoint path: ' .. tostring(same))\n",
+          ck, ck, ck);
     write_file(p, script, strlen(script));
     rc = sh("'%s' run '%s'", bin, p);
     CHECK(rc == 0 && contains(out, "lua: 48 features, 2048 tokens, 4 examples, tokenizer tokenizer.json") &&
@@ -548,8 +550,7 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
             bin, ck, bad_rep, tmp);
     int said = 0;
     for (const char *q = out; (q = strstr(q, "shown as ids")); q++) said++;
-    CHECK(rc == 0 && said == 1, "no tokenizer: exit %d, said %d times:\n%s", rc, said,
-          out);
+    CHECK(rc == 0 && said == 1, "no tokenizer: exit %d, said %d times:\n%s", rc, said, out);
     snprintf(p, sizeof p, "%s/data/shard_0000.js", bad_rep);
     text = NULL;
     CHECK(saefw_read_file(p, &text, NULL, err, sizeof err) == 0 && contains(text, "\"#"), "no ids in %s", p);
@@ -598,7 +599,8 @@ static void test_rare_direction(const saefw_model *m, const saefw_tokens *tok, s
     for (int j = 0; j < D_SAE; j++)
         if (dens[j] > 0 && dens[j] < thr) {
             double dot = 0, cn = 0;
-            for (int64_t i = 0; i < d; i++) dot += dir[i] * W[i * D_SAE + j], cn += (double)W[i * D_SAE + j] * W[i * D_SAE + j];
+            for (int64_t i = 0; i < d; i++)
+                dot += dir[i] * W[i * D_SAE + j], cn += (double)W[i * D_SAE + j] * W[i * D_SAE + j];
             int k = (int)floor((dot / sqrt(norm * cn) + 1) / 2 * SAEFW_RARE_BINS);
             want[k < 0 ? 0 : k >= SAEFW_RARE_BINS ? SAEFW_RARE_BINS - 1 : k]++;
         }

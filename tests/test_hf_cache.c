@@ -47,7 +47,8 @@ int main(void) {
             char want_repo[4200];
             snprintf(want_repo, sizeof want_repo, "%s/datasets--NeelNanda--c4-code-tokenized-2b", want);
             CHECK(saefw_hf_repo_dir("dataset", "NeelNanda/c4-code-tokenized-2b", repo, sizeof repo) == 0 &&
-                      !strcmp(repo, want_repo), "case %d/%d: repo dir %s", home_set, code, repo);
+                      !strcmp(repo, want_repo),
+                  "case %d/%d: repo dir %s", home_set, code, repo);
             cases++;
         }
     }
@@ -102,8 +103,10 @@ int main(void) {
     /* Repo folders: huggingface_hub's repo_folder_name; unknown types and short buffers refused. */
     setenv("HF_HUB_CACHE", "/c", 1);
     CHECK(saefw_hf_repo_dir("model", "NeelNanda/GELU_1L512W_C4_Code", repo, sizeof repo) == 0 &&
-              !strcmp(repo, "/c/models--NeelNanda--GELU_1L512W_C4_Code"), "%s", repo);
-    CHECK(saefw_hf_repo_folder("dataset", "gpt2", repo, sizeof repo) == 0 && !strcmp(repo, "datasets--gpt2"), "%s", repo);
+              !strcmp(repo, "/c/models--NeelNanda--GELU_1L512W_C4_Code"),
+          "%s", repo);
+    CHECK(saefw_hf_repo_folder("dataset", "gpt2", repo, sizeof repo) == 0 && !strcmp(repo, "datasets--gpt2"), "%s",
+          repo);
     CHECK(saefw_hf_repo_folder("bucket", "a/b", repo, sizeof repo) != 0, "unknown type accepted");
     CHECK(saefw_hf_repo_dir("model", "a/b", repo, 8) != 0, "short buffer accepted");
     CHECK(saefw_hf_cache_dir(got, 2) != 0, "short buffer accepted");

@@ -30,7 +30,8 @@ int main(void) {
     char err[512];
     int64_t v = 0;
     CHECK(saefw_mem_parse("8G", &v, err, sizeof err) == 0 && v == (int64_t)8 << 30, "8G -> %lld", (long long)v);
-    CHECK(saefw_mem_parse("512MiB", &v, err, sizeof err) == 0 && v == (int64_t)512 << 20, "512MiB -> %lld", (long long)v);
+    CHECK(saefw_mem_parse("512MiB", &v, err, sizeof err) == 0 && v == (int64_t)512 << 20, "512MiB -> %lld",
+          (long long)v);
     CHECK(saefw_mem_parse("1e6", &v, err, sizeof err) == 0 && v == 1000000, "1e6 -> %lld", (long long)v);
     CHECK(saefw_mem_parse("8Q", &v, err, sizeof err) != 0 && strstr(err, "8Q"), "8Q accepted: %s", err);
     CHECK(saefw_mem_parse("-1G", &v, err, sizeof err) != 0, "-1G accepted");
@@ -61,8 +62,10 @@ int main(void) {
     snprintf(f, sizeof f, "%s/memory.max", cg);
     write_text(f, "max\n");
     have = saefw_mem_available(what, sizeof what);
-    CHECK(have >= ((int64_t)1 << 30) && !strcmp(what, "MemAvailable"), "no cgroup limit: %lld (%s)", (long long)have, what);
-    CHECK(saefw_mem_check("the thing", 2e9, err, sizeof err) != 0 && strstr(err, "the thing") && strstr(err, "--allow-memory"),
+    CHECK(have >= ((int64_t)1 << 30) && !strcmp(what, "MemAvailable"), "no cgroup limit: %lld (%s)", (long long)have,
+          what);
+    CHECK(saefw_mem_check("the thing", 2e9, err, sizeof err) != 0 && strstr(err, "the thing") &&
+              strstr(err, "--allow-memory"),
           "2 GB on a 1 GiB machine: %s", err);
     CHECK(saefw_mem_check("the thing", 1e8, err, sizeof err) == 0, "100 MB on a 1 GiB machine refused: %s", err);
     unsetenv("SAEFW_MEMINFO");
@@ -80,7 +83,8 @@ int main(void) {
     CHECK(rc != 0 && strstr(err, "activation buffer") && strstr(err, "TiB") && strstr(err, "--allow-memory"),
           "1 TiB buffer: rc %d: %s", rc, err);
     CHECK(dt < 0.5, "the refusal took %.2f s", dt);
-    CHECK(saefw_mem_peak() - peak0 < (16 << 20), "peak memory grew by %lld bytes", (long long)(saefw_mem_peak() - peak0));
+    CHECK(saefw_mem_peak() - peak0 < (16 << 20), "peak memory grew by %lld bytes",
+          (long long)(saefw_mem_peak() - peak0));
     printf("  1 TiB buffer refused in %.3f s: %s\n", dt, err);
     /* A limit below the need refuses a small one; allowing runs it. */
     saefw_mem_set_policy(0, 1 << 20);
@@ -96,15 +100,18 @@ int main(void) {
     const char *bin = getenv("SAEFW_BIN");
     REQUIRE(bin && *bin, "SAEFW_BIN is not set (run under ctest)");
     t0 = saefw_now();
-    rc = run("%s run ../experiments/toy.lua --d_in 512 --dict_mult 4 --batch_size 4096 --buffer_mult 262144 --run_dir %s/a",
-             bin, tmp);
+    rc = run(
+        "%s run ../experiments/toy.lua --d_in 512 --dict_mult 4 --batch_size 4096 --buffer_mult 262144 --run_dir %s/a",
+        bin, tmp);
     dt = saefw_now() - t0;
-    CHECK(rc != 0 && strstr(out, "activation buffer") && strstr(out, "needs an estimated"), "1 TiB toy: rc %d\n%s", rc, out);
+    CHECK(rc != 0 && strstr(out, "activation buffer") && strstr(out, "needs an estimated"), "1 TiB toy: rc %d\n%s", rc,
+          out);
     CHECK(dt < 2, "the refusal took %.2f s", dt);
     rc = run("%s run ../experiments/toy.lua --steps 20 --memory-limit 2M --run_dir %s/b", bin, tmp);
     CHECK(rc != 0 && strstr(out, "memory_limit"), "--memory-limit 2M: rc %d\n%s", rc, out);
     rc = run("%s run ../experiments/toy.lua --steps 20 --eval_every 10 --run_dir %s/c", bin, tmp);
-    CHECK(rc == 0 && strstr(out, "memory: estimated peak") && strstr(out, "memory: peak resident"), "toy: rc %d\n%s", rc, out);
+    CHECK(rc == 0 && strstr(out, "memory: estimated peak") && strstr(out, "memory: peak resident"), "toy: rc %d\n%s",
+          rc, out);
     rc = run("%s run ../experiments/toy.lua --steps 20 --memory-limit 2M --allow-memory --run_dir %s/d", bin, tmp);
     CHECK(rc == 0, "--allow-memory: rc %d\n%s", rc, out);
     rc = run("%s run ../experiments/toy.lua --memory-limit lots --run_dir %s/e", bin, tmp);

@@ -22,8 +22,8 @@
 
 static const char *const hook_short[] = {"resid_pre", "resid_mid", "post", "mlp_out", "resid_post"};
 /* TransformerLens's other sites, by full name after "blocks.L." (ln_final's has no layer). */
-static const char *const more_hooks[] = {"ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-                                         "attn.hook_pattern", "attn.hook_z", "ln2.hook_normalized", "mlp.hook_pre"};
+static const char *const more_hooks[] = {"ln1.hook_normalized", "attn.hook_q", "attn.hook_k",         "attn.hook_v",
+                                         "attn.hook_pattern",   "attn.hook_z", "ln2.hook_normalized", "mlp.hook_pre"};
 #define N_MORE ((int)(sizeof more_hooks / sizeof more_hooks[0]))
 
 static int contains(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
@@ -105,8 +105,7 @@ static int identity_fn(void *ud, float *acts, int64_t rows, int64_t width, char 
 static int half_fn(void *ud, float *acts, int64_t rows, int64_t width, char *err, size_t errlen) {
     int *calls = ud;
     (*calls)++;
-    for (int64_t i = 0; i < rows * width; i++)
-        acts[i] *= 0.5f;
+    for (int64_t i = 0; i < rows * width; i++) acts[i] *= 0.5f;
     return 0;
 }
 
@@ -188,8 +187,7 @@ static void test_forward(fixture *f, const char *label) {
             const saefw_tensor_info *t = saefw_tf_find(f->ref, names[ncap]);
             REQUIRE(t, "fixture lacks %s", names[ncap]);
             int same = nd == t->ndim;
-            for (int d = 0; same && d < nd; d++)
-                same = shape[d] == t->shape[d];
+            for (int d = 0; same && d < nd; d++) same = shape[d] == t->shape[d];
             CHECK(same, "%s: shape has %d dims, differs from the fixture's", names[ncap], nd);
             caps[ncap].out = malloc(t->nbytes);
             REQUIRE(caps[ncap].out, "out of memory");
@@ -232,8 +230,7 @@ static void test_forward(fixture *f, const char *label) {
               contains(err, "blocks.0.ln1.hook_normalized can be read but not intervened on"),
           "intervention at ln1: '%s'", err);
     printf("  %s\n", err);
-    for (int i = 0; i < ncap; i++)
-        free(caps[i].out);
+    for (int i = 0; i < ncap; i++) free(caps[i].out);
     got = malloc(sizeof(float) * (size_t)(n * c->d_mlp));
     got2 = malloc(sizeof(float) * (size_t)(n * c->d_mlp));
     REQUIRE(got && got2, "out of memory");
@@ -555,7 +552,8 @@ static void test_threads(fixture *f) {
     int same = memcmp(lg[0], lg[1], sizeof(float) * (size_t)(n * c->d_vocab)) == 0 &&
                memcmp(post[0], post[1], sizeof(float) * (size_t)(n * c->d_mlp)) == 0 && loss[0] == loss[1];
     CHECK(same, "1 and 3 threads differ (loss %.17g vs %.17g)", loss[0], loss[1]);
-    printf("  logits, blocks.0.mlp.hook_post and loss with 1 and 3 threads: %s\n", same ? "bit-identical" : "DIFFERENT");
+    printf("  logits, blocks.0.mlp.hook_post and loss with 1 and 3 threads: %s\n",
+           same ? "bit-identical" : "DIFFERENT");
     for (int k = 0; k < 2; k++) {
         free(lg[k]);
         free(post[k]);

@@ -111,7 +111,7 @@ static void test_adam_reset(const saefw_host *h) {
             CHECK(lp->p.step(self, &run, err, sizeof err) == 0, "step: %s", err);
         }
         memcpy(before, p, sizeof p);
-        int rc = c == 0 ? lp->p.reset_state(self, &run, 0, 0, rows, 2, err, sizeof err)
+        int rc = c == 0   ? lp->p.reset_state(self, &run, 0, 0, rows, 2, err, sizeof err)
                  : c == 1 ? lp->p.reset_state(self, &run, 0, 1, &col, 1, err, sizeof err)
                           : lp->p.reset_state(self, &run, 0, 0, NULL, 0, err, sizeof err);
         CHECK(rc == 0, "reset %d: %s", c, err);

@@ -135,8 +135,8 @@ static void check_fixtures(void) {
             continue;
         }
         CHECK(saefw_parquet_rows(pq) == (int64_t)cJSON_GetObjectItem(jf, "rows")->valuedouble, "%s: rows", path);
-        CHECK(saefw_parquet_row_groups(pq) == cJSON_GetObjectItem(jf, "row_groups")->valueint, "%s: %d row groups", path,
-              saefw_parquet_row_groups(pq));
+        CHECK(saefw_parquet_row_groups(pq) == cJSON_GetObjectItem(jf, "row_groups")->valueint, "%s: %d row groups",
+              path, saefw_parquet_row_groups(pq));
         const cJSON *cols = cJSON_GetObjectItem(jf, "columns");
         CHECK(saefw_parquet_columns(pq) == cJSON_GetArraySize(cols), "%s: %d columns", path, saefw_parquet_columns(pq));
         for (const cJSON *jc = cols->child; jc; jc = jc->next) check_column(path, pq, jc, &values);
@@ -171,7 +171,8 @@ static int read_all(const char *path) {
         for (int c = 0; c < saefw_parquet_columns(pq); c++) {
             if (saefw_parquet_read(pq, rg, c, &b, err, sizeof err) == 0) continue;
             char want[600];
-            snprintf(want, sizeof want, "%s: row group %d, column '%s': ", path, rg, saefw_parquet_column_info(pq, c)->name);
+            snprintf(want, sizeof want, "%s: row group %d, column '%s': ", path, rg,
+                     saefw_parquet_column_info(pq, c)->name);
             CHECK(one_line(err) && !strncmp(err, want, strlen(want)), "read error '%s'", err);
             rc = -1;
         }
@@ -208,8 +209,8 @@ static void check_errors(const char *tmp) {
             saefw_parquet_close(pq);
         }
     }
-    CHECK(refused == (int)n && said_truncated == (int)n - 4, "truncations: %d of %zu refused, %d say truncated", refused, n,
-          said_truncated);
+    CHECK(refused == (int)n && said_truncated == (int)n - 4, "truncations: %d of %zu refused, %d say truncated",
+          refused, n, said_truncated);
     free(data);
 
     /* Wrong column type, and a column that is not there. */
@@ -218,10 +219,13 @@ static void check_errors(const char *tmp) {
               strstr(err, "m_snappy_v1_dict.parquet: column 'text' is string, expected list<int32|int64>"),
           "wrong type: '%s'", err);
     CHECK(saefw_parquet_find(pq, "tokens", SAEFW_PQ_INTS, err, sizeof err) < 0 &&
-              strstr(err, "column 'tokens' is list<int64>, expected int32|int64"), "wrong type: '%s'", err);
+              strstr(err, "column 'tokens' is list<int64>, expected int32|int64"),
+          "wrong type: '%s'", err);
     CHECK(saefw_parquet_find(pq, "input_ids", SAEFW_PQ_LISTS, err, sizeof err) < 0 &&
-              strstr(err, "no column 'input_ids' (columns: tokens, tok32, id, text)"), "no column: '%s'", err);
-    CHECK(saefw_parquet_read(pq, 3, 0, NULL, err, sizeof err) < 0 && strstr(err, "row group 3 out of range"), "'%s'", err);
+              strstr(err, "no column 'input_ids' (columns: tokens, tok32, id, text)"),
+          "no column: '%s'", err);
+    CHECK(saefw_parquet_read(pq, 3, 0, NULL, err, sizeof err) < 0 && strstr(err, "row group 3 out of range"), "'%s'",
+          err);
     saefw_parquet_close(pq);
 
     /* A page header wiped: the first chunk starts at byte 4 with the header of its first page. */
@@ -237,8 +241,8 @@ static void check_errors(const char *tmp) {
     saefw_parquet_batch_init(&b);
     char want[1100];
     snprintf(want, sizeof want, "%s: row group 0, column 'tokens': page 0: page header damaged", path);
-    CHECK(saefw_parquet_read(pq, 0, 0, &b, err, sizeof err) != 0 && !strncmp(err, want, strlen(want)), "wiped header: '%s'",
-          err);
+    CHECK(saefw_parquet_read(pq, 0, 0, &b, err, sizeof err) != 0 && !strncmp(err, want, strlen(want)),
+          "wiped header: '%s'", err);
     saefw_parquet_batch_free(&b);
     saefw_parquet_close(pq);
 
@@ -306,8 +310,12 @@ static void check_threads(void) {
         REQUIRE(col >= 0, "%s", err);
         int n_rg = saefw_parquet_row_groups(pq);
         REQUIRE(n_rg >= 3, "%s: %d row groups", files[f], n_rg);
-        mt_ctx ctx = {pq, col, calloc((size_t)n_rg, sizeof(int64_t *)), calloc((size_t)n_rg, sizeof(int64_t *)),
-                      calloc((size_t)n_rg, sizeof(int64_t)), 0};
+        mt_ctx ctx = {pq,
+                      col,
+                      calloc((size_t)n_rg, sizeof(int64_t *)),
+                      calloc((size_t)n_rg, sizeof(int64_t *)),
+                      calloc((size_t)n_rg, sizeof(int64_t)),
+                      0};
         REQUIRE(ctx.values && ctx.offsets && ctx.n, "oom");
         saefw_parallel_for(n_rg, mt_range, &ctx);
         CHECK(ctx.failures == 0, "%s: %d threaded reads failed", files[f], ctx.failures);

@@ -82,7 +82,8 @@ int main(void) {
     CHECK(!strcmp(v20->p.name, "plugin_2_0") && v20->p.after_backward && v20->p.after_step, "2.0 descriptor");
     CHECK(!strcmp(nx->p.name, "plugin_next") && nx->p.after_step && !nx->p.after_backward, "newer descriptor");
     CHECK(nx->p.struct_size == sizeof(saefw_plugin) && nx->p.option_size == sizeof(saefw_option),
-          "the newer descriptor was not cut to the engine's size: %u, options %u", nx->p.struct_size, nx->p.option_size);
+          "the newer descriptor was not cut to the engine's size: %u, options %u", nx->p.struct_size,
+          nx->p.option_size);
     int n_opts = 0;
     while (nx->p.options && nx->p.options[n_opts].name) n_opts++;
     CHECK(n_opts == 3 && !strcmp(nx->p.options[1].name, "beta") && nx->p.options[1].type == SAEFW_OPT_INTEGER &&
@@ -91,7 +92,8 @@ int main(void) {
 
     saefw_opts *so = NULL, *vo = NULL, *no = NULL;
     REQUIRE(saefw_opts_new(sgd, &so, err, sizeof err) == 0 && saefw_opts_new(v20, &vo, err, sizeof err) == 0 &&
-                saefw_opts_new(nx, &no, err, sizeof err) == 0, "%s", err);
+                saefw_opts_new(nx, &no, err, sizeof err) == 0,
+            "%s", err);
     set_num(so, sgd, "lr", LR);
     set_num(vo, v20, "from", 0);
     set_num(vo, v20, "lr", 0);
@@ -115,8 +117,9 @@ int main(void) {
     int enc_moved = memcmp(w_enc0, sae.p[SAEFW_W_ENC], sizeof w_enc0) != 0;
     int bdec_moved = memcmp(b_dec0, sae.p[SAEFW_B_DEC], sizeof b_dec0) != 0;
     printf("  2.0 plugin: lr %g (started at %g), l1 coefficient %g; W_enc moved %d, b_dec moved %d; l1 loss %g at "
-           "step 0, %g at step %d\n", metric(last, "v20_lr"), metric(last, "v20_lr0"), metric(last, "v20_l1"),
-           enc_moved, bdec_moved, first->l1, last->l1, STEPS - 1);
+           "step 0, %g at step %d\n",
+           metric(last, "v20_lr"), metric(last, "v20_lr0"), metric(last, "v20_l1"), enc_moved, bdec_moved, first->l1,
+           last->l1, STEPS - 1);
     CHECK(metric(last, "v20_lr") == 0 && metric(last, "v20_lr0") == LR, "learning rate not engine-owned");
     CHECK(metric(last, "v20_l1") == 0 && sae.l1_coeff == 0.0f, "L1 coefficient not set");
     CHECK(!enc_moved && !bdec_moved, "SGD did not use the engine's learning rate of 0");

@@ -82,7 +82,8 @@ static int train(saefw_loaded_plugin *exp, const char *run_dir, char *err, size_
     saefw_loaded_plugin *adam = NULL;
     saefw_opts *ao = NULL;
     REQUIRE(saefw_plugin_load("adam", saefw_host_table(), &adam, err, errlen) == 0 &&
-                saefw_opts_new(adam, &ao, err, errlen) == 0, "%s", err);
+                saefw_opts_new(adam, &ao, err, errlen) == 0,
+            "%s", err);
     saefw_plugin_use use = {.plugin = exp};
     saefw_train_opts o;
     memset(&o, 0, sizeof o);
@@ -133,8 +134,10 @@ int main(void) {
     if (f) fclose(f);
     text[n] = 0;
     char want[4300];
-    snprintf(want, sizeof want, "saefw: plugin crasher crashed (SIGSEGV) in its after_step callback at step 5; 1 "
-             "step(s) done since the last checkpoint are lost (it is %s/1: continue with --resume %s)\n", dir, dir);
+    snprintf(want, sizeof want,
+             "saefw: plugin crasher crashed (SIGSEGV) in its after_step callback at step 5; 1 "
+             "step(s) done since the last checkpoint are lost (it is %s/1: continue with --resume %s)\n",
+             dir, dir);
     CHECK(strstr(text, want), "crash report:\n%s\nwanted:\n%s", text, want);
     printf("  %s", want);
     /* No NUL: the message ends where the engine's 512-byte buffer does. */
@@ -145,7 +148,6 @@ int main(void) {
     size_t nx = x ? strspn(x + 15, "x") : 0;
     CHECK(x && nx == 511 && x[15 + nx] == 0, "message of a buffer without NUL: %zu x's, then '%.20s'", nx,
           x ? x + 15 + nx : "");
-
 
     /* Metrics that cannot be recorded stop the run, naming the plugin (they were cut or dropped). */
     saefw_loaded_plugin longname = experiment("longname", long_metric_after_step);

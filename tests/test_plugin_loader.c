@@ -51,7 +51,8 @@ int main(void) {
     CHECK(saefw_opts_set_number(o, lp, "lrr", 1e-3, e, 1024) != 0, "unknown option accepted");
     printf("  %-22s -> %s\n", "unknown option", e);
     CHECK(strstr(e, "unknown option 'lrr'") && strstr(e, "lr, beta1, beta2"), "unknown option error: %s", e);
-    CHECK(saefw_opts_set_string(o, lp, "lr", "fast", err, sizeof err) != 0 && strstr(err, "option 'lr' must be a number"),
+    CHECK(saefw_opts_set_string(o, lp, "lr", "fast", err, sizeof err) != 0 &&
+              strstr(err, "option 'lr' must be a number"),
           "wrong type error: %s", err);
     printf("  %-22s -> %s\n", "wrong option type", err);
     CHECK(saefw_opts_set_number(o, lp, "lr", 2e-4, err, sizeof err) == 0 && saefw_opts_number(o, "lr") == 2e-4,
@@ -61,6 +62,7 @@ int main(void) {
 
     /* The messages differ from one another. */
     for (int i = 0; i < n_msgs; i++)
-        for (int j = i + 1; j < n_msgs; j++) CHECK(strcmp(msgs[i], msgs[j]) != 0, "errors %d and %d are the same", i, j);
+        for (int j = i + 1; j < n_msgs; j++)
+            CHECK(strcmp(msgs[i], msgs[j]) != 0, "errors %d and %d are the same", i, j);
     return t_finish("test_plugin_loader");
 }

@@ -302,7 +302,8 @@ static void test_reinit_dead(saefw_loaded_plugin *adam, saefw_opts *adam_opts) {
         }
     }
     printf("  %lld features re-initialised (%lld of them killed); max |W_enc| %.4f (bound %.4f), max |W_dec| %.4f "
-           "(bound %.4f)\n", (long long)n_changed, (long long)killed_changed, max_enc, bound_enc, max_dec, bound_dec);
+           "(bound %.4f)\n",
+           (long long)n_changed, (long long)killed_changed, max_enc, bound_enc, max_dec, bound_dec);
     CHECK(killed_changed == 16, "only %lld of the 16 killed features were re-initialised", (long long)killed_changed);
     CHECK(n_changed == (int64_t)count, "%lld features changed, reinit_count says %g", (long long)n_changed, count);
     CHECK(bad_bias == 0, "%lld re-initialised features have a non-zero b_enc", (long long)bad_bias);
@@ -358,7 +359,8 @@ static void test_anthropic(saefw_opts *adam_opts) {
     g_probe.snap_step = every; /* the step after the resampling */
 
     saefw_plugin_use opt = {.plugin = &probe, .opts = adam_opts};
-    saefw_plugin_use without_uses[1] = {{.plugin = &killer}}, with_uses[2] = {{.plugin = &killer}, {.plugin = ar, .opts = ao}};
+    saefw_plugin_use without_uses[1] = {{.plugin = &killer}},
+                     with_uses[2] = {{.plugin = &killer}, {.plugin = ar, .opts = ao}};
     static recorder rec;
     world w;
 
@@ -380,7 +382,8 @@ static void test_anthropic(saefw_opts *adam_opts) {
     double before = rec.eval[s - 1].frac_dead * D_SAE, after = rec.eval[s].frac_dead * D_SAE;
     double count = metric(&rec.log[s], "resampled_count");
     printf("  dead features: %.0f at step %lld, %.0f after the resampling at step %lld (resampled_count %.0f, 16 "
-           "killed)\n", before, (long long)(s - 1), after, (long long)s, count);
+           "killed)\n",
+           before, (long long)(s - 1), after, (long long)s, count);
     CHECK(before >= 16, "the killed features should be dead before resampling: %g", before);
     CHECK(after < before, "the dead count did not fall: %g -> %g", before, after);
     CHECK(after <= before - 12, "too few features revived: %g -> %g", before, after);
@@ -391,7 +394,10 @@ static void test_anthropic(saefw_opts *adam_opts) {
     int seen[3] = {0, 0, 0};
     for (int k = 0; k < g_probe.n_resets; k++) {
         int pm = g_probe.reset_param[k], ax = g_probe.reset_axis[k];
-        int which = pm == SAEFW_W_DEC && ax == 0 ? 0 : pm == SAEFW_W_ENC && ax == 1 ? 1 : pm == SAEFW_B_ENC && ax == 0 ? 2 : -1;
+        int which = pm == SAEFW_W_DEC && ax == 0   ? 0
+                    : pm == SAEFW_W_ENC && ax == 1 ? 1
+                    : pm == SAEFW_B_ENC && ax == 0 ? 2
+                                                   : -1;
         CHECK(which >= 0, "reset of tensor %d along axis %d", pm, ax);
         if (which < 0) continue;
         seen[which] = 1;
@@ -409,7 +415,8 @@ static void test_anthropic(saefw_opts *adam_opts) {
     REQUIRE(R, "no reset at all");
     int64_t killed_reset = 0;
     for (int64_t j = 0; j < D_SAE; j++) killed_reset += killed(j) && in_set(R, nR, j);
-    printf("  optimizer state reset for %lld features (%lld of the 16 killed)\n", (long long)nR, (long long)killed_reset);
+    printf("  optimizer state reset for %lld features (%lld of the 16 killed)\n", (long long)nR,
+           (long long)killed_reset);
     CHECK(killed_reset == 16, "only %lld killed features resampled", (long long)killed_reset);
     CHECK(nR == (int64_t)count, "resampled_count %g, but %lld features reset", count, (long long)nR);
 
@@ -423,7 +430,8 @@ static void test_anthropic(saefw_opts *adam_opts) {
         if (in_set(R, nR, j)) continue;
         int same = !memcmp(AW_dec + j * D_IN, BW_dec + j * D_IN, sizeof(float) * D_IN) &&
                    !memcmp(&Ab_enc[j], &Bb_enc[j], sizeof(float));
-        for (int64_t i = 0; i < D_IN; i++) same = same && !memcmp(&AW_enc[i * D_SAE + j], &BW_enc[i * D_SAE + j], sizeof(float));
+        for (int64_t i = 0; i < D_IN; i++)
+            same = same && !memcmp(&AW_enc[i * D_SAE + j], &BW_enc[i * D_SAE + j], sizeof(float));
         untouched_diff += !same;
         live_norm += col_norm(AW_enc, j);
         live++;
@@ -448,7 +456,8 @@ static void test_anthropic(saefw_opts *adam_opts) {
         nonzero_bias += Ab_enc[j] != 0.0f;
     }
     printf("  resampled: |dec row norm - 1| <= %.2e, encoder norm / (0.2 x mean live %.4f) - 1 <= %.2e, "
-           "direction mismatch <= %.2e\n", worst_unit, live_norm, worst_norm, worst_dir);
+           "direction mismatch <= %.2e\n",
+           worst_unit, live_norm, worst_norm, worst_dir);
     CHECK(worst_unit < 1e-5 && worst_norm < 1e-5 && worst_dir < 1e-5, "resampled slices are not as specified");
     CHECK(nonzero_bias == 0, "%lld resampled features have b_enc != 0", (long long)nonzero_bias);
 
@@ -460,7 +469,9 @@ static void test_anthropic(saefw_opts *adam_opts) {
     double touched_worst = 0;
     const int64_t n_slices = D_IN * D_SAE * 2 + D_SAE;
     for (int64_t e = 0; e < n_slices; e++) {
-        int64_t j = e < D_IN * D_SAE ? e % D_SAE : e < 2 * D_IN * D_SAE ? (e - D_IN * D_SAE) / D_IN : e - 2 * D_IN * D_SAE;
+        int64_t j = e < D_IN * D_SAE       ? e % D_SAE
+                    : e < 2 * D_IN * D_SAE ? (e - D_IN * D_SAE) / D_IN
+                                           : e - 2 * D_IN * D_SAE;
         float g = g_probe.grad[e];
         float m = omb1 * g, v = omb2 * g * g;
         float denom = sqrtf(v) / bc2_sqrt + (float)EPS;
@@ -476,8 +487,8 @@ static void test_anthropic(saefw_opts *adam_opts) {
         }
     }
     printf("  next Adam update vs zero moments: touched slices max |diff| %.2e over %lld entries; untouched entries "
-           "that also match %lld of %lld\n", touched_worst, (long long)touched_n, (long long)other_match,
-           (long long)other_n);
+           "that also match %lld of %lld\n",
+           touched_worst, (long long)touched_n, (long long)other_match, (long long)other_n);
     CHECK(touched_bad == 0, "%lld entries of reset slices did not update from zero Adam state", (long long)touched_bad);
     CHECK(other_match < other_n / 20, "the check cannot tell reset state from kept state (%lld of %lld match)",
           (long long)other_match, (long long)other_n);
@@ -535,7 +546,8 @@ static void test_remove_rare_dir(saefw_loaded_plugin *adam, saefw_opts *adam_opt
     double with = max_dir_dot(&w.sae, unit), without = max_dir_dot(&base.sae, unit);
     double reported = metric(&rec.end, "max_abs_dir_dot"), at_eval = metric(&rec.eval[50], "max_abs_dir_dot");
     printf("  max |d . W_enc column| after 200 steps: %.3e with the plugin (reported %.3e; at the step-50 eval "
-           "%.3e), %.3e without\n", with, reported, at_eval, without);
+           "%.3e), %.3e without\n",
+           with, reported, at_eval, without);
     CHECK(with < 1e-5, "encoder columns not orthogonal to d: %g", with);
     CHECK(without > 1e-2, "the baseline is already orthogonal (%g): the test shows nothing", without);
     CHECK(fabs(reported - with) < 1e-6, "reported max_abs_dir_dot %g, computed %g", reported, with);
@@ -586,8 +598,8 @@ static void test_bad_input(saefw_loaded_plugin *adam, saefw_opts *adam_opts, con
     expect_fail("remove_rare_dir", "direction", 0, shortp, "direction has 16 entries, expected d_in = 32",
                 "option 'direction'", adam, adam_opts);
     expect_fail("remove_rare_dir", "direction", 0, zerop, "zero norm", "option 'direction'", adam, adam_opts);
-    expect_fail("remove_rare_dir", "direction", 0, "/nonexistent/dir.npy", "/nonexistent/dir.npy",
-                "option 'direction'", adam, adam_opts);
+    expect_fail("remove_rare_dir", "direction", 0, "/nonexistent/dir.npy", "/nonexistent/dir.npy", "option 'direction'",
+                adam, adam_opts);
     expect_fail("reinit_dead", "every", 0, NULL, "option 'every'", ">= 1", adam, adam_opts);
     expect_fail("reinit_dead", "threshold", -1e-6, NULL, "option 'threshold'", ">= 0", adam, adam_opts);
     expect_fail("reinit_dead", "batches", 0, NULL, "option 'batches'", ">= 1", adam, adam_opts);

@@ -144,7 +144,8 @@ static void test_fixed_and_resume(const char *tmp) {
     int same = 1;
     for (int i = 1; i < sa.n; i++) same &= sa.clean[i] == sa.clean[0] && sa.zero[i] == sa.zero[0];
     CHECK(same && isfinite(sa.clean[0]) && isfinite(sa.zero[0]) && sa.zero[0] > sa.clean[0],
-          "the fixed set's clean/zero-ablated losses differ between evals (first %.9g / %.9g)", sa.clean[0], sa.zero[0]);
+          "the fixed set's clean/zero-ablated losses differ between evals (first %.9g / %.9g)", sa.clean[0],
+          sa.zero[0]);
     CHECK(isfinite(sa.recons[0]) && sa.recons[sa.n - 1] != sa.recons[0], "the loss with the SAE did not move: %.9g",
           sa.recons[0]);
 
@@ -254,9 +255,10 @@ static void fixture_lines(char *out, size_t n) {
         char ev[16];
         int step;
         double v[4];
-        REQUIRE(sscanf(line, "%15s %d %lf %lf %lf %lf", ev, &step, &v[0], &v[1], &v[2], &v[3]) == 6, "fixture line '%s'",
-                line);
-        if (u < n) u += (size_t)snprintf(out + u, n - u, "%s %d %.9g %.9g %.9g %.9g\n", ev, step, v[0], v[1], v[2], v[3]);
+        REQUIRE(sscanf(line, "%15s %d %lf %lf %lf %lf", ev, &step, &v[0], &v[1], &v[2], &v[3]) == 6,
+                "fixture line '%s'", line);
+        if (u < n)
+            u += (size_t)snprintf(out + u, n - u, "%s %d %.9g %.9g %.9g %.9g\n", ev, step, v[0], v[1], v[2], v[3]);
     }
     free(text);
 }
@@ -265,20 +267,21 @@ static void test_cli(const char *bin, const char *tmp) {
     static char out[1 << 16];
     const char *args = "--num_tokens 16384 --batch_size 256 --buffer_mult 8 --eval_every 30 --recons_batches 1 "
                        "--report_tokens 0";
-    int rc = t_run(out, sizeof out, "%s run ../experiments/quickstart.lua %s --recons_eval fresh --run_dir %s/fresh", bin,
-                   args, tmp);
+    int rc = t_run(out, sizeof out, "%s run ../experiments/quickstart.lua %s --recons_eval fresh --run_dir %s/fresh",
+                   bin, args, tmp);
     CHECK(rc == 0, "fresh run: rc %d\n%s", rc, out);
     rc = t_run(out, sizeof out, "%s run ../experiments/quickstart.lua %s --run_dir %s/fixed", bin, args, tmp);
     CHECK(rc == 0, "fixed run: rc %d\n%s", rc, out);
-    CHECK(strstr(out, "time ") && strstr(out, "SAE step") && strstr(out, "refills"), "no time split at the end:\n%s", out);
+    CHECK(strstr(out, "time ") && strstr(out, "SAE step") && strstr(out, "refills"), "no time split at the end:\n%s",
+          out);
 
     char got[4096], want[4096], fixed[4096], p1[1200], p2[1200];
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/fresh", tmp);
     recons_lines(dir, got, sizeof got);
     fixture_lines(want, sizeof want);
-    CHECK(want[0] && !strcmp(got, want), "recons_eval = fresh differs from the older build's metrics:\n%s--- fixture:\n%s",
-          got, want);
+    CHECK(want[0] && !strcmp(got, want),
+          "recons_eval = fresh differs from the older build's metrics:\n%s--- fixture:\n%s", got, want);
 
     /* The evaluator has its own rows: the training stream, hence the weights, are the same. */
     snprintf(p1, sizeof p1, "%s/fresh/final/sae_weights.safetensors", tmp);

@@ -92,7 +92,8 @@ static int same_run(const char *ref, const char *dir, const char *what) {
     int weights = wa && wb && la == lb && memcmp(wa, wb, la) == 0;
     char *ma = metrics_without_timing(ref), *mb = metrics_without_timing(dir);
     int metrics = ma && mb && strcmp(ma, mb) == 0;
-    printf("  %-44s weights %s, metrics %s\n", what, weights ? "identical" : "DIFFER", metrics ? "identical" : "DIFFER");
+    printf("  %-44s weights %s, metrics %s\n", what, weights ? "identical" : "DIFFER",
+           metrics ? "identical" : "DIFFER");
     CHECK(weights, "%s: final weights differ from the uninterrupted run", what);
     CHECK(metrics, "%s: metrics differ from the uninterrupted run", what);
     free(wa);

@@ -21,16 +21,19 @@ static void check_overrides(void) {
     CHECK(saefw_run_parse_override("k", "1e3", SAEFW_VALUE_INT, &v, err, sizeof err) == 0 && v.i == 1000, "int 1e3");
     CHECK(saefw_run_parse_override("k", "-7", SAEFW_VALUE_INT, &v, err, sizeof err) == 0 && v.i == -7, "int -7");
     CHECK(saefw_run_parse_override("steps", "1.5", SAEFW_VALUE_INT, &v, err, sizeof err) != 0 &&
-              strcmp(err, "--steps: expected an integer, got '1.5'") == 0, "int 1.5: %s", err);
+              strcmp(err, "--steps: expected an integer, got '1.5'") == 0,
+          "int 1.5: %s", err);
     CHECK(saefw_run_parse_override("lr", "2e-4", SAEFW_VALUE_FLOAT, &v, err, sizeof err) == 0 && v.f == 2e-4, "2e-4");
     CHECK(saefw_run_parse_override("lr", "10", SAEFW_VALUE_FLOAT, &v, err, sizeof err) == 0 && v.f == 10.0, "10");
     CHECK(saefw_run_parse_override("lr", "inf", SAEFW_VALUE_FLOAT, &v, err, sizeof err) != 0 &&
-              strcmp(err, "--lr: expected a number, got 'inf'") == 0, "inf: %s", err);
+              strcmp(err, "--lr: expected a number, got 'inf'") == 0,
+          "inf: %s", err);
     CHECK(saefw_run_parse_override("lr", "1e-4x", SAEFW_VALUE_FLOAT, &v, err, sizeof err) != 0, "1e-4x accepted");
     CHECK(saefw_run_parse_override("b", "Yes", SAEFW_VALUE_BOOL, &v, err, sizeof err) == 0 && v.b == 1, "Yes");
     CHECK(saefw_run_parse_override("b", "off", SAEFW_VALUE_BOOL, &v, err, sizeof err) == 0 && v.b == 0, "off");
     CHECK(saefw_run_parse_override("b", "maybe", SAEFW_VALUE_BOOL, &v, err, sizeof err) != 0 &&
-              strcmp(err, "--b: expected true or false, got 'maybe'") == 0, "maybe: %s", err);
+              strcmp(err, "--b: expected true or false, got 'maybe'") == 0,
+          "maybe: %s", err);
     CHECK(saefw_run_parse_override("s", "x y", SAEFW_VALUE_STRING, &v, err, sizeof err) == 0 && strcmp(v.s, "x y") == 0,
           "string");
 }
@@ -38,7 +41,8 @@ static void check_overrides(void) {
 static void check_derivations(const char *tmp) {
     char err[256];
     CHECK(saefw_run_steps(1000, 256, err, sizeof err) == 3, "1000 tokens of 256");
-    CHECK(saefw_run_steps(100, 256, err, sizeof err) < 0 && strcmp(err, "num_tokens 100 is less than one batch of 256") == 0,
+    CHECK(saefw_run_steps(100, 256, err, sizeof err) < 0 &&
+              strcmp(err, "num_tokens 100 is less than one batch of 256") == 0,
           "100 tokens: %s", err);
     CHECK(saefw_run_model_batch(4096, 128) == 512 && saefw_run_model_batch(100, 128) == 1, "model batch");
 
@@ -149,8 +153,8 @@ int main(void) {
     CHECK(rc == 0 && n == 9, "stepped %d times, last %d: %s", n, rc, err);
     CHECK(saefw_trainer_step(t, err, sizeof err) == 0, "a step past the end ran");
     CHECK(saefw_trainer_close(t, &res, err, sizeof err) == 0, "close: %s", err);
-    CHECK(res.steps_done == 9 && fabs(saefw_metrics_get(&res.last, "mmcs") - mmcs) == 0, "stepped: %lld steps, MMCS %g vs %g",
-          (long long)res.steps_done, saefw_metrics_get(&res.last, "mmcs"), mmcs);
+    CHECK(res.steps_done == 9 && fabs(saefw_metrics_get(&res.last, "mmcs") - mmcs) == 0,
+          "stepped: %lld steps, MMCS %g vs %g", (long long)res.steps_done, saefw_metrics_get(&res.last, "mmcs"), mmcs);
     CHECK(memcmp(a.sae.params, b.sae.params, sizeof(float) * (size_t)a.sae.n_total) == 0,
           "the stepped run's weights differ from saefw_train's");
     char final_cfg[4300];

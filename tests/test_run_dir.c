@@ -119,7 +119,8 @@ static void two_writers(void) {
     pid_t a = spawn(la, NULL, "--run_dir", dir, "--steps", "300", NULL);
     pid_t b = spawn(lb, NULL, "--run_dir", dir, "--steps", "300", NULL);
     int sa = wait_for(a), sb = wait_for(b);
-    CHECK(ok(sa) + ok(sb) == 1 && (failed(sa) || failed(sb)), "two fresh runs: statuses %d and %d (one must fail)", sa, sb);
+    CHECK(ok(sa) + ok(sb) == 1 && (failed(sa) || failed(sb)), "two fresh runs: statuses %d and %d (one must fail)", sa,
+          sb);
     const char *loser = ok(sa) ? lb : la;
     pid_t winner = ok(sa) ? a : b;
     /* The loser either met the lock or, if the winner had finished already, the finished run. */
@@ -155,7 +156,8 @@ static void two_writers(void) {
     CHECK(failed(sr) && log_has(lb, want), "resume during a run: status %d, not refused naming PID %ld", sr, (long)a);
     CHECK(ok(sa), "resume during a run: the running one failed (status %d); see %s", sa, la);
     m = slurp(path_of("%s/metrics.jsonl", dir), NULL);
-    CHECK(count(m, "\"event\":\"end\"") == 1 && count(m, "\"event\":\"log\",\"step\":0,") == 1, "resume during a run: metrics.jsonl mixed");
+    CHECK(count(m, "\"event\":\"end\"") == 1 && count(m, "\"event\":\"log\",\"step\":0,") == 1,
+          "resume during a run: metrics.jsonl mixed");
     free(m);
 }
 
@@ -181,7 +183,8 @@ static void nothing_to_resume(void) {
 
     const char *typo = path_of("%s/finsihed", TMP);
     st = wait_for(spawn(log, NULL, "--run_dir", typo, "--resume", typo, NULL));
-    CHECK(failed(st) && log_has(log, "no such run folder") && !exists(typo), "--resume on a mistyped path: status %d", st);
+    CHECK(failed(st) && log_has(log, "no such run folder") && !exists(typo), "--resume on a mistyped path: status %d",
+          st);
 
     /* Every checkpoint damaged: refused rather than started over. */
     dir = killed_run("damaged", "step:60");
@@ -212,9 +215,11 @@ static void nothing_to_resume(void) {
     FILE *f = fopen(path_of("%s/notes.txt", dir), "w");
     REQUIRE(f && fputs("mine\n", f) >= 0 && fclose(f) == 0, "notes.txt");
     st = wait_for(spawn(log, NULL, "--run_dir", dir, NULL));
-    CHECK(failed(st) && log_has(log, "is not empty (it holds 'notes.txt')"), "fresh start in a used folder: status %d", st);
+    CHECK(failed(st) && log_has(log, "is not empty (it holds 'notes.txt')"), "fresh start in a used folder: status %d",
+          st);
     st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, NULL));
-    CHECK(failed(st) && log_has(log, "holds notes.txt but no checkpoint"), "--resume on a folder of other files: %d", st);
+    CHECK(failed(st) && log_has(log, "holds notes.txt but no checkpoint"), "--resume on a folder of other files: %d",
+          st);
 }
 
 /* Killed before its first checkpoint: --resume starts over, saying so. Killed during a checkpoint
@@ -223,10 +228,12 @@ static void start_over_and_leftovers(void) {
     const char *dir = killed_run("early", "step:3");
     const char *log = path_of("%s/early.log", TMP);
     int st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, NULL));
-    CHECK(ok(st) && log_has(log, "has no checkpoint yet (the run stopped before its first one); starting from the beginning"),
+    CHECK(ok(st) &&
+              log_has(log, "has no checkpoint yet (the run stopped before its first one); starting from the beginning"),
           "--resume before the first checkpoint: status %d", st);
     char *m = slurp(path_of("%s/metrics.jsonl", dir), NULL);
-    CHECK(count(m, "\"event\":\"log\",\"step\":0,") == 1 && count(m, "\"event\":\"end\"") == 1, "start over: metrics.jsonl mixes two runs");
+    CHECK(count(m, "\"event\":\"log\",\"step\":0,") == 1 && count(m, "\"event\":\"end\"") == 1,
+          "start over: metrics.jsonl mixes two runs");
     free(m);
 
     dir = killed_run("leftover", "checkpoint:2");
@@ -240,8 +247,8 @@ static void start_over_and_leftovers(void) {
     REQUIRE(left[0], "the killed checkpoint write left no .tmp. folder in %s", dir);
     log = path_of("%s/leftover.log", TMP);
     st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, NULL));
-    CHECK(ok(st) && !exists(left) && log_has(log, "(no longer running)"), "leftover %s: status %d, still there: %d", left,
-          st, exists(left));
+    CHECK(ok(st) && !exists(left) && log_has(log, "(no longer running)"), "leftover %s: status %d, still there: %d",
+          left, st, exists(left));
     printf("  removed at resume: %s\n", strrchr(left, '/') + 1);
 
     /* A writer killed between moving the previous checkpoint aside and renaming the new one into
@@ -279,7 +286,8 @@ static void damaged_metrics(void) {
 
     REQUIRE(unlink(mp) == 0, "unlink %s", mp);
     st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, NULL));
-    CHECK(failed(st) && log_has(log, "metrics.jsonl is missing") && !exists(mp), "metrics.jsonl missing: status %d", st);
+    CHECK(failed(st) && log_has(log, "metrics.jsonl is missing") && !exists(mp), "metrics.jsonl missing: status %d",
+          st);
 }
 
 /* A resume with another configuration: refused, unless each change is named; then recorded. */
@@ -289,19 +297,24 @@ static void config_changes(void) {
     int st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, "--seed", "6", NULL));
     CHECK(failed(st) && log_has(log, "seed 5 -> 6") && log_has(log, "--allow-change"), "changed seed: status %d", st);
     st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, "--resample", "false", NULL));
-    CHECK(failed(st) && log_has(log, "plugins \"adam, anthropic_resample\" -> \"adam\""), "plugin dropped: status %d", st);
-    st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, "--steps", "150", "--allow-change", "seed", NULL));
+    CHECK(failed(st) && log_has(log, "plugins \"adam, anthropic_resample\" -> \"adam\""), "plugin dropped: status %d",
+          st);
+    st =
+        wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, "--steps", "150", "--allow-change", "seed", NULL));
     CHECK(failed(st) && log_has(log, "steps 120 -> 150"), "a change not named: status %d", st);
 
-    st = wait_for(spawn(log, NULL, "--run_dir", dir, "--resume", dir, "--steps", "150", "--allow-change", "steps", NULL));
+    st = wait_for(
+        spawn(log, NULL, "--run_dir", dir, "--resume", dir, "--steps", "150", "--allow-change", "steps", NULL));
     CHECK(ok(st) && log_has(log, "resume: \"steps\" changed from 120 to 150"), "allowed change: status %d", st);
     char *m = slurp(path_of("%s/metrics.jsonl", dir), NULL);
-    CHECK(m && strstr(m, "{\"event\":\"config_change\",\"step\":") && strstr(m, "\"key\":\"train.steps\",\"from\":120,\"to\":150}") &&
-              strstr(m, "\"event\":\"end\",\"step\":149,"), "metrics.jsonl lacks the change or the run's end");
+    CHECK(m && strstr(m, "{\"event\":\"config_change\",\"step\":") &&
+              strstr(m, "\"key\":\"train.steps\",\"from\":120,\"to\":150}") &&
+              strstr(m, "\"event\":\"end\",\"step\":149,"),
+          "metrics.jsonl lacks the change or the run's end");
     free(m);
     char *c = slurp(path_of("%s/final/cfg.json", dir), NULL);
-    CHECK(c && strstr(c, "\"config_changes\"") && strstr(c, "\"key\":\t\"steps\""), "final/cfg.json lacks the change:\n%s",
-          c ? c : "(missing)");
+    CHECK(c && strstr(c, "\"config_changes\"") && strstr(c, "\"key\":\t\"steps\""),
+          "final/cfg.json lacks the change:\n%s", c ? c : "(missing)");
     free(c);
 
     st = system(path_of("'%s' run lua/resume_run.lua --allow-change lr > '%s' 2>&1", BIN, log));
@@ -316,7 +329,8 @@ static void stopped_by_callback(void) {
     int st = system(path_of("'%s' run lua/stop_early.lua --run_dir '%s' > '%s' 2>&1", BIN, dir, log));
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "stopped run: status %d", st);
     CHECK(log_has(log, "the on_log callback stopped the run after step 20 of 100") &&
-              log_has(log, "stopped_by on_log steps_done 21 loss "), "stopped run: no message or result");
+              log_has(log, "stopped_by on_log steps_done 21 loss "),
+          "stopped run: no message or result");
     char *t = slurp(log, NULL);
     CHECK(t && !strstr(t, "loss 0 ") && exists(path_of("%s/final/sae_weights.safetensors", dir)),
           "stopped run: a loss of 0 or no final checkpoint");

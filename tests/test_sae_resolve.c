@@ -32,7 +32,8 @@ int main(void) {
     snprintf(refs, sizeof refs, "%s/refs/main", repo_dir);
     FILE *f = fopen(refs, "w");
     REQUIRE(f && fprintf(f, "%s", rev) > 0 && fclose(f) == 0, "cannot write %s", refs);
-    sh("cp fixtures/sae/seed_ckpt/3.pt '%s/25.pt' && cp fixtures/sae/seed_ckpt/3_cfg.json '%s/25_cfg.json'", snap, snap);
+    sh("cp fixtures/sae/seed_ckpt/3.pt '%s/25.pt' && cp fixtures/sae/seed_ckpt/3_cfg.json '%s/25_cfg.json'", snap,
+       snap);
 
     /* A local path is itself, whatever it looks like. */
     CHECK(saefw_sae_resolve("fixtures/sae/seed_ckpt/3.pt", out, sizeof out, &hub, err, sizeof err) == 0, "%s", err);
@@ -59,11 +60,13 @@ int main(void) {
     REQUIRE(saefw_checkpoint_save(folder, &sae, NULL, err, sizeof err) == 0, "%s", err);
     saefw_sae_free(&sae);
     CHECK(saefw_sae_resolve("NeelNanda/sparse_autoencoder/blocks.0.mlp.hook_post", out, sizeof out, &hub, err,
-                            sizeof err) == 0 && !strcmp(out, folder),
+                            sizeof err) == 0 &&
+              !strcmp(out, folder),
           "folder: %s (%s)", out, err);
     T_FMT(want, "%s/sae_weights.safetensors", folder);
     CHECK(saefw_sae_resolve("hf://NeelNanda/sparse_autoencoder/blocks.0.mlp.hook_post/sae_weights.safetensors", out,
-                            sizeof out, &hub, err, sizeof err) == 0 && !strcmp(out, want),
+                            sizeof out, &hub, err, sizeof err) == 0 &&
+              !strcmp(out, want),
           "safetensors file: %s (%s)", out, err);
 
     /* The N_cfg.json is part of a seed checkpoint: without it the .pt is not "in the cache". */
@@ -84,8 +87,17 @@ int main(void) {
     CHECK(saefw_sae_resolve("alice/none/1.pt", out, sizeof out, &hub, err, sizeof err) != 0 &&
               strstr(err, "saefw download alice/none 1.pt 1_cfg.json"),
           "absent repo: %s", err);
-    const char *bad[] = {"hf://a", "hf://a/b", "hf:///a/b/c", "hf://a/b/../c.pt", "hf://a/b//c.pt", "hf://a--b/c/d.pt",
-                         "hf://a/b/./c.pt", "nosuchfile.pt", "./x/y/z.pt", "/abs/none/x.pt", ""};
+    const char *bad[] = {"hf://a",
+                         "hf://a/b",
+                         "hf:///a/b/c",
+                         "hf://a/b/../c.pt",
+                         "hf://a/b//c.pt",
+                         "hf://a--b/c/d.pt",
+                         "hf://a/b/./c.pt",
+                         "nosuchfile.pt",
+                         "./x/y/z.pt",
+                         "/abs/none/x.pt",
+                         ""};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         err[0] = 0;
         CHECK(saefw_sae_resolve(bad[i], out, sizeof out, &hub, err, sizeof err) != 0 && err[0] && !strchr(err, '\n'),

@@ -40,12 +40,24 @@ typedef struct {
  * to the dataclass, so each must be present, possibly through from_dict's renames or
  * handle_config_defaulting), then the ones with a default, whose types must still fit. */
 static const field v5_required[] = {
-    {"architecture", J_STR},      {"d_in", J_INT},          {"d_sae", J_INT},
-    {"activation_fn_str", J_STR}, {"apply_b_dec_to_input", J_BOOL}, {"finetuning_scaling_factor", J_BOOL},
-    {"context_size", J_INT},      {"model_name", J_STR},    {"hook_name", J_STR},
-    {"hook_layer", J_INT},        {"hook_head_index", J_INT_OR_NULL}, {"prepend_bos", J_BOOL},
-    {"dataset_path", J_STR},      {"dataset_trust_remote_code", J_BOOL}, {"normalize_activations", J_STR},
-    {"dtype", J_STR},             {"device", J_STR},        {"sae_lens_training_version", J_STR_OR_NULL},
+    {"architecture", J_STR},
+    {"d_in", J_INT},
+    {"d_sae", J_INT},
+    {"activation_fn_str", J_STR},
+    {"apply_b_dec_to_input", J_BOOL},
+    {"finetuning_scaling_factor", J_BOOL},
+    {"context_size", J_INT},
+    {"model_name", J_STR},
+    {"hook_name", J_STR},
+    {"hook_layer", J_INT},
+    {"hook_head_index", J_INT_OR_NULL},
+    {"prepend_bos", J_BOOL},
+    {"dataset_path", J_STR},
+    {"dataset_trust_remote_code", J_BOOL},
+    {"normalize_activations", J_STR},
+    {"dtype", J_STR},
+    {"device", J_STR},
+    {"sae_lens_training_version", J_STR_OR_NULL},
 };
 static const field v5_optional[] = {
     {"activation_fn_kwargs", J_OBJ},
@@ -56,17 +68,29 @@ static const field v5_optional[] = {
 /* SAELens 6.18 sae_lens/saes/sae.py SAEConfig (StandardSAEConfig adds nothing) and the metadata
  * keys of loading/pretrained_sae_loaders.py LLM_METADATA_KEYS that a model-side tool reads. */
 static const field v6_top[] = {
-    {"architecture", J_STR},          {"d_in", J_INT},  {"d_sae", J_INT}, {"dtype", J_STR}, {"device", J_STR},
-    {"apply_b_dec_to_input", J_BOOL}, {"normalize_activations", J_STR},   {"reshape_activations", J_STR},
+    {"architecture", J_STR},
+    {"d_in", J_INT},
+    {"d_sae", J_INT},
+    {"dtype", J_STR},
+    {"device", J_STR},
+    {"apply_b_dec_to_input", J_BOOL},
+    {"normalize_activations", J_STR},
+    {"reshape_activations", J_STR},
     {"metadata", J_OBJ},
 };
 static const field v6_meta[] = {
-    {"sae_lens_version", J_STR},      {"sae_lens_training_version", J_STR_OR_NULL},
-    {"model_name", J_STR},            {"hook_name", J_STR},
-    {"hook_head_index", J_INT_OR_NULL}, {"model_class_name", J_STR},
-    {"model_from_pretrained_kwargs", J_OBJ}, {"prepend_bos", J_BOOL},
-    {"context_size", J_INT},          {"dataset_path", J_STR},
-    {"seqpos_slice", J_LIST},         {"neuronpedia_id", J_STR_OR_NULL},
+    {"sae_lens_version", J_STR},
+    {"sae_lens_training_version", J_STR_OR_NULL},
+    {"model_name", J_STR},
+    {"hook_name", J_STR},
+    {"hook_head_index", J_INT_OR_NULL},
+    {"model_class_name", J_STR},
+    {"model_from_pretrained_kwargs", J_OBJ},
+    {"prepend_bos", J_BOOL},
+    {"context_size", J_INT},
+    {"dataset_path", J_STR},
+    {"seqpos_slice", J_LIST},
+    {"neuronpedia_id", J_STR_OR_NULL},
 };
 
 static void check_fields(const char *what, const cJSON *obj, const field *f, size_t n) {
@@ -110,8 +134,8 @@ static cJSON *check_cfg(const char *dir, int64_t d_in, int64_t d_sae) {
     check_fields("5.x", c, v5_optional, sizeof v5_optional / sizeof *v5_optional);
     check_str(c, "architecture", "standard");
     check_str(c, "activation_fn_str", "relu");
-    check_str(c, "activation_fn", "relu"); /* the 6.x pre-6 converter's name; both renames then agree */
-    check_bool(c, "apply_b_dec_to_input", 1);  /* the seed subtracts b_dec before encoding */
+    check_str(c, "activation_fn", "relu");    /* the 6.x pre-6 converter's name; both renames then agree */
+    check_bool(c, "apply_b_dec_to_input", 1); /* the seed subtracts b_dec before encoding */
     check_bool(c, "finetuning_scaling_factor", 0);
     check_str(c, "normalize_activations", "none");
     check_str(c, "dtype", "float32"); /* a key of SAELens's DTYPE_MAP */
@@ -141,7 +165,8 @@ static cJSON *check_cfg(const char *dir, int64_t d_in, int64_t d_sae) {
     /* The metadata repeats the top level: one truth. */
     static const char *const same[] = {"model_name", "hook_name", "context_size", "prepend_bos", "dataset_path"};
     for (size_t i = 0; i < sizeof same / sizeof *same; i++)
-        CHECK(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(c, same[i]), cJSON_GetObjectItemCaseSensitive(md, same[i]), 1),
+        CHECK(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(c, same[i]), cJSON_GetObjectItemCaseSensitive(md, same[i]),
+                            1),
               "metadata.%s differs from the top-level %s", same[i], same[i]);
     return c;
 }

@@ -70,7 +70,8 @@ int main(void) {
 
     /* Counts past their bound are refused, naming the key. */
     rc = run("%s run ../experiments/quickstart.lua --recons_batches 20000 --run_dir %s/b", bin, tmp);
-    CHECK(rc != 0 && strstr(out, "recons_batches = 20000 is more than 10000"), "recons_batches 20000: rc %d\n%s", rc, out);
+    CHECK(rc != 0 && strstr(out, "recons_batches = 20000 is more than 10000"), "recons_batches 20000: rc %d\n%s", rc,
+          out);
     rc = run("%s run lua/freq_batches_bound.lua", bin);
     CHECK(rc != 0 && strstr(out, "freq_batches = 1000000 is more than 10000"), "freq_batches: rc %d\n%s", rc, out);
     return t_finish("test_stop");

@@ -46,8 +46,8 @@ static int64_t state_i64(const char *path, const char *name) {
 /* The quickstart on the bundled model, small: batch 1024 in a buffer of 8192 rows, refilled by 4096
  * rows (8 pieces of 512, one model batch of 32 sequences) with the batch of steps 3, 7, 11, ...;
  * a metrics line after every step. */
-#define ARGS                                                                                                  \
-    "../experiments/quickstart.lua --num_tokens 2e4 --buffer_mult 8 --recons_batches 1 --report_tokens 0 " \
+#define ARGS                                                                                                           \
+    "../experiments/quickstart.lua --num_tokens 2e4 --buffer_mult 8 --recons_batches 1 --report_tokens 0 "             \
     "--log_every 1"
 
 int main(void) {
@@ -115,7 +115,8 @@ int main(void) {
 
     /* Counts past their bounds: one line naming the key, before any work. */
     static const char *const bounds[][2] = {
-        {"buffer_size", "saefw.buffer: buffer: size = 9000000000000000 rows of width 2048 is more than memory can address"},
+        {"buffer_size",
+         "saefw.buffer: buffer: size = 9000000000000000 rows of width 2048 is more than memory can address"},
         {"model_batch_size", "model_batch_size = 100000 sequences is not in 1 .. 65536"},
         {"reinit_batches", "plugin reinit_dead: option 'batches' must be >= 1 and <= 10000, got 1e+06"},
     };

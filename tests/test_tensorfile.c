@@ -26,14 +26,14 @@
 static int failures;
 static char tmpdir[2048];
 
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            failures++;                                                                                      \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                      \
-            printf(__VA_ARGS__);                                                                             \
-            printf("\n");                                                                                    \
-        }                                                                                                    \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            failures++;                                                                                                \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                                \
+            printf(__VA_ARGS__);                                                                                       \
+            printf("\n");                                                                                              \
+        }                                                                                                              \
     } while (0)
 
 static const char *tmp_path(const char *name) {
@@ -102,11 +102,11 @@ static int64_t raw_int(const saefw_tensor_info *t, int64_t i) {
 
 static void check_values(const char *file, const saefw_tensor_info *t, const cJSON *jt) {
     const cJSON *vals = cJSON_GetObjectItem(jt, "values"), *bits = cJSON_GetObjectItem(jt, "bits");
-    CHECK(cJSON_GetArraySize(vals) == t->numel, "%s/%s: %d expected values for %" PRId64 " elements", file,
-          t->name, cJSON_GetArraySize(vals), t->numel);
+    CHECK(cJSON_GetArraySize(vals) == t->numel, "%s/%s: %d expected values for %" PRId64 " elements", file, t->name,
+          cJSON_GetArraySize(vals), t->numel);
     if (cJSON_GetArraySize(vals) != t->numel) return;
-    int is_float = t->dtype == SAEFW_DT_F32 || t->dtype == SAEFW_DT_F16 || t->dtype == SAEFW_DT_BF16 ||
-                   t->dtype == SAEFW_DT_F64;
+    int is_float =
+        t->dtype == SAEFW_DT_F32 || t->dtype == SAEFW_DT_F16 || t->dtype == SAEFW_DT_BF16 || t->dtype == SAEFW_DT_F64;
     if (is_float) {
         char err[512];
         float *f = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *f);
@@ -163,8 +163,8 @@ static void check_fixture(const char *file, const cJSON *exp) {
     const char *fmt = cJSON_GetObjectItem(exp, "format")->valuestring;
     CHECK(strcmp(saefw_tf_format(tf), fmt) == 0, "%s: format %s, expected %s", file, saefw_tf_format(tf), fmt);
     const cJSON *tensors = cJSON_GetObjectItem(exp, "tensors");
-    CHECK(saefw_tf_count(tf) == cJSON_GetArraySize(tensors), "%s: %d tensors, expected %d", file,
-          saefw_tf_count(tf), cJSON_GetArraySize(tensors));
+    CHECK(saefw_tf_count(tf) == cJSON_GetArraySize(tensors), "%s: %d tensors, expected %d", file, saefw_tf_count(tf),
+          cJSON_GetArraySize(tensors));
     int i = 0;
     for (const cJSON *jt = tensors->child; jt && i < saefw_tf_count(tf); jt = jt->next, i++) {
         const saefw_tensor_info *t = saefw_tf_get(tf, i);
@@ -187,8 +187,8 @@ static void check_fixture(const char *file, const cJSON *exp) {
         if (!shape_ok || dt != t->dtype) continue;
         CHECK(t->numel == numel && t->nbytes == (size_t)numel * saefw_dtype_size(t->dtype),
               "%s/%s: numel %" PRId64 " nbytes %zu", file, name, t->numel, t->nbytes);
-        CHECK(t->nbytes == 0 || (uintptr_t)t->data % saefw_dtype_size(t->dtype) == 0, "%s/%s: data not aligned",
-              file, name);
+        CHECK(t->nbytes == 0 || (uintptr_t)t->data % saefw_dtype_size(t->dtype) == 0, "%s/%s: data not aligned", file,
+              name);
         check_values(file, t, jt);
     }
     CHECK(saefw_tf_get(tf, -1) == NULL && saefw_tf_get(tf, saefw_tf_count(tf)) == NULL, "%s: get out of range", file);
@@ -282,9 +282,15 @@ static void test_conversions(void) {
     static const struct {
         uint16_t h;
         float f;
-    } hf[] = {{0x3c00, 1.0f},  {0xc000, -2.0f},  {0x7bff, 65504.0f}, {0x0001, 5.9604644775390625e-8f},
-              {0x03ff, 6.09755516052246094e-5f}, {0x0400, 6.103515625e-5f}, {0x3555, 0.333251953125f},
-              {0x7c00, INFINITY}, {0xfc00, -INFINITY}};
+    } hf[] = {{0x3c00, 1.0f},
+              {0xc000, -2.0f},
+              {0x7bff, 65504.0f},
+              {0x0001, 5.9604644775390625e-8f},
+              {0x03ff, 6.09755516052246094e-5f},
+              {0x0400, 6.103515625e-5f},
+              {0x3555, 0.333251953125f},
+              {0x7c00, INFINITY},
+              {0xfc00, -INFINITY}};
     for (size_t i = 0; i < sizeof hf / sizeof hf[0]; i++)
         CHECK(saefw_f16_to_f32(hf[i].h) == hf[i].f, "f16_to_f32(0x%04x) = %.9g, expected %.9g", hf[i].h,
               saefw_f16_to_f32(hf[i].h), hf[i].f);
@@ -300,7 +306,8 @@ static void test_conversions(void) {
     saefw_dtype dt;
     CHECK(saefw_dtype_parse("F8", &dt) == -1 && saefw_dtype_parse("f32", &dt) == -1, "dtype_parse accepts junk");
     CHECK(saefw_dtype_size(SAEFW_DT_BF16) == 2 && saefw_dtype_size(SAEFW_DT_I64) == 8 &&
-              saefw_dtype_size(SAEFW_DT_BOOL) == 1, "dtype sizes");
+              saefw_dtype_size(SAEFW_DT_BOOL) == 1,
+          "dtype sizes");
 
     /* Slices and refusals of the float conversion. */
     float src[6] = {0, 1, 2, 3, 4, 5}, dst[6];
@@ -345,12 +352,18 @@ static void test_safetensors_roundtrip(void) {
     static float scalar = 9.5f;
     int64_t s23[2] = {2, 3}, s3[1] = {3}, s4[1] = {4}, s2[1] = {2}, s0[2] = {0, 5};
     saefw_tensor_ref refs[] = {
-        {"f32", SAEFW_DT_F32, 2, s23, f32},          {"f16", SAEFW_DT_F16, 1, s3, h16},
-        {"bf16", SAEFW_DT_BF16, 1, s4, b16},         {"f64", SAEFW_DT_F64, 1, s2, f64},
-        {"i64", SAEFW_DT_I64, 1, s3, i64},           {"i32", SAEFW_DT_I32, 1, s2, i32},
-        {"i16", SAEFW_DT_I16, 1, s2, i16},           {"u16", SAEFW_DT_U16, 1, s2, u16},
-        {"i8", SAEFW_DT_I8, 1, s2, i8},              {"u8", SAEFW_DT_U8, 1, s3, u8},
-        {"we\"ird\\name\n\xc3\xa9", SAEFW_DT_BOOL, 1, s2, b8}, {"scalar", SAEFW_DT_F32, 0, NULL, &scalar},
+        {"f32", SAEFW_DT_F32, 2, s23, f32},
+        {"f16", SAEFW_DT_F16, 1, s3, h16},
+        {"bf16", SAEFW_DT_BF16, 1, s4, b16},
+        {"f64", SAEFW_DT_F64, 1, s2, f64},
+        {"i64", SAEFW_DT_I64, 1, s3, i64},
+        {"i32", SAEFW_DT_I32, 1, s2, i32},
+        {"i16", SAEFW_DT_I16, 1, s2, i16},
+        {"u16", SAEFW_DT_U16, 1, s2, u16},
+        {"i8", SAEFW_DT_I8, 1, s2, i8},
+        {"u8", SAEFW_DT_U8, 1, s3, u8},
+        {"we\"ird\\name\n\xc3\xa9", SAEFW_DT_BOOL, 1, s2, b8},
+        {"scalar", SAEFW_DT_F32, 0, NULL, &scalar},
         {"empty", SAEFW_DT_F32, 2, s0, NULL},
     };
     int n = (int)(sizeof refs / sizeof refs[0]);
@@ -487,10 +500,11 @@ static void test_print_info(void) {
     rc |= saefw_tf_print_info(FIX "sae_state_dict.pt", f, err, sizeof err);
     fclose(f);
     CHECK(rc == 0, "print_info: %s", err);
-    CHECK(buf && strstr(buf, "format: safetensors\nW_enc  F32  [4, 6]\n") && strstr(buf, "s  F32  []\n") &&
-              strstr(buf, "none  F32  [0, 4]\n") && strstr(buf, "metadata: format, note\n") &&
-              strstr(buf, "format: pytorch\nW_enc  F32  [4, 6]\nW_dec  F32  [6, 4]\nb_enc  F32  [6]\nb_dec  F32  [4]\n"),
-          "print_info output:\n%s", buf ? buf : "");
+    CHECK(
+        buf && strstr(buf, "format: safetensors\nW_enc  F32  [4, 6]\n") && strstr(buf, "s  F32  []\n") &&
+            strstr(buf, "none  F32  [0, 4]\n") && strstr(buf, "metadata: format, note\n") &&
+            strstr(buf, "format: pytorch\nW_enc  F32  [4, 6]\nW_dec  F32  [6, 4]\nb_enc  F32  [6]\nb_dec  F32  [4]\n"),
+        "print_info output:\n%s", buf ? buf : "");
     free(buf);
     f = fopen("/dev/null", "w");
     CHECK(f && saefw_tf_print_info(FIX "no-such-file", f, err, sizeof err) == -1 && strstr(err, "no-such-file"),
@@ -679,8 +693,9 @@ static void test_malformed_zip(void) {
     /* A checkpoint whose data.pkl names a storage that is absent. */
     p = tmp_path("nostorage.pt");
     z = zip_open(p, ZIP_CREATE | ZIP_TRUNCATE, &ze);
-    static const char pk[] = "\x80\x02\x63torch._utils\n_rebuild_tensor_v2\n((X\x07\0\0\0storage\x63torch\nFloatStorage\n"
-                             "X\x01\0\0\0\x39X\x03\0\0\0cpuK\x02tQK\0K\x02\x85K\x01\x85\x89}tR.";
+    static const char pk[] =
+        "\x80\x02\x63torch._utils\n_rebuild_tensor_v2\n((X\x07\0\0\0storage\x63torch\nFloatStorage\n"
+        "X\x01\0\0\0\x39X\x03\0\0\0cpuK\x02tQK\0K\x02\x85K\x01\x85\x89}tR.";
     s = z ? zip_source_buffer(z, pk, sizeof pk - 1, 0) : NULL;
     CHECK(z && s && zip_file_add(z, "arc/data.pkl", s, 0) >= 0 && zip_close(z) == 0, "libzip write");
     expect_fail(p, "record arc/data/9 is missing from the archive");
@@ -760,8 +775,7 @@ static void pickle_case(const char *what, pk *p, int want_tensors, const char *p
     int rc = saefw_tfi_unpickle_check(p->b, p->n, &n, err, sizeof err);
     if (phrase)
         CHECK(rc == -1 && strstr(err, phrase), "pickle %s: expected \"%s\", got rc %d: %s", what, phrase, rc, err);
-    else
-        CHECK(rc == 0 && n == want_tensors, "pickle %s: rc %d, %d tensors: %s", what, rc, n, err);
+    else CHECK(rc == 0 && n == want_tensors, "pickle %s: rc %d, %d tensors: %s", what, rc, n, err);
     free(p->b);
     memset(p, 0, sizeof *p);
 }
@@ -770,49 +784,74 @@ static void test_pickles(void) {
     pk p = {0};
     int sh[2] = {2, 3}, st[2] = {3, 1}, bad_st[2] = {1, 2};
 
-    pk_op(&p, 0x80); pk_op(&p, 2); pk_op(&p, '}'); pk_str(&p, "w");
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, '}');
+    pk_str(&p, "w");
     pk_tensor(&p, "0", 6, 0, 2, sh, st);
-    pk_op(&p, 's'); pk_op(&p, '.');
+    pk_op(&p, 's');
+    pk_op(&p, '.');
     pickle_case("state dict", &p, 1, NULL);
 
-    pk_op(&p, 0x80); pk_op(&p, 2); pk_op(&p, '}'); pk_str(&p, "w");
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, '}');
+    pk_str(&p, "w");
     pk_tensor(&p, "0", 6, 1, 2, sh, st);
-    pk_op(&p, 's'); pk_op(&p, '.');
+    pk_op(&p, 's');
+    pk_op(&p, '.');
     pickle_case("offset", &p, 0, "tensor w: storage offset 1 + 6 elements exceeds its storage of 6 elements");
 
-    pk_op(&p, 0x80); pk_op(&p, 2); pk_op(&p, '}'); pk_str(&p, "w");
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, '}');
+    pk_str(&p, "w");
     pk_tensor(&p, "0", 6, 0, 2, sh, bad_st);
-    pk_op(&p, 's'); pk_op(&p, '.');
+    pk_op(&p, 's');
+    pk_op(&p, '.');
     pickle_case("strides", &p, 0, "tensor w is not contiguous (shape [2, 3], stride [1, 2])");
 
     int huge[3] = {1 << 30, 1 << 30, 1 << 30}, hs[3] = {1, 1, 1};
-    pk_op(&p, 0x80); pk_op(&p, 2);
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
     pk_tensor(&p, "0", 6, 0, 3, huge, hs);
     pk_op(&p, '.');
     pickle_case("huge shape", &p, 0, "negative or too large shape");
 
     int negs[1] = {-2}, one[1] = {1};
-    pk_op(&p, 0x80); pk_op(&p, 2);
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
     pk_tensor(&p, "0", 6, 0, 1, negs, one);
     pk_op(&p, '.');
     pickle_case("negative shape", &p, 0, "tensor tensor: negative or too large shape");
 
-    pk_op(&p, 0x80); pk_op(&p, 2); pk_op(&p, 0xff);
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, 0xff);
     pickle_case("0xff", &p, 0, "unsupported pickle opcode 0xff (not a pickle opcode)");
 
-    pk_op(&p, 0x80); pk_op(&p, 2); pk_op(&p, 'N');
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, 'N');
     pickle_case("no STOP", &p, 0, "without STOP");
 
-    pk_op(&p, 0x80); pk_op(&p, 2); pk_op(&p, 's'); pk_op(&p, '.');
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, 's');
+    pk_op(&p, '.');
     pickle_case("underflow", &p, 0, "stack underflow");
 
-    pk_op(&p, '}'); pk_op(&p, '('); pk_op(&p, 'b');
+    pk_op(&p, '}');
+    pk_op(&p, '(');
+    pk_op(&p, 'b');
     pickle_case("underflow past MARK", &p, 0, "stack underflow");
 
-    pk_op(&p, 'h'); pk_op(&p, 5);
+    pk_op(&p, 'h');
+    pk_op(&p, 5);
     pickle_case("memo", &p, 0, "memo key 5 is not defined");
 
-    pk_op(&p, 'N'); PK_LIT(&p, "r\xff\xff\xff\xff");
+    pk_op(&p, 'N');
+    PK_LIT(&p, "r\xff\xff\xff\xff");
     pickle_case("memo index", &p, 0, "memo index 4294967295 is out of range");
 
     PK_LIT(&p, "\x8a\x09\1\1\1\1\1\1\1\1\1.");
@@ -830,7 +869,10 @@ static void test_pickles(void) {
     PK_LIT(&p, "NK\x01R.");
     pickle_case("REDUCE on None", &p, 0, "REDUCE on a None");
 
-    pk_global(&p, "torch", "FloatStorage"); pk_op(&p, ')'); pk_op(&p, 'R'); pk_op(&p, '.');
+    pk_global(&p, "torch", "FloatStorage");
+    pk_op(&p, ')');
+    pk_op(&p, 'R');
+    pk_op(&p, '.');
     pickle_case("storage call", &p, 0, "calling torch.FloatStorage is not supported");
 
     PK_LIT(&p, "(X\x07\0\0\0storageK\x01K\x02K\x03K\x04tQ.");
@@ -851,7 +893,10 @@ static void test_pickles(void) {
 
     /* d0 = {'t': tensor}, d(k+1) = {'a': dk, 'b': dk}: 2^30 leaves through shared memo references. */
     int s1[1] = {1};
-    pk_op(&p, 0x80); pk_op(&p, 2); pk_op(&p, '}'); pk_str(&p, "t");
+    pk_op(&p, 0x80);
+    pk_op(&p, 2);
+    pk_op(&p, '}');
+    pk_str(&p, "t");
     pk_tensor(&p, "0", 1, 0, 1, s1, s1);
     pk_op(&p, 's');
     for (int k = 0; k <= 30; k++) {
@@ -892,16 +937,11 @@ static size_t mutate(const uint8_t *src, size_t len, uint8_t *dst) {
     int flips = 1 + (int)(rnd() % 4);
     for (int k = 0; k < flips && kind <= 4; k++) {
         size_t where = rnd() % 4, at;
-        if (where == 0 || len < 256)
-            at = rnd() % len;
-        else if (where == 1)
-            at = rnd() % 256;
-        else
-            at = len - 1 - rnd() % 256;
-        if (kind == 4)
-            dst[at] = (uint8_t)rnd();
-        else
-            dst[at] ^= (uint8_t)(1u << (rnd() % 8));
+        if (where == 0 || len < 256) at = rnd() % len;
+        else if (where == 1) at = rnd() % 256;
+        else at = len - 1 - rnd() % 256;
+        if (kind == 4) dst[at] = (uint8_t)rnd();
+        else dst[at] ^= (uint8_t)(1u << (rnd() % 8));
     }
     if (kind == 5 || kind == 7) n = rnd() % len;
     if (kind == 6) {
@@ -937,7 +977,8 @@ static uint64_t touch(saefw_tensorfile *tf) {
 static void test_mutations(cJSON *exp) {
     const char *files[64];
     int nf = 0;
-    for (const cJSON *f = cJSON_GetObjectItem(exp, "readable")->child; f && nf < 64; f = f->next) files[nf++] = f->string;
+    for (const cJSON *f = cJSON_GetObjectItem(exp, "readable")->child; f && nf < 64; f = f->next)
+        files[nf++] = f->string;
     for (size_t k = 0; k < sizeof refused / sizeof refused[0] && nf < 64; k++) files[nf++] = refused[k].file;
     FILE *devnull = fopen("/dev/null", "w");
     const char *p = tmp_path("mutant");
@@ -1002,10 +1043,8 @@ static void test_mutations(cJSON *exp) {
                     size_t n = mutate(pkl, st.size, m);
                     int nt;
                     char err[1024];
-                    if (saefw_tfi_unpickle_check(m, n, &nt, err, sizeof err) == 0)
-                        ok++;
-                    else
-                        bad++;
+                    if (saefw_tfi_unpickle_check(m, n, &nt, err, sizeof err) == 0) ok++;
+                    else bad++;
                 }
             }
             if (zf) zip_fclose(zf);

@@ -49,8 +49,8 @@ static int64_t expected_stream(const char *file, const char *column, int64_t **v
     return -1;
 }
 
-static saefw_tensorfile *convert(const char *tmp, const char *name, const char *const *shards, int n, const char *column,
-                                 saefw_token_convert_stats *st, char *out, size_t outn) {
+static saefw_tensorfile *convert(const char *tmp, const char *name, const char *const *shards, int n,
+                                 const char *column, saefw_token_convert_stats *st, char *out, size_t outn) {
     char err[2048];
     snprintf(out, outn, "%s/%s.npy", tmp, name);
     saefw_token_convert_opts o = {.shards = shards, .n_shards = n, .column = column, .out = out, .progress = 0};
@@ -81,8 +81,8 @@ static void check_file(const char *tmp, const char *file, const char *column) {
     const saefw_tensor_info *t = saefw_tf_get(tf, 0);
     int bad = 0;
     for (int64_t i = 0; i < n && i < t->numel; i++) bad += elem(t, i) != vals[i];
-    printf("  %-32s %-7s rows %lld tokens %lld %s %s, %d differ\n", file, column, (long long)st.rows, (long long)st.tokens,
-           t->dtype == SAEFW_DT_U16 ? "uint16" : "int32", t->ndim == 2 ? "2-D" : "1-D", bad);
+    printf("  %-32s %-7s rows %lld tokens %lld %s %s, %d differ\n", file, column, (long long)st.rows,
+           (long long)st.tokens, t->dtype == SAEFW_DT_U16 ? "uint16" : "int32", t->ndim == 2 ? "2-D" : "1-D", bad);
     CHECK(t->numel == n && st.tokens == n && st.rows == rows, "%s: %lld tokens %lld rows, expected %lld, %lld", name,
           (long long)t->numel, (long long)st.rows, (long long)n, (long long)rows);
     CHECK(bad == 0, "%s: %d tokens differ", name, bad);
@@ -90,8 +90,7 @@ static void check_file(const char *tmp, const char *file, const char *column) {
     if (equal && lens[0] > 0)
         CHECK(t->ndim == 2 && t->shape[0] == rows && t->shape[1] == lens[0], "%s: shape not [%lld, %lld]", name,
               (long long)rows, (long long)lens[0]);
-    else
-        CHECK(t->ndim == 1, "%s: rows differ, so the file must be one stream", name);
+    else CHECK(t->ndim == 1, "%s: rows differ, so the file must be one stream", name);
     saefw_tf_close(tf);
     free(vals);
     free(lens);
@@ -120,9 +119,9 @@ int main(void) {
     REQUIRE(expected, "expected.json does not parse");
 
     /* Every codec, page version and encoding; lists of varying length (with empty ones) and plain ints. */
-    const char *files[] = {"seedlike_plain.parquet", "seedlike_dict.parquet", "m_snappy_v2_dict.parquet",
+    const char *files[] = {"seedlike_plain.parquet",  "seedlike_dict.parquet",   "m_snappy_v2_dict.parquet",
                            "m_zstd_v1_plain.parquet", "m_gzip_v2_plain.parquet", "m_uncompressed_v1_dict.parquet",
-                           "delta_v2.parquet", "dict_fallback.parquet"};
+                           "delta_v2.parquet",        "dict_fallback.parquet"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) check_file(tmp, files[i], "tokens");
     check_file(tmp, "m_snappy_v1_dict.parquet", "tok32");
     check_file(tmp, "legacy_lists.parquet", "legacy");
@@ -188,11 +187,13 @@ int main(void) {
         const char *s_m[1] = {FIX "m_snappy_v1_plain.parquet"};
         expect_error("string column", s_m, 1, "text", 0, tmp, "m_snappy_v1_plain.parquet", "'text'");
         expect_error("no such column", s_m, 1, "nope", 0, tmp, "m_snappy_v1_plain.parquet", "'nope'");
-        expect_error("id past the vocabulary", s_m, 1, NULL, 100, tmp, "m_snappy_v1_plain.parquet", "vocabulary size 100");
+        expect_error("id past the vocabulary", s_m, 1, NULL, 100, tmp, "m_snappy_v1_plain.parquet",
+                     "vocabulary size 100");
         const char *s_neg[1] = {FIX "legacy_lists.parquet"};
         expect_error("negative id", s_neg, 1, "bare", 0, tmp, "legacy_lists.parquet", "negative");
         const char *s_ids[1] = {FIX "m_zstd_v2_dict.parquet"};
-        expect_error("negative id, int column", s_ids, 1, "id", 0, tmp, "m_zstd_v2_dict.parquet", "row group 0, column 'id'");
+        expect_error("negative id, int column", s_ids, 1, "id", 0, tmp, "m_zstd_v2_dict.parquet",
+                     "row group 0, column 'id'");
         const char *s_null[1] = {FIX "nulls.parquet"};
         expect_error("null list", s_null, 1, "null_list", 0, tmp, "nulls.parquet", "null_list");
         const char *s_two[2] = {FIX "seedlike_plain.parquet", notpq};
@@ -240,13 +241,16 @@ int main(void) {
         const char *commit = "0123456789abcdef0123456789abcdef01234567";
         T_FMT(hub, "%s/hub", tmp);
         snprintf(snap, sizeof snap, "%s/datasets--saefw--tiny-tokens/snapshots/%s", hub, commit);
-        T_FMT(cmd, "mkdir -p '%s/data' '%s/datasets--saefw--tiny-tokens/refs' && cp fixtures/dataset/data/*.parquet '%s/data/' "
-                 "&& printf %s > '%s/datasets--saefw--tiny-tokens/refs/main'",
-                 snap, hub, snap, commit, hub);
+        T_FMT(cmd,
+              "mkdir -p '%s/data' '%s/datasets--saefw--tiny-tokens/refs' && cp fixtures/dataset/data/*.parquet "
+              "'%s/data/' "
+              "&& printf %s > '%s/datasets--saefw--tiny-tokens/refs/main'",
+              snap, hub, snap, commit, hub);
         REQUIRE(system(cmd) == 0, "%s", cmd);
         setenv("HF_HUB_CACHE", hub, 1);
         REQUIRE(saefw_token_dataset_prepare("hf://datasets/saefw/tiny-tokens", NULL, 0, cache, sizeof cache, err,
-                                            sizeof err) == 0, "%s", err);
+                                            sizeof err) == 0,
+                "%s", err);
         CHECK(strstr(cache, "saefw--tiny-tokens-") != NULL, "cache name %s lacks the dataset's name", cache);
         saefw_tokens_opts o = {.path = cache, .seq_len = 128, .bos = 256, .shuffle = 0};
         saefw_tokens_opts ref = {.path = "../models/tiny-1l/tokens.npy", .seq_len = 128, .bos = 256, .shuffle = 0};
@@ -266,7 +270,8 @@ int main(void) {
               (long long)saefw_tokens_rows(t), bad);
         saefw_tokens_free(t);
         saefw_tokens_free(r);
-        int rc = saefw_token_dataset_prepare("hf://datasets/saefw/absent", NULL, 0, cache, sizeof cache, err, sizeof err);
+        int rc =
+            saefw_token_dataset_prepare("hf://datasets/saefw/absent", NULL, 0, cache, sizeof cache, err, sizeof err);
         printf("  %-28s -> %s\n", "absent dataset", err);
         CHECK(rc != 0 && strstr(err, "saefw download --dataset saefw/absent"), "absent dataset: '%s'", err);
     }

@@ -72,7 +72,8 @@ static const cJSON *expected(const cJSON *root, const char *variant, const char 
     cJSON_ArrayForEach(v, cJSON_GetObjectItem(root, "variants")) {
         if (strcmp(cJSON_GetObjectItem(v, "name")->valuestring, variant) != 0) continue;
         cJSON_ArrayForEach(c, cJSON_GetObjectItem(v, "cases")) {
-            if (!strcmp(cJSON_GetObjectItem(c, "text")->valuestring, text) && !cJSON_IsTrue(cJSON_GetObjectItem(c, "special")))
+            if (!strcmp(cJSON_GetObjectItem(c, "text")->valuestring, text) &&
+                !cJSON_IsTrue(cJSON_GetObjectItem(c, "special")))
                 return cJSON_GetObjectItem(c, "ids");
         }
     }
@@ -109,8 +110,8 @@ static void check_tokens(const char *path, const idvec *want, const char *what) 
     free(got);
 }
 
-static const char *const DOCS[] = {"english.txt", "code.txt", "multilingual.txt", "digits.txt", "whitespace.txt", "special.txt",
-                                   "long.txt"};
+static const char *const DOCS[] = {"english.txt",    "code.txt",    "multilingual.txt", "digits.txt",
+                                   "whitespace.txt", "special.txt", "long.txt"};
 #define N_DOCS (sizeof DOCS / sizeof *DOCS)
 
 /* `saefw tokenize F.parquet --field text` equals the tokenizer's encode of the column's strings
@@ -143,8 +144,8 @@ static void test_parquet(const char *tmp, const char *gpt2) {
         const cJSON *v;
         cJSON_ArrayForEach(v, cJSON_GetObjectItem(col, "values")) {
             if (cJSON_IsNull(v)) continue;
-            REQUIRE(saefw_tokenizer_encode(t, sc, v->valuestring, strlen(v->valuestring), 0, &want.ids, &want.n, &want.cap,
-                                           err, sizeof err) == 0,
+            REQUIRE(saefw_tokenizer_encode(t, sc, v->valuestring, strlen(v->valuestring), 0, &want.ids, &want.n,
+                                           &want.cap, err, sizeof err) == 0,
                     "%s", err);
             push(&want, 50256);
             docs++;
@@ -152,8 +153,8 @@ static void test_parquet(const char *tmp, const char *gpt2) {
         for (int threads = 1; threads <= 3; threads += 2) {
             char o[1100], what[128], docs_line[64];
             snprintf(o, sizeof o, "%s/pq%zu_%d.npy", tmp, fi, threads);
-            CHECK(run("%s tokenize fixtures/parquet/%s --field text --tokenizer %s --out %s --append-eos --threads %d", BIN,
-                      files[fi], gpt2, o, threads) == 0,
+            CHECK(run("%s tokenize fixtures/parquet/%s --field text --tokenizer %s --out %s --append-eos --threads %d",
+                      BIN, files[fi], gpt2, o, threads) == 0,
                   "%s", out);
             snprintf(docs_line, sizeof docs_line, "from %d documents", docs);
             CHECK(strstr(out, docs_line), "%s: want '%s':\n%s", files[fi], docs_line, out);
@@ -165,8 +166,10 @@ static void test_parquet(const char *tmp, const char *gpt2) {
     /* A column of another type, a missing column, a file that is not Parquet: one line, no output. */
     char o[1100], bad[1100];
     snprintf(o, sizeof o, "%s/pq_bad.npy", tmp);
-    CHECK(run("%s tokenize fixtures/parquet/nulls.parquet --field null_int --tokenizer %s --out %s", BIN, gpt2, o) == 1 &&
-              strstr(out, "saefw tokenize: fixtures/parquet/nulls.parquet: column 'null_int' is int64, expected string\n") ==
+    CHECK(run("%s tokenize fixtures/parquet/nulls.parquet --field null_int --tokenizer %s --out %s", BIN, gpt2, o) ==
+                  1 &&
+              strstr(out,
+                     "saefw tokenize: fixtures/parquet/nulls.parquet: column 'null_int' is int64, expected string\n") ==
                   out,
           "%s", out);
     CHECK(run("%s tokenize fixtures/parquet/nulls.parquet --field nope --tokenizer %s --out %s", BIN, gpt2, o) == 1 &&
@@ -174,7 +177,8 @@ static void test_parquet(const char *tmp, const char *gpt2) {
           "%s", out);
     snprintf(bad, sizeof bad, "%s/fake.parquet", tmp);
     write_file(bad, "PAR1 this is not parquet PAR1", 29);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) == 1 && strstr(out, "fake.parquet"), "%s", out);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) == 1 && strstr(out, "fake.parquet"), "%s",
+          out);
     CHECK(run("test -e %s", o) != 0, "an output file was left after a Parquet error");
     saefw_tokenizer_scratch_free(sc);
     saefw_tokenizer_free(t);
@@ -236,8 +240,8 @@ int main(void) {
     for (int threads = 1; threads <= 3; threads++) {
         char o[1100], what[64];
         snprintf(o, sizeof o, "%s/a%d.npy", tmp, threads);
-        CHECK(run("%s tokenize %s --tokenizer %s --out %s --append-eos --threads %d", BIN, path, gpt2, o, threads) == 0, "%s",
-              out);
+        CHECK(run("%s tokenize %s --tokenizer %s --out %s --append-eos --threads %d", BIN, path, gpt2, o, threads) == 0,
+              "%s", out);
         CHECK(strstr(out, "7 documents, dtype uint16"), "%s", out);
         snprintf(what, sizeof what, "jsonl --append-eos, %d threads", threads);
         check_tokens(o, &want, what);
@@ -250,7 +254,8 @@ int main(void) {
     }
     char o[1100];
     snprintf(o, sizeof o, "%s/b.bin", tmp);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s --bos --dtype int32 --threads 2", BIN, zpath, gpt2, o) == 0, "%s", out);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s --bos --dtype int32 --threads 2", BIN, zpath, gpt2, o) == 0, "%s",
+          out);
     CHECK(strstr(out, "int32 (raw little-endian)"), "%s", out);
     check_tokens(o, &want, "jsonl.zst --bos, int32 .bin");
 
@@ -265,7 +270,8 @@ int main(void) {
     push_all(&want, expected(root, "gpt2", "invalid.bin"));
     for (int threads = 1; threads <= 4; threads += 3) {
         snprintf(o, sizeof o, "%s/c%d.npy", tmp, threads);
-        CHECK(run("%s tokenize%s " FIX "text/invalid.bin --tokenizer %s --out %s --threads %d", BIN, inputs, gpt2, o, threads) == 0,
+        CHECK(run("%s tokenize%s " FIX "text/invalid.bin --tokenizer %s --out %s --threads %d", BIN, inputs, gpt2, o,
+                  threads) == 0,
               "%s", out);
         check_tokens(o, &want, threads == 1 ? "plain text, 1 thread" : "plain text, 4 threads");
     }
@@ -288,7 +294,8 @@ int main(void) {
     snprintf(bad, sizeof bad, "%s/bad.jsonl", tmp);
     write_file(bad, "{\"text\": \"ok\"}\n{\"text\": oops}\n", 31);
     snprintf(o, sizeof o, "%s/e.npy", tmp);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 && strstr(out, "bad.jsonl:2: not valid JSON"),
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 &&
+              strstr(out, "bad.jsonl:2: not valid JSON"),
           "%s", out);
     CHECK(run("test -e %s", o) != 0, "an output file was left after an error");
     write_file(bad, "{\"content\": \"ok\"}\n", 18);
@@ -296,15 +303,18 @@ int main(void) {
               strstr(out, "bad.jsonl:1: field 'text' is missing or not a string"),
           "%s", out);
     CHECK(run("%s tokenize %s --field content --tokenizer %s --out %s", BIN, bad, gpt2, o) == 0, "%s", out);
-    CHECK(run("%s tokenize x.parquet --tokenizer %s --out %s", BIN, gpt2, o) != 0 && strstr(out, "x.parquet"), "%s", out);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s/x.txt", BIN, bad, gpt2, tmp) == 2 && strstr(out, ".npy or .bin"), "%s", out);
+    CHECK(run("%s tokenize x.parquet --tokenizer %s --out %s", BIN, gpt2, o) != 0 && strstr(out, "x.parquet"), "%s",
+          out);
+    CHECK(run("%s tokenize %s --tokenizer %s --out %s/x.txt", BIN, bad, gpt2, tmp) == 2 && strstr(out, ".npy or .bin"),
+          "%s", out);
     CHECK(run("%s tokenize %s --tokenizer %s --out %s --dtype uint16", BIN, path, FIX "llama3.json", o) != 0 &&
               strstr(out, "more than uint16 holds"),
           "%s", out);
     CHECK(run("HF_HUB_CACHE=%s %s tokenize %s --tokenizer gelu-1l --out %s", tmp, BIN, path, o) != 0 &&
               strstr(out, "saefw download NeelNanda/gpt-neox-tokenizer-digits tokenizer.json"),
           "%s", out);
-    CHECK(run("%s tokenize %s --tokenizer tiny-1l --out %s", BIN, path, o) == 0 && strstr(out, "dtype uint16"), "%s", out);
+    CHECK(run("%s tokenize %s --tokenizer tiny-1l --out %s", BIN, path, o) == 0 && strstr(out, "dtype uint16"), "%s",
+          out);
     free(want.ids);
     cJSON_Delete(root);
     test_parquet(tmp, gpt2);

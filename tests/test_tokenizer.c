@@ -85,7 +85,8 @@ static void *encode_many(void *arg) {
     j->rc = s ? 0 : -1;
     for (int rep = 0; rep < 20 && j->rc == 0; rep++) {
         j->n = 0;
-        j->rc = saefw_tokenizer_encode(j->t, s, j->text, j->len, SAEFW_TOK_SPECIAL, &j->ids, &j->n, &cap, err, sizeof err);
+        j->rc =
+            saefw_tokenizer_encode(j->t, s, j->text, j->len, SAEFW_TOK_SPECIAL, &j->ids, &j->n, &cap, err, sizeof err);
     }
     saefw_tokenizer_scratch_free(s);
     return NULL;
@@ -123,8 +124,8 @@ static void check_fixtures(void) {
                 int rc = saefw_tokenizer_encode(t, pass ? s : NULL, txt, tlen, flags, &ids, &n, &cap, err, sizeof err);
                 CHECK(rc == 0, "%s %s: %s", vname, tname, err);
                 int d = first_diff(ids, n, want);
-                CHECK(d < 0, "%s %s special=%d pass %d: %zu ids, expected %d; first difference at %d: %d vs %d", vname, tname,
-                      special, pass, n, cJSON_GetArraySize(want), d, d >= 0 && (size_t)d < n ? ids[d] : -1,
+                CHECK(d < 0, "%s %s special=%d pass %d: %zu ids, expected %d; first difference at %d: %d vs %d", vname,
+                      tname, special, pass, n, cJSON_GetArraySize(want), d, d >= 0 && (size_t)d < n ? ids[d] : -1,
                       d >= 0 && d < cJSON_GetArraySize(want) ? (int)cJSON_GetArrayItem(want, d)->valuedouble : -1);
             }
             tokens += (int)n;
@@ -133,12 +134,14 @@ static void check_fixtures(void) {
             if (n > 0) {
                 CHECK(saefw_tokenizer_decode(t, ids, n, &dec, &dlen, err, sizeof err) == 0, "%s", err);
                 const char *wd = cJSON_GetObjectItem(c, "decoded")->valuestring;
-                CHECK(dec && dlen == strlen(wd) && memcmp(dec, wd, dlen) == 0, "%s %s special=%d: decode differs", vname, tname,
-                      special);
+                CHECK(dec && dlen == strlen(wd) && memcmp(dec, wd, dlen) == 0, "%s %s special=%d: decode differs",
+                      vname, tname, special);
                 /* Valid UTF-8 text comes back unchanged (special tokens included) where no normalizer,
                  * post-processor or lstrip/rstrip changes it. */
-                if (special && (!strcmp(vname, "gpt2") || !strcmp(vname, "llama3")) && strcmp(tname, "invalid.bin") != 0)
-                    CHECK(dec && dlen == tlen && memcmp(dec, txt, tlen) == 0, "%s %s: round trip differs", vname, tname);
+                if (special && (!strcmp(vname, "gpt2") || !strcmp(vname, "llama3")) &&
+                    strcmp(tname, "invalid.bin") != 0)
+                    CHECK(dec && dlen == tlen && memcmp(dec, txt, tlen) == 0, "%s %s: round trip differs", vname,
+                          tname);
             }
             free(dec);
             free(ids);
@@ -175,11 +178,13 @@ static void check_fixtures(void) {
             free(txt);
         }
         if (!strcmp(vname, "llama3_bos"))
-            CHECK(saefw_tokenizer_add_bos(t) && saefw_tokenizer_bos(t) == 128000 && saefw_tokenizer_vocab_size(t) == 128256,
+            CHECK(saefw_tokenizer_add_bos(t) && saefw_tokenizer_bos(t) == 128000 &&
+                      saefw_tokenizer_vocab_size(t) == 128256,
                   "llama3 bos %lld", (long long)saefw_tokenizer_bos(t));
         if (!strcmp(vname, "tiny1l"))
             CHECK(saefw_tokenizer_add_bos(t) && saefw_tokenizer_bos(t) == 256 && saefw_tokenizer_vocab_size(t) == 257,
-                  "tiny-1l bos %lld vocab %lld", (long long)saefw_tokenizer_bos(t), (long long)saefw_tokenizer_vocab_size(t));
+                  "tiny-1l bos %lld vocab %lld", (long long)saefw_tokenizer_bos(t),
+                  (long long)saefw_tokenizer_vocab_size(t));
         saefw_tokenizer_scratch_free(s);
         saefw_tokenizer_free(t);
     }
@@ -194,7 +199,8 @@ static void check_error(const char *json, const char *needle1, const char *needl
     char err[512] = "";
     int rc = saefw_tokenizer_load_json(json, strlen(json), NULL, "bad/tokenizer.json", &t, err, sizeof err);
     CHECK(rc != 0 && t == NULL, "load of bad json succeeded: %.60s", json);
-    CHECK(strstr(err, "bad/tokenizer.json") && strstr(err, needle1) && (!needle2 || strstr(err, needle2)) && !strchr(err, '\n'),
+    CHECK(strstr(err, "bad/tokenizer.json") && strstr(err, needle1) && (!needle2 || strstr(err, needle2)) &&
+              !strchr(err, '\n'),
           "error '%s' lacks '%s'", err, needle1);
 }
 
@@ -221,14 +227,24 @@ static void check_errors(void) {
     check_error("[1,2]", "not a tokenizer.json", NULL);
     check_error("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}", "model type 'WordPiece'", NULL);
     check_error("{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "model type 'Unigram'", NULL);
-    snprintf(json, sizeof json, "{\"pre_tokenizer\":{\"type\":\"Metaspace\"},\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
+    snprintf(json, sizeof json,
+             "{\"pre_tokenizer\":{\"type\":\"Metaspace\"},\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}",
+             vocab);
     check_error(json, "pre-tokenizer type 'Metaspace'", NULL);
-    snprintf(json, sizeof json, "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Whitespace\"}]},"
-             "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
+    snprintf(json, sizeof json,
+             "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Whitespace\"}]},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}",
+             vocab);
     check_error(json, "pre-tokenizer type 'Whitespace'", NULL);
-    snprintf(json, sizeof json, "{\"normalizer\":{\"type\":\"Lowercase\"}," BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
+    snprintf(json, sizeof json,
+             "{\"normalizer\":{\"type\":\"Lowercase\"}," BL_PRE
+             ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}",
+             vocab);
     check_error(json, "normalizer type 'Lowercase'", NULL);
-    snprintf(json, sizeof json, "{\"decoder\":{\"type\":\"Metaspace\"}," BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
+    snprintf(json, sizeof json,
+             "{\"decoder\":{\"type\":\"Metaspace\"}," BL_PRE
+             ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}",
+             vocab);
     check_error(json, "decoder type 'Metaspace'", NULL);
     snprintf(json, sizeof json, "{\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
     check_error(json, "no ByteLevel", NULL);
@@ -241,51 +257,59 @@ static void check_errors(void) {
         int32_t *ids = NULL;
         size_t nn = 0, cap = 0;
         CHECK(saefw_tokenizer_load_json(j, strlen(j), NULL, "a-only", &t, err, sizeof err) == 0, "%s", err);
-        CHECK(t && saefw_tokenizer_encode(t, NULL, "aa", 2, 0, &ids, &nn, &cap, err, sizeof err) == 0 && nn == 2 && ids[1] == 0,
+        CHECK(t && saefw_tokenizer_encode(t, NULL, "aa", 2, 0, &ids, &nn, &cap, err, sizeof err) == 0 && nn == 2 &&
+                  ids[1] == 0,
               "a-only: %s", err);
-        CHECK(t && saefw_tokenizer_encode(t, NULL, "ab", 2, 0, &ids, &nn, &cap, err, sizeof err) != 0 && strstr(err, "byte 0x62"),
+        CHECK(t && saefw_tokenizer_encode(t, NULL, "ab", 2, 0, &ids, &nn, &cap, err, sizeof err) != 0 &&
+                  strstr(err, "byte 0x62"),
               "a-only: %s", err);
         free(ids);
         saefw_tokenizer_free(t);
     }
     snprintf(json, sizeof json, "{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[\"a b\"]}}", vocab);
     check_error(json, "merge 0 ('a' 'b')", "the merged token is not in the vocab");
-    snprintf(json, sizeof json, "{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[[\"a\",\"zz\"]]}}", vocab);
+    snprintf(json, sizeof json, "{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[[\"a\",\"zz\"]]}}",
+             vocab);
     check_error(json, "the right token is not in the vocab", NULL);
     snprintf(json, sizeof json, "{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[\"abc\"]}}", vocab);
     check_error(json, "merge 0", "not two tokens");
-    snprintf(json, sizeof json, "{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":%s,\"merges\":[]}}", vocab);
+    snprintf(json, sizeof json,
+             "{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":%s,\"merges\":[]}}", vocab);
     check_error(json, "byte_fallback", NULL);
-    check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-3},\"merges\":[]}}", "vocab entry 'a'", NULL);
-    check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":4000000000},\"merges\":[]}}", "vocab entry 'a'", NULL);
+    check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-3},\"merges\":[]}}", "vocab entry 'a'",
+                NULL);
+    check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":4000000000},\"merges\":[]}}",
+                "vocab entry 'a'", NULL);
     check_error("{" BL_PRE ",\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "vocab is empty", NULL);
-    snprintf(json, sizeof json, "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},"
-             "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}", vocab);
+    snprintf(json, sizeof json,
+             "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[]}}",
+             vocab);
     check_error(json, "regex", NULL);
 
     /* Split's behaviours on "a-b--c" split at "-", seen through merges that join a piece's bytes:
      * a- (256), -b (257), -- (258), b- (259), -c (260). */
     char vocab2[9000];
-    snprintf(vocab2, sizeof vocab2, "%.*s,\"a-\":256,\"-b\":257,\"--\":258,\"b-\":259,\"-c\":260}", (int)strlen(vocab) - 1, vocab);
+    snprintf(vocab2, sizeof vocab2, "%.*s,\"a-\":256,\"-b\":257,\"--\":258,\"b-\":259,\"-c\":260}",
+             (int)strlen(vocab) - 1, vocab);
     static const struct {
         const char *behavior;
         int invert;
         int32_t want[8];
         size_t n;
     } split_cases[] = {
-        {"Isolated", 0, {'a', '-', 'b', '-', '-', 'c'}, 6},
-        {"Removed", 0, {'a', 'b', 'c'}, 3},
-        {"MergedWithPrevious", 0, {256, 259, '-', 'c'}, 4},
-        {"MergedWithNext", 0, {'a', 257, '-', 260}, 4},
-        {"Contiguous", 0, {'a', '-', 'b', 258, 'c'}, 5},
-        {"Removed", 1, {'-', '-', '-'}, 3},
+        {"Isolated", 0, {'a', '-', 'b', '-', '-', 'c'}, 6}, {"Removed", 0, {'a', 'b', 'c'}, 3},
+        {"MergedWithPrevious", 0, {256, 259, '-', 'c'}, 4}, {"MergedWithNext", 0, {'a', 257, '-', 260}, 4},
+        {"Contiguous", 0, {'a', '-', 'b', 258, 'c'}, 5},    {"Removed", 1, {'-', '-', '-'}, 3},
         {"Isolated", 1, {'a', '-', 'b', '-', '-', 'c'}, 6},
     };
     for (size_t k = 0; k < sizeof split_cases / sizeof *split_cases; k++) {
         snprintf(json, sizeof json,
-                 "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"String\":\"-\"},"
+                 "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{"
+                 "\"String\":\"-\"},"
                  "\"behavior\":\"%s\",\"invert\":%s},{\"type\":\"ByteLevel\",\"use_regex\":false}]},"
-                 "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[[\"a\",\"-\"],\"- b\",\"- -\",[\"b\",\"-\"],\"- c\"]}}",
+                 "\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[[\"a\",\"-\"],\"- b\",\"- -\",[\"b\",\"-\"],\"- "
+                 "c\"]}}",
                  split_cases[k].behavior, split_cases[k].invert ? "true" : "false", vocab2);
         saefw_tokenizer *t = NULL;
         char err[256];
@@ -302,7 +326,8 @@ static void check_errors(void) {
 
     saefw_tokenizer *t = NULL;
     char err[512];
-    CHECK(saefw_tokenizer_load("fixtures/tokenizer/no-such-file.json", &t, err, sizeof err) != 0 && strstr(err, "no-such-file"),
+    CHECK(saefw_tokenizer_load("fixtures/tokenizer/no-such-file.json", &t, err, sizeof err) != 0 &&
+              strstr(err, "no-such-file"),
           "missing file: %s", err);
     CHECK(saefw_tokenizer_load("fixtures/tokenizer/text", &t, err, sizeof err) != 0 && strstr(err, "no tokenizer.json"),
           "folder without tokenizer.json: %s", err);

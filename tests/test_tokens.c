@@ -21,7 +21,8 @@ static saefw_tokens *open_t(const char *path, int64_t seq_len, int64_t bos, int 
     return t;
 }
 
-static void expect_open_error(const char *what, const char *path, const char *dtype, int64_t seq_len, const char *phrase) {
+static void expect_open_error(const char *what, const char *path, const char *dtype, int64_t seq_len,
+                              const char *phrase) {
     saefw_tokens_opts o = {path, NULL, dtype, seq_len, -1, 1, 7};
     saefw_tokens *t = NULL;
     char err[1024] = "";
@@ -82,8 +83,8 @@ int main(void) {
     t = open_t(path, 100, 4999, 0, NULL);
     /* Ids here go up to 9999. */
     REQUIRE(saefw_tokens_next(t, a, 3, 0, err, sizeof err) == 0, "%s", err);
-    CHECK(a[0] == 4999 && a[1] == 1 && a[100] == 4999 && a[101] == 101 && a[299] == 299, "bos/order: %d %d %d %d",
-          a[0], a[1], a[100], a[101]);
+    CHECK(a[0] == 4999 && a[1] == 1 && a[100] == 4999 && a[101] == 101 && a[299] == 299, "bos/order: %d %d %d %d", a[0],
+          a[1], a[100], a[101]);
     CHECK(saefw_tokens_next(t, a, 1, 350, err, sizeof err) != 0 && strstr(err, "outside the vocabulary"),
           "out-of-vocabulary id accepted: %s", err);
     printf("  %-24s -> %s\n", "token >= d_vocab", err);

@@ -14,31 +14,32 @@
 
 static int t_failures = 0;
 
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            t_failures++;                                                  \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            t_failures++;                                                                                              \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                            \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fputc('\n', stderr);                                                                                       \
+        }                                                                                                              \
     } while (0)
 
 /* Abort the program on a failed precondition (fixture missing, ...). */
-#define REQUIRE(cond, ...)                                                   \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FATAL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fputc('\n', stderr);                                             \
-            exit(1);                                                         \
-        }                                                                    \
+#define REQUIRE(cond, ...)                                                                                             \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "FATAL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                           \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fputc('\n', stderr);                                                                                       \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
     } while (0)
 
 /* snprintf into an array that must hold the whole result: a cut path or command would quietly test
  * something else. */
-#define T_FMT(buf, ...) \
-    REQUIRE(snprintf((buf), sizeof(buf), __VA_ARGS__) < (int)sizeof(buf), "%s: result longer than %zu bytes", #buf, sizeof(buf))
+#define T_FMT(buf, ...)                                                                                                \
+    REQUIRE(snprintf((buf), sizeof(buf), __VA_ARGS__) < (int)sizeof(buf), "%s: result longer than %zu bytes", #buf,    \
+            sizeof(buf))
 
 /* Run a shell command (fmt, ap: printf-style) with stderr merged into buf [cap]; returns the exit
  * status, or 128 + the signal that ended it. */

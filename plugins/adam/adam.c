@@ -32,8 +32,8 @@ typedef struct {
     const saefw_host *host;
     double beta1, beta2, eps, wd;
     int n;
-    int64_t t;       /* steps taken */
-    float **m, **v;  /* per tensor, same shape as the tensor */
+    int64_t t;      /* steps taken */
+    float **m, **v; /* per tensor, same shape as the tensor */
     int64_t *numel;
 } adam;
 
@@ -78,8 +78,10 @@ static int adam_create(const saefw_host *host, saefw_run *run, const saefw_opts 
     a->eps = host->opt_number(opts, "eps");
     a->wd = host->opt_number(opts, "weight_decay");
     if (!(lr >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'lr' must be >= 0");
-    if (!(a->beta1 >= 0 && a->beta1 < 1)) return adam_destroy(a), saefw_fail(err, errlen, "option 'beta1' must be in [0, 1)");
-    if (!(a->beta2 >= 0 && a->beta2 < 1)) return adam_destroy(a), saefw_fail(err, errlen, "option 'beta2' must be in [0, 1)");
+    if (!(a->beta1 >= 0 && a->beta1 < 1))
+        return adam_destroy(a), saefw_fail(err, errlen, "option 'beta1' must be in [0, 1)");
+    if (!(a->beta2 >= 0 && a->beta2 < 1))
+        return adam_destroy(a), saefw_fail(err, errlen, "option 'beta2' must be in [0, 1)");
     if (!(a->eps >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'eps' must be >= 0");
     if (!(a->wd >= 0)) return adam_destroy(a), saefw_fail(err, errlen, "option 'weight_decay' must be >= 0");
     a->n = host->param_count(run);

@@ -63,7 +63,8 @@ static int rs_create(const saefw_host *host, saefw_run *run, const saefw_opts *o
     if (!(times >= 0 && times <= 1e15))
         return saefw_fail(err, errlen, "option 'times' must be >= 0 and <= 1e15 (0: no limit), got %g", times);
     if (!(window >= 0 && window <= 1e15))
-        return saefw_fail(err, errlen, "option 'window' must be >= 0 and <= 1e15 (0: the same as every), got %g", window);
+        return saefw_fail(err, errlen, "option 'window' must be >= 0 and <= 1e15 (0: the same as every), got %g",
+                          window);
     if (!(samples >= 1 && samples <= 1e9))
         return saefw_fail(err, errlen, "option 'samples' must be >= 1 and <= 1e9, got %g", samples);
     if (!(chunk >= 1 && chunk <= 1e9))
@@ -136,8 +137,7 @@ static int draw_inputs(resampler *r, saefw_run *run, int64_t n, char *err, size_
     return total > 0 ? 1 : 0;
 }
 
-static int reset_slices(resampler *r, saefw_run *run, const char *name, int axis, int64_t n, char *err,
-                        size_t errlen) {
+static int reset_slices(resampler *r, saefw_run *run, const char *name, int axis, int64_t n, char *err, size_t errlen) {
     int index;
     if (r->host->param_find(run, name, NULL, &index) != 0) return saefw_fail(err, errlen, "the SAE has no %s", name);
     if (r->host->reset_optimizer_state(run, index, axis, r->dead, n, err, errlen) != 0) return -1;
@@ -219,7 +219,8 @@ static int resample(resampler *r, saefw_run *run, char *err, size_t errlen) {
         return -1;
     h->metric(run, "resampled_count", (double)n);
     snprintf(msg, sizeof msg,
-             "step %lld: resampled %lld of %lld features (silent for %lld steps) from %lld inputs; mean live encoder norm %.4g%s",
+             "step %lld: resampled %lld of %lld features (silent for %lld steps) from %lld inputs; mean live encoder "
+             "norm %.4g%s",
              (long long)step, (long long)n, (long long)d_sae, (long long)r->window, (long long)r->samples, mean_norm,
              live ? "" : " (no live feature: 1.0 used)");
     h->log(run, SAEFW_LOG_INFO, msg);

@@ -47,7 +47,9 @@ static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opt
     r->batches = (int64_t)batches;
     r->threshold = threshold;
     r->freq = malloc(sizeof(float) * (size_t)host->d_sae(run));
-    if (!r->freq) return reinit_destroy(r), saefw_fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
+    if (!r->freq)
+        return reinit_destroy(r),
+               saefw_fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
     *self = r;
     return 0;
 }

@@ -18,8 +18,8 @@ static const saefw_option OPTIONS[] = {
 typedef struct {
     const saefw_host *host;
     int64_t d_in, d_sae;
-    float *d;      /* [d_in], unit norm; the host's memory (read_tensor), released with free_tensor */
-    double *proj;  /* [d_sae]: d . column, per column */
+    float *d;     /* [d_in], unit norm; the host's memory (read_tensor), released with free_tensor */
+    double *proj; /* [d_sae]: d . column, per column */
 } remover;
 
 static void rm_destroy(void *self) {
@@ -33,7 +33,8 @@ static void rm_destroy(void *self) {
 static int rm_create(const saefw_host *host, saefw_run *run, const saefw_opts *opts, void **self, char *err,
                      size_t errlen) {
     const char *path = host->opt_string(opts, "direction"), *name = host->opt_string(opts, "tensor");
-    if (!path || !*path) return saefw_fail(err, errlen, "option 'direction' is required (a file holding the direction)");
+    if (!path || !*path)
+        return saefw_fail(err, errlen, "option 'direction' is required (a file holding the direction)");
     if (name && !*name) name = NULL;
     remover *r = calloc(1, sizeof *r);
     if (!r) return saefw_fail(err, errlen, "out of memory");
@@ -51,12 +52,15 @@ static int rm_create(const saefw_host *host, saefw_run *run, const saefw_opts *o
     /* Any shape with d_in entries ([d_in], [1, d_in]) is the same direction. */
     const int64_t d_in = r->d_in;
     if (numel != d_in)
-        return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has %lld entries, expected d_in = %lld",
-                                   path, (long long)numel, (long long)d_in);
+        return rm_destroy(r),
+               saefw_fail(err, errlen, "option 'direction': %s: direction has %lld entries, expected d_in = %lld", path,
+                          (long long)numel, (long long)d_in);
     double ss = 0;
     for (int64_t i = 0; i < r->d_in; i++) ss += (double)r->d[i] * r->d[i];
-    if (!isfinite(ss)) return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has a non-finite entry", path);
-    if (!(ss > 0)) return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has zero norm", path);
+    if (!isfinite(ss))
+        return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has a non-finite entry", path);
+    if (!(ss > 0))
+        return rm_destroy(r), saefw_fail(err, errlen, "option 'direction': %s: direction has zero norm", path);
     const double norm = sqrt(ss);
     for (int64_t i = 0; i < r->d_in; i++) r->d[i] = (float)(r->d[i] / norm);
     if (fabs(norm - 1.0) > 1e-5) {

@@ -120,15 +120,16 @@ void fuzz_check_tensorfile(const saefw_tensorfile *tf) {
                    (long long)numel);
         size_t nbytes;
         FUZZ_CHECK(!__builtin_mul_overflow((size_t)numel, isz, &nbytes) && nbytes == t->nbytes,
-                   "%s: nbytes %zu does not match %lld elements of %zu bytes", t->name, t->nbytes, (long long)numel, isz);
+                   "%s: nbytes %zu does not match %lld elements of %zu bytes", t->name, t->nbytes, (long long)numel,
+                   isz);
         /* saefw_tf_find is a linear search: look up a few, so a file of a million tensors stays quick. */
         if (i < 64) FUZZ_CHECK(saefw_tf_find(tf, t->name) == t, "%s: name not unique or not found", t->name);
         if (t->nbytes == 0) continue;
         uintptr_t p = (uintptr_t)t->data;
         FUZZ_CHECK(p != 0, "%s: no data", t->name);
         if (p >= lo && p < hi)
-            FUZZ_CHECK(t->nbytes <= hi - p, "%s: %zu bytes at offset %zu run past the end of the %zu-byte file", t->name,
-                       t->nbytes, (size_t)(p - lo), tf->size);
+            FUZZ_CHECK(t->nbytes <= hi - p, "%s: %zu bytes at offset %zu run past the end of the %zu-byte file",
+                       t->name, t->nbytes, (size_t)(p - lo), tf->size);
         if (t->nbytes <= ALIGN_PROMISE) FUZZ_CHECK(p % isz == 0, "%s: data not aligned to %zu bytes", t->name, isz);
         if (t->nbytes <= budget) {
             /* Reading every byte makes AddressSanitizer check an owned copy's length. */

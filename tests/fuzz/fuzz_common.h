@@ -14,9 +14,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* Report a broken invariant (a bug in the code under test) and abort, so both libFuzzer and the
  * replay runner count the input as a crash. */
 void fuzz_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-#define FUZZ_CHECK(cond, ...)                \
-    do {                                     \
-        if (!(cond)) fuzz_fail(__VA_ARGS__); \
+#define FUZZ_CHECK(cond, ...)                                                                                          \
+    do {                                                                                                               \
+        if (!(cond)) fuzz_fail(__VA_ARGS__);                                                                           \
     } while (0)
 
 /* With SAEFW_FUZZ_VERBOSE set, print what the code under test answered (to check that the seeds

@@ -36,12 +36,12 @@
 #define TOKEN "hf_FuzzSecretToken0123456789abcdef"
 
 enum {
-    MODE_OP = 3,        /* 0: upload to org/repo, 1: upload to a bare name (whoami first),
+    MODE_OP = 3,       /* 0: upload to org/repo, 1: upload to a bare name (whoami first),
                          * 2: download one file, 3: download the whole repo */
-    MODE_CREATE = 4,    /* upload: create the repo first */
-    MODE_REVISION = 8,  /* a revision other than main, with characters that need escaping */
-    MODE_PRIVATE = 16,  /* upload: a private repo */
-    MODE_NESTED = 32,   /* download one file: a path with folders */
+    MODE_CREATE = 4,   /* upload: create the repo first */
+    MODE_REVISION = 8, /* a revision other than main, with characters that need escaping */
+    MODE_PRIVATE = 16, /* upload: a private repo */
+    MODE_NESTED = 32,  /* download one file: a path with folders */
 };
 
 typedef struct {
@@ -56,12 +56,12 @@ typedef struct {
 static struct {
     pthread_mutex_t mu;
     int listen_fd;
-    char authority[64];  /* "127.0.0.1:PORT": the endpoint's host */
+    char authority[64]; /* "127.0.0.1:PORT": the endpoint's host */
     uint8_t *script;
     size_t script_cap;
     answer answers[MAX_ANSWERS];
     int n_answers, next;
-    char leak[256];      /* where the token went, when it went where it must not */
+    char leak[256]; /* where the token went, when it went where it must not */
 } srv = {.mu = PTHREAD_MUTEX_INITIALIZER, .listen_fd = -1};
 
 static hf_config cfg;
@@ -211,8 +211,9 @@ static void setup(void) {
     fuzz_path(home, sizeof home, "home");
     fuzz_path(upload_dir, sizeof upload_dir, "up");
     if (mkdir(home, 0755) != 0 || mkdir(upload_dir, 0755) != 0) fuzz_fail("cannot create folders: %s", strerror(errno));
-    static const char *const unset[] = {"HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH",
-                                        "HUGGING_FACE_HUB_TOKEN", "no_proxy", "NO_PROXY", "XDG_CACHE_HOME"};
+    static const char *const unset[] = {"HF_HUB_OFFLINE", "HF_HUB_CACHE",           "HUGGINGFACE_HUB_CACHE",
+                                        "HF_TOKEN_PATH",  "HUGGING_FACE_HUB_TOKEN", "no_proxy",
+                                        "NO_PROXY",       "XDG_CACHE_HOME"};
     for (size_t i = 0; i < sizeof unset / sizeof unset[0]; i++) unsetenv(unset[i]);
     static const char *const proxies[] = {"http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
     for (size_t i = 0; i < sizeof proxies / sizeof proxies[0]; i++) setenv(proxies[i], url, 1);
@@ -228,8 +229,9 @@ static void setup(void) {
     /* A small checkpoint folder to upload; the corpus's LFS answers name these files' sha256. */
     static const char cfg_json[] = "{\"d_in\": 4, \"d_sae\": 8, \"model_name\": \"gelu-1l\", "
                                    "\"hook_name\": \"blocks.0.mlp.hook_post\"}\n";
-    static const char weights[] = "\x3a\0\0\0\0\0\0\0{\"b_dec\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}"
-                                  "\0\0\x80\x3f";
+    static const char weights[] =
+        "\x3a\0\0\0\0\0\0\0{\"b_dec\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}"
+        "\0\0\x80\x3f";
     char p[1200];
     snprintf(p, sizeof p, "%s/cfg.json", upload_dir);
     fuzz_write(p, cfg_json, sizeof cfg_json - 1);
@@ -354,8 +356,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *revision = mode & MODE_REVISION ? "refs/pr/1" : NULL;
     int rc;
     if ((mode & MODE_OP) < 2) {
-        hf_upload_opts o = {upload_dir, (mode & MODE_OP) ? "fuzzrepo" : "org/fuzzrepo", revision, NULL,
-                            (mode & MODE_CREATE) != 0, (mode & MODE_PRIVATE) != 0, NULL};
+        hf_upload_opts o = {upload_dir,
+                            (mode & MODE_OP) ? "fuzzrepo" : "org/fuzzrepo",
+                            revision,
+                            NULL,
+                            (mode & MODE_CREATE) != 0,
+                            (mode & MODE_PRIVATE) != 0,
+                            NULL};
         rc = hf_upload_folder(&cfg, &o, &out, err, sizeof err);
         if (rc == 0) FUZZ_CHECK(out && out[0], "upload succeeded without a commit URL");
     } else {
@@ -363,8 +370,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t nfiles = (mode & MODE_OP) == 2 ? 1 : 0;
         rc = hf_download(&cfg, "org/fuzzrepo", revision, one, nfiles, &out, err, sizeof err);
         if (rc == 0) {
-            FUZZ_CHECK(out && under(cfg.cache_dir, out), "download path %s outside the cache",
-                       out ? out : "(null)");
+            FUZZ_CHECK(out && under(cfg.cache_dir, out), "download path %s outside the cache", out ? out : "(null)");
         }
     }
     pthread_mutex_lock(&srv.mu);

@@ -12,14 +12,15 @@
 
 static const char *const TEXTS[] = {
     "Hello world, it's 2024!\n\n  indented\tcode();",
-    "Gr\xC3\xBC\xC3\x9F" "e \xE6\x97\xA5\xE6\x9C\xAC \xF0\x9F\x99\x82 1234567 caf\xC3\xA9",
+    "Gr\xC3\xBC\xC3\x9F"
+    "e \xE6\x97\xA5\xE6\x9C\xAC \xF0\x9F\x99\x82 1234567 caf\xC3\xA9",
     "<|endoftext|>x<|BOS|><s></s><|begin_of_text|>",
     "\xFF\xC3 \xE2\x82 bad utf-8 \xED\xA0\x80",
     "",
 };
 
-static void check_encode(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, const char *text, size_t len,
-                         int flags, int64_t vocab) {
+static void check_encode(const saefw_tokenizer *t, saefw_tokenizer_scratch *s, const char *text, size_t len, int flags,
+                         int64_t vocab) {
     int32_t *ids = NULL;
     size_t n = 0, cap = 0;
     char err[1024] = "";

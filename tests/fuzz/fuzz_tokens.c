@@ -44,8 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char path[1024];
     fuzz_path(path, sizeof path, kind ? "tokens.bin" : "tokens.npy");
     fuzz_write(path, data + 4, size - 4);
-    saefw_tokens_opts o = {path, data[0] & 4 ? "tokens" : NULL, bin_dtypes[kind], seq_len, bos, data[2] & 2 ? 1 : 0,
-                           data[3]};
+    saefw_tokens_opts o = {path, data[0] & 4 ? "tokens" : NULL, bin_dtypes[kind], seq_len,
+                           bos,  data[2] & 2 ? 1 : 0,           data[3]};
     saefw_tokens *t = NULL;
     char err[1024] = "";
     int rc = saefw_tokens_open(&o, &t, err, sizeof err);

@@ -15,8 +15,8 @@
 enum {
     F_DEFLATE_STORAGES = 1, /* compressed storages are inflated into owned copies */
     F_DEFLATE_PICKLE = 2,
-    F_BYTEORDER = 4,        /* add a byteorder record ... */
-    F_BIG_ENDIAN = 8,       /* ... saying "big" instead of "little" */
+    F_BYTEORDER = 4,  /* add a byteorder record ... */
+    F_BIG_ENDIAN = 8, /* ... saying "big" instead of "little" */
 };
 
 static void add(zip_t *za, const char *name, const void *p, size_t n, int deflate) {
@@ -61,9 +61,7 @@ static void build_and_open(const uint8_t *data, size_t size) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > (1u << 20)) return 0;
-    if (size >= 2 && memcmp(data, "PK", 2) == 0)
-        fuzz_open_tensorfile(data, size, "input.pt");
-    else
-        build_and_open(data, size);
+    if (size >= 2 && memcmp(data, "PK", 2) == 0) fuzz_open_tensorfile(data, size, "input.pt");
+    else build_and_open(data, size);
     return 0;
 }

@@ -107,8 +107,9 @@ int main(int argc, char **argv) {
     int count = 0;
     for (int i = 1; i < argc; i++) {
         struct stat st;
-        int rc = stat(argv[i], &st) == 0 && S_ISREG(st.st_mode) ? (run_file(argv[i], timeout_s) == 0 ? (count++, 0) : -1)
-                                                                : run_dir(argv[i], timeout_s, &count);
+        int rc = stat(argv[i], &st) == 0 && S_ISREG(st.st_mode)
+                     ? (run_file(argv[i], timeout_s) == 0 ? (count++, 0) : -1)
+                     : run_dir(argv[i], timeout_s, &count);
         if (rc != 0) return 1;
     }
     if (count == 0) {
