@@ -254,6 +254,7 @@ static int replace_with_sae(void *vud, float *acts, int64_t rows, int64_t width,
     const int64_t cap = saefw_sae_eval_cap(ud->work);
     for (int64_t r = 0; r < rows; r += cap) {
         int64_t k = rows - r < cap ? rows - r : cap;
+        if (saefw_stop_requested()) return saefw_stop_errf(err, errlen, "reconstruction score");
         const float *x_hat = saefw_sae_eval_forward(ud->sae, ud->work, acts + r * width, k, NULL);
         memcpy(acts + r * width, x_hat, sizeof(float) * (size_t)(k * width));
     }

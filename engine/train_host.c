@@ -184,6 +184,8 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
         }
         for (int64_t p0 = 0; rc == 0 && p0 < k; p0 += piece) {
             const int64_t np = k - p0 < piece ? k - p0 : piece;
+            /* A model batch at the seed's size is 128 pieces of about a quarter second each. */
+            if (saefw_stop_requested() && (rc = saefw_stop_errf(err, errlen, "feature frequencies")) != 0) break;
             saefw_sae_eval_forward(sae, w, x + p0 * sae->d_in, np, NULL);
             rc = saefw_sae_eval_count_active(sae, w, count, err, errlen);
         }
