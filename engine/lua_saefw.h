@@ -17,9 +17,6 @@ void saefw_lua_set_overrides(lua_State *L, char **kv, int n_pairs);
 /* Whether the script has taken the overrides (saefw.config{} did): if not, they were not applied. */
 int saefw_lua_overrides_taken(lua_State *L);
 
-/* Store the run folder given with --resume (NULL: none) for saefw.train. */
-void saefw_lua_set_resume(lua_State *L, const char *run_dir);
-
 /* The engine objects behind saefw.sae / saefw.model / saefw.tokens userdata at idx; a Lua error
  * naming what was expected otherwise. Borrowed: valid while the userdata is. */
 saefw_sae *saefw_lua_check_sae(lua_State *L, int idx);

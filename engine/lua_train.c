@@ -36,7 +36,9 @@ static int l_find_resumable(lua_State *L) {
 
 /* saefw.resume_dir() -> the run folder given with `saefw run ... --resume DIR`, or nil. */
 static int l_resume_dir(lua_State *L) {
-    lua_getfield(L, LUA_REGISTRYINDEX, "saefw.resume");
+    const char *dir = saefw_run_cli_resume();
+    if (dir) lua_pushstring(L, dir);
+    else lua_pushnil(L);
     return 1;
 }
 

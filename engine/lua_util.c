@@ -184,12 +184,6 @@ int saefw_lua_overrides_taken(lua_State *L) {
     return taken;
 }
 
-void saefw_lua_set_resume(lua_State *L, const char *run_dir) {
-    if (run_dir) lua_pushstring(L, run_dir);
-    else lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, "saefw.resume");
-}
-
 /* ---- cfg.json and protected calls ---- */
 
 /* JSON <-> Lua for cfg.json: numbers, strings, booleans and nested tables. */

@@ -14,6 +14,7 @@
 #include "memory.h"
 #include "parallel.h"
 #include "plugin_loader.h"
+#include "run.h"
 #include "sae_resolve.h"
 #include "tensorfile.h"
 #include "tokens_cmd.h"
@@ -260,15 +261,15 @@ static int cmd_run(int argc, char **argv) {
         return 2;
     }
     saefw_mem_set_policy(allow_mem != NULL, limit);
+    /* The run object takes them from the core, whatever layer opens the session. */
+    saefw_run_cli cli = {.resume = resume, .allow_change = allow, .n_allow_change = n_allow};
+    if (saefw_run_set_cli(&cli, merr, sizeof merr) != 0) {
+        fprintf(stderr, "saefw run: %s\n", merr);
+        args_free(&a);
+        return 1;
+    }
     lua_State *L = make_lua(argc, argv, a.kv, a.n);
     if (L) {
-        saefw_lua_set_resume(L, resume);
-        lua_createtable(L, n_allow, 0);
-        for (int i = 0; i < n_allow; i++) {
-            lua_pushstring(L, allow[i]);
-            lua_rawseti(L, -2, i + 1);
-        }
-        lua_setfield(L, LUA_REGISTRYINDEX, "saefw.allow_change");
         lua_pushcfunction(L, msgh);
         int h = lua_gettop(L);
         int st = luaL_loadfile(L, script);
@@ -285,6 +286,7 @@ static int cmd_run(int argc, char **argv) {
         }
         lua_close(L);
     }
+    saefw_run_set_cli(NULL, merr, sizeof merr);
     args_free(&a);
     return rc;
 }

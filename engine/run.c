@@ -15,6 +15,7 @@
 
 struct saefw_session {
     saefw_train_opts o;
+    const char **allow_change; /* the cfg's names, then the command line's */
     char run_dir[PATH_MAX];
     cJSON *config; /* the recorded configuration with the buffer's fields */
     saefw_evaluator *evs[2];
@@ -22,6 +23,44 @@ struct saefw_session {
     saefw_mmcs_evaluator mmcs;
     int with_recons, trained;
 };
+
+/* The command line's run options (saefw_run_set_cli), owned copies. */
+static struct {
+    char *resume;
+    char **allow_change;
+    int n_allow_change;
+} g_cli;
+
+static void cli_free(void) {
+    free(g_cli.resume);
+    for (int i = 0; i < g_cli.n_allow_change; i++) free(g_cli.allow_change[i]);
+    free(g_cli.allow_change);
+    memset(&g_cli, 0, sizeof g_cli);
+}
+
+int saefw_run_set_cli(const saefw_run_cli *cli, char *err, size_t errlen) {
+    cli_free();
+    if (!cli) return 0;
+    if (cli->resume && !(g_cli.resume = saefw_strdup(cli->resume, err, errlen))) return -1;
+    if (cli->n_allow_change > 0) {
+        g_cli.allow_change = saefw_calloc((size_t)cli->n_allow_change, sizeof(char *), err, errlen);
+        if (!g_cli.allow_change) {
+            cli_free();
+            return -1;
+        }
+        for (; g_cli.n_allow_change < cli->n_allow_change; g_cli.n_allow_change++) {
+            char *k = saefw_strdup(cli->allow_change[g_cli.n_allow_change], err, errlen);
+            if (!k) {
+                cli_free();
+                return -1;
+            }
+            g_cli.allow_change[g_cli.n_allow_change] = k;
+        }
+    }
+    return 0;
+}
+
+const char *saefw_run_cli_resume(void) { return g_cli.resume; }
 
 void saefw_run_cfg_init(saefw_run_cfg *c) {
     memset(c, 0, sizeof *c);
@@ -142,14 +181,27 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
     }
     saefw_session *s = saefw_calloc(1, sizeof *s, err, errlen);
     if (!s) return -1;
+    /* The command line's --resume when the cfg names none; its --allow-change names after the cfg's. */
+    const char *resume = c->resume ? c->resume : g_cli.resume;
+    int n_allow = c->n_allow_change + g_cli.n_allow_change;
+    if (n_allow > 0) {
+        s->allow_change = saefw_calloc((size_t)n_allow, sizeof(char *), err, errlen);
+        if (!s->allow_change) {
+            free(s);
+            return -1;
+        }
+        for (int i = 0; i < c->n_allow_change; i++) s->allow_change[i] = c->allow_change[i];
+        for (int i = 0; i < g_cli.n_allow_change; i++) s->allow_change[c->n_allow_change + i] = g_cli.allow_change[i];
+    }
     s->config = record_config(c, err, errlen);
     if (!s->config && (c->config || (c->on_model && c->on_model->model_name))) {
+        free(s->allow_change);
         free(s);
         return -1;
     }
 
     /* The run folder: the one being resumed, else the one named, else a new default one. */
-    if (c->resume) snprintf(s->run_dir, sizeof s->run_dir, "%s", c->resume);
+    if (resume) snprintf(s->run_dir, sizeof s->run_dir, "%s", resume);
     else if (c->run_dir) snprintf(s->run_dir, sizeof s->run_dir, "%s", c->run_dir);
     else if (!c->no_run_dir) saefw_run_default_dir(c->script, s->run_dir, sizeof s->run_dir);
 
@@ -186,10 +238,10 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
     o->event_ud = c->event_ud;
     o->evaluators = s->evs;
     o->n_evaluators = n;
-    o->resume = c->resume != NULL;
+    o->resume = resume != NULL;
     o->resume_from = c->resume_from;
-    o->allow_change = c->allow_change;
-    o->n_allow_change = c->n_allow_change;
+    o->allow_change = (const char *const *)s->allow_change;
+    o->n_allow_change = n_allow;
     *out = s;
     return 0;
 }
@@ -214,6 +266,7 @@ void saefw_session_close(saefw_session *s) {
     if (!s) return;
     if (s->with_recons) saefw_recons_evaluator_free(&s->recons);
     cJSON_Delete(s->config);
+    free(s->allow_change);
     free(s);
 }
 

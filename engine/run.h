@@ -56,7 +56,8 @@ typedef struct {
     const char *run_dir;
     int no_run_dir;
     const char *script; /* names the default run folder; NULL: "run" */
-    /* resume: a run folder to continue from its newest intact checkpoint (it becomes the run folder);
+    /* resume: a run folder to continue from its newest intact checkpoint (it becomes the run folder;
+     * NULL: the command line's --resume, saefw_run_set_cli);
      * resume_from: a checkpoint folder to continue from. allow_change names the configuration keys
      * a resume may change (saefw_train_opts.allow_change). */
     const char *resume;
@@ -69,6 +70,21 @@ typedef struct {
 } saefw_run_cfg;
 
 void saefw_run_cfg_init(saefw_run_cfg *c);
+
+/* The run options of the command line (`saefw run SCRIPT --resume DIR --allow-change KEY ...`), kept
+ * for the process: a session takes resume from them when its saefw_run_cfg leaves it unset, and adds
+ * their allow_change names to the cfg's. */
+typedef struct {
+    const char *resume; /* NULL: none */
+    const char *const *allow_change;
+    int n_allow_change;
+} saefw_run_cli;
+
+/* Keep a copy of cli (NULL: forget them); 0, or -1 with err (out of memory). Not thread-safe: call it
+ * before any session opens. */
+int saefw_run_set_cli(const saefw_run_cli *cli, char *err, size_t errlen);
+/* The run folder given with --resume, or NULL. */
+const char *saefw_run_cli_resume(void);
 
 /* A run made from a saefw_run_cfg: the run folder chosen, the evaluators built, the loop's options
  * derived. */

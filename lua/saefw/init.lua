@@ -177,17 +177,15 @@ function M.train(t)
     buffer = M.buffer { source = t.source, batch_size = t.batch_size,
                            size = t.buffer_size or t.batch_size * 16, dtype = t.buffer_dtype, seed = t.seed }
   end
-  -- Resuming (saefw run ... --resume DIR, or resume = DIR): the same run folder, from its newest
-  -- intact checkpoint, which the engine picks once it holds the folder's lock. A change to the
-  -- recorded configuration must be named (--allow-change KEY, or allow_change = {KEY, ...}).
-  local resume = t.resume or core.resume_dir()
-  if resume ~= nil and type(resume) ~= "string" then fail("saefw.train: field 'resume' must be a run folder") end
+  -- Resuming (resume = DIR, or saefw run ... --resume DIR, which the run object takes from the core):
+  -- the same run folder, from its newest intact checkpoint, which the engine picks once it holds the
+  -- folder's lock. A change to the recorded configuration must be named (allow_change = {KEY, ...},
+  -- or --allow-change KEY).
   local allow_change = {}
   if t.allow_change ~= nil then
     if type(t.allow_change) ~= "table" then fail("saefw.train: field 'allow_change' must be a list of names") end
     for _, k in ipairs(t.allow_change) do allow_change[#allow_change + 1] = k end
   end
-  for _, k in ipairs(debug.getregistry()["saefw.allow_change"] or {}) do allow_change[#allow_change + 1] = k end
   -- The run object (engine/run.h) derives the rest: steps from num_tokens, the run folder, the
   -- evaluators, and cfg.json's model fields from what the buffer reads.
   local info = buffer_info[buffer]
@@ -196,7 +194,7 @@ function M.train(t)
     optimizer = t.optimizer, plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
     checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = t.run_dir,
     script = script_name(), model_name = info and info.model_name, config = t.config, seed = t.seed,
-    progress = t.progress, recons_batches = t.recons_batches, recons_eval = t.recons_eval, resume = resume,
+    progress = t.progress, recons_batches = t.recons_batches, recons_eval = t.recons_eval, resume = t.resume,
     allow_change = allow_change,
     on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end,
   }
