@@ -59,8 +59,11 @@ static int l_data_dir(lua_State *L) {
 
 int luaopen_saefw_core(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"data_dir", l_data_dir},   {"memory_policy", l_memory_policy}, {"threads", l_threads},
-        {"where", saefw_lua_where}, {"overrides", saefw_lua_overrides}, {NULL, NULL},
+        {"data_dir", l_data_dir},
+        {"memory_policy", l_memory_policy},
+        {"threads", l_threads},
+        {"where", saefw_lua_where},
+        {NULL, NULL},
     };
     luaL_newlib(L, fns);
     int lib = lua_gettop(L);

@@ -12,10 +12,6 @@ int luaopen_saefw_core(lua_State *L);
 
 /* Set the folder of the Lua library (errors point past its frames, at the user's script). */
 void saefw_lua_set_libdir(lua_State *L, const char *dir);
-/* Store the command line's --key value overrides (pairs of strings) for saefw.config. */
-void saefw_lua_set_overrides(lua_State *L, char **kv, int n_pairs);
-/* Whether the script has taken the overrides (saefw.config{} did): if not, they were not applied. */
-int saefw_lua_overrides_taken(lua_State *L);
 
 /* The engine objects behind saefw.sae / saefw.model / saefw.tokens userdata at idx; a Lua error
  * naming what was expected otherwise. Borrowed: valid while the userdata is. */

@@ -1,5 +1,5 @@
 /* Lua binding of training: saefw.train (options table to saefw_train_opts, callbacks on_log,
- * on_eval, on_end), saefw.find_resumable and saefw.resume_dir. */
+ * on_eval, on_end), saefw.config, saefw.find_resumable and saefw.resume_dir. */
 #include <lauxlib.h>
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -242,8 +242,6 @@ static int l_train(lua_State *L) {
     return 1;
 }
 
-/* saefw.train, saefw.find_resumable, saefw.resume_dir. */
-
 /* saefw.parse_override(key, text, default) -> text read as the type of default (saefw.config{}'s
  * command-line overrides). */
 static int l_parse_override(lua_State *L) {
@@ -267,6 +265,67 @@ static int l_parse_override(lua_State *L) {
     return 1;
 }
 
+/* saefw.config{defaults} -> a copy of defaults with the command line's `--key value` overrides
+ * applied by the run object (saefw_run_apply_overrides): this only translates the table. */
+static int l_config(lua_State *L) {
+    if (!lua_istable(L, 1)) return saefw_lua_error(L, "saefw.config: expected a table of defaults");
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_pop(L, 1);
+        n += lua_type(L, -1) == LUA_TSTRING;
+    }
+    /* Userdata, so that nothing leaks when a Lua error unwinds. */
+    saefw_value_type *types = lua_newuserdatauv(L, sizeof *types * (size_t)(n + 1), 0);
+    saefw_override *applied = lua_newuserdatauv(L, sizeof *applied * (size_t)(saefw_run_n_overrides() + 1), 0);
+    cJSON *cfg = cJSON_CreateObject();
+    int k = 0, ok = cfg != NULL;
+    lua_pushnil(L);
+    while (ok && lua_next(L, 1)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            continue;
+        }
+        cJSON *v;
+        switch (lua_type(L, -1)) {
+        case LUA_TNUMBER: types[k] = lua_isinteger(L, -1) ? SAEFW_VALUE_INT : SAEFW_VALUE_FLOAT; break;
+        case LUA_TBOOLEAN: types[k] = SAEFW_VALUE_BOOL; break;
+        case LUA_TSTRING: types[k] = SAEFW_VALUE_STRING; break;
+        default: types[k] = SAEFW_VALUE_NONE; break;
+        }
+        v = saefw_lua_to_json(L, -1, 0);
+        if (!v) v = cJSON_CreateNull(); /* functions and userdata: kept in the copy, not settable */
+        ok = v && cJSON_AddItemToObject(cfg, lua_tostring(L, -2), v);
+        if (!ok) cJSON_Delete(v);
+        k++;
+        lua_pop(L, 1);
+    }
+    if (!ok) {
+        cJSON_Delete(cfg);
+        return saefw_lua_error(L, "saefw.config: out of memory");
+    }
+    char err[1024];
+    int rc = saefw_run_apply_overrides(cfg, types, applied, err, sizeof err);
+    cJSON_Delete(cfg);
+    if (rc != 0) return saefw_lua_error(L, "%s", err);
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_settable(L, -4);
+    }
+    for (int i = 0; i < saefw_run_n_overrides(); i++) {
+        const saefw_value *v = &applied[i].value;
+        if (v->type == SAEFW_VALUE_INT) lua_pushinteger(L, (lua_Integer)v->i);
+        else if (v->type == SAEFW_VALUE_FLOAT) lua_pushnumber(L, v->f);
+        else if (v->type == SAEFW_VALUE_BOOL) lua_pushboolean(L, v->b);
+        else lua_pushstring(L, v->s);
+        lua_setfield(L, -2, applied[i].key);
+    }
+    return 1;
+}
+
 /* saefw.default_run_dir([script]) -> runs/<script>-<date>-<time>, unique per second. */
 static int l_default_run_dir(lua_State *L) {
     char dir[PATH_MAX];
@@ -282,6 +341,7 @@ void saefw_lua_open_train(lua_State *L, int module_index) {
         {"resume_dir", l_resume_dir},
         {"default_run_dir", l_default_run_dir},
         {"parse_override", l_parse_override},
+        {"config", l_config},
         {NULL, NULL},
     };
     lua_pushvalue(L, module_index);

@@ -10,8 +10,6 @@
 #include "lua_saefw.h"
 
 #define REG_LIBDIR "saefw.libdir"
-#define REG_OVERRIDES "saefw.overrides"
-#define REG_OVERRIDES_TAKEN "saefw.overrides_taken"
 
 /* ---- errors at the user's line ---- */
 
@@ -52,30 +50,6 @@ int saefw_lua_where(lua_State *L) {
 void saefw_lua_set_libdir(lua_State *L, const char *dir) {
     lua_pushstring(L, dir);
     lua_setfield(L, LUA_REGISTRYINDEX, REG_LIBDIR);
-}
-
-void saefw_lua_set_overrides(lua_State *L, char **kv, int n) {
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
-        lua_createtable(L, 2, 0);
-        lua_pushstring(L, kv[2 * i]);
-        lua_rawseti(L, -2, 1);
-        lua_pushstring(L, kv[2 * i + 1]);
-        lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
-}
-
-int saefw_lua_overrides(lua_State *L) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES_TAKEN);
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-    }
-    return 1;
 }
 
 /* ---- table fields ---- */
@@ -175,13 +149,6 @@ void saefw_lua_new_class(lua_State *L, const char *name, lua_CFunction gc, lua_C
     lua_pushstring(L, name);
     lua_setfield(L, -2, "__name");
     lua_pop(L, 1);
-}
-
-int saefw_lua_overrides_taken(lua_State *L) {
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_OVERRIDES_TAKEN);
-    int taken = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return taken;
 }
 
 /* ---- cfg.json and protected calls ---- */

@@ -16,7 +16,6 @@ int saefw_lua_error(lua_State *L, const char *fmt, ...)
 #endif
     ;
 int saefw_lua_where(lua_State *L);
-int saefw_lua_overrides(lua_State *L);
 
 /* Fields of an options table at index t; fn names the function in errors. */
 int saefw_lua_has_field(lua_State *L, int t, const char *k);

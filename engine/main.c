@@ -88,8 +88,8 @@ static int msgh(lua_State *L) {
 }
 
 /* A Lua state with the standard libraries, the saefw library on package.path, the C core and the
- * Hub client preloaded, the overrides stored, and `arg` as the standalone interpreter sets it. */
-static lua_State *make_lua(int argc, char **argv, char **kv, int n) {
+ * Hub client preloaded, and `arg` as the standalone interpreter sets it. */
+static lua_State *make_lua(int argc, char **argv) {
     char dir[PATH_MAX];
     if (lua_dir(dir, sizeof dir) != 0) {
         fprintf(stderr, "saefw: cannot find the saefw Lua library (set SAEFW_LUA_PATH)\n");
@@ -102,7 +102,6 @@ static lua_State *make_lua(int argc, char **argv, char **kv, int n) {
     }
     luaL_openlibs(L);
     saefw_lua_set_libdir(L, dir);
-    saefw_lua_set_overrides(L, kv, n);
     lua_getglobal(L, "package");
     lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
     lua_getfield(L, -2, "path");
@@ -261,14 +260,18 @@ static int cmd_run(int argc, char **argv) {
         return 2;
     }
     saefw_mem_set_policy(allow_mem != NULL, limit);
-    /* The run object takes them from the core, whatever layer opens the session. */
-    saefw_run_cli cli = {.resume = resume, .allow_change = allow, .n_allow_change = n_allow};
+    /* The run object takes them from the core, whatever layer opens the session or the config. */
+    saefw_run_cli cli = {.resume = resume,
+                         .allow_change = allow,
+                         .n_allow_change = n_allow,
+                         .overrides = (const char *const *)a.kv,
+                         .n_overrides = a.n};
     if (saefw_run_set_cli(&cli, merr, sizeof merr) != 0) {
         fprintf(stderr, "saefw run: %s\n", merr);
         args_free(&a);
         return 1;
     }
-    lua_State *L = make_lua(argc, argv, a.kv, a.n);
+    lua_State *L = make_lua(argc, argv);
     if (L) {
         lua_pushcfunction(L, msgh);
         int h = lua_gettop(L);
@@ -278,7 +281,7 @@ static int cmd_run(int argc, char **argv) {
             rc = lua_failure(L);
         } else {
             rc = 0;
-            if (a.n > 0 && !saefw_lua_overrides_taken(L)) {
+            if (a.n > 0 && !saefw_run_overrides_taken()) {
                 fprintf(stderr, "saefw run: %s never calls saefw.config{}, so --%s cannot be applied\n", script,
                         a.kv[0]);
                 rc = 2;
@@ -304,7 +307,7 @@ static int cmd_analyze(int argc, char **argv) {
         args_free(&a);
         return 2;
     }
-    lua_State *L = make_lua(argc, argv, NULL, 0);
+    lua_State *L = make_lua(argc, argv);
     if (L) {
         lua_pushcfunction(L, msgh);
         int h = lua_gettop(L);

@@ -29,12 +29,17 @@ static struct {
     char *resume;
     char **allow_change;
     int n_allow_change;
+    char **overrides; /* pairs */
+    int n_overrides;
+    int taken;
 } g_cli;
 
 static void cli_free(void) {
     free(g_cli.resume);
     for (int i = 0; i < g_cli.n_allow_change; i++) free(g_cli.allow_change[i]);
     free(g_cli.allow_change);
+    for (int i = 0; i < 2 * g_cli.n_overrides; i++) free(g_cli.overrides[i]);
+    free(g_cli.overrides);
     memset(&g_cli, 0, sizeof g_cli);
 }
 
@@ -57,10 +62,32 @@ int saefw_run_set_cli(const saefw_run_cli *cli, char *err, size_t errlen) {
             g_cli.allow_change[g_cli.n_allow_change] = k;
         }
     }
+    if (cli->n_overrides > 0) {
+        g_cli.overrides = saefw_calloc(2 * (size_t)cli->n_overrides, sizeof(char *), err, errlen);
+        if (!g_cli.overrides) {
+            cli_free();
+            return -1;
+        }
+        for (; g_cli.n_overrides < cli->n_overrides; g_cli.n_overrides++) {
+            int i = g_cli.n_overrides;
+            g_cli.overrides[2 * i] = saefw_strdup(cli->overrides[2 * i], err, errlen);
+            g_cli.overrides[2 * i + 1] =
+                g_cli.overrides[2 * i] ? saefw_strdup(cli->overrides[2 * i + 1], err, errlen) : NULL;
+            if (!g_cli.overrides[2 * i + 1]) {
+                g_cli.n_overrides++; /* frees the pair's key too */
+                cli_free();
+                return -1;
+            }
+        }
+    }
     return 0;
 }
 
 const char *saefw_run_cli_resume(void) { return g_cli.resume; }
+
+int saefw_run_n_overrides(void) { return g_cli.n_overrides; }
+
+int saefw_run_overrides_taken(void) { return g_cli.taken; }
 
 void saefw_run_cfg_init(saefw_run_cfg *c) {
     memset(c, 0, sizeof *c);
@@ -345,6 +372,67 @@ int saefw_run_parse_override(const char *key, const char *text, saefw_value_type
         return saefw_errf(err, errlen, "--%s: expected true or false, got '%s'", key, text);
     }
     case SAEFW_VALUE_STRING: out->s = text; return 0;
+    case SAEFW_VALUE_NONE: break;
     }
     return saefw_errf(err, errlen, "--%s: the key's type cannot be set from the command line", key);
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* "unknown config key '--KEY' (valid keys: ...)" with config's keys sorted. */
+static int unknown_key(const cJSON *config, const char *key, char *err, size_t errlen) {
+    int n = cJSON_GetArraySize(config);
+    const char **names = n > 0 ? calloc((size_t)n, sizeof *names) : NULL;
+    char list[1024] = "";
+    if (names) {
+        int k = 0;
+        for (const cJSON *it = config->child; it && k < n; it = it->next) names[k++] = it->string;
+        qsort(names, (size_t)k, sizeof *names, cmp_names);
+        size_t used = 0;
+        for (int i = 0; i < k && used < sizeof list; i++)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", names[i]);
+        free(names);
+    }
+    return saefw_errf(err, errlen, "unknown config key '--%s' (valid keys: %s)", key, list);
+}
+
+int saefw_run_apply_overrides(cJSON *config, const saefw_value_type *types, saefw_override *applied, char *err,
+                              size_t errlen) {
+    g_cli.taken = 1;
+    if (!cJSON_IsObject(config)) return saefw_errf(err, errlen, "the configuration must be a table of keys");
+    for (int i = 0; i < g_cli.n_overrides; i++) {
+        const char *key = g_cli.overrides[2 * i], *text = g_cli.overrides[2 * i + 1];
+        int at = 0;
+        cJSON *item = config->child;
+        while (item && strcmp(item->string, key) != 0) {
+            item = item->next;
+            at++;
+        }
+        if (!item) return unknown_key(config, key, err, errlen);
+        saefw_value_type ty = SAEFW_VALUE_NONE;
+        if (types) ty = types[at];
+        else if (cJSON_IsNumber(item))
+            ty = item->valuedouble == floor(item->valuedouble) && fabs(item->valuedouble) < 9.0e15 ? SAEFW_VALUE_INT
+                                                                                                   : SAEFW_VALUE_FLOAT;
+        else if (cJSON_IsBool(item)) ty = SAEFW_VALUE_BOOL;
+        else if (cJSON_IsString(item)) ty = SAEFW_VALUE_STRING;
+        if (ty == SAEFW_VALUE_NONE)
+            return saefw_errf(err, errlen, "--%s: the key holds a %s, which cannot be set from the command line", key,
+                              cJSON_IsObject(item) || cJSON_IsArray(item) ? "table" : "value with no JSON form");
+        saefw_value v;
+        if (saefw_run_parse_override(key, text, ty, &v, err, errlen) != 0) return -1;
+        cJSON *nv = ty == SAEFW_VALUE_INT     ? cJSON_CreateNumber((double)v.i)
+                    : ty == SAEFW_VALUE_FLOAT ? cJSON_CreateNumber(v.f)
+                    : ty == SAEFW_VALUE_BOOL  ? cJSON_CreateBool(v.b)
+                                              : cJSON_CreateString(text);
+        if (!nv || !cJSON_ReplaceItemInObjectCaseSensitive(config, key, nv)) {
+            cJSON_Delete(nv);
+            return saefw_errf(err, errlen, "out of memory");
+        }
+        if (applied) {
+            applied[i].key = key;
+            applied[i].value = v;
+        }
+    }
+    return 0;
 }

@@ -78,6 +78,10 @@ typedef struct {
     const char *resume; /* NULL: none */
     const char *const *allow_change;
     int n_allow_change;
+    /* n_overrides pairs of strings (key, text): `--key text` for the script's configuration
+     * (saefw_run_apply_overrides). */
+    const char *const *overrides;
+    int n_overrides;
 } saefw_run_cli;
 
 /* Keep a copy of cli (NULL: forget them); 0, or -1 with err (out of memory). Not thread-safe: call it
@@ -85,6 +89,11 @@ typedef struct {
 int saefw_run_set_cli(const saefw_run_cli *cli, char *err, size_t errlen);
 /* The run folder given with --resume, or NULL. */
 const char *saefw_run_cli_resume(void);
+
+/* The number of `--key text` overrides of the command line (saefw_run_set_cli). */
+int saefw_run_n_overrides(void);
+/* Whether saefw_run_apply_overrides ran since saefw_run_set_cli (else the overrides were not applied). */
+int saefw_run_overrides_taken(void);
 
 /* A run made from a saefw_run_cfg: the run folder chosen, the evaluators built, the loop's options
  * derived. */
@@ -115,7 +124,14 @@ int64_t saefw_run_model_batch(int64_t batch_size, int64_t seq_len);
 int64_t saefw_run_steps(double num_tokens, int64_t batch_size, char *err, size_t errlen);
 
 /* The type of a configuration value that the command line may set. */
-typedef enum { SAEFW_VALUE_INT = 0, SAEFW_VALUE_FLOAT, SAEFW_VALUE_BOOL, SAEFW_VALUE_STRING } saefw_value_type;
+/* SAEFW_VALUE_NONE: a value the command line cannot set (a table). */
+typedef enum {
+    SAEFW_VALUE_INT = 0,
+    SAEFW_VALUE_FLOAT,
+    SAEFW_VALUE_BOOL,
+    SAEFW_VALUE_STRING,
+    SAEFW_VALUE_NONE
+} saefw_value_type;
 
 typedef struct {
     saefw_value_type type;
@@ -131,5 +147,21 @@ typedef struct {
  * "--key" and the text otherwise. */
 int saefw_run_parse_override(const char *key, const char *text, saefw_value_type type, saefw_value *out, char *err,
                              size_t errlen);
+
+/* One override applied: the config key and its value as saefw_run_parse_override read it. */
+typedef struct {
+    const char *key; /* borrowed from the command line's copy */
+    saefw_value value;
+} saefw_override;
+
+/* Apply the command line's `--key text` overrides (saefw_run_set_cli), in order, to config, a JSON
+ * object of the script's defaults (saefw.config{}): each key must be one of config's members (else
+ * "unknown config key '--KEY' (valid keys: A, B, ...)", sorted) and its text is read as the type of
+ * that member's default (saefw_run_parse_override's errors) and replaces it. types gives the type of
+ * each member in order, SAEFW_VALUE_NONE for one the command line cannot set; NULL: from the JSON
+ * values (a number is an integer when it has an integral value). applied (NULL, or room for
+ * saefw_run_n_overrides()) receives the overrides as applied. 0, or -1 with err. */
+int saefw_run_apply_overrides(cJSON *config, const saefw_value_type *types, saefw_override *applied, char *err,
+                              size_t errlen);
 
 #endif

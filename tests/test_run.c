@@ -38,6 +38,50 @@ static void check_overrides(void) {
           "string");
 }
 
+/* The command line's run options kept in the core, and its overrides applied to a JSON config. */
+static void check_cli(void) {
+    char err[512];
+    const char *allow[] = {"lr"};
+    const char *kv[] = {"lr", "2e-4", "steps", "0x10", "name", "b", "steps", "7"};
+    saefw_run_cli cli = {
+        .resume = "runs/x", .allow_change = allow, .n_allow_change = 1, .overrides = kv, .n_overrides = 4};
+    REQUIRE(saefw_run_set_cli(&cli, err, sizeof err) == 0, "set_cli: %s", err);
+    CHECK(saefw_run_cli_resume() && strcmp(saefw_run_cli_resume(), "runs/x") == 0, "resume not kept");
+    CHECK(saefw_run_n_overrides() == 4 && !saefw_run_overrides_taken(), "overrides: %d", saefw_run_n_overrides());
+    cJSON *cfg = cJSON_Parse("{\"steps\": 100, \"lr\": 1, \"name\": \"a\", \"nested\": {}}");
+    REQUIRE(cfg, "parse");
+    /* lr's default is a float in the script (1.0), which JSON cannot tell: the types say it. */
+    saefw_value_type types[] = {SAEFW_VALUE_INT, SAEFW_VALUE_FLOAT, SAEFW_VALUE_STRING, SAEFW_VALUE_NONE};
+    saefw_override applied[4];
+    CHECK(saefw_run_apply_overrides(cfg, types, applied, err, sizeof err) == 0, "apply: %s", err);
+    CHECK(saefw_run_overrides_taken(), "not marked taken");
+    CHECK(cJSON_GetObjectItem(cfg, "steps")->valuedouble == 7 && cJSON_GetObjectItem(cfg, "lr")->valuedouble == 2e-4 &&
+              strcmp(cJSON_GetObjectItem(cfg, "name")->valuestring, "b") == 0,
+          "applied values");
+    CHECK(strcmp(applied[1].key, "steps") == 0 && applied[1].value.type == SAEFW_VALUE_INT &&
+              applied[1].value.i == 16 && applied[0].value.type == SAEFW_VALUE_FLOAT,
+          "applied list");
+    /* Without types, the JSON values say: lr = 1 reads as an integer. */
+    CHECK(saefw_run_apply_overrides(cfg, NULL, NULL, err, sizeof err) == 0, "apply (JSON types): %s", err);
+    cJSON_Delete(cfg);
+    const char *bad[] = {"nested", "1"};
+    cli.overrides = bad;
+    cli.n_overrides = 1;
+    REQUIRE(saefw_run_set_cli(&cli, err, sizeof err) == 0, "set_cli: %s", err);
+    cfg = cJSON_Parse("{\"steps\": 100, \"nested\": {}}");
+    CHECK(saefw_run_apply_overrides(cfg, NULL, NULL, err, sizeof err) != 0 &&
+              strcmp(err, "--nested: the key holds a table, which cannot be set from the command line") == 0,
+          "table: %s", err);
+    bad[0] = "stepz";
+    REQUIRE(saefw_run_set_cli(&cli, err, sizeof err) == 0, "set_cli: %s", err);
+    CHECK(saefw_run_apply_overrides(cfg, NULL, NULL, err, sizeof err) != 0 &&
+              strcmp(err, "unknown config key '--stepz' (valid keys: nested, steps)") == 0,
+          "unknown: %s", err);
+    cJSON_Delete(cfg);
+    saefw_run_set_cli(NULL, err, sizeof err);
+    CHECK(!saefw_run_cli_resume() && saefw_run_n_overrides() == 0, "set_cli(NULL) kept options");
+}
+
 static void check_derivations(const char *tmp) {
     char err[256];
     CHECK(saefw_run_steps(1000, 256, err, sizeof err) == 3, "1000 tokens of 256");
@@ -91,6 +135,7 @@ static void parts_free(parts *p) {
 int main(void) {
     const char *tmp = t_tmpdir("test_run");
     check_overrides();
+    check_cli();
     check_derivations(tmp);
 
     char err[1024];

@@ -29,21 +29,9 @@ local function sorted_keys(t)
 end
 
 --- saefw.config{defaults}: a copy of the defaults with the command line's --key value applied.
--- An unknown key is an error listing the valid keys; a value of the wrong type names the key.
-function M.config(defaults)
-  if type(defaults) ~= "table" then fail("saefw.config: expected a table of defaults") end
-  local cfg = {}
-  for k, v in pairs(defaults) do cfg[k] = v end
-  for _, kv in ipairs(core.overrides()) do
-    local key, text = kv[1], kv[2]
-    if defaults[key] == nil then
-      fail(string.format("unknown config key '--%s' (valid keys: %s)", key, table.concat(sorted_keys(defaults), ", ")))
-    end
-    -- Read as the type of the default, like the seed's argument parser (engine/run.h).
-    cfg[key] = core.parse_override(key, text, defaults[key])
-  end
-  return cfg
-end
+-- An unknown key is an error listing the valid keys; a value of the wrong type names the key. The
+-- run object applies them (saefw_run_apply_overrides in engine/run.h).
+M.config = core.config
 
 M.sae = core.sae
 M.load_sae = core.load_sae
