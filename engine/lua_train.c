@@ -1,5 +1,5 @@
 /* Lua binding of training: saefw.train (options table to saefw_train_opts, callbacks on_log,
- * on_eval, on_end), saefw.config, saefw.find_resumable and saefw.resume_dir. */
+ * on_eval, on_end), saefw.config, saefw.model_batch, saefw.find_resumable and saefw.resume_dir. */
 #include <lauxlib.h>
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -334,6 +334,17 @@ static int l_default_run_dir(lua_State *L) {
     return 1;
 }
 
+/* saefw.model_batch(batch_size, seq_len) -> the seed's model batch (saefw_run_model_batch), the
+ * default of saefw.buffer{model=...}'s model_batch_size. */
+static int l_model_batch(lua_State *L) {
+    lua_Number b = luaL_checknumber(L, 1);
+    lua_Integer seq_len = luaL_checkinteger(L, 2);
+    if (b != floor(b) || fabs(b) > 9.0e15)
+        return saefw_lua_error(L, "saefw.buffer: field 'batch_size' must be an integer, got %g", (double)b);
+    lua_pushinteger(L, (lua_Integer)saefw_run_model_batch((int64_t)b, (int64_t)seq_len));
+    return 1;
+}
+
 void saefw_lua_open_train(lua_State *L, int module_index) {
     static const luaL_Reg fns[] = {
         {"train", l_train},
@@ -342,6 +353,7 @@ void saefw_lua_open_train(lua_State *L, int module_index) {
         {"default_run_dir", l_default_run_dir},
         {"parse_override", l_parse_override},
         {"config", l_config},
+        {"model_batch", l_model_batch},
         {NULL, NULL},
     };
     lua_pushvalue(L, module_index);

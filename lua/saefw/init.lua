@@ -108,8 +108,8 @@ function M.buffer(t)
   if t.batch_size == nil then fail("saefw.buffer: field 'batch_size' is required") end
   check_field("saefw.buffer", t, "batch_size", "number")
   check_field("saefw.buffer", t, "model_batch_size", "number")
-  local seq_len = t.tokens.seq_len
-  local mbs = t.model_batch_size or math.max(1, t.batch_size // seq_len * 16)
+  -- The seed's model batch unless given (saefw_run_model_batch in engine/run.h).
+  local mbs = t.model_batch_size or core.model_batch(t.batch_size, t.tokens.seq_len)
   local src = core.model_source { model = t.model, tokens = t.tokens, site = t.site, layer = t.layer,
                                   model_batch_size = mbs, seed = t.seed }
   local buf = core.buffer { source = src, size = t.size, batch_size = t.batch_size, dtype = t.dtype, seed = t.seed }
