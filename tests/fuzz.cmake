@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; retur
   # scripts/fuzz.sh sets halt_on_error, so any other report still stops the input as a crash.
   set(SAEFW_FUZZ_CFLAGS -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
       -fsanitize-recover=undefined -g)
-  foreach(lib saefw_util saefw_engine saefw_hf)
+  foreach(lib saefw_util saefw_core saefw_engine saefw_hf)
     if(TARGET ${lib})
       target_compile_options(${lib} PRIVATE ${SAEFW_FUZZ_CFLAGS})
       target_link_options(${lib} INTERFACE -fsanitize=address,undefined)
