@@ -32,9 +32,16 @@
 #include "train.h"
 #include "util.h"
 
+#include "bench_gelu1l.h"
 #include "bench_tokens_read.h"
 
-enum { N_LAYERS = 1, D_MODEL = 512, D_MLP = 2048, N_HEADS = 8, D_HEAD = 64, N_CTX = 1024, D_VOCAB = 48262 };
+enum {
+    D_MODEL = BENCH_D_MODEL,
+    D_MLP = BENCH_D_MLP,
+    N_HEADS = BENCH_N_HEADS,
+    D_HEAD = BENCH_D_HEAD,
+    D_VOCAB = BENCH_D_VOCAB
+};
 
 static void die(const char *what, const char *err) {
     fprintf(stderr, "bench_model: %s: %s\n", what, err);
@@ -46,76 +53,6 @@ static float *randn(saefw_rng *rng, size_t n, float scale) {
     if (!p) die("allocation", "out of memory");
     for (size_t i = 0; i < n; i++) p[i] = (float)(scale * saefw_rng_normal(rng));
     return p;
-}
-
-static float *constant(size_t n, float v) {
-    float *p = malloc(sizeof(float) * n);
-    if (!p) die("allocation", "out of memory");
-    for (size_t i = 0; i < n; i++) p[i] = v;
-    return p;
-}
-
-/* A gelu-1l-shaped model with random weights, as safetensors with its config in the metadata. */
-static void write_model(const char *path) {
-    saefw_rng rng;
-    saefw_rng_seed(&rng, 1);
-    struct {
-        const char *name;
-        int ndim;
-        int64_t shape[3];
-        float *data;
-    } t[] = {
-        {"embed.W_E", 2, {D_VOCAB, D_MODEL}, randn(&rng, (size_t)D_VOCAB * D_MODEL, 0.02f)},
-        {"pos_embed.W_pos", 2, {N_CTX, D_MODEL}, randn(&rng, (size_t)N_CTX * D_MODEL, 0.02f)},
-        {"blocks.0.ln1.w", 1, {D_MODEL}, constant(D_MODEL, 1)},
-        {"blocks.0.ln1.b", 1, {D_MODEL}, constant(D_MODEL, 0)},
-        {"blocks.0.attn.W_Q", 3, {N_HEADS, D_MODEL, D_HEAD}, randn(&rng, (size_t)N_HEADS * D_MODEL * D_HEAD, 0.02f)},
-        {"blocks.0.attn.W_K", 3, {N_HEADS, D_MODEL, D_HEAD}, randn(&rng, (size_t)N_HEADS * D_MODEL * D_HEAD, 0.02f)},
-        {"blocks.0.attn.W_V", 3, {N_HEADS, D_MODEL, D_HEAD}, randn(&rng, (size_t)N_HEADS * D_MODEL * D_HEAD, 0.02f)},
-        {"blocks.0.attn.W_O", 3, {N_HEADS, D_HEAD, D_MODEL}, randn(&rng, (size_t)N_HEADS * D_HEAD * D_MODEL, 0.02f)},
-        {"blocks.0.attn.b_Q", 2, {N_HEADS, D_HEAD}, constant(N_HEADS * D_HEAD, 0)},
-        {"blocks.0.attn.b_K", 2, {N_HEADS, D_HEAD}, constant(N_HEADS * D_HEAD, 0)},
-        {"blocks.0.attn.b_V", 2, {N_HEADS, D_HEAD}, constant(N_HEADS * D_HEAD, 0)},
-        {"blocks.0.attn.b_O", 1, {D_MODEL}, constant(D_MODEL, 0)},
-        {"blocks.0.ln2.w", 1, {D_MODEL}, constant(D_MODEL, 1)},
-        {"blocks.0.ln2.b", 1, {D_MODEL}, constant(D_MODEL, 0)},
-        {"blocks.0.mlp.W_in", 2, {D_MODEL, D_MLP}, randn(&rng, (size_t)D_MODEL * D_MLP, 0.02f)},
-        {"blocks.0.mlp.b_in", 1, {D_MLP}, constant(D_MLP, 0)},
-        {"blocks.0.mlp.W_out", 2, {D_MLP, D_MODEL}, randn(&rng, (size_t)D_MLP * D_MODEL, 0.02f)},
-        {"blocks.0.mlp.b_out", 1, {D_MODEL}, constant(D_MODEL, 0)},
-        {"ln_final.w", 1, {D_MODEL}, constant(D_MODEL, 1)},
-        {"ln_final.b", 1, {D_MODEL}, constant(D_MODEL, 0)},
-        {"unembed.W_U", 2, {D_MODEL, D_VOCAB}, randn(&rng, (size_t)D_MODEL * D_VOCAB, 0.02f)},
-    };
-    enum { N = sizeof t / sizeof *t };
-    saefw_tensor_ref refs[N];
-    for (int i = 0; i < N; i++) refs[i] = (saefw_tensor_ref){t[i].name, SAEFW_DT_F32, t[i].ndim, t[i].shape, t[i].data};
-    char v[7][16];
-    snprintf(v[0], 16, "%d", N_LAYERS);
-    snprintf(v[1], 16, "%d", D_MODEL);
-    snprintf(v[2], 16, "%d", D_MLP);
-    snprintf(v[3], 16, "%d", D_HEAD);
-    snprintf(v[4], 16, "%d", N_HEADS);
-    snprintf(v[5], 16, "%d", N_CTX);
-    snprintf(v[6], 16, "%d", D_VOCAB);
-    const char *meta[][2] = {{"n_layers", v[0]}, {"d_model", v[1]},  {"d_mlp", v[2]},
-                             {"d_head", v[3]},   {"n_heads", v[4]},  {"n_ctx", v[5]},
-                             {"d_vocab", v[6]},  {"act_fn", "gelu"}, {"normalization_type", "LN"}};
-    char err[1024];
-    if (saefw_safetensors_write(path, refs, N, meta, 9, err, sizeof err) != 0) die("writing the model", err);
-    for (int i = 0; i < N; i++) free(t[i].data);
-}
-
-static void write_tokens(const char *path, int64_t n) {
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
-    if (!tok) die("allocation", "out of memory");
-    saefw_rng rng;
-    saefw_rng_seed(&rng, 2);
-    for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)saefw_rng_below(&rng, D_VOCAB);
-    int64_t shape[1] = {n};
-    char err[1024];
-    if (saefw_npy_write(path, SAEFW_DT_I32, 1, shape, tok, err, sizeof err) != 0) die("writing tokens", err);
-    free(tok);
 }
 
 /* A token cache as `saefw tokens convert` writes it for gelu-1l's vocabulary: a flat uint16 .npy. */
@@ -424,9 +361,11 @@ int main(int argc, char **argv) {
     snprintf(cpath, sizeof cpath, "%s/token_cache.npy", dir);
     printf("bench_model: gelu-1l's shape (d_model %d, d_mlp %d, %d heads, d_vocab %d), random weights, %d threads\n",
            D_MODEL, D_MLP, N_HEADS, D_VOCAB, saefw_threads());
-    write_model(mpath);
+    char werr[1024];
+    if (bench_write_gelu1l(mpath, werr, sizeof werr) != 0) die("writing the model", werr);
     const int64_t T = 128, B = 32; /* one model batch chunk: the engine forwards 32 sequences at a time */
-    write_tokens(tpath, rss ? 4096LL * 384 * 2 : 4096LL * 64);
+    if (bench_write_tokens(tpath, rss ? 4096LL * 384 * 2 : 4096LL * 64, werr, sizeof werr) != 0)
+        die("writing tokens", werr);
     saefw_model *m = NULL;
     if (saefw_model_load(mpath, NULL, &m, err, sizeof err) != 0) die("loading", err);
     saefw_model_work *w = NULL;
