@@ -19,7 +19,6 @@
 
 static void stderr_line(const char *msg) { fprintf(stderr, "%s\n", msg); }
 
-/* saefw.find_resumable(run_dir) -> the newest intact checkpoint folder holding a training state. */
 /* saefw.find_resumable(run_dir) -> the newest intact checkpoint folder holding a training state, or
  * nil and the reason when there is none. */
 static int l_find_resumable(lua_State *L) {
@@ -242,29 +241,6 @@ static int l_train(lua_State *L) {
     return 1;
 }
 
-/* saefw.parse_override(key, text, default) -> text read as the type of default (saefw.config{}'s
- * command-line overrides). */
-static int l_parse_override(lua_State *L) {
-    const char *key = luaL_checkstring(L, 1), *text = luaL_checkstring(L, 2);
-    saefw_value_type ty;
-    switch (lua_type(L, 3)) {
-    case LUA_TNUMBER: ty = lua_isinteger(L, 3) ? SAEFW_VALUE_INT : SAEFW_VALUE_FLOAT; break;
-    case LUA_TBOOLEAN: ty = SAEFW_VALUE_BOOL; break;
-    case LUA_TSTRING: ty = SAEFW_VALUE_STRING; break;
-    default:
-        return saefw_lua_error(L, "--%s: the key holds a %s, which cannot be set from the command line", key,
-                               luaL_typename(L, 3));
-    }
-    saefw_value v;
-    char err[512];
-    if (saefw_run_parse_override(key, text, ty, &v, err, sizeof err) != 0) return saefw_lua_error(L, "%s", err);
-    if (ty == SAEFW_VALUE_INT) lua_pushinteger(L, (lua_Integer)v.i);
-    else if (ty == SAEFW_VALUE_FLOAT) lua_pushnumber(L, v.f);
-    else if (ty == SAEFW_VALUE_BOOL) lua_pushboolean(L, v.b);
-    else lua_pushvalue(L, 2);
-    return 1;
-}
-
 /* saefw.config{defaults} -> a copy of defaults with the command line's `--key value` overrides
  * applied by the run object (saefw_run_apply_overrides): this only translates the table. */
 static int l_config(lua_State *L) {
@@ -351,7 +327,6 @@ void saefw_lua_open_train(lua_State *L, int module_index) {
         {"find_resumable", l_find_resumable},
         {"resume_dir", l_resume_dir},
         {"default_run_dir", l_default_run_dir},
-        {"parse_override", l_parse_override},
         {"config", l_config},
         {"model_batch", l_model_batch},
         {NULL, NULL},
