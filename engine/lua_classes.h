@@ -41,7 +41,17 @@ typedef struct {
     int is_lua; /* a saefw.lua_plugin: an llua_plugin, with no shared object to unload */
 } lplugin;
 
-enum { LP_AFTER_BACKWARD, LP_AFTER_STEP, LP_ON_EVAL, LP_ON_END, LP_STEP, LP_SAVE_STATE, LP_LOAD_STATE, LP_N };
+enum {
+    LP_AFTER_BACKWARD,
+    LP_AFTER_STEP,
+    LP_ON_EVAL,
+    LP_ON_END,
+    LP_STEP,
+    LP_SAVE_STATE,
+    LP_LOAD_STATE,
+    LP_BEFORE_STEP,
+    LP_N
+};
 
 typedef struct {
     lua_State *L;

@@ -109,8 +109,8 @@ static int plugin_index(lua_State *L) {
 
 #define MT_STATE_IO "saefw.PluginState"
 
-static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval",   "on_end",
-                                           "step",           "save_state", "load_state"};
+static const char *const LP_NAMES[LP_N] = {"after_backward", "after_step", "on_eval",    "on_end",
+                                           "step",           "save_state", "load_state", "before_step"};
 
 /* The writer or reader handed to a Lua plugin's save_state / load_state: valid during that call. */
 typedef struct {
@@ -366,6 +366,7 @@ static int ctx_index(lua_State *L) {
     const saefw_host *h = saefw_host_table();
     if (!strcmp(k, "step")) lua_pushinteger(L, h->step(c->run));
     else if (!strcmp(k, "tokens")) lua_pushinteger(L, h->tokens_seen(c->run));
+    else if (!strcmp(k, "total_steps")) lua_pushinteger(L, h->total_steps(c->run));
     else if (!strcmp(k, "d_in")) lua_pushinteger(L, h->d_in(c->run));
     else if (!strcmp(k, "d_sae")) lua_pushinteger(L, h->d_sae(c->run));
     else if (!strcmp(k, "lr")) lua_pushnumber(L, h->learning_rate(c->run));
@@ -504,6 +505,9 @@ static int lp_after_step(void *s, saefw_run *r, char *e, size_t n) {
 static int lp_on_eval(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_ON_EVAL, e, n); }
 static int lp_on_end(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_ON_END, e, n); }
 static int lp_step(void *s, saefw_run *r, char *e, size_t n) { return lua_plugin_call(s, r, LP_STEP, e, n); }
+static int lp_before_step(void *s, saefw_run *r, char *e, size_t n) {
+    return lua_plugin_call(s, r, LP_BEFORE_STEP, e, n);
+}
 
 static void lua_plugin_release(lua_State *L, lplugin *base) {
     llua_plugin *p = (llua_plugin *)base;
@@ -516,11 +520,12 @@ static void lua_plugin_release(lua_State *L, lplugin *base) {
     p->base.opts = NULL;
 }
 
-/* saefw.lua_plugin{name=, kind="experiment"|"resampler"|"optimizer", after_backward=fn, after_step=fn,
- * on_eval=fn, on_end=fn, step=fn (optimizers)} -> a plugin to pass to saefw.train. */
+/* saefw.lua_plugin{name=, kind="experiment"|"resampler"|"optimizer", before_step=fn, after_backward=fn,
+ * after_step=fn, on_eval=fn, on_end=fn, step=fn (optimizers)} -> a plugin to pass to saefw.train. */
 static int l_lua_plugin(lua_State *L) {
-    static const char *const keys[] = {"name", "kind",       "after_backward", "after_step",  "on_eval",   "on_end",
-                                       "step", "save_state", "load_state",     "description", "stateless", NULL};
+    static const char *const keys[] = {
+        "name",       "kind",       "after_backward", "after_step", "on_eval",     "on_end", "step",
+        "save_state", "load_state", "description",    "stateless",  "before_step", NULL};
     const char *fn = "saefw.lua_plugin";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -569,8 +574,8 @@ static int l_lua_plugin(lua_State *L) {
         any = 1;
     }
     if (!any)
-        return saefw_lua_error(L, "%s: give at least one callback (after_backward, after_step, on_eval, on_end, step)",
-                               fn);
+        return saefw_lua_error(
+            L, "%s: give at least one callback (before_step, after_backward, after_step, on_eval, on_end, step)", fn);
     if (k == SAEFW_KIND_OPTIMIZER && p->st.fn_ref[LP_STEP] == LUA_NOREF)
         return saefw_lua_error(L, "%s: an optimizer needs a 'step' callback", fn);
     lplugin_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
@@ -592,6 +597,7 @@ static int l_lua_plugin(lua_State *L) {
     pl->on_eval = p->st.fn_ref[LP_ON_EVAL] != LUA_NOREF ? lp_on_eval : NULL;
     pl->on_end = p->st.fn_ref[LP_ON_END] != LUA_NOREF ? lp_on_end : NULL;
     pl->step = p->st.fn_ref[LP_STEP] != LUA_NOREF ? lp_step : NULL;
+    pl->before_step = p->st.fn_ref[LP_BEFORE_STEP] != LUA_NOREF ? lp_before_step : NULL;
     if ((p->st.fn_ref[LP_SAVE_STATE] == LUA_NOREF) != (p->st.fn_ref[LP_LOAD_STATE] == LUA_NOREF))
         return saefw_lua_error(L, "%s: give both save_state and load_state, or neither", fn);
     pl->save_state = p->st.fn_ref[LP_SAVE_STATE] != LUA_NOREF ? lp_save_state : NULL;

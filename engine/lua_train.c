@@ -96,11 +96,34 @@ static int on_event(void *vud, saefw_event event, const saefw_metrics *m, char *
 }
 
 static int l_train(lua_State *L) {
-    static const char *const keys[] = {
-        "sae",         "buffer",      "eval_source",      "steps",        "num_tokens", "optimizer", "plugins",
-        "log_every",   "eval_every",  "checkpoint_every", "freq_batches", "run_dir",    "script",    "model_name",
-        "config",      "seed",        "progress",         "on_log",       "on_eval",    "on_end",    "recons_batches",
-        "recons_eval", "resume_from", "resume",           "allow_change", NULL};
+    static const char *const keys[] = {"sae",
+                                       "buffer",
+                                       "eval_source",
+                                       "steps",
+                                       "num_tokens",
+                                       "optimizer",
+                                       "plugins",
+                                       "log_every",
+                                       "eval_every",
+                                       "checkpoint_every",
+                                       "freq_batches",
+                                       "run_dir",
+                                       "script",
+                                       "model_name",
+                                       "config",
+                                       "seed",
+                                       "progress",
+                                       "on_log",
+                                       "on_eval",
+                                       "on_end",
+                                       "recons_batches",
+                                       "recons_eval",
+                                       "resume_from",
+                                       "resume",
+                                       "allow_change",
+                                       "clip_grad_norm",
+                                       "unit_norm_decoder",
+                                       NULL};
     const char *fn = "saefw.train";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -187,6 +210,15 @@ static int l_train(lua_State *L) {
         c.allow_change = names;
         c.n_allow_change = n;
     }
+    /* The 2024 recipe: clipping when given (off by default, as in the seed), an optional unit-norm decoder. */
+    if (lua_getfield(L, 1, "clip_grad_norm") != LUA_TNIL) {
+        if (!lua_isnumber(L, -1)) return saefw_lua_error(L, "%s: field 'clip_grad_norm' must be a number", fn);
+        c.clip_grad_norm = lua_tonumber(L, -1);
+        if (!(c.clip_grad_norm > 0) || isinf(c.clip_grad_norm))
+            return saefw_lua_error(L, "%s: clip_grad_norm must be a finite number > 0, got %g", fn, c.clip_grad_norm);
+    }
+    lua_pop(L, 1);
+    c.free_decoder = !saefw_lua_opt_bool(L, 1, fn, "unit_norm_decoder", 1);
     c.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     int progress = saefw_lua_opt_bool(L, 1, fn, "progress", 1);
     c.progress = progress ? -1 : 0;

@@ -67,6 +67,9 @@ typedef struct {
     const cJSON *config; /* the script's configuration, recorded in every cfg.json; may be NULL */
     saefw_train_event_fn on_event;
     void *event_ud;
+    /* saefw_train_opts's clip_grad_norm (0: none) and free_decoder (1: unit_norm_decoder = false). */
+    double clip_grad_norm;
+    int free_decoder;
 } saefw_run_cfg;
 
 void saefw_run_cfg_init(saefw_run_cfg *c);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "eval.h"
+#include "grad_clip.h"
 #include "memory.h"
 #include "rundir.h"
 #include "train_internal.h"
@@ -151,6 +152,7 @@ static const char *hook_name(size_t offset) {
            : offset == offsetof(saefw_plugin, after_step)   ? "after_step"
            : offset == offsetof(saefw_plugin, on_eval)      ? "on_eval"
            : offset == offsetof(saefw_plugin, on_end)       ? "on_end"
+           : offset == offsetof(saefw_plugin, before_step)  ? "before_step"
                                                             : "hook";
 }
 
@@ -220,6 +222,9 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     if (o->freq_batches > SAEFW_MAX_EVAL_BATCHES)
         return saefw_errf(err, errlen, "train: freq_batches = %lld is more than %d", (long long)o->freq_batches,
                           SAEFW_MAX_EVAL_BATCHES);
+    if (!(o->clip_grad_norm >= 0) || isinf(o->clip_grad_norm))
+        return saefw_errf(err, errlen, "train: clip_grad_norm must be a finite number > 0 (0: no clipping), got %g",
+                          o->clip_grad_norm);
 
     double mem_estimate = 0;
     if (saefw_train_memory_check(o, o->progress != 0, &mem_estimate, err, errlen) != 0) return -1;
@@ -344,6 +349,7 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
     const int64_t i = run->next, B = run->B;
     run->step = i;
     run->n_extra = 0;
+    if (call_hooks(run, offsetof(saefw_plugin, before_step), err, errlen) != 0) return -1;
     const double tb = saefw_now(), fills = run->buf ? run->buf->fill_seconds + run->buf->refill_seconds : 0;
     int got = run->buf ? saefw_buffer_next(run->buf, run->batch, err, errlen)
                        : o->next_batch(o->next_batch_ud, run->batch, B, err, errlen);
@@ -359,7 +365,15 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
         return saefw_errf(err, errlen, "step %lld: the loss is %s; training stopped (last good checkpoint: %s)",
                           (long long)i, isnan(st.loss) ? "NaN" : "infinite",
                           run->res.last_checkpoint[0] ? run->res.last_checkpoint : "none yet");
-    saefw_sae_project_decoder(sae);
+    if (!o->free_decoder) saefw_sae_project_decoder(sae);
+    if (o->clip_grad_norm > 0) {
+        /* After the projection, as torch users clip right before the step; before the hooks, so that
+         * they see the gradients the optimizer gets (a projection there can only shrink the norm). */
+        double norm, coef;
+        saefw_clip_grad_norm(sae->grads, (int64_t)sae->n_total, o->clip_grad_norm, &norm, &coef);
+        saefw_host_table()->metric(run, "grad_norm", norm);
+        saefw_host_table()->metric(run, "clip_coef", coef);
+    }
     saefw_fault_point("step");
     run->batch_rows = B;
     if (call_hooks(run, offsetof(saefw_plugin, after_backward), err, errlen) != 0) return -1;

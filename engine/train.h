@@ -123,6 +123,12 @@ typedef struct {
      * "plugins"); any other difference from the recorded configuration is refused. */
     const char *const *allow_change;
     int n_allow_change;
+    /* The 2024 recipe's trainer options; zero gives the seed's step. clip_grad_norm > 0: after the
+     * backward pass (and the decoder projection), scale all gradients together to a 2-norm of at most
+     * this (saefw_clip_grad_norm), before the after_backward hooks; metrics grad_norm and clip_coef.
+     * free_decoder: no decoder-gradient projection and no decoder renorm (unit_norm_decoder = false). */
+    double clip_grad_norm;
+    int free_decoder;
 } saefw_train_opts;
 
 typedef struct {

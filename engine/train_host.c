@@ -89,6 +89,7 @@ static double host_rng_uniform(saefw_run *run) { return saefw_rng_uniform(&run->
 static double host_rng_normal(saefw_run *run) { return saefw_rng_normal(&run->rng); }
 static int64_t host_step(saefw_run *run) { return run->step; }
 static int64_t host_tokens(saefw_run *run) { return run->tokens; }
+static int64_t host_total_steps(saefw_run *run) { return run->o->steps; }
 static double host_lr(saefw_run *run) { return run->lr; }
 
 static int host_set_lr(saefw_run *run, double lr, char *err, size_t errlen) {
@@ -325,6 +326,7 @@ static const saefw_host HOST = {
     .state_get_i64 = host_get_i64,
     .state_get_number = host_get_number,
     .batch_feature_counts = host_batch_feature_counts,
+    .total_steps = host_total_steps,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }

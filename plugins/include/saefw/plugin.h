@@ -22,7 +22,7 @@ extern "C" {
 /* Bumped only on an incompatible change; the engine refuses a plugin built for another version. */
 #define SAEFW_ABI_VERSION 2u
 /* Bumped when fields are appended (informational: struct_size is what the engine and plugins check). */
-#define SAEFW_ABI_MINOR 0u
+#define SAEFW_ABI_MINOR 1u
 
 /* Name of the one function a plugin exports. */
 #define SAEFW_PLUGIN_ENTRY "saefw_plugin_init"
@@ -169,6 +169,10 @@ typedef struct saefw_host {
     int (*state_get_f32)(saefw_state_reader *r, const char *name, float *data, int64_t n, char *err, size_t errlen);
     int (*state_get_i64)(saefw_state_reader *r, const char *name, int64_t *data, int64_t n, char *err, size_t errlen);
     int (*state_get_number)(saefw_state_reader *r, const char *name, double *v, char *err, size_t errlen);
+
+    /* Appended in ABI 2.1. */
+    /* The run's total number of optimizer steps (T of a schedule; the same after a resume). */
+    int64_t (*total_steps)(saefw_run *run);
 } saefw_host;
 
 /* Whether this engine's host table has `field` (set and inside its struct_size). Check it before
@@ -206,9 +210,10 @@ typedef struct saefw_plugin {
     int (*reset_state)(void *self, saefw_run *run, int param_index, int axis, const int64_t *idx, int64_t n, char *err,
                        size_t errlen);
 
-    /* Hooks, in the order the training step calls them:
-     * forward, backward, decoder projection + renorm -> after_backward -> optimizer step ->
-     * after_step -> metrics -> on_eval (every eval_every) -> ... -> on_end. */
+    /* Hooks, in the order the training step calls them (before_step, appended in 2.1, comes first):
+     * before_step -> batch, forward, backward, decoder projection + renorm, gradient clipping ->
+     * after_backward -> optimizer step -> after_step -> metrics -> on_eval (every eval_every) -> ...
+     * -> on_end. */
     saefw_callback after_backward;
     saefw_callback after_step;
     saefw_callback on_eval;
@@ -219,6 +224,11 @@ typedef struct saefw_plugin {
      * and no save_state makes resumed runs differ; the engine warns unless stateless is set. */
     int (*save_state)(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen);
     int (*load_state)(void *self, saefw_run *run, saefw_state_reader *r, char *err, size_t errlen);
+
+    /* Appended in ABI 2.1 (engines older than 2.1, whose host has no total_steps, never call it). */
+    /* Hook: every step, first, before its batch and forward pass (host->step is the step about to
+     * run). A loss coefficient set here acts on this step's loss; a schedule sets its values here. */
+    saefw_callback before_step;
 } saefw_plugin;
 
 #if defined(__GNUC__)
