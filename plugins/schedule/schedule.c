@@ -13,7 +13,7 @@ static const saefw_option OPTIONS[] = {
     {"lr_warmup_steps", SAEFW_OPT_INTEGER, 0, NULL,
      "raise the learning rate linearly from lr/n to lr over the first n steps (0: no warm-up)"},
     {"lr_decay_steps", SAEFW_OPT_INTEGER, 0, NULL,
-     "lower the learning rate linearly to 0 over the last n steps of the run (0: no decay)"},
+     "lower the learning rate linearly towards 0 over the last n steps (lr/n in the last one; 0: no decay)"},
     {"coeff", SAEFW_OPT_STRING, 0, "l1", "the loss coefficient to warm up (the SAE's name for it)"},
     {"coeff_warmup_steps", SAEFW_OPT_INTEGER, 0, NULL,
      "raise the coefficient linearly from c/n to c over the first n steps (0: no warm-up)"},
