@@ -202,7 +202,8 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
         return saefw_errf(err, errlen, "freq_batches = %lld is more than %d", (long long)c->freq_batches,
                           SAEFW_MAX_EVAL_BATCHES);
     if (!(c->clip_grad_norm >= 0) || isinf(c->clip_grad_norm))
-        return saefw_errf(err, errlen, "clip_grad_norm must be a finite number > 0, got %g", c->clip_grad_norm);
+        return saefw_errf(err, errlen, "clip_grad_norm must be a finite number > 0 (0: no clipping), got %g",
+                          c->clip_grad_norm);
     int64_t steps = c->steps;
     if (steps <= 0) {
         if (isnan(c->num_tokens)) return saefw_errf(err, errlen, "give 'steps' or 'num_tokens'");
