@@ -203,6 +203,12 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     saefw_buffer *buf = o->buffer;
     if (!sae || !(buf || o->next_batch) || !o->optimizer.plugin)
         return saefw_errf(err, errlen, "train: sae, buffer and optimizer are required");
+    /* The loop feeds one site: a transcoder's target site is not plumbed through it yet. */
+    if (sae->transcoder)
+        return saefw_errf(err, errlen,
+                          "train: the SAE is a transcoder (d_out %lld), and saefw.train cannot feed it "
+                          "a target site yet",
+                          (long long)sae->d_out);
     if (!buf && (!o->eval_source || o->batch_size <= 0))
         return saefw_errf(err, errlen, "train: next_batch needs batch_size and eval_source");
     const int64_t d_act = buf ? buf->d : o->eval_source->d_act;
