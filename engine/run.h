@@ -67,6 +67,9 @@ typedef struct {
     const cJSON *config; /* the script's configuration, recorded in every cfg.json; may be NULL */
     saefw_train_event_fn on_event;
     void *event_ud;
+    /* A transcoder's data: on_model's rows are [hook | *hook_out]; the reconstruction score replaces
+     * *hook_out, and cfg.json records hook_name_out. NULL: one site. */
+    const saefw_hook *hook_out;
 } saefw_run_cfg;
 
 void saefw_run_cfg_init(saefw_run_cfg *c);

@@ -69,6 +69,25 @@ local src = saefw.synthetic { d_in = 8, n_features = 8 }
 expect_error(function()
   saefw.train { sae = tc, source = src, batch_size = 16, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false }
 end, "transcoder", "training a transcoder from one site")
+-- A transcoder's data: two sites in one buffer; the order of the sites and the widths are checked.
+local model = saefw.model("tiny-1l")
+local toks = saefw.tokens(saefw.data_dir() .. "/models/tiny-1l/tokens.npy", { seq_len = 32, bos = 256 })
+expect_error(function()
+  saefw.buffer { model = model, tokens = toks, site = "mlp_out", site_out = "ln2.hook_normalized", size = 256,
+                 batch_size = 64 }
+end, "target site must come after the input site", "target before input")
+local tbuf = saefw.buffer { model = model, tokens = toks, site = "ln2.hook_normalized", site_out = "mlp_out",
+                            size = 256, batch_size = 64 }
+assert(tbuf.d_act == 128 and tbuf.d_target == 64, "two-site buffer widths")
+local wrong = saefw.sae { d_in = 64, d_out = 32, d_sae = 16, apply_b_dec_to_input = false }
+expect_error(function()
+  saefw.train { sae = wrong, buffer = tbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false,
+                progress = false }
+end, "the target site has width 64, but the transcoder's d_out is 32", "transcoder of another width")
+expect_error(function()
+  saefw.train { sae = saefw.sae { d_in = 128, d_sae = 16 }, buffer = tbuf, steps = 2, optimizer = saefw.plugin("sgd"),
+                run_dir = false, progress = false }
+end, "but the SAE is not a transcoder", "an SAE on two-site data")
 -- The 2024 recipe's SAE trains through the loop (the trainer's schedules and clipping are its own options).
 saefw.train { sae = s, source = src, batch_size = 16, steps = 3, optimizer = saefw.plugin("adam", { lr = 1e-3 }),
               run_dir = false, progress = false }
