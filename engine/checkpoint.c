@@ -121,6 +121,32 @@ static int saelens_fields(cJSON *c) {
     return 0;
 }
 
+/* The ReLU SAE's options in SAELens's names, which always describe the SAE (docs/architectures.md):
+ * apply_b_dec_to_input, scale_sparsity_penalty_by_decoder_norm, and for a transcoder its architecture
+ * and d_out (hook_name_out as the cfg gives it). normalize_sae_decoder is the trainer's: a cfg value is
+ * kept, the default follows the penalty (a decoder-norm-weighted L1 replaces the unit-norm constraint). */
+static int relu_option_fields(cJSON *c, const saefw_sae *sae) {
+    static const char *const keys[] = {"apply_b_dec_to_input", "scale_sparsity_penalty_by_decoder_norm", "d_out"};
+    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) cJSON_DeleteItemFromObject(c, keys[k]);
+    const int weighted = sae->l1_weighting == SAEFW_L1_DECODER_NORM;
+    if (!cJSON_AddBoolToObject(c, "apply_b_dec_to_input", sae->apply_b_dec_to_input) ||
+        !cJSON_AddBoolToObject(c, "scale_sparsity_penalty_by_decoder_norm", weighted))
+        return -1;
+    int rc = set_default(c, "normalize_sae_decoder", cJSON_CreateBool(!weighted));
+    if (!sae->transcoder) return rc;
+    cJSON_DeleteItemFromObject(c, "architecture");
+    if (!cJSON_AddStringToObject(c, "architecture", "transcoder") ||
+        !cJSON_AddNumberToObject(c, "d_out", (double)sae->d_out))
+        return -1;
+    const cJSON *hook = cJSON_GetObjectItemCaseSensitive(c, "hook_name_out");
+    int layer = 0;
+    if (!cJSON_IsString(hook) || sscanf(hook->valuestring, "blocks.%d.", &layer) != 1 || layer < 0) layer = 0;
+    rc |= set_default(c, "hook_name_out", cJSON_CreateString(""));
+    rc |= set_default(c, "hook_layer_out", cJSON_CreateNumber(layer));
+    rc |= set_default(c, "hook_head_index_out", cJSON_CreateNull());
+    return rc;
+}
+
 int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cfg, char *err, size_t errlen) {
     return saefw_checkpoint_save_ex(dir, sae, cfg, NULL, NULL, err, errlen);
 }
@@ -167,7 +193,7 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
     /* The seed's field: the products' precision; the tensors themselves are always float32. */
     cJSON_AddStringToObject(c, "enc_dtype", saefw_enc_dtype_name(sae->enc_dtype));
     if (!cJSON_GetObjectItemCaseSensitive(c, "l1_coeff")) cJSON_AddNumberToObject(c, "l1_coeff", sae->l1_coeff);
-    if (saelens_fields(c) != 0) {
+    if (relu_option_fields(c, sae) != 0 || saelens_fields(c) != 0) {
         cJSON_Delete(c);
         saefw_errf(err, errlen, "%s: out of memory", dir);
         goto fail;
@@ -285,9 +311,41 @@ static int cfg_enc_dtype(const cJSON *cfg, const char *file, saefw_enc_dtype *ou
     return 0;
 }
 
+/* The ReLU SAE's options a cfg.json records (relu_option_fields); absent ones are the seed's. *d_out is 0
+ * outside a transcoder. */
+typedef struct {
+    int transcoder, apply_b_dec_to_input;
+    int64_t d_out;
+    saefw_l1_weighting l1_weighting;
+} relu_options;
+
+static int cfg_bool(const cJSON *cfg, const char *file, const char *key, int dflt, int *out, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    *out = dflt;
+    if (!v) return 0;
+    if (!cJSON_IsBool(v)) return saefw_errf(err, errlen, "%s: %s must be true or false", file, key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int cfg_relu_options(const cJSON *cfg, const char *file, relu_options *o, char *err, size_t errlen) {
+    memset(o, 0, sizeof *o);
+    o->apply_b_dec_to_input = 1;
+    if (!cfg) return 0;
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(cfg, "architecture");
+    o->transcoder = cJSON_IsString(arch) && strcmp(arch->valuestring, "transcoder") == 0;
+    int weighted = 0;
+    if (cfg_bool(cfg, file, "apply_b_dec_to_input", !o->transcoder, &o->apply_b_dec_to_input, err, errlen) != 0 ||
+        cfg_bool(cfg, file, "scale_sparsity_penalty_by_decoder_norm", 0, &weighted, err, errlen) != 0)
+        return -1;
+    o->l1_weighting = weighted ? SAEFW_L1_DECODER_NORM : SAEFW_L1_PLAIN;
+    if (o->transcoder && get_int(cfg, file, "d_out", &o->d_out, err, errlen) != 0) return -1;
+    return 0;
+}
+
 /* Copy the four tensors from an open file into a freshly allocated sae, checking names and shapes. */
-static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_t d_sae, float l1, saefw_sae *sae,
-                    char *err, size_t errlen) {
+static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_t d_sae, float l1,
+                    const relu_options *o, saefw_sae *sae, char *err, size_t errlen) {
     const saefw_tensor_info *w = saefw_tf_find(tf, "W_enc");
     if (d_in <= 0 || d_sae <= 0) {
         if (!w || w->ndim != 2) return saefw_errf(err, errlen, "%s: missing tensor 'W_enc' [d_in, d_sae]", path);
@@ -296,7 +354,8 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
     }
     /* Every shape is checked against the config before anything is allocated, so a config with
      * absurd sizes is an error, not an out-of-memory. */
-    const int64_t want_shape[SAEFW_N_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_in}, {d_sae, 0}, {d_in, 0}};
+    const int64_t d_out = o->transcoder ? o->d_out : d_in;
+    const int64_t want_shape[SAEFW_N_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_out}, {d_sae, 0}, {d_out, 0}};
     for (int i = 0; i < SAEFW_N_PARAMS; i++) {
         const char *name = saefw_param_name(i);
         const saefw_tensor_info *t = saefw_tf_find(tf, name);
@@ -314,7 +373,16 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
             return saefw_errf(err, errlen, "%s: tensor '%s' has shape [%s], expected [%s]", path, name, got, want);
         }
     }
-    if (saefw_sae_alloc(sae, d_in, d_sae, l1, err, errlen) != 0) return saefw_err_prefix(err, errlen, "%s", path);
+    if ((o->transcoder ? saefw_sae_alloc_xy(sae, d_in, d_out, d_sae, l1, err, errlen)
+                       : saefw_sae_alloc(sae, d_in, d_sae, l1, err, errlen)) != 0)
+        return saefw_err_prefix(err, errlen, "%s", path);
+    sae->transcoder = o->transcoder;
+    sae->apply_b_dec_to_input = o->apply_b_dec_to_input;
+    sae->l1_weighting = o->l1_weighting;
+    if (saefw_sae_check_options(sae, err, errlen) != 0) {
+        saefw_sae_free(sae);
+        return saefw_err_prefix(err, errlen, "%s", path);
+    }
     for (int i = 0; i < SAEFW_N_PARAMS; i++) {
         const char *name = saefw_param_name(i);
         const saefw_tensor_info *t = saefw_tf_find(tf, name);
@@ -407,8 +475,10 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
     }
     int rc = saefw_checksum_verify(tf, weights, NULL, err, errlen);
     saefw_enc_dtype enc = SAEFW_ENC_FP32;
+    relu_options ro;
     if (rc == 0) rc = cfg_enc_dtype(cfg, cfgp, &enc, err, errlen);
-    if (rc == 0) rc = fill_sae(weights, tf, d_in, d_sae, l1, sae, err, errlen);
+    if (rc == 0) rc = cfg_relu_options(cfg, cfgp, &ro, err, errlen);
+    if (rc == 0) rc = fill_sae(weights, tf, d_in, d_sae, l1, &ro, sae, err, errlen);
     if (rc == 0) sae->enc_dtype = enc;
     saefw_tf_close(tf);
     if (rc != 0) {

@@ -76,7 +76,18 @@ static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae 
                            size_t errlen) {
     (void)m;
     saefw_recons_evaluator *e = (saefw_recons_evaluator *)ev;
-    if (e->mode == SAEFW_RECONS_FRESH) {
+    if (e->transcoder) {
+        if (e->mode == SAEFW_RECONS_FIXED && !e->rows && recons_draw_rows(e, err, errlen) != 0) return -1;
+        if (e->rows) recons_check_overlap(e, run);
+        const int with_base = !e->rows || !e->has_base;
+        if (saefw_transcoder_recons_score(e->model, e->tokens, e->hook_in, e->hook, sae, e->rows, e->batches,
+                                          e->model_batch, &e->rng, with_base, &e->last, err, errlen) != 0)
+            return -1;
+        if (e->rows && with_base) {
+            e->has_base = 1;
+            e->base_evals++;
+        }
+    } else if (e->mode == SAEFW_RECONS_FRESH) {
         if (saefw_recons_score(e->model, e->tokens, e->hook, sae, e->batches, e->model_batch, &e->rng, &e->last, err,
                                errlen) != 0)
             return -1;

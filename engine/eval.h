@@ -70,6 +70,10 @@ typedef struct {
     int has_base;       /* FIXED: last.loss_clean and last.loss_zero hold the set's losses */
     int64_t base_evals; /* how many times this process computed the clean and zero-ablated losses */
     int warned;         /* the stream-reached-the-held-out-rows warning was logged */
+    /* A transcoder (set after init): hook is the target site it replaces, read from hook_in's
+     * activations (saefw_transcoder_recons_score). */
+    int transcoder;
+    saefw_hook hook_in;
 } saefw_recons_evaluator;
 
 void saefw_recons_evaluator_init(saefw_recons_evaluator *e, const saefw_model *model, const saefw_tokens *tokens,

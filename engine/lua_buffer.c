@@ -261,6 +261,8 @@ static int buffer_index(lua_State *L) {
     saefw_buffer *b = saefw_lua_check_buffer(L, 1);
     const char *k = luaL_checkstring(L, 2);
     if (!strcmp(k, "d_act")) lua_pushinteger(L, b->d);
+    /* A transcoder's data: rows [input | target] of d_act = d_in + d_target. */
+    else if (!strcmp(k, "d_target")) lua_pushinteger(L, b->src->d_target);
     else if (!strcmp(k, "size")) lua_pushinteger(L, b->rows);
     else if (!strcmp(k, "batch_size")) lua_pushinteger(L, b->batch);
     else if (!strcmp(k, "bytes")) lua_pushinteger(L, (lua_Integer)saefw_buffer_bytes(b));

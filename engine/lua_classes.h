@@ -33,6 +33,8 @@ typedef struct {
     int on_model;
     saefw_hook hook;
     int64_t model_batch;
+    int with_target; /* a transcoder's data: rows [hook | hook_out] */
+    saefw_hook hook_out;
 } lsource;
 
 typedef struct {

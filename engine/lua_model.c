@@ -311,14 +311,16 @@ static int tokens_index(lua_State *L) {
     return 1;
 }
 
-static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_model *m) {
-    const char *site = saefw_lua_opt_string(L, t, fn, "site", NULL);
+/* The hook named by fields site and layer (site_key, layer_key: "site_out", "layer_out" for a target). */
+static saefw_hook read_hook_at(lua_State *L, int t, const char *fn, const saefw_model *m, const char *site_key,
+                               const char *layer_key) {
+    const char *site = saefw_lua_opt_string(L, t, fn, site_key, NULL);
     if (!site)
         saefw_lua_error(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")",
                         fn);
     /* A full name ("blocks.1.mlp.hook_post") carries its layer; a short one defaults to layer 0. */
-    int64_t layer = saefw_lua_has_field(L, t, "layer") ? saefw_lua_opt_int(L, t, fn, "layer", 0, 0)
-                                                       : (strncmp(site, "blocks.", 7) ? 0 : -1);
+    int64_t layer = saefw_lua_has_field(L, t, layer_key) ? saefw_lua_opt_int(L, t, fn, layer_key, 0, 0)
+                                                         : (strncmp(site, "blocks.", 7) ? 0 : -1);
     saefw_hook h;
     char err[512];
     if (saefw_hook_parse(site, (int)layer, &h, err, sizeof err) != 0) saefw_lua_error(L, "%s: %s", fn, err);
@@ -330,9 +332,15 @@ static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_mod
     return h;
 }
 
-/* saefw.model_source{model=, tokens=, site=, layer=, model_batch_size=, seed=}: activations at a hook. */
+static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_model *m) {
+    return read_hook_at(L, t, fn, m, "site", "layer");
+}
+
+/* saefw.model_source{model=, tokens=, site=, layer=, model_batch_size=, seed=, site_out=, layer_out=}:
+ * activations at a hook; with site_out, rows [site | site_out] (a transcoder's input and target). */
 static int l_model_source(lua_State *L) {
-    static const char *const keys[] = {"model", "tokens", "site", "layer", "model_batch_size", "seed", NULL};
+    static const char *const keys[] = {"model", "tokens",   "site",      "layer", "model_batch_size",
+                                       "seed",  "site_out", "layer_out", NULL};
     const char *fn = "saefw.model_source";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
@@ -347,6 +355,8 @@ static int l_model_source(lua_State *L) {
     o.model = m->m;
     o.tokens = t->t;
     o.hook = read_hook(L, 1, fn, m->m);
+    const int with_target = saefw_lua_has_field(L, 1, "site_out");
+    saefw_hook hook_out = with_target ? read_hook_at(L, 1, fn, m->m, "site_out", "layer_out") : o.hook;
     o.model_batch = saefw_lua_opt_int(L, 1, fn, "model_batch_size", 32, 1);
     o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     lsource *s = saefw_lua_new_source(L);
@@ -355,11 +365,15 @@ static int l_model_source(lua_State *L) {
     lua_pushvalue(L, ti);
     lua_setiuservalue(L, -2, 2);
     char err[1024];
-    if (saefw_source_model(&o, &s->src, err, sizeof err) != 0) return saefw_lua_error(L, "%s: %s", fn, err);
+    if ((with_target ? saefw_source_model_xy(&o, hook_out, &s->src, err, sizeof err)
+                     : saefw_source_model(&o, &s->src, err, sizeof err)) != 0)
+        return saefw_lua_error(L, "%s: %s", fn, err);
     s->src->log = saefw_lua_source_log;
     s->on_model = 1;
     s->hook = o.hook;
     s->model_batch = o.model_batch;
+    s->with_target = with_target;
+    s->hook_out = hook_out;
     return 1;
 }
 

@@ -32,7 +32,9 @@ static lsae *new_sae(lua_State *L) {
 }
 
 static int l_sae(lua_State *L) {
-    static const char *const keys[] = {"d_in", "d_sae", "l1_coeff", "seed", "enc_dtype", NULL};
+    static const char *const keys[] = {
+        "d_in",         "d_sae", "l1_coeff", "seed", "enc_dtype", "d_out", "apply_b_dec_to_input",
+        "l1_weighting", "init",  NULL};
     saefw_lua_check_table(L, 1, "saefw.sae");
     saefw_lua_check_keys(L, 1, "saefw.sae", keys);
     int64_t d_in = saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
@@ -44,14 +46,37 @@ static int l_sae(lua_State *L) {
     saefw_enc_dtype enc;
     if (saefw_enc_dtype_parse(saefw_lua_opt_string(L, 1, "saefw.sae", "enc_dtype", "fp32"), &enc, err, sizeof err) != 0)
         return saefw_lua_error(L, "saefw.sae: field %s", err);
+    /* The 2024 recipe's and the transcoder's options (docs/architectures.md); d_out makes a transcoder. */
+    int64_t d_out = saefw_lua_has_field(L, 1, "d_out") ? saefw_lua_req_int(L, 1, "saefw.sae", "d_out", 1) : 0;
+    int apply = saefw_lua_opt_bool(L, 1, "saefw.sae", "apply_b_dec_to_input", d_out == 0);
+    if (d_out > 0 && apply)
+        return saefw_lua_error(L, "saefw.sae: a transcoder (d_out given) needs apply_b_dec_to_input = false");
+    saefw_l1_weighting weighting;
+    if (saefw_l1_weighting_parse(saefw_lua_opt_string(L, 1, "saefw.sae", "l1_weighting", "plain"), &weighting, err,
+                                 sizeof err) != 0)
+        return saefw_lua_error(L, "saefw.sae: field %s", err);
+    const char *init = saefw_lua_opt_string(L, 1, "saefw.sae", "init", "kaiming");
+    if (strcmp(init, "kaiming") != 0 && strcmp(init, "april") != 0)
+        return saefw_lua_error(L, "saefw.sae: field init must be \"kaiming\" or \"april\" (got '%s')", init);
+    if (!strcmp(init, "april") && d_out > 0 && d_out != d_in)
+        return saefw_lua_error(L,
+                               "saefw.sae: init \"april\" sets W_enc = W_dec^T, which needs d_out = d_in "
+                               "(got d_in %lld, d_out %lld)",
+                               (long long)d_in, (long long)d_out);
     lsae *s = new_sae(L);
-    if (saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err) != 0)
+    if ((d_out > 0 ? saefw_sae_alloc_xy(&s->sae, d_in, d_out, d_sae, (float)l1, err, sizeof err)
+                   : saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err)) != 0)
         return saefw_lua_error(L, "saefw.sae: %s", err);
     s->alive = 1;
     s->sae.enc_dtype = enc;
+    s->sae.transcoder = d_out > 0;
+    s->sae.apply_b_dec_to_input = apply;
+    s->sae.l1_weighting = weighting;
+    if (saefw_sae_check_options(&s->sae, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.%s", err);
     saefw_rng rng;
     saefw_rng_seed(&rng, (uint64_t)seed);
-    saefw_sae_init_params(&s->sae, &rng);
+    if (!strcmp(init, "april")) saefw_sae_init_april(&s->sae, &rng);
+    else saefw_sae_init_params(&s->sae, &rng);
     return 1;
 }
 
@@ -128,6 +153,9 @@ static int sae_index(lua_State *L) {
     const char *k = luaL_checkstring(L, 2);
     if (!strcmp(k, "d_in")) lua_pushinteger(L, s->sae.d_in);
     else if (!strcmp(k, "d_sae")) lua_pushinteger(L, s->sae.d_sae);
+    else if (!strcmp(k, "d_out")) lua_pushinteger(L, s->sae.d_out);
+    else if (!strcmp(k, "apply_b_dec_to_input")) lua_pushboolean(L, s->sae.apply_b_dec_to_input);
+    else if (!strcmp(k, "l1_weighting")) lua_pushstring(L, saefw_l1_weighting_name(s->sae.l1_weighting));
     else if (!strcmp(k, "l1_coeff")) lua_pushnumber(L, s->sae.l1_coeff);
     else if (!strcmp(k, "enc_dtype")) lua_pushstring(L, saefw_enc_dtype_name(s->sae.enc_dtype));
     else {

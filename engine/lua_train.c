@@ -152,6 +152,7 @@ static int l_train(lua_State *L) {
         rm.tokens = saefw_lua_check_ltokens(L, -1)->t;
         rm.hook = bsrc->hook;
         rm.model_batch = bsrc->model_batch;
+        if (bsrc->with_target) c.hook_out = &bsrc->hook_out;
         rm.model_name = saefw_lua_opt_string(L, 1, fn, "model_name", NULL);
         c.on_model = &rm;
     }

@@ -12,9 +12,13 @@ typedef struct {
     saefw_model_source_opts o;
     saefw_model_work *work;
     int64_t seq_len, width, chunk_seqs;
-    int32_t *toks;      /* [chunk_seqs, seq_len] */
-    float *acts;        /* [chunk_seqs * seq_len, width] */
-    int64_t have, used; /* rows of acts produced and already handed out */
+    int64_t width_in; /* the input site's width: width without a target, else width - the target's */
+    int with_target;  /* rows [hook | hook_out] (saefw_source_model_xy) */
+    saefw_hook hook_out;
+    int32_t *toks;           /* [chunk_seqs, seq_len] */
+    float *acts;             /* [chunk_seqs * seq_len, width] */
+    float *cap_in, *cap_out; /* with a target: each site's capture [chunk_seqs * seq_len, its width] */
+    int64_t have, used;      /* rows of acts produced and already handed out */
     saefw_rng eval_rng;
     /* The training stream at the latest mark: token position, have, used and acts' rows then. */
     int64_t mark_pass, mark_cursor, mark_have, mark_used;
@@ -28,8 +32,13 @@ static void tokens_log(void *ud, const char *msg) {
 
 /* The forward's scratch, made again after model_idle handed it back. */
 static int ensure_scratch(model_src *ms, char *err, size_t errlen) {
-    if (!ms->acts &&
-        !(ms->acts = saefw_malloc(sizeof(float) * (size_t)(ms->chunk_seqs * ms->seq_len * ms->width), err, errlen)))
+    const int64_t rows = ms->chunk_seqs * ms->seq_len;
+    if (!ms->acts && !(ms->acts = saefw_malloc(sizeof(float) * (size_t)(rows * ms->width), err, errlen))) return -1;
+    if (ms->with_target && !ms->cap_in &&
+        !(ms->cap_in = saefw_malloc(sizeof(float) * (size_t)(rows * ms->width_in), err, errlen)))
+        return -1;
+    if (ms->with_target && !ms->cap_out &&
+        !(ms->cap_out = saefw_malloc(sizeof(float) * (size_t)(rows * (ms->width - ms->width_in)), err, errlen)))
         return -1;
     if (!ms->work && saefw_model_work_alloc(ms->o.model, ms->chunk_seqs, ms->seq_len, &ms->work, err, errlen) != 0)
         return -1;
@@ -43,6 +52,9 @@ static void model_idle(saefw_source *s) {
     model_src *ms = s->impl;
     saefw_model_work_free(ms->work);
     ms->work = NULL;
+    free(ms->cap_in);
+    free(ms->cap_out);
+    ms->cap_in = ms->cap_out = NULL;
     free(ms->mark_acts); /* the fill is complete: there is nothing to go back to */
     ms->mark_acts = NULL;
     ms->mark_have = 0;
@@ -60,7 +72,22 @@ static int run_chunk(model_src *ms, int64_t n_seqs, char *err, size_t errlen) {
     fo.capture = &ms->o.hook;
     fo.capture_out = ms->acts;
     fo.stop_after_capture = 1;
+    /* A target: the forward stops after the later site, and the rows are joined as [input | target]. */
+    saefw_capture in = {ms->o.hook, ms->cap_in};
+    if (ms->with_target) {
+        fo.capture = &ms->hook_out;
+        fo.capture_out = ms->cap_out;
+        fo.captures = &in;
+        fo.n_captures = 1;
+    }
     if (saefw_model_forward(ms->o.model, ms->work, ms->toks, n_seqs, ms->seq_len, &fo, err, errlen) != 0) return -1;
+    if (ms->with_target) {
+        const int64_t wi = ms->width_in, wo = ms->width - wi;
+        for (int64_t r = 0; r < n_seqs * ms->seq_len; r++) {
+            memcpy(ms->acts + r * ms->width, ms->cap_in + r * wi, sizeof(float) * (size_t)wi);
+            memcpy(ms->acts + r * ms->width + wi, ms->cap_out + r * wo, sizeof(float) * (size_t)wo);
+        }
+    }
     ms->have = n_seqs * ms->seq_len;
     ms->used = 0;
     return 0;
@@ -185,16 +212,50 @@ static void model_destroy(saefw_source *s) {
         saefw_model_work_free(ms->work);
         free(ms->toks);
         free(ms->acts);
+        free(ms->cap_in);
+        free(ms->cap_out);
         free(ms->mark_acts);
     }
     free(ms);
     free(s);
 }
 
-int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, char *err, size_t errlen) {
+/* Position of a hook kind within a layer, in the forward's order. */
+static int kind_rank(saefw_hook_kind k) {
+    static const saefw_hook_kind order[] = {SAEFW_HOOK_RESID_PRE,      SAEFW_HOOK_LN1_NORMALIZED,
+                                            SAEFW_HOOK_ATTN_Q,         SAEFW_HOOK_ATTN_K,
+                                            SAEFW_HOOK_ATTN_V,         SAEFW_HOOK_ATTN_PATTERN,
+                                            SAEFW_HOOK_ATTN_Z,         SAEFW_HOOK_RESID_MID,
+                                            SAEFW_HOOK_LN2_NORMALIZED, SAEFW_HOOK_MLP_PRE,
+                                            SAEFW_HOOK_MLP_POST,       SAEFW_HOOK_MLP_OUT,
+                                            SAEFW_HOOK_RESID_POST,     SAEFW_HOOK_LN_FINAL_NORMALIZED};
+    for (int i = 0; i < (int)(sizeof order / sizeof *order); i++)
+        if (order[i] == k) return i;
+    return (int)(sizeof order / sizeof *order);
+}
+
+int saefw_hook_before(saefw_hook a, saefw_hook b) {
+    /* ln_final comes after every layer whatever its stored layer. */
+    const int la = a.kind == SAEFW_HOOK_LN_FINAL_NORMALIZED ? 1 << 30 : a.layer;
+    const int lb = b.kind == SAEFW_HOOK_LN_FINAL_NORMALIZED ? 1 << 30 : b.layer;
+    return la < lb || (la == lb && kind_rank(a.kind) < kind_rank(b.kind));
+}
+
+static int source_model(const saefw_model_source_opts *o, const saefw_hook *hook_out, saefw_source **out, char *err,
+                        size_t errlen) {
     *out = NULL;
     int width = saefw_model_hook_width(o->model, o->hook);
     if (width <= 0) return saefw_errf(err, errlen, "model source: layer %d is out of range", o->hook.layer);
+    int width_out = 0;
+    if (hook_out) {
+        width_out = saefw_model_hook_width(o->model, *hook_out);
+        if (width_out <= 0)
+            return saefw_errf(err, errlen, "model source: the target's layer %d is out of range", hook_out->layer);
+        if (!saefw_hook_before(o->hook, *hook_out))
+            return saefw_errf(err, errlen,
+                              "model source: the target site must come after the input site in the "
+                              "forward pass");
+    }
     const saefw_model_cfg *cfg = saefw_model_config(o->model);
     int64_t seq_len = saefw_tokens_seq_len(o->tokens);
     if (seq_len > cfg->n_ctx)
@@ -214,8 +275,11 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     s->impl = ms;
     s->destroy = model_destroy;
     ms->o = *o;
+    ms->with_target = hook_out != NULL;
+    if (hook_out) ms->hook_out = *hook_out;
     ms->seq_len = seq_len;
-    ms->width = width;
+    ms->width_in = width;
+    ms->width = width + width_out;
     ms->chunk_seqs = o->model_batch < SAEFW_FORWARD_CHUNK ? o->model_batch : SAEFW_FORWARD_CHUNK;
     ms->toks = saefw_malloc(sizeof(int32_t) * (size_t)(ms->chunk_seqs * seq_len), err, errlen);
     /* The scratch is made now too, so that a source that cannot have it fails here. */
@@ -226,8 +290,9 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     saefw_rng_seed(&ms->eval_rng, o->seed ^ 0x6d6f64656cULL);
     s->kind = "model";
     s->mem_bytes = (double)saefw_model_param_bytes(o->model) + (double)saefw_model_work_bytes(ms->work) +
-                   4.0 * (double)(ms->chunk_seqs * seq_len) * (double)(1 + 2 * width); /* + the mark's rows */
-    s->d_act = width;
+                   4.0 * (double)(ms->chunk_seqs * seq_len) * (double)(1 + 2 * ms->width + (hook_out ? ms->width : 0));
+    s->d_act = ms->width;
+    s->d_target = width_out;
     s->next = model_next;
     s->sample = model_sample;
     s->save_state = model_save;
@@ -241,32 +306,50 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     return 0;
 }
 
+int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, char *err, size_t errlen) {
+    return source_model(o, NULL, out, err, errlen);
+}
+
+int saefw_source_model_xy(const saefw_model_source_opts *o, saefw_hook hook_out, saefw_source **out, char *err,
+                          size_t errlen) {
+    return source_model(o, &hook_out, out, err, errlen);
+}
+
 /* ---- losses and the reconstruction score ---- */
 
 typedef struct {
     const saefw_sae *sae;
     saefw_sae_eval *work;
+    /* A transcoder: its input rows, the input site's capture in the same forward [rows, d_in], and the
+     * next row the intervention reads (it is called in row order; reset before each forward). */
+    const float *x_in;
+    int64_t cursor;
 } recon_ud;
 
-/* Replace activations by the SAE's reconstruction, in pieces that fit the SAE's scratch space. */
+/* Replace activations by the SAE's reconstruction (a transcoder's output from its input rows), in pieces
+ * that fit the SAE's scratch space. */
 static int replace_with_sae(void *vud, float *acts, int64_t rows, int64_t width, char *err, size_t errlen) {
     recon_ud *ud = vud;
     const int64_t cap = saefw_sae_eval_cap(ud->work);
     for (int64_t r = 0; r < rows; r += cap) {
         int64_t k = rows - r < cap ? rows - r : cap;
         if (saefw_stop_requested()) return saefw_stop_errf(err, errlen, "reconstruction score");
-        const float *x_hat = saefw_sae_eval_forward(ud->sae, ud->work, acts + r * width, k, NULL);
+        const float *in = ud->x_in ? ud->x_in + (ud->cursor + r) * ud->sae->d_in : acts + r * width;
+        const float *x_hat = saefw_sae_eval_forward_xy(ud->sae, ud->work, in, NULL, k, NULL);
         memcpy(acts + r * width, x_hat, sizeof(float) * (size_t)(k * width));
     }
+    ud->cursor += rows;
     return 0;
 }
 
 /* Loss of each of the n_iv interventions on the same n_batches batches: drawn at random with rng, or
  * the fixed rows [n_batches * model_batch, T] when rows is not NULL. A NULL entry of ivs is skipped
- * (its loss is left as it was). */
+ * (its loss is left as it was). With cap, intervention 1's forwards also capture cap->hook into
+ * cap->out, and *cursor is set to 0 before each of them. */
 static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *const *ivs,
                         const int *want, int n_iv, int64_t n_batches, int64_t model_batch, saefw_rng *rng,
-                        const int32_t *rows, double *loss, char *err, size_t errlen) {
+                        const int32_t *rows, const saefw_capture *cap, int64_t *cursor, double *loss, char *err,
+                        size_t errlen) {
     const saefw_model_cfg *cfg = saefw_model_config(m);
     const int64_t T = saefw_tokens_seq_len(tok);
     if (T > cfg->n_ctx)
@@ -305,6 +388,11 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
                 memset(&fo, 0, sizeof fo);
                 fo.intervention = ivs[i];
                 fo.loss_out = &l;
+                if (cap && i == 1) {
+                    fo.captures = cap;
+                    fo.n_captures = 1;
+                    *cursor = 0;
+                }
                 rc = saefw_stop_requested() ? saefw_stop_errf(err, errlen, "model loss")
                                             : saefw_model_forward(m, w, bt + s * T, k, T, &fo, err, errlen);
                 sum += l * (double)k; /* each piece's mean is over k rows of equal length */
@@ -323,30 +411,55 @@ static int batch_losses(const saefw_model *m, const saefw_tokens *tok, const sae
 int saefw_model_loss(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *iv, int64_t n_batches,
                      int64_t model_batch, saefw_rng *rng, double *loss, char *err, size_t errlen) {
     const saefw_intervention *ivs[1] = {iv};
-    return batch_losses(m, tok, ivs, NULL, 1, n_batches, model_batch, rng, NULL, loss, err, errlen);
+    return batch_losses(m, tok, ivs, NULL, 1, n_batches, model_batch, rng, NULL, NULL, NULL, loss, err, errlen);
 }
 
 /* The three losses of the reconstruction score (clean, with the SAE, zero-ablated) on random batches
- * (rows NULL) or fixed rows; want[i] says which (NULL: all). */
-static int recons_losses(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
-                         int64_t n_batches, int64_t model_batch, saefw_rng *rng, const int32_t *rows, const int *want,
-                         double l[3], char *err, size_t errlen) {
+ * (rows NULL) or fixed rows; want[i] says which (NULL: all). With hook_in (a transcoder) the SAE reads
+ * that site's activations of the same forward and its output replaces hook. */
+static int recons_losses(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_hook *hook_in,
+                         const saefw_sae *sae, int64_t n_batches, int64_t model_batch, saefw_rng *rng,
+                         const int32_t *rows, const int *want, double l[3], char *err, size_t errlen) {
     int width = saefw_model_hook_width(m, hook);
     if (width <= 0) return saefw_errf(err, errlen, "reconstruction score: layer %d is out of range", hook.layer);
-    if (width != sae->d_in)
-        return saefw_errf(err, errlen, "reconstruction score: the hook has width %d but the SAE's d_in is %lld", width,
-                          (long long)sae->d_in);
-    recon_ud ud = {sae, NULL};
+    if (!hook_in && (sae->transcoder || width != sae->d_in))
+        return saefw_errf(err, errlen, "reconstruction score: the hook has width %d but the SAE's d_in is %lld%s",
+                          width, (long long)sae->d_in,
+                          sae->transcoder ? " (a transcoder needs its input site too)" : "");
+    if (hook_in) {
+        const int width_in = saefw_model_hook_width(m, *hook_in);
+        if (!sae->transcoder || width_in != sae->d_in || width != sae->d_out)
+            return saefw_errf(err, errlen,
+                              "reconstruction score: the transcoder's sites have widths %d -> %d but the SAE maps "
+                              "%lld -> %lld",
+                              width_in, width, (long long)sae->d_in, (long long)sae->d_out);
+        if (!saefw_hook_before(*hook_in, hook))
+            return saefw_errf(err, errlen, "reconstruction score: the input site must come before the target site");
+    }
+    recon_ud ud = {sae, NULL, NULL, 0};
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     if ((!want || want[1]) &&
         saefw_sae_eval_alloc(&ud.work, sae, chunk * T < SAEFW_EVAL_PIECE ? chunk * T : SAEFW_EVAL_PIECE, err, errlen) !=
             0)
         return -1;
+    saefw_capture cap = {hook_in ? *hook_in : hook, NULL};
+    if (hook_in && (!want || want[1])) {
+        /* A forward of up to `chunk` sequences captures the input rows of all of them. */
+        float *x_in = saefw_malloc(sizeof(float) * (size_t)(chunk * T * sae->d_in), err, errlen);
+        if (!x_in) {
+            saefw_sae_eval_free(ud.work);
+            return -1;
+        }
+        cap.out = x_in;
+        ud.x_in = x_in;
+    }
     saefw_intervention recons = {hook, SAEFW_INTERVENE_REPLACE, NULL, replace_with_sae, &ud};
     saefw_intervention zero = {hook, SAEFW_INTERVENE_ZERO, NULL, NULL, NULL};
     const saefw_intervention *ivs[3] = {NULL, &recons, &zero};
-    int rc = batch_losses(m, tok, ivs, want, 3, n_batches, model_batch, rng, rows, l, err, errlen);
+    int rc = batch_losses(m, tok, ivs, want, 3, n_batches, model_batch, rng, rows, cap.out ? &cap : NULL, &ud.cursor, l,
+                          err, errlen);
+    free(cap.out);
     saefw_sae_eval_free(ud.work);
     return rc;
 }
@@ -362,7 +475,7 @@ int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook
                        int64_t n_batches, int64_t model_batch, saefw_rng *rng, saefw_recons *out, char *err,
                        size_t errlen) {
     double l[3];
-    if (recons_losses(m, tok, hook, sae, n_batches, model_batch, rng, NULL, NULL, l, err, errlen) != 0) return -1;
+    if (recons_losses(m, tok, hook, NULL, sae, n_batches, model_batch, rng, NULL, NULL, l, err, errlen) != 0) return -1;
     recons_fill(out, l);
     return 0;
 }
@@ -373,7 +486,21 @@ int saefw_recons_score_fixed(const saefw_model *m, const saefw_tokens *tok, saef
     if (!rows) return saefw_errf(err, errlen, "reconstruction score: no fixed rows");
     double l[3] = {out->loss_clean, 0, out->loss_zero};
     const int want[3] = {with_base, 1, with_base};
-    if (recons_losses(m, tok, hook, sae, n_batches, model_batch, NULL, rows, want, l, err, errlen) != 0) return -1;
+    if (recons_losses(m, tok, hook, NULL, sae, n_batches, model_batch, NULL, rows, want, l, err, errlen) != 0)
+        return -1;
+    recons_fill(out, l);
+    return 0;
+}
+
+int saefw_transcoder_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook_in,
+                                  saefw_hook hook_out, const saefw_sae *sae, const int32_t *rows, int64_t n_batches,
+                                  int64_t model_batch, saefw_rng *rng, int with_base, saefw_recons *out, char *err,
+                                  size_t errlen) {
+    double l[3] = {out->loss_clean, 0, out->loss_zero};
+    const int want[3] = {with_base || !rows, 1, with_base || !rows};
+    if (recons_losses(m, tok, hook_out, &hook_in, sae, n_batches, model_batch, rows ? NULL : rng, rows, want, l, err,
+                      errlen) != 0)
+        return -1;
     recons_fill(out, l);
     return 0;
 }

@@ -25,6 +25,11 @@ typedef struct {
  * yields the activations at the hook ([sequences * seq_len, width], every position), stopping the
  * forward after the hook's layer. chunk_rows is one model batch of rows. */
 int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, char *err, size_t errlen);
+/* The same for a transcoder's data: rows [hook | hook_out] (the input site's activations, then the target
+ * site's, which must come after the input site in the forward), [width + width_out] wide, and the
+ * source's d_target is width_out. */
+int saefw_source_model_xy(const saefw_model_source_opts *o, saefw_hook hook_out, saefw_source **out, char *err,
+                          size_t errlen);
 
 typedef struct {
     double score; /* (loss_zero - loss_recons) / (loss_zero - loss_clean) */
@@ -45,6 +50,18 @@ int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook
 int saefw_recons_score_fixed(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
                              const int32_t *rows, int64_t n_batches, int64_t model_batch, int with_base,
                              saefw_recons *out, char *err, size_t errlen);
+
+/* The reconstruction score of a transcoder (sae->transcoder): the target hook (e.g. hook_mlp_out) replaced
+ * by the transcoder's output computed from the input hook's activations of the same forward. rows NULL:
+ * random batches from rng (the base losses always computed); else fixed rows as
+ * saefw_recons_score_fixed, with_base saying whether the clean and zero-ablated losses are computed. */
+int saefw_transcoder_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook_in,
+                                  saefw_hook hook_out, const saefw_sae *sae, const int32_t *rows, int64_t n_batches,
+                                  int64_t model_batch, saefw_rng *rng, int with_base, saefw_recons *out, char *err,
+                                  size_t errlen);
+
+/* 1 when hook a comes strictly before hook b in a forward pass (layers, then the order within a layer). */
+int saefw_hook_before(saefw_hook a, saefw_hook b);
 
 /* Mean next-token loss over n_batches random batches with an intervention (NULL: clean). */
 int saefw_model_loss(const saefw_model *m, const saefw_tokens *tok, const saefw_intervention *iv, int64_t n_batches,

@@ -178,6 +178,11 @@ static cJSON *record_config(const saefw_run_cfg *c, char *err, size_t errlen) {
     if (!cJSON_HasObjectItem(cfg, "hook_name")) ok &= cJSON_AddStringToObject(cfg, "hook_name", hook) != NULL;
     if (!cJSON_HasObjectItem(cfg, "hook_layer") && strncmp(hook, "blocks.", 7) == 0)
         ok &= cJSON_AddNumberToObject(cfg, "hook_layer", rm->hook.layer) != NULL;
+    if (c->hook_out && !cJSON_HasObjectItem(cfg, "hook_name_out")) {
+        char hook_out[96];
+        saefw_hook_name(*c->hook_out, hook_out, sizeof hook_out);
+        ok &= cJSON_AddStringToObject(cfg, "hook_name_out", hook_out) != NULL;
+    }
     if (!cJSON_HasObjectItem(cfg, "context_size"))
         ok &= cJSON_AddNumberToObject(cfg, "context_size", (double)saefw_tokens_seq_len(rm->tokens)) != NULL;
     if (!cJSON_HasObjectItem(cfg, "model_batch_size"))
@@ -244,6 +249,11 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
     if (c->on_model && c->recons_batches > 0) {
         saefw_recons_evaluator_init(&s->recons, c->on_model->model, c->on_model->tokens, c->on_model->hook,
                                     c->recons_batches, c->on_model->model_batch, c->recons_mode, c->seed);
+        if (c->hook_out) {
+            s->recons.transcoder = 1;
+            s->recons.hook_in = c->on_model->hook;
+            s->recons.hook = *c->hook_out;
+        }
         s->evs[n++] = &s->recons.ev;
         s->with_recons = 1;
     }

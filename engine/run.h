@@ -70,6 +70,9 @@ typedef struct {
     /* saefw_train_opts's clip_grad_norm (0: none) and free_decoder (1: unit_norm_decoder = false). */
     double clip_grad_norm;
     int free_decoder;
+    /* A transcoder's data: on_model's rows are [hook | *hook_out]; the reconstruction score replaces
+     * *hook_out, and cfg.json records hook_name_out. NULL: one site. */
+    const saefw_hook *hook_out;
 } saefw_run_cfg;
 
 void saefw_run_cfg_init(saefw_run_cfg *c);

@@ -39,18 +39,22 @@ static void *alloc_big(size_t bytes, int zero, int huge, char *err, size_t errle
     return p;
 }
 
-int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, char *err, size_t errlen) {
+int saefw_sae_alloc_xy(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sae, float l1_coeff, char *err,
+                       size_t errlen) {
     memset(sae, 0, sizeof *sae);
-    if (d_in <= 0 || d_sae <= 0)
-        return saefw_errf(err, errlen, "sae: d_in and d_sae must be positive (got %lld, %lld)", (long long)d_in,
-                          (long long)d_sae);
-    if (d_in > (1 << 20) || d_sae > (1 << 24))
-        return saefw_errf(err, errlen, "sae: d_in %lld or d_sae %lld too large", (long long)d_in, (long long)d_sae);
+    if (d_in <= 0 || d_out <= 0 || d_sae <= 0)
+        return saefw_errf(err, errlen, "sae: d_in, d_out and d_sae must be positive (got %lld, %lld, %lld)",
+                          (long long)d_in, (long long)d_out, (long long)d_sae);
+    if (d_in > (1 << 20) || d_out > (1 << 20) || d_sae > (1 << 24))
+        return saefw_errf(err, errlen, "sae: d_in %lld, d_out %lld or d_sae %lld too large", (long long)d_in,
+                          (long long)d_out, (long long)d_sae);
     sae->d_in = d_in;
+    sae->d_out = d_out;
     sae->d_sae = d_sae;
     sae->l1_coeff = l1_coeff;
+    sae->apply_b_dec_to_input = 1;
     /* The {name, shape} table: every other piece (checkpoints, optimizers, tests) walks it. */
-    int64_t shapes[SAEFW_N_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_in}, {d_sae, 1}, {d_in, 1}};
+    int64_t shapes[SAEFW_N_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_out}, {d_sae, 1}, {d_out, 1}};
     int ndims[SAEFW_N_PARAMS] = {2, 2, 1, 1};
     size_t total = 0;
     for (int i = 0; i < SAEFW_N_PARAMS; i++) {
@@ -73,6 +77,43 @@ int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff,
         sae->g[i] = sae->grads + off;
         off += (size_t)sae->numel[i];
     }
+    return 0;
+}
+
+int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, char *err, size_t errlen) {
+    if (d_in <= 0 || d_sae <= 0) {
+        memset(sae, 0, sizeof *sae);
+        return saefw_errf(err, errlen, "sae: d_in and d_sae must be positive (got %lld, %lld)", (long long)d_in,
+                          (long long)d_sae);
+    }
+    if (d_in > (1 << 20) || d_sae > (1 << 24)) {
+        memset(sae, 0, sizeof *sae);
+        return saefw_errf(err, errlen, "sae: d_in %lld or d_sae %lld too large", (long long)d_in, (long long)d_sae);
+    }
+    return saefw_sae_alloc_xy(sae, d_in, d_in, d_sae, l1_coeff, err, errlen);
+}
+
+int saefw_sae_check_options(const saefw_sae *sae, char *err, size_t errlen) {
+    if (sae->l1_weighting != SAEFW_L1_PLAIN && sae->l1_weighting != SAEFW_L1_DECODER_NORM)
+        return saefw_errf(err, errlen, "sae: unknown l1_weighting %d", (int)sae->l1_weighting);
+    if (sae->transcoder && sae->apply_b_dec_to_input)
+        return saefw_errf(err, errlen,
+                          "sae: a transcoder needs apply_b_dec_to_input = false (its b_dec [d_out] "
+                          "lives in the target's space)");
+    if (!sae->transcoder && sae->d_out != sae->d_in)
+        return saefw_errf(err, errlen, "sae: d_out %lld differs from d_in %lld, which only a transcoder allows",
+                          (long long)sae->d_out, (long long)sae->d_in);
+    return 0;
+}
+
+const char *saefw_l1_weighting_name(saefw_l1_weighting w) {
+    return w == SAEFW_L1_DECODER_NORM ? "decoder_norm" : "plain";
+}
+
+int saefw_l1_weighting_parse(const char *s, saefw_l1_weighting *out, char *err, size_t errlen) {
+    if (strcmp(s, "plain") == 0) *out = SAEFW_L1_PLAIN;
+    else if (strcmp(s, "decoder_norm") == 0) *out = SAEFW_L1_DECODER_NORM;
+    else return saefw_errf(err, errlen, "l1_weighting must be \"plain\" or \"decoder_norm\" (got '%s')", s);
     return 0;
 }
 
@@ -99,8 +140,22 @@ void saefw_sae_init_params(saefw_sae *sae, saefw_rng *rng) {
         for (int64_t k = 0; k < sae->numel[i]; k++) W[k] = (float)((2.0 * saefw_rng_uniform(rng) - 1.0) * bound);
     }
     memset(sae->p[SAEFW_B_ENC], 0, sizeof(float) * (size_t)sae->d_sae);
-    memset(sae->p[SAEFW_B_DEC], 0, sizeof(float) * (size_t)sae->d_in);
-    normalize_rows(sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_in);
+    memset(sae->p[SAEFW_B_DEC], 0, sizeof(float) * (size_t)sae->d_out);
+    normalize_rows(sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_out);
+}
+
+void saefw_sae_init_april(saefw_sae *sae, saefw_rng *rng) {
+    const int64_t d_sae = sae->d_sae, d = sae->d_out;
+    float *W_dec = sae->p[SAEFW_W_DEC];
+    for (int64_t k = 0; k < sae->numel[SAEFW_W_DEC]; k++) W_dec[k] = (float)saefw_rng_normal(rng);
+    normalize_rows(W_dec, d_sae, d);
+    for (int64_t k = 0; k < sae->numel[SAEFW_W_DEC]; k++) W_dec[k] *= 0.1f;
+    /* W_enc = W_dec^T where the shapes allow it (always, outside a transcoder). */
+    if (sae->d_in == d)
+        for (int64_t j = 0; j < d_sae; j++)
+            for (int64_t i = 0; i < d; i++) sae->p[SAEFW_W_ENC][i * d_sae + j] = W_dec[j * d + i];
+    memset(sae->p[SAEFW_B_ENC], 0, sizeof(float) * (size_t)d_sae);
+    memset(sae->p[SAEFW_B_DEC], 0, sizeof(float) * (size_t)d);
 }
 
 void saefw_sae_param_view(saefw_sae *sae, int i, saefw_param *out) {
@@ -176,7 +231,7 @@ static int work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char
     memset(w, 0, sizeof *w);
     if (cap <= 0) return saefw_errf(err, errlen, "sae: a batch needs at least one row (got %lld)", (long long)cap);
     if (requested_path(&w->path, err, errlen) != 0) return -1;
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
+    const int64_t d_in = sae->d_in, d_out = sae->d_out, d_sae = sae->d_sae;
     w->cap = cap;
     w->chunk_rows = cap < CHUNK_ROWS ? cap : CHUNK_ROWS;
     w->n_chunks = (cap + w->chunk_rows - 1) / w->chunk_rows;
@@ -199,13 +254,14 @@ static int work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char
     const int64_t piece = cap < SAEFW_DENSE_PIECE ? cap : SAEFW_DENSE_PIECE;
     int64_t scratch = w->n_slots * cap * w->tile_w;
     if (scratch < 2 * piece * d_sae) scratch = 2 * piece * d_sae;
-    const int64_t n_groups = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
+    const int64_t n_groups = (d_out + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
+    const int64_t n_groups_in = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
     int64_t slab_floats = cap * n_groups * SAEFW_SPARSE_GROUP;
     /* The sparse decoder product's double slabs live in scratch, one per thread at its first group. */
     if (w->path != SAEFW_SAE_DENSE && scratch < 2 * slab_floats) scratch = 2 * slab_floats;
     int failed = 0;
     w->x_cent = alloc_n(w, cap * d_in, sizeof(float), 1, &failed, err, errlen);
-    w->x_hat = alloc_n(w, cap * d_in, sizeof(float), 1, &failed, err, errlen);
+    w->x_hat = alloc_n(w, cap * d_out, sizeof(float), 1, &failed, err, errlen);
     w->scratch = alloc_n(w, scratch, sizeof(float), 1, &failed, err, errlen);
     w->row_l1 = alloc_n(w, cap, sizeof(double), 1, &failed, err, errlen);
     w->row_start = alloc_n(w, w->n_tiles * cap, sizeof(int64_t), 1, &failed, err, errlen);
@@ -226,14 +282,20 @@ static int work_alloc(saefw_sae_work *w, const saefw_sae *sae, int64_t cap, char
     /* dxh (dense path) and slab_d (sparse path) are never needed in the same step. */
     w->slab_d = alloc_n(w, slab_floats, sizeof(float), 1, &failed, err, errlen);
     w->dxh = w->slab_d;
-    w->slab_x = alloc_n(w, w->path == SAEFW_SAE_DENSE ? 0 : slab_floats, sizeof(float), 1, &failed, err, errlen);
-    w->col_stat = alloc_n(w, 3 * d_in, sizeof(double), 1, &failed, err, errlen);
+    w->slab_x = alloc_n(w, w->path == SAEFW_SAE_DENSE ? 0 : cap * n_groups_in * SAEFW_SPARSE_GROUP, sizeof(float), 1,
+                        &failed, err, errlen);
+    w->col_stat = alloc_n(w, 3 * d_out, sizeof(double), 1, &failed, err, errlen);
     w->gb_enc_d = alloc_n(w, d_sae, sizeof(double), 1, &failed, err, errlen);
-    w->gb_dec_d = alloc_n(w, d_in, sizeof(double), 1, &failed, err, errlen);
+    w->gb_dec_d = alloc_n(w, d_out, sizeof(double), 1, &failed, err, errlen);
+    if (sae->l1_weighting == SAEFW_L1_DECODER_NORM) {
+        w->dec_norm = alloc_n(w, d_sae, sizeof(double), 1, &failed, err, errlen);
+        w->l1w = alloc_n(w, d_sae, sizeof(float), 1, &failed, err, errlen);
+        w->act_sum = alloc_n(w, d_sae, sizeof(double), 1, &failed, err, errlen);
+    }
     w->dtype = sae->enc_dtype;
     if (w->dtype != SAEFW_ENC_FP32) {
         w->lp_w_enc = alloc_n(w, d_in * d_sae, sizeof(float), 1, &failed, err, errlen);
-        w->lp_w_dec = alloc_n(w, d_sae * d_in, sizeof(float), 1, &failed, err, errlen);
+        w->lp_w_dec = alloc_n(w, d_sae * d_out, sizeof(float), 1, &failed, err, errlen);
         w->lp_acts = alloc_n(w, piece * d_sae, sizeof(float), 1, &failed, err, errlen);
     }
     if (failed) {
@@ -290,6 +352,9 @@ static void work_free(saefw_sae_work *w) {
     free(w->col_stat);
     free(w->gb_enc_d);
     free(w->gb_dec_d);
+    free(w->dec_norm);
+    free(w->l1w);
+    free(w->act_sum);
     free(w->lp_w_enc);
     free(w->lp_w_dec);
     free(w->lp_acts);
@@ -309,12 +374,18 @@ typedef struct {
     saefw_sae_work *w;
     const float *x; /* [B, d_in] */
     int64_t B;
+    const float *y; /* the target [B, d_out]: x itself outside a transcoder; NULL when there is none */
 } step_ctx;
 
+/* x_cent = x - b_dec, or x itself when b_dec is not applied to the input. */
 static void center_rows(void *vctx, int64_t b0, int64_t b1) {
     const step_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in;
     const float *b_dec = c->sae->p[SAEFW_B_DEC];
+    if (!c->sae->apply_b_dec_to_input) {
+        memcpy(c->w->x_cent + b0 * d_in, c->x + b0 * d_in, sizeof(float) * (size_t)((b1 - b0) * d_in));
+        return;
+    }
     for (int64_t b = b0; b < b1; b++) {
         const float *restrict x = c->x + b * d_in;
         float *restrict xc = c->w->x_cent + b * d_in;
@@ -508,9 +579,9 @@ typedef struct {
     const saefw_sae *sae;
     saefw_sae *train; /* the same SAE in the training step, whose gradients are written; else NULL */
     saefw_sae_work *w;
-    const float *x;
-    float *acts; /* the piece's activations [k, d_sae] (pre-activations until the ReLU) */
-    float *dpre; /* [k, d_sae] */
+    const float *x; /* the target [B, d_out] */
+    float *acts;    /* the piece's activations [k, d_sae] (pre-activations until the ReLU) */
+    float *dpre;    /* [k, d_sae] */
     int64_t r0, k, B;
 } piece_ctx;
 
@@ -528,9 +599,9 @@ static void relu_piece_rows(void *vctx, int64_t b0, int64_t b1) {
 
 static void fill_bias_rows(void *vctx, int64_t b0, int64_t b1) {
     const piece_ctx *c = vctx;
-    const int64_t d_in = c->sae->d_in;
+    const int64_t d_out = c->sae->d_out;
     for (int64_t b = b0; b < b1; b++)
-        memcpy(c->w->x_hat + (c->r0 + b) * d_in, c->sae->p[SAEFW_B_DEC], sizeof(float) * (size_t)d_in);
+        memcpy(c->w->x_hat + (c->r0 + b) * d_out, c->sae->p[SAEFW_B_DEC], sizeof(float) * (size_t)d_out);
 }
 
 /* Tiles of a piece's encoder product, in the sparse attempt's columns, so that both paths see the same
@@ -556,14 +627,14 @@ static void piece_acts(piece_ctx *pc) {
  * term, rows summed in order across pieces. */
 SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
     const piece_ctx *c = vctx;
-    const int64_t d_in = c->sae->d_in;
+    const int64_t d_out = c->sae->d_out;
     const float c2 = 2.0f / (float)c->B;
     double *restrict gb_dec = c->w->gb_dec_d;
     if (c->r0 == 0)
         for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0;
     for (int64_t b = c->r0; b < c->r0 + c->k; b++) {
-        const float *restrict x = c->x + b * d_in, *restrict xh = c->w->x_hat + b * d_in;
-        float *restrict d = c->w->dxh + b * d_in;
+        const float *restrict x = c->x + b * d_out, *restrict xh = c->w->x_hat + b * d_out;
+        float *restrict d = c->w->dxh + b * d_out;
         for (int64_t i = i0; i < i1; i++) {
             d[i] = c2 * (xh[i] - x[i]);
             gb_dec[i] += d[i];
@@ -588,6 +659,32 @@ SAEFW_KERNEL static void mask_rows(void *vctx, int64_t b0, int64_t b1) {
     for (; k < b1 * d_sae; k++) dpre[k] = acts[k] > 0.0f ? dpre[k] + l1c : 0.0f;
 }
 
+/* The same with the decoder-norm-weighted L1: feature j's term is l1w[j]. */
+SAEFW_KERNEL static void mask_rows_weighted(void *vctx, int64_t b0, int64_t b1) {
+    const piece_ctx *c = vctx;
+    const int64_t d_sae = c->sae->d_sae;
+    const float *restrict l1w = c->w->l1w;
+    for (int64_t b = b0; b < b1; b++) {
+        const float *restrict acts = c->acts + b * d_sae;
+        float *restrict dpre = c->dpre + b * d_sae;
+        for (int64_t j = 0; j < d_sae; j++) dpre[j] = acts[j] > 0.0f ? dpre[j] + l1w[j] : 0.0f;
+    }
+}
+
+/* Decoder-norm-weighted L1: each feature's activations summed over the piece's rows, in order across
+ * pieces, in double. */
+static void act_sum_columns(void *vctx, int64_t j0, int64_t j1) {
+    const piece_ctx *c = vctx;
+    const int64_t d_sae = c->sae->d_sae;
+    double *restrict sum = c->w->act_sum;
+    if (c->r0 == 0)
+        for (int64_t j = j0; j < j1; j++) sum[j] = 0.0;
+    for (int64_t b = 0; b < c->k; b++) {
+        const float *restrict a = c->acts + b * d_sae;
+        for (int64_t j = j0; j < j1; j++) sum[j] += a[j];
+    }
+}
+
 /* Adds the piece's rows to b_enc's gradient, each column in row order, in double; the last piece
  * writes the float gradient. */
 SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
@@ -609,12 +706,13 @@ SAEFW_KERNEL static void bias_enc_columns(void *vctx, int64_t j0, int64_t j1) {
  * so that no [B, d_sae] array is needed: dW_dec, dW_enc and b_enc's gradient accumulate over the pieces
  * in order. */
 static void dense_pieces(const saefw_sae *sae, saefw_sae *train, saefw_sae_work *w, const float *x, int64_t B) {
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
+    const int64_t d_in = sae->d_in, d_out = sae->d_out, d_sae = sae->d_sae;
     const int64_t P = w->cap < SAEFW_DENSE_PIECE ? w->cap : SAEFW_DENSE_PIECE;
     for (int64_t r0 = 0; r0 < B; r0 += P) {
         const int64_t k = B - r0 < P ? B - r0 : P;
         piece_ctx pc = {sae, train, w, x, w->scratch, w->scratch + P * d_sae, r0, k, B};
         piece_acts(&pc);
+        if (w->act_sum) saefw_parallel_for(d_sae, act_sum_columns, &pc);
         saefw_parallel_for(k, fill_bias_rows, &pc);
         /* Under enc_dtype the decoder products read the activations rounded; mask, L0 and L1 the fp32 ones. */
         const float *acts_op = pc.acts;
@@ -623,20 +721,20 @@ static void dense_pieces(const saefw_sae *sae, saefw_sae *train, saefw_sae_work 
             acts_op = w->lp_acts;
         }
         const float gscale = saefw_lowp_grad_scale(w->dtype, B);
-        saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasNoTrans, k, d_in, d_sae, acts_op, d_sae,
-                        saefw_w_dec_operand(sae, w), d_in, 1.0f, w->x_hat + r0 * d_in, d_in);
+        saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasNoTrans, k, d_out, d_sae, acts_op, d_sae,
+                        saefw_w_dec_operand(sae, w), d_out, 1.0f, w->x_hat + r0 * d_out, d_out);
         if (!train) continue;
         const float beta = r0 == 0 ? 0.0f : 1.0f;
-        saefw_parallel_for(d_in, dxh_columns, &pc);
+        saefw_parallel_for(d_out, dxh_columns, &pc);
         if (w->dtype != SAEFW_ENC_FP32)
-            saefw_lowp_round_all(w->dxh + r0 * d_in, w->dxh + r0 * d_in, k * d_in, w->dtype, gscale);
+            saefw_lowp_round_all(w->dxh + r0 * d_out, w->dxh + r0 * d_out, k * d_out, w->dtype, gscale);
         /* dW_dec += acts^T @ dxh */
-        saefw_lowp_gemm(w->dtype, 1, CblasTrans, CblasNoTrans, d_sae, d_in, k, acts_op, d_sae, w->dxh + r0 * d_in, d_in,
-                        beta, train->g[SAEFW_W_DEC], d_in);
+        saefw_lowp_gemm(w->dtype, 1, CblasTrans, CblasNoTrans, d_sae, d_out, k, acts_op, d_sae, w->dxh + r0 * d_out,
+                        d_out, beta, train->g[SAEFW_W_DEC], d_out);
         /* dacts = dxh @ W_dec^T, then the L1 term and the ReLU mask. */
-        saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasTrans, k, d_sae, d_in, w->dxh + r0 * d_in, d_in,
-                        saefw_w_dec_operand(sae, w), d_in, 0.0f, pc.dpre, d_sae);
-        saefw_parallel_for(k, mask_rows, &pc);
+        saefw_lowp_gemm(w->dtype, 1, CblasNoTrans, CblasTrans, k, d_sae, d_out, w->dxh + r0 * d_out, d_out,
+                        saefw_w_dec_operand(sae, w), d_out, 0.0f, pc.dpre, d_sae);
+        saefw_parallel_for(k, w->l1w ? mask_rows_weighted : mask_rows, &pc);
         saefw_parallel_for(d_sae, bias_enc_columns, &pc);
         /* b_enc's gradient above is the fp32 one; dW_enc's product reads dpre rounded. */
         if (w->dtype != SAEFW_ENC_FP32) saefw_lowp_round_all(pc.dpre, pc.dpre, k * d_sae, w->dtype, gscale);
@@ -648,33 +746,65 @@ static void dense_pieces(const saefw_sae *sae, saefw_sae *train, saefw_sae_work 
 
 /* ---- the forward pass ---- */
 
-/* Columns of a range: the statistics' sums (saefw_column_stats). */
+/* Columns of a range: the statistics' sums (saefw_column_stats) against the target. */
 SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
     const step_ctx *c = vctx;
-    const int64_t d_in = c->sae->d_in;
+    const int64_t d_out = c->sae->d_out;
     double *col = c->w->col_stat;
-    saefw_column_stats(c->w->x_hat + i0, d_in, c->x + i0, d_in, c->B, i1 - i0, col + i0, col + d_in + i0,
-                       col + 2 * d_in + i0);
+    saefw_column_stats(c->w->x_hat + i0, d_out, c->y + i0, d_out, c->B, i1 - i0, col + i0, col + d_out + i0,
+                       col + 2 * d_out + i0);
+}
+
+/* Decoder-norm-weighted L1: rows of W_dec in a range, their norms (in double, over eight fixed lanes) and
+ * each feature's dL/dacts from the penalty, l1_coeff ||W_dec[j,:]|| / B. */
+SAEFW_KERNEL static void dec_norm_rows(void *vctx, int64_t j0, int64_t j1) {
+    const step_ctx *c = vctx;
+    const int64_t d_out = c->sae->d_out;
+    const double scale = (double)c->sae->l1_coeff / (double)c->B;
+    for (int64_t j = j0; j < j1; j++) {
+        const float *restrict r = c->sae->p[SAEFW_W_DEC] + j * d_out;
+        double ss[8] = {0};
+        int64_t i = 0;
+        for (; i + 8 <= d_out; i += 8)
+            for (int k = 0; k < 8; k++) ss[k] += (double)r[i + k] * (double)r[i + k];
+        for (; i < d_out; i++) ss[0] += (double)r[i] * (double)r[i];
+        c->w->dec_norm[j] = sqrt(sum8d(ss));
+        c->w->l1w[j] = (float)(scale * c->w->dec_norm[j]);
+    }
+}
+
+/* Decoder-norm-weighted L1 on the sparse path: each feature's recorded activations summed, rows in
+ * order, in double (the dense path's column sums, without its zeros). */
+static void act_sum_features(void *vctx, int64_t j0, int64_t j1) {
+    const step_ctx *c = vctx;
+    const saefw_sae_work *w = c->w;
+    for (int64_t j = j0; j < j1; j++) {
+        double sum = 0.0;
+        for (int64_t e = w->feat_start[j]; e < w->feat_start[j + 1]; e++) sum += w->feat_act[e];
+        w->act_sum[j] = sum;
+    }
 }
 
 /* The forward pass of B rows into w: x_cent, x_hat, and the activations as the recorded entries (sparse
- * path) or to be made again from x_cent (dense path); stats may be NULL. With train (the training step:
- * the same SAE, whose gradients are written) the dense path also makes the gradients of W_enc, W_dec and
- * b_enc and b_dec's x_hat term while each piece's activations exist, and the sparse decoder product the
- * statistics' sums and the backward pass's slabs while x_hat's slabs are in cache. */
-static void forward(const saefw_sae *sae, saefw_sae *train, saefw_sae_work *w, const float *x, int64_t B,
-                    saefw_sae_stats *stats) {
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae;
-    step_ctx c = {sae, train, w, x, B};
+ * path) or to be made again from x_cent (dense path); stats may be NULL. y is the target (x outside a
+ * transcoder; NULL when there is none: no training, no l2). With train (the training step: the same SAE,
+ * whose gradients are written) the dense path also makes the gradients of W_enc, W_dec and b_enc and
+ * b_dec's x_hat term while each piece's activations exist, and the sparse decoder product the statistics'
+ * sums and the backward pass's slabs while x_hat's slabs are in cache. */
+static void forward(const saefw_sae *sae, saefw_sae *train, saefw_sae_work *w, const float *x, const float *y,
+                    int64_t B, saefw_sae_stats *stats) {
+    const int64_t d_in = sae->d_in, d_out = sae->d_out, d_sae = sae->d_sae;
+    step_ctx c = {sae, train, w, x, B, y};
     w->rows = B;
     w->acts_made = 0;
     saefw_parallel_for(B, center_rows, &c);
     if (w->dtype != SAEFW_ENC_FP32) {
         /* enc_dtype: the products' operands. x_cent feeds only the encoder product and dW_enc's. */
         saefw_lowp_round_all(w->lp_w_enc, sae->p[SAEFW_W_ENC], d_in * d_sae, w->dtype, 1.0f);
-        saefw_lowp_round_all(w->lp_w_dec, sae->p[SAEFW_W_DEC], d_sae * d_in, w->dtype, 1.0f);
+        saefw_lowp_round_all(w->lp_w_dec, sae->p[SAEFW_W_DEC], d_sae * d_out, w->dtype, 1.0f);
         saefw_lowp_round_all(w->x_cent, w->x_cent, B * d_in, w->dtype, 1.0f);
     }
+    if (w->dec_norm) saefw_parallel_for(d_sae, dec_norm_rows, &c);
     int64_t active = 0;
     double l1 = 0;
     /* The sparse path unless it is ruled out or the last batch was too dense (then straight to the
@@ -683,12 +813,13 @@ static void forward(const saefw_sae *sae, saefw_sae *train, saefw_sae_work *w, c
     w->sparse = try_sparse && sparse_attempt(sae, w, B, &active, &l1);
     if (w->sparse) {
         saefw_sparse_index(w, d_sae, B);
+        if (w->act_sum) saefw_parallel_for(d_sae, act_sum_features, &c);
         /* The entries as the decoder products' operand (L0 and L1 were taken from the fp32 ones). */
         if (w->dtype != SAEFW_ENC_FP32)
             saefw_lowp_round_all(w->feat_act, w->feat_act, w->feat_start[d_sae], w->dtype, 1.0f);
-        saefw_sparse_decode(sae, w, train ? x : NULL, B);
+        saefw_sparse_decode(sae, w, train ? y : NULL, B);
     } else {
-        dense_pieces(sae, train, w, x, B);
+        dense_pieces(sae, train, w, y, B);
         for (int64_t b = 0; b < B; b++) {
             active += w->row_len[b];
             l1 += w->row_l1[b];
@@ -697,16 +828,27 @@ static void forward(const saefw_sae *sae, saefw_sae *train, saefw_sae_work *w, c
     if (w->path == SAEFW_SAE_AUTO)
         w->predict_dense = (double)active > SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae);
     if (!stats) return;
-    if (!(w->sparse && train)) saefw_parallel_for(d_in, stat_columns, &c);
+    if (w->act_sum) {
+        /* The 2024 recipe's penalty: a mean over the batch of the decoder-norm-weighted sums. */
+        double s1 = 0;
+        for (int64_t j = 0; j < d_sae; j++) s1 += w->dec_norm[j] * w->act_sum[j];
+        stats->l1 = (double)sae->l1_coeff * s1 / (double)B;
+    } else {
+        stats->l1 = (double)sae->l1_coeff * l1;
+    }
+    stats->l0 = (double)active / (double)B;
+    if (!y) {
+        stats->l2 = stats->loss = stats->explained_variance = NAN;
+        return;
+    }
+    if (!(w->sparse && train)) saefw_parallel_for(d_out, stat_columns, &c);
     double l2 = 0, var = 0;
-    for (int64_t i = 0; i < d_in; i++) {
+    for (int64_t i = 0; i < d_out; i++) {
         l2 += w->col_stat[i];
-        var += w->col_stat[2 * d_in + i];
+        var += w->col_stat[2 * d_out + i];
     }
     stats->l2 = l2 / (double)B;
-    stats->l1 = (double)sae->l1_coeff * l1;
     stats->loss = stats->l2 + stats->l1;
-    stats->l0 = (double)active / (double)B;
     stats->explained_variance = var > 0 ? 1.0 - l2 / var : 0.0;
 }
 
@@ -734,7 +876,7 @@ static const float *work_acts(const saefw_sae *sae, saefw_sae_work *w, char *err
     }
     const int64_t B = w->rows;
     if (w->sparse) {
-        step_ctx c = {sae, NULL, w, NULL, B};
+        step_ctx c = {sae, NULL, w, NULL, B, NULL};
         saefw_parallel_for(B, scatter_rows, &c);
     } else {
         /* The dense path keeps no activations: the encoder product again, with the same blocks. */
@@ -786,15 +928,48 @@ SAEFW_KERNEL static void bias_dec_rows(void *vctx, int64_t i0, int64_t i1) {
     }
 }
 
-void saefw_sae_train_step(saefw_sae *sae, saefw_sae_step *s, const float *x, int64_t B, saefw_sae_stats *stats) {
+/* Decoder-norm-weighted L1: rows of W_dec's gradient in a range get the penalty's own term,
+ * l1_coeff / B * (sum_b acts[b,j]) * W_dec[j,:] / ||W_dec[j,:]|| (nothing for a zero row). */
+SAEFW_KERNEL static void dec_norm_grad_rows(void *vctx, int64_t j0, int64_t j1) {
+    const step_ctx *c = vctx;
+    saefw_sae *sae = c->train;
+    const int64_t d_out = sae->d_out;
+    const double scale = (double)sae->l1_coeff / (double)c->B;
+    for (int64_t j = j0; j < j1; j++) {
+        if (!(c->w->dec_norm[j] > 0.0)) continue;
+        const float f = (float)(scale * c->w->act_sum[j] / c->w->dec_norm[j]);
+        const float *restrict r = sae->p[SAEFW_W_DEC] + j * d_out;
+        float *restrict g = sae->g[SAEFW_W_DEC] + j * d_out;
+        for (int64_t i = 0; i < d_out; i++) g[i] += f * r[i];
+    }
+}
+
+void saefw_sae_train_step_xy(saefw_sae *sae, saefw_sae_step *s, const float *x, const float *y, int64_t B,
+                             saefw_sae_stats *stats) {
     saefw_sae_work *w = &s->w;
-    /* l2 = mean_b sum_i (x_hat - x)^2  =>  dL/dx_hat = 2/B (x_hat - x); b_dec gets this term there. On
+    if (!y && sae->d_out != sae->d_in) {
+        /* No target of the decoder's width: a caller's mistake that must not read past x. */
+        memset(sae->grads, 0, sizeof(float) * sae->n_total);
+        if (stats) stats->loss = stats->l2 = stats->l1 = stats->l0 = stats->explained_variance = NAN;
+        return;
+    }
+    if (!y) y = x;
+    /* l2 = mean_b sum_i (x_hat - y)^2  =>  dL/dx_hat = 2/B (x_hat - y); b_dec gets this term there. On
      * the dense path the forward pass has made the other gradients already. */
-    forward(sae, sae, w, x, B, stats);
+    forward(sae, sae, w, x, y, B, stats);
     if (w->sparse) saefw_sparse_backward(sae, w, B);
-    /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
-    step_ctx c = {sae, sae, w, x, B};
-    saefw_parallel_for(sae->d_in, bias_dec_rows, &c);
+    step_ctx c = {sae, sae, w, x, B, y};
+    if (sae->apply_b_dec_to_input) {
+        /* x_cent = x - b_dec: sum_b dL/dx_cent = W_enc @ gb_enc, so b_dec's grad is gb_dec - W_enc @ gb_enc. */
+        saefw_parallel_for(sae->d_in, bias_dec_rows, &c);
+    } else {
+        for (int64_t i = 0; i < sae->d_out; i++) sae->g[SAEFW_B_DEC][i] = (float)w->gb_dec_d[i];
+    }
+    if (w->act_sum) saefw_parallel_for(sae->d_sae, dec_norm_grad_rows, &c);
+}
+
+void saefw_sae_train_step(saefw_sae *sae, saefw_sae_step *s, const float *x, int64_t B, saefw_sae_stats *stats) {
+    saefw_sae_train_step_xy(sae, s, x, NULL, B, stats);
 }
 
 int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
@@ -855,10 +1030,16 @@ void saefw_sae_eval_free(saefw_sae_eval *e) {
 
 int64_t saefw_sae_eval_cap(const saefw_sae_eval *e) { return e->w.cap; }
 
+const float *saefw_sae_eval_forward_xy(const saefw_sae *sae, saefw_sae_eval *e, const float *x, const float *y,
+                                       int64_t B, saefw_sae_stats *stats) {
+    if (!y && sae->d_out == sae->d_in) y = x;
+    forward(sae, NULL, &e->w, x, y, B, stats);
+    return e->w.x_hat;
+}
+
 const float *saefw_sae_eval_forward(const saefw_sae *sae, saefw_sae_eval *e, const float *x, int64_t B,
                                     saefw_sae_stats *stats) {
-    forward(sae, NULL, &e->w, x, B, stats);
-    return e->w.x_hat;
+    return saefw_sae_eval_forward_xy(sae, e, x, NULL, B, stats);
 }
 
 const float *saefw_sae_eval_acts(const saefw_sae *sae, saefw_sae_eval *e, char *err, size_t errlen) {
@@ -871,16 +1052,20 @@ int saefw_sae_eval_count_active(const saefw_sae *sae, saefw_sae_eval *e, int64_t
 
 int saefw_sae_eval_row_loss(const saefw_sae *sae, saefw_sae_eval *e, const float *x, float *loss, char *err,
                             size_t errlen) {
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = e->w.rows;
+    const int64_t d_out = sae->d_out, d_sae = sae->d_sae, B = e->w.rows;
     const float *acts = work_acts(sae, &e->w, err, errlen);
     if (!acts) return -1;
     for (int64_t b = 0; b < B; b++) {
         double l2 = 0, l1 = 0;
-        for (int64_t i = 0; i < d_in; i++) {
-            double d = (double)e->w.x_hat[b * d_in + i] - x[b * d_in + i];
+        for (int64_t i = 0; i < d_out; i++) {
+            double d = (double)e->w.x_hat[b * d_out + i] - x[b * d_out + i];
             l2 += d * d;
         }
-        for (int64_t j = 0; j < d_sae; j++) l1 += acts[b * d_sae + j];
+        /* The row's own penalty: weighted by the decoder norms (not divided by the batch) when asked. */
+        if (e->w.dec_norm)
+            for (int64_t j = 0; j < d_sae; j++) l1 += acts[b * d_sae + j] * e->w.dec_norm[j];
+        else
+            for (int64_t j = 0; j < d_sae; j++) l1 += acts[b * d_sae + j];
         loss[b] = (float)(l2 + sae->l1_coeff * l1);
     }
     return 0;
@@ -900,20 +1085,20 @@ int saefw_sae_eval_entries(const saefw_sae_eval *e, saefw_sae_entries *out) {
  * fixed lanes so that the loop vectorises. */
 SAEFW_KERNEL static void project_rows(void *vctx, int64_t r0, int64_t r1) {
     saefw_sae *sae = vctx;
-    const int64_t d_in = sae->d_in;
+    const int64_t d_out = sae->d_out;
     for (int64_t r = r0; r < r1; r++) {
-        float *restrict w = sae->p[SAEFW_W_DEC] + r * d_in, *restrict g = sae->g[SAEFW_W_DEC] + r * d_in;
+        float *restrict w = sae->p[SAEFW_W_DEC] + r * d_out, *restrict g = sae->g[SAEFW_W_DEC] + r * d_out;
         double ss[8] = {0}, dot[8] = {0};
         int64_t c = 0;
-        for (; c + 8 <= d_in; c += 8)
+        for (; c + 8 <= d_out; c += 8)
             for (int k = 0; k < 8; k++) ss[k] += (double)w[c + k] * (double)w[c + k];
-        for (; c < d_in; c++) ss[0] += (double)w[c] * (double)w[c];
+        for (; c < d_out; c++) ss[0] += (double)w[c] * (double)w[c];
         const float inv = (float)(1.0 / sqrt(sum8d(ss)));
-        for (c = 0; c + 8 <= d_in; c += 8)
+        for (c = 0; c + 8 <= d_out; c += 8)
             for (int k = 0; k < 8; k++) dot[k] += (double)g[c + k] * (double)(w[c + k] * inv);
-        for (; c < d_in; c++) dot[0] += (double)g[c] * (double)(w[c] * inv);
+        for (; c < d_out; c++) dot[0] += (double)g[c] * (double)(w[c] * inv);
         const float fdot = (float)sum8d(dot);
-        for (c = 0; c < d_in; c++) {
+        for (c = 0; c < d_out; c++) {
             float n = w[c] * inv;
             g[c] -= fdot * n;
             w[c] = n;

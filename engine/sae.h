@@ -19,10 +19,16 @@ enum { SAEFW_W_ENC = 0, SAEFW_W_DEC = 1, SAEFW_B_ENC = 2, SAEFW_B_DEC = 3, SAEFW
 /* Name of parameter i ("W_enc", ...), in the fixed order above. */
 const char *saefw_param_name(int i);
 
+/* The sparsity penalty's form. */
+typedef enum {
+    SAEFW_L1_PLAIN = 0,        /* the seed's: l1_coeff * sum over batch and features of acts */
+    SAEFW_L1_DECODER_NORM = 1, /* the 2024 recipe's: l1_coeff * mean_b sum_i acts[b,i] ||W_dec[i,:]|| */
+} saefw_l1_weighting;
+
 typedef struct {
     int64_t d_in, d_sae;
     float l1_coeff;
-    float *params;            /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_in], b_enc [d_sae], b_dec [d_in] */
+    float *params;            /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_out], b_enc [d_sae], b_dec [d_out] */
     float *grads;             /* same layout as params */
     size_t n_total;           /* floats in each block */
     float *p[SAEFW_N_PARAMS]; /* views into params */
@@ -33,15 +39,36 @@ typedef struct {
     /* Precision of the encoder and decoder products (sae_lowp.h): fp32 (0, the default) or bf16 / fp16
      * operands with fp32 sums; parameters and gradients stay fp32. Work areas take it at allocation. */
     saefw_enc_dtype enc_dtype;
+    /* Width of the target and of the decoder's output: d_in except for a transcoder. */
+    int64_t d_out;
+    /* 1 (the seed's): the encoder reads x - b_dec; 0: it reads x, and b_dec gets no gradient through it. */
+    int apply_b_dec_to_input;
+    saefw_l1_weighting l1_weighting;
+    /* 1: a transcoder, whose target y is another site than its input (saefw_sae_alloc_xy). */
+    int transcoder;
 } saefw_sae;
 
-/* Allocate an SAE with zeroed parameters and gradients. Free with saefw_sae_free. */
+/* Allocate an SAE with zeroed parameters and gradients, the seed's options (target x, b_dec applied to
+ * the input, plain L1). Free with saefw_sae_free. */
 int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, char *err, size_t errlen);
+/* The same for a transcoder: input width d_in, target width d_out (W_dec [d_sae, d_out], b_dec [d_out]),
+ * apply_b_dec_to_input 0. */
+int saefw_sae_alloc_xy(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sae, float l1_coeff, char *err,
+                       size_t errlen);
 void saefw_sae_free(saefw_sae *sae);
+/* -1 with a one-line err when the options do not fit together (a transcoder applying b_dec to its input,
+ * d_out != d_in outside a transcoder, an unknown l1_weighting). */
+int saefw_sae_check_options(const saefw_sae *sae, char *err, size_t errlen);
+/* "plain" / "decoder_norm" <-> the enum; parse returns -1 with err naming the value. */
+const char *saefw_l1_weighting_name(saefw_l1_weighting w);
+int saefw_l1_weighting_parse(const char *s, saefw_l1_weighting *out, char *err, size_t errlen);
 
 /* The seed's init: kaiming-uniform W_enc and W_dec (bound sqrt(6 / size(1))), biases zero,
  * then W_dec rows scaled to unit norm. */
 void saefw_sae_init_params(saefw_sae *sae, saefw_rng *rng);
+/* The April 2024 recipe's init: W_dec rows in random (normal) directions with norm 0.1, W_enc = W_dec^T
+ * (needs d_out == d_in), biases zero. */
+void saefw_sae_init_april(saefw_sae *sae, saefw_rng *rng);
 /* Fill a view of tensor i as the plugin ABI describes it. */
 void saefw_sae_param_view(saefw_sae *sae, int i, saefw_param *out);
 
@@ -72,8 +99,11 @@ void saefw_sae_set_path(saefw_sae_path path);
  * holds no more). */
 double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap);
 
+/* With a target y (transcoder), y takes x's place in l2 and explained_variance. Without a target (a
+ * transcoder's forward pass given x alone) l2, loss and explained_variance are NaN. */
 typedef struct {
-    double loss, l2, l1;       /* l2: mean over rows of sum over d_in; l1: l1_coeff * sum of |acts| */
+    double loss, l2, l1;       /* l2: mean over rows of sum over d_out; l1: the penalty term with l1_coeff
+                                * (plain: l1_coeff * sum of |acts|; decoder_norm: see saefw_l1_weighting) */
     double l0;                 /* mean number of active features per row */
     double explained_variance; /* 1 - sum (x - x_hat)^2 / sum (x - mean(x))^2, over the batch */
 } saefw_sae_stats;
@@ -99,6 +129,10 @@ void saefw_sae_step_release(saefw_sae_step *s);
  * layouts). The path (dense or sparse) is chosen per batch; both give the same results up to float
  * rounding. */
 void saefw_sae_train_step(saefw_sae *sae, saefw_sae_step *s, const float *x, int64_t B, saefw_sae_stats *stats);
+/* The same with a target y [B, d_out] (a transcoder's); y NULL means y = x, which needs d_out == d_in
+ * (otherwise nothing is computed: the gradients are zeroed and stats, when given, are NaN). */
+void saefw_sae_train_step_xy(saefw_sae *sae, saefw_sae_step *s, const float *x, const float *y, int64_t B,
+                             saefw_sae_stats *stats);
 /* The path the last step took: SAEFW_SAE_DENSE or SAEFW_SAE_SPARSE (benchmarks and tests). */
 saefw_sae_path saefw_sae_step_path(const saefw_sae_step *s);
 /* The activations [B, d_sae] of the last step's batch, made on the first request after it (the first
@@ -111,7 +145,7 @@ const float *saefw_sae_step_acts(const saefw_sae *sae, saefw_sae_step *s, char *
 int saefw_sae_step_count_active(const saefw_sae *sae, saefw_sae_step *s, int64_t *count, char *err, size_t errlen);
 
 /* Remove from W_dec's gradient its component along each normalised W_dec row, then set W_dec to
- * the normalised rows (the seed's make_decoder_weights_and_grad_unit_norm). */
+ * the normalised rows (the seed's make_decoder_weights_and_grad_unit_norm); rows of d_out. */
 void saefw_sae_project_decoder(saefw_sae *sae);
 
 /* ---- evaluation: a forward pass that changes nothing but its own scratch ---- */
@@ -125,18 +159,21 @@ int saefw_sae_eval_alloc(saefw_sae_eval **out, const saefw_sae *sae, int64_t cap
 void saefw_sae_eval_free(saefw_sae_eval *e);
 int64_t saefw_sae_eval_cap(const saefw_sae_eval *e);
 
-/* Forward pass of B <= cap rows x [B, d_in]; stats may be NULL. Returns x_hat [B, d_in], which lives in
+/* Forward pass of B <= cap rows x [B, d_in]; stats may be NULL. Returns x_hat [B, d_out], which lives in
  * e until the next forward pass on it. The results are the training step's, bit for bit. */
 const float *saefw_sae_eval_forward(const saefw_sae *sae, saefw_sae_eval *e, const float *x, int64_t B,
                                     saefw_sae_stats *stats);
+/* The same with a target y [B, d_out] for the statistics; y NULL: x when d_out == d_in, else none. */
+const float *saefw_sae_eval_forward_xy(const saefw_sae *sae, saefw_sae_eval *e, const float *x, const float *y,
+                                       int64_t B, saefw_sae_stats *stats);
 /* The activations [B, d_sae] of the last forward pass, made on the first request after it (the first
  * request allocates them). NULL with err when out of memory. */
 const float *saefw_sae_eval_acts(const saefw_sae *sae, saefw_sae_eval *e, char *err, size_t errlen);
 /* Adds to count [d_sae] the rows of the last forward pass on which each feature fired. -1 with err when
  * out of memory. */
 int saefw_sae_eval_count_active(const saefw_sae *sae, saefw_sae_eval *e, int64_t *count, char *err, size_t errlen);
-/* Per-row loss [B] (l2 + l1 of that row) of the last forward pass, whose input x was. -1 with err when
- * out of memory. */
+/* Per-row loss [B] (l2 + l1 of that row) of the last forward pass, whose target (its input x, or y for
+ * a transcoder) was x [B, d_out]. -1 with err when out of memory. */
 int saefw_sae_eval_row_loss(const saefw_sae *sae, saefw_sae_eval *e, const float *x, float *loss, char *err,
                             size_t errlen);
 

@@ -27,8 +27,8 @@
 typedef struct {
     int64_t cap;   /* rows */
     float *x_cent; /* [cap, d_in] */
-    float *x_hat;  /* [cap, d_in] */
-    float *dxh;    /* [cap, d_in]: dLoss/dx_hat (dense path; shares memory with slab_d) */
+    float *x_hat;  /* [cap, d_out] */
+    float *dxh;    /* [cap, d_out]: dLoss/dx_hat (dense path; shares memory with slab_d) */
     /* Workers' tiles [cap, tile_w] on the sparse path; on the dense path the first two pieces'
      * worth hold a piece's activations and its dLoss/d(pre-activation), [piece, d_sae] each. */
     float *scratch;
@@ -66,12 +66,18 @@ typedef struct {
     double *feat_dot;    /* [feat_cap]: dLoss/dacts, summed over the column groups in double */
     /* x_hat, then dxh, and x_cent, in column groups: group q holds columns [q G, q G + G) of all rows
      * as one contiguous [B, G] slab (G = SAEFW_SPARSE_GROUP). */
-    float *slab_d, *slab_x; /* [cap, d_in rounded up to G] */
-    double *col_stat;       /* [3 * d_in]: per-column sums of the statistics */
+    float *slab_d;    /* [cap, d_out rounded up to G] */
+    float *slab_x;    /* [cap, d_in rounded up to G] */
+    double *col_stat; /* [3 * d_out]: per-column sums of the statistics */
     /* The bias gradients' sums over rows, kept in double until b_dec's gradient is complete (a float
      * sum over thousands of rows is an order of magnitude less exact than PyTorch's). */
     double *gb_enc_d; /* [d_sae] */
-    double *gb_dec_d; /* [d_in]: the x_hat term */
+    double *gb_dec_d; /* [d_out]: the x_hat term */
+    /* Decoder-norm-weighted L1 only (else NULL): ||W_dec[j,:]|| at the forward pass, each feature's
+     * dL/dacts from the penalty (l1_coeff ||W_dec[j,:]|| / B), and its activations summed over the batch. */
+    double *dec_norm; /* [d_sae] */
+    float *l1w;       /* [d_sae] */
+    double *act_sum;  /* [d_sae] */
     size_t acts_bytes;
     void *big[32]; /* the arrays a release hands back */
     size_t big_bytes[32];
@@ -80,7 +86,7 @@ typedef struct {
      * activations rounded for the decoder products (the fp32 ones keep the mask, L0 and L1). */
     saefw_enc_dtype dtype; /* the SAE's enc_dtype when the work area was allocated */
     float *lp_w_enc;       /* [d_in, d_sae] */
-    float *lp_w_dec;       /* [d_sae, d_in] */
+    float *lp_w_dec;       /* [d_sae, d_out] */
     float *lp_acts;        /* [piece, d_sae] */
 } saefw_sae_work;
 
@@ -132,12 +138,14 @@ static inline void saefw_column_stats(const float *restrict xh, int64_t ldh, con
     }
 }
 
-/* x_hat [B, d_in] = b_dec + the active entries of acts times W_dec, after saefw_sparse_index. With x
- * (the training step: the backward pass follows), also w->col_stat for x and the backward pass's slabs. */
+/* x_hat [B, d_out] = b_dec + the active entries of acts times W_dec, after saefw_sparse_index. With the
+ * target x [B, d_out] (the training step: the backward pass follows), also w->col_stat for it and the
+ * backward pass's dxh slabs. */
 void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B);
 
-/* After saefw_sparse_decode with x [B, d_in]: W_dec's and W_enc's gradients (every element written),
- * b_enc's, and b_dec's x_hat term (the caller subtracts W_enc @ gb_enc). */
+/* After saefw_sparse_decode with a target: W_dec's and W_enc's gradients (every element written; W_dec's
+ * without the decoder-norm penalty's own term), b_enc's, and b_dec's x_hat term (the caller subtracts
+ * W_enc @ gb_enc when b_dec is applied to the input). */
 void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B);
 
 #endif

@@ -1,8 +1,9 @@
 /* The sparse path of the SAE step: the decoder product and the gradients of W_dec, W_enc and b_enc
  * computed from the active entries of the activations only, writing the same dense layouts as the
- * dense path (W_enc's gradient [d_in, d_sae], W_dec's [d_sae, d_in]).
+ * dense path (W_enc's gradient [d_in, d_sae], W_dec's [d_sae, d_out]).
  *
- * Every kernel walks the active entries by feature, one group of GROUP columns of d_in at a time.
+ * Every kernel walks the active entries by feature, one group of GROUP columns (of d_out or d_in) at
+ * a time.
  * The batch-side operand of a group (x_hat, dxh or x_cent restricted to those columns, [B, GROUP])
  * is first copied into a contiguous slab that stays in the core's cache (in place, rows 8 KiB apart
  * would all fall into the same few cache sets); the feature-side rows (W_dec and the gradients)
@@ -102,7 +103,7 @@ typedef struct {
     const saefw_sae *sae;
     saefw_sae *train; /* the same SAE, whose gradients the backward pass writes */
     saefw_sae_work *w;
-    const float *x; /* [B, d_in] */
+    const float *x; /* the target [B, d_out] */
     int64_t B;
 } sparse_ctx;
 
@@ -191,24 +192,38 @@ SAEFW_KERNEL static void decode_slab(double *restrict slab, const float *restric
     }
 }
 
-/* dxh = 2/B (x_hat - x) into sd and x_cent into sx, [B, GROUP] slabs, for the columns [g0, g0 + n_cols);
- * b_dec's gradient from the x_hat term, each column summed over rows in order in double (as the dense path
- * does).
- * xh (rows ld apart) may be sd itself. */
-static inline void backward_slabs(const float *xh, int64_t ld, const float *x, const float *x_cent, int64_t d_in,
-                                  int64_t B, int64_t g0, int64_t n_cols, float *sd, float *sx, double *gb_dec) {
+/* dxh = 2/B (x_hat - x) into sd, a [B, GROUP] slab, for the columns [g0, g0 + n_cols) of the target x
+ * [B, d_out]; b_dec's gradient from the x_hat term, each column summed over rows in order in double (as the
+ * dense path does). xh (rows ld apart) may be sd itself. */
+static inline void backward_slab(const float *xh, int64_t ld, const float *x, int64_t d_out, int64_t B, int64_t g0,
+                                 int64_t n_cols, float *sd, double *gb_dec) {
     const float c2 = 2.0f / (float)B;
     for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0;
     for (int64_t b = 0; b < B; b++) {
-        const float *xr = x + b * d_in + g0, *h = xh + b * ld;
+        const float *xr = x + b * d_out + g0, *h = xh + b * ld;
         float *d = sd + b * GROUP;
         for (int64_t i = 0; i < n_cols; i++) {
             d[i] = c2 * (h[i] - xr[i]);
             gb_dec[g0 + i] += d[i];
         }
-        memcpy(sx + b * GROUP, x_cent + b * d_in + g0, sizeof(float) * (size_t)n_cols);
         /* The kernels read whole slab rows; a last, narrower group is padded with zeros. */
-        for (int64_t i = n_cols; i < GROUP; i++) d[i] = sx[b * GROUP + i] = 0.0f;
+        for (int64_t i = n_cols; i < GROUP; i++) d[i] = 0.0f;
+    }
+}
+
+/* Column groups of d_in in a range: x_cent into its [B, GROUP] slabs (zero-padded), W_enc's gradient's
+ * operand. */
+static void input_slabs(void *vctx, int64_t q0, int64_t q1) {
+    const sparse_ctx *c = vctx;
+    const saefw_sae_work *w = c->w;
+    const int64_t d_in = c->sae->d_in, B = c->B;
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
+        float *sx = w->slab_x + q * B * GROUP;
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(sx + b * GROUP, w->x_cent + b * d_in + g0, sizeof(float) * (size_t)n_cols);
+            for (int64_t i = n_cols; i < GROUP; i++) sx[b * GROUP + i] = 0.0f;
+        }
     }
 }
 
@@ -219,27 +234,27 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
     const sparse_ctx *c = vctx;
     const saefw_sae *sae = c->sae;
     saefw_sae_work *w = c->w;
-    const int64_t d_in = sae->d_in, B = c->B;
+    const int64_t d_out = sae->d_out, B = c->B;
     /* This range's double slab [B, GROUP], in the encoder tiles' scratch (free once they are recorded). */
     double *dslab = (double *)w->scratch + q0 * B * GROUP;
     const float *b_dec = sae->p[SAEFW_B_DEC];
     for (int64_t q = q0; q < q1; q++) {
-        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
+        const int64_t g0 = q * GROUP, n_cols = group_cols(d_out, q);
         float *slab = w->slab_d + q * B * GROUP;
         memset(dslab, 0, sizeof(double) * (size_t)(B * GROUP));
-        decode_slab(dslab, saefw_w_dec_operand(sae, w) + g0, d_in, sae->d_sae, w->feat_start, w->feat_row, w->feat_act,
+        decode_slab(dslab, saefw_w_dec_operand(sae, w) + g0, d_out, sae->d_sae, w->feat_start, w->feat_row, w->feat_act,
                     n_cols);
         /* b_dec joins last, as in the dense path's product with beta = 1. */
         for (int64_t b = 0; b < B; b++) {
             for (int64_t i = 0; i < n_cols; i++)
                 slab[b * GROUP + i] = (float)(dslab[b * GROUP + i] + (double)b_dec[g0 + i]);
             for (int64_t i = n_cols; i < GROUP; i++) slab[b * GROUP + i] = 0.0f;
-            memcpy(w->x_hat + b * d_in + g0, slab + b * GROUP, sizeof(float) * (size_t)n_cols);
+            memcpy(w->x_hat + b * d_out + g0, slab + b * GROUP, sizeof(float) * (size_t)n_cols);
         }
         if (!c->x) continue;
-        saefw_column_stats(slab, GROUP, c->x + g0, d_in, B, n_cols, w->col_stat + g0, w->col_stat + d_in + g0,
-                           w->col_stat + 2 * d_in + g0);
-        backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP, w->gb_dec_d);
+        saefw_column_stats(slab, GROUP, c->x + g0, d_out, B, n_cols, w->col_stat + g0, w->col_stat + d_out + g0,
+                           w->col_stat + 2 * d_out + g0);
+        backward_slab(slab, GROUP, c->x, d_out, B, g0, n_cols, slab, w->gb_dec_d);
         /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
         if (w->dtype != SAEFW_ENC_FP32)
             saefw_lowp_round(slab, slab, B * GROUP, w->dtype, saefw_lowp_grad_scale(w->dtype, B));
@@ -248,7 +263,7 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
 
 void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x, int64_t B) {
     sparse_ctx c = {sae, NULL, w, x, B};
-    saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, decode_groups, &c);
+    saefw_parallel_for((sae->d_out + GROUP - 1) / GROUP, decode_groups, &c);
 }
 
 /* ---- gradients ---- */
@@ -353,23 +368,24 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     const sparse_ctx *c = vctx;
     saefw_sae *sae = c->train;
     saefw_sae_work *w = c->w;
-    const int64_t d_in = sae->d_in, d_sae = sae->d_sae, B = c->B;
-    const int64_t n_groups = (d_in + GROUP - 1) / GROUP;
+    const int64_t d_in = sae->d_in, d_out = sae->d_out, d_sae = sae->d_sae, B = c->B;
+    const int64_t n_groups = (d_in + GROUP - 1) / GROUP, n_groups_out = (d_out + GROUP - 1) / GROUP;
     const int64_t j0 = k0 * FEAT_BLOCK, j1 = k1 * FEAT_BLOCK < d_sae ? k1 * FEAT_BLOCK : d_sae;
     const int64_t *start = w->feat_start;
-    const float l1c = sae->l1_coeff;
 
     for (int64_t e = start[j0]; e < start[j1]; e++) w->feat_dot[e] = 0.0;
-    for (int64_t q = 0; q < n_groups; q++)
-        grad_dec_group(sae->g[SAEFW_W_DEC] + q * GROUP, saefw_w_dec_operand(sae, w) + q * GROUP, d_in,
+    for (int64_t q = 0; q < n_groups_out; q++)
+        grad_dec_group(sae->g[SAEFW_W_DEC] + q * GROUP, saefw_w_dec_operand(sae, w) + q * GROUP, d_out,
                        w->slab_d + q * B * GROUP, start, w->feat_row, w->feat_act, w->feat_dot, j0, j1,
-                       group_cols(d_in, q));
-    /* dL/dpre = dL/dacts + l1_coeff at active entries; b_enc's gradient sums it over rows in order, in double. */
+                       group_cols(d_out, q));
+    /* dL/dpre = dL/dacts + the L1 term at active entries (l1_coeff, or the feature's decoder-norm weight);
+     * b_enc's gradient sums it over rows in order, in double. */
     for (int64_t j = j0; j < j1; j++) {
+        const double l1c = w->l1w ? (double)w->l1w[j] : (double)sae->l1_coeff;
         double sum = 0.0;
         for (int64_t e = start[j]; e < start[j + 1]; e++) {
             /* Rounded once, after the L1 term: dL/dacts and l1_coeff often nearly cancel. */
-            const float g = (float)(w->feat_dot[e] + (double)l1c);
+            const float g = (float)(w->feat_dot[e] + l1c);
             w->feat_grad[e] = g;
             sum += g;
         }
@@ -387,5 +403,6 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
 
 void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B) {
     sparse_ctx c = {sae, sae, w, NULL, B};
+    saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, input_slabs, &c);
     saefw_parallel_for((sae->d_sae + FEAT_BLOCK - 1) / FEAT_BLOCK, backward_features, &c);
 }

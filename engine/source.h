@@ -40,6 +40,8 @@ struct saefw_source {
     /* 1: an ordered feed: a buffer over it hands out the source's rows unshuffled, batch after batch,
      * in the order next() gives them, so that exact batches can be replayed. */
     int in_order;
+    /* > 0: each row is [input | target] (a transcoder's data): its last d_target columns are the target. */
+    int64_t d_target;
 };
 
 void saefw_source_free(saefw_source *s);

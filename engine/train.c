@@ -192,6 +192,8 @@ static void trainer_free(saefw_run *run, int *rc, char *err, size_t errlen) {
     cJSON_Delete(run->changes);
     free(run->plug_self);
     free(run->batch);
+    free(run->batch_xy);
+    free(run->batch_y);
     free(run->feat_counts);
     free(run->freq);
     saefw_sae_step_free(run->work);
@@ -207,13 +209,26 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
         return saefw_errf(err, errlen, "train: sae, buffer and optimizer are required");
     if (!buf && (!o->eval_source || o->batch_size <= 0))
         return saefw_errf(err, errlen, "train: next_batch needs batch_size and eval_source");
+    const saefw_source *data_src = buf ? buf->src : o->eval_source;
     const int64_t d_act = buf ? buf->d : o->eval_source->d_act;
-    if (d_act != sae->d_in)
+    /* A transcoder's rows are [input | target] (a source with d_target); anything else gets input rows. */
+    if (sae->transcoder != (data_src->d_target > 0) ||
+        (o->eval_source && o->eval_source->d_target != data_src->d_target))
+        return saefw_errf(err, errlen,
+                          sae->transcoder ? "train: the SAE is a transcoder, but the activations hold one "
+                                            "site (give the buffer a target site: site_out)"
+                                          : "train: the activations hold an input and a target site (a "
+                                            "transcoder's data), but the SAE is not a transcoder");
+    const int64_t d_want = sae->d_in + (sae->transcoder ? sae->d_out : 0);
+    if (sae->transcoder && data_src->d_target != sae->d_out)
+        return saefw_errf(err, errlen, "train: the target site has width %lld, but the transcoder's d_out is %lld",
+                          (long long)data_src->d_target, (long long)sae->d_out);
+    if (d_act != d_want)
         return saefw_errf(err, errlen, "train: activations have width %lld, but the SAE expects d_in = %lld",
-                          (long long)d_act, (long long)sae->d_in);
-    if (o->eval_source && o->eval_source->d_act != sae->d_in)
+                          (long long)(d_act - data_src->d_target), (long long)sae->d_in);
+    if (o->eval_source && o->eval_source->d_act != d_want)
         return saefw_errf(err, errlen, "train: eval_source has width %lld, but the SAE expects d_in = %lld",
-                          (long long)o->eval_source->d_act, (long long)sae->d_in);
+                          (long long)(o->eval_source->d_act - data_src->d_target), (long long)sae->d_in);
     if (o->optimizer.plugin->p.kind != SAEFW_KIND_OPTIMIZER)
         return saefw_errf(err, errlen, "train: plugin %s is a %s, not an optimizer", o->optimizer.plugin->p.name,
                           saefw_plugin_kind_name(o->optimizer.plugin->p.kind));
@@ -246,6 +261,11 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
 
     if (saefw_sae_step_alloc(&run->work, sae, B, err, errlen) != 0) goto fail;
     run->batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
+    if (run->batch && sae->transcoder) {
+        run->batch_xy = saefw_malloc(sizeof(float) * (size_t)(B * (d + sae->d_out)), err, errlen);
+        run->batch_y = run->batch_xy ? saefw_malloc(sizeof(float) * (size_t)(B * sae->d_out), err, errlen) : NULL;
+        if (!run->batch_y) goto fail;
+    }
     run->feat_counts = run->batch ? saefw_malloc(sizeof(int64_t) * (size_t)sae->d_sae, err, errlen) : NULL;
     run->counts_step = -1;
     run->plug_self = run->feat_counts ? saefw_calloc((size_t)(o->n_plugins + 1), sizeof(void *), err, errlen) : NULL;
@@ -351,16 +371,25 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
     run->n_extra = 0;
     if (call_hooks(run, offsetof(saefw_plugin, before_step), err, errlen) != 0) return -1;
     const double tb = saefw_now(), fills = run->buf ? run->buf->fill_seconds + run->buf->refill_seconds : 0;
-    int got = run->buf ? saefw_buffer_next(run->buf, run->batch, err, errlen)
-                       : o->next_batch(o->next_batch_ud, run->batch, B, err, errlen);
+    float *const into = run->batch_xy ? run->batch_xy : run->batch;
+    int got = run->buf ? saefw_buffer_next(run->buf, into, err, errlen)
+                       : o->next_batch(o->next_batch_ud, into, B, err, errlen);
     const double ts = saefw_now(), plug0 = run->time.plugins;
     const double refill = run->buf ? run->buf->fill_seconds + run->buf->refill_seconds - fills : 0;
     run->time.refill += refill;
     run->time.batch += ts - tb - refill;
     if (got != 0 && run->buf && saefw_stop_requested()) return 0; /* a refill left due: the steps done are saved */
     if (got != 0) return -1;
+    if (run->batch_xy) {
+        /* A transcoder's rows [x | y] apart: plugins see the input rows as the batch. */
+        const int64_t di = sae->d_in, dout = sae->d_out;
+        for (int64_t r = 0; r < B; r++) {
+            memcpy(run->batch + r * di, run->batch_xy + r * (di + dout), sizeof(float) * (size_t)di);
+            memcpy(run->batch_y + r * dout, run->batch_xy + r * (di + dout) + di, sizeof(float) * (size_t)dout);
+        }
+    }
     saefw_sae_stats st;
-    saefw_sae_train_step(sae, run->work, run->batch, B, &st);
+    saefw_sae_train_step_xy(sae, run->work, run->batch, run->batch_y, B, &st);
     if (!isfinite(st.loss))
         return saefw_errf(err, errlen, "step %lld: the loss is %s; training stopped (last good checkpoint: %s)",
                           (long long)i, isnan(st.loss) ? "NaN" : "infinite",

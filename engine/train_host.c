@@ -145,6 +145,10 @@ static void host_metric(saefw_run *run, const char *name, double value) {
 
 static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen) {
     const int64_t d = run->sae->d_in;
+    /* The caller's rows are [n, d_in]: a transcoder's source would write its targets too. */
+    if (run->eval_src->d_target > 0)
+        return saefw_errf(err, errlen,
+                          "sample_activations is not available for a transcoder (its rows hold two sites)");
     /* Its own scratch space, made on first use, so the current batch's activations stay valid. */
     const int64_t cap = saefw_sae_step_cap(run->work), piece = cap < SAEFW_EVAL_PIECE ? cap : SAEFW_EVAL_PIECE;
     if (loss && !run->sample_work && saefw_sae_eval_alloc(&run->sample_work, run->sae, piece, err, errlen) != 0)
@@ -173,7 +177,9 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
     const int64_t piece = chunk < SAEFW_EVAL_PIECE ? chunk : SAEFW_EVAL_PIECE;
     saefw_sae_eval *w;
     if (saefw_sae_eval_alloc(&w, sae, piece, err, errlen) != 0) return -1;
-    float *x = saefw_malloc(sizeof(float) * (size_t)(chunk * sae->d_in), err, errlen);
+    /* A transcoder's rows [input | target]: the input columns are moved to the front of x. */
+    const int64_t d_row = src->d_target > 0 ? src->d_act : sae->d_in;
+    float *x = saefw_malloc(sizeof(float) * (size_t)(chunk * d_row), err, errlen);
     int64_t *count = x ? saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen) : NULL;
     int rc = count ? 0 : -1;
     for (int64_t done = 0; rc == 0 && done < rows; done += chunk) {
@@ -183,6 +189,9 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
             rc = -1;
             break;
         }
+        if (d_row != sae->d_in)
+            for (int64_t r = 1; r < k; r++)
+                memmove(x + r * sae->d_in, x + r * d_row, sizeof(float) * (size_t)sae->d_in);
         for (int64_t p0 = 0; rc == 0 && p0 < k; p0 += piece) {
             const int64_t np = k - p0 < piece ? k - p0 : piece;
             /* A model batch at the seed's size is 128 pieces of about a quarter second each. */

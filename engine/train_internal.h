@@ -18,6 +18,8 @@ struct saefw_run {
     saefw_sae_eval *sample_work; /* for sample_activations, allocated on first use */
     saefw_source *eval_src;
     float *batch;         /* [batch, d_in] */
+    float *batch_xy;      /* a transcoder's batch as the buffer gives it, [batch, d_in + d_out]; else NULL */
+    float *batch_y;       /* its target columns [batch, d_out]; else NULL */
     int64_t batch_rows;   /* rows of batch and work.acts valid for plugins (0 outside a step) */
     int64_t *feat_counts; /* [d_sae]: batch_feature_counts, made on the first request of a step */
     int64_t counts_step;  /* the step they were made for, or -1 */

@@ -92,12 +92,13 @@ local buffer_info = setmetatable({}, { __mode = "k" })
 --   saefw.buffer { source = src, size = rows, batch_size = 4096, dtype = "bf16" }
 --   saefw.buffer { model = m, tokens = t, site = "post", layer = 0, size = rows, batch_size = 4096,
 --                  model_batch_size = batch_size // seq_len * 16 (the seed's), dtype = "bf16" }
+--   (a transcoder's data: site_out = "mlp_out", layer_out = ...; rows are [site | site_out])
 function M.buffer(t)
   if type(t) ~= "table" then fail("saefw.buffer: expected a table of options") end
   if t.model == nil then return core.buffer(t) end
   for k in pairs(t) do
     if not ({ model = 1, tokens = 1, site = 1, layer = 1, size = 1, batch_size = 1, model_batch_size = 1,
-              dtype = 1, seed = 1 })[k] then
+              dtype = 1, seed = 1, site_out = 1, layer_out = 1 })[k] then
       fail(string.format("saefw.buffer: unknown option '%s'", tostring(k)))
     end
   end
@@ -111,7 +112,8 @@ function M.buffer(t)
   -- The seed's model batch unless given (saefw_run_model_batch in engine/run.h).
   local mbs = t.model_batch_size or core.model_batch(t.batch_size, t.tokens.seq_len)
   local src = core.model_source { model = t.model, tokens = t.tokens, site = t.site, layer = t.layer,
-                                  model_batch_size = mbs, seed = t.seed }
+                                  model_batch_size = mbs, seed = t.seed, site_out = t.site_out,
+                                  layer_out = t.layer_out }
   local buf = core.buffer { source = src, size = t.size, batch_size = t.batch_size, dtype = t.dtype, seed = t.seed }
   buffer_info[buf] = { model_name = t.model.name }
   return buf
