@@ -18,3 +18,14 @@ add_test(NAME experiment_quickstart_dataset
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/run_dataset_experiment.sh $<TARGET_FILE:saefw>
           ${CMAKE_BINARY_DIR}/test_tmp/exp_dataset ${CMAKE_SOURCE_DIR})
 set_tests_properties(experiment_quickstart_dataset PROPERTIES ENVIRONMENT "OPENBLAS_NUM_THREADS=2")
+
+# The April 2024 recipe (decoder-norm-weighted L1, no unit norm, clipping, schedules): it must run
+# to its reconstruction score, and its checkpoint must say what it trained.
+add_test(NAME experiment_april_update
+  COMMAND ${exp_run} ${CMAKE_BINARY_DIR}/test_tmp/exp_april "reconstruction score -?[0-9.]+ \\(loss clean"
+          ${CMAKE_SOURCE_DIR}/experiments/april_update.lua --num_tokens 3e4 --batch_size 256 --buffer_mult 16
+          --eval_every 50)
+add_test(NAME experiment_april_update_cfg
+  COMMAND grep -q "\"scale_sparsity_penalty_by_decoder_norm\":[[:space:]]*true" ${CMAKE_BINARY_DIR}/test_tmp/exp_april/final/cfg.json)
+set_tests_properties(experiment_april_update_cfg PROPERTIES DEPENDS experiment_april_update)
+set_tests_properties(experiment_april_update PROPERTIES ENVIRONMENT "OPENBLAS_NUM_THREADS=2")
