@@ -164,6 +164,13 @@ static cJSON *record_config(const saefw_run_cfg *c, char *err, size_t errlen) {
     const int with_model = rm && rm->model_name;
     if (!c->config && !with_model) return NULL;
     cJSON *cfg = c->config ? cJSON_Duplicate(c->config, 1) : cJSON_CreateObject();
+    /* What the trainer does with the decoder (SAELens's name), unless the config says it. */
+    if (cfg && cJSON_IsObject(cfg) && !cJSON_HasObjectItem(cfg, "normalize_sae_decoder") &&
+        !cJSON_AddBoolToObject(cfg, "normalize_sae_decoder", !c->free_decoder)) {
+        cJSON_Delete(cfg);
+        saefw_errf(err, errlen, "out of memory");
+        return NULL;
+    }
     if (cfg && !with_model) return cfg;
     if (!cfg || !cJSON_IsObject(cfg)) {
         cJSON_Delete(cfg);
