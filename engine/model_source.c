@@ -241,6 +241,19 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
     return 0;
 }
 
+int saefw_source_model_eval_copy(const saefw_source *src, saefw_source **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (!src->kind || strcmp(src->kind, "model") != 0 || src->destroy != model_destroy)
+        return saefw_errf(err, errlen, "model source copy: the source is not a model source");
+    const model_src *ms = src->impl;
+    if (saefw_source_model(&ms->o, out, err, errlen) != 0) return -1;
+    (*out)->log = src->log;
+    (*out)->log_ud = src->log_ud;
+    /* The token stream's messages stay with the training source. */
+    saefw_tokens_set_log(ms->o.tokens, tokens_log, (saefw_source *)src);
+    return 0;
+}
+
 /* ---- losses and the reconstruction score ---- */
 
 typedef struct {
