@@ -170,28 +170,58 @@ static int64_t checkpoint_next_step(const char *dir, char *err, size_t errlen) {
 
 static void quiet_log(const char *msg) { (void)msg; }
 
+/* A stop between two SAEs' checkpoints of one step leaves the first a newer one than the rest: the
+ * run continues at the older step, from the checkpoint of that step; the newer training states are
+ * removed (their steps run again), so that a later resume does not take them. */
+static int checkpoint_at(const char *dir, const char *newest, int64_t at, char *out, char *err, size_t errlen) {
+    const char *slash = strrchr(newest, '/');
+    long top = slash ? strtol(slash + 1, NULL, 10) : -1;
+    for (long v = top; v >= 0; v--) {
+        char cand[PATH_MAX], e2[256];
+        if (saefw_pathf(cand, sizeof cand, err, errlen, "%s/%ld", dir, v) != 0) return -1;
+        int64_t s = access(cand, F_OK) == 0 ? checkpoint_next_step(cand, e2, sizeof e2) : -1;
+        if (s == at) {
+            snprintf(out, PATH_MAX, "%s", cand);
+            return 0;
+        }
+        if (s > at) {
+            char st[PATH_MAX + 32];
+            snprintf(st, sizeof st, "%s/" SAEFW_TRAIN_STATE, cand);
+            unlink(st);
+        }
+    }
+    return saefw_errf(err, errlen, "--resume: %s has no checkpoint at step %lld, where the other SAEs continue", dir,
+                      (long long)at);
+}
+
 /* With resume: every SAE's checkpoint to continue from (all at one step), and the buffer restored at
  * that step; none at all: the run starts over. */
 static int find_resume_points(saefw_multi *g, char (*from)[PATH_MAX], char *err, size_t errlen) {
     int64_t at = -1;
     int with = 0;
+    int64_t *steps = saefw_calloc((size_t)g->n, sizeof *steps, err, errlen);
+    if (!steps) return -1;
     for (int i = 0; i < g->n; i++) {
         char e2[512];
         from[i][0] = 0;
+        steps[i] = -1;
         if (saefw_checkpoint_find_resumable(g->dirs[i], from[i], PATH_MAX, quiet_log, e2, sizeof e2) != 0) {
             from[i][0] = 0;
             continue;
         }
-        int64_t s = checkpoint_next_step(from[i], err, errlen);
-        if (s < 0) return -1;
-        if (with && s != at)
-            return saefw_errf(err, errlen,
-                              "--resume: SAE %s continues at step %lld but SAE %s at step %lld: the run cannot be "
-                              "continued as one",
-                              g->opts[0].label, (long long)at, g->opts[i].label, (long long)s);
+        if ((steps[i] = checkpoint_next_step(from[i], err, errlen)) < 0) {
+            free(steps);
+            return -1;
+        }
+        at = with && at < steps[i] ? at : steps[i];
         with++;
-        at = s;
     }
+    for (int i = 0; i < g->n; i++)
+        if (steps[i] > at && checkpoint_at(g->dirs[i], from[i], at, from[i], err, errlen) != 0) {
+            free(steps);
+            return -1;
+        }
+    free(steps);
     if (with == 0) return 0;
     if (with < g->n)
         for (int i = 0; i < g->n; i++)

@@ -26,6 +26,22 @@ for s in a b; do
   same "$tmp/ab/$s/final/sae_weights.safetensors" "$tmp/k/$s/final/sae_weights.safetensors" "$s killed + resumed = uninterrupted"
 done
 
+# Killed inside SAE b's step 41, after SAE a wrote its checkpoint of step 42 and before b wrote its
+# own: the resume continues both from step 35.
+(SAEFW_FAULT=step:84 exec "$saefw" run "$script" --run_dir "$tmp/k2" >"$tmp/kill2.txt" 2>&1) 2>/dev/null
+run --run_dir "$tmp/k2" --resume "$tmp/k2" || { cat "$tmp/out.txt"; echo "FAIL: the resume after a split checkpoint"; exit 1; }
+for s in a b; do
+  same "$tmp/ab/$s/final/sae_weights.safetensors" "$tmp/k2/$s/final/sae_weights.safetensors" "$s killed between the SAEs' checkpoints + resumed = uninterrupted"
+done
+
+# Stopped by SIGINT at whatever step it reaches in 2 s (every SAE and the buffer checkpoint there).
+timeout -s INT 2 "$saefw" run "$script" --run_dir "$tmp/i" --steps 150 >"$tmp/int.txt" 2>&1
+run --run_dir "$tmp/i" --steps 150 --resume "$tmp/i" || { cat "$tmp/out.txt"; echo "FAIL: the resume after SIGINT"; exit 1; }
+run --run_dir "$tmp/full150" --steps 150 || { cat "$tmp/out.txt"; echo "FAIL: the 150-step run"; exit 1; }
+for s in a b; do
+  same "$tmp/full150/$s/final/sae_weights.safetensors" "$tmp/i/$s/final/sae_weights.safetensors" "$s stopped by SIGINT + resumed = uninterrupted"
+done
+
 check_error() {
   local what=$1 want=$2
   shift 2
