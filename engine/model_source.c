@@ -249,6 +249,7 @@ int saefw_source_model_eval_copy(const saefw_source *src, saefw_source **out, ch
     if (saefw_source_model(&ms->o, out, err, errlen) != 0) return -1;
     (*out)->log = src->log;
     (*out)->log_ud = src->log_ud;
+    (*out)->mem_bytes -= (double)saefw_model_param_bytes(ms->o.model); /* the weights are src's */
     /* The token stream's messages stay with the training source. */
     saefw_tokens_set_log(ms->o.tokens, tokens_log, (saefw_source *)src);
     return 0;

@@ -29,6 +29,7 @@ struct saefw_multi {
     const char *run_dir;
     int lock_fd;
     int64_t kept[2]; /* the steps of the buffer states kept (0: none) */
+    double mem_estimate;
     int failed;
 };
 
@@ -59,7 +60,7 @@ static int name_ok(const char *s) {
 }
 
 /* The estimate of engine/memory.c for the buffer and model once and every SAE's share. */
-static int memory_check(const saefw_multi *g, int print, char *err, size_t errlen) {
+static int memory_check(saefw_multi *g, int print, char *err, size_t errlen) {
     const saefw_buffer *buf = g->buf;
     const saefw_source *src = buf->src;
     const double buffer =
@@ -87,6 +88,7 @@ static int memory_check(const saefw_multi *g, int print, char *err, size_t errle
     double base = rss > 0 ? (double)rss - buffer - params - src->mem_bytes : 0;
     if (base < 0) base = 0;
     const double total = base + buffer + params + moments + work + model;
+    g->mem_estimate = total;
     if (print) {
         char t[32], x[32], a[32], b[32], c[32], e[32], f[32];
         fprintf(stderr,
@@ -404,6 +406,12 @@ int saefw_multi_close(saefw_multi *g, saefw_train_result *res, char *err, size_t
         }
     }
     if (rc != 0 && first[0]) snprintf(err, errlen, "%s", first);
+    if (rc == 0 && g->opts[0].progress != 0 && saefw_mem_peak() > 0) {
+        char pk[32], es[32];
+        fprintf(stderr, "memory: peak resident %s, estimated %s for %d SAEs\n",
+                saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk), saefw_mem_fmt(g->mem_estimate, es, sizeof es),
+                g->n);
+    }
     group_free(g);
     return rc;
 }
