@@ -397,8 +397,12 @@ int saefw_session_train(saefw_session *s, saefw_train_result *res, char *err, si
         res->stop = SAEFW_STOP_ERROR;
         return saefw_errf(err, errlen, "a session trains once; open another for the next run");
     }
+    if (s->n_saes) {
+        memset(res, 0, sizeof *res);
+        res->stop = SAEFW_STOP_ERROR;
+        return saefw_errf(err, errlen, "this session trains several SAEs: use saefw_session_train_multi");
+    }
     s->trained = 1;
-    if (s->n_saes) return saefw_errf(err, errlen, "this session trains several SAEs: use saefw_session_train_multi");
     return saefw_train(&s->o, res, err, errlen);
 }
 
