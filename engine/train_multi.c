@@ -337,6 +337,7 @@ int saefw_multi_open(saefw_buffer *buf, const char *run_dir, int resume, const c
             goto fail;
         }
     }
+    for (int i = 0; i < n; i++) g->opts[i].resume_from = NULL; /* read by the open only */
     free(from);
     *out = g;
     return 0;
