@@ -30,6 +30,7 @@ struct saefw_multi {
     int lock_fd;
     int64_t kept[2]; /* the steps of the buffer states kept (0: none) */
     double mem_estimate;
+    double t_open; /* when the group opened, for its time line */
     int failed;
 };
 
@@ -339,6 +340,7 @@ int saefw_multi_open(saefw_buffer *buf, const char *run_dir, int resume, const c
     }
     for (int i = 0; i < n; i++) g->opts[i].resume_from = NULL; /* read by the open only */
     free(from);
+    g->t_open = saefw_now();
     *out = g;
     return 0;
 fail:
@@ -407,6 +409,14 @@ int saefw_multi_close(saefw_multi *g, saefw_train_result *res, char *err, size_t
         }
     }
     if (rc != 0 && first[0]) snprintf(err, errlen, "%s", first);
+    if (rc == 0 && g->opts[0].progress != 0) {
+        /* The SAEs' time lines count the wall time of the whole group; the refills are the group's. */
+        const double total = saefw_now() - g->t_open, fill = g->buf->fill_seconds + g->buf->refill_seconds;
+        fprintf(stderr,
+                "time %.1f s for %d SAEs on one buffer: buffer fills and refills (the model, once for all) %.1f s "
+                "(%.1f %%); each SAE's time line counts the group's wall time\n",
+                total, g->n, fill, total > 0 ? 100.0 * fill / total : 0.0);
+    }
     if (rc == 0 && g->opts[0].progress != 0 && saefw_mem_peak() > 0) {
         char pk[32], es[32];
         fprintf(stderr, "memory: peak resident %s, estimated %s for %d SAEs\n",

@@ -52,9 +52,11 @@ check_error() {
 check_error "an empty saes list" "'saes' is empty" --run_dir "$tmp/e1" --bad empty
 check_error "two SAEs named alike" "saes\[1\] and saes\[2\] are both named 'a'" --run_dir "$tmp/e2" --bad same_name
 check_error "sae and saes" "give 'sae' or 'saes', not both" --run_dir "$tmp/e3" --bad both
+check_error "an unknown field in an SAE's table" "saes\[1\]: unknown field 'lr' (valid: name, optimizer, plugins, sae)" \
+  --run_dir "$tmp/e5" --bad field
 check_error "a d_in that is not the buffer's width" "SAE c has d_in = 32, but the buffer's activations have width 256" \
   --run_dir "$tmp/e4" --names a,c
-for d in e1 e2 e3 e4; do
+for d in e1 e2 e3 e4 e5; do
   if [ -e "$tmp/$d" ]; then echo "FAIL: $d: a run folder was made before the error"; fail=1; fi
 done
 exit $fail

@@ -29,6 +29,7 @@ local t = {
 if cfg.bad == "empty" then t.saes = {} end
 if cfg.bad == "same_name" then saes[2].name = saes[1].name end
 if cfg.bad == "both" then t.sae = saes[1].sae end
+if cfg.bad == "field" then saes[1].lr = 1e-3 end
 local r = saefw.train(t)
 for _, x in ipairs(r) do
   print(string.format("done %s: step %d loss %.9g recons %.6f", x.name, x.steps_done, x.loss, x.recons_score))
