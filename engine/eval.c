@@ -92,6 +92,16 @@ static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae 
                                errlen) != 0)
             return -1;
     } else {
+        const saefw_recons_evaluator *b = e->base_from;
+        if (!e->has_base && b && b->has_base && b->rows && b->batches == e->batches &&
+            b->model_batch == e->model_batch) {
+            const size_t n = (size_t)(e->batches * e->model_batch * saefw_tokens_seq_len(e->tokens));
+            if (!e->rows && !(e->rows = saefw_malloc(sizeof(int32_t) * n, err, errlen))) return -1;
+            memcpy(e->rows, b->rows, sizeof(int32_t) * n);
+            e->last.loss_clean = b->last.loss_clean;
+            e->last.loss_zero = b->last.loss_zero;
+            e->has_base = 1;
+        }
         if (!e->rows && recons_draw_rows(e, err, errlen) != 0) return -1;
         recons_check_overlap(e, run);
         const int with_base = !e->has_base;

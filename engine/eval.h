@@ -57,7 +57,7 @@ int saefw_recons_mode_parse(const char *name, saefw_recons_mode *out);
  * state as "recons_rng"; the fixed rows and their clean and zero-ablated losses are saved under
  * "eval/recons_score/". The model and tokens are borrowed and must outlive the evaluator; free it
  * with saefw_recons_evaluator_free. */
-typedef struct {
+typedef struct saefw_recons_evaluator_s {
     saefw_evaluator ev;
     const saefw_model *model;
     const saefw_tokens *tokens;
@@ -74,6 +74,10 @@ typedef struct {
      * activations (saefw_transcoder_recons_score). */
     int transcoder;
     saefw_hook hook_in;
+    /* FIXED, several SAEs on one buffer: once this evaluator (of an SAE that evaluates first) has its
+     * held-out rows and their clean and zero-ablated losses, they are copied instead of computed: the
+     * same rows and the same figures, one model pass for every SAE. NULL: none. Borrowed. */
+    const struct saefw_recons_evaluator_s *base_from;
 } saefw_recons_evaluator;
 
 void saefw_recons_evaluator_init(saefw_recons_evaluator *e, const saefw_model *model, const saefw_tokens *tokens,

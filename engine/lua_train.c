@@ -43,10 +43,12 @@ static int l_resume_dir(lua_State *L) {
 
 /* ---- training ---- */
 
-typedef struct {
+typedef struct train_ud {
     lua_State *L;
     int fn_idx[3]; /* on_log, on_eval, on_end (0: none) */
     char lua_err[1024];
+    const char *name;      /* with several SAEs: the SAE whose event this is (metrics.name) */
+    struct train_ud *main; /* with several SAEs: the ud that keeps the error */
 } train_ud;
 
 void saefw_lua_push_metrics(lua_State *L, const saefw_metrics *m) {
@@ -84,8 +86,13 @@ static int on_event(void *vud, saefw_event event, const saefw_metrics *m, char *
     int h = lua_gettop(L);
     lua_pushvalue(L, ud->fn_idx[which]);
     saefw_lua_push_metrics(L, m);
+    if (ud->name) {
+        lua_pushstring(L, ud->name);
+        lua_setfield(L, -2, "name");
+    }
     if (lua_pcall(L, 1, 1, h) != LUA_OK) {
-        snprintf(ud->lua_err, sizeof ud->lua_err, "%s", lua_tostring(L, -1));
+        train_ud *keep = ud->main ? ud->main : ud;
+        snprintf(keep->lua_err, sizeof keep->lua_err, "%s", lua_tostring(L, -1));
         lua_pop(L, 2);
         return saefw_errf(err, errlen, "callback on_%s failed", saefw_event_name(event));
     }
@@ -93,6 +100,118 @@ static int on_event(void *vud, saefw_event event, const saefw_metrics *m, char *
     int stop = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
     lua_pop(L, 2);
     return stop ? SAEFW_EVENT_STOP : SAEFW_EVENT_GO_ON;
+}
+
+static void read_optimizer(lua_State *L, int idx, saefw_plugin_use *u) {
+    lplugin *op = saefw_lua_check_plugin(L, idx);
+    u->plugin = op->lp;
+    u->opts = op->opts;
+    u->self = op->is_lua ? &((llua_plugin *)op)->st : NULL;
+}
+
+/* The list of hooks at the top of the stack (field `what`); the uses live in a userdata left on the stack. */
+static int read_plugins(lua_State *L, const char *fn, const char *what, const saefw_plugin_use **out) {
+    if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field '%s' must be a list of plugins", fn, what);
+    int t = lua_gettop(L);
+    int n_plugins = (int)lua_rawlen(L, t);
+    saefw_plugin_use *uses = lua_newuserdatauv(L, sizeof(saefw_plugin_use) * (size_t)(n_plugins + 1), 0);
+    for (int i = 0; i < n_plugins; i++) {
+        lua_rawgeti(L, t, i + 1);
+        lplugin *p = saefw_lua_check_plugin(L, -1);
+        if (p->lp->p.kind == SAEFW_KIND_OPTIMIZER)
+            return saefw_lua_error(L, "%s: %s[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, what, i + 1,
+                                   p->lp->p.name);
+        uses[i].plugin = p->lp;
+        uses[i].opts = p->opts;
+        uses[i].self = p->is_lua ? &((llua_plugin *)p)->st : NULL;
+        lua_pop(L, 1);
+    }
+    *out = uses;
+    return n_plugins;
+}
+
+/* saes = { {sae=, optimizer=, plugins=, name=}, ... }: the run's SAEs, in a userdata left on the stack
+ * with the tables that keep their names and plugins alive. Returns their number. */
+static int read_saes(lua_State *L, const char *fn, const saefw_run_sae **out) {
+    lua_getfield(L, 1, "saes");
+    if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'saes' must be a list of SAE tables", fn);
+    int t = lua_gettop(L), n = (int)lua_rawlen(L, t);
+    if (n == 0) return saefw_lua_error(L, "%s: 'saes' is empty: give at least one SAE", fn);
+    saefw_run_sae *saes = lua_newuserdatauv(L, sizeof(saefw_run_sae) * (size_t)n, 0);
+    memset(saes, 0, sizeof(saefw_run_sae) * (size_t)n);
+    lua_newtable(L); /* keeps the plugin lists and names alive, left on the stack */
+    int keep = lua_gettop(L), n_keep = 0;
+    for (int i = 0; i < n; i++) {
+        char what[48];
+        snprintf(what, sizeof what, "saes[%d]", i + 1);
+        if (lua_rawgeti(L, t, i + 1) != LUA_TTABLE)
+            return saefw_lua_error(L, "%s: %s must be a table {sae=, optimizer=, plugins=, name=}", fn, what);
+        int e = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, e)) {
+            lua_pop(L, 1);
+            const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (!k || (strcmp(k, "sae") && strcmp(k, "optimizer") && strcmp(k, "plugins") && strcmp(k, "name")))
+                return saefw_lua_error(L, "%s: %s: unknown field '%s' (valid: name, optimizer, plugins, sae)", fn, what,
+                                       k ? k : "?");
+        }
+        if (lua_getfield(L, e, "sae") == LUA_TNIL)
+            return saefw_lua_error(L, "%s: %s: field 'sae' is required", fn, what);
+        saes[i].sae = &saefw_lua_check_lsae(L, -1)->sae;
+        if (lua_getfield(L, e, "optimizer") == LUA_TNIL)
+            return saefw_lua_error(L, "%s: %s: field 'optimizer' is required", fn, what);
+        read_optimizer(L, -1, &saes[i].optimizer);
+        if (lua_getfield(L, e, "plugins") != LUA_TNIL) {
+            char pw[64];
+            snprintf(pw, sizeof pw, "%s.plugins", what);
+            saes[i].n_plugins = read_plugins(L, fn, pw, &saes[i].plugins);
+            lua_rawseti(L, keep, ++n_keep);
+        }
+        /* The name: the SAE's folder; by default its place in the list. */
+        if (lua_getfield(L, e, "name") == LUA_TNIL) lua_pushfstring(L, "sae%d", i + 1);
+        else if (lua_type(L, -1) != LUA_TSTRING)
+            return saefw_lua_error(L, "%s: %s: field 'name' must be a string", fn, what);
+        saes[i].name = lua_tostring(L, -1);
+        lua_rawseti(L, keep, ++n_keep);
+        lua_settop(L, e - 1);
+    }
+    lua_remove(L, t); /* the userdata stays; the list stays referenced by the options table */
+    *out = saes;
+    return n;
+}
+
+/* Run a session of several SAEs and push a list of their results (each with name, checkpoint and
+ * steps_done). */
+static int train_multi(lua_State *L, saefw_session *s, const saefw_run_cfg *c, train_ud *ud, cJSON *cfg) {
+    const int n = c->n_saes;
+    saefw_train_result *res = lua_newuserdatauv(L, sizeof(saefw_train_result) * (size_t)n, 0);
+    char err[1024] = "";
+    int rc = saefw_session_train_multi(s, res, err, sizeof err);
+    saefw_session_close(s);
+    cJSON_Delete(cfg);
+    if (rc != 0) {
+        if (ud->lua_err[0]) {
+            lua_pushstring(L, ud->lua_err);
+            return lua_error(L);
+        }
+        return saefw_lua_error(L, "%s", err);
+    }
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        saefw_lua_push_metrics(L, &res[i].last);
+        lua_pushstring(L, c->saes[i].name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, res[i].last_checkpoint);
+        lua_setfield(L, -2, "checkpoint");
+        lua_pushinteger(L, res[i].steps_done);
+        lua_setfield(L, -2, "steps_done");
+        if (res[i].stopped_by) {
+            lua_pushfstring(L, "on_%s", res[i].stopped_by);
+            lua_setfield(L, -2, "stopped_by");
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
 }
 
 static int l_train(lua_State *L) {
@@ -123,14 +242,19 @@ static int l_train(lua_State *L) {
                                        "allow_change",
                                        "clip_grad_norm",
                                        "unit_norm_decoder",
+                                       "saes",
                                        NULL};
     const char *fn = "saefw.train";
     saefw_lua_check_table(L, 1, fn);
     saefw_lua_check_keys(L, 1, fn, keys);
     saefw_run_cfg c;
     saefw_run_cfg_init(&c);
-    lua_getfield(L, 1, "sae");
-    c.sae = &saefw_lua_check_lsae(L, -1)->sae;
+    int multi = saefw_lua_has_field(L, 1, "saes");
+    if (multi && saefw_lua_has_field(L, 1, "sae")) return saefw_lua_error(L, "%s: give 'sae' or 'saes', not both", fn);
+    if (!multi) {
+        lua_getfield(L, 1, "sae");
+        c.sae = &saefw_lua_check_lsae(L, -1)->sae;
+    }
     lua_getfield(L, 1, "buffer");
     c.buffer = saefw_lua_check_buffer(L, -1);
     /* A buffer on the model host: the run object adds the reconstruction score and cfg.json's fields. */
@@ -159,29 +283,11 @@ static int l_train(lua_State *L) {
     if (lua_getfield(L, 1, "eval_source") != LUA_TNIL) c.eval_source = saefw_lua_check_source(L, -1);
     if (saefw_lua_has_field(L, 1, "steps")) c.steps = saefw_lua_opt_int(L, 1, fn, "steps", 0, 1);
     if (lua_getfield(L, 1, "num_tokens") != LUA_TNIL) c.num_tokens = luaL_checknumber(L, -1);
-    if (lua_getfield(L, 1, "optimizer") == LUA_TNIL) return saefw_lua_error(L, "%s: field 'optimizer' is required", fn);
-    lplugin *op = saefw_lua_check_plugin(L, -1);
-    c.optimizer.plugin = op->lp;
-    c.optimizer.opts = op->opts;
-    c.optimizer.self = op->is_lua ? &((llua_plugin *)op)->st : NULL;
-    if (lua_getfield(L, 1, "plugins") != LUA_TNIL) {
-        if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'plugins' must be a list of plugins", fn);
-        int t = lua_gettop(L);
-        int n_plugins = (int)lua_rawlen(L, t);
-        saefw_plugin_use *uses = lua_newuserdatauv(L, sizeof(saefw_plugin_use) * (size_t)(n_plugins + 1), 0);
-        for (int i = 0; i < n_plugins; i++) {
-            lua_rawgeti(L, t, i + 1);
-            lplugin *p = saefw_lua_check_plugin(L, -1);
-            if (p->lp->p.kind == SAEFW_KIND_OPTIMIZER)
-                return saefw_lua_error(L, "%s: plugins[%d] (%s) is an optimizer; pass it as 'optimizer'", fn, i + 1,
-                                       p->lp->p.name);
-            uses[i].plugin = p->lp;
-            uses[i].opts = p->opts;
-            uses[i].self = p->is_lua ? &((llua_plugin *)p)->st : NULL;
-            lua_pop(L, 1);
-        }
-        c.plugins = uses;
-        c.n_plugins = n_plugins;
+    if (!multi) {
+        if (lua_getfield(L, 1, "optimizer") == LUA_TNIL)
+            return saefw_lua_error(L, "%s: field 'optimizer' is required", fn);
+        read_optimizer(L, -1, &c.optimizer);
+        if (lua_getfield(L, 1, "plugins") != LUA_TNIL) c.n_plugins = read_plugins(L, fn, "plugins", &c.plugins);
     }
     c.log_every = saefw_lua_opt_int(L, 1, fn, "log_every", 100, 0);
     c.eval_every = saefw_lua_opt_int(L, 1, fn, "eval_every", 1000, 0);
@@ -238,6 +344,17 @@ static int l_train(lua_State *L) {
     }
     c.on_event = on_event;
     c.event_ud = &ud;
+    train_ud *uds = NULL;
+    if (multi && (c.n_saes = read_saes(L, fn, &c.saes)) >= 0) {
+        /* One event ud per SAE, naming it, over the same callbacks. */
+        uds = lua_newuserdatauv(L, sizeof(train_ud) * (size_t)(c.n_saes + 1), 0);
+        for (int i = 0; i < c.n_saes; i++) {
+            uds[i] = ud;
+            uds[i].name = c.saes[i].name;
+            uds[i].main = &ud;
+            ((saefw_run_sae *)c.saes)[i].event_ud = &uds[i];
+        }
+    }
     cJSON *cfg = NULL;
     if (lua_getfield(L, 1, "config") != LUA_TNIL) {
         if (!lua_istable(L, -1)) return saefw_lua_error(L, "%s: field 'config' must be a table", fn);
@@ -251,6 +368,7 @@ static int l_train(lua_State *L) {
         cJSON_Delete(cfg);
         return saefw_lua_error(L, "%s: %s", fn, err);
     }
+    if (multi) return train_multi(L, s, &c, &ud, cfg);
     saefw_train_result res;
     int rc = saefw_session_train(s, &res, err, sizeof err);
     saefw_session_close(s);

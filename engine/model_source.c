@@ -315,6 +315,20 @@ int saefw_source_model_xy(const saefw_model_source_opts *o, saefw_hook hook_out,
     return source_model(o, &hook_out, out, err, errlen);
 }
 
+int saefw_source_model_eval_copy(const saefw_source *src, saefw_source **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (!src->kind || strcmp(src->kind, "model") != 0 || src->destroy != model_destroy)
+        return saefw_errf(err, errlen, "model source copy: the source is not a model source");
+    const model_src *ms = src->impl;
+    if (source_model(&ms->o, ms->with_target ? &ms->hook_out : NULL, out, err, errlen) != 0) return -1;
+    (*out)->log = src->log;
+    (*out)->log_ud = src->log_ud;
+    (*out)->mem_bytes -= (double)saefw_model_param_bytes(ms->o.model); /* the weights are src's */
+    /* The token stream's messages stay with the training source. */
+    saefw_tokens_set_log(ms->o.tokens, tokens_log, (saefw_source *)src);
+    return 0;
+}
+
 /* ---- losses and the reconstruction score ---- */
 
 typedef struct {

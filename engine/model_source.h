@@ -31,6 +31,12 @@ int saefw_source_model(const saefw_model_source_opts *o, saefw_source **out, cha
 int saefw_source_model_xy(const saefw_model_source_opts *o, saefw_hook hook_out, saefw_source **out, char *err,
                           size_t errlen);
 
+/* A second model source with src's options (model, tokens, hook, model batch, seed): its evaluation
+ * draws (sample) have a generator of their own, starting where src's started, so that each of several
+ * SAEs trained on one buffer is evaluated on the rows it would get alone. Its training stream is the
+ * same token stream as src's: use it for sample only. -1 with err when src is not a model source. */
+int saefw_source_model_eval_copy(const saefw_source *src, saefw_source **out, char *err, size_t errlen);
+
 typedef struct {
     double score; /* (loss_zero - loss_recons) / (loss_zero - loss_clean) */
     double loss_clean, loss_recons, loss_zero;

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "train_multi.h"
 #include "util.h"
 
 struct saefw_session {
@@ -22,6 +23,15 @@ struct saefw_session {
     saefw_recons_evaluator recons;
     saefw_mmcs_evaluator mmcs;
     int with_recons, trained;
+    /* several SAEs on one buffer (saefw_run_cfg.saes) */
+    int n_saes;
+    saefw_train_opts *multi_opts;      /* [n_saes] */
+    const char **names;                /* [n_saes] */
+    cJSON **configs;                   /* [n_saes]: each SAE's cfg.json fields */
+    saefw_source **eval_copies;        /* [n_saes]: each SAE's evaluation source, or NULL */
+    saefw_recons_evaluator *recons_of; /* [n_saes] */
+    saefw_mmcs_evaluator *mmcs_of;     /* [n_saes] */
+    saefw_evaluator *(*evs_of)[2];     /* [n_saes] */
 };
 
 /* The command line's run options (saefw_run_set_cli), owned copies. */
@@ -203,9 +213,14 @@ static cJSON *record_config(const saefw_run_cfg *c, char *err, size_t errlen) {
     return cfg;
 }
 
+static int open_multi(const saefw_run_cfg *c, saefw_session *s, char *err, size_t errlen);
+
 int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, size_t errlen) {
     *out = NULL;
-    if (!c->sae || !c->buffer || !c->optimizer.plugin)
+    if (c->saes && c->sae) return saefw_errf(err, errlen, "give 'sae' or 'saes', not both");
+    if (c->saes && c->n_saes <= 0) return saefw_errf(err, errlen, "'saes' is empty: give at least one SAE");
+    if (c->saes && !c->buffer) return saefw_errf(err, errlen, "saes need a buffer");
+    if (!c->saes && (!c->sae || !c->buffer || !c->optimizer.plugin))
         return saefw_errf(err, errlen, "sae, buffer and optimizer are required");
     if (c->recons_batches < 0 || c->recons_batches > SAEFW_MAX_EVAL_BATCHES)
         return saefw_errf(err, errlen, "recons_batches = %lld is not in 0..%d", (long long)c->recons_batches,
@@ -291,8 +306,110 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
     o->n_allow_change = n_allow;
     o->clip_grad_norm = c->clip_grad_norm;
     o->free_decoder = c->free_decoder;
+    if (c->saes && open_multi(c, s, err, errlen) != 0) {
+        saefw_session_close(s);
+        return -1;
+    }
     *out = s;
     return 0;
+}
+
+/* Each SAE's cfg.json fields: the run's, with its own name, L1 coefficient and learning rate. */
+static cJSON *sae_config(const saefw_session *s, const saefw_run_sae *rs) {
+    cJSON *cfg = s->config ? cJSON_Duplicate(s->config, 1) : cJSON_CreateObject();
+    if (!cfg || !cJSON_IsObject(cfg)) {
+        cJSON_Delete(cfg);
+        return NULL;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "sae_name");
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "l1_coeff");
+    int ok = cJSON_AddStringToObject(cfg, "sae_name", rs->name) != NULL &&
+             cJSON_AddNumberToObject(cfg, "l1_coeff", rs->sae->l1_coeff) != NULL;
+    double lr = rs->optimizer.opts ? saefw_opts_number(rs->optimizer.opts, "lr") : 0;
+    if (ok && lr > 0) {
+        cJSON_DeleteItemFromObjectCaseSensitive(cfg, "lr");
+        ok = cJSON_AddNumberToObject(cfg, "lr", lr) != NULL;
+    }
+    if (!ok) {
+        cJSON_Delete(cfg);
+        return NULL;
+    }
+    sort_keys(cfg);
+    return cfg;
+}
+
+/* The per-SAE options of a run of several SAEs, from the single run's options in s->o. */
+static int open_multi(const saefw_run_cfg *c, saefw_session *s, char *err, size_t errlen) {
+    const int n = c->n_saes;
+    s->n_saes = n;
+    s->multi_opts = saefw_calloc((size_t)n, sizeof *s->multi_opts, err, errlen);
+    s->names = s->multi_opts ? saefw_calloc((size_t)n, sizeof *s->names, err, errlen) : NULL;
+    s->configs = s->names ? saefw_calloc((size_t)n, sizeof *s->configs, err, errlen) : NULL;
+    s->eval_copies = s->configs ? saefw_calloc((size_t)n, sizeof *s->eval_copies, err, errlen) : NULL;
+    s->recons_of = s->eval_copies ? saefw_calloc((size_t)n, sizeof *s->recons_of, err, errlen) : NULL;
+    s->mmcs_of = s->recons_of ? saefw_calloc((size_t)n, sizeof *s->mmcs_of, err, errlen) : NULL;
+    s->evs_of = s->mmcs_of ? saefw_calloc((size_t)n, sizeof *s->evs_of, err, errlen) : NULL;
+    if (!s->evs_of) return -1;
+    for (int i = 0; i < n; i++) {
+        const saefw_run_sae *rs = &c->saes[i];
+        if (!rs->sae || !rs->optimizer.plugin)
+            return saefw_errf(err, errlen, "saes[%d]: sae and optimizer are required", i + 1);
+        s->names[i] = rs->name;
+        saefw_train_opts *o = &s->multi_opts[i];
+        *o = s->o;
+        o->sae = rs->sae;
+        o->optimizer = rs->optimizer;
+        o->plugins = rs->plugins;
+        o->n_plugins = rs->n_plugins;
+        o->seed = saefw_multi_seed(c->seed, rs->name ? rs->name : "");
+        if (rs->event_ud) o->event_ud = rs->event_ud;
+        if (s->config && !(s->configs[i] = sae_config(s, rs))) return saefw_errf(err, errlen, "out of memory");
+        o->cfg = s->configs[i];
+        /* On the model, each SAE draws its evaluation rows from a source of its own that starts as the
+         * buffer's source would: what it measures does not depend on the SAEs evaluated before it. */
+        saefw_source *esrc = c->eval_source ? c->eval_source : c->buffer->src;
+        if (!c->eval_source && esrc->kind && !strcmp(esrc->kind, "model")) {
+            if (saefw_source_model_eval_copy(esrc, &s->eval_copies[i], err, errlen) != 0) return -1;
+            esrc = s->eval_copies[i];
+        }
+        o->eval_source = esrc;
+        int ne = 0;
+        char eerr[256];
+        if (saefw_mmcs_evaluator_init(&s->mmcs_of[i], esrc, eerr, sizeof eerr) == 0)
+            s->evs_of[i][ne++] = &s->mmcs_of[i].ev;
+        if (s->with_recons) {
+            saefw_recons_evaluator_init(&s->recons_of[i], c->on_model->model, c->on_model->tokens, c->on_model->hook,
+                                        c->recons_batches, c->on_model->model_batch, c->recons_mode, c->seed);
+            if (c->hook_out) {
+                s->recons_of[i].transcoder = 1;
+                s->recons_of[i].hook_in = c->on_model->hook;
+                s->recons_of[i].hook = *c->hook_out;
+            }
+            if (i > 0) s->recons_of[i].base_from = &s->recons_of[0];
+            s->evs_of[i][ne++] = &s->recons_of[i].ev;
+        }
+        o->evaluators = s->evs_of[i];
+        o->n_evaluators = ne;
+    }
+    return 0;
+}
+
+int saefw_session_n_saes(const saefw_session *s) { return s->n_saes; }
+
+const saefw_recons *saefw_session_recons_of(const saefw_session *s, int i) {
+    return s->with_recons && i >= 0 && i < s->n_saes ? &s->recons_of[i].last : NULL;
+}
+
+int saefw_session_train_multi(saefw_session *s, saefw_train_result *res, char *err, size_t errlen) {
+    if (!s->n_saes) return saefw_errf(err, errlen, "this session trains one SAE: use saefw_session_train");
+    if (s->trained) return saefw_errf(err, errlen, "a session trains once; open another for the next run");
+    s->trained = 1;
+    for (int i = 0; i < s->n_saes; i++) {
+        memset(&res[i], 0, sizeof res[i]);
+        res[i].stop = SAEFW_STOP_ERROR;
+    }
+    return saefw_multi_train(s->o.buffer, s->o.run_dir, s->o.resume, s->names, s->multi_opts, s->n_saes, res, err,
+                             errlen);
 }
 
 const char *saefw_session_run_dir(const saefw_session *s) { return s->o.run_dir; }
@@ -307,6 +424,11 @@ int saefw_session_train(saefw_session *s, saefw_train_result *res, char *err, si
         res->stop = SAEFW_STOP_ERROR;
         return saefw_errf(err, errlen, "a session trains once; open another for the next run");
     }
+    if (s->n_saes) {
+        memset(res, 0, sizeof *res);
+        res->stop = SAEFW_STOP_ERROR;
+        return saefw_errf(err, errlen, "this session trains several SAEs: use saefw_session_train_multi");
+    }
     s->trained = 1;
     return saefw_train(&s->o, res, err, errlen);
 }
@@ -314,6 +436,18 @@ int saefw_session_train(saefw_session *s, saefw_train_result *res, char *err, si
 void saefw_session_close(saefw_session *s) {
     if (!s) return;
     if (s->with_recons) saefw_recons_evaluator_free(&s->recons);
+    for (int i = 0; i < s->n_saes; i++) {
+        if (s->recons_of) saefw_recons_evaluator_free(&s->recons_of[i]);
+        if (s->configs) cJSON_Delete(s->configs[i]);
+        if (s->eval_copies) saefw_source_free(s->eval_copies[i]);
+    }
+    free(s->multi_opts);
+    free(s->names);
+    free(s->configs);
+    free(s->eval_copies);
+    free(s->recons_of);
+    free(s->mmcs_of);
+    free(s->evs_of);
     cJSON_Delete(s->config);
     free(s->allow_change);
     free(s);

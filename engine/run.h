@@ -30,6 +30,16 @@ typedef struct {
     const char *model_name;
 } saefw_run_model;
 
+/* One SAE of a run that trains several on one buffer (saefw_run_cfg.saes). Borrowed. */
+typedef struct {
+    const char *name; /* its folder under the run folder (and "[name]" on its lines); unique */
+    saefw_sae *sae;
+    saefw_plugin_use optimizer;
+    const saefw_plugin_use *plugins;
+    int n_plugins;
+    void *event_ud; /* on_event's ud for this SAE's events (NULL: the cfg's event_ud) */
+} saefw_run_sae;
+
 /* Everything of a run that is not the model, the data or the SAE itself. saefw_run_cfg_init sets
  * saefw.train{}'s defaults. Pointers are borrowed until saefw_session_close. */
 typedef struct {
@@ -73,6 +83,13 @@ typedef struct {
     /* A transcoder's data: on_model's rows are [hook | *hook_out]; the reconstruction score replaces
      * *hook_out, and cfg.json records hook_name_out. NULL: one site. */
     const saefw_hook *hook_out;
+    /* Several SAEs on the one buffer instead of sae, optimizer and plugins (saefw_multi_open): each
+     * has its own trainer, generator (saefw_multi_seed of seed and its name), run folder
+     * <run folder>/<name>, evaluation draws (on a model: a source of its own, as the buffer's source
+     * draws) and reconstruction score (the held-out rows and their clean and zero-ablated losses
+     * computed once for all). NULL: one SAE. */
+    const saefw_run_sae *saes;
+    int n_saes;
 } saefw_run_cfg;
 
 void saefw_run_cfg_init(saefw_run_cfg *c);
@@ -114,6 +131,11 @@ const char *saefw_session_run_dir(const saefw_session *s);
 int64_t saefw_session_steps(const saefw_session *s);
 /* The reconstruction score of the latest eval, or NULL when the run has none. */
 const saefw_recons *saefw_session_recons(const saefw_session *s);
+/* With several SAEs: how many, and the reconstruction score of SAE i's latest eval (NULL: none). */
+int saefw_session_n_saes(const saefw_session *s);
+const saefw_recons *saefw_session_recons_of(const saefw_session *s, int i);
+/* With several SAEs: train them all (saefw_multi_train); res has room for saefw_session_n_saes. */
+int saefw_session_train_multi(saefw_session *s, saefw_train_result *res, char *err, size_t errlen);
 /* Train: saefw_train with the derived options (same returns, result and errors). Once per session. */
 int saefw_session_train(saefw_session *s, saefw_train_result *res, char *err, size_t errlen);
 void saefw_session_close(saefw_session *s);

@@ -99,14 +99,21 @@ static void crash_handlers(saefw_run *run, struct sigaction *old, stack_t *old_s
     sa.sa_handler = on_fault;
     sa.sa_flags = SA_RESETHAND | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
+    run->crash_prev = g_crash_run;
     g_crash_run = run;
     for (int i = 0; i < N_FAULT_SIGS; i++) sigaction(g_fault_sigs[i], &sa, &old[i]);
 }
 
-static void crash_handlers_off(const struct sigaction *old, const stack_t *old_ss) {
+/* Trainers opened together close in the reverse order: each gives back what the one before it had. */
+static void crash_handlers_off(saefw_run *run, const struct sigaction *old, const stack_t *old_ss) {
     for (int i = 0; i < N_FAULT_SIGS; i++) sigaction(g_fault_sigs[i], &old[i], NULL);
-    g_crash_run = NULL;
+    g_crash_run = run->crash_prev;
     sigaltstack(old_ss, NULL);
+}
+
+/* "[label] " before a line of a run that trains beside others. */
+static void label_prefix(const saefw_run *run) {
+    if (run->o->label) fprintf(stderr, "[%s] ", run->o->label);
 }
 
 static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) {
@@ -180,7 +187,7 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
  * folder's lock, free the scratch space and the trainer. */
 static void trainer_free(saefw_run *run, int *rc, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
-    if (run->handlers_set) crash_handlers_off(run->old_fault, &run->old_ss);
+    if (run->handlers_set) crash_handlers_off(run, run->old_fault, &run->old_ss);
     if (run->signals_set) saefw_stop_end(&run->stop_scope);
     for (int i = 0; i < run->n_created; i++)
         if (o->plugins[i].plugin->p.destroy && run->plug_self[i]) o->plugins[i].plugin->p.destroy(run->plug_self[i]);
@@ -242,7 +249,8 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
                           o->clip_grad_norm);
 
     double mem_estimate = 0;
-    if (saefw_train_memory_check(o, o->progress != 0, &mem_estimate, err, errlen) != 0) return -1;
+    if (!o->no_memory_check && saefw_train_memory_check(o, o->progress != 0, &mem_estimate, err, errlen) != 0)
+        return -1;
     saefw_run *run = saefw_calloc(1, sizeof *run, err, errlen);
     if (!run) return -1;
     run->o = o;
@@ -348,7 +356,7 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     saefw_stop_begin(&run->stop_scope);
     run->signals_set = 1;
 
-    run->tty = o->progress < 0 && isatty(STDERR_FILENO);
+    run->tty = o->progress < 0 && !o->label && isatty(STDERR_FILENO);
     run->plain = o->progress < 0 && !run->tty;
     run->t0 = saefw_now();
     run->tokens0 = run->tokens;
@@ -438,7 +446,10 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
 
     if (o->log_every > 0 && i % o->log_every == 0) {
         if (saefw_train_emit(run, SAEFW_EVENT_LOG, m, err, errlen) != 0) return -1;
-        if (run->plain) saefw_train_progress_line(m, 0);
+        if (run->plain) {
+            label_prefix(run);
+            saefw_train_progress_line(m, 0);
+        }
     }
     if (run->tty && (now - run->last_draw > 0.2 || i + 1 == o->steps)) {
         saefw_train_progress_line(m, 1);
@@ -450,22 +461,34 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
         if (call_hooks(run, offsetof(saefw_plugin, on_eval), err, errlen) != 0) return -1;
         if (saefw_train_emit(run, SAEFW_EVENT_EVAL, m, err, errlen) != 0) return -1;
         if (run->tty) fputs("\r\033[K", stderr);
-        if (o->progress != 0) saefw_train_eval_line(run, m);
+        if (o->progress != 0) {
+            label_prefix(run);
+            saefw_train_eval_line(run, m);
+        }
     }
     if (o->checkpoint_every > 0 && (i + 1) % o->checkpoint_every == 0 && i + 1 < o->steps)
         if (saefw_train_save_checkpoint(run, NULL, m, i + 1, 1, &run->res, err, errlen) != 0) return -1;
     return 1;
 }
 
-int saefw_trainer_step(saefw_trainer *run, char *err, size_t errlen) {
+static int trainer_step(saefw_trainer *run, int anyway, char *err, size_t errlen) {
     if (run->failed) return saefw_errf(err, errlen, "train: a step failed before; the run can only be closed");
-    if (run->next >= run->o->steps || saefw_stop_requested() || run->stopped_by) return 0;
+    if (run->next >= run->o->steps || (saefw_stop_requested() && !anyway) || run->stopped_by) return 0;
+    g_crash_run = run; /* a crash names the trainer that was stepping */
     int rc = step_once(run, err, errlen);
     if (rc < 0) run->failed = 1;
     else if (rc == 0) run->next = run->o->steps; /* stopped by a signal */
     else run->next++;
     return rc;
 }
+
+int saefw_trainer_step(saefw_trainer *run, char *err, size_t errlen) { return trainer_step(run, 0, err, errlen); }
+
+int saefw_trainer_step_anyway(saefw_trainer *run, char *err, size_t errlen) {
+    return trainer_step(run, 1, err, errlen);
+}
+
+int64_t saefw_trainer_next_step(const saefw_trainer *run) { return run->next; }
 
 /* The run's end: a checkpoint to resume from after a signal, else the final evaluation, on_end hooks,
  * the final checkpoint and the end event. */
@@ -516,9 +539,10 @@ static int finish(saefw_run *run, char *err, size_t errlen) {
     if (o->progress != 0) {
         char line[512];
         saefw_time_split_format(&m->time, line, sizeof line);
+        label_prefix(run);
         fprintf(stderr, "%s\n", line);
     }
-    if (o->progress != 0 && saefw_mem_peak() > 0) {
+    if (o->progress != 0 && saefw_mem_peak() > 0 && !o->no_memory_check) {
         char pk[32], es[32];
         fprintf(stderr, "memory: peak resident %s, estimated %s\n",
                 saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),

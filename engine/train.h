@@ -129,6 +129,11 @@ typedef struct {
      * free_decoder: no decoder-gradient projection and no decoder renorm (unit_norm_decoder = false). */
     double clip_grad_norm;
     int free_decoder;
+    /* Non-NULL: this run is one of several on one buffer (saefw_multi_open): its progress, eval and
+     * summary lines start with "[label] " and are plain lines, never a redrawn one. */
+    const char *label;
+    /* 1: no memory estimate line and no refusal at open (the caller checked the runs together). */
+    int no_memory_check;
 } saefw_train_opts;
 
 typedef struct {
@@ -157,6 +162,12 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **t, char *err, 
  * ran, 0 when there is none left to run (all steps done, SIGINT/SIGTERM, or an event callback asked
  * to stop), -1 with err on a failure (the trainer can then only be closed). */
 int saefw_trainer_step(saefw_trainer *t, char *err, size_t errlen);
+/* As saefw_trainer_step, but a pending SIGINT/SIGTERM does not keep the step from running (its
+ * evaluation may still stop early): trainers stepping together on one batch all take the step that
+ * the first of them took, so that their checkpoints are at the same step. */
+int saefw_trainer_step_anyway(saefw_trainer *t, char *err, size_t errlen);
+/* The step the trainer runs next (the steps done so far). */
+int64_t saefw_trainer_next_step(const saefw_trainer *t);
 /* Finish the run (after a signal: a checkpoint to resume from; else the final evaluation, on_end
  * hooks, final checkpoint and end event), fill *res (may be NULL), and free the trainer. After a
  * failed step it only frees and returns -1, leaving err as the step left it. Otherwise the same

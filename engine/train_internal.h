@@ -60,6 +60,7 @@ struct saefw_run {
     int handlers_set, signals_set, failed;
     struct sigaction old_fault[SAEFW_TRAIN_FAULT_SIGS];
     stack_t old_ss;
+    saefw_run *crash_prev; /* the trainer the crash handler named before this one opened (trainers nest) */
     saefw_stop_scope stop_scope;
 };
 

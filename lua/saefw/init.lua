@@ -125,7 +125,7 @@ local TRAIN_KEYS = {
   log_every = true, eval_every = true, checkpoint_every = true, freq_batches = true, run_dir = true,
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
   recons_batches = true, resume = true, allow_change = true, threads = true, allow_memory = true,
-  memory_limit = true, recons_eval = true, clip_grad_norm = true, unit_norm_decoder = true,
+  memory_limit = true, recons_eval = true, clip_grad_norm = true, unit_norm_decoder = true, saes = true,
 }
 
 local function script_name()
@@ -140,6 +140,8 @@ end
 --- saefw.train{...}: run the training loop in C.
 -- sae, optimizer (a plugin), and either buffer or source (then batch_size, buffer_size) are needed;
 -- steps or num_tokens sets the length. Returns the final metrics (with .checkpoint).
+-- saes = { {sae=, optimizer=, plugins=, name=}, ... } instead of sae, optimizer and plugins trains
+-- them all on the same batches (each in <run folder>/<name>/) and returns a list of their results.
 function M.train(t)
   if type(t) ~= "table" then fail("saefw.train: expected a table of options") end
   for k in pairs(t) do
@@ -182,7 +184,7 @@ function M.train(t)
   -- evaluators, and cfg.json's model fields from what the buffer reads.
   local info = buffer_info[buffer]
   return core.train {
-    sae = t.sae, buffer = buffer, eval_source = t.eval_source, steps = t.steps, num_tokens = t.num_tokens,
+    sae = t.sae, saes = t.saes, buffer = buffer, eval_source = t.eval_source, steps = t.steps, num_tokens = t.num_tokens,
     optimizer = t.optimizer, plugins = t.plugins, log_every = t.log_every, eval_every = t.eval_every,
     checkpoint_every = t.checkpoint_every, freq_batches = t.freq_batches, run_dir = t.run_dir,
     script = script_name(), model_name = info and info.model_name, config = t.config, seed = t.seed,
