@@ -263,10 +263,12 @@ int saefw_multi_open(saefw_buffer *buf, const char *run_dir, int resume, const c
         const saefw_train_opts *o = &opts[i];
         if (!o->sae || !o->optimizer.plugin)
             return saefw_errf(err, errlen, "train: SAE %s: sae and optimizer are required", names[i]);
-        if (o->sae->d_in != buf->d)
+        /* A transcoder's rows are [input | target]; each trainer checks the two widths in detail. */
+        const int64_t width = o->sae->d_in + (o->sae->transcoder ? o->sae->d_out : 0);
+        if (width != buf->d)
             return saefw_errf(err, errlen,
                               "train: SAE %s has d_in = %lld, but the buffer's activations have width %lld", names[i],
-                              (long long)o->sae->d_in, (long long)buf->d);
+                              (long long)width, (long long)buf->d);
         if (o->resume_from)
             return saefw_errf(err, errlen, "train: SAE %s: resume_from is not for several SAEs", names[i]);
         if (o->steps != opts[0].steps || o->log_every != opts[0].log_every || o->eval_every != opts[0].eval_every ||
