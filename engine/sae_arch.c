@@ -10,7 +10,26 @@
 
 #include "parallel.h"
 #include "sae_arch.h"
+#include "sae_kernels.h"
 #include "util.h"
+
+/* o[0..n) += v w[0..n), eight lanes at a time. */
+static inline __attribute__((always_inline)) void axpy(float *restrict o, float v, const float *restrict w, int64_t n) {
+    int64_t i = 0;
+    const v8 vv = {v, v, v, v, v, v, v, v};
+    for (; i + 8 <= n; i += 8) *(v8u *)(o + i) += vv * *(const v8u *)(w + i);
+    for (; i < n; i++) o[i] += v * w[i];
+}
+
+/* g . w over n, in eight lanes summed in a fixed order. */
+static inline __attribute__((always_inline)) float dot8(const float *restrict g, const float *restrict w, int64_t n) {
+    v8 acc = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) acc += *(const v8u *)(g + i) * *(const v8u *)(w + i);
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++) s += g[i] * w[i];
+    return s;
+}
 
 /* ---- names, defaults and checks ---- */
 
@@ -121,6 +140,7 @@ struct saefw_arch_work {
     int64_t ecap;
     int64_t *row_start, *row_count; /* [cap] */
     int32_t *col;
+    int32_t *erow; /* the entry's row */
     float *val;  /* the activation (0 for jumprelu's entries inside the kernel only) */
     float *pre;  /* the pre-activation (gated: pi_gate) */
     float *dot;  /* dLoss/dacts from the reconstruction */
@@ -178,6 +198,7 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
     a->row_start = alloc_f(cap, sizeof(int64_t), &f, err, errlen);
     a->row_count = alloc_f(cap, sizeof(int64_t), &f, err, errlen);
     a->col = alloc_f(a->ecap, sizeof(int32_t), &f, err, errlen);
+    a->erow = alloc_f(a->ecap, sizeof(int32_t), &f, err, errlen);
     a->val = alloc_f(a->ecap, sizeof(float), &f, err, errlen);
     a->pre = alloc_f(a->ecap, sizeof(float), &f, err, errlen);
     a->dot = alloc_f(a->ecap, sizeof(float), &f, err, errlen);
@@ -211,7 +232,7 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
 void saefw_arch_work_free(saefw_arch_work *a) {
     if (!a) return;
     void *ptrs[] = {a->xin,    a->z,      a->x_hat,     a->dxh,     a->xfro,    a->dfro,     a->row_start,
-                    a->row_count, a->col, a->val,       a->pre,     a->dot,     a->fdot,     a->dz,
+                    a->row_count, a->col, a->erow, a->val,       a->pre,     a->dot,     a->fdot,     a->dz,
                     a->db,     a->dm,     a->fent,      a->fstart,  a->aux_count, a->aux_col, a->aux_val,
                     a->aux_dz, a->afent,  a->afstart,   a->dead,    a->gT,      a->colsum,   a->dense[0],
                     a->dense[1], a->dense[2], a->acts};
@@ -362,6 +383,7 @@ static void fill_rows(void *vctx, int64_t b0, int64_t b1) {
                 ties--;
             }
             a->col[e] = (int32_t)j;
+            a->erow[e] = (int32_t)b;
             a->val[e] = act;
             a->pre[e] = pre;
             e++;
@@ -379,6 +401,7 @@ static void topk_rows(void *vctx, int64_t b0, int64_t b1) {
         a->row_start[b] = s;
         a->row_count[b] = top_k_row(a->z + b * a->d_sae, c->sae->p[SAEFW_B_ENC], NULL, a->d_sae, k, a->col + s,
                                     a->val + s, a->pre + s);
+        for (int64_t e = s; e < s + a->row_count[b]; e++) a->erow[e] = (int32_t)b;
     }
 }
 
@@ -495,7 +518,7 @@ typedef struct {
     int64_t stride; /* AuxK: rows are stride apart */
 } dec_ctx;
 
-static void decode_rows(void *vctx, int64_t b0, int64_t b1) {
+SAEFW_KERNEL static void decode_rows(void *vctx, int64_t b0, int64_t b1) {
     dec_ctx *d = vctx;
     const saefw_sae *sae = d->c->sae;
     const int64_t d_in = sae->d_in;
@@ -507,8 +530,7 @@ static void decode_rows(void *vctx, int64_t b0, int64_t b1) {
         for (int64_t e = s; e < s + d->count[b]; e++) {
             const float v = d->vals[e];
             if (v == 0.0f) continue;
-            const float *w = W + (int64_t)d->col[e] * d_in;
-            for (int64_t i = 0; i < d_in; i++) o[i] += v * w[i];
+            axpy(o, v, W + (int64_t)d->col[e] * d_in, d_in);
         }
         if (d->bias)
             for (int64_t i = 0; i < d_in; i++) o[i] += d->bias[i];
@@ -525,7 +547,7 @@ typedef struct {
     int64_t stride;
 } dot_ctx;
 
-static void dot_rows(void *vctx, int64_t b0, int64_t b1) {
+SAEFW_KERNEL static void dot_rows(void *vctx, int64_t b0, int64_t b1) {
     dot_ctx *d = vctx;
     const saefw_sae *sae = d->c->sae;
     const int64_t d_in = sae->d_in;
@@ -533,10 +555,7 @@ static void dot_rows(void *vctx, int64_t b0, int64_t b1) {
         const float *g = d->g + b * d_in;
         const int64_t s = d->start ? d->start[b] : b * d->stride;
         for (int64_t e = s; e < s + d->count[b]; e++) {
-            const float *w = sae->p[SAEFW_W_DEC] + (int64_t)d->col[e] * d_in;
-            float acc = 0.0f;
-            for (int64_t i = 0; i < d_in; i++) acc += g[i] * w[i];
-            d->dots[e] = acc;
+            d->dots[e] = dot8(g, sae->p[SAEFW_W_DEC] + (int64_t)d->col[e] * d_in, d_in);
         }
     }
 }
@@ -566,20 +585,9 @@ static void index_by_feature(int64_t d_sae, int64_t B, const int64_t *start, con
     fstart[0] = 0;
 }
 
-/* Row of entry e (entries by row are contiguous and rows ascending). */
-static inline int64_t entry_row(const saefw_arch_work *a, int64_t e, int64_t B) {
-    int64_t lo = 0, hi = B - 1;
-    while (lo < hi) {
-        int64_t mid = (lo + hi + 1) / 2;
-        if (a->row_start[mid] <= e) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
-
 /* Features of a range: their gradients from their entries: W_dec's rows (sparse), W_enc's columns
  * transposed into gT (sparse), tensor 2's and the extra tensors', and colsum for b_dec. */
-static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
+SAEFW_KERNEL static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
     actx *c = vctx;
     saefw_sae *sae = (saefw_sae *)c->sae;
     saefw_arch_work *a = c->a;
@@ -597,7 +605,7 @@ static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
         const float er = arch == SAEFW_ARCH_GATED ? expf(sae->p[SAEFW_R_MAG][j]) : 0.0f;
         for (int64_t q = a->fstart[j]; q < a->fstart[j + 1]; q++) {
             const int64_t e = a->fent[q];
-            const int64_t b = a->sparse ? entry_row(a, e, B) : 0;
+            const int64_t b = a->erow[e];
             sdb += a->db[e];
             sdz += a->dz[e];
             if (arch == SAEFW_ARCH_JUMPRELU) {
@@ -612,10 +620,8 @@ static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
             if (!a->sparse) continue;
             const float v = a->val[e], dz = a->dz[e];
             const float *g = a->dxh + b * d_in, *xr = a->xin + b * d_in;
-            if (v != 0.0f)
-                for (int64_t i = 0; i < d_in; i++) gd[i] += v * g[i];
-            if (dz != 0.0f)
-                for (int64_t i = 0; i < d_in; i++) ge[i] += dz * xr[i];
+            if (v != 0.0f) axpy(gd, v, g, d_in);
+            if (dz != 0.0f) axpy(ge, dz, xr, d_in);
         }
         if (auxk)
             for (int64_t q = a->afstart[j]; q < a->afstart[j + 1]; q++) {
@@ -625,8 +631,8 @@ static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
                 sdz += dz;
                 if (!a->sparse) continue;
                 const float *g = a->dfro + b * d_in, *xr = a->xin + b * d_in;
-                for (int64_t i = 0; i < d_in; i++) gd[i] += v * g[i];
-                for (int64_t i = 0; i < d_in; i++) ge[i] += dz * xr[i];
+                axpy(gd, v, g, d_in);
+                axpy(ge, dz, xr, d_in);
             }
         sae->g[SAEFW_B_ENC][j] = (float)sdb;
         a->colsum[j] = sdz;
@@ -638,14 +644,16 @@ static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
     }
 }
 
-/* Rows of W_enc's gradient from gT (sparse path). */
+/* Rows of W_enc's gradient from gT (sparse path), in tiles that stay in cache. */
 static void transpose_rows(void *vctx, int64_t i0, int64_t i1) {
     actx *c = vctx;
     saefw_arch_work *a = c->a;
-    const int64_t d_in = a->d_in, d_sae = a->d_sae;
+    const int64_t d_in = a->d_in, d_sae = a->d_sae, T = 64;
     float *g = ((saefw_sae *)c->sae)->g[SAEFW_W_ENC];
-    for (int64_t i = i0; i < i1; i++)
-        for (int64_t j = 0; j < d_sae; j++) g[i * d_sae + j] = a->gT[j * d_in + i];
+    for (int64_t ib = i0; ib < i1; ib += T)
+        for (int64_t jb = 0; jb < d_sae; jb += T)
+            for (int64_t i = ib; i < i1 && i < ib + T; i++)
+                for (int64_t j = jb; j < d_sae && j < jb + T; j++) g[i * d_sae + j] = a->gT[j * d_in + i];
 }
 
 /* Columns of a range: b_dec's gradient, sum_b dLoss/dx_hat minus (input x - b_dec) W_enc @ colsum. */
