@@ -191,7 +191,8 @@ static int sae_index(lua_State *L) {
             lua_rawseti(L, -2, i + 1);
         }
     }
-    else if (!strcmp(k, "k") && s->sae.arch.arch != SAEFW_ARCH_RELU) lua_pushinteger(L, s->sae.arch.k);
+    else if (!strcmp(k, "k") && (s->sae.arch.arch == SAEFW_ARCH_TOPK || s->sae.arch.arch == SAEFW_ARCH_BATCHTOPK))
+        lua_pushinteger(L, s->sae.arch.k);
     else {
         luaL_getmetafield(L, 1, "methods");
         lua_getfield(L, -1, k);

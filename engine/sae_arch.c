@@ -160,6 +160,9 @@ struct saefw_arch_work {
     int64_t *fstart, *fent, *afstart, *afent;
     float *gT;                    /* [d_sae, d_in]: W_enc's gradient transposed (sparse path) */
     double *colsum;               /* [d_sae]: sum over rows of dz (b_dec's share through xin) */
+    double *cstat;                /* [5, d_in]: per column, sums over rows of the squared error, x, the
+                                   * variance of x, the frozen/AuxK term's squared error, and dLoss/dx_hat */
+    double var;                   /* the last batch's sum of the variance of x */
     float *dense[3];              /* [cap, d_sae] each: the dense path's operands */
     float *acts;                  /* [cap, d_sae]: made on request */
     double l2, aux, extra, l0sum; /* the last batch's terms */
@@ -218,6 +221,7 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
     a->dead = alloc_f(d_sae, sizeof(int32_t), &f, err, errlen);
     a->gT = alloc_f(path == SAEFW_SAE_DENSE ? 0 : d_sae * d_in, sizeof(float), &f, err, errlen);
     a->colsum = alloc_f(d_sae, sizeof(double), &f, err, errlen);
+    a->cstat = alloc_f(5 * d_in, sizeof(double), &f, err, errlen);
     for (int i = 0; i < 3; i++)
         a->dense[i] = alloc_f(path == SAEFW_SAE_SPARSE || (i == 2 && arch != SAEFW_ARCH_GATED) ? 0 : cap * d_sae,
                               sizeof(float), &f, err, errlen);
@@ -234,7 +238,7 @@ void saefw_arch_work_free(saefw_arch_work *a) {
     void *ptrs[] = {a->xin,    a->z,      a->x_hat,     a->dxh,     a->xfro,    a->dfro,     a->row_start,
                     a->row_count, a->col, a->erow, a->val,       a->pre,     a->dot,     a->fdot,     a->dz,
                     a->db,     a->dm,     a->fent,      a->fstart,  a->aux_count, a->aux_col, a->aux_val,
-                    a->aux_dz, a->afent,  a->afstart,   a->dead,    a->gT,      a->colsum,   a->dense[0],
+                    a->aux_dz, a->afent,  a->afstart,   a->dead,    a->gT,      a->colsum, a->cstat, a->dense[0],
                     a->dense[1], a->dense[2], a->acts};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
     free(a);
@@ -664,8 +668,7 @@ static void bias_dec_cols(void *vctx, int64_t i0, int64_t i1) {
     const int64_t d_in = a->d_in, d_sae = a->d_sae;
     const int sub = sae->arch.arch != SAEFW_ARCH_JUMPRELU;
     for (int64_t i = i0; i < i1; i++) {
-        double s = 0;
-        for (int64_t b = 0; b < c->B; b++) s += a->dxh[b * d_in + i];
+        double s = a->cstat[4 * d_in + i];
         if (sub)
             for (int64_t j = 0; j < d_sae; j++) s -= (double)sae->p[SAEFW_W_ENC][i * d_sae + j] * a->colsum[j];
         sae->g[SAEFW_B_DEC][i] = (float)s;
@@ -683,6 +686,42 @@ static void aux_rows(void *vctx, int64_t b0, int64_t b1) {
 }
 
 /* ---- forward and backward ---- */
+
+/* Columns of a range, rows outer so that every read is contiguous: the statistics' sums (cstat), and
+ * in training dLoss/dx_hat = 2/B (x_hat - x) with its column sums (b_dec's gradient), and gated's
+ * frozen-decoder term and its gradient. */
+SAEFW_KERNEL static void column_pass(void *vctx, int64_t i0, int64_t i1) {
+    actx *c = vctx;
+    saefw_arch_work *a = c->a;
+    const int64_t d_in = a->d_in, B = c->B;
+    const int gated = c->train && c->sae->arch.arch == SAEFW_ARCH_GATED;
+    const float s2 = (float)(2.0 / (double)B);
+    double *l2 = a->cstat, *mean = l2 + d_in, *var = mean + d_in, *fro = var + d_in, *gd = fro + d_in;
+    for (int64_t i = i0; i < i1; i++) l2[i] = mean[i] = var[i] = fro[i] = gd[i] = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = c->x + b * d_in, *xh = a->x_hat + b * d_in, *xf = a->xfro + b * d_in;
+        float *dx = a->dxh + b * d_in, *df = a->dfro + b * d_in;
+        for (int64_t i = i0; i < i1; i++) {
+            const double e = (double)xh[i] - (double)x[i];
+            l2[i] += e * e;
+            mean[i] += x[i];
+            if (c->train) {
+                dx[i] = s2 * (xh[i] - x[i]);
+                gd[i] += dx[i];
+            }
+            if (gated) {
+                const double f = (double)xf[i] - (double)x[i];
+                fro[i] += f * f;
+                df[i] = s2 * (xf[i] - x[i]);
+            }
+        }
+    }
+    for (int64_t i = i0; i < i1; i++) mean[i] /= (double)B;
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = c->x + b * d_in;
+        for (int64_t i = i0; i < i1; i++) var[i] += ((double)x[i] - mean[i]) * ((double)x[i] - mean[i]);
+    }
+}
 
 /* The forward pass into a: entries, x_hat (and for gated training the frozen-decoder reconstruction). */
 static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
@@ -714,10 +753,13 @@ static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B
                                d_in, 1.0f, out, d_in);
         }
     }
-    double l2 = 0, l0 = 0, g1 = 0;
-    for (int64_t k = 0; k < B * d_in; k++) {
-        double e = (double)a->x_hat[k] - (double)c->x[k];
-        l2 += e * e;
+    saefw_parallel_for(d_in, column_pass, c);
+    double l2 = 0, l0 = 0, g1 = 0, fro = 0;
+    a->var = 0;
+    for (int64_t i = 0; i < d_in; i++) {
+        l2 += a->cstat[i];
+        a->var += a->cstat[2 * d_in + i];
+        fro += a->cstat[3 * d_in + i];
     }
     for (int64_t b = 0; b < B; b++)
         for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++) {
@@ -732,27 +774,12 @@ static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B
     case SAEFW_ARCH_GATED: a->extra = (double)sae->l1_coeff * g1 / (double)B; break;
     default: a->extra = 0;
     }
-    if (gated) {
-        double s = 0;
-        for (int64_t k = 0; k < B * d_in; k++) {
-            double e = (double)a->xfro[k] - (double)c->x[k];
-            s += e * e;
-        }
-        a->aux = s / (double)B;
-    }
+    if (gated) a->aux = fro / (double)B;
 }
 
-static void fill_stats(const saefw_arch_work *a, const float *x, int64_t B, double sparsity, saefw_sae_stats *st) {
+static void fill_stats(const saefw_arch_work *a, int64_t B, double sparsity, saefw_sae_stats *st) {
     if (!st) return;
-    const int64_t d_in = a->d_in;
-    double var = 0;
-    for (int64_t i = 0; i < d_in; i++) {
-        double m = 0, v = 0;
-        for (int64_t b = 0; b < B; b++) m += x[b * d_in + i];
-        m /= (double)B;
-        for (int64_t b = 0; b < B; b++) v += ((double)x[b * d_in + i] - m) * ((double)x[b * d_in + i] - m);
-        var += v;
-    }
+    const double var = a->var;
     st->l2 = a->l2;
     st->l1 = sparsity;
     st->loss = a->l2 + sparsity;
@@ -823,10 +850,6 @@ void saefw_arch_train_step(saefw_sae *sae, saefw_arch_work *a, const float *x, i
     const saefw_sae_arch arch = sae->arch.arch;
     actx c = {sae, a, x, B, 1, 0, NULL};
     forward(sae, a, &c, B);
-    const float s2 = (float)(2.0 / (double)B);
-    for (int64_t k = 0; k < B * d_in; k++) a->dxh[k] = s2 * (a->x_hat[k] - x[k]);
-    if (arch == SAEFW_ARCH_GATED)
-        for (int64_t k = 0; k < B * d_in; k++) a->dfro[k] = s2 * (a->xfro[k] - x[k]);
     a->n_dead = 0;
     if (arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK) auxk(sae, a, &c, B);
     /* dLoss/dacts (and the frozen term's) of every entry. */
@@ -880,14 +903,14 @@ void saefw_arch_train_step(saefw_sae *sae, saefw_arch_work *a, const float *x, i
                 if (a->val[e] > 0.0f && a->val[e] < m) m = a->val[e];
         if (isfinite(m)) sae->theta = (1.0 - sae->arch.theta_rate) * sae->theta + sae->arch.theta_rate * (double)m;
     }
-    fill_stats(a, x, B, sparsity, stats);
+    fill_stats(a, B, sparsity, stats);
 }
 
 const float *saefw_arch_eval_forward(const saefw_sae *sae, saefw_arch_work *a, const float *x, int64_t B,
                                      saefw_sae_stats *stats) {
     actx c = {sae, a, x, B, 0, 0, NULL};
     forward(sae, a, &c, B);
-    fill_stats(a, x, B, a->extra, stats);
+    fill_stats(a, B, a->extra, stats);
     return a->x_hat;
 }
 
