@@ -136,7 +136,8 @@ struct saefw_arch_work {
     float *dxh;   /* [cap, d_in]: dLoss/dx_hat */
     float *xfro;  /* gated: [cap, d_in] the frozen-decoder reconstruction; AuxK: e_hat */
     float *dfro;  /* gated: dLoss/dx_frozen; AuxK: dLoss/de_hat */
-    /* Entries by row: row b's are [row_start[b], row_start[b] + row_count[b]), features ascending. */
+    /* Entries by row: row b's are [row_start[b], row_start[b] + row_count[b]) (features ascending, except
+     * TopK's: two ascending runs). */
     int64_t ecap;
     int64_t *row_start, *row_count; /* [cap] */
     int32_t *col;
@@ -319,6 +320,32 @@ static int64_t top_k_row(const float *zr, const float *bias, const int32_t *idx,
     return m;
 }
 
+/* top_k_row over a whole row in two scans instead of four: the histogram of the keys' top 11 bits, then
+ * the entries above the k-th's bin taken at once and those in its bin gathered into cand [n], among
+ * which the rest of the radix select runs. Entries come in two runs, each in feature order. */
+static int64_t top_k_row_fast(const float *zr, const float *bias, int64_t n, int64_t k, int32_t *cand, int32_t *col,
+                              float *val, float *pre) {
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    int64_t hist[2048] = {0};
+    for (int64_t j = 0; j < n; j++) hist[fkey(zr[j] + bias[j]) >> 21]++;
+    int64_t bin = 2047, above = 0;
+    for (; bin > 0 && above + hist[bin] < k; bin--) above += hist[bin];
+    int64_t m = 0, nc = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const float v = zr[j] + bias[j];
+        const int64_t top = fkey(v) >> 21;
+        if (top == bin) cand[nc++] = (int32_t)j;
+        else if (top > bin && v > 0.0f) {
+            col[m] = (int32_t)j;
+            val[m] = v;
+            pre[m] = v;
+            m++;
+        }
+    }
+    return m + top_k_row(zr, bias, cand, nc, k - above, col + m, val + m, pre + m);
+}
+
 /* Does entry (value v at feature j) belong to the row's list? Also its activation. */
 static inline int keep_entry(const saefw_sae *sae, const actx *c, const float *zr, int64_t j, float *act, float *pre) {
     const saefw_sae_arch_cfg *cfg = &sae->arch;
@@ -400,13 +427,17 @@ static void topk_rows(void *vctx, int64_t b0, int64_t b1) {
     actx *c = vctx;
     saefw_arch_work *a = c->a;
     const int64_t k = c->sae->arch.k;
+    /* The fast select's candidates; without the memory, the four-scan select. */
+    int32_t *cand = malloc(sizeof(int32_t) * (size_t)a->d_sae);
     for (int64_t b = b0; b < b1; b++) {
         const int64_t s = b * k;
+        const float *zr = a->z + b * a->d_sae, *bias = c->sae->p[SAEFW_B_ENC];
         a->row_start[b] = s;
-        a->row_count[b] = top_k_row(a->z + b * a->d_sae, c->sae->p[SAEFW_B_ENC], NULL, a->d_sae, k, a->col + s,
-                                    a->val + s, a->pre + s);
+        a->row_count[b] = cand ? top_k_row_fast(zr, bias, a->d_sae, k, cand, a->col + s, a->val + s, a->pre + s)
+                               : top_k_row(zr, bias, NULL, a->d_sae, k, a->col + s, a->val + s, a->pre + s);
         for (int64_t e = s; e < s + a->row_count[b]; e++) a->erow[e] = (int32_t)b;
     }
+    free(cand);
 }
 
 /* Rows of a range: the histogram of one radix pass over the batch's positive values (BatchTopK). */
