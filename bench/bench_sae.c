@@ -298,9 +298,10 @@ static int run_shape(const shape *s, const bench_opts *bo, saefw_sae_arch arch, 
                sf.cpu_ratio);
         printf("RESULT shape=%s%s%s l0_target=%.0f l0=%.1f path=%s step_s=%.4f tokens_per_s=%.1f gemm_s=%.4f "
                "step_cpu_s=%.4f ratio=%.4f ratio_lo=%.4f ratio_hi=%.4f cpu_ratio=%.4f\n",
-               s->name, arch == SAEFW_ARCH_RELU ? "" : " arch=", arch == SAEFW_ARCH_RELU ? "" : saefw_sae_arch_name(arch),
-               target[i], sf.l0, path, sf.step_s, tps, sf.gemm_s, sf.step_cpu, sf.ratio, sf.ratio_lo,
-               sf.ratio_hi, sf.cpu_ratio);
+               s->name,
+               arch == SAEFW_ARCH_RELU ? "" : " arch=", arch == SAEFW_ARCH_RELU ? "" : saefw_sae_arch_name(arch),
+               target[i], sf.l0, path, sf.step_s, tps, sf.gemm_s, sf.step_cpu, sf.ratio, sf.ratio_lo, sf.ratio_hi,
+               sf.cpu_ratio);
         printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n", sf.step_s - (tfb + tp),
                peak_rss_bytes() / (1 << 30));
         fflush(stdout);
@@ -400,8 +401,11 @@ int main(int argc, char **argv) {
     if (bo.n_arch == 0) bo.arch[bo.n_arch++] = SAEFW_ARCH_RELU;
     for (int k = bo.full_only ? 1 : 0; k < (bo.small_only ? 1 : 2) && rc == 0; k++)
         for (int a = 0; a < bo.n_arch && rc == 0; a++)
-            if (run_shape(&SHAPES[k], &bo, bo.arch[a], bo.reps > 0 ? bo.reps : k == 0 ? 3 : 1, adam, opts, err,
-                          sizeof err) != 0) {
+            if (run_shape(&SHAPES[k], &bo, bo.arch[a],
+                          bo.reps > 0 ? bo.reps
+                          : k == 0    ? 3
+                                      : 1,
+                          adam, opts, err, sizeof err) != 0) {
                 fprintf(stderr, "bench_sae: %s: %s\n", SHAPES[k].name, err);
                 rc = 1;
             }

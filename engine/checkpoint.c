@@ -197,8 +197,8 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
         for (int64_t j = 0; j < sae->d_sae; j++)
             threshold[j] = arch == SAEFW_ARCH_JUMPRELU ? expf(sae->p[SAEFW_LOG_THRESHOLD][j]) : (float)sae->theta;
         n_refs = 5;
-        refs[4] = (saefw_tensor_ref){.name = "threshold", .dtype = SAEFW_DT_F32, .ndim = 1, .shape = sae->shape[2],
-                                     .data = threshold};
+        refs[4] = (saefw_tensor_ref){
+            .name = "threshold", .dtype = SAEFW_DT_F32, .ndim = 1, .shape = sae->shape[2], .data = threshold};
     }
     const char *meta[][2] = {{"format", "pt"}};
     int wrc = saefw_pathf(path, sizeof path, err, errlen, "%s/sae_weights.safetensors", tmp);
@@ -356,11 +356,12 @@ static int cfg_arch(const cJSON *cfg, const char *file, int64_t d_in, saefw_sae_
             return saefw_err_prefix(err, errlen, "%s: saefw_arch", file);
     } else if (cJSON_IsString(sl) && strcmp(sl->valuestring, "standard") != 0) {
         const cJSON *sub = cJSON_GetObjectItemCaseSensitive(cfg, "apply_b_dec_to_input");
-        if (!strcmp(sl->valuestring, "jumprelu"))
-            arch = cJSON_IsTrue(sub) ? SAEFW_ARCH_BATCHTOPK : SAEFW_ARCH_JUMPRELU;
+        if (!strcmp(sl->valuestring, "jumprelu")) arch = cJSON_IsTrue(sub) ? SAEFW_ARCH_BATCHTOPK : SAEFW_ARCH_JUMPRELU;
         else if (saefw_sae_arch_parse(sl->valuestring, &arch, err, errlen) != 0)
-            return saefw_errf(err, errlen, "%s: architecture '%s' is not supported (standard, topk, batchtopk, "
-                                           "jumprelu or gated)", file, sl->valuestring);
+            return saefw_errf(err, errlen,
+                              "%s: architecture '%s' is not supported (standard, topk, batchtopk, "
+                              "jumprelu or gated)",
+                              file, sl->valuestring);
     }
     saefw_sae_arch_defaults(out, arch, d_in);
     if (arch == SAEFW_ARCH_RELU) return 0;
@@ -431,7 +432,9 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
         for (int64_t k = 0; k < t->numel; k++)
             if (!isfinite(dst[k]) || (!strcmp(name, "threshold") && !(dst[k] > 0))) {
                 saefw_errf(err, errlen, "%s: tensor '%s' holds %s at element %lld; refusing to load it", path, name,
-                           isnan(dst[k]) ? "NaN" : isfinite(dst[k]) ? "a threshold <= 0" : "an infinite value",
+                           isnan(dst[k])      ? "NaN"
+                           : isfinite(dst[k]) ? "a threshold <= 0"
+                                              : "an infinite value",
                            (long long)k);
                 free(theta);
                 saefw_sae_free(sae);

@@ -74,17 +74,17 @@ static void arch_options(lua_State *L, int64_t d_in, saefw_sae_arch_cfg *cfg) {
 }
 
 static int l_sae(lua_State *L) {
-    static const char *const keys[] = {"d_in",      "d_sae",      "l1_coeff",  "seed",      "enc_dtype", "arch",
-                                       "k",         "k_aux",      "aux_coeff", "dead_steps", "theta_rate",
-                                       "bandwidth", "threshold",  "l0_coeff",  NULL};
+    static const char *const keys[] = {"d_in",       "d_sae",     "l1_coeff",  "seed",      "enc_dtype",
+                                       "arch",       "k",         "k_aux",     "aux_coeff", "dead_steps",
+                                       "theta_rate", "bandwidth", "threshold", "l0_coeff",  NULL};
     saefw_lua_check_table(L, 1, "saefw.sae");
     saefw_lua_check_keys(L, 1, "saefw.sae", keys);
     int64_t d_in = saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
     int64_t d_sae = saefw_lua_req_int(L, 1, "saefw.sae", "d_sae", 1);
     saefw_sae_arch_cfg arch;
     arch_options(L, d_in, &arch);
-    double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff", arch.arch == SAEFW_ARCH_RELU ||
-                                                                         arch.arch == SAEFW_ARCH_GATED ? 3e-4 : 0);
+    double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff",
+                                     arch.arch == SAEFW_ARCH_RELU || arch.arch == SAEFW_ARCH_GATED ? 3e-4 : 0);
     if (l1 < 0) saefw_lua_error(L, "saefw.sae: field 'l1_coeff' must be >= 0");
     int64_t seed = saefw_lua_opt_int(L, 1, "saefw.sae", "seed", SAEFW_DEFAULT_SEED, 0);
     char err[512];
@@ -190,8 +190,7 @@ static int sae_index(lua_State *L) {
             lua_pushstring(L, s->sae.names[i]);
             lua_rawseti(L, -2, i + 1);
         }
-    }
-    else if (!strcmp(k, "k") && (s->sae.arch.arch == SAEFW_ARCH_TOPK || s->sae.arch.arch == SAEFW_ARCH_BATCHTOPK))
+    } else if (!strcmp(k, "k") && (s->sae.arch.arch == SAEFW_ARCH_TOPK || s->sae.arch.arch == SAEFW_ARCH_BATCHTOPK))
         lua_pushinteger(L, s->sae.arch.k);
     else {
         luaL_getmetafield(L, 1, "methods");

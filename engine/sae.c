@@ -830,7 +830,8 @@ int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap
     if (!s) return saefw_errf(err, errlen, "out of memory (%zu bytes)", sizeof *s);
     if (sae->arch.arch != SAEFW_ARCH_RELU) {
         saefw_sae_path path;
-        if (requested_path(&path, err, errlen) != 0 || saefw_arch_work_alloc(&s->aw, sae, cap, path, err, errlen) != 0) {
+        if (requested_path(&path, err, errlen) != 0 ||
+            saefw_arch_work_alloc(&s->aw, sae, cap, path, err, errlen) != 0) {
             free(s);
             return -1;
         }
@@ -887,7 +888,8 @@ int saefw_sae_eval_alloc(saefw_sae_eval **out, const saefw_sae *sae, int64_t cap
     if (!e) return saefw_errf(err, errlen, "out of memory (%zu bytes)", sizeof *e);
     if (sae->arch.arch != SAEFW_ARCH_RELU) {
         saefw_sae_path path;
-        if (requested_path(&path, err, errlen) != 0 || saefw_arch_work_alloc(&e->aw, sae, cap, path, err, errlen) != 0) {
+        if (requested_path(&path, err, errlen) != 0 ||
+            saefw_arch_work_alloc(&e->aw, sae, cap, path, err, errlen) != 0) {
             free(e);
             return -1;
         }

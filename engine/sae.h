@@ -58,11 +58,11 @@ int saefw_sae_arch_check(const saefw_sae_arch_cfg *cfg, int64_t d_sae, char *err
 
 typedef struct {
     int64_t d_in, d_sae;
-    float l1_coeff;             /* relu; gated: the gate's L1 coefficient */
-    float *params;              /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_in], b_enc [d_sae], b_dec [d_in], extras */
-    float *grads;               /* same layout as params */
-    size_t n_total;             /* floats in each block */
-    int n_params;               /* tensors of this architecture (4 for relu) */
+    float l1_coeff; /* relu; gated: the gate's L1 coefficient */
+    float *params;  /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_in], b_enc [d_sae], b_dec [d_in], extras */
+    float *grads;   /* same layout as params */
+    size_t n_total; /* floats in each block */
+    int n_params;   /* tensors of this architecture (4 for relu) */
     const char *names[SAEFW_MAX_PARAMS];
     float *p[SAEFW_MAX_PARAMS]; /* views into params */
     float *g[SAEFW_MAX_PARAMS]; /* views into grads */

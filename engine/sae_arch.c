@@ -35,9 +35,7 @@ static inline __attribute__((always_inline)) float dot8(const float *restrict g,
 
 static const char *const ARCH_NAMES[SAEFW_ARCH_COUNT] = {"relu", "topk", "batchtopk", "jumprelu", "gated"};
 
-const char *saefw_sae_arch_name(saefw_sae_arch a) {
-    return (a >= 0 && a < SAEFW_ARCH_COUNT) ? ARCH_NAMES[a] : NULL;
-}
+const char *saefw_sae_arch_name(saefw_sae_arch a) { return (a >= 0 && a < SAEFW_ARCH_COUNT) ? ARCH_NAMES[a] : NULL; }
 
 int saefw_sae_arch_parse(const char *name, saefw_sae_arch *out, char *err, size_t errlen) {
     for (int a = 0; a < SAEFW_ARCH_COUNT; a++)
@@ -142,13 +140,13 @@ struct saefw_arch_work {
     int64_t *row_start, *row_count; /* [cap] */
     int32_t *col;
     int32_t *erow; /* the entry's row */
-    float *val;  /* the activation (0 for jumprelu's entries inside the kernel only) */
-    float *pre;  /* the pre-activation (gated: pi_gate) */
-    float *dot;  /* dLoss/dacts from the reconstruction */
-    float *fdot; /* gated: dLoss/dReLU(pi_gate) from the frozen-decoder term */
-    float *dz;   /* dLoss/d(xin @ W_enc) of the entry */
-    float *db;   /* dLoss/d(tensor 2: b_enc or b_gate) */
-    float *dm;   /* gated: dLoss/dpi_mag */
+    float *val;    /* the activation (0 for jumprelu's entries inside the kernel only) */
+    float *pre;    /* the pre-activation (gated: pi_gate) */
+    float *dot;    /* dLoss/dacts from the reconstruction */
+    float *fdot;   /* gated: dLoss/dReLU(pi_gate) from the frozen-decoder term */
+    float *dz;     /* dLoss/d(xin @ W_enc) of the entry */
+    float *db;     /* dLoss/d(tensor 2: b_enc or b_gate) */
+    float *dm;     /* gated: dLoss/dpi_mag */
     /* AuxK's entries: row b's are [b k_aux, b k_aux + aux_count[b]). */
     int64_t *aux_count;
     int32_t *aux_col;
@@ -236,11 +234,11 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
 
 void saefw_arch_work_free(saefw_arch_work *a) {
     if (!a) return;
-    void *ptrs[] = {a->xin,    a->z,      a->x_hat,     a->dxh,     a->xfro,    a->dfro,     a->row_start,
-                    a->row_count, a->col, a->erow, a->val,       a->pre,     a->dot,     a->fdot,     a->dz,
-                    a->db,     a->dm,     a->fent,      a->fstart,  a->aux_count, a->aux_col, a->aux_val,
-                    a->aux_dz, a->afent,  a->afstart,   a->dead,    a->gT,      a->colsum, a->cstat, a->dense[0],
-                    a->dense[1], a->dense[2], a->acts};
+    void *ptrs[] = {a->xin,       a->z,        a->x_hat,    a->dxh,      a->xfro,   a->dfro,      a->row_start,
+                    a->row_count, a->col,      a->erow,     a->val,      a->pre,    a->dot,       a->fdot,
+                    a->dz,        a->db,       a->dm,       a->fent,     a->fstart, a->aux_count, a->aux_col,
+                    a->aux_val,   a->aux_dz,   a->afent,    a->afstart,  a->dead,   a->gT,        a->colsum,
+                    a->cstat,     a->dense[0], a->dense[1], a->dense[2], a->acts};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
     free(a);
 }
@@ -261,8 +259,7 @@ static inline uint32_t fkey(float v) {
 
 /* The key of the k-th largest of n values v(i) = z[idx[i]] + bias[idx[i]] (idx NULL: i), 1 <= k <= n,
  * by a radix select in three passes of 11, 11 and 10 bits; *n_above gets how many keys are larger. */
-static uint32_t kth_key(const float *z, const float *bias, const int32_t *idx, int64_t n, int64_t k,
-                        int64_t *n_above) {
+static uint32_t kth_key(const float *z, const float *bias, const int32_t *idx, int64_t n, int64_t k, int64_t *n_above) {
     static const int shift[3] = {21, 10, 0}, bits[3] = {11, 11, 10};
     uint32_t prefix = 0, mask = 0;
     int64_t above = 0;
@@ -294,8 +291,8 @@ typedef struct {
 
 /* The k largest of a row among n candidates (idx NULL: all features), ties to the lowest index, kept
  * when positive; written in feature order to col / val (pre too, when not NULL). Returns the count. */
-static int64_t top_k_row(const float *zr, const float *bias, const int32_t *idx, int64_t n, int64_t k,
-                         int32_t *col, float *val, float *pre) {
+static int64_t top_k_row(const float *zr, const float *bias, const int32_t *idx, int64_t n, int64_t k, int32_t *col,
+                         float *val, float *pre) {
     if (k > n) k = n;
     if (k <= 0) return 0;
     int64_t above;
@@ -372,8 +369,7 @@ static inline int keep_entry(const saefw_sae *sae, const actx *c, const float *z
         *act = mag > 0.0f ? mag : 0.0f;
         return 1;
     }
-    default:
-        return 0;
+    default: return 0;
     }
 }
 
@@ -760,8 +756,8 @@ static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B
     a->rows = B;
     a->acts_made = 0;
     saefw_parallel_for(B, input_rows, c);
-    saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, a->xin, d_in, sae->p[SAEFW_W_ENC], d_sae, 0.0f,
-                       a->z, d_sae);
+    saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, a->xin, d_in, sae->p[SAEFW_W_ENC], d_sae, 0.0f, a->z,
+                       d_sae);
     select_entries(sae, a, c, B);
     int64_t n = 0;
     for (int64_t b = 0; b < B; b++) n += a->row_count[b];
@@ -862,8 +858,7 @@ static void entry_grads(void *vctx, int64_t b0, int64_t b1) {
         for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++) {
             const int32_t j = a->col[e];
             float dz;
-            if (arch == SAEFW_ARCH_JUMPRELU)
-                dz = a->pre[e] > expf(sae->p[SAEFW_LOG_THRESHOLD][j]) ? a->dot[e] : 0.0f;
+            if (arch == SAEFW_ARCH_JUMPRELU) dz = a->pre[e] > expf(sae->p[SAEFW_LOG_THRESHOLD][j]) ? a->dot[e] : 0.0f;
             else if (arch == SAEFW_ARCH_GATED) {
                 const float dm = a->val[e] > 0.0f ? a->dot[e] : 0.0f, dg = l1b + a->fdot[e];
                 a->dm[e] = dm;
@@ -947,8 +942,7 @@ const float *saefw_arch_eval_forward(const saefw_sae *sae, saefw_arch_work *a, c
 
 const float *saefw_arch_acts(const saefw_sae *sae, saefw_arch_work *a, char *err, size_t errlen) {
     if (a->acts_made) return a->acts;
-    if (!a->acts && !(a->acts = saefw_malloc(sizeof(float) * (size_t)(a->cap * sae->d_sae), err, errlen)))
-        return NULL;
+    if (!a->acts && !(a->acts = saefw_malloc(sizeof(float) * (size_t)(a->cap * sae->d_sae), err, errlen))) return NULL;
     scatter_dense(a, a->rows, a->val, a->acts);
     a->acts_made = 1;
     return a->acts;
@@ -957,7 +951,8 @@ const float *saefw_arch_acts(const saefw_sae *sae, saefw_arch_work *a, char *err
 int saefw_arch_count_active(const saefw_sae *sae, saefw_arch_work *a, int64_t *count) {
     (void)sae;
     for (int64_t b = 0; b < a->rows; b++)
-        for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++) count[a->col[e]] += a->val[e] > 0.0f;
+        for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++)
+            count[a->col[e]] += a->val[e] > 0.0f;
     return 0;
 }
 

@@ -88,9 +88,8 @@ static int sae_state(saefw_sae *sae, saefw_state_out *out, saefw_state_in *in, c
             (saefw_state_put_copy(out, "since_fired", SAEFW_DT_I64, sae->d_sae, sae->since_fired, err, errlen) != 0 ||
              saefw_state_put_f64(out, "theta", sae->theta, err, errlen) != 0))
             return -1;
-        if (arch == SAEFW_ARCH_JUMPRELU &&
-            saefw_state_put_copy(out, "log_threshold", SAEFW_DT_F32, sae->d_sae, sae->p[SAEFW_LOG_THRESHOLD], err,
-                                 errlen) != 0)
+        if (arch == SAEFW_ARCH_JUMPRELU && saefw_state_put_copy(out, "log_threshold", SAEFW_DT_F32, sae->d_sae,
+                                                                sae->p[SAEFW_LOG_THRESHOLD], err, errlen) != 0)
             return -1;
         return 0;
     }

@@ -264,10 +264,10 @@ static void run_steps(saefw_tensorfile *tf, const char *arch, int big, saefw_sae
     }
     if (check) {
         const double tol = big ? TOL_BIG : TOL_TR;
-        printf("  %s 20 steps (path%s%s): loss rel %.3e, sparsity terms rel %.3e%s\n", pre,
-               paths & 1 ? " sparse" : "", paths & 2 ? " dense" : "", worst_loss, worst_sp, theta ? "" : "");
-        CHECK(worst_loss <= (big ? TOL_BIG_LOSS : TOL_TR) && worst_sp <= (big ? TOL_BIG_LOSS : TOL_TR), "%s losses differ",
-              pre);
+        printf("  %s 20 steps (path%s%s): loss rel %.3e, sparsity terms rel %.3e%s\n", pre, paths & 1 ? " sparse" : "",
+               paths & 2 ? " dense" : "", worst_loss, worst_sp, theta ? "" : "");
+        CHECK(worst_loss <= (big ? TOL_BIG_LOSS : TOL_TR) && worst_sp <= (big ? TOL_BIG_LOSS : TOL_TR),
+              "%s losses differ", pre);
         if (theta) {
             printf("  %stheta per step rel %.3e\n", pre, worst_theta);
             CHECK(worst_theta <= TOL_TR, "%s theta differs", pre);
