@@ -15,6 +15,20 @@ local opts = {
 }
 local saelens = { topk = "topk", batchtopk = "jumprelu", jumprelu = "jumprelu", gated = "gated" }
 
+-- Bad values are one-line errors at saefw.sae{}, before any training.
+local function refused(t, want)
+  local ok, e = pcall(saefw.sae, t)
+  assert(not ok and tostring(e):find(want, 1, true), "saefw.sae: wanted an error with '" .. want .. "', got " .. tostring(e))
+end
+refused({ d_in = 8, d_sae = 16, arch = "topk", k = 17 }, "k must be from 1 to d_sae (16), got 17")
+refused({ d_in = 8, d_sae = 16, arch = "batchtopk", k = 0 }, "k must be from 1 to d_sae (16), got 0")
+refused({ d_in = 8, d_sae = 16, arch = "jumprelu", threshold = -0.1 }, "threshold must be a number > 0, got -0.1")
+refused({ d_in = 8, d_sae = 16, arch = "jumprelu", bandwidth = 0 }, "bandwidth must be a number > 0, got 0")
+refused({ d_in = 8, d_sae = 16, arch = "topk", bandwidth = 0.1 }, "field 'bandwidth' does not apply to arch = \"topk\"")
+refused({ d_in = 8, d_sae = 16, k = 4 }, "field 'k' does not apply to arch = \"relu\"")
+refused({ d_in = 8, d_sae = 16, arch = "gated", enc_dtype = "bf16" }, "field 'enc_dtype' does not apply")
+refused({ d_in = 8, d_sae = 16, arch = "sparse" }, "arch must be relu, topk, batchtopk, jumprelu or gated (got 'sparse')")
+
 local t = { d_in = 32, d_sae = 128, arch = cfg.arch, seed = 3 }
 for k, v in pairs(assert(opts[cfg.arch], "unknown arch " .. cfg.arch)) do t[k] = v end
 local sae = saefw.sae(t)
