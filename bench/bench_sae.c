@@ -12,8 +12,12 @@
  * --enc_dtype bf16 or fp16 times the step with mixed-precision products (sae_lowp.h); the sgemm it is
  * compared with stays fp32.
  *
+ * --arch relu,topk,... times each architecture in turn (issue 16; default relu): for topk and
+ * batchtopk each L0 target is k; for jumprelu it sets the threshold, for gated b_gate, as b_enc does for
+ * relu. AuxK costs nothing here: no latent goes dead within the timed steps.
+ *
  *   bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] [--l0 a,b,...]
- *             [--enc_dtype fp32|bf16|fp16]
+ *             [--enc_dtype fp32|bf16|fp16] [--arch relu,topk,batchtopk,jumprelu,gated]
  */
 #include <cblas.h>
 #include <math.h>
@@ -49,6 +53,8 @@ typedef struct {
     saefw_enc_dtype enc_dtype;
     double l0[MAX_L0]; /* targets; <= 0 means d_sae / 2 */
     int n_l0;
+    saefw_sae_arch arch[SAEFW_ARCH_COUNT];
+    int n_arch;
 } bench_opts;
 
 static int cmp_float(const void *a, const void *b) {
@@ -205,15 +211,28 @@ static double time_sgemm(const float *A, const float *W, float *C, int64_t B, in
     return best;
 }
 
-static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loaded_plugin *adam, saefw_opts *opts,
-                     char *err, size_t errlen) {
+/* The SAE's L0 near target: the encoder bias (relu, gated's gate), k (topk, batchtopk) or the threshold
+ * (jumprelu); thresh is the encoder product's value that about target of d_sae entries a row exceed. */
+static void set_l0(saefw_sae *sae, double target, float thresh) {
+    const saefw_sae_arch a = sae->arch.arch;
+    for (int64_t j = 0; j < sae->d_sae; j++) {
+        sae->p[SAEFW_B_ENC][j] = a == SAEFW_ARCH_RELU || a == SAEFW_ARCH_GATED ? -thresh : 0.0f;
+        if (a == SAEFW_ARCH_JUMPRELU) sae->p[SAEFW_LOG_THRESHOLD][j] = logf(thresh > 1e-3f ? thresh : 1e-3f);
+    }
+    if (a == SAEFW_ARCH_TOPK || a == SAEFW_ARCH_BATCHTOPK) sae->arch.k = (int64_t)target;
+}
+
+static int run_shape(const shape *s, const bench_opts *bo, saefw_sae_arch arch, int reps, saefw_loaded_plugin *adam,
+                     saefw_opts *opts, char *err, size_t errlen) {
     const int64_t d_in = s->d_in, d_sae = s->d_sae, B = s->B;
     saefw_sae sae;
     saefw_sae_step *w = NULL;
     float *x = NULL, *sample = NULL, *C = NULL;
     saefw_source *eval = NULL;
     int rc = -1;
-    if (saefw_sae_alloc(&sae, d_in, d_sae, 3e-4f, err, errlen) != 0) return -1;
+    saefw_sae_arch_cfg cfg;
+    saefw_sae_arch_defaults(&cfg, arch, d_in);
+    if (saefw_sae_alloc_arch(&sae, d_in, d_sae, 3e-4f, &cfg, err, errlen) != 0) return -1;
     sae.enc_dtype = bo->enc_dtype;
     saefw_rng rng;
     saefw_rng_seed(&rng, SAEFW_DEFAULT_SEED);
@@ -226,8 +245,8 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     saefw_synthetic_opts so = {d_in, 8, 0.1, 1.0, 1};
     if (saefw_source_synthetic(&so, &eval, err, errlen) != 0) goto done;
 
-    printf("\n== shape %s: d_in %lld, d_sae %lld, batch %lld; %d threads; %d timed reps\n", s->name, (long long)d_in,
-           (long long)d_sae, (long long)B, saefw_threads(), reps);
+    printf("\n== shape %s: d_in %lld, d_sae %lld, batch %lld; arch %s; %d threads; %d timed reps\n", s->name,
+           (long long)d_in, (long long)d_sae, (long long)B, saefw_sae_arch_name(arch), saefw_threads(), reps);
     /* The encoder product alone, on the step's own buffers; its output also sets the L0 targets. Its
      * output, [B, d_sae], is the bench's own (the step keeps no array of that size). */
     C = saefw_malloc(sizeof(float) * (size_t)(B * d_sae), err, errlen);
@@ -252,7 +271,7 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
     printf("%8s %8s %6s | %8s %8s | %8s %9s %8s | %21s %10s | %9s\n", "L0 want", "L0", "path", "fwd+bwd s", "proj s",
            "step s", "tokens/s", "gemm s", "step/gemm", "efficiency", "CPU ratio");
     for (int i = 0; i < bo->n_l0; i++) {
-        for (int64_t j = 0; j < d_sae; j++) sae.p[SAEFW_B_ENC][j] = -thresh[i];
+        set_l0(&sae, target[i], thresh[i]);
         /* The step's parts, called directly. */
         if (saefw_sae_step_alloc(&w, &sae, B, err, errlen) != 0) goto done;
         double tfb = INFINITY, tp = INFINITY;
@@ -277,10 +296,12 @@ static int run_shape(const shape *s, const bench_opts *bo, int reps, saefw_loade
         printf("%8.0f %8.1f %6s | %8.3f %8.3f | %8.3f %9.0f %8.3f | %7.3f (%.3f-%.3f) %10.3f | %9.3f\n", target[i],
                st.l0, path, tfb, tp, sf.step_s, tps, sf.gemm_s, sf.ratio, sf.ratio_lo, sf.ratio_hi, 1.0 / sf.ratio,
                sf.cpu_ratio);
-        printf("RESULT shape=%s l0_target=%.0f l0=%.1f path=%s step_s=%.4f tokens_per_s=%.1f gemm_s=%.4f "
+        printf("RESULT shape=%s%s%s l0_target=%.0f l0=%.1f path=%s step_s=%.4f tokens_per_s=%.1f gemm_s=%.4f "
                "step_cpu_s=%.4f ratio=%.4f ratio_lo=%.4f ratio_hi=%.4f cpu_ratio=%.4f\n",
-               s->name, target[i], sf.l0, path, sf.step_s, tps, sf.gemm_s, sf.step_cpu, sf.ratio, sf.ratio_lo,
-               sf.ratio_hi, sf.cpu_ratio);
+               s->name,
+               arch == SAEFW_ARCH_RELU ? "" : " arch=", arch == SAEFW_ARCH_RELU ? "" : saefw_sae_arch_name(arch),
+               target[i], sf.l0, path, sf.step_s, tps, sf.gemm_s, sf.step_cpu, sf.ratio, sf.ratio_lo, sf.ratio_hi,
+               sf.cpu_ratio);
         printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n", sf.step_s - (tfb + tp),
                peak_rss_bytes() / (1 << 30));
         fflush(stdout);
@@ -314,6 +335,17 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
             char err[256];
             if (saefw_enc_dtype_parse(argv[++i], &bo->enc_dtype, err, sizeof err) != 0)
                 return fprintf(stderr, "bench_sae: --%s\n", err), -1;
+        } else if (strcmp(a, "--arch") == 0 && v) {
+            i++;
+            bo->n_arch = 0;
+            for (char *p = argv[i]; *p && bo->n_arch < SAEFW_ARCH_COUNT;) {
+                char name[32], err[256];
+                size_t n = strcspn(p, ",");
+                snprintf(name, sizeof name, "%.*s", (int)(n < 31 ? n : 31), p);
+                if (saefw_sae_arch_parse(name, &bo->arch[bo->n_arch++], err, sizeof err) != 0)
+                    return fprintf(stderr, "bench_sae: --%s\n", err), -1;
+                p += n + (p[n] == ',');
+            }
         } else if (strcmp(a, "--path") == 0 && v) {
             i++;
             if (strcmp(v, "auto") == 0) bo->path = SAEFW_SAE_AUTO;
@@ -331,7 +363,7 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
             }
         } else {
             fprintf(stderr, "usage: bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] "
-                            "[--l0 a,b,...] [--enc_dtype fp32|bf16|fp16]\n");
+                            "[--l0 a,b,...] [--enc_dtype fp32|bf16|fp16] [--arch relu,topk,...]\n");
             return -1;
         }
     }
@@ -366,11 +398,17 @@ int main(int argc, char **argv) {
            saefw_enc_dtype_name(bo.enc_dtype), saefw_lowp_kernel(bo.enc_dtype));
     static const shape SHAPES[2] = {{"small", 512, 4096, 1024}, {"full", 2048, 16384, 4096}};
     int rc = 0;
+    if (bo.n_arch == 0) bo.arch[bo.n_arch++] = SAEFW_ARCH_RELU;
     for (int k = bo.full_only ? 1 : 0; k < (bo.small_only ? 1 : 2) && rc == 0; k++)
-        if (run_shape(&SHAPES[k], &bo, bo.reps > 0 ? bo.reps : k == 0 ? 3 : 1, adam, opts, err, sizeof err) != 0) {
-            fprintf(stderr, "bench_sae: %s: %s\n", SHAPES[k].name, err);
-            rc = 1;
-        }
+        for (int a = 0; a < bo.n_arch && rc == 0; a++)
+            if (run_shape(&SHAPES[k], &bo, bo.arch[a],
+                          bo.reps > 0 ? bo.reps
+                          : k == 0    ? 3
+                                      : 1,
+                          adam, opts, err, sizeof err) != 0) {
+                fprintf(stderr, "bench_sae: %s: %s\n", SHAPES[k].name, err);
+                rc = 1;
+            }
     saefw_opts_free(opts);
     saefw_plugin_unload(adam);
     return rc;

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "sae_arch.h"
 #include "state.h"
 #include "tensorfile.h"
 #include "util.h"
@@ -147,34 +148,89 @@ static int relu_option_fields(cJSON *c, const saefw_sae *sae) {
     return rc;
 }
 
+/* Replace field key of c with item (consumed); -1 when out of memory. */
+static int set_field(cJSON *c, const char *key, cJSON *item) {
+    if (!item) return -1;
+    cJSON_DeleteItemFromObject(c, key);
+    return cJSON_AddItemToObject(c, key, item) ? 0 : (cJSON_Delete(item), -1);
+}
+
+/* The architecture in SAELens's names (docs/architectures.md): topk with k, jumprelu (and batchtopk,
+ * saved for inference as a jumprelu whose threshold is theta) with a threshold tensor, gated; saefw's
+ * own fields (saefw_arch and the training hyperparameters) let saefw.load_sae rebuild the SAE. */
+static int arch_fields(cJSON *c, const saefw_sae *sae) {
+    const saefw_sae_arch_cfg *a = &sae->arch;
+    const saefw_sae_arch arch = a->arch;
+    if (arch == SAEFW_ARCH_RELU) return 0;
+    static const char *const saelens[SAEFW_ARCH_COUNT] = {"standard", "topk", "jumprelu", "jumprelu", "gated"};
+    int rc = 0;
+    rc |= set_field(c, "architecture", cJSON_CreateString(saelens[arch]));
+    rc |= set_field(c, "saefw_arch", cJSON_CreateString(saefw_sae_arch_name(arch)));
+    const char *fn = arch == SAEFW_ARCH_TOPK ? "topk" : "relu";
+    rc |= set_field(c, "activation_fn", cJSON_CreateString(fn));
+    rc |= set_field(c, "activation_fn_str", cJSON_CreateString(fn));
+    /* The paper's JumpReLU encodes x itself; the others subtract b_dec first. */
+    rc |= set_field(c, "apply_b_dec_to_input", cJSON_CreateBool(arch != SAEFW_ARCH_JUMPRELU));
+    if (arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK) {
+        cJSON *kw = cJSON_CreateObject();
+        if (kw && arch == SAEFW_ARCH_TOPK) cJSON_AddNumberToObject(kw, "k", (double)a->k);
+        rc |= set_field(c, "activation_fn_kwargs", kw);
+        rc |= set_field(c, "k", cJSON_CreateNumber((double)a->k));
+        rc |= set_field(c, "k_aux", cJSON_CreateNumber((double)a->k_aux));
+        rc |= set_field(c, "aux_coeff", cJSON_CreateNumber(a->aux_coeff));
+        rc |= set_field(c, "dead_steps", cJSON_CreateNumber((double)a->dead_steps));
+    }
+    if (arch == SAEFW_ARCH_BATCHTOPK) rc |= set_field(c, "topk_threshold_lr", cJSON_CreateNumber(a->theta_rate));
+    if (arch == SAEFW_ARCH_JUMPRELU) {
+        rc |= set_field(c, "jumprelu_bandwidth", cJSON_CreateNumber(a->bandwidth));
+        rc |= set_field(c, "jumprelu_init_threshold", cJSON_CreateNumber(a->threshold));
+        rc |= set_field(c, "l0_coefficient", cJSON_CreateNumber(a->l0_coeff));
+    }
+    return rc;
+}
+
 int saefw_checkpoint_save(const char *dir, const saefw_sae *sae, const cJSON *cfg, char *err, size_t errlen) {
     return saefw_checkpoint_save_ex(dir, sae, cfg, NULL, NULL, err, errlen);
 }
 
 int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON *cfg, saefw_checkpoint_extra_fn extra,
                              void *ud, char *err, size_t errlen) {
-    for (int i = 0; i < SAEFW_N_PARAMS; i++)
+    for (int i = 0; i < sae->n_params; i++)
         for (int64_t k = 0; k < sae->numel[i]; k++)
             if (!isfinite(sae->p[i][k]))
                 return saefw_errf(err, errlen, "%s: refusing to write a checkpoint with non-finite %s", dir,
-                                  saefw_param_name(i));
+                                  sae->names[i]);
     char tmp[PATH_MAX], path[PATH_MAX];
     if (strlen(dir) > PATH_MAX - 64) return saefw_errf(err, errlen, "%s: path too long", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
     remove_tree(tmp);
     if (mkdir(tmp, 0755) != 0) return saefw_errf(err, errlen, "%s: cannot create folder: %s", tmp, strerror(errno));
 
-    saefw_tensor_ref refs[SAEFW_N_PARAMS];
-    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
-        refs[i].name = saefw_param_name(i);
+    saefw_tensor_ref refs[SAEFW_MAX_PARAMS];
+    int n_refs = sae->n_params;
+    for (int i = 0; i < sae->n_params; i++) {
+        refs[i].name = sae->names[i];
         refs[i].dtype = SAEFW_DT_F32;
         refs[i].ndim = sae->ndim[i];
         refs[i].shape = sae->shape[i];
         refs[i].data = sae->p[i];
     }
+    /* SAELens's threshold [d_sae]: exp(log_threshold) (jumprelu), or theta for every latent (batchtopk). */
+    float *threshold = NULL;
+    const saefw_sae_arch arch = sae->arch.arch;
+    if (arch == SAEFW_ARCH_JUMPRELU || arch == SAEFW_ARCH_BATCHTOPK) {
+        if (!(threshold = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen))) goto fail;
+        for (int64_t j = 0; j < sae->d_sae; j++)
+            threshold[j] = arch == SAEFW_ARCH_JUMPRELU ? expf(sae->p[SAEFW_LOG_THRESHOLD][j]) : (float)sae->theta;
+        n_refs = 5;
+        refs[4] = (saefw_tensor_ref){
+            .name = "threshold", .dtype = SAEFW_DT_F32, .ndim = 1, .shape = sae->shape[2], .data = threshold};
+    }
     const char *meta[][2] = {{"format", "pt"}};
-    if (saefw_pathf(path, sizeof path, err, errlen, "%s/sae_weights.safetensors", tmp) != 0) goto fail;
-    if (saefw_write_checked(path, refs, SAEFW_N_PARAMS, meta, 1, err, errlen) != 0) goto fail;
+    int wrc = saefw_pathf(path, sizeof path, err, errlen, "%s/sae_weights.safetensors", tmp);
+    if (wrc == 0) wrc = saefw_write_checked(path, refs, n_refs, meta, 1, err, errlen);
+    free(threshold);
+    if (wrc != 0) goto fail;
     if (extra && extra(ud, tmp, err, errlen) != 0) goto fail;
 
     cJSON *c = cfg ? cJSON_Duplicate(cfg, 1) : cJSON_CreateObject();
@@ -193,7 +249,7 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
     /* The seed's field: the products' precision; the tensors themselves are always float32. */
     cJSON_AddStringToObject(c, "enc_dtype", saefw_enc_dtype_name(sae->enc_dtype));
     if (!cJSON_GetObjectItemCaseSensitive(c, "l1_coeff")) cJSON_AddNumberToObject(c, "l1_coeff", sae->l1_coeff);
-    if (relu_option_fields(c, sae) != 0 || saelens_fields(c) != 0) {
+    if (relu_option_fields(c, sae) != 0 || arch_fields(c, sae) != 0 || saelens_fields(c) != 0) {
         cJSON_Delete(c);
         saefw_errf(err, errlen, "%s: out of memory", dir);
         goto fail;
@@ -343,21 +399,63 @@ static int cfg_relu_options(const cJSON *cfg, const char *file, relu_options *o,
     return 0;
 }
 
-/* Copy the four tensors from an open file into a freshly allocated sae, checking names and shapes. */
+/* The architecture a cfg describes (absent: the seed's relu): saefw_arch when saefw wrote it, else
+ * SAELens's architecture (a jumprelu that subtracts b_dec is a batchtopk saved for inference), with the
+ * hyperparameters saefw writes beside it or the defaults. */
+static int cfg_arch(const cJSON *cfg, const char *file, int64_t d_in, saefw_sae_arch_cfg *out, char *err,
+                    size_t errlen) {
+    saefw_sae_arch_defaults(out, SAEFW_ARCH_RELU, d_in);
+    if (!cfg) return 0;
+    const cJSON *own = cJSON_GetObjectItemCaseSensitive(cfg, "saefw_arch");
+    const cJSON *sl = cJSON_GetObjectItemCaseSensitive(cfg, "architecture");
+    saefw_sae_arch arch = SAEFW_ARCH_RELU;
+    if (cJSON_IsString(own)) {
+        if (saefw_sae_arch_parse(own->valuestring, &arch, err, errlen) != 0)
+            return saefw_err_prefix(err, errlen, "%s: saefw_arch", file);
+    } else if (cJSON_IsString(sl) && strcmp(sl->valuestring, "standard") != 0) {
+        const cJSON *sub = cJSON_GetObjectItemCaseSensitive(cfg, "apply_b_dec_to_input");
+        if (!strcmp(sl->valuestring, "jumprelu")) arch = cJSON_IsTrue(sub) ? SAEFW_ARCH_BATCHTOPK : SAEFW_ARCH_JUMPRELU;
+        else if (saefw_sae_arch_parse(sl->valuestring, &arch, err, errlen) != 0)
+            return saefw_errf(err, errlen,
+                              "%s: architecture '%s' is not supported (standard, topk, batchtopk, "
+                              "jumprelu or gated)",
+                              file, sl->valuestring);
+    }
+    saefw_sae_arch_defaults(out, arch, d_in);
+    if (arch == SAEFW_ARCH_RELU) return 0;
+    const cJSON *kw = cJSON_GetObjectItemCaseSensitive(cfg, "activation_fn_kwargs");
+    out->k = (int64_t)cfg_number(cfg, "k", cfg_number(kw, "k", (double)out->k));
+    out->k_aux = (int64_t)cfg_number(cfg, "k_aux", (double)out->k_aux);
+    out->aux_coeff = cfg_number(cfg, "aux_coeff", out->aux_coeff);
+    out->dead_steps = (int64_t)cfg_number(cfg, "dead_steps", (double)out->dead_steps);
+    out->theta_rate = cfg_number(cfg, "topk_threshold_lr", out->theta_rate);
+    out->bandwidth = cfg_number(cfg, "jumprelu_bandwidth", out->bandwidth);
+    out->threshold = cfg_number(cfg, "jumprelu_init_threshold", out->threshold);
+    out->l0_coeff = cfg_number(cfg, "l0_coefficient", out->l0_coeff);
+    return 0;
+}
+
+/* Copy the architecture's tensors from an open file into a freshly allocated sae, checking names and
+ * shapes. jumprelu's log_threshold and batchtopk's theta come from SAELens's threshold tensor. */
 static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_t d_sae, float l1,
-                    const relu_options *o, saefw_sae *sae, char *err, size_t errlen) {
+                    const relu_options *o, const saefw_sae_arch_cfg *arch, saefw_sae *sae, char *err, size_t errlen) {
     const saefw_tensor_info *w = saefw_tf_find(tf, "W_enc");
     if (d_in <= 0 || d_sae <= 0) {
         if (!w || w->ndim != 2) return saefw_errf(err, errlen, "%s: missing tensor 'W_enc' [d_in, d_sae]", path);
         d_in = w->shape[0];
         d_sae = w->shape[1];
     }
+    const char *names[SAEFW_MAX_PARAMS];
+    int n = saefw_arch_names(arch->arch, names);
+    if (arch->arch == SAEFW_ARCH_JUMPRELU) names[SAEFW_LOG_THRESHOLD] = "threshold";
+    if (arch->arch == SAEFW_ARCH_BATCHTOPK) names[n++] = "threshold";
     /* Every shape is checked against the config before anything is allocated, so a config with
      * absurd sizes is an error, not an out-of-memory. */
     const int64_t d_out = o->transcoder ? o->d_out : d_in;
-    const int64_t want_shape[SAEFW_N_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_out}, {d_sae, 0}, {d_out, 0}};
-    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
-        const char *name = saefw_param_name(i);
+    const int64_t want_shape[SAEFW_MAX_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_out}, {d_sae, 0},
+                                                     {d_out, 0},    {d_sae, 0},     {d_sae, 0}};
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i];
         const saefw_tensor_info *t = saefw_tf_find(tf, name);
         if (!t) return saefw_errf(err, errlen, "%s: missing tensor '%s'", path, name);
         int nd = want_shape[i][1] ? 2 : 1;
@@ -373,32 +471,50 @@ static int fill_sae(const char *path, saefw_tensorfile *tf, int64_t d_in, int64_
             return saefw_errf(err, errlen, "%s: tensor '%s' has shape [%s], expected [%s]", path, name, got, want);
         }
     }
-    if ((o->transcoder ? saefw_sae_alloc_xy(sae, d_in, d_out, d_sae, l1, err, errlen)
-                       : saefw_sae_alloc(sae, d_in, d_sae, l1, err, errlen)) != 0)
+    if ((arch->arch != SAEFW_ARCH_RELU ? saefw_sae_alloc_arch(sae, d_in, d_sae, l1, arch, err, errlen)
+         : o->transcoder               ? saefw_sae_alloc_xy(sae, d_in, d_out, d_sae, l1, err, errlen)
+                                       : saefw_sae_alloc(sae, d_in, d_sae, l1, err, errlen)) != 0)
         return saefw_err_prefix(err, errlen, "%s", path);
-    sae->transcoder = o->transcoder;
-    sae->apply_b_dec_to_input = o->apply_b_dec_to_input;
-    sae->l1_weighting = o->l1_weighting;
+    if (arch->arch == SAEFW_ARCH_RELU) { /* the other architectures fix these (saefw_sae_alloc_arch) */
+        sae->transcoder = o->transcoder;
+        sae->apply_b_dec_to_input = o->apply_b_dec_to_input;
+        sae->l1_weighting = o->l1_weighting;
+    }
     if (saefw_sae_check_options(sae, err, errlen) != 0) {
         saefw_sae_free(sae);
         return saefw_err_prefix(err, errlen, "%s", path);
     }
-    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
-        const char *name = saefw_param_name(i);
+    float *theta = NULL;
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i];
         const saefw_tensor_info *t = saefw_tf_find(tf, name);
-        if (saefw_tensor_to_f32(t, sae->p[i], err, errlen) != 0) {
+        float *dst = i < sae->n_params ? sae->p[i] : NULL;
+        if (!dst && !(dst = theta = saefw_malloc(sizeof(float) * (size_t)d_sae, err, errlen))) {
+            saefw_sae_free(sae);
+            return -1;
+        }
+        if (saefw_tensor_to_f32(t, dst, err, errlen) != 0) {
+            free(theta);
             saefw_sae_free(sae);
             return saefw_err_prefix(err, errlen, "%s: tensor '%s'", path, name);
         }
         /* A NaN or infinite weight would only surface later as a NaN loss, far from its cause. */
-        for (int64_t k = 0; k < sae->numel[i]; k++)
-            if (!isfinite(sae->p[i][k])) {
+        for (int64_t k = 0; k < t->numel; k++)
+            if (!isfinite(dst[k]) || (!strcmp(name, "threshold") && !(dst[k] > 0))) {
                 saefw_errf(err, errlen, "%s: tensor '%s' holds %s at element %lld; refusing to load it", path, name,
-                           isnan(sae->p[i][k]) ? "NaN" : "an infinite value", (long long)k);
+                           isnan(dst[k])      ? "NaN"
+                           : isfinite(dst[k]) ? "a threshold <= 0"
+                                              : "an infinite value",
+                           (long long)k);
+                free(theta);
                 saefw_sae_free(sae);
                 return -1;
             }
     }
+    if (arch->arch == SAEFW_ARCH_JUMPRELU)
+        for (int64_t j = 0; j < d_sae; j++) sae->p[SAEFW_LOG_THRESHOLD][j] = logf(sae->p[SAEFW_LOG_THRESHOLD][j]);
+    if (theta) sae->theta = theta[0];
+    free(theta);
     return 0;
 }
 
@@ -477,8 +593,10 @@ int saefw_checkpoint_load(const char *path, saefw_sae *sae, cJSON **cfg_out, cha
     saefw_enc_dtype enc = SAEFW_ENC_FP32;
     relu_options ro;
     if (rc == 0) rc = cfg_enc_dtype(cfg, cfgp, &enc, err, errlen);
+    saefw_sae_arch_cfg arch;
     if (rc == 0) rc = cfg_relu_options(cfg, cfgp, &ro, err, errlen);
-    if (rc == 0) rc = fill_sae(weights, tf, d_in, d_sae, l1, &ro, sae, err, errlen);
+    if (rc == 0) rc = cfg_arch(cfg, cfgp, d_in, &arch, err, errlen);
+    if (rc == 0) rc = fill_sae(weights, tf, d_in, d_sae, l1, &ro, &arch, sae, err, errlen);
     if (rc == 0) sae->enc_dtype = enc;
     saefw_tf_close(tf);
     if (rc != 0) {

@@ -31,18 +31,69 @@ static lsae *new_sae(lua_State *L) {
     return s;
 }
 
+/* Whether field `key` of the table at idx is set. */
+static int has_field(lua_State *L, int idx, const char *key) {
+    int set = lua_getfield(L, idx, key) != LUA_TNIL;
+    lua_pop(L, 1);
+    return set;
+}
+
+/* The architecture options of saefw.sae{}: each paper's defaults (saefw_sae_arch_defaults), and an
+ * option of another architecture is an error. */
+static void arch_options(lua_State *L, int64_t d_in, saefw_sae_arch_cfg *cfg) {
+    char err[512];
+    const char *name = saefw_lua_opt_string(L, 1, "saefw.sae", "arch", "relu");
+    saefw_sae_arch arch;
+    if (saefw_sae_arch_parse(name, &arch, err, sizeof err) != 0) saefw_lua_error(L, "saefw.sae: field %s", err);
+    saefw_sae_arch_defaults(cfg, arch, d_in);
+    static const struct {
+        const char *key;
+        unsigned archs; /* bit per saefw_sae_arch */
+    } own[] = {{"k", 1u << SAEFW_ARCH_TOPK | 1u << SAEFW_ARCH_BATCHTOPK},
+               {"k_aux", 1u << SAEFW_ARCH_TOPK | 1u << SAEFW_ARCH_BATCHTOPK},
+               {"aux_coeff", 1u << SAEFW_ARCH_TOPK | 1u << SAEFW_ARCH_BATCHTOPK},
+               {"dead_steps", 1u << SAEFW_ARCH_TOPK | 1u << SAEFW_ARCH_BATCHTOPK},
+               {"theta_rate", 1u << SAEFW_ARCH_BATCHTOPK},
+               {"bandwidth", 1u << SAEFW_ARCH_JUMPRELU},
+               {"threshold", 1u << SAEFW_ARCH_JUMPRELU},
+               {"l0_coeff", 1u << SAEFW_ARCH_JUMPRELU},
+               {"l1_coeff", 1u << SAEFW_ARCH_RELU | 1u << SAEFW_ARCH_GATED},
+               {"enc_dtype", 1u << SAEFW_ARCH_RELU},
+               {"d_out", 1u << SAEFW_ARCH_RELU},
+               {"apply_b_dec_to_input", 1u << SAEFW_ARCH_RELU},
+               {"l1_weighting", 1u << SAEFW_ARCH_RELU},
+               {"init", 1u << SAEFW_ARCH_RELU}};
+    for (size_t i = 0; i < sizeof own / sizeof *own; i++)
+        if (!(own[i].archs & (1u << arch)) && has_field(L, 1, own[i].key))
+            saefw_lua_error(L, "saefw.sae: field '%s' does not apply to arch = \"%s\"", own[i].key, name);
+    if (arch == SAEFW_ARCH_RELU) return;
+    cfg->k = saefw_lua_opt_int(L, 1, "saefw.sae", "k", cfg->k, INT64_MIN);
+    cfg->k_aux = saefw_lua_opt_int(L, 1, "saefw.sae", "k_aux", cfg->k_aux, INT64_MIN);
+    cfg->dead_steps = saefw_lua_opt_int(L, 1, "saefw.sae", "dead_steps", cfg->dead_steps, INT64_MIN);
+    cfg->aux_coeff = saefw_lua_opt_number(L, 1, "saefw.sae", "aux_coeff", cfg->aux_coeff);
+    cfg->theta_rate = saefw_lua_opt_number(L, 1, "saefw.sae", "theta_rate", cfg->theta_rate);
+    cfg->bandwidth = saefw_lua_opt_number(L, 1, "saefw.sae", "bandwidth", cfg->bandwidth);
+    cfg->threshold = saefw_lua_opt_number(L, 1, "saefw.sae", "threshold", cfg->threshold);
+    cfg->l0_coeff = saefw_lua_opt_number(L, 1, "saefw.sae", "l0_coeff", cfg->l0_coeff);
+}
+
 static int l_sae(lua_State *L) {
     static const char *const keys[] = {
-        "d_in",         "d_sae", "l1_coeff", "seed", "enc_dtype", "d_out", "apply_b_dec_to_input",
-        "l1_weighting", "init",  NULL};
+        "d_in",         "d_sae",     "l1_coeff",  "seed",     "enc_dtype", "d_out",     "apply_b_dec_to_input",
+        "l1_weighting", "init",      "arch",      "k",        "k_aux",     "aux_coeff", "dead_steps",
+        "theta_rate",   "bandwidth", "threshold", "l0_coeff", NULL};
     saefw_lua_check_table(L, 1, "saefw.sae");
     saefw_lua_check_keys(L, 1, "saefw.sae", keys);
     int64_t d_in = saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
     int64_t d_sae = saefw_lua_req_int(L, 1, "saefw.sae", "d_sae", 1);
-    double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff", 3e-4);
+    saefw_sae_arch_cfg arch;
+    arch_options(L, d_in, &arch);
+    double l1 = saefw_lua_opt_number(L, 1, "saefw.sae", "l1_coeff",
+                                     arch.arch == SAEFW_ARCH_RELU || arch.arch == SAEFW_ARCH_GATED ? 3e-4 : 0);
     if (l1 < 0) saefw_lua_error(L, "saefw.sae: field 'l1_coeff' must be >= 0");
     int64_t seed = saefw_lua_opt_int(L, 1, "saefw.sae", "seed", SAEFW_DEFAULT_SEED, 0);
     char err[512];
+    if (saefw_sae_arch_check(&arch, d_sae, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.sae: %s", err);
     saefw_enc_dtype enc;
     if (saefw_enc_dtype_parse(saefw_lua_opt_string(L, 1, "saefw.sae", "enc_dtype", "fp32"), &enc, err, sizeof err) != 0)
         return saefw_lua_error(L, "saefw.sae: field %s", err);
@@ -65,13 +116,15 @@ static int l_sae(lua_State *L) {
                                (long long)d_in, (long long)d_out);
     lsae *s = new_sae(L);
     if ((d_out > 0 ? saefw_sae_alloc_xy(&s->sae, d_in, d_out, d_sae, (float)l1, err, sizeof err)
-                   : saefw_sae_alloc(&s->sae, d_in, d_sae, (float)l1, err, sizeof err)) != 0)
+                   : saefw_sae_alloc_arch(&s->sae, d_in, d_sae, (float)l1, &arch, err, sizeof err)) != 0)
         return saefw_lua_error(L, "saefw.sae: %s", err);
     s->alive = 1;
     s->sae.enc_dtype = enc;
-    s->sae.transcoder = d_out > 0;
-    s->sae.apply_b_dec_to_input = apply;
-    s->sae.l1_weighting = weighting;
+    if (arch.arch == SAEFW_ARCH_RELU) { /* the other architectures fix these (arch_options refuses them) */
+        s->sae.transcoder = d_out > 0;
+        s->sae.apply_b_dec_to_input = apply;
+        s->sae.l1_weighting = weighting;
+    }
     if (saefw_sae_check_options(&s->sae, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.%s", err);
     saefw_rng rng;
     saefw_rng_seed(&rng, (uint64_t)seed);
@@ -124,16 +177,21 @@ static int l_load_sae(lua_State *L) {
     return 3;
 }
 
-static int param_index(lua_State *L, const char *name) {
-    for (int i = 0; i < SAEFW_N_PARAMS; i++)
-        if (strcmp(saefw_param_name(i), name) == 0) return i;
-    return saefw_lua_error(L, "no SAE tensor named '%s' (W_enc, W_dec, b_enc, b_dec)", name);
+static int param_index(lua_State *L, const saefw_sae *sae, const char *name) {
+    int i = saefw_sae_param_index(sae, name);
+    if (i >= 0) return i;
+    char names[128] = "";
+    for (int k = 0; k < sae->n_params; k++) {
+        size_t u = strlen(names);
+        snprintf(names + u, sizeof names - u, "%s%s", k ? ", " : "", sae->names[k]);
+    }
+    return saefw_lua_error(L, "no SAE tensor named '%s' (%s)", name, names);
 }
 
 /* sae:tensor(name) -> flat Lua array copy and its shape (for analysis and tests on small SAEs). */
 static int sae_tensor(lua_State *L) {
     lsae *s = saefw_lua_check_lsae(L, 1);
-    int i = param_index(L, luaL_checkstring(L, 2));
+    int i = param_index(L, &s->sae, luaL_checkstring(L, 2));
     int64_t n = s->sae.numel[i];
     lua_createtable(L, (int)n, 0);
     for (int64_t k = 0; k < n; k++) {
@@ -158,6 +216,15 @@ static int sae_index(lua_State *L) {
     else if (!strcmp(k, "l1_weighting")) lua_pushstring(L, saefw_l1_weighting_name(s->sae.l1_weighting));
     else if (!strcmp(k, "l1_coeff")) lua_pushnumber(L, s->sae.l1_coeff);
     else if (!strcmp(k, "enc_dtype")) lua_pushstring(L, saefw_enc_dtype_name(s->sae.enc_dtype));
+    else if (!strcmp(k, "arch")) lua_pushstring(L, saefw_sae_arch_name(s->sae.arch.arch));
+    else if (!strcmp(k, "names")) {
+        lua_createtable(L, s->sae.n_params, 0);
+        for (int i = 0; i < s->sae.n_params; i++) {
+            lua_pushstring(L, s->sae.names[i]);
+            lua_rawseti(L, -2, i + 1);
+        }
+    } else if (!strcmp(k, "k") && (s->sae.arch.arch == SAEFW_ARCH_TOPK || s->sae.arch.arch == SAEFW_ARCH_BATCHTOPK))
+        lua_pushinteger(L, s->sae.arch.k);
     else {
         luaL_getmetafield(L, 1, "methods");
         lua_getfield(L, -1, k);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "parallel.h"
+#include "sae_arch.h"
 #include "sae_kernels.h"
 #include "util.h"
 
@@ -39,8 +40,9 @@ static void *alloc_big(size_t bytes, int zero, int huge, char *err, size_t errle
     return p;
 }
 
-int saefw_sae_alloc_xy(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sae, float l1_coeff, char *err,
-                       size_t errlen) {
+/* Every allocation: an architecture (relu for the transcoder), input and target widths. */
+static int sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sae, float l1_coeff,
+                     const saefw_sae_arch_cfg *cfg, char *err, size_t errlen) {
     memset(sae, 0, sizeof *sae);
     if (d_in <= 0 || d_out <= 0 || d_sae <= 0)
         return saefw_errf(err, errlen, "sae: d_in, d_out and d_sae must be positive (got %lld, %lld, %lld)",
@@ -52,12 +54,19 @@ int saefw_sae_alloc_xy(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sa
     sae->d_out = d_out;
     sae->d_sae = d_sae;
     sae->l1_coeff = l1_coeff;
-    sae->apply_b_dec_to_input = 1;
+    if (saefw_sae_arch_check(cfg, d_sae, err, errlen) != 0) return -1;
+    if (cfg->arch != SAEFW_ARCH_RELU && d_out != d_in)
+        return saefw_errf(err, errlen, "sae: a transcoder (d_out %lld != d_in %lld) is a relu SAE, not %s",
+                          (long long)d_out, (long long)d_in, saefw_sae_arch_name(cfg->arch));
+    sae->arch = *cfg;
+    sae->apply_b_dec_to_input = cfg->arch != SAEFW_ARCH_JUMPRELU; /* JumpReLU's encoder reads x */
     /* The {name, shape} table: every other piece (checkpoints, optimizers, tests) walks it. */
-    int64_t shapes[SAEFW_N_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_out}, {d_sae, 1}, {d_out, 1}};
-    int ndims[SAEFW_N_PARAMS] = {2, 2, 1, 1};
+    int64_t shapes[SAEFW_MAX_PARAMS][2] = {{d_in, d_sae}, {d_sae, d_out}, {d_sae, 1},
+                                           {d_out, 1},    {d_sae, 1},     {d_sae, 1}};
+    int ndims[SAEFW_MAX_PARAMS] = {2, 2, 1, 1, 1, 1};
+    sae->n_params = saefw_arch_names(cfg->arch, sae->names);
     size_t total = 0;
-    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
+    for (int i = 0; i < sae->n_params; i++) {
         sae->shape[i][0] = shapes[i][0];
         sae->shape[i][1] = ndims[i] == 2 ? shapes[i][1] : 0;
         sae->ndim[i] = ndims[i];
@@ -67,17 +76,32 @@ int saefw_sae_alloc_xy(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sa
     sae->n_total = total;
     sae->params = alloc_big(total * sizeof(float), 1, 1, err, errlen);
     sae->grads = sae->params ? alloc_big(total * sizeof(float), 1, 1, err, errlen) : NULL;
-    if (!sae->params || !sae->grads) {
+    if (sae->grads && (cfg->arch == SAEFW_ARCH_TOPK || cfg->arch == SAEFW_ARCH_BATCHTOPK))
+        sae->since_fired = alloc_big((size_t)d_sae * sizeof(int64_t), 1, 0, err, errlen);
+    if (!sae->params || !sae->grads ||
+        (!sae->since_fired && (cfg->arch == SAEFW_ARCH_TOPK || cfg->arch == SAEFW_ARCH_BATCHTOPK))) {
         saefw_sae_free(sae);
         return -1;
     }
     size_t off = 0;
-    for (int i = 0; i < SAEFW_N_PARAMS; i++) {
+    for (int i = 0; i < sae->n_params; i++) {
         sae->p[i] = sae->params + off;
         sae->g[i] = sae->grads + off;
         off += (size_t)sae->numel[i];
     }
     return 0;
+}
+
+int saefw_sae_alloc_xy(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sae, float l1_coeff, char *err,
+                       size_t errlen) {
+    saefw_sae_arch_cfg relu;
+    saefw_sae_arch_defaults(&relu, SAEFW_ARCH_RELU, d_in);
+    return sae_alloc(sae, d_in, d_out, d_sae, l1_coeff, &relu, err, errlen);
+}
+
+int saefw_sae_alloc_arch(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, const saefw_sae_arch_cfg *cfg,
+                         char *err, size_t errlen) {
+    return sae_alloc(sae, d_in, d_in, d_sae, l1_coeff, cfg, err, errlen);
 }
 
 int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, char *err, size_t errlen) {
@@ -94,6 +118,11 @@ int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff,
 }
 
 int saefw_sae_check_options(const saefw_sae *sae, char *err, size_t errlen) {
+    if (sae->arch.arch != SAEFW_ARCH_RELU && (sae->l1_weighting != SAEFW_L1_PLAIN || sae->transcoder ||
+                                              sae->apply_b_dec_to_input != (sae->arch.arch != SAEFW_ARCH_JUMPRELU)))
+        return saefw_errf(err, errlen,
+                          "sae: l1_weighting, apply_b_dec_to_input and d_out are options of the relu SAE, not of %s",
+                          saefw_sae_arch_name(sae->arch.arch));
     if (sae->l1_weighting != SAEFW_L1_PLAIN && sae->l1_weighting != SAEFW_L1_DECODER_NORM)
         return saefw_errf(err, errlen, "sae: unknown l1_weighting %d", (int)sae->l1_weighting);
     if (sae->transcoder && sae->apply_b_dec_to_input)
@@ -120,6 +149,7 @@ int saefw_l1_weighting_parse(const char *s, saefw_l1_weighting *out, char *err, 
 void saefw_sae_free(saefw_sae *sae) {
     free(sae->params);
     free(sae->grads);
+    free(sae->since_fired);
     memset(sae, 0, sizeof *sae);
 }
 
@@ -142,6 +172,7 @@ void saefw_sae_init_params(saefw_sae *sae, saefw_rng *rng) {
     memset(sae->p[SAEFW_B_ENC], 0, sizeof(float) * (size_t)sae->d_sae);
     memset(sae->p[SAEFW_B_DEC], 0, sizeof(float) * (size_t)sae->d_out);
     normalize_rows(sae->p[SAEFW_W_DEC], sae->d_sae, sae->d_out);
+    if (sae->arch.arch != SAEFW_ARCH_RELU) saefw_arch_init_params(sae);
 }
 
 void saefw_sae_init_april(saefw_sae *sae, saefw_rng *rng) {
@@ -158,9 +189,15 @@ void saefw_sae_init_april(saefw_sae *sae, saefw_rng *rng) {
     memset(sae->p[SAEFW_B_DEC], 0, sizeof(float) * (size_t)d);
 }
 
+int saefw_sae_param_index(const saefw_sae *sae, const char *name) {
+    for (int i = 0; name && i < sae->n_params; i++)
+        if (strcmp(sae->names[i], name) == 0) return i;
+    return -1;
+}
+
 void saefw_sae_param_view(saefw_sae *sae, int i, saefw_param *out) {
     memset(out, 0, sizeof *out);
-    out->name = PARAM_NAMES[i];
+    out->name = sae->names[i];
     out->data = sae->p[i];
     out->grad = sae->g[i];
     out->ndim = sae->ndim[i];
@@ -908,6 +945,7 @@ static int work_count_active(const saefw_sae *sae, saefw_sae_work *w, int64_t *c
 
 struct saefw_sae_step {
     saefw_sae_work w;
+    saefw_arch_work *aw; /* the other architectures' scratch (sae_arch.c); NULL for relu */
 };
 
 /* Rows of W_enc in a range: b_dec's gradient is its x_hat term - W_enc row . gb_enc (x_cent = x - b_dec),
@@ -946,6 +984,11 @@ SAEFW_KERNEL static void dec_norm_grad_rows(void *vctx, int64_t j0, int64_t j1) 
 
 void saefw_sae_train_step_xy(saefw_sae *sae, saefw_sae_step *s, const float *x, const float *y, int64_t B,
                              saefw_sae_stats *stats) {
+    if (s->aw) {
+        /* The other architectures have no target of their own (saefw_sae_check_options). */
+        saefw_arch_train_step(sae, s->aw, x, B, stats);
+        return;
+    }
     saefw_sae_work *w = &s->w;
     if (!y && sae->d_out != sae->d_in) {
         /* No target of the decoder's width: a caller's mistake that must not read past x. */
@@ -974,8 +1017,18 @@ void saefw_sae_train_step(saefw_sae *sae, saefw_sae_step *s, const float *x, int
 
 int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
     *out = NULL;
-    saefw_sae_step *s = malloc(sizeof *s);
+    saefw_sae_step *s = calloc(1, sizeof *s);
     if (!s) return saefw_errf(err, errlen, "out of memory (%zu bytes)", sizeof *s);
+    if (sae->arch.arch != SAEFW_ARCH_RELU) {
+        saefw_sae_path path;
+        if (requested_path(&path, err, errlen) != 0 ||
+            saefw_arch_work_alloc(&s->aw, sae, cap, path, err, errlen) != 0) {
+            free(s);
+            return -1;
+        }
+        *out = s;
+        return 0;
+    }
     if (work_alloc(&s->w, sae, cap, err, errlen) != 0) {
         free(s);
         return -1;
@@ -986,21 +1039,30 @@ int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap
 
 void saefw_sae_step_free(saefw_sae_step *s) {
     if (!s) return;
-    work_free(&s->w);
+    if (s->aw) saefw_arch_work_free(s->aw);
+    else work_free(&s->w);
     free(s);
 }
 
-int64_t saefw_sae_step_cap(const saefw_sae_step *s) { return s->w.cap; }
+int64_t saefw_sae_step_cap(const saefw_sae_step *s) { return s->aw ? saefw_arch_cap(s->aw) : s->w.cap; }
 
-void saefw_sae_step_release(saefw_sae_step *s) { work_release(&s->w); }
+void saefw_sae_step_release(saefw_sae_step *s) {
+    if (s->aw) saefw_arch_release(s->aw);
+    else work_release(&s->w);
+}
 
-saefw_sae_path saefw_sae_step_path(const saefw_sae_step *s) { return s->w.sparse ? SAEFW_SAE_SPARSE : SAEFW_SAE_DENSE; }
+saefw_sae_path saefw_sae_step_path(const saefw_sae_step *s) {
+    if (s->aw) return saefw_arch_sparse(s->aw) ? SAEFW_SAE_SPARSE : SAEFW_SAE_DENSE;
+    return s->w.sparse ? SAEFW_SAE_SPARSE : SAEFW_SAE_DENSE;
+}
 
 const float *saefw_sae_step_acts(const saefw_sae *sae, saefw_sae_step *s, char *err, size_t errlen) {
+    if (s->aw) return saefw_arch_acts(sae, s->aw, err, errlen);
     return work_acts(sae, &s->w, err, errlen);
 }
 
 int saefw_sae_step_count_active(const saefw_sae *sae, saefw_sae_step *s, int64_t *count, char *err, size_t errlen) {
+    if (s->aw) return saefw_arch_count_active(sae, s->aw, count);
     return work_count_active(sae, &s->w, count, err, errlen);
 }
 
@@ -1008,12 +1070,23 @@ int saefw_sae_step_count_active(const saefw_sae *sae, saefw_sae_step *s, int64_t
 
 struct saefw_sae_eval {
     saefw_sae_work w;
+    saefw_arch_work *aw; /* the other architectures' scratch (sae_arch.c); NULL for relu */
 };
 
 int saefw_sae_eval_alloc(saefw_sae_eval **out, const saefw_sae *sae, int64_t cap, char *err, size_t errlen) {
     *out = NULL;
-    saefw_sae_eval *e = malloc(sizeof *e);
+    saefw_sae_eval *e = calloc(1, sizeof *e);
     if (!e) return saefw_errf(err, errlen, "out of memory (%zu bytes)", sizeof *e);
+    if (sae->arch.arch != SAEFW_ARCH_RELU) {
+        saefw_sae_path path;
+        if (requested_path(&path, err, errlen) != 0 ||
+            saefw_arch_work_alloc(&e->aw, sae, cap, path, err, errlen) != 0) {
+            free(e);
+            return -1;
+        }
+        *out = e;
+        return 0;
+    }
     if (work_alloc(&e->w, sae, cap, err, errlen) != 0) {
         free(e);
         return -1;
@@ -1024,14 +1097,16 @@ int saefw_sae_eval_alloc(saefw_sae_eval **out, const saefw_sae *sae, int64_t cap
 
 void saefw_sae_eval_free(saefw_sae_eval *e) {
     if (!e) return;
-    work_free(&e->w);
+    if (e->aw) saefw_arch_work_free(e->aw);
+    else work_free(&e->w);
     free(e);
 }
 
-int64_t saefw_sae_eval_cap(const saefw_sae_eval *e) { return e->w.cap; }
+int64_t saefw_sae_eval_cap(const saefw_sae_eval *e) { return e->aw ? saefw_arch_cap(e->aw) : e->w.cap; }
 
 const float *saefw_sae_eval_forward_xy(const saefw_sae *sae, saefw_sae_eval *e, const float *x, const float *y,
                                        int64_t B, saefw_sae_stats *stats) {
+    if (e->aw) return saefw_arch_eval_forward(sae, e->aw, x, B, stats);
     if (!y && sae->d_out == sae->d_in) y = x;
     forward(sae, NULL, &e->w, x, y, B, stats);
     return e->w.x_hat;
@@ -1043,15 +1118,18 @@ const float *saefw_sae_eval_forward(const saefw_sae *sae, saefw_sae_eval *e, con
 }
 
 const float *saefw_sae_eval_acts(const saefw_sae *sae, saefw_sae_eval *e, char *err, size_t errlen) {
+    if (e->aw) return saefw_arch_acts(sae, e->aw, err, errlen);
     return work_acts(sae, &e->w, err, errlen);
 }
 
 int saefw_sae_eval_count_active(const saefw_sae *sae, saefw_sae_eval *e, int64_t *count, char *err, size_t errlen) {
+    if (e->aw) return saefw_arch_count_active(sae, e->aw, count);
     return work_count_active(sae, &e->w, count, err, errlen);
 }
 
 int saefw_sae_eval_row_loss(const saefw_sae *sae, saefw_sae_eval *e, const float *x, float *loss, char *err,
                             size_t errlen) {
+    if (e->aw) return saefw_arch_row_loss(sae, e->aw, x, loss);
     const int64_t d_out = sae->d_out, d_sae = sae->d_sae, B = e->w.rows;
     const float *acts = work_acts(sae, &e->w, err, errlen);
     if (!acts) return -1;
@@ -1072,7 +1150,7 @@ int saefw_sae_eval_row_loss(const saefw_sae *sae, saefw_sae_eval *e, const float
 }
 
 int saefw_sae_eval_entries(const saefw_sae_eval *e, saefw_sae_entries *out) {
-    if (!e->w.sparse) return 0;
+    if (e->aw || !e->w.sparse) return 0;
     out->start = e->w.feat_start;
     out->row = e->w.feat_row;
     out->act = e->w.feat_act;

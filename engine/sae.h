@@ -14,9 +14,13 @@
 #include "sae_lowp.h"
 #include "saefw/plugin.h"
 
+/* The first four tensors of every architecture keep these indices (index 2 is b_gate for gated);
+ * SAEFW_N_PARAMS is the ReLU SAE's count, an SAE's own is n_params. Extra tensors are appended:
+ * jumprelu's log_threshold (4), gated's r_mag (4) and b_mag (5). */
 enum { SAEFW_W_ENC = 0, SAEFW_W_DEC = 1, SAEFW_B_ENC = 2, SAEFW_B_DEC = 3, SAEFW_N_PARAMS = 4 };
+enum { SAEFW_LOG_THRESHOLD = 4, SAEFW_R_MAG = 4, SAEFW_B_MAG = 5, SAEFW_MAX_PARAMS = 6 };
 
-/* Name of parameter i ("W_enc", ...), in the fixed order above. */
+/* Name of the ReLU SAE's parameter i ("W_enc", ...), in the fixed order above. */
 const char *saefw_param_name(int i);
 
 /* The sparsity penalty's form. */
@@ -25,21 +29,62 @@ typedef enum {
     SAEFW_L1_DECODER_NORM = 1, /* the 2024 recipe's: l1_coeff * mean_b sum_i acts[b,i] ||W_dec[i,:]|| */
 } saefw_l1_weighting;
 
+/* The architectures (docs/architectures.md): the seed's ReLU and issue 16's four. */
+typedef enum {
+    SAEFW_ARCH_RELU = 0,
+    SAEFW_ARCH_TOPK,
+    SAEFW_ARCH_BATCHTOPK,
+    SAEFW_ARCH_JUMPRELU,
+    SAEFW_ARCH_GATED,
+    SAEFW_ARCH_COUNT
+} saefw_sae_arch;
+
+/* "relu", "topk", ... or NULL for an unknown value. */
+const char *saefw_sae_arch_name(saefw_sae_arch a);
+/* 0 with *out set for a known name, else -1 with err. */
+int saefw_sae_arch_parse(const char *name, saefw_sae_arch *out, char *err, size_t errlen);
+
+/* An architecture and its hyperparameters; fields that do not belong to it are ignored. */
+typedef struct {
+    saefw_sae_arch arch;
+    int64_t k;          /* topk, batchtopk: latents kept per row (batchtopk: on average) */
+    int64_t k_aux;      /* topk, batchtopk: AuxK's dead latents per row */
+    int64_t dead_steps; /* topk, batchtopk: a latent is dead after more steps than this without firing */
+    double aux_coeff;   /* topk, batchtopk: AuxK's coefficient */
+    double theta_rate;  /* batchtopk: rate of the inference threshold's moving average */
+    double bandwidth;   /* jumprelu: the STE's rectangle kernel width */
+    double threshold;   /* jumprelu: initial threshold (log_threshold = log(threshold)) */
+    double l0_coeff;    /* jumprelu: the L0 term's coefficient */
+} saefw_sae_arch_cfg;
+
+/* The defaults of docs/architectures.md for arch, given d_in (k_aux = d_in / 2). */
+void saefw_sae_arch_defaults(saefw_sae_arch_cfg *cfg, saefw_sae_arch arch, int64_t d_in);
+/* 0 when cfg's values fit an SAE of d_sae latents, else -1 with a one-line err. */
+int saefw_sae_arch_check(const saefw_sae_arch_cfg *cfg, int64_t d_sae, char *err, size_t errlen);
+
 typedef struct {
     int64_t d_in, d_sae;
-    float l1_coeff;
-    float *params;            /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_out], b_enc [d_sae], b_dec [d_out] */
-    float *grads;             /* same layout as params */
-    size_t n_total;           /* floats in each block */
-    float *p[SAEFW_N_PARAMS]; /* views into params */
-    float *g[SAEFW_N_PARAMS]; /* views into grads */
-    int64_t shape[SAEFW_N_PARAMS][2];
-    int ndim[SAEFW_N_PARAMS];
-    int64_t numel[SAEFW_N_PARAMS];
+    float l1_coeff; /* relu; gated: the gate's L1 coefficient */
+    float *params;  /* one block: W_enc [d_in,d_sae], W_dec [d_sae,d_out], b_enc [d_sae], b_dec [d_out], extras */
+    float *grads;   /* same layout as params */
+    size_t n_total; /* floats in each block */
+    int n_params;   /* tensors of this architecture (4 for relu) */
+    const char *names[SAEFW_MAX_PARAMS];
+    float *p[SAEFW_MAX_PARAMS]; /* views into params */
+    float *g[SAEFW_MAX_PARAMS]; /* views into grads */
+    int64_t shape[SAEFW_MAX_PARAMS][2];
+    int ndim[SAEFW_MAX_PARAMS];
+    int64_t numel[SAEFW_MAX_PARAMS];
     /* Precision of the encoder and decoder products (sae_lowp.h): fp32 (0, the default) or bf16 / fp16
      * operands with fp32 sums; parameters and gradients stay fp32. Work areas take it at allocation. */
     saefw_enc_dtype enc_dtype;
-    /* Width of the target and of the decoder's output: d_in except for a transcoder. */
+    saefw_sae_arch_cfg arch;
+    /* Training state that is not a parameter (saved with the training state): AuxK's steps since each
+     * latent last fired [d_sae] (topk, batchtopk; else NULL) and BatchTopK's inference threshold. */
+    int64_t *since_fired;
+    double theta;
+    /* The ReLU SAE's variants (issue 16.2, 16.3). Width of the target and of the decoder's output: d_in
+     * except for a transcoder. */
     int64_t d_out;
     /* 1 (the seed's): the encoder reads x - b_dec; 0: it reads x, and b_dec gets no gradient through it. */
     int apply_b_dec_to_input;
@@ -48,23 +93,29 @@ typedef struct {
     int transcoder;
 } saefw_sae;
 
-/* Allocate an SAE with zeroed parameters and gradients, the seed's options (target x, b_dec applied to
- * the input, plain L1). Free with saefw_sae_free. */
+/* Allocate a ReLU SAE with zeroed parameters and gradients, the seed's options (target x, b_dec applied
+ * to the input, plain L1). Free with saefw_sae_free. */
 int saefw_sae_alloc(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, char *err, size_t errlen);
 /* The same for a transcoder: input width d_in, target width d_out (W_dec [d_sae, d_out], b_dec [d_out]),
  * apply_b_dec_to_input 0. */
 int saefw_sae_alloc_xy(saefw_sae *sae, int64_t d_in, int64_t d_out, int64_t d_sae, float l1_coeff, char *err,
                        size_t errlen);
+/* The same for any architecture (cfg checked by saefw_sae_arch_check); relu gives saefw_sae_alloc's SAE. */
+int saefw_sae_alloc_arch(saefw_sae *sae, int64_t d_in, int64_t d_sae, float l1_coeff, const saefw_sae_arch_cfg *cfg,
+                         char *err, size_t errlen);
 void saefw_sae_free(saefw_sae *sae);
+/* Index of the SAE's tensor called name, or -1. */
+int saefw_sae_param_index(const saefw_sae *sae, const char *name);
 /* -1 with a one-line err when the options do not fit together (a transcoder applying b_dec to its input,
- * d_out != d_in outside a transcoder, an unknown l1_weighting). */
+ * d_out != d_in outside a transcoder, an unknown l1_weighting, a variant on another architecture than relu). */
 int saefw_sae_check_options(const saefw_sae *sae, char *err, size_t errlen);
 /* "plain" / "decoder_norm" <-> the enum; parse returns -1 with err naming the value. */
 const char *saefw_l1_weighting_name(saefw_l1_weighting w);
 int saefw_l1_weighting_parse(const char *s, saefw_l1_weighting *out, char *err, size_t errlen);
 
 /* The seed's init: kaiming-uniform W_enc and W_dec (bound sqrt(6 / size(1))), biases zero,
- * then W_dec rows scaled to unit norm. */
+ * then W_dec rows scaled to unit norm. Other architectures then set W_enc = W_dec^T (their papers'
+ * init), and jumprelu's log_threshold = log(threshold); r_mag and b_mag start at zero. */
 void saefw_sae_init_params(saefw_sae *sae, saefw_rng *rng);
 /* The April 2024 recipe's init: W_dec rows in random (normal) directions with norm 0.1, W_enc = W_dec^T
  * (needs d_out == d_in), biases zero. */

@@ -20,7 +20,7 @@ void saefw_train_host_log(saefw_run *run, int level, const char *msg) {
 
 static double host_opt_number(const saefw_opts *o, const char *name) { return saefw_opts_number(o, name); }
 static const char *host_opt_string(const saefw_opts *o, const char *name) { return saefw_opts_string(o, name); }
-static int host_param_count(saefw_run *run) { return SAEFW_N_PARAMS; }
+static int host_param_count(saefw_run *run) { return run->sae->n_params; }
 
 /* Fill a plugin's saefw_param up to the size it declares (it may come from an older or newer header). */
 static int param_out(saefw_run *run, int i, saefw_param *out) {
@@ -36,18 +36,16 @@ static int param_out(saefw_run *run, int i, saefw_param *out) {
 }
 
 static int host_param_get(saefw_run *run, int i, saefw_param *out) {
-    if (i < 0 || i >= SAEFW_N_PARAMS || !out) return -1;
+    if (i < 0 || i >= run->sae->n_params || !out) return -1;
     return param_out(run, i, out);
 }
 
 static int host_param_find(saefw_run *run, const char *name, saefw_param *out, int *index) {
-    for (int i = 0; i < SAEFW_N_PARAMS; i++)
-        if (name && strcmp(saefw_param_name(i), name) == 0) {
-            if (param_out(run, i, out) != 0) return -1;
-            if (index) *index = i;
-            return 0;
-        }
-    return -1;
+    const int i = saefw_sae_param_index(run->sae, name);
+    if (i < 0) return -1;
+    if (param_out(run, i, out) != 0) return -1;
+    if (index) *index = i;
+    return 0;
 }
 
 static int64_t host_d_in(saefw_run *run) { return run->sae->d_in; }
@@ -59,12 +57,12 @@ static int host_reset_opt(saefw_run *run, int param, int axis, const int64_t *id
     const saefw_plugin *op = &run->o->optimizer.plugin->p;
     if (param == -1) {
         if (idx) return saefw_errf(err, errlen, "reset_optimizer_state: every tensor (-1) takes no indices");
-        for (int i = 0; i < SAEFW_N_PARAMS; i++)
+        for (int i = 0; i < run->sae->n_params; i++)
             if (host_reset_opt(run, i, 0, NULL, 0, err, errlen) != 0) return -1;
         return 0;
     }
-    if (param < 0 || param >= SAEFW_N_PARAMS)
-        return saefw_errf(err, errlen, "reset_optimizer_state: no tensor %d (there are %d)", param, SAEFW_N_PARAMS);
+    if (param < 0 || param >= run->sae->n_params)
+        return saefw_errf(err, errlen, "reset_optimizer_state: no tensor %d (there are %d)", param, run->sae->n_params);
     saefw_param p;
     saefw_sae_param_view(run->sae, param, &p);
     if (idx) {

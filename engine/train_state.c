@@ -78,6 +78,32 @@ static int source_state(saefw_run *run, saefw_source *src, const char *prefix, s
     return src->load_state(src, in, err, errlen);
 }
 
+/* The SAE's state beyond its checkpoint tensors: AuxK's counters, BatchTopK's theta, and JumpReLU's
+ * log_threshold exactly (the weights file holds exp of it, whose log need not give it back). */
+static int sae_state(saefw_sae *sae, saefw_state_out *out, saefw_state_in *in, char *err, size_t errlen) {
+    const saefw_sae_arch arch = sae->arch.arch;
+    if (out) {
+        saefw_state_set_prefix(out, "sae/");
+        if (sae->since_fired &&
+            (saefw_state_put_copy(out, "since_fired", SAEFW_DT_I64, sae->d_sae, sae->since_fired, err, errlen) != 0 ||
+             saefw_state_put_f64(out, "theta", sae->theta, err, errlen) != 0))
+            return -1;
+        if (arch == SAEFW_ARCH_JUMPRELU && saefw_state_put_copy(out, "log_threshold", SAEFW_DT_F32, sae->d_sae,
+                                                                sae->p[SAEFW_LOG_THRESHOLD], err, errlen) != 0)
+            return -1;
+        return 0;
+    }
+    saefw_state_in_prefix(in, "sae/");
+    if (sae->since_fired &&
+        (saefw_state_get(in, "since_fired", SAEFW_DT_I64, sae->d_sae, sae->since_fired, err, errlen) != 0 ||
+         saefw_state_get_f64(in, "theta", &sae->theta, err, errlen) != 0))
+        return -1;
+    if (arch == SAEFW_ARCH_JUMPRELU &&
+        saefw_state_get(in, "log_threshold", SAEFW_DT_F32, sae->d_sae, sae->p[SAEFW_LOG_THRESHOLD], err, errlen) != 0)
+        return -1;
+    return 0;
+}
+
 /* The run's configuration (and the changes accepted so far) as JSON text, for a resume to compare. */
 static int put_record(saefw_run *run, saefw_state_out *st, char *err, size_t errlen) {
     cJSON *r = saefw_run_record(run->o);
@@ -204,6 +230,7 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         if (o->evaluators[i]->rng &&
             saefw_state_put_rng(&st, o->evaluators[i]->rng_name, o->evaluators[i]->rng, err, errlen) != 0)
             goto out;
+    if (sae_state(run->sae, &st, NULL, err, errlen) != 0) goto out;
     if (o->buffer) {
         saefw_state_set_prefix(&st, "buffer/");
         if (saefw_buffer_save(o->buffer, &st, err, errlen) != 0) goto out;
@@ -251,6 +278,12 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
     char path[PATH_MAX];
     saefw_sae saved;
     if (saefw_checkpoint_load(dir, &saved, NULL, err, errlen) != 0) return -1;
+    if (saved.arch.arch != run->sae->arch.arch) {
+        saefw_errf(err, errlen, "%s: the checkpoint's SAE is a %s SAE, this run's a %s SAE", dir,
+                   saefw_sae_arch_name(saved.arch.arch), saefw_sae_arch_name(run->sae->arch.arch));
+        saefw_sae_free(&saved);
+        return -1;
+    }
     if (saved.d_in != run->sae->d_in || saved.d_sae != run->sae->d_sae) {
         saefw_errf(err, errlen, "%s: the checkpoint's SAE is %lld -> %lld, this run's %lld -> %lld", dir,
                    (long long)saved.d_in, (long long)saved.d_sae, (long long)run->sae->d_in,
@@ -298,6 +331,7 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
         if (o->evaluators[i]->rng &&
             saefw_state_get_rng(&st, o->evaluators[i]->rng_name, o->evaluators[i]->rng, err, errlen) != 0)
             goto fail;
+    if (sae_state(run->sae, NULL, &st, err, errlen) != 0) goto fail;
     if (o->buffer) {
         saefw_state_in_prefix(&st, "buffer/");
         if (saefw_buffer_load(o->buffer, &st, err, errlen) != 0) goto fail;
