@@ -412,12 +412,13 @@ static int cfg_arch(const cJSON *cfg, const char *file, int64_t d_in, saefw_sae_
     if (cJSON_IsString(own)) {
         if (saefw_sae_arch_parse(own->valuestring, &arch, err, errlen) != 0)
             return saefw_err_prefix(err, errlen, "%s: saefw_arch", file);
-    } else if (cJSON_IsString(sl) && strcmp(sl->valuestring, "standard") != 0) {
+    } else if (cJSON_IsString(sl) && strcmp(sl->valuestring, "standard") != 0 &&
+               strcmp(sl->valuestring, "transcoder") != 0) { /* a transcoder is a relu SAE (cfg_relu_options) */
         const cJSON *sub = cJSON_GetObjectItemCaseSensitive(cfg, "apply_b_dec_to_input");
         if (!strcmp(sl->valuestring, "jumprelu")) arch = cJSON_IsTrue(sub) ? SAEFW_ARCH_BATCHTOPK : SAEFW_ARCH_JUMPRELU;
         else if (saefw_sae_arch_parse(sl->valuestring, &arch, err, errlen) != 0)
             return saefw_errf(err, errlen,
-                              "%s: architecture '%s' is not supported (standard, topk, batchtopk, "
+                              "%s: architecture '%s' is not supported (standard, transcoder, topk, batchtopk, "
                               "jumprelu or gated)",
                               file, sl->valuestring);
     }
