@@ -557,7 +557,7 @@ static void piece_acts(piece_ctx *pc) {
 SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
     const piece_ctx *c = vctx;
     const int64_t d_in = c->sae->d_in;
-    const float c2 = 2.0f / (float)c->B;
+    const float c2 = 2.0f / (float)(c->w->norm_rows > 0 ? c->w->norm_rows : c->B);
     double *restrict gb_dec = c->w->gb_dec_d;
     if (c->r0 == 0)
         for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0;
@@ -808,6 +808,8 @@ int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap
     *out = s;
     return 0;
 }
+
+void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows) { s->w.norm_rows = rows; }
 
 void saefw_sae_step_free(saefw_sae_step *s) {
     if (!s) return;

@@ -196,8 +196,9 @@ SAEFW_KERNEL static void decode_slab(double *restrict slab, const float *restric
  * does).
  * xh (rows ld apart) may be sd itself. */
 static inline void backward_slabs(const float *xh, int64_t ld, const float *x, const float *x_cent, int64_t d_in,
-                                  int64_t B, int64_t g0, int64_t n_cols, float *sd, float *sx, double *gb_dec) {
-    const float c2 = 2.0f / (float)B;
+                                  int64_t B, int64_t norm_rows, int64_t g0, int64_t n_cols, float *sd, float *sx,
+                                  double *gb_dec) {
+    const float c2 = 2.0f / (float)(norm_rows > 0 ? norm_rows : B);
     for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0;
     for (int64_t b = 0; b < B; b++) {
         const float *xr = x + b * d_in + g0, *h = xh + b * ld;
@@ -239,7 +240,8 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
         if (!c->x) continue;
         saefw_column_stats(slab, GROUP, c->x + g0, d_in, B, n_cols, w->col_stat + g0, w->col_stat + d_in + g0,
                            w->col_stat + 2 * d_in + g0);
-        backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, g0, n_cols, slab, w->slab_x + q * B * GROUP, w->gb_dec_d);
+        backward_slabs(slab, GROUP, c->x, w->x_cent, d_in, B, w->norm_rows, g0, n_cols, slab, w->slab_x + q * B * GROUP,
+                       w->gb_dec_d);
         /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
         if (w->dtype != SAEFW_ENC_FP32)
             saefw_lowp_round(slab, slab, B * GROUP, w->dtype, saefw_lowp_grad_scale(w->dtype, B));

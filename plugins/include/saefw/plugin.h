@@ -169,6 +169,17 @@ typedef struct saefw_host {
     int (*state_get_f32)(saefw_state_reader *r, const char *name, float *data, int64_t n, char *err, size_t errlen);
     int (*state_get_i64)(saefw_state_reader *r, const char *name, int64_t *data, int64_t n, char *err, size_t errlen);
     int (*state_get_number)(saefw_state_reader *r, const char *name, double *v, char *err, size_t errlen);
+
+    /* Data parallel (`mpirun -np N saefw run ...`): this process's rank in [0, ranks) and the number of
+     * ranks (1 for a plain run). Each rank trains on its rows of every global batch, and batch_inputs /
+     * batch_acts give this rank's rows only; batch_feature_counts, the metrics, learning rate, frequencies,
+     * sample_activations and the generators are the same on every rank. all_reduce_sum makes data [n] the
+     * sum over ranks on every rank, added in rank order (the same bits on every rank and re-run); it is a
+     * collective: every rank must call it (and batch_feature_counts) at the same point of the same step,
+     * or the job waits. A plain run returns at once. */
+    int (*rank)(saefw_run *run);
+    int (*ranks)(saefw_run *run);
+    int (*all_reduce_sum)(saefw_run *run, double *data, int64_t n, char *err, size_t errlen);
 } saefw_host;
 
 /* Whether this engine's host table has `field` (set and inside its struct_size). Check it before
