@@ -12,7 +12,7 @@
 #include <mpi.h>
 #endif
 
-static int g_rank = 0, g_size = 1, g_mpi = 0;
+static int g_rank = 0, g_size = 1;
 
 uint64_t saefw_fnv1a(uint64_t h, const void *data, size_t n) {
     const unsigned char *p = data;
@@ -29,6 +29,8 @@ int saefw_dist_size(void) { return g_size; }
 #ifdef SAEFW_HAVE_MPI
 
 int saefw_dist_built(void) { return 1; }
+
+static int g_mpi = 0; /* MPI_Init ran */
 
 /* Started by mpirun (or another PMI launcher): only then is MPI initialised, so that a plain run
  * stays the single process it always was. */
@@ -106,6 +108,12 @@ int saefw_dist_bcast(void *data, size_t n, int root, char *err, size_t errlen) {
     return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "broadcast", err, errlen);
 }
 
+int saefw_dist_barrier(char *err, size_t errlen) {
+    if (g_size == 1) return 0;
+    int rc = MPI_Barrier(MPI_COMM_WORLD);
+    return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "barrier", err, errlen);
+}
+
 int saefw_dist_check_same(uint64_t hash, const char *what, char *err, size_t errlen) {
     if (g_size == 1) return 0;
     uint64_t *all = saefw_malloc(sizeof(uint64_t) * (size_t)g_size, err, errlen);
@@ -137,6 +145,7 @@ int saefw_dist_sum_f32(float *data, int64_t n, char *err, size_t errlen) { retur
 int saefw_dist_sum_f64(double *data, int64_t n, char *err, size_t errlen) { return 0; }
 int saefw_dist_max_i64(int64_t *data, int64_t n, char *err, size_t errlen) { return 0; }
 int saefw_dist_bcast(void *data, size_t n, int root, char *err, size_t errlen) { return 0; }
+int saefw_dist_barrier(char *err, size_t errlen) { return 0; }
 int saefw_dist_check_same(uint64_t hash, const char *what, char *err, size_t errlen) { return 0; }
 
 #endif

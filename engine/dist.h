@@ -31,6 +31,8 @@ int saefw_dist_bcast(void *data, size_t n, int root, char *err, size_t errlen);
 /* All ranks must agree on hash (a digest of what each rank will run): -1 with an error naming the
  * first rank whose `what` differs from rank 0's. */
 int saefw_dist_check_same(uint64_t hash, const char *what, char *err, size_t errlen);
+/* Wait until every rank gets here. -1 with err on an MPI error. */
+int saefw_dist_barrier(char *err, size_t errlen);
 /* End the whole job now with code (MPI_Abort): the way out when one rank fails while the others may
  * be waiting in a collective. A single process just exits. Does not return. */
 void saefw_dist_abort(int code);

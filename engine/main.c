@@ -440,6 +440,12 @@ int main(int argc, char **argv) {
             return 1;
         }
         int rc = cmd_run(argc - 1, argv + 1);
+        /* A signal is agreed on by all ranks, which stop after the same step: the others wait for rank
+         * 0's checkpoint, since mpirun ends the job as soon as one rank exits with a failure. */
+        if (rc != 0 && saefw_dist_size() > 1 && saefw_stop_requested() && saefw_dist_barrier(derr, sizeof derr) == 0) {
+            saefw_dist_finalize();
+            return rc;
+        }
         if (rc != 0 && saefw_dist_size() > 1) {
             fprintf(stderr, "saefw run: rank %d of %d failed (its message is above); ending the job\n",
                     saefw_dist_rank(), saefw_dist_size());
