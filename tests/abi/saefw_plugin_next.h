@@ -165,6 +165,10 @@ typedef struct saefw_host {
     int (*state_get_f32)(saefw_state_reader *r, const char *name, float *data, int64_t n, char *err, size_t errlen);
     int (*state_get_i64)(saefw_state_reader *r, const char *name, int64_t *data, int64_t n, char *err, size_t errlen);
     int (*state_get_number)(saefw_state_reader *r, const char *name, double *v, char *err, size_t errlen);
+    /* Data parallel (the current header's last fields). */
+    int (*rank)(saefw_run *run);
+    int (*ranks)(saefw_run *run);
+    int (*all_reduce_sum)(saefw_run *run, double *data, int64_t n, char *err, size_t errlen);
 
     /* Appended in the imagined 2.1. */
     int (*future_call)(saefw_run *run, char *err, size_t errlen);
