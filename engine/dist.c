@@ -1,6 +1,7 @@
 /* Data-parallel ranks over MPI (OpenMPI), or a single process when MPI is not built in or the process
- * was not started by mpirun. Sums are added in rank order on rank 0 and broadcast: the result is the
- * same bits on every rank and on every run with the same number of ranks. */
+ * was not started by mpirun. Sums go around a ring in an order fixed by the number of ranks (not
+ * MPI_Allreduce, whose order is the implementation's): the result is the same bits on every rank and
+ * on every run with the same number of ranks. */
 #include "dist.h"
 
 #include <stdlib.h>
@@ -30,7 +31,8 @@ int saefw_dist_size(void) { return g_size; }
 
 int saefw_dist_built(void) { return 1; }
 
-static int g_mpi = 0; /* MPI_Init ran */
+static int g_mpi = 0;                      /* MPI_Init ran */
+static int64_t g_piece = (int64_t)1 << 22; /* elements per piece of a sum (SAEFW_DIST_PIECE in tests) */
 
 /* Started by mpirun (or another PMI launcher): only then is MPI initialised, so that a plain run
  * stays the single process it always was. */
@@ -50,6 +52,9 @@ int saefw_dist_init(int *argc, char ***argv, char *err, size_t errlen) {
     if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
         return saefw_errf(err, errlen, "MPI_Init_thread failed");
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    /* Tests set smaller pieces to cover several segments with little data. */
+    const char *piece = getenv("SAEFW_DIST_PIECE");
+    if (piece && atoll(piece) > 0) g_piece = atoll(piece);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
     g_mpi = 1;
@@ -66,29 +71,43 @@ void saefw_dist_abort(int code) {
     exit(code);
 }
 
-/* Pieces small enough for an int count and a modest receive buffer on rank 0. */
-#define PIECE ((int64_t)1 << 22)
+/* The sum is a ring all-reduce in an order fixed by the rank count alone. The data goes in segments
+ * of P pieces (each piece at most PIECE elements: an int count and a bounded receive buffer). In the
+ * reduce-scatter, piece c travels around the ring from rank c, each rank adding its own values to the
+ * partial sum it received, so piece c is ((x_c + x_c+1) + ...) + x_c-1 (ranks mod P), complete on
+ * rank c - 1; the all-gather then passes the complete pieces around. Each link carries 2 (P - 1) / P
+ * of the data, whatever P is. */
+#define PIECE g_piece
+
+static int64_t piece_lo(int64_t L, int P, int c) { return L * c / P; }
 
 #define DEFINE_SUM(NAME, T, MPI_T)                                                                                     \
     int NAME(T *data, int64_t n, char *err, size_t errlen) {                                                           \
-        if (g_size == 1) return 0;                                                                                     \
-        T *tmp = NULL;                                                                                                 \
-        const int64_t piece = n < PIECE ? n : PIECE;                                                                   \
-        if (g_rank == 0 && piece > 0 && !(tmp = saefw_malloc(sizeof(T) * (size_t)piece, err, errlen))) return -1;      \
+        if (g_size == 1 || n <= 0) return 0;                                                                           \
+        const int P = g_size, r = g_rank, next = (r + 1) % P, prev = (r + P - 1) % P;                                  \
+        const int64_t seg = PIECE * P, first = n < seg ? n : seg;                                                      \
+        T *tmp = saefw_malloc(sizeof(T) * (size_t)(first / P + 1), err, errlen);                                       \
+        if (!tmp) return -1;                                                                                           \
         int rc = MPI_SUCCESS;                                                                                          \
-        for (int64_t o = 0; o < n && rc == MPI_SUCCESS; o += piece) {                                                  \
-            const int k = (int)(n - o < piece ? n - o : piece);                                                        \
-            if (g_rank != 0) {                                                                                         \
-                rc = MPI_Send(data + o, k, MPI_T, 0, 0, MPI_COMM_WORLD);                                               \
-                continue;                                                                                              \
+        for (int64_t o = 0; o < n && rc == MPI_SUCCESS; o += seg) {                                                    \
+            const int64_t L = n - o < seg ? n - o : seg;                                                               \
+            T *base = data + o;                                                                                        \
+            for (int s = 0; s < P - 1 && rc == MPI_SUCCESS; s++) {                                                     \
+                const int sc = (r - s + P) % P, rcv = (r - s - 1 + 2 * P) % P;                                         \
+                const int64_t slo = piece_lo(L, P, sc), rlo = piece_lo(L, P, rcv);                                     \
+                const int sn = (int)(piece_lo(L, P, sc + 1) - slo), rn = (int)(piece_lo(L, P, rcv + 1) - rlo);         \
+                rc = MPI_Sendrecv(base + slo, sn, MPI_T, next, 1, tmp, rn, MPI_T, prev, 1, MPI_COMM_WORLD,             \
+                                  MPI_STATUS_IGNORE);                                                                  \
+                for (int i = 0; i < rn && rc == MPI_SUCCESS; i++) base[rlo + i] = tmp[i] + base[rlo + i];              \
             }                                                                                                          \
-            for (int r = 1; r < g_size && rc == MPI_SUCCESS; r++) {                                                    \
-                rc = MPI_Recv(tmp, k, MPI_T, r, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);                                 \
-                for (int i = 0; i < k && rc == MPI_SUCCESS; i++) data[o + i] += tmp[i];                                \
+            for (int s = 0; s < P - 1 && rc == MPI_SUCCESS; s++) {                                                     \
+                const int sc = (r + 1 - s + P) % P, rcv = (r - s + P) % P;                                             \
+                const int64_t slo = piece_lo(L, P, sc), rlo = piece_lo(L, P, rcv);                                     \
+                const int sn = (int)(piece_lo(L, P, sc + 1) - slo), rn = (int)(piece_lo(L, P, rcv + 1) - rlo);         \
+                rc = MPI_Sendrecv(base + slo, sn, MPI_T, next, 2, base + rlo, rn, MPI_T, prev, 2, MPI_COMM_WORLD,      \
+                                  MPI_STATUS_IGNORE);                                                                  \
             }                                                                                                          \
         }                                                                                                              \
-        for (int64_t o = 0; o < n && rc == MPI_SUCCESS; o += piece)                                                    \
-            rc = MPI_Bcast(data + o, (int)(n - o < piece ? n - o : piece), MPI_T, 0, MPI_COMM_WORLD);                  \
         free(tmp);                                                                                                     \
         return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "sum", err, errlen);                                                \
     }

@@ -19,9 +19,12 @@ int saefw_dist_size(void);
 /* 1 when this build has MPI compiled in. */
 int saefw_dist_built(void);
 
-/* Every rank's data [n] becomes the sum over ranks, added in rank order (((x0 + x1) + x2) + ...) on
- * rank 0 and broadcast, so the result does not depend on timing or on the MPI implementation's
- * reduction tree. -1 with err on an MPI error. */
+/* Every rank's data [n] becomes the sum over ranks, on every rank, by a ring all-reduce whose order of
+ * addition is fixed by the rank count: cut into segments of 4M x size elements (the environment's
+ * SAEFW_DIST_PIECE, read at init, sets another piece size than 4M: for tests), each segment into
+ * size pieces of floor-split lengths, piece c is summed as ((x_c + x_c+1) + ...) + x_c-1 (ranks mod
+ * size). So the result does not depend on timing or on the MPI implementation's reduction tree; each
+ * rank sends and receives 2 (size - 1) / size of the data. -1 with err on an MPI error. */
 int saefw_dist_sum_f32(float *data, int64_t n, char *err, size_t errlen);
 int saefw_dist_sum_f64(double *data, int64_t n, char *err, size_t errlen);
 /* Elementwise maximum over ranks (exact, so order does not matter). */

@@ -1,7 +1,7 @@
 /* Data-parallel sums (engine/dist.c): run alone (1 rank) and under mpirun with 2 and 3 ranks
  * (tests/dist.cmake). Each rank's gradient of its rows of a global batch, summed across ranks, equals
  * the gradient of the whole batch within float32 rounding (dense and sparse paths, uneven shares);
- * sums are added in rank order (the same bits as a local sum in that order); ranks with different
+ * sums are added in the ring's fixed order (the same bits as a local sum in that order); ranks with different
  * configurations are told apart by rank. */
 #include <stdint.h>
 
@@ -88,8 +88,13 @@ static void check_path(saefw_sae_path path, const char *name) {
 /* What rank q contributes to the order test: values whose sum depends on the order of addition. */
 static float part(int q, int64_t k) { return (float)((q + 1) * 1e-3 + (k % 7) * 1e4 * (q % 2 ? -1 : 1) + k * 1e-7); }
 
+/* Pieces of the ring's sums (SAEFW_DIST_PIECE): small, so that the sums below run over several
+ * segments, the last one short. */
+#define PIECE 700
+
 int main(int argc, char **argv) {
     char err[512];
+    setenv("SAEFW_DIST_PIECE", "700", 1);
     REQUIRE(saefw_dist_init(&argc, &argv, err, sizeof err) == 0, "%s", err);
     const int r = saefw_dist_rank(), P = saefw_dist_size();
     if (r == 0) printf("ranks: %d (MPI %s)\n", P, saefw_dist_built() ? "built in" : "not built in");
@@ -97,7 +102,8 @@ int main(int argc, char **argv) {
     check_path(SAEFW_SAE_DENSE, "dense");
     check_path(SAEFW_SAE_SPARSE, "sparse");
 
-    /* Rank order: ((x0 + x1) + x2) + ..., bit for bit, on every rank. */
+    /* The ring's order (dist.h): in each segment of PIECE x P elements, piece c of the P floor-split
+     * pieces is ((x_c + x_c+1) + ...) + x_c-1, bit for bit, on every rank. */
     enum { N = 10000 };
     float *v = malloc(sizeof(float) * N);
     REQUIRE(v, "out of memory");
@@ -105,8 +111,11 @@ int main(int argc, char **argv) {
     REQUIRE(saefw_dist_sum_f32(v, N, err, sizeof err) == 0, "%s", err);
     int64_t bad = 0;
     for (int64_t k = 0; k < N; k++) {
-        float e = part(0, k);
-        for (int q = 1; q < P; q++) e += part(q, k);
+        const int64_t o = k / (PIECE * P) * (PIECE * P), L = N - o < PIECE * P ? N - o : PIECE * P;
+        int c = 0;
+        while (L * (c + 1) / P <= k - o) c++;
+        float e = part(c, k);
+        for (int q = 1; q < P; q++) e += part((c + q) % P, k);
         bad += memcmp(&e, &v[k], sizeof e) != 0;
     }
     CHECK(bad == 0, "rank %d: %lld sums differ from the rank-order sum", r, (long long)bad);

@@ -174,7 +174,7 @@ typedef struct saefw_host {
      * ranks (1 for a plain run). Each rank trains on its rows of every global batch, and batch_inputs /
      * batch_acts give this rank's rows only; batch_feature_counts, the metrics, learning rate, frequencies,
      * sample_activations and the generators are the same on every rank. all_reduce_sum makes data [n] the
-     * sum over ranks on every rank, added in rank order (the same bits on every rank and re-run); it is a
+     * sum over ranks on every rank, added in an order fixed by the rank count (the same bits on every rank and re-run); it is a
      * collective: every rank must call it (and batch_feature_counts) at the same point of the same step,
      * or the job waits. A plain run returns at once. */
     int (*rank)(saefw_run *run);
