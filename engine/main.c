@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "features_report.h"
 #include "lua_saefw.h"
 #include "memory.h"
@@ -203,6 +204,22 @@ static int lua_failure(lua_State *L) {
     return 1;
 }
 
+/* Under mpirun: the script's bytes and the command line must be the same on every rank. */
+static int same_script_everywhere(const char *script, int argc, char **argv, char *err, size_t errlen) {
+    if (saefw_dist_size() == 1) return 0;
+    FILE *f = fopen(script, "rb");
+    if (!f) return saefw_errf(err, errlen, "%s: cannot read the script", script);
+    uint64_t h = SAEFW_FNV_OFFSET;
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) h = saefw_fnv1a(h, buf, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) return saefw_errf(err, errlen, "%s: cannot read the script", script);
+    for (int i = 2; i < argc; i++) h = saefw_fnv1a(h, argv[i], strlen(argv[i]) + 1);
+    return saefw_dist_check_same(h, "script or command line", err, errlen);
+}
+
 static int cmd_run(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "saefw run: missing SCRIPT.lua\n");
@@ -267,6 +284,11 @@ static int cmd_run(int argc, char **argv) {
                          .overrides = (const char *const *)a.kv,
                          .n_overrides = a.n};
     if (saefw_run_set_cli(&cli, merr, sizeof merr) != 0) {
+        fprintf(stderr, "saefw run: %s\n", merr);
+        args_free(&a);
+        return 1;
+    }
+    if (same_script_everywhere(script, argc, argv, merr, sizeof merr) != 0) {
         fprintf(stderr, "saefw run: %s\n", merr);
         args_free(&a);
         return 1;
@@ -409,7 +431,30 @@ int main(int argc, char **argv) {
 #ifdef SAEFW_HAVE_HF
     saefw_sae_set_hub_fetch(saefw_hf_fetch); /* saefw.load_sae and analyze fetch Hub paths */
 #endif
-    if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "run")) {
+        /* Under mpirun each process is one rank of a data-parallel run; a failed rank ends the whole
+         * job (the others may be waiting for it in a collective), a finished one leaves it. */
+        char derr[256];
+        if (saefw_dist_init(&argc, &argv, derr, sizeof derr) != 0) {
+            fprintf(stderr, "saefw run: %s\n", derr);
+            return 1;
+        }
+        int rc = cmd_run(argc - 1, argv + 1);
+        /* A signal is agreed on by all ranks, which stop after the same step: the others wait for rank
+         * 0's checkpoint, since mpirun ends the job as soon as one rank exits with a failure. */
+        if (rc != 0 && saefw_dist_size() > 1 && saefw_stop_requested() && saefw_dist_barrier(derr, sizeof derr) == 0) {
+            saefw_dist_finalize();
+            return rc;
+        }
+        if (rc != 0 && saefw_dist_size() > 1) {
+            fprintf(stderr, "saefw run: rank %d of %d failed (its message is above); ending the job\n",
+                    saefw_dist_rank(), saefw_dist_size());
+            fflush(stderr);
+            saefw_dist_abort(rc);
+        }
+        saefw_dist_finalize();
+        return rc;
+    }
     if (!strcmp(cmd, "plugins")) return cmd_plugins();
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 1, argv + 1);

@@ -184,6 +184,9 @@ void saefw_sae_train_step(saefw_sae *sae, saefw_sae_step *s, const float *x, int
  * (otherwise nothing is computed: the gradients are zeroed and stats, when given, are NaN). */
 void saefw_sae_train_step_xy(saefw_sae *sae, saefw_sae_step *s, const float *x, const float *y, int64_t B,
                              saefw_sae_stats *stats);
+/* Data parallel: take l2's mean in the gradient over `rows` (the global batch) instead of each call's
+ * B, so that the ranks' gradients add up to the global batch's. 0 (the default) restores B. */
+void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows);
 /* The path the last step took: SAEFW_SAE_DENSE or SAEFW_SAE_SPARSE (benchmarks and tests). */
 saefw_sae_path saefw_sae_step_path(const saefw_sae_step *s);
 /* The activations [B, d_sae] of the last step's batch, made on the first request after it (the first

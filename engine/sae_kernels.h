@@ -38,6 +38,8 @@ typedef struct {
     double *row_l1;      /* [cap]: dense path, sum of each row's activations */
     saefw_sae_path path; /* the path asked for at allocation */
     int predict_dense;   /* AUTO: the last batch was too dense, the next one goes straight to the dense path */
+    int64_t
+        norm_rows; /* rows l2's mean is taken over in the gradient (0: the batch's own; data parallel: the global batch) */
 
     /* The last batch: its rows, whether its activations are the recorded entries (sparse path) or are
      * made again from x_cent (dense path), and whether acts holds them. */

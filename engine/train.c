@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "eval.h"
 #include "grad_clip.h"
 #include "memory.h"
@@ -188,7 +189,10 @@ static int call_hooks(saefw_run *run, size_t offset, char *err, size_t errlen) {
 static void trainer_free(saefw_run *run, int *rc, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
     if (run->handlers_set) crash_handlers_off(run, run->old_fault, &run->old_ss);
-    if (run->signals_set) saefw_stop_end(&run->stop_scope);
+    if (run->signals_set) {
+        saefw_stop_defer(0);
+        saefw_stop_end(&run->stop_scope);
+    }
     for (int i = 0; i < run->n_created; i++)
         if (o->plugins[i].plugin->p.destroy && run->plug_self[i]) o->plugins[i].plugin->p.destroy(run->plug_self[i]);
     if (run->opt_created && o->optimizer.plugin->p.destroy && run->opt_self)
@@ -206,6 +210,44 @@ static void trainer_free(saefw_run *run, int *rc, char *err, size_t errlen) {
     saefw_sae_step_free(run->work);
     saefw_sae_eval_free(run->sample_work);
     free(run);
+}
+
+/* ---- data parallel: what the ranks must agree on, and the step's global figures ---- */
+
+/* A digest of what this rank will run: the loop's options, the plugins and their order, the SAE's
+ * shape and its initial parameters (which follow from the seed). Ranks that read different scripts or
+ * options differ here. */
+static uint64_t config_hash(const saefw_run *run) {
+    const saefw_train_opts *o = run->o;
+    const saefw_sae *sae = run->sae;
+    uint64_t h = SAEFW_FNV_OFFSET;
+    const int64_t v[] = {o->steps,        run->B,       o->log_every, o->eval_every, o->checkpoint_every,
+                         o->freq_batches, o->n_plugins, sae->d_in,    sae->d_sae,    (int64_t)o->seed};
+    h = saefw_fnv1a(h, v, sizeof v);
+    const double f[] = {run->lr, sae->l1_coeff};
+    h = saefw_fnv1a(h, f, sizeof f);
+    h = saefw_fnv1a(h, o->optimizer.plugin->p.name, strlen(o->optimizer.plugin->p.name));
+    for (int i = 0; i < o->n_plugins; i++)
+        h = saefw_fnv1a(h, o->plugins[i].plugin->p.name, strlen(o->plugins[i].plugin->p.name) + 1);
+    return saefw_fnv1a(h, sae->params, sizeof(float) * sae->n_total);
+}
+
+/* The step's statistics over the global batch from each rank's over its rows: l2 and l0 are means over
+ * rows and l1 a sum, so they add up exactly; explained variance becomes the row-weighted mean of the
+ * ranks' (each over its own rows). Also agrees on a stop: a signal that reached any rank stops all
+ * after this step. */
+static int global_stats(saefw_run *run, saefw_sae_stats *st, char *err, size_t errlen) {
+    const double w = (double)run->rows;
+    double v[5] = {st->l2 * w, st->l1, st->l0 * w, st->explained_variance * w, (double)saefw_stop_pending()};
+    if (saefw_dist_sum_f64(v, 5, err, errlen) != 0) return -1;
+    const double B = (double)run->B;
+    st->l2 = v[0] / B;
+    st->l1 = v[1];
+    st->loss = st->l2 + st->l1;
+    st->l0 = v[2] / B;
+    st->explained_variance = v[3] / B;
+    if (v[4] > 0) saefw_stop_commit();
+    return 0;
 }
 
 int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err, size_t errlen) {
@@ -265,9 +307,28 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     saefw_rng_seed(&run->rng, o->seed ^ 0x706c7567696e73ULL);
     const int64_t B = buf ? buf->batch : o->batch_size, d = sae->d_in;
     run->B = B;
+    run->rank = saefw_dist_rank();
+    run->ranks = saefw_dist_size();
+    run->row0 = B * run->rank / run->ranks;
+    run->rows = B * (run->rank + 1) / run->ranks - run->row0;
     int rc = -1;
+    if (B < run->ranks) {
+        saefw_errf(err, errlen, "train: batch_size %lld is smaller than the %d ranks (each rank needs a row)",
+                   (long long)B, run->ranks);
+        goto fail;
+    }
+    if (run->ranks > 1 && sae->arch.arch != SAEFW_ARCH_RELU) {
+        /* Their selections (BatchTopK's over the batch, AuxK's dead latents) need every row of it. */
+        saefw_errf(err, errlen, "train: data-parallel training serves the relu SAE; run arch = \"%s\" on one rank",
+                   saefw_sae_arch_name(sae->arch.arch));
+        goto fail;
+    }
+    if (run->ranks > 1 && saefw_dist_check_same(config_hash(run), "configuration", err, errlen) != 0) goto fail;
 
+    /* The scratch holds the whole batch's rows on every rank, so that evaluations (whose pieces follow
+     * the step's capacity) are the same for any rank count. */
     if (saefw_sae_step_alloc(&run->work, sae, B, err, errlen) != 0) goto fail;
+    if (run->ranks > 1) saefw_sae_step_set_norm_rows(run->work, B);
     run->batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
     if (run->batch && sae->transcoder) {
         run->batch_xy = saefw_malloc(sizeof(float) * (size_t)(B * (d + sae->d_out)), err, errlen);
@@ -283,7 +344,7 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
 
     const char *resume_from = o->resume_from;
     char found[PATH_MAX];
-    if (o->run_dir) {
+    if (o->run_dir && run->rank == 0) {
         /* The lock is held from here to the end of the run: a second writer is refused. */
         if (saefw_rundir_open(o->run_dir, o->resume || o->resume_from, &run->lock_fd, found, sizeof found, log_line,
                               err, errlen) != 0)
@@ -308,6 +369,15 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
             saefw_errf(err, errlen, "%s: cannot open: %s", mp, strerror(errno));
             goto fail;
         }
+    }
+
+    /* Rank 0 alone owns the run folder; the others resume from the checkpoint it found (the folder must
+     * be on a file system every rank sees). */
+    if (run->ranks > 1) {
+        if (!resume_from) found[0] = 0;
+        else if (resume_from != found) snprintf(found, sizeof found, "%s", resume_from);
+        if (saefw_dist_bcast(found, sizeof found, 0, err, errlen) != 0) goto fail;
+        resume_from = found[0] ? found : NULL;
     }
 
     /* Instances: the optimizer first, then the hooks in the order given. */
@@ -341,7 +411,7 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
 
     int64_t start = 0;
     if (resume_from) {
-        if (o->progress != 0) fprintf(stderr, "resuming from %s\n", resume_from);
+        if (o->progress != 0 && run->rank == 0) fprintf(stderr, "resuming from %s\n", resume_from);
         start = saefw_train_read_state(run, resume_from, err, errlen);
         if (start < 0) goto fail;
         run->res.resumed_at = start;
@@ -349,15 +419,18 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
         run->ckpt_next = start;
         snprintf(run->resume_dir, sizeof run->resume_dir, "%s", resume_from);
         run->ckpt_path = run->resume_dir;
-        if (o->progress != 0) fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
+        if (o->progress != 0 && run->rank == 0)
+            fprintf(stderr, "resumed at step %lld of %lld\n", (long long)start, (long long)o->steps);
     }
     run->next = start;
 
     saefw_stop_begin(&run->stop_scope);
     run->signals_set = 1;
+    /* Ranks must stop after the same step: a signal waits for the step's agreement (global_stats). */
+    if (run->ranks > 1) saefw_stop_defer(1);
 
-    run->tty = o->progress < 0 && !o->label && isatty(STDERR_FILENO);
-    run->plain = o->progress < 0 && !run->tty;
+    run->tty = o->progress < 0 && !o->label && run->rank == 0 && isatty(STDERR_FILENO);
+    run->plain = o->progress < 0 && run->rank == 0 && !run->tty;
     run->t0 = saefw_now();
     run->tokens0 = run->tokens;
     run->m.steps = o->steps;
@@ -397,7 +470,15 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
         }
     }
     saefw_sae_stats st;
-    saefw_sae_train_step_xy(sae, run->work, run->batch, run->batch_y, B, &st);
+    saefw_sae_train_step_xy(sae, run->work, run->batch + run->row0 * sae->d_in,
+                            run->batch_y ? run->batch_y + run->row0 * sae->d_out : NULL, run->rows, &st);
+    if (run->ranks > 1) {
+        const double tc = saefw_now();
+        if (saefw_dist_sum_f32(sae->grads, (int64_t)sae->n_total, err, errlen) != 0 ||
+            global_stats(run, &st, err, errlen) != 0)
+            return -1;
+        run->comm_s += saefw_now() - tc;
+    }
     if (!isfinite(st.loss))
         return saefw_errf(err, errlen, "step %lld: the loss is %s; training stopped (last good checkpoint: %s)",
                           (long long)i, isnan(st.loss) ? "NaN" : "infinite",
@@ -412,7 +493,7 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
         saefw_host_table()->metric(run, "clip_coef", coef);
     }
     saefw_fault_point("step");
-    run->batch_rows = B;
+    run->batch_rows = run->rows;
     if (call_hooks(run, offsetof(saefw_plugin, after_backward), err, errlen) != 0) return -1;
     {
         const saefw_plugin *op = &o->optimizer.plugin->p;
@@ -461,7 +542,7 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
         if (call_hooks(run, offsetof(saefw_plugin, on_eval), err, errlen) != 0) return -1;
         if (saefw_train_emit(run, SAEFW_EVENT_EVAL, m, err, errlen) != 0) return -1;
         if (run->tty) fputs("\r\033[K", stderr);
-        if (o->progress != 0) {
+        if (o->progress != 0 && run->rank == 0) {
             label_prefix(run);
             saefw_train_eval_line(run, m);
         }
@@ -536,13 +617,17 @@ static int finish(saefw_run *run, char *err, size_t errlen) {
     if (saefw_train_emit(run, SAEFW_EVENT_END, m, err, errlen) != 0) return -1;
     res->last = *m;
     res->stop = run->stopped_by ? SAEFW_STOP_CALLBACK : SAEFW_STOP_DONE;
-    if (o->progress != 0) {
+    if (o->progress != 0 && run->rank == 0) {
         char line[512];
         saefw_time_split_format(&m->time, line, sizeof line);
         label_prefix(run);
         fprintf(stderr, "%s\n", line);
+        if (run->ranks > 1)
+            fprintf(stderr,
+                    "ranks: %d; summing gradients and statistics across them took %.1f s (%.1f %% of the SAE step)\n",
+                    run->ranks, run->comm_s, m->time.step > 0 ? 100.0 * run->comm_s / m->time.step : 0.0);
     }
-    if (o->progress != 0 && saefw_mem_peak() > 0 && !o->no_memory_check) {
+    if (o->progress != 0 && run->rank == 0 && saefw_mem_peak() > 0 && !o->no_memory_check) {
         char pk[32], es[32];
         fprintf(stderr, "memory: peak resident %s, estimated %s\n",
                 saefw_mem_fmt((double)saefw_mem_peak(), pk, sizeof pk),

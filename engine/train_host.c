@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist.h"
 #include "parallel.h"
 #include "state.h"
 #include "tensorfile.h"
@@ -216,7 +217,7 @@ static int host_freqs(saefw_run *run, int64_t n_batches, float *freq, char *err,
 
 static const float *host_batch_inputs(saefw_run *run, int64_t *rows) {
     if (rows) *rows = run->batch_rows;
-    return run->batch_rows ? run->batch : NULL;
+    return run->batch_rows ? run->batch + run->row0 * run->sae->d_in : NULL;
 }
 
 /* Made on the first request of a step (the step itself keeps only the active entries). */
@@ -237,6 +238,20 @@ static const int64_t *host_batch_feature_counts(saefw_run *run) {
     if (saefw_sae_step_count_active(run->sae, run->work, run->feat_counts, err, sizeof err) != 0) {
         saefw_train_host_log(run, SAEFW_LOG_WARN, err);
         return NULL;
+    }
+    if (run->ranks > 1) {
+        /* The global batch's counts: every rank asks at the same point of the same step. Counts stay
+         * below 2^53, so the sum in double is exact. */
+        const int64_t n = run->sae->d_sae;
+        double *c = saefw_malloc(sizeof(double) * (size_t)n, err, sizeof err);
+        for (int64_t j = 0; c && j < n; j++) c[j] = (double)run->feat_counts[j];
+        if (!c || saefw_dist_sum_f64(c, n, err, sizeof err) != 0) {
+            saefw_train_host_log(run, SAEFW_LOG_WARN, err);
+            free(c);
+            return NULL;
+        }
+        for (int64_t j = 0; j < n; j++) run->feat_counts[j] = (int64_t)c[j];
+        free(c);
     }
     run->counts_step = run->step;
     return run->feat_counts;
@@ -297,6 +312,13 @@ static int host_get_number(saefw_state_reader *r, const char *name, double *v, c
     return saefw_state_get_f64((saefw_state_in *)r, name, v, err, errlen);
 }
 
+static int host_rank(saefw_run *run) { return run->rank; }
+static int host_ranks(saefw_run *run) { return run->ranks; }
+static int host_all_reduce_sum(saefw_run *run, double *data, int64_t n, char *err, size_t errlen) {
+    if (n < 0 || (n > 0 && !data)) return saefw_errf(err, errlen, "all_reduce_sum: no data");
+    return saefw_dist_sum_f64(data, n, err, errlen);
+}
+
 static const saefw_host HOST = {
     .abi_version = SAEFW_ABI_VERSION,
     .struct_size = sizeof(saefw_host),
@@ -334,6 +356,9 @@ static const saefw_host HOST = {
     .state_get_number = host_get_number,
     .batch_feature_counts = host_batch_feature_counts,
     .total_steps = host_total_steps,
+    .rank = host_rank,
+    .ranks = host_ranks,
+    .all_reduce_sum = host_all_reduce_sum,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }

@@ -62,6 +62,11 @@ struct saefw_run {
     stack_t old_ss;
     saefw_run *crash_prev; /* the trainer the crash handler named before this one opened (trainers nest) */
     saefw_stop_scope stop_scope;
+    /* Data parallel (dist.h): every rank draws the same global batch of B rows and trains on its
+     * rows [row0, row0 + rows); one rank: 0 and B. */
+    int rank, ranks;
+    int64_t row0, rows;
+    double comm_s; /* seconds in the step's sums across ranks (part of time.step) */
 };
 
 /* train_host.c: a plugin's log line (also the engine's warnings about plugins). */

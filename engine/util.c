@@ -236,9 +236,23 @@ void saefw_slow_point(const char *name) {
 
 static volatile sig_atomic_t g_stop;
 
-static void on_stop_signal(int sig) { g_stop = sig; }
+static volatile sig_atomic_t g_stop_pending, g_stop_deferred;
+
+static void on_stop_signal(int sig) {
+    if (g_stop_deferred) g_stop_pending = sig;
+    else g_stop = sig;
+}
 
 int saefw_stop_requested(void) { return g_stop; }
+
+void saefw_stop_defer(int on) {
+    g_stop_deferred = on;
+    if (!on && g_stop_pending && !g_stop) g_stop = g_stop_pending;
+}
+
+int saefw_stop_pending(void) { return g_stop_pending ? g_stop_pending : g_stop; }
+
+void saefw_stop_commit(void) { g_stop = g_stop_pending ? g_stop_pending : SIGTERM; }
 
 void saefw_stop_begin(saefw_stop_scope *s) {
     struct sigaction sa;
@@ -248,7 +262,7 @@ void saefw_stop_begin(saefw_stop_scope *s) {
     sigaction(SIGINT, &sa, &s->old_int);
     sigaction(SIGTERM, &sa, &s->old_term);
     /* The outermost scope starts with no stop pending; a nested one keeps what came before it. */
-    if (s->old_int.sa_handler != on_stop_signal) g_stop = 0;
+    if (s->old_int.sa_handler != on_stop_signal) g_stop = g_stop_pending = 0;
 }
 
 void saefw_stop_end(const saefw_stop_scope *s) {

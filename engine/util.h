@@ -71,6 +71,11 @@ typedef struct {
 int saefw_stop_requested(void);
 void saefw_stop_begin(saefw_stop_scope *s);
 void saefw_stop_end(const saefw_stop_scope *s);
+/* Data parallel: with defer on, SIGINT / SIGTERM are only recorded (saefw_stop_pending) until
+ * saefw_stop_commit sets the stop flag, so that all ranks stop after the same step once they agreed. */
+void saefw_stop_defer(int on);
+int saefw_stop_pending(void);
+void saefw_stop_commit(void);
 /* "what: interrupted by SIGTERM" into err; returns -1. */
 int saefw_stop_errf(char *err, size_t errlen, const char *what);
 

@@ -3,7 +3,8 @@
 set -euo pipefail
 PACKAGES=(build-essential cmake pkg-config liblua5.4-dev libopenblas-dev libcurl4-openssl-dev
           libcjson-dev libssl-dev libzip-dev libsnappy-dev libzstd-dev zlib1g-dev libpcre2-dev libutf8proc-dev
-          python3 chromium fonts-dejavu-core fonts-noto-color-emoji clang-format)
+          python3 chromium fonts-dejavu-core fonts-noto-color-emoji clang-format
+          libopenmpi-dev openmpi-bin)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else

@@ -26,8 +26,8 @@ extern "C" {
 /* Most dimensions a tensor crossing the boundary has. */
 #define SAEFW_PLUGIN_MAX_DIMS 4
 
-typedef struct saefw_run saefw_run;   /* the engine's training run (opaque) */
-typedef struct saefw_opts saefw_opts; /* the plugin's options, validated and defaulted (opaque) */
+typedef struct saefw_run saefw_run;                   /* the engine's training run (opaque) */
+typedef struct saefw_opts saefw_opts;                 /* the plugin's options, validated and defaulted (opaque) */
 typedef struct saefw_state_writer saefw_state_writer; /* a checkpoint being written (opaque) */
 typedef struct saefw_state_reader saefw_state_reader; /* a checkpoint being read on resume (opaque) */
 
@@ -73,7 +73,10 @@ typedef struct saefw_param {
     int64_t stride[SAEFW_PLUGIN_MAX_DIMS]; /* appended in the imagined 2.2 */
 } saefw_param;
 
-#define SAEFW_PARAM_INIT {sizeof(saefw_param), 0, NULL, NULL, NULL, {0, 0, 0, 0}, 0, {0, 0, 0, 0}}
+#define SAEFW_PARAM_INIT                                                                                               \
+    {                                                                                                                  \
+        sizeof(saefw_param), 0, NULL, NULL, NULL, {0, 0, 0, 0}, 0, { 0, 0, 0, 0 }                                      \
+    }
 
 enum { SAEFW_LOG_DEBUG = 0, SAEFW_LOG_INFO = 1, SAEFW_LOG_WARN = 2 };
 
@@ -102,8 +105,8 @@ typedef struct saefw_host {
     /* Zero the optimizer's state for slices of tensor param_index: along `axis` (0 .. ndim - 1) at the
      * n given indices; idx NULL: the whole tensor; param_index -1: every tensor (idx must be NULL).
      * The engine checks the arguments, then calls the optimizer's reset_state once per tensor. */
-    int (*reset_optimizer_state)(saefw_run *run, int param_index, int axis, const int64_t *idx, int64_t n,
-                                 char *err, size_t errlen);
+    int (*reset_optimizer_state)(saefw_run *run, int param_index, int axis, const int64_t *idx, int64_t n, char *err,
+                                 size_t errlen);
 
     /* The run's seeded random generator (shared by the engine and every plugin, so runs repeat). */
     uint64_t (*rng_u64)(saefw_run *run);
@@ -158,7 +161,8 @@ typedef struct saefw_host {
 
     /* Resumable state, inside save_state / load_state: named arrays and numbers, private to the
      * plugin instance. A get fails (with err filled) when the entry is missing or of another size. */
-    int (*state_put_f32)(saefw_state_writer *w, const char *name, const float *data, int64_t n, char *err, size_t errlen);
+    int (*state_put_f32)(saefw_state_writer *w, const char *name, const float *data, int64_t n, char *err,
+                         size_t errlen);
     int (*state_put_i64)(saefw_state_writer *w, const char *name, const int64_t *data, int64_t n, char *err,
                          size_t errlen);
     int (*state_put_number)(saefw_state_writer *w, const char *name, double v, char *err, size_t errlen);
@@ -168,6 +172,9 @@ typedef struct saefw_host {
 
     /* Appended in ABI 2.1. */
     int64_t (*total_steps)(saefw_run *run);
+    int (*rank)(saefw_run *run);
+    int (*ranks)(saefw_run *run);
+    int (*all_reduce_sum)(saefw_run *run, double *data, int64_t n, char *err, size_t errlen);
 
     /* Appended in the imagined 2.2. */
     int (*future_call)(saefw_run *run, char *err, size_t errlen);
@@ -175,7 +182,7 @@ typedef struct saefw_host {
 
 /* Whether this engine's host table has `field` (set and inside its struct_size). Check it before
  * using a field appended after the version a plugin requires. */
-#define SAEFW_HOST_HAS(host, field)                                                                        \
+#define SAEFW_HOST_HAS(host, field)                                                                                    \
     ((host)->struct_size >= offsetof(saefw_host, field) + sizeof((host)->field) && (host)->field != NULL)
 
 typedef int (*saefw_callback)(void *self, saefw_run *run, char *err, size_t errlen);
@@ -205,8 +212,8 @@ typedef struct saefw_plugin {
     /* Optimizer: zero the state of slices of one tensor (see saefw_host.reset_optimizer_state; the
      * engine has checked the arguments; idx NULL: the whole tensor). saefw_zero_slices does the work
      * for state laid out like the tensor. */
-    int (*reset_state)(void *self, saefw_run *run, int param_index, int axis, const int64_t *idx, int64_t n,
-                       char *err, size_t errlen);
+    int (*reset_state)(void *self, saefw_run *run, int param_index, int axis, const int64_t *idx, int64_t n, char *err,
+                       size_t errlen);
 
     /* Hooks, in the order the training step calls them:
      * forward, backward, decoder projection + renorm -> after_backward -> optimizer step ->
@@ -246,7 +253,8 @@ typedef const saefw_plugin *(*saefw_plugin_init_fn)(const saefw_host *host, char
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static inline int saefw_fail(char *err, size_t errlen, const char *fmt, ...) {
+static inline int
+saefw_fail(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
         va_start(ap, fmt);
@@ -274,7 +282,8 @@ static inline int saefw_zero_slices(float *state, const saefw_param *p, int axis
         if (idx[k] < 0 || idx[k] >= dim)
             return saefw_fail(err, errlen, "%s: index %lld out of range along axis %d (size %lld)", p->name,
                               (long long)idx[k], axis, (long long)dim);
-        for (int64_t o = 0; o < outer; o++) memset(state + (o * dim + idx[k]) * inner, 0, sizeof(float) * (size_t)inner);
+        for (int64_t o = 0; o < outer; o++)
+            memset(state + (o * dim + idx[k]) * inner, 0, sizeof(float) * (size_t)inner);
     }
     return 0;
 }

@@ -173,6 +173,16 @@ typedef struct saefw_host {
     /* Appended in ABI 2.1. */
     /* The run's total number of optimizer steps (T of a schedule; the same after a resume). */
     int64_t (*total_steps)(saefw_run *run);
+    /* Data parallel (`mpirun -np N saefw run ...`): this process's rank in [0, ranks) and the number of
+     * ranks (1 for a plain run). Each rank trains on its rows of every global batch, and batch_inputs /
+     * batch_acts give this rank's rows only; batch_feature_counts, the metrics, learning rate, frequencies,
+     * sample_activations and the generators are the same on every rank. all_reduce_sum makes data [n] the
+     * sum over ranks on every rank, added in an order fixed by the rank count (the same bits on every rank and re-run); it is a
+     * collective: every rank must call it (and batch_feature_counts) at the same point of the same step,
+     * or the job waits. A plain run returns at once. */
+    int (*rank)(saefw_run *run);
+    int (*ranks)(saefw_run *run);
+    int (*all_reduce_sum)(saefw_run *run, double *data, int64_t n, char *err, size_t errlen);
 } saefw_host;
 
 /* Whether this engine's host table has `field` (set and inside its struct_size). Check it before

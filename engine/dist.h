@@ -1,0 +1,47 @@
+/* Data-parallel ranks: the one small interface the engine uses for MPI (rank, size, sums in a fixed
+ * order, broadcast, a configuration check, abort). Built without MPI (SAEFW_MPI off, or no OpenMPI
+ * found) or run outside mpirun, it is one process of rank 0 and every call is a no-op. */
+#ifndef SAEFW_DIST_H
+#define SAEFW_DIST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Join the job when this process was started by mpirun (OpenMPI's or a PMI launcher's environment);
+ * otherwise stay a single process without touching MPI. Call once, before any other saefw_dist_*
+ * call and before threads start. -1 with err when MPI fails to start. */
+int saefw_dist_init(int *argc, char ***argv, char *err, size_t errlen);
+/* Leave the job (MPI_Finalize) after all ranks are done; no-op for a single process. */
+void saefw_dist_finalize(void);
+/* This process's rank in [0, size) and the number of ranks (1 without MPI). */
+int saefw_dist_rank(void);
+int saefw_dist_size(void);
+/* 1 when this build has MPI compiled in. */
+int saefw_dist_built(void);
+
+/* Every rank's data [n] becomes the sum over ranks, on every rank, by a ring all-reduce whose order of
+ * addition is fixed by the rank count: cut into segments of 4M x size elements (the environment's
+ * SAEFW_DIST_PIECE, read at init, sets another piece size than 4M: for tests), each segment into
+ * size pieces of floor-split lengths, piece c is summed as ((x_c + x_c+1) + ...) + x_c-1 (ranks mod
+ * size). So the result does not depend on timing or on the MPI implementation's reduction tree; each
+ * rank sends and receives 2 (size - 1) / size of the data. -1 with err on an MPI error. */
+int saefw_dist_sum_f32(float *data, int64_t n, char *err, size_t errlen);
+int saefw_dist_sum_f64(double *data, int64_t n, char *err, size_t errlen);
+/* Elementwise maximum over ranks (exact, so order does not matter). */
+int saefw_dist_max_i64(int64_t *data, int64_t n, char *err, size_t errlen);
+/* Rank root's bytes [n] to every rank. */
+int saefw_dist_bcast(void *data, size_t n, int root, char *err, size_t errlen);
+/* All ranks must agree on hash (a digest of what each rank will run): -1 with an error naming the
+ * first rank whose `what` differs from rank 0's. */
+int saefw_dist_check_same(uint64_t hash, const char *what, char *err, size_t errlen);
+/* Wait until every rank gets here. -1 with err on an MPI error. */
+int saefw_dist_barrier(char *err, size_t errlen);
+/* End the whole job now with code (MPI_Abort): the way out when one rank fails while the others may
+ * be waiting in a collective. A single process just exits. Does not return. */
+void saefw_dist_abort(int code);
+
+/* FNV-1a over bytes, continuing from h (start with SAEFW_FNV_OFFSET). */
+#define SAEFW_FNV_OFFSET 0xcbf29ce484222325ULL
+uint64_t saefw_fnv1a(uint64_t h, const void *data, size_t n);
+
+#endif

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Data-parallel training end to end (experiments/toy.lua, synthetic activations, with the seed's
+# resampler): the same run on 1, 2 and 3 ranks, and the faults of issue 15.
+#   run_mpi.sh SAEFW TMP_DIR SOURCE_DIR
+# Checks: a re-run on 2 ranks gives the same weights (bytes); the loss curves on 2 and 3 ranks agree
+# with 1 rank's within LOSS_TOL = 1e-3 relative at every logged step (the ranks see the same global
+# batches, so they differ only by the rounding of the gradient sum, measured near 1e-8 over 400 steps;
+# the step-to-step noise of the loss is a few percent, so 1e-3 is well inside it); ranks that run different command lines are refused
+# with one message; a rank killed mid-step ends the job with a message naming it, its last checkpoint
+# resumes on 2 ranks to the uninterrupted run's bytes and on 3 ranks to a close loss. (SIGTERM on
+# mpirun is not tested here: it saved a checkpoint by hand, but under ctest the ranks did not always
+# stop, which is not understood yet.)
+set -u
+bin="$1"; tmp="$2"; src="$3"
+here="$(cd "$(dirname "$0")" && pwd)"
+mpi() { bash "$here/mpirun.sh" "$@"; }
+LOSS_TOL=1e-3
+fail=0
+bad() { echo "FAIL: $*"; fail=1; }
+export OPENBLAS_NUM_THREADS=1
+rm -rf "$tmp"; mkdir -p "$tmp"
+cat > "$tmp/toy_resample.lua" <<'LUA'
+-- toy.lua with the seed's resampler (reinit_dead) every reinit_every steps.
+local saefw = require "saefw"
+local cfg = saefw.config {
+  seed = 49, d_in = 64, n_features = 128, p_active = 0.02, max_magnitude = 1.0, data_seed = 7,
+  dict_mult = 4, batch_size = 256, buffer_mult = 16, steps = 400, lr = 1e-3, l1_coeff = 5e-4,
+  log_every = 20, eval_every = 200, checkpoint_every = 100, run_dir = "", reinit_every = 150,
+}
+local source = saefw.synthetic { d_in = cfg.d_in, n_features = cfg.n_features, p_active = cfg.p_active,
+                                 max_magnitude = cfg.max_magnitude, seed = cfg.data_seed }
+local sae = saefw.sae { d_in = cfg.d_in, d_sae = cfg.d_in * cfg.dict_mult, l1_coeff = cfg.l1_coeff, seed = cfg.seed }
+local r = saefw.train {
+  sae = sae, source = source, batch_size = cfg.batch_size, buffer_size = cfg.batch_size * cfg.buffer_mult,
+  steps = cfg.steps, seed = cfg.seed, optimizer = saefw.plugin("adam", { lr = cfg.lr }),
+  plugins = { saefw.plugin("reinit_dead", { every = cfg.reinit_every, threshold = 0.02 }) },
+  log_every = cfg.log_every, eval_every = cfg.eval_every, checkpoint_every = cfg.checkpoint_every,
+  run_dir = cfg.run_dir, config = cfg,
+}
+print(string.format("final: loss %.6f", r.loss))
+LUA
+script="$tmp/toy_resample.lua"
+args=(--threads 1)
+
+run() { # NP DIR [extra args]: a run of the script; its output in DIR.log
+    local np=$1 dir=$2; shift 2
+    if [ "$np" -eq 1 ]; then "$bin" run "$script" --run_dir "$dir" "${args[@]}" "$@" >"$dir.log" 2>&1
+    else mpi "$np" "$bin" run "$script" --run_dir "$dir" "${args[@]}" "$@" >"$dir.log" 2>&1; fi
+}
+losses() { sed -n 's/.*"event":"log","step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 \2/p' "$1/metrics.jsonl"; }
+same() { cmp -s "$1/final/sae_weights.safetensors" "$2/final/sae_weights.safetensors"; }
+
+for np in 1 2 3; do run $np "$tmp/r$np" || bad "$np rank(s): exit status $? ($(tail -n 3 "$tmp/r$np.log"))"; done
+run 2 "$tmp/r2b" || bad "2 ranks again: exit status $?"
+same "$tmp/r2" "$tmp/r2b" && echo "2 ranks, run twice: final weights identical" || bad "2 ranks: re-run weights differ"
+grep -q "reinit_dead" "$tmp/r2.log" || bad "the resampler never ran (no reinit_dead line in $tmp/r2.log)"
+for np in 2 3; do
+    worst=$(paste <(losses "$tmp/r1") <(losses "$tmp/r$np") | awk -v tol=$LOSS_TOL '
+        $1 != $3 { print "step mismatch"; exit } { d = ($4 - $2) / $2; if (d < 0) d = -d; if (d > m) { m = d; s = $1 } n++ }
+        END { printf "%d logged steps, max relative loss difference %.3g at step %d", n, m, s; if (n < 10 || m > tol) exit 1 }')
+    rc=$?
+    echo "loss curve, $np ranks against 1: $worst (tolerance $LOSS_TOL)"
+    [ $rc -eq 0 ] || bad "$np ranks: loss curve differs from 1 rank's: $worst"
+done
+
+# Ranks that run different command lines: refused at start, one message naming the rank.
+out=$(mpi 1 "$bin" run "$script" --run_dir "$tmp/mix" "${args[@]}" : -np 1 "$bin" run "$script" \
+      --run_dir "$tmp/mix" "${args[@]}" --lr 2e-3 2>&1)
+rc=$?
+echo "$out" | grep -m1 "differs" || true
+[ $rc -ne 0 ] && echo "$out" | grep -q "rank 1's script or command line differs from rank 0's" ||
+    bad "different command lines: exit $rc, no 'rank 1 ... differs' message"
+
+# A rank killed mid-step (SIGKILL at its 250th step): the job ends naming it, the checkpoint of step 200
+# is intact and resumes, on 2 ranks to the uninterrupted run's bytes, on 3 ranks to a close loss.
+out=$(mpi 1 "$bin" run "$script" --run_dir "$tmp/kill" "${args[@]}" : -np 1 env SAEFW_FAULT=step:250 "$bin" run \
+      "$script" --run_dir "$tmp/kill" "${args[@]}" 2>&1)
+rc=$?
+echo "$out" | grep -m1 -i "rank 1.*signal 9\|signal 9.*rank 1" || true
+[ $rc -ne 0 ] && echo "$out" | grep -qi "rank 1 .*signal 9" || bad "killed rank: exit $rc, no message naming rank 1"
+[ -f "$tmp/kill/1/train_state.safetensors" ] || bad "killed rank: no checkpoint 1 (step 200) in $tmp/kill"
+cp -r "$tmp/kill" "$tmp/kill3"
+mpi 2 "$bin" run "$script" --resume "$tmp/kill" "${args[@]}" >"$tmp/kill.resume.log" 2>&1 || bad "resume on 2 ranks failed"
+grep -q "resumed at step 200" "$tmp/kill.resume.log" || bad "resume on 2 ranks: not from step 200"
+same "$tmp/kill" "$tmp/r2" && echo "killed rank: resumed on 2 ranks to the uninterrupted run's weights" ||
+    bad "resume on 2 ranks: weights differ from the uninterrupted run"
+mpi 3 "$bin" run "$script" --resume "$tmp/kill3" "${args[@]}" >"$tmp/kill3.resume.log" 2>&1 || bad "resume on 3 ranks failed"
+l2=$(sed -n 's/^final: loss //p' "$tmp/r2.log" | head -n 1); l3=$(sed -n 's/^final: loss //p' "$tmp/kill3.resume.log" | head -n 1)
+awk -v a="$l2" -v b="$l3" -v tol=$LOSS_TOL 'BEGIN { d = (b - a) / a; if (d < 0) d = -d;
+    printf "resumed on 3 ranks from a 2-rank checkpoint: final loss %s against %s (relative %.3g)\n", b, a, d;
+    exit !(b != "" && d <= tol) }' || bad "resume on 3 ranks: final loss $l3 against $l2"
+
+[ $fail -eq 0 ] && echo "passed" || exit 1
