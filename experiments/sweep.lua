@@ -2,7 +2,7 @@
 -- (the model runs once per buffer refill), then the L0 / reconstruction-score frontier as a table
 -- and an SVG plot (<run folder>/frontier.svg). Each SAE has its own folder under the run folder.
 --   saefw run experiments/sweep.lua [--values 1e-4,4e-4,1.6e-3 --num_tokens 5e5 ...]
--- A k sweep of top-k SAEs, once saefw.sae{ arch = "topk", k = ... } is there, needs no edit:
+-- A k sweep of top-k SAEs:
 --   saefw run experiments/sweep.lua --arch topk --param k --values 8,16,32,64
 local saefw = require "saefw"
 local sweep = require "saefw.sweep"
@@ -31,8 +31,10 @@ if #values == 0 then error("--values: give at least one value", 0) end
 
 local saes = {}
 for _, v in ipairs(values) do
-  local opts = { d_in = buffer.d_act, d_sae = buffer.d_act * cfg.dict_mult, l1_coeff = cfg.l1_coeff, seed = cfg.seed }
+  local opts = { d_in = buffer.d_act, d_sae = buffer.d_act * cfg.dict_mult, seed = cfg.seed }
   if cfg.arch ~= "" then opts.arch = cfg.arch end
+  -- l1_coeff belongs to the relu and gated SAEs only (topk's sparsity is k, jumprelu's is l0_coeff).
+  if cfg.arch == "" or cfg.arch == "relu" or cfg.arch == "gated" then opts.l1_coeff = cfg.l1_coeff end
   opts[cfg.param] = math.tointeger(v) or v -- k must be an integer; a coefficient such as 1e-4 stays a float
   saes[#saes + 1] = { name = string.format("%s_%g", cfg.param, v), sae = saefw.sae(opts),
                       optimizer = saefw.plugin("adam", { lr = cfg.lr }) }

@@ -14,3 +14,10 @@ add_test(NAME experiment_sweep
           ${CMAKE_SOURCE_DIR}/experiments/sweep.lua --num_tokens 1.5e4 --batch_size 256 --buffer_mult 16
           --values 1e-4,4e-4,1.6e-3 --eval_every 50 --recons_batches 1)
 set_tests_properties(experiment_sweep PROPERTIES ENVIRONMENT "OPENBLAS_NUM_THREADS=2")
+# The same experiment as a k sweep of top-k SAEs: each SAE's L0 is its k.
+add_test(NAME experiment_sweep_topk
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/run_experiment.sh $<TARGET_FILE:saefw> ${CMAKE_BINARY_DIR}/test_tmp/exp_sweep_topk
+          "^k_16 +16 +16\\.00 "
+          ${CMAKE_SOURCE_DIR}/experiments/sweep.lua --num_tokens 1.5e4 --batch_size 256 --buffer_mult 16
+          --arch topk --param k --values 8,16,32 --eval_every 50 --recons_batches 1)
+set_tests_properties(experiment_sweep_topk PROPERTIES ENVIRONMENT "OPENBLAS_NUM_THREADS=2")
