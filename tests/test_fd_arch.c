@@ -1,5 +1,5 @@
 /* Finite-difference check of the backward passes of topk (with AuxK), batchtopk (with AuxK), jumprelu
- * and gated (docs/architectures.md), on the dense and the sparse path. Each architecture is a
+ * and gated (docs/architectures.md), on the dense and the sparse path, at two shapes. Each architecture is a
  * piecewise-smooth function whose selections (top-k sets, the batch's top k*B, thresholds, gates, the
  * AuxK set and its stop-gradient residual, gated's frozen decoder) are constant near the test point:
  * the inputs are searched until every selection has a margin, the margin is checked, and an
@@ -15,7 +15,12 @@
 #include "sae.h"
 #include "testutil.h"
 
-enum { B = 8, D_IN = 6, D_SAE = 16, N_DEAD = 5, K = 3, K_AUX = 2 };
+/* The shapes: a small one, and one whose d_in and d_sae span more than one of the sparse kernels'
+ * tiles (64). K, K_AUX and N_DEAD are the same in both. */
+enum { B_MAX = 8, D_IN_MAX = 40, D_SAE_MAX = 72, N_DEAD = 5, K = 3, K_AUX = 2 };
+
+/* This case's shape: rows, input width, latents. */
+static int nb, d_in, d_sae;
 
 /* The smallest distance of any value that matters to its discontinuity or kink; the finite
  * differences move pre-activations by about 1e-5 and float32 rounds them by about 1e-6. */
@@ -23,12 +28,12 @@ enum { B = 8, D_IN = 6, D_SAE = 16, N_DEAD = 5, K = 3, K_AUX = 2 };
 
 typedef struct {
     saefw_sae_arch arch;
-    double l1;                      /* gated's l1_coeff */
-    unsigned char sel[B * D_SAE];   /* main selection: top-k / batch top-k / above threshold / gate open */
-    unsigned char aux[B * D_SAE];   /* AuxK's A_b */
-    double e[B * D_IN];             /* AuxK's sg(x - x_hat) */
-    double frz_W_dec[D_SAE * D_IN]; /* gated's sg(W_dec), sg(b_dec) */
-    double frz_b_dec[D_IN];
+    double l1;                              /* gated's l1_coeff */
+    unsigned char sel[B_MAX * D_SAE_MAX];   /* main selection: top-k / batch top-k / above threshold / gate open */
+    unsigned char aux[B_MAX * D_SAE_MAX];   /* AuxK's A_b */
+    double e[B_MAX * D_IN_MAX];             /* AuxK's sg(x - x_hat) */
+    double frz_W_dec[D_SAE_MAX * D_IN_MAX]; /* gated's sg(W_dec), sg(b_dec) */
+    double frz_b_dec[D_IN_MAX];
     const saefw_sae_arch_cfg *cfg;
     int kernel_hits, aux_positive; /* entries inside jumprelu's STE kernel; AuxK entries with pre > 0 */
 } fixed_sel;
@@ -36,25 +41,25 @@ typedef struct {
 /* Encoder pre-activations of row b: pre (topk/batchtopk/jumprelu) or pi_gate, and pi_mag for gated. */
 static void ref_pre(const fixed_sel *f, double *const *p, const float *x, int b, double *pre, double *mag) {
     const int sub = f->arch != SAEFW_ARCH_JUMPRELU;
-    for (int j = 0; j < D_SAE; j++) {
+    for (int j = 0; j < d_sae; j++) {
         double s = 0;
-        for (int i = 0; i < D_IN; i++)
-            s += (x[b * D_IN + i] - (sub ? p[SAEFW_B_DEC][i] : 0.0)) * p[SAEFW_W_ENC][i * D_SAE + j];
+        for (int i = 0; i < d_in; i++)
+            s += (x[b * d_in + i] - (sub ? p[SAEFW_B_DEC][i] : 0.0)) * p[SAEFW_W_ENC][i * d_sae + j];
         pre[j] = s + p[SAEFW_B_ENC][j];
         if (mag) mag[j] = s * exp(p[SAEFW_R_MAG][j]) + p[SAEFW_B_MAG][j];
     }
 }
 
-/* The loss of docs/architectures.md in double with f's selections held fixed; x_hat_out [B, D_IN] and
- * dacts [B, D_SAE] (dLoss/dacts through l2) when not NULL. */
+/* The loss of docs/architectures.md in double with f's selections held fixed; x_hat_out [B, d_in] and
+ * dacts [B, d_sae] (dLoss/dacts through l2) when not NULL. */
 static double ref_loss(const fixed_sel *f, double *const *p, const float *x, double *x_hat_out, double *dacts) {
     const saefw_sae_arch_cfg *c = f->cfg;
     double l2 = 0, aux = 0, sparse = 0;
-    for (int b = 0; b < B; b++) {
-        double pre[D_SAE], mag[D_SAE], acts[D_SAE], z[D_SAE];
+    for (int b = 0; b < nb; b++) {
+        double pre[d_sae], mag[d_sae], acts[d_sae], z[d_sae];
         ref_pre(f, p, x, b, pre, f->arch == SAEFW_ARCH_GATED ? mag : NULL);
-        for (int j = 0; j < D_SAE; j++) {
-            const int s = f->sel[b * D_SAE + j];
+        for (int j = 0; j < d_sae; j++) {
+            const int s = f->sel[b * d_sae + j];
             switch (f->arch) {
             case SAEFW_ARCH_JUMPRELU:
                 acts[j] = s ? pre[j] : 0;
@@ -66,33 +71,33 @@ static double ref_loss(const fixed_sel *f, double *const *p, const float *x, dou
                 break;
             default: acts[j] = s && pre[j] > 0 ? pre[j] : 0;
             }
-            z[j] = f->aux[b * D_SAE + j] && pre[j] > 0 ? pre[j] : 0;
+            z[j] = f->aux[b * d_sae + j] && pre[j] > 0 ? pre[j] : 0;
         }
-        double xh[D_IN];
-        for (int i = 0; i < D_IN; i++) {
+        double xh[d_in];
+        for (int i = 0; i < d_in; i++) {
             double yh = p[SAEFW_B_DEC][i], eh = 0, fr = f->frz_b_dec[i];
-            for (int j = 0; j < D_SAE; j++) {
-                yh += acts[j] * p[SAEFW_W_DEC][j * D_IN + i];
-                eh += z[j] * p[SAEFW_W_DEC][j * D_IN + i];
-                if (f->sel[b * D_SAE + j]) fr += pre[j] * f->frz_W_dec[j * D_IN + i];
+            for (int j = 0; j < d_sae; j++) {
+                yh += acts[j] * p[SAEFW_W_DEC][j * d_in + i];
+                eh += z[j] * p[SAEFW_W_DEC][j * d_in + i];
+                if (f->sel[b * d_sae + j]) fr += pre[j] * f->frz_W_dec[j * d_in + i];
             }
             xh[i] = yh;
-            if (x_hat_out) x_hat_out[b * D_IN + i] = yh;
-            l2 += (yh - x[b * D_IN + i]) * (yh - x[b * D_IN + i]);
+            if (x_hat_out) x_hat_out[b * d_in + i] = yh;
+            l2 += (yh - x[b * d_in + i]) * (yh - x[b * d_in + i]);
             if (f->arch == SAEFW_ARCH_TOPK || f->arch == SAEFW_ARCH_BATCHTOPK)
-                aux += (eh - f->e[b * D_IN + i]) * (eh - f->e[b * D_IN + i]);
-            if (f->arch == SAEFW_ARCH_GATED) aux += (fr - x[b * D_IN + i]) * (fr - x[b * D_IN + i]);
+                aux += (eh - f->e[b * d_in + i]) * (eh - f->e[b * d_in + i]);
+            if (f->arch == SAEFW_ARCH_GATED) aux += (fr - x[b * d_in + i]) * (fr - x[b * d_in + i]);
         }
         if (dacts)
-            for (int j = 0; j < D_SAE; j++) {
+            for (int j = 0; j < d_sae; j++) {
                 double s = 0;
-                for (int i = 0; i < D_IN; i++) s += (xh[i] - x[b * D_IN + i]) * p[SAEFW_W_DEC][j * D_IN + i];
-                dacts[b * D_SAE + j] = 2.0 * s / B;
+                for (int i = 0; i < d_in; i++) s += (xh[i] - x[b * d_in + i]) * p[SAEFW_W_DEC][j * d_in + i];
+                dacts[b * d_sae + j] = 2.0 * s / nb;
             }
     }
-    double loss = (l2 + sparse) / B;
-    if (f->arch == SAEFW_ARCH_TOPK || f->arch == SAEFW_ARCH_BATCHTOPK) loss += c->aux_coeff * aux / B;
-    if (f->arch == SAEFW_ARCH_GATED) loss += aux / B;
+    double loss = (l2 + sparse) / nb;
+    if (f->arch == SAEFW_ARCH_TOPK || f->arch == SAEFW_ARCH_BATCHTOPK) loss += c->aux_coeff * aux / nb;
+    if (f->arch == SAEFW_ARCH_GATED) loss += aux / nb;
     return loss;
 }
 
@@ -117,42 +122,42 @@ static void order_desc(const double *v, const int *idx_in, int n, int *out) {
  * dead unless they fire in this batch. */
 static double select_fixed(fixed_sel *f, double *const *p, const float *x, const unsigned char *dead) {
     const saefw_sae_arch_cfg *c = f->cfg;
-    double m = INFINITY, pre[B * D_SAE], mag[B * D_SAE];
-    int all[D_SAE], ord[B * D_SAE], flat[B * D_SAE];
-    for (int j = 0; j < D_SAE; j++) all[j] = j;
+    double m = INFINITY, pre[nb * d_sae], mag[nb * d_sae];
+    int all[d_sae], ord[nb * d_sae], flat[nb * d_sae];
+    for (int j = 0; j < d_sae; j++) all[j] = j;
     memset(f->sel, 0, sizeof f->sel);
     memset(f->aux, 0, sizeof f->aux);
     const int gated = f->arch == SAEFW_ARCH_GATED;
-    for (int b = 0; b < B; b++) ref_pre(f, p, x, b, pre + b * D_SAE, gated ? mag + b * D_SAE : NULL);
+    for (int b = 0; b < nb; b++) ref_pre(f, p, x, b, pre + b * d_sae, gated ? mag + b * d_sae : NULL);
     int hits = 0, closed = 0;
     switch (f->arch) {
     case SAEFW_ARCH_TOPK:
-        for (int b = 0; b < B; b++) {
-            order_desc(pre + b * D_SAE, all, D_SAE, ord);
-            m = dmin(m, pre[b * D_SAE + ord[K - 1]] - pre[b * D_SAE + ord[K]]);
+        for (int b = 0; b < nb; b++) {
+            order_desc(pre + b * d_sae, all, d_sae, ord);
+            m = dmin(m, pre[b * d_sae + ord[K - 1]] - pre[b * d_sae + ord[K]]);
             for (int r = 0; r < K; r++) {
-                f->sel[b * D_SAE + ord[r]] = 1;
-                m = dmin(m, fabs(pre[b * D_SAE + ord[r]]));
+                f->sel[b * d_sae + ord[r]] = 1;
+                m = dmin(m, fabs(pre[b * d_sae + ord[r]]));
             }
         }
         break;
     case SAEFW_ARCH_BATCHTOPK: {
-        double r[B * D_SAE];
-        for (int k = 0; k < B * D_SAE; k++) {
+        double r[nb * d_sae];
+        for (int k = 0; k < nb * d_sae; k++) {
             r[k] = pre[k] > 0 ? pre[k] : 0;
             flat[k] = k;
         }
-        order_desc(r, flat, B * D_SAE, ord);
-        m = dmin(m, r[ord[K * B - 1]] - r[ord[K * B]]);
-        for (int k = 0; k < K * B; k++) {
+        order_desc(r, flat, nb * d_sae, ord);
+        m = dmin(m, r[ord[K * nb - 1]] - r[ord[K * nb]]);
+        for (int k = 0; k < K * nb; k++) {
             f->sel[ord[k]] = 1;
             m = dmin(m, fabs(pre[ord[k]]));
         }
         break;
     }
     case SAEFW_ARCH_JUMPRELU:
-        for (int k = 0; k < B * D_SAE; k++) {
-            const double u = pre[k] - exp(p[SAEFW_LOG_THRESHOLD][k % D_SAE]);
+        for (int k = 0; k < nb * d_sae; k++) {
+            const double u = pre[k] - exp(p[SAEFW_LOG_THRESHOLD][k % d_sae]);
             f->sel[k] = u > 0;
             hits += fabs(u) < c->bandwidth / 2;
             m = dmin(m, dmin(fabs(u), fabs(fabs(u) - c->bandwidth / 2)));
@@ -162,43 +167,43 @@ static double select_fixed(fixed_sel *f, double *const *p, const float *x, const
         f->kernel_hits = hits;
         break;
     case SAEFW_ARCH_GATED:
-        for (int k = 0; k < B * D_SAE; k++) {
+        for (int k = 0; k < nb * d_sae; k++) {
             f->sel[k] = pre[k] > 0;
             closed += !f->sel[k] || mag[k] <= 0;
             m = dmin(m, fabs(pre[k]));
             if (f->sel[k]) m = dmin(m, fabs(mag[k]));
         }
         if (closed == 0) return -1;
-        memcpy(f->frz_b_dec, p[SAEFW_B_DEC], sizeof f->frz_b_dec);
-        for (int k = 0; k < D_SAE * D_IN; k++) f->frz_W_dec[k] = p[SAEFW_W_DEC][k];
+        memcpy(f->frz_b_dec, p[SAEFW_B_DEC], sizeof(double) * (size_t)d_in);
+        for (int k = 0; k < d_sae * d_in; k++) f->frz_W_dec[k] = p[SAEFW_W_DEC][k];
         break;
     default: return -1;
     }
     if (f->arch == SAEFW_ARCH_TOPK || f->arch == SAEFW_ARCH_BATCHTOPK) {
-        int dl[D_SAE], nd = 0, pos = 0;
-        for (int j = 0; j < D_SAE; j++) {
+        int dl[d_sae], nd = 0, pos = 0;
+        for (int j = 0; j < d_sae; j++) {
             if (!dead[j]) continue;
-            for (int b = 0; b < B; b++)
-                if (f->sel[b * D_SAE + j] && pre[b * D_SAE + j] > 0) return -1;
+            for (int b = 0; b < nb; b++)
+                if (f->sel[b * d_sae + j] && pre[b * d_sae + j] > 0) return -1;
             dl[nd++] = j;
         }
         const int kp = nd < K_AUX ? nd : K_AUX;
-        for (int b = 0; b < B; b++) {
-            order_desc(pre + b * D_SAE, dl, nd, ord);
-            if (nd > kp) m = dmin(m, pre[b * D_SAE + ord[kp - 1]] - pre[b * D_SAE + ord[kp]]);
+        for (int b = 0; b < nb; b++) {
+            order_desc(pre + b * d_sae, dl, nd, ord);
+            if (nd > kp) m = dmin(m, pre[b * d_sae + ord[kp - 1]] - pre[b * d_sae + ord[kp]]);
             for (int r = 0; r < kp; r++) {
-                f->aux[b * D_SAE + ord[r]] = 1;
-                m = dmin(m, fabs(pre[b * D_SAE + ord[r]]));
-                pos += pre[b * D_SAE + ord[r]] > 0;
+                f->aux[b * d_sae + ord[r]] = 1;
+                m = dmin(m, fabs(pre[b * d_sae + ord[r]]));
+                pos += pre[b * d_sae + ord[r]] > 0;
             }
         }
         if (pos == 0) return -1;
         f->aux_positive = pos;
         /* AuxK's residual is a constant: x - x_hat at the test point. */
-        double xh[B * D_IN];
+        double xh[nb * d_in];
         memset(f->e, 0, sizeof f->e);
         ref_loss(f, p, x, xh, NULL);
-        for (int k = 0; k < B * D_IN; k++) f->e[k] = x[k] - xh[k];
+        for (int k = 0; k < nb * d_in; k++) f->e[k] = x[k] - xh[k];
     }
     return m;
 }
@@ -207,7 +212,7 @@ static void check_arch(saefw_sae_arch arch) {
     const double h = 1e-5;
     char err[256];
     saefw_sae_arch_cfg cfg;
-    saefw_sae_arch_defaults(&cfg, arch, D_IN);
+    saefw_sae_arch_defaults(&cfg, arch, d_in);
     cfg.k = K;
     cfg.k_aux = K_AUX;
     cfg.dead_steps = 10;
@@ -215,16 +220,16 @@ static void check_arch(saefw_sae_arch arch) {
     cfg.bandwidth = 0.2;  /* wide enough that entries fall inside the STE's kernel */
     cfg.l0_coeff = 0.5;
     saefw_sae sae;
-    REQUIRE(saefw_sae_alloc_arch(&sae, D_IN, D_SAE, 0.05f, &cfg, err, sizeof err) == 0, "%s", err);
+    REQUIRE(saefw_sae_alloc_arch(&sae, d_in, d_sae, 0.05f, &cfg, err, sizeof err) == 0, "%s", err);
     const int np = sae.n_params;
-    unsigned char dead[D_SAE] = {0};
-    for (int j = D_SAE - N_DEAD; j < D_SAE; j++) dead[j] = 1;
+    unsigned char dead[D_SAE_MAX] = {0};
+    for (int j = d_sae - N_DEAD; j < d_sae; j++) dead[j] = 1;
 
     static fixed_sel f;
     f.arch = arch;
     f.cfg = &sae.arch;
     f.l1 = sae.l1_coeff;
-    float x[B * D_IN];
+    float x[nb * d_in];
     double *p[SAEFW_MAX_PARAMS] = {0};
     for (int t = 0; t < np; t++) {
         p[t] = malloc(sizeof(double) * (size_t)sae.numel[t]);
@@ -237,36 +242,36 @@ static void check_arch(saefw_sae_arch arch) {
         saefw_rng rng;
         saefw_rng_seed(&rng, seed);
         saefw_sae_init_params(&sae, &rng);
-        for (int j = 0; j < D_SAE; j++)
-            for (int i = 0; i < D_IN; i++) sae.p[SAEFW_W_DEC][j * D_IN + i] *= (float)(0.5 + 0.1 * j);
-        for (int j = 0; j < D_SAE; j++)
+        for (int j = 0; j < d_sae; j++)
+            for (int i = 0; i < d_in; i++) sae.p[SAEFW_W_DEC][j * d_in + i] *= (float)(0.5 + 0.1 * (j % 16));
+        for (int j = 0; j < d_sae; j++)
             sae.p[2][j] = (float)(0.3 * saefw_rng_normal(&rng) + (dead[j] && arch != SAEFW_ARCH_GATED ? -0.7 : 0.0));
-        for (int i = 0; i < D_IN; i++) sae.p[SAEFW_B_DEC][i] = (float)(0.2 * saefw_rng_normal(&rng));
+        for (int i = 0; i < d_in; i++) sae.p[SAEFW_B_DEC][i] = (float)(0.2 * saefw_rng_normal(&rng));
         if (arch == SAEFW_ARCH_JUMPRELU)
-            for (int j = 0; j < D_SAE; j++)
+            for (int j = 0; j < d_sae; j++)
                 sae.p[SAEFW_LOG_THRESHOLD][j] = (float)log(0.3 + 0.5 * saefw_rng_uniform(&rng));
         if (arch == SAEFW_ARCH_GATED)
-            for (int j = 0; j < D_SAE; j++) {
+            for (int j = 0; j < d_sae; j++) {
                 sae.p[SAEFW_R_MAG][j] = (float)(0.3 * saefw_rng_normal(&rng));
                 sae.p[SAEFW_B_MAG][j] = (float)(0.3 * saefw_rng_normal(&rng));
             }
-        for (int k = 0; k < B * D_IN; k++) x[k] = (float)saefw_rng_normal(&rng);
+        for (int k = 0; k < nb * d_in; k++) x[k] = (float)saefw_rng_normal(&rng);
         for (int t = 0; t < np; t++)
             for (int64_t k = 0; k < sae.numel[t]; k++) p[t][k] = sae.p[t][k];
         margin = select_fixed(&f, p, x, dead);
     }
-    printf("%s: seed %llu, smallest margin %.3e (need %.0e)\n", saefw_sae_arch_name(arch),
-           (unsigned long long)(seed - 1), margin, MIN_MARGIN);
+    printf("%s, B %d, d_in %d, d_sae %d: seed %llu, smallest margin %.3e (need %.0e)\n", saefw_sae_arch_name(arch), nb,
+           d_in, d_sae, (unsigned long long)(seed - 1), margin, MIN_MARGIN);
     REQUIRE(margin >= MIN_MARGIN, "%s: no seed up to 2000 gives selections with margins", saefw_sae_arch_name(arch));
     int nsel = 0, naux = 0;
-    for (int k = 0; k < B * D_SAE; k++) {
+    for (int k = 0; k < nb * d_sae; k++) {
         nsel += f.sel[k];
         naux += f.aux[k];
     }
     printf("  %d selected entries, %d AuxK entries (%d positive), %d inside the STE kernel\n", nsel, naux,
            naux ? f.aux_positive : 0, arch == SAEFW_ARCH_JUMPRELU ? f.kernel_hits : 0);
 
-    double xh[B * D_IN], dacts[B * D_SAE];
+    double xh[nb * d_in], dacts[nb * d_sae];
     const double base = ref_loss(&f, p, x, xh, dacts);
     /* Central differences of the held-fixed double loss, for every parameter the function depends on. */
     float *fd[SAEFW_MAX_PARAMS] = {0};
@@ -286,16 +291,16 @@ static void check_arch(saefw_sae_arch arch) {
     }
     /* jumprelu's STE (docs/architectures.md): d/d log_threshold = theta * sum_b K(u / eps) *
      * (dL/dacts * -(theta / eps) + (l0_coeff / B) * -(1 / eps)), u = pre - theta. */
-    float ste[D_SAE];
+    float ste[d_sae];
     if (arch == SAEFW_ARCH_JUMPRELU)
-        for (int j = 0; j < D_SAE; j++) {
+        for (int j = 0; j < d_sae; j++) {
             const double theta = exp(p[SAEFW_LOG_THRESHOLD][j]), eps = sae.arch.bandwidth;
             double g = 0;
-            for (int b = 0; b < B; b++) {
-                double pre[D_SAE];
+            for (int b = 0; b < nb; b++) {
+                double pre[d_sae];
                 ref_pre(&f, p, x, b, pre, NULL);
                 if (fabs(pre[j] - theta) / eps < 0.5)
-                    g += dacts[b * D_SAE + j] * -(theta / eps) + sae.arch.l0_coeff / B * -(1.0 / eps);
+                    g += dacts[b * d_sae + j] * -(theta / eps) + sae.arch.l0_coeff / nb * -(1.0 / eps);
             }
             ste[j] = (float)(theta * g);
         }
@@ -304,11 +309,11 @@ static void check_arch(saefw_sae_arch arch) {
         printf(" %s path:\n", path == SAEFW_SAE_DENSE ? "dense" : "sparse");
         saefw_sae_set_path((saefw_sae_path)path);
         if (sae.since_fired)
-            for (int j = 0; j < D_SAE; j++) sae.since_fired[j] = dead[j] ? 100 : 0;
+            for (int j = 0; j < d_sae; j++) sae.since_fired[j] = dead[j] ? 100 : 0;
         saefw_sae_step *w;
-        REQUIRE(saefw_sae_step_alloc(&w, &sae, B, err, sizeof err) == 0, "%s", err);
+        REQUIRE(saefw_sae_step_alloc(&w, &sae, nb, err, sizeof err) == 0, "%s", err);
         saefw_sae_stats st;
-        saefw_sae_train_step(&sae, w, x, B, &st);
+        saefw_sae_train_step(&sae, w, x, nb, &st);
         CHECK(saefw_sae_step_path(w) == (saefw_sae_path)path, "the step took the other path");
         t_close1("forward loss vs double ref", st.loss, base, 1e-5);
         if (arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK)
@@ -317,11 +322,11 @@ static void check_arch(saefw_sae_arch arch) {
         const float *acts = saefw_sae_step_acts(&sae, w, err, sizeof err);
         REQUIRE(acts, "%s", err);
         int differ = 0;
-        for (int b = 0; b < B; b++) {
-            double pre[D_SAE], mag[D_SAE];
+        for (int b = 0; b < nb; b++) {
+            double pre[d_sae], mag[d_sae];
             ref_pre(&f, p, x, b, pre, arch == SAEFW_ARCH_GATED ? mag : NULL);
-            for (int j = 0; j < D_SAE; j++) {
-                const int k = b * D_SAE + j;
+            for (int j = 0; j < d_sae; j++) {
+                const int k = b * d_sae + j;
                 const double v = arch == SAEFW_ARCH_GATED ? mag[j] : pre[j];
                 const double want = f.sel[k] && (arch == SAEFW_ARCH_JUMPRELU || v > 0) ? v : 0;
                 differ += (acts[k] != 0) != (want != 0) || !(fabs(acts[k] - want) <= 1e-4);
@@ -345,9 +350,15 @@ static void check_arch(saefw_sae_arch arch) {
 }
 
 int main(void) {
-    check_arch(SAEFW_ARCH_TOPK);
-    check_arch(SAEFW_ARCH_BATCHTOPK);
-    check_arch(SAEFW_ARCH_JUMPRELU);
-    check_arch(SAEFW_ARCH_GATED);
+    static const int shapes[][3] = {{8, 6, 16}, {6, D_IN_MAX, D_SAE_MAX}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        nb = shapes[s][0];
+        d_in = shapes[s][1];
+        d_sae = shapes[s][2];
+        check_arch(SAEFW_ARCH_TOPK);
+        check_arch(SAEFW_ARCH_BATCHTOPK);
+        check_arch(SAEFW_ARCH_JUMPRELU);
+        check_arch(SAEFW_ARCH_GATED);
+    }
     return t_finish("test_fd_arch");
 }
