@@ -242,6 +242,8 @@ static void check_arch(saefw_sae_arch arch) {
         saefw_rng rng;
         saefw_rng_seed(&rng, seed);
         saefw_sae_init_params(&sae, &rng);
+        /* Decoder rows of different norms; the dead latents' biases lower, so that they stay out of
+         * the top k while some of their pre-activations are positive for AuxK. */
         for (int j = 0; j < d_sae; j++)
             for (int i = 0; i < d_in; i++) sae.p[SAEFW_W_DEC][j * d_in + i] *= (float)(0.5 + 0.1 * (j % 16));
         for (int j = 0; j < d_sae; j++)
@@ -308,6 +310,7 @@ static void check_arch(saefw_sae_arch arch) {
     for (int path = SAEFW_SAE_DENSE; path <= SAEFW_SAE_SPARSE; path++) {
         printf(" %s path:\n", path == SAEFW_SAE_DENSE ? "dense" : "sparse");
         saefw_sae_set_path((saefw_sae_path)path);
+        /* The counters say dead for the last N_DEAD latents (none of them fires in this batch). */
         if (sae.since_fired)
             for (int j = 0; j < d_sae; j++) sae.since_fired[j] = dead[j] ? 100 : 0;
         saefw_sae_step *w;
