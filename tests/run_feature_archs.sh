@@ -2,7 +2,7 @@
 # `saefw analyze` and `saefw features` on a checkpoint of every architecture (issue 16 point 6): trains
 # a small SAE of each on the bundled tiny-1l model (tests/lua/feature_archs.lua), checks analyze's
 # output (the architecture, a mean L0) and the feature report's content (tests/lua/feature_archs_check.lua),
-# and that features refuses a transcoder with one line naming it.
+# and that features (and saefw.features) refuses a transcoder with one line naming it.
 set -euo pipefail
 saefw="$1"; tmp="$2"
 cd "$(dirname "$0")"
@@ -37,6 +37,7 @@ for arch in topk batchtopk jumprelu gated relu relu_april transcoder; do
     grep -q "^saefw features: $ckpt: a transcoder (its decoder writes blocks.0.hook_mlp_out, not the site it reads)" \
       "$dir.features.txt" || fail "transcoder: features' error: $(cat "$dir.features.txt")"
     [ ! -e "$dir/report" ] || fail "transcoder: a report folder was written"
+    grep -q "^transcoder: saefw.features refuses it" "$dir.train.txt" || fail "transcoder: saefw.features not refused"
     echo "transcoder: analyze ok (mean L0 $analyze_l0); features refused: $(cat "$dir.features.txt")"
     continue
   fi

@@ -40,3 +40,19 @@ local r = saefw.train {
 print(string.format("%s: loss %.6f", cfg.arch, r.loss))
 print(string.format("train L0: %.6f", r.l0))
 print("checkpoint: " .. r.checkpoint)
+
+-- The feature report refuses a transcoder through the Lua API too: from its checkpoint, and as an object
+-- whose W_dec rows (d_out 64) are narrower than its input (d_mlp 256), which the report's decoder
+-- analysis used to read past.
+if cfg.arch == "transcoder" then
+  local function refused(t, want)
+    local ok, e = pcall(saefw.features, t)
+    assert(not ok and tostring(e):find(want, 1, true), "saefw.features: wanted '" .. want .. "', got " .. tostring(e))
+  end
+  refused({ sae = r.checkpoint, n_tokens = 256, out = cfg.run_dir .. "/lua_report" },
+          r.checkpoint .. ": a transcoder (its decoder writes blocks.0.hook_mlp_out, not the site it reads)")
+  local wide = saefw.sae { d_in = model.d_mlp, d_out = model.d_model, d_sae = 64, apply_b_dec_to_input = false }
+  refused({ sae = wide, model = model, tokens = tokens, site = "blocks.0.mlp.hook_post", n_tokens = 256 },
+          "features: the SAE is a transcoder (its decoder writes another site than it reads)")
+  print("transcoder: saefw.features refuses it, from a checkpoint and as an object")
+end
