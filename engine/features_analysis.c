@@ -646,6 +646,12 @@ int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_
         o = &def;
     }
     if (check_opts(o, err, errlen) != 0) return -1;
+    /* The logit effects and the neuron-basis classes read W_dec's rows at the input site; a transcoder's
+     * rows live at its target site, with another width. */
+    if (sae->transcoder)
+        return saefw_errf(err, errlen,
+                          "features: the SAE is a transcoder (its decoder writes another site than it reads); the "
+                          "feature report supports SAEs only");
     char hname[128];
     saefw_hook_name(hook, hname, sizeof hname);
     int width = saefw_model_hook_width(model, hook);

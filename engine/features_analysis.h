@@ -116,9 +116,9 @@ typedef struct {
 } saefw_features;
 
 /* Analyse sae at hook of model over the first n_tokens of tok (rows in file order, with the tokens'
- * BOS rule). The SAE's d_in must equal the hook's width; an empty token file is an error. Logit
- * effects: see saefw_feature_logit_effects. Results do not depend on the thread count. Free *out with
- * saefw_features_free. */
+ * BOS rule). The SAE's d_in must equal the hook's width; an empty token file is an error, and so is a
+ * transcoder (its W_dec rows live at another site). Logit effects: see saefw_feature_logit_effects.
+ * Results do not depend on the thread count. Free *out with saefw_features_free. */
 int saefw_features_run(const saefw_model *model, const saefw_tokens *tok, saefw_hook hook, const saefw_sae *sae,
                        const saefw_features_opts *o, saefw_features **out, char *err, size_t errlen);
 void saefw_features_free(saefw_features *f);

@@ -47,6 +47,13 @@ int saefw_features_job_open(saefw_features_job *j, const char *checkpoint, const
     if (saefw_sae_resolve(checkpoint, j->checkpoint, sizeof j->checkpoint, NULL, err, errlen) != 0) return -1;
     if (saefw_checkpoint_load(j->checkpoint, &j->sae, &cfg, err, errlen) != 0) return -1;
     j->have_sae = 1;
+    if (j->sae.transcoder) {
+        saefw_errf(err, errlen,
+                   "%s: a transcoder (its decoder writes %s, not the site it reads): the feature report supports "
+                   "SAEs only",
+                   checkpoint, cfg_string(cfg, "hook_name_out") ? cfg_string(cfg, "hook_name_out") : "another site");
+        goto out;
+    }
     if (!model) model = cfg_string(cfg, "model_name");
     if (!model) {
         saefw_errf(err, errlen, "%s: cfg.json names no model_name: give the model with --model NAME", checkpoint);

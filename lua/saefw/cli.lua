@@ -58,9 +58,14 @@ function M.analyze(args)
   local batch = tonumber(o.batch_size) or cfg.batch_size or 4096
   if not batches or batches < 1 or not batch or batch < 1 then fail("--batches and --batch_size must be positive numbers") end
   local threshold = tonumber(o.threshold) or 1e-4
-  print(string.format("SAE %s: d_in %d, d_sae %d; activations from %s", path, sae.d_in, sae.d_sae, what))
+  print(string.format("SAE %s: %s, d_in %d, d_sae %d; activations from %s", path,
+                      cfg.architecture == "transcoder" and "transcoder" or sae.arch, sae.d_in, sae.d_sae, what))
   local freqs = saefw.frequencies(sae, src, math.floor(batches), math.floor(batch))
   local st = analysis.frequency_stats(freqs)
+  -- Each frequency is the fraction of tokens a feature fires on, so their sum is the mean L0.
+  local l0 = 0
+  for i = 1, #freqs do l0 = l0 + freqs[i] end
+  print(string.format("mean L0 %.4f (active features per token, the sum of the frequencies)", l0))
   print(string.format("dead %.4f (%d of %d), below 1e-6 %.4f, below 1e-5 %.4f, below 1e-4 %.4f",
                       st.dead, st.dead_count, st.n, st.below_1e6, st.below_1e5, st.below_1e4))
   print(analysis.render_text(st.hist))
