@@ -665,7 +665,7 @@ static void piece_acts(piece_ctx *pc) {
 SAEFW_KERNEL static void dxh_columns(void *vctx, int64_t i0, int64_t i1) {
     const piece_ctx *c = vctx;
     const int64_t d_out = c->sae->d_out;
-    const float c2 = 2.0f / (float)(c->w->norm_rows > 0 ? c->w->norm_rows : c->B);
+    const float c2 = 2.0f / (float)saefw_grad_rows(c->w, c->B);
     double *restrict gb_dec = c->w->gb_dec_d;
     if (c->r0 == 0)
         for (int64_t i = i0; i < i1; i++) gb_dec[i] = 0.0;
@@ -797,7 +797,7 @@ SAEFW_KERNEL static void stat_columns(void *vctx, int64_t i0, int64_t i1) {
 SAEFW_KERNEL static void dec_norm_rows(void *vctx, int64_t j0, int64_t j1) {
     const step_ctx *c = vctx;
     const int64_t d_out = c->sae->d_out;
-    const double scale = (double)c->sae->l1_coeff / (double)(c->w->norm_rows > 0 ? c->w->norm_rows : c->B);
+    const double scale = (double)c->sae->l1_coeff / (double)saefw_grad_rows(c->w, c->B);
     for (int64_t j = j0; j < j1; j++) {
         const float *restrict r = c->sae->p[SAEFW_W_DEC] + j * d_out;
         double ss[8] = {0};
@@ -972,7 +972,7 @@ SAEFW_KERNEL static void dec_norm_grad_rows(void *vctx, int64_t j0, int64_t j1) 
     const step_ctx *c = vctx;
     saefw_sae *sae = c->train;
     const int64_t d_out = sae->d_out;
-    const double scale = (double)sae->l1_coeff / (double)(c->w->norm_rows > 0 ? c->w->norm_rows : c->B);
+    const double scale = (double)sae->l1_coeff / (double)saefw_grad_rows(c->w, c->B);
     for (int64_t j = j0; j < j1; j++) {
         if (!(c->w->dec_norm[j] > 0.0)) continue;
         const float f = (float)(scale * c->w->act_sum[j] / c->w->dec_norm[j]);

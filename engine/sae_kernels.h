@@ -38,8 +38,9 @@ typedef struct {
     double *row_l1;      /* [cap]: dense path, sum of each row's activations */
     saefw_sae_path path; /* the path asked for at allocation */
     int predict_dense;   /* AUTO: the last batch was too dense, the next one goes straight to the dense path */
-    int64_t
-        norm_rows; /* rows l2's mean is taken over in the gradient (0: the batch's own; data parallel: the global batch) */
+    /* Rows the gradient's means are over (l2, the decoder-norm-weighted L1): 0 for the batch's own; data
+     * parallel sets the global batch. Read it through saefw_grad_rows. */
+    int64_t norm_rows;
 
     /* The last batch: its rows, whether its activations are the recorded entries (sparse path) or are
      * made again from x_cent (dense path), and whether acts holds them. */
@@ -91,6 +92,11 @@ typedef struct {
     float *lp_w_dec;       /* [d_sae, d_out] */
     float *lp_acts;        /* [piece, d_sae] */
 } saefw_sae_work;
+
+/* The rows a batch of B rows divides its gradient's means by (norm_rows above). */
+static inline int64_t saefw_grad_rows(const saefw_sae_work *w, int64_t B) {
+    return w->norm_rows > 0 ? w->norm_rows : B;
+}
 
 /* Eight floats, and the same read or written at any float's alignment. */
 typedef float v8 __attribute__((vector_size(32)));

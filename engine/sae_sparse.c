@@ -196,8 +196,8 @@ SAEFW_KERNEL static void decode_slab(double *restrict slab, const float *restric
  * [B, d_out]; b_dec's gradient from the x_hat term, each column summed over rows in order in double (as the
  * dense path does). xh (rows ld apart) may be sd itself. */
 static inline void backward_slab(const float *xh, int64_t ld, const float *x, int64_t d_out, int64_t B,
-                                 int64_t norm_rows, int64_t g0, int64_t n_cols, float *sd, double *gb_dec) {
-    const float c2 = 2.0f / (float)(norm_rows > 0 ? norm_rows : B);
+                                 int64_t grad_rows, int64_t g0, int64_t n_cols, float *sd, double *gb_dec) {
+    const float c2 = 2.0f / (float)grad_rows;
     for (int64_t i = 0; i < n_cols; i++) gb_dec[g0 + i] = 0.0;
     for (int64_t b = 0; b < B; b++) {
         const float *xr = x + b * d_out + g0, *h = xh + b * ld;
@@ -254,7 +254,7 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
         if (!c->x) continue;
         saefw_column_stats(slab, GROUP, c->x + g0, d_out, B, n_cols, w->col_stat + g0, w->col_stat + d_out + g0,
                            w->col_stat + 2 * d_out + g0);
-        backward_slab(slab, GROUP, c->x, d_out, B, w->norm_rows, g0, n_cols, slab, w->gb_dec_d);
+        backward_slab(slab, GROUP, c->x, d_out, B, saefw_grad_rows(w, B), g0, n_cols, slab, w->gb_dec_d);
         /* enc_dtype: dxh as the products' operand (b_dec's sum above took the fp32 values). */
         if (w->dtype != SAEFW_ENC_FP32)
             saefw_lowp_round(slab, slab, B * GROUP, w->dtype, saefw_lowp_grad_scale(w->dtype, B));
