@@ -122,23 +122,27 @@ static int saelens_fields(cJSON *c) {
     return 0;
 }
 
+/* Replace field key of c with item (consumed); -1 when out of memory. */
+static int set_field(cJSON *c, const char *key, cJSON *item) {
+    if (!item) return -1;
+    cJSON_DeleteItemFromObject(c, key);
+    return cJSON_AddItemToObject(c, key, item) ? 0 : (cJSON_Delete(item), -1);
+}
+
 /* The ReLU SAE's options in SAELens's names, which always describe the SAE (docs/architectures.md):
  * apply_b_dec_to_input, scale_sparsity_penalty_by_decoder_norm, and for a transcoder its architecture
  * and d_out (hook_name_out as the cfg gives it). normalize_sae_decoder is the trainer's: a cfg value is
  * kept, the default follows the penalty (a decoder-norm-weighted L1 replaces the unit-norm constraint). */
 static int relu_option_fields(cJSON *c, const saefw_sae *sae) {
-    static const char *const keys[] = {"apply_b_dec_to_input", "scale_sparsity_penalty_by_decoder_norm", "d_out"};
-    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) cJSON_DeleteItemFromObject(c, keys[k]);
     const int weighted = sae->l1_weighting == SAEFW_L1_DECODER_NORM;
-    if (!cJSON_AddBoolToObject(c, "apply_b_dec_to_input", sae->apply_b_dec_to_input) ||
-        !cJSON_AddBoolToObject(c, "scale_sparsity_penalty_by_decoder_norm", weighted))
-        return -1;
-    int rc = set_default(c, "normalize_sae_decoder", cJSON_CreateBool(!weighted));
-    if (!sae->transcoder) return rc;
-    cJSON_DeleteItemFromObject(c, "architecture");
-    if (!cJSON_AddStringToObject(c, "architecture", "transcoder") ||
-        !cJSON_AddNumberToObject(c, "d_out", (double)sae->d_out))
-        return -1;
+    cJSON_DeleteItemFromObject(c, "d_out"); /* a transcoder's alone */
+    int rc = set_field(c, "apply_b_dec_to_input", cJSON_CreateBool(sae->apply_b_dec_to_input));
+    rc |= set_field(c, "scale_sparsity_penalty_by_decoder_norm", cJSON_CreateBool(weighted));
+    rc |= set_default(c, "normalize_sae_decoder", cJSON_CreateBool(!weighted));
+    if (rc != 0 || !sae->transcoder) return rc;
+    rc |= set_field(c, "architecture", cJSON_CreateString("transcoder"));
+    rc |= set_field(c, "d_out", cJSON_CreateNumber((double)sae->d_out));
+    if (rc != 0) return rc;
     const cJSON *hook = cJSON_GetObjectItemCaseSensitive(c, "hook_name_out");
     int layer = 0;
     if (!cJSON_IsString(hook) || sscanf(hook->valuestring, "blocks.%d.", &layer) != 1 || layer < 0) layer = 0;
@@ -146,13 +150,6 @@ static int relu_option_fields(cJSON *c, const saefw_sae *sae) {
     rc |= set_default(c, "hook_layer_out", cJSON_CreateNumber(layer));
     rc |= set_default(c, "hook_head_index_out", cJSON_CreateNull());
     return rc;
-}
-
-/* Replace field key of c with item (consumed); -1 when out of memory. */
-static int set_field(cJSON *c, const char *key, cJSON *item) {
-    if (!item) return -1;
-    cJSON_DeleteItemFromObject(c, key);
-    return cJSON_AddItemToObject(c, key, item) ? 0 : (cJSON_Delete(item), -1);
 }
 
 /* The architecture in SAELens's names (docs/architectures.md): topk with k, jumprelu (and batchtopk,
