@@ -12,18 +12,9 @@
 static const char *BIN;
 static char out[65536];
 
-/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
-static int run(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = t_vrun(out, sizeof out, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 #define EXPECT(rc_cond, phrase, ...)                                                                                   \
     do {                                                                                                               \
-        int rc_ = run(__VA_ARGS__);                                                                                    \
+        int rc_ = t_run(out, sizeof out, __VA_ARGS__);                                                                 \
         int ok_ = (rc_cond) && strstr(out, phrase) != NULL;                                                            \
         CHECK(ok_, "command exited %d; output lacks '%s' or status wrong:\n%s", rc_, phrase, out);                     \
         if (ok_) printf("  ok (exit %d): %s\n", rc_, phrase);                                                          \
@@ -246,7 +237,7 @@ int main(void) {
     waitpid(pid, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0, "SIGINT: exit status %d", st);
     CHECK(exists("%s/0/sae_weights.safetensors", dir), "SIGINT: no checkpoint in %s", dir);
-    run("cat %s/int.log", tmp);
+    t_run(out, sizeof out, "cat %s/int.log", tmp);
     CHECK(strstr(out, "interrupted by SIGINT") && strstr(out, "checkpoint saved to"), "SIGINT message:\n%s", out);
     printf("  SIGINT: exit %d, checkpoint %s/0\n", WEXITSTATUS(st), dir);
     return t_finish("test_cli");

@@ -404,15 +404,6 @@ static void test_report_and_errors(const saefw_features *f, const saefw_sae *sae
 
 static char out[1 << 16];
 
-/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
-static int sh(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = t_vrun(out, sizeof out, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 /* out is one line, "saefw features: ...". */
 static int one_line_error(const char *s) {
     const char *nl = strchr(s, '\n');
@@ -449,7 +440,7 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     cJSON_AddNumberToObject(cfg, "context_size", 64);
     REQUIRE(saefw_checkpoint_save(ck, sae, cfg, err, sizeof err) == 0, "%s", err);
     cJSON_Delete(cfg);
-    int rc = sh("'%s' features '%s' --out '%s' --tokens 8192 --top-k 5 --threads 2", bin, ck, rep);
+    int rc = t_run(out, sizeof out, "'%s' features '%s' --out '%s' --tokens 8192 --top-k 5 --threads 2", bin, ck, rep);
     CHECK(rc == 0 && contains(out, "report: ") && contains(out, "index.html"), "exit %d:\n%s", rc, out);
     snprintf(p, sizeof p, "%s/data/summary.js", rep);
     cJSON *sum = parse_script(p, "summary(");
@@ -514,20 +505,20 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
           "print('objects agree with the checkpoint path: ' .. tostring(same))\n",
           ck, ck, ck);
     write_file(p, script, strlen(script));
-    rc = sh("'%s' run '%s'", bin, p);
+    rc = t_run(out, sizeof out, "'%s' run '%s'", bin, p);
     CHECK(rc == 0 && contains(out, "lua: 48 features, 2048 tokens, 4 examples, tokenizer tokenizer.json") &&
               contains(out, "error: ") && contains(out, "top_k") &&
               contains(out, "objects agree with the checkpoint path: true"),
           "saefw.features from Lua: exit %d:\n%s", rc, out);
     printf("  %s", out);
 
-    rc = sh("'%s' features '%s'", bin, ck);
+    rc = t_run(out, sizeof out, "'%s' features '%s'", bin, ck);
     CHECK(rc == 2 && contains(out, "missing --out DIR"), "no --out: exit %d: %s", rc, out);
-    rc = sh("'%s' features '%s' --out '%s' --frobnicate 1", bin, ck, rep);
+    rc = t_run(out, sizeof out, "'%s' features '%s' --out '%s' --frobnicate 1", bin, ck, rep);
     CHECK(rc == 2 && contains(out, "unknown option --frobnicate"), "unknown option: exit %d: %s", rc, out);
-    rc = sh("'%s' features '%s' --out '%s' --tokens many", bin, ck, rep);
+    rc = t_run(out, sizeof out, "'%s' features '%s' --out '%s' --tokens many", bin, ck, rep);
     CHECK(rc == 2 && contains(out, "--tokens"), "bad --tokens: exit %d: %s", rc, out);
-    rc = sh("'%s' features '%s' --out '%s' --model gelu-nope", bin, ck, rep);
+    rc = t_run(out, sizeof out, "'%s' features '%s' --out '%s' --model gelu-nope", bin, ck, rep);
     CHECK(rc == 1 && contains(out, "gelu-nope"), "unknown model: exit %d: %s", rc, out);
 
     /* The bad input of the command itself (test_report_and_errors made the files): one line each,
@@ -535,19 +526,22 @@ static void test_cli(const saefw_sae *sae, const char *tmp) {
     printf("saefw features on bad input\n");
     char bad_rep[2100];
     snprintf(bad_rep, sizeof bad_rep, "%s/bad_report", tmp);
-    rc = sh("'%s' features '%s/ckpt_small' --out '%s' --data ../models/tiny-1l/tokens.npy", bin, tmp, bad_rep);
+    rc = t_run(out, sizeof out, "'%s' features '%s/ckpt_small' --out '%s' --data ../models/tiny-1l/tokens.npy", bin,
+               tmp, bad_rep);
     CHECK(rc == 1 && one_line_error(out) && contains(out, "d_in 64") && contains(out, "--model"),
           "d_in mismatch: exit %d: %s", rc, out);
     printf("  %s", out);
-    rc = sh("'%s' features '%s' --out '%s' --data '%s/empty.npy'", bin, ck, bad_rep, tmp);
+    rc = t_run(out, sizeof out, "'%s' features '%s' --out '%s' --data '%s/empty.npy'", bin, ck, bad_rep, tmp);
     CHECK(rc == 1 && one_line_error(out) && contains(out, "empty.npy") && contains(out, "0 tokens"),
           "empty data: exit %d: %s", rc, out);
     printf("  %s", out);
     CHECK(access(bad_rep, F_OK) != 0, "a failed command left %s", bad_rep);
     /* A model without a tokenizer: said once, and the report shows ids. */
-    rc = sh("'%s' features '%s' --out '%s' --model '%s/bare-model' --data ../models/tiny-1l/tokens.npy --tokens 2048 "
-            "--top-k 2",
-            bin, ck, bad_rep, tmp);
+    rc =
+        t_run(out, sizeof out,
+              "'%s' features '%s' --out '%s' --model '%s/bare-model' --data ../models/tiny-1l/tokens.npy --tokens 2048 "
+              "--top-k 2",
+              bin, ck, bad_rep, tmp);
     int said = 0;
     for (const char *q = out; (q = strstr(q, "shown as ids")); q++) said++;
     CHECK(rc == 0 && said == 1, "no tokenizer: exit %d, said %d times:\n%s", rc, said, out);

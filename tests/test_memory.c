@@ -12,15 +12,6 @@
 
 static char out[1 << 16];
 
-/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
-static int run(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = t_vrun(out, sizeof out, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     REQUIRE(f && fputs(text, f) >= 0 && fclose(f) == 0, "cannot write %s", path);
@@ -100,21 +91,23 @@ int main(void) {
     const char *bin = getenv("SAEFW_BIN");
     REQUIRE(bin && *bin, "SAEFW_BIN is not set (run under ctest)");
     t0 = saefw_now();
-    rc = run(
+    rc = t_run(
+        out, sizeof out,
         "%s run ../experiments/toy.lua --d_in 512 --dict_mult 4 --batch_size 4096 --buffer_mult 262144 --run_dir %s/a",
         bin, tmp);
     dt = saefw_now() - t0;
     CHECK(rc != 0 && strstr(out, "activation buffer") && strstr(out, "needs an estimated"), "1 TiB toy: rc %d\n%s", rc,
           out);
     CHECK(dt < 2, "the refusal took %.2f s", dt);
-    rc = run("%s run ../experiments/toy.lua --steps 20 --memory-limit 2M --run_dir %s/b", bin, tmp);
+    rc = t_run(out, sizeof out, "%s run ../experiments/toy.lua --steps 20 --memory-limit 2M --run_dir %s/b", bin, tmp);
     CHECK(rc != 0 && strstr(out, "memory_limit"), "--memory-limit 2M: rc %d\n%s", rc, out);
-    rc = run("%s run ../experiments/toy.lua --steps 20 --eval_every 10 --run_dir %s/c", bin, tmp);
+    rc = t_run(out, sizeof out, "%s run ../experiments/toy.lua --steps 20 --eval_every 10 --run_dir %s/c", bin, tmp);
     CHECK(rc == 0 && strstr(out, "memory: estimated peak") && strstr(out, "memory: peak resident"), "toy: rc %d\n%s",
           rc, out);
-    rc = run("%s run ../experiments/toy.lua --steps 20 --memory-limit 2M --allow-memory --run_dir %s/d", bin, tmp);
+    rc = t_run(out, sizeof out,
+               "%s run ../experiments/toy.lua --steps 20 --memory-limit 2M --allow-memory --run_dir %s/d", bin, tmp);
     CHECK(rc == 0, "--allow-memory: rc %d\n%s", rc, out);
-    rc = run("%s run ../experiments/toy.lua --memory-limit lots --run_dir %s/e", bin, tmp);
+    rc = t_run(out, sizeof out, "%s run ../experiments/toy.lua --memory-limit lots --run_dir %s/e", bin, tmp);
     CHECK(rc == 2 && strstr(out, "lots"), "--memory-limit lots: rc %d\n%s", rc, out);
     return t_finish("test_memory");
 }

@@ -208,14 +208,6 @@ static void test_fresh_api(void) {
     setup_free(&s);
 }
 
-static int t_run(char *out, size_t cap, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = t_vrun(out, cap, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 static char *slurp(const char *path) {
     char *text = NULL, err[256];
     return saefw_read_file(path, &text, NULL, err, sizeof err) == 0 ? text : NULL;

@@ -308,14 +308,6 @@ static void refused(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched, saefw
     saefw_source_free(src);
 }
 
-static int run_cmd(char *buf, size_t cap, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int st = t_vrun(buf, cap, fmt, ap);
-    va_end(ap);
-    return st;
-}
-
 static void bad_options(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched) {
     printf("bad options:\n");
     saefw_opts *neg = schedule_opts(sched, -1, 0, 0, NULL), *neg_c = schedule_opts(sched, 0, 0, -3, NULL);
@@ -345,7 +337,7 @@ static void bad_options(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched) {
           "  optimizer = saefw.plugin('adam', { lr = 1e-3 }), run_dir = false, clip_grad_norm = 0 }\n",
           f);
     REQUIRE(fclose(f) == 0, "cannot write %s", script);
-    int st = run_cmd(out, sizeof out, "'%s' run '%s'", bin, script);
+    int st = t_run(out, sizeof out, "'%s' run '%s'", bin, script);
     printf("  lua: exit %d: %s", st, out);
     CHECK(st != 0 && strstr(out, "clip_grad_norm must be a finite number > 0, got 0"),
           "saefw.train{clip_grad_norm = 0} was not refused: exit %d, %s", st, out);
@@ -377,7 +369,7 @@ static void lua_before_step(void) {
           "print(string.format('lua before_step: %d steps seen, bad step %s', seen, tostring(bad)))\n",
           f);
     REQUIRE(fclose(f) == 0, "cannot write %s", script);
-    int st = run_cmd(out, sizeof out, "'%s' run '%s'", bin, script);
+    int st = t_run(out, sizeof out, "'%s' run '%s'", bin, script);
     printf("%s", out);
     CHECK(st == 0 && strstr(out, "lua before_step: 6 steps seen, bad step nil"),
           "a Lua before_step schedule failed: exit %d, %s", st, out);

@@ -12,15 +12,6 @@
 
 static char out[1 << 16];
 
-/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
-static int run(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = t_vrun(out, sizeof out, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 static long file_size(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 ? (long)st.st_size : -1;
@@ -53,7 +44,7 @@ int main(void) {
     int st = 0;
     waitpid(pid, &st, 0);
     double dt = saefw_now() - t0;
-    run("cat %s", logp);
+    t_run(out, sizeof out, "cat %s", logp);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0, "SIGTERM: status %d\n%s", st, out);
     CHECK(dt < 5, "SIGTERM during the evaluation: exit after %.1f s", dt);
     CHECK(strstr(out, "interrupted by SIGTERM after 1 steps; checkpoint saved to"), "SIGTERM message:\n%s", out);
@@ -63,16 +54,17 @@ int main(void) {
     printf("  SIGTERM during the evaluation: exit %d after %.2f s, checkpoint %s/0\n", WEXITSTATUS(st), dt, dir);
 
     /* The checkpoint resumes, with a sane evaluation this time (a change that must be named). */
-    int rc = run("%s run ../experiments/quickstart.lua --num_tokens 1e5 --buffer_mult 8 --recons_batches 1 "
-                 "--report_tokens 0 --resume %s --allow-change recons_batches",
-                 bin, dir);
+    int rc = t_run(out, sizeof out,
+                   "%s run ../experiments/quickstart.lua --num_tokens 1e5 --buffer_mult 8 --recons_batches 1 "
+                   "--report_tokens 0 --resume %s --allow-change recons_batches",
+                   bin, dir);
     CHECK(rc == 0 && strstr(out, "resumed at step 1 of"), "resume: rc %d\n%s", rc, out);
 
     /* Counts past their bound are refused, naming the key. */
-    rc = run("%s run ../experiments/quickstart.lua --recons_batches 20000 --run_dir %s/b", bin, tmp);
+    rc = t_run(out, sizeof out, "%s run ../experiments/quickstart.lua --recons_batches 20000 --run_dir %s/b", bin, tmp);
     CHECK(rc != 0 && strstr(out, "recons_batches = 20000 is more than 10000"), "recons_batches 20000: rc %d\n%s", rc,
           out);
-    rc = run("%s run lua/freq_batches_bound.lua", bin);
+    rc = t_run(out, sizeof out, "%s run lua/freq_batches_bound.lua", bin);
     CHECK(rc != 0 && strstr(out, "freq_batches = 1000000 is more than 10000"), "freq_batches: rc %d\n%s", rc, out);
     return t_finish("test_stop");
 }

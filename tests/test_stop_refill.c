@@ -15,15 +15,6 @@
 
 static char out[1 << 16];
 
-/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
-static int run(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = t_vrun(out, sizeof out, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 static int has_line(const char *path, const char *needle) {
     char *text = NULL;
     size_t len = 0;
@@ -61,7 +52,7 @@ int main(void) {
     T_FMT(probe, "%s/metrics.jsonl", dir);
 
     /* The run never interrupted (not slowed: the slowing changes no value). */
-    int rc = run("%s run " ARGS " --run_dir %s", bin, ref);
+    int rc = t_run(out, sizeof out, "%s run " ARGS " --run_dir %s", bin, ref);
     REQUIRE(rc == 0, "reference run: rc %d\n%s", rc, out);
 
     fflush(stdout);
@@ -83,7 +74,7 @@ int main(void) {
     int st = 0;
     waitpid(pid, &st, 0);
     double dt = saefw_now() - t0;
-    run("cat %s", logp);
+    t_run(out, sizeof out, "cat %s", logp);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0, "SIGTERM: status %d\n%s", st, out);
     CHECK(dt < 1.0, "SIGTERM during the refill: exit after %.2f s\n%s", dt, out);
     CHECK(strstr(out, "interrupted by SIGTERM after 7 steps; checkpoint saved to"), "SIGTERM message:\n%s", out);
@@ -100,16 +91,16 @@ int main(void) {
     CHECK(state_i64(ck, "source/cursor") == 96 && state_i64(ck, "source/pass") == 0,
           "token stream in the checkpoint: row %lld of pass %lld (want 96 of 0: the stopped refill left a trace)",
           (long long)state_i64(ck, "source/cursor"), (long long)state_i64(ck, "source/pass"));
-    rc = run("tail -n 1 %s", probe);
+    rc = t_run(out, sizeof out, "tail -n 1 %s", probe);
     CHECK(strstr(out, "\"event\":\"interrupted\",\"step\":7,\"signal\":\"SIGTERM\",\"checkpoint_saved\":true"),
           "last line of metrics.jsonl: %s", out);
 
     /* The resume, slowed too, ends with the same bits as the run never interrupted. */
-    rc = run("SAEFW_SLOW=refill:1 %s run " ARGS " --resume %s", bin, dir);
+    rc = t_run(out, sizeof out, "SAEFW_SLOW=refill:1 %s run " ARGS " --resume %s", bin, dir);
     CHECK(rc == 0 && strstr(out, "resumed at step 7 of"), "resume: rc %d\n%s", rc, out);
     T_FMT(want, "%s/final/sae_weights.safetensors", ref);
     T_FMT(got, "%s/final/sae_weights.safetensors", dir);
-    rc = run("cmp %s %s", want, got);
+    rc = t_run(out, sizeof out, "cmp %s %s", want, got);
     CHECK(rc == 0, "the resumed run's weights differ from the uninterrupted run's:\n%s", out);
     printf("  resumed at step 7: final weights %s the uninterrupted run's\n", rc == 0 ? "equal to" : "differ from");
 
@@ -121,7 +112,7 @@ int main(void) {
         {"reinit_batches", "plugin reinit_dead: option 'batches' must be >= 1 and <= 10000, got 1e+06"},
     };
     for (size_t i = 0; i < sizeof bounds / sizeof *bounds; i++) {
-        rc = run("%s run lua/count_bounds.lua --case %s", bin, bounds[i][0]);
+        rc = t_run(out, sizeof out, "%s run lua/count_bounds.lua --case %s", bin, bounds[i][0]);
         CHECK(rc != 0 && strstr(out, bounds[i][1]), "%s: rc %d\n%s", bounds[i][0], rc, out);
     }
     return t_finish("test_stop_refill");

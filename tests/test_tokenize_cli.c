@@ -17,15 +17,6 @@
 static const char *BIN;
 static char out[65536];
 
-/* Run a shell command with stderr merged into out; returns the exit status (or 128 + signal). */
-static int run(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = t_vrun(out, sizeof out, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 static char *slurp(const char *path, size_t *len) {
     char err[512], *s = NULL;
     REQUIRE(saefw_read_file(path, &s, len, err, sizeof err) == 0, "%s", err);
@@ -153,9 +144,11 @@ static void test_parquet(const char *tmp, const char *gpt2) {
         for (int threads = 1; threads <= 3; threads += 2) {
             char o[1100], what[128], docs_line[64];
             snprintf(o, sizeof o, "%s/pq%zu_%d.npy", tmp, fi, threads);
-            CHECK(run("%s tokenize fixtures/parquet/%s --field text --tokenizer %s --out %s --append-eos --threads %d",
+            CHECK(
+                t_run(out, sizeof out,
+                      "%s tokenize fixtures/parquet/%s --field text --tokenizer %s --out %s --append-eos --threads %d",
                       BIN, files[fi], gpt2, o, threads) == 0,
-                  "%s", out);
+                "%s", out);
             snprintf(docs_line, sizeof docs_line, "from %d documents", docs);
             CHECK(strstr(out, docs_line), "%s: want '%s':\n%s", files[fi], docs_line, out);
             snprintf(what, sizeof what, "parquet %s, %d thread%s", files[fi], threads, threads > 1 ? "s" : "");
@@ -166,20 +159,22 @@ static void test_parquet(const char *tmp, const char *gpt2) {
     /* A column of another type, a missing column, a file that is not Parquet: one line, no output. */
     char o[1100], bad[1100];
     snprintf(o, sizeof o, "%s/pq_bad.npy", tmp);
-    CHECK(run("%s tokenize fixtures/parquet/nulls.parquet --field null_int --tokenizer %s --out %s", BIN, gpt2, o) ==
-                  1 &&
+    CHECK(t_run(out, sizeof out, "%s tokenize fixtures/parquet/nulls.parquet --field null_int --tokenizer %s --out %s",
+                BIN, gpt2, o) == 1 &&
               strstr(out,
                      "saefw tokenize: fixtures/parquet/nulls.parquet: column 'null_int' is int64, expected string\n") ==
                   out,
           "%s", out);
-    CHECK(run("%s tokenize fixtures/parquet/nulls.parquet --field nope --tokenizer %s --out %s", BIN, gpt2, o) == 1 &&
+    CHECK(t_run(out, sizeof out, "%s tokenize fixtures/parquet/nulls.parquet --field nope --tokenizer %s --out %s", BIN,
+                gpt2, o) == 1 &&
               strstr(out, "no column 'nope' (columns: ") && strstr(out, "text") && !strchr(strchr(out, '\n') + 1, '\n'),
           "%s", out);
     snprintf(bad, sizeof bad, "%s/fake.parquet", tmp);
     write_file(bad, "PAR1 this is not parquet PAR1", 29);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) == 1 && strstr(out, "fake.parquet"), "%s",
-          out);
-    CHECK(run("test -e %s", o) != 0, "an output file was left after a Parquet error");
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) == 1 &&
+              strstr(out, "fake.parquet"),
+          "%s", out);
+    CHECK(t_run(out, sizeof out, "test -e %s", o) != 0, "an output file was left after a Parquet error");
     saefw_tokenizer_scratch_free(sc);
     saefw_tokenizer_free(t);
     cJSON_Delete(root);
@@ -240,7 +235,8 @@ int main(void) {
     for (int threads = 1; threads <= 3; threads++) {
         char o[1100], what[64];
         snprintf(o, sizeof o, "%s/a%d.npy", tmp, threads);
-        CHECK(run("%s tokenize %s --tokenizer %s --out %s --append-eos --threads %d", BIN, path, gpt2, o, threads) == 0,
+        CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer %s --out %s --append-eos --threads %d", BIN, path,
+                    gpt2, o, threads) == 0,
               "%s", out);
         CHECK(strstr(out, "7 documents, dtype uint16"), "%s", out);
         snprintf(what, sizeof what, "jsonl --append-eos, %d threads", threads);
@@ -254,8 +250,9 @@ int main(void) {
     }
     char o[1100];
     snprintf(o, sizeof o, "%s/b.bin", tmp);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s --bos --dtype int32 --threads 2", BIN, zpath, gpt2, o) == 0, "%s",
-          out);
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer %s --out %s --bos --dtype int32 --threads 2", BIN, zpath,
+                gpt2, o) == 0,
+          "%s", out);
     CHECK(strstr(out, "int32 (raw little-endian)"), "%s", out);
     check_tokens(o, &want, "jsonl.zst --bos, int32 .bin");
 
@@ -270,8 +267,8 @@ int main(void) {
     push_all(&want, expected(root, "gpt2", "invalid.bin"));
     for (int threads = 1; threads <= 4; threads += 3) {
         snprintf(o, sizeof o, "%s/c%d.npy", tmp, threads);
-        CHECK(run("%s tokenize%s " FIX "text/invalid.bin --tokenizer %s --out %s --threads %d", BIN, inputs, gpt2, o,
-                  threads) == 0,
+        CHECK(t_run(out, sizeof out, "%s tokenize%s " FIX "text/invalid.bin --tokenizer %s --out %s --threads %d", BIN,
+                    inputs, gpt2, o, threads) == 0,
               "%s", out);
         check_tokens(o, &want, threads == 1 ? "plain text, 1 thread" : "plain text, 4 threads");
     }
@@ -279,13 +276,17 @@ int main(void) {
     want.n = 0;
     for (size_t i = 0; i < N_DOCS; i++) push_all(&want, expected(root, "neox20b", DOCS[i]));
     snprintf(o, sizeof o, "%s/n.npy", tmp);
-    CHECK(run("%s tokenize%s --tokenizer " FIX "neox20b.json --out %s --threads 4", BIN, inputs, o) == 0, "%s", out);
+    CHECK(t_run(out, sizeof out, "%s tokenize%s --tokenizer " FIX "neox20b.json --out %s --threads 4", BIN, inputs,
+                o) == 0,
+          "%s", out);
     check_tokens(o, &want, "plain text, neox20b, 4 threads");
     /* Llama 3 (int32 by default: 128256 ids) on the same JSONL. */
     want.n = 0;
     for (size_t i = 0; i < N_DOCS; i++) push_all(&want, expected(root, "llama3", DOCS[i]));
     snprintf(o, sizeof o, "%s/d.npy", tmp);
-    CHECK(run("%s tokenize %s --tokenizer " FIX "llama3.json --out %s --threads 2", BIN, zpath, o) == 0, "%s", out);
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer " FIX "llama3.json --out %s --threads 2", BIN, zpath, o) ==
+              0,
+          "%s", out);
     CHECK(strstr(out, "dtype int32"), "%s", out);
     check_tokens(o, &want, "jsonl.zst, llama3, int32 .npy");
 
@@ -294,27 +295,33 @@ int main(void) {
     snprintf(bad, sizeof bad, "%s/bad.jsonl", tmp);
     write_file(bad, "{\"text\": \"ok\"}\n{\"text\": oops}\n", 31);
     snprintf(o, sizeof o, "%s/e.npy", tmp);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 &&
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 &&
               strstr(out, "bad.jsonl:2: not valid JSON"),
           "%s", out);
-    CHECK(run("test -e %s", o) != 0, "an output file was left after an error");
+    CHECK(t_run(out, sizeof out, "test -e %s", o) != 0, "an output file was left after an error");
     write_file(bad, "{\"content\": \"ok\"}\n", 18);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 &&
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer %s --out %s", BIN, bad, gpt2, o) != 0 &&
               strstr(out, "bad.jsonl:1: field 'text' is missing or not a string"),
           "%s", out);
-    CHECK(run("%s tokenize %s --field content --tokenizer %s --out %s", BIN, bad, gpt2, o) == 0, "%s", out);
-    CHECK(run("%s tokenize x.parquet --tokenizer %s --out %s", BIN, gpt2, o) != 0 && strstr(out, "x.parquet"), "%s",
-          out);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s/x.txt", BIN, bad, gpt2, tmp) == 2 && strstr(out, ".npy or .bin"),
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --field content --tokenizer %s --out %s", BIN, bad, gpt2, o) == 0,
           "%s", out);
-    CHECK(run("%s tokenize %s --tokenizer %s --out %s --dtype uint16", BIN, path, FIX "llama3.json", o) != 0 &&
+    CHECK(t_run(out, sizeof out, "%s tokenize x.parquet --tokenizer %s --out %s", BIN, gpt2, o) != 0 &&
+              strstr(out, "x.parquet"),
+          "%s", out);
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer %s --out %s/x.txt", BIN, bad, gpt2, tmp) == 2 &&
+              strstr(out, ".npy or .bin"),
+          "%s", out);
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer %s --out %s --dtype uint16", BIN, path, FIX "llama3.json",
+                o) != 0 &&
               strstr(out, "more than uint16 holds"),
           "%s", out);
-    CHECK(run("HF_HUB_CACHE=%s %s tokenize %s --tokenizer gelu-1l --out %s", tmp, BIN, path, o) != 0 &&
+    CHECK(t_run(out, sizeof out, "HF_HUB_CACHE=%s %s tokenize %s --tokenizer gelu-1l --out %s", tmp, BIN, path, o) !=
+                  0 &&
               strstr(out, "saefw download NeelNanda/gpt-neox-tokenizer-digits tokenizer.json"),
           "%s", out);
-    CHECK(run("%s tokenize %s --tokenizer tiny-1l --out %s", BIN, path, o) == 0 && strstr(out, "dtype uint16"), "%s",
-          out);
+    CHECK(t_run(out, sizeof out, "%s tokenize %s --tokenizer tiny-1l --out %s", BIN, path, o) == 0 &&
+              strstr(out, "dtype uint16"),
+          "%s", out);
     free(want.ids);
     cJSON_Delete(root);
     test_parquet(tmp, gpt2);

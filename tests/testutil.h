@@ -55,6 +55,15 @@ static inline int t_vrun(char *buf, size_t cap, const char *fmt, va_list ap) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/* t_vrun with the arguments inline. */
+static inline __attribute__((format(printf, 3, 4))) int t_run(char *buf, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = t_vrun(buf, cap, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
 static inline int t_finish(const char *name) {
     if (t_failures) {
         fprintf(stderr, "%s: %d check(s) failed\n", name, t_failures);
