@@ -7,6 +7,7 @@
 #include "plugin_loader.h"
 #include "sae.h"
 #include "sae_lowp.h"
+#include "testtrain.h"
 #include "testutil.h"
 #include "train.h"
 #include "util.h"
@@ -93,35 +94,10 @@ static int next_batch(void *ud, float *out, int64_t B, char *err, size_t errlen)
     return 0;
 }
 
+/* `steps` Adam steps replaying the fixture's batches. */
 static void train(saefw_sae *sae, const float *batches, int64_t B, int64_t steps, double lr, saefw_sae_path path) {
-    char err[1024];
-    saefw_loaded_plugin *adam = NULL;
-    REQUIRE(saefw_plugin_load("adam", saefw_host_table(), &adam, err, sizeof err) == 0, "%s", err);
-    saefw_opts *opts = NULL;
-    REQUIRE(saefw_opts_new(adam, &opts, err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "lr", lr, err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "beta1", 0.9, err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "beta2", 0.99, err, sizeof err) == 0, "%s", err);
-    saefw_synthetic_opts so = {sae->d_in, 8, 0.1, 1.0, 1};
-    saefw_source *eval = NULL;
-    REQUIRE(saefw_source_synthetic(&so, &eval, err, sizeof err) == 0, "%s", err);
     gen g = {batches, 0, B, sae->d_in, steps};
-    saefw_train_opts o = {0};
-    o.sae = sae;
-    o.next_batch = next_batch;
-    o.next_batch_ud = &g;
-    o.batch_size = B;
-    o.eval_source = eval;
-    o.steps = steps;
-    o.optimizer.plugin = adam;
-    o.optimizer.opts = opts;
-    saefw_sae_set_path(path);
-    saefw_train_result res;
-    REQUIRE(saefw_train(&o, &res, err, sizeof err) == 0, "train: %s", err);
-    saefw_sae_set_path(SAEFW_SAE_AUTO);
-    saefw_source_free(eval);
-    saefw_opts_free(opts);
-    saefw_plugin_unload(adam);
+    t_train_adam(sae, B, steps, lr, path, next_batch, &g, NULL, NULL);
 }
 
 /* Fraction of elements farther than tol x max |ref| from ref. A NaN counts as far. */

@@ -3,6 +3,7 @@
  * checks the source itself: unit-norm features, the expected number of active features per row. */
 #include "eval.h"
 #include "plugin_loader.h"
+#include "testtrain.h"
 #include "testutil.h"
 #include "train.h"
 
@@ -42,18 +43,13 @@ int main(void) {
 
     saefw_buffer buf;
     REQUIRE(saefw_buffer_init(&buf, src, 256 * 32, 256, SAEFW_BUF_BF16, 1, err, sizeof err) == 0, "%s", err);
-    saefw_loaded_plugin *adam = NULL;
-    REQUIRE(saefw_plugin_load("adam", saefw_host_table(), &adam, err, sizeof err) == 0, "%s", err);
-    saefw_opts *opts = NULL;
-    REQUIRE(saefw_opts_new(adam, &opts, err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "lr", 1e-3, err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "beta2", 0.99, err, sizeof err) == 0, "%s", err);
+    t_adam adam = t_adam_load(1e-3, 0.9, 0.99);
     saefw_train_opts o = {0};
     o.sae = &sae;
     o.buffer = &buf;
     o.steps = 2500;
-    o.optimizer.plugin = adam;
-    o.optimizer.opts = opts;
+    o.optimizer.plugin = adam.plugin;
+    o.optimizer.opts = adam.opts;
     o.eval_every = 500;
     o.progress = 0;
     /* MMCS is an evaluator the caller chooses, not something the loop knows of synthetic sources. */
@@ -72,8 +68,7 @@ int main(void) {
     const double reported = saefw_metrics_get(&res.last, "mmcs");
     CHECK(fabs(reported - after) <= 1e-9, "reported MMCS %g differs from %g", reported, after);
 
-    saefw_opts_free(opts);
-    saefw_plugin_unload(adam);
+    t_adam_free(&adam);
     saefw_buffer_free(&buf);
     saefw_sae_free(&sae);
     saefw_source_free(src);

@@ -4,6 +4,7 @@
  * within 1e-4 relative. */
 #include "plugin_loader.h"
 #include "sae.h"
+#include "testtrain.h"
 #include "testutil.h"
 #include "train.h"
 
@@ -58,13 +59,7 @@ int main(void) {
     float *batches = t_tensor(tf, "batches", NULL);
     replay rp = {batches, 0, steps, B, d_in};
 
-    saefw_loaded_plugin *adam = NULL;
-    REQUIRE(saefw_plugin_load("adam", saefw_host_table(), &adam, err, sizeof err) == 0, "%s", err);
-    saefw_opts *opts = NULL;
-    REQUIRE(saefw_opts_new(adam, &opts, err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "lr", t_meta(tf, "lr"), err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "beta1", t_meta(tf, "beta1"), err, sizeof err) == 0, "%s", err);
-    REQUIRE(saefw_opts_set_number(opts, adam, "beta2", t_meta(tf, "beta2"), err, sizeof err) == 0, "%s", err);
+    t_adam adam = t_adam_load(t_meta(tf, "lr"), t_meta(tf, "beta1"), t_meta(tf, "beta2"));
 
     /* Evaluation draws (frequencies at the end) come from an unrelated source and change nothing. */
     saefw_synthetic_opts so = {d_in, 8, 0.1, 1.0, 1};
@@ -79,8 +74,8 @@ int main(void) {
     o.batch_size = B;
     o.eval_source = eval;
     o.steps = steps;
-    o.optimizer.plugin = adam;
-    o.optimizer.opts = opts;
+    o.optimizer.plugin = adam.plugin;
+    o.optimizer.opts = adam.opts;
     o.log_every = 1;
     o.progress = 0;
     o.on_event = on_event;
@@ -115,8 +110,7 @@ int main(void) {
     free(l1s);
     free(batches);
     saefw_source_free(eval);
-    saefw_opts_free(opts);
-    saefw_plugin_unload(adam);
+    t_adam_free(&adam);
     saefw_sae_free(&sae);
     saefw_tf_close(tf);
     return t_finish("test_train_reference");
