@@ -214,8 +214,13 @@ int saefw_features_cmd(int argc, char **argv) {
             if (parse_int(k, v, 0, INT64_MAX / 2, &n) != 0) return 2;
             o.seed = (uint64_t)n;
         } else if (!strcmp(k, "threads")) {
-            if (parse_int(k, v, 1, 4096, &n) != 0) return 2;
-            saefw_set_threads((int)n);
+            char terr[256];
+            int t;
+            if (saefw_threads_arg(v, SAEFW_MAX_THREADS, &t, terr, sizeof terr) != 0) {
+                fprintf(stderr, "saefw features: %s\n", terr);
+                return 2;
+            }
+            saefw_set_threads(t);
         } else {
             fprintf(stderr, "saefw features: unknown option --%s\n%s", k, USAGE);
             return 2;

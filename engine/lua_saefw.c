@@ -20,9 +20,9 @@ static int l_threads(lua_State *L) {
     if (!lua_isnoneornil(L, 1)) {
         int ok = 0;
         lua_Integer n = lua_tointegerx(L, 1, &ok);
-        if (!ok || n < 0 || n > 4096)
-            return saefw_lua_error(L, "saefw.threads: expected a whole number from 0 (the default) to 4096, got %s",
-                                   luaL_tolstring(L, 1, NULL));
+        if (!ok || n < 0 || n > SAEFW_MAX_THREADS)
+            return saefw_lua_error(L, "saefw.threads: expected a whole number from 0 (the default) to %d, got %s",
+                                   SAEFW_MAX_THREADS, luaL_tolstring(L, 1, NULL));
         saefw_set_threads((int)n);
     }
     lua_pushinteger(L, saefw_threads());

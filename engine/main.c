@@ -187,13 +187,13 @@ static const char *take_option(cli_args *a, const char *key) {
 /* --threads N: a whole number from 1 to 4096, applied before anything runs. */
 static int apply_threads(const char *cmd, const char *v) {
     if (!v) return 0;
-    char *end = NULL;
-    long n = strtol(v, &end, 10);
-    if (!*v || *end || n < 1 || n > 4096) {
-        fprintf(stderr, "saefw %s: --threads: expected a whole number from 1 to 4096, got '%s'\n", cmd, v);
+    char err[256];
+    int n;
+    if (saefw_threads_arg(v, SAEFW_MAX_THREADS, &n, err, sizeof err) != 0) {
+        fprintf(stderr, "saefw %s: %s\n", cmd, err);
         return -1;
     }
-    saefw_set_threads((int)n);
+    saefw_set_threads(n);
     return 0;
 }
 

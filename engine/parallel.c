@@ -2,6 +2,7 @@
  * threads that sleep between calls, plus the calling thread, each running one contiguous range of the
  * index space; and matrix products as fixed grids of single-threaded OpenBLAS calls on it. */
 #include "parallel.h"
+#include "util.h"
 
 #include <cblas.h>
 #include <pthread.h>
@@ -21,6 +22,15 @@ static int default_threads(void) {
 void saefw_set_threads(int n) {
     g_threads = n > 0 ? n : default_threads();
     openblas_set_num_threads(g_threads);
+}
+
+int saefw_threads_arg(const char *v, int max, int *out, char *err, size_t errlen) {
+    char *end = NULL;
+    long n = v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || n < 1 || n > max)
+        return saefw_errf(err, errlen, "--threads: expected a whole number from 1 to %d, got '%s'", max, v ? v : "");
+    *out = (int)n;
+    return 0;
 }
 
 int saefw_threads(void) { return g_threads > 0 ? g_threads : default_threads(); }

@@ -4,6 +4,7 @@
 #define SAEFW_PARALLEL_H
 
 #include <cblas.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Run fn(ctx, begin, end) over [0, n) split into contiguous ranges, one per thread; returns when all
@@ -17,6 +18,13 @@ void saefw_parallel_for_blas1(int64_t n, void (*fn)(void *ctx, int64_t begin, in
 /* Threads used by saefw_parallel_for and OpenBLAS; n <= 0 restores the default. */
 void saefw_set_threads(int n);
 int saefw_threads(void);
+
+/* The most threads a command line may ask for. */
+#define SAEFW_MAX_THREADS 4096
+
+/* A `--threads` value: a whole number from 1 to max into *out, else -1 with err
+ * ("--threads: expected a whole number from 1 to MAX, got 'V'"). */
+int saefw_threads_arg(const char *v, int max, int *out, char *err, size_t errlen);
 
 /* C = op(A) op(B) + beta C (row-major) as a fixed grid of single-threaded OpenBLAS calls on
  * saefw_parallel_for: OpenBLAS's own threads split the work by their number, and its results change

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "parallel.h"
 #include "parquet.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -273,13 +274,12 @@ static int parse_args(int argc, char **argv, options *o) {
             }
             *dst = argv[++i];
         } else if (!strcmp(a, "--threads")) {
-            char *end = NULL;
-            long n = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
-            if (i + 1 >= argc || !*argv[i + 1] || *end || n < 1 || n > MAX_THREADS) {
-                fprintf(stderr, "saefw tokenize: --threads: expected a whole number from 1 to %d\n", MAX_THREADS);
+            char terr[256];
+            if (saefw_threads_arg(i + 1 < argc ? argv[i + 1] : NULL, MAX_THREADS, &o->threads, terr, sizeof terr) !=
+                0) {
+                fprintf(stderr, "saefw tokenize: %s\n", terr);
                 return -1;
             }
-            o->threads = (int)n;
             i++;
         } else if (!strcmp(a, "--bos")) o->bos = 1;
         else if (!strcmp(a, "--append-eos")) o->eos = 1;

@@ -33,13 +33,13 @@ int saefw_cmd_tokens(int argc, char **argv) {
             if (!strcmp(a, "--column")) column = v;
             else if (!strcmp(a, "--out")) out = v;
             else {
-                char *end;
-                long t = strtol(v, &end, 10);
-                if (*end || t < 1 || t > 1024) {
-                    fprintf(stderr, "saefw tokens convert: --threads must be an integer in [1, 1024], got '%s'\n", v);
+                char terr[256];
+                int t;
+                if (saefw_threads_arg(v, SAEFW_MAX_THREADS, &t, terr, sizeof terr) != 0) {
+                    fprintf(stderr, "saefw tokens convert: %s\n", terr);
                     return 2;
                 }
-                saefw_set_threads((int)t);
+                saefw_set_threads(t);
             }
         } else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "saefw tokens convert: unknown option %s\n%s", a, TOKENS_USAGE);
