@@ -91,6 +91,11 @@ typedef struct {
     saefw_l1_weighting l1_weighting;
     /* 1: a transcoder, whose target y is another site than its input (saefw_sae_alloc_xy). */
     int transcoder;
+    /* The model sites the SAE reads and (a transcoder) reconstructs, by TransformerLens name, when they
+     * were given (saefw.sae{ model =, site =, site_out = }); "" when not. Checkpoints write cfg.json's
+     * hook_name / hook_name_out from them, and a run refuses a buffer that captures other sites. */
+    char hook_name[96];
+    char hook_name_out[96];
 } saefw_sae;
 
 /* Allocate a ReLU SAE with zeroed parameters and gradients, the seed's options (target x, b_dec applied
