@@ -131,6 +131,25 @@ assert(scfg.hook_name == "blocks.0.ln2.hook_normalized" and scfg.hook_name_out =
 saefw.train { sae = sited, buffer = tbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false,
               progress = false }
 print("sites at saefw.sae{}: ok")
+-- Resamplers on a transcoder: anthropic_resample refuses it in one line (its decoder rows are the target
+-- site's); reinit_dead writes decoder rows of d_out = 64 < d_in = 256 (it used d_in's stride).
+local nbuf = saefw.buffer { model = model, tokens = toks, site = "post", site_out = "mlp_out", size = 256,
+                            batch_size = 64 }
+local narrow = saefw.sae { model = model, site = "post", site_out = "mlp_out", d_sae = 16, apply_b_dec_to_input = false }
+expect_error(function()
+  saefw.train { sae = narrow, buffer = nbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false,
+                progress = false, plugins = { saefw.plugin("anthropic_resample", { every = 1 }) } }
+end, "plugin anthropic_resample: cannot resample a transcoder", "anthropic_resample on a transcoder")
+saefw.train { sae = narrow, buffer = nbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false,
+              progress = false, plugins = { saefw.plugin("reinit_dead", { every = 1, threshold = 2, batches = 1 }) } }
+-- Kaiming-uniform rows of W_dec [16, 64]: entries within sqrt(6 / 64), some beyond d_in's sqrt(6 / 256).
+local nW, biggest = narrow:tensor("W_dec"), 0
+for k = 1, 16 * 64 do
+  assert(math.abs(nW[k]) <= math.sqrt(6 / 64), "transcoder W_dec entry " .. k .. " after reinit_dead: " .. nW[k])
+  biggest = math.max(biggest, math.abs(nW[k]))
+end
+assert(biggest > math.sqrt(6 / 256), "transcoder W_dec after reinit_dead: bound of d_in, not d_out")
+print("resamplers on a transcoder: ok")
 -- The 2024 recipe's SAE trains through the loop (the trainer's schedules and clipping are its own options).
 saefw.train { sae = s, source = src, batch_size = 16, steps = 3, optimizer = saefw.plugin("adam", { lr = 1e-3 }),
               run_dir = false, progress = false }
