@@ -125,10 +125,10 @@ static int64_t site_width(lua_State *L, const char *key, const char *site_key, i
 
 static int l_sae(lua_State *L) {
     static const char *const keys[] = {
-        "d_in",       "d_sae",    "l1_coeff",  "seed",      "enc_dtype", "d_out",     "apply_b_dec_to_input",
-        "l1_weighting", "init",   "arch",      "k",         "k_aux",     "aux_coeff", "dead_steps",
-        "theta_rate", "bandwidth", "threshold", "l0_coeff", "model",     "site",      "layer",
-        "site_out",   "layer_out", NULL};
+        "d_in",         "d_sae",     "l1_coeff",  "seed",     "enc_dtype", "d_out",     "apply_b_dec_to_input",
+        "l1_weighting", "init",      "arch",      "k",        "k_aux",     "aux_coeff", "dead_steps",
+        "theta_rate",   "bandwidth", "threshold", "l0_coeff", "model",     "site",      "layer",
+        "site_out",     "layer_out", NULL};
     saefw_lua_check_table(L, 1, "saefw.sae");
     saefw_lua_check_keys(L, 1, "saefw.sae", keys);
     sae_sites sites;
@@ -276,8 +276,7 @@ static int sae_index(lua_State *L) {
         const char *h = k[9] ? s->sae.hook_name_out : s->sae.hook_name;
         if (h[0]) lua_pushstring(L, h);
         else lua_pushnil(L);
-    }
-    else if (!strcmp(k, "names")) {
+    } else if (!strcmp(k, "names")) {
         lua_createtable(L, s->sae.n_params, 0);
         for (int i = 0; i < s->sae.n_params; i++) {
             lua_pushstring(L, s->sae.names[i]);

@@ -191,7 +191,8 @@ static int killer_create(const saefw_host *host, saefw_run *run, const saefw_opt
 static int killer_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     if (g_killer_host->step(run) != g_kill_step) return 0;
     saefw_param b = SAEFW_PARAM_INIT;
-    if (g_killer_host->param_find(run, "b_enc", &b, NULL) != 0 && g_killer_host->param_find(run, "b_gate", &b, NULL) != 0)
+    if (g_killer_host->param_find(run, "b_enc", &b, NULL) != 0 &&
+        g_killer_host->param_find(run, "b_gate", &b, NULL) != 0)
         return snprintf(err, errlen, "no b_enc"), -1;
     for (int64_t j = 0; j < b.numel; j++)
         if (killed(j)) b.data[j] = KILL_BIAS;

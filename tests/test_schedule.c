@@ -286,8 +286,8 @@ static void resume_case(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched) {
     g_free_decoder = 0;
     rc = resume_run(adam, sched, b_dir, 1, -1, &r, &at, err, sizeof err);
     printf("resume with unit_norm_decoder: %s\n", err);
-    CHECK(rc != 0 && strstr(err, "unit_norm_decoder false -> (absent)"), "a resume with the unit-norm decoder: rc %d, %s",
-          rc, err);
+    CHECK(rc != 0 && strstr(err, "unit_norm_decoder false -> (absent)"),
+          "a resume with the unit-norm decoder: rc %d, %s", rc, err);
     saefw_sae_free(&r);
     g_free_decoder = 1;
     CHECK(resume_run(adam, sched, b_dir, 1, -1, &b2, &at, err, sizeof err) == 0, "resumed run: %s", err);
