@@ -1037,7 +1037,10 @@ int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap
     return 0;
 }
 
-void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows) { s->w.norm_rows = rows; }
+void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows) {
+    s->w.norm_rows = rows;
+    if (s->aw) saefw_arch_set_norm_rows(s->aw, rows);
+}
 
 void saefw_sae_step_free(saefw_sae_step *s) {
     if (!s) return;

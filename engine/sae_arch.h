@@ -23,6 +23,9 @@ void saefw_arch_release(saefw_arch_work *a);
 /* Tests: AuxK's dead latents are mask [d_sae] (nonzero: dead) instead of the counters' (NULL: the
  * counters again); the counters are still updated. */
 void saefw_arch_force_dead(saefw_arch_work *a, const unsigned char *mask);
+/* Data parallel: the gradient's means (and the per-batch loss terms of the statistics' l1) over `rows`
+ * instead of each batch's own (0 restores that), as saefw_sae_step_set_norm_rows does for relu. */
+void saefw_arch_set_norm_rows(saefw_arch_work *a, int64_t rows);
 /* 1 when the last batch took the sparse products. */
 int saefw_arch_sparse(const saefw_arch_work *a);
 

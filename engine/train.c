@@ -317,9 +317,12 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
                    (long long)B, run->ranks);
         goto fail;
     }
-    if (run->ranks > 1 && sae->arch.arch != SAEFW_ARCH_RELU) {
-        /* Their selections (BatchTopK's over the batch, AuxK's dead latents) need every row of it. */
-        saefw_errf(err, errlen, "train: data-parallel training serves the relu SAE; run arch = \"%s\" on one rank",
+    if (run->ranks > 1 && (sae->arch.arch == SAEFW_ARCH_TOPK || sae->arch.arch == SAEFW_ARCH_BATCHTOPK)) {
+        /* Their selections (BatchTopK's over the batch, AuxK's dead latents) need every row of it;
+         * jumprelu and gated select per row, and their gradients' means are over norm_rows. */
+        saefw_errf(err, errlen,
+                   "train: data-parallel training serves relu, jumprelu and gated SAEs; run arch = \"%s\" on one "
+                   "rank",
                    saefw_sae_arch_name(sae->arch.arch));
         goto fail;
     }
