@@ -192,6 +192,11 @@ void saefw_sae_train_step_xy(saefw_sae *sae, saefw_sae_step *s, const float *x, 
 /* Data parallel: take l2's mean in the gradient over `rows` (the global batch) instead of each call's
  * B, so that the ranks' gradients add up to the global batch's. 0 (the default) restores B. */
 void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows);
+/* Data parallel, AuxK (topk): fn(ud, fired, d_sae) makes fired [d_sae] (1: the latent fired on this
+ * call's rows) the global batch's flags, alike on every rank, before the dead-latent counters read them
+ * (sae_arch.h). No effect on relu. */
+void saefw_sae_step_set_fired_exchange(saefw_sae_step *s, void (*fn)(void *ud, unsigned char *fired, int64_t n),
+                                       void *ud);
 /* The path the last step took: SAEFW_SAE_DENSE or SAEFW_SAE_SPARSE (benchmarks and tests). */
 saefw_sae_path saefw_sae_step_path(const saefw_sae_step *s);
 /* The activations [B, d_sae] of the last step's batch, made on the first request after it (the first

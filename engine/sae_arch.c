@@ -154,6 +154,9 @@ struct saefw_arch_work {
     int64_t n_dead;
     int32_t *dead;                    /* [d_sae]: the dead latents, ascending */
     const unsigned char *forced_dead; /* tests: this mask instead of the counters' */
+    /* Data parallel: makes this rank's fired flags the whole batch's before AuxK's counters read them. */
+    saefw_arch_fired_fn fired_fn;
+    void *fired_ud;
     /* The entries by feature: feature j's are fent[fstart[j] .. fstart[j + 1]), rows ascending; the same
      * for AuxK's. */
     int64_t *fstart, *fent, *afstart, *afent;
@@ -249,6 +252,10 @@ void saefw_arch_work_free(saefw_arch_work *a) {
 int64_t saefw_arch_cap(const saefw_arch_work *a) { return a->cap; }
 void saefw_arch_force_dead(saefw_arch_work *a, const unsigned char *mask) { a->forced_dead = mask; }
 void saefw_arch_set_norm_rows(saefw_arch_work *a, int64_t rows) { a->norm_rows = rows; }
+void saefw_arch_set_fired_exchange(saefw_arch_work *a, saefw_arch_fired_fn fn, void *ud) {
+    a->fired_fn = fn;
+    a->fired_ud = ud;
+}
 
 /* The rows a batch of B rows divides its gradient's means (and their loss terms) by. */
 static inline double grad_rows(const saefw_arch_work *a, int64_t B) {
@@ -832,6 +839,7 @@ static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
     for (int64_t b = 0; b < B; b++)
         for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++)
             if (a->val[e] > 0.0f) fired[a->col[e]] = 1;
+    if (a->fired_fn) a->fired_fn(a->fired_ud, fired, d_sae);
     a->n_dead = 0;
     for (int64_t j = 0; j < d_sae; j++) {
         sae->since_fired[j] = (fired[j] ? 0 : sae->since_fired[j]) + 1;

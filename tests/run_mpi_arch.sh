@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Data-parallel training of the architectures that select per row (jumprelu, gated): the same run on 1
+# Data-parallel training of the architectures that select per row (topk with AuxK, jumprelu, gated): the same run on 1
 # and 2 ranks gives reconstruction-loss (l2) curves that agree within LOSS_TOL = 1e-3 relative at every
 # logged step (l2 rather than the loss, which jumprelu's integer L0 term dominates; the ranks
 # see the same global batches; only the rounding of the gradient sum differs, as in tests/run_mpi.sh), and
-# topk, whose AuxK dead set needs the whole batch, is refused on 2 ranks with one line.
+# batchtopk, whose selection needs the whole batch, is refused on 2 ranks with one line. topk's AuxK is
+# active (512 latents, k 4, dead after 3 silent steps), so the ranks' fired flags are exchanged every step.
 #   run_mpi_arch.sh SAEFW TMP_DIR
 set -u
 bin="$1"; tmp="$2"
@@ -24,7 +25,7 @@ local source = saefw.synthetic { d_in = cfg.d_in, n_features = cfg.n_features, p
                                  seed = cfg.data_seed }
 local opts = { d_in = cfg.d_in, d_sae = cfg.d_sae, seed = cfg.seed, arch = cfg.arch }
 if cfg.arch == "jumprelu" then opts.threshold = 0.05; opts.bandwidth = 0.05 end
-if cfg.arch == "topk" then opts.k = 8 end
+if cfg.arch == "topk" or cfg.arch == "batchtopk" then opts.d_sae = 4 * cfg.d_sae; opts.k = 4; opts.dead_steps = 3 end
 local r = saefw.train {
   sae = saefw.sae(opts), source = source, batch_size = cfg.batch_size, buffer_size = cfg.batch_size * 8,
   steps = cfg.steps, seed = cfg.seed, optimizer = saefw.plugin("adam", { lr = cfg.lr }),
@@ -39,7 +40,7 @@ run() { # NP ARCH DIR: a run; its output in DIR.log
              >"$dir.log" 2>&1; fi
 }
 losses() { sed -n 's/.*"event":"log","step":\([0-9]*\),.*"l2_loss":\([^,]*\),.*/\1 \2/p' "$1/metrics.jsonl"; }
-for arch in jumprelu gated; do
+for arch in topk jumprelu gated; do
     run 1 "$arch" "$tmp/$arch-1" || bad "$arch, 1 rank: exit status $? ($(tail -n 3 "$tmp/$arch-1.log"))"
     run 2 "$arch" "$tmp/$arch-2" || bad "$arch, 2 ranks: exit status $? ($(tail -n 3 "$tmp/$arch-2.log"))"
     worst=$(paste <(losses "$tmp/$arch-1") <(losses "$tmp/$arch-2") | awk -v tol=$LOSS_TOL '
@@ -47,9 +48,9 @@ for arch in jumprelu gated; do
         END { printf "%d logged steps, max relative l2 difference %.3g at step %d", n, m, s; if (n < 10 || m > tol) exit 1 }')
     if [ $? -eq 0 ]; then echo "$arch, 1 vs 2 ranks: $worst"; else bad "$arch, 1 vs 2 ranks: $worst"; fi
 done
-if run 2 topk "$tmp/topk-2"; then bad "topk on 2 ranks was not refused"
-elif grep -q 'data-parallel training serves relu, jumprelu and gated SAEs; run arch = "topk" on one rank' "$tmp/topk-2.log"
-then echo "topk on 2 ranks: refused with one line"
-else bad "topk on 2 ranks: no clear refusal ($(tail -n 3 "$tmp/topk-2.log"))"; fi
+want='data-parallel training serves relu, topk, jumprelu and gated SAEs; run arch = "batchtopk" on one rank'
+if run 2 batchtopk "$tmp/batchtopk-2"; then bad "batchtopk on 2 ranks was not refused"
+elif grep -q "$want" "$tmp/batchtopk-2.log"; then echo "batchtopk on 2 ranks: refused with one line"
+else bad "batchtopk on 2 ranks: no clear refusal ($(tail -n 3 "$tmp/batchtopk-2.log"))"; fi
 [ $fail -eq 0 ] && echo "run_mpi_arch: all checks passed"
 exit $fail

@@ -1,8 +1,11 @@
-/* Data parallel for jumprelu and gated SAEs: each share of a global batch stepped with the global row
- * count (saefw_sae_step_set_norm_rows, as every rank does under mpirun), its gradients summed over the
- * shares, equals the gradient of the whole batch within float32 rounding, on both paths and for 2 and
- * 3 uneven shares; the statistics add up as the trainer adds them. Run in one process: the sum over
- * ranks is simulated in rank order (tests/test_dist.c checks the ring sum itself). */
+/* Data parallel for topk, jumprelu and gated SAEs: each share of a global batch stepped with the global
+ * row count (saefw_sae_step_set_norm_rows, as every rank does under mpirun), its gradients summed over
+ * the shares, equals the gradient of the whole batch within float32 rounding, on both paths and for 2
+ * and 3 uneven shares; the statistics add up as the trainer adds them. For topk, AuxK is active (latents
+ * silent past dead_steps) and each share's fired flags become the whole batch's through
+ * saefw_sae_step_set_fired_exchange, so every share sees the same dead latents and ends with the whole
+ * batch's counters. Run in one process: the sums over ranks are simulated in rank order
+ * (tests/test_dist.c checks the ring sum itself). */
 #include <stdint.h>
 
 #include "rng.h"
@@ -24,6 +27,8 @@ static void make_sae(saefw_sae *sae, saefw_sae_arch arch) {
      * entries of every share. */
     cfg.threshold = 0.2;
     cfg.bandwidth = 0.4;
+    cfg.k = 8;
+    cfg.dead_steps = 5;
     REQUIRE(saefw_sae_alloc_arch(sae, D_IN, D_SAE, 3e-3f, &cfg, err, sizeof err) == 0, "%s", err);
     saefw_rng rng;
     saefw_rng_seed(&rng, 11);
@@ -34,13 +39,36 @@ static void make_sae(saefw_sae *sae, saefw_sae_arch arch) {
         for (int64_t j = 0; j < sae->numel[t]; j++) sae->p[t][j] += (float)(0.05 * saefw_rng_normal(&rng));
 }
 
+/* AuxK's counters before every step: a quarter of the latents silent for longer than dead_steps. */
+static void reset_counters(saefw_sae *sae) {
+    for (int64_t j = 0; sae->since_fired && j < D_SAE; j++) sae->since_fired[j] = j % 4 == 0 ? 10 : 0;
+}
+
+/* The whole batch's fired flags [D_SAE], which the simulated exchange gives every share. */
+static unsigned char g_whole_fired[D_SAE];
+static int g_exchanges;
+
+static void exchange(void *ud, unsigned char *fired, int64_t n) {
+    (void)ud;
+    for (int64_t j = 0; j < n; j++) fired[j] = fired[j] || g_whole_fired[j];
+    g_exchanges++;
+}
+
+/* One step of rows x; with norm_rows > 0 a share's (the global count, the whole batch's flags). */
 static void grads(saefw_sae *sae, const float *x, int64_t rows, int64_t norm_rows, float *out, saefw_sae_stats *st) {
     char err[256];
     saefw_sae_step *w = NULL;
     REQUIRE(saefw_sae_step_alloc(&w, sae, B, err, sizeof err) == 0, "%s", err);
     saefw_sae_step_set_norm_rows(w, norm_rows);
+    if (norm_rows > 0) saefw_sae_step_set_fired_exchange(w, exchange, NULL);
+    reset_counters(sae);
     saefw_sae_train_step(sae, w, x, rows, st);
     memcpy(out, sae->grads, sizeof(float) * sae->n_total);
+    if (norm_rows == 0) {
+        int64_t count[D_SAE] = {0};
+        REQUIRE(saefw_sae_step_count_active(sae, w, count, err, sizeof err) == 0, "%s", err);
+        for (int64_t j = 0; j < D_SAE; j++) g_whole_fired[j] = count[j] > 0;
+    }
     saefw_sae_step_free(w);
 }
 
@@ -58,6 +86,12 @@ static void check(saefw_sae_arch arch, saefw_sae_path path, const char *path_nam
     for (int64_t k = 0; k < B * D_IN; k++) x[k] = (float)saefw_rng_normal(&rng);
     saefw_sae_stats st_whole, st;
     grads(&sae, x, B, 0, whole, &st_whole);
+    int64_t whole_since[D_SAE], dead = 0, counters_differ = 0;
+    for (int64_t j = 0; sae.since_fired && j < D_SAE; j++) {
+        whole_since[j] = sae.since_fired[j];
+        dead += whole_since[j] > sae.arch.dead_steps;
+    }
+    g_exchanges = 0;
     /* The trainer's sums of the statistics: l2 and L0 weighted by rows, l1 (the loss terms past l2) summed. */
     double l2 = 0, l1 = 0, l0 = 0;
     for (int r = 0; r < P; r++) {
@@ -67,6 +101,13 @@ static void check(saefw_sae_arch arch, saefw_sae_path path, const char *path_nam
         l2 += st.l2 * (double)(r1 - r0);
         l1 += st.l1;
         l0 += st.l0 * (double)(r1 - r0);
+        for (int64_t j = 0; sae.since_fired && j < D_SAE; j++) counters_differ += sae.since_fired[j] != whole_since[j];
+    }
+    if (sae.since_fired) {
+        printf("%s, %s path, %d shares: AuxK with %lld dead latents, %d exchanges of fired flags, %lld counters "
+               "differ from the whole batch's\n",
+               name, path_name, P, (long long)dead, g_exchanges, (long long)counters_differ);
+        CHECK(dead > 0 && g_exchanges == P && counters_differ == 0, "%s: AuxK across shares", name);
     }
     for (int t = 0; t < sae.n_params; t++) {
         const size_t off = (size_t)(sae.g[t] - sae.grads);
@@ -99,7 +140,7 @@ static void check(saefw_sae_arch arch, saefw_sae_path path, const char *path_nam
 }
 
 int main(void) {
-    static const saefw_sae_arch archs[] = {SAEFW_ARCH_JUMPRELU, SAEFW_ARCH_GATED};
+    static const saefw_sae_arch archs[] = {SAEFW_ARCH_TOPK, SAEFW_ARCH_JUMPRELU, SAEFW_ARCH_GATED};
     for (size_t a = 0; a < sizeof archs / sizeof *archs; a++)
         for (int P = 2; P <= 3; P++) {
             check(archs[a], SAEFW_SAE_DENSE, "dense", P);
