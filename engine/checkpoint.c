@@ -152,6 +152,24 @@ static int relu_option_fields(cJSON *c, const saefw_sae *sae) {
     return rc;
 }
 
+/* The sites the SAE was made for (saefw.sae{ site =, site_out = }), when it records them: they replace
+ * the cfg's hook_name / hook_name_out and their layers, so that cfg.json names what the SAE was checked
+ * against. */
+static int hook_fields(cJSON *c, const saefw_sae *sae) {
+    int rc = 0, layer = 0;
+    if (sae->hook_name[0]) {
+        rc |= set_field(c, "hook_name", cJSON_CreateString(sae->hook_name));
+        if (sscanf(sae->hook_name, "blocks.%d.", &layer) == 1)
+            rc |= set_field(c, "hook_layer", cJSON_CreateNumber(layer));
+    }
+    if (sae->hook_name_out[0]) {
+        rc |= set_field(c, "hook_name_out", cJSON_CreateString(sae->hook_name_out));
+        if (sscanf(sae->hook_name_out, "blocks.%d.", &layer) == 1)
+            rc |= set_field(c, "hook_layer_out", cJSON_CreateNumber(layer));
+    }
+    return rc;
+}
+
 /* The architecture in SAELens's names (docs/architectures.md): topk with k, jumprelu (and batchtopk,
  * saved for inference as a jumprelu whose threshold is theta) with a threshold tensor, gated; saefw's
  * own fields (saefw_arch and the training hyperparameters) let saefw.load_sae rebuild the SAE. */
@@ -246,7 +264,8 @@ int saefw_checkpoint_save_ex(const char *dir, const saefw_sae *sae, const cJSON 
     /* The seed's field: the products' precision; the tensors themselves are always float32. */
     cJSON_AddStringToObject(c, "enc_dtype", saefw_enc_dtype_name(sae->enc_dtype));
     if (!cJSON_GetObjectItemCaseSensitive(c, "l1_coeff")) cJSON_AddNumberToObject(c, "l1_coeff", sae->l1_coeff);
-    if (relu_option_fields(c, sae) != 0 || arch_fields(c, sae) != 0 || saelens_fields(c) != 0) {
+    if (hook_fields(c, sae) != 0 || relu_option_fields(c, sae) != 0 || arch_fields(c, sae) != 0 ||
+        saelens_fields(c) != 0) {
         cJSON_Delete(c);
         saefw_errf(err, errlen, "%s: out of memory", dir);
         goto fail;

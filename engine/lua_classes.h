@@ -93,6 +93,11 @@ lplugin *saefw_lua_check_plugin(lua_State *L, int idx);
 lmodel *saefw_lua_check_lmodel(lua_State *L, int idx);
 ltokens *saefw_lua_check_ltokens(lua_State *L, int idx);
 
+/* The hook named by fields site_key and layer_key ("site", "layer"; "site_out", "layer_out" for a
+ * transcoder's target) of the table at t, checked against m: its layer in range, one row per token.
+ * A Lua error naming fn otherwise. */
+saefw_hook saefw_lua_read_hook(lua_State *L, int t, const char *fn, const saefw_model *m, const char *site_key,
+                               const char *layer_key);
 /* Push a new, zeroed saefw.Source userdata (2 user values) for the caller to fill. */
 lsource *saefw_lua_new_source(lua_State *L);
 /* A source's log callback: the message on stderr. */

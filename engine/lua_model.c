@@ -311,13 +311,12 @@ static int tokens_index(lua_State *L) {
     return 1;
 }
 
-/* The hook named by fields site and layer (site_key, layer_key: "site_out", "layer_out" for a target). */
-static saefw_hook read_hook_at(lua_State *L, int t, const char *fn, const saefw_model *m, const char *site_key,
+saefw_hook saefw_lua_read_hook(lua_State *L, int t, const char *fn, const saefw_model *m, const char *site_key,
                                const char *layer_key) {
     const char *site = saefw_lua_opt_string(L, t, fn, site_key, NULL);
     if (!site)
-        saefw_lua_error(L, "%s: field 'site' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")",
-                        fn);
+        saefw_lua_error(L, "%s: field '%s' is required (a hook name such as \"post\" or \"blocks.0.mlp.hook_post\")",
+                        fn, site_key);
     /* A full name ("blocks.1.mlp.hook_post") carries its layer; a short one defaults to layer 0. */
     int64_t layer = saefw_lua_has_field(L, t, layer_key) ? saefw_lua_opt_int(L, t, fn, layer_key, 0, 0)
                                                          : (strncmp(site, "blocks.", 7) ? 0 : -1);
@@ -333,7 +332,7 @@ static saefw_hook read_hook_at(lua_State *L, int t, const char *fn, const saefw_
 }
 
 static saefw_hook read_hook(lua_State *L, int t, const char *fn, const saefw_model *m) {
-    return read_hook_at(L, t, fn, m, "site", "layer");
+    return saefw_lua_read_hook(L, t, fn, m, "site", "layer");
 }
 
 /* saefw.model_source{model=, tokens=, site=, layer=, model_batch_size=, seed=, site_out=, layer_out=}:
@@ -356,7 +355,7 @@ static int l_model_source(lua_State *L) {
     o.tokens = t->t;
     o.hook = read_hook(L, 1, fn, m->m);
     const int with_target = saefw_lua_has_field(L, 1, "site_out");
-    saefw_hook hook_out = with_target ? read_hook_at(L, 1, fn, m->m, "site_out", "layer_out") : o.hook;
+    saefw_hook hook_out = with_target ? saefw_lua_read_hook(L, 1, fn, m->m, "site_out", "layer_out") : o.hook;
     o.model_batch = saefw_lua_opt_int(L, 1, fn, "model_batch_size", 32, 1);
     o.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     lsource *s = saefw_lua_new_source(L);
@@ -454,10 +453,30 @@ static int l_hook_name(lua_State *L) {
     return 1;
 }
 
+/* model:hook_width(site [, layer]) -> the width of a row at the site (saefw_model_hook_width); an error
+ * for a layer out of range or a site without one row per token. */
+static int model_hook_width(lua_State *L) {
+    lmodel *m = saefw_lua_check_lmodel(L, 1);
+    luaL_checkstring(L, 2);
+    const int with_layer = !lua_isnoneornil(L, 3);
+    const lua_Integer layer = with_layer ? luaL_checkinteger(L, 3) : 0;
+    lua_settop(L, 2);
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "site");
+    if (with_layer) {
+        lua_pushinteger(L, layer);
+        lua_setfield(L, -2, "layer");
+    }
+    saefw_hook h = saefw_lua_read_hook(L, lua_gettop(L), "model:hook_width", m->m, "site", "layer");
+    lua_pushinteger(L, saefw_model_hook_width(m->m, h));
+    return 1;
+}
+
 /* saefw.model, saefw.tokens, saefw.model_source, saefw.recons_score, saefw.model_loss, saefw.hook_name
  * and the Model and Tokens classes. */
 void saefw_lua_open_model(lua_State *L, int module_index) {
-    static const luaL_Reg model_methods[] = {{"run", model_run}, {NULL, NULL}};
+    static const luaL_Reg model_methods[] = {{"run", model_run}, {"hook_width", model_hook_width}, {NULL, NULL}};
     saefw_lua_new_class(L, MT_MODEL, model_gc, model_index, model_methods);
     saefw_lua_new_class(L, MT_TOKENS, tokens_gc, tokens_index, NULL);
     static const luaL_Reg fns[] = {

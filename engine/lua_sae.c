@@ -62,7 +62,9 @@ static void arch_options(lua_State *L, int64_t d_in, saefw_sae_arch_cfg *cfg) {
                {"d_out", 1u << SAEFW_ARCH_RELU},
                {"apply_b_dec_to_input", 1u << SAEFW_ARCH_RELU},
                {"l1_weighting", 1u << SAEFW_ARCH_RELU},
-               {"init", 1u << SAEFW_ARCH_RELU}};
+               {"init", 1u << SAEFW_ARCH_RELU},
+               {"site_out", 1u << SAEFW_ARCH_RELU},
+               {"layer_out", 1u << SAEFW_ARCH_RELU}};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++)
         if (!(own[i].archs & (1u << arch)) && has_field(L, 1, own[i].key))
             saefw_lua_error(L, "saefw.sae: field '%s' does not apply to arch = \"%s\"", own[i].key, name);
@@ -77,14 +79,62 @@ static void arch_options(lua_State *L, int64_t d_in, saefw_sae_arch_cfg *cfg) {
     cfg->l0_coeff = saefw_lua_opt_number(L, 1, "saefw.sae", "l0_coeff", cfg->l0_coeff);
 }
 
+/* The model sites of saefw.sae{ model =, site =, layer =, site_out =, layer_out = }, resolved on the
+ * model as saefw.buffer resolves them; a width of 0 means the site was not given. */
+typedef struct {
+    int64_t width, width_out;
+    char name[96], name_out[96];
+    const char *model;
+} sae_sites;
+
+static void read_sites(lua_State *L, sae_sites *s) {
+    memset(s, 0, sizeof *s);
+    const int site = has_field(L, 1, "site"), site_out = has_field(L, 1, "site_out");
+    if (!has_field(L, 1, "model")) {
+        if (site || site_out || has_field(L, 1, "layer") || has_field(L, 1, "layer_out"))
+            saefw_lua_error(L, "saefw.sae: fields site / layer / site_out / layer_out need 'model' (the model "
+                               "whose hook widths they give)");
+        return;
+    }
+    if (!site) saefw_lua_error(L, "saefw.sae: field 'model' needs 'site' (the hook the SAE reads)");
+    if (has_field(L, 1, "layer_out") && !site_out) saefw_lua_error(L, "saefw.sae: field 'layer_out' needs 'site_out'");
+    lua_getfield(L, 1, "model");
+    lmodel *m = saefw_lua_check_lmodel(L, -1);
+    saefw_hook h = saefw_lua_read_hook(L, 1, "saefw.sae", m->m, "site", "layer");
+    s->width = saefw_model_hook_width(m->m, h);
+    saefw_hook_name(h, s->name, sizeof s->name);
+    if (site_out) {
+        h = saefw_lua_read_hook(L, 1, "saefw.sae", m->m, "site_out", "layer_out");
+        s->width_out = saefw_model_hook_width(m->m, h);
+        saefw_hook_name(h, s->name_out, sizeof s->name_out);
+    }
+    s->model = m->name;
+    lua_pop(L, 1);
+}
+
+/* A width from field key, or the site's when the field is absent; both given must agree. */
+static int64_t site_width(lua_State *L, const char *key, const char *site_key, int64_t width, const char *site,
+                          const char *model) {
+    if (!has_field(L, 1, key)) return width;
+    int64_t d = saefw_lua_req_int(L, 1, "saefw.sae", key, 1);
+    if (width > 0 && d != width)
+        saefw_lua_error(L, "saefw.sae: %s = %lld does not match %s %s, whose width is %lld on model %s", key,
+                        (long long)d, site_key, site, (long long)width, model);
+    return d;
+}
+
 static int l_sae(lua_State *L) {
     static const char *const keys[] = {
         "d_in",         "d_sae",     "l1_coeff",  "seed",     "enc_dtype", "d_out",     "apply_b_dec_to_input",
         "l1_weighting", "init",      "arch",      "k",        "k_aux",     "aux_coeff", "dead_steps",
-        "theta_rate",   "bandwidth", "threshold", "l0_coeff", NULL};
+        "theta_rate",   "bandwidth", "threshold", "l0_coeff", "model",     "site",      "layer",
+        "site_out",     "layer_out", NULL};
     saefw_lua_check_table(L, 1, "saefw.sae");
     saefw_lua_check_keys(L, 1, "saefw.sae", keys);
-    int64_t d_in = saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
+    sae_sites sites;
+    read_sites(L, &sites);
+    int64_t d_in = sites.width > 0 ? site_width(L, "d_in", "site", sites.width, sites.name, sites.model)
+                                   : saefw_lua_req_int(L, 1, "saefw.sae", "d_in", 1);
     int64_t d_sae = saefw_lua_req_int(L, 1, "saefw.sae", "d_sae", 1);
     saefw_sae_arch_cfg arch;
     arch_options(L, d_in, &arch);
@@ -97,8 +147,11 @@ static int l_sae(lua_State *L) {
     saefw_enc_dtype enc;
     if (saefw_enc_dtype_parse(saefw_lua_opt_string(L, 1, "saefw.sae", "enc_dtype", "fp32"), &enc, err, sizeof err) != 0)
         return saefw_lua_error(L, "saefw.sae: field %s", err);
-    /* The 2024 recipe's and the transcoder's options (docs/architectures.md); d_out makes a transcoder. */
-    int64_t d_out = saefw_lua_has_field(L, 1, "d_out") ? saefw_lua_req_int(L, 1, "saefw.sae", "d_out", 1) : 0;
+    /* The 2024 recipe's and the transcoder's options (docs/architectures.md); d_out (or site_out) makes a
+     * transcoder. */
+    int64_t d_out = site_width(L, "d_out", "site_out", sites.width_out, sites.name_out, sites.model);
+    if (d_out > 0 && sites.width > 0 && sites.width_out == 0)
+        return saefw_lua_error(L, "saefw.sae: d_out makes a transcoder: give site_out, the site it reconstructs");
     int apply = saefw_lua_opt_bool(L, 1, "saefw.sae", "apply_b_dec_to_input", d_out == 0);
     if (d_out > 0 && apply)
         return saefw_lua_error(L, "saefw.sae: a transcoder (d_out given) needs apply_b_dec_to_input = false");
@@ -126,6 +179,8 @@ static int l_sae(lua_State *L) {
         s->sae.l1_weighting = weighting;
     }
     if (saefw_sae_check_options(&s->sae, err, sizeof err) != 0) return saefw_lua_error(L, "saefw.%s", err);
+    snprintf(s->sae.hook_name, sizeof s->sae.hook_name, "%s", sites.name);
+    snprintf(s->sae.hook_name_out, sizeof s->sae.hook_name_out, "%s", sites.name_out);
     saefw_rng rng;
     saefw_rng_seed(&rng, (uint64_t)seed);
     if (!strcmp(init, "april")) saefw_sae_init_april(&s->sae, &rng);
@@ -217,7 +272,11 @@ static int sae_index(lua_State *L) {
     else if (!strcmp(k, "l1_coeff")) lua_pushnumber(L, s->sae.l1_coeff);
     else if (!strcmp(k, "enc_dtype")) lua_pushstring(L, saefw_enc_dtype_name(s->sae.enc_dtype));
     else if (!strcmp(k, "arch")) lua_pushstring(L, saefw_sae_arch_name(s->sae.arch.arch));
-    else if (!strcmp(k, "names")) {
+    else if (!strcmp(k, "hook_name") || !strcmp(k, "hook_name_out")) {
+        const char *h = k[9] ? s->sae.hook_name_out : s->sae.hook_name;
+        if (h[0]) lua_pushstring(L, h);
+        else lua_pushnil(L);
+    } else if (!strcmp(k, "names")) {
         lua_createtable(L, s->sae.n_params, 0);
         for (int i = 0; i < s->sae.n_params; i++) {
             lua_pushstring(L, s->sae.names[i]);

@@ -215,6 +215,26 @@ static cJSON *record_config(const saefw_run_cfg *c, char *err, size_t errlen) {
 
 static int open_multi(const saefw_run_cfg *c, saefw_session *s, char *err, size_t errlen);
 
+/* An SAE made for given sites (saefw_sae's hook_name, hook_name_out) trains only on a buffer that
+ * captures them; a buffer that does not run on the model is not checked. */
+static int check_sae_sites(const saefw_run_cfg *c, const saefw_sae *sae, char *err, size_t errlen) {
+    if (!c->on_model) return 0;
+    char hook[96];
+    saefw_hook_name(c->on_model->hook, hook, sizeof hook);
+    if (sae->hook_name[0] && strcmp(sae->hook_name, hook) != 0)
+        return saefw_errf(err, errlen, "the SAE was made for site %s, but the buffer captures %s", sae->hook_name,
+                          hook);
+    if (!sae->hook_name_out[0]) return 0;
+    if (!c->hook_out)
+        return saefw_errf(err, errlen, "the transcoder reconstructs site %s, but the buffer captures no target site",
+                          sae->hook_name_out);
+    saefw_hook_name(*c->hook_out, hook, sizeof hook);
+    if (strcmp(sae->hook_name_out, hook) != 0)
+        return saefw_errf(err, errlen, "the transcoder was made for target site %s, but the buffer captures %s",
+                          sae->hook_name_out, hook);
+    return 0;
+}
+
 int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, size_t errlen) {
     *out = NULL;
     if (c->saes && c->sae) return saefw_errf(err, errlen, "give 'sae' or 'saes', not both");
@@ -222,6 +242,9 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
     if (c->saes && !c->buffer) return saefw_errf(err, errlen, "saes need a buffer");
     if (!c->saes && (!c->sae || !c->buffer || !c->optimizer.plugin))
         return saefw_errf(err, errlen, "sae, buffer and optimizer are required");
+    if (c->sae && check_sae_sites(c, c->sae, err, errlen) != 0) return -1;
+    for (int i = 0; c->saes && i < c->n_saes; i++)
+        if (c->saes[i].sae && check_sae_sites(c, c->saes[i].sae, err, errlen) != 0) return -1;
     if (c->recons_batches < 0 || c->recons_batches > SAEFW_MAX_EVAL_BATCHES)
         return saefw_errf(err, errlen, "recons_batches = %lld is not in 0..%d", (long long)c->recons_batches,
                           SAEFW_MAX_EVAL_BATCHES);

@@ -234,6 +234,10 @@ cJSON *saefw_run_record(const saefw_train_opts *o) {
         cJSON_AddNumberToObject(t, "eval_every", (double)o->eval_every);
         cJSON_AddNumberToObject(t, "checkpoint_every", (double)o->checkpoint_every);
         cJSON_AddNumberToObject(t, "freq_batches", (double)o->freq_batches);
+        /* The 2024 recipe's trainer options, recorded only when set: a record written before they were
+         * recorded (the seed's step) still compares equal. */
+        if (o->clip_grad_norm > 0) cJSON_AddNumberToObject(t, "clip_grad_norm", o->clip_grad_norm);
+        if (o->free_decoder) cJSON_AddBoolToObject(t, "unit_norm_decoder", 0);
     }
     cJSON *pl = cJSON_AddArrayToObject(r, "plugins");
     if (pl) {

@@ -1037,7 +1037,15 @@ int saefw_sae_step_alloc(saefw_sae_step **out, const saefw_sae *sae, int64_t cap
     return 0;
 }
 
-void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows) { s->w.norm_rows = rows; }
+void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows) {
+    s->w.norm_rows = rows;
+    if (s->aw) saefw_arch_set_norm_rows(s->aw, rows);
+}
+
+void saefw_sae_step_set_fired_exchange(saefw_sae_step *s, void (*fn)(void *ud, unsigned char *fired, int64_t n),
+                                       void *ud) {
+    if (s->aw) saefw_arch_set_fired_exchange(s->aw, fn, ud);
+}
 
 void saefw_sae_step_free(saefw_sae_step *s) {
     if (!s) return;

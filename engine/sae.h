@@ -91,6 +91,11 @@ typedef struct {
     saefw_l1_weighting l1_weighting;
     /* 1: a transcoder, whose target y is another site than its input (saefw_sae_alloc_xy). */
     int transcoder;
+    /* The model sites the SAE reads and (a transcoder) reconstructs, by TransformerLens name, when they
+     * were given (saefw.sae{ model =, site =, site_out = }); "" when not. Checkpoints write cfg.json's
+     * hook_name / hook_name_out from them, and a run refuses a buffer that captures other sites. */
+    char hook_name[96];
+    char hook_name_out[96];
 } saefw_sae;
 
 /* Allocate a ReLU SAE with zeroed parameters and gradients, the seed's options (target x, b_dec applied
@@ -187,6 +192,11 @@ void saefw_sae_train_step_xy(saefw_sae *sae, saefw_sae_step *s, const float *x, 
 /* Data parallel: take l2's mean in the gradient over `rows` (the global batch) instead of each call's
  * B, so that the ranks' gradients add up to the global batch's. 0 (the default) restores B. */
 void saefw_sae_step_set_norm_rows(saefw_sae_step *s, int64_t rows);
+/* Data parallel, AuxK (topk): fn(ud, fired, d_sae) makes fired [d_sae] (1: the latent fired on this
+ * call's rows) the global batch's flags, alike on every rank, before the dead-latent counters read them
+ * (sae_arch.h). No effect on relu. */
+void saefw_sae_step_set_fired_exchange(saefw_sae_step *s, void (*fn)(void *ud, unsigned char *fired, int64_t n),
+                                       void *ud);
 /* The path the last step took: SAEFW_SAE_DENSE or SAEFW_SAE_SPARSE (benchmarks and tests). */
 saefw_sae_path saefw_sae_step_path(const saefw_sae_step *s);
 /* The activations [B, d_sae] of the last step's batch, made on the first request after it (the first

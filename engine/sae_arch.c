@@ -154,6 +154,9 @@ struct saefw_arch_work {
     int64_t n_dead;
     int32_t *dead;                    /* [d_sae]: the dead latents, ascending */
     const unsigned char *forced_dead; /* tests: this mask instead of the counters' */
+    /* Data parallel: makes this rank's fired flags the whole batch's before AuxK's counters read them. */
+    saefw_arch_fired_fn fired_fn;
+    void *fired_ud;
     /* The entries by feature: feature j's are fent[fstart[j] .. fstart[j + 1]), rows ascending; the same
      * for AuxK's. */
     int64_t *fstart, *fent, *afstart, *afent;
@@ -165,6 +168,9 @@ struct saefw_arch_work {
     float *dense[3];              /* [cap, d_sae] each: the dense path's operands */
     float *acts;                  /* [cap, d_sae]: made on request */
     double l2, aux, extra, l0sum; /* the last batch's terms */
+    /* Rows the gradient's means are over: 0 for the batch's own; data parallel sets the global batch
+     * (saefw_arch_set_norm_rows), so that the ranks' gradients add up to the global batch's. */
+    int64_t norm_rows;
 };
 
 static void *alloc_f(int64_t n, size_t size, int *failed, char *err, size_t errlen) {
@@ -245,6 +251,16 @@ void saefw_arch_work_free(saefw_arch_work *a) {
 
 int64_t saefw_arch_cap(const saefw_arch_work *a) { return a->cap; }
 void saefw_arch_force_dead(saefw_arch_work *a, const unsigned char *mask) { a->forced_dead = mask; }
+void saefw_arch_set_norm_rows(saefw_arch_work *a, int64_t rows) { a->norm_rows = rows; }
+void saefw_arch_set_fired_exchange(saefw_arch_work *a, saefw_arch_fired_fn fn, void *ud) {
+    a->fired_fn = fn;
+    a->fired_ud = ud;
+}
+
+/* The rows a batch of B rows divides its gradient's means (and their loss terms) by. */
+static inline double grad_rows(const saefw_arch_work *a, int64_t B) {
+    return (double)(a->norm_rows > 0 ? a->norm_rows : B);
+}
 void saefw_arch_release(saefw_arch_work *a) { a->acts_made = 0; }
 int saefw_arch_sparse(const saefw_arch_work *a) { return a->sparse; }
 
@@ -642,7 +658,7 @@ SAEFW_KERNEL static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
             if (arch == SAEFW_ARCH_JUMPRELU) {
                 const float eps = (float)sae->arch.bandwidth;
                 if (fabsf((a->pre[e] - th) / eps) < 0.5f)
-                    sx += (double)a->dot[e] * -(th / eps) + sae->arch.l0_coeff / (double)B * -(1.0 / eps);
+                    sx += (double)a->dot[e] * -(th / eps) + sae->arch.l0_coeff / grad_rows(a, B) * -(1.0 / eps);
             }
             if (arch == SAEFW_ARCH_GATED) {
                 sx += a->dm[e];
@@ -722,7 +738,7 @@ SAEFW_KERNEL static void column_pass(void *vctx, int64_t i0, int64_t i1) {
     saefw_arch_work *a = c->a;
     const int64_t d_in = a->d_in, B = c->B;
     const int gated = c->train && c->sae->arch.arch == SAEFW_ARCH_GATED;
-    const float s2 = (float)(2.0 / (double)B);
+    const float s2 = (float)(2.0 / grad_rows(a, B));
     double *l2 = a->cstat, *mean = l2 + d_in, *var = mean + d_in, *fro = var + d_in, *gd = fro + d_in;
     for (int64_t i = i0; i < i1; i++) l2[i] = mean[i] = var[i] = fro[i] = gd[i] = 0.0;
     for (int64_t b = 0; b < B; b++) {
@@ -797,11 +813,11 @@ static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B
     a->l0sum = l0;
     a->aux = 0;
     switch (sae->arch.arch) {
-    case SAEFW_ARCH_JUMPRELU: a->extra = sae->arch.l0_coeff * l0 / (double)B; break;
-    case SAEFW_ARCH_GATED: a->extra = (double)sae->l1_coeff * g1 / (double)B; break;
+    case SAEFW_ARCH_JUMPRELU: a->extra = sae->arch.l0_coeff * l0 / grad_rows(a, B); break;
+    case SAEFW_ARCH_GATED: a->extra = (double)sae->l1_coeff * g1 / grad_rows(a, B); break;
     default: a->extra = 0;
     }
-    if (gated) a->aux = fro / (double)B;
+    if (gated) a->aux = fro / grad_rows(a, B);
 }
 
 static void fill_stats(const saefw_arch_work *a, int64_t B, double sparsity, saefw_sae_stats *st) {
@@ -823,6 +839,7 @@ static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
     for (int64_t b = 0; b < B; b++)
         for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++)
             if (a->val[e] > 0.0f) fired[a->col[e]] = 1;
+    if (a->fired_fn) a->fired_fn(a->fired_ud, fired, d_sae);
     a->n_dead = 0;
     for (int64_t j = 0; j < d_sae; j++) {
         sae->since_fired[j] = (fired[j] ? 0 : sae->since_fired[j]) + 1;
@@ -833,7 +850,7 @@ static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
     saefw_parallel_for(B, aux_rows, c);
     dec_ctx d = {c, a->aux_val, a->xfro, NULL, NULL, a->aux_count, a->aux_col, sae->arch.k_aux};
     saefw_parallel_for(B, decode_rows, &d);
-    const float scale = (float)(2.0 * sae->arch.aux_coeff / (double)B);
+    const float scale = (float)(2.0 * sae->arch.aux_coeff / grad_rows(a, B));
     double s = 0;
     for (int64_t k = 0; k < B * d_in; k++) {
         const float res = c->x[k] - a->x_hat[k]; /* e = sg(x - x_hat) */
@@ -841,7 +858,7 @@ static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
         s += diff * diff;
         a->dfro[k] = scale * (a->xfro[k] - res);
     }
-    a->aux = s / (double)B;
+    a->aux = s / grad_rows(a, B);
     dot_ctx dc = {c, a->dfro, a->aux_dz, NULL, a->aux_count, a->aux_col, sae->arch.k_aux};
     saefw_parallel_for(B, dot_rows, &dc);
     index_by_feature(d_sae, B, NULL, a->aux_count, sae->arch.k_aux, a->aux_col, a->afstart, a->afent);
@@ -853,7 +870,7 @@ static void entry_grads(void *vctx, int64_t b0, int64_t b1) {
     const saefw_sae *sae = c->sae;
     saefw_arch_work *a = c->a;
     const saefw_sae_arch arch = sae->arch.arch;
-    const float l1b = (float)((double)sae->l1_coeff / (double)c->B);
+    const float l1b = (float)((double)sae->l1_coeff / grad_rows(a, c->B));
     for (int64_t b = b0; b < b1; b++)
         for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++) {
             const int32_t j = a->col[e];

@@ -23,6 +23,14 @@ void saefw_arch_release(saefw_arch_work *a);
 /* Tests: AuxK's dead latents are mask [d_sae] (nonzero: dead) instead of the counters' (NULL: the
  * counters again); the counters are still updated. */
 void saefw_arch_force_dead(saefw_arch_work *a, const unsigned char *mask);
+/* Data parallel: the gradient's means (and the per-batch loss terms of the statistics' l1) over `rows`
+ * instead of each batch's own (0 restores that), as saefw_sae_step_set_norm_rows does for relu. */
+void saefw_arch_set_norm_rows(saefw_arch_work *a, int64_t rows);
+/* Data parallel, AuxK (topk): fn(ud, fired, d_sae) turns fired [d_sae] (1: the latent fired on this
+ * rank's rows) into the whole batch's flags, the same on every rank, before the dead-latent counters
+ * use them (fn must not return without doing so). NULL: the batch is the whole batch. */
+typedef void (*saefw_arch_fired_fn)(void *ud, unsigned char *fired, int64_t n);
+void saefw_arch_set_fired_exchange(saefw_arch_work *a, saefw_arch_fired_fn fn, void *ud);
 /* 1 when the last batch took the sparse products. */
 int saefw_arch_sparse(const saefw_arch_work *a);
 

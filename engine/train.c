@@ -250,6 +250,25 @@ static int global_stats(saefw_run *run, saefw_sae_stats *st, char *err, size_t e
     return 0;
 }
 
+/* AuxK's fired flags of the global batch (saefw_sae_step_set_fired_exchange): the maximum over ranks,
+ * exact. A failure inside the step ends the job, the way out while other ranks wait in the same call. */
+static void fired_exchange(void *ud, unsigned char *fired, int64_t n) {
+    (void)ud;
+    char err[256];
+    int64_t *v = saefw_malloc(sizeof(int64_t) * (size_t)n, err, sizeof err);
+    if (v) {
+        for (int64_t j = 0; j < n; j++) v[j] = fired[j];
+        if (saefw_dist_max_i64(v, n, err, sizeof err) == 0) {
+            for (int64_t j = 0; j < n; j++) fired[j] = v[j] > 0;
+            free(v);
+            return;
+        }
+    }
+    free(v);
+    fprintf(stderr, "train: AuxK's fired flags across ranks: %s\n", err);
+    saefw_dist_abort(1);
+}
+
 int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err, size_t errlen) {
     *out = NULL;
     saefw_sae *sae = o->sae;
@@ -317,9 +336,12 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
                    (long long)B, run->ranks);
         goto fail;
     }
-    if (run->ranks > 1 && sae->arch.arch != SAEFW_ARCH_RELU) {
-        /* Their selections (BatchTopK's over the batch, AuxK's dead latents) need every row of it. */
-        saefw_errf(err, errlen, "train: data-parallel training serves the relu SAE; run arch = \"%s\" on one rank",
+    if (run->ranks > 1 && sae->arch.arch == SAEFW_ARCH_BATCHTOPK) {
+        /* Its selection is over the whole batch. The others select per row, their gradients' means are
+         * over norm_rows, and AuxK's fired flags are the ranks' maximum (fired_exchange). */
+        saefw_errf(err, errlen,
+                   "train: data-parallel training serves relu, topk, jumprelu and gated SAEs; run arch = \"%s\" on "
+                   "one rank",
                    saefw_sae_arch_name(sae->arch.arch));
         goto fail;
     }
@@ -328,7 +350,10 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     /* The scratch holds the whole batch's rows on every rank, so that evaluations (whose pieces follow
      * the step's capacity) are the same for any rank count. */
     if (saefw_sae_step_alloc(&run->work, sae, B, err, errlen) != 0) goto fail;
-    if (run->ranks > 1) saefw_sae_step_set_norm_rows(run->work, B);
+    if (run->ranks > 1) {
+        saefw_sae_step_set_norm_rows(run->work, B);
+        saefw_sae_step_set_fired_exchange(run->work, fired_exchange, NULL);
+    }
     run->batch = saefw_malloc(sizeof(float) * (size_t)(B * d), err, errlen);
     if (run->batch && sae->transcoder) {
         run->batch_xy = saefw_malloc(sizeof(float) * (size_t)(B * (d + sae->d_out)), err, errlen);

@@ -119,7 +119,7 @@ typedef struct {
     int resume;
     /* Continue from this checkpoint folder instead of the newest one in run_dir (implies resume). */
     const char *resume_from;
-    /* Names of the configuration keys a resume may change ("lr", "adam.lr", "train.steps",
+    /* Names of the configuration keys a resume may change ("lr", "adam.lr", "train.steps", "train.clip_grad_norm",
      * "plugins"); any other difference from the recorded configuration is refused. */
     const char *const *allow_change;
     int n_allow_change;

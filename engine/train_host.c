@@ -319,6 +319,28 @@ static int host_all_reduce_sum(saefw_run *run, double *data, int64_t n, char *er
     return saefw_dist_sum_f64(data, n, err, errlen);
 }
 
+static const char *host_sae_arch(saefw_run *run) {
+    return run->sae->transcoder ? "transcoder" : saefw_sae_arch_name(run->sae->arch.arch);
+}
+
+static int host_reset_latents(saefw_run *run, const int64_t *idx, int64_t n, char *err, size_t errlen) {
+    saefw_sae *sae = run->sae;
+    if (n < 0 || (n > 0 && !idx)) return saefw_errf(err, errlen, "reset_latents: no latents");
+    for (int64_t k = 0; k < n; k++)
+        if (idx[k] < 0 || idx[k] >= sae->d_sae)
+            return saefw_errf(err, errlen, "reset_latents: latent %lld is not in 0..%lld", (long long)idx[k],
+                              (long long)sae->d_sae - 1);
+    /* The values saefw_arch_init_params starts them at. */
+    const saefw_sae_arch a = sae->arch.arch;
+    for (int64_t k = 0; k < n; k++) {
+        const int64_t j = idx[k];
+        if (a == SAEFW_ARCH_JUMPRELU) sae->p[SAEFW_LOG_THRESHOLD][j] = (float)log(sae->arch.threshold);
+        if (a == SAEFW_ARCH_GATED) sae->p[SAEFW_R_MAG][j] = sae->p[SAEFW_B_MAG][j] = 0.0f;
+        if (sae->since_fired) sae->since_fired[j] = 0;
+    }
+    return 0;
+}
+
 static const saefw_host HOST = {
     .abi_version = SAEFW_ABI_VERSION,
     .struct_size = sizeof(saefw_host),
@@ -359,6 +381,8 @@ static const saefw_host HOST = {
     .rank = host_rank,
     .ranks = host_ranks,
     .all_reduce_sum = host_all_reduce_sum,
+    .sae_arch = host_sae_arch,
+    .reset_latents = host_reset_latents,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }

@@ -4,7 +4,10 @@
  * resets the Adam state of exactly the slices it wrote (seen through Adam's next update, which must be
  * the one from zero moments) and leaves every other slice bit-identical; remove_rare_dir keeps every
  * encoder column orthogonal to its direction; bad options fail naming the plugin and the option;
- * batch_feature_counts agrees with batch_acts on both paths. */
+ * batch_feature_counts agrees with batch_acts on both paths. For topk, batchtopk, jumprelu and gated
+ * both resamplers re-initialise a latent as the architecture's init does and reset what else it
+ * carries (jumprelu's log_threshold, gated's r_mag and b_mag, AuxK's since_fired), anthropic_resample
+ * resetting the optimizer state of every per-latent tensor. */
 #include "plugin_loader.h"
 #include "sae.h"
 #include "testutil.h"
@@ -188,7 +191,9 @@ static int killer_create(const saefw_host *host, saefw_run *run, const saefw_opt
 static int killer_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     if (g_killer_host->step(run) != g_kill_step) return 0;
     saefw_param b = SAEFW_PARAM_INIT;
-    if (g_killer_host->param_find(run, "b_enc", &b, NULL) != 0) return snprintf(err, errlen, "no b_enc"), -1;
+    if (g_killer_host->param_find(run, "b_enc", &b, NULL) != 0 &&
+        g_killer_host->param_find(run, "b_gate", &b, NULL) != 0)
+        return snprintf(err, errlen, "no b_enc"), -1;
     for (int64_t j = 0; j < b.numel; j++)
         if (killed(j)) b.data[j] = KILL_BIAS;
     return 0;
@@ -558,6 +563,137 @@ static void test_remove_rare_dir(saefw_loaded_plugin *adam, saefw_opts *adam_opt
     saefw_plugin_unload(rr);
 }
 
+/* ---- the other architectures ---- */
+
+static void world_init_arch(world *w, saefw_sae_arch arch) {
+    char err[1024];
+    saefw_synthetic_opts so = {D_IN, 48, 0.04, 1.0, 7};
+    REQUIRE(saefw_source_synthetic(&so, &w->src, err, sizeof err) == 0, "%s", err);
+    saefw_sae_arch_cfg cfg;
+    saefw_sae_arch_defaults(&cfg, arch, D_IN);
+    cfg.k = 8;
+    REQUIRE(saefw_sae_alloc_arch(&w->sae, D_IN, D_SAE, 1e-3f, &cfg, err, sizeof err) == 0, "%s", err);
+    saefw_rng rng;
+    saefw_rng_seed(&rng, 49);
+    saefw_sae_init_params(&w->sae, &rng);
+    REQUIRE(saefw_buffer_init(&w->buf, w->src, BATCH * 16, BATCH, SAEFW_BUF_F32, 1, err, sizeof err) == 0, "%s", err);
+}
+
+/* Latent j of an architecture's SAE is as a resampler leaves it: a unit W_dec row, the W_enc column
+ * along it (equal to it when tied), a zero encoder bias, and the architecture's other values at their
+ * start. Returns the number of failed properties. */
+static int latent_reset_ok(const saefw_sae *sae, int64_t j, int tied) {
+    double ss = 0, dot = 0, es = 0;
+    int equal = 1;
+    for (int64_t i = 0; i < D_IN; i++) {
+        const float d = sae->p[SAEFW_W_DEC][j * D_IN + i], e = sae->p[SAEFW_W_ENC][i * D_SAE + j];
+        ss += (double)d * d;
+        es += (double)e * e;
+        dot += (double)d * e;
+        equal &= e == d;
+    }
+    int bad = 0;
+    bad += !(fabs(sqrt(ss) - 1.0) < 1e-5);
+    bad += tied ? !equal : !(fabs(dot / sqrt(ss * es) - 1.0) < 1e-5); /* parallel */
+    bad += sae->p[SAEFW_B_ENC][j] != 0.0f;
+    if (sae->arch.arch == SAEFW_ARCH_JUMPRELU) bad += sae->p[SAEFW_LOG_THRESHOLD][j] != (float)log(sae->arch.threshold);
+    if (sae->arch.arch == SAEFW_ARCH_GATED) bad += sae->p[SAEFW_R_MAG][j] != 0.0f || sae->p[SAEFW_B_MAG][j] != 0.0f;
+    if (sae->since_fired) bad += sae->since_fired[j] != 0;
+    return bad;
+}
+
+static void test_archs(saefw_opts *adam_opts) {
+    static const saefw_sae_arch archs[] = {SAEFW_ARCH_TOPK, SAEFW_ARCH_BATCHTOPK, SAEFW_ARCH_JUMPRELU,
+                                           SAEFW_ARCH_GATED};
+    char err[1024];
+    saefw_loaded_plugin probe = {0};
+    probe.p = g_probe.adam->p;
+    probe.p.name = "adam";
+    probe.p.create = probe_create;
+    probe.p.destroy = probe_destroy;
+    probe.p.step = probe_step;
+    probe.p.reset_state = probe_reset;
+    g_probe.snap_step = -1;
+    saefw_plugin_use opt = {.plugin = &probe, .opts = adam_opts};
+    saefw_loaded_plugin killer = experiment("killer", killer_create, killer_after_step);
+    saefw_loaded_plugin *rd = load("reinit_dead"), *ar = load("anthropic_resample");
+    saefw_opts *ro = opts_new(rd), *ao = opts_new(ar);
+    const int64_t every = 40, window = 15;
+    set_num(ro, rd, "every", (double)every);
+    set_num(ro, rd, "batches", 10);
+    set_num(ao, ar, "every", (double)every);
+    set_num(ao, ar, "window", (double)window);
+    set_num(ao, ar, "samples", 4096);
+    set_num(ao, ar, "chunk", 1000);
+    for (size_t q = 0; q < sizeof archs / sizeof *archs; q++) {
+        const char *name = saefw_sae_arch_name(archs[q]);
+        /* reinit_dead: latents killed from the start, against a run without it. */
+        world a, c;
+        world_init_arch(&a, archs[q]);
+        world_init_arch(&c, archs[q]);
+        for (int64_t j = 0; j < D_SAE; j++)
+            if (killed(j)) a.sae.p[SAEFW_B_ENC][j] = c.sae.p[SAEFW_B_ENC][j] = KILL_BIAS;
+        static recorder with;
+        saefw_plugin_use use = {.plugin = rd, .opts = ro};
+        probe_clear();
+        CHECK(train(&a, opt, &use, 1, every, 0, &with, err, sizeof err) == 0, "%s reinit_dead: %s", name, err);
+        CHECK(train(&c, opt, NULL, 0, every, 0, NULL, err, sizeof err) == 0, "%s: %s", name, err);
+        int64_t changed = 0, killed_changed = 0, bad = 0, stale = 0;
+        for (int64_t j = 0; j < D_SAE; j++) {
+            if (feature_same(&a.sae, &c.sae, j)) {
+                if (a.sae.since_fired) stale += a.sae.since_fired[j] != c.sae.since_fired[j];
+                continue;
+            }
+            changed++;
+            killed_changed += killed(j);
+            bad += latent_reset_ok(&a.sae, j, 1) != 0;
+        }
+        const double count = metric(&with.log[every - 1], "reinit_count");
+        printf("  %s reinit_dead: %lld latents re-initialised (%lld of the 16 killed, reinit_count %.0f), %lld not "
+               "as the %s init makes them\n",
+               name, (long long)changed, (long long)killed_changed, count, (long long)bad, name);
+        CHECK(killed_changed == 16 && changed == (int64_t)count, "%s reinit_dead: %lld changed, %lld killed, count %g",
+              name, (long long)changed, (long long)killed_changed, count);
+        CHECK(bad == 0 && stale == 0, "%s reinit_dead: %lld latents wrong, %lld untouched counters changed", name,
+              (long long)bad, (long long)stale);
+        CHECK(g_probe.n_resets == 0, "%s reinit_dead reset optimizer state", name);
+        world_free(&a);
+        world_free(&c);
+
+        /* anthropic_resample: latents killed after step every - window - 1. */
+        world w;
+        world_init_arch(&w, archs[q]);
+        g_kill_step = every - window - 1;
+        saefw_plugin_use uses[2] = {{.plugin = &killer}, {.plugin = ar, .opts = ao}};
+        probe_clear();
+        CHECK(train(&w, opt, uses, 2, every, 0, NULL, err, sizeof err) == 0, "%s anthropic_resample: %s", name, err);
+        /* One reset per per-latent tensor: W_enc, W_dec, the encoder bias, and log_threshold / r_mag, b_mag. */
+        const int want = archs[q] == SAEFW_ARCH_JUMPRELU ? 4 : archs[q] == SAEFW_ARCH_GATED ? 5 : 3;
+        int covered = 1;
+        for (int k = 0; k < g_probe.n_resets; k++) {
+            const int pm = g_probe.reset_param[k];
+            covered &= g_probe.reset_axis[k] == (pm == SAEFW_W_ENC) && pm != SAEFW_B_DEC;
+            for (int64_t j = 0; j < D_SAE; j++)
+                covered &= !killed(j) || in_set(g_probe.reset_idx[k], g_probe.reset_n[k], j);
+        }
+        bad = 0;
+        int64_t n_res = g_probe.n_resets ? g_probe.reset_n[0] : 0;
+        for (int64_t k = 0; k < n_res; k++) bad += latent_reset_ok(&w.sae, g_probe.reset_idx[0][k], 0) != 0;
+        printf("  %s anthropic_resample: %lld latents resampled, optimizer state reset in %d tensors (want %d), %lld "
+               "latents wrong\n",
+               name, (long long)n_res, g_probe.n_resets, want, (long long)bad);
+        CHECK(g_probe.n_resets == want && covered && n_res >= 16, "%s anthropic_resample: %d resets, covered %d", name,
+              g_probe.n_resets, covered);
+        CHECK(bad == 0, "%s anthropic_resample: %lld latents not reset", name, (long long)bad);
+        world_free(&w);
+    }
+    probe_clear();
+    saefw_opts_free(ro);
+    saefw_opts_free(ao);
+    saefw_plugin_unload(rd);
+    saefw_plugin_unload(ar);
+}
+
 /* ---- bad input: each fails at the start of the run, naming the plugin and the option ---- */
 
 static void expect_fail(const char *plugin, const char *key, double num, const char *str, const char *want1,
@@ -653,6 +789,8 @@ int main(void) {
 
     test_reinit_dead(g_probe.adam, adam_opts);
     test_anthropic(adam_opts);
+    printf("other architectures:\n");
+    test_archs(adam_opts);
     test_remove_rare_dir(g_probe.adam, adam_opts, tmp);
     test_bad_input(g_probe.adam, adam_opts, tmp);
     test_feature_counts(g_probe.adam, adam_opts);

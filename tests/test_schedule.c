@@ -1,7 +1,8 @@
 /* The trainer side of the 2024 recipe: the schedule plugin driven by a real trainer for the 20 steps of
  * tests/fixtures/arch/relu_april.safetensors (lr warm-up 3, decay 4, L1 warm-up 5; the reference's
  * tr_lr and tr_l1_coeff, float64), with gradient clipping and no unit-norm decoder; a run resumed across
- * the schedule ends with the same bits as an uninterrupted one; bad options are one-line errors before
+ * the schedule ends with the same bits as an uninterrupted one, and a resume with another clip_grad_norm
+ * or unit_norm_decoder is refused naming the key; bad options are one-line errors before
  * any step. A probe plugin reads what the engine holds in after_backward: the schedule's lr is the one
  * the optimizer applies, and the L1 coefficient set before step t scales step t's L1 loss. */
 #include <unistd.h>
@@ -206,6 +207,13 @@ static void fixture_case(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched) 
     saefw_tf_close(tf);
 }
 
+/* The trainer options of resume_run (the 2024 recipe's: clipping, no unit-norm decoder) and the keys a
+ * resume may change; resume_case varies them to see a resume with other values refused. */
+static double g_clip = 0.05;
+static int g_free_decoder = 1;
+static const char *const *g_allow;
+static int g_n_allow;
+
 /* One run of MAX_STEPS steps on a synthetic buffer with the schedule, clipping and the probe; returns
  * saefw_train's status and leaves the final parameters in *sae (allocated here). */
 static int resume_run(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched, const char *dir, int resume,
@@ -236,8 +244,10 @@ static int resume_run(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched, con
     o.resume = resume;
     o.seed = 5;
     o.progress = 0;
-    o.clip_grad_norm = 0.05;
-    o.free_decoder = 1;
+    o.clip_grad_norm = g_clip;
+    o.free_decoder = g_free_decoder;
+    o.allow_change = g_allow;
+    o.n_allow_change = g_n_allow;
     saefw_train_result res;
     int rc = saefw_train(&o, &res, err, errlen);
     *resumed_at = res.resumed_at;
@@ -259,6 +269,27 @@ static void resume_case(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched) {
     /* Fails in step 12, after the checkpoint at step 7 (mid warm-up) and 14 is never reached. */
     int rc = resume_run(adam, sched, b_dir, 0, 12, &b, &at, err, sizeof err);
     CHECK(rc != 0 && strstr(err, "plugin probe: stopping at step 12"), "the interrupted run: rc %d, %s", rc, err);
+    /* The trainer options are recorded like the others: a resume with other values is refused, naming the
+     * key and both values, and leaves the run as it was. */
+    saefw_sae r;
+    g_clip = 0.1;
+    rc = resume_run(adam, sched, b_dir, 1, -1, &r, &at, err, sizeof err);
+    printf("resume with clip_grad_norm 0.1: %s\n", err);
+    CHECK(rc != 0 && strstr(err, "clip_grad_norm 0.05 -> 0.1") && strstr(err, "--allow-change") && !strchr(err, '\n'),
+          "a resume with another clip_grad_norm: rc %d, %s", rc, err);
+    saefw_sae_free(&r);
+    g_clip = 0;
+    rc = resume_run(adam, sched, b_dir, 1, -1, &r, &at, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "clip_grad_norm 0.05 -> (absent)"), "a resume without clipping: rc %d, %s", rc, err);
+    saefw_sae_free(&r);
+    g_clip = 0.05;
+    g_free_decoder = 0;
+    rc = resume_run(adam, sched, b_dir, 1, -1, &r, &at, err, sizeof err);
+    printf("resume with unit_norm_decoder: %s\n", err);
+    CHECK(rc != 0 && strstr(err, "unit_norm_decoder false -> (absent)"),
+          "a resume with the unit-norm decoder: rc %d, %s", rc, err);
+    saefw_sae_free(&r);
+    g_free_decoder = 1;
     CHECK(resume_run(adam, sched, b_dir, 1, -1, &b2, &at, err, sizeof err) == 0, "resumed run: %s", err);
     CHECK(at == 7, "the run resumed at step %lld, not at the checkpoint of step 7", (long long)at);
     int same = memcmp(a.params, b2.params, sizeof(float) * a.n_total) == 0;

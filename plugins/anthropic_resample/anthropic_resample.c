@@ -2,7 +2,11 @@
  * feature that has not fired in the last `window` training steps gets an input drawn with probability
  * proportional to its squared SAE loss: its decoder row becomes that input normalised, its encoder
  * column the same direction scaled to encoder_scale times the mean norm of the live encoder columns,
- * its encoder bias 0, and the optimizer state of exactly those slices is reset. */
+ * its encoder bias 0, and the optimizer state of exactly those slices is reset. On topk, batchtopk,
+ * jumprelu and gated SAEs the same, with the engine's reset_latents for what else a latent carries
+ * (jumprelu's threshold, gated's r_mag and b_mag, AuxK's counter) and the optimizer state of every
+ * per-latent tensor reset. A transcoder is refused: its decoder rows live at the target site, and the
+ * inputs drawn are the input site's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +74,12 @@ static int rs_create(const saefw_host *host, saefw_run *run, const saefw_opts *o
     if (!(chunk >= 1 && chunk <= 1e9))
         return saefw_fail(err, errlen, "option 'chunk' must be >= 1 and <= 1e9, got %g", chunk);
     if (!(scale > 0)) return saefw_fail(err, errlen, "option 'encoder_scale' must be > 0, got %g", scale);
+    if (!SAEFW_HOST_HAS(host, reset_latents))
+        return saefw_fail(err, errlen, "needs an engine with plugin ABI 2.2 (reset_latents)");
+    if (!strcmp(host->sae_arch(run), "transcoder"))
+        return saefw_fail(err, errlen,
+                          "cannot resample a transcoder: a decoder row would be an input-site row, but it "
+                          "reconstructs the target site (use reinit_dead)");
 
     resampler *r = calloc(1, sizeof *r);
     if (!r) return saefw_fail(err, errlen, "out of memory");
@@ -137,10 +147,19 @@ static int draw_inputs(resampler *r, saefw_run *run, int64_t n, char *err, size_
     return total > 0 ? 1 : 0;
 }
 
-static int reset_slices(resampler *r, saefw_run *run, const char *name, int axis, int64_t n, char *err, size_t errlen) {
-    int index;
-    if (r->host->param_find(run, name, NULL, &index) != 0) return saefw_fail(err, errlen, "the SAE has no %s", name);
-    if (r->host->reset_optimizer_state(run, index, axis, r->dead, n, err, errlen) != 0) return -1;
+/* The optimizer state of the n latents in r->dead, in every tensor that has a slice per latent: W_enc's
+ * columns, W_dec's rows, and the [d_sae] vectors (b_enc or b_gate, log_threshold, r_mag, b_mag). */
+static int reset_slices(resampler *r, saefw_run *run, int64_t n, char *err, size_t errlen) {
+    const saefw_host *h = r->host;
+    for (int i = 0; i < h->param_count(run); i++) {
+        saefw_param p = SAEFW_PARAM_INIT;
+        if (h->param_get(run, i, &p) != 0) return saefw_fail(err, errlen, "cannot read the SAE's tensor %d", i);
+        int axis = -1;
+        if (!strcmp(p.name, "W_enc")) axis = 1;
+        else if (!strcmp(p.name, "W_dec")) axis = 0;
+        else if (p.ndim == 1 && p.shape[0] == r->d_sae && strcmp(p.name, "b_dec") != 0) axis = 0;
+        if (axis >= 0 && h->reset_optimizer_state(run, i, axis, r->dead, n, err, errlen) != 0) return -1;
+    }
     return 0;
 }
 
@@ -148,8 +167,9 @@ static int resample(resampler *r, saefw_run *run, char *err, size_t errlen) {
     const saefw_host *h = r->host;
     const int64_t d_in = r->d_in, d_sae = r->d_sae, step = h->step(run);
     saefw_param we = SAEFW_PARAM_INIT, wd = SAEFW_PARAM_INIT, be = SAEFW_PARAM_INIT;
+    /* The encoder bias is gated's b_gate. */
     if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
-        h->param_find(run, "b_enc", &be, NULL) != 0)
+        (h->param_find(run, "b_enc", &be, NULL) != 0 && h->param_find(run, "b_gate", &be, NULL) != 0))
         return saefw_fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
 
     /* Fired on none of the steps step - window + 1 .. step. last_fired starts at -1, so until
@@ -193,7 +213,9 @@ static int resample(resampler *r, saefw_run *run, char *err, size_t errlen) {
     }
 
     /* The raw input x, not x - b_dec: the paper sets the dictionary vector to "the normalized input
-     * vector", and x is what the high loss was measured on. */
+     * vector", and x is what the high loss was measured on. jumprelu's encoder reads x itself, so there
+     * the latent's pre-activation on its input is exactly encoder_scale * mean_norm * |x|, which its
+     * reset threshold (log(threshold)) must exceed for it to fire there. */
     int64_t written = 0;
     for (int64_t k = 0; k < n; k++) {
         const int64_t j = r->dead[k];
@@ -213,9 +235,7 @@ static int resample(resampler *r, saefw_run *run, char *err, size_t errlen) {
     }
     n = written;
 
-    if (n > 0 && (reset_slices(r, run, "W_dec", 0, n, err, errlen) != 0 ||
-                  reset_slices(r, run, "W_enc", 1, n, err, errlen) != 0 ||
-                  reset_slices(r, run, "b_enc", 0, n, err, errlen) != 0))
+    if (n > 0 && (h->reset_latents(run, r->dead, n, err, errlen) != 0 || reset_slices(r, run, n, err, errlen) != 0))
         return -1;
     h->metric(run, "resampled_count", (double)n);
     snprintf(msg, sizeof msg,

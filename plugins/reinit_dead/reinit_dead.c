@@ -1,6 +1,10 @@
 /* reinit_dead: the seed recipe's resampler. Every `every` steps it measures feature frequencies over
  * `batches` evaluation batches and gives each feature rarer than `threshold` a fresh kaiming-uniform
- * encoder column and decoder row and a zero encoder bias, leaving the optimizer state alone. */
+ * encoder column and decoder row and a zero encoder bias, leaving the optimizer state alone. The
+ * other architectures re-initialise a latent as their init makes it (docs/architectures.md): a unit
+ * kaiming-uniform decoder row, the encoder column equal to it, a zero encoder bias (gated: b_gate), and
+ * the engine's reset_latents for the rest (jumprelu's threshold, gated's r_mag and b_mag, AuxK's
+ * counter). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +24,15 @@ typedef struct {
     const saefw_host *host;
     int64_t every, batches;
     double threshold;
-    float *freq; /* [d_sae] */
+    float *freq;  /* [d_sae] */
+    int64_t *idx; /* [d_sae]: the latents re-initialised at a step */
 } reinit;
 
 static void reinit_destroy(void *self) {
     reinit *r = self;
     if (!r) return;
     free(r->freq);
+    free(r->idx);
     free(r);
 }
 
@@ -40,6 +46,8 @@ static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opt
     if (!(threshold >= 0)) return saefw_fail(err, errlen, "option 'threshold' must be >= 0, got %g", threshold);
     if (!(batches >= 1 && batches <= 10000))
         return saefw_fail(err, errlen, "option 'batches' must be >= 1 and <= 10000, got %g", batches);
+    if (!SAEFW_HOST_HAS(host, reset_latents))
+        return saefw_fail(err, errlen, "needs an engine with plugin ABI 2.2 (reset_latents)");
     reinit *r = calloc(1, sizeof *r);
     if (!r) return saefw_fail(err, errlen, "out of memory");
     r->host = host;
@@ -47,7 +55,8 @@ static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opt
     r->batches = (int64_t)batches;
     r->threshold = threshold;
     r->freq = malloc(sizeof(float) * (size_t)host->d_sae(run));
-    if (!r->freq)
+    r->idx = malloc(sizeof(int64_t) * (size_t)host->d_sae(run));
+    if (!r->freq || !r->idx)
         return reinit_destroy(r),
                saefw_fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
     *self = r;
@@ -59,28 +68,54 @@ static float kaiming(const saefw_host *host, saefw_run *run, double bound) {
     return (float)((2.0 * host->rng_uniform(run) - 1.0) * bound);
 }
 
+/* A latent of another architecture than relu as its init makes it: a kaiming-uniform decoder row [d]
+ * scaled to unit norm, and the encoder column [d] equal to it (W_enc = W_dec^T). */
+static void reinit_tied(const saefw_host *h, saefw_run *run, float *we, float *wd, int64_t j, int64_t d,
+                        int64_t d_sae) {
+    const double bound = sqrt(6.0 / (double)d);
+    double ss = 0;
+    for (int64_t i = 0; i < d; i++) {
+        wd[j * d + i] = kaiming(h, run, bound);
+        ss += (double)wd[j * d + i] * wd[j * d + i];
+    }
+    const float inv = (float)(1.0 / sqrt(ss));
+    for (int64_t i = 0; i < d; i++) {
+        wd[j * d + i] *= inv;
+        we[i * d_sae + j] = wd[j * d + i];
+    }
+}
+
 static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     reinit *r = self;
     const saefw_host *h = r->host;
     if ((h->step(run) + 1) % r->every != 0) return 0;
     saefw_param we = SAEFW_PARAM_INIT, wd = SAEFW_PARAM_INIT, be = SAEFW_PARAM_INIT;
+    /* The encoder bias is gated's b_gate. */
     if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
-        h->param_find(run, "b_enc", &be, NULL) != 0)
+        (h->param_find(run, "b_enc", &be, NULL) != 0 && h->param_find(run, "b_gate", &be, NULL) != 0))
         return saefw_fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
-    const int64_t d_in = we.shape[0], d_sae = we.shape[1];
+    /* d_out: a transcoder's decoder rows are its target site's. */
+    const int64_t d_in = we.shape[0], d_sae = we.shape[1], d_out = wd.shape[1];
+    const char *arch = h->sae_arch(run);
+    const int seed_way = !strcmp(arch, "relu") || !strcmp(arch, "transcoder");
     if (h->feature_frequencies(run, r->batches, r->freq, err, errlen) != 0) return -1;
     /* Bounds of kaiming_uniform_ on the full tensors: sqrt(6 / size(1)). */
-    const double bound_enc = sqrt(6.0 / (double)d_sae), bound_dec = sqrt(6.0 / (double)d_in);
+    const double bound_enc = sqrt(6.0 / (double)d_sae), bound_dec = sqrt(6.0 / (double)d_out);
     int64_t count = 0;
     for (int64_t j = 0; j < d_sae; j++) {
         if (!((double)r->freq[j] < r->threshold)) continue;
-        for (int64_t i = 0; i < d_in; i++) we.data[i * d_sae + j] = kaiming(h, run, bound_enc);
-        /* Left unnormalised, as in the seed: the next step's decoder renorm (after its forward and
-         * backward) scales the row to unit norm. Normalising here would change that next forward. */
-        for (int64_t i = 0; i < d_in; i++) wd.data[j * d_in + i] = kaiming(h, run, bound_dec);
+        if (seed_way) {
+            for (int64_t i = 0; i < d_in; i++) we.data[i * d_sae + j] = kaiming(h, run, bound_enc);
+            /* Left unnormalised, as in the seed: the next step's decoder renorm (after its forward and
+             * backward) scales the row to unit norm. Normalising here would change that next forward. */
+            for (int64_t i = 0; i < d_out; i++) wd.data[j * d_out + i] = kaiming(h, run, bound_dec);
+        } else {
+            reinit_tied(h, run, we.data, wd.data, j, d_in, d_sae);
+        }
         be.data[j] = 0.0f;
-        count++;
+        r->idx[count++] = j;
     }
+    if (!seed_way && h->reset_latents(run, r->idx, count, err, errlen) != 0) return -1;
     h->metric(run, "reinit_count", (double)count);
     char msg[160];
     snprintf(msg, sizeof msg, "step %lld: re-initialised %lld of %lld features (frequency < %g over %lld batches)",

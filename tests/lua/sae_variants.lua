@@ -88,6 +88,68 @@ expect_error(function()
   saefw.train { sae = saefw.sae { d_in = 128, d_sae = 16 }, buffer = tbuf, steps = 2, optimizer = saefw.plugin("sgd"),
                 run_dir = false, progress = false }
 end, "but the SAE is not a transcoder", "an SAE on two-site data")
+-- Sites at saefw.sae{}: the model's hook widths give d_in / d_out, a width given against them is a one-line
+-- error there (before any buffer or training), and cfg.json names the sites from the SAE.
+assert(model:hook_width("ln2.hook_normalized") == 64 and model:hook_width("post", 0) == model.d_mlp, "hook_width")
+local sited = saefw.sae { model = model, site = "ln2.hook_normalized", site_out = "mlp_out", d_sae = 16,
+                          apply_b_dec_to_input = false }
+assert(sited.d_in == 64 and sited.d_out == 64 and sited.hook_name == "blocks.0.ln2.hook_normalized" and
+       sited.hook_name_out == "blocks.0.hook_mlp_out", "transcoder from its sites")
+expect_error(function()
+  saefw.sae { model = model, site = "ln2.hook_normalized", site_out = "mlp_out", d_in = 512, d_sae = 16,
+              apply_b_dec_to_input = false }
+end, "saefw%.sae: d_in = 512 does not match site blocks%.0%.ln2%.hook_normalized, whose width is 64 on model tiny%-1l",
+   "d_in against its site")
+expect_error(function()
+  saefw.sae { model = model, site = "ln2.hook_normalized", site_out = "post", d_out = 64, d_sae = 16,
+              apply_b_dec_to_input = false }
+end, "saefw%.sae: d_out = 64 does not match site_out blocks%.0%.mlp%.hook_post, whose width is " .. model.d_mlp,
+   "d_out against its site")
+expect_error(function()
+  saefw.sae { model = model, site = "ln2.hook_normalized", site_out = "post", d_sae = 16, init = "april",
+              apply_b_dec_to_input = false }
+end, "needs d_out = d_in %(got d_in 64, d_out " .. model.d_mlp .. "%)", "april init across sites of two widths")
+expect_error(function() saefw.sae { model = model, site = "ln2.hook_normalized", d_out = 64, d_sae = 16,
+                                    apply_b_dec_to_input = false } end, "give site_out", "d_out without site_out")
+expect_error(function() saefw.sae { site = "post", d_in = 8, d_sae = 16 } end, "need 'model'", "site without model")
+expect_error(function() saefw.sae { model = model, site = "post", layer = 3, d_sae = 16 } end,
+             "layer 3 is out of range", "site's layer out of range")
+expect_error(function() saefw.sae { model = model, site = "post", arch = "topk", k = 4, site_out = "mlp_out",
+                                    d_sae = 16 } end, "field 'site_out' does not apply", "site_out on topk")
+expect_error(function()
+  saefw.train { sae = saefw.sae { model = model, site = "resid_pre", site_out = "mlp_out", d_sae = 16,
+                                  apply_b_dec_to_input = false },
+                buffer = tbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false, progress = false }
+end, "the SAE was made for site blocks%.0%.hook_resid_pre, but the buffer captures blocks%.0%.ln2%.hook_normalized",
+   "training on a buffer at other sites")
+local sited_dir = dir .. "/sv_sited"
+os.execute("rm -rf '" .. sited_dir .. "'")
+sited:save(sited_dir, { hook_name = "blocks.0.hook_resid_pre", hook_name_out = "x" })
+local _, scfg = saefw.load_sae(sited_dir)
+assert(scfg.hook_name == "blocks.0.ln2.hook_normalized" and scfg.hook_name_out == "blocks.0.hook_mlp_out" and
+       scfg.hook_layer == 0 and scfg.hook_layer_out == 0, "cfg.json's hook names come from the SAE")
+saefw.train { sae = sited, buffer = tbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false,
+              progress = false }
+print("sites at saefw.sae{}: ok")
+-- Resamplers on a transcoder: anthropic_resample refuses it in one line (its decoder rows are the target
+-- site's); reinit_dead writes decoder rows of d_out = 64 < d_in = 256 (it used d_in's stride).
+local nbuf = saefw.buffer { model = model, tokens = toks, site = "post", site_out = "mlp_out", size = 256,
+                            batch_size = 64 }
+local narrow = saefw.sae { model = model, site = "post", site_out = "mlp_out", d_sae = 16, apply_b_dec_to_input = false }
+expect_error(function()
+  saefw.train { sae = narrow, buffer = nbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false,
+                progress = false, plugins = { saefw.plugin("anthropic_resample", { every = 1 }) } }
+end, "plugin anthropic_resample: cannot resample a transcoder", "anthropic_resample on a transcoder")
+saefw.train { sae = narrow, buffer = nbuf, steps = 2, optimizer = saefw.plugin("sgd"), run_dir = false,
+              progress = false, plugins = { saefw.plugin("reinit_dead", { every = 1, threshold = 2, batches = 1 }) } }
+-- Kaiming-uniform rows of W_dec [16, 64]: entries within sqrt(6 / 64), some beyond d_in's sqrt(6 / 256).
+local nW, biggest = narrow:tensor("W_dec"), 0
+for k = 1, 16 * 64 do
+  assert(math.abs(nW[k]) <= math.sqrt(6 / 64), "transcoder W_dec entry " .. k .. " after reinit_dead: " .. nW[k])
+  biggest = math.max(biggest, math.abs(nW[k]))
+end
+assert(biggest > math.sqrt(6 / 256), "transcoder W_dec after reinit_dead: bound of d_in, not d_out")
+print("resamplers on a transcoder: ok")
 -- The 2024 recipe's SAE trains through the loop (the trainer's schedules and clipping are its own options).
 saefw.train { sae = s, source = src, batch_size = 16, steps = 3, optimizer = saefw.plugin("adam", { lr = 1e-3 }),
               run_dir = false, progress = false }

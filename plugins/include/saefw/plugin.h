@@ -22,7 +22,7 @@ extern "C" {
 /* Bumped only on an incompatible change; the engine refuses a plugin built for another version. */
 #define SAEFW_ABI_VERSION 2u
 /* Bumped when fields are appended (informational: struct_size is what the engine and plugins check). */
-#define SAEFW_ABI_MINOR 1u
+#define SAEFW_ABI_MINOR 2u
 
 /* Name of the one function a plugin exports. */
 #define SAEFW_PLUGIN_ENTRY "saefw_plugin_init"
@@ -183,6 +183,16 @@ typedef struct saefw_host {
     int (*rank)(saefw_run *run);
     int (*ranks)(saefw_run *run);
     int (*all_reduce_sum)(saefw_run *run, double *data, int64_t n, char *err, size_t errlen);
+
+    /* Appended in ABI 2.2 (resamplers of every architecture). */
+    /* The SAE's architecture: "relu", "transcoder" (a relu SAE whose W_dec rows are another site's),
+     * "topk", "batchtopk", "jumprelu" or "gated" (docs/architectures.md). */
+    const char *(*sae_arch)(saefw_run *run);
+    /* Put latents idx [n] (each in [0, d_sae)) back to their architecture's start in what a resampler
+     * does not write itself: jumprelu's log_threshold to log(threshold), gated's r_mag and b_mag to 0,
+     * AuxK's steps since the latent fired (topk, batchtopk) to 0. W_enc, W_dec, the encoder bias
+     * (b_enc; gated: b_gate) and the optimizer's state are left to the caller. */
+    int (*reset_latents)(saefw_run *run, const int64_t *idx, int64_t n, char *err, size_t errlen);
 } saefw_host;
 
 /* Whether this engine's host table has `field` (set and inside its struct_size). Check it before
