@@ -1,5 +1,5 @@
-/* A "newer" plugin.h for tests: ABI 2.1 plus one appended field in saefw_option, saefw_param,
- * saefw_host and saefw_plugin each, as an imagined 2.2 would append them. test_plugin_abi builds
+/* A "newer" plugin.h for tests: ABI 2.2 plus one appended field in saefw_option, saefw_param,
+ * saefw_host and saefw_plugin each, as an imagined 2.3 would append them. test_plugin_abi builds
  * tests/abi/plugin_next.c against it to show that the current engine loads such a plugin, ignores
  * what it does not know, and writes nothing past its own structs. */
 #ifndef SAEFW_PLUGIN_H
@@ -18,7 +18,7 @@ extern "C" {
 /* Bumped only on an incompatible change; the engine refuses a plugin built for another version. */
 #define SAEFW_ABI_VERSION 2u
 /* Bumped when fields are appended (informational: struct_size is what the engine and plugins check). */
-#define SAEFW_ABI_MINOR 2u
+#define SAEFW_ABI_MINOR 3u
 
 /* Name of the one function a plugin exports. */
 #define SAEFW_PLUGIN_ENTRY "saefw_plugin_init"
@@ -54,7 +54,7 @@ typedef struct saefw_option {
     double def_number;      /* default for NUMBER, INTEGER, BOOL */
     const char *def_string; /* default for STRING (may be NULL: no default, i.e. required) */
     const char *help;
-    double max_number; /* appended in the imagined 2.2: an upper bound the engine would check */
+    double max_number; /* appended in the imagined 2.3: an upper bound the engine would check */
 } saefw_option;
 
 /* A named SAE tensor and its gradient, filled by the host. The caller sets struct_size (use
@@ -70,7 +70,7 @@ typedef struct saefw_param {
     float *grad;
     int64_t shape[SAEFW_PLUGIN_MAX_DIMS]; /* entries past ndim are 0 */
     int64_t numel;
-    int64_t stride[SAEFW_PLUGIN_MAX_DIMS]; /* appended in the imagined 2.2 */
+    int64_t stride[SAEFW_PLUGIN_MAX_DIMS]; /* appended in the imagined 2.3 */
 } saefw_param;
 
 #define SAEFW_PARAM_INIT                                                                                               \
@@ -176,7 +176,13 @@ typedef struct saefw_host {
     int (*ranks)(saefw_run *run);
     int (*all_reduce_sum)(saefw_run *run, double *data, int64_t n, char *err, size_t errlen);
 
-    /* Appended in the imagined 2.2. */
+    /* Appended in ABI 2.2. */
+    int (*state_put_f32_param)(saefw_run *run, saefw_state_writer *w, const char *name, const float *data,
+                               int param_index, char *err, size_t errlen);
+    int (*state_get_f32_param)(saefw_run *run, saefw_state_reader *r, const char *name, float *data,
+                               int param_index, char *err, size_t errlen);
+
+    /* Appended in the imagined 2.3. */
     int (*future_call)(saefw_run *run, char *err, size_t errlen);
 } saefw_host;
 
@@ -232,7 +238,10 @@ typedef struct saefw_plugin {
     /* Appended in ABI 2.1. */
     saefw_callback before_step;
 
-    /* Appended in the imagined 2.2: a callback the 2.1 engine does not know. */
+    /* Appended in ABI 2.2. */
+    int zero_slices;
+
+    /* Appended in the imagined 2.3: a callback the 2.2 engine does not know. */
     saefw_callback before_forward;
 } saefw_plugin;
 
