@@ -115,6 +115,114 @@ static int64_t piece_lo(int64_t L, int P, int c) { return L * c / P; }
 DEFINE_SUM(saefw_dist_sum_f32, float, MPI_FLOAT)
 DEFINE_SUM(saefw_dist_sum_f64, double, MPI_DOUBLE)
 
+/* One ring exchange of a reduce-scatter or all-gather step: send [sp, sp + sn) to the next rank and
+ * receive [rp, rp + rn) from the previous one, in messages of at most PIECE elements (tmp [PIECE]);
+ * add: the received values are added to this rank's (received + own), else they replace them. Every
+ * rank makes the same number of exchanges, for the longest range (most, of all ranks), so that a
+ * message never meets the next step's. */
+static int ring_exchange(float *data, int64_t sp, int64_t sn, int64_t rp, int64_t rn, int64_t most, float *tmp, int add,
+                         int tag) {
+    const int next = (g_rank + 1) % g_size, prev = (g_rank + g_size - 1) % g_size;
+    int rc = MPI_SUCCESS;
+    for (int64_t q = 0; q < most && rc == MPI_SUCCESS; q += PIECE) {
+        const int s = (int)(sn - q < 0 ? 0 : sn - q < PIECE ? sn - q : PIECE);
+        const int k = (int)(rn - q < 0 ? 0 : rn - q < PIECE ? rn - q : PIECE);
+        float *into = add ? tmp : data + rp + q;
+        rc = MPI_Sendrecv(data + sp + q, s, MPI_FLOAT, next, tag, into, k, MPI_FLOAT, prev, tag, MPI_COMM_WORLD,
+                          MPI_STATUS_IGNORE);
+        if (add)
+            for (int i = 0; i < k && rc == MPI_SUCCESS; i++) data[rp + q + i] = tmp[i] + data[rp + q + i];
+    }
+    return rc;
+}
+
+/* Range of owner o in a layout is piece o + 1 of the ring: it starts at rank o + 1 and ends complete on
+ * rank o. */
+static int64_t own_lo(const int64_t *b, int c) { return b[(c + g_size - 1) % g_size]; }
+static int64_t own_len(const int64_t *b, int c) {
+    const int o = (c + g_size - 1) % g_size;
+    return b[o + 1] - b[o];
+}
+static int64_t longest(const int64_t *b) {
+    int64_t m = 0;
+    for (int q = 0; q < g_size; q++) m = b[q + 1] - b[q] > m ? b[q + 1] - b[q] : m;
+    return m;
+}
+
+int saefw_dist_reduce_scatter_f32(float *data, int64_t n, const int64_t *bounds, char *err, size_t errlen) {
+    if (g_size == 1 || n <= 0) return 0;
+    if (bounds[0] != 0 || bounds[g_size] != n)
+        return saefw_errf(err, errlen, "reduce-scatter: bounds do not cover the data");
+    const int P = g_size, r = g_rank;
+    float *tmp = saefw_malloc(sizeof(float) * (size_t)(n < PIECE ? n : PIECE), err, errlen);
+    if (!tmp) return -1;
+    int rc = MPI_SUCCESS;
+    for (int s = 0; s < P - 1 && rc == MPI_SUCCESS; s++) {
+        const int sc = (r - s + P) % P, rcv = (r - s - 1 + 2 * P) % P;
+        rc = ring_exchange(data, own_lo(bounds, sc), own_len(bounds, sc), own_lo(bounds, rcv), own_len(bounds, rcv),
+                           longest(bounds), tmp, 1, 3);
+    }
+    free(tmp);
+    return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "reduce-scatter", err, errlen);
+}
+
+int saefw_dist_all_gather_f32(float *data, int64_t n, const int64_t *bounds, char *err, size_t errlen) {
+    if (g_size == 1 || n <= 0) return 0;
+    if (bounds[0] != 0 || bounds[g_size] != n)
+        return saefw_errf(err, errlen, "all-gather: bounds do not cover the data");
+    const int P = g_size, r = g_rank;
+    int rc = MPI_SUCCESS;
+    for (int s = 0; s < P - 1 && rc == MPI_SUCCESS; s++) {
+        const int sc = (r + 1 - s + P) % P, rcv = (r - s + P) % P;
+        rc = ring_exchange(data, own_lo(bounds, sc), own_len(bounds, sc), own_lo(bounds, rcv), own_len(bounds, rcv),
+                           longest(bounds), NULL, 0, 4);
+    }
+    return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "all-gather", err, errlen);
+}
+
+int saefw_dist_gather_f32(const float *part, int64_t off, int64_t n, float *full, int64_t total, char *err,
+                          size_t errlen) {
+    if (g_size == 1) {
+        if (off != 0 || n != total) return saefw_errf(err, errlen, "gather: one rank's part must be the whole");
+        if (full != part && n > 0) memcpy(full, part, sizeof(float) * (size_t)n);
+        return 0;
+    }
+    /* A failure on rank 0 returns while the others wait in the gather: the caller ends the job
+     * (saefw_dist_abort), as for any failed rank. */
+    int64_t mine[2] = {off, n}, *all = NULL;
+    int *cnt = NULL, *dsp = NULL;
+    if (g_rank == 0) {
+        all = saefw_malloc(sizeof(int64_t) * 2 * (size_t)g_size, err, errlen);
+        cnt = all ? saefw_malloc(sizeof(int) * 2 * (size_t)g_size, err, errlen) : NULL;
+        if (!cnt) {
+            free(all);
+            return -1;
+        }
+        dsp = cnt + g_size;
+    }
+    int rc = MPI_Gather(mine, 2, MPI_INT64_T, all, 2, MPI_INT64_T, 0, MPI_COMM_WORLD), bad = 0;
+    if (rc == MPI_SUCCESS && g_rank == 0) {
+        int64_t at = 0;
+        for (int q = 0; q < g_size; q++) {
+            /* An empty part may have any offset. */
+            if ((all[2 * q + 1] > 0 && all[2 * q] != at) || all[2 * q + 1] < 0 || all[2 * q + 1] > INT32_MAX) bad = 1;
+            cnt[q] = (int)all[2 * q + 1];
+            dsp[q] = cnt[q] > 0 ? (int)all[2 * q] : 0;
+            at += all[2 * q + 1];
+        }
+        if (at != total || total > INT32_MAX) bad = 1;
+    }
+    if (bad) {
+        free(all);
+        free(cnt);
+        return saefw_errf(err, errlen, "gather: the ranks' parts do not tile the %lld elements", (long long)total);
+    }
+    if (rc == MPI_SUCCESS) rc = MPI_Gatherv(part, (int)n, MPI_FLOAT, full, cnt, dsp, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    free(all);
+    free(cnt);
+    return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "gather", err, errlen);
+}
+
 int saefw_dist_max_i64(int64_t *data, int64_t n, char *err, size_t errlen) {
     if (g_size == 1 || n == 0) return 0;
     int rc = MPI_Allreduce(MPI_IN_PLACE, data, (int)n, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
@@ -163,6 +271,14 @@ void saefw_dist_abort(int code) { exit(code); }
 int saefw_dist_sum_f32(float *data, int64_t n, char *err, size_t errlen) { return 0; }
 int saefw_dist_sum_f64(double *data, int64_t n, char *err, size_t errlen) { return 0; }
 int saefw_dist_max_i64(int64_t *data, int64_t n, char *err, size_t errlen) { return 0; }
+int saefw_dist_reduce_scatter_f32(float *data, int64_t n, const int64_t *bounds, char *err, size_t errlen) { return 0; }
+int saefw_dist_all_gather_f32(float *data, int64_t n, const int64_t *bounds, char *err, size_t errlen) { return 0; }
+int saefw_dist_gather_f32(const float *part, int64_t off, int64_t n, float *full, int64_t total, char *err,
+                          size_t errlen) {
+    if (off != 0 || n != total) return saefw_errf(err, errlen, "gather: one rank's part must be the whole");
+    if (full != part && n > 0) memcpy(full, part, sizeof(float) * (size_t)n);
+    return 0;
+}
 int saefw_dist_bcast(void *data, size_t n, int root, char *err, size_t errlen) { return 0; }
 int saefw_dist_barrier(char *err, size_t errlen) { return 0; }
 int saefw_dist_check_same(uint64_t hash, const char *what, char *err, size_t errlen) { return 0; }

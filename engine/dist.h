@@ -27,6 +27,19 @@ int saefw_dist_built(void);
  * rank sends and receives 2 (size - 1) / size of the data. -1 with err on an MPI error. */
 int saefw_dist_sum_f32(float *data, int64_t n, char *err, size_t errlen);
 int saefw_dist_sum_f64(double *data, int64_t n, char *err, size_t errlen);
+/* The two halves of a sum over a layout of owners (ZeRO-1): bounds [size + 1] cut data [n] into
+ * contiguous ranges, rank r owning [bounds[r], bounds[r+1]) (bounds[0] = 0, bounds[size] = n, never
+ * decreasing). reduce_scatter leaves the sum over ranks in this rank's range only (the rest of data
+ * holds partial sums), each element added as ((x_o+1 + x_o+2) + ...) + x_o for its owner o (ranks mod
+ * size); all_gather then copies every owner's range to every rank. Together they are a sum whose bits
+ * depend only on the layout and the rank count; each rank sends and receives (size - 1) / size of the
+ * data in each half. -1 with err on an MPI error. */
+int saefw_dist_reduce_scatter_f32(float *data, int64_t n, const int64_t *bounds, char *err, size_t errlen);
+int saefw_dist_all_gather_f32(float *data, int64_t n, const int64_t *bounds, char *err, size_t errlen);
+/* Rank 0 collects each rank's part [n] into full [total] at the rank's offset off (the parts, in rank
+ * order, must tile full); full is only written on rank 0 (may be NULL elsewhere). Every rank calls it. */
+int saefw_dist_gather_f32(const float *part, int64_t off, int64_t n, float *full, int64_t total, char *err,
+                          size_t errlen);
 /* Elementwise maximum over ranks (exact, so order does not matter). */
 int saefw_dist_max_i64(int64_t *data, int64_t n, char *err, size_t errlen);
 /* Rank root's bytes [n] to every rank. */

@@ -242,6 +242,7 @@ static int l_train(lua_State *L) {
                                        "allow_change",
                                        "clip_grad_norm",
                                        "unit_norm_decoder",
+                                       "zero",
                                        "saes",
                                        NULL};
     const char *fn = "saefw.train";
@@ -326,6 +327,8 @@ static int l_train(lua_State *L) {
     }
     lua_pop(L, 1);
     c.free_decoder = !saefw_lua_opt_bool(L, 1, fn, "unit_norm_decoder", 1);
+    c.zero = (int)saefw_lua_opt_int(L, 1, fn, "zero", 0, 0);
+    if (c.zero > 1) return saefw_lua_error(L, "%s: zero must be 0 or 1 (ZeRO stage 1), got %d", fn, c.zero);
     c.seed = (uint64_t)saefw_lua_opt_int(L, 1, fn, "seed", SAEFW_DEFAULT_SEED, 0);
     int progress = saefw_lua_opt_bool(L, 1, fn, "progress", 1);
     c.progress = progress ? -1 : 0;

@@ -329,6 +329,7 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
     o->n_allow_change = n_allow;
     o->clip_grad_norm = c->clip_grad_norm;
     o->free_decoder = c->free_decoder;
+    o->zero = c->zero;
     if (c->saes && open_multi(c, s, err, errlen) != 0) {
         saefw_session_close(s);
         return -1;

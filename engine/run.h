@@ -80,6 +80,8 @@ typedef struct {
     /* saefw_train_opts's clip_grad_norm (0: none) and free_decoder (1: unit_norm_decoder = false). */
     double clip_grad_norm;
     int free_decoder;
+    /* saefw_train_opts's zero (1: ZeRO-1, Adam's moments sharded across MPI ranks). */
+    int zero;
     /* A transcoder's data: on_model's rows are [hook | *hook_out]; the reconstruction score replaces
      * *hook_out, and cfg.json records hook_name_out. NULL: one site. */
     const saefw_hook *hook_out;

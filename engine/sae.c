@@ -1195,3 +1195,18 @@ SAEFW_KERNEL static void project_rows(void *vctx, int64_t r0, int64_t r1) {
 }
 
 void saefw_sae_project_decoder(saefw_sae *sae) { saefw_parallel_for(sae->d_sae, project_rows, sae); }
+
+typedef struct {
+    saefw_sae *sae;
+    int64_t r0;
+} project_part;
+
+static void project_part_rows(void *vctx, int64_t a, int64_t b) {
+    const project_part *pp = vctx;
+    project_rows(pp->sae, pp->r0 + a, pp->r0 + b);
+}
+
+void saefw_sae_project_decoder_rows(saefw_sae *sae, int64_t r0, int64_t r1) {
+    project_part pp = {sae, r0};
+    if (r1 > r0) saefw_parallel_for(r1 - r0, project_part_rows, &pp);
+}

@@ -211,6 +211,9 @@ int saefw_sae_step_count_active(const saefw_sae *sae, saefw_sae_step *s, int64_t
 /* Remove from W_dec's gradient its component along each normalised W_dec row, then set W_dec to
  * the normalised rows (the seed's make_decoder_weights_and_grad_unit_norm); rows of d_out. */
 void saefw_sae_project_decoder(saefw_sae *sae);
+/* The same for W_dec rows [r0, r1) only (a ZeRO-1 rank's own rows): each row's result is the bits the
+ * whole projection gives it. */
+void saefw_sae_project_decoder_rows(saefw_sae *sae, int64_t r0, int64_t r1);
 
 /* ---- evaluation: a forward pass that changes nothing but its own scratch ---- */
 

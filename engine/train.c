@@ -207,6 +207,7 @@ static void trainer_free(saefw_run *run, int *rc, char *err, size_t errlen) {
     free(run->batch_y);
     free(run->feat_counts);
     free(run->freq);
+    free(run->zbounds);
     saefw_sae_step_free(run->work);
     saefw_sae_eval_free(run->sample_work);
     free(run);
@@ -227,6 +228,7 @@ static uint64_t config_hash(const saefw_run *run) {
     const double f[] = {run->lr, sae->l1_coeff};
     h = saefw_fnv1a(h, f, sizeof f);
     h = saefw_fnv1a(h, o->optimizer.plugin->p.name, strlen(o->optimizer.plugin->p.name));
+    h = saefw_fnv1a(h, &o->zero, sizeof o->zero);
     for (int i = 0; i < o->n_plugins; i++)
         h = saefw_fnv1a(h, o->plugins[i].plugin->p.name, strlen(o->plugins[i].plugin->p.name) + 1);
     return saefw_fnv1a(h, sae->params, sizeof(float) * sae->n_total);
@@ -346,6 +348,7 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
         goto fail;
     }
     if (run->ranks > 1 && saefw_dist_check_same(config_hash(run), "configuration", err, errlen) != 0) goto fail;
+    if (saefw_train_zero_setup(run, err, errlen) != 0) goto fail;
 
     /* The scratch holds the whole batch's rows on every rank, so that evaluations (whose pieces follow
      * the step's capacity) are the same for any rank count. */
@@ -499,16 +502,17 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
                             run->batch_y ? run->batch_y + run->row0 * sae->d_out : NULL, run->rows, &st);
     if (run->ranks > 1) {
         const double tc = saefw_now();
-        if (saefw_dist_sum_f32(sae->grads, (int64_t)sae->n_total, err, errlen) != 0 ||
-            global_stats(run, &st, err, errlen) != 0)
-            return -1;
+        if (saefw_train_zero_grad_sum(run, err, errlen) != 0 || global_stats(run, &st, err, errlen) != 0) return -1;
         run->comm_s += saefw_now() - tc;
     }
     if (!isfinite(st.loss))
         return saefw_errf(err, errlen, "step %lld: the loss is %s; training stopped (last good checkpoint: %s)",
                           (long long)i, isnan(st.loss) ? "NaN" : "infinite",
                           run->res.last_checkpoint[0] ? run->res.last_checkpoint : "none yet");
-    if (!o->free_decoder) saefw_sae_project_decoder(sae);
+    if (!o->free_decoder) {
+        if (run->zero) saefw_train_zero_project(run); /* the rows this rank updates; the rest arrive after */
+        else saefw_sae_project_decoder(sae);
+    }
     if (o->clip_grad_norm > 0) {
         /* After the projection, as torch users clip right before the step; before the hooks, so that
          * they see the gradients the optimizer gets (a projection there can only shrink the norm). */
@@ -530,6 +534,11 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
         if (src != 0)
             return saefw_errf(err, errlen, "plugin %s: %s", op->name,
                               saefw_train_plugin_msg(perr, sizeof perr, "step failed"));
+        if (run->zero && run->ranks > 1) {
+            const double tc = saefw_now();
+            if (saefw_train_zero_gather_params(run, err, errlen) != 0) return -1;
+            run->comm_s += saefw_now() - tc;
+        }
     }
     if (call_hooks(run, offsetof(saefw_plugin, after_step), err, errlen) != 0) return -1;
     run->time.step += saefw_now() - ts - (run->time.plugins - plug0);

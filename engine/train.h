@@ -129,6 +129,10 @@ typedef struct {
      * free_decoder: no decoder-gradient projection and no decoder renorm (unit_norm_decoder = false). */
     double clip_grad_norm;
     int free_decoder;
+    /* 1: ZeRO-1 under mpirun: each rank keeps the optimizer's state for its slice of every tensor's rows
+     * only (gradients reduce-scattered, weights all-gathered after the step; train_zero.c). The
+     * weights are the same bytes as with 0; checkpoints are the same format. */
+    int zero;
     /* Non-NULL: this run is one of several on one buffer (saefw_multi_open): its progress, eval and
      * summary lines start with "[label] " and are plain lines, never a redrawn one. */
     const char *label;

@@ -29,6 +29,7 @@ static int param_out(saefw_run *run, int i, saefw_param *out) {
     if (out->struct_size < offsetof(saefw_param, numel) + sizeof out->numel) return -1;
     saefw_param v;
     saefw_sae_param_view(run->sae, i, &v);
+    if (saefw_train_zero_opt_view(run)) saefw_train_zero_slice(run, i, &v);
     /* struct_size becomes what was filled: fields of a newer header past it are left as they were. */
     const uint32_t size = out->struct_size < sizeof v ? out->struct_size : (uint32_t)sizeof v;
     v.struct_size = size;
@@ -78,7 +79,21 @@ static int host_reset_opt(saefw_run *run, int param, int axis, const int64_t *id
     if (!op->reset_state) return 0;
     const char *was = run->current;
     run->current = op->name;
+    /* ZeRO-1: the optimizer holds a slice of rows; indices along the rows become the slice's own. */
+    int64_t *own = NULL;
+    if (run->zero && idx && axis == 0) {
+        saefw_param s = p;
+        saefw_train_zero_slice(run, param, &s);
+        const int64_t r0 = (s.data - p.data) / (p.numel / p.shape[0]);
+        if (!(own = saefw_malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1), err, errlen))) return -1;
+        int64_t k = 0;
+        for (int64_t j = 0; j < n; j++)
+            if (idx[j] >= r0 && idx[j] < r0 + s.shape[0]) own[k++] = idx[j] - r0;
+        idx = own;
+        n = k;
+    }
     int rc = op->reset_state(run->opt_self, run, param, axis, idx, idx ? n : 0, err, errlen);
+    free(own);
     run->current = was;
     return rc;
 }
@@ -339,6 +354,15 @@ static int host_reset_latents(saefw_run *run, const int64_t *idx, int64_t n, cha
         if (sae->since_fired) sae->since_fired[j] = 0;
     }
     return 0;
+static int host_put_f32_param(saefw_run *run, saefw_state_writer *w, const char *name, const float *data, int i,
+                              char *err, size_t errlen) {
+    if (i < 0 || i >= run->sae->n_params) return saefw_errf(err, errlen, "state_put_f32_param: no tensor %d", i);
+    return saefw_train_zero_put(run, (saefw_state_out *)w, name, data, i, err, errlen);
+}
+static int host_get_f32_param(saefw_run *run, saefw_state_reader *r, const char *name, float *data, int i, char *err,
+                              size_t errlen) {
+    if (i < 0 || i >= run->sae->n_params) return saefw_errf(err, errlen, "state_get_f32_param: no tensor %d", i);
+    return saefw_train_zero_get(run, (saefw_state_in *)r, name, data, i, err, errlen);
 }
 
 static const saefw_host HOST = {
@@ -383,6 +407,8 @@ static const saefw_host HOST = {
     .all_reduce_sum = host_all_reduce_sum,
     .sae_arch = host_sae_arch,
     .reset_latents = host_reset_latents,
+    .state_put_f32_param = host_put_f32_param,
+    .state_get_f32_param = host_get_f32_param,
 };
 
 const saefw_host *saefw_host_table(void) { return &HOST; }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "rng.h"
+#include "state.h"
 #include "train.h"
 #include "util.h"
 
@@ -67,6 +68,11 @@ struct saefw_run {
     int rank, ranks;
     int64_t row0, rows;
     double comm_s; /* seconds in the step's sums across ranks (part of time.step) */
+    /* ZeRO-1 (train_zero.c): the parameter block cut into row-aligned ranges, rank r owning
+     * [zbounds[r], zbounds[r + 1]); the gradient sum goes by this layout on more than one rank, so
+     * zero = 1 and 0 give the same bytes. zero: the optimizer sees and keeps only this rank's range. */
+    int zero;
+    int64_t *zbounds;
 };
 
 /* train_host.c: a plugin's log line (also the engine's warnings about plugins). */
@@ -87,5 +93,27 @@ int saefw_train_emit(saefw_run *run, saefw_event event, saefw_metrics *m, char *
 int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_t errlen);
 int saefw_train_save_checkpoint(saefw_run *run, const char *name, const saefw_metrics *m, int64_t next, int with_state,
                                 saefw_train_result *res, char *err, size_t errlen);
+
+/* train_zero.c: ZeRO-1. setup checks the options (-1 with err) and cuts the layout (on more than one
+ * rank, or with zero); grad_sum makes this rank's range of the gradients the sum over ranks (and, without
+ * zero, all of them); project is the decoder projection of the rows this rank updates; gather_params
+ * gives every rank the others' updated ranges; opt_view says whether param_get hands out this
+ * rank's slice now (zero, inside an optimizer callback) and slice fills it; save_shadow is a
+ * non-zero rank's part of rank 0's checkpoint (the optimizer's save_state, gathered). */
+int saefw_train_zero_setup(saefw_run *run, char *err, size_t errlen);
+/* The layout: P ranges b [P + 1] of the parameter block, cut on row boundaries (also for bench_dist). */
+void saefw_train_zero_layout(const saefw_sae *sae, int P, int64_t *b);
+int saefw_train_zero_grad_sum(saefw_run *run, char *err, size_t errlen);
+void saefw_train_zero_project(saefw_run *run);
+int saefw_train_zero_gather_params(saefw_run *run, char *err, size_t errlen);
+int saefw_train_zero_opt_view(const saefw_run *run);
+void saefw_train_zero_slice(const saefw_run *run, int i, saefw_param *v);
+int saefw_train_zero_save_shadow(saefw_run *run, char *err, size_t errlen);
+/* The host's state_put_f32_param / state_get_f32_param: data is laid out like tensor i as the
+ * optimizer sees it (its slice under zero); the entry is always the whole tensor. */
+int saefw_train_zero_put(saefw_run *run, saefw_state_out *w, const char *name, const float *data, int i, char *err,
+                         size_t errlen);
+int saefw_train_zero_get(saefw_run *run, saefw_state_in *r, const char *name, float *data, int i, char *err,
+                         size_t errlen);
 
 #endif

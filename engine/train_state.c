@@ -423,8 +423,10 @@ static int add_files(void *vud, const char *tmp_dir, char *err, size_t errlen) {
 int saefw_train_save_checkpoint(saefw_run *run, const char *name, const saefw_metrics *m, int64_t next, int with_state,
                                 saefw_train_result *res, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
-    /* Every rank holds the same weights, optimizer state and buffer: rank 0 writes the checkpoint. */
-    if (!o->run_dir || run->rank != 0) return 0;
+    /* Every rank holds the same weights, optimizer state and buffer: rank 0 writes the checkpoint.
+     * Under ZeRO-1 the optimizer's state is in slices, which the others send it. */
+    if (!o->run_dir) return 0;
+    if (run->rank != 0) return run->zero && with_state ? saefw_train_zero_save_shadow(run, err, errlen) : 0;
     char dir[PATH_MAX];
     if ((name ? saefw_pathf(dir, sizeof dir, err, errlen, "%s/%s", o->run_dir, name)
               : saefw_pathf(dir, sizeof dir, err, errlen, "%s/%d", o->run_dir,

@@ -1,8 +1,10 @@
 /* Data-parallel sums (engine/dist.c): run alone (1 rank) and under mpirun with 2 and 3 ranks
  * (tests/dist.cmake). Each rank's gradient of its rows of a global batch, summed across ranks, equals
  * the gradient of the whole batch within float32 rounding (dense and sparse paths, uneven shares);
- * sums are added in the ring's fixed order (the same bits as a local sum in that order); ranks with different
- * configurations are told apart by rank. */
+ * sums are added in the ring's fixed order (the same bits as a local sum in that order); ZeRO-1's
+ * reduce-scatter and all-gather over a layout of owners (uneven ranges, one of them empty) add in the
+ * owner's order and copy every range to every rank, and a gather puts each rank's part in place on
+ * rank 0; ranks with different configurations are told apart by rank. */
 #include <stdint.h>
 
 #include "dist.h"
@@ -119,7 +121,45 @@ int main(int argc, char **argv) {
         bad += memcmp(&e, &v[k], sizeof e) != 0;
     }
     CHECK(bad == 0, "rank %d: %lld sums differ from the rank-order sum", r, (long long)bad);
-    free(v);
+
+    /* ZeRO-1's layout: rank q owns [b[q], b[q+1]); the last but one range is empty on 3 ranks. Its
+     * elements are ((x_q+1 + x_q+2) + ...) + x_q after the reduce-scatter, on the owner, bit for bit. */
+    int64_t b[4] = {0, 0, 0, 0};
+    b[P] = N;
+    if (P == 2) b[1] = 6001;
+    if (P == 3) b[1] = 2345, b[2] = 2345;
+    for (int64_t k = 0; k < N; k++) v[k] = part(r, k);
+    REQUIRE(saefw_dist_reduce_scatter_f32(v, N, b, err, sizeof err) == 0, "%s", err);
+    int64_t bad_rs = 0, bad_ag = 0;
+    for (int64_t k = b[r]; k < b[r + 1]; k++) {
+        float e = part((r + 1) % P, k);
+        for (int q = 2; q <= P; q++) e += part((r + q) % P, k);
+        bad_rs += memcmp(&e, &v[k], sizeof e) != 0;
+    }
+    CHECK(bad_rs == 0, "rank %d: %lld reduce-scatter sums differ from the owner-order sum", r, (long long)bad_rs);
+    REQUIRE(saefw_dist_all_gather_f32(v, N, b, err, sizeof err) == 0, "%s", err);
+    for (int64_t k = 0; k < N; k++) {
+        int o = 0;
+        while (k >= b[o + 1]) o++;
+        float e = part((o + 1) % P, k);
+        for (int q = 2; q <= P; q++) e += part((o + q) % P, k);
+        bad_ag += memcmp(&e, &v[k], sizeof e) != 0;
+    }
+    CHECK(bad_ag == 0, "rank %d: %lld elements differ after the all-gather", r, (long long)bad_ag);
+    if (r == 0)
+        printf("reduce-scatter + all-gather over %d uneven range(s): %lld + %lld differing\n", P, (long long)bad_rs,
+               (long long)bad_ag);
+    /* Rank 0 gathers each rank's range of k * 0.5 (an empty part included). */
+    float *full = malloc(sizeof(float) * N);
+    REQUIRE(full, "out of memory");
+    for (int64_t k = b[r]; k < b[r + 1]; k++) v[k] = (float)k * 0.5f;
+    REQUIRE(saefw_dist_gather_f32(v + b[r], b[r], b[r + 1] - b[r], full, N, err, sizeof err) == 0, "%s", err);
+    if (r == 0) {
+        int64_t bad_g = 0;
+        for (int64_t k = 0; k < N; k++) bad_g += full[k] != (float)k * 0.5f;
+        CHECK(bad_g == 0, "gather: %lld elements out of place", (long long)bad_g);
+    }
+    free(full);
 
     int64_t m[2] = {r, -r};
     REQUIRE(saefw_dist_max_i64(m, 2, err, sizeof err) == 0, "%s", err);
@@ -141,6 +181,7 @@ int main(int argc, char **argv) {
         CHECK(rc == 0, "one rank has nothing to differ from");
     }
 
+    free(v);
     saefw_dist_finalize();
     return t_finish("test_dist");
 }

@@ -1,7 +1,7 @@
 /* adam: the optimizer of the seed recipe, computing exactly what torch.optim.Adam computes
  * (single-tensor path: float32 moments, bias correction in double, eps added after the sqrt). Its
  * learning rate is the engine's (host->learning_rate), which starts at the "lr" option, so a
- * schedule plugin can move it. */
+ * schedule plugin can move it. Elementwise, so it runs on ZeRO-1 slices (zero_slices). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* madvise */
 #endif
@@ -51,7 +51,7 @@ static float *alloc_moment(int64_t n) {
         return p;
     }
 #endif
-    return calloc((size_t)n, sizeof(float));
+    return calloc(n > 0 ? (size_t)n : 1, sizeof(float)); /* a ZeRO-1 slice may be empty */
 }
 
 static void adam_destroy(void *self) {
@@ -191,12 +191,18 @@ static int adam_reset(void *self, saefw_run *run, int param, int axis, const int
 static int adam_save(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen) {
     adam *a = self;
     if (a->host->state_put_number(w, "t", (double)a->t, err, errlen) != 0) return -1;
+    /* Through the tensor-slice calls where the engine has them: under zero = 1 they gather the slices. */
+    const int sliced = SAEFW_HOST_HAS(a->host, state_put_f32_param);
     for (int i = 0; i < a->n; i++) {
         char name[32];
         snprintf(name, sizeof name, "m%d", i);
-        if (a->host->state_put_f32(w, name, a->m[i], a->numel[i], err, errlen) != 0) return -1;
+        if ((sliced ? a->host->state_put_f32_param(run, w, name, a->m[i], i, err, errlen)
+                    : a->host->state_put_f32(w, name, a->m[i], a->numel[i], err, errlen)) != 0)
+            return -1;
         snprintf(name, sizeof name, "v%d", i);
-        if (a->host->state_put_f32(w, name, a->v[i], a->numel[i], err, errlen) != 0) return -1;
+        if ((sliced ? a->host->state_put_f32_param(run, w, name, a->v[i], i, err, errlen)
+                    : a->host->state_put_f32(w, name, a->v[i], a->numel[i], err, errlen)) != 0)
+            return -1;
     }
     return 0;
 }
@@ -206,12 +212,17 @@ static int adam_load(void *self, saefw_run *run, saefw_state_reader *r, char *er
     double t = 0;
     if (a->host->state_get_number(r, "t", &t, err, errlen) != 0) return -1;
     a->t = (int64_t)t;
+    const int sliced = SAEFW_HOST_HAS(a->host, state_get_f32_param);
     for (int i = 0; i < a->n; i++) {
         char name[32];
         snprintf(name, sizeof name, "m%d", i);
-        if (a->host->state_get_f32(r, name, a->m[i], a->numel[i], err, errlen) != 0) return -1;
+        if ((sliced ? a->host->state_get_f32_param(run, r, name, a->m[i], i, err, errlen)
+                    : a->host->state_get_f32(r, name, a->m[i], a->numel[i], err, errlen)) != 0)
+            return -1;
         snprintf(name, sizeof name, "v%d", i);
-        if (a->host->state_get_f32(r, name, a->v[i], a->numel[i], err, errlen) != 0) return -1;
+        if ((sliced ? a->host->state_get_f32_param(run, r, name, a->v[i], i, err, errlen)
+                    : a->host->state_get_f32(r, name, a->v[i], a->numel[i], err, errlen)) != 0)
+            return -1;
     }
     return 0;
 }
@@ -230,6 +241,7 @@ static const saefw_plugin PLUGIN = {
     .reset_state = adam_reset,
     .save_state = adam_save,
     .load_state = adam_load,
+    .zero_slices = 1,
 };
 
 const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }

@@ -179,6 +179,10 @@ typedef struct saefw_host {
     /* Appended in ABI 2.2. */
     const char *(*sae_arch)(saefw_run *run);
     int (*reset_latents)(saefw_run *run, const int64_t *idx, int64_t n, char *err, size_t errlen);
+    int (*state_put_f32_param)(saefw_run *run, saefw_state_writer *w, const char *name, const float *data,
+                               int param_index, char *err, size_t errlen);
+    int (*state_get_f32_param)(saefw_run *run, saefw_state_reader *r, const char *name, float *data,
+                               int param_index, char *err, size_t errlen);
 
     /* Appended in the imagined 2.3. */
     int (*future_call)(saefw_run *run, char *err, size_t errlen);
@@ -235,6 +239,9 @@ typedef struct saefw_plugin {
 
     /* Appended in ABI 2.1. */
     saefw_callback before_step;
+
+    /* Appended in ABI 2.2. */
+    int zero_slices;
 
     /* Appended in the imagined 2.3: a callback the 2.2 engine does not know. */
     saefw_callback before_forward;

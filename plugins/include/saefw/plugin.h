@@ -193,6 +193,16 @@ typedef struct saefw_host {
      * AuxK's steps since the latent fired (topk, batchtopk) to 0. W_enc, W_dec, the encoder bias
      * (b_enc; gated: b_gate) and the optimizer's state are left to the caller. */
     int (*reset_latents)(saefw_run *run, const int64_t *idx, int64_t n, char *err, size_t errlen);
+    /* Appended in ABI 2.2. An optimizer's state laid out like tensor param_index as param_get gives it
+     * to the optimizer (under zero = 1, ZeRO-1, this rank's slice of the tensor's rows: param_get's
+     * shape[0] and numel are the slice's). put saves the whole tensor's entry: under zero = 1 it is a
+     * collective in which rank 0 gathers every rank's slice, so the checkpoint is the one a single
+     * rank writes and resumes on any setting; get reads this rank's slice of the whole entry. Without
+     * zero = 1 they are state_put_f32 / state_get_f32 of numel values. */
+    int (*state_put_f32_param)(saefw_run *run, saefw_state_writer *w, const char *name, const float *data,
+                               int param_index, char *err, size_t errlen);
+    int (*state_get_f32_param)(saefw_run *run, saefw_state_reader *r, const char *name, float *data,
+                               int param_index, char *err, size_t errlen);
 } saefw_host;
 
 /* Whether this engine's host table has `field` (set and inside its struct_size). Check it before
@@ -249,6 +259,13 @@ typedef struct saefw_plugin {
     /* Hook: every step, first, before its batch and forward pass (host->step is the step about to
      * run). A loss coefficient set here acts on this step's loss; a schedule sets its values here. */
     saefw_callback before_step;
+
+    /* Appended in ABI 2.2. Optimizer: 1 when its update and state are elementwise (an element's new
+     * value depends only on that element's weight, gradient and state), so that under zero = 1 it can
+     * run on this rank's slice of each tensor's rows: inside its callbacks param_get gives the slice,
+     * reset_state gets indices within it, and it saves its state with state_put_f32_param. The engine
+     * refuses zero = 1 for an optimizer without it. */
+    int zero_slices;
 } saefw_plugin;
 
 #if defined(__GNUC__)
