@@ -354,11 +354,14 @@ static int host_reset_latents(saefw_run *run, const int64_t *idx, int64_t n, cha
         if (sae->since_fired) sae->since_fired[j] = 0;
     }
     return 0;
+}
+
 static int host_put_f32_param(saefw_run *run, saefw_state_writer *w, const char *name, const float *data, int i,
                               char *err, size_t errlen) {
     if (i < 0 || i >= run->sae->n_params) return saefw_errf(err, errlen, "state_put_f32_param: no tensor %d", i);
     return saefw_train_zero_put(run, (saefw_state_out *)w, name, data, i, err, errlen);
 }
+
 static int host_get_f32_param(saefw_run *run, saefw_state_reader *r, const char *name, float *data, int i, char *err,
                               size_t errlen) {
     if (i < 0 || i >= run->sae->n_params) return saefw_errf(err, errlen, "state_get_f32_param: no tensor %d", i);
