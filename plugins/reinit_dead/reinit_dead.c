@@ -1,6 +1,7 @@
 /* reinit_dead: the seed recipe's resampler. Every `every` steps it measures feature frequencies over
- * `batches` evaluation batches and gives each feature rarer than `threshold` a fresh kaiming-uniform
- * encoder column and decoder row and a zero encoder bias, leaving the optimizer state alone. */
+ * `batches` evaluation batches (or, with `from_steps`, over the training batches since its last
+ * check) and gives each feature rarer than `threshold` a fresh kaiming-uniform encoder column and
+ * decoder row and a zero encoder bias, leaving the optimizer state alone. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,9 @@ static const saefw_option OPTIONS[] = {
     {"threshold", SAEFW_OPT_NUMBER, 3.1622776601683795e-06, NULL,
      "features firing on a smaller fraction of tokens are re-initialised (the seed: 10^-5.5)"},
     {"batches", SAEFW_OPT_INTEGER, 50, NULL, "evaluation batches for the frequency estimate (the seed: 50)"},
+    {"from_steps", SAEFW_OPT_BOOL, 0, NULL,
+     "count the frequencies over the training batches since the last check (as SAELens), not over "
+     "`batches` fresh batches run through the SAE again (the seed)"},
     {NULL, 0, 0, NULL, NULL},
 };
 
@@ -21,12 +25,18 @@ typedef struct {
     int64_t every, batches;
     double threshold;
     float *freq; /* [d_sae] */
+    /* from_steps: firings per feature [d_sae] and rows since the last check (a double: a sum across
+     * ranks, exact below 2^53). */
+    int from_steps;
+    int64_t *count;
+    double rows;
 } reinit;
 
 static void reinit_destroy(void *self) {
     reinit *r = self;
     if (!r) return;
     free(r->freq);
+    free(r->count);
     free(r);
 }
 
@@ -46,8 +56,10 @@ static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opt
     r->every = (int64_t)every;
     r->batches = (int64_t)batches;
     r->threshold = threshold;
+    r->from_steps = host->opt_number(opts, "from_steps") != 0;
     r->freq = malloc(sizeof(float) * (size_t)host->d_sae(run));
-    if (!r->freq)
+    if (r->freq && r->from_steps) r->count = calloc((size_t)host->d_sae(run), sizeof(int64_t));
+    if (!r->freq || (r->from_steps && !r->count))
         return reinit_destroy(r),
                saefw_fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
     *self = r;
@@ -59,16 +71,40 @@ static float kaiming(const saefw_host *host, saefw_run *run, double bound) {
     return (float)((2.0 * host->rng_uniform(run) - 1.0) * bound);
 }
 
+/* from_steps: this step's firings and rows, added to the window's (the counts are already the global
+ * batch's; the rows are summed across ranks). */
+static int count_step(reinit *r, saefw_run *run, char *err, size_t errlen) {
+    const saefw_host *h = r->host;
+    int64_t rows = 0;
+    const int64_t *c = h->batch_feature_counts(run);
+    if (!c || !h->batch_inputs(run, &rows))
+        return saefw_fail(err, errlen, "from_steps: the batch's counts are missing");
+    double n = (double)rows;
+    if (SAEFW_HOST_HAS(h, ranks) && h->ranks(run) > 1 && h->all_reduce_sum(run, &n, 1, err, errlen) != 0) return -1;
+    const int64_t d_sae = h->d_sae(run);
+    for (int64_t j = 0; j < d_sae; j++) r->count[j] += c[j];
+    r->rows += n;
+    return 0;
+}
+
 static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     reinit *r = self;
     const saefw_host *h = r->host;
+    if (r->from_steps && count_step(r, run, err, errlen) != 0) return -1;
     if ((h->step(run) + 1) % r->every != 0) return 0;
     saefw_param we = SAEFW_PARAM_INIT, wd = SAEFW_PARAM_INIT, be = SAEFW_PARAM_INIT;
     if (h->param_find(run, "W_enc", &we, NULL) != 0 || h->param_find(run, "W_dec", &wd, NULL) != 0 ||
         h->param_find(run, "b_enc", &be, NULL) != 0)
         return saefw_fail(err, errlen, "the SAE lacks W_enc, W_dec or b_enc");
     const int64_t d_in = we.shape[0], d_sae = we.shape[1];
-    if (h->feature_frequencies(run, r->batches, r->freq, err, errlen) != 0) return -1;
+    if (r->from_steps) {
+        /* As the engine's estimate: the count over the rows in double, then to float. */
+        for (int64_t j = 0; j < d_sae; j++) r->freq[j] = r->rows > 0 ? (float)((double)r->count[j] / r->rows) : 0.0f;
+        memset(r->count, 0, sizeof(int64_t) * (size_t)d_sae);
+        r->rows = 0;
+    } else if (h->feature_frequencies(run, r->batches, r->freq, err, errlen) != 0) {
+        return -1;
+    }
     /* Bounds of kaiming_uniform_ on the full tensors: sqrt(6 / size(1)). */
     const double bound_enc = sqrt(6.0 / (double)d_sae), bound_dec = sqrt(6.0 / (double)d_in);
     int64_t count = 0;
@@ -82,11 +118,32 @@ static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errle
         count++;
     }
     h->metric(run, "reinit_count", (double)count);
-    char msg[160];
-    snprintf(msg, sizeof msg, "step %lld: re-initialised %lld of %lld features (frequency < %g over %lld batches)",
-             (long long)h->step(run), (long long)count, (long long)d_sae, r->threshold, (long long)r->batches);
+    char msg[200];
+    if (r->from_steps)
+        snprintf(msg, sizeof msg,
+                 "step %lld: re-initialised %lld of %lld features (frequency < %g over the training rows since the "
+                 "last check)",
+                 (long long)h->step(run), (long long)count, (long long)d_sae, r->threshold);
+    else
+        snprintf(msg, sizeof msg, "step %lld: re-initialised %lld of %lld features (frequency < %g over %lld batches)",
+                 (long long)h->step(run), (long long)count, (long long)d_sae, r->threshold, (long long)r->batches);
     h->log(run, SAEFW_LOG_INFO, msg);
     return 0;
+}
+
+/* from_steps: the window's counts so far, so that a resumed run re-initialises the same features. */
+static int reinit_save(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen) {
+    reinit *r = self;
+    if (!r->from_steps) return 0;
+    if (r->host->state_put_i64(w, "count", r->count, r->host->d_sae(run), err, errlen) != 0) return -1;
+    return r->host->state_put_number(w, "rows", r->rows, err, errlen);
+}
+
+static int reinit_load(void *self, saefw_run *run, saefw_state_reader *rd, char *err, size_t errlen) {
+    reinit *r = self;
+    if (!r->from_steps) return 0;
+    if (r->host->state_get_i64(rd, "count", r->count, r->host->d_sae(run), err, errlen) != 0) return -1;
+    return r->host->state_get_number(rd, "rows", &r->rows, err, errlen);
 }
 
 static const saefw_plugin PLUGIN = {
@@ -95,12 +152,14 @@ static const saefw_plugin PLUGIN = {
     .name = "reinit_dead",
     .description = "the seed's re-init: kaiming-uniform weights for features rarer than a threshold",
     .kind = SAEFW_KIND_RESAMPLER,
-    .stateless = 1, /* its randomness is the engine's generator, which the engine saves */
+    .stateless = 1, /* its randomness is the engine's generator, which the engine saves; from_steps saves its counts */
     .options = OPTIONS,
     .option_size = sizeof(saefw_option),
     .create = reinit_create,
     .destroy = reinit_destroy,
     .after_step = reinit_after_step,
+    .save_state = reinit_save,
+    .load_state = reinit_load,
 };
 
 const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }
