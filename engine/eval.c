@@ -51,9 +51,16 @@ int saefw_eval_freq_mode_parse(const char *name, saefw_eval_freq_mode *out) {
 static int recons_draw_rows(saefw_recons_evaluator *e, char *err, size_t errlen) {
     const int64_t n = e->batches * e->model_batch, T = saefw_tokens_seq_len(e->tokens);
     if (!(e->rows = saefw_malloc(sizeof(int32_t) * (size_t)(n * T), err, errlen))) return -1;
-    const int64_t rows = saefw_tokens_rows(e->tokens);
-    if (saefw_tokens_first_pass(e->tokens, rows - n, e->rows, n, saefw_model_config(e->model)->d_vocab, err, errlen) !=
-        0) {
+    const int64_t rows = saefw_tokens_rows(e->tokens), mb = e->model_batch;
+    /* A batch at a time, so that a signal stops a large set's draw (seconds at 10000 batches). */
+    int rc = 0;
+    for (int64_t b = 0; rc == 0 && b < e->batches; b++) {
+        if (saefw_stop_requested()) rc = saefw_stop_errf(err, errlen, "reconstruction score's held-out rows");
+        else
+            rc = saefw_tokens_first_pass(e->tokens, rows - n + b * mb, e->rows + b * mb * T, mb,
+                                         saefw_model_config(e->model)->d_vocab, err, errlen);
+    }
+    if (rc != 0) {
         free(e->rows);
         e->rows = NULL;
         return -1;

@@ -126,6 +126,7 @@ static saefw_evaluator *freq_evaluator(const saefw_run *run) {
     return NULL;
 }
 
+/* The eval line's dead and rare fractions from run->freq, wherever it was counted. */
 static void freq_metrics(const saefw_run *run, saefw_metrics *m) {
     const float *freq = run->freq;
     const int64_t d_sae = run->sae->d_sae;
@@ -141,6 +142,7 @@ static void freq_metrics(const saefw_run *run, saefw_metrics *m) {
     m->frac_below_1e5 = (double)b5 / (double)d_sae;
 }
 
+/* The seed's frequencies: freq_batches batches of evaluation rows through the SAE. */
 static int sample_frequencies(saefw_run *run, char *err, size_t errlen) {
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
     const int64_t cap = saefw_sae_step_cap(run->work), rows = nb * saefw_eval_batch_rows(run->eval_src, cap);
