@@ -8,9 +8,11 @@
  * sgemm rate at each of the forward's product shapes (on 1 and 2 threads, and as the engine's fixed grid
  * of single-threaded calls), the forward's FLOPs per token, and the tokens/s that the products alone
  * would allow at the best of those rates.
- *   build/bin/bench_model [--reps N] [--forward-only | --forwards] [--no-bound] [--rss]
+ *   build/bin/bench_model [--reps N] [--forward-only | --forwards | --refill] [--no-bound] [--rss]
  * (figures printed, nothing asserted; --forward-only: the forward to hook_post alone, --forwards: both
- * forwards, no training run; --no-bound: without the sgemm measurements) */
+ * forwards, no training run; --refill: a buffer fill of one seed model batch against the same tokens'
+ * plain forwards, and its other parts, side by side in CPU time; --no-bound: without the sgemm
+ * measurements) */
 #include <cblas.h>
 #include <malloc.h>
 #include <math.h>
@@ -94,6 +96,69 @@ static double cpu_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Where a buffer fill's time goes beyond the forward (issue 19.2): a bf16 buffer of 16 seed batches
+ * filled by the model source (one model batch of 512 sequences, forwarded 32 at a time), against the
+ * plain forwards of as many sequences in the same loop, the bf16 conversion and scattered writes of
+ * those rows, and the shuffle of the seed's buffer order, each in CPU time (least of reps). */
+static void refill_parts(saefw_model *m, saefw_tokens *tok, saefw_hook hook, saefw_model_work *w, int reps) {
+    char err[1024];
+    const int64_t T = 128, B = 32, seqs = 512, rows = seqs * T, d = D_MLP;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(B * T));
+    float *acts = malloc(sizeof(float) * (size_t)(B * T * d));
+    uint16_t *dst = malloc(sizeof(uint16_t) * (size_t)(rows * d));
+    int64_t *perm = malloc(sizeof(int64_t) * (size_t)(4096 * 384));
+    if (!ids || !acts || !dst || !perm) die("allocation", "out of memory");
+    for (int64_t i = 0; i < 4096 * 384; i++) perm[i] = i;
+    double c_fill = 1e30, c_fwd = 1e30, c_conv = 1e30, c_shuf = 1e30, w_fill = 1e30, w_fwd = 1e30;
+    saefw_rng rng;
+    saefw_rng_seed(&rng, 1);
+    for (int r = 0; r < reps; r++) {
+        saefw_model_source_opts so = {m, tok, hook, seqs, 1};
+        saefw_source *src = NULL;
+        saefw_buffer buf;
+        if (saefw_source_model(&so, &src, err, sizeof err) != 0) die("source", err);
+        double t0 = saefw_now(), c0 = cpu_now();
+        if (saefw_buffer_init(&buf, src, rows, 4096, SAEFW_BUF_BF16, 1, err, sizeof err) != 0) die("buffer", err);
+        double t1 = saefw_now(), c1 = cpu_now();
+        c_fill = c1 - c0 < c_fill ? c1 - c0 : c_fill;
+        w_fill = t1 - t0 < w_fill ? t1 - t0 : w_fill;
+        saefw_buffer_free(&buf);
+        saefw_source_free(src);
+        t0 = saefw_now(), c0 = cpu_now();
+        for (int64_t s = 0; s < seqs; s += B) {
+            if (saefw_tokens_next(tok, ids, B, D_VOCAB, err, sizeof err) != 0) die("tokens", err);
+            saefw_forward_opts fo = {.capture = &hook, .capture_out = acts, .stop_after_capture = 1};
+            if (saefw_model_forward(m, w, ids, B, T, &fo, err, sizeof err) != 0) die("forward", err);
+        }
+        t1 = saefw_now(), c1 = cpu_now();
+        c_fwd = c1 - c0 < c_fwd ? c1 - c0 : c_fwd;
+        w_fwd = t1 - t0 < w_fwd ? t1 - t0 : w_fwd;
+        c0 = cpu_now();
+        for (int64_t k = 0; k < rows; k++) {
+            const float *x = acts + (k % (B * T)) * d;
+            uint16_t *o = dst + ((k * 7919) % rows) * d;
+            for (int64_t i = 0; i < d; i++) o[i] = saefw_f32_to_bf16(x[i]);
+        }
+        c1 = cpu_now();
+        c_conv = c1 - c0 < c_conv ? c1 - c0 : c_conv;
+        c0 = cpu_now();
+        saefw_rng_shuffle(&rng, perm, 4096 * 384);
+        c1 = cpu_now();
+        c_shuf = c1 - c0 < c_shuf ? c1 - c0 : c_shuf;
+    }
+    printf("  buffer fill of %lld rows (bf16): wall %.3f s, CPU %.3f s = %.1f us per token; plain forwards of as many "
+           "sequences: wall %.3f s, CPU %.3f s = %.1f us per token (fill / forwards: wall %.2f, CPU %.2f)\n",
+           (long long)rows, w_fill, c_fill, 1e6 * c_fill / (double)rows, w_fwd, c_fwd, 1e6 * c_fwd / (double)rows,
+           w_fill / w_fwd, c_fill / c_fwd);
+    printf("  of which, measured alone: bf16 conversion and scattered row writes %.3f s CPU (%.1f us per token); "
+           "shuffling the seed's buffer order (1572864 rows, once per refill of 786432) %.3f s CPU\n",
+           c_conv, 1e6 * c_conv / (double)rows, c_shuf);
+    free(perm);
+    free(dst);
+    free(acts);
+    free(ids);
 }
 
 /* One product of the forward: C [M, N] = A [M, K] @ B [K, N], `count` times per chunk of M rows. */
@@ -341,15 +406,17 @@ static void training_run(saefw_model *m, saefw_tokens *tok, saefw_hook hook, int
 int main(int argc, char **argv) {
     mallopt(M_MMAP_THRESHOLD, 1 << 20); /* as the saefw command does */
     setvbuf(stdout, NULL, _IOLBF, 0);   /* each figure as soon as it is measured, also through a pipe */
-    int rss = 0, reps = 3, forward_only = 0, forwards = 0, no_bound = 0;
+    int rss = 0, reps = 3, forward_only = 0, forwards = 0, no_bound = 0, refill = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rss")) rss = 1;
         else if (!strcmp(argv[i], "--forward-only")) forward_only = 1;
         else if (!strcmp(argv[i], "--forwards")) forwards = 1;
+        else if (!strcmp(argv[i], "--refill")) refill = 1;
         else if (!strcmp(argv[i], "--no-bound")) no_bound = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc && atoi(argv[i + 1]) > 0) reps = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_model [--reps N] [--forward-only | --forwards] [--no-bound] [--rss]\n");
+            fprintf(stderr,
+                    "usage: bench_model [--reps N] [--forward-only | --forwards | --refill] [--no-bound] [--rss]\n");
             return 2;
         }
     }
@@ -379,6 +446,10 @@ int main(int argc, char **argv) {
     if (saefw_tokens_next(tok, ids, B, D_VOCAB, err, sizeof err) != 0) die("tokens", err);
     saefw_hook hook = {SAEFW_HOOK_MLP_POST, 0};
 
+    if (refill) {
+        refill_parts(m, tok, hook, w, reps);
+        goto cleanup;
+    }
     /* Wall time (best of reps) and, beside it, the process's CPU time (least of reps, all threads):
      * on a shared host the wall time also counts other programs' turns, the CPU time does not. */
     double best_stop = 1e30, best_full = 1e30, cpu_stop = 1e30, cpu_full = 1e30, loss = 0;

@@ -10,6 +10,9 @@
  * part is projected by what it scales with (tokens forwarded, rows through the SAE, bytes written).
  *   build/bin/bench_run [--steps N] [--buffer_batches B] [--eval_every E] [--checkpoint_every C]
  *                       [--reinit_every R] [--eval_seqs S] [--recons_eval fixed|fresh] [--l0 L]
+ *                       [--eval_freq auto|recons|separate] [--reinit_from_steps]
+ * (--eval_freq separate --reinit_from_steps off is the seed's way of counting frequencies; the
+ * default counts them in the fixed set's reconstruction pass, issue 19.2)
  * Run on demand, never by ctest; figures printed, nothing asserted. */
 #include <dirent.h>
 #include <malloc.h>
@@ -94,6 +97,8 @@ int main(int argc, char **argv) {
     long steps = 13, buffer_batches = 16, eval_every = 6, ckpt_every = 7, reinit_every = 10, eval_seqs = 32;
     double l0 = 128;
     saefw_recons_mode mode = SAEFW_RECONS_FIXED;
+    saefw_eval_freq_mode freq_mode = SAEFW_EVAL_FREQ_AUTO;
+    int from_steps = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--steps")) steps = arg_long(argc, argv, &i);
         else if (!strcmp(argv[i], "--buffer_batches")) buffer_batches = arg_long(argc, argv, &i);
@@ -104,10 +109,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--l0")) l0 = (double)arg_long(argc, argv, &i);
         else if (!strcmp(argv[i], "--recons_eval") && i + 1 < argc && saefw_recons_mode_parse(argv[i + 1], &mode) == 0)
             i++;
+        else if (!strcmp(argv[i], "--eval_freq") && i + 1 < argc &&
+                 saefw_eval_freq_mode_parse(argv[i + 1], &freq_mode) == 0)
+            i++;
+        else if (!strcmp(argv[i], "--reinit_from_steps")) from_steps = 1;
         else {
             fprintf(stderr,
                     "usage: bench_run [--steps N] [--buffer_batches B] [--eval_every E] [--checkpoint_every C]\n"
-                    "                 [--reinit_every R] [--eval_seqs S] [--recons_eval fixed|fresh] [--l0 L]\n");
+                    "                 [--reinit_every R] [--eval_seqs S] [--recons_eval fixed|fresh] [--l0 L]\n"
+                    "                 [--eval_freq auto|recons|separate] [--reinit_from_steps]\n");
             return 2;
         }
     }
@@ -174,11 +184,13 @@ int main(int argc, char **argv) {
         saefw_plugin_load("reinit_dead", saefw_host_table(), &reinit, err, sizeof err) != 0 ||
         saefw_opts_new(reinit, &ropts, err, sizeof err) != 0 ||
         saefw_opts_set_number(ropts, reinit, "every", (double)reinit_every, err, sizeof err) != 0 ||
-        saefw_opts_set_number(ropts, reinit, "batches", 5, err, sizeof err) != 0)
+        saefw_opts_set_number(ropts, reinit, "batches", 5, err, sizeof err) != 0 ||
+        saefw_opts_set_bool(ropts, reinit, "from_steps", from_steps, err, sizeof err) != 0)
         die("plugins", err);
     saefw_plugin_use plugins[1] = {{reinit, ropts, NULL}};
     saefw_recons_evaluator rev;
     saefw_recons_evaluator_init(&rev, m, tok, hook, (int64_t)SEED_EVAL_BATCHES, eval_seqs, mode, SAEFW_DEFAULT_SEED);
+    saefw_recons_evaluator_set_freq(&rev, freq_mode);
     saefw_evaluator *evs[1] = {&rev.ev};
     eval_log el = {0};
     saefw_train_opts o = {0};
@@ -203,9 +215,11 @@ int main(int argc, char **argv) {
     o.event_ud = &el;
     printf("bench_run: gelu-1l's shape (random weights), SAE %d -> %d, batch %d, L0 about %.0f, %d threads; buffer "
            "%ld batches (bf16), %ld steps, eval every %ld (5 batches of %ld sequences, recons_eval %s), checkpoint "
-           "every %ld, reinit_dead every %ld (5 batches)\n",
+           "every %ld, reinit_dead every %ld (%s); frequencies %s\n",
            BENCH_D_MLP, 8 * BENCH_D_MLP, SEED_BATCH, l0, saefw_threads(), buffer_batches, steps, eval_every, eval_seqs,
-           mode == SAEFW_RECONS_FIXED ? "fixed" : "fresh", ckpt_every, reinit_every);
+           mode == SAEFW_RECONS_FIXED ? "fixed" : "fresh", ckpt_every, reinit_every,
+           from_steps ? "from the training steps" : "5 batches",
+           rev.count_freq ? "counted in the reconstruction score's pass" : "from their own batches");
     saefw_train_result res;
     if (saefw_train(&o, &res, err, sizeof err) != 0) die("train", err);
     const saefw_time_split *t = &res.last.time;
@@ -252,7 +266,10 @@ int main(int argc, char **argv) {
         {"checkpoints", t->checkpoint, t->checkpoint / (double)n_ckpt, ckpt_bytes > 0 ? t->checkpoint / ckpt_bytes : 0,
          "byte", 0},
         {"plugins (reinit_dead)", t->plugins, n_reinit > 0 ? t->plugins / (double)n_reinit : t->plugins,
-         n_reinit > 0 ? t->plugins / (double)n_reinit / (5.0 * (double)eval_seqs * SEQ) : 0, "row", 0},
+         from_steps     ? t->plugins / (double)steps
+         : n_reinit > 0 ? t->plugins / (double)n_reinit / (5.0 * (double)eval_seqs * SEQ)
+                        : 0,
+         from_steps ? "step" : "row", 0},
         {"logging", t->logging, t->logging / (double)steps, t->logging / (double)steps, "step", 0},
     };
     const int n_parts = (int)(sizeof p / sizeof *p);
@@ -264,7 +281,9 @@ int main(int argc, char **argv) {
     p[4].seed = p[4].per_unit * seed_eval_tokens * (seed_evals - (fixed ? 1 : 0));
     p[5].seed = fixed ? p[5].per_unit * seed_eval_tokens : 0;
     p[6].seed = p[6].per_unit * (seed_30k * seed_state_bytes + 2 * param_bytes);
-    p[7].seed = p[7].per_unit * seed_30k * SEED_REINIT_BATCHES * SEED_MODEL_SEQS * SEQ;
+    /* from_steps: a count every step (the re-init itself is a few column writes). */
+    p[7].seed = from_steps ? p[7].per_unit * seed_steps
+                           : p[7].per_unit * seed_30k * SEED_REINIT_BATCHES * SEED_MODEL_SEQS * SEQ;
     p[8].seed = p[8].per_unit * seed_steps;
     printf("  counted here: %ld steps, %.0f tokens forwarded for the buffer (%lld refills after the first fill), %lld "
            "evaluations of %.0f tokens, %lld checkpoints (%.2f GB), %lld reinit_dead passes\n",

@@ -39,13 +39,28 @@ int saefw_recons_mode_parse(const char *name, saefw_recons_mode *out) {
     return 0;
 }
 
+int saefw_eval_freq_mode_parse(const char *name, saefw_eval_freq_mode *out) {
+    if (!strcmp(name, "auto")) *out = SAEFW_EVAL_FREQ_AUTO;
+    else if (!strcmp(name, "recons")) *out = SAEFW_EVAL_FREQ_RECONS;
+    else if (!strcmp(name, "separate")) *out = SAEFW_EVAL_FREQ_SEPARATE;
+    else return -1;
+    return 0;
+}
+
 /* The held-out rows: the end of the training stream's first pass, which the stream reaches last. */
 static int recons_draw_rows(saefw_recons_evaluator *e, char *err, size_t errlen) {
     const int64_t n = e->batches * e->model_batch, T = saefw_tokens_seq_len(e->tokens);
     if (!(e->rows = saefw_malloc(sizeof(int32_t) * (size_t)(n * T), err, errlen))) return -1;
-    const int64_t rows = saefw_tokens_rows(e->tokens);
-    if (saefw_tokens_first_pass(e->tokens, rows - n, e->rows, n, saefw_model_config(e->model)->d_vocab, err, errlen) !=
-        0) {
+    const int64_t rows = saefw_tokens_rows(e->tokens), mb = e->model_batch;
+    /* A batch at a time, so that a signal stops a large set's draw (seconds at 10000 batches). */
+    int rc = 0;
+    for (int64_t b = 0; rc == 0 && b < e->batches; b++) {
+        if (saefw_stop_requested()) rc = saefw_stop_errf(err, errlen, "reconstruction score's held-out rows");
+        else
+            rc = saefw_tokens_first_pass(e->tokens, rows - n + b * mb, e->rows + b * mb * T, mb,
+                                         saefw_model_config(e->model)->d_vocab, err, errlen);
+    }
+    if (rc != 0) {
         free(e->rows);
         e->rows = NULL;
         return -1;
@@ -72,16 +87,36 @@ static void recons_check_overlap(saefw_recons_evaluator *e, saefw_run *run) {
     e->warned = 1;
 }
 
+/* The score with the feature counts of its forward with the SAE (count_freq). */
+static int recons_counting(saefw_recons_evaluator *e, const saefw_sae *sae, int with_base, char *err, size_t errlen) {
+    if (e->freq_count && e->freq_d_sae != sae->d_sae) {
+        free(e->freq_count);
+        e->freq_count = NULL;
+    }
+    if (!e->freq_count && !(e->freq_count = saefw_malloc(sizeof(int64_t) * (size_t)sae->d_sae, err, errlen))) return -1;
+    e->freq_d_sae = sae->d_sae;
+    memset(e->freq_count, 0, sizeof(int64_t) * (size_t)sae->d_sae);
+    e->freq_rows = 0;
+    return saefw_recons_score_counting(e->model, e->tokens, e->transcoder ? &e->hook_in : NULL, e->hook, sae, e->rows,
+                                       e->batches, e->model_batch, &e->rng, with_base, e->freq_count, &e->freq_rows,
+                                       &e->last, err, errlen);
+}
+
 static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae *sae, saefw_metrics *m, char *err,
                            size_t errlen) {
     (void)m;
     saefw_recons_evaluator *e = (saefw_recons_evaluator *)ev;
-    if (e->transcoder) {
+    e->freq_rows = 0;
+    if (e->count_freq && e->mode == SAEFW_RECONS_FRESH && !e->transcoder) {
+        if (recons_counting(e, sae, 1, err, errlen) != 0) return -1;
+    } else if (e->transcoder) {
         if (e->mode == SAEFW_RECONS_FIXED && !e->rows && recons_draw_rows(e, err, errlen) != 0) return -1;
         if (e->rows) recons_check_overlap(e, run);
         const int with_base = !e->rows || !e->has_base;
-        if (saefw_transcoder_recons_score(e->model, e->tokens, e->hook_in, e->hook, sae, e->rows, e->batches,
-                                          e->model_batch, &e->rng, with_base, &e->last, err, errlen) != 0)
+        if (e->count_freq
+                ? recons_counting(e, sae, with_base, err, errlen) != 0
+                : saefw_transcoder_recons_score(e->model, e->tokens, e->hook_in, e->hook, sae, e->rows, e->batches,
+                                                e->model_batch, &e->rng, with_base, &e->last, err, errlen) != 0)
             return -1;
         if (e->rows && with_base) {
             e->has_base = 1;
@@ -105,8 +140,9 @@ static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae 
         if (!e->rows && recons_draw_rows(e, err, errlen) != 0) return -1;
         recons_check_overlap(e, run);
         const int with_base = !e->has_base;
-        if (saefw_recons_score_fixed(e->model, e->tokens, e->hook, sae, e->rows, e->batches, e->model_batch, with_base,
-                                     &e->last, err, errlen) != 0)
+        if (e->count_freq ? recons_counting(e, sae, with_base, err, errlen) != 0
+                          : saefw_recons_score_fixed(e->model, e->tokens, e->hook, sae, e->rows, e->batches,
+                                                     e->model_batch, with_base, &e->last, err, errlen) != 0)
             return -1;
         if (with_base) {
             e->has_base = 1;
@@ -172,6 +208,22 @@ void saefw_recons_evaluator_free(saefw_recons_evaluator *e) {
     free(e->rows);
     e->rows = NULL;
     e->has_base = 0;
+    free(e->freq_count);
+    e->freq_count = NULL;
+    e->freq_rows = 0;
+}
+
+static int recons_feature_freq(saefw_evaluator *ev, float *freq, int64_t d_sae) {
+    const saefw_recons_evaluator *e = (const saefw_recons_evaluator *)ev;
+    if (!e->count_freq || e->freq_rows <= 0 || !e->freq_count || e->freq_d_sae != d_sae) return 0;
+    /* As saefw_feature_frequencies: the count over the rows, in double, then to float. */
+    for (int64_t j = 0; j < d_sae; j++) freq[j] = (float)((double)e->freq_count[j] / (double)e->freq_rows);
+    return 1;
+}
+
+void saefw_recons_evaluator_set_freq(saefw_recons_evaluator *e, saefw_eval_freq_mode mode) {
+    e->count_freq = mode == SAEFW_EVAL_FREQ_RECONS || (mode == SAEFW_EVAL_FREQ_AUTO && e->mode == SAEFW_RECONS_FIXED);
+    e->ev.feature_freq = e->count_freq ? recons_feature_freq : NULL;
 }
 
 static int mmcs_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae *sae, saefw_metrics *m, char *err,

@@ -29,6 +29,10 @@ struct saefw_evaluator {
      * state. load_state must accept a state without its entries (written before it had any). */
     int (*save_state)(saefw_evaluator *ev, saefw_state_out *st, char *err, size_t errlen);
     int (*load_state)(saefw_evaluator *ev, saefw_state_in *st, char *err, size_t errlen);
+    /* Optional (NULL: none): the feature frequencies [d_sae] over the rows its own SAE pass ran on at
+     * this eval. When it returns 1, the loop takes them instead of drawing rows of its own for the
+     * frequencies, and calls the evaluators first; 0: it counted none this time. */
+    int (*feature_freq)(saefw_evaluator *ev, float *freq, int64_t d_sae);
 };
 
 /* Add (or overwrite) a summary score; `label` is how the eval line prints it. -1 when the list is full. */
@@ -50,6 +54,21 @@ typedef enum {
 
 /* "fixed" / "fresh" -> mode; -1 for other names. */
 int saefw_recons_mode_parse(const char *name, saefw_recons_mode *out);
+
+/* Where an evaluation's feature frequencies (dead fraction, the sparsity file) are counted. */
+typedef enum {
+    /* RECONS with the fixed held-out set, SEPARATE with fresh draws (or without a reconstruction score). */
+    SAEFW_EVAL_FREQ_AUTO = 0,
+    /* Over the reconstruction score's rows, from the activations of its forward with the SAE: no SAE
+     * pass of their own (batches x model batch x seq_len rows, the same count as the seed's 5 batches
+     * when recons_batches is 5). */
+    SAEFW_EVAL_FREQ_RECONS,
+    /* The seed's: freq_batches batches of fresh random rows, through the SAE once more. */
+    SAEFW_EVAL_FREQ_SEPARATE,
+} saefw_eval_freq_mode;
+
+/* "auto" / "recons" / "separate" -> mode; -1 for other names. */
+int saefw_eval_freq_mode_parse(const char *name, saefw_eval_freq_mode *out);
 
 /* The seed's reconstruction score (saefw_recons_score, or saefw_recons_score_fixed) on `batches`
  * batches of `model_batch` sequences, recorded as the extra metrics recons_score, loss_clean,
@@ -78,12 +97,18 @@ typedef struct saefw_recons_evaluator_s {
      * held-out rows and their clean and zero-ablated losses, they are copied instead of computed: the
      * same rows and the same figures, one model pass for every SAE. NULL: none. Borrowed. */
     const struct saefw_recons_evaluator_s *base_from;
+    /* Set after init: count the feature frequencies in the forward with the SAE (ev.feature_freq). */
+    int count_freq;
+    int64_t *freq_count; /* [d_sae] of the latest eval, NULL until one counted */
+    int64_t freq_rows, freq_d_sae;
 } saefw_recons_evaluator;
 
 void saefw_recons_evaluator_init(saefw_recons_evaluator *e, const saefw_model *model, const saefw_tokens *tokens,
                                  saefw_hook hook, int64_t batches, int64_t model_batch, saefw_recons_mode mode,
                                  uint64_t seed);
 void saefw_recons_evaluator_free(saefw_recons_evaluator *e);
+/* Turn counting on (see count_freq) when `mode` asks for it with this evaluator's recons mode. */
+void saefw_recons_evaluator_set_freq(saefw_recons_evaluator *e, saefw_eval_freq_mode mode);
 
 /* MMCS of the SAE's decoder rows against the true features of a synthetic source, recorded as the
  * summary score "mmcs" (printed "MMCS"). -1 with err when the source has no ground truth. The source

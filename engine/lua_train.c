@@ -237,6 +237,7 @@ static int l_train(lua_State *L) {
                                        "on_end",
                                        "recons_batches",
                                        "recons_eval",
+                                       "eval_freq",
                                        "resume_from",
                                        "resume",
                                        "allow_change",
@@ -270,6 +271,9 @@ static int l_train(lua_State *L) {
     const char *recons_eval = saefw_lua_opt_string(L, 1, fn, "recons_eval", "fixed");
     if (saefw_recons_mode_parse(recons_eval, &c.recons_mode) != 0)
         return saefw_lua_error(L, "%s: recons_eval = '%s' is not one of fixed, fresh", fn, recons_eval);
+    const char *eval_freq = saefw_lua_opt_string(L, 1, fn, "eval_freq", "auto");
+    if (saefw_eval_freq_mode_parse(eval_freq, &c.eval_freq) != 0)
+        return saefw_lua_error(L, "%s: eval_freq = '%s' is not one of auto, recons, separate", fn, eval_freq);
     if (bsrc && bsrc->on_model) {
         lua_getiuservalue(L, -1, 1);
         rm.model = saefw_lua_check_lmodel(L, -1)->m;

@@ -338,6 +338,9 @@ typedef struct {
      * next row the intervention reads (it is called in row order; reset before each forward). */
     const float *x_in;
     int64_t cursor;
+    /* Feature counts of the rows the SAE replaces (NULL: not counted) and how many rows they cover. */
+    int64_t *count;
+    int64_t counted;
 } recon_ud;
 
 /* Replace activations by the SAE's reconstruction (a transcoder's output from its input rows), in pieces
@@ -350,8 +353,11 @@ static int replace_with_sae(void *vud, float *acts, int64_t rows, int64_t width,
         if (saefw_stop_requested()) return saefw_stop_errf(err, errlen, "reconstruction score");
         const float *in = ud->x_in ? ud->x_in + (ud->cursor + r) * ud->sae->d_in : acts + r * width;
         const float *x_hat = saefw_sae_eval_forward_xy(ud->sae, ud->work, in, NULL, k, NULL);
+        /* Counted before x_hat is copied: the pass's activations are what the frequencies are over. */
+        if (ud->count && saefw_sae_eval_count_active(ud->sae, ud->work, ud->count, err, errlen) != 0) return -1;
         memcpy(acts + r * width, x_hat, sizeof(float) * (size_t)(k * width));
     }
+    if (ud->count) ud->counted += rows;
     ud->cursor += rows;
     return 0;
 }
@@ -433,7 +439,8 @@ int saefw_model_loss(const saefw_model *m, const saefw_tokens *tok, const saefw_
  * that site's activations of the same forward and its output replaces hook. */
 static int recons_losses(const saefw_model *m, const saefw_tokens *tok, saefw_hook hook, const saefw_hook *hook_in,
                          const saefw_sae *sae, int64_t n_batches, int64_t model_batch, saefw_rng *rng,
-                         const int32_t *rows, const int *want, double l[3], char *err, size_t errlen) {
+                         const int32_t *rows, const int *want, int64_t *count, int64_t *counted, double l[3], char *err,
+                         size_t errlen) {
     int width = saefw_model_hook_width(m, hook);
     if (width <= 0) return saefw_errf(err, errlen, "reconstruction score: layer %d is out of range", hook.layer);
     if (!hook_in && (sae->transcoder || width != sae->d_in))
@@ -450,7 +457,7 @@ static int recons_losses(const saefw_model *m, const saefw_tokens *tok, saefw_ho
         if (!saefw_hook_before(*hook_in, hook))
             return saefw_errf(err, errlen, "reconstruction score: the input site must come before the target site");
     }
-    recon_ud ud = {sae, NULL, NULL, 0};
+    recon_ud ud = {sae, NULL, NULL, 0, want && !want[1] ? NULL : count, 0};
     const int64_t T = saefw_tokens_seq_len(tok);
     const int64_t chunk = model_batch < SAEFW_FORWARD_CHUNK ? model_batch : SAEFW_FORWARD_CHUNK;
     if ((!want || want[1]) &&
@@ -475,6 +482,7 @@ static int recons_losses(const saefw_model *m, const saefw_tokens *tok, saefw_ho
                           err, errlen);
     free(cap.out);
     saefw_sae_eval_free(ud.work);
+    if (counted) *counted = ud.counted;
     return rc;
 }
 
@@ -489,7 +497,9 @@ int saefw_recons_score(const saefw_model *m, const saefw_tokens *tok, saefw_hook
                        int64_t n_batches, int64_t model_batch, saefw_rng *rng, saefw_recons *out, char *err,
                        size_t errlen) {
     double l[3];
-    if (recons_losses(m, tok, hook, NULL, sae, n_batches, model_batch, rng, NULL, NULL, l, err, errlen) != 0) return -1;
+    if (recons_losses(m, tok, hook, NULL, sae, n_batches, model_batch, rng, NULL, NULL, NULL, NULL, l, err, errlen) !=
+        0)
+        return -1;
     recons_fill(out, l);
     return 0;
 }
@@ -500,7 +510,8 @@ int saefw_recons_score_fixed(const saefw_model *m, const saefw_tokens *tok, saef
     if (!rows) return saefw_errf(err, errlen, "reconstruction score: no fixed rows");
     double l[3] = {out->loss_clean, 0, out->loss_zero};
     const int want[3] = {with_base, 1, with_base};
-    if (recons_losses(m, tok, hook, NULL, sae, n_batches, model_batch, NULL, rows, want, l, err, errlen) != 0)
+    if (recons_losses(m, tok, hook, NULL, sae, n_batches, model_batch, NULL, rows, want, NULL, NULL, l, err, errlen) !=
+        0)
         return -1;
     recons_fill(out, l);
     return 0;
@@ -512,8 +523,23 @@ int saefw_transcoder_recons_score(const saefw_model *m, const saefw_tokens *tok,
                                   size_t errlen) {
     double l[3] = {out->loss_clean, 0, out->loss_zero};
     const int want[3] = {with_base || !rows, 1, with_base || !rows};
-    if (recons_losses(m, tok, hook_out, &hook_in, sae, n_batches, model_batch, rows ? NULL : rng, rows, want, l, err,
-                      errlen) != 0)
+    if (recons_losses(m, tok, hook_out, &hook_in, sae, n_batches, model_batch, rows ? NULL : rng, rows, want, NULL,
+                      NULL, l, err, errlen) != 0)
+        return -1;
+    recons_fill(out, l);
+    return 0;
+}
+
+int saefw_recons_score_counting(const saefw_model *m, const saefw_tokens *tok, const saefw_hook *hook_in,
+                                saefw_hook hook, const saefw_sae *sae, const int32_t *rows, int64_t n_batches,
+                                int64_t model_batch, saefw_rng *rng, int with_base, int64_t *count, int64_t *counted,
+                                saefw_recons *out, char *err, size_t errlen) {
+    if (!rows && !rng) return saefw_errf(err, errlen, "reconstruction score: neither fixed rows nor a generator");
+    double l[3] = {out->loss_clean, 0, out->loss_zero};
+    const int want[3] = {with_base || !rows, 1, with_base || !rows};
+    *counted = 0;
+    if (recons_losses(m, tok, hook, hook_in, sae, n_batches, model_batch, rows ? NULL : rng, rows, want, count, counted,
+                      l, err, errlen) != 0)
         return -1;
     recons_fill(out, l);
     return 0;

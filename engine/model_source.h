@@ -66,6 +66,16 @@ int saefw_transcoder_recons_score(const saefw_model *m, const saefw_tokens *tok,
                                   int64_t model_batch, saefw_rng *rng, int with_base, saefw_recons *out, char *err,
                                   size_t errlen);
 
+/* The score of either kind (hook_in NULL: an SAE at hook; else a transcoder from hook_in to hook) on
+ * fixed rows (rng unused) or, rows NULL, on random batches from rng (the base losses always computed),
+ * that also counts features: adds to count [d_sae] the rows of the forward with the SAE on which each
+ * feature fired (the evaluation pass's own activations, no second SAE pass) and sets *counted to the
+ * rows it counted (n_batches * model_batch * seq_len when it succeeds). count NULL: nothing counted. */
+int saefw_recons_score_counting(const saefw_model *m, const saefw_tokens *tok, const saefw_hook *hook_in,
+                                saefw_hook hook, const saefw_sae *sae, const int32_t *rows, int64_t n_batches,
+                                int64_t model_batch, saefw_rng *rng, int with_base, int64_t *count, int64_t *counted,
+                                saefw_recons *out, char *err, size_t errlen);
+
 /* 1 when hook a comes strictly before hook b in a forward pass (layers, then the order within a layer). */
 int saefw_hook_before(saefw_hook a, saefw_hook b);
 

@@ -299,6 +299,7 @@ int saefw_session_open(const saefw_run_cfg *c, saefw_session **out, char *err, s
             s->recons.hook_in = c->on_model->hook;
             s->recons.hook = *c->hook_out;
         }
+        saefw_recons_evaluator_set_freq(&s->recons, c->eval_freq);
         s->evs[n++] = &s->recons.ev;
         s->with_recons = 1;
     }
@@ -410,6 +411,7 @@ static int open_multi(const saefw_run_cfg *c, saefw_session *s, char *err, size_
                 s->recons_of[i].hook = *c->hook_out;
             }
             if (i > 0) s->recons_of[i].base_from = &s->recons_of[0];
+            saefw_recons_evaluator_set_freq(&s->recons_of[i], c->eval_freq);
             s->evs_of[i][ne++] = &s->recons_of[i].ev;
         }
         o->evaluators = s->evs_of[i];

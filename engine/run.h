@@ -59,8 +59,11 @@ typedef struct {
     int64_t recons_batches;                          /* reconstruction-score batches at every eval (0: none) */
     saefw_recons_mode
         recons_mode; /* its rows: a held-out set fixed at the start (the default) or the seed's fresh draws */
-    uint64_t seed;   /* the run seed: the plugins' generator and the evaluators' draws */
-    int progress;    /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
+    /* Where the feature frequencies are counted: AUTO (0, the default) counts them in the fixed held-out
+     * set's forward with the SAE, without an SAE pass of their own; SEPARATE: the seed's own draws. */
+    saefw_eval_freq_mode eval_freq;
+    uint64_t seed; /* the run seed: the plugins' generator and the evaluators' draws */
+    int progress;  /* -1: live line on a terminal, plain lines otherwise; 0: quiet */
     /* The run folder: run_dir; NULL: runs/<script>-<date>-<time> (saefw_run_default_dir); no_run_dir:
      * none (nothing written). */
     const char *run_dir;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "memory.h"
+#include "parallel.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -453,6 +454,42 @@ size_t saefw_buffer_bytes(const saefw_buffer *b) {
     return (size_t)(b->rows * b->d) * (b->dtype == SAEFW_BUF_BF16 ? 2 : 4);
 }
 
+typedef uint32_t bf16_u4 __attribute__((vector_size(16)));
+typedef uint16_t bf16_h4 __attribute__((vector_size(8)));
+
+/* saefw_f32_to_bf16 over n values, four at a time: the same bits (round to nearest even, a NaN kept a
+ * quiet NaN), in SSE2 vector operations instead of a call per value. */
+static void f32_to_bf16_row(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        bf16_u4 u;
+        memcpy(&u, src + i, sizeof u);
+        const bf16_u4 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        const bf16_u4 quiet = (u >> 16) | 0x0040u;
+        const bf16_u4 nan = (bf16_u4)((u & 0x7fffffffu) > 0x7f800000u);
+        const bf16_h4 h = __builtin_convertvector((nan & quiet) | (~nan & rounded), bf16_h4);
+        memcpy(dst + i, &h, sizeof h);
+    }
+    for (; i < n; i++) dst[i] = saefw_f32_to_bf16(src[i]);
+}
+
+/* The staged rows [begin, end) written to their places in the buffer (logical row r0 + k). */
+typedef struct {
+    saefw_buffer *b;
+    int64_t r0;
+} stage_ctx;
+
+static void stage_rows_out(void *vc, int64_t begin, int64_t end) {
+    const stage_ctx *c = vc;
+    const saefw_buffer *b = c->b;
+    for (int64_t k = begin; k < end; k++) {
+        const int64_t phys = b->perm[c->r0 + k];
+        const float *src = b->stage + k * b->d;
+        if (b->dtype == SAEFW_BUF_BF16) f32_to_bf16_row(src, (uint16_t *)b->data + phys * b->d, b->d);
+        else memcpy((float *)b->data + phys * b->d, src, sizeof(float) * (size_t)b->d);
+    }
+}
+
 /* Fill logical rows [from, to) from the source, in pieces of stage_rows. With `stoppable`, a SIGINT
  * or SIGTERM before a piece returns 1 with err saying how far it got (the rows written stay). */
 static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, int stoppable, char *err, size_t errlen) {
@@ -468,16 +505,8 @@ static int buffer_fill(saefw_buffer *b, int64_t from, int64_t to, int stoppable,
         }
         if (b->src->next(b->src, b->stage, n, err, errlen) != 0) return -1;
         if (!b->first) saefw_slow_point("refill");
-        for (int64_t k = 0; k < n; k++) {
-            int64_t phys = b->perm[r + k];
-            const float *src = b->stage + k * b->d;
-            if (b->dtype == SAEFW_BUF_BF16) {
-                uint16_t *dst = (uint16_t *)b->data + phys * b->d;
-                for (int64_t i = 0; i < b->d; i++) dst[i] = saefw_f32_to_bf16(src[i]);
-            } else {
-                memcpy((float *)b->data + phys * b->d, src, sizeof(float) * (size_t)b->d);
-            }
-        }
+        stage_ctx c = {b, r};
+        saefw_parallel_for(n, stage_rows_out, &c);
         r += n;
     }
     return 0;

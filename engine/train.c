@@ -117,30 +117,55 @@ static void label_prefix(const saefw_run *run) {
     if (run->o->label) fprintf(stderr, "[%s] ", run->o->label);
 }
 
+/* The evaluator that counts the feature frequencies in its own SAE pass (ev->feature_freq), or NULL.
+ * Data-parallel runs keep their own frequency draws, whose sums across ranks the loop makes. */
+static saefw_evaluator *freq_evaluator(const saefw_run *run) {
+    if (run->ranks > 1) return NULL;
+    for (int i = 0; i < run->o->n_evaluators; i++)
+        if (run->o->evaluators[i]->feature_freq) return run->o->evaluators[i];
+    return NULL;
+}
+
+/* The eval line's dead and rare fractions from run->freq, wherever it was counted. */
+static void freq_metrics(const saefw_run *run, saefw_metrics *m) {
+    const float *freq = run->freq;
+    const int64_t d_sae = run->sae->d_sae;
+    int64_t dead = 0, b6 = 0, b5 = 0;
+    for (int64_t j = 0; j < d_sae; j++) {
+        dead += freq[j] == 0.0f;
+        b6 += freq[j] < 1e-6f;
+        b5 += freq[j] < 1e-5f;
+    }
+    m->has_eval = 1;
+    m->frac_dead = (double)dead / (double)d_sae;
+    m->frac_below_1e6 = (double)b6 / (double)d_sae;
+    m->frac_below_1e5 = (double)b5 / (double)d_sae;
+}
+
+/* The seed's frequencies: freq_batches batches of evaluation rows through the SAE. */
+static int sample_frequencies(saefw_run *run, char *err, size_t errlen) {
+    int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
+    const int64_t cap = saefw_sae_step_cap(run->work), rows = nb * saefw_eval_batch_rows(run->eval_src, cap);
+    double t = saefw_now();
+    if (saefw_feature_frequencies(run->sae, run->eval_src, rows, cap, run->freq, err, errlen) != 0) return -1;
+    run->time.eval_freq += saefw_now() - t;
+    return 0;
+}
+
 static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) {
     const saefw_sae *sae = run->sae;
     /* The step's scratch holds nothing between steps: its pages go back while the evaluation's own
      * scratch is in use, so that peak memory is one of the two, not both. */
     saefw_sae_step_release(run->work);
     if (!run->freq && !(run->freq = saefw_malloc(sizeof(float) * (size_t)sae->d_sae, err, errlen))) return -1;
-    float *freq = run->freq;
-    int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
-    const int64_t cap = saefw_sae_step_cap(run->work), rows = nb * saefw_eval_batch_rows(run->eval_src, cap);
-    double t = saefw_now();
-    if (saefw_feature_frequencies(sae, run->eval_src, rows, cap, freq, err, errlen) != 0) return -1;
-    run->time.eval_freq += saefw_now() - t;
-    int64_t dead = 0, b6 = 0, b5 = 0;
-    for (int64_t j = 0; j < sae->d_sae; j++) {
-        dead += freq[j] == 0.0f;
-        b6 += freq[j] < 1e-6f;
-        b5 += freq[j] < 1e-5f;
+    /* With an evaluator that counts them, the frequencies come after it, from its SAE pass. */
+    saefw_evaluator *fe = freq_evaluator(run);
+    if (!fe) {
+        if (sample_frequencies(run, err, errlen) != 0) return -1;
+        freq_metrics(run, m);
     }
-    m->has_eval = 1;
-    m->frac_dead = (double)dead / (double)sae->d_sae;
-    m->frac_below_1e6 = (double)b6 / (double)sae->d_sae;
-    m->frac_below_1e5 = (double)b5 / (double)sae->d_sae;
     m->n_score = 0;
-    t = saefw_now();
+    double t = saefw_now();
     for (int i = 0; i < run->o->n_evaluators; i++) {
         saefw_evaluator *ev = run->o->evaluators[i];
         char eerr[512] = "";
@@ -150,8 +175,12 @@ static int run_eval(saefw_run *run, saefw_metrics *m, char *err, size_t errlen) 
         run->current = NULL;
         if (erc != 0) return saefw_errf(err, errlen, "evaluator %s: %s", ev->name, eerr[0] ? eerr : "failed");
     }
-    if (run->eval_src->idle) run->eval_src->idle(run->eval_src); /* its scratch is not needed until the next use */
     run->time.eval_other += saefw_now() - t;
+    if (fe) {
+        if (!fe->feature_freq(fe, run->freq, sae->d_sae) && sample_frequencies(run, err, errlen) != 0) return -1;
+        freq_metrics(run, m);
+    }
+    if (run->eval_src->idle) run->eval_src->idle(run->eval_src); /* its scratch is not needed until the next use */
     return 0;
 }
 

@@ -22,6 +22,9 @@ local cfg = saefw.config {
   data = "hf://datasets/NeelNanda/c4-code-tokenized-2b", bos = 0,
   log_every = 100, eval_every = 1000, checkpoint_every = 30000, reinit_every = 30000,
   reinit_threshold = 10 ^ -5.5, recons_batches = 5, run_dir = "",
+  -- true: reinit_dead counts frequencies over the training batches since its last check (SAELens's
+  -- way, no SAE pass of its own) instead of the seed's 50 fresh batches
+  reinit_from_steps = false,
 }
 local model = saefw.model(cfg.model_name)
 local tokens = saefw.tokens(cfg.data, { seq_len = cfg.seq_len, seed = cfg.seed,
@@ -32,7 +35,8 @@ local buffer = saefw.buffer { model = model, tokens = tokens, site = cfg.site, l
 local sae = saefw.sae { d_in = buffer.d_act, d_sae = buffer.d_act * cfg.dict_mult,
                         l1_coeff = cfg.l1_coeff, seed = cfg.seed, enc_dtype = cfg.enc_dtype }
 
-local plugins = { saefw.plugin("reinit_dead", { every = cfg.reinit_every, threshold = cfg.reinit_threshold }) }
+local plugins = { saefw.plugin("reinit_dead", { every = cfg.reinit_every, threshold = cfg.reinit_threshold,
+                                               from_steps = cfg.reinit_from_steps }) }
 
 local result = saefw.train {
   sae = sae, buffer = buffer, num_tokens = cfg.num_tokens, seed = cfg.seed,

@@ -10,7 +10,7 @@ local cfg = saefw.config {
   beta1 = 0.9, beta2 = 0.99, dict_mult = 8, seq_len = 128, enc_dtype = "fp32", buffer_dtype = "bf16",
   model_name = "tiny-1l", site = "post", layer = 0, data = "", bos = 256,
   log_every = 100, eval_every = 1000, checkpoint_every = 2000, recons_batches = 5, recons_eval = "fixed", run_dir = "",
-  report_tokens = 131072,
+  report_tokens = 131072, eval_freq = "auto",
 }
 local data = cfg.data ~= "" and cfg.data or (saefw.data_dir() .. "/models/tiny-1l/tokens.npy")
 
@@ -30,7 +30,8 @@ local result = saefw.train {
   sae = sae, buffer = buffer, num_tokens = cfg.num_tokens, seed = cfg.seed,
   optimizer = saefw.plugin("adam", { lr = cfg.lr, beta1 = cfg.beta1, beta2 = cfg.beta2 }),
   log_every = cfg.log_every, eval_every = cfg.eval_every, checkpoint_every = cfg.checkpoint_every,
-  recons_batches = cfg.recons_batches, recons_eval = cfg.recons_eval, run_dir = cfg.run_dir ~= "" and cfg.run_dir or nil, config = cfg,
+  recons_batches = cfg.recons_batches, recons_eval = cfg.recons_eval, eval_freq = cfg.eval_freq,
+  run_dir = cfg.run_dir ~= "" and cfg.run_dir or nil, config = cfg,
 }
 print(string.format("final: loss %.5f, L0 %.2f, explained variance %.4f, dead %.4f",
                     result.loss, result.l0, result.explained_variance, result.dead))

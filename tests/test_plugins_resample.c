@@ -262,14 +262,16 @@ static int feature_same(const saefw_sae *a, const saefw_sae *b, int64_t j) {
 
 /* ---- reinit_dead ---- */
 
-static void test_reinit_dead(saefw_loaded_plugin *adam, saefw_opts *adam_opts) {
-    printf("reinit_dead:\n");
+/* from_steps: the frequencies over the training batches since the last check instead of fresh batches. */
+static void test_reinit_dead(saefw_loaded_plugin *adam, saefw_opts *adam_opts, int from_steps) {
+    printf("reinit_dead%s:\n", from_steps ? " (from_steps)" : "");
     const int64_t every = 100;
     char err[1024];
     saefw_loaded_plugin *rd = load("reinit_dead");
     saefw_opts *ro = opts_new(rd);
     set_num(ro, rd, "every", (double)every);
     set_num(ro, rd, "batches", 20);
+    if (from_steps) REQUIRE(saefw_opts_set_bool(ro, rd, "from_steps", 1, err, sizeof err) == 0, "%s", err);
     saefw_plugin_use opt = {.plugin = adam, .opts = adam_opts}, use = {.plugin = rd, .opts = ro};
 
     static recorder with, without;
@@ -787,7 +789,8 @@ int main(void) {
     set_num(adam_opts, g_probe.adam, "beta2", BETA2);
     set_num(adam_opts, g_probe.adam, "eps", EPS);
 
-    test_reinit_dead(g_probe.adam, adam_opts);
+    test_reinit_dead(g_probe.adam, adam_opts, 0);
+    test_reinit_dead(g_probe.adam, adam_opts, 1);
     test_anthropic(adam_opts);
     printf("other architectures:\n");
     test_archs(adam_opts);

@@ -126,7 +126,7 @@ local TRAIN_KEYS = {
   config = true, seed = true, progress = true, on_log = true, on_eval = true, on_end = true,
   recons_batches = true, resume = true, allow_change = true, threads = true, allow_memory = true,
   memory_limit = true, recons_eval = true, clip_grad_norm = true, unit_norm_decoder = true, saes = true,
-  zero = true,
+  zero = true, eval_freq = true,
 }
 
 local function script_name()
@@ -192,7 +192,7 @@ function M.train(t)
     script = script_name(), model_name = info and info.model_name, config = t.config, seed = t.seed,
     progress = t.progress, recons_batches = t.recons_batches, recons_eval = t.recons_eval, resume = t.resume,
     allow_change = allow_change, clip_grad_norm = t.clip_grad_norm, unit_norm_decoder = t.unit_norm_decoder,
-    on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end, zero = t.zero,
+    on_log = t.on_log, on_eval = t.on_eval, on_end = t.on_end, zero = t.zero, eval_freq = t.eval_freq,
   }
 end
 

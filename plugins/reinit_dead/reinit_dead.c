@@ -1,5 +1,6 @@
 /* reinit_dead: the seed recipe's resampler. Every `every` steps it measures feature frequencies over
- * `batches` evaluation batches and gives each feature rarer than `threshold` a fresh kaiming-uniform
+ * `batches` evaluation batches (or, with `from_steps`, over the training batches since its last
+ * check) and gives each feature rarer than `threshold` a fresh kaiming-uniform
  * encoder column and decoder row and a zero encoder bias, leaving the optimizer state alone. The
  * other architectures re-initialise a latent as their init makes it (docs/architectures.md): a unit
  * kaiming-uniform decoder row, the encoder column equal to it, a zero encoder bias (gated: b_gate), and
@@ -17,6 +18,9 @@ static const saefw_option OPTIONS[] = {
     {"threshold", SAEFW_OPT_NUMBER, 3.1622776601683795e-06, NULL,
      "features firing on a smaller fraction of tokens are re-initialised (the seed: 10^-5.5)"},
     {"batches", SAEFW_OPT_INTEGER, 50, NULL, "evaluation batches for the frequency estimate (the seed: 50)"},
+    {"from_steps", SAEFW_OPT_BOOL, 0, NULL,
+     "count the frequencies over the training batches since the last check (as SAELens), not over "
+     "`batches` fresh batches run through the SAE again (the seed)"},
     {NULL, 0, 0, NULL, NULL},
 };
 
@@ -26,6 +30,11 @@ typedef struct {
     double threshold;
     float *freq;  /* [d_sae] */
     int64_t *idx; /* [d_sae]: the latents re-initialised at a step */
+    /* from_steps: firings per feature [d_sae] and rows since the last check (a double: a sum across
+     * ranks, exact below 2^53). */
+    int from_steps;
+    int64_t *count;
+    double rows;
 } reinit;
 
 static void reinit_destroy(void *self) {
@@ -33,6 +42,7 @@ static void reinit_destroy(void *self) {
     if (!r) return;
     free(r->freq);
     free(r->idx);
+    free(r->count);
     free(r);
 }
 
@@ -54,9 +64,11 @@ static int reinit_create(const saefw_host *host, saefw_run *run, const saefw_opt
     r->every = (int64_t)every;
     r->batches = (int64_t)batches;
     r->threshold = threshold;
+    r->from_steps = host->opt_number(opts, "from_steps") != 0;
     r->freq = malloc(sizeof(float) * (size_t)host->d_sae(run));
     r->idx = malloc(sizeof(int64_t) * (size_t)host->d_sae(run));
-    if (!r->freq || !r->idx)
+    if (r->freq && r->from_steps) r->count = calloc((size_t)host->d_sae(run), sizeof(int64_t));
+    if (!r->freq || !r->idx || (r->from_steps && !r->count))
         return reinit_destroy(r),
                saefw_fail(err, errlen, "out of memory for %lld frequencies", (long long)host->d_sae(run));
     *self = r;
@@ -85,9 +97,26 @@ static void reinit_tied(const saefw_host *h, saefw_run *run, float *we, float *w
     }
 }
 
+/* from_steps: this step's firings and rows, added to the window's (the counts are already the global
+ * batch's; the rows are summed across ranks). */
+static int count_step(reinit *r, saefw_run *run, char *err, size_t errlen) {
+    const saefw_host *h = r->host;
+    int64_t rows = 0;
+    const int64_t *c = h->batch_feature_counts(run);
+    if (!c || !h->batch_inputs(run, &rows))
+        return saefw_fail(err, errlen, "from_steps: the batch's counts are missing");
+    double n = (double)rows;
+    if (SAEFW_HOST_HAS(h, ranks) && h->ranks(run) > 1 && h->all_reduce_sum(run, &n, 1, err, errlen) != 0) return -1;
+    const int64_t d_sae = h->d_sae(run);
+    for (int64_t j = 0; j < d_sae; j++) r->count[j] += c[j];
+    r->rows += n;
+    return 0;
+}
+
 static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errlen) {
     reinit *r = self;
     const saefw_host *h = r->host;
+    if (r->from_steps && count_step(r, run, err, errlen) != 0) return -1;
     if ((h->step(run) + 1) % r->every != 0) return 0;
     saefw_param we = SAEFW_PARAM_INIT, wd = SAEFW_PARAM_INIT, be = SAEFW_PARAM_INIT;
     /* The encoder bias is gated's b_gate. */
@@ -98,7 +127,14 @@ static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errle
     const int64_t d_in = we.shape[0], d_sae = we.shape[1], d_out = wd.shape[1];
     const char *arch = h->sae_arch(run);
     const int seed_way = !strcmp(arch, "relu") || !strcmp(arch, "transcoder");
-    if (h->feature_frequencies(run, r->batches, r->freq, err, errlen) != 0) return -1;
+    if (r->from_steps) {
+        /* As the engine's estimate: the count over the rows in double, then to float. */
+        for (int64_t j = 0; j < d_sae; j++) r->freq[j] = r->rows > 0 ? (float)((double)r->count[j] / r->rows) : 0.0f;
+        memset(r->count, 0, sizeof(int64_t) * (size_t)d_sae);
+        r->rows = 0;
+    } else if (h->feature_frequencies(run, r->batches, r->freq, err, errlen) != 0) {
+        return -1;
+    }
     /* Bounds of kaiming_uniform_ on the full tensors: sqrt(6 / size(1)). */
     const double bound_enc = sqrt(6.0 / (double)d_sae), bound_dec = sqrt(6.0 / (double)d_out);
     int64_t count = 0;
@@ -117,11 +153,32 @@ static int reinit_after_step(void *self, saefw_run *run, char *err, size_t errle
     }
     if (!seed_way && h->reset_latents(run, r->idx, count, err, errlen) != 0) return -1;
     h->metric(run, "reinit_count", (double)count);
-    char msg[160];
-    snprintf(msg, sizeof msg, "step %lld: re-initialised %lld of %lld features (frequency < %g over %lld batches)",
-             (long long)h->step(run), (long long)count, (long long)d_sae, r->threshold, (long long)r->batches);
+    char msg[200];
+    if (r->from_steps)
+        snprintf(msg, sizeof msg,
+                 "step %lld: re-initialised %lld of %lld features (frequency < %g over the training rows since the "
+                 "last check)",
+                 (long long)h->step(run), (long long)count, (long long)d_sae, r->threshold);
+    else
+        snprintf(msg, sizeof msg, "step %lld: re-initialised %lld of %lld features (frequency < %g over %lld batches)",
+                 (long long)h->step(run), (long long)count, (long long)d_sae, r->threshold, (long long)r->batches);
     h->log(run, SAEFW_LOG_INFO, msg);
     return 0;
+}
+
+/* from_steps: the window's counts so far, so that a resumed run re-initialises the same features. */
+static int reinit_save(void *self, saefw_run *run, saefw_state_writer *w, char *err, size_t errlen) {
+    reinit *r = self;
+    if (!r->from_steps) return 0;
+    if (r->host->state_put_i64(w, "count", r->count, r->host->d_sae(run), err, errlen) != 0) return -1;
+    return r->host->state_put_number(w, "rows", r->rows, err, errlen);
+}
+
+static int reinit_load(void *self, saefw_run *run, saefw_state_reader *rd, char *err, size_t errlen) {
+    reinit *r = self;
+    if (!r->from_steps) return 0;
+    if (r->host->state_get_i64(rd, "count", r->count, r->host->d_sae(run), err, errlen) != 0) return -1;
+    return r->host->state_get_number(rd, "rows", &r->rows, err, errlen);
 }
 
 static const saefw_plugin PLUGIN = {
@@ -130,12 +187,14 @@ static const saefw_plugin PLUGIN = {
     .name = "reinit_dead",
     .description = "the seed's re-init: kaiming-uniform weights for features rarer than a threshold",
     .kind = SAEFW_KIND_RESAMPLER,
-    .stateless = 1, /* its randomness is the engine's generator, which the engine saves */
+    .stateless = 1, /* its randomness is the engine's generator, which the engine saves; from_steps saves its counts */
     .options = OPTIONS,
     .option_size = sizeof(saefw_option),
     .create = reinit_create,
     .destroy = reinit_destroy,
     .after_step = reinit_after_step,
+    .save_state = reinit_save,
+    .load_state = reinit_load,
 };
 
 const saefw_plugin *saefw_plugin_init(const saefw_host *host, char *err, size_t errlen) { return &PLUGIN; }
