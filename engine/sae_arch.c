@@ -265,6 +265,25 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
     return 0;
 }
 
+double saefw_arch_work_estimate(const saefw_sae *sae, int64_t cap) {
+    const saefw_sae_arch arch = sae->arch.arch;
+    const double d_in = (double)sae->d_in, d_sae = (double)sae->d_sae, B = (double)cap;
+    const int gated = arch == SAEFW_ARCH_GATED, auxk = arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK;
+    const double frac = SAEFW_SAE_SPARSE_MAX_FRACTION;
+    const double slab = B * ceil(d_in / SAEFW_SPARSE_GROUP) * SAEFW_SPARSE_GROUP;
+    /* xin, x_hat, dxh, and xfro and dfro where gated or AuxK uses them; z (or the decoder's slabs), and
+     * the backward slabs of dxh and xin */
+    double b = 4.0 * (3.0 + 2.0 * (gated || auxk)) * B * d_in + 4.0 * fmax(B * d_sae, 2.0 * slab) + 8.0 * slab;
+    /* entries: col, row, value, pre, dot, dz, db, index (8), and by feature row, value, dz, dot (8) */
+    const double n_ent = auxk ? B * (double)sae->arch.k : 0.5 * frac * B * d_sae;
+    b += n_ent * (56.0 + 12.0 * gated);
+    /* AuxK's entries (col, value, dz, index, and by feature row, value, dz), at most k_aux a row */
+    if (auxk) b += 32.0 * B * (double)sae->arch.k_aux;
+    /* the dense path's operands, when a batch can go dense */
+    if (!auxk || (double)sae->arch.k > frac * d_sae) b += 4.0 * (2.0 + gated) * B * d_sae;
+    return b + 16.0 * B + 36.0 * d_sae + 40.0 * d_in;
+}
+
 void saefw_arch_work_free(saefw_arch_work *a) {
     if (!a) return;
     void *ptrs[] = {a->xin,       a->z,        a->x_hat,    a->dxh,      a->xfro,   a->dfro,      a->row_start,
