@@ -16,14 +16,6 @@
 #include "sae_kernels.h"
 #include "util.h"
 
-/* o[0..n) += v w[0..n), eight lanes at a time. */
-static inline __attribute__((always_inline)) void axpy(float *restrict o, float v, const float *restrict w, int64_t n) {
-    int64_t i = 0;
-    const v8 vv = {v, v, v, v, v, v, v, v};
-    for (; i + 8 <= n; i += 8) *(v8u *)(o + i) += vv * *(const v8u *)(w + i);
-    for (; i < n; i++) o[i] += v * w[i];
-}
-
 /* g . w over n, in eight lanes summed in a fixed order. */
 static inline __attribute__((always_inline)) float dot8(const float *restrict g, const float *restrict w, int64_t n) {
     v8 acc = {0};
@@ -168,8 +160,8 @@ struct saefw_arch_work {
      * AuxK's row, activation and dz. */
     int32_t *by_row, *aby_row;
     float *by_val, *by_pre, *by_dz, *aby_val, *aby_dz;
-    double *by_dot;
-    float *slab_d, *slab_x;       /* sparse path: dxh and xin as [n_groups, cap, GROUP] slabs */
+    double *by_dot, *aby_dot;
+    float *slab_d, *slab_x, *slab_f; /* sparse path: dxh, xin and AuxK's dfro as [n_groups, cap, GROUP] slabs */
     double *colsum;               /* [d_sae]: sum over rows of dz (b_dec's share through xin) */
     double *cstat;                /* [5, d_in]: per column, sums over rows of the squared error, x, the
                                    * variance of x, the frozen/AuxK term's squared error, and dLoss/dx_hat */
@@ -250,6 +242,8 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
     a->aby_row = alloc_f(acap, sizeof(int32_t), &f, err, errlen);
     a->aby_val = alloc_f(acap, sizeof(float), &f, err, errlen);
     a->aby_dz = alloc_f(sparse ? acap : 0, sizeof(float), &f, err, errlen);
+    a->aby_dot = alloc_f(sparse ? acap : 0, sizeof(double), &f, err, errlen);
+    a->slab_f = alloc_f(sparse && auxk ? slab : 0, sizeof(float), &f, err, errlen);
     a->slab_d = alloc_f(sparse ? slab : 0, sizeof(float), &f, err, errlen);
     a->slab_x = alloc_f(sparse ? slab : 0, sizeof(float), &f, err, errlen);
     a->colsum = alloc_f(d_sae, sizeof(double), &f, err, errlen);
@@ -277,8 +271,9 @@ double saefw_arch_work_estimate(const saefw_sae *sae, int64_t cap) {
     /* entries: col, row, value, pre, dot, dz, db, index (8), and by feature row, value, dz, dot (8) */
     const double n_ent = auxk ? B * (double)sae->arch.k : 0.5 * frac * B * d_sae;
     b += n_ent * (56.0 + 12.0 * gated);
-    /* AuxK's entries (col, value, dz, index, and by feature row, value, dz), at most k_aux a row */
-    if (auxk) b += 32.0 * B * (double)sae->arch.k_aux;
+    /* AuxK's entries (col, value, dz, index, and by feature row, value, dz, dot), at most k_aux a row,
+     * and dfro's slabs */
+    if (auxk) b += 40.0 * B * (double)sae->arch.k_aux + 4.0 * slab;
     /* the dense path's operands, when a batch can go dense */
     if (!auxk || (double)sae->arch.k > frac * d_sae) b += 4.0 * (2.0 + gated) * B * d_sae;
     return b + 16.0 * B + 36.0 * d_sae + 40.0 * d_in;
@@ -291,7 +286,8 @@ void saefw_arch_work_free(saefw_arch_work *a) {
                     a->dz,        a->db,       a->dm,       a->fent,     a->fstart, a->aux_count, a->aux_col,
                     a->aux_val,   a->aux_dz,   a->afent,    a->afstart,  a->dead,   a->colsum,    a->cstat,
                     a->dense[0],  a->dense[1], a->dense[2], a->acts,     a->by_row, a->by_val,    a->by_pre,
-                    a->by_dz,     a->by_dot,   a->aby_row,  a->aby_val,  a->aby_dz, a->slab_d,    a->slab_x};
+                    a->by_dz,     a->by_dot,   a->aby_row,  a->aby_val,  a->aby_dz, a->slab_d,    a->slab_x,
+                    a->aby_dot,   a->slab_f};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
     free(a);
 }
@@ -708,12 +704,11 @@ static void copy_slabs(void *vctx, int64_t q0, int64_t q1) {
     }
 }
 
-/* Features of a range: tensor 2's gradient and the extra tensors', colsum for b_dec, and on the sparse
- * path AuxK's share of W_dec's rows (added to the main entries' share, which the slab kernels wrote). */
+/* Features of a range: tensor 2's gradient and the extra tensors', and colsum for b_dec. */
 static void feature_scalars(actx *c, int64_t j0, int64_t j1) {
     saefw_sae *sae = (saefw_sae *)c->sae;
     saefw_arch_work *a = c->a;
-    const int64_t d_in = a->d_in, B = c->B;
+    const int64_t B = c->B;
     const saefw_sae_arch arch = sae->arch.arch;
     const int auxk = (arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK) && a->n_dead > 0;
     for (int64_t j = j0; j < j1; j++) {
@@ -736,10 +731,9 @@ static void feature_scalars(actx *c, int64_t j0, int64_t j1) {
         }
         if (auxk)
             for (int64_t q = a->afstart[j]; q < a->afstart[j + 1]; q++) {
-                const int64_t e = a->afent[q], b = e / sae->arch.k_aux;
+                const int64_t e = a->afent[q];
                 sdb += a->aux_dz[e];
                 sdz += a->aux_dz[e];
-                if (a->sparse) axpy(sae->g[SAEFW_W_DEC] + j * d_in, a->aux_val[e], a->dfro + b * d_in, d_in);
             }
         sae->g[SAEFW_B_ENC][j] = (float)sdb;
         a->colsum[j] = sdz;
@@ -779,6 +773,25 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
         entry_grad(c, e);
         a->by_dz[p] = a->dz[e];
     }
+    /* AuxK's dead latents: their entries' dots with dLoss/de_hat (dz: the ReLU of the kept positive
+     * values passes it on) and their share of W_dec's rows, one feature at a time (its entries start at
+     * afstart + j), added to the main entries' share. */
+    for (int64_t k = 0; k < a->n_dead; k++) {
+        const int64_t j = a->dead[k];
+        if (j < j0 || j >= j1 || a->afstart[j] == a->afstart[j + 1]) continue;
+        for (int64_t p = a->afstart[j]; p < a->afstart[j + 1]; p++) a->aby_dot[p] = 0.0;
+        for (int64_t q = 0; q < a->n_groups; q++) {
+            const int64_t n_cols = group_cols(d_in, q);
+            float piece[GROUP];
+            saefw_slab_grad_dec(piece, sae->p[SAEFW_W_DEC] + j * d_in + q * GROUP, d_in, a->slab_f + q * B * GROUP,
+                                a->afstart + j, a->aby_row, a->aby_val, a->aby_dot, 0, 1, n_cols);
+            for (int64_t i = 0; i < n_cols; i++) sae->g[SAEFW_W_DEC][j * d_in + q * GROUP + i] += piece[i];
+        }
+        for (int64_t p = a->afstart[j]; p < a->afstart[j + 1]; p++) {
+            a->aby_dz[p] = (float)a->aby_dot[p];
+            a->aux_dz[a->afent[p]] = a->aby_dz[p];
+        }
+    }
     feature_scalars(c, j0, j1);
     for (int64_t q = 0; q < a->n_groups; q++)
         saefw_slab_grad_enc(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, a->slab_x + q * B * GROUP, start,
@@ -787,7 +800,6 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     for (int64_t k = 0; k < a->n_dead; k++) {
         const int64_t j = a->dead[k];
         if (j < j0 || j >= j1 || a->afstart[j] == a->afstart[j + 1]) continue;
-        for (int64_t p = a->afstart[j]; p < a->afstart[j + 1]; p++) a->aby_dz[p] = a->aux_dz[a->afent[p]];
         for (int64_t q = 0; q < a->n_groups; q++) {
             const int64_t n_cols = group_cols(d_in, q);
             float col[GROUP];
@@ -956,7 +968,7 @@ static void aux_select(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
 }
 
 /* AuxK, after the forward pass: the auxiliary reconstruction of the residual x - x_hat by the dead
- * latents (e_hat in xfro, its gradient in dfro) and its entries' dLoss/dz. */
+ * latents (e_hat in xfro, its gradient in dfro) and, on the dense path, its entries' dLoss/dz. */
 static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
     const int64_t d_in = a->d_in;
     if (a->n_dead == 0) return;
@@ -970,6 +982,7 @@ static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
         a->dfro[k] = scale * (a->xfro[k] - res);
     }
     a->aux = s / (double)B;
+    if (a->sparse) return; /* the backward pass takes the dots on dfro's slabs */
     dot_ctx dc = {c, a->dfro, a->aux_dz, NULL, a->aux_count, a->aux_col, sae->arch.k_aux};
     saefw_parallel_for(B, dot_rows, &dc);
 }
@@ -1012,6 +1025,10 @@ void saefw_arch_train_step(saefw_sae *sae, saefw_arch_work *a, const float *x, i
         slab_copy_ctx sd = {a, a->dxh, a->slab_d, B}, sx = {a, a->xin, a->slab_x, B};
         saefw_parallel_for(a->n_groups, copy_slabs, &sd);
         saefw_parallel_for(a->n_groups, copy_slabs, &sx);
+        if (a->n_dead > 0) {
+            slab_copy_ctx sf = {a, a->dfro, a->slab_f, B};
+            saefw_parallel_for(a->n_groups, copy_slabs, &sf);
+        }
         if (arch == SAEFW_ARCH_GATED) {
             dot_ctx f = {&c, a->dfro, a->fdot, a->row_start, a->row_count, a->col, 0};
             saefw_parallel_for(B, dot_rows, &f);
