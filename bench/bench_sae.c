@@ -397,7 +397,8 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
             }
         } else if (strcmp(a, "--dead") == 0 && v) {
             bo->dead = atof(argv[++i]);
-            if (!(bo->dead > 0 && bo->dead <= 1)) return fprintf(stderr, "bench_sae: --dead takes a fraction in (0, 1]\n"), -1;
+            if (!(bo->dead > 0 && bo->dead <= 1))
+                return fprintf(stderr, "bench_sae: --dead takes a fraction in (0, 1]\n"), -1;
         } else if (strcmp(a, "--path") == 0 && v) {
             i++;
             if (strcmp(v, "auto") == 0) bo->path = SAEFW_SAE_AUTO;

@@ -162,13 +162,13 @@ struct saefw_arch_work {
     float *by_val, *by_pre, *by_dz, *aby_val, *aby_dz;
     double *by_dot, *aby_dot;
     float *slab_d, *slab_x, *slab_f; /* sparse path: dxh, xin and AuxK's dfro as [n_groups, cap, GROUP] slabs */
-    double *colsum;               /* [d_sae]: sum over rows of dz (b_dec's share through xin) */
-    double *cstat;                /* [5, d_in]: per column, sums over rows of the squared error, x, the
+    double *colsum;                  /* [d_sae]: sum over rows of dz (b_dec's share through xin) */
+    double *cstat;                   /* [5, d_in]: per column, sums over rows of the squared error, x, the
                                    * variance of x, the frozen/AuxK term's squared error, and dLoss/dx_hat */
-    double var;                   /* the last batch's sum of the variance of x */
-    float *dense[3];              /* [cap, d_sae] each: the dense path's operands */
-    float *acts;                  /* [cap, d_sae]: made on request */
-    double l2, aux, extra, l0sum; /* the last batch's terms */
+    double var;                      /* the last batch's sum of the variance of x */
+    float *dense[3];                 /* [cap, d_sae] each: the dense path's operands */
+    float *acts;                     /* [cap, d_sae]: made on request */
+    double l2, aux, extra, l0sum;    /* the last batch's terms */
 };
 
 /* Arrays of 2 MiB and more are 2 MiB-aligned and asked to use huge pages (the kernels read rows
@@ -281,13 +281,12 @@ double saefw_arch_work_estimate(const saefw_sae *sae, int64_t cap) {
 
 void saefw_arch_work_free(saefw_arch_work *a) {
     if (!a) return;
-    void *ptrs[] = {a->xin,       a->z,        a->x_hat,    a->dxh,      a->xfro,   a->dfro,      a->row_start,
-                    a->row_count, a->col,      a->erow,     a->val,      a->pre,    a->dot,       a->fdot,
-                    a->dz,        a->db,       a->dm,       a->fent,     a->fstart, a->aux_count, a->aux_col,
-                    a->aux_val,   a->aux_dz,   a->afent,    a->afstart,  a->dead,   a->colsum,    a->cstat,
-                    a->dense[0],  a->dense[1], a->dense[2], a->acts,     a->by_row, a->by_val,    a->by_pre,
-                    a->by_dz,     a->by_dot,   a->aby_row,  a->aby_val,  a->aby_dz, a->slab_d,    a->slab_x,
-                    a->aby_dot,   a->slab_f};
+    void *ptrs[] = {
+        a->xin,    a->z,         a->x_hat,    a->dxh,      a->xfro,   a->dfro,   a->row_start, a->row_count, a->col,
+        a->erow,   a->val,       a->pre,      a->dot,      a->fdot,   a->dz,     a->db,        a->dm,        a->fent,
+        a->fstart, a->aux_count, a->aux_col,  a->aux_val,  a->aux_dz, a->afent,  a->afstart,   a->dead,      a->colsum,
+        a->cstat,  a->dense[0],  a->dense[1], a->dense[2], a->acts,   a->by_row, a->by_val,    a->by_pre,    a->by_dz,
+        a->by_dot, a->aby_row,   a->aby_val,  a->aby_dz,   a->slab_d, a->slab_x, a->aby_dot,   a->slab_f};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
     free(a);
 }
@@ -794,8 +793,8 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     }
     feature_scalars(c, j0, j1);
     for (int64_t q = 0; q < a->n_groups; q++)
-        saefw_slab_grad_enc(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, a->slab_x + q * B * GROUP, start,
-                            a->by_row, a->by_dz, j0, j1, group_cols(d_in, q));
+        saefw_slab_grad_enc(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, a->slab_x + q * B * GROUP, start, a->by_row,
+                            a->by_dz, j0, j1, group_cols(d_in, q));
     if (a->n_dead == 0) return;
     for (int64_t k = 0; k < a->n_dead; k++) {
         const int64_t j = a->dead[k];
@@ -804,8 +803,7 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
             const int64_t n_cols = group_cols(d_in, q);
             float col[GROUP];
             /* Column j alone (its entries start at afstart + j), into col, then added. */
-            saefw_slab_grad_enc(col, 1, a->slab_x + q * B * GROUP, a->afstart + j, a->aby_row, a->aby_dz, 0, 1,
-                                n_cols);
+            saefw_slab_grad_enc(col, 1, a->slab_x + q * B * GROUP, a->afstart + j, a->aby_row, a->aby_dz, 0, 1, n_cols);
             for (int64_t i = 0; i < n_cols; i++) sae->g[SAEFW_W_ENC][(q * GROUP + i) * d_sae + j] += col[i];
         }
     }
