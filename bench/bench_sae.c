@@ -14,10 +14,13 @@
  *
  * --arch relu,topk,... times each architecture in turn (issue 16; default relu): for topk and
  * batchtopk each L0 target is k; for jumprelu it sets the threshold, for gated b_gate, as b_enc does for
- * relu. AuxK costs nothing here: no latent goes dead within the timed steps.
+ * relu. AuxK costs nothing in those steps: no latent goes dead within them. --dead F (topk, batchtopk)
+ * also times the step's forward and backward pass, called directly, with a fraction F of the latents
+ * forced dead (AuxK's reconstruction, k_aux = d_in / 2 a row) against none dead.
  *
  *   bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] [--l0 a,b,...]
  *             [--enc_dtype fp32|bf16|fp16] [--arch relu,topk,batchtopk,jumprelu,gated]
+ *             [--dead F]
  */
 #include <cblas.h>
 #include <math.h>
@@ -31,6 +34,7 @@
 #include "plugin_loader.h"
 #include "rng.h"
 #include "sae.h"
+#include "sae_arch.h"
 #include "sae_kernels.h"
 #include "source.h"
 #include "train.h"
@@ -55,6 +59,7 @@ typedef struct {
     int n_l0;
     saefw_sae_arch arch[SAEFW_ARCH_COUNT];
     int n_arch;
+    double dead; /* AuxK: the fraction of latents forced dead (0: not timed) */
 } bench_opts;
 
 static int cmp_float(const void *a, const void *b) {
@@ -222,6 +227,47 @@ static void set_l0(saefw_sae *sae, double target, float thresh) {
     if (a == SAEFW_ARCH_TOPK || a == SAEFW_ARCH_BATCHTOPK) sae->arch.k = (int64_t)target;
 }
 
+/* AuxK's cost: the generic path's forward and backward pass, called directly, with every latent whose
+ * index crosses a multiple of 1 / dead forced dead, against none; the fastest of reps (after a warm-up). */
+static int time_auxk(saefw_sae *sae, const float *x, int64_t B, double dead, saefw_sae_path path, int reps, char *err,
+                     size_t errlen) {
+    saefw_arch_work *aw = NULL;
+    unsigned char *mask = calloc((size_t)sae->d_sae, 1);
+    if (!mask) return saefw_errf(err, errlen, "out of memory");
+    if (saefw_arch_work_alloc(&aw, sae, B, path, err, errlen) != 0) {
+        free(mask);
+        return -1;
+    }
+    int64_t n_dead = 0;
+    for (int64_t j = 0; j < sae->d_sae; j++) {
+        mask[j] = (int64_t)((double)(j + 1) * dead) != (int64_t)((double)j * dead);
+        n_dead += mask[j];
+    }
+    double t[2] = {INFINITY, INFINITY}, c[2] = {0, 0};
+    for (int with = 0; with < 2; with++) {
+        saefw_arch_force_dead(aw, with ? mask : NULL);
+        for (int r = 0; r < reps + 1; r++) {
+            saefw_sae_stats st;
+            const double t0 = saefw_now(), c0 = cpu_now();
+            saefw_arch_train_step(sae, aw, x, B, &st);
+            const double dt = saefw_now() - t0, dc = cpu_now() - c0;
+            if (r > 0 && dt < t[with]) {
+                t[with] = dt;
+                c[with] = dc;
+            }
+        }
+    }
+    saefw_arch_force_dead(aw, NULL);
+    saefw_arch_work_free(aw);
+    free(mask);
+    printf("   AuxK, %lld of %lld latents dead (k_aux %lld): fwd+bwd %.3f s, %.3f CPU-s; none dead %.3f s, %.3f CPU-s "
+           "(CPU ratio %.3f)\n",
+           (long long)n_dead, (long long)sae->d_sae, (long long)sae->arch.k_aux, t[1], c[1], t[0], c[0], c[1] / c[0]);
+    printf("RESULT auxk arch=%s k=%lld dead=%lld with_s=%.4f with_cpu_s=%.4f without_s=%.4f without_cpu_s=%.4f\n",
+           saefw_sae_arch_name(sae->arch.arch), (long long)sae->arch.k, (long long)n_dead, t[1], c[1], t[0], c[0]);
+    return 0;
+}
+
 static int run_shape(const shape *s, const bench_opts *bo, saefw_sae_arch arch, int reps, saefw_loaded_plugin *adam,
                      saefw_opts *opts, char *err, size_t errlen) {
     const int64_t d_in = s->d_in, d_sae = s->d_sae, B = s->B;
@@ -304,6 +350,9 @@ static int run_shape(const shape *s, const bench_opts *bo, saefw_sae_arch arch, 
                sf.cpu_ratio);
         printf("   (Adam, batch copy and metrics: about %.3f s; peak RSS so far %.2f GiB)\n", sf.step_s - (tfb + tp),
                peak_rss_bytes() / (1 << 30));
+        if (bo->dead > 0 && (arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK) &&
+            time_auxk(&sae, x, B, bo->dead, bo->path, reps, err, errlen) != 0)
+            goto done;
         fflush(stdout);
     }
     const double param_bytes = (double)sae.n_total * sizeof(float);
@@ -346,6 +395,10 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
                     return fprintf(stderr, "bench_sae: --%s\n", err), -1;
                 p += n + (p[n] == ',');
             }
+        } else if (strcmp(a, "--dead") == 0 && v) {
+            bo->dead = atof(argv[++i]);
+            if (!(bo->dead > 0 && bo->dead <= 1))
+                return fprintf(stderr, "bench_sae: --dead takes a fraction in (0, 1]\n"), -1;
         } else if (strcmp(a, "--path") == 0 && v) {
             i++;
             if (strcmp(v, "auto") == 0) bo->path = SAEFW_SAE_AUTO;
@@ -363,7 +416,7 @@ static int parse_args(int argc, char **argv, bench_opts *bo) {
             }
         } else {
             fprintf(stderr, "usage: bench_sae [--small | --full] [--reps N] [--threads N] [--path auto|dense|sparse] "
-                            "[--l0 a,b,...] [--enc_dtype fp32|bf16|fp16] [--arch relu,topk,...]\n");
+                            "[--l0 a,b,...] [--enc_dtype fp32|bf16|fp16] [--arch relu,topk,...] [--dead F]\n");
             return -1;
         }
     }

@@ -132,10 +132,10 @@ int saefw_train_memory_check(const saefw_train_opts *o, int print, double *estim
     /* Adam keeps two moments per parameter, SGD with momentum one; others are taken to be Adam-like. */
     const char *opt = o->optimizer.plugin->p.name;
     const double moments = (opt && !strcmp(opt, "sgd") ? 1.0 : 2.0) * params;
-    const double step = saefw_sae_work_estimate(d, sae->d_sae, B) + 4.0 * (double)(B * d) + 8.0 * (double)sae->d_sae;
+    const double step = saefw_sae_step_estimate(sae, B) + 4.0 * (double)(B * d) + 8.0 * (double)sae->d_sae;
     /* The step's scratch is handed back while the evaluation runs: the larger of the two counts. */
     const int64_t piece = B < SAEFW_EVAL_PIECE ? B : SAEFW_EVAL_PIECE;
-    double eval = saefw_sae_work_estimate(d, sae->d_sae, piece) + 4.0 * (double)(B * d) + 12.0 * (double)sae->d_sae;
+    double eval = saefw_sae_step_estimate(sae, piece) + 4.0 * (double)(B * d) + 12.0 * (double)sae->d_sae;
     /* the reconstruction score runs its own model forward */
     if (o->n_evaluators > 0 && esrc && esrc->kind && !strcmp(esrc->kind, "model")) eval += esrc->mem_bytes;
     const double model = (src ? src->mem_bytes : 0) + (esrc && esrc != src ? esrc->mem_bytes : 0);

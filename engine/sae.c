@@ -365,6 +365,11 @@ double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap) {
     return b;
 }
 
+double saefw_sae_step_estimate(const saefw_sae *sae, int64_t cap) {
+    if (sae->arch.arch != SAEFW_ARCH_RELU) return saefw_arch_work_estimate(sae, cap);
+    return saefw_sae_work_estimate(sae->d_in, sae->d_sae, cap);
+}
+
 static void work_free(saefw_sae_work *w) {
     free(w->x_cent);
     free(w->x_hat);

@@ -154,6 +154,8 @@ void saefw_sae_set_path(saefw_sae_path path);
  * the resident part of saefw_sae_step_alloc's arrays at a low L0; an evaluation scratch of `cap` rows
  * holds no more). */
 double saefw_sae_work_estimate(int64_t d_in, int64_t d_sae, int64_t cap);
+/* The same for the SAE's own architecture (the generic path's scratch for those beyond relu). */
+double saefw_sae_step_estimate(const saefw_sae *sae, int64_t cap);
 
 /* With a target y (transcoder), y takes x's place in l2 and explained_variance. Without a target (a
  * transcoder's forward pass given x alone) l2, loss and explained_variance are NaN. */

@@ -1,25 +1,20 @@
 /* The generic path of the SAE architectures beyond the seed's ReLU (topk with AuxK, batchtopk,
  * jumprelu, gated; docs/architectures.md has the math): the encoder product as fixed-grid sgemm, the
  * architecture's selection rule into per-row entries, then the decoder and the backward pass on those
- * entries (sparse) or as dense products over [B, d_sae] arrays made from them (dense). Every parallel
+ * entries (sparse: the entries regrouped by feature and sae_sparse.c's kernels over 32-column slabs of
+ * the batch-side operands, as the seed's ReLU) or as dense products over [B, d_sae] arrays made from
+ * them (dense). Every parallel
  * loop splits rows or features, each output computed by one thread in a fixed order, so results do not
  * depend on the thread count. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "parallel.h"
 #include "sae_arch.h"
 #include "sae_kernels.h"
 #include "util.h"
-
-/* o[0..n) += v w[0..n), eight lanes at a time. */
-static inline __attribute__((always_inline)) void axpy(float *restrict o, float v, const float *restrict w, int64_t n) {
-    int64_t i = 0;
-    const v8 vv = {v, v, v, v, v, v, v, v};
-    for (; i + 8 <= n; i += 8) *(v8u *)(o + i) += vv * *(const v8u *)(w + i);
-    for (; i < n; i++) o[i] += v * w[i];
-}
 
 /* g . w over n, in eight lanes summed in a fixed order. */
 static inline __attribute__((always_inline)) float dot8(const float *restrict g, const float *restrict w, int64_t n) {
@@ -128,8 +123,11 @@ struct saefw_arch_work {
     saefw_sae_path path;
     int sparse, acts_made;
     int64_t rows;
-    float *xin;   /* [cap, d_in]: the encoder's input (x - b_dec; jumprelu: x) */
-    float *z;     /* [cap, d_sae]: xin @ W_enc, without the bias */
+    int64_t n_groups; /* column groups of d_in, SAEFW_SPARSE_GROUP wide */
+    float *xin;       /* [cap, d_in]: the encoder's input (x - b_dec; jumprelu: x) */
+    /* [cap, d_sae]: xin @ W_enc, without the bias; once the entries (and AuxK's) are selected, the
+     * decoder's double slabs [n_groups, cap, GROUP] (it has room for both). */
+    float *z;
     float *x_hat; /* [cap, d_in] */
     float *dxh;   /* [cap, d_in]: dLoss/dx_hat */
     float *xfro;  /* gated: [cap, d_in] the frozen-decoder reconstruction; AuxK: e_hat */
@@ -160,23 +158,39 @@ struct saefw_arch_work {
     /* The entries by feature: feature j's are fent[fstart[j] .. fstart[j + 1]), rows ascending; the same
      * for AuxK's. */
     int64_t *fstart, *fent, *afstart, *afent;
-    float *gT;                    /* [d_sae, d_in]: W_enc's gradient transposed (sparse path) */
-    double *colsum;               /* [d_sae]: sum over rows of dz (b_dec's share through xin) */
-    double *cstat;                /* [5, d_in]: per column, sums over rows of the squared error, x, the
+    /* The entries' operands of the slab kernels in that order: the row, the activation, gated's pi_gate
+     * (the frozen decoder's activation), dLoss/dacts summed over the column groups in double, and dz;
+     * AuxK's row, activation and dz. */
+    int32_t *by_row, *aby_row;
+    float *by_val, *by_pre, *by_dz, *aby_val, *aby_dz;
+    double *by_dot, *aby_dot;
+    float *slab_d, *slab_x, *slab_f; /* sparse path: dxh, xin and AuxK's dfro as [n_groups, cap, GROUP] slabs */
+    double *colsum;                  /* [d_sae]: sum over rows of dz (b_dec's share through xin) */
+    double *cstat;                   /* [5, d_in]: per column, sums over rows of the squared error, x, the
                                    * variance of x, the frozen/AuxK term's squared error, and dLoss/dx_hat */
-    double var;                   /* the last batch's sum of the variance of x */
-    float *dense[3];              /* [cap, d_sae] each: the dense path's operands */
-    float *acts;                  /* [cap, d_sae]: made on request */
-    double l2, aux, extra, l0sum; /* the last batch's terms */
+    double var;                      /* the last batch's sum of the variance of x */
+    float *dense[3];                 /* [cap, d_sae] each: the dense path's operands */
+    float *acts;                     /* [cap, d_sae]: made on request */
+    double l2, aux, extra, l0sum;    /* the last batch's terms */
     /* Rows the gradient's means are over: 0 for the batch's own; data parallel sets the global batch
      * (saefw_arch_set_norm_rows), so that the ranks' gradients add up to the global batch's. */
     int64_t norm_rows;
 };
 
+/* Arrays of 2 MiB and more are 2 MiB-aligned and asked to use huge pages (the kernels read rows
+ * scattered over them), the others 64-byte aligned (the slab kernels read aligned vectors). */
 static void *alloc_f(int64_t n, size_t size, int *failed, char *err, size_t errlen) {
     if (*failed) return NULL;
-    void *p = saefw_malloc((size_t)(n > 0 ? n : 1) * size, err, errlen);
-    if (!p) *failed = 1;
+    const size_t bytes = (size_t)(n > 0 ? n : 1) * size, page2m = (size_t)2 << 20;
+    void *p = NULL;
+    if (posix_memalign(&p, bytes >= page2m ? page2m : 64, bytes) != 0) {
+        *failed = 1;
+        saefw_errf(err, errlen, "out of memory (%zu bytes)", bytes);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    if (bytes >= page2m) madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+#endif
     return p;
 }
 
@@ -196,9 +210,11 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
     /* TopK keeps at most k entries a row; the others' counts depend on the data. Pages never written
      * cost no memory. */
     a->ecap = arch == SAEFW_ARCH_TOPK ? cap * sae->arch.k : cap * d_sae;
+    a->n_groups = (d_in + SAEFW_SPARSE_GROUP - 1) / SAEFW_SPARSE_GROUP;
+    const int64_t slab = a->n_groups * cap * SAEFW_SPARSE_GROUP, sparse = path != SAEFW_SAE_DENSE;
     int f = 0;
     a->xin = alloc_f(cap * d_in, sizeof(float), &f, err, errlen);
-    a->z = alloc_f(cap * d_sae, sizeof(float), &f, err, errlen);
+    a->z = alloc_f(cap * d_sae > 2 * slab ? cap * d_sae : 2 * slab, sizeof(float), &f, err, errlen);
     a->x_hat = alloc_f(cap * d_in, sizeof(float), &f, err, errlen);
     a->dxh = alloc_f(cap * d_in, sizeof(float), &f, err, errlen);
     a->xfro = alloc_f(cap * d_in, sizeof(float), &f, err, errlen);
@@ -224,7 +240,18 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
     a->afent = alloc_f(acap, sizeof(int64_t), &f, err, errlen);
     a->afstart = alloc_f(d_sae + 1, sizeof(int64_t), &f, err, errlen);
     a->dead = alloc_f(d_sae, sizeof(int32_t), &f, err, errlen);
-    a->gT = alloc_f(path == SAEFW_SAE_DENSE ? 0 : d_sae * d_in, sizeof(float), &f, err, errlen);
+    a->by_row = alloc_f(a->ecap, sizeof(int32_t), &f, err, errlen);
+    a->by_val = alloc_f(a->ecap, sizeof(float), &f, err, errlen);
+    a->by_pre = alloc_f(arch == SAEFW_ARCH_GATED ? a->ecap : 0, sizeof(float), &f, err, errlen);
+    a->by_dz = alloc_f(sparse ? a->ecap : 0, sizeof(float), &f, err, errlen);
+    a->by_dot = alloc_f(sparse ? a->ecap : 0, sizeof(double), &f, err, errlen);
+    a->aby_row = alloc_f(acap, sizeof(int32_t), &f, err, errlen);
+    a->aby_val = alloc_f(acap, sizeof(float), &f, err, errlen);
+    a->aby_dz = alloc_f(sparse ? acap : 0, sizeof(float), &f, err, errlen);
+    a->aby_dot = alloc_f(sparse ? acap : 0, sizeof(double), &f, err, errlen);
+    a->slab_f = alloc_f(sparse && auxk ? slab : 0, sizeof(float), &f, err, errlen);
+    a->slab_d = alloc_f(sparse ? slab : 0, sizeof(float), &f, err, errlen);
+    a->slab_x = alloc_f(sparse ? slab : 0, sizeof(float), &f, err, errlen);
     a->colsum = alloc_f(d_sae, sizeof(double), &f, err, errlen);
     a->cstat = alloc_f(5 * d_in, sizeof(double), &f, err, errlen);
     for (int i = 0; i < 3; i++)
@@ -238,13 +265,34 @@ int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t c
     return 0;
 }
 
+double saefw_arch_work_estimate(const saefw_sae *sae, int64_t cap) {
+    const saefw_sae_arch arch = sae->arch.arch;
+    const double d_in = (double)sae->d_in, d_sae = (double)sae->d_sae, B = (double)cap;
+    const int gated = arch == SAEFW_ARCH_GATED, auxk = arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK;
+    const double frac = SAEFW_SAE_SPARSE_MAX_FRACTION;
+    const double slab = B * ceil(d_in / SAEFW_SPARSE_GROUP) * SAEFW_SPARSE_GROUP;
+    /* xin, x_hat, dxh, and xfro and dfro where gated or AuxK uses them; z (or the decoder's slabs), and
+     * the backward slabs of dxh and xin */
+    double b = 4.0 * (3.0 + 2.0 * (gated || auxk)) * B * d_in + 4.0 * fmax(B * d_sae, 2.0 * slab) + 8.0 * slab;
+    /* entries: col, row, value, pre, dot, dz, db, index (8), and by feature row, value, dz, dot (8) */
+    const double n_ent = auxk ? B * (double)sae->arch.k : 0.5 * frac * B * d_sae;
+    b += n_ent * (56.0 + 12.0 * gated);
+    /* AuxK's entries (col, value, dz, index, and by feature row, value, dz, dot), at most k_aux a row,
+     * and dfro's slabs */
+    if (auxk) b += 40.0 * B * (double)sae->arch.k_aux + 4.0 * slab;
+    /* the dense path's operands, when a batch can go dense */
+    if (!auxk || (double)sae->arch.k > frac * d_sae) b += 4.0 * (2.0 + gated) * B * d_sae;
+    return b + 16.0 * B + 36.0 * d_sae + 40.0 * d_in;
+}
+
 void saefw_arch_work_free(saefw_arch_work *a) {
     if (!a) return;
-    void *ptrs[] = {a->xin,       a->z,        a->x_hat,    a->dxh,      a->xfro,   a->dfro,      a->row_start,
-                    a->row_count, a->col,      a->erow,     a->val,      a->pre,    a->dot,       a->fdot,
-                    a->dz,        a->db,       a->dm,       a->fent,     a->fstart, a->aux_count, a->aux_col,
-                    a->aux_val,   a->aux_dz,   a->afent,    a->afstart,  a->dead,   a->gT,        a->colsum,
-                    a->cstat,     a->dense[0], a->dense[1], a->dense[2], a->acts};
+    void *ptrs[] = {
+        a->xin,    a->z,         a->x_hat,    a->dxh,      a->xfro,   a->dfro,   a->row_start, a->row_count, a->col,
+        a->erow,   a->val,       a->pre,      a->dot,      a->fdot,   a->dz,     a->db,        a->dm,        a->fent,
+        a->fstart, a->aux_count, a->aux_col,  a->aux_val,  a->aux_dz, a->afent,  a->afstart,   a->dead,      a->colsum,
+        a->cstat,  a->dense[0],  a->dense[1], a->dense[2], a->acts,   a->by_row, a->by_val,    a->by_pre,    a->by_dz,
+        a->by_dot, a->aby_row,   a->aby_val,  a->aby_dz,   a->slab_d, a->slab_x, a->aby_dot,   a->slab_f};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
     free(a);
 }
@@ -554,36 +602,6 @@ static void input_rows(void *vctx, int64_t b0, int64_t b1) {
         for (int64_t i = 0; i < d_in; i++) c->a->xin[b * d_in + i] = c->x[b * d_in + i] - (sub ? b_dec[i] : 0.0f);
 }
 
-/* out[b] = bias + sum of the row's entries (value from vals, 0 skipped) times W_dec rows (sparse). */
-typedef struct {
-    actx *c;
-    const float *vals;
-    float *out;
-    const float *bias; /* may be NULL */
-    const int64_t *start, *count;
-    const int32_t *col;
-    int64_t stride; /* AuxK: rows are stride apart */
-} dec_ctx;
-
-SAEFW_KERNEL static void decode_rows(void *vctx, int64_t b0, int64_t b1) {
-    dec_ctx *d = vctx;
-    const saefw_sae *sae = d->c->sae;
-    const int64_t d_in = sae->d_in;
-    const float *W = sae->p[SAEFW_W_DEC];
-    for (int64_t b = b0; b < b1; b++) {
-        float *o = d->out + b * d_in;
-        memset(o, 0, sizeof(float) * (size_t)d_in);
-        const int64_t s = d->start ? d->start[b] : b * d->stride;
-        for (int64_t e = s; e < s + d->count[b]; e++) {
-            const float v = d->vals[e];
-            if (v == 0.0f) continue;
-            axpy(o, v, W + (int64_t)d->col[e] * d_in, d_in);
-        }
-        if (d->bias)
-            for (int64_t i = 0; i < d_in; i++) o[i] += d->bias[i];
-    }
-}
-
 /* dots[e] = g[b] . W_dec[col[e]] for the row's entries (sparse). */
 typedef struct {
     actx *c;
@@ -632,27 +650,88 @@ static void index_by_feature(int64_t d_sae, int64_t B, const int64_t *start, con
     fstart[0] = 0;
 }
 
-/* Features of a range: their gradients from their entries: W_dec's rows (sparse), W_enc's columns
- * transposed into gT (sparse), tensor 2's and the extra tensors', and colsum for b_dec. */
-SAEFW_KERNEL static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
-    actx *c = vctx;
+#define GROUP SAEFW_SPARSE_GROUP
+
+static int64_t group_cols(int64_t d_in, int64_t q) { return d_in - q * GROUP < GROUP ? d_in - q * GROUP : GROUP; }
+
+/* The batch's entries by feature (fstart, fent) and the slab kernels' operands in that order. */
+static void index_entries(saefw_arch_work *a, int64_t B, int gated) {
+    index_by_feature(a->d_sae, B, a->row_start, a->row_count, 0, a->col, a->fstart, a->fent);
+    for (int64_t p = 0; p < a->fstart[a->d_sae]; p++) {
+        const int64_t e = a->fent[p];
+        a->by_row[p] = a->erow[e];
+        a->by_val[p] = a->val[e];
+        if (gated) a->by_pre[p] = a->pre[e];
+    }
+}
+
+/* out [B, d_in] = bias (may be NULL) + the entries' (by feature: start, rows, vals) products with W_dec:
+ * each column group accumulated in double in its own slab of z, then rounded once. */
+typedef struct {
+    actx *c;
+    const int64_t *start;
+    const int32_t *rows;
+    const float *vals;
+    const float *bias;
+    float *out;
+} slab_dec_ctx;
+
+static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
+    const slab_dec_ctx *d = vctx;
+    const saefw_sae *sae = d->c->sae;
+    const saefw_arch_work *a = d->c->a;
+    const int64_t d_in = a->d_in, B = d->c->B;
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
+        double *ds = (double *)a->z + q * B * GROUP;
+        memset(ds, 0, sizeof(double) * (size_t)(B * GROUP));
+        saefw_slab_decode(ds, sae->p[SAEFW_W_DEC] + g0, d_in, a->d_sae, d->start, d->rows, d->vals, n_cols);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < n_cols; i++)
+                d->out[b * d_in + g0 + i] = (float)(ds[b * GROUP + i] + (d->bias ? (double)d->bias[g0 + i] : 0.0));
+    }
+}
+
+static void decode_slabs(actx *c, const int64_t *start, const int32_t *rows, const float *vals, const float *bias,
+                         float *out) {
+    slab_dec_ctx d = {c, start, rows, vals, bias, out};
+    saefw_parallel_for(c->a->n_groups, decode_groups, &d);
+}
+
+/* Column groups of a range: rows [B, d_in] (dxh or xin) into their zero-padded [B, GROUP] slabs. */
+typedef struct {
+    const saefw_arch_work *a;
+    const float *src;
+    float *dst;
+    int64_t B;
+} slab_copy_ctx;
+
+static void copy_slabs(void *vctx, int64_t q0, int64_t q1) {
+    const slab_copy_ctx *s = vctx;
+    const int64_t d_in = s->a->d_in, B = s->B;
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
+        float *dst = s->dst + q * B * GROUP;
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(dst + b * GROUP, s->src + b * d_in + g0, sizeof(float) * (size_t)n_cols);
+            for (int64_t i = n_cols; i < GROUP; i++) dst[b * GROUP + i] = 0.0f;
+        }
+    }
+}
+
+/* Features of a range: tensor 2's gradient and the extra tensors', and colsum for b_dec. */
+static void feature_scalars(actx *c, int64_t j0, int64_t j1) {
     saefw_sae *sae = (saefw_sae *)c->sae;
     saefw_arch_work *a = c->a;
-    const int64_t d_in = a->d_in, B = c->B;
+    const int64_t B = c->B;
     const saefw_sae_arch arch = sae->arch.arch;
     const int auxk = (arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK) && a->n_dead > 0;
     for (int64_t j = j0; j < j1; j++) {
         double sdb = 0, sdz = 0, sx = 0, sy = 0;
-        float *gd = sae->g[SAEFW_W_DEC] + j * d_in, *ge = a->sparse ? a->gT + j * d_in : NULL;
-        if (a->sparse) {
-            memset(gd, 0, sizeof(float) * (size_t)d_in);
-            memset(ge, 0, sizeof(float) * (size_t)d_in);
-        }
         const float th = arch == SAEFW_ARCH_JUMPRELU ? expf(sae->p[SAEFW_LOG_THRESHOLD][j]) : 0.0f;
         const float er = arch == SAEFW_ARCH_GATED ? expf(sae->p[SAEFW_R_MAG][j]) : 0.0f;
         for (int64_t q = a->fstart[j]; q < a->fstart[j + 1]; q++) {
             const int64_t e = a->fent[q];
-            const int64_t b = a->erow[e];
             sdb += a->db[e];
             sdz += a->dz[e];
             if (arch == SAEFW_ARCH_JUMPRELU) {
@@ -664,22 +743,12 @@ SAEFW_KERNEL static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
                 sx += a->dm[e];
                 sy += (double)a->dm[e] * er * (a->pre[e] - sae->p[SAEFW_B_ENC][j]);
             }
-            if (!a->sparse) continue;
-            const float v = a->val[e], dz = a->dz[e];
-            const float *g = a->dxh + b * d_in, *xr = a->xin + b * d_in;
-            if (v != 0.0f) axpy(gd, v, g, d_in);
-            if (dz != 0.0f) axpy(ge, dz, xr, d_in);
         }
         if (auxk)
             for (int64_t q = a->afstart[j]; q < a->afstart[j + 1]; q++) {
-                const int64_t e = a->afent[q], b = e / sae->arch.k_aux;
-                const float v = a->aux_val[e], dz = a->aux_dz[e];
-                sdb += dz;
-                sdz += dz;
-                if (!a->sparse) continue;
-                const float *g = a->dfro + b * d_in, *xr = a->xin + b * d_in;
-                axpy(gd, v, g, d_in);
-                axpy(ge, dz, xr, d_in);
+                const int64_t e = a->afent[q];
+                sdb += a->aux_dz[e];
+                sdz += a->aux_dz[e];
             }
         sae->g[SAEFW_B_ENC][j] = (float)sdb;
         a->colsum[j] = sdz;
@@ -691,16 +760,69 @@ SAEFW_KERNEL static void feature_grads(void *vctx, int64_t j0, int64_t j1) {
     }
 }
 
-/* Rows of W_enc's gradient from gT (sparse path), in tiles that stay in cache. */
-static void transpose_rows(void *vctx, int64_t i0, int64_t i1) {
+static void feature_grads(void *vctx, int64_t j0, int64_t j1) { feature_scalars(vctx, j0, j1); }
+
+static void entry_grad(const actx *c, int64_t e);
+
+/* Features per block of the sparse backward pass: W_enc's gradient is written 16 columns at a time. */
+#define FEAT_BLOCK 16
+
+/* Feature blocks of a range (sparse path): W_dec's gradient rows and each entry's dLoss/dacts (one sweep
+ * over the column groups of dxh's slabs), then the entries' dz and the per-feature sums, then W_enc's
+ * gradient columns (a sweep over xin's slabs) with AuxK's entries added feature by feature. */
+static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     actx *c = vctx;
+    saefw_sae *sae = (saefw_sae *)c->sae;
     saefw_arch_work *a = c->a;
-    const int64_t d_in = a->d_in, d_sae = a->d_sae, T = 64;
-    float *g = ((saefw_sae *)c->sae)->g[SAEFW_W_ENC];
-    for (int64_t ib = i0; ib < i1; ib += T)
-        for (int64_t jb = 0; jb < d_sae; jb += T)
-            for (int64_t i = ib; i < i1 && i < ib + T; i++)
-                for (int64_t j = jb; j < d_sae && j < jb + T; j++) g[i * d_sae + j] = a->gT[j * d_in + i];
+    const int64_t d_in = a->d_in, d_sae = a->d_sae, B = c->B;
+    const int64_t j0 = k0 * FEAT_BLOCK, j1 = k1 * FEAT_BLOCK < d_sae ? k1 * FEAT_BLOCK : d_sae;
+    const int64_t *start = a->fstart;
+    for (int64_t p = start[j0]; p < start[j1]; p++) a->by_dot[p] = 0.0;
+    for (int64_t q = 0; q < a->n_groups; q++)
+        saefw_slab_grad_dec(sae->g[SAEFW_W_DEC] + q * GROUP, sae->p[SAEFW_W_DEC] + q * GROUP, d_in,
+                            a->slab_d + q * B * GROUP, start, a->by_row, a->by_val, a->by_dot, j0, j1,
+                            group_cols(d_in, q));
+    for (int64_t p = start[j0]; p < start[j1]; p++) {
+        const int64_t e = a->fent[p];
+        a->dot[e] = (float)a->by_dot[p];
+        entry_grad(c, e);
+        a->by_dz[p] = a->dz[e];
+    }
+    /* AuxK's dead latents: their entries' dots with dLoss/de_hat (dz: the ReLU of the kept positive
+     * values passes it on) and their share of W_dec's rows, one feature at a time (its entries start at
+     * afstart + j), added to the main entries' share. */
+    for (int64_t k = 0; k < a->n_dead; k++) {
+        const int64_t j = a->dead[k];
+        if (j < j0 || j >= j1 || a->afstart[j] == a->afstart[j + 1]) continue;
+        for (int64_t p = a->afstart[j]; p < a->afstart[j + 1]; p++) a->aby_dot[p] = 0.0;
+        for (int64_t q = 0; q < a->n_groups; q++) {
+            const int64_t n_cols = group_cols(d_in, q);
+            float piece[GROUP];
+            saefw_slab_grad_dec(piece, sae->p[SAEFW_W_DEC] + j * d_in + q * GROUP, d_in, a->slab_f + q * B * GROUP,
+                                a->afstart + j, a->aby_row, a->aby_val, a->aby_dot, 0, 1, n_cols);
+            for (int64_t i = 0; i < n_cols; i++) sae->g[SAEFW_W_DEC][j * d_in + q * GROUP + i] += piece[i];
+        }
+        for (int64_t p = a->afstart[j]; p < a->afstart[j + 1]; p++) {
+            a->aby_dz[p] = (float)a->aby_dot[p];
+            a->aux_dz[a->afent[p]] = a->aby_dz[p];
+        }
+    }
+    feature_scalars(c, j0, j1);
+    for (int64_t q = 0; q < a->n_groups; q++)
+        saefw_slab_grad_enc(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, a->slab_x + q * B * GROUP, start, a->by_row,
+                            a->by_dz, j0, j1, group_cols(d_in, q));
+    if (a->n_dead == 0) return;
+    for (int64_t k = 0; k < a->n_dead; k++) {
+        const int64_t j = a->dead[k];
+        if (j < j0 || j >= j1 || a->afstart[j] == a->afstart[j + 1]) continue;
+        for (int64_t q = 0; q < a->n_groups; q++) {
+            const int64_t n_cols = group_cols(d_in, q);
+            float col[GROUP];
+            /* Column j alone (its entries start at afstart + j), into col, then added. */
+            saefw_slab_grad_enc(col, 1, a->slab_x + q * B * GROUP, a->afstart + j, a->aby_row, a->aby_dz, 0, 1, n_cols);
+            for (int64_t i = 0; i < n_cols; i++) sae->g[SAEFW_W_ENC][(q * GROUP + i) * d_sae + j] += col[i];
+        }
+    }
 }
 
 /* Columns of a range: b_dec's gradient, sum_b dLoss/dx_hat minus (input x - b_dec) W_enc @ colsum. */
@@ -766,11 +888,16 @@ SAEFW_KERNEL static void column_pass(void *vctx, int64_t i0, int64_t i1) {
     }
 }
 
-/* The forward pass into a: entries, x_hat (and for gated training the frozen-decoder reconstruction). */
-static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
+static void aux_select(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B);
+
+/* The forward pass into a: entries (by row, and by feature where the sparse kernels or the training
+ * step read them), x_hat (and for gated training the frozen-decoder reconstruction). train: the SAE
+ * itself in the training step (AuxK's counters and selection), else NULL. */
+static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B, saefw_sae *train) {
     const int64_t d_in = a->d_in, d_sae = a->d_sae;
     a->rows = B;
     a->acts_made = 0;
+    a->n_dead = 0;
     saefw_parallel_for(B, input_rows, c);
     saefw_sgemm_blocks(CblasNoTrans, CblasNoTrans, B, d_sae, d_in, a->xin, d_in, sae->p[SAEFW_W_ENC], d_sae, 0.0f, a->z,
                        d_sae);
@@ -780,13 +907,13 @@ static void forward(const saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B
     a->sparse = a->path == SAEFW_SAE_SPARSE ||
                 (a->path == SAEFW_SAE_AUTO && (double)n <= SAEFW_SAE_SPARSE_MAX_FRACTION * (double)(B * d_sae));
     const int gated = sae->arch.arch == SAEFW_ARCH_GATED && c->train;
+    /* AuxK reads z, which the sparse decoder then takes over. */
+    if (train && (sae->arch.arch == SAEFW_ARCH_TOPK || sae->arch.arch == SAEFW_ARCH_BATCHTOPK))
+        aux_select(train, a, c, B);
+    if (a->sparse || train) index_entries(a, B, gated);
     if (a->sparse) {
-        dec_ctx d = {c, a->val, a->x_hat, sae->p[SAEFW_B_DEC], a->row_start, a->row_count, a->col, 0};
-        saefw_parallel_for(B, decode_rows, &d);
-        if (gated) {
-            dec_ctx f = {c, a->pre, a->xfro, sae->p[SAEFW_B_DEC], a->row_start, a->row_count, a->col, 0};
-            saefw_parallel_for(B, decode_rows, &f);
-        }
+        decode_slabs(c, a->fstart, a->by_row, a->by_val, sae->p[SAEFW_B_DEC], a->x_hat);
+        if (gated) decode_slabs(c, a->fstart, a->by_row, a->by_pre, sae->p[SAEFW_B_DEC], a->xfro);
     } else {
         for (int pass = 0; pass < 1 + gated; pass++) {
             float *out = pass ? a->xfro : a->x_hat;
@@ -830,10 +957,10 @@ static void fill_stats(const saefw_arch_work *a, int64_t B, double sparsity, sae
     st->explained_variance = var > 0 ? 1.0 - a->l2 * (double)B / var : 0.0;
 }
 
-/* AuxK (topk, batchtopk): the dead-latent counters with this batch, then the auxiliary reconstruction of
- * the residual x - x_hat by the dead latents (e_hat in xfro, its gradient in dfro). */
-static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
-    const int64_t d_in = a->d_in, d_sae = a->d_sae;
+/* AuxK's selection (topk, batchtopk training): the dead-latent counters with this batch, then per row
+ * the k_aux dead latents with the largest pre-activation, and the same by feature. */
+static void aux_select(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
+    const int64_t d_sae = a->d_sae, ka = sae->arch.k_aux;
     unsigned char *fired = (unsigned char *)a->colsum; /* free until the backward pass */
     memset(fired, 0, (size_t)d_sae);
     for (int64_t b = 0; b < B; b++)
@@ -848,8 +975,19 @@ static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
     }
     if (a->n_dead == 0) return;
     saefw_parallel_for(B, aux_rows, c);
-    dec_ctx d = {c, a->aux_val, a->xfro, NULL, NULL, a->aux_count, a->aux_col, sae->arch.k_aux};
-    saefw_parallel_for(B, decode_rows, &d);
+    index_by_feature(d_sae, B, NULL, a->aux_count, ka, a->aux_col, a->afstart, a->afent);
+    for (int64_t p = 0; p < a->afstart[d_sae]; p++) {
+        a->aby_row[p] = (int32_t)(a->afent[p] / ka);
+        a->aby_val[p] = a->aux_val[a->afent[p]];
+    }
+}
+
+/* AuxK, after the forward pass: the auxiliary reconstruction of the residual x - x_hat by the dead
+ * latents (e_hat in xfro, its gradient in dfro) and, on the dense path, its entries' dLoss/dz. */
+static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
+    const int64_t d_in = a->d_in;
+    if (a->n_dead == 0) return;
+    decode_slabs(c, a->afstart, a->aby_row, a->aby_val, NULL, a->xfro);
     const float scale = (float)(2.0 * sae->arch.aux_coeff / grad_rows(a, B));
     double s = 0;
     for (int64_t k = 0; k < B * d_in; k++) {
@@ -859,51 +997,60 @@ static void auxk(saefw_sae *sae, saefw_arch_work *a, actx *c, int64_t B) {
         a->dfro[k] = scale * (a->xfro[k] - res);
     }
     a->aux = s / grad_rows(a, B);
+    if (a->sparse) return; /* the backward pass takes the dots on dfro's slabs */
     dot_ctx dc = {c, a->dfro, a->aux_dz, NULL, a->aux_count, a->aux_col, sae->arch.k_aux};
     saefw_parallel_for(B, dot_rows, &dc);
-    index_by_feature(d_sae, B, NULL, a->aux_count, sae->arch.k_aux, a->aux_col, a->afstart, a->afent);
 }
 
-/* Entries of a range of rows: their gradients dz (encoder product), db (tensor 2) and dm (gated). */
-static void entry_grads(void *vctx, int64_t b0, int64_t b1) {
-    actx *c = vctx;
+/* Entry e's gradients: dz (encoder product), db (tensor 2) and dm (gated), from its dLoss/dacts. */
+static void entry_grad(const actx *c, int64_t e) {
     const saefw_sae *sae = c->sae;
     saefw_arch_work *a = c->a;
     const saefw_sae_arch arch = sae->arch.arch;
-    const float l1b = (float)((double)sae->l1_coeff / grad_rows(a, c->B));
+    const int32_t j = a->col[e];
+    float dz;
+    if (arch == SAEFW_ARCH_JUMPRELU) dz = a->pre[e] > expf(sae->p[SAEFW_LOG_THRESHOLD][j]) ? a->dot[e] : 0.0f;
+    else if (arch == SAEFW_ARCH_GATED) {
+        const float l1b = (float)((double)sae->l1_coeff / grad_rows(a, c->B));
+        const float dm = a->val[e] > 0.0f ? a->dot[e] : 0.0f, dg = l1b + a->fdot[e];
+        a->dm[e] = dm;
+        a->db[e] = dg;
+        a->dz[e] = dg + expf(sae->p[SAEFW_R_MAG][j]) * dm;
+        return;
+    } else dz = a->val[e] > 0.0f ? a->dot[e] : 0.0f;
+    a->dz[e] = dz;
+    a->db[e] = dz;
+}
+
+static void entry_grads(void *vctx, int64_t b0, int64_t b1) {
+    const actx *c = vctx;
     for (int64_t b = b0; b < b1; b++)
-        for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++) {
-            const int32_t j = a->col[e];
-            float dz;
-            if (arch == SAEFW_ARCH_JUMPRELU) dz = a->pre[e] > expf(sae->p[SAEFW_LOG_THRESHOLD][j]) ? a->dot[e] : 0.0f;
-            else if (arch == SAEFW_ARCH_GATED) {
-                const float dm = a->val[e] > 0.0f ? a->dot[e] : 0.0f, dg = l1b + a->fdot[e];
-                a->dm[e] = dm;
-                a->db[e] = dg;
-                a->dz[e] = dg + expf(sae->p[SAEFW_R_MAG][j]) * dm;
-                continue;
-            } else dz = a->val[e] > 0.0f ? a->dot[e] : 0.0f;
-            a->dz[e] = dz;
-            a->db[e] = dz;
-        }
+        for (int64_t e = c->a->row_start[b]; e < c->a->row_start[b] + c->a->row_count[b]; e++) entry_grad(c, e);
 }
 
 void saefw_arch_train_step(saefw_sae *sae, saefw_arch_work *a, const float *x, int64_t B, saefw_sae_stats *stats) {
     const int64_t d_in = a->d_in, d_sae = a->d_sae;
     const saefw_sae_arch arch = sae->arch.arch;
     actx c = {sae, a, x, B, 1, 0, NULL};
-    forward(sae, a, &c, B);
-    a->n_dead = 0;
+    forward(sae, a, &c, B, sae);
     if (arch == SAEFW_ARCH_TOPK || arch == SAEFW_ARCH_BATCHTOPK) auxk(sae, a, &c, B);
-    /* dLoss/dacts (and the frozen term's) of every entry. */
     if (a->sparse) {
-        dot_ctx d = {&c, a->dxh, a->dot, a->row_start, a->row_count, a->col, 0};
-        saefw_parallel_for(B, dot_rows, &d);
+        /* The batch-side operands as slabs; gated's frozen-term dots by row; then everything else by
+         * feature. */
+        slab_copy_ctx sd = {a, a->dxh, a->slab_d, B}, sx = {a, a->xin, a->slab_x, B};
+        saefw_parallel_for(a->n_groups, copy_slabs, &sd);
+        saefw_parallel_for(a->n_groups, copy_slabs, &sx);
+        if (a->n_dead > 0) {
+            slab_copy_ctx sf = {a, a->dfro, a->slab_f, B};
+            saefw_parallel_for(a->n_groups, copy_slabs, &sf);
+        }
         if (arch == SAEFW_ARCH_GATED) {
             dot_ctx f = {&c, a->dfro, a->fdot, a->row_start, a->row_count, a->col, 0};
             saefw_parallel_for(B, dot_rows, &f);
         }
+        saefw_parallel_for((d_sae + FEAT_BLOCK - 1) / FEAT_BLOCK, backward_features, &c);
     } else {
+        /* dLoss/dacts (and the frozen term's) of every entry. */
         for (int pass = 0; pass < 1 + (arch == SAEFW_ARCH_GATED); pass++) {
             float *D = a->dense[1 + pass];
             saefw_sgemm_blocks(CblasNoTrans, CblasTrans, B, d_sae, d_in, pass ? a->dfro : a->dxh, d_in,
@@ -913,12 +1060,8 @@ void saefw_arch_train_step(saefw_sae *sae, saefw_arch_work *a, const float *x, i
                 for (int64_t e = a->row_start[b]; e < a->row_start[b] + a->row_count[b]; e++)
                     dst[e] = D[b * d_sae + a->col[e]];
         }
-    }
-    saefw_parallel_for(B, entry_grads, &c);
-    index_by_feature(d_sae, B, a->row_start, a->row_count, 0, a->col, a->fstart, a->fent);
-    saefw_parallel_for(d_sae, feature_grads, &c);
-    if (a->sparse) saefw_parallel_for(d_in, transpose_rows, &c);
-    else {
+        saefw_parallel_for(B, entry_grads, &c);
+        saefw_parallel_for(d_sae, feature_grads, &c);
         /* dW_dec = A^T @ dxh, dW_enc = xin^T @ dZ; AuxK's terms are added from its entries. */
         saefw_sgemm_blocks(CblasTrans, CblasNoTrans, d_sae, d_in, B, a->dense[0], d_sae, a->dxh, d_in, 0.0f,
                            sae->g[SAEFW_W_DEC], d_in);
@@ -952,7 +1095,7 @@ void saefw_arch_train_step(saefw_sae *sae, saefw_arch_work *a, const float *x, i
 const float *saefw_arch_eval_forward(const saefw_sae *sae, saefw_arch_work *a, const float *x, int64_t B,
                                      saefw_sae_stats *stats) {
     actx c = {sae, a, x, B, 0, 0, NULL};
-    forward(sae, a, &c, B);
+    forward(sae, a, &c, B, NULL);
     fill_stats(a, B, a->extra, stats);
     return a->x_hat;
 }

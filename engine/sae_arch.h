@@ -18,6 +18,10 @@ void saefw_arch_init_params(saefw_sae *sae);
 int saefw_arch_work_alloc(saefw_arch_work **out, const saefw_sae *sae, int64_t cap, saefw_sae_path path, char *err,
                           size_t errlen);
 void saefw_arch_work_free(saefw_arch_work *a);
+/* Bytes of saefw_arch_work_alloc's arrays (automatic path) that a step of cap rows writes: the [cap,
+ * d_sae] encoder output among them; entries at k a row (topk, batchtopk) or, for the others, at half
+ * the sparse path's largest fraction. */
+double saefw_arch_work_estimate(const saefw_sae *sae, int64_t cap);
 int64_t saefw_arch_cap(const saefw_arch_work *a);
 void saefw_arch_release(saefw_arch_work *a);
 /* Tests: AuxK's dead latents are mask [d_sae] (nonzero: dead) instead of the counters' (NULL: the

@@ -156,4 +156,20 @@ void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x
  * W_enc @ gb_enc when b_dec is applied to the input). */
 void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B);
 
+/* The sparse path's kernels on one column group of GROUP columns, for the generic path (sae_arch.c),
+ * whose entries by feature are start [d_sae + 1] (feature j's: [start[j], start[j + 1])), rows (ascending
+ * within a feature) and act; slabs are [B, GROUP], zero-padded, 32-byte aligned.
+ * decode: slab (double) += act[e] * the feature's W_dec piece (wp: the group's first column, rows ld
+ * apart; n_cols <= GROUP of them) for every entry, features ascending. */
+void saefw_slab_decode(double *slab, const float *wp, int64_t ld, int64_t d_sae, const int64_t *start,
+                       const int32_t *rows, const float *act, int64_t n_cols);
+/* Features [j0, j1): gW's piece of row j = sum_e act[e] slab[rows[e]] (written, not added), and dot[e] +=
+ * slab[rows[e]] . W's piece of row j (in double; the caller zeroes dot before the first group). */
+void saefw_slab_grad_dec(float *gW, const float *W, int64_t ld, const float *slab, const int64_t *start,
+                         const int32_t *rows, const float *act, double *dot, int64_t j0, int64_t j1, int64_t n_cols);
+/* Features [j0, j1): column j of gW (the group's first row, rows ld apart; n_cols rows) = sum_e coef[e]
+ * slab[rows[e]] (written). */
+void saefw_slab_grad_enc(float *gW, int64_t ld, const float *slab, const int64_t *start, const int32_t *rows,
+                         const float *coef, int64_t j0, int64_t j1, int64_t n_cols);
+
 #endif

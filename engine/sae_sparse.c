@@ -406,3 +406,20 @@ void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B) {
     saefw_parallel_for((sae->d_in + GROUP - 1) / GROUP, input_slabs, &c);
     saefw_parallel_for((sae->d_sae + FEAT_BLOCK - 1) / FEAT_BLOCK, backward_features, &c);
 }
+
+/* ---- the same kernels for the generic path (sae_arch.c) ---- */
+
+void saefw_slab_decode(double *slab, const float *wp, int64_t ld, int64_t d_sae, const int64_t *start,
+                       const int32_t *rows, const float *act, int64_t n_cols) {
+    decode_slab(slab, wp, ld, d_sae, start, rows, act, n_cols);
+}
+
+void saefw_slab_grad_dec(float *gW, const float *W, int64_t ld, const float *slab, const int64_t *start,
+                         const int32_t *rows, const float *act, double *dot, int64_t j0, int64_t j1, int64_t n_cols) {
+    grad_dec_group(gW, W, ld, slab, start, rows, act, dot, j0, j1, n_cols);
+}
+
+void saefw_slab_grad_enc(float *gW, int64_t ld, const float *slab, const int64_t *start, const int32_t *rows,
+                         const float *coef, int64_t j0, int64_t j1, int64_t n_cols) {
+    grad_enc_group(gW, ld, slab, start, rows, coef, j0, j1, n_cols);
+}

@@ -73,9 +73,8 @@ static int memory_check(saefw_multi *g, int print, char *err, size_t errlen) {
         const double p = 4.0 * (double)sae->n_total;
         const char *opt = o->optimizer.plugin->p.name;
         const int64_t B = g->B, d = sae->d_in, piece = B < SAEFW_EVAL_PIECE ? B : SAEFW_EVAL_PIECE;
-        const double step =
-            saefw_sae_work_estimate(d, sae->d_sae, B) + 4.0 * (double)(B * d) + 8.0 * (double)sae->d_sae;
-        double eval = saefw_sae_work_estimate(d, sae->d_sae, piece) + 4.0 * (double)(B * d) + 12.0 * (double)sae->d_sae;
+        const double step = saefw_sae_step_estimate(sae, B) + 4.0 * (double)(B * d) + 8.0 * (double)sae->d_sae;
+        double eval = saefw_sae_step_estimate(sae, piece) + 4.0 * (double)(B * d) + 12.0 * (double)sae->d_sae;
         const saefw_source *es = o->eval_source ? o->eval_source : src;
         if (o->n_evaluators > 0 && es->kind && !strcmp(es->kind, "model")) eval += es->mem_bytes;
         if (es != src) model += es->mem_bytes;
