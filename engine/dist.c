@@ -5,7 +5,6 @@
 #include "dist.h"
 
 #include <limits.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,9 +83,6 @@ void saefw_dist_finalize(void) {
 }
 
 void saefw_dist_abort(int code) {
-    /* mpirun ends the other ranks with SIGTERM: a rank that failed too (all ranks refusing the same
-     * checkpoint) must end at once, not wait for the SIGKILL while the run's handler defers the stop. */
-    signal(SIGTERM, SIG_DFL);
     if (g_mpi) MPI_Abort(MPI_COMM_WORLD, code);
     exit(code);
 }

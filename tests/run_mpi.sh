@@ -75,7 +75,7 @@ for np in 2 3; do
 done
 
 # Ranks that run different command lines: refused at start, one message naming the rank.
-out=$(mpi 1 "$bin" run "$script" --run_dir "$tmp/mix" "${args[@]}" : -np 1 "$bin" run "$script" \
+out=$(SAEFW_MPI_SIGKILL=1 mpi 1 "$bin" run "$script" --run_dir "$tmp/mix" "${args[@]}" : -np 1 "$bin" run "$script" \
       --run_dir "$tmp/mix" "${args[@]}" --lr 2e-3 2>&1)
 rc=$?
 echo "$out" | grep -m1 "differs" || true
@@ -96,7 +96,8 @@ grep -q "resumed at step 200" "$tmp/kill.resume.log" || bad "resume on 2 ranks: 
 same "$tmp/kill" "$tmp/r2" && echo "killed rank: resumed on 2 ranks to the uninterrupted run's weights" ||
     bad "resume on 2 ranks: weights differ from the uninterrupted run"
 # Each rank's buffer and data position are its own: another rank count is refused, naming the right one.
-out=$(mpi 3 "$bin" run "$script" --resume "$tmp/kill3" "${args[@]}" 2>&1)
+# (Every rank fails at start and aborts; mpirun would give the aborting ranks 60 s before SIGKILL.)
+out=$(SAEFW_MPI_SIGKILL=1 mpi 3 "$bin" run "$script" --resume "$tmp/kill3" "${args[@]}" 2>&1)
 rc=$?
 echo "$out" | grep -m1 "split among" || true
 [ $rc -ne 0 ] && echo "$out" | grep -q "split among 2 rank(s), this run has 3: resume it on 2 rank(s)" ||
