@@ -721,6 +721,9 @@ void saefw_checkpoint_prune_states(const char *run_dir, int keep) {
     for (int i = keep; i < nv; i++) {
         char p[PATH_MAX];
         if (saefw_pathf(p, sizeof p, NULL, 0, "%s/%ld/" SAEFW_TRAIN_STATE, run_dir, v[i]) == 0) unlink(p);
+        for (int r = 1; saefw_pathf(p, sizeof p, NULL, 0, "%s/%ld/" SAEFW_TRAIN_STATE_RANK, run_dir, v[i], r) == 0 &&
+                        unlink(p) == 0;
+             r++) {}
     }
     free(v);
 }

@@ -34,6 +34,9 @@ int saefw_checkpoint_write_sparsity(const char *dir, const float *freq, int64_t 
 
 /* File name of the resumable training state inside a checkpoint folder. */
 #define SAEFW_TRAIN_STATE "train_state.safetensors"
+/* Data parallel with each rank's own share of the data: rank r > 0's training state beside it (its
+ * buffer, sources and evaluation generators differ from rank 0's). */
+#define SAEFW_TRAIN_STATE_RANK "train_state.rank%d.safetensors"
 
 /* The newest complete, uncorrupted checkpoint of run_dir that holds a training state (numbered
  * folders, newest first; damaged ones are skipped with a line through log). Fills out with its path;

@@ -4,6 +4,7 @@
  * on every run with the same number of ranks. */
 #include "dist.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,21 @@ uint64_t saefw_fnv1a(uint64_t h, const void *data, size_t n) {
 
 int saefw_dist_rank(void) { return g_rank; }
 int saefw_dist_size(void) { return g_size; }
+
+void saefw_dist_share(int64_t n, int64_t *lo, int64_t *count) {
+    const int64_t a = n * g_rank / g_size, b = n * (g_rank + 1) / g_size;
+    *lo = a;
+    *count = b - a;
+}
+
+uint64_t saefw_dist_rank_seed(uint64_t seed) {
+    if (g_rank == 0) return seed;
+    uint64_t x = seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)g_rank);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return x;
+}
 
 #ifdef SAEFW_HAVE_MPI
 
@@ -241,6 +257,25 @@ int saefw_dist_barrier(char *err, size_t errlen) {
     return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "barrier", err, errlen);
 }
 
+int saefw_dist_gather_shares(void *data, int64_t n, size_t item, char *err, size_t errlen) {
+    if (g_size == 1 || n <= 0) return 0;
+    int *counts = saefw_malloc(sizeof(int) * 2 * (size_t)g_size, err, errlen);
+    if (!counts) return -1;
+    int *displs = counts + g_size;
+    for (int r = 0; r < g_size; r++) {
+        const int64_t a = n * r / g_size, b = n * (r + 1) / g_size;
+        if ((b - a) * (int64_t)item > INT_MAX || a * (int64_t)item > INT_MAX) {
+            free(counts);
+            return saefw_errf(err, errlen, "gathering %lld items of %zu bytes: more than 2 GiB", (long long)n, item);
+        }
+        counts[r] = (int)((b - a) * (int64_t)item);
+        displs[r] = (int)(a * (int64_t)item);
+    }
+    int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, counts, displs, MPI_BYTE, MPI_COMM_WORLD);
+    free(counts);
+    return rc == MPI_SUCCESS ? 0 : mpi_err(rc, "gather", err, errlen);
+}
+
 int saefw_dist_check_same(uint64_t hash, const char *what, char *err, size_t errlen) {
     if (g_size == 1) return 0;
     uint64_t *all = saefw_malloc(sizeof(uint64_t) * (size_t)g_size, err, errlen);
@@ -280,6 +315,7 @@ int saefw_dist_gather_f32(const float *part, int64_t off, int64_t n, float *full
     return 0;
 }
 int saefw_dist_bcast(void *data, size_t n, int root, char *err, size_t errlen) { return 0; }
+int saefw_dist_gather_shares(void *data, int64_t n, size_t item, char *err, size_t errlen) { return 0; }
 int saefw_dist_barrier(char *err, size_t errlen) { return 0; }
 int saefw_dist_check_same(uint64_t hash, const char *what, char *err, size_t errlen) { return 0; }
 

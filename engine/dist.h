@@ -53,6 +53,19 @@ int saefw_dist_barrier(char *err, size_t errlen);
  * be waiting in a collective. A single process just exits. Does not return. */
 void saefw_dist_abort(int code);
 
+/* ---- each rank's share of the data ---- */
+
+/* This rank's share of n items split in rank order: items [*lo, *lo + *count) with lo = n * rank /
+ * size (floor; shares differ by at most one item). One rank: 0 and n. */
+void saefw_dist_share(int64_t n, int64_t *lo, int64_t *count);
+/* A generator seed of this rank's own: the seed itself on rank 0 (so a 1-rank run draws what it always
+ * drew), mixed with the rank on the others (independent streams for each rank's data). */
+uint64_t saefw_dist_rank_seed(uint64_t seed);
+/* data [n] items of `item` bytes, of which each rank has filled its share (saefw_dist_share(n)):
+ * afterwards every rank holds all n, in rank order. -1 with err on an MPI error or when a share is
+ * more than 2 GiB. */
+int saefw_dist_gather_shares(void *data, int64_t n, size_t item, char *err, size_t errlen);
+
 /* FNV-1a over bytes, continuing from h (start with SAEFW_FNV_OFFSET). */
 #define SAEFW_FNV_OFFSET 0xcbf29ce484222325ULL
 uint64_t saefw_fnv1a(uint64_t h, const void *data, size_t n);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist.h"
 #include "util.h"
 
 /* Generators of the evaluations, derived from the run's seed so that they differ from the others. */
@@ -102,35 +103,61 @@ static int recons_counting(saefw_recons_evaluator *e, const saefw_sae *sae, int 
                                        &e->last, err, errlen);
 }
 
+/* Data parallel: the means of this rank's nb batches (e->last) become the means over all batches, on
+ * every rank: the sums of the ranks' batches added (base: the clean and zero-ablated losses too). */
+static int recons_combine(saefw_recons_evaluator *e, int64_t nb, int base, char *err, size_t errlen) {
+    const double w = (double)nb;
+    double v[3] = {nb && base ? e->last.loss_clean * w : 0, nb ? e->last.loss_recons * w : 0,
+                   nb && base ? e->last.loss_zero * w : 0};
+    if (saefw_dist_sum_f64(v, 3, err, errlen) != 0) return -1;
+    const double all = (double)e->batches;
+    e->last.loss_recons = v[1] / all;
+    if (base) {
+        e->last.loss_clean = v[0] / all;
+        e->last.loss_zero = v[2] / all;
+    }
+    e->last.score = (e->last.loss_zero - e->last.loss_recons) / (e->last.loss_zero - e->last.loss_clean);
+    return 0;
+}
+
 static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae *sae, saefw_metrics *m, char *err,
                            size_t errlen) {
     (void)m;
     saefw_recons_evaluator *e = (saefw_recons_evaluator *)ev;
+    /* Each rank evaluates its share of the batches (of the held-out rows, or drawn with its own
+     * generator); one rank: all of them. Counting the feature frequencies in the same pass serves one
+     * rank (data-parallel runs draw theirs apart, summed across ranks). */
+    int64_t b0 = 0, nb = 0;
+    saefw_dist_share(e->batches, &b0, &nb);
+    const int64_t rows_per_batch = e->model_batch * saefw_tokens_seq_len(e->tokens);
+    const int counting = e->count_freq && saefw_dist_size() == 1;
+    int with_base = 1;
     e->freq_rows = 0;
-    if (e->count_freq && e->mode == SAEFW_RECONS_FRESH && !e->transcoder) {
+    if (counting && e->mode == SAEFW_RECONS_FRESH && !e->transcoder) {
         if (recons_counting(e, sae, 1, err, errlen) != 0) return -1;
     } else if (e->transcoder) {
         if (e->mode == SAEFW_RECONS_FIXED && !e->rows && recons_draw_rows(e, err, errlen) != 0) return -1;
         if (e->rows) recons_check_overlap(e, run);
-        const int with_base = !e->rows || !e->has_base;
-        if (e->count_freq
-                ? recons_counting(e, sae, with_base, err, errlen) != 0
-                : saefw_transcoder_recons_score(e->model, e->tokens, e->hook_in, e->hook, sae, e->rows, e->batches,
-                                                e->model_batch, &e->rng, with_base, &e->last, err, errlen) != 0)
+        with_base = !e->rows || !e->has_base;
+        if (counting ? recons_counting(e, sae, with_base, err, errlen) != 0
+                     : nb > 0 && saefw_transcoder_recons_score(e->model, e->tokens, e->hook_in, e->hook, sae,
+                                                               e->rows ? e->rows + b0 * rows_per_batch : NULL, nb,
+                                                               e->model_batch, &e->rng, with_base, &e->last, err,
+                                                               errlen) != 0)
             return -1;
         if (e->rows && with_base) {
             e->has_base = 1;
             e->base_evals++;
         }
     } else if (e->mode == SAEFW_RECONS_FRESH) {
-        if (saefw_recons_score(e->model, e->tokens, e->hook, sae, e->batches, e->model_batch, &e->rng, &e->last, err,
-                               errlen) != 0)
+        if (nb > 0 && saefw_recons_score(e->model, e->tokens, e->hook, sae, nb, e->model_batch, &e->rng, &e->last, err,
+                                         errlen) != 0)
             return -1;
     } else {
         const saefw_recons_evaluator *b = e->base_from;
         if (!e->has_base && b && b->has_base && b->rows && b->batches == e->batches &&
             b->model_batch == e->model_batch) {
-            const size_t n = (size_t)(e->batches * e->model_batch * saefw_tokens_seq_len(e->tokens));
+            const size_t n = (size_t)(e->batches * rows_per_batch);
             if (!e->rows && !(e->rows = saefw_malloc(sizeof(int32_t) * n, err, errlen))) return -1;
             memcpy(e->rows, b->rows, sizeof(int32_t) * n);
             e->last.loss_clean = b->last.loss_clean;
@@ -139,16 +166,18 @@ static int recons_evaluate(saefw_evaluator *ev, saefw_run *run, const saefw_sae 
         }
         if (!e->rows && recons_draw_rows(e, err, errlen) != 0) return -1;
         recons_check_overlap(e, run);
-        const int with_base = !e->has_base;
-        if (e->count_freq ? recons_counting(e, sae, with_base, err, errlen) != 0
-                          : saefw_recons_score_fixed(e->model, e->tokens, e->hook, sae, e->rows, e->batches,
-                                                     e->model_batch, with_base, &e->last, err, errlen) != 0)
+        with_base = !e->has_base;
+        if (counting
+                ? recons_counting(e, sae, with_base, err, errlen) != 0
+                : nb > 0 && saefw_recons_score_fixed(e->model, e->tokens, e->hook, sae, e->rows + b0 * rows_per_batch,
+                                                     nb, e->model_batch, with_base, &e->last, err, errlen) != 0)
             return -1;
         if (with_base) {
             e->has_base = 1;
             e->base_evals++;
         }
     }
+    if (saefw_dist_size() > 1 && recons_combine(e, nb, with_base, err, errlen) != 0) return -1;
     const saefw_host *h = saefw_host_table();
     h->metric(run, "recons_score", e->last.score);
     h->metric(run, "loss_clean", e->last.loss_clean);
@@ -201,7 +230,7 @@ void saefw_recons_evaluator_init(saefw_recons_evaluator *e, const saefw_model *m
     e->batches = batches;
     e->model_batch = model_batch;
     e->mode = mode;
-    saefw_rng_seed(&e->rng, seed ^ RECONS_SEED_SALT);
+    saefw_rng_seed(&e->rng, saefw_dist_rank_seed(seed) ^ RECONS_SEED_SALT); /* fresh rows: each rank its own */
 }
 
 void saefw_recons_evaluator_free(saefw_recons_evaluator *e) {

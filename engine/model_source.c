@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist.h"
 #include "train.h"
 #include "util.h"
 
@@ -287,7 +288,7 @@ static int source_model(const saefw_model_source_opts *o, const saefw_hook *hook
         model_destroy(s);
         return -1;
     }
-    saefw_rng_seed(&ms->eval_rng, o->seed ^ 0x6d6f64656cULL);
+    saefw_rng_seed(&ms->eval_rng, saefw_dist_rank_seed(o->seed) ^ 0x6d6f64656cULL);
     s->kind = "model";
     s->mem_bytes = (double)saefw_model_param_bytes(o->model) + (double)saefw_model_work_bytes(ms->work) +
                    4.0 * (double)(ms->chunk_seqs * seq_len) * (double)(1 + 2 * ms->width + (hook_out ? ms->width : 0));

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "memory.h"
 #include "parallel.h"
 #include "tensorfile.h"
@@ -117,8 +118,9 @@ int saefw_source_synthetic(const saefw_synthetic_opts *o, saefw_source **out, ch
         float inv = (float)(1.0 / sqrt(ss));
         for (int64_t i = 0; i < o->d_in; i++) v[i] *= inv;
     }
-    saefw_rng_seed(&sy->train_rng, o->seed ^ 0x747261696eULL);
-    saefw_rng_seed(&sy->eval_rng, o->seed ^ 0x6576616cULL);
+    /* Each rank draws rows of its own (rank 0 the rows a single process draws). */
+    saefw_rng_seed(&sy->train_rng, saefw_dist_rank_seed(o->seed) ^ 0x747261696eULL);
+    saefw_rng_seed(&sy->eval_rng, saefw_dist_rank_seed(o->seed) ^ 0x6576616cULL);
     s->kind = "synthetic";
     s->d_act = o->d_in;
     s->next = synth_next;
@@ -174,6 +176,7 @@ typedef struct {
     const saefw_tensor_info *t;
     char *path;
     int64_t rows, cursor, wraps;
+    int64_t lo, hi; /* the rows the training stream reads, [lo, hi): data parallel, this rank's block */
     int64_t mark_cursor, mark_wraps; /* cursor and wraps at the latest mark */
     saefw_rng eval_rng;
     /* Rows are read with pread, not through the mapping: a file cut short during the run is then an
@@ -230,17 +233,17 @@ static int file_rows(saefw_source *s, file_source *fs, int64_t row, int64_t n, f
 static int file_next(saefw_source *s, float *out, int64_t n, char *err, size_t errlen) {
     file_source *fs = s->impl;
     while (n > 0) {
-        int64_t take = fs->rows - fs->cursor < n ? fs->rows - fs->cursor : n;
+        int64_t take = fs->hi - fs->cursor < n ? fs->hi - fs->cursor : n;
         if (file_rows(s, fs, fs->cursor, take, out, err, errlen) != 0) return -1;
         out += take * s->d_act;
         n -= take;
         fs->cursor += take;
-        if (fs->cursor == fs->rows) {
-            fs->cursor = 0;
+        if (fs->cursor == fs->hi) {
+            fs->cursor = fs->lo;
             fs->wraps++;
             char msg[512];
             snprintf(msg, sizeof msg, "%s: reached the end of %lld rows; starting pass %lld", fs->path,
-                     (long long)fs->rows, (long long)fs->wraps + 1);
+                     (long long)(fs->hi - fs->lo), (long long)fs->wraps + 1);
             source_log(s, msg);
         }
     }
@@ -288,7 +291,7 @@ static int file_load(saefw_source *s, saefw_state_in *st, char *err, size_t errl
         saefw_state_get_i64(st, "cursor", &cursor, err, errlen) != 0 ||
         saefw_state_get_i64(st, "wraps", &wraps, err, errlen) != 0)
         return -1;
-    if (rows != fs->rows || cursor < 0 || cursor >= rows)
+    if (rows != fs->rows || cursor < fs->lo || cursor >= fs->hi)
         return saefw_errf(err, errlen, "%s: the run was saved with an activation file of %lld rows, this one has %lld",
                           fs->path, (long long)rows, (long long)fs->rows);
     fs->cursor = cursor;
@@ -365,7 +368,20 @@ int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint
         return -1;
     }
     fs->rows = t->shape[0];
-    saefw_rng_seed(&fs->eval_rng, seed ^ 0x6576616cULL);
+    /* Data parallel: rank r trains on the r-th of `ranks` contiguous blocks of the file's rows (the
+     * buffer shuffles them); evaluation draws come from the whole file, each rank's its own. */
+    int64_t n_own = 0;
+    saefw_dist_share(fs->rows, &fs->lo, &n_own);
+    fs->hi = fs->lo + n_own;
+    fs->cursor = fs->lo;
+    if (n_own == 0) {
+        saefw_errf(err, errlen, "%s: %lld rows is fewer than the %d ranks (each trains on its own rows)", path,
+                   (long long)fs->rows, saefw_dist_size());
+        s->impl = fs;
+        file_destroy(s);
+        return -1;
+    }
+    saefw_rng_seed(&fs->eval_rng, saefw_dist_rank_seed(seed) ^ 0x6576616cULL);
     s->kind = "file";
     s->d_act = t->shape[1];
     s->next = file_next;
@@ -553,6 +569,8 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
         b->rows = batch;
         b->d = src->d_act;
         b->batch = batch;
+        b->take = batch;
+        b->rows_total = batch;
         b->dtype = SAEFW_BUF_F32;
         b->in_order = 1;
         return 0;
@@ -560,35 +578,44 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
     if (rows < 4 * batch)
         return saefw_errf(err, errlen, "buffer: %lld rows is too small for batch_size %lld (need at least 4 batches)",
                           (long long)rows, (long long)batch);
+    /* Each rank holds its share of the rows and takes its share of each batch (rank 0 of one: all). */
+    int64_t lo, own_rows, own_take;
+    saefw_dist_share(rows, &lo, &own_rows);
+    saefw_dist_share(batch, &lo, &own_take);
+    if (own_take == 0)
+        return saefw_errf(err, errlen, "buffer: batch_size %lld is smaller than the %d ranks (each rank needs a row)",
+                          (long long)batch, saefw_dist_size());
     b->src = src;
-    b->rows = rows;
+    b->rows = own_rows;
+    b->rows_total = rows;
     b->d = src->d_act;
     b->batch = batch;
+    b->take = own_take;
     b->dtype = dtype;
     b->first = 1;
     /* Staging in small pieces: the rows written do not depend on the piece size, and a model batch of
      * the seed's size (65536 rows) would otherwise stage 512 MiB. */
     b->stage_rows = src->chunk_rows > 0 && src->chunk_rows < batch ? src->chunk_rows : batch;
     if (b->stage_rows > 512) b->stage_rows = 512;
-    saefw_rng_seed(&b->rng, seed ^ 0x627566666572ULL);
+    saefw_rng_seed(&b->rng, saefw_dist_rank_seed(seed) ^ 0x627566666572ULL);
     /* Before anything is allocated: a buffer that cannot fit is refused now, not after its fill. */
     const double need =
-        (double)saefw_buffer_bytes(b) + 8.0 * (double)rows + 4.0 * (double)(b->stage_rows * b->d) + src->mem_bytes;
+        (double)saefw_buffer_bytes(b) + 8.0 * (double)b->rows + 4.0 * (double)(b->stage_rows * b->d) + src->mem_bytes;
     char what[96];
-    snprintf(what, sizeof what, "the activation buffer (%lld rows of %lld at %s)", (long long)rows, (long long)b->d,
+    snprintf(what, sizeof what, "the activation buffer (%lld rows of %lld at %s)", (long long)b->rows, (long long)b->d,
              dtype == SAEFW_BUF_BF16 ? "bf16" : "f32");
     if (saefw_mem_check(what, need, err, errlen) != 0) {
         memset(b, 0, sizeof *b);
         return -1;
     }
     b->data = saefw_malloc(saefw_buffer_bytes(b), err, errlen);
-    b->perm = b->data ? saefw_malloc(sizeof(int64_t) * (size_t)rows, err, errlen) : NULL;
+    b->perm = b->data ? saefw_malloc(sizeof(int64_t) * (size_t)b->rows, err, errlen) : NULL;
     b->stage = b->perm ? saefw_malloc(sizeof(float) * (size_t)(b->stage_rows * b->d), err, errlen) : NULL;
     if (!b->stage) {
         saefw_buffer_free(b);
         return -1;
     }
-    for (int64_t i = 0; i < rows; i++) b->perm[i] = i;
+    for (int64_t i = 0; i < b->rows; i++) b->perm[i] = i;
     saefw_stop_scope stop;
     saefw_stop_begin(&stop);
     int rc = buffer_refresh(b, err, errlen); /* a stop here (1) ends the fill with err said */
@@ -602,7 +629,7 @@ int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t 
 
 int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen) {
     if (b->in_order) return b->src->next(b->src, out, b->batch, err, errlen);
-    for (int64_t k = 0; k < b->batch; k++) {
+    for (int64_t k = 0; k < b->take; k++) {
         int64_t phys = b->perm[b->pointer + k];
         if (b->dtype == SAEFW_BUF_BF16) {
             const uint16_t *src = (const uint16_t *)b->data + phys * b->d;
@@ -611,14 +638,14 @@ int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen) {
             memcpy(out + k * b->d, (const float *)b->data + phys * b->d, sizeof(float) * (size_t)b->d);
         }
     }
-    b->pointer += b->batch;
-    if (b->pointer <= b->rows / 2 - b->batch) return 0;
+    b->pointer += b->take;
+    if (b->pointer <= b->rows / 2 - b->take) return 0;
     int rc = buffer_refresh(b, err, errlen);
     if (rc == 1) {
         /* Stopped: the batch goes back to its rows, which the refill may have written over (bf16 rows
          * round-trip exactly), and is read again by the next call. */
-        b->pointer -= b->batch;
-        for (int64_t k = 0; k < b->batch; k++) {
+        b->pointer -= b->take;
+        for (int64_t k = 0; k < b->take; k++) {
             int64_t phys = b->perm[b->pointer + k];
             const float *src = out + k * b->d;
             if (b->dtype == SAEFW_BUF_BF16) {

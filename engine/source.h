@@ -48,7 +48,8 @@ void saefw_source_free(saefw_source *s);
 
 /* Synthetic data with known ground truth (Sharkey et al.): n_features random unit directions in
  * d_in dims; each row sums the features that are on, each on independently with probability p and
- * a magnitude uniform in [0, max_magnitude). */
+ * a magnitude uniform in [0, max_magnitude). Data parallel, each rank draws its rows (training and
+ * evaluation) from generators of its own; rank 0's are a single process's. */
 typedef struct {
     int64_t d_in, n_features;
     double p_active, max_magnitude;
@@ -63,7 +64,9 @@ double saefw_mmcs(const float *truth, int64_t n_truth, const float *D, int64_t n
 
 /* Activations from a file: a 2-D tensor [N, d_act] of F32, BF16 or F16 in .npy or safetensors
  * (tensor `name`, or the file's only tensor when name is NULL), memory-mapped. Rows are read in
- * order and wrap around at the end with a log line. */
+ * order and wrap around at the end with a log line. Data parallel, rank r of P reads the r-th of P
+ * contiguous blocks of rows (floor split) and wraps within it; evaluation draws come from the whole
+ * file with a generator of the rank's own. */
 int saefw_source_file(const char *path, const char *name, int64_t expect_d, uint64_t seed, saefw_source **out,
                       char *err, size_t errlen);
 
@@ -98,13 +101,19 @@ typedef struct {
     double fill_seconds;   /* wall time of the first fill */
     double refill_seconds; /* wall time of the refills after it (model forwards included) */
     int in_order;          /* the source is an ordered feed: each batch is read straight from it */
+    /* Data parallel (dist.h, more than one rank, not in_order): each rank's buffer holds its share of
+     * the rows (`rows` is this rank's, rows_total the whole buffer's), is shuffled by a generator of its
+     * own, and each batch hands out this rank's `take` rows of the global `batch`. One rank: take =
+     * batch, rows_total = rows. */
+    int64_t take, rows_total;
 } saefw_buffer;
 
 /* Over a source with in_order set, the buffer holds nothing: each batch is the source's next
  * `batch` rows, in float32, and `rows`, dtype and seed are not used. */
 int saefw_buffer_init(saefw_buffer *b, saefw_source *src, int64_t rows, int64_t batch, saefw_buffer_dtype dtype,
                       uint64_t seed, char *err, size_t errlen);
-/* Next batch [batch, d] as float32. A refill stopped by a signal returns -1 with the stop in err and
+/* Next batch as float32: [take, d], this rank's rows of the global batch ([batch, d] on one rank or
+ * in_order). A refill stopped by a signal returns -1 with the stop in err and
  * leaves buffer and source as they were before this call. */
 int saefw_buffer_next(saefw_buffer *b, float *out, char *err, size_t errlen);
 void saefw_buffer_free(saefw_buffer *b);

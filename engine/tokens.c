@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "tensorfile.h"
 #include "util.h"
 
@@ -28,6 +29,9 @@ struct saefw_tokens {
     int shuffle;
     uint64_t seed, key;
     int64_t cursor, pass;
+    /* Data parallel: this rank reads the positions of each pass congruent to `phase` mod `stride` (its
+     * rank and the rank count); 0 and 1 alone. */
+    int64_t phase, stride;
     int bits; /* Feistel domain is 2^bits >= rows */
     int fd;   /* rows are read from here at file_off, or from data when -1 */
     int64_t file_off;
@@ -173,6 +177,14 @@ int saefw_tokens_open(const saefw_tokens_opts *o, saefw_tokens **out, char *err,
     t->seed = o->seed;
     t->bits = 2;
     while ((1LL << t->bits) < t->rows) t->bits += 2;
+    t->phase = saefw_dist_rank();
+    t->stride = saefw_dist_size();
+    if (t->rows < t->stride) {
+        saefw_errf(err, errlen, "%s: %lld rows of %lld tokens is fewer than the %lld ranks (each reads its own rows)",
+                   o->path, (long long)t->rows, (long long)o->seq_len, (long long)t->stride);
+        saefw_tokens_free(t);
+        return -1;
+    }
     new_key(t);
     *out = t;
     return 0;
@@ -267,12 +279,20 @@ int saefw_tokens_row(const saefw_tokens *t, int64_t r, int32_t *out, int64_t max
     return 0;
 }
 
+/* Move the cursor to this rank's next position of the pass (the pass's end when it has none left). */
+static void own_position(saefw_tokens *t) {
+    if (t->stride > 1 && t->cursor < t->rows) t->cursor += (t->phase - t->cursor % t->stride + t->stride) % t->stride;
+    if (t->cursor > t->rows) t->cursor = t->rows;
+}
+
 int saefw_tokens_next(saefw_tokens *t, int32_t *out, int64_t n, int64_t max_id, char *err, size_t errlen) {
     for (int64_t k = 0; k < n; k++) {
+        own_position(t);
         if (t->cursor == t->rows) {
             t->cursor = 0;
             t->pass++;
             new_key(t);
+            own_position(t);
             if (t->log) {
                 char msg[512];
                 snprintf(msg, sizeof msg, "%s: used all %lld rows; starting pass %lld%s", t->path, (long long)t->rows,

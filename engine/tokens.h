@@ -38,7 +38,9 @@ int saefw_tokens_seek(saefw_tokens *t, int64_t pass, int64_t cursor, char *err, 
  * < max_id when max_id > 0. */
 int saefw_tokens_row(const saefw_tokens *t, int64_t r, int32_t *out, int64_t max_id, char *err, size_t errlen);
 /* The next n rows of the training stream [n, seq_len]. Past the last row it starts a new pass with a
- * fresh shuffle and reports it through log (if set). */
+ * fresh shuffle and reports it through log (if set). Data parallel (dist.h), each rank's stream is
+ * its share of every pass: the positions congruent to its rank modulo the rank count (the file must
+ * have a row for each rank). */
 int saefw_tokens_next(saefw_tokens *t, int32_t *out, int64_t n, int64_t max_id, char *err, size_t errlen);
 /* n rows drawn uniformly at random with rng (evaluation; does not move the stream). */
 int saefw_tokens_sample(const saefw_tokens *t, saefw_rng *rng, int32_t *out, int64_t n, int64_t max_id, char *err,

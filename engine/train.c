@@ -147,7 +147,7 @@ static int sample_frequencies(saefw_run *run, char *err, size_t errlen) {
     int64_t nb = run->o->freq_batches > 0 ? run->o->freq_batches : 5;
     const int64_t cap = saefw_sae_step_cap(run->work), rows = nb * saefw_eval_batch_rows(run->eval_src, cap);
     double t = saefw_now();
-    if (saefw_feature_frequencies(run->sae, run->eval_src, rows, cap, run->freq, err, errlen) != 0) return -1;
+    if (saefw_train_frequencies(run, rows, run->freq, err, errlen) != 0) return -1;
     run->time.eval_freq += saefw_now() - t;
     return 0;
 }
@@ -264,20 +264,40 @@ static uint64_t config_hash(const saefw_run *run) {
 }
 
 /* The step's statistics over the global batch from each rank's over its rows: l2 and l0 are means over
- * rows and l1 a sum, so they add up exactly; explained variance becomes the row-weighted mean of the
- * ranks' (each over its own rows). Also agrees on a stop: a signal that reached any rank stops all
- * after this step. */
-static int global_stats(saefw_run *run, saefw_sae_stats *st, char *err, size_t errlen) {
+ * rows and l1 a sum, so they add up exactly. Explained variance is 1 - sum (y - y_hat)^2 / sum (y -
+ * mean(y))^2 over the whole batch: the ranks add their squared errors and each column's sum and sum of
+ * squares of y (their rows of the batch y, or of the inputs), in double. Also agrees on a stop: a signal
+ * that reached any rank stops all after this step. */
+static int global_stats(saefw_run *run, const float *y, int64_t d_y, saefw_sae_stats *st, char *err, size_t errlen) {
     const double w = (double)run->rows;
-    double v[5] = {st->l2 * w, st->l1, st->l0 * w, st->explained_variance * w, (double)saefw_stop_pending()};
-    if (saefw_dist_sum_f64(v, 5, err, errlen) != 0) return -1;
+    const int64_t n = 4 + 2 * d_y;
+    double *v = saefw_calloc((size_t)n, sizeof(double), err, errlen);
+    if (!v) return -1;
+    v[0] = st->l2 * w;
+    v[1] = st->l1;
+    v[2] = st->l0 * w;
+    v[3] = (double)saefw_stop_pending();
+    double *sum = v + 4, *sq = v + 4 + d_y;
+    for (int64_t r = 0; r < run->rows; r++)
+        for (int64_t i = 0; i < d_y; i++) {
+            const double x = y[r * d_y + i];
+            sum[i] += x;
+            sq[i] += x * x;
+        }
+    if (saefw_dist_sum_f64(v, n, err, errlen) != 0) {
+        free(v);
+        return -1;
+    }
     const double B = (double)run->B;
+    double var = 0;
+    for (int64_t i = 0; i < d_y; i++) var += sq[i] - sum[i] * sum[i] / B;
     st->l2 = v[0] / B;
     st->l1 = v[1];
     st->loss = st->l2 + st->l1;
     st->l0 = v[2] / B;
-    st->explained_variance = v[3] / B;
-    if (v[4] > 0) saefw_stop_commit();
+    st->explained_variance = var > 0 ? 1.0 - v[0] / var : 0.0;
+    if (v[3] > 0) saefw_stop_commit();
+    free(v);
     return 0;
 }
 
@@ -359,8 +379,10 @@ int saefw_trainer_open(const saefw_train_opts *o, saefw_trainer **out, char *err
     run->B = B;
     run->rank = saefw_dist_rank();
     run->ranks = saefw_dist_size();
-    run->row0 = B * run->rank / run->ranks;
-    run->rows = B * (run->rank + 1) / run->ranks - run->row0;
+    saefw_dist_share(B, &run->row0, &run->rows);
+    /* A buffer that holds this rank's share hands out only its rows of each batch. */
+    run->sharded = buf && buf->take != B;
+    if (run->sharded) run->row0 = 0;
     int rc = -1;
     if (B < run->ranks) {
         saefw_errf(err, errlen, "train: batch_size %lld is smaller than the %d ranks (each rank needs a row)",
@@ -521,7 +543,7 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
     if (run->batch_xy) {
         /* A transcoder's rows [x | y] apart: plugins see the input rows as the batch. */
         const int64_t di = sae->d_in, dout = sae->d_out;
-        for (int64_t r = 0; r < B; r++) {
+        for (int64_t r = 0; r < (run->sharded ? run->rows : B); r++) {
             memcpy(run->batch + r * di, run->batch_xy + r * (di + dout), sizeof(float) * (size_t)di);
             memcpy(run->batch_y + r * dout, run->batch_xy + r * (di + dout) + di, sizeof(float) * (size_t)dout);
         }
@@ -531,7 +553,10 @@ static int step_once(saefw_run *run, char *err, size_t errlen) {
                             run->batch_y ? run->batch_y + run->row0 * sae->d_out : NULL, run->rows, &st);
     if (run->ranks > 1) {
         const double tc = saefw_now();
-        if (saefw_train_zero_grad_sum(run, err, errlen) != 0 || global_stats(run, &st, err, errlen) != 0) return -1;
+        if (saefw_train_zero_grad_sum(run, err, errlen) != 0 ||
+            global_stats(run, run->batch_y ? run->batch_y + run->row0 * sae->d_out : run->batch + run->row0 * sae->d_in,
+                         run->batch_y ? sae->d_out : sae->d_in, &st, err, errlen) != 0)
+            return -1;
         run->comm_s += saefw_now() - tc;
     }
     if (!isfinite(st.loss))
@@ -676,6 +701,12 @@ static int finish(saefw_run *run, char *err, size_t errlen) {
         return -1;
     }
     if (call_hooks(run, offsetof(saefw_plugin, on_end), err, errlen) != 0) return -1;
+    /* Rank 0 writes the weights of all: they must be every rank's (a plugin that chose differently on
+     * some rank would otherwise go unseen). */
+    if (run->ranks > 1 &&
+        saefw_dist_check_same(saefw_fnv1a(SAEFW_FNV_OFFSET, run->sae->params, sizeof(float) * run->sae->n_total),
+                              "final weights", err, errlen) != 0)
+        return -1;
     if (saefw_train_save_checkpoint(run, "final", m, o->steps, 0, res, err, errlen) != 0) return -1;
     if (saefw_train_emit(run, SAEFW_EVENT_END, m, err, errlen) != 0) return -1;
     res->last = *m;

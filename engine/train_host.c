@@ -157,6 +157,9 @@ static void host_metric(saefw_run *run, const char *name, double value) {
     run->extra_value[run->n_extra++] = value;
 }
 
+/* Data parallel: each rank draws its share of the n rows (from its own evaluation draws) and the
+ * shares are gathered, so that every rank sees the same n rows and losses and a plugin that picks
+ * among them picks the same rows everywhere. */
 static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *err, size_t errlen) {
     const int64_t d = run->sae->d_in;
     /* The caller's rows are [n, d_in]: a transcoder's source would write its targets too. */
@@ -167,8 +170,10 @@ static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *e
     const int64_t cap = saefw_sae_step_cap(run->work), piece = cap < SAEFW_EVAL_PIECE ? cap : SAEFW_EVAL_PIECE;
     if (loss && !run->sample_work && saefw_sae_eval_alloc(&run->sample_work, run->sae, piece, err, errlen) != 0)
         return -1;
-    for (int64_t r = 0; r < n; r += cap) {
-        int64_t k = n - r < cap ? n - r : cap;
+    int64_t lo, own;
+    saefw_dist_share(n, &lo, &own);
+    for (int64_t r = lo; r < lo + own; r += cap) {
+        int64_t k = lo + own - r < cap ? lo + own - r : cap;
         if (run->eval_src->sample(run->eval_src, x + r * d, k, err, errlen) != 0) return -1;
         for (int64_t p0 = r; loss && p0 < r + k; p0 += piece) {
             const int64_t np = r + k - p0 < piece ? r + k - p0 : piece;
@@ -176,6 +181,9 @@ static int host_sample(saefw_run *run, float *x, float *loss, int64_t n, char *e
             if (saefw_sae_eval_row_loss(run->sae, run->sample_work, x + p0 * d, loss + p0, err, errlen) != 0) return -1;
         }
     }
+    if (run->ranks > 1 && (saefw_dist_gather_shares(x, n, sizeof(float) * (size_t)d, err, errlen) != 0 ||
+                           (loss && saefw_dist_gather_shares(loss, n, sizeof(float), err, errlen) != 0)))
+        return -1;
     return 0;
 }
 
@@ -183,9 +191,9 @@ int64_t saefw_eval_batch_rows(const saefw_source *src, int64_t batch) {
     return src->chunk_rows > 0 ? src->chunk_rows : batch;
 }
 
-int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t rows, int64_t chunk, float *freq,
-                              char *err, size_t errlen) {
-    if (rows <= 0 || chunk <= 0) return saefw_errf(err, errlen, "feature frequencies: rows must be positive");
+/* Counts [d_sae] (added to) of the features active on `rows` rows of src, drawn `chunk` at a time. */
+static int feature_counts(const saefw_sae *sae, saefw_source *src, int64_t rows, int64_t chunk, int64_t *count,
+                          char *err, size_t errlen) {
     if (chunk > rows) chunk = rows;
     /* Rows are drawn `chunk` at a time and run through the SAE in smaller pieces. */
     const int64_t piece = chunk < SAEFW_EVAL_PIECE ? chunk : SAEFW_EVAL_PIECE;
@@ -194,8 +202,7 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
     /* A transcoder's rows [input | target]: the input columns are moved to the front of x. */
     const int64_t d_row = src->d_target > 0 ? src->d_act : sae->d_in;
     float *x = saefw_malloc(sizeof(float) * (size_t)(chunk * d_row), err, errlen);
-    int64_t *count = x ? saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen) : NULL;
-    int rc = count ? 0 : -1;
+    int rc = x ? 0 : -1;
     for (int64_t done = 0; rc == 0 && done < rows; done += chunk) {
         int64_t k = rows - done < chunk ? rows - done : chunk;
         if (saefw_stop_requested() && (rc = saefw_stop_errf(err, errlen, "feature frequencies")) != 0) break;
@@ -214,11 +221,40 @@ int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t r
             rc = saefw_sae_eval_count_active(sae, w, count, err, errlen);
         }
     }
+    free(x);
+    saefw_sae_eval_free(w);
+    return rc;
+}
+
+int saefw_feature_frequencies(const saefw_sae *sae, saefw_source *src, int64_t rows, int64_t chunk, float *freq,
+                              char *err, size_t errlen) {
+    if (rows <= 0 || chunk <= 0) return saefw_errf(err, errlen, "feature frequencies: rows must be positive");
+    int64_t *count = saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen);
+    if (!count) return -1;
+    int rc = feature_counts(sae, src, rows, chunk, count, err, errlen);
     if (rc == 0)
         for (int64_t j = 0; j < sae->d_sae; j++) freq[j] = (float)((double)count[j] / (double)rows);
     free(count);
-    free(x);
-    saefw_sae_eval_free(w);
+    return rc;
+}
+
+int saefw_train_frequencies(saefw_run *run, int64_t rows, float *freq, char *err, size_t errlen) {
+    const saefw_sae *sae = run->sae;
+    const int64_t cap = saefw_sae_step_cap(run->work);
+    if (run->ranks == 1) return saefw_feature_frequencies(sae, run->eval_src, rows, cap, freq, err, errlen);
+    if (rows <= 0) return saefw_errf(err, errlen, "feature frequencies: rows must be positive");
+    int64_t lo, own;
+    saefw_dist_share(rows, &lo, &own);
+    int64_t *count = saefw_calloc((size_t)sae->d_sae, sizeof(int64_t), err, errlen);
+    double *sum = count ? saefw_malloc(sizeof(double) * (size_t)sae->d_sae, err, errlen) : NULL;
+    int rc = sum ? 0 : -1;
+    if (rc == 0 && own > 0) rc = feature_counts(sae, run->eval_src, own, cap, count, err, errlen);
+    /* Counts stay below 2^53: their sum in double is exact, whatever the order. */
+    for (int64_t j = 0; rc == 0 && j < sae->d_sae; j++) sum[j] = (double)count[j];
+    if (rc == 0) rc = saefw_dist_sum_f64(sum, sae->d_sae, err, errlen);
+    for (int64_t j = 0; rc == 0 && j < sae->d_sae; j++) freq[j] = (float)(sum[j] / (double)rows);
+    free(sum);
+    free(count);
     return rc;
 }
 
@@ -227,7 +263,7 @@ static int host_freqs(saefw_run *run, int64_t n_batches, float *freq, char *err,
         return saefw_errf(err, errlen, "feature_frequencies: n_batches = %lld is not in 1 .. %d", (long long)n_batches,
                           SAEFW_MAX_EVAL_BATCHES);
     const int64_t cap = saefw_sae_step_cap(run->work), rows = n_batches * saefw_eval_batch_rows(run->eval_src, cap);
-    return saefw_feature_frequencies(run->sae, run->eval_src, rows, cap, freq, err, errlen);
+    return saefw_train_frequencies(run, rows, freq, err, errlen);
 }
 
 static const float *host_batch_inputs(saefw_run *run, int64_t *rows) {

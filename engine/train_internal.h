@@ -63,10 +63,13 @@ struct saefw_run {
     stack_t old_ss;
     saefw_run *crash_prev; /* the trainer the crash handler named before this one opened (trainers nest) */
     saefw_stop_scope stop_scope;
-    /* Data parallel (dist.h): every rank draws the same global batch of B rows and trains on its
-     * rows [row0, row0 + rows); one rank: 0 and B. */
+    /* Data parallel (dist.h): rank of ranks trains on rows [row0, row0 + rows) of each global batch of B
+     * rows; one rank: 0 and B. */
     int rank, ranks;
     int64_t row0, rows;
+    /* The buffer holds this rank's share of the token rows (saefw_buffer.take): each batch is only this
+     * rank's rows, at row0 = 0 of batch. */
+    int sharded;
     double comm_s; /* seconds in the step's sums across ranks (part of time.step) */
     /* ZeRO-1 (train_zero.c): the parameter block cut into row-aligned ranges, rank r owning
      * [zbounds[r], zbounds[r + 1]); the gradient sum goes by this layout on more than one rank, so
@@ -79,6 +82,11 @@ struct saefw_run {
 void saefw_train_host_log(saefw_run *run, int level, const char *msg);
 /* A plugin's error message: its buffer ended by the host (a plugin may fill it without a NUL). */
 const char *saefw_train_plugin_msg(char *perr, size_t n, const char *fallback);
+
+/* train_host.c: the feature frequencies over `rows` rows of the evaluation draws, drawn at the step's
+ * capacity; data parallel, each rank counts its share of the rows and the counts are summed, so that
+ * every rank gets the global frequencies. */
+int saefw_train_frequencies(saefw_run *run, int64_t rows, float *freq, char *err, size_t errlen);
 
 /* train_report.c: the progress line (tty: redrawn in place), the eval line, and an event: its
  * metrics.jsonl line and the callback. saefw_train_emit returns 0, or -1 with err; a callback asking

@@ -280,6 +280,10 @@ int saefw_multi_open(saefw_buffer *buf, const char *run_dir, int resume, const c
             if (opts[j].sae == o->sae)
                 return saefw_errf(err, errlen, "train: SAEs %s and %s are the same SAE object", names[j], names[i]);
     }
+    if (buf->take != buf->batch)
+        return saefw_errf(err, errlen,
+                          "train: several SAEs on one buffer run on one rank: under mpirun each rank's buffer holds "
+                          "only its share of the rows");
     saefw_multi *g = saefw_calloc(1, sizeof *g, err, errlen);
     if (!g) return -1;
     g->lock_fd = -1;

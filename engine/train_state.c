@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "dist.h"
 #include "eval.h"
 #include "rundir.h"
 #include "state.h"
@@ -199,7 +200,10 @@ static int write_changes(saefw_run *run, int n, char *err, size_t errlen) {
 }
 
 /* Everything a resumed run needs beyond the weights, as of the end of step `next - 1`. */
-static int write_train_state(saefw_run *run, const char *path, int64_t next, char *err, size_t errlen) {
+/* with_plugins: the plugins' states too (rank 0's file; they are the same on every rank, and under ZeRO-1
+ * saving them is a collective that rank 0's save alone makes). */
+static int write_train_state(saefw_run *run, const char *path, int64_t next, int with_plugins, char *err,
+                             size_t errlen) {
     const saefw_train_opts *o = run->o;
     saefw_state_out st;
     saefw_state_out_init(&st);
@@ -224,7 +228,8 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         saefw_state_put_f64(&st, "lr", run->lr, err, errlen) != 0 ||
         saefw_state_put_f64(&st, "l1_coeff", run->sae->l1_coeff, err, errlen) != 0 ||
         saefw_state_put_copy(&st, "time_split", SAEFW_DT_F64, TIME_PARTS, &time, err, errlen) != 0 ||
-        put_record(run, &st, err, errlen) != 0)
+        put_record(run, &st, err, errlen) != 0 ||
+        (run->sharded && saefw_state_put_i64(&st, "data_ranks", run->ranks, err, errlen) != 0))
         goto out;
     for (int i = 0; i < o->n_evaluators; i++)
         if (o->evaluators[i]->rng &&
@@ -244,7 +249,7 @@ static int write_train_state(saefw_run *run, const char *path, int64_t next, cha
         saefw_errf(err, errlen, "training state: too many plugins");
         goto out;
     }
-    int ns = plugin_slots(run, slots);
+    int ns = with_plugins ? plugin_slots(run, slots) : 0;
     for (int i = 0; i < ns; i++) {
         if (!slots[i].p->save_state) continue;
         saefw_state_set_prefix(&st, slots[i].prefix);
@@ -294,10 +299,36 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
     memcpy(run->sae->params, saved.params, sizeof(float) * saved.n_total);
     saefw_sae_free(&saved);
 
-    saefw_state_in st;
+    saefw_state_in st, st0;
+    int has0 = 0;
     if (saefw_pathf(path, sizeof path, err, errlen, "%s/" SAEFW_TRAIN_STATE, dir) != 0 ||
         saefw_state_open(path, &st, err, errlen) != 0)
         return -1;
+    /* Each rank's buffer and data position are its own share: they resume on as many ranks, each from
+     * its own state (rank 0's is the main one). */
+    int64_t data_ranks = 1;
+    saefw_state_in_prefix(&st, "run/");
+    if (saefw_state_has(&st, "data_ranks") && saefw_state_get_i64(&st, "data_ranks", &data_ranks, err, errlen) != 0)
+        goto fail;
+    const int64_t ranks_now = run->sharded ? run->ranks : 1;
+    if (data_ranks != ranks_now) {
+        saefw_errf(err, errlen,
+                   "%s: the checkpoint's data was split among %lld rank(s), this run has %lld: resume it on %lld "
+                   "rank(s) (each rank's activation buffer and token position are its own)",
+                   dir, (long long)data_ranks, (long long)ranks_now, (long long)data_ranks);
+        goto fail;
+    }
+    /* The plugins' states are rank 0's (see write_train_state); the rest is this rank's own. */
+    if (run->sharded && run->rank > 0) {
+        st0 = st;
+        has0 = 1;
+        if (saefw_pathf(path, sizeof path, err, errlen, "%s/" SAEFW_TRAIN_STATE_RANK, dir, run->rank) != 0 ||
+            saefw_state_open(path, &st, err, errlen) != 0) {
+            saefw_state_close(&st0);
+            return -1;
+        }
+    }
+    saefw_state_in *pst = has0 ? &st0 : &st;
     int64_t next = -1, tokens = 0, offset = 0, lines = -1;
     double elapsed = 0;
     int n_changes = 0;
@@ -357,11 +388,11 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
             }
             continue;
         }
-        saefw_state_in_prefix(&st, slots[i].prefix);
+        saefw_state_in_prefix(pst, slots[i].prefix);
         char perr[512] = "";
         run->current = p->name;
         run->callback = "load_state";
-        int prc = p->load_state(slots[i].self, run, (saefw_state_reader *)&st, perr, sizeof perr);
+        int prc = p->load_state(slots[i].self, run, (saefw_state_reader *)pst, perr, sizeof perr);
         run->current = NULL;
         if (prc != 0) {
             saefw_errf(err, errlen, "plugin %s: restoring its state from %s: %s", p->name, path,
@@ -380,6 +411,7 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
         }
     }
     saefw_state_close(&st);
+    if (has0) saefw_state_close(&st0);
     if (next < 0 || next > o->steps) {
         saefw_errf(err, errlen, "%s: the checkpoint is at step %lld, past this run's %lld steps", dir, (long long)next,
                    (long long)o->steps);
@@ -398,6 +430,7 @@ int64_t saefw_train_read_state(saefw_run *run, const char *dir, char *err, size_
     return next;
 fail:
     saefw_state_close(&st);
+    if (has0) saefw_state_close(&st0);
     return -1;
 }
 
@@ -405,7 +438,31 @@ typedef struct {
     saefw_run *run;
     int64_t next;
     int with_state, sparsity;
+    int ranks_told; /* rank 0 has sent the other ranks the folder for their states */
 } state_writer_ud;
+
+/* Data parallel with each rank's own data: the other ranks' training states go into the checkpoint
+ * folder rank 0 is writing (on a file system every rank sees) before it is renamed into place. Rank
+ * 0 sends the folder's temporary name (an empty one when it failed before), each rank writes its
+ * state there, and all agree on whether every rank succeeded. */
+static int rank_states(saefw_run *run, const char *tmp_dir, int64_t next, char *err, size_t errlen) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", run->rank == 0 ? tmp_dir : "");
+    if (saefw_dist_bcast(dir, sizeof dir, 0, err, errlen) != 0) return -1;
+    if (!dir[0]) return 0;
+    char path[PATH_MAX], werr[512] = "";
+    int failed = 0;
+    if (run->rank > 0)
+        failed = saefw_pathf(path, sizeof path, werr, sizeof werr, "%s/" SAEFW_TRAIN_STATE_RANK, dir, run->rank) != 0 ||
+                 write_train_state(run, path, next, 0, werr, sizeof werr) != 0;
+    if (failed) fprintf(stderr, "rank %d: checkpoint: %s\n", run->rank, werr);
+    double any = failed;
+    if (saefw_dist_sum_f64(&any, 1, err, errlen) != 0) return -1;
+    if (any > 0)
+        return saefw_errf(err, errlen, "checkpoint: %s",
+                          failed ? werr : "another rank could not write its training state (its message is above)");
+    return 0;
+}
 
 /* The checkpoint's files beside the weights: sparsity.safetensors (final), the training state. */
 static int add_files(void *vud, const char *tmp_dir, char *err, size_t errlen) {
@@ -416,17 +473,25 @@ static int add_files(void *vud, const char *tmp_dir, char *err, size_t errlen) {
     saefw_fault_point("checkpoint");
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/" SAEFW_TRAIN_STATE, tmp_dir);
-    return write_train_state(ud->run, path, ud->next, err, errlen);
+    if (write_train_state(ud->run, path, ud->next, 1, err, errlen) != 0) return -1;
+    if (!ud->run->sharded) return 0;
+    ud->ranks_told = 1;
+    return rank_states(ud->run, tmp_dir, ud->next, err, errlen);
 }
 
 /* A checkpoint folder; with_state adds the training state as of the start of step `next`. */
 int saefw_train_save_checkpoint(saefw_run *run, const char *name, const saefw_metrics *m, int64_t next, int with_state,
                                 saefw_train_result *res, char *err, size_t errlen) {
     const saefw_train_opts *o = run->o;
-    /* Every rank holds the same weights, optimizer state and buffer: rank 0 writes the checkpoint.
-     * Under ZeRO-1 the optimizer's state is in slices, which the others send it. */
+    /* Every rank holds the same weights and optimizer state: rank 0 writes the checkpoint. Under ZeRO-1
+     * the optimizer's state is in slices, which the others send it; then each rank's own share of the
+     * data has its state written into the same folder (rank_states). */
     if (!o->run_dir) return 0;
-    if (run->rank != 0) return run->zero && with_state ? saefw_train_zero_save_shadow(run, err, errlen) : 0;
+    if (run->rank != 0) {
+        if (!with_state) return 0;
+        if (run->zero && saefw_train_zero_save_shadow(run, err, errlen) != 0) return -1;
+        return run->sharded ? rank_states(run, NULL, next, err, errlen) : 0;
+    }
     char dir[PATH_MAX];
     if ((name ? saefw_pathf(dir, sizeof dir, err, errlen, "%s/%s", o->run_dir, name)
               : saefw_pathf(dir, sizeof dir, err, errlen, "%s/%d", o->run_dir,
@@ -436,10 +501,15 @@ int saefw_train_save_checkpoint(saefw_run *run, const char *name, const saefw_me
     cJSON *cfg = checkpoint_cfg(run, m);
     if (!cfg) return saefw_errf(err, errlen, "%s: out of memory", dir);
     /* The final checkpoint comes right after an eval: its frequencies are the final SAE's. */
-    state_writer_ud ud = {run, next, with_state, name && run->freq};
+    state_writer_ud ud = {run, next, with_state, name && run->freq, 0};
     int rc =
         saefw_checkpoint_save_ex(dir, run->sae, cfg, with_state || ud.sparsity ? add_files : NULL, &ud, err, errlen);
     cJSON_Delete(cfg);
+    /* Failed before the other ranks were told where to write: they wait to hear that there is nowhere. */
+    if (with_state && run->sharded && !ud.ranks_told) {
+        char derr[256];
+        if (rank_states(run, "", next, derr, sizeof derr) != 0 && rc == 0) rc = saefw_errf(err, errlen, "%s", derr);
+    }
     if (rc == 0) {
         snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s", dir);
         /* Training states hold the whole buffer: keep the newest two. */

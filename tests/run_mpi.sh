@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Data-parallel training end to end (experiments/toy.lua, synthetic activations, with the seed's
-# resampler): the same run on 1, 2 and 3 ranks, and the faults of issue 15.
+# resampler): the same run on 1, 2 and 3 ranks, each rank drawing its own share of the rows, and the
+# faults of issue 15.
 #   run_mpi.sh SAEFW TMP_DIR SOURCE_DIR
-# Checks: a re-run on 2 ranks gives the same weights (bytes); the loss curves on 2 and 3 ranks agree
-# with 1 rank's within LOSS_TOL = 1e-3 relative at every logged step (the ranks see the same global
-# batches, so they differ only by the rounding of the gradient sum, measured near 1e-8 over 400 steps;
-# the step-to-step noise of the loss is a few percent, so 1e-3 is well inside it); ranks that run different command lines are refused
-# with one message; a rank killed mid-step ends the job with a message naming it, its last checkpoint
-# resumes on 2 ranks to the uninterrupted run's bytes and on 3 ranks to a close loss; SIGTERM to mpirun
-# mid-run saves a checkpoint that resumes to the uninterrupted run's bytes; zero = 1 gives zero = 0's
-# bytes on 2 and 3 ranks.
+# Checks: a re-run on 2 and on 3 ranks gives the same weights (bytes); the loss curves on 2 and 3 ranks
+# agree with 1 rank's within noise: the ranks draw other rows than one process does, so the curves are
+# compared by their mean logged loss from step FROM on (30 steps logged every 10), which must be within
+# MEAN_TOL = 5 % relative of 1 rank's (the logged loss of one step varies by 5-10 % from step to step,
+# so the mean of 30 by about 1-2 %; measured: 0.05 % on 2 ranks, 0.9 % on 3); zero = 1 gives zero = 0's
+# bytes on 2 and 3 ranks; ranks that run different command lines are refused with one message; a rank
+# killed mid-step (under zero = 1) ends the job with a message naming it, its last checkpoint resumes on
+# 2 ranks (zero = 0) to the uninterrupted run's bytes, and resuming it on 3 ranks is refused with one
+# line saying to use 2; SIGTERM to mpirun mid-run saves a checkpoint that resumes to the uninterrupted
+# run's bytes.
 set -u
 bin="$1"; tmp="$2"; src="$3"
 here="$(cd "$(dirname "$0")" && pwd)"
 mpi() { bash "$here/mpirun.sh" "$@"; }
-LOSS_TOL=1e-3
+MEAN_TOL=0.05
+FROM=100
 fail=0
 bad() { echo "FAIL: $*"; fail=1; }
 export OPENBLAS_NUM_THREADS=1
@@ -25,7 +29,7 @@ local saefw = require "saefw"
 local cfg = saefw.config {
   seed = 49, d_in = 64, n_features = 128, p_active = 0.02, max_magnitude = 1.0, data_seed = 7,
   dict_mult = 4, batch_size = 256, buffer_mult = 16, steps = 400, lr = 1e-3, l1_coeff = 5e-4,
-  log_every = 20, eval_every = 200, checkpoint_every = 100, run_dir = "", reinit_every = 150, zero = 0,
+  log_every = 10, eval_every = 200, checkpoint_every = 100, run_dir = "", reinit_every = 150, zero = 0,
 }
 local source = saefw.synthetic { d_in = cfg.d_in, n_features = cfg.n_features, p_active = cfg.p_active,
                                  max_magnitude = cfg.max_magnitude, seed = cfg.data_seed }
@@ -51,8 +55,11 @@ losses() { sed -n 's/.*"event":"log","step":\([0-9]*\),.*"loss":\([^,]*\),.*/\1 
 same() { cmp -s "$1/final/sae_weights.safetensors" "$2/final/sae_weights.safetensors"; }
 
 for np in 1 2 3; do run $np "$tmp/r$np" || bad "$np rank(s): exit status $? ($(tail -n 3 "$tmp/r$np.log"))"; done
-run 2 "$tmp/r2b" || bad "2 ranks again: exit status $?"
-same "$tmp/r2" "$tmp/r2b" && echo "2 ranks, run twice: final weights identical" || bad "2 ranks: re-run weights differ"
+for np in 2 3; do
+    run $np "$tmp/r${np}b" || bad "$np ranks again: exit status $?"
+    same "$tmp/r$np" "$tmp/r${np}b" && echo "$np ranks, run twice: final weights identical" ||
+        bad "$np ranks: re-run weights differ"
+done
 grep -q "reinit_dead" "$tmp/r2.log" || bad "the resampler never ran (no reinit_dead line in $tmp/r2.log)"
 # ZeRO-1 (zero = 1: Adam's moments sharded, gradients reduce-scattered, weights all-gathered): the same
 # bytes as the plain run on the same rank count, since both sum in the same layout.
@@ -62,16 +69,20 @@ for np in 2 3; do
         bad "zero = 1 on $np ranks: weights differ from zero = 0"
 done
 for np in 2 3; do
-    worst=$(paste <(losses "$tmp/r1") <(losses "$tmp/r$np") | awk -v tol=$LOSS_TOL '
-        $1 != $3 { print "step mismatch"; exit } { d = ($4 - $2) / $2; if (d < 0) d = -d; if (d > m) { m = d; s = $1 } n++ }
-        END { printf "%d logged steps, max relative loss difference %.3g at step %d", n, m, s; if (n < 10 || m > tol) exit 1 }')
+    worst=$(paste <(losses "$tmp/r1") <(losses "$tmp/r$np") | awk -v tol=$MEAN_TOL -v from=$FROM '
+        $1 != $3 { print "step mismatch"; bad = 1; exit } $1 >= from { a += $2; b += $4; n++; last = $1 }
+        END { if (bad) exit 1; if (n < 10) { print "only " n " logged steps from " from; exit 1 }
+              a /= n; b /= n; d = (b - a) / a; if (d < 0) d = -d
+              printf "mean loss over the %d logged steps %d..%d %.6f against %.6f, relative %.3g", n, from, last,
+                     b, a, d
+              if (!(d <= tol)) exit 1 }')
     rc=$?
-    echo "loss curve, $np ranks against 1: $worst (tolerance $LOSS_TOL)"
+    echo "loss curve, $np ranks against 1: $worst (tolerance $MEAN_TOL)"
     [ $rc -eq 0 ] || bad "$np ranks: loss curve differs from 1 rank's: $worst"
 done
 
 # Ranks that run different command lines: refused at start, one message naming the rank.
-out=$(mpi 1 "$bin" run "$script" --run_dir "$tmp/mix" "${args[@]}" : -np 1 "$bin" run "$script" \
+out=$(SAEFW_MPI_SIGKILL=1 mpi 1 "$bin" run "$script" --run_dir "$tmp/mix" "${args[@]}" : -np 1 "$bin" run "$script" \
       --run_dir "$tmp/mix" "${args[@]}" --lr 2e-3 2>&1)
 rc=$?
 echo "$out" | grep -m1 "differs" || true
@@ -79,8 +90,8 @@ echo "$out" | grep -m1 "differs" || true
     bad "different command lines: exit $rc, no 'rank 1 ... differs' message"
 
 # A rank killed mid-step (SIGKILL at its 250th step, under zero = 1): the job ends naming it, the
-# checkpoint of step 200 (rank 0 gathered the moments: the format of zero = 0) is intact and resumes, on
-# 2 ranks with zero = 0 to the uninterrupted run's bytes, on 3 ranks with zero = 1 to a close loss.
+# checkpoint of step 200 (rank 0 gathered the moments: the format of zero = 0) is intact and resumes on
+# 2 ranks with zero = 0 to the uninterrupted run's bytes.
 out=$(mpi 1 "$bin" run "$script" --run_dir "$tmp/kill" "${args[@]}" --zero 1 : -np 1 env SAEFW_FAULT=step:250 \
       "$bin" run "$script" --run_dir "$tmp/kill" "${args[@]}" --zero 1 2>&1)
 rc=$?
@@ -93,12 +104,13 @@ mpi 2 "$bin" run "$script" --resume "$tmp/kill" "${args[@]}" --zero 0 --allow-ch
 grep -q "resumed at step 200" "$tmp/kill.resume.log" || bad "resume on 2 ranks: not from step 200"
 same "$tmp/kill" "$tmp/r2" && echo "killed rank: resumed on 2 ranks to the uninterrupted run's weights" ||
     bad "resume on 2 ranks: weights differ from the uninterrupted run"
-mpi 3 "$bin" run "$script" --resume "$tmp/kill3" "${args[@]}" --zero 1 >"$tmp/kill3.resume.log" 2>&1 ||
-    bad "resume on 3 ranks failed"
-l2=$(sed -n 's/^final: loss //p' "$tmp/r2.log" | head -n 1); l3=$(sed -n 's/^final: loss //p' "$tmp/kill3.resume.log" | head -n 1)
-awk -v a="$l2" -v b="$l3" -v tol=$LOSS_TOL 'BEGIN { d = (b - a) / a; if (d < 0) d = -d;
-    printf "resumed on 3 ranks from a 2-rank checkpoint: final loss %s against %s (relative %.3g)\n", b, a, d;
-    exit !(b != "" && d <= tol) }' || bad "resume on 3 ranks: final loss $l3 against $l2"
+# Each rank's buffer and data position are its own: another rank count is refused, naming the right one.
+# (Every rank fails at start and aborts; mpirun would give the aborting ranks 60 s before SIGKILL.)
+out=$(SAEFW_MPI_SIGKILL=1 mpi 3 "$bin" run "$script" --resume "$tmp/kill3" "${args[@]}" --zero 1 2>&1)
+rc=$?
+echo "$out" | grep -m1 "split among" || true
+[ $rc -ne 0 ] && echo "$out" | grep -q "split among 2 rank(s), this run has 3: resume it on 2 rank(s)" ||
+    bad "resume on 3 ranks of a 2-rank checkpoint: exit $rc, no 'resume it on 2 rank(s)' message"
 
 # SIGTERM to mpirun mid-run (as a batch scheduler sends it). OpenMPI 4.1 passes it on to the ranks T =
 # odls_base_sigkill_timeout seconds later (SIGCONT first, then T, SIGTERM, T, SIGKILL; tests/mpirun.sh),

@@ -4,7 +4,8 @@
  * sums are added in the ring's fixed order (the same bits as a local sum in that order); ZeRO-1's
  * reduce-scatter and all-gather over a layout of owners (uneven ranges, one of them empty) add in the
  * owner's order and copy every range to every rank, and a gather puts each rank's part in place on
- * rank 0; ranks with different configurations are told apart by rank. */
+ * rank 0; ranks with different configurations are told apart by rank; each rank's share of the data,
+ * its gathering and the ranks' seeds. */
 #include <stdint.h>
 
 #include "dist.h"
@@ -182,6 +183,37 @@ int main(int argc, char **argv) {
     }
 
     free(v);
+
+    /* Each rank's share (dist.h): floor-split, in rank order, covering every item once; gathering the
+     * shares gives every rank all items in rank order (61 items on 2 or 3 ranks: uneven shares). */
+    int64_t lo = -1, cnt = -1;
+    saefw_dist_share(B, &lo, &cnt);
+    CHECK(lo == B * r / P && lo + cnt == B * (r + 1) / P, "share of %d: [%lld, %lld)", B, (long long)lo,
+          (long long)(lo + cnt));
+    double items[B][2];
+    for (int64_t k = 0; k < B; k++) items[k][0] = items[k][1] = -1;
+    for (int64_t k = lo; k < lo + cnt; k++) {
+        items[k][0] = (double)k;
+        items[k][1] = (double)r;
+    }
+    REQUIRE(saefw_dist_gather_shares(items, B, sizeof items[0], err, sizeof err) == 0, "%s", err);
+    int64_t wrong = 0;
+    for (int64_t k = 0; k < B; k++) {
+        int owner = 0;
+        while (B * (owner + 1) / P <= k) owner++;
+        wrong += items[k][0] != (double)k || items[k][1] != (double)owner;
+    }
+    CHECK(wrong == 0, "rank %d: %lld gathered items are not in rank order", r, (long long)wrong);
+    /* Rank 0 keeps the seed (a 1-rank run draws what a plain run draws); the other ranks get others. */
+    const uint64_t mine = saefw_dist_rank_seed(49);
+    CHECK(r != 0 || mine == 49, "rank 0's seed changed: %llu", (unsigned long long)mine);
+    if (P > 1 && P <= 3) {
+        uint64_t all[3] = {0, 0, 0};
+        all[r] = mine;
+        REQUIRE(saefw_dist_gather_shares(all, P, sizeof all[0], err, sizeof err) == 0, "%s", err);
+        for (int q = 1; q < P; q++) CHECK(all[q] != all[0] && all[q] != all[q - 1], "rank %d's seed repeats", q);
+    }
+
     saefw_dist_finalize();
     return t_finish("test_dist");
 }
