@@ -201,8 +201,8 @@ typedef struct saefw_host {
      * zero = 1 they are state_put_f32 / state_get_f32 of numel values. */
     int (*state_put_f32_param)(saefw_run *run, saefw_state_writer *w, const char *name, const float *data,
                                int param_index, char *err, size_t errlen);
-    int (*state_get_f32_param)(saefw_run *run, saefw_state_reader *r, const char *name, float *data,
-                               int param_index, char *err, size_t errlen);
+    int (*state_get_f32_param)(saefw_run *run, saefw_state_reader *r, const char *name, float *data, int param_index,
+                               char *err, size_t errlen);
 } saefw_host;
 
 /* Whether this engine's host table has `field` (set and inside its struct_size). Check it before
