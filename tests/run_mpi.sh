@@ -117,18 +117,29 @@ echo "$out" | grep -m1 "split among" || true
 # so the run is slowed (SAEFW_SLOW: 0.4 s per refill, about 20 s in all) to be mid-way then. Every rank
 # stops after the same step, rank 0 saves a checkpoint (the record ends with an "interrupted" line),
 # and it resumes on 2 ranks to the uninterrupted run's bytes. The signal goes to mpirun itself, not to
-# the timeout wrapper around it.
+# the timeout wrapper around it (which SIGKILLs mpirun 10 s after passing a signal on).
 T=5
 SAEFW_MPI_SIGKILL=$T SAEFW_SLOW=refill:400 mpi 2 "$bin" run "$script" --run_dir "$tmp/term" "${args[@]}" \
     >"$tmp/term.log" 2>&1 &
 wrapper=$!
 for _ in $(seq 1 600); do grep -q '"step":20,' "$tmp/term/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
-mpirun_pid=$(pgrep -P "$wrapper" | head -n 1)
+# Down the chain subshell -> timeout -> mpiexec (mpirun.sh execs timeout) to mpirun itself.
+mpirun_pid=$wrapper
+for _ in 1 2 3 4; do
+    case "$(ps -o comm= -p "$mpirun_pid")" in mpirun | mpiexec | orterun) break ;; esac
+    mpirun_pid=$(pgrep -P "$mpirun_pid" | head -n 1)
+    [ -n "$mpirun_pid" ] || break
+done
+echo "SIGTERM to $(ps -o comm= -p "$mpirun_pid") (pid $mpirun_pid)"
 t0=$(date +%s)
 [ -n "$mpirun_pid" ] && kill -TERM "$mpirun_pid" || bad "SIGTERM: no mpirun under $wrapper"
 wait "$wrapper"
 rc=$?
-echo "SIGTERM to mpirun: the job ended after $(($(date +%s) - t0)) s (T = $T s), exit status $rc"
+echo "SIGTERM to mpirun: mpirun ended after $(($(date +%s) - t0)) s (T = $T s), exit status $rc"
+# mpirun may return while rank 0 still writes (seen under a load of 24 on 2 cores): the run folder's
+# lock, held by rank 0 until it exits, says when it is done.
+flock -w 60 "$tmp/term/saefw.lock" true || bad "SIGTERM: rank 0 still held $tmp/term 60 s after mpirun ended"
+echo "SIGTERM: rank 0 released the run folder $(($(date +%s) - t0)) s after the signal"
 line=$(grep '"event":"interrupted"' "$tmp/term/metrics.jsonl")
 echo "$line"
 echo "$line" | grep -q '"checkpoint_saved":true' || bad "SIGTERM: no saved checkpoint recorded ($(tail -n 3 "$tmp/term.log"))"
