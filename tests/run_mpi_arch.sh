@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Data-parallel training of the architectures that select per row (topk with AuxK, jumprelu, gated): the same run on 1
-# and 2 ranks gives reconstruction-loss (l2) curves that agree within LOSS_TOL = 1e-3 relative at every
-# logged step (l2 rather than the loss, which jumprelu's integer L0 term dominates; the ranks
-# see the same global batches; only the rounding of the gradient sum differs, as in tests/run_mpi.sh), and
-# batchtopk, whose selection needs the whole batch, is refused on 2 ranks with one line. topk's AuxK is
-# active (512 latents, k 4, dead after 3 silent steps), so the ranks' fired flags are exchanged every step.
+# Data-parallel training of the architectures that select per row (topk with AuxK, jumprelu, gated) under
+# mpirun: a run on 2 ranks re-runs to the same bytes, and its reconstruction-loss (l2) curve agrees with 1
+# rank's within noise. Each rank draws its own share of the rows, so the curves are compared by their
+# mean l2 over the logged steps from FROM on, which must be within MEAN_TOL = 10 % relative (with 128-row
+# batches one logged step's l2 differs between the two runs by up to 30 %; the means measured 3-5 %).
+# l2 rather than the loss, which jumprelu's integer L0 term dominates. Exactness across rank counts on
+# identical global batches is test_dist_arch's. batchtopk, whose selection needs the whole batch, is
+# refused on 2 ranks with one line. topk's AuxK is active (512 latents, k 4, dead after 3 silent
+# steps), so the ranks' fired flags are exchanged every step.
 #   run_mpi_arch.sh SAEFW TMP_DIR
 set -u
 bin="$1"; tmp="$2"
 here="$(cd "$(dirname "$0")" && pwd)"
-LOSS_TOL=1e-3
+MEAN_TOL=0.10
+FROM=40
 fail=0
 bad() { echo "FAIL: $*"; fail=1; }
 export OPENBLAS_NUM_THREADS=1
@@ -43,9 +47,15 @@ losses() { sed -n 's/.*"event":"log","step":\([0-9]*\),.*"l2_loss":\([^,]*\),.*/
 for arch in topk jumprelu gated; do
     run 1 "$arch" "$tmp/$arch-1" || bad "$arch, 1 rank: exit status $? ($(tail -n 3 "$tmp/$arch-1.log"))"
     run 2 "$arch" "$tmp/$arch-2" || bad "$arch, 2 ranks: exit status $? ($(tail -n 3 "$tmp/$arch-2.log"))"
-    worst=$(paste <(losses "$tmp/$arch-1") <(losses "$tmp/$arch-2") | awk -v tol=$LOSS_TOL '
-        $1 != $3 { print "step mismatch"; exit 1 } { d = ($4 - $2) / $2; if (d < 0) d = -d; if (d > m) { m = d; s = $1 } n++ }
-        END { printf "%d logged steps, max relative l2 difference %.3g at step %d", n, m, s; if (n < 10 || m > tol) exit 1 }')
+    run 2 "$arch" "$tmp/$arch-2b" || bad "$arch, 2 ranks again: exit status $?"
+    cmp -s "$tmp/$arch-2/final/sae_weights.safetensors" "$tmp/$arch-2b/final/sae_weights.safetensors" &&
+        echo "$arch, 2 ranks, run twice: final weights identical" || bad "$arch, 2 ranks: re-run weights differ"
+    worst=$(paste <(losses "$tmp/$arch-1") <(losses "$tmp/$arch-2") | awk -v tol=$MEAN_TOL -v from=$FROM '
+        $1 != $3 { print "step mismatch"; bad = 1; exit } $1 >= from { a += $2; b += $4; n++ }
+        END { if (bad) exit 1; if (n < 5) { print "only " n " logged steps from " from; exit 1 }
+              a /= n; b /= n; d = (b - a) / a; if (d < 0) d = -d
+              printf "mean l2 over %d logged steps from %d: %.6f against %.6f, relative %.3g", n, from, b, a, d
+              if (!(d <= tol)) exit 1 }')
     if [ $? -eq 0 ]; then echo "$arch, 1 vs 2 ranks: $worst"; else bad "$arch, 1 vs 2 ranks: $worst"; fi
 done
 want='data-parallel training serves relu, topk, jumprelu and gated SAEs; run arch = "batchtopk" on one rank'
