@@ -270,7 +270,7 @@ static int allowed(const differ *df, const char *key) {
 
 static void value_text(const cJSON *v, char *buf, size_t n) {
     char *s = v ? cJSON_PrintUnformatted(v) : NULL;
-    snprintf(buf, n, "%s", s ? s : "(absent)");
+    snprintf(buf, n, "%s", s ? s : "(not set: the default)");
     free(s);
 }
 
