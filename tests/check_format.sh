@@ -11,8 +11,8 @@ mapfile -t files < <(find engine plugins tests bench examples hf_upload \( -name
 if [ "${#files[@]}" -eq 0 ]; then echo "format: no sources found under $root"; exit 1; fi
 out="$("$cf" --dry-run --Werror "${files[@]}" 2>&1)"
 if [ -n "$out" ]; then
-  echo "$out" | grep 'warning:' | head -20
-  echo "format: $(echo "$out" | grep -c 'warning:') places differ from .clang-format; run: clang-format -i FILE"
+  echo "$out" | grep -E '(warning|error):' | head -20
+  echo "format: $(echo "$out" | grep -cE '(warning|error):') places differ from .clang-format; run: clang-format -i FILE"
   exit 1
 fi
 echo "format: ${#files[@]} files follow .clang-format"

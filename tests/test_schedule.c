@@ -280,7 +280,8 @@ static void resume_case(saefw_loaded_plugin *adam, saefw_loaded_plugin *sched) {
     saefw_sae_free(&r);
     g_clip = 0;
     rc = resume_run(adam, sched, b_dir, 1, -1, &r, &at, err, sizeof err);
-    CHECK(rc != 0 && strstr(err, "clip_grad_norm 0.05 -> (not set: the default)"), "a resume without clipping: rc %d, %s", rc, err);
+    CHECK(rc != 0 && strstr(err, "clip_grad_norm 0.05 -> (not set: the default)"),
+          "a resume without clipping: rc %d, %s", rc, err);
     saefw_sae_free(&r);
     g_clip = 0.05;
     g_free_decoder = 0;
