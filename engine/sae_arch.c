@@ -652,8 +652,6 @@ static void index_by_feature(int64_t d_sae, int64_t B, const int64_t *start, con
 
 #define GROUP SAEFW_SPARSE_GROUP
 
-static int64_t group_cols(int64_t d_in, int64_t q) { return d_in - q * GROUP < GROUP ? d_in - q * GROUP : GROUP; }
-
 /* The batch's entries by feature (fstart, fent) and the slab kernels' operands in that order. */
 static void index_entries(saefw_arch_work *a, int64_t B, int gated) {
     index_by_feature(a->d_sae, B, a->row_start, a->row_count, 0, a->col, a->fstart, a->fent);
@@ -682,7 +680,7 @@ static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
     const saefw_arch_work *a = d->c->a;
     const int64_t d_in = a->d_in, B = d->c->B;
     for (int64_t q = q0; q < q1; q++) {
-        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
+        const int64_t g0 = q * GROUP, n_cols = saefw_slab_group_cols(d_in, q);
         double *ds = (double *)a->z + q * B * GROUP;
         memset(ds, 0, sizeof(double) * (size_t)(B * GROUP));
         saefw_slab_decode(ds, sae->p[SAEFW_W_DEC] + g0, d_in, a->d_sae, d->start, d->rows, d->vals, n_cols);
@@ -708,15 +706,7 @@ typedef struct {
 
 static void copy_slabs(void *vctx, int64_t q0, int64_t q1) {
     const slab_copy_ctx *s = vctx;
-    const int64_t d_in = s->a->d_in, B = s->B;
-    for (int64_t q = q0; q < q1; q++) {
-        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
-        float *dst = s->dst + q * B * GROUP;
-        for (int64_t b = 0; b < B; b++) {
-            memcpy(dst + b * GROUP, s->src + b * d_in + g0, sizeof(float) * (size_t)n_cols);
-            for (int64_t i = n_cols; i < GROUP; i++) dst[b * GROUP + i] = 0.0f;
-        }
-    }
+    saefw_slab_fill(s->dst, s->src, s->B, s->a->d_in, q0, q1);
 }
 
 /* Features of a range: tensor 2's gradient and the extra tensors', and colsum for b_dec. */
@@ -781,7 +771,7 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     for (int64_t q = 0; q < a->n_groups; q++)
         saefw_slab_grad_dec(sae->g[SAEFW_W_DEC] + q * GROUP, sae->p[SAEFW_W_DEC] + q * GROUP, d_in,
                             a->slab_d + q * B * GROUP, start, a->by_row, a->by_val, a->by_dot, j0, j1,
-                            group_cols(d_in, q));
+                            saefw_slab_group_cols(d_in, q));
     for (int64_t p = start[j0]; p < start[j1]; p++) {
         const int64_t e = a->fent[p];
         a->dot[e] = (float)a->by_dot[p];
@@ -796,7 +786,7 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
         if (j < j0 || j >= j1 || a->afstart[j] == a->afstart[j + 1]) continue;
         for (int64_t p = a->afstart[j]; p < a->afstart[j + 1]; p++) a->aby_dot[p] = 0.0;
         for (int64_t q = 0; q < a->n_groups; q++) {
-            const int64_t n_cols = group_cols(d_in, q);
+            const int64_t n_cols = saefw_slab_group_cols(d_in, q);
             float piece[GROUP];
             saefw_slab_grad_dec(piece, sae->p[SAEFW_W_DEC] + j * d_in + q * GROUP, d_in, a->slab_f + q * B * GROUP,
                                 a->afstart + j, a->aby_row, a->aby_val, a->aby_dot, 0, 1, n_cols);
@@ -810,13 +800,13 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     feature_scalars(c, j0, j1);
     for (int64_t q = 0; q < a->n_groups; q++)
         saefw_slab_grad_enc(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, a->slab_x + q * B * GROUP, start, a->by_row,
-                            a->by_dz, j0, j1, group_cols(d_in, q));
+                            a->by_dz, j0, j1, saefw_slab_group_cols(d_in, q));
     if (a->n_dead == 0) return;
     for (int64_t k = 0; k < a->n_dead; k++) {
         const int64_t j = a->dead[k];
         if (j < j0 || j >= j1 || a->afstart[j] == a->afstart[j + 1]) continue;
         for (int64_t q = 0; q < a->n_groups; q++) {
-            const int64_t n_cols = group_cols(d_in, q);
+            const int64_t n_cols = saefw_slab_group_cols(d_in, q);
             float col[GROUP];
             /* Column j alone (its entries start at afstart + j), into col, then added. */
             saefw_slab_grad_enc(col, 1, a->slab_x + q * B * GROUP, a->afstart + j, a->aby_row, a->aby_dz, 0, 1, n_cols);

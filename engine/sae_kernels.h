@@ -156,6 +156,15 @@ void saefw_sparse_decode(const saefw_sae *sae, saefw_sae_work *w, const float *x
  * W_enc @ gb_enc when b_dec is applied to the input). */
 void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B);
 
+/* Columns of group q of a d-wide row: SAEFW_SPARSE_GROUP, fewer in the last group. */
+static inline int64_t saefw_slab_group_cols(int64_t d, int64_t q) {
+    return d - q * SAEFW_SPARSE_GROUP < SAEFW_SPARSE_GROUP ? d - q * SAEFW_SPARSE_GROUP : SAEFW_SPARSE_GROUP;
+}
+
+/* Column groups [q0, q1) of src [B, d] (rows d apart) into dst's zero-padded [B, GROUP] slabs, group q's
+ * at dst + q * B * GROUP. */
+void saefw_slab_fill(float *dst, const float *src, int64_t B, int64_t d, int64_t q0, int64_t q1);
+
 /* The sparse path's kernels on one column group of GROUP columns, for the generic path (sae_arch.c),
  * whose entries by feature are start [d_sae + 1] (feature j's: [start[j], start[j + 1])), rows (ascending
  * within a feature) and act; slabs are [B, GROUP], zero-padded, 32-byte aligned.

@@ -107,7 +107,16 @@ typedef struct {
     int64_t B;
 } sparse_ctx;
 
-static int64_t group_cols(int64_t d_in, int64_t q) { return d_in - q * GROUP < GROUP ? d_in - q * GROUP : GROUP; }
+void saefw_slab_fill(float *dst, const float *src, int64_t B, int64_t d, int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t g0 = q * GROUP, n_cols = saefw_slab_group_cols(d, q);
+        float *s = dst + q * B * GROUP;
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(s + b * GROUP, src + b * d + g0, sizeof(float) * (size_t)n_cols);
+            for (int64_t i = n_cols; i < GROUP; i++) s[b * GROUP + i] = 0.0f;
+        }
+    }
+}
 
 /* ---- the entries by feature ---- */
 
@@ -215,16 +224,7 @@ static inline void backward_slab(const float *xh, int64_t ld, const float *x, in
  * operand. */
 static void input_slabs(void *vctx, int64_t q0, int64_t q1) {
     const sparse_ctx *c = vctx;
-    const saefw_sae_work *w = c->w;
-    const int64_t d_in = c->sae->d_in, B = c->B;
-    for (int64_t q = q0; q < q1; q++) {
-        const int64_t g0 = q * GROUP, n_cols = group_cols(d_in, q);
-        float *sx = w->slab_x + q * B * GROUP;
-        for (int64_t b = 0; b < B; b++) {
-            memcpy(sx + b * GROUP, w->x_cent + b * d_in + g0, sizeof(float) * (size_t)n_cols);
-            for (int64_t i = n_cols; i < GROUP; i++) sx[b * GROUP + i] = 0.0f;
-        }
-    }
+    saefw_slab_fill(c->w->slab_x, c->w->x_cent, c->B, c->sae->d_in, q0, q1);
 }
 
 /* Column groups of a range: the group's x_hat accumulated in its slab and copied out. In the training
@@ -239,7 +239,7 @@ SAEFW_KERNEL static void decode_groups(void *vctx, int64_t q0, int64_t q1) {
     double *dslab = (double *)w->scratch + q0 * B * GROUP;
     const float *b_dec = sae->p[SAEFW_B_DEC];
     for (int64_t q = q0; q < q1; q++) {
-        const int64_t g0 = q * GROUP, n_cols = group_cols(d_out, q);
+        const int64_t g0 = q * GROUP, n_cols = saefw_slab_group_cols(d_out, q);
         float *slab = w->slab_d + q * B * GROUP;
         memset(dslab, 0, sizeof(double) * (size_t)(B * GROUP));
         decode_slab(dslab, saefw_w_dec_operand(sae, w) + g0, d_out, sae->d_sae, w->feat_start, w->feat_row, w->feat_act,
@@ -377,7 +377,7 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
     for (int64_t q = 0; q < n_groups_out; q++)
         grad_dec_group(sae->g[SAEFW_W_DEC] + q * GROUP, saefw_w_dec_operand(sae, w) + q * GROUP, d_out,
                        w->slab_d + q * B * GROUP, start, w->feat_row, w->feat_act, w->feat_dot, j0, j1,
-                       group_cols(d_out, q));
+                       saefw_slab_group_cols(d_out, q));
     /* dL/dpre = dL/dacts + the L1 term at active entries (l1_coeff, or the feature's decoder-norm weight);
      * b_enc's gradient sums it over rows in order, in double. */
     for (int64_t j = j0; j < j1; j++) {
@@ -398,7 +398,7 @@ static void backward_features(void *vctx, int64_t k0, int64_t k1) {
                          saefw_lowp_grad_scale(w->dtype, B));
     for (int64_t q = 0; q < n_groups; q++)
         grad_enc_group(sae->g[SAEFW_W_ENC] + q * GROUP * d_sae, d_sae, w->slab_x + q * B * GROUP, start, w->feat_row,
-                       w->feat_grad, j0, j1, group_cols(d_in, q));
+                       w->feat_grad, j0, j1, saefw_slab_group_cols(d_in, q));
 }
 
 void saefw_sparse_backward(saefw_sae *sae, saefw_sae_work *w, int64_t B) {
